@@ -1,0 +1,17 @@
+"""fastreg: fast regularization kernels for deep learning.
+
+Backends: "numpy" (reference), "cpu" (Numba), "c" (cffi + OpenMP), "cuda" (Numba CUDA); see
+``available_backends()``. Importing fastreg loads none of them: each is imported on first use.
+"""
+from . import random
+from ._registry import BackendUnavailableError, available_backends
+from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
+                      dropout, dropout_backward, dropout_mask)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_backends", "BackendUnavailableError", "random",
+    "dropout", "dropout_backward", "dropout_mask",
+    "channel_dropout", "channel_dropout_backward", "drop_path", "drop_path_backward",
+]

@@ -1,0 +1,150 @@
+"""Argument checks and array plumbing shared by the public wrappers.
+
+Everything here runs before any kernel: a bad argument raises with its name and what was expected,
+and no input is modified. Device arrays (``__cuda_array_interface__``) are described from their
+interface dict, so checking them never imports Numba or needs a driver.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_U64 = 1 << 64
+
+
+class DeviceArrayInfo:
+    """Shape, dtype and contiguity of an object exposing ``__cuda_array_interface__``."""
+
+    def __init__(self, obj):
+        iface = obj.__cuda_array_interface__
+        self.obj = obj
+        self.shape = tuple(int(s) for s in iface["shape"])
+        self.dtype = np.dtype(iface["typestr"])
+        self.size = math.prod(self.shape)
+        strides = iface.get("strides")
+        self.c_contiguous = strides is None or tuple(strides) == _c_strides(self.shape, self.dtype)
+        self.ptr = iface["data"][0]
+        self.readonly = bool(iface["data"][1])
+
+
+def _c_strides(shape, dtype):
+    strides, step = [], dtype.itemsize
+    for s in reversed(shape):
+        strides.append(step)
+        step *= max(s, 1)
+    return tuple(reversed(strides))
+
+
+def is_device(a):
+    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+
+
+def as_host(a, name):
+    """View ``a`` as a NumPy array without copying where NumPy can (buffer protocol,
+    ``__array_interface__``, DLPack); Python sequences are converted."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "__dlpack__") and not hasattr(a, "__array_interface__"):
+        try:
+            return np.from_dlpack(a)
+        except (TypeError, BufferError, RuntimeError) as exc:
+            raise TypeError(f"{name}: cannot view this {type(a).__name__} through DLPack: {exc}")
+    try:
+        return np.asarray(a)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}: {exc}")
+
+
+def describe(a, name):
+    """The array (host: an ndarray view; device: a DeviceArrayInfo) for checking."""
+    return DeviceArrayInfo(a) if is_device(a) else as_host(a, name)
+
+
+def check_shape(shape):
+    if isinstance(shape, (numbers.Integral, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a tuple of ints, got {type(shape).__name__}")
+    for s in shape:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ValueError(f"shape must hold non-negative integers, got {shape}")
+    return tuple(int(s) for s in shape)
+
+def check_float(arr, name):
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+
+
+def check_probability(p, name="p"):
+    """p as a Python float in [0, 1]; ValueError for NaN or out of range, TypeError for non-numbers."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:  # also false for NaN
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return p
+
+
+def check_uint64(v, name):
+    """v as a Python int in [0, 2**64); integers only (bool and floats refused)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {type(v).__name__} {v!r}")
+    v = int(v)
+    if not 0 <= v < _U64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {v}")
+    return v
+
+
+def check_counter_range(offset, count, name="offset"):
+    """The stream positions offset .. offset + count - 1 must fit in 64 bits (never wrap)."""
+    if offset + count > _U64:
+        raise ValueError(
+            f"{name} + number of draws ({offset} + {count}) exceeds 2**64: the counter would wrap"
+        )
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_out(out, name, shape, dtype, inputs, device):
+    """Check ``out`` against the result's shape and dtype, its device, its writability and its
+    overlap with the inputs (only exactly-in-place aliasing is allowed). Returns the array."""
+    if out is None:
+        return None
+    if device != is_device(out):
+        where = "a CUDA device array" if device else "a host (NumPy) array"
+        raise ValueError(f"{name} must be {where} like the input")
+    arr = describe(out, name)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
+    if arr.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
+    if device:
+        if arr.readonly:
+            raise ValueError(f"{name} is read-only")
+        if not arr.c_contiguous:
+            raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported, pass a "
+                             "C-contiguous one")
+        for x in inputs:
+            xi = describe(x, "input")
+            if xi.ptr == arr.ptr and (xi.shape != arr.shape or not xi.c_contiguous):
+                raise ValueError(f"{name} overlaps an input without being exactly the same array")
+        return out
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for x in inputs:
+        if np.shares_memory(x, arr) and not _same_view(x, arr):
+            raise ValueError(f"{name} overlaps an input without being exactly in place "
+                             "(same memory, shape and strides)")
+    return arr
+
+
+def _same_view(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)

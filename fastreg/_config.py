@@ -1,0 +1,25 @@
+"""Every FASTREG_* environment setting, read in one place.
+
+FASTREG_BACKEND      default host backend for backend="auto" ("numpy", "cpu" or "c").
+FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
+FASTREG_NO_C         (install time, read by setup.py) build without the C extension.
+FASTREG_NATIVE       (install time, read by csrc/ffi_build.py) compile the C extension with -march=native.
+"""
+import os
+
+BACKENDS = ("numpy", "cpu", "c", "cuda")
+
+
+def default_backend():
+    """The FASTREG_BACKEND override, or "auto" when unset."""
+    value = os.environ.get("FASTREG_BACKEND", "auto").strip().lower() or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise ValueError(
+            f"FASTREG_BACKEND={value!r} is not a backend; expected one of {BACKENDS} or 'auto'"
+        )
+    return value
+
+
+def cuda_threads_per_block():
+    """Threads per CUDA block (FASTREG_CUDA_TPB, default 256)."""
+    return int(os.environ.get("FASTREG_CUDA_TPB", "256"))

@@ -1,0 +1,129 @@
+"""The one dispatch point: op x backend -> function, and backend="auto" resolution.
+
+Backends are packages with the same function names and signatures:
+
+    "numpy"  fastreg.reference   pure NumPy, the test oracle
+    "cpu"    fastreg.cpu         Numba, parallel (prange)
+    "c"      fastreg.c           C through cffi, OpenMP
+    "cuda"   fastreg.cuda        Numba CUDA
+
+A backend package is imported on first use only, so ``import fastreg`` loads neither Numba nor
+the C extension nor a CUDA driver.
+
+Kernel contract (the public wrappers have already validated everything; arrays are contiguous,
+``seed`` and ``offset`` are Python ints in [0, 2**64), ``threshold`` an int in [0, 2**32 - 1],
+``scale`` a scalar of the array's dtype):
+
+    philox4x32(ctr, key, out)            uint32 (n, 4), (n, 2) -> out uint32 (n, 4)
+    random_bits(seed, offset, out)       out uint32 (n,): word offset + i of the stream
+    uniform(seed, offset, out)           out float32 or float64 (n,) in [0, 1)
+    dropout(x, seed, offset, threshold, scale, out)
+                                         x, out (n,) same float dtype, out may be x:
+                                         out[i] = x[i] * scale if word(offset + i) >= threshold else 0
+    dropout_mask(seed, offset, threshold, out)           out uint8 (n,): 1 = kept
+    dropout_mask_packed(seed, offset, threshold, n, out) out uint8 (ceil(n / 8),), LSB first
+    group_dropout(x, keep, scale, out)   x, out (N, M1, C, M2); keep uint8 (N, C)
+
+See fastreg/reference/ for the exact definitions.
+"""
+import importlib
+
+from . import _config
+
+OPS = ("philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
+       "dropout_mask_packed", "group_dropout")
+
+_MODULES = {"numpy": "fastreg.reference", "cpu": "fastreg.cpu", "c": "fastreg.c",
+            "cuda": "fastreg.cuda"}
+_HOST_ORDER = ("cpu", "c", "numpy")  # what "auto" picks for host arrays, best first
+
+_loaded = {}    # backend -> module
+_missing = {}   # backend -> reason it cannot be used
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was asked for by name but cannot run here."""
+
+
+def _load(name):
+    if name in _loaded:
+        return _loaded[name]
+    if name in _missing:
+        return None
+    try:
+        module = importlib.import_module(_MODULES[name])
+        reason = module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
+    except Exception as exc:  # an import failure is exactly what available_backends reports
+        module, reason = None, f"{type(exc).__name__}: {exc}"
+    if reason is not None:
+        _missing[name] = reason
+        return None
+    _loaded[name] = module
+    return module
+
+
+def available_backends():
+    """Which backends run here, and why the others do not.
+
+    Returns
+    -------
+    dict
+        ``{name: None}`` for a working backend, ``{name: "reason"}`` for a missing one, in the
+        order numpy, cpu, c, cuda.
+    """
+    out = {}
+    for name in _config.BACKENDS:
+        module = _load(name)
+        out[name] = None if module is not None else _missing[name]
+    return out
+
+
+def module(name):
+    """The backend package for ``name``; BackendUnavailableError with the reason if it cannot run."""
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {_config.BACKENDS} or 'auto', got {name!r}")
+    mod = _load(name)
+    if mod is None:
+        raise BackendUnavailableError(f"backend {name!r} is not available: {_missing[name]}")
+    return mod
+
+
+def get(op, name):
+    """The function implementing ``op`` on backend ``name``."""
+    fn = getattr(module(name), op, None)
+    if fn is None:
+        raise BackendUnavailableError(f"backend {name!r} does not implement {op!r}")
+    return fn
+
+
+def resolve(backend, *arrays):
+    """Turn ``backend`` ("auto" or a name) into the name of the backend that will run.
+
+    "auto": "cuda" if any array exposes ``__cuda_array_interface__``; otherwise FASTREG_BACKEND
+    when set, else the first available of cpu, c, numpy. A device array given to a host backend by
+    name is an error (fastreg never copies between devices behind your back).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    backend = backend.lower()
+    on_device = any(_is_device(a) for a in arrays)
+    if backend == "auto":
+        if on_device:
+            backend = "cuda"
+        else:
+            backend = _config.default_backend()
+            if backend == "auto":
+                backend = next((b for b in _HOST_ORDER if _load(b) is not None), "numpy")
+    elif backend not in _MODULES:
+        raise ValueError(f"backend must be one of {_config.BACKENDS} or 'auto', got {backend!r}")
+    if on_device and backend != "cuda":
+        raise ValueError(
+            f"backend {backend!r} runs on host memory but an input is a CUDA device array; "
+            "use backend='cuda' or 'auto', or copy the data to the host yourself"
+        )
+    module(backend)  # raise now, with the reason, if it cannot run
+    return backend
+
+
+def _is_device(a):
+    return a is not None and hasattr(a, "__cuda_array_interface__")

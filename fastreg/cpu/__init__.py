@@ -1,0 +1,10 @@
+"""Backend "cpu": Numba kernels, parallel over the cores (NUMBA_NUM_THREADS / numba.set_num_threads).
+
+Compiled on first call and cached on disk (cache=True); importing this package compiles nothing.
+"""
+from .philox import philox4x32, random_bits, uniform
+from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
+
+
+def unavailable_reason():
+    return None

@@ -1,0 +1,104 @@
+"""Dropout kernels on the CPU with Numba (definitions in fastreg/reference/dropout.py).
+
+Each parallel task walks its elements in blocks of CHUNK: first the stream words of the block go
+into a small L1-resident buffer in element order, then one plain loop applies the select, which
+LLVM vectorizes. The words depend only on (seed, offset + i), never on the task split.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import pjit
+from .philox import CHUNK, MASK, S32, TASK, fill_words, scratch
+
+
+@pjit
+def _dropout_kernel(x, out, seed, offset, threshold, scale):
+    n = x.size
+    zero = scale - scale  # a zero of the array dtype
+    if threshold == 0:  # nothing dropped: no random numbers needed
+        for i in prange(n):
+            out[i] = x[i] * scale
+        return
+    k0, k1 = seed & MASK, seed >> S32
+    for t in prange((n + TASK - 1) // TASK):
+        buf, lanes = scratch()
+        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
+            count = min(CHUNK, n - start)
+            g0 = offset + np.uint64(start)
+            words = fill_words(buf, lanes, k0, k1, g0, count)
+            xs = x[start:start + count]
+            o = out[start:start + count]
+            for i in range(count):
+                v = xs[i] * scale
+                o[i] = v if words[i] >= threshold else zero
+
+
+@pjit
+def _mask_kernel(seed, offset, threshold, out):
+    n = out.size
+    k0, k1 = seed & MASK, seed >> S32
+    for t in prange((n + TASK - 1) // TASK):
+        buf, lanes = scratch()
+        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
+            count = min(CHUNK, n - start)
+            g0 = offset + np.uint64(start)
+            words = fill_words(buf, lanes, k0, k1, g0, count)
+            o = out[start:start + count]
+            for i in range(count):
+                o[i] = np.uint8(words[i] >= threshold)
+
+
+@pjit
+def _mask_packed_kernel(seed, offset, threshold, n, out):
+    # TASK and CHUNK are multiples of 8, so every block starts on a byte boundary.
+    k0, k1 = seed & MASK, seed >> S32
+    for t in prange((n + TASK - 1) // TASK):
+        buf, lanes = scratch()
+        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
+            count = min(CHUNK, n - start)
+            g0 = offset + np.uint64(start)
+            words = fill_words(buf, lanes, k0, k1, g0, count)
+            o = out[start // 8:(start + count + 7) // 8]
+            full = count // 8
+            for j in range(full):
+                byte = np.uint8(0)
+                for b in range(8):
+                    byte |= np.uint8(words[8 * j + b] >= threshold) << np.uint8(b)
+                o[j] = byte
+            if full * 8 < count:  # the last, partial byte: pad bits are 0
+                byte = np.uint8(0)
+                for b in range(count - full * 8):
+                    byte |= np.uint8(words[8 * full + b] >= threshold) << np.uint8(b)
+                o[full] = byte
+
+
+@pjit
+def _group_kernel(x, keep, scale, out):
+    nsamples, m1, c, m2 = x.shape
+    zero = scale - scale
+    for q in prange(nsamples * m1):
+        s = q // m1
+        a = q - s * m1
+        for ch in range(c):
+            if keep[s, ch]:
+                for b in range(m2):
+                    out[s, a, ch, b] = x[s, a, ch, b] * scale
+            else:
+                for b in range(m2):
+                    out[s, a, ch, b] = zero
+
+
+def dropout(x, seed, offset, threshold, scale, out):
+    _dropout_kernel(x, out, np.uint64(seed), np.uint64(offset), np.uint32(threshold), scale)
+
+
+def dropout_mask(seed, offset, threshold, out):
+    _mask_kernel(np.uint64(seed), np.uint64(offset), np.uint32(threshold), out.view(np.uint8))
+
+
+def dropout_mask_packed(seed, offset, threshold, n, out):
+    _mask_packed_kernel(np.uint64(seed), np.uint64(offset), np.uint32(threshold), n, out)
+
+
+def group_dropout(x, keep, scale, out):
+    _group_kernel(x, keep, scale, out)

@@ -1,0 +1,360 @@
+"""Dropout with a counter-based RNG: element-wise, channel-wise and per-sample (drop path).
+
+Every random decision comes from the Philox4x32-10 stream of ``fastreg.random``: element ``i``
+(flat C order) of a call with ``(seed, offset)`` is decided by stream word ``offset + i`` alone, so
+the mask never depends on the backend, thread count, block size or how an array is split, and
+backward regenerates it instead of storing it (the low-memory dropout of Triton's tutorial).
+
+Decision rule (identical on every backend, bit for bit): with ``t = round(p * 2**32)``, element i
+is kept when its 32-bit word ``w >= t``, i.e. with probability ``1 - t / 2**32`` (``p`` quantized to
+2**-32). A kept element is ``x * scale`` (one multiply in x's dtype); a dropped one is exactly
+``+0.0`` (a select: a dropped inf or NaN gives 0, never NaN).
+
+Conventions (Srivastava et al., JMLR 2014, for classic; inverted is what PyTorch, JAX and Keras do):
+
+==========  =========================  ====================
+mode        training                   inference
+==========  =========================  ====================
+inverted    ``x * m / (1 - p)``        ``x``
+classic     ``x * m``                  ``x * (1 - p)``
+==========  =========================  ====================
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _arrays, _registry
+from ._dispatch import Job, flat
+
+MODES = ("inverted", "classic")
+_TWO32 = 1 << 32
+
+
+def _threshold(p):
+    """The integer drop threshold t in [0, 2**32] for probability p."""
+    return min(int(math.floor(p * _TWO32 + 0.5)), _TWO32)
+
+
+def _scale(p, training, mode):
+    if training:
+        return 1.0 / (1.0 - p) if mode == "inverted" and p < 1.0 else 1.0
+    return 1.0 if mode == "inverted" else 1.0 - p
+
+
+def _check_bool(v, name):
+    if not isinstance(v, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _common(p, seed, offset, mode, training):
+    p = _arrays.check_probability(p)
+    seed = _arrays.check_uint64(seed, "seed")
+    offset = _arrays.check_uint64(offset, "offset")
+    _arrays.check_choice(mode, "mode", MODES)
+    training = _check_bool(training, "training")
+    return p, seed, offset, training
+
+
+def _prepare(x, out, backend, name="x"):
+    """Validate x and out; return (job, x array) before any work is done."""
+    arr = _arrays.describe(x, name)
+    _arrays.check_float(arr, name)
+    backend = _registry.resolve(backend, x, out)
+    device_in = _arrays.is_device(x)
+    _arrays.check_out(out, "out", arr.shape, arr.dtype, [x if device_in else arr], device_in)
+    return Job(backend, host_input=not device_in), (x if device_in else arr)
+
+
+def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
+    p, seed, offset, training = _common(p, seed, offset, mode, training)
+    job, xa = _prepare(x, out, backend, name)
+    n = math.prod(xa.shape)
+    _arrays.check_counter_range(offset, n)
+    t = _threshold(p) if training else 0
+    scale = _scale(p, training, mode)
+    dtype = np.dtype(xa.dtype)
+    xc = job.contig(xa)
+    res = job.target(out, xa.shape, dtype)
+    if n:
+        if t >= _TWO32:  # p == 1: everything dropped; one all-dropped group gives exact zeros
+            keep = np.zeros((1, 1), np.uint8)
+            job.op("group_dropout")(xc.reshape(1, 1, 1, n), job.contig(keep),
+                                    dtype.type(scale), res.reshape(1, 1, 1, n))
+        else:
+            job.op("dropout")(flat(xc), seed, offset, t, dtype.type(scale), flat(res))
+    return job.finish(res, out)
+
+
+def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
+            backend="auto"):
+    """Element-wise dropout with a counter-based (Philox4x32-10) mask.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64
+        Input of any shape (empty included). Host arrays: anything NumPy views without copying
+        (buffer protocol, ``__array_interface__``, DLPack); a non-contiguous input is copied to a
+        contiguous one first. Device arrays (``__cuda_array_interface__``: Numba, CuPy, torch
+        CUDA) run on the CUDA backend in place, zero-copy; they must be C-contiguous.
+    p : float
+        Probability of dropping an element, in [0, 1]. ``p = 0`` is the identity (times the
+        mode's scale), ``p = 1`` gives exact zeros.
+    seed : int
+        Key of the random stream, in [0, 2**64).
+    offset : int
+        Position in the stream of element 0, in [0, 2**64); element i uses word ``offset + i``.
+        A training loop advances it by ``x.size`` per call so that no draw repeats.
+    training : bool
+        Training (random mask) or inference (deterministic scaling, see the table above).
+    mode : {"inverted", "classic"}
+        Where the 1 / (1 - p) correction goes: at training ("inverted") or inference
+        ("classic", multiply by 1 - p).
+    out : array, optional
+        Where to write the result: same shape and dtype as x, on the same device. ``out=x`` works
+        in place; any other overlap with x is refused.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        "auto": "cuda" for device arrays, else FASTREG_BACKEND or the fastest available host
+        backend (cpu, then c, then numpy).
+
+    Returns
+    -------
+    array
+        The result: ``out`` when given, else a new array on x's device (always a new array,
+        also at inference).
+
+    Raises
+    ------
+    TypeError
+        x not float32/float64 (integers, bool, complex), or p/training of the wrong type.
+    ValueError
+        p outside [0, 1] or NaN; seed or offset not an integer in [0, 2**64) or offset + x.size
+        beyond 2**64; mode unknown; out of the wrong shape, dtype or device, read-only, or
+        overlapping x without being x.
+
+    Notes
+    -----
+    Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov, "Dropout: a simple way to prevent
+    neural networks from overfitting", JMLR 15, 2014. The mask is a pure function of
+    ``(seed, offset + i)``; see ``fastreg.dropout_mask`` to materialize it.
+    """
+    return _elementwise(x, p, seed, offset, training, mode, out, backend, "x")
+
+
+def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
+                     backend="auto"):
+    """Gradient of ``dropout`` with respect to x, with the mask regenerated from (seed, offset).
+
+    ``grad_x = grad_y * m * scale``, the same select and scale as the forward call with the same
+    ``p, seed, offset, training, mode``; no mask is stored between forward and backward.
+
+    Parameters
+    ----------
+    grad_y : array_like, float32 or float64
+        Gradient with respect to dropout's output.
+    p, seed, offset, training, mode, out, backend
+        As in ``fastreg.dropout``; they must be those of the forward call.
+
+    Returns
+    -------
+    array
+        ``grad_x``, shaped like grad_y (``out`` when given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in ``fastreg.dropout``, for grad_y in place of x.
+    """
+    return _elementwise(grad_y, p, seed, offset, training, mode, out, backend, "grad_y")
+
+
+def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
+    """The keep-mask that ``dropout`` uses for an array of ``shape`` with ``(seed, offset)``.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        Shape of the array the mask is for.
+    p, seed, offset
+        As in ``fastreg.dropout``.
+    packed : bool
+        True: one bit per element, uint8 of shape ``(ceil(size / 8),)``, element ``8k + j`` in bit
+        ``j`` of byte ``k`` (LSB first, ``np.unpackbits(m, count=size, bitorder="little")``
+        unpacks it), 8x smaller than a bool mask; padding bits are 0. False: a bool array of
+        ``shape``.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        "cuda" returns a device array.
+
+    Returns
+    -------
+    ndarray (or device array)
+        True / 1 where the element is kept.
+
+    Raises
+    ------
+    ValueError
+        Bad shape, p, seed or offset (see ``fastreg.dropout``).
+    """
+    shape = _arrays.check_shape(shape)
+    p = _arrays.check_probability(p)
+    seed = _arrays.check_uint64(seed, "seed")
+    offset = _arrays.check_uint64(offset, "offset")
+    packed = _check_bool(packed, "packed")
+    backend = _registry.resolve(backend)
+    n = math.prod(shape)
+    _arrays.check_counter_range(offset, n)
+    job = Job(backend, host_input=False)
+    t = _threshold(p)
+    size = ((n + 7) // 8,) if packed else (n,)
+    if t >= _TWO32 or n == 0:  # p == 1: nothing is kept
+        res = job.zeros(size, np.uint8)
+    elif packed:
+        res = job.empty(size, np.uint8)
+        job.op("dropout_mask_packed")(seed, offset, t, n, res)
+    else:
+        res = job.empty(size, np.uint8)
+        job.op("dropout_mask")(seed, offset, t, res)
+    if packed:
+        return res
+    return res.reshape(shape) if job.device else res.view(np.bool_).reshape(shape)
+
+
+
+def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
+    """Dropout with one draw per group: per (sample, channel) for ``axis`` an int, per sample for
+    ``axis=None``. Group (n, c) uses stream word ``offset + n * C + c``."""
+    p, seed, offset, training = _common(p, seed, offset, mode, training)
+    job, xa = _prepare(x, out, backend, name)
+    shape = tuple(xa.shape)
+    if axis is None:
+        if len(shape) < 1:
+            raise ValueError(f"{name} must have a sample axis (ndim >= 1), got a 0-d array")
+        c, m1, m2 = 1, 1, math.prod(shape[1:])
+    else:
+        if len(shape) < 2:
+            raise ValueError(f"{name} must have a sample axis and a channel axis (ndim >= 2), "
+                             f"got shape {shape}")
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+        ax = int(axis) + len(shape) if axis < 0 else int(axis)
+        if not 1 <= ax < len(shape):
+            raise ValueError(f"axis must name a channel axis in [1, {len(shape)}) or "
+                             f"[-{len(shape) - 1}, -1] (axis 0 is the sample axis), got {axis}")
+        c, m1, m2 = shape[ax], math.prod(shape[1:ax]), math.prod(shape[ax + 1:])
+    nsamples = shape[0]
+    groups = nsamples * c
+    _arrays.check_counter_range(offset, groups)
+    t = _threshold(p) if training else 0
+    dtype = np.dtype(xa.dtype)
+    xc = job.contig(xa)
+    res = job.target(out, shape, dtype)
+    if math.prod(shape):
+        if t >= _TWO32:
+            keep = job.zeros((groups,), np.uint8)
+        else:
+            keep = job.empty((groups,), np.uint8)
+            job.op("dropout_mask")(seed, offset, t, keep)
+        dims = (nsamples, m1, c, m2)
+        job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c),
+                                dtype.type(_scale(p, training, mode)), res.reshape(dims))
+    return job.finish(res, out)
+
+
+def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="inverted",
+                    out=None, backend="auto"):
+    """Channel dropout (``Dropout1d/2d/3d``): whole channels of a sample are kept or dropped.
+
+    One draw per (sample, channel), shared over every other axis; the sample axis is 0 and the
+    channel axis is ``axis`` (1 for NCHW / NCL, -1 for channels-last NHWC). Channel ``c`` of sample
+    ``n`` uses stream word ``offset + n * C + c``, so a call consumes ``N * C`` words.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, ndim >= 2
+        ``(N, C, ...)`` or channels-last ``(N, ..., C)``.
+    p, seed, offset, training, mode, out, backend
+        As in ``fastreg.dropout``.
+    axis : int
+        The channel axis (not 0).
+
+    Returns
+    -------
+    array
+        ``x`` with dropped channels zeroed and kept ones scaled as ``mode`` says.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in ``fastreg.dropout``; ValueError also for ndim < 2 or axis 0 / out of range.
+
+    Notes
+    -----
+    Tompson, Goroshin, Jain, LeCun & Bregler, "Efficient object localization using convolutional
+    networks", CVPR 2015 (SpatialDropout).
+    """
+    return _grouped(x, p, seed, offset, training, mode, out, backend, "x", axis)
+
+
+def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=True,
+                             mode="inverted", out=None, backend="auto"):
+    """Gradient of ``channel_dropout``, mask regenerated from (seed, offset).
+
+    Parameters
+    ----------
+    grad_y : array_like, float32 or float64
+        Gradient with respect to channel_dropout's output.
+    p, seed, offset, axis, training, mode, out, backend
+        Those of the forward call.
+
+    Returns
+    -------
+    array
+        ``grad_x``.
+    """
+    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", axis)
+
+
+def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
+              backend="auto"):
+    """Drop path / stochastic depth: each sample (axis 0) is kept or zeroed as a whole.
+
+    Sample ``n`` uses stream word ``offset + n``. With ``mode="inverted"`` kept samples are scaled
+    by 1 / (1 - p) (timm's ``scale_by_keep=True``); "classic" scales at inference instead.
+
+    Parameters
+    ----------
+    x : array_like, float32 or float64, ndim >= 1
+        A batch, sample axis first (typically a residual branch's output).
+    p, seed, offset, training, mode, out, backend
+        As in ``fastreg.dropout``.
+
+    Returns
+    -------
+    array
+        ``x`` with dropped samples zeroed.
+
+    Notes
+    -----
+    Huang, Sun, Liu, Sedra & Weinberger, "Deep networks with stochastic depth", ECCV 2016.
+    """
+    return _grouped(x, p, seed, offset, training, mode, out, backend, "x", None)
+
+
+def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted",
+                       out=None, backend="auto"):
+    """Gradient of ``drop_path``, mask regenerated from (seed, offset).
+
+    Parameters
+    ----------
+    grad_y : array_like, float32 or float64
+        Gradient with respect to drop_path's output.
+    p, seed, offset, training, mode, out, backend
+        Those of the forward call.
+
+    Returns
+    -------
+    array
+        ``grad_x``.
+    """
+    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", None)

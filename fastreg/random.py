@@ -1,0 +1,167 @@
+"""Counter-based random numbers: Philox4x32-10 and the stream every fastreg op draws from.
+
+Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3", SC'11. A counter-based
+generator is a pure function ``(counter, key) -> 4 words``: no state to carry between threads,
+processes or backends, which is what makes fastreg's masks identical everywhere.
+
+The stream for ``seed``: word ``g`` (a 64-bit position) is word ``g & 3`` of
+``philox4x32(counter=(b & 0xFFFFFFFF, b >> 32, 0, 0), key=(seed & 0xFFFFFFFF, seed >> 32))`` with
+``b = g >> 2``. Positions are 64-bit, so neither arrays beyond 2**32 elements nor long training
+runs ever reuse a counter.
+"""
+import math
+
+import numpy as np
+
+from . import _arrays, _registry
+from ._dispatch import Job
+
+__all__ = ["philox4x32", "random_bits", "uniform"]
+
+
+def _as_words(a, name, width):
+    if _arrays.is_device(a):
+        info = _arrays.DeviceArrayInfo(a)
+        if info.dtype != np.uint32:
+            raise TypeError(f"{name} on the device must be uint32, got {info.dtype}")
+        if not info.shape or info.shape[-1] != width:
+            raise ValueError(f"{name} must have shape (..., {width}), got {info.shape}")
+        return a
+    arr = _arrays.as_host(a, name)
+    if arr.dtype.kind not in "ui":
+        raise TypeError(f"{name} must hold unsigned 32-bit integers, got dtype {arr.dtype}")
+    if arr.ndim == 0 or arr.shape[-1] != width:
+        raise ValueError(f"{name} must have shape (..., {width}), got {arr.shape}")
+    if arr.dtype != np.uint32:
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+            raise ValueError(f"{name} values must be in [0, 2**32)")
+        arr = arr.astype(np.uint32)
+    return arr
+
+
+def philox4x32(counter, key, *, backend="auto"):
+    """The Philox4x32-10 block function, element-wise over leading axes.
+
+    Parameters
+    ----------
+    counter : array_like of uint32, shape (..., 4)
+        128-bit counters as four 32-bit words.
+    key : array_like of uint32, shape (..., 2)
+        64-bit keys as two 32-bit words; leading axes broadcast against counter's.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    ndarray of uint32, shape (..., 4)
+        The four output words (a device array for device input).
+
+    Raises
+    ------
+    TypeError
+        Non-integer dtype.
+    ValueError
+        Last axis not 4 (counter) or 2 (key), values outside [0, 2**32), shapes that do not
+        broadcast.
+
+    Notes
+    -----
+    Known answer: counter (0, 0, 0, 0), key (0, 0) -> 6627e8d5 e169c58d bc57ac4c 9b00dbd8.
+    """
+    ctr = _as_words(counter, "counter", 4)
+    k = _as_words(key, "key", 2)
+    backend = _registry.resolve(backend, ctr, k)
+    device_in = _arrays.is_device(ctr) or _arrays.is_device(k)
+    job = Job(backend, host_input=not device_in)
+    cshape = tuple(_arrays.describe(ctr, "counter").shape)
+    kshape = tuple(_arrays.describe(k, "key").shape)
+    if device_in:
+        if cshape[:-1] != kshape[:-1]:
+            raise ValueError("device counter and key must have the same leading shape, got "
+                             f"{cshape} and {kshape}")
+        lead = cshape[:-1]
+    else:
+        try:
+            lead = np.broadcast_shapes(cshape[:-1], kshape[:-1])
+        except ValueError:
+            raise ValueError(f"counter {cshape} and key {kshape} do not broadcast")
+        ctr = np.broadcast_to(ctr, lead + (4,))
+        k = np.broadcast_to(k, lead + (2,))
+    n = math.prod(lead)
+    c2 = job.contig(ctr).reshape(n, 4)
+    k2 = job.contig(k).reshape(n, 2)
+    res = job.empty((n, 4), np.uint32)
+    if n:
+        job.op("philox4x32")(c2, k2, res)
+    return job.finish(res, None).reshape(lead + (4,))
+
+
+def _stream_call(op, shape, seed, offset, dtype, words_per_element, backend):
+    shape = _arrays.check_shape(shape)
+    seed = _arrays.check_uint64(seed, "seed")
+    offset = _arrays.check_uint64(offset, "offset")
+    n = math.prod(shape)
+    _arrays.check_counter_range(offset * words_per_element, n * words_per_element)
+    job = Job(_registry.resolve(backend), host_input=False)
+    res = job.empty((n,), dtype)
+    if n:
+        job.op(op)(seed, offset, res)
+    return res.reshape(shape)
+
+
+def random_bits(shape, *, seed, offset=0, backend="auto"):
+    """Raw 32-bit words of the stream: element i is word ``offset + i``.
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+    seed : int in [0, 2**64)
+    offset : int in [0, 2**64)
+        Position of element 0; ``offset + size`` must not exceed 2**64.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    ndarray of uint32, of ``shape``
+        (a device array for backend "cuda").
+
+    Raises
+    ------
+    ValueError
+        Bad shape, seed or offset.
+    """
+    return _stream_call("random_bits", shape, seed, offset, np.uint32, 1, backend)
+
+
+def uniform(shape, *, seed, offset=0, dtype=np.float32, backend="auto"):
+    """Uniform floats in [0, 1) from the stream.
+
+    float32: element i is ``(w[offset + i] >> 8) * 2**-24`` (24 random bits; every value is a
+    multiple of 2**-24). float64: element i takes two words, ``lo = w[2 (offset + i)]`` and
+    ``hi = w[2 (offset + i) + 1]``, and is ``((hi << 32 | lo) >> 11) * 2**-53`` (53 bits).
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+    seed : int in [0, 2**64)
+    offset : int in [0, 2**64)
+        Counted in elements of ``dtype``.
+    dtype : float32 or float64
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    ndarray of ``dtype``, of ``shape``
+        Values in [0, 1); a device array for backend "cuda".
+
+    Raises
+    ------
+    TypeError
+        dtype not float32 or float64.
+    ValueError
+        Bad shape, seed or offset.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _arrays.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return _stream_call("uniform", shape, seed, offset, dtype, 2 if dtype == np.float64 else 1,
+                        backend)
