@@ -1,0 +1,45 @@
+"""Shared fixtures: the ``backend`` fixture runs a test on every backend, skipping (with the
+reason from fastreg.available_backends) those that cannot run here.
+
+The CUDA backend runs on a real GPU when there is one, else under Numba's simulator when the
+suite is started with NUMBA_ENABLE_CUDASIM=1 (see .ci/run); simulated tests stay small.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fastreg
+
+ALL_BACKENDS = ("numpy", "cpu", "c", "cuda")
+CUDA_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    reason = fastreg.available_backends()[request.param]
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+@pytest.fixture(params=[b for b in ALL_BACKENDS if b != "numpy"])
+def kernel_backend(request):
+    """The backends other than the reference (for tests that compare against it)."""
+    reason = fastreg.available_backends()[request.param]
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+def big(backend, n):
+    """A statistically useful size, skipped under the CUDA simulator (too slow there)."""
+    if backend == "cuda" and CUDA_SIM:
+        pytest.skip("large statistical test: too slow under the CUDA simulator")
+    return n
+
+
+def bits(a):
+    """The raw bit pattern of a float array, so comparisons are exact (signed zeros, NaNs)."""
+    a = np.asarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)

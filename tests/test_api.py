@@ -1,0 +1,68 @@
+"""The public surface: docstrings, backend discovery and selection, import cost."""
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastreg
+from fastreg import _registry
+
+PUBLIC = [getattr(fastreg, n) for n in fastreg.__all__ if inspect.isfunction(getattr(fastreg, n))]
+PUBLIC += [getattr(fastreg.random, n) for n in fastreg.random.__all__]
+
+
+@pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)
+def test_docstrings(fn):
+    doc = inspect.getdoc(fn) or ""
+    assert "Parameters\n----------" in doc, fn.__name__
+    assert "Returns\n-------" in doc, fn.__name__
+
+
+def test_available_backends_reports_every_backend():
+    avail = fastreg.available_backends()
+    assert list(avail) == ["numpy", "cpu", "c", "cuda"]
+    assert avail["numpy"] is None
+    for name, reason in avail.items():
+        assert reason is None or (isinstance(reason, str) and reason)
+
+
+def test_auto_prefers_cpu_then_c_then_numpy(monkeypatch):
+    monkeypatch.delenv("FASTREG_BACKEND", raising=False)
+    avail = fastreg.available_backends()
+    first = next(b for b in ("cpu", "c", "numpy") if avail[b] is None)
+    assert _registry.resolve("auto", np.ones(3)) == first
+
+
+@pytest.mark.parametrize("name", ["numpy", "cpu", "c"])
+def test_env_override(monkeypatch, name):
+    if fastreg.available_backends()[name] is not None:
+        pytest.skip(f"{name} unavailable")
+    monkeypatch.setenv("FASTREG_BACKEND", name)
+    assert _registry.resolve("auto", np.ones(3)) == name
+
+
+def test_env_override_rejects_unknown(monkeypatch):
+    monkeypatch.setenv("FASTREG_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="FASTREG_BACKEND"):
+        fastreg.dropout(np.ones(3, np.float32), seed=1)
+
+
+def test_device_array_refused_by_host_backend():
+    class FakeDevice:
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3}
+    with pytest.raises(ValueError, match="CUDA device array"):
+        fastreg.dropout(FakeDevice(), seed=1, backend="cpu")
+
+
+def test_import_fastreg_loads_no_backend():
+    code = ("import sys, time; t = time.perf_counter(); import fastreg; "
+            "dt = time.perf_counter() - t; "
+            "assert not any(m in sys.modules for m in ('numba', 'cffi', 'fastreg.cpu', "
+            "'fastreg.c', 'fastreg.cuda')), sorted(sys.modules); print(dt)")
+    env = dict(os.environ)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
