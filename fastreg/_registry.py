@@ -52,7 +52,11 @@ def _load(name):
         return None
     try:
         module = importlib.import_module(_MODULES[name])
-        reason = module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
+        lacking = [op for op in OPS + ("unavailable_reason",) if not hasattr(module, op)]
+        if lacking:
+            reason = f"{_MODULES[name]} does not define {', '.join(lacking)}"
+        else:
+            reason = module.unavailable_reason()
     except Exception as exc:  # an import failure is exactly what available_backends reports
         module, reason = None, f"{type(exc).__name__}: {exc}"
     if reason is not None:
@@ -64,6 +68,13 @@ def _load(name):
 
 def available_backends():
     """Which backends run here, and why the others do not.
+
+    Importing a backend for this check is what loads Numba or the C extension; the result is
+    cached for the process.
+
+    Parameters
+    ----------
+    None
 
     Returns
     -------
