@@ -14,9 +14,17 @@ _U64 = 1 << 64
 
 
 class DeviceArrayInfo:
-    """Shape, dtype and contiguity of an object exposing ``__cuda_array_interface__``."""
+    """Shape, dtype and contiguity of an object exposing ``__cuda_array_interface__`` (or of a
+    Numba CUDA-simulator array, which stands for device memory in tests)."""
 
     def __init__(self, obj):
+        if not hasattr(obj, "__cuda_array_interface__"):  # simulator: wraps a NumPy array
+            host = obj._ary
+            self.obj, self.shape, self.dtype, self.size = obj, host.shape, host.dtype, host.size
+            self.c_contiguous = host.flags.c_contiguous
+            self.ptr = host.__array_interface__["data"][0]
+            self.readonly = not host.flags.writeable
+            return
         iface = obj.__cuda_array_interface__
         self.obj = obj
         self.shape = tuple(int(s) for s in iface["shape"])
@@ -37,7 +45,10 @@ def _c_strides(shape, dtype):
 
 
 def is_device(a):
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """True for CUDA arrays: ``__cuda_array_interface__`` (Numba, CuPy, torch) or a Numba
+    CUDA-simulator array (``__cuda_ndarray__``)."""
+    return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__")
+                                              or getattr(a, "__cuda_ndarray__", False) is True)
 
 
 def as_host(a, name):

@@ -18,7 +18,7 @@ class Job:
         self.mod = _registry.module(backend)
 
     def op(self, name):
-        return getattr(self.mod, name)
+        return _registry.get(name, self.backend)
 
     def contig(self, a):
         """A C-contiguous array the backend's kernels accept."""

@@ -29,6 +29,7 @@ See fastreg/reference/ for the exact definitions.
 import importlib
 
 from . import _config
+from ._arrays import is_device
 
 OPS = ("philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
        "dropout_mask_packed", "group_dropout")
@@ -117,7 +118,7 @@ def resolve(backend, *arrays):
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     backend = backend.lower()
-    on_device = any(_is_device(a) for a in arrays)
+    on_device = any(a is not None and is_device(a) for a in arrays)
     if backend == "auto":
         if on_device:
             backend = "cuda"
@@ -135,6 +136,3 @@ def resolve(backend, *arrays):
     module(backend)  # raise now, with the reason, if it cannot run
     return backend
 
-
-def _is_device(a):
-    return a is not None and hasattr(a, "__cuda_array_interface__")

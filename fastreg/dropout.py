@@ -206,19 +206,15 @@ def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
     _arrays.check_counter_range(offset, n)
     job = Job(backend, host_input=False)
     t = _threshold(p)
-    size = ((n + 7) // 8,) if packed else (n,)
+    size, dtype = (((n + 7) // 8,), np.uint8) if packed else ((n,), np.bool_)
     if t >= _TWO32 or n == 0:  # p == 1: nothing is kept
-        res = job.zeros(size, np.uint8)
-    elif packed:
-        res = job.empty(size, np.uint8)
-        job.op("dropout_mask_packed")(seed, offset, t, n, res)
-    else:
-        res = job.empty(size, np.uint8)
-        job.op("dropout_mask")(seed, offset, t, res)
+        return job.zeros(size, dtype).reshape(size if packed else shape)
+    res = job.empty(size, dtype)
     if packed:
+        job.op("dropout_mask_packed")(seed, offset, t, n, res)
         return res
-    return res.reshape(shape) if job.device else res.view(np.bool_).reshape(shape)
-
+    job.op("dropout_mask")(seed, offset, t, res)
+    return res.reshape(shape)
 
 
 def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):

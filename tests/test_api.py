@@ -66,3 +66,14 @@ def test_import_fastreg_loads_no_backend():
     env = dict(os.environ)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
+
+
+def test_required_backends_are_present():
+    """CI sets FASTREG_TEST_REQUIRE (e.g. "numpy,cpu,c") so a backend that failed to build or
+    import fails the run instead of skipping all of its tests."""
+    required = [b for b in os.environ.get("FASTREG_TEST_REQUIRE", "").split(",") if b]
+    if not required:
+        pytest.skip("FASTREG_TEST_REQUIRE not set")
+    avail = fastreg.available_backends()
+    missing = {b: avail[b] for b in required if avail[b] is not None}
+    assert not missing, f"required backends unavailable: {missing}"

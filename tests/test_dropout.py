@@ -374,3 +374,32 @@ def test_missing_backend_is_a_clear_error(monkeypatch):
     monkeypatch.delitem(_registry._loaded, "c", raising=False)
     with pytest.raises(fastreg.BackendUnavailableError, match="'c' is not available: not built"):
         fastreg.dropout(np.ones(3, np.float32), seed=1, backend="c")
+
+
+# ---- device arrays through the public API -------------------------------------------------
+
+
+def test_device_arrays_stay_on_device(backend):
+    if backend != "cuda":
+        pytest.skip("device arrays are for the cuda backend")
+    from numba import cuda
+    x = data((3, 100), np.float32)
+    dx = cuda.to_device(x)
+    expected = fastreg.dropout(x, 0.5, seed=4, offset=3, backend="numpy")
+    y = fastreg.dropout(dx, 0.5, seed=4, offset=3)  # auto -> cuda for device input
+    assert not isinstance(y, np.ndarray) and y.shape == x.shape
+    np.testing.assert_array_equal(y.copy_to_host(), expected)
+    dout = cuda.device_array_like(x)
+    assert fastreg.dropout(dx, 0.5, seed=4, offset=3, out=dout) is dout
+    np.testing.assert_array_equal(dout.copy_to_host(), expected)
+    assert fastreg.dropout(dx, 0.5, seed=4, offset=3, out=dx) is dx  # in place
+    np.testing.assert_array_equal(dx.copy_to_host(), expected)
+    g = fastreg.channel_dropout(cuda.to_device(x), 0.5, seed=4)
+    np.testing.assert_array_equal(g.copy_to_host(),
+                                  fastreg.channel_dropout(x, 0.5, seed=4, backend="numpy"))
+    with pytest.raises(ValueError, match="out must be a CUDA device array"):
+        fastreg.dropout(dx, 0.5, seed=4, out=np.empty_like(x))
+    with pytest.raises(ValueError, match="runs on host memory"):
+        fastreg.dropout(dx, 0.5, seed=4, backend="cpu")
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        fastreg.dropout(cuda.to_device(np.ones(3, np.int32)), 0.5, seed=4)

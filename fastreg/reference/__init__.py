@@ -6,5 +6,10 @@ Every function here has the same name and signature in fastreg.cpu, fastreg.c an
 from .philox import philox4x32, random_bits, uniform
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
 
-__all__ = ["philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
+__all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
            "dropout_mask_packed", "group_dropout"]
+
+
+def unavailable_reason():
+    """The reference needs only NumPy: always available."""
+    return None

@@ -1,0 +1,51 @@
+"""The Numba CUDA backend ("cuda"): the same ops as fastreg.reference, on device arrays.
+
+Importing this package needs neither a GPU nor a driver and compiles nothing: kernels are lazily
+compiled ``@cuda.jit(cache=True)`` functions, built on first launch. ``unavailable_reason()`` says
+why the backend cannot run here (None when it can, including under NUMBA_ENABLE_CUDASIM=1).
+
+Ops (see fastreg._registry for the contract): ``philox4x32``, ``random_bits``, ``uniform``,
+``dropout``, ``dropout_mask``, ``dropout_mask_packed``, ``group_dropout``. Arguments may be Numba
+device arrays, any object with ``__cuda_array_interface__``, or NumPy arrays (copied to the device
+and the result copied back).
+
+For your own kernels: ``philox4x32_device``, ``stream_block_device`` and ``stream_word_device``
+(see fastreg.cuda.philox) give the same words, hence the same masks, as fastreg's ops.
+"""
+_IMPORT_ERROR = None
+
+try:
+    from numba import cuda as _cuda
+except Exception as exc:  # numba-cuda missing or broken: report it, do not fail the import
+    _cuda = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+if _cuda is not None:
+    from .philox import (philox4x32, random_bits, uniform, philox4x32_device,
+                         stream_block_device, stream_word_device, split_seed,
+                         as_device, empty, to_device, copy_to_host)
+    from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
+
+__all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout",
+           "dropout_mask", "dropout_mask_packed", "group_dropout", "philox4x32_device",
+           "stream_block_device", "stream_word_device", "split_seed", "as_device", "empty",
+           "to_device", "copy_to_host"]
+
+
+def unavailable_reason():
+    """Why the CUDA backend cannot run here.
+
+    Returns
+    -------
+    str or None
+        None when ``numba.cuda`` imports and finds a GPU (or runs under the simulator,
+        NUMBA_ENABLE_CUDASIM=1); otherwise a short reason.
+    """
+    if _cuda is None:
+        return f"numba-cuda not installed or broken ({_IMPORT_ERROR}): pip install fastreg[cuda]"
+    try:
+        if _cuda.is_available():
+            return None
+    except Exception as exc:
+        return f"no CUDA driver/GPU found ({type(exc).__name__}: {exc})"
+    return "no CUDA driver/GPU found (numba.cuda.is_available() is False)"
