@@ -2,8 +2,10 @@
 
 FASTREG_BACKEND      default host backend for backend="auto" ("numpy", "cpu" or "c").
 FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
+FASTREG_C_NO_AVX2    1: the C backend uses its portable kernels even where the CPU has AVX2.
 FASTREG_NO_C         (install time, read by setup.py) build without the C extension.
 FASTREG_NATIVE       (install time, read by csrc/ffi_build.py) compile the C extension with -march=native.
+FASTREG_SANITIZE     (build time, read by csrc/ffi_build.py) build it with ASan + UBSan instead.
 """
 import os
 
@@ -23,3 +25,8 @@ def default_backend():
 def cuda_threads_per_block():
     """Threads per CUDA block (FASTREG_CUDA_TPB, default 256)."""
     return int(os.environ.get("FASTREG_CUDA_TPB", "256"))
+
+
+def c_force_portable():
+    """FASTREG_C_NO_AVX2=1: the C backend's portable kernels only."""
+    return os.environ.get("FASTREG_C_NO_AVX2", "") not in ("", "0")

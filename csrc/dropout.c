@@ -1,0 +1,697 @@
+/* Philox stream ops and dropout kernels (OpenMP), the C backend of fastreg.
+ *
+ * Exact definitions: fastreg/reference/.  Layout of every stream op:
+ *   - the n elements are cut into tiles of at most FR_TILE stream words; tile 0 is the few
+ *     elements before the output reaches a 64-byte boundary, so every other tile starts on one
+ *     (streaming stores, and no cache line written by two threads);
+ *   - OpenMP hands the tiles out in contiguous runs (schedule(guided));
+ *   - a tile first generates its Philox words into a small buffer in stream order (AVX2 or
+ *     portable generator, see philox.h), then runs the element loop on them.
+ * Element i only ever uses stream word offset + i, so the result never depends on the thread
+ * count or on where tiles fall.
+ *
+ * Dropped elements are a bitwise select (x * scale) & mask: exactly +0.0, even for inf or NaN.
+ * Kept elements are one multiply in the array's dtype (built with -ffp-contract=off, and no
+ * fast-math).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fastreg.h"
+#include "philox.h"
+
+#ifndef FR_TILE
+#define FR_TILE 2048        /* stream words per tile: 8 KiB, stays in L1 with its inputs */
+#endif
+#define FR_TILE_PAD 32      /* words generated beyond a tile: shift (3) and block rounding (15) */
+#define FR_PAR_MIN_TILES 4  /* fewer tiles than this run on the calling thread */
+/* Outputs at least this large bypass the cache (streaming stores) when not written in place:
+ * they would not fit in the caches anyway, and streaming avoids reading the lines first. */
+#define FR_STREAM_MIN_BYTES ((size_t)4 << 20)
+
+/* ------------------------------------------------------------------ settings */
+
+static int g_isa = -1;         /* -1: not yet detected */
+static int g_stream_mode = 1;  /* auto */
+
+int fr_cpu_has_avx2(void)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+int fr_get_isa(void)
+{
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = fr_cpu_has_avx2();
+        __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    }
+    return isa;
+}
+
+int fr_set_isa(int isa)
+{
+    if (isa != 0 && isa != 1)
+        return FR_ERR_UNSUPPORTED;
+    if (isa == 1 && !fr_cpu_has_avx2())
+        return FR_ERR_UNSUPPORTED;
+    __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    return FR_OK;
+}
+
+int fr_get_stream_stores(void) { return __atomic_load_n(&g_stream_mode, __ATOMIC_RELAXED); }
+
+int fr_set_stream_stores(int mode)
+{
+    if (mode < 0 || mode > 2)
+        return FR_ERR_UNSUPPORTED;
+    __atomic_store_n(&g_stream_mode, mode, __ATOMIC_RELAXED);
+    return FR_OK;
+}
+
+int fr_omp_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------ tiles */
+
+typedef struct {
+    uint64_t seed, offset;
+    uint32_t threshold;
+    int avx2;    /* use the AVX2 generator and element loops */
+    int stream;  /* streaming stores allowed */
+    float scale_f;
+    double scale_d;
+    const void *x;
+    void *out;
+    size_t n;
+} fr_job;
+
+/* Process elements [lo, hi); buf holds FR_TILE + FR_TILE_PAD words, 64-byte aligned. */
+typedef void (*fr_tile_fn)(const fr_job *job, size_t lo, size_t hi, uint32_t *buf);
+
+/* Words starting at word s of block b0, nwords of them: returns buf + s. */
+static const uint32_t *fr_words(const fr_job *job, uint64_t b0, unsigned s, size_t nwords,
+                                uint32_t *buf)
+{
+    size_t nb = (s + nwords + 3) / 4;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_stream_blocks_avx2(job->seed, b0, nb, buf);  /* writes up to 3 blocks more */
+        return buf + s;
+    }
+#endif
+    fr_stream_blocks_portable(job->seed, b0, nb, buf);
+    return buf + s;
+}
+
+/* Words offset + lo .. offset + hi - 1 (one per element). */
+static const uint32_t *fr_tile_words(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    uint64_t g = job->offset + lo;  /* < 2**64: the wrapper checked offset + n <= 2**64 */
+    return fr_words(job, g >> 2, (unsigned)(g & 3), hi - lo, buf);
+}
+
+/* Elements before `out` reaches a 64-byte boundary (0 if out is not even itemsize-aligned). */
+static size_t fr_head(const void *out, size_t itemsize, size_t n)
+{
+    uintptr_t a = (uintptr_t)out;
+    if (a % itemsize)
+        return 0;
+    size_t h = ((64 - (a & 63)) & 63) / itemsize;
+    return h < n ? h : n;
+}
+
+static int fr_want_stream(const void *x, const void *out, size_t bytes)
+{
+    switch (fr_get_stream_stores()) {
+    case 0: return 0;
+    case 2: return 1;
+    default: return x != out && bytes >= FR_STREAM_MIN_BYTES;
+    }
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+static void fr_sfence(void) { _mm_sfence(); }
+#else
+static void fr_sfence(void) {}
+#endif
+
+/* Runs fn over tile 0 = [0, head) and tiles of `tile` elements after it. */
+static void fr_run_tiles(const fr_job *job, size_t n, size_t head, size_t tile, fr_tile_fn fn)
+{
+    size_t ntiles = 1 + (n - head + tile - 1) / tile;
+    int par = ntiles >= FR_PAR_MIN_TILES;
+    (void)par;
+#pragma omp parallel if (par)
+    {
+        _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
+        /* guided: long contiguous runs first (prefetch-friendly), then short ones that let a
+         * thread pick up the work of one the OS has preempted (measured: as fast as static on
+         * an idle machine, faster on a busy one) */
+#pragma omp for schedule(guided, 4)
+        for (size_t t = 0; t < ntiles; t++) {
+            size_t lo = t == 0 ? 0 : head + (t - 1) * tile;
+            size_t hi = t == 0 ? head : (head + t * tile < n ? head + t * tile : n);
+            if (lo < hi)
+                fn(job, lo, hi, buf);
+        }
+        if (job->stream)
+            fr_sfence();  /* order this thread's streaming stores before the join */
+    }
+}
+
+static void fr_job_init(fr_job *job, uint64_t seed, uint64_t offset, size_t n)
+{
+    memset(job, 0, sizeof *job);
+    job->seed = seed;
+    job->offset = offset;
+    job->n = n;
+    job->avx2 = fr_get_isa() == 1;
+}
+
+/* Branchless select: v where keep, +0.0 where not. */
+static inline float fr_sel_f32(float v, int keep)
+{
+    uint32_t b;
+    memcpy(&b, &v, sizeof b);
+    b &= (uint32_t)0 - (uint32_t)(keep != 0);
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+static inline double fr_sel_f64(double v, int keep)
+{
+    uint64_t b;
+    memcpy(&b, &v, sizeof b);
+    b &= (uint64_t)0 - (uint64_t)(keep != 0);
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+/* ------------------------------------------------------------------ philox4x32 */
+
+int fr_philox4x32(const uint32_t *ctr, const uint32_t *key, uint32_t *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!ctr || !key || !out)
+        return FR_ERR_NULL;
+#pragma omp parallel for schedule(static) if (n >= 16384)
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t w[4];
+        fr_philox4x32_10(ctr + 4 * j, key + 2 * j, w);
+        memcpy(out + 4 * j, w, sizeof w);
+    }
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ random_bits */
+
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_AVX2 static void fr_copy_words_avx2(const uint32_t *w, uint32_t *o, size_t len, int stream)
+{
+    size_t i = 0;
+    if (stream) {
+        for (; i < len && ((uintptr_t)(o + i) & 31); i++)
+            o[i] = w[i];
+        for (; i + 8 <= len; i += 8)
+            _mm256_stream_si256((__m256i *)(o + i), _mm256_loadu_si256((const __m256i *)(w + i)));
+    }
+    for (; i + 8 <= len; i += 8)
+        _mm256_storeu_si256((__m256i *)(o + i), _mm256_loadu_si256((const __m256i *)(w + i)));
+    for (; i < len; i++)
+        o[i] = w[i];
+}
+#endif
+
+static void fr_random_bits_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    uint32_t *o = (uint32_t *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_copy_words_avx2(w, o, hi - lo, job->stream);
+        return;
+    }
+#endif
+    memcpy(o, w, (hi - lo) * sizeof *o);
+}
+
+int fr_random_bits(uint64_t seed, uint64_t offset, uint32_t *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.out = out;
+    job.stream = fr_want_stream(NULL, out, (size_t)n * sizeof *out);
+    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
+                 fr_random_bits_tile);
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ uniform */
+
+/* (w >> 8) * 2**-24: 24 bits, exact in float32; the (exact) int32 cast lets it vectorize. */
+static inline __attribute__((always_inline)) void
+fr_uniform_f32_elems(const uint32_t *w, float *o, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        o[i] = (float)(int32_t)(w[i] >> 8) * 0x1p-24f;
+}
+
+/* u = lo | hi << 32; (u >> 11) * 2**-53 = hi * 2**-32 + (lo >> 11) * 2**-53: every product
+ * and the sum below are exact (a 53-bit integer times a power of two). */
+static inline __attribute__((always_inline)) void
+fr_uniform_f64_elems(const uint32_t *w, double *o, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        double hi = (double)w[2 * i + 1];
+        double lo = (double)(int32_t)(w[2 * i] >> 11);  /* < 2**21: the int32 cast is exact */
+        o[i] = hi * 0x1p-32 + lo * 0x1p-53;
+    }
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_AVX2 static void fr_uniform_f32_elems_avx2(const uint32_t *w, float *o, size_t len)
+{
+    fr_uniform_f32_elems(w, o, len);
+}
+FR_AVX2 static void fr_uniform_f64_elems_avx2(const uint32_t *w, double *o, size_t len)
+{
+    fr_uniform_f64_elems(w, o, len);
+}
+#endif
+
+static void fr_uniform_f32_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    float *o = (float *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_uniform_f32_elems_avx2(w, o, hi - lo);
+        return;
+    }
+#endif
+    fr_uniform_f32_elems(w, o, hi - lo);
+}
+
+static void fr_uniform_f64_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    /* element e = offset + lo uses words 2e and 2e + 1: block e >> 1, word 2 (e & 1); this
+     * form never computes 2e, which can pass 2**64 */
+    uint64_t e = job->offset + lo;
+    const uint32_t *w = fr_words(job, e >> 1, (unsigned)(2 * (e & 1)), 2 * (hi - lo), buf);
+    double *o = (double *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_uniform_f64_elems_avx2(w, o, hi - lo);
+        return;
+    }
+#endif
+    fr_uniform_f64_elems(w, o, hi - lo);
+}
+
+int fr_uniform_f32(uint64_t seed, uint64_t offset, float *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.out = out;
+    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
+                 fr_uniform_f32_tile);
+    return FR_OK;
+}
+
+int fr_uniform_f64(uint64_t seed, uint64_t offset, double *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.out = out;
+    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE / 2,
+                 fr_uniform_f64_tile);
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ dropout */
+
+static inline __attribute__((always_inline)) void
+fr_dropout_f32_elems(const uint32_t *w, const float *x, float *o, size_t len, uint32_t t,
+                     float scale)
+{
+    for (size_t i = 0; i < len; i++)
+        o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
+}
+
+static inline __attribute__((always_inline)) void
+fr_dropout_f64_elems(const uint32_t *w, const double *x, double *o, size_t len, uint32_t t,
+                     double scale)
+{
+    for (size_t i = 0; i < len; i++)
+        o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+/* drop where t > w (unsigned), as a signed compare after flipping the sign bits */
+#define FR_DROP8(wp) _mm256_cmpgt_epi32(tv, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wp)), sign))
+#define FR_DROP4(wp) _mm_cmpgt_epi32(tv4, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(wp)), sign4))
+
+FR_AVX2 static void fr_dropout_f32_elems_avx2(const uint32_t *w, const float *x, float *o,
+                                              size_t len, uint32_t t, float scale, int stream)
+{
+    const __m256i sign = _mm256_set1_epi32(INT32_MIN);
+    const __m256i tv = _mm256_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)));
+    const __m256 sv = _mm256_set1_ps(scale);
+    size_t i = 0;
+    if (stream) {
+        for (; i < len && ((uintptr_t)(o + i) & 31); i++)
+            o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
+        for (; i + 16 <= len; i += 16) {
+            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
+            __m256 b = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), sv);
+            a = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i)), a);
+            b = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i + 8)), b);
+            _mm256_stream_ps(o + i, a);
+            _mm256_stream_ps(o + i + 8, b);
+        }
+    }
+    for (; i + 8 <= len; i += 8) {
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
+        a = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i)), a);
+        _mm256_storeu_ps(o + i, a);
+    }
+    for (; i < len; i++)
+        o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
+}
+
+FR_AVX2 static void fr_dropout_f64_elems_avx2(const uint32_t *w, const double *x, double *o,
+                                              size_t len, uint32_t t, double scale, int stream)
+{
+    const __m128i sign4 = _mm_set1_epi32(INT32_MIN);
+    const __m128i tv4 = _mm_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)));
+    const __m256d sv = _mm256_set1_pd(scale);
+    size_t i = 0;
+    if (stream) {
+        for (; i < len && ((uintptr_t)(o + i) & 31); i++)
+            o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
+        for (; i + 8 <= len; i += 8) {
+            __m256d a = _mm256_mul_pd(_mm256_loadu_pd(x + i), sv);
+            __m256d b = _mm256_mul_pd(_mm256_loadu_pd(x + i + 4), sv);
+            a = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i))), a);
+            b = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i + 4))), b);
+            _mm256_stream_pd(o + i, a);
+            _mm256_stream_pd(o + i + 4, b);
+        }
+    }
+    for (; i + 4 <= len; i += 4) {
+        __m256d a = _mm256_mul_pd(_mm256_loadu_pd(x + i), sv);
+        a = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i))), a);
+        _mm256_storeu_pd(o + i, a);
+    }
+    for (; i < len; i++)
+        o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
+}
+#endif
+
+static void fr_dropout_f32_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    const float *x = (const float *)job->x + lo;
+    float *o = (float *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_dropout_f32_elems_avx2(w, x, o, hi - lo, job->threshold, job->scale_f, job->stream);
+        return;
+    }
+#endif
+    fr_dropout_f32_elems(w, x, o, hi - lo, job->threshold, job->scale_f);
+}
+
+static void fr_dropout_f64_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    const double *x = (const double *)job->x + lo;
+    double *o = (double *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_dropout_f64_elems_avx2(w, x, o, hi - lo, job->threshold, job->scale_d, job->stream);
+        return;
+    }
+#endif
+    fr_dropout_f64_elems(w, x, o, hi - lo, job->threshold, job->scale_d);
+}
+
+int fr_dropout_f32(const float *x, uint64_t seed, uint64_t offset, uint32_t threshold,
+                   float scale, float *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!x || !out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.x = x;
+    job.out = out;
+    job.threshold = threshold;
+    job.scale_f = scale;
+    job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);
+    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
+                 fr_dropout_f32_tile);
+    return FR_OK;
+}
+
+int fr_dropout_f64(const double *x, uint64_t seed, uint64_t offset, uint32_t threshold,
+                   double scale, double *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!x || !out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.x = x;
+    job.out = out;
+    job.threshold = threshold;
+    job.scale_d = scale;
+    job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);
+    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
+                 fr_dropout_f64_tile);
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ dropout_mask */
+
+static inline __attribute__((always_inline)) void
+fr_mask_elems(const uint32_t *w, uint8_t *o, size_t len, uint32_t t)
+{
+    for (size_t i = 0; i < len; i++)
+        o[i] = (uint8_t)(w[i] >= t);
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_AVX2 static void fr_mask_elems_avx2(const uint32_t *w, uint8_t *o, size_t len, uint32_t t)
+{
+    fr_mask_elems(w, o, len, t);
+}
+#endif
+
+static void fr_mask_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    uint8_t *o = (uint8_t *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_mask_elems_avx2(w, o, hi - lo, job->threshold);
+        return;
+    }
+#endif
+    fr_mask_elems(w, o, hi - lo, job->threshold);
+}
+
+int fr_dropout_mask(uint64_t seed, uint64_t offset, uint32_t threshold, uint8_t *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.out = out;
+    job.threshold = threshold;
+    fr_run_tiles(&job, (size_t)n, fr_head(out, 1, (size_t)n), FR_TILE, fr_mask_tile);
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ dropout_mask_packed */
+
+/* Tiles here count output bytes; byte k holds elements 8k .. 8k + 7. */
+
+static inline __attribute__((always_inline)) void
+fr_packed_elems(const uint32_t *w, uint8_t *o, size_t nbytes, uint32_t t)
+{
+    for (size_t k = 0; k < nbytes; k++) {
+        unsigned byte = 0;
+        for (unsigned j = 0; j < 8; j++)
+            byte |= (unsigned)(w[8 * k + j] >= t) << j;
+        o[k] = (uint8_t)byte;
+    }
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_AVX2 static void fr_packed_elems_avx2(const uint32_t *w, uint8_t *o, size_t nbytes, uint32_t t)
+{
+    const __m256i sign = _mm256_set1_epi32(INT32_MIN);
+    const __m256i tv = _mm256_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)));
+    size_t k = 0;
+    for (; k + 4 <= nbytes; k += 4) {
+        /* movemask: bit j = sign of lane j = "dropped" for element 8k + j */
+        uint32_t d0 = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(FR_DROP8(w + 8 * k)));
+        uint32_t d1 = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(FR_DROP8(w + 8 * k + 8)));
+        uint32_t d2 = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(FR_DROP8(w + 8 * k + 16)));
+        uint32_t d3 = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(FR_DROP8(w + 8 * k + 24)));
+        uint32_t keep = ~(d0 | d1 << 8 | d2 << 16 | d3 << 24);
+        memcpy(o + k, &keep, 4);  /* little-endian: byte k first */
+    }
+    for (; k < nbytes; k++) {
+        uint32_t d = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(FR_DROP8(w + 8 * k)));
+        o[k] = (uint8_t)~d;
+    }
+}
+#endif
+
+static void fr_packed_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    /* bytes [lo, hi): elements 8 lo .. 8 hi - 1; those past n are cleared by the caller */
+    uint64_t g = job->offset + 8 * (uint64_t)lo;
+    const uint32_t *w = fr_words(job, g >> 2, (unsigned)(g & 3), 8 * (hi - lo), buf);
+    uint8_t *o = (uint8_t *)job->out + lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_packed_elems_avx2(w, o, hi - lo, job->threshold);
+        return;
+    }
+#endif
+    fr_packed_elems(w, o, hi - lo, job->threshold);
+}
+
+int fr_dropout_mask_packed(uint64_t seed, uint64_t offset, uint32_t threshold, int64_t n,
+                           uint8_t *out)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    size_t nbytes = ((size_t)n + 7) / 8;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.out = out;
+    job.threshold = threshold;
+    fr_run_tiles(&job, nbytes, 0, FR_TILE / 8, fr_packed_tile);
+    if (n & 7)
+        out[nbytes - 1] &= (uint8_t)((1u << (n & 7)) - 1);  /* pad bits: 0 */
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ group_dropout */
+
+/* One keep flag per (n, c); a row r of the (N * M1 * C, M2) view has n = r / (M1 C),
+ * c = r % C.  M2 == 1 (channels last) takes a loop over C instead, so that it vectorizes. */
+
+static int fr_group_check(const void *x, const void *keep, const void *out, int64_t N,
+                          int64_t M1, int64_t C, int64_t M2)
+{
+    if (N < 0 || M1 < 0 || C < 0 || M2 < 0)
+        return FR_ERR_SIZE;
+    if (!x || !keep || !out)
+        return FR_ERR_NULL;
+    return FR_OK;
+}
+
+int fr_group_dropout_f32(const float *x, const uint8_t *keep, float scale, float *out,
+                         int64_t N, int64_t M1, int64_t C, int64_t M2)
+{
+    int status = fr_group_check(x, keep, out, N, M1, C, M2);
+    int64_t total = N * M1 * C * M2;
+    if (status != FR_OK || total == 0)
+        return status;
+    if (M2 == 1) {
+#pragma omp parallel for schedule(static) if (total >= 65536)
+        for (int64_t r = 0; r < N * M1; r++) {
+            const uint8_t *k = keep + (r / M1) * C;
+            for (int64_t c = 0; c < C; c++)
+                out[r * C + c] = fr_sel_f32(x[r * C + c] * scale, k[c]);
+        }
+    } else {
+#pragma omp parallel for schedule(static) if (total >= 65536)
+        for (int64_t r = 0; r < N * M1 * C; r++) {
+            int k = keep[(r / (M1 * C)) * C + r % C];
+            for (int64_t m = 0; m < M2; m++)
+                out[r * M2 + m] = fr_sel_f32(x[r * M2 + m] * scale, k);
+        }
+    }
+    return FR_OK;
+}
+
+int fr_group_dropout_f64(const double *x, const uint8_t *keep, double scale, double *out,
+                         int64_t N, int64_t M1, int64_t C, int64_t M2)
+{
+    int status = fr_group_check(x, keep, out, N, M1, C, M2);
+    int64_t total = N * M1 * C * M2;
+    if (status != FR_OK || total == 0)
+        return status;
+    if (M2 == 1) {
+#pragma omp parallel for schedule(static) if (total >= 65536)
+        for (int64_t r = 0; r < N * M1; r++) {
+            const uint8_t *k = keep + (r / M1) * C;
+            for (int64_t c = 0; c < C; c++)
+                out[r * C + c] = fr_sel_f64(x[r * C + c] * scale, k[c]);
+        }
+    } else {
+#pragma omp parallel for schedule(static) if (total >= 65536)
+        for (int64_t r = 0; r < N * M1 * C; r++) {
+            int k = keep[(r / (M1 * C)) * C + r % C];
+            for (int64_t m = 0; m < M2; m++)
+                out[r * M2 + m] = fr_sel_f64(x[r * M2 + m] * scale, k);
+        }
+    }
+    return FR_OK;
+}

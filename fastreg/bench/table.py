@@ -1,0 +1,327 @@
+"""``python -m fastreg.bench`` / ``fastreg bench``: time every op on every available backend and
+print one table with effective GB/s, the fraction of this machine's bandwidth measured in the same
+run, and the ratio to PyTorch on the same data.
+
+Timing: one warm-up call (JIT compilation, first touch of the output), then repeated calls for
+about ``--budget`` seconds (at least 3, at most 50); the minimum counts, since on a shared machine
+it is the run least disturbed by neighbours. The NumPy reference and PyTorch are slow: they are
+timed only where one call is predicted (from their timing at a smaller size) to take at most
+``--slow-limit`` seconds.
+"""
+import argparse
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+import fastreg
+from fastreg import _registry
+from . import bandwidth, cases
+from .cases import size_id
+
+DEFAULT_SIZES = (1 << 24, 1 << 26)
+QUICK_SIZES = (1 << 20,)
+_PROBE_N = 1 << 20          # slow peers are timed once here to predict larger sizes
+
+
+def _parse_size(text):
+    text = text.strip().replace("**", "^")
+    m = re.fullmatch(r"(\d+)\^(\d+)", text)
+    value = int(m.group(1)) ** int(m.group(2)) if m else int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+class _SizesAction(argparse.Action):
+    """``--sizes 2^24 2^26``, ``--sizes 2^24,2^26`` or repeated ``--sizes``: one flat list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sizes = list(getattr(namespace, self.dest) or [])
+        for token in values:
+            try:
+                sizes += [_parse_size(s) for s in token.split(",") if s.strip()]
+            except ValueError:
+                parser.error(f"{option_string}: sizes are integers >= 1 or powers like 2^24, "
+                             f"got {token!r}")
+        setattr(namespace, self.dest, sizes)
+
+
+def _parse_list(choices):
+    def parse(text):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in items if s not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def add_arguments(parser):
+    """The options of the benchmark table (shared by ``python -m fastreg.bench`` and
+    ``fastreg bench``)."""
+    parser.add_argument("--sizes", nargs="+", action=_SizesAction, metavar="N",
+                        help="element counts, e.g. 2^24,2^26 or 4096 (default 2^24,2^26; "
+                             "2^20 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small, fast run (2^20 elements, short timing): the CI smoke test")
+    parser.add_argument("--threads", type=int, metavar="T",
+                        help="threads for Numba, OpenMP (C backend) and torch (default: Numba's, "
+                             "i.e. the core count or NUMBA_NUM_THREADS)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="element type of dropout's x and uniform's output (default float32)")
+    parser.add_argument("--backends", type=_parse_list(("numpy", "cpu", "c", "cuda")),
+                        metavar="B[,B...]",
+                        help="subset of numpy,cpu,c,cuda (default: all available; cuda only on "
+                             "a real GPU, not under NUMBA_ENABLE_CUDASIM)")
+    parser.add_argument("--ops", type=_parse_list(tuple(cases.OPS)), metavar="OP[,OP...]",
+                        help=f"subset of {','.join(cases.OPS)} (default all)")
+    parser.add_argument("--no-torch", action="store_true", help="do not time the PyTorch peers")
+    parser.add_argument("--budget", type=float, metavar="S",
+                        help="seconds of repetitions per row (default 0.25; 0.05 with --quick)")
+    parser.add_argument("--slow-limit", type=float, default=1.0, metavar="S",
+                        help="time the NumPy reference and torch only where one call takes at "
+                             "most S seconds (default 1)")
+    return parser
+
+
+def set_threads(threads):
+    """Use ``threads`` threads in Numba and OpenMP (torch follows Numba's count). Call it before
+    Numba or a backend is imported: Numba's OpenMP threading layer sizes its pool from
+    NUMBA_NUM_THREADS and sets the process-wide OpenMP thread count (which the C backend shares)
+    to it; OMP_NUM_THREADS covers a C backend loaded without Numba."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    import numba
+    numba.set_num_threads(threads)
+
+
+def _torch(threads):
+    """torch set to ``threads`` threads, or None when it does not import."""
+    try:
+        import torch
+    except Exception:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def time_min(fn, budget, min_reps=3, max_reps=50):
+    """(min seconds, calls timed) for ``fn()``, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    reps, spent = 0, 0.0
+    while reps < min_reps or (spent < budget and reps < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, reps, spent = min(best, dt), reps + 1, spent + dt
+    return best, reps
+
+
+_COLUMNS = (("op", "<", 20), ("backend", "<", 7), ("n", ">", 7), ("alloc", "<", 5),
+            ("ms (min)", ">", 9), ("GB/s", ">", 7), ("of bw", ">", 6), ("x torch", ">", 8))
+
+
+def _row(values):
+    return "  ".join(f"{v:{align}{width}}" for v, (_, align, width) in zip(values, _COLUMNS))
+
+
+class _SlowGuard:
+    """Keeps the NumPy reference and torch off sizes where one call would exceed ``limit``
+    seconds, predicting linearly from their last timing at a smaller size (or from one call at
+    ``min(n, 2**20)`` when there is none)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.known = {}          # key -> (n, seconds) of the latest timing
+
+    def record(self, key, n, seconds):
+        self.known[key] = (n, seconds)
+
+    def predicted_over(self, key, build, n):
+        """The predicted seconds of one call at n when over the limit, else None.
+        ``build(m)`` makes the callable at m elements."""
+        if key not in self.known or self.known[key][0] > n:
+            m = min(n, _PROBE_N)
+            fn = build(m)
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            self.record(key, m, time.perf_counter() - t0)
+        m, seconds = self.known[key]
+        predicted = seconds * n / m
+        return predicted if predicted > self.limit else None
+
+
+class _Table:
+    """Times the rows of one run and prints them; see ``run``."""
+
+    def __init__(self, args, file):
+        self.file = file
+        self.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+        self.budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.25)
+        self.dtype = np.dtype(args.dtype)
+        self.ops = args.ops or list(cases.OPS)
+        self.slow = _SlowGuard(args.slow_limit)
+        self.notes = []
+        self.too_slow = {}        # (what, size) -> {op: predicted seconds per call}
+
+        status = fastreg.available_backends()
+        simulated = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+        wanted = args.backends or [b for b in status if not (b == "cuda" and simulated)]
+        self.backends = [b for b in wanted if status.get(b) is None]
+        self.skipped = {b: status[b] for b in wanted if status.get(b) is not None}
+        if not args.backends and simulated and status.get("cuda") is None:
+            self.skipped["cuda"] = ("NUMBA_ENABLE_CUDASIM=1: timings would be meaningless "
+                                    "(ask with --backends cuda)")
+
+        self.threads = bandwidth.threads()
+        self.torch = None if args.no_torch else _torch(self.threads)
+        self.no_torch_reason = "not timed (--no-torch)" if args.no_torch else "not installed"
+        self.probe_n = bandwidth.DEFAULT_N   # smaller arrays would partly stay in cache
+        self.machine = bandwidth.machine_bandwidth(n=self.probe_n, repeat=5 if args.quick else 10)
+        self.gpu = None
+        if "cuda" in self.backends:
+            self.gpu_probe_n = 1 << 12 if simulated else bandwidth.DEFAULT_N
+            self.gpu = bandwidth.device_bandwidth(n=self.gpu_probe_n,
+                                                  repeat=2 if simulated else 10)
+        self.version = fastreg.__version__
+
+    def say(self, line=""):
+        print(line, file=self.file, flush=True)
+
+    def note(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def header(self):
+        torch = self.torch
+        self.say(f"fastreg {self.version} benchmark: Philox4x32-10 dropout and random numbers, "
+                 f"{self.dtype.name}, p={cases.P}")
+        self.say(f"machine: {self.machine:.1f} GB/s memory bandwidth (Numba a += s*b over "
+                 f"{size_id(self.probe_n)} float32, 3*4*n bytes, min of repetitions)")
+        threads = f"threads: {self.threads} (numba)"
+        if "c" in self.backends:
+            threads += f", {_registry.module('c').omp_max_threads()} (c, OpenMP)"
+        if self.torch is not None:
+            threads += f", {self.torch.get_num_threads()} (torch)"
+        self.say(threads)
+        if self.gpu is not None:
+            self.say(f"gpu: {self.gpu:.1f} GB/s memory bandwidth (the same probe on device "
+                     f"arrays, {size_id(self.gpu_probe_n)} float32)")
+        self.say("backends: " + (", ".join(self.backends) or "none")
+                 + "".join(f"; no {b}: {why}" for b, why in self.skipped.items()))
+        self.say(f"torch: {torch.__version__}" if torch is not None
+                 else f"torch: {self.no_torch_reason}")
+        self.say()
+        line = _row([name for name, _, _ in _COLUMNS])
+        self.say(line)
+        self.say("-" * len(line))
+
+    def torch_seconds(self, op, x, device):
+        """Min time of op's torch peer on x (None when too slow or torch has no such device)."""
+        if device == "cuda" and not self.torch.cuda.is_available():
+            return None
+        n = x.size
+        key = ("torch", device, op)
+        predicted = self.slow.predicted_over(
+            key, lambda m: cases.torch_call(op, x[:m], device=device), n)
+        if predicted is not None:
+            self.too_slow.setdefault(("x torch is '-' for", n), {})[op] = predicted
+            return None
+        seconds, _ = time_min(cases.torch_call(op, x, device=device), self.budget)
+        self.slow.record(key, n, seconds)
+        return seconds
+
+    def op_rows(self, op, x):
+        """Time op on every backend at x's size; print one row per backend and allocation."""
+        n = x.size
+        label = cases.OPS[op][0] + (f" {self.dtype.name}" if op == "uniform" else "")
+        bytes_moved = cases.nbytes(op, n, self.dtype)
+        peers = {}   # torch device -> seconds, timed on first need
+        for backend in self.backends:
+            why = cases.unavailable(op, backend)
+            if why is not None:
+                self.note(f"{op} on {backend}: {why}")
+                continue
+            if backend == "numpy":
+                predicted = self.slow.predicted_over(
+                    ("numpy", op),
+                    lambda m: cases.fastreg_call(op, "numpy", x[:m], preallocated=True), n)
+                if predicted is not None:
+                    self.too_slow.setdefault(("numpy reference not timed for", n), {})[op] = \
+                        predicted
+                    continue
+            on_host = backend != "cuda"
+            for alloc, preallocated in (("out=", True), ("fresh", False)):
+                seconds, _ = time_min(cases.fastreg_call(op, backend, x, preallocated=preallocated),
+                                      self.budget)
+                if backend == "numpy" and preallocated:
+                    self.slow.record(("numpy", op), n, seconds)
+                gbps = bytes_moved / seconds / 1e9
+                ratio = "-"
+                if self.torch is not None:
+                    device = "cpu" if on_host else "cuda"
+                    if device not in peers:
+                        peers[device] = self.torch_seconds(op, x, device)
+                    if peers[device] is not None:
+                        ratio = f"{peers[device] / seconds:.1f}x"
+                peak = self.machine if on_host else self.gpu
+                self.say(_row([label, backend, size_id(n), alloc, f"{seconds * 1e3:.3f}",
+                               f"{gbps:.2f}", f"{gbps / peak:.0%}", ratio]))
+
+    def footer(self):
+        self.say()
+        self.say("GB/s: bytes the op must move / min time (dropout fwd and bwd read x and write "
+                 "out: 2*itemsize*n; mask packed: n/8; random_bits: 4n; uniform: itemsize*n)")
+        self.say("of bw: GB/s / the bandwidth above (the machine's; the GPU's for cuda)")
+        self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
+                 "have no out=: the backend kernel is timed); fresh allocates the result on "
+                 "every call (pages of a fresh array >= 32 MiB are faulted in at ~1.6 GB/s)")
+        if self.torch is not None:
+            self.say("x torch: torch time / fastreg time, same data and threads (> 1: fastreg "
+                     "is faster). torch peers:")
+            for op in self.ops:
+                self.say(f"  {op}: {cases.TORCH_PEERS[op]}")
+        for (what, n), ops in self.too_slow.items():
+            self.say(f"note: {what} {', '.join(ops)} at {size_id(n)}: one call would take "
+                     f"{min(ops.values()):.1f}-{max(ops.values()):.1f} s (over --slow-limit)")
+        for text in self.notes:
+            self.say("note: " + text)
+
+    def run(self):
+        self.header()
+        for n in self.sizes:
+            x = cases.input_array(n, self.dtype)
+            for op in self.ops:
+                self.op_rows(op, x)
+            del x
+        self.footer()
+
+
+def run(args, file=None):
+    """Measure and print the table for parsed ``args`` (see ``add_arguments``); returns 0."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        set_threads(args.threads)
+    try:
+        _Table(args, file or sys.stdout).run()
+    except BrokenPipeError:   # piped into head: stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 1
+    return 0
+
+
+def main(argv=None):
+    """Entry point of ``python -m fastreg.bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastreg.bench",
+        description="Time fastreg's kernels on every available backend against this machine's "
+                    "memory bandwidth and PyTorch.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

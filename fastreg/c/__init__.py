@@ -1,0 +1,80 @@
+"""Backend "c": the kernels of fastreg.reference in C (csrc/), called through cffi, OpenMP-parallel.
+
+The compiled module ``fastreg.c._fastreg_c`` is built at install time (csrc/ffi_build.py) or, for
+development, by ``python csrc/ffi_build.py``. Importing this package never fails: without the
+module, ``unavailable_reason()`` says why and the other backends still work.
+
+The Philox stream kernels use AVX2 where the CPU has it and portable C otherwise; both give the
+same bits. ``FASTREG_C_NO_AVX2=1`` (read at import) or ``set_isa("portable")`` forces the portable
+path.
+"""
+from .. import _config
+
+try:
+    from ._fastreg_c import ffi, lib
+    _reason = None
+except ImportError as exc:  # not built, or built for another Python / with a sanitizer
+    ffi = lib = None
+    _reason = (f"C extension not built (installed with FASTREG_NO_C=1?): "
+               f"{type(exc).__name__}: {exc}")
+
+_ISAS = ("portable", "avx2")
+_STREAM_MODES = ("never", "auto", "always")
+
+
+def unavailable_reason():
+    """None if the compiled module imports, else a string saying why it does not."""
+    return _reason
+
+
+def _check(status, fn):
+    if status != 0:
+        raise RuntimeError(f"fastreg C kernel {fn} failed with status {status}")
+
+
+def omp_max_threads():
+    """The number of threads an OpenMP parallel region of this module would use."""
+    return int(lib.fr_omp_max_threads())
+
+
+def has_avx2():
+    """Whether this CPU can run the AVX2 kernels."""
+    return bool(lib.fr_cpu_has_avx2())
+
+
+def isa():
+    """The instruction set the stream kernels use now: "avx2" or "portable"."""
+    return _ISAS[lib.fr_get_isa()]
+
+
+def set_isa(name):
+    """Use the "avx2" or the "portable" stream kernels (process-wide); returns the previous one.
+
+    ValueError for an unknown name, RuntimeError for "avx2" on a CPU without it.
+    """
+    if name not in _ISAS:
+        raise ValueError(f"isa must be one of {_ISAS}, got {name!r}")
+    previous = isa()
+    _check(lib.fr_set_isa(_ISAS.index(name)), "fr_set_isa")
+    return previous
+
+
+def set_stream_stores(mode):
+    """Streaming (cache-bypassing) stores: "auto" (large outputs, not in place), "never", or
+    "always" (where alignment allows, in place too; for measurements). Returns the previous."""
+    if mode not in _STREAM_MODES:
+        raise ValueError(f"mode must be one of {_STREAM_MODES}, got {mode!r}")
+    previous = _STREAM_MODES[lib.fr_get_stream_stores()]
+    _check(lib.fr_set_stream_stores(_STREAM_MODES.index(mode)), "fr_set_stream_stores")
+    return previous
+
+
+if lib is not None and _config.c_force_portable():
+    set_isa("portable")
+
+from .philox import philox4x32, random_bits, uniform  # noqa: E402
+from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  # noqa: E402
+
+__all__ = ["philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
+           "dropout_mask_packed", "group_dropout", "unavailable_reason", "omp_max_threads",
+           "has_avx2", "isa", "set_isa", "set_stream_stores"]

@@ -1,0 +1,67 @@
+"""Dropout kernels of backend "c" (csrc/dropout.c).
+
+Same names, signatures and results as fastreg.reference.dropout; inputs are already validated
+and contiguous, ``out`` may be ``x`` (in place).
+"""
+import numpy as np
+
+from . import _check, lib
+from .philox import _call_out, _in, _out
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def _kernel(dtype, name):
+    suffix = "f32" if dtype == np.float32 else "f64"
+    return getattr(lib, f"fr_{name}_{suffix}"), f"fr_{name}_{suffix}"
+
+
+def dropout(x, seed, offset, threshold, scale, out):
+    """out = where(word(offset + i) >= threshold, x * scale, +0.0) on 1-D x and out (out may be x)."""
+    n = x.size
+    if n == 0:
+        return
+    fn, name = _kernel(x.dtype, "dropout")
+    ctype = _CTYPE[x.dtype]
+    s = float(x.dtype.type(scale))
+    if out is x and x.flags.aligned:
+        p = _out(ctype, x)
+        _check(fn(p, seed, offset, threshold, s, p, n), name)
+        return
+    xp = _in(ctype, x)
+    _call_out(out, lambda o: _check(fn(xp, seed, offset, threshold, s, _out(ctype, o), n), name))
+
+
+def dropout_mask(seed, offset, threshold, out):
+    """out[i] = 1 where element i is kept, else 0 (uint8 or bool, 1-D)."""
+    n = out.size
+    if n == 0:
+        return
+    _call_out(out, lambda o: _check(
+        lib.fr_dropout_mask(seed, offset, threshold, _out("uint8_t", o), n), "fr_dropout_mask"))
+
+
+def dropout_mask_packed(seed, offset, threshold, n, out):
+    """Keep bits for n elements packed LSB-first into out (uint8, (n + 7) // 8); pad bits 0."""
+    if n == 0:
+        return
+    _call_out(out, lambda o: _check(
+        lib.fr_dropout_mask_packed(seed, offset, threshold, n, _out("uint8_t", o)),
+        "fr_dropout_mask_packed"))
+
+
+def group_dropout(x, keep, scale, out):
+    """x, out (N, M1, C, M2); keep (N, C) uint8 or bool: out = where(keep[n, c], x * scale, 0)."""
+    if x.size == 0:
+        return
+    N, M1, C, M2 = x.shape
+    fn, name = _kernel(x.dtype, "group_dropout")
+    ctype = _CTYPE[x.dtype]
+    s = float(x.dtype.type(scale))
+    k = _in("uint8_t", keep)
+    if out is x and x.flags.aligned:
+        p = _out(ctype, x)
+        _check(fn(p, k, s, p, N, M1, C, M2), name)
+        return
+    xp = _in(ctype, x)
+    _call_out(out, lambda o: _check(fn(xp, k, s, _out(ctype, o), N, M1, C, M2), name))
