@@ -14,7 +14,9 @@ from fastreg.bench import cases
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parents[1]
+# Where the fastreg under test lives (site-packages when installed, the checkout otherwise):
+# subprocesses must import that one, not the sources next to the tests (no compiled C there).
+ROOT = Path(fastreg.__file__).resolve().parents[1]
 
 
 def _env(**extra):

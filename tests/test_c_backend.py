@@ -341,7 +341,8 @@ print(fc.omp_max_threads(), fc.isa(), h.hexdigest())
 
 
 def _run_child(**env):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fc.__file__)))
+    # the directory holding the fastreg package under test (site-packages when installed)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(fc.__file__))))
     full = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     res = subprocess.run([sys.executable, "-c", _CHILD], env=full, capture_output=True,
                          text=True, timeout=120)
