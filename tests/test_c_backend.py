@@ -344,7 +344,7 @@ def _run_child(**env):
     # the directory holding the fastreg package under test (site-packages when installed)
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(fc.__file__))))
     full = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    res = subprocess.run([sys.executable, "-c", _CHILD], env=full, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", _CHILD], env=full, capture_output=True, cwd=root,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     threads, isa, digest = res.stdout.split()
