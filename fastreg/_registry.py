@@ -24,6 +24,17 @@ Kernel contract (the public wrappers have already validated everything; arrays a
     dropout_mask_packed(seed, offset, threshold, n, out) out uint8 (ceil(n / 8),), LSB first
     group_dropout(x, keep, scale, out)   x, out (N, M1, C, M2); keep uint8 (N, C)
 
+    penalty_sums(w) -> (sum |w|, sum w**2)          float64 accumulation, any order
+    penalty_grad(w, l1, c2, out, accumulate)        out (+)= l1 * sgn(w) + c2 * w (see reference)
+    soft_threshold(w, t, s, out)                    out = s * soft(w, t); out may be w
+    group_lasso(w, t, out)                          w, out (A, L, B): groups w[a, :, b]
+    all_finite(a) -> bool
+    sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t)   in place on p, buf
+    adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt)
+                                                    in place on p, m, v, vmax
+    (buf / vmax are None when momentum == 0 / without AMSGrad; float scalars are already of the
+    arrays' dtype, bools are Python bools.)
+
 See fastreg/reference/ for the exact definitions.
 """
 import importlib
@@ -32,7 +43,9 @@ from . import _config
 from ._arrays import is_device
 
 OPS = ("philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
-       "dropout_mask_packed", "group_dropout")
+       "dropout_mask_packed", "group_dropout",
+       "penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
+       "sgd_step", "adam_step")
 
 _MODULES = {"numpy": "fastreg.reference", "cpu": "fastreg.cpu", "c": "fastreg.c",
             "cuda": "fastreg.cuda"}
@@ -53,9 +66,8 @@ def _load(name):
         return None
     try:
         module = importlib.import_module(_MODULES[name])
-        lacking = [op for op in OPS + ("unavailable_reason",) if not hasattr(module, op)]
-        if lacking:
-            reason = f"{_MODULES[name]} does not define {', '.join(lacking)}"
+        if not hasattr(module, "unavailable_reason"):
+            reason = f"{_MODULES[name]} does not define unavailable_reason()"
         else:
             reason = module.unavailable_reason()
     except Exception as exc:  # an import failure is exactly what available_backends reports
@@ -102,6 +114,8 @@ def module(name):
 
 def get(op, name):
     """The function implementing ``op`` on backend ``name``."""
+    if op not in OPS:
+        raise KeyError(f"unknown op {op!r}")
     fn = getattr(module(name), op, None)
     if fn is None:
         raise BackendUnavailableError(f"backend {name!r} does not implement {op!r}")
