@@ -3,10 +3,12 @@
 Backends: "numpy" (reference), "cpu" (Numba), "c" (cffi + OpenMP), "cuda" (Numba CUDA); see
 ``available_backends()``. Importing fastreg loads none of them: each is imported on first use.
 """
-from . import random
+from . import optim, random
 from ._registry import BackendUnavailableError, available_backends
 from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
                       dropout, dropout_backward, dropout_mask)
+from .penalty import (elastic_net_grad, elastic_net_penalty, l1_grad, l1_penalty, l2_grad,
+                      l2_penalty, prox_elastic_net, prox_group_lasso, prox_l1)
 
 __version__ = "0.1.0"
 
@@ -14,4 +16,6 @@ __all__ = [
     "available_backends", "BackendUnavailableError", "random",
     "dropout", "dropout_backward", "dropout_mask",
     "channel_dropout", "channel_dropout_backward", "drop_path", "drop_path_backward",
+    "l1_penalty", "l2_penalty", "elastic_net_penalty", "l1_grad", "l2_grad", "elastic_net_grad",
+    "prox_l1", "prox_elastic_net", "prox_group_lasso", "optim",
 ]

@@ -159,3 +159,36 @@ def check_out(out, name, shape, dtype, inputs, device):
 def _same_view(a, b):
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.shape == b.shape and a.strides == b.strides)
+
+
+def check_nonneg(v, name):
+    """v as a Python float, finite and >= 0 (ValueError names the argument; TypeError for
+    non-numbers)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    v = float(v)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    return v
+
+
+def check_in_place(a, name):
+    """A float32/float64 array that an op updates in place: (array, on_device).
+
+    Host: an ndarray (not a list, which could not be updated), writable; a non-contiguous one
+    is processed through a contiguous copy and written back. Device: writable, C-contiguous."""
+    device = is_device(a)
+    if not device and not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy or CUDA array (it is updated in place), "
+                        f"got {type(a).__name__}")
+    arr = describe(a, name)
+    check_float(arr, name)
+    if device:
+        if arr.readonly:
+            raise ValueError(f"{name} is read-only")
+        if not arr.c_contiguous:
+            raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported")
+        return a, True
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only: it is updated in place")
+    return arr, False

@@ -27,7 +27,8 @@ Kernel contract (the public wrappers have already validated everything; arrays a
     penalty_sums(w) -> (sum |w|, sum w**2)          float64 accumulation, any order
     penalty_grad(w, l1, c2, out, accumulate)        out (+)= l1 * sgn(w) + c2 * w (see reference)
     soft_threshold(w, t, s, out)                    out = s * soft(w, t); out may be w
-    group_lasso(w, t, out)                          w, out (A, L, B): groups w[a, :, b]
+    group_lasso(w, t, out)                          w, out (A, L, B): groups w[a, :, b];
+                                                    t a Python float (float64 math)
     all_finite(a) -> bool
     sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t)   in place on p, buf
     adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt)

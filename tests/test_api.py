@@ -12,6 +12,8 @@ from fastreg import _registry
 
 PUBLIC = [getattr(fastreg, n) for n in fastreg.__all__ if inspect.isfunction(getattr(fastreg, n))]
 PUBLIC += [getattr(fastreg.random, n) for n in fastreg.random.__all__]
+PUBLIC += [getattr(fastreg.optim, n) for n in fastreg.optim.__all__]
+PUBLIC += [fastreg.optim.SGD.step, fastreg.optim.SGD.state_dict, fastreg.optim.SGD.load_state_dict]
 
 
 @pytest.mark.parametrize("fn", PUBLIC, ids=lambda f: f.__name__)

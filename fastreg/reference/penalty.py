@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _sgn(w):
-    """sign(w) with sgn(+-0) = +-0 and sgn(NaN) = NaN (np.sign's convention)."""
+    """np.sign: 1 for w > 0, -1 for w < 0, +0.0 for w = +-0 (never -0.0), NaN for NaN."""
     return np.sign(w)
 
 

@@ -1,0 +1,369 @@
+"""Fused multi-tensor optimizers with weight decay done right: SGD, Adam, AdamW.
+
+Each ``step(grads)`` makes one pass over every parameter: it reads the parameter, its gradient
+and its state once and writes the parameter and its state once, on the backend of the
+parameters (cpu, c or numpy for host arrays; cuda for device arrays). The update rules are
+PyTorch's (``torch.optim.SGD``, ``Adam``, ``AdamW``), step for step, in each parameter's dtype.
+
+Weight decay, two ways (Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019):
+
+- coupled (``SGD(decoupled=False)``, ``Adam``): ``wd * p`` is added to the gradient, which is
+  L2 regularization with ``lam = wd / 2`` (see fastreg.l2_penalty);
+- decoupled (``SGD(decoupled=True)``, ``AdamW``): ``p <- p * (1 - lr * wd)`` before the update.
+
+``decay_mask`` says which parameters are decayed: by default every parameter with more than
+one dimension, so biases and batch-norm weights (1-D) are exempt, the common practice that
+PyTorch leaves to hand-built parameter groups. ``SGD(l1=...)`` follows each update with the L1
+proximal step ``soft(p, lr * l1)`` on the same masked parameters, so weights reach exact zeros.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _arrays, _registry
+from ._dispatch import Job, flat
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+
+def _check_beta(b, name):
+    if isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1), got {type(b).__name__}")
+    b = float(b)
+    if not 0.0 <= b < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {b}")
+    return b
+
+
+class _Optimizer:
+    """Parameters, their backend, the decay mask, gradient checks and state (de)serialization.
+    Subclasses define ``_STATE`` (names of per-parameter state arrays) and ``_update``."""
+
+    _STATE = ()
+
+    def __init__(self, params, lr, weight_decay, decay_mask, check_finite, backend):
+        params = list(params)
+        device = bool(params) and _arrays.is_device(params[0])
+        self.params = []
+        for i, p in enumerate(params):
+            name = f"params[{i}]"
+            if _arrays.is_device(p) != device:
+                raise ValueError(f"{name}: parameters must all be host arrays or all CUDA arrays")
+            arr, _ = _arrays.check_in_place(p, name)
+            if not device and not arr.flags.c_contiguous:
+                raise ValueError(f"{name} must be C-contiguous: it is updated in place")
+            self.params.append(arr)
+        self._device = device
+        self._job = Job(_registry.resolve(backend, *self.params), host_input=not device)
+        self.backend = self._job.backend
+        self.lr = _arrays.check_nonneg(lr, "lr")
+        self.weight_decay = _arrays.check_nonneg(weight_decay, "weight_decay")
+        self.decay_mask = self._mask(decay_mask)
+        self.check_finite = bool(check_finite)
+        self.step_count = 0
+        self.state = {name: [None] * len(self.params) for name in self._STATE}
+
+    def _mask(self, decay_mask):
+        shapes = [_arrays.describe(p, "p").shape for p in self.params]
+        if decay_mask is None:
+            return [len(s) > 1 for s in shapes]
+        if callable(decay_mask):
+            return [bool(decay_mask(p)) for p in self.params]
+        mask = [bool(m) for m in decay_mask]
+        if len(mask) != len(self.params):
+            raise ValueError(f"decay_mask has {len(mask)} entries for {len(self.params)} "
+                             "parameters")
+        return mask
+
+    def _check_grads(self, grads):
+        grads = list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(f"step() got {len(grads)} gradients for {len(self.params)} "
+                             "parameters")
+        ready = []
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            name = f"grads[{i}]"
+            if _arrays.is_device(g) != self._device:
+                raise ValueError(f"{name} must be on the same device as params[{i}]")
+            ga = _arrays.describe(g, name)
+            pa = _arrays.describe(p, "p")
+            if tuple(ga.shape) != tuple(pa.shape):
+                raise ValueError(f"{name} has shape {tuple(ga.shape)}, params[{i}] has "
+                                 f"{tuple(pa.shape)}")
+            if ga.dtype != pa.dtype:
+                raise ValueError(f"{name} has dtype {ga.dtype}, params[{i}] has {pa.dtype}")
+            ready.append(flat(self._job.contig(g if self._device else ga)))
+        if self.check_finite:
+            finite = self._job.op("all_finite")
+            for i, g in enumerate(ready):
+                if g.size and not finite(g):
+                    raise FloatingPointError(f"grads[{i}] holds NaN or inf: no parameter was "
+                                             "changed (check_finite=True)")
+        return ready
+
+    def _zeros_like(self, p):
+        return flat(self._job.zeros(tuple(_arrays.describe(p, "p").shape), p.dtype))
+
+    def step(self, grads):
+        """Update every parameter in place from its gradient.
+
+        Parameters
+        ----------
+        grads : sequence of arrays
+            One gradient per parameter: same shape, dtype and device. Not modified.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            Wrong number of gradients, shape, dtype or device; a hyper-parameter (``lr``, ...)
+            set to a bad value since construction.
+        FloatingPointError
+            ``check_finite=True`` and a gradient holds NaN or inf; raised before any parameter
+            or state changes.
+        """
+        self._check_hyper()
+        ready = self._check_grads(grads)
+        self.step_count += 1
+        for i, (p, g) in enumerate(zip(self.params, ready)):
+            if g.size:
+                self._update(i, flat(p), g)
+
+    def _check_hyper(self):
+        _arrays.check_nonneg(self.lr, "lr")
+
+    def state_dict(self):
+        """The optimizer's state as plain NumPy arrays, ready for ``np.savez``.
+
+        Parameters
+        ----------
+        None
+
+        Returns
+        -------
+        dict
+            ``"step"`` (a 0-d int64 array) and ``"<state>.<i>"`` for each per-parameter state
+            array that exists (e.g. ``"exp_avg.0"``), copied to the host.
+        """
+        out = {"step": np.array(self.step_count, np.int64)}
+        for name, arrays in self.state.items():
+            for i, a in enumerate(arrays):
+                if a is not None:
+                    shape = tuple(_arrays.describe(self.params[i], "p").shape)
+                    host = a.copy_to_host() if self._device else a.copy()
+                    out[f"{name}.{i}"] = host.reshape(shape)
+        return out
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned (e.g. from an ``.npz``), checked before use.
+
+        Parameters
+        ----------
+        state : mapping of str to array
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            Unknown keys, or arrays of the wrong shape or dtype for their parameter.
+        """
+        state = dict(state)
+        if "step" not in state:
+            raise ValueError("state has no 'step'")
+        new = {name: [None] * len(self.params) for name in self._STATE}
+        for key, value in state.items():
+            if key == "step":
+                continue
+            name, _, idx = key.rpartition(".")
+            if name not in new or not idx.isdigit() or int(idx) >= len(self.params):
+                raise ValueError(f"state has an unknown entry {key!r}")
+            i = int(idx)
+            p = _arrays.describe(self.params[i], "p")
+            arr = np.asarray(value)
+            if arr.shape != tuple(p.shape) or arr.dtype != p.dtype:
+                raise ValueError(f"state[{key!r}] has shape {arr.shape} and dtype {arr.dtype}, "
+                                 f"expected {tuple(p.shape)} and {p.dtype}")
+            arr = np.ascontiguousarray(arr).reshape(-1).copy()
+            new[name][i] = self._job.mod.to_device(arr) if self._device else arr
+        self.step_count = int(np.asarray(state["step"]))
+        self.state = new
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum, coupled or decoupled weight decay and an L1
+    proximal step; ``decoupled=False`` matches ``torch.optim.SGD`` step for step.
+
+    Parameters
+    ----------
+    params : sequence of arrays, float32 or float64
+        Updated in place by ``step``: C-contiguous, writable NumPy arrays, or CUDA arrays.
+    lr : float
+        Learning rate (>= 0). May be changed between steps (``opt.lr = ...``).
+    momentum, dampening : float
+        Momentum factor and its dampening (>= 0), as in torch.
+    nesterov : bool
+        Nesterov momentum (needs momentum > 0 and dampening == 0).
+    weight_decay : float
+        Decay strength (>= 0) for the parameters selected by ``decay_mask``.
+    decoupled : bool
+        False: coupled L2 (``g + wd * p``, torch's SGD). True: ``p <- p * (1 - lr * wd)``.
+    l1 : float
+        After each update, ``p <- soft(p, lr * l1)`` on the masked parameters (exact zeros).
+    decay_mask : None, sequence of bool, or callable(array) -> bool
+        Which parameters get weight decay and the L1 step; None exempts 1-D parameters.
+    check_finite : bool
+        Check every gradient for NaN/inf before touching anything (one extra read of the grads).
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    SGD
+        Call ``step(grads)`` once per batch.
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter negative or NaN, nesterov without momentum or with dampening,
+        parameters not writable or not contiguous, decay_mask of the wrong length.
+    TypeError
+        Parameters that are not float32/float64 arrays.
+    """
+
+    _STATE = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                 weight_decay=0.0, decoupled=False, l1=0.0, decay_mask=None, check_finite=False,
+                 backend="auto"):
+        self.momentum = _arrays.check_nonneg(momentum, "momentum")
+        self.dampening = _arrays.check_nonneg(dampening, "dampening")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
+        self.decoupled = bool(decoupled)
+        self.l1 = _arrays.check_nonneg(l1, "l1")
+        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
+
+    def _update(self, i, p, g):
+        t = p.dtype.type
+        decayed = self.decay_mask[i]
+        wd = self.weight_decay if decayed else 0.0
+        buf = None
+        first = False
+        if self.momentum != 0:
+            buf = self.state["momentum_buffer"][i]
+            if buf is None:
+                buf = self.state["momentum_buffer"][i] = self._zeros_like(self.params[i])
+                first = True
+        self._job.op("sgd_step")(
+            p, g, buf, t(self.lr), t(0.0 if self.decoupled else wd),
+            t(1.0 - self.lr * wd if self.decoupled else 1.0), t(self.momentum),
+            t(1.0 - self.dampening), self.nesterov, first,
+            t(self.lr * self.l1 if decayed else 0.0))
+
+
+class Adam(_Optimizer):
+    """Adam with coupled L2 weight decay (``g + wd * p``), matching ``torch.optim.Adam``.
+
+    Parameters
+    ----------
+    params : sequence of arrays, float32 or float64
+        Updated in place by ``step``: C-contiguous, writable NumPy arrays, or CUDA arrays.
+    lr : float
+        Learning rate (>= 0); may be changed between steps.
+    betas : (float, float)
+        Decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float
+        Added to the denominator (>= 0).
+    weight_decay : float
+        Coupled L2 strength (>= 0) on the parameters selected by ``decay_mask``.
+    amsgrad : bool
+        Use the running maximum of the second moment (Reddi, Kale & Kumar, ICLR 2018).
+    decay_mask, check_finite, backend
+        As in ``SGD``.
+
+    Returns
+    -------
+    Adam
+
+    Raises
+    ------
+    ValueError
+        lr, eps or weight_decay negative or NaN; a beta outside [0, 1); bad parameters.
+
+    Notes
+    -----
+    Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015.
+    """
+
+    _STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _DECOUPLED = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto"):
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair, got {betas!r}")
+        self.betas = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
+        self.eps = _arrays.check_nonneg(eps, "eps")
+        self.amsgrad = bool(amsgrad)
+        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
+
+    def _update(self, i, p, g):
+        t = p.dtype.type
+        wd = self.weight_decay if self.decay_mask[i] else 0.0
+        state = self.state
+        if state["exp_avg"][i] is None:
+            state["exp_avg"][i] = self._zeros_like(self.params[i])
+            state["exp_avg_sq"][i] = self._zeros_like(self.params[i])
+        if self.amsgrad and state["max_exp_avg_sq"][i] is None:
+            state["max_exp_avg_sq"][i] = self._zeros_like(self.params[i])
+        beta1, beta2 = self.betas
+        step = self.step_count
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        self._job.op("adam_step")(
+            p, g, state["exp_avg"][i], state["exp_avg_sq"][i],
+            state["max_exp_avg_sq"][i] if self.amsgrad else None,
+            t(0.0 if self._DECOUPLED else wd), t(1.0 - self.lr * wd if self._DECOUPLED else 1.0),
+            t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(self.eps), t(self.lr / bc1),
+            t(bc2_sqrt))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``p <- p * (1 - lr * wd)``), matching
+    ``torch.optim.AdamW``; default ``weight_decay=1e-2`` as in torch.
+
+    Parameters
+    ----------
+    params, lr, betas, eps, amsgrad, decay_mask, check_finite, backend
+        As in ``Adam``.
+    weight_decay : float
+        Decoupled decay strength (>= 0) on the parameters selected by ``decay_mask``.
+
+    Returns
+    -------
+    AdamW
+
+    Raises
+    ------
+    ValueError
+        As in ``Adam``.
+
+    Notes
+    -----
+    Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
+    """
+
+    _DECOUPLED = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decay_mask,
+                         check_finite, backend)
