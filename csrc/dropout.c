@@ -127,6 +127,15 @@ static const uint32_t *fr_tile_words(const fr_job *job, size_t lo, size_t hi, ui
     return fr_words(job, g >> 2, (unsigned)(g & 3), hi - lo, buf);
 }
 
+/* Words 2 (offset + lo) .. 2 (offset + hi) - 1 (two per element). */
+static const uint32_t *fr_tile_word_pairs(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+{
+    /* element e = offset + lo uses words 2e and 2e + 1: block e >> 1, word 2 (e & 1); this
+     * form never computes 2e, which can pass 2**64 */
+    uint64_t e = job->offset + lo;
+    return fr_words(job, e >> 1, (unsigned)(2 * (e & 1)), 2 * (hi - lo), buf);
+}
+
 /* Elements before `out` reaches a 64-byte boundary (0 if out is not even itemsize-aligned). */
 static size_t fr_head(const void *out, size_t itemsize, size_t n)
 {
@@ -185,24 +194,38 @@ static void fr_job_init(fr_job *job, uint64_t seed, uint64_t offset, size_t n)
     job->avx2 = fr_get_isa() == 1;
 }
 
-/* Branchless select: v where keep, +0.0 where not. */
-static inline float fr_sel_f32(float v, int keep)
-{
-    uint32_t b;
-    memcpy(&b, &v, sizeof b);
-    b &= (uint32_t)0 - (uint32_t)(keep != 0);
-    memcpy(&v, &b, sizeof v);
-    return v;
-}
+/* The float32 and float64 kernels share one body each: FR_DEFINE_* macros below define a
+ * kernel for a suffix SUF (f32, f64) and its element type T, and are instantiated once per
+ * dtype.  Preprocessor lines cannot stand inside a macro, hence _Pragma for OpenMP and
+ * FR_IF_AVX2 for the run-time choice of the AVX2 element loop: on the AVX2 path it makes the
+ * call and returns; without AVX2 kernels it is empty (the call is not even compiled). */
+#ifdef FR_HAVE_AVX2_KERNELS
+#define FR_IF_AVX2(job, call)  \
+    do {                       \
+        if ((job)->avx2) {     \
+            call;              \
+            return;            \
+        }                      \
+    } while (0)
+#else
+#define FR_IF_AVX2(job, call) do {} while (0)
+#endif
 
-static inline double fr_sel_f64(double v, int keep)
-{
-    uint64_t b;
-    memcpy(&b, &v, sizeof b);
-    b &= (uint64_t)0 - (uint64_t)(keep != 0);
-    memcpy(&v, &b, sizeof v);
-    return v;
-}
+/* Stream words per element of type T (1 for float32, 2 for float64). */
+#define FR_WPE(T) ((unsigned)(sizeof(T) / sizeof(uint32_t)))
+
+/* Branchless select: v where keep, +0.0 where not.  UT: the unsigned integer as wide as T. */
+#define FR_DEFINE_SEL(SUF, T, UT)                \
+    static inline T fr_sel_##SUF(T v, int keep)  \
+    {                                            \
+        UT b;                                    \
+        memcpy(&b, &v, sizeof b);                \
+        b &= (UT)0 - (UT)(keep != 0);            \
+        memcpy(&v, &b, sizeof v);                \
+        return v;                                \
+    }
+FR_DEFINE_SEL(f32, float, uint32_t)
+FR_DEFINE_SEL(f64, double, uint64_t)
 
 /* ------------------------------------------------------------------ philox4x32 */
 
@@ -292,227 +315,145 @@ fr_uniform_f64_elems(const uint32_t *w, double *o, size_t len)
     }
 }
 
+/* The element loop compiled for AVX2, then a tile and the exported fr_uniform_SUF.  WORDS: the
+ * tile's stream words (fr_tile_words, one per element, or fr_tile_word_pairs, two); tiles of
+ * FR_TILE / FR_WPE(T) elements then take FR_TILE words, as for the other ops. */
 #ifdef FR_HAVE_AVX2_KERNELS
-FR_AVX2 static void fr_uniform_f32_elems_avx2(const uint32_t *w, float *o, size_t len)
-{
-    fr_uniform_f32_elems(w, o, len);
-}
-FR_AVX2 static void fr_uniform_f64_elems_avx2(const uint32_t *w, double *o, size_t len)
-{
-    fr_uniform_f64_elems(w, o, len);
-}
-#endif
-
-static void fr_uniform_f32_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
-{
-    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
-    float *o = (float *)job->out + lo;
-#ifdef FR_HAVE_AVX2_KERNELS
-    if (job->avx2) {
-        fr_uniform_f32_elems_avx2(w, o, hi - lo);
-        return;
+#define FR_DEFINE_UNIFORM_ELEMS_AVX2(SUF, T)                                                \
+    FR_AVX2 static void fr_uniform_##SUF##_elems_avx2(const uint32_t *w, T *o, size_t len)  \
+    {                                                                                       \
+        fr_uniform_##SUF##_elems(w, o, len);                                                \
     }
+FR_DEFINE_UNIFORM_ELEMS_AVX2(f32, float)
+FR_DEFINE_UNIFORM_ELEMS_AVX2(f64, double)
 #endif
-    fr_uniform_f32_elems(w, o, hi - lo);
-}
 
-static void fr_uniform_f64_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
-{
-    /* element e = offset + lo uses words 2e and 2e + 1: block e >> 1, word 2 (e & 1); this
-     * form never computes 2e, which can pass 2**64 */
-    uint64_t e = job->offset + lo;
-    const uint32_t *w = fr_words(job, e >> 1, (unsigned)(2 * (e & 1)), 2 * (hi - lo), buf);
-    double *o = (double *)job->out + lo;
-#ifdef FR_HAVE_AVX2_KERNELS
-    if (job->avx2) {
-        fr_uniform_f64_elems_avx2(w, o, hi - lo);
-        return;
+#define FR_DEFINE_UNIFORM(SUF, T, WORDS)                                                         \
+    static void fr_uniform_##SUF##_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)  \
+    {                                                                                            \
+        const uint32_t *w = WORDS(job, lo, hi, buf);                                             \
+        T *o = (T *)job->out + lo;                                                               \
+        FR_IF_AVX2(job, fr_uniform_##SUF##_elems_avx2(w, o, hi - lo));                           \
+        fr_uniform_##SUF##_elems(w, o, hi - lo);                                                 \
+    }                                                                                            \
+                                                                                                 \
+    int fr_uniform_##SUF(uint64_t seed, uint64_t offset, T *out, int64_t n)                      \
+    {                                                                                            \
+        if (n < 0)                                                                               \
+            return FR_ERR_SIZE;                                                                  \
+        if (!out)                                                                                \
+            return FR_ERR_NULL;                                                                  \
+        if (n == 0)                                                                              \
+            return FR_OK;                                                                        \
+        fr_job job;                                                                              \
+        fr_job_init(&job, seed, offset, (size_t)n);                                              \
+        job.out = out;                                                                           \
+        fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n),                      \
+                     FR_TILE / FR_WPE(T), fr_uniform_##SUF##_tile);                              \
+        return FR_OK;                                                                            \
     }
-#endif
-    fr_uniform_f64_elems(w, o, hi - lo);
-}
-
-int fr_uniform_f32(uint64_t seed, uint64_t offset, float *out, int64_t n)
-{
-    if (n < 0)
-        return FR_ERR_SIZE;
-    if (!out)
-        return FR_ERR_NULL;
-    if (n == 0)
-        return FR_OK;
-    fr_job job;
-    fr_job_init(&job, seed, offset, (size_t)n);
-    job.out = out;
-    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
-                 fr_uniform_f32_tile);
-    return FR_OK;
-}
-
-int fr_uniform_f64(uint64_t seed, uint64_t offset, double *out, int64_t n)
-{
-    if (n < 0)
-        return FR_ERR_SIZE;
-    if (!out)
-        return FR_ERR_NULL;
-    if (n == 0)
-        return FR_OK;
-    fr_job job;
-    fr_job_init(&job, seed, offset, (size_t)n);
-    job.out = out;
-    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE / 2,
-                 fr_uniform_f64_tile);
-    return FR_OK;
-}
+FR_DEFINE_UNIFORM(f32, float, fr_tile_words)
+FR_DEFINE_UNIFORM(f64, double, fr_tile_word_pairs)
 
 /* ------------------------------------------------------------------ dropout */
 
-static inline __attribute__((always_inline)) void
-fr_dropout_f32_elems(const uint32_t *w, const float *x, float *o, size_t len, uint32_t t,
-                     float scale)
-{
-    for (size_t i = 0; i < len; i++)
-        o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
-}
-
-static inline __attribute__((always_inline)) void
-fr_dropout_f64_elems(const uint32_t *w, const double *x, double *o, size_t len, uint32_t t,
-                     double scale)
-{
-    for (size_t i = 0; i < len; i++)
-        o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
-}
+/* The portable element loop. */
+#define FR_DEFINE_DROPOUT_ELEMS(SUF, T)                                                    \
+    static inline __attribute__((always_inline)) void                                      \
+    fr_dropout_##SUF##_elems(const uint32_t *w, const T *x, T *o, size_t len, uint32_t t,  \
+                             T scale)                                                      \
+    {                                                                                      \
+        for (size_t i = 0; i < len; i++)                                                   \
+            o[i] = fr_sel_##SUF(x[i] * scale, w[i] >= t);                                  \
+    }
+FR_DEFINE_DROPOUT_ELEMS(f32, float)
+FR_DEFINE_DROPOUT_ELEMS(f64, double)
 
 #ifdef FR_HAVE_AVX2_KERNELS
 /* drop where t > w (unsigned), as a signed compare after flipping the sign bits */
 #define FR_DROP8(wp) _mm256_cmpgt_epi32(tv, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wp)), sign))
 #define FR_DROP4(wp) _mm_cmpgt_epi32(tv4, _mm_xor_si128(_mm_loadu_si128((const __m128i *)(wp)), sign4))
 
-FR_AVX2 static void fr_dropout_f32_elems_avx2(const uint32_t *w, const float *x, float *o,
-                                              size_t len, uint32_t t, float scale, int stream)
-{
-    const __m256i sign = _mm256_set1_epi32(INT32_MIN);
-    const __m256i tv = _mm256_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)));
-    const __m256 sv = _mm256_set1_ps(scale);
-    size_t i = 0;
-    if (stream) {
-        for (; i < len && ((uintptr_t)(o + i) & 31); i++)
-            o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
-        for (; i + 16 <= len; i += 16) {
-            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
-            __m256 b = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), sv);
-            a = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i)), a);
-            b = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i + 8)), b);
-            _mm256_stream_ps(o + i, a);
-            _mm256_stream_ps(o + i + 8, b);
-        }
-    }
-    for (; i + 8 <= len; i += 8) {
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(x + i), sv);
-        a = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i)), a);
-        _mm256_storeu_ps(o + i, a);
-    }
-    for (; i < len; i++)
-        o[i] = fr_sel_f32(x[i] * scale, w[i] >= t);
-}
+/* Per dtype: the constants of the compare, and the drop mask of the 32 / sizeof(T) elements
+ * whose words start at wp, one all-ones lane of sizeof(T) bytes per dropped element. */
+#define FR_DROP_CONSTS_f32(t)                           \
+    const __m256i sign = _mm256_set1_epi32(INT32_MIN);  \
+    const __m256i tv = _mm256_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)))
+#define FR_DROP_CONSTS_f64(t)                         \
+    const __m128i sign4 = _mm_set1_epi32(INT32_MIN);  \
+    const __m128i tv4 = _mm_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)))
+#define FR_DROP_MASK_f32(wp) FR_DROP8(wp)
+#define FR_DROP_MASK_f64(wp) _mm256_cvtepi32_epi64(FR_DROP4(wp))
 
-FR_AVX2 static void fr_dropout_f64_elems_avx2(const uint32_t *w, const double *x, double *o,
-                                              size_t len, uint32_t t, double scale, int stream)
-{
-    const __m128i sign4 = _mm_set1_epi32(INT32_MIN);
-    const __m128i tv4 = _mm_set1_epi32((int32_t)(t ^ UINT32_C(0x80000000)));
-    const __m256d sv = _mm256_set1_pd(scale);
-    size_t i = 0;
-    if (stream) {
-        for (; i < len && ((uintptr_t)(o + i) & 31); i++)
-            o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
-        for (; i + 8 <= len; i += 8) {
-            __m256d a = _mm256_mul_pd(_mm256_loadu_pd(x + i), sv);
-            __m256d b = _mm256_mul_pd(_mm256_loadu_pd(x + i + 4), sv);
-            a = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i))), a);
-            b = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i + 4))), b);
-            _mm256_stream_pd(o + i, a);
-            _mm256_stream_pd(o + i + 4, b);
-        }
+/* V: the 256-bit vector of T; P: the intrinsics' suffix (ps, pd).  L = 32 / sizeof(T) lanes;
+ * the streaming loop does two vectors an iteration. */
+#define FR_DEFINE_DROPOUT_ELEMS_AVX2(SUF, T, V, P)                                              \
+    FR_AVX2 static void fr_dropout_##SUF##_elems_avx2(const uint32_t *w, const T *x, T *o,      \
+                                                      size_t len, uint32_t t, T scale,          \
+                                                      int stream)                               \
+    {                                                                                           \
+        enum { L = 32 / sizeof(T) };                                                            \
+        FR_DROP_CONSTS_##SUF(t);                                                                \
+        const V sv = _mm256_set1_##P(scale);                                                    \
+        size_t i = 0;                                                                           \
+        if (stream) {                                                                           \
+            for (; i < len && ((uintptr_t)(o + i) & 31); i++)                                   \
+                o[i] = fr_sel_##SUF(x[i] * scale, w[i] >= t);                                   \
+            for (; i + 2 * L <= len; i += 2 * L) {                                              \
+                V a = _mm256_mul_##P(_mm256_loadu_##P(x + i), sv);                              \
+                V b = _mm256_mul_##P(_mm256_loadu_##P(x + i + L), sv);                          \
+                a = _mm256_andnot_##P(_mm256_castsi256_##P(FR_DROP_MASK_##SUF(w + i)), a);      \
+                b = _mm256_andnot_##P(_mm256_castsi256_##P(FR_DROP_MASK_##SUF(w + i + L)), b);  \
+                _mm256_stream_##P(o + i, a);                                                    \
+                _mm256_stream_##P(o + i + L, b);                                                \
+            }                                                                                   \
+        }                                                                                       \
+        for (; i + L <= len; i += L) {                                                          \
+            V a = _mm256_mul_##P(_mm256_loadu_##P(x + i), sv);                                  \
+            a = _mm256_andnot_##P(_mm256_castsi256_##P(FR_DROP_MASK_##SUF(w + i)), a);          \
+            _mm256_storeu_##P(o + i, a);                                                        \
+        }                                                                                       \
+        for (; i < len; i++)                                                                    \
+            o[i] = fr_sel_##SUF(x[i] * scale, w[i] >= t);                                       \
     }
-    for (; i + 4 <= len; i += 4) {
-        __m256d a = _mm256_mul_pd(_mm256_loadu_pd(x + i), sv);
-        a = _mm256_andnot_pd(_mm256_castsi256_pd(_mm256_cvtepi32_epi64(FR_DROP4(w + i))), a);
-        _mm256_storeu_pd(o + i, a);
-    }
-    for (; i < len; i++)
-        o[i] = fr_sel_f64(x[i] * scale, w[i] >= t);
-}
+FR_DEFINE_DROPOUT_ELEMS_AVX2(f32, float, __m256, ps)
+FR_DEFINE_DROPOUT_ELEMS_AVX2(f64, double, __m256d, pd)
 #endif
 
-static void fr_dropout_f32_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
-{
-    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
-    const float *x = (const float *)job->x + lo;
-    float *o = (float *)job->out + lo;
-#ifdef FR_HAVE_AVX2_KERNELS
-    if (job->avx2) {
-        fr_dropout_f32_elems_avx2(w, x, o, hi - lo, job->threshold, job->scale_f, job->stream);
-        return;
+/* A tile and the exported fr_dropout_SUF; SCALE: the fr_job field that holds a T scale. */
+#define FR_DEFINE_DROPOUT(SUF, T, SCALE)                                                         \
+    static void fr_dropout_##SUF##_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)  \
+    {                                                                                            \
+        const uint32_t *w = fr_tile_words(job, lo, hi, buf);                                     \
+        const T *x = (const T *)job->x + lo;                                                     \
+        T *o = (T *)job->out + lo;                                                               \
+        FR_IF_AVX2(job, fr_dropout_##SUF##_elems_avx2(w, x, o, hi - lo, job->threshold,          \
+                                                      job->SCALE, job->stream));                 \
+        fr_dropout_##SUF##_elems(w, x, o, hi - lo, job->threshold, job->SCALE);                  \
+    }                                                                                            \
+                                                                                                 \
+    int fr_dropout_##SUF(const T *x, uint64_t seed, uint64_t offset, uint32_t threshold,         \
+                         T scale, T *out, int64_t n)                                             \
+    {                                                                                            \
+        if (n < 0)                                                                               \
+            return FR_ERR_SIZE;                                                                  \
+        if (!x || !out)                                                                          \
+            return FR_ERR_NULL;                                                                  \
+        if (n == 0)                                                                              \
+            return FR_OK;                                                                        \
+        fr_job job;                                                                              \
+        fr_job_init(&job, seed, offset, (size_t)n);                                              \
+        job.x = x;                                                                               \
+        job.out = out;                                                                           \
+        job.threshold = threshold;                                                               \
+        job.SCALE = scale;                                                                       \
+        job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);                            \
+        fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,             \
+                     fr_dropout_##SUF##_tile);                                                   \
+        return FR_OK;                                                                            \
     }
-#endif
-    fr_dropout_f32_elems(w, x, o, hi - lo, job->threshold, job->scale_f);
-}
-
-static void fr_dropout_f64_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
-{
-    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
-    const double *x = (const double *)job->x + lo;
-    double *o = (double *)job->out + lo;
-#ifdef FR_HAVE_AVX2_KERNELS
-    if (job->avx2) {
-        fr_dropout_f64_elems_avx2(w, x, o, hi - lo, job->threshold, job->scale_d, job->stream);
-        return;
-    }
-#endif
-    fr_dropout_f64_elems(w, x, o, hi - lo, job->threshold, job->scale_d);
-}
-
-int fr_dropout_f32(const float *x, uint64_t seed, uint64_t offset, uint32_t threshold,
-                   float scale, float *out, int64_t n)
-{
-    if (n < 0)
-        return FR_ERR_SIZE;
-    if (!x || !out)
-        return FR_ERR_NULL;
-    if (n == 0)
-        return FR_OK;
-    fr_job job;
-    fr_job_init(&job, seed, offset, (size_t)n);
-    job.x = x;
-    job.out = out;
-    job.threshold = threshold;
-    job.scale_f = scale;
-    job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);
-    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
-                 fr_dropout_f32_tile);
-    return FR_OK;
-}
-
-int fr_dropout_f64(const double *x, uint64_t seed, uint64_t offset, uint32_t threshold,
-                   double scale, double *out, int64_t n)
-{
-    if (n < 0)
-        return FR_ERR_SIZE;
-    if (!x || !out)
-        return FR_ERR_NULL;
-    if (n == 0)
-        return FR_OK;
-    fr_job job;
-    fr_job_init(&job, seed, offset, (size_t)n);
-    job.x = x;
-    job.out = out;
-    job.threshold = threshold;
-    job.scale_d = scale;
-    job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);
-    fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,
-                 fr_dropout_f64_tile);
-    return FR_OK;
-}
+FR_DEFINE_DROPOUT(f32, float, scale_f)
+FR_DEFINE_DROPOUT(f64, double, scale_d)
 
 /* ------------------------------------------------------------------ dropout_mask */
 
@@ -646,52 +587,30 @@ static int fr_group_check(const void *x, const void *keep, const void *out, int6
     return FR_OK;
 }
 
-int fr_group_dropout_f32(const float *x, const uint8_t *keep, float scale, float *out,
-                         int64_t N, int64_t M1, int64_t C, int64_t M2)
-{
-    int status = fr_group_check(x, keep, out, N, M1, C, M2);
-    int64_t total = N * M1 * C * M2;
-    if (status != FR_OK || total == 0)
-        return status;
-    if (M2 == 1) {
-#pragma omp parallel for schedule(static) if (total >= 65536)
-        for (int64_t r = 0; r < N * M1; r++) {
-            const uint8_t *k = keep + (r / M1) * C;
-            for (int64_t c = 0; c < C; c++)
-                out[r * C + c] = fr_sel_f32(x[r * C + c] * scale, k[c]);
-        }
-    } else {
-#pragma omp parallel for schedule(static) if (total >= 65536)
-        for (int64_t r = 0; r < N * M1 * C; r++) {
-            int k = keep[(r / (M1 * C)) * C + r % C];
-            for (int64_t m = 0; m < M2; m++)
-                out[r * M2 + m] = fr_sel_f32(x[r * M2 + m] * scale, k);
-        }
+#define FR_DEFINE_GROUP_DROPOUT(SUF, T)                                           \
+    int fr_group_dropout_##SUF(const T *x, const uint8_t *keep, T scale, T *out,  \
+                               int64_t N, int64_t M1, int64_t C, int64_t M2)      \
+    {                                                                             \
+        int status = fr_group_check(x, keep, out, N, M1, C, M2);                  \
+        int64_t total = N * M1 * C * M2;                                          \
+        if (status != FR_OK || total == 0)                                        \
+            return status;                                                        \
+        if (M2 == 1) {                                                            \
+            _Pragma("omp parallel for schedule(static) if (total >= 65536)")      \
+            for (int64_t r = 0; r < N * M1; r++) {                                \
+                const uint8_t *k = keep + (r / M1) * C;                           \
+                for (int64_t c = 0; c < C; c++)                                   \
+                    out[r * C + c] = fr_sel_##SUF(x[r * C + c] * scale, k[c]);    \
+            }                                                                     \
+        } else {                                                                  \
+            _Pragma("omp parallel for schedule(static) if (total >= 65536)")      \
+            for (int64_t r = 0; r < N * M1 * C; r++) {                            \
+                int k = keep[(r / (M1 * C)) * C + r % C];                         \
+                for (int64_t m = 0; m < M2; m++)                                  \
+                    out[r * M2 + m] = fr_sel_##SUF(x[r * M2 + m] * scale, k);     \
+            }                                                                     \
+        }                                                                         \
+        return FR_OK;                                                             \
     }
-    return FR_OK;
-}
-
-int fr_group_dropout_f64(const double *x, const uint8_t *keep, double scale, double *out,
-                         int64_t N, int64_t M1, int64_t C, int64_t M2)
-{
-    int status = fr_group_check(x, keep, out, N, M1, C, M2);
-    int64_t total = N * M1 * C * M2;
-    if (status != FR_OK || total == 0)
-        return status;
-    if (M2 == 1) {
-#pragma omp parallel for schedule(static) if (total >= 65536)
-        for (int64_t r = 0; r < N * M1; r++) {
-            const uint8_t *k = keep + (r / M1) * C;
-            for (int64_t c = 0; c < C; c++)
-                out[r * C + c] = fr_sel_f64(x[r * C + c] * scale, k[c]);
-        }
-    } else {
-#pragma omp parallel for schedule(static) if (total >= 65536)
-        for (int64_t r = 0; r < N * M1 * C; r++) {
-            int k = keep[(r / (M1 * C)) * C + r % C];
-            for (int64_t m = 0; m < M2; m++)
-                out[r * M2 + m] = fr_sel_f64(x[r * M2 + m] * scale, k);
-        }
-    }
-    return FR_OK;
-}
+FR_DEFINE_GROUP_DROPOUT(f32, float)
+FR_DEFINE_GROUP_DROPOUT(f64, double)
