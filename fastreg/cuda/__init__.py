@@ -25,11 +25,15 @@ if _cuda is not None:
                          stream_block_device, stream_word_device, split_seed,
                          as_device, empty, to_device, copy_to_host)
     from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
+    from .penalty import penalty_sums, penalty_grad, soft_threshold, group_lasso, all_finite
+    from .optim import sgd_step, adam_step
 
 __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout",
            "dropout_mask", "dropout_mask_packed", "group_dropout", "philox4x32_device",
            "stream_block_device", "stream_word_device", "split_seed", "as_device", "empty",
            "to_device", "copy_to_host"]
+__all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
+            "sgd_step", "adam_step"]
 
 
 def unavailable_reason():
