@@ -59,4 +59,48 @@ int fr_group_dropout_f32(const float *x, const uint8_t *keep, float scale, float
 int fr_group_dropout_f64(const double *x, const uint8_t *keep, double scale, double *out,
                          int64_t N, int64_t M1, int64_t C, int64_t M2);
 
+/* ------------------------------------------------------------------ penalties (csrc/penalty.c)
+ * Elementwise ops below use the AVX2 element loops where fr_get_isa() says so (same bits either
+ * way) and, for an output they do not read, the streaming-store setting above.  Reductions
+ * (penalty_sums, group_lasso's norms) accumulate in double, not in the reference's order
+ * (penalty_sums: the same result for any number of threads). */
+
+/* *sum_abs = sum |w|, *sum_sq = sum w**2 */
+int fr_penalty_sums_f32(const float *w, int64_t n, double *sum_abs, double *sum_sq);
+int fr_penalty_sums_f64(const double *w, int64_t n, double *sum_abs, double *sum_sq);
+
+/* g = l1 * sgn(w) if c2 == 0, c2 * w if l1 == 0, else l1 * sgn(w) + c2 * w;
+ * out = accumulate ? out + g : g.  out may be w. */
+int fr_penalty_grad_f32(const float *w, float l1, float c2, float *out, int accumulate, int64_t n);
+int fr_penalty_grad_f64(const double *w, double l1, double c2, double *out, int accumulate,
+                        int64_t n);
+
+/* out = s * soft(w, t); out may be w */
+int fr_soft_threshold_f32(const float *w, float t, float s, float *out, int64_t n);
+int fr_soft_threshold_f64(const double *w, double t, double s, double *out, int64_t n);
+
+/* w, out (A, L, B): group w[a, :, b] times (T)max(0, 1 - t / ||group||); out may be w */
+int fr_group_lasso_f32(const float *w, float t, float *out, int64_t A, int64_t L, int64_t B);
+int fr_group_lasso_f64(const double *w, double t, double *out, int64_t A, int64_t L, int64_t B);
+
+/* *result = 1 if no element is NaN or inf, else 0 */
+int fr_all_finite_f32(const float *a, int64_t n, int *result);
+int fr_all_finite_f64(const double *a, int64_t n, int *result);
+
+/* ------------------------------------------------------------------ optimizers (csrc/optim.c)
+ * One step, in place on p and the state arrays; buf == NULL: no momentum; vmax == NULL: no
+ * AMSGrad.  Bools are ints (nonzero = true). */
+int fr_sgd_step_f32(float *p, const float *g, float *buf, float lr, float wd, float decay,
+                    float momentum, float damp1, int nesterov, int first, float l1t, int64_t n);
+int fr_sgd_step_f64(double *p, const double *g, double *buf, double lr, double wd, double decay,
+                    double momentum, double damp1, int nesterov, int first, double l1t,
+                    int64_t n);
+
+int fr_adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax, float wd,
+                     float decay, float omb1, float beta2, float omb2, float eps,
+                     float step_size, float bc2_sqrt, int64_t n);
+int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *vmax, double wd,
+                     double decay, double omb1, double beta2, double omb2, double eps,
+                     double step_size, double bc2_sqrt, int64_t n);
+
 #endif /* FASTREG_H */

@@ -21,8 +21,8 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODULE = "fastreg.c._fastreg_c"
-SOURCES = ["dropout.c"]
-HEADERS = ["fastreg.h", "philox.h"]
+SOURCES = ["dropout.c", "penalty.c", "optim.c"]
+HEADERS = ["fastreg.h", "philox.h", "elementwise.h"]
 
 
 def _flag(name):
@@ -42,10 +42,13 @@ def _flags():
     if _flag("FASTREG_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
         # -fno-wrapv: Python's CFLAGS carry -fwrapv, which would hide signed overflow from UBSan
-        compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-wrapv", "-fopenmp"] + san
+        compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-wrapv", "-fopenmp",
+                        "-ffp-contract=off", "-fno-math-errno"] + san
         return compile_args, ["-fopenmp"] + san
     # -ffp-contract=off: no fused multiply-add may change a rounding (results are bit-exact)
-    compile_args = ["-O3", "-fopenmp", "-ffp-contract=off"]
+    # -fno-math-errno: sqrt need not set errno, so it is one instruction and loops with it
+    # vectorize (no effect on any result)
+    compile_args = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
     if _flag("FASTREG_NATIVE"):
         compile_args.append("-march=native")
     return compile_args, ["-fopenmp"]

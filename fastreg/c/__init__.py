@@ -78,3 +78,10 @@ from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  
 __all__ = ["philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
            "dropout_mask_packed", "group_dropout", "unavailable_reason", "omp_max_threads",
            "has_avx2", "isa", "set_isa", "set_stream_stores"]
+
+from .penalty import (all_finite, group_lasso, penalty_grad, penalty_sums,  # noqa: E402
+                      soft_threshold)
+from .optim import adam_step, sgd_step  # noqa: E402
+
+__all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
+            "sgd_step", "adam_step"]

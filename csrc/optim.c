@@ -1,0 +1,170 @@
+/* One optimizer step (SGD, Adam / AdamW) on one parameter array (OpenMP), the C backend of
+ * fastreg.
+ *
+ * Exact definitions: fastreg/reference/optim.py (PyTorch's single-tensor update rules).  One
+ * pass over the arrays does the whole step per element, with every product, sum, quotient and
+ * square root one IEEE operation in the array's dtype in the reference's order (-ffp-contract=off,
+ * no fast-math; sqrtf for float), so results match the reference bit for bit.
+ *
+ * Each step is written once, as a macro instantiated for float (f32) and double (f64).  The
+ * reference's per-call branches (weight decay, momentum state, Nesterov, decoupled decay, L1
+ * prox, AMSGrad) are compile-time constants of separate instances of the element loop, chosen
+ * from a table at each call, so every instance is a branch-free vectorized loop.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "fastreg.h"
+#include "elementwise.h"
+
+/* sqrt in the element type: sqrtf for float, sqrt for double (both correctly rounded). */
+#define FR_SQRT_f32 sqrtf
+#define FR_SQRT_f64 sqrt
+
+/* ------------------------------------------------------------------ SGD */
+
+/* WD: d = g + wd * p.  MOM: 0 no momentum buffer, 1 first step (buf = d), 2 later steps
+ * (buf = momentum * buf + damp1 * d).  NEST: d = d + momentum * buf, else d = buf.
+ * DEC: p = p * decay.  L1: p = soft(p, l1t) * 1. */
+#define FR_DEFINE_SGD(SUF, T)                                                                  \
+    typedef struct {                                                                           \
+        T *p, *buf;                                                                            \
+        const T *g;                                                                            \
+        T lr, wd, decay, momentum, damp1, l1t;                                                 \
+    } fr_sgd_args_##SUF;                                                                       \
+                                                                                               \
+    FR_INLINE void fr_sgd_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
+                                        const int MOM, const int NEST, const int DEC,          \
+                                        const int L1)                                          \
+    {                                                                                          \
+        const fr_sgd_args_##SUF *a = (const fr_sgd_args_##SUF *)args;                          \
+        T *p = a->p + lo, *buf = MOM ? a->buf + lo : NULL;                                     \
+        const T *g = a->g + lo;                                                                \
+        const T lr = a->lr, wd = a->wd, decay = a->decay, momentum = a->momentum;              \
+        const T damp1 = a->damp1, l1t = a->l1t, nl1t = -a->l1t, one = 1;                       \
+        const size_t len = hi - lo;                                                            \
+        _Pragma("omp simd")                                                                    \
+        for (size_t i = 0; i < len; i++) {                                                     \
+            T pi = p[i];                                                                       \
+            T d = WD ? g[i] + wd * pi : g[i];                                                  \
+            if (MOM) {                                                                         \
+                T b = MOM == 1 ? d : momentum * buf[i] + damp1 * d;                            \
+                buf[i] = b;                                                                    \
+                d = NEST ? d + momentum * b : b;                                               \
+            }                                                                                  \
+            if (DEC)                                                                           \
+                pi = pi * decay;                                                               \
+            pi = pi - lr * d;                                                                  \
+            if (L1)                                                                            \
+                pi = fr_soft_##SUF(pi, l1t, nl1t) * one;                                       \
+            p[i] = pi;                                                                         \
+        }                                                                                      \
+    }                                                                                          \
+    FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                \
+                                                                                               \
+    int fr_sgd_step_##SUF(T *p, const T *g, T *buf, T lr, T wd, T decay, T momentum, T damp1,  \
+                          int nesterov, int first, T l1t, int64_t n)                           \
+    {                                                                                          \
+        static const fr_ew_kernel kernels[] = {FR_SGD_VARIANTS(FR_SGD_TABLE_ENTRY, SUF)};      \
+        if (n < 0)                                                                             \
+            return FR_ERR_SIZE;                                                                \
+        if (!p || !g)                                                                          \
+            return FR_ERR_NULL;                                                                \
+        /* the reference's branches; momentum == 0 is told by buf == NULL */                   \
+        int wdf = wd != 0, mom = buf == NULL ? 0 : first ? 1 : 2;                              \
+        int nest = mom && nesterov, dec = decay != 1, l1 = l1t != 0;                           \
+        fr_sgd_args_##SUF args = {p, buf, g, lr, wd, decay, momentum, damp1, l1t};             \
+        size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
+        fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                           \
+        return FR_OK;                                                                          \
+    }
+
+/* The 48 instances, in table order: X(SUF, WD, MOM, NEST, DEC, L1) for each combination. */
+#define FR_SGD_INDEX(wd, mom, nest, dec, l1)  \
+    ((size_t)((((wd) * 3 + (mom)) * 2 + (nest)) * 4 + (dec) * 2 + (l1)))
+#define FR_SGD_V4(X, S, W, M, N)  \
+    X(S, W, M, N, 0, 0) X(S, W, M, N, 0, 1) X(S, W, M, N, 1, 0) X(S, W, M, N, 1, 1)
+#define FR_SGD_V8(X, S, W, M) FR_SGD_V4(X, S, W, M, 0) FR_SGD_V4(X, S, W, M, 1)
+#define FR_SGD_V24(X, S, W) FR_SGD_V8(X, S, W, 0) FR_SGD_V8(X, S, W, 1) FR_SGD_V8(X, S, W, 2)
+#define FR_SGD_VARIANTS(X, S) FR_SGD_V24(X, S, 0) FR_SGD_V24(X, S, 1)
+
+#define FR_SGD_NAME(S, W, M, N, D, L) fr_sgd_##S##_##W##M##N##D##L
+#define FR_SGD_DEFINE_VARIANT(S, W, M, N, D, L)     \
+    FR_EW_RANGE_FNS(FR_SGD_NAME(S, W, M, N, D, L),  \
+                    ((void)dst, fr_sgd_##S##_elems(args, lo, hi, W, M, N, D, L)))
+#define FR_SGD_TABLE_ENTRY(S, W, M, N, D, L) FR_EW_KERNEL(FR_SGD_NAME(S, W, M, N, D, L)),
+
+FR_DEFINE_SGD(f32, float)
+FR_DEFINE_SGD(f64, double)
+
+/* ------------------------------------------------------------------ Adam / AdamW */
+
+/* WD: g = g + wd * p.  DEC: p = p * decay.  AMS: vmax = max(vmax, v), NaN-propagating as
+ * np.maximum (vmax if vmax > v or vmax is NaN, else v), and vmax replaces v in the denominator. */
+#define FR_DEFINE_ADAM(SUF, T)                                                                  \
+    typedef struct {                                                                            \
+        T *p, *m, *v, *vmax;                                                                    \
+        const T *g;                                                                             \
+        T wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt;                               \
+    } fr_adam_args_##SUF;                                                                       \
+                                                                                                \
+    FR_INLINE void fr_adam_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
+                                         const int DEC, const int AMS)                          \
+    {                                                                                           \
+        const fr_adam_args_##SUF *a = (const fr_adam_args_##SUF *)args;                         \
+        T *p = a->p + lo, *m = a->m + lo, *v = a->v + lo, *vmax = AMS ? a->vmax + lo : NULL;    \
+        const T *g = a->g + lo;                                                                 \
+        const T wd = a->wd, decay = a->decay, omb1 = a->omb1, beta2 = a->beta2;                 \
+        const T omb2 = a->omb2, eps = a->eps, step_size = a->step_size;                         \
+        const T bc2_sqrt = a->bc2_sqrt;                                                         \
+        const size_t len = hi - lo;                                                             \
+        _Pragma("omp simd")                                                                     \
+        for (size_t i = 0; i < len; i++) {                                                      \
+            T pi = p[i], gi = g[i];                                                             \
+            if (WD)                                                                             \
+                gi = gi + wd * pi;                                                              \
+            if (DEC)                                                                            \
+                pi = pi * decay;                                                                \
+            T mi = m[i] + omb1 * (gi - m[i]);                                                   \
+            T vi = beta2 * v[i] + omb2 * (gi * gi);                                             \
+            m[i] = mi;                                                                          \
+            v[i] = vi;                                                                          \
+            T second = vi;                                                                      \
+            if (AMS) {                                                                          \
+                T vm = vmax[i];                                                                 \
+                second = fr_sel_##SUF((vm > vi) | (vm != vm), vm, vi);                          \
+                vmax[i] = second;                                                               \
+            }                                                                                   \
+            T denom = FR_SQRT_##SUF(second) / bc2_sqrt + eps;                                   \
+            p[i] = pi - step_size * (mi / denom);                                               \
+        }                                                                                       \
+    }                                                                                           \
+    FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                               \
+                                                                                                \
+    int fr_adam_step_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T wd, T decay, T omb1,        \
+                           T beta2, T omb2, T eps, T step_size, T bc2_sqrt, int64_t n)          \
+    {                                                                                           \
+        static const fr_ew_kernel kernels[] = {FR_ADAM_VARIANTS(FR_ADAM_TABLE_ENTRY, SUF)};     \
+        if (n < 0)                                                                              \
+            return FR_ERR_SIZE;                                                                 \
+        if (!p || !g || !m || !v)                                                               \
+            return FR_ERR_NULL;                                                                 \
+        fr_adam_args_##SUF args = {p, m, v, vmax, g, wd, decay, omb1, beta2, omb2, eps,         \
+                                   step_size, bc2_sqrt};                                        \
+        size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
+        fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                            \
+        return FR_OK;                                                                           \
+    }
+
+#define FR_ADAM_V2(X, S, W, D) X(S, W, D, 0) X(S, W, D, 1)
+#define FR_ADAM_VARIANTS(X, S)  \
+    FR_ADAM_V2(X, S, 0, 0) FR_ADAM_V2(X, S, 0, 1) FR_ADAM_V2(X, S, 1, 0) FR_ADAM_V2(X, S, 1, 1)
+#define FR_ADAM_NAME(S, W, D, A) fr_adam_##S##_##W##D##A
+#define FR_ADAM_DEFINE_VARIANT(S, W, D, A)     \
+    FR_EW_RANGE_FNS(FR_ADAM_NAME(S, W, D, A),  \
+                    ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
+#define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL(FR_ADAM_NAME(S, W, D, A)),
+
+FR_DEFINE_ADAM(f32, float)
+FR_DEFINE_ADAM(f64, double)

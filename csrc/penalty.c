@@ -1,0 +1,293 @@
+/* L1 / L2 / elastic-net penalty kernels (OpenMP), the C backend of fastreg.
+ *
+ * Exact definitions: fastreg/reference/penalty.py.  Every product and sum below is one IEEE
+ * operation in the array's dtype, in the reference's order (the build has -ffp-contract=off and
+ * no fast-math), so results match it bit for bit; the exceptions are the reductions
+ * (penalty_sums, the norms of group_lasso), which accumulate in double in another order.
+ *
+ * Each op's element loop is written once, as a macro instantiated for float (f32) and double
+ * (f64); the branches that the reference takes per call (which terms exist, accumulate or not)
+ * are compile-time constants of separate instances, so every loop vectorizes.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastreg.h"
+#include "elementwise.h"
+
+/* ------------------------------------------------------------------ penalty_grad */
+
+/* MODE 0: g = l1 * sgn(w) (c2 == 0); 1: g = c2 * w (l1 == 0); 2: l1 * sgn(w) + c2 * w
+ * (sgn: elementwise.h).  ACC: out = out + g, else out = g.  `omp simd`: out may be w (the
+ * only dependence is within one index). */
+#define FR_DEFINE_PENALTY_GRAD(SUF, T)                                                        \
+    typedef struct {                                                                          \
+        const T *w;                                                                           \
+        const T *out;                                                                         \
+        T l1, c2;                                                                             \
+    } fr_pgrad_args_##SUF;                                                                    \
+                                                                                              \
+    FR_INLINE void fr_pgrad_##SUF##_elems(const void *args, void *dst, size_t lo, size_t hi,  \
+                                          const int MODE, const int ACC)                      \
+    {                                                                                         \
+        const fr_pgrad_args_##SUF *a = (const fr_pgrad_args_##SUF *)args;                     \
+        const T *w = a->w + lo, *o = a->out + lo;                                             \
+        T *d = (T *)dst;                                                                      \
+        const T l1 = a->l1, c2 = a->c2;                                                       \
+        const size_t len = hi - lo;                                                           \
+        _Pragma("omp simd")                                                                   \
+        for (size_t i = 0; i < len; i++) {                                                    \
+            T x = w[i];                                                                       \
+            T g = MODE == 0 ? l1 * fr_sgn_##SUF(x)                                            \
+                : MODE == 1 ? c2 * x                                                          \
+                : l1 * fr_sgn_##SUF(x) + c2 * x;                                              \
+            d[i] = ACC ? o[i] + g : g;                                                        \
+        }                                                                                     \
+    }                                                                                         \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_0, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 0, 0))      \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_1, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 1, 0))      \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_2, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 2, 0))      \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_0a, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 0, 1))     \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_1a, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 1, 1))     \
+    FR_EW_RANGE_FNS(fr_pgrad_##SUF##_2a, fr_pgrad_##SUF##_elems(args, dst, lo, hi, 2, 1))     \
+                                                                                              \
+    int fr_penalty_grad_##SUF(const T *w, T l1, T c2, T *out, int accumulate, int64_t n)      \
+    {                                                                                         \
+        static const fr_ew_kernel kernels[2][3] = {                                           \
+            {FR_EW_KERNEL(fr_pgrad_##SUF##_0), FR_EW_KERNEL(fr_pgrad_##SUF##_1),              \
+             FR_EW_KERNEL(fr_pgrad_##SUF##_2)},                                               \
+            {FR_EW_KERNEL(fr_pgrad_##SUF##_0a), FR_EW_KERNEL(fr_pgrad_##SUF##_1a),            \
+             FR_EW_KERNEL(fr_pgrad_##SUF##_2a)}};                                             \
+        if (n < 0)                                                                            \
+            return FR_ERR_SIZE;                                                               \
+        if (!w || !out)                                                                       \
+            return FR_ERR_NULL;                                                               \
+        /* the reference's branches: c2 == 0 first (also when l1 == 0), then l1 == 0 */       \
+        int mode = c2 == 0 ? 0 : l1 == 0 ? 1 : 2;                                             \
+        fr_pgrad_args_##SUF args = {w, out, l1, c2};                                          \
+        int stream = fr_ew_want_stream(accumulate || (const void *)w == (const void *)out,    \
+                                       (size_t)n * sizeof(T));                                \
+        fr_ew_run(kernels[accumulate != 0][mode], &args, out, sizeof(T), (size_t)n, stream);  \
+        return FR_OK;                                                                         \
+    }
+FR_DEFINE_PENALTY_GRAD(f32, float)
+FR_DEFINE_PENALTY_GRAD(f64, double)
+
+/* ------------------------------------------------------------------ soft_threshold */
+
+#define FR_DEFINE_SOFT_THRESHOLD(SUF, T)                                                        \
+    typedef struct {                                                                            \
+        const T *w;                                                                             \
+        T t, s;                                                                                 \
+    } fr_softthr_args_##SUF;                                                                    \
+                                                                                                \
+    FR_INLINE void fr_softthr_##SUF##_elems(const void *args, void *dst, size_t lo, size_t hi)  \
+    {                                                                                           \
+        const fr_softthr_args_##SUF *a = (const fr_softthr_args_##SUF *)args;                   \
+        const T *w = a->w + lo;                                                                 \
+        T *d = (T *)dst;                                                                        \
+        const T t = a->t, nt = -a->t, s = a->s;                                                 \
+        const size_t len = hi - lo;                                                             \
+        _Pragma("omp simd")                                                                     \
+        for (size_t i = 0; i < len; i++) {                                                      \
+            T x = w[i];                                                                         \
+            d[i] = fr_soft_##SUF(x, t, nt) * s;                                                 \
+        }                                                                                       \
+    }                                                                                           \
+    FR_EW_RANGE_FNS(fr_softthr_##SUF, fr_softthr_##SUF##_elems(args, dst, lo, hi))              \
+                                                                                                \
+    int fr_soft_threshold_##SUF(const T *w, T t, T s, T *out, int64_t n)                        \
+    {                                                                                           \
+        static const fr_ew_kernel kernel = FR_EW_KERNEL(fr_softthr_##SUF);                      \
+        if (n < 0)                                                                              \
+            return FR_ERR_SIZE;                                                                 \
+        if (!w || !out)                                                                         \
+            return FR_ERR_NULL;                                                                 \
+        fr_softthr_args_##SUF args = {w, t, s};                                                 \
+        int stream = fr_ew_want_stream((const void *)w == (const void *)out,                    \
+                                       (size_t)n * sizeof(T));                                  \
+        fr_ew_run(kernel, &args, out, sizeof(T), (size_t)n, stream);                            \
+        return FR_OK;                                                                           \
+    }
+FR_DEFINE_SOFT_THRESHOLD(f32, float)
+FR_DEFINE_SOFT_THRESHOLD(f64, double)
+
+/* ------------------------------------------------------------------ penalty_sums */
+
+/* Partial sums of |w| and w**2 over [lo, hi), in double; `omp simd reduction` lets the
+ * compiler keep several vector accumulators (any order is allowed here). */
+#define FR_DEFINE_PENALTY_SUMS(SUF, T)                                                             \
+    FR_INLINE void fr_sums_##SUF##_elems(const T *w, size_t len, double *sa, double *sq)           \
+    {                                                                                              \
+        double a = 0.0, q = 0.0;                                                                   \
+        _Pragma("omp simd reduction(+ : a, q)")                                                    \
+        for (size_t i = 0; i < len; i++) {                                                         \
+            double x = (double)w[i];                                                               \
+            a += fabs(x);                                                                          \
+            q += x * x;                                                                            \
+        }                                                                                          \
+        *sa = a;                                                                                   \
+        *sq = q;                                                                                   \
+    }                                                                                              \
+    static void fr_sums_##SUF##_portable(const T *w, size_t len, double *sa, double *sq)           \
+    {                                                                                              \
+        fr_sums_##SUF##_elems(w, len, sa, sq);                                                     \
+    }                                                                                              \
+    FR_EW_SUMS_AVX2(SUF, T)                                                                        \
+                                                                                                   \
+    int fr_penalty_sums_##SUF(const T *w, int64_t n, double *sum_abs, double *sum_sq)              \
+    {                                                                                              \
+        if (n < 0)                                                                                 \
+            return FR_ERR_SIZE;                                                                    \
+        if (!w || !sum_abs || !sum_sq)                                                             \
+            return FR_ERR_NULL;                                                                    \
+        void (*fn)(const T *, size_t, double *, double *) = fr_sums_##SUF##_portable;              \
+        FR_EW_SUMS_PICK(SUF, fn);                                                                  \
+        const size_t tile = FR_EW_TILE_BYTES / sizeof(T), un = (size_t)n;                          \
+        const size_t ntiles = (un + tile - 1) / tile;                                              \
+        /* per-tile partial sums, added in tile order: the result does not depend on the           \
+         * number of threads (without memory for them, an OpenMP reduction, which may) */          \
+        double *part = ntiles > 1 ? (double *)malloc(2 * ntiles * sizeof(double)) : NULL;          \
+        double sa = 0.0, sq = 0.0;                                                                 \
+        _Pragma("omp parallel for reduction(+:sa, sq) schedule(static) if (un >= FR_EW_PAR_MIN)")  \
+        for (size_t k = 0; k < ntiles; k++) {                                                      \
+            size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;                            \
+            double a, q;                                                                           \
+            fn(w + lo, hi - lo, &a, &q);                                                           \
+            if (part) {                                                                            \
+                part[2 * k] = a;                                                                   \
+                part[2 * k + 1] = q;                                                               \
+            } else {                                                                               \
+                sa += a;                                                                           \
+                sq += q;                                                                           \
+            }                                                                                      \
+        }                                                                                          \
+        if (part) {                                                                                \
+            for (size_t k = 0; k < ntiles; k++) {                                                  \
+                sa += part[2 * k];                                                                 \
+                sq += part[2 * k + 1];                                                             \
+            }                                                                                      \
+            free(part);                                                                            \
+        }                                                                                          \
+        *sum_abs = sa;                                                                             \
+        *sum_sq = sq;                                                                              \
+        return FR_OK;                                                                              \
+    }
+
+#ifdef FR_EW_X86
+#define FR_EW_SUMS_AVX2(SUF, T)                                                      \
+    FR_EW_AVX2 static void fr_sums_##SUF##_avx2(const T *w, size_t len, double *sa,  \
+                                                double *sq)                          \
+    {                                                                                \
+        fr_sums_##SUF##_elems(w, len, sa, sq);                                       \
+    }
+#define FR_EW_SUMS_PICK(SUF, fn)        \
+    do {                                \
+        if (fr_get_isa() == 1)          \
+            fn = fr_sums_##SUF##_avx2;  \
+    } while (0)
+#else
+#define FR_EW_SUMS_AVX2(SUF, T)
+#define FR_EW_SUMS_PICK(SUF, fn) do {} while (0)
+#endif
+
+FR_DEFINE_PENALTY_SUMS(f32, float)
+FR_DEFINE_PENALTY_SUMS(f64, double)
+
+/* ------------------------------------------------------------------ all_finite */
+
+/* Finite <=> the exponent bits are not all ones; an integer test vectorizes without any
+ * floating-point compare.  Tiles after a found non-finite element are skipped. */
+#define FR_DEFINE_ALL_FINITE(SUF, T, UT, EXP)                                  \
+    int fr_all_finite_##SUF(const T *a, int64_t n, int *result)                \
+    {                                                                          \
+        if (n < 0)                                                             \
+            return FR_ERR_SIZE;                                                \
+        if (!a || !result)                                                     \
+            return FR_ERR_NULL;                                                \
+        const size_t tile = FR_EW_TILE_BYTES / sizeof(T), un = (size_t)n;      \
+        const size_t ntiles = (un + tile - 1) / tile;                          \
+        int found = 0;                                                         \
+        _Pragma("omp parallel for schedule(static) if (un >= FR_EW_PAR_MIN)")  \
+        for (size_t k = 0; k < ntiles; k++) {                                  \
+            if (__atomic_load_n(&found, __ATOMIC_RELAXED))                     \
+                continue;                                                      \
+            size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;        \
+            UT bad = 0;                                                        \
+            _Pragma("omp simd reduction(| : bad)")                             \
+            for (size_t i = lo; i < hi; i++) {                                 \
+                UT b;                                                          \
+                memcpy(&b, a + i, sizeof b);                                   \
+                bad |= (UT)((b & EXP) == EXP);                                 \
+            }                                                                  \
+            if (bad)                                                           \
+                __atomic_store_n(&found, 1, __ATOMIC_RELAXED);                 \
+        }                                                                      \
+        *result = !found;                                                      \
+        return FR_OK;                                                          \
+    }
+FR_DEFINE_ALL_FINITE(f32, float, uint32_t, UINT32_C(0x7F800000))
+FR_DEFINE_ALL_FINITE(f64, double, uint64_t, UINT64_C(0x7FF0000000000000))
+
+/* ------------------------------------------------------------------ group_lasso */
+
+/* w, out (A, L, B); group (a, b) = w[a, :, b].  Work items are (a, run of up to FR_GL_RUN
+ * b's): the squared norms of the run's groups accumulate row by row (contiguous, vectorized),
+ * then each row is scaled.  f = norm > t ? 1 - t / norm : 0 in double, cast to T once;
+ * out = w * f, one multiply in T.  out may be w: a work item reads its elements before it
+ * writes them, and items are disjoint. */
+#define FR_GL_RUN 512
+
+#define FR_DEFINE_GROUP_LASSO(SUF, T)                                                    \
+    int fr_group_lasso_##SUF(const T *w, T t, T *out, int64_t A, int64_t L, int64_t B)   \
+    {                                                                                    \
+        if (A < 0 || L < 0 || B < 0)                                                     \
+            return FR_ERR_SIZE;                                                          \
+        if (!w || !out)                                                                  \
+            return FR_ERR_NULL;                                                          \
+        const size_t uA = (size_t)A, uL = (size_t)L, uB = (size_t)B;                     \
+        if (uA == 0 || uL == 0 || uB == 0)                                               \
+            return FR_OK;                                                                \
+        const size_t runs = (uB + FR_GL_RUN - 1) / FR_GL_RUN, items = uA * runs;         \
+        const double td = (double)t;                                                     \
+        _Pragma("omp parallel for schedule(static) if (uA * uL * uB >= FR_EW_PAR_MIN)")  \
+        for (size_t it = 0; it < items; it++) {                                          \
+            double acc[FR_GL_RUN];                                                       \
+            T f[FR_GL_RUN];                                                              \
+            const size_t a = it / runs, b0 = (it % runs) * FR_GL_RUN;                    \
+            const size_t nb = uB - b0 < FR_GL_RUN ? uB - b0 : FR_GL_RUN;                 \
+            const T *wa = w + a * uL * uB + b0;                                          \
+            T *oa = out + a * uL * uB + b0;                                              \
+            if (uB == 1) { /* one contiguous group: a plain reduction */                 \
+                double s = 0.0;                                                          \
+                _Pragma("omp simd reduction(+ : s)")                                     \
+                for (size_t l = 0; l < uL; l++)                                          \
+                    s += (double)wa[l] * (double)wa[l];                                  \
+                acc[0] = s;                                                              \
+            } else {                                                                     \
+                for (size_t j = 0; j < nb; j++)                                          \
+                    acc[j] = 0.0;                                                        \
+                for (size_t l = 0; l < uL; l++) {                                        \
+                    const T *row = wa + l * uB;                                          \
+                    for (size_t j = 0; j < nb; j++)                                      \
+                        acc[j] += (double)row[j] * (double)row[j];                       \
+                }                                                                        \
+            }                                                                            \
+            for (size_t j = 0; j < nb; j++) {                                            \
+                double norm = sqrt(acc[j]);                                              \
+                f[j] = (T)(norm > td ? 1.0 - td / norm : 0.0);                           \
+            }                                                                            \
+            for (size_t l = 0; l < uL; l++) {                                            \
+                const T *row = wa + l * uB;                                              \
+                T *orow = oa + l * uB;                                                   \
+                _Pragma("omp simd")                                                      \
+                for (size_t j = 0; j < nb; j++)                                          \
+                    orow[j] = row[j] * f[j];                                             \
+            }                                                                            \
+        }                                                                                \
+        return FR_OK;                                                                    \
+    }
+FR_DEFINE_GROUP_LASSO(f32, float)
+FR_DEFINE_GROUP_LASSO(f64, double)

@@ -1,0 +1,104 @@
+"""Penalty kernels of backend "c" (csrc/penalty.c).
+
+Same names, signatures and results as fastreg.reference.penalty: bit for bit, except the
+reductions (penalty_sums, group_lasso's norms), which accumulate in double in another order.
+Inputs are already validated and contiguous (see fastreg._registry); ``out`` may be ``w``.
+Arrays are passed to C without copying, except one that is not aligned for its dtype (possible
+with views of raw buffers), which goes through an aligned copy (written back if the kernel
+writes it).
+"""
+import numpy as np
+
+from . import _check, ffi, lib
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _kernel(dtype, name):
+    full = f"fr_{name}_{_SUFFIX[dtype]}"
+    return getattr(lib, full), full
+
+
+def _scalar(dtype, x):
+    """x as a Python float holding a value of ``dtype`` (cffi then passes it unchanged)."""
+    return float(dtype.type(x))
+
+
+def _aligned(a):
+    """``a`` itself, or an aligned copy of it (None stays None)."""
+    return a if a is None or a.flags.aligned else a.copy()
+
+
+def _ptr(ctype, a, writable=False):
+    if a is None:
+        return ffi.NULL
+    return ffi.from_buffer(ctype + "[]", a, require_writable=writable)
+
+
+def _write_back(original, used):
+    if used is not original:
+        original[...] = used
+
+
+def penalty_sums(w):
+    """(sum |w|, sum w**2) of a 1-D float array, accumulated in float64."""
+    n = w.size
+    if n == 0:
+        return 0.0, 0.0
+    fn, name = _kernel(w.dtype, "penalty_sums")
+    sums = ffi.new("double[2]")
+    _check(fn(_ptr(_CTYPE[w.dtype], _aligned(w)), n, sums, sums + 1), name)
+    return float(sums[0]), float(sums[1])
+
+
+def penalty_grad(w, l1, c2, out, accumulate):
+    """out = g or out + g, g = l1 * sgn(w) + c2 * w with the reference's branches (out may be w)."""
+    n = w.size
+    if n == 0:
+        return
+    fn, name = _kernel(w.dtype, "penalty_grad")
+    ctype, dt = _CTYPE[w.dtype], w.dtype
+    o = _aligned(out)
+    wa = o if w is out else _aligned(w)
+    _check(fn(_ptr(ctype, wa), _scalar(dt, l1), _scalar(dt, c2), _ptr(ctype, o, True),
+              int(bool(accumulate)), n), name)
+    _write_back(out, o)
+
+
+def soft_threshold(w, t, s, out):
+    """out = s * soft(w, t) (exact zeros where |w| <= t, NaN kept); out may be w."""
+    n = w.size
+    if n == 0:
+        return
+    fn, name = _kernel(w.dtype, "soft_threshold")
+    ctype, dt = _CTYPE[w.dtype], w.dtype
+    o = _aligned(out)
+    wa = o if w is out else _aligned(w)
+    _check(fn(_ptr(ctype, wa), _scalar(dt, t), _scalar(dt, s), _ptr(ctype, o, True), n), name)
+    _write_back(out, o)
+
+
+def group_lasso(w, t, out):
+    """w, out (A, L, B): group w[a, :, b] scaled by max(0, 1 - t / ||group||_2); out may be w."""
+    if w.size == 0:
+        return
+    A, L, B = w.shape
+    fn, name = _kernel(w.dtype, "group_lasso")
+    ctype = _CTYPE[w.dtype]
+    o = _aligned(out)
+    wa = o if w is out else _aligned(w)
+    _check(fn(_ptr(ctype, wa), _scalar(w.dtype, t), _ptr(ctype, o, True), A, L, B), name)
+    _write_back(out, o)
+
+
+def all_finite(a):
+    """True when no element of the 1-D array is NaN or inf."""
+    if a.size == 0:
+        return True
+    if a.dtype not in _CTYPE:  # integers, float16...: not a kernel of this backend
+        return bool(np.isfinite(a).all())
+    fn, name = _kernel(a.dtype, "all_finite")
+    result = ffi.new("int *")
+    _check(fn(_ptr(_CTYPE[a.dtype], _aligned(a)), a.size, result), name)
+    return bool(result[0])
