@@ -38,6 +38,12 @@ def test_nbytes_counts_what_must_move():
     assert cases.nbytes("dropout_mask_packed", 9) == 2
     assert cases.nbytes("random_bits", n) == 4 * n
     assert cases.nbytes("uniform", n, np.float64) == 8 * n
+    assert cases.nbytes("l1_grad", n, np.float32) == 2 * 4 * n
+    assert cases.nbytes("l2_grad_accumulate", n, np.float64) == 3 * 8 * n
+    assert cases.nbytes("prox_l1", n, np.float32) == 2 * 4 * n
+    assert cases.nbytes("l1_penalty", n, np.float64) == 8 * n
+    assert cases.nbytes("sgd_step", n, np.float32) == 5 * 4 * n
+    assert cases.nbytes("adamw_step", n, np.float64) == 7 * 8 * n
     with pytest.raises(ValueError):
         cases.nbytes("nope", n)
 
@@ -46,19 +52,45 @@ def test_nbytes_counts_what_must_move():
 @pytest.mark.parametrize("preallocated", [True, False], ids=["out", "fresh"])
 def test_cases_compute_what_fastreg_computes(op, preallocated):
     """The timed closures are the real calls: their results equal the reference backend's."""
+    if not preallocated and "fresh" not in cases.ALLOCS[op]:
+        with pytest.raises(ValueError, match="no fresh variant"):
+            cases.fastreg_call(op, "numpy", np.ones(4, np.float32), preallocated=False)
+        return
     if cases.unavailable(op, "cpu"):
         pytest.skip(cases.unavailable(op, "cpu"))
     x = cases.input_array(1000, np.float32)
     got = cases.fastreg_call(op, "cpu", x, preallocated=preallocated)()
-    expected = cases.fastreg_call(op, "numpy", x, preallocated=False)()
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    expected = cases.fastreg_call(op, "numpy", x, preallocated=preallocated)()
+    if op == "l1_penalty":   # float64 sums: backends differ by summation order only
+        assert got == pytest.approx(expected, rel=1e-12)
+    else:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    np.testing.assert_array_equal(x, cases.input_array(1000, np.float32))   # x left alone
+
+
+_NEW_OPS = ("l1_grad", "l2_grad_accumulate", "prox_l1", "l1_penalty", "sgd_step", "adamw_step")
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])
+@pytest.mark.parametrize("op", _NEW_OPS)
+def test_torch_peers_do_the_same_work(op, fused):
+    """Each torch peer computes what the fastreg case computes (one call on the same data)."""
+    pytest.importorskip("torch")
+    if fused and op not in cases.FUSED_OPS:
+        with pytest.raises(ValueError, match="no fused"):
+            cases.torch_call(op, np.ones(4, np.float32), fused=True)
+        return
+    x = cases.input_array(1000, np.float32)
+    expected = np.asarray(cases.fastreg_call(op, "numpy", x, preallocated=True)())
+    got = cases.torch_call(op, x, fused=fused)()
+    np.testing.assert_allclose(np.asarray(got.detach()), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_table_quick():
     proc = _run("-m", "fastreg.bench", "--quick", "--sizes", "4096")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for column in ("op", "backend", "alloc", "ms (min)", "GB/s", "of bw", "x torch"):
+    for column in ("op", "backend", "alloc", "ms (min)", "GB/s", "of bw", "x torch", "x fused"):
         assert column in out
     assert "GB/s memory bandwidth" in out and "threads:" in out
     rows = [line.split() for line in out.splitlines() if " 2^12 " in line]
@@ -69,8 +101,15 @@ def test_table_quick():
         assert mine, f"no rows for backend {backend}"
         assert {"out=", "fresh"} <= {token for r in mine for token in r}
     for op in ("dropout p=0.5", "dropout_backward", "dropout_mask packed", "random_bits",
-               "uniform float32"):
+               "uniform float32", "l1_grad", "l2_grad accumulate", "prox_l1", "l1_penalty",
+               "sgd step", "adamw step"):
         assert op in out
+    lines = out.splitlines()
+    assert any(line.startswith("l2_grad accumulate") and " numpy " in line and " in place " in line
+               for line in lines)
+    assert any(line.startswith("l1_penalty") and " scalar " in line for line in lines)
+    assert any(line.startswith("adamw step") and line.split()[-1].endswith("x")
+               for line in lines), "no x fused ratio for adamw step"
 
 
 def test_console_command():

@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -71,7 +72,8 @@ def add_arguments(parser):
                         help="threads for Numba, OpenMP (C backend) and torch (default: Numba's, "
                              "i.e. the core count or NUMBA_NUM_THREADS)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                        help="element type of dropout's x and uniform's output (default float32)")
+                        help="element type of dropout's x, uniform's output and the penalty "
+                             "and optimizer arrays (default float32)")
     parser.add_argument("--backends", type=_parse_list(("numpy", "cpu", "c", "cuda")),
                         metavar="B[,B...]",
                         help="subset of numpy,cpu,c,cuda (default: all available; cuda only on "
@@ -122,8 +124,9 @@ def time_min(fn, budget, min_reps=3, max_reps=50):
     return best, reps
 
 
-_COLUMNS = (("op", "<", 20), ("backend", "<", 7), ("n", ">", 7), ("alloc", "<", 5),
-            ("ms (min)", ">", 9), ("GB/s", ">", 7), ("of bw", ">", 6), ("x torch", ">", 8))
+_COLUMNS = (("op", "<", 19), ("backend", "<", 7), ("n", ">", 7), ("alloc", "<", 8),
+            ("ms (min)", ">", 8), ("GB/s", ">", 7), ("of bw", ">", 5), ("x torch", ">", 7),
+            ("x fused", ">", 7))
 
 
 def _row(values):
@@ -132,8 +135,8 @@ def _row(values):
 
 class _SlowGuard:
     """Keeps the NumPy reference and torch off sizes where one call would exceed ``limit``
-    seconds, predicting linearly from their last timing at a smaller size (or from one call at
-    ``min(n, 2**20)`` when there is none)."""
+    seconds, predicting linearly from their last timing at a smaller size (or from the fastest
+    of 3-10 calls at ``min(n, 2**20)`` when there is none)."""
 
     def __init__(self, limit):
         self.limit = limit
@@ -147,11 +150,9 @@ class _SlowGuard:
         ``build(m)`` makes the callable at m elements."""
         if key not in self.known or self.known[key][0] > n:
             m = min(n, _PROBE_N)
-            fn = build(m)
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            self.record(key, m, time.perf_counter() - t0)
+            # the fastest of 3-10 calls: on a busy machine one call can stall for 10s of ms
+            seconds, _ = time_min(build(m), 0.05, min_reps=3, max_reps=10)
+            self.record(key, m, seconds)
         m, seconds = self.known[key]
         predicted = seconds * n / m
         return predicted if predicted > self.limit else None
@@ -200,8 +201,16 @@ class _Table:
 
     def header(self):
         torch = self.torch
-        self.say(f"fastreg {self.version} benchmark: Philox4x32-10 dropout and random numbers, "
-                 f"{self.dtype.name}, p={cases.P}")
+        kinds = []
+        if any(op in self.ops for op in ("dropout", "dropout_backward", "dropout_mask_packed",
+                                         "random_bits", "uniform")):
+            kinds.append(f"Philox4x32-10 dropout and random numbers (p={cases.P})")
+        if any(op in self.ops for op in ("l1_grad", "l2_grad_accumulate", "prox_l1",
+                                         "l1_penalty")):
+            kinds.append(f"penalties (lam={cases.LAM:g}, prox threshold={cases.THRESHOLD:g})")
+        if any(op in self.ops for op in cases.FUSED_OPS):
+            kinds.append("optimizer steps (one parameter of n elements)")
+        self.say(f"fastreg {self.version} benchmark: {', '.join(kinds)}; {self.dtype.name}")
         self.say(f"machine: {self.machine:.1f} GB/s memory bandwidth (Numba a += s*b over "
                  f"{size_id(self.probe_n)} float32, 3*4*n bytes, min of repetitions)")
         threads = f"threads: {self.threads} (numba)"
@@ -222,71 +231,114 @@ class _Table:
         self.say(line)
         self.say("-" * len(line))
 
-    def torch_seconds(self, op, x, device):
-        """Min time of op's torch peer on x (None when too slow or torch has no such device)."""
+    def torch_seconds(self, op, x, device, fused=False):
+        """Min time of op's torch peer on x (None when too slow, when torch has no such device
+        or, for ``fused``, no fused implementation of the op there)."""
         if device == "cuda" and not self.torch.cuda.is_available():
             return None
         n = x.size
-        key = ("torch", device, op)
-        predicted = self.slow.predicted_over(
-            key, lambda m: cases.torch_call(op, x[:m], device=device), n)
-        if predicted is not None:
-            self.too_slow.setdefault(("x torch is '-' for", n), {})[op] = predicted
+        key = ("torch", device, op, fused)
+        what = "x fused is '-' for" if fused else "x torch is '-' for"
+        try:
+            predicted = self.slow.predicted_over(
+                key, lambda m: cases.torch_call(op, x[:m], device=device, fused=fused), n)
+            if predicted is not None:
+                self.too_slow.setdefault((what, n), {})[op] = predicted
+                return None
+            seconds, _ = time_min(cases.torch_call(op, x, device=device, fused=fused),
+                                  self.budget)
+        except RuntimeError as exc:   # e.g. an older torch without fused=True on this device
+            self.note(f"torch peer of {op}{' (fused)' if fused else ''} on {device}: {exc}")
             return None
-        seconds, _ = time_min(cases.torch_call(op, x, device=device), self.budget)
         self.slow.record(key, n, seconds)
         return seconds
 
     def op_rows(self, op, x):
-        """Time op on every backend at x's size; print one row per backend and allocation."""
+        """Time op on every backend at x's size; print one row per backend and variant (out=,
+        fresh; in place; scalar: see cases.ALLOCS)."""
         n = x.size
         label = cases.OPS[op][0] + (f" {self.dtype.name}" if op == "uniform" else "")
         bytes_moved = cases.nbytes(op, n, self.dtype)
-        peers = {}   # torch device -> seconds, timed on first need
+        peers = {}   # (torch device, fused) -> seconds, timed on first need
         for backend in self.backends:
             why = cases.unavailable(op, backend)
             if why is not None:
                 self.note(f"{op} on {backend}: {why}")
                 continue
             if backend == "numpy":
-                predicted = self.slow.predicted_over(
-                    ("numpy", op),
-                    lambda m: cases.fastreg_call(op, "numpy", x[:m], preallocated=True), n)
+                try:
+                    predicted = self.slow.predicted_over(
+                        ("numpy", op),
+                        lambda m: cases.fastreg_call(op, "numpy", x[:m], preallocated=True), n)
+                except fastreg.BackendUnavailableError as exc:
+                    self.note(f"{op} on {backend}: {exc}")
+                    continue
                 if predicted is not None:
                     self.too_slow.setdefault(("numpy reference not timed for", n), {})[op] = \
                         predicted
                     continue
             on_host = backend != "cuda"
-            for alloc, preallocated in (("out=", True), ("fresh", False)):
-                seconds, _ = time_min(cases.fastreg_call(op, backend, x, preallocated=preallocated),
-                                      self.budget)
+            device = "cpu" if on_host else "cuda"
+            for alloc in cases.ALLOCS[op]:
+                preallocated = alloc != "fresh"
+                try:
+                    seconds, _ = time_min(
+                        cases.fastreg_call(op, backend, x, preallocated=preallocated),
+                        self.budget)
+                except fastreg.BackendUnavailableError as exc:   # a kernel refusing when called
+                    self.note(f"{op} on {backend}: {exc}")
+                    break
                 if backend == "numpy" and preallocated:
                     self.slow.record(("numpy", op), n, seconds)
                 gbps = bytes_moved / seconds / 1e9
-                ratio = "-"
-                if self.torch is not None:
-                    device = "cpu" if on_host else "cuda"
-                    if device not in peers:
-                        peers[device] = self.torch_seconds(op, x, device)
-                    if peers[device] is not None:
-                        ratio = f"{peers[device] / seconds:.1f}x"
+                ratios = []
+                for fused in (False, True):
+                    ratio = "-"
+                    if self.torch is not None and (not fused or op in cases.FUSED_OPS):
+                        if (device, fused) not in peers:
+                            peers[device, fused] = self.torch_seconds(op, x, device, fused)
+                        if peers[device, fused] is not None:
+                            ratio = f"{peers[device, fused] / seconds:.1f}x"
+                    ratios.append(ratio)
                 peak = self.machine if on_host else self.gpu
                 self.say(_row([label, backend, size_id(n), alloc, f"{seconds * 1e3:.3f}",
-                               f"{gbps:.2f}", f"{gbps / peak:.0%}", ratio]))
+                               f"{gbps:.2f}", f"{gbps / peak:.0%}", *ratios]))
 
     def footer(self):
         self.say()
-        self.say("GB/s: bytes the op must move / min time (dropout fwd and bwd read x and write "
-                 "out: 2*itemsize*n; mask packed: n/8; random_bits: 4n; uniform: itemsize*n)")
+        counts = {"dropout": "dropout fwd and bwd read x and write out: 2*itemsize*n",
+                  "dropout_mask_packed": "mask packed: n/8", "random_bits": "random_bits: 4n",
+                  "uniform": "uniform: itemsize*n",
+                  "l1_grad": "l1_grad reads w, writes out: 2*itemsize*n",
+                  "l2_grad_accumulate": "l2_grad accumulate reads w, reads+writes g: 3*itemsize*n",
+                  "prox_l1": "prox_l1 reads+writes w: 2*itemsize*n",
+                  "l1_penalty": "l1_penalty reads w: itemsize*n",
+                  "sgd_step": "sgd step reads p, g, buf, writes p, buf: 5*itemsize*n",
+                  "adamw_step": "adamw step reads p, g, m, v, writes p, m, v: 7*itemsize*n"}
+        shown = [text for op, text in counts.items()
+                 if op in self.ops or (op == "dropout" and "dropout_backward" in self.ops)]
+        self.say("GB/s: bytes the op must move / min time:")
+        for line in textwrap.wrap("; ".join(shown), 98):
+            self.say("  " + line)
         self.say("of bw: GB/s / the bandwidth above (the machine's; the GPU's for cuda)")
-        self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
-                 "have no out=: the backend kernel is timed); fresh allocates the result on "
-                 "every call (pages of a fresh array >= 32 MiB are faulted in at ~1.6 GB/s)")
+        allocs = {a for op in self.ops for a in cases.ALLOCS[op]}
+        if allocs & {"out=", "fresh"}:
+            self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
+                     "have no out=: the backend kernel is timed); fresh allocates the result on "
+                     "every call (pages of a fresh array >= 32 MiB are faulted in at ~1.6 GB/s)")
+        if allocs & {"in place", "scalar"}:
+            self.say("alloc: in place updates its arrays (the repetitions keep updating them); "
+                     "scalar returns a float")
         if self.torch is not None:
             self.say("x torch: torch time / fastreg time, same data and threads (> 1: fastreg "
                      "is faster). torch peers:")
             for op in self.ops:
                 self.say(f"  {op}: {cases.TORCH_PEERS[op]}")
+            fused = [op for op in self.ops if op in cases.FUSED_OPS]
+            if fused:
+                self.say("x fused: the same against torch's fused=True optimizer steps:")
+                for op in fused:
+                    self.say(f"  {op}: {cases.TORCH_FUSED_PEERS[op]}")
         for (what, n), ops in self.too_slow.items():
             self.say(f"note: {what} {', '.join(ops)} at {size_id(n)}: one call would take "
                      f"{min(ops.values()):.1f}-{max(ops.values()):.1f} s (over --slow-limit)")

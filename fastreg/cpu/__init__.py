@@ -8,3 +8,5 @@ from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
 
 def unavailable_reason():
     return None
+from .penalty import all_finite, group_lasso, penalty_grad, penalty_sums, soft_threshold
+from .optim import adam_step, sgd_step
