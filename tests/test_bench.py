@@ -1,5 +1,6 @@
 """The benchmark machinery: the table of ``python -m fastreg.bench``, the ``fastreg`` command and
 the pytest plugin's ``bandwidth_benchmark`` fixture (timed, disabled, without pytest-benchmark)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -108,8 +109,9 @@ def test_table_quick():
     assert any(line.startswith("l2_grad accumulate") and " numpy " in line and " in place " in line
                for line in lines)
     assert any(line.startswith("l1_penalty") and " scalar " in line for line in lines)
-    assert any(line.startswith("adamw step") and line.split()[-1].endswith("x")
-               for line in lines), "no x fused ratio for adamw step"
+    if importlib.util.find_spec("torch") is not None:
+        assert any(line.startswith("adamw step") and line.split()[-1].endswith("x")
+                   for line in lines), "no x fused ratio for adamw step"
 
 
 def test_console_command():

@@ -481,6 +481,9 @@ def test_results_do_not_depend_on_thread_count():
     outs = set()
     for threads in ("1", "3"):
         env = dict(os.environ, OMP_NUM_THREADS=threads)
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+        # run from the directory that holds the fastreg under test (site-packages when
+        # installed), so the child imports it and not the sources next to the tests
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(fc.__file__))))
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=root,
                                 capture_output=True, text=True).stdout)
     assert len(outs) == 1, outs
