@@ -43,3 +43,27 @@ def bits(a):
     """The raw bit pattern of a float array, so comparisons are exact (signed zeros, NaNs)."""
     a = np.asarray(a)
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+# --- the C backend's kernel paths (tests/test_c_*.py) --------------------------------------------
+# fastreg.c is imported inside the fixtures: only the C tests use them, and they skip their module
+# when the C backend is unavailable.
+
+@pytest.fixture(params=["avx2", "portable"])
+def isa(request):
+    """Runs a C-backend test with the AVX2 and with the portable kernels."""
+    import fastreg.c as fc
+    if request.param == "avx2" and not fc.has_avx2():
+        pytest.skip("this CPU has no AVX2")
+    previous = fc.set_isa(request.param)
+    yield request.param
+    fc.set_isa(previous)
+
+
+@pytest.fixture(params=["auto", "always", "never"])
+def stream_stores(request):
+    """Runs a C-backend test in each streaming-store mode."""
+    import fastreg.c as fc
+    previous = fc.set_stream_stores(request.param)
+    yield request.param
+    fc.set_stream_stores(previous)

@@ -40,22 +40,6 @@ def bits(a):
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 
-@pytest.fixture(params=["avx2", "portable"])
-def isa(request):
-    if request.param == "avx2" and not fc.has_avx2():
-        pytest.skip("this CPU has no AVX2")
-    previous = fc.set_isa(request.param)
-    yield request.param
-    fc.set_isa(previous)
-
-
-@pytest.fixture(params=["auto", "always", "never"])
-def stream_stores(request):
-    previous = fc.set_stream_stores(request.param)
-    yield request.param
-    fc.set_stream_stores(previous)
-
-
 def test_unavailable_reason_and_threads():
     assert fc.unavailable_reason() is None
     assert fc.omp_max_threads() >= 1

@@ -72,22 +72,6 @@ def unaligned_copy(a):
     return view
 
 
-@pytest.fixture(params=["avx2", "portable"])
-def isa(request):
-    if request.param == "avx2" and not fc.has_avx2():
-        pytest.skip("this CPU has no AVX2")
-    previous = fc.set_isa(request.param)
-    yield request.param
-    fc.set_isa(previous)
-
-
-@pytest.fixture(params=["auto", "always", "never"])
-def stream_stores(request):
-    previous = fc.set_stream_stores(request.param)
-    yield request.param
-    fc.set_stream_stores(previous)
-
-
 # ------------------------------------------------------------------ penalty_sums
 
 @pytest.mark.parametrize("dtype", FLOATS)

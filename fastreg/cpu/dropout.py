@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import pjit
-from .philox import CHUNK, MASK, S32, TASK, fill_words, scratch
+from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
 @pjit
@@ -19,13 +19,12 @@ def _dropout_kernel(x, out, seed, offset, threshold, scale):
         for i in prange(n):
             out[i] = x[i] * scale
         return
-    k0, k1 = seed & MASK, seed >> S32
-    for t in prange((n + TASK - 1) // TASK):
+    k0, k1 = key_words(seed)
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
-            count = min(CHUNK, n - start)
-            g0 = offset + np.uint64(start)
-            words = fill_words(buf, lanes, k0, k1, g0, count)
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, CHUNK):
+            count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
             xs = x[start:start + count]
             o = out[start:start + count]
             for i in range(count):
@@ -36,13 +35,12 @@ def _dropout_kernel(x, out, seed, offset, threshold, scale):
 @pjit
 def _mask_kernel(seed, offset, threshold, out):
     n = out.size
-    k0, k1 = seed & MASK, seed >> S32
-    for t in prange((n + TASK - 1) // TASK):
+    k0, k1 = key_words(seed)
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
-            count = min(CHUNK, n - start)
-            g0 = offset + np.uint64(start)
-            words = fill_words(buf, lanes, k0, k1, g0, count)
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, CHUNK):
+            count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
             o = out[start:start + count]
             for i in range(count):
                 o[i] = np.uint8(words[i] >= threshold)
@@ -51,13 +49,12 @@ def _mask_kernel(seed, offset, threshold, out):
 @pjit
 def _mask_packed_kernel(seed, offset, threshold, n, out):
     # TASK and CHUNK are multiples of 8, so every block starts on a byte boundary.
-    k0, k1 = seed & MASK, seed >> S32
-    for t in prange((n + TASK - 1) // TASK):
+    k0, k1 = key_words(seed)
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
-            count = min(CHUNK, n - start)
-            g0 = offset + np.uint64(start)
-            words = fill_words(buf, lanes, k0, k1, g0, count)
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, CHUNK):
+            count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
             o = out[start // 8:(start + count + 7) // 8]
             full = count // 8
             for j in range(full):

@@ -16,8 +16,16 @@ in-cache sizes where the arithmetic would show.
 import numpy as np
 from numba import prange
 
-from ._jit import jit, pjit
+from ._jit import inline, jit, pjit
 from .penalty import TASK, _soft
+
+
+@inline
+def _part(a, lo, hi):
+    """a[lo:hi], or None for an absent (None) state array (the branch is pruned on a's type)."""
+    if a is None:
+        return None
+    return a[lo:hi]
 
 
 @jit
@@ -28,26 +36,18 @@ def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     use_decay = decay != 1
     use_l1 = l1t != 0
     ml1t = -l1t
-    if bs is None:
-        for i in range(ps.size):
-            x = ps[i]
-            d = gs[i] + wd * x if use_wd else gs[i]
-            if use_decay:
-                x = x * decay
-            x = x - lr * d
-            # the reference's soft_threshold(p, l1t, 1, p): soft(x) * 1 is soft(x)
-            ps[i] = _soft(x, l1t, ml1t, zero) if use_l1 else x
-    else:
-        for i in range(ps.size):
-            x = ps[i]
-            d = gs[i] + wd * x if use_wd else gs[i]
+    for i in range(ps.size):
+        x = ps[i]
+        d = gs[i] + wd * x if use_wd else gs[i]
+        if bs is not None:
             b = d if first else momentum * bs[i] + damp1 * d
             bs[i] = b
             d = d + momentum * b if nesterov else b
-            if use_decay:
-                x = x * decay
-            x = x - lr * d
-            ps[i] = _soft(x, l1t, ml1t, zero) if use_l1 else x
+        if use_decay:
+            x = x * decay
+        x = x - lr * d
+        # the reference's soft_threshold(p, l1t, 1, p): soft(x) * 1 is soft(x)
+        ps[i] = _soft(x, l1t, ml1t, zero) if use_l1 else x
 
 
 @pjit
@@ -56,12 +56,8 @@ def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t)
     for task in prange((n + TASK - 1) // TASK):
         lo = task * TASK
         hi = min(lo + TASK, n)
-        if buf is None:
-            _sgd_task(p[lo:hi], g[lo:hi], None, lr, wd, decay, momentum, damp1, nesterov, first,
-                      l1t)
-        else:
-            _sgd_task(p[lo:hi], g[lo:hi], buf[lo:hi], lr, wd, decay, momentum, damp1, nesterov,
-                      first, l1t)
+        _sgd_task(p[lo:hi], g[lo:hi], _part(buf, lo, hi), lr, wd, decay, momentum, damp1,
+                  nesterov, first, l1t)
 
 
 @jit
@@ -69,36 +65,24 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
     """One task's slice; vms (the slice of vmax) is None without AMSGrad."""
     use_wd = wd != 0
     use_decay = decay != 1
-    if vms is None:
-        for i in range(ps.size):
-            x = ps[i]
-            gi = gs[i] + wd * x if use_wd else gs[i]
-            if use_decay:
-                x = x * decay
-            mi = ms[i]
-            mi = mi + omb1 * (gi - mi)
-            ms[i] = mi
-            vi = beta2 * vs[i] + omb2 * (gi * gi)
-            vs[i] = vi
-            denom = np.sqrt(vi) / bc2_sqrt + eps
-            ps[i] = x - step_size * (mi / denom)
-    else:
-        for i in range(ps.size):
-            x = ps[i]
-            gi = gs[i] + wd * x if use_wd else gs[i]
-            if use_decay:
-                x = x * decay
-            mi = ms[i]
-            mi = mi + omb1 * (gi - mi)
-            ms[i] = mi
-            vi = beta2 * vs[i] + omb2 * (gi * gi)
-            vs[i] = vi
+    for i in range(ps.size):
+        x = ps[i]
+        gi = gs[i] + wd * x if use_wd else gs[i]
+        if use_decay:
+            x = x * decay
+        mi = ms[i]
+        mi = mi + omb1 * (gi - mi)
+        ms[i] = mi
+        vi = beta2 * vs[i] + omb2 * (gi * gi)
+        vs[i] = vi
+        second = vi  # the second moment in the denominator: v, or AMSGrad's running maximum
+        if vms is not None:
             # np.maximum(vmax, v): the old maximum if larger or NaN, else v (NaN included)
             top = vms[i]
-            top = top if (top > vi or top != top) else vi
-            vms[i] = top
-            denom = np.sqrt(top) / bc2_sqrt + eps
-            ps[i] = x - step_size * (mi / denom)
+            second = top if (top > vi or top != top) else vi
+            vms[i] = second
+        denom = np.sqrt(second) / bc2_sqrt + eps
+        ps[i] = x - step_size * (mi / denom)
 
 
 @pjit
@@ -107,12 +91,8 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
     for task in prange((n + TASK - 1) // TASK):
         lo = task * TASK
         hi = min(lo + TASK, n)
-        if vmax is None:
-            _adam_task(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], None, wd, decay, omb1, beta2,
-                       omb2, eps, step_size, bc2_sqrt)
-        else:
-            _adam_task(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], wd, decay, omb1,
-                       beta2, omb2, eps, step_size, bc2_sqrt)
+        _adam_task(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], _part(vmax, lo, hi), wd, decay, omb1,
+                   beta2, omb2, eps, step_size, bc2_sqrt)
 
 
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):

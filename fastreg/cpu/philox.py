@@ -66,6 +66,46 @@ def scratch():
     return np.empty(CHUNK + 8, np.uint32), np.empty((4, CHUNK // 4 + 2), np.uint32)
 
 
+# The stream kernels share one skeleton: the key from the seed, a prange over tasks of TASK
+# elements, per task its scratch buffers and a walk over its blocks of CHUNK elements:
+#
+#     k0, k1 = key_words(seed)
+#     for t in prange(task_count(n)):
+#         buf, lanes = scratch()
+#         lo, hi = task_bounds(t, n)
+#         for start in range(lo, hi, CHUNK):
+#             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
+#             ...  # one plain loop over words[:count]
+#
+# The helpers are inlined, so each kernel compiles as if written out (and vectorizes the same).
+
+@inline
+def key_words(seed):
+    """The Philox key (k0, k1) of a uint64 seed: its low and high 32 bits."""
+    return seed & MASK, seed >> S32
+
+
+@inline
+def task_count(n):
+    """Parallel tasks for n elements."""
+    return (n + TASK - 1) // TASK
+
+
+@inline
+def task_bounds(t, n):
+    """Elements [lo, hi) of task t."""
+    lo = t * TASK
+    return lo, min(lo + TASK, n)
+
+
+@inline
+def chunk_words(buf, lanes, k0, k1, offset, start, n):
+    """``(count, words)`` for the block of up to CHUNK elements at ``start``: element i of the
+    block uses ``words[i]``, stream word ``offset + start + i``."""
+    count = min(CHUNK, n - start)
+    return count, fill_words(buf, lanes, k0, k1, offset + np.uint64(start), count)
+
+
 @jit
 def _philox_kernel(ctr, key, out):
     for i in range(ctr.shape[0]):
@@ -81,27 +121,25 @@ def _philox_kernel(ctr, key, out):
 @pjit
 def _bits_kernel(seed, offset, out):
     n = out.size
-    k0, k1 = seed & MASK, seed >> S32
-    for t in prange((n + TASK - 1) // TASK):
+    k0, k1 = key_words(seed)
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
-            count = min(CHUNK, n - start)
-            g0 = offset + np.uint64(start)
-            words = fill_words(buf, lanes, k0, k1, g0, count)
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, CHUNK):
+            count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
             out[start:start + count] = words
 
 
 @pjit
 def _uniform32_kernel(seed, offset, out):
     n = out.size
-    k0, k1 = seed & MASK, seed >> S32
+    k0, k1 = key_words(seed)
     step = np.float32(2.0 ** -24)
-    for t in prange((n + TASK - 1) // TASK):
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), CHUNK):
-            count = min(CHUNK, n - start)
-            g0 = offset + np.uint64(start)
-            words = fill_words(buf, lanes, k0, k1, g0, count)
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, CHUNK):
+            count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
             o = out[start:start + count]
             for i in range(count):
                 o[i] = np.float32(words[i] >> np.uint32(8)) * step
@@ -109,12 +147,15 @@ def _uniform32_kernel(seed, offset, out):
 
 @pjit
 def _uniform64_kernel(seed, offset, out):
+    # Element i uses stream words 2(offset + i) and 2(offset + i) + 1: blocks of CHUNK / 2
+    # elements, each filled with its 2 * count words.
     n = out.size
-    k0, k1 = seed & MASK, seed >> S32
+    k0, k1 = key_words(seed)
     half = CHUNK // 2
-    for t in prange((n + TASK - 1) // TASK):
+    for t in prange(task_count(n)):
         buf, lanes = scratch()
-        for start in range(t * TASK, min(t * TASK + TASK, n), half):
+        lo, hi = task_bounds(t, n)
+        for start in range(lo, hi, half):
             count = min(half, n - start)
             g0 = np.uint64(2) * (offset + np.uint64(start))
             words = fill_words(buf, lanes, k0, k1, g0, 2 * count)

@@ -12,8 +12,8 @@ Philox blocks, or 3 when ``offset`` is not a multiple of 4).
 import numpy as np
 from numba import cuda
 
-from .philox import (U0, U1, U2, keep4_device, stream_block_device, split_seed, stream_layout,
-                     launch_1d, to_device_args, finish, as_device)
+from .philox import (U1, U2, keep4_device, stream_block_device, split_seed, stream_layout,
+                     launch_1d, launch_stream, to_device_args, finish, as_device)
 
 
 @cuda.jit(device=True)
@@ -127,11 +127,9 @@ def dropout(x, seed, offset, threshold, scale, out):
     n = x_d.size
     if n == 0:
         return
-    first, skip, nblocks = stream_layout(offset, n)
-    lo, hi = split_seed(seed)
     scale = np.dtype(x_d.dtype).type(scale)
-    launch_1d(_dropout_kernel, int(nblocks), x_d, lo, hi, first, skip, np.int64(n), nblocks,
-              _threshold(threshold), scale, out_d)
+    launch_stream(_dropout_kernel, seed, offset, n, lead=(x_d,),
+                  tail=(_threshold(threshold), scale, out_d))
     finish(out, out_d)
 
 
@@ -161,10 +159,7 @@ def dropout_mask(seed, offset, threshold, out):
     n = out_d.size
     if n == 0:
         return
-    first, skip, nblocks = stream_layout(offset, n)
-    lo, hi = split_seed(seed)
-    launch_1d(_dropout_mask_kernel, int(nblocks), lo, hi, first, skip, np.int64(n), nblocks,
-              _threshold(threshold), out_d)
+    launch_stream(_dropout_mask_kernel, seed, offset, n, tail=(_threshold(threshold), out_d))
     finish(out, out_d)
 
 

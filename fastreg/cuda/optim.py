@@ -13,8 +13,8 @@ NaN payloads may differ on hardware (canonical NaN), as explained there.
 import numpy as np
 from numba import cuda
 
-from .penalty import _back, _dev_in, _dev_out, mul_rn_device, soft_device, sqrt_device
-from .philox import launch_1d
+from .penalty import mul_rn_device, soft_device, sqrt_device
+from .philox import dev_in, dev_out, finish, launch_1d
 
 # sgd_step flags
 _WD, _BUF, _FIRST, _NESTEROV, _DECAY, _L1 = 1, 2, 4, 8, 16, 32
@@ -83,6 +83,25 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
 
 # --- ops (the backend contract, see fastreg._registry) --------------------------------------------
 
+def _decay_flags(wd, decay):
+    """_WD for coupled weight decay (wd != 0), _DECAY for the decoupled factor (decay != 1)."""
+    return (_WD if wd != 0 else 0) | (_DECAY if decay != 1 else 0)
+
+
+def _scalars(p, *values):
+    """The kernel's scalar arguments, each cast to p's dtype (float32 stays float32)."""
+    dt = np.dtype(p.dtype)
+    return tuple(dt.type(x) for x in values)
+
+
+def _finish_all(*pairs):
+    """Copy each in-place (array, device array) pair back to a host array; a None (absent)
+    state array is skipped."""
+    for a, a_d in pairs:
+        if a is not None:
+            finish(a, a_d)
+
+
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     """One SGD step in place on ``p`` (and ``buf``), as fastreg.reference.sgd_step.
 
@@ -101,30 +120,23 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     -------
     None
     """
-    dt = np.dtype(p.dtype)
-    flags = 0
-    if wd != 0:
-        flags |= _WD
+    flags = _decay_flags(wd, decay)
     if buf is not None:
         flags |= _BUF
         if first:
             flags |= _FIRST
         if nesterov:
             flags |= _NESTEROV
-    if decay != 1:
-        flags |= _DECAY
     if l1t != 0:
         flags |= _L1
-    p_d = _dev_out(p, copy_in=True)
-    g_d = _dev_in(g)
-    buf_d = _dev_out(buf, copy_in=not first) if buf is not None else p_d
+    p_d = dev_out(p, copy_in=True)
+    g_d = dev_in(g)
+    buf_d = dev_out(buf, copy_in=not first) if buf is not None else p_d
     if p_d.size == 0:
         return
-    launch_1d(_sgd_kernel, p_d.size, p_d, g_d, buf_d, dt.type(lr), dt.type(wd), dt.type(decay),
-              dt.type(momentum), dt.type(damp1), dt.type(l1t), np.int32(flags))
-    _back(p, p_d)
-    if buf is not None:
-        _back(buf, buf_d)
+    launch_1d(_sgd_kernel, p_d.size, p_d, g_d, buf_d,
+              *_scalars(p, lr, wd, decay, momentum, damp1, l1t), np.int32(flags))
+    _finish_all((p, p_d), (buf, buf_d))
 
 
 def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
@@ -144,25 +156,17 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     -------
     None
     """
-    dt = np.dtype(p.dtype)
-    flags = 0
-    if wd != 0:
-        flags |= _WD
-    if decay != 1:
-        flags |= _DECAY
+    flags = _decay_flags(wd, decay)
     if vmax is not None:
         flags |= _AMSGRAD
-    p_d = _dev_out(p, copy_in=True)
-    g_d = _dev_in(g)
-    m_d = _dev_out(m, copy_in=True)
-    v_d = _dev_out(v, copy_in=True)
-    vmax_d = _dev_out(vmax, copy_in=True) if vmax is not None else v_d
+    p_d = dev_out(p, copy_in=True)
+    g_d = dev_in(g)
+    m_d = dev_out(m, copy_in=True)
+    v_d = dev_out(v, copy_in=True)
+    vmax_d = dev_out(vmax, copy_in=True) if vmax is not None else v_d
     if p_d.size == 0:
         return
-    launch_1d(_adam_kernel, p_d.size, p_d, g_d, m_d, v_d, vmax_d, dt.type(wd), dt.type(decay),
-              dt.type(omb1), dt.type(beta2), dt.type(omb2), dt.type(eps), dt.type(step_size),
-              dt.type(bc2_sqrt), np.int32(flags))
-    for host, dev in ((p, p_d), (m, m_d), (v, v_d)):
-        _back(host, dev)
-    if vmax is not None:
-        _back(vmax, vmax_d)
+    launch_1d(_adam_kernel, p_d.size, p_d, g_d, m_d, v_d, vmax_d,
+              *_scalars(p, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt),
+              np.int32(flags))
+    _finish_all((p, p_d), (m, m_d), (v, v_d), (vmax, vmax_d))

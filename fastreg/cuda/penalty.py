@@ -24,7 +24,8 @@ import numpy as np
 from numba import cuda
 
 from .. import _config
-from .philox import _simulated, as_device, launch_1d, max_blocks, to_device
+from .philox import (_simulated, dev_in, dev_out, finish, launch_1d, max_blocks, to_device,
+                     to_device_args)
 
 
 # --- device helpers -----------------------------------------------------------------------------
@@ -85,29 +86,6 @@ def soft_device(x, t, zero):
     if x != x:
         return x
     return zero
-
-
-# --- array plumbing -----------------------------------------------------------------------------
-
-def _dev_in(a):
-    """A device array for the input ``a``: a view of a device array, a copy of a host one."""
-    return to_device(a) if isinstance(a, np.ndarray) else as_device(a)
-
-
-def _dev_out(a, copy_in):
-    """A device array for the output ``a``: a view of a device array; for a host one a device
-    copy (``copy_in``, when the kernel reads it) or a fresh device array."""
-    if not isinstance(a, np.ndarray):
-        return as_device(a)
-    if copy_in:
-        return to_device(a)
-    return cuda.device_array(a.shape, dtype=a.dtype)
-
-
-def _back(a, a_d):
-    """Copy a result back into the host array ``a`` (nothing to do for a device one)."""
-    if isinstance(a, np.ndarray):
-        a_d.copy_to_host(a)
 
 
 # --- kernels ------------------------------------------------------------------------------------
@@ -214,7 +192,7 @@ def penalty_sums(w):
     (float, float)
         The two sums, as Python floats.
     """
-    w_d = _dev_in(w)
+    w_d = dev_in(w)
     n = w_d.size
     if n == 0:
         return 0.0, 0.0
@@ -245,8 +223,8 @@ def penalty_grad(w, l1, c2, out, accumulate):
     """
     dt = np.dtype(w.dtype)
     l1, c2 = dt.type(l1), dt.type(c2)
-    w_d = _dev_in(w)
-    out_d = _dev_out(out, copy_in=bool(accumulate))
+    w_d = dev_in(w)
+    out_d = dev_out(out, copy_in=bool(accumulate))
     if w_d.size == 0:
         return
     if c2 == 0:
@@ -257,7 +235,7 @@ def penalty_grad(w, l1, c2, out, accumulate):
         mode = _MODE_BOTH
     launch_1d(_penalty_grad_kernel, w_d.size, w_d, l1, c2, np.int32(mode), bool(accumulate),
               out_d)
-    _back(out, out_d)
+    finish(out, out_d)
 
 
 def soft_threshold(w, t, s, out):
@@ -274,12 +252,11 @@ def soft_threshold(w, t, s, out):
     None
     """
     dt = np.dtype(w.dtype)
-    w_d = _dev_in(w)
-    out_d = _dev_out(out, copy_in=False)
+    (w_d,), out_d = to_device_args((w,), out)
     if w_d.size == 0:
         return
     launch_1d(_soft_threshold_kernel, w_d.size, w_d, dt.type(t), dt.type(s), out_d)
-    _back(out, out_d)
+    finish(out, out_d)
 
 
 def group_lasso(w, t, out):
@@ -298,15 +275,14 @@ def group_lasso(w, t, out):
     None
     """
     dt = np.dtype(w.dtype)
-    w_d = _dev_in(w)
-    out_d = _dev_out(out, copy_in=False)
+    (w_d,), out_d = to_device_args((w,), out)
     if w_d.size == 0:
         return
     a, length, inner = (int(s) for s in w_d.shape)
     ngroups = a * inner
     launch_1d(_group_lasso_kernel, ngroups, w_d.reshape(w_d.size), np.int64(length),
               np.int64(inner), np.int64(ngroups), dt.type(t), out_d.reshape(out_d.size))
-    _back(out, out_d)
+    finish(out, out_d)
 
 
 def all_finite(a):
@@ -320,7 +296,7 @@ def all_finite(a):
     -------
     bool
     """
-    a_d = _dev_in(a)
+    a_d = dev_in(a)
     if a_d.size == 0:
         return True
     flag = to_device(np.ones(1, np.int32))

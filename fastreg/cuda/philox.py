@@ -189,7 +189,7 @@ def store4_device(out, i0, n, w0, w1, w2, w3):
             out[i0 + 3] = w3
 
 
-# --- launch and array plumbing, shared with dropout.py -------------------------------------------
+# --- launch and array plumbing, shared with dropout.py, penalty.py and optim.py ---------------
 
 _SIM_MAX_BLOCKS = 8   # the simulator runs blocks one after another: keep grids small there
 _WAVES = 4            # grid cap: this many full-occupancy waves; grid-stride loops do the rest
@@ -245,19 +245,30 @@ def copy_to_host(devarr):
     return as_device(devarr).copy_to_host()
 
 
+def dev_in(a):
+    """A device array for the input ``a``: a view of a device array, a copy of a host one."""
+    return to_device(a) if isinstance(a, np.ndarray) else as_device(a)
+
+
+def dev_out(a, copy_in=False):
+    """A device array for the output ``a``: a view of a device array; for a host one a device
+    copy (``copy_in``, when the kernel reads it) or a fresh device array (``finish`` copies it
+    back)."""
+    if not isinstance(a, np.ndarray):
+        return as_device(a)
+    if copy_in:
+        return to_device(a)
+    return empty(a.shape, a.dtype)
+
+
 def to_device_args(inputs, out):
-    """Device arrays for ``inputs`` and ``out``: device ones are viewed, host ones copied
-    (a host ``out`` gets a fresh device array; ``finish`` copies it back)."""
-    ins = tuple(to_device(a) if isinstance(a, np.ndarray) else as_device(a) for a in inputs)
-    if isinstance(out, np.ndarray):
-        out_d = empty(out.shape, out.dtype)
-    else:
-        out_d = as_device(out)
-    return ins, out_d
+    """Device arrays for ``inputs`` and ``out`` (see ``dev_in``, ``dev_out``)."""
+    return tuple(dev_in(a) for a in inputs), dev_out(out)
 
 
 def finish(out, out_d):
-    """Copy the result back when the caller's ``out`` is a host array."""
+    """Copy the result back when the caller's ``out`` is a host array (nothing to do for a
+    device one)."""
     if isinstance(out, np.ndarray):
         out_d.copy_to_host(out)
 
@@ -329,6 +340,15 @@ def stream_layout(offset, n, per_block=4):
     return np.uint64(first), np.int64(skip), np.int64(nblocks)
 
 
+def launch_stream(kernel, seed, offset, n, lead=(), tail=(), per_block=4):
+    """Launch a stream kernel ``kernel(*lead, seed_lo, seed_hi, first, skip, n, nblocks, *tail)``
+    over elements 0 .. n - 1 at stream position ``offset``: one thread per Philox block
+    (``first``, ``skip``, ``nblocks`` from ``stream_layout``)."""
+    first, skip, nblocks = stream_layout(offset, n, per_block)
+    lo, hi = split_seed(seed)
+    launch_1d(kernel, int(nblocks), *lead, lo, hi, first, skip, np.int64(n), nblocks, *tail)
+
+
 def philox4x32(ctr, key, out):
     """out[j] = Philox4x32-10(ctr[j], key[j]); ctr (n, 4), key (n, 2), out (n, 4), all uint32.
 
@@ -363,9 +383,7 @@ def random_bits(seed, offset, out):
     n = out_d.size
     if n == 0:
         return
-    first, skip, nblocks = stream_layout(offset, n)
-    lo, hi = split_seed(seed)
-    launch_1d(_random_bits_kernel, int(nblocks), lo, hi, first, skip, np.int64(n), nblocks, out_d)
+    launch_stream(_random_bits_kernel, seed, offset, n, tail=(out_d,))
     finish(out, out_d)
 
 
@@ -388,12 +406,8 @@ def uniform(seed, offset, out):
     n = out_d.size
     if n == 0:
         return
-    lo, hi = split_seed(seed)
     if np.dtype(out_d.dtype) == np.float32:
-        first, skip, nblocks = stream_layout(offset, n, 4)
-        kernel = _uniform_f32_kernel
+        launch_stream(_uniform_f32_kernel, seed, offset, n, tail=(out_d,), per_block=4)
     else:
-        first, skip, nblocks = stream_layout(offset, n, 2)
-        kernel = _uniform_f64_kernel
-    launch_1d(kernel, int(nblocks), lo, hi, first, skip, np.int64(n), nblocks, out_d)
+        launch_stream(_uniform_f64_kernel, seed, offset, n, tail=(out_d,), per_block=2)
     finish(out, out_d)
