@@ -53,9 +53,14 @@ def is_device(a):
 
 def as_host(a, name):
     """View ``a`` as a NumPy array without copying where NumPy can (buffer protocol,
-    ``__array_interface__``, DLPack); Python sequences are converted."""
+    ``__array_interface__``, DLPack); Python sequences are converted. ndarray subclasses
+    (np.matrix, ...) are viewed as plain ndarrays; masked arrays are refused (the kernels would
+    silently ignore the mask)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported; pass a.filled(...) or "
+                        "a.data explicitly")
     if isinstance(a, np.ndarray):
-        return a
+        return a if type(a) is np.ndarray else a.view(np.ndarray)
     if hasattr(a, "__dlpack__") and not hasattr(a, "__array_interface__"):
         try:
             return np.from_dlpack(a)
@@ -89,8 +94,14 @@ def check_float(arr, name):
         raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
 
 
+def _scalar(v):
+    """A 0-d array stands for its scalar, as in NumPy and JAX."""
+    return v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
+
+
 def check_probability(p, name="p"):
     """p as a Python float in [0, 1]; ValueError for NaN or out of range, TypeError for non-numbers."""
+    p = _scalar(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__}")
     p = float(p)
@@ -101,6 +112,7 @@ def check_probability(p, name="p"):
 
 def check_uint64(v, name):
     """v as a Python int in [0, 2**64); integers only (bool and floats refused)."""
+    v = _scalar(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {type(v).__name__} {v!r}")
     v = int(v)
@@ -131,7 +143,15 @@ def check_out(out, name, shape, dtype, inputs, device):
     if device != is_device(out):
         where = "a CUDA device array" if device else "a host (NumPy) array"
         raise ValueError(f"{name} must be {where} like the input")
+    if not device and not isinstance(out, np.ndarray) and (
+            isinstance(out, (list, tuple, numbers.Number, str, bytes))):
+        raise TypeError(f"{name} must be an array that can be written in place, "
+                        f"got {type(out).__name__}")
     arr = describe(out, name)
+    if not device and not isinstance(out, np.ndarray) and arr.base is None:
+        # NumPy had to copy it (an array owning fresh memory): writes would be lost
+        raise TypeError(f"{name}: a {type(out).__name__} that NumPy cannot view without a copy "
+                        "cannot be written in place")
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(arr.shape)}")
     if arr.dtype != np.dtype(dtype):
@@ -144,7 +164,8 @@ def check_out(out, name, shape, dtype, inputs, device):
                              "C-contiguous one")
         for x in inputs:
             xi = describe(x, "input")
-            if xi.ptr == arr.ptr and (xi.shape != arr.shape or not xi.c_contiguous):
+            same = xi.ptr == arr.ptr and xi.shape == arr.shape and xi.c_contiguous
+            if not same and _extents_overlap(xi, arr):
                 raise ValueError(f"{name} overlaps an input without being exactly the same array")
         return out
     if not arr.flags.writeable:
@@ -156,6 +177,15 @@ def check_out(out, name, shape, dtype, inputs, device):
     return arr
 
 
+def _extents_overlap(a, b):
+    """Whether the byte ranges spanned by two (contiguous) device arrays intersect."""
+    if a.size == 0 or b.size == 0:
+        return False
+    a_end = a.ptr + a.size * a.dtype.itemsize
+    b_end = b.ptr + b.size * b.dtype.itemsize
+    return a.ptr < b_end and b.ptr < a_end
+
+
 def _same_view(a, b):
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.shape == b.shape and a.strides == b.strides)
@@ -164,6 +194,7 @@ def _same_view(a, b):
 def check_nonneg(v, name):
     """v as a Python float, finite and >= 0 (ValueError names the argument; TypeError for
     non-numbers)."""
+    v = _scalar(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     v = float(v)

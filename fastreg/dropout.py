@@ -42,6 +42,11 @@ def _scale(p, training, mode):
     return 1.0 if mode == "inverted" else 1.0 - p
 
 
+def _result(result, out):
+    """``out`` itself when given (also when it was viewed through NumPy), else the result."""
+    return result if out is None else out
+
+
 def _check_bool(v, name):
     if not isinstance(v, (bool, np.bool_, numbers.Integral)):
         raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
@@ -63,20 +68,21 @@ def _prepare(x, out, backend, name="x"):
     _arrays.check_float(arr, name)
     backend = _registry.resolve(backend, x, out)
     device_in = _arrays.is_device(x)
-    _arrays.check_out(out, "out", arr.shape, arr.dtype, [x if device_in else arr], device_in)
-    return Job(backend, host_input=not device_in), (x if device_in else arr)
+    out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [x if device_in else arr],
+                                device_in)
+    return Job(backend, host_input=not device_in), (x if device_in else arr), out_arr
 
 
 def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
     p, seed, offset, training = _common(p, seed, offset, mode, training)
-    job, xa = _prepare(x, out, backend, name)
+    job, xa, out_arr = _prepare(x, out, backend, name)
     n = math.prod(xa.shape)
     _arrays.check_counter_range(offset, n)
     t = _threshold(p) if training else 0
     scale = _scale(p, training, mode)
     dtype = np.dtype(xa.dtype)
     xc = job.contig(xa)
-    res = job.target(out, xa.shape, dtype)
+    res = job.target(out_arr, xa.shape, dtype)
     if n:
         if t >= _TWO32:  # p == 1: everything dropped; one all-dropped group gives exact zeros
             keep = np.zeros((1, 1), np.uint8)
@@ -84,7 +90,7 @@ def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
                                     dtype.type(scale), res.reshape(1, 1, 1, n))
         else:
             job.op("dropout")(flat(xc), seed, offset, t, dtype.type(scale), flat(res))
-    return job.finish(res, out)
+    return _result(job.finish(res, out_arr), out)
 
 
 def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
@@ -221,7 +227,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
     """Dropout with one draw per group: per (sample, channel) for ``axis`` an int, per sample for
     ``axis=None``. Group (n, c) uses stream word ``offset + n * C + c``."""
     p, seed, offset, training = _common(p, seed, offset, mode, training)
-    job, xa = _prepare(x, out, backend, name)
+    job, xa, out_arr = _prepare(x, out, backend, name)
     shape = tuple(xa.shape)
     if axis is None:
         if len(shape) < 1:
@@ -244,7 +250,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
     t = _threshold(p) if training else 0
     dtype = np.dtype(xa.dtype)
     xc = job.contig(xa)
-    res = job.target(out, shape, dtype)
+    res = job.target(out_arr, shape, dtype)
     if math.prod(shape):
         if t >= _TWO32:
             keep = job.zeros((groups,), np.uint8)
@@ -254,7 +260,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
         dims = (nsamples, m1, c, m2)
         job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c),
                                 dtype.type(_scale(p, training, mode)), res.reshape(dims))
-    return job.finish(res, out)
+    return _result(job.finish(res, out_arr), out)
 
 
 def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="inverted",

@@ -43,8 +43,13 @@ class _Optimizer:
     _STATE = ()
 
     def __init__(self, params, lr, weight_decay, decay_mask, check_finite, backend):
+        if isinstance(params, np.ndarray) or _arrays.is_device(params):
+            raise TypeError("params must be a sequence of arrays (e.g. a list), not a single "
+                            "array")
         params = list(params)
-        device = bool(params) and _arrays.is_device(params[0])
+        if not params:
+            raise ValueError("params is empty: the optimizer has nothing to update")
+        device = _arrays.is_device(params[0])
         self.params = []
         for i, p in enumerate(params):
             name = f"params[{i}]"
@@ -54,11 +59,13 @@ class _Optimizer:
             if not device and not arr.flags.c_contiguous:
                 raise ValueError(f"{name} must be C-contiguous: it is updated in place")
             self.params.append(arr)
+        _check_disjoint([_arrays.describe(p, "p") for p in self.params])
         self._device = device
         self._job = Job(_registry.resolve(backend, *self.params), host_input=not device)
         self.backend = self._job.backend
-        self.lr = _arrays.check_nonneg(lr, "lr")
-        self.weight_decay = _arrays.check_nonneg(weight_decay, "weight_decay")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self._check_hyper()
         self.decay_mask = self._mask(decay_mask)
         self.check_finite = bool(check_finite)
         self.step_count = 0
@@ -134,7 +141,10 @@ class _Optimizer:
                 self._update(i, flat(p), g)
 
     def _check_hyper(self):
-        _arrays.check_nonneg(self.lr, "lr")
+        """Validate (and normalize) the hyper-parameters; step() calls it before any change, so
+        a value set between steps (``opt.lr = ...``) is checked too."""
+        self.lr = _arrays.check_nonneg(self.lr, "lr")
+        self.weight_decay = _arrays.check_nonneg(self.weight_decay, "weight_decay")
 
     def state_dict(self):
         """The optimizer's state as plain NumPy arrays, ready for ``np.savez``.
@@ -154,7 +164,7 @@ class _Optimizer:
             for i, a in enumerate(arrays):
                 if a is not None:
                     shape = tuple(_arrays.describe(self.params[i], "p").shape)
-                    host = a.copy_to_host() if self._device else a.copy()
+                    host = a.copy_to_host() if hasattr(a, "copy_to_host") else a.copy()
                     out[f"{name}.{i}"] = host.reshape(shape)
         return out
 
@@ -174,14 +184,21 @@ class _Optimizer:
         ValueError
             Unknown keys, or arrays of the wrong shape or dtype for their parameter.
         """
-        state = dict(state)
+        if not hasattr(state, "items"):
+            raise ValueError(f"state must be a mapping of names to arrays, got "
+                             f"{type(state).__name__}")
+        state = dict(state.items())
         if "step" not in state:
             raise ValueError("state has no 'step'")
+        step = _arrays._scalar(state["step"])
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) \
+                or step < 0:
+            raise ValueError(f"state['step'] must be an integer >= 0, got {state['step']!r}")
         new = {name: [None] * len(self.params) for name in self._STATE}
         for key, value in state.items():
             if key == "step":
                 continue
-            name, _, idx = key.rpartition(".")
+            name, _, idx = key.rpartition(".") if isinstance(key, str) else ("", "", "")
             if name not in new or not idx.isdigit() or int(idx) >= len(self.params):
                 raise ValueError(f"state has an unknown entry {key!r}")
             i = int(idx)
@@ -191,9 +208,27 @@ class _Optimizer:
                 raise ValueError(f"state[{key!r}] has shape {arr.shape} and dtype {arr.dtype}, "
                                  f"expected {tuple(p.shape)} and {p.dtype}")
             arr = np.ascontiguousarray(arr).reshape(-1).copy()
-            new[name][i] = self._job.mod.to_device(arr) if self._device else arr
-        self.step_count = int(np.asarray(state["step"]))
+            new[name][i] = self._job.mod.to_device(arr) if self._job.device else arr
+        self._check_state(new)
+        self.step_count = int(step)
         self.state = new
+
+    def _check_state(self, state):
+        """Per-parameter state must be complete: no half-restored moments."""
+
+
+def _check_disjoint(infos):
+    """Parameters must not share memory: each would be updated twice per step."""
+    spans = []
+    for i, a in enumerate(infos):
+        if a.size:
+            ptr = a.ptr if hasattr(a, "ptr") else a.__array_interface__["data"][0]
+            spans.append((ptr, ptr + a.size * a.dtype.itemsize, i))
+    spans.sort()
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ValueError(f"params[{min(i, j)}] and params[{max(i, j)}] share memory: each "
+                             "parameter must be its own array")
 
 
 class SGD(_Optimizer):
@@ -241,14 +276,19 @@ class SGD(_Optimizer):
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, decoupled=False, l1=0.0, decay_mask=None, check_finite=False,
                  backend="auto"):
-        self.momentum = _arrays.check_nonneg(momentum, "momentum")
-        self.dampening = _arrays.check_nonneg(dampening, "dampening")
-        self.nesterov = bool(nesterov)
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+        self.decoupled = bool(decoupled)
+        self.l1 = l1
+        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
+
+    def _check_hyper(self):
+        super()._check_hyper()
+        self.momentum = _arrays.check_nonneg(self.momentum, "momentum")
+        self.dampening = _arrays.check_nonneg(self.dampening, "dampening")
+        self.l1 = _arrays.check_nonneg(self.l1, "l1")
+        self.nesterov = bool(self.nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
-        self.decoupled = bool(decoupled)
-        self.l1 = _arrays.check_nonneg(l1, "l1")
-        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
 
     def _update(self, i, p, g):
         t = p.dtype.type
@@ -307,13 +347,25 @@ class Adam(_Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, decay_mask=None, check_finite=False, backend="auto"):
-        betas = tuple(betas)
+        self.betas, self.eps, self.amsgrad = betas, eps, bool(amsgrad)
+        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
+
+    def _check_hyper(self):
+        super()._check_hyper()
+        betas = tuple(self.betas)
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair, got {betas!r}")
         self.betas = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
-        self.eps = _arrays.check_nonneg(eps, "eps")
-        self.amsgrad = bool(amsgrad)
-        super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
+        self.eps = _arrays.check_nonneg(self.eps, "eps")
+
+    def _check_state(self, state):
+        for i in range(len(self.params)):
+            m, v = state["exp_avg"][i], state["exp_avg_sq"][i]
+            if (m is None) != (v is None):
+                raise ValueError(f"state for params[{i}] has only one of exp_avg.{i} and "
+                                 f"exp_avg_sq.{i}")
+            if self.amsgrad and m is not None and state["max_exp_avg_sq"][i] is None:
+                raise ValueError(f"amsgrad=True but the state has no max_exp_avg_sq.{i}")
 
     def _update(self, i, p, g):
         t = p.dtype.type

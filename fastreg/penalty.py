@@ -143,16 +143,17 @@ def _grad(w, l1, c2, out, accumulate, backend):
         raise ValueError("accumulate=True adds into out=: pass the gradient to add into as out")
     backend = _registry.resolve(backend, w, out)
     x = w if device else arr
-    _arrays.check_out(out, "out", arr.shape, arr.dtype, [x], device)
+    out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [x], device)
     job = Job(backend, host_input=not device)
     dtype = np.dtype(arr.dtype)
     wc = job.contig(x)
-    res = job.target(out, arr.shape, dtype)
-    if accumulate and res is not out:  # a non-contiguous out: accumulate into a contiguous copy
-        res[...] = out
+    res = job.target(out_arr, arr.shape, dtype)
+    if accumulate and res is not out_arr:  # non-contiguous out: accumulate into a contiguous copy
+        res[...] = out_arr
     if arr.size:
         job.op("penalty_grad")(flat(wc), dtype.type(l1), dtype.type(c2), flat(res), accumulate)
-    return job.finish(res, out)
+    result = job.finish(res, out_arr)
+    return result if out is None else out
 
 
 _GRAD_DOC = """
@@ -223,7 +224,8 @@ def _soft(w, t, s, backend):
     res = job.target(x if not device else w, x.shape, dtype)
     if math.prod(x.shape):
         job.op("soft_threshold")(flat(wc), dtype.type(t), dtype.type(s), flat(res))
-    return job.finish(res, w)
+    job.finish(res, w if device else x)
+    return w
 
 
 def prox_l1(w, threshold, *, backend="auto"):
@@ -339,4 +341,5 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
     res = job.target(x if not device else w, shape, dtype)
     if math.prod(shape):
         job.op("group_lasso")(wc.reshape(dims), t, res.reshape(dims))  # t stays float64
-    return job.finish(res, w)
+    job.finish(res, w if device else x)
+    return w

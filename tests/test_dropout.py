@@ -403,3 +403,41 @@ def test_device_arrays_stay_on_device(backend):
         fastreg.dropout(dx, 0.5, seed=4, backend="cpu")
     with pytest.raises(TypeError, match="x must be float32 or float64"):
         fastreg.dropout(cuda.to_device(np.ones(3, np.int32)), 0.5, seed=4)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_ndarray_subclasses_and_views_as_out(backend):
+    """np.matrix (reshape keeps it 2-D) must be viewed as a plain array, never crash."""
+    if backend == "cuda":
+        pytest.skip("host arrays")
+    x = data((64, 100), np.float32)
+    expected = fastreg.dropout(x, 0.5, seed=0, backend="numpy")
+    m = np.matrix(np.zeros_like(x))
+    assert fastreg.dropout(x, 0.5, seed=0, out=m, backend=backend) is m
+    np.testing.assert_array_equal(np.asarray(m), expected)
+    np.testing.assert_array_equal(fastreg.dropout(np.matrix(x), 0.5, seed=0, backend=backend),
+                                  expected)
+    buf = np.zeros(x.size, np.float32)
+    mv = memoryview(buf).cast("B").cast("f")
+    fastreg.dropout(x.reshape(-1), 0.5, seed=0, out=mv, backend=backend)
+    np.testing.assert_array_equal(buf, expected.reshape(-1))
+    with pytest.raises(TypeError, match="out must be an array"):
+        fastreg.dropout(x[0], 0.5, seed=0, out=[0.0] * 100, backend=backend)
+    with pytest.raises(TypeError, match="masked arrays"):
+        fastreg.dropout(np.ma.masked_array(x, mask=x > 0), 0.5, seed=0, backend=backend)
+
+
+def test_zero_d_arrays_are_scalars():
+    x = np.ones(8, np.float32)
+    np.testing.assert_array_equal(
+        fastreg.dropout(x, np.array(0.5), seed=np.array(5), offset=np.uint64(2**63 + 1)),
+        fastreg.dropout(x, 0.5, seed=5, offset=2**63 + 1))
+
+
+def test_device_partial_overlap_refused(backend):
+    if backend != "cuda":
+        pytest.skip("device arrays")
+    from numba import cuda
+    d = cuda.to_device(np.arange(1, 65, dtype=np.float32))
+    with pytest.raises(ValueError, match="overlaps"):
+        fastreg.dropout(d[:-1], 0.5, seed=1, out=d[1:])

@@ -285,3 +285,54 @@ def test_bad_params_and_grads():
         SGD([np.ones(3, np.int64)], lr=0.1)
     with pytest.raises(TypeError, match="updated in place"):
         SGD([[1.0, 2.0]], lr=0.1)
+
+
+def test_hyper_parameters_rechecked_before_any_change():
+    w = np.ones((2, 2), np.float32)
+    for cls, attr, bad in ((AdamW, "weight_decay", float("nan")), (AdamW, "betas", (1.0, 0.9)),
+                           (Adam, "eps", -1.0), (SGD, "momentum", -0.1), (SGD, "l1", np.inf)):
+        opt = cls([w], lr=0.1) if cls is not SGD else cls([w], lr=0.1, momentum=0.5)
+        opt.step([np.ones_like(w)])
+        before, state = w.copy(), opt.state_dict()
+        setattr(opt, attr, bad)
+        with pytest.raises(ValueError, match=attr):
+            opt.step([np.ones_like(w)])
+        np.testing.assert_array_equal(w, before)
+        assert opt.step_count == 1
+        for k, v in opt.state_dict().items():
+            np.testing.assert_array_equal(v, state[k])
+
+
+def test_params_must_be_a_list_of_distinct_arrays():
+    w = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="not a single array"):
+        AdamW(w)
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="share memory"):
+        SGD([w, w], lr=0.1)
+    with pytest.raises(ValueError, match="share memory"):
+        Adam([w, w[1]])
+    flat = np.zeros(20, np.float32)   # views of one flat buffer that do not overlap are fine
+    SGD([flat[:10].reshape(2, 5), flat[10:]], lr=0.1)
+
+
+def test_load_state_dict_is_checked_before_use():
+    a, b = np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)
+    opt = Adam([a, b], lr=0.1, amsgrad=True)
+    opt.step([np.ones_like(a)] * 2)
+    good = opt.state_dict()
+    for broken, word in (({k: v for k, v in good.items() if k != "exp_avg_sq.1"}, "exp_avg"),
+                         ({k: v for k, v in good.items() if k != "max_exp_avg_sq.0"}, "amsgrad"),
+                         (dict(good, step=-1), "step"), (dict(good, step=2.5), "step"),
+                         (dict(good, step=np.array(True)), "step"),
+                         (dict(good, **{"exp_avg.7": good["exp_avg.0"]}), "unknown"),
+                         ({**good, 3: 1}, "unknown"), (list(good.items()), "mapping"),
+                         (dict(good, **{"exp_avg.0": good["exp_avg.0"].astype(np.float64)}),
+                          "dtype")):
+        with pytest.raises(ValueError, match=word):
+            opt.load_state_dict(broken)
+        for k, v in opt.state_dict().items():   # nothing was replaced
+            np.testing.assert_array_equal(v, good[k])
+    opt.load_state_dict(dict(good, step=np.int64(1)))
+    assert opt.step_count == 1
