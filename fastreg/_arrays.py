@@ -91,6 +91,10 @@ def check_shape(shape):
 
 def check_float(arr, name):
     if arr.dtype not in FLOAT_DTYPES:
+        if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and not arr.dtype.isnative:
+            raise TypeError(f"{name} must be float32 or float64 in native byte order, got "
+                            f"{arr.dtype.str}: convert with {name}.astype({name}.dtype."
+                            "newbyteorder('='))")
         raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
 
 

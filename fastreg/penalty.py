@@ -146,6 +146,9 @@ def _grad(w, l1, c2, out, accumulate, backend):
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [x], device)
     job = Job(backend, host_input=not device)
     dtype = np.dtype(arr.dtype)
+    with np.errstate(over="ignore"):
+        if not (np.isfinite(dtype.type(l1)) and np.isfinite(dtype.type(c2))):
+            raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
     wc = job.contig(x)
     res = job.target(out_arr, arr.shape, dtype)
     if accumulate and res is not out_arr:  # non-contiguous out: accumulate into a contiguous copy

@@ -218,3 +218,14 @@ def test_bad_arrays():
         fastreg.prox_l1(ro, 0.1)
     with pytest.raises(ValueError, match="axis"):
         fastreg.prox_group_lasso(np.ones((2, 2)), 0.1, 2)
+
+
+def test_strength_that_overflows_the_dtype():
+    with pytest.raises(ValueError, match="overflows float32"):
+        fastreg.l1_grad(np.zeros(3, np.float32), 1e300)
+    fastreg.l1_grad(np.zeros(3), 1e300)  # fine in float64
+
+
+def test_byte_swapped_input_gets_a_clear_error():
+    with pytest.raises(TypeError, match="native byte order"):
+        fastreg.l2_grad(np.arange(3, dtype=">f4"), 0.1)
