@@ -28,7 +28,7 @@
 #ifndef FR_TILE
 #define FR_TILE 2048        /* stream words per tile: 8 KiB, stays in L1 with its inputs */
 #endif
-#define FR_TILE_PAD 32      /* words generated beyond a tile: shift (3) and block rounding (15) */
+#define FR_TILE_PAD 32      /* words generated beyond a tile: shift (3) and block rounding (28) */
 #define FR_PAR_MIN_TILES 4  /* fewer tiles than this run on the calling thread */
 /* Outputs at least this large bypass the cache (streaming stores) when not written in place:
  * they would not fit in the caches anyway, and streaming avoids reading the lines first. */
@@ -49,11 +49,22 @@ int fr_cpu_has_avx2(void)
 #endif
 }
 
+int fr_cpu_has_avx512(void)
+{
+#ifdef FR_HAVE_AVX512_KERNELS
+    __builtin_cpu_init();
+    return (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
 int fr_get_isa(void)
 {
     int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
     if (isa < 0) {
-        isa = fr_cpu_has_avx2();
+        isa = fr_cpu_has_avx512() ? 2 : fr_cpu_has_avx2();
         __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
     }
     return isa;
@@ -61,9 +72,9 @@ int fr_get_isa(void)
 
 int fr_set_isa(int isa)
 {
-    if (isa != 0 && isa != 1)
+    if (isa < 0 || isa > 2)
         return FR_ERR_UNSUPPORTED;
-    if (isa == 1 && !fr_cpu_has_avx2())
+    if ((isa == 1 && !fr_cpu_has_avx2()) || (isa == 2 && !fr_cpu_has_avx512()))
         return FR_ERR_UNSUPPORTED;
     __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
     return FR_OK;
@@ -93,7 +104,8 @@ int fr_omp_max_threads(void)
 typedef struct {
     uint64_t seed, offset;
     uint32_t threshold;
-    int avx2;    /* use the AVX2 generator and element loops */
+    int avx2;    /* use the AVX2 element loops (and generator, unless avx512) */
+    int avx512;  /* use the AVX-512 generator */
     int stream;  /* streaming stores allowed */
     float scale_f;
     double scale_d;
@@ -105,35 +117,44 @@ typedef struct {
 /* Process elements [lo, hi); buf holds FR_TILE + FR_TILE_PAD words, 64-byte aligned. */
 typedef void (*fr_tile_fn)(const fr_job *job, size_t lo, size_t hi, uint32_t *buf);
 
-/* Words starting at word s of block b0, nwords of them: returns buf + s. */
+/* Words starting at word s of block b0, nwords of them: returns buf + s.  pf (NULL: none) is
+ * prefetched while they are generated, 4 bytes per word (see fr_prefetch_range). */
 static const uint32_t *fr_words(const fr_job *job, uint64_t b0, unsigned s, size_t nwords,
-                                uint32_t *buf)
+                                uint32_t *buf, const void *pf)
 {
     size_t nb = (s + nwords + 3) / 4;
-#ifdef FR_HAVE_AVX2_KERNELS
-    if (job->avx2) {
-        fr_stream_blocks_avx2(job->seed, b0, nb, buf);  /* writes up to 3 blocks more */
+#ifdef FR_HAVE_AVX512_KERNELS
+    if (job->avx512) {
+        fr_stream_blocks_avx512(job->seed, b0, nb, buf, pf);  /* writes up to 7 blocks more */
         return buf + s;
     }
 #endif
-    fr_stream_blocks_portable(job->seed, b0, nb, buf);
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (job->avx2) {
+        fr_stream_blocks_avx2(job->seed, b0, nb, buf, pf);  /* writes up to 3 blocks more */
+        return buf + s;
+    }
+#endif
+    fr_stream_blocks_portable(job->seed, b0, nb, buf, pf);
     return buf + s;
 }
 
 /* Words offset + lo .. offset + hi - 1 (one per element). */
-static const uint32_t *fr_tile_words(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+static const uint32_t *fr_tile_words(const fr_job *job, size_t lo, size_t hi, uint32_t *buf,
+                                     const void *pf)
 {
     uint64_t g = job->offset + lo;  /* < 2**64: the wrapper checked offset + n <= 2**64 */
-    return fr_words(job, g >> 2, (unsigned)(g & 3), hi - lo, buf);
+    return fr_words(job, g >> 2, (unsigned)(g & 3), hi - lo, buf, pf);
 }
 
 /* Words 2 (offset + lo) .. 2 (offset + hi) - 1 (two per element). */
-static const uint32_t *fr_tile_word_pairs(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
+static const uint32_t *fr_tile_word_pairs(const fr_job *job, size_t lo, size_t hi, uint32_t *buf,
+                                          const void *pf)
 {
     /* element e = offset + lo uses words 2e and 2e + 1: block e >> 1, word 2 (e & 1); this
      * form never computes 2e, which can pass 2**64 */
     uint64_t e = job->offset + lo;
-    return fr_words(job, e >> 1, (unsigned)(2 * (e & 1)), 2 * (hi - lo), buf);
+    return fr_words(job, e >> 1, (unsigned)(2 * (e & 1)), 2 * (hi - lo), buf, pf);
 }
 
 /* Elements before `out` reaches a 64-byte boundary (0 if out is not even itemsize-aligned). */
@@ -191,7 +212,9 @@ static void fr_job_init(fr_job *job, uint64_t seed, uint64_t offset, size_t n)
     job->seed = seed;
     job->offset = offset;
     job->n = n;
-    job->avx2 = fr_get_isa() == 1;
+    int isa = fr_get_isa();
+    job->avx2 = isa >= 1;    /* AVX-512 CPUs run the AVX2 element loops: they are memory-bound */
+    job->avx512 = isa == 2;
 }
 
 /* The float32 and float64 kernels share one body each: FR_DEFINE_* macros below define a
@@ -265,7 +288,7 @@ FR_AVX2 static void fr_copy_words_avx2(const uint32_t *w, uint32_t *o, size_t le
 
 static void fr_random_bits_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
 {
-    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf, NULL);
     uint32_t *o = (uint32_t *)job->out + lo;
 #ifdef FR_HAVE_AVX2_KERNELS
     if (job->avx2) {
@@ -331,7 +354,7 @@ FR_DEFINE_UNIFORM_ELEMS_AVX2(f64, double)
 #define FR_DEFINE_UNIFORM(SUF, T, WORDS)                                                         \
     static void fr_uniform_##SUF##_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)  \
     {                                                                                            \
-        const uint32_t *w = WORDS(job, lo, hi, buf);                                             \
+        const uint32_t *w = WORDS(job, lo, hi, buf, NULL);                                       \
         T *o = (T *)job->out + lo;                                                               \
         FR_IF_AVX2(job, fr_uniform_##SUF##_elems_avx2(w, o, hi - lo));                           \
         fr_uniform_##SUF##_elems(w, o, hi - lo);                                                 \
@@ -424,8 +447,11 @@ FR_DEFINE_DROPOUT_ELEMS_AVX2(f64, double, __m256d, pd)
 #define FR_DEFINE_DROPOUT(SUF, T, SCALE)                                                         \
     static void fr_dropout_##SUF##_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)  \
     {                                                                                            \
-        const uint32_t *w = fr_tile_words(job, lo, hi, buf);                                     \
         const T *x = (const T *)job->x + lo;                                                     \
+        /* float32: the x lines of the tile are fetched while its words are generated            \
+         * (measured: 6-15% faster out of place; float64 was 10% slower with it) */               \
+        const void *pf = sizeof(T) == 4 ? (const void *)x : NULL;                                \
+        const uint32_t *w = fr_tile_words(job, lo, hi, buf, pf);                                 \
         T *o = (T *)job->out + lo;                                                               \
         FR_IF_AVX2(job, fr_dropout_##SUF##_elems_avx2(w, x, o, hi - lo, job->threshold,          \
                                                       job->SCALE, job->stream));                 \
@@ -473,7 +499,7 @@ FR_AVX2 static void fr_mask_elems_avx2(const uint32_t *w, uint8_t *o, size_t len
 
 static void fr_mask_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)
 {
-    const uint32_t *w = fr_tile_words(job, lo, hi, buf);
+    const uint32_t *w = fr_tile_words(job, lo, hi, buf, NULL);
     uint8_t *o = (uint8_t *)job->out + lo;
 #ifdef FR_HAVE_AVX2_KERNELS
     if (job->avx2) {
@@ -541,7 +567,7 @@ static void fr_packed_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *bu
 {
     /* bytes [lo, hi): elements 8 lo .. 8 hi - 1; those past n are cleared by the caller */
     uint64_t g = job->offset + 8 * (uint64_t)lo;
-    const uint32_t *w = fr_words(job, g >> 2, (unsigned)(g & 3), 8 * (hi - lo), buf);
+    const uint32_t *w = fr_words(job, g >> 2, (unsigned)(g & 3), 8 * (hi - lo), buf, NULL);
     uint8_t *o = (uint8_t *)job->out + lo;
 #ifdef FR_HAVE_AVX2_KERNELS
     if (job->avx2) {

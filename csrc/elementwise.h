@@ -105,7 +105,7 @@ typedef struct {
 
 static inline fr_ew_fn fr_ew_pick(fr_ew_kernel k)
 {
-    return (k.avx2 && fr_get_isa() == 1) ? k.avx2 : k.portable;
+    return (k.avx2 && fr_get_isa() >= 1) ? k.avx2 : k.portable;
 }
 
 /* Stream (in the default mode) only outputs that the op does not read and that are large. */

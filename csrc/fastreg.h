@@ -17,8 +17,10 @@ enum {
     FR_ERR_UNSUPPORTED = 3   /* e.g. asking for AVX2 kernels on a CPU without AVX2 */
 };
 
-/* Instruction set of the stream kernels: 0 portable C, 1 AVX2 (the default where the CPU has it). */
+/* Instruction set of the stream kernels: 0 portable C, 1 AVX2, 2 AVX-512 (the Philox generator
+ * on AVX-512F/DQ/BW/VL, element loops as AVX2); the default is the best the CPU has. */
 int fr_cpu_has_avx2(void);
+int fr_cpu_has_avx512(void);
 int fr_get_isa(void);
 int fr_set_isa(int isa);
 

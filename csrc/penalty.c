@@ -185,7 +185,7 @@ FR_DEFINE_SOFT_THRESHOLD(f64, double)
     }
 #define FR_EW_SUMS_PICK(SUF, fn)        \
     do {                                \
-        if (fr_get_isa() == 1)          \
+        if (fr_get_isa() >= 1)          \
             fn = fr_sums_##SUF##_avx2;  \
     } while (0)
 #else

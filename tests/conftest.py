@@ -49,12 +49,14 @@ def bits(a):
 # fastreg.c is imported inside the fixtures: only the C tests use them, and they skip their module
 # when the C backend is unavailable.
 
-@pytest.fixture(params=["avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def isa(request):
-    """Runs a C-backend test with the AVX2 and with the portable kernels."""
+    """Runs a C-backend test with the AVX-512, the AVX2 and the portable kernels."""
     import fastreg.c as fc
     if request.param == "avx2" and not fc.has_avx2():
         pytest.skip("this CPU has no AVX2")
+    if request.param == "avx512" and not fc.has_avx512():
+        pytest.skip("this CPU has no AVX-512 (F, DQ, BW, VL)")
     previous = fc.set_isa(request.param)
     yield request.param
     fc.set_isa(previous)

@@ -4,8 +4,8 @@ The compiled module ``fastreg.c._fastreg_c`` is built at install time (csrc/ffi_
 development, by ``python csrc/ffi_build.py``. Importing this package never fails: without the
 module, ``unavailable_reason()`` says why and the other backends still work.
 
-The Philox stream kernels use AVX2 where the CPU has it and portable C otherwise; both give the
-same bits. ``FASTREG_C_NO_AVX2=1`` (read at import) or ``set_isa("portable")`` forces the portable
+The Philox stream kernels use AVX-512 (the generator) or AVX2 where the CPU has it and portable
+C otherwise; all give the same bits. ``FASTREG_C_NO_AVX2=1`` (read at import) or ``set_isa("portable")`` forces the portable
 path.
 """
 from .. import _config
@@ -18,7 +18,7 @@ except ImportError as exc:  # not built, or built for another Python / with a sa
     _reason = (f"C extension not built (installed with FASTREG_NO_C=1?): "
                f"{type(exc).__name__}: {exc}")
 
-_ISAS = ("portable", "avx2")
+_ISAS = ("portable", "avx2", "avx512")
 _STREAM_MODES = ("never", "auto", "always")
 
 
@@ -42,15 +42,21 @@ def has_avx2():
     return bool(lib.fr_cpu_has_avx2())
 
 
+def has_avx512():
+    """Whether this CPU can run the AVX-512 kernels (AVX-512F, DQ, BW and VL)."""
+    return bool(lib.fr_cpu_has_avx512())
+
+
 def isa():
-    """The instruction set the stream kernels use now: "avx2" or "portable"."""
+    """The instruction set the stream kernels use now: "avx512", "avx2" or "portable"."""
     return _ISAS[lib.fr_get_isa()]
 
 
 def set_isa(name):
-    """Use the "avx2" or the "portable" stream kernels (process-wide); returns the previous one.
+    """Use the "avx512", "avx2" or "portable" stream kernels (process-wide); returns the previous
+    one. "avx512" runs the AVX-512 Philox generator with the AVX2 element loops.
 
-    ValueError for an unknown name, RuntimeError for "avx2" on a CPU without it.
+    ValueError for an unknown name, RuntimeError for "avx2" or "avx512" on a CPU without it.
     """
     if name not in _ISAS:
         raise ValueError(f"isa must be one of {_ISAS}, got {name!r}")
@@ -77,7 +83,7 @@ from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  
 
 __all__ = ["philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
            "dropout_mask_packed", "group_dropout", "unavailable_reason", "omp_max_threads",
-           "has_avx2", "isa", "set_isa", "set_stream_stores"]
+           "has_avx2", "has_avx512", "isa", "set_isa", "set_stream_stores"]
 
 from .penalty import (all_finite, group_lasso, penalty_grad, penalty_sums,  # noqa: E402
                       soft_threshold)
