@@ -43,7 +43,7 @@ def _sums(w, backend):
     job = Job(backend, host_input=not device)
     total_abs = total_sq = 0.0
     for a in checked:
-        if _arrays.describe(a, "w").size:
+        if math.prod(a.shape):
             s_abs, s_sq = job.op("penalty_sums")(flat(job.contig(a)))
             total_abs += s_abs
             total_sq += s_sq
@@ -219,16 +219,24 @@ elastic_net_grad.__doc__ = ("Gradient of the elastic-net penalty: ``l1 * sign(w)
                                 cuda=_CUDA_NOTE))
 
 
+def _in_place(w, x, device, backend, run):
+    """Run ``run(job, src, dst)`` on kernel-ready views of the in-place operand ``w`` (already
+    checked: ``x`` is its host view, ``device`` where it lives) and write the result back;
+    returns ``w``. A non-contiguous host array goes through a contiguous copy."""
+    job = Job(_registry.resolve(backend, w), host_input=not device)
+    target = w if device else x
+    dst = job.target(target, x.shape, x.dtype)
+    if math.prod(x.shape):
+        run(job, job.contig(x), dst)
+    job.finish(dst, target)
+    return w
+
+
 def _soft(w, t, s, backend):
     x, device = _arrays.check_in_place(w, "w")
-    job = Job(_registry.resolve(backend, w), host_input=not device)
-    dtype = np.dtype(x.dtype)
-    wc = job.contig(x)
-    res = job.target(x if not device else w, x.shape, dtype)
-    if math.prod(x.shape):
-        job.op("soft_threshold")(flat(wc), dtype.type(t), dtype.type(s), flat(res))
-    job.finish(res, w if device else x)
-    return w
+    cast = np.dtype(x.dtype).type
+    return _in_place(w, x, device, backend, lambda job, src, dst: job.op("soft_threshold")(
+        flat(src), cast(t), cast(s), flat(dst)))
 
 
 def prox_l1(w, threshold, *, backend="auto"):
@@ -338,11 +346,5 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
         raise ValueError(f"axis {axis} is out of range for w with {len(shape)} dimensions")
     ax = axis % len(shape)
     dims = (math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1:]))
-    job = Job(_registry.resolve(backend, w), host_input=not device)
-    dtype = np.dtype(x.dtype)
-    wc = job.contig(x)
-    res = job.target(x if not device else w, shape, dtype)
-    if math.prod(shape):
-        job.op("group_lasso")(wc.reshape(dims), t, res.reshape(dims))  # t stays float64
-    job.finish(res, w if device else x)
-    return w
+    return _in_place(w, x, device, backend, lambda job, src, dst: job.op("group_lasso")(
+        src.reshape(dims), t, dst.reshape(dims)))  # t stays float64
