@@ -5,6 +5,8 @@ Backends: "numpy" (reference), "cpu" (Numba), "c" (cffi + OpenMP), "cuda" (Numba
 """
 from . import optim, random
 from ._registry import BackendUnavailableError, available_backends
+from .batchnorm import (BatchNormSaved, batch_norm, batch_norm_backward, batch_norm_stats,
+                        fold_batch_norm, merge_stats)
 from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
                       dropout, dropout_backward, dropout_mask)
 from .penalty import (elastic_net_grad, elastic_net_penalty, l1_grad, l1_penalty, l2_grad,
@@ -18,4 +20,6 @@ __all__ = [
     "channel_dropout", "channel_dropout_backward", "drop_path", "drop_path_backward",
     "l1_penalty", "l2_penalty", "elastic_net_penalty", "l1_grad", "l2_grad", "elastic_net_grad",
     "prox_l1", "prox_elastic_net", "prox_group_lasso", "optim",
+    "batch_norm", "batch_norm_backward", "batch_norm_stats", "merge_stats", "fold_batch_norm",
+    "BatchNormSaved",
 ]

@@ -36,6 +36,23 @@ Kernel contract (the public wrappers have already validated everything; arrays a
     (buf / vmax are None when momentum == 0 / without AMSGrad; float scalars are already of the
     arrays' dtype, bools are Python bools.)
 
+    Batch norm: x, y, gy, residual, out, gx, gres are (A, C, B) views (channel axis in the
+    middle); per-channel arrays are (C,); sums and statistics are float64 (fastreg.reference.
+    batchnorm has the exact definitions and the tolerance policy):
+    bn_stats(x, mean, m2)                           float64 per-channel mean and M2
+    bn_apply(x, center, scale, shift, residual, relu, out)
+                                                    out = act((x - center) * scale + shift [+ r])
+    bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd)
+                                                    stats + normalization (may be fused)
+    bn_backward_reduce(gy, x, y, center, s_dy, s_dyx)       y = ReLU output or None
+    bn_backward_apply(gy, x, y, center, a, b, d, gx, gres)  b, d None in inference
+    bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias)
+                                                    reduce + coefficients + apply (may be fused)
+    bn_forward_coeffs / bn_running_update / bn_backward_coeffs   O(C) per-channel math
+
+Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
+fastreg/reference/augment.py (no "c" backend).
+
 See fastreg/reference/ for the exact definitions.
 """
 import importlib
@@ -43,10 +60,15 @@ import importlib
 from . import _config
 from ._arrays import is_device
 
-OPS = ("philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
-       "dropout_mask_packed", "group_dropout",
-       "penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
-       "sgd_step", "adam_step")
+_RNG_DROPOUT_OPS = ("philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
+                    "dropout_mask_packed", "group_dropout")
+_PENALTY_OPTIM_OPS = ("penalty_sums", "penalty_grad", "soft_threshold", "group_lasso",
+                      "all_finite", "sgd_step", "adam_step")
+_BATCHNORM_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce",
+                  "bn_backward_apply", "bn_backward", "bn_forward_coeffs", "bn_running_update",
+                  "bn_backward_coeffs")
+_AUGMENT_OPS = ("aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste")
+OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
 
 _MODULES = {"numpy": "fastreg.reference", "cpu": "fastreg.cpu", "c": "fastreg.c",
             "cuda": "fastreg.cuda"}

@@ -7,10 +7,16 @@ from .philox import philox4x32, random_bits, uniform
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
 from .penalty import all_finite, group_lasso, penalty_grad, penalty_sums, soft_threshold
 from .optim import adam_step, sgd_step
+from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_paste
+from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_coeffs,
+                        bn_backward_reduce, bn_forward_coeffs, bn_forward_train,
+                        bn_running_update, bn_stats)
 
 __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
            "dropout_mask_packed", "group_dropout", "penalty_sums", "penalty_grad",
-           "soft_threshold", "group_lasso", "all_finite", "sgd_step", "adam_step"]
+           "soft_threshold", "group_lasso", "all_finite", "sgd_step", "adam_step",
+           "bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
+           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
 
 
 def unavailable_reason():

@@ -1,0 +1,606 @@
+"""Batch normalization (Ioffe & Szegedy, 2015): forward, backward, mergeable statistics, folding.
+
+Each channel ``c`` of ``x`` (the channel axis is ``axis``: 1 for (N, C), (N, C, L), (N, C, H, W);
+-1 for channels-last (N, H, W, C)) is normalized over all its other elements::
+
+    training   y = (x - mean_B) / sqrt(var_B + eps) * weight + bias     (batch statistics, biased
+                                                                         variance)
+    inference  y = x * scale + shift, scale = weight / sqrt(running_var + eps),
+                                      shift = bias - running_mean * scale
+
+and, with ``residual`` and ``activation="relu"``, ``y = relu(bn(x) + residual)`` in the same pass
+(the fused BN + add + ReLU of cuDNN's *Ex* API).
+
+Statistics are accumulated in float64 (the backends use shifted sums or two passes, never
+E[x^2] - E[x]^2 in the input's precision), so float32 data with a mean of 1e4 and a standard
+deviation of 1 still gives the variance to about 1e-6. Element-wise work is done in x's dtype
+with per-channel coefficients computed in float64. Backends agree with the float64 reference to
+within the tolerances of tests/test_batchnorm.py (a few ulp of the output scale), not bit for bit:
+they sum in different orders.
+"""
+import math
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _arrays, _registry
+from ._dispatch import Job
+
+ACTIVATIONS = (None, "relu")
+
+
+class BatchNormSaved(NamedTuple):
+    """What ``batch_norm_backward`` needs from the forward pass.
+
+    mean, invstd : float64 arrays (C,)
+        The statistics the forward pass normalized with (the batch's in training, the running
+        ones in inference), on the device of x.
+    training : bool
+        Whether they were batch statistics (their gradient terms then enter grad_x).
+    axis : int
+        The channel axis, as a non-negative index.
+    ndim : int
+        x's number of dimensions.
+    activation : None or "relu"
+    residual : bool
+        Whether a residual was added (backward then also returns its gradient).
+    count : int
+        Elements per channel.
+    """
+    mean: object
+    invstd: object
+    training: bool
+    axis: int
+    ndim: int
+    activation: object
+    residual: bool
+    count: int
+
+
+def _check_bool(v, name):
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+    return bool(v)
+
+
+def _channel_axis(shape, axis):
+    """(channel axis as a non-negative int, (A, C, B)) for the (A, C, B) view of ``shape``."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if len(shape) < 2:
+        raise ValueError(f"x must have at least 2 dimensions (a batch axis and a channel axis), "
+                         f"got shape {tuple(shape)}")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis {axis} is out of range for x with {len(shape)} dimensions")
+    ax = int(axis) % len(shape)
+    return ax, (math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1:]))
+
+
+def _check_eps(eps):
+    eps = _arrays._scalar(eps)
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number > 0, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    return eps
+
+
+def _check_like(a, name, shape, dtype, device, what="x"):
+    """An array with x's shape, dtype and device; returns the host view or the device array."""
+    if device != _arrays.is_device(a):
+        where = "a CUDA device array" if device else "a host (NumPy) array"
+        raise ValueError(f"{name} must be {where} like {what}")
+    arr = _arrays.describe(a, name)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the shape of {what}, {tuple(shape)}, got "
+                         f"{tuple(arr.shape)}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name} must have the dtype of {what}, {dtype}, got {arr.dtype}")
+    return a if device else arr
+
+
+def _check_channel(a, name, C, dtype, device, writable=False):
+    """A (C,) per-channel array of x's dtype on x's device (None passes through)."""
+    if a is None:
+        return None
+    if device != _arrays.is_device(a):
+        where = "a CUDA device array" if device else "a host (NumPy) array"
+        raise ValueError(f"{name} must be {where} like x")
+    if not device and writable and not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array (it is updated in place), got "
+                        f"{type(a).__name__}")
+    arr = _arrays.describe(a, name)
+    if tuple(arr.shape) != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (one value per channel of x), got "
+                         f"{tuple(arr.shape)}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name} must have x's dtype {dtype}, got {arr.dtype}")
+    if writable:
+        readonly = arr.readonly if device else not arr.flags.writeable
+        if readonly:
+            raise ValueError(f"{name} is read-only: it is updated in place")
+        if device and not arr.c_contiguous:
+            raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported")
+    return a if device else arr
+
+
+def _check_counter(nbt, device):
+    """num_batches_tracked: a writable 1-element int64 array (host or on x's device)."""
+    arr = _arrays.describe(nbt, "num_batches_tracked")
+    if arr.dtype != np.int64 or arr.size != 1:
+        raise TypeError("num_batches_tracked must be a 1-element int64 array, got dtype "
+                        f"{arr.dtype} and shape {tuple(arr.shape)}")
+    on_device = _arrays.is_device(nbt)
+    if on_device and not device:
+        raise ValueError("num_batches_tracked is a CUDA array but x is on the host")
+    if not on_device and not isinstance(nbt, np.ndarray):
+        raise TypeError("num_batches_tracked must be an array (it is updated in place), got "
+                        f"{type(nbt).__name__}")
+    readonly = arr.readonly if on_device else not arr.flags.writeable
+    if readonly:
+        raise ValueError("num_batches_tracked is read-only: it is updated in place")
+    return nbt
+
+
+def _increment(nbt, job):
+    """num_batches_tracked += 1 in place; returns the new value (a host read on the device)."""
+    if isinstance(nbt, np.ndarray):
+        nbt.reshape(-1)[0] += 1
+        return int(nbt.reshape(-1)[0])
+    host = job.mod.copy_to_host(nbt)
+    host.reshape(-1)[0] += 1
+    job.mod.as_device(nbt).copy_to_device(host)
+    return int(host.reshape(-1)[0])
+
+
+def _const(job, C, dtype, value):
+    a = np.full(C, value, dtype)
+    return job.mod.to_device(a) if job.device else a
+
+
+def _writeback(job, src, dst):
+    """Copy a contiguous working copy back into a non-contiguous host array."""
+    if src is not dst and not job.device:
+        dst[...] = src
+
+
+def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,
+               momentum=0.1, eps=1e-5, axis=1, activation=None, residual=None,
+               num_batches_tracked=None, out=None, backend="auto"):
+    """Batch normalization forward, optionally fused with a residual add and a ReLU.
+
+    Parameters
+    ----------
+    x : array, float32 or float64, ndim >= 2
+        Host (NumPy) or CUDA array; a non-contiguous host array is copied first.
+    running_mean, running_var : arrays (C,) of x's dtype, optional
+        Running statistics. Training updates them in place (when given) with PyTorch's rule
+        ``r = (1 - momentum) * r + momentum * batch`` using the unbiased batch variance;
+        inference normalizes with them (required).
+    weight, bias : arrays (C,) of x's dtype, optional
+        The affine parameters (gamma and beta; default 1 and 0).
+    training : bool
+        Batch statistics (True) or the running statistics (False). Keyword, required.
+    momentum : float in [0, 1] or None
+        None: a cumulative moving average, momentum = 1 / num_batches_tracked (needs
+        ``num_batches_tracked``).
+    eps : float > 0
+        Added to the variance.
+    axis : int
+        The channel axis: 1 for (N, C, ...), -1 for channels-last. Any valid axis works.
+    activation : None or "relu"
+        "relu": ``y = max(bn(x) [+ residual], 0)`` in the same pass (NaN propagates).
+    residual : array like x, optional
+        Added after the normalization and before the activation.
+    num_batches_tracked : int64 array with 1 element, optional
+        Incremented in place in training with running statistics (as torch's BatchNorm modules
+        do); the count for ``momentum=None``.
+    out : array like x, optional
+        Where to write y; may be x itself (then x is overwritten: backward needs the original).
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    y : array
+        The output (``out`` when given).
+    saved : BatchNormSaved
+        The statistics ``batch_norm_backward`` needs (float64 mean and invstd per channel).
+
+    Raises
+    ------
+    TypeError
+        x not float32/float64; a per-channel array or residual of another dtype; a non-bool
+        training.
+    ValueError
+        axis out of range; a per-channel array of the wrong length or device; eps <= 0 or NaN;
+        momentum outside [0, 1] or NaN; only one of running_mean / running_var; inference
+        without running statistics; num_batches_tracked or momentum=None without running
+        statistics to update; training with one value per channel (the batch variance of a
+        single value is undefined, as in PyTorch); a bad ``out``.
+
+    Notes
+    -----
+    Ioffe & Szegedy, "Batch normalization: accelerating deep network training by reducing
+    internal covariate shift", ICML 2015. Training forward reads x twice (statistics, then
+    normalization) unless the backend fuses them per channel while the channel is in cache
+    (the cpu and c backends do for channels-first layouts).
+    """
+    arr = _arrays.describe(x, "x")
+    _arrays.check_float(arr, "x")
+    device = _arrays.is_device(x)
+    dtype = np.dtype(arr.dtype)
+    shape = tuple(arr.shape)
+    training = _check_bool(training, "training")
+    ax, dims = _channel_axis(shape, axis)
+    A, C, B = dims
+    n = A * B
+    eps = _check_eps(eps)
+    if momentum is not None:
+        momentum = _arrays.check_probability(momentum, "momentum")
+    _arrays.check_choice(activation, "activation", ACTIVATIONS)
+    rm = _check_channel(running_mean, "running_mean", C, dtype, device, writable=training)
+    rv = _check_channel(running_var, "running_var", C, dtype, device, writable=training)
+    w = _check_channel(weight, "weight", C, dtype, device)
+    b = _check_channel(bias, "bias", C, dtype, device)
+    if (rm is None) != (rv is None):
+        raise ValueError("pass both running_mean and running_var, or neither")
+    track = rm is not None
+    if not training and not track:
+        raise ValueError("inference (training=False) normalizes with the running statistics: "
+                         "pass running_mean and running_var")
+    nbt = None
+    if num_batches_tracked is not None:
+        nbt = _check_counter(num_batches_tracked, device)
+        if training and not track:
+            raise ValueError("num_batches_tracked is given but there are no running statistics "
+                             "to update: pass running_mean and running_var")
+    if training and track and momentum is None and nbt is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    r = None if residual is None else _check_like(residual, "residual", shape, dtype, device)
+    x_in = x if device else arr
+    inputs = [x_in] + ([r] if r is not None else [])
+    out_arr = _arrays.check_out(out, "out", shape, dtype, inputs, device)
+    if training and n <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input of "
+                         f"shape {shape} (axis={axis}): the variance of one value is undefined")
+    backend = _registry.resolve(backend, x, out, residual, rm, rv, w, b)
+
+    job = Job(backend, host_input=not device)
+    f64 = np.float64
+    mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
+    res = job.target(out_arr, shape, dtype)
+    relu = activation == "relu"
+    work = n * C > 0  # training has n >= 2, so only C == 0 or an empty inference batch skip
+    if work:
+        xc = job.contig(x_in).reshape(dims)
+        rc = None if r is None else job.contig(r).reshape(dims)
+        res3 = res.reshape(dims)
+    if training:
+        m2 = job.empty((C,), f64)
+        if work:
+            wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
+            bc = _const(job, C, dtype, 0) if b is None else job.contig(b)
+            job.op("bn_forward_train")(xc, wc, bc, eps, rc, relu, res3, mean, m2, invstd)
+    if training and track:
+        mom = momentum
+        if nbt is not None:
+            batches = _increment(nbt, job)
+            if momentum is None:
+                mom = 1.0 / batches
+        rmc, rvc = job.contig(rm), job.contig(rv)
+        if C:
+            job.op("bn_running_update")(mean, m2, n, rmc, rvc, mom)
+        _writeback(job, rmc, rm)
+        _writeback(job, rvc, rv)
+    if not training:
+        center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
+        if C:
+            job.op("bn_forward_coeffs")(job.contig(rm), job.contig(rv), 1,
+                                        None if w is None else job.contig(w),
+                                        None if b is None else job.contig(b), eps, True, mean,
+                                        invstd, center, scale, shift)
+        if work:
+            job.op("bn_apply")(xc, center, scale, shift, rc, relu, res3)
+    y = job.finish(res, out_arr)
+    saved = BatchNormSaved(mean, invstd, training, ax, len(shape), activation, r is not None, n)
+    return (y if out is None else out), saved
+
+
+def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=None, y=None,
+                        out=None, backend="auto"):
+    """Gradients of ``batch_norm`` with respect to x, weight and bias (and the residual).
+
+    Parameters
+    ----------
+    grad_y : array like x
+        Gradient of the loss with respect to the forward output.
+    x : array
+        The forward input (unchanged since the forward pass).
+    saved : BatchNormSaved
+        The second value returned by ``batch_norm``.
+    weight : array (C,), optional
+        The forward pass's weight (default 1).
+    axis : int, optional
+        The channel axis; default (and it must agree with) the forward pass's.
+    activation : None or "relu", optional
+        Default (and it must agree with) the forward pass's.
+    y : array like x, optional
+        The forward output; required when the forward pass ended in a ReLU (its mask is y > 0).
+    out : array like x, optional
+        Where to write grad_x; may be grad_y itself.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    grad_x : array
+    grad_weight, grad_bias : arrays (C,) of x's dtype
+        The gradients of the affine parameters (computed also when the forward pass had none:
+        they are the gradients of an implicit weight 1 and bias 0).
+    grad_residual : array like x
+        Only when the forward pass had a residual: the gradient flowing into it (grad_y through
+        the ReLU mask).
+
+    Raises
+    ------
+    TypeError
+        saved not a BatchNormSaved; arrays of the wrong dtype.
+    ValueError
+        Shapes or devices that do not match x or the forward pass; an axis or activation other
+        than the forward pass's; y missing with a ReLU; a bad ``out``.
+
+    Notes
+    -----
+    With xhat = (x - mean) * invstd and g = grad_y (masked by y > 0 after a ReLU), training:
+    ``grad_x = weight * invstd * (g - mean(g) - xhat * mean(g * xhat))``; inference:
+    ``grad_x = weight * invstd * g``. grad_weight = sum(g * xhat), grad_bias = sum(g), per
+    channel; the sums are accumulated in float64.
+    """
+    if not isinstance(saved, BatchNormSaved):
+        raise TypeError(f"saved must be the BatchNormSaved returned by batch_norm, got "
+                        f"{type(saved).__name__}")
+    arr = _arrays.describe(x, "x")
+    _arrays.check_float(arr, "x")
+    device = _arrays.is_device(x)
+    dtype = np.dtype(arr.dtype)
+    shape = tuple(arr.shape)
+    if len(shape) != saved.ndim:
+        raise ValueError(f"x has {len(shape)} dimensions but the forward pass had {saved.ndim}")
+    if axis is None:
+        axis = saved.axis
+    ax, dims = _channel_axis(shape, axis)
+    if ax != saved.axis:
+        raise ValueError(f"axis {axis} differs from the forward pass's channel axis {saved.axis}")
+    A, C, B = dims
+    if A * B != saved.count or C != _arrays.describe(saved.mean, "saved.mean").shape[0]:
+        raise ValueError(f"x of shape {shape} does not match the forward pass (C, count) = "
+                         f"({saved.mean.shape[0]}, {saved.count})")
+    if activation is None:
+        activation = saved.activation
+    _arrays.check_choice(activation, "activation", ACTIVATIONS)
+    if activation != saved.activation:
+        raise ValueError(f"activation {activation!r} differs from the forward pass's "
+                         f"{saved.activation!r}")
+    gy = _check_like(grad_y, "grad_y", shape, dtype, device)
+    relu = activation == "relu"
+    if relu and y is None:
+        raise ValueError("the forward pass ended in a ReLU: pass y, its output, for the mask")
+    yv = _check_like(y, "y", shape, dtype, device, "x") if relu else None
+    w = _check_channel(weight, "weight", C, dtype, device)
+    x_in = x if device else arr
+    out_arr = _arrays.check_out(out, "out", shape, dtype,
+                                [a for a in (gy, x_in, yv) if a is not None], device)
+    backend = _registry.resolve(backend, x, grad_y, y, out, weight)
+
+    job = Job(backend, host_input=not device)
+    gx = job.target(out_arr, shape, dtype)
+    gres = job.empty(shape, dtype) if saved.residual else None
+    if A * B * C:
+        gw, gb = job.empty((C,), dtype), job.empty((C,), dtype)
+        wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
+        job.op("bn_backward")(job.contig(gy).reshape(dims), job.contig(x_in).reshape(dims),
+                              None if yv is None else job.contig(yv).reshape(dims),
+                              _on(job, saved.mean), _on(job, saved.invstd), wc, saved.training,
+                              gx.reshape(dims), None if gres is None else gres.reshape(dims),
+                              gw, gb)
+    else:  # nothing flows: zero parameter gradients
+        gw, gb = job.zeros((C,), dtype), job.zeros((C,), dtype)
+    grads = (job.finish(gx, out_arr), _host(job, gw), _host(job, gb))
+    if out is not None:
+        grads = (out,) + grads[1:]
+    if saved.residual:
+        grads += (_host(job, gres),)
+    return grads
+
+
+def _on(job, a):
+    """A saved per-channel array where the kernels run."""
+    if job.device:
+        return job.mod.as_device(a) if _arrays.is_device(a) else job.mod.to_device(a)
+    return a
+
+
+def _host(job, a):
+    """Results go back where the caller's data lives."""
+    return job.mod.copy_to_host(a) if job.device and job.host_input else a
+
+
+def batch_norm_stats(x, *, axis=1, backend="auto"):
+    """Per-channel statistics of x that merge exactly: (count, mean, M2).
+
+    Parameters
+    ----------
+    x : array, float32 or float64, ndim >= 2
+    axis : int
+        The channel axis.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    count : int
+        Elements per channel.
+    mean, m2 : float64 arrays (C,)
+        The mean and the sum of squared deviations from it (on x's device). An empty batch gives
+        count 0 and zeros, the identity of ``merge_stats``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        x not float32/float64, axis out of range.
+
+    Notes
+    -----
+    The statistics are accumulated in float64 with a stable method (shifted sums or two
+    passes); ``merge_stats`` combines them with Chan, Golub & LeVeque's pairwise update, so
+    statistics of parts (micro-batches, processes) combine into exactly those of the whole, up
+    to rounding.
+    """
+    arr = _arrays.describe(x, "x")
+    _arrays.check_float(arr, "x")
+    device = _arrays.is_device(x)
+    ax, dims = _channel_axis(tuple(arr.shape), axis)
+    A, C, B = dims
+    backend = _registry.resolve(backend, x)
+    job = Job(backend, host_input=not device)
+    if A * B == 0:
+        mean, m2 = job.zeros((C,), np.float64), job.zeros((C,), np.float64)
+    else:
+        mean, m2 = job.empty((C,), np.float64), job.empty((C,), np.float64)
+        if C:
+            job.op("bn_stats")(job.contig(x if device else arr).reshape(dims), mean, m2)
+    return A * B, _host(job, mean), _host(job, m2)
+
+
+def _stats_to_host(a, name):
+    if _arrays.is_device(a):
+        return np.asarray(_registry.module("cuda").copy_to_host(a), dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def merge_stats(*stats):
+    """Merge per-channel (count, mean, M2) statistics of disjoint parts into those of the whole.
+
+    Parameters
+    ----------
+    *stats : tuples (count, mean, m2)
+        As returned by ``batch_norm_stats`` (or a single list of them). ``count`` is an int (or
+        an array of per-channel counts); parts with count 0 are ignored.
+
+    Returns
+    -------
+    count : int or ndarray
+    mean, m2 : float64 ndarrays (C,)
+        The statistics of the union; the biased variance is ``m2 / count``, the unbiased one
+        ``m2 / (count - 1)``.
+
+    Raises
+    ------
+    ValueError
+        No statistics, negative counts or M2, or per-channel arrays of different shapes.
+
+    Notes
+    -----
+    Chan, Golub & LeVeque, "Updating formulae and a pairwise algorithm for computing sample
+    variances", 1979: with delta = mean_b - mean_a and n = n_a + n_b,
+    ``mean = mean_a + delta * n_b / n`` and ``M2 = M2_a + M2_b + delta**2 * n_a * n_b / n``.
+    Computed in float64 on the host (device statistics are copied).
+    """
+    if len(stats) == 1 and isinstance(stats[0], list):
+        stats = tuple(stats[0])
+    if not stats:
+        raise ValueError("merge_stats needs at least one (count, mean, m2)")
+    parts = []
+    for i, s in enumerate(stats):
+        if not isinstance(s, (tuple, list)) or len(s) != 3:
+            raise TypeError(f"stats[{i}] must be a (count, mean, m2) tuple")
+        count = np.asarray(s[0])
+        if count.dtype.kind not in "iu" or np.any(count < 0):
+            raise ValueError(f"stats[{i}]: count must be a non-negative integer, got {s[0]!r}")
+        mean, m2 = _stats_to_host(s[1], f"stats[{i}] mean"), _stats_to_host(s[2], f"stats[{i}] m2")
+        if mean.shape != m2.shape or mean.ndim != 1:
+            raise ValueError(f"stats[{i}]: mean and m2 must be 1-D arrays of one shape, got "
+                             f"{mean.shape} and {m2.shape}")
+        if parts and mean.shape != parts[0][1].shape:
+            raise ValueError(f"stats[{i}] has {mean.shape[0]} channels, stats[0] has "
+                             f"{parts[0][1].shape[0]}")
+        if np.any(m2 < 0):
+            raise ValueError(f"stats[{i}]: m2 must be >= 0")
+        parts.append((count.astype(np.int64), mean, m2))
+    n, mean, m2 = parts[0]
+    for nb, mb, m2b in parts[1:]:
+        total = n + nb
+        safe = np.maximum(total, 1).astype(np.float64)
+        delta = mb - mean
+        mean = np.where(total > 0, mean + delta * (nb / safe), mean)
+        m2 = np.where(total > 0, m2 + m2b + delta * delta * (n * (nb / safe)), m2)
+        n = total
+    count = int(n) if n.ndim == 0 else n
+    return count, mean, m2
+
+
+def fold_batch_norm(weight, bias, running_mean, running_var, bn_weight=None, bn_bias=None, *,
+                    eps=1e-5, axis=0):
+    """Fold an inference-mode batch norm into the linear (or convolution) layer before it.
+
+    ``bn(x @ W.T + b)`` with running statistics equals ``x @ W'.T + b'`` with
+    ``W' = W * s`` (s scaling W's output-channel axis) and ``b' = (b - running_mean) * s +
+    bn_bias``, ``s = bn_weight / sqrt(running_var + eps)``.
+
+    Parameters
+    ----------
+    weight : ndarray, float32 or float64
+        The layer's weight; its output channels run along ``axis`` (0 for PyTorch's Linear
+        (out, in) and Conv (out, in, kh, kw); 1 or -1 for an (in, out) matrix used as x @ W).
+    bias : ndarray (C,) or None
+        The layer's bias (None: zero).
+    running_mean, running_var : ndarrays (C,)
+    bn_weight, bn_bias : ndarrays (C,), optional
+        The batch norm's affine parameters (default 1 and 0).
+    eps : float > 0
+    axis : int
+        The output-channel axis of ``weight``.
+
+    Returns
+    -------
+    weight, bias : ndarrays
+        New arrays of weight's dtype (computed in float64); the inputs are not modified.
+
+    Raises
+    ------
+    TypeError, ValueError
+        weight not float32/float64; per-channel arrays of the wrong length; eps <= 0; axis out
+        of range.
+    """
+    W = _arrays.describe(weight, "weight")
+    _arrays.check_float(W, "weight")
+    if _arrays.is_device(weight):
+        raise ValueError("fold_batch_norm works on host (NumPy) arrays")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -W.ndim <= axis < W.ndim:
+        raise ValueError(f"axis {axis} is out of range for weight with {W.ndim} dimensions")
+    eps = _check_eps(eps)
+    ax = int(axis) % W.ndim
+    C = W.shape[ax]
+
+    def vec(a, name, default):
+        if a is None:
+            return np.full(C, default, np.float64)
+        v = np.asarray(a, dtype=np.float64)
+        if v.shape != (C,):
+            raise ValueError(f"{name} must have shape ({C},) (weight's axis {axis}), got "
+                             f"{v.shape}")
+        return v
+
+    rm = vec(running_mean, "running_mean", 0.0)
+    rv = vec(running_var, "running_var", 1.0)
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required")
+    s = vec(bn_weight, "bn_weight", 1.0) / np.sqrt(rv + eps)
+    b = vec(bias, "bias", 0.0)
+    shape = [1] * W.ndim
+    shape[ax] = C
+    new_w = (W.astype(np.float64) * s.reshape(shape)).astype(W.dtype)
+    new_b = ((b - rm) * s + vec(bn_bias, "bn_bias", 0.0)).astype(W.dtype)
+    return new_w, new_b
