@@ -46,7 +46,10 @@ class BatchNormSaved(NamedTuple):
     residual : bool
         Whether a residual was added (backward then also returns its gradient).
     count : int
-        Elements per channel.
+        Elements per channel (in this process).
+    global_count : int or None
+        Elements per channel over all ranks when the forward pass was synchronized
+        (``batch_norm(..., comm=comm)`` in training); None otherwise.
     """
     mean: object
     invstd: object
@@ -56,6 +59,7 @@ class BatchNormSaved(NamedTuple):
     activation: object
     residual: bool
     count: int
+    global_count: object = None
 
 
 def _check_bool(v, name):
@@ -168,7 +172,7 @@ def _writeback(job, src, dst):
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,
                momentum=0.1, eps=1e-5, axis=1, activation=None, residual=None,
-               num_batches_tracked=None, out=None, backend="auto"):
+               num_batches_tracked=None, out=None, backend="auto", comm=None):
     """Batch normalization forward, optionally fused with a residual add and a ReLU.
 
     Parameters
@@ -200,6 +204,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     out : array like x, optional
         Where to write y; may be x itself (then x is overwritten: backward needs the original).
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    comm : mpi4py communicator, optional
+        Synchronized batch norm (training only; inference does not communicate): the batch is
+        the union of every rank's x, each rank normalizing its own part with the statistics of
+        the whole (see Notes). Every rank of ``comm`` must call it, also ranks with no samples.
+        Needs ``pip install fastreg[mpi]``.
 
     Returns
     -------
@@ -218,7 +227,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         momentum outside [0, 1] or NaN; only one of running_mean / running_var; inference
         without running statistics; num_batches_tracked or momentum=None without running
         statistics to update; training with one value per channel (the batch variance of a
-        single value is undefined, as in PyTorch); a bad ``out``.
+        single value is undefined, as in PyTorch; with ``comm``, one value over all ranks); a
+        bad ``out``.
+    fastreg.distributed.CollectiveTimeout, fastreg.distributed.CollectiveError
+        With ``comm``: another rank died or hangs (see fastreg.distributed).
 
     Notes
     -----
@@ -226,6 +238,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     internal covariate shift", ICML 2015. Training forward reads x twice (statistics, then
     normalization) unless the backend fuses them per channel while the channel is in cache
     (the cpu and c backends do for channels-first layouts).
+
+    Synchronized (``comm``): each rank computes its (count, mean, M2) per channel; one
+    Allgather exchanges them and every rank merges them in rank order with Chan's update
+    (``merge_stats``), so all ranks get bit-identical statistics of the global batch, equal to
+    those of one process on the concatenated batch up to rounding, whatever the per-rank batch
+    sizes (0 included). The running statistics get the global batch's unbiased variance. The
+    2C + 1 statistics travel through host memory (copied from and to the device for CUDA
+    arrays). Same as PyTorch's SyncBatchNorm, but exact for uneven batches.
     """
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x")
@@ -262,10 +282,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     x_in = x if device else arr
     inputs = [x_in] + ([r] if r is not None else [])
     out_arr = _arrays.check_out(out, "out", shape, dtype, inputs, device)
-    if training and n <= 1:
+    if training and n <= 1 and comm is None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of "
                          f"shape {shape} (axis={axis}): the variance of one value is undefined")
     backend = _registry.resolve(backend, x, out, residual, rm, rv, w, b)
+    if comm is not None and training:
+        return _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm, rv,
+                                w, b, nbt, momentum, eps, activation, out, out_arr)
 
     job = Job(backend, host_input=not device)
     f64 = np.float64
@@ -309,7 +332,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
 
 
 def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=None, y=None,
-                        out=None, backend="auto"):
+                        out=None, backend="auto", comm=None):
     """Gradients of ``batch_norm`` with respect to x, weight and bias (and the residual).
 
     Parameters
@@ -331,13 +354,17 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     out : array like x, optional
         Where to write grad_x; may be grad_y itself.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    comm : mpi4py communicator, optional
+        Required (the same one) when the forward pass was synchronized; every rank must call.
 
     Returns
     -------
     grad_x : array
     grad_weight, grad_bias : arrays (C,) of x's dtype
         The gradients of the affine parameters (computed also when the forward pass had none:
-        they are the gradients of an implicit weight 1 and bias 0).
+        they are the gradients of an implicit weight 1 and bias 0). With ``comm``: this rank's
+        contributions (sums over its own elements), to be reduced with the other parameter
+        gradients (``fastreg.distributed.GradientAllreduce``), as in PyTorch's SyncBatchNorm.
     grad_residual : array like x
         Only when the forward pass had a residual: the gradient flowing into it (grad_y through
         the ReLU mask).
@@ -348,7 +375,10 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
         saved not a BatchNormSaved; arrays of the wrong dtype.
     ValueError
         Shapes or devices that do not match x or the forward pass; an axis or activation other
-        than the forward pass's; y missing with a ReLU; a bad ``out``.
+        than the forward pass's; y missing with a ReLU; a bad ``out``; ``comm`` missing after a
+        synchronized forward pass, or given after an unsynchronized training one.
+    fastreg.distributed.CollectiveTimeout, fastreg.distributed.CollectiveError
+        With ``comm``: another rank died or hangs.
 
     Notes
     -----
@@ -356,6 +386,12 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     ``grad_x = weight * invstd * (g - mean(g) - xhat * mean(g * xhat))``; inference:
     ``grad_x = weight * invstd * g``. grad_weight = sum(g * xhat), grad_bias = sum(g), per
     channel; the sums are accumulated in float64.
+
+    Synchronized (``comm``, training): mean(g) and mean(g * xhat) are over the global batch:
+    each rank's two float64 sums per channel are summed with one Allreduce (bit-identical on
+    every rank) and divided by the global count. grad_y must then be the gradient of one global
+    loss on every rank: with uneven per-rank batches and a mean loss, divide by the global batch
+    size (not the local one) and sum the parameter gradients over ranks.
     """
     if not isinstance(saved, BatchNormSaved):
         raise TypeError(f"saved must be the BatchNormSaved returned by batch_norm, got "
@@ -392,6 +428,14 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     out_arr = _arrays.check_out(out, "out", shape, dtype,
                                 [a for a in (gy, x_in, yv) if a is not None], device)
     backend = _registry.resolve(backend, x, grad_y, y, out, weight)
+    if saved.training and (comm is None) != (saved.global_count is None):
+        raise ValueError("the forward pass was synchronized over a communicator: pass the same "
+                         "comm to batch_norm_backward" if comm is None else
+                         "comm is given but the forward pass was not synchronized: pass comm to "
+                         "batch_norm too")
+    if comm is not None and saved.training:
+        return _batch_norm_backward_sync(comm, backend, gy, x_in, yv, saved, w, device, shape,
+                                         dtype, dims, out, out_arr)
 
     job = Job(backend, host_input=not device)
     gx = job.target(out_arr, shape, dtype)
@@ -412,6 +456,101 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     if saved.residual:
         grads += (_host(job, gres),)
     return grads
+
+
+def _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm, rv, w, b, nbt,
+                     momentum, eps, activation, out, out_arr):
+    """Training forward synchronized over ``comm`` (arguments validated by batch_norm)."""
+    from . import distributed
+    A, C, B = dims
+    n = A * B
+    job = Job(backend, host_input=not device)
+    f64 = np.float64
+    res = job.target(out_arr, shape, dtype)
+    work = n * C > 0
+    lmean, lm2 = job.zeros((C,), f64), job.zeros((C,), f64)
+    if work:
+        xc = job.contig(x_in).reshape(dims)
+        rc = None if r is None else job.contig(r).reshape(dims)
+        job.op("bn_stats")(xc, lmean, lm2)
+    count, gmean, gm2 = distributed.allgather_stats(n, _host64(job, lmean), _host64(job, lm2),
+                                                    comm)
+    if count <= 1:  # every rank sees the same count, so every rank raises
+        raise ValueError(f"Expected more than 1 value per channel when training, got {count} "
+                         f"over all ranks of the communicator (this rank: shape {shape})")
+    gmean, gm2 = _on(job, gmean), _on(job, gm2)
+    mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
+    center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
+    if C:
+        job.op("bn_forward_coeffs")(gmean, gm2, count, None if w is None else job.contig(w),
+                                    None if b is None else job.contig(b), eps, False, mean,
+                                    invstd, center, scale, shift)
+    if work:
+        job.op("bn_apply")(xc, center, scale, shift, rc, activation == "relu",
+                           res.reshape(dims))
+    if rm is not None:
+        mom = momentum
+        if nbt is not None:
+            batches = _increment(nbt, job)
+            if momentum is None:
+                mom = 1.0 / batches
+        rmc, rvc = job.contig(rm), job.contig(rv)
+        if C:
+            job.op("bn_running_update")(gmean, gm2, count, rmc, rvc, mom)
+        _writeback(job, rmc, rm)
+        _writeback(job, rvc, rv)
+    y = job.finish(res, out_arr)
+    saved = BatchNormSaved(mean, invstd, True, ax, len(shape), activation, r is not None, n,
+                           count)
+    return (y if out is None else out), saved
+
+
+def _batch_norm_backward_sync(comm, backend, gy, x_in, yv, saved, w, device, shape, dtype, dims,
+                              out, out_arr):
+    """Training backward synchronized over ``comm`` (arguments validated by
+    batch_norm_backward)."""
+    from . import distributed
+    A, C, B = dims
+    n = A * B
+    job = Job(backend, host_input=not device)
+    f64 = np.float64
+    gx = job.target(out_arr, shape, dtype)
+    gres = job.empty(shape, dtype) if saved.residual else None
+    mean, invstd = _on(job, saved.mean), _on(job, saved.invstd)
+    s_dy, s_dyx = job.zeros((C,), f64), job.zeros((C,), f64)
+    work = n * C > 0
+    if work:
+        gyc = job.contig(gy).reshape(dims)
+        xc = job.contig(x_in).reshape(dims)
+        yc = None if yv is None else job.contig(yv).reshape(dims)
+        job.op("bn_backward_reduce")(gyc, xc, yc, mean, s_dy, s_dyx)
+    sums = np.concatenate([_host64(job, s_dy), _host64(job, s_dyx)])
+    distributed.allreduce_sums(sums, comm)
+    tot_dy, tot_dyx = _on(job, sums[:C].copy()), _on(job, sums[C:].copy())
+    wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
+    center, a, bc, d, gw, gb = (job.empty((C,), dtype) for _ in range(6))
+    if C:
+        # grad_x's coefficients from the global sums and count ...
+        job.op("bn_backward_coeffs")(tot_dy, tot_dyx, mean, invstd, wc, saved.global_count, True,
+                                     center, a, bc, d, gw, gb)
+        # ... and this rank's own parameter gradients, from its local sums (this call rewrites
+        # center and a with the same values)
+        job.op("bn_backward_coeffs")(s_dy, s_dyx, mean, invstd, wc, max(n, 1), False, center,
+                                     a, None, None, gw, gb)
+    if work:
+        job.op("bn_backward_apply")(gyc, xc, yc, center, a, bc, d, gx.reshape(dims),
+                                    None if gres is None else gres.reshape(dims))
+    grads = (job.finish(gx, out_arr), _host(job, gw), _host(job, gb))
+    if out is not None:
+        grads = (out,) + grads[1:]
+    if saved.residual:
+        grads += (_host(job, gres),)
+    return grads
+
+
+def _host64(job, a):
+    """A float64 per-channel array on the host (MPI moves host memory here)."""
+    return np.asarray(job.mod.copy_to_host(a) if job.device else a, dtype=np.float64)
 
 
 def _on(job, a):

@@ -1,0 +1,148 @@
+"""Data-parallel pieces over MPI (fastreg.distributed, batch_norm(..., comm=...)).
+
+The MPI tests start the workers in tests/mpi_workers/ under the virtualenv's own ``mpiexec``
+(found next to sys.executable; the mpich wheel from PyPI ships it) with ``python -m mpi4py``,
+for 1, 2 and 3 ranks on uneven shards (3 ranks oversubscribe a 2-core machine: fine). Each
+worker checks its own results with assertions and prints one OK line per rank; a failure raises
+on that rank, which makes ``-m mpi4py`` abort the job (non-zero exit).
+
+Tolerances: float64 results (weights after several SGD steps, batch-norm statistics, outputs and
+gradients) agree with one process on the concatenated global batch within 1e-12 relative to the
+largest value (only the order of the sums differs); float32 batch-norm outputs within 8 ulp of
+the output scale (the float64 coefficients may round to a neighbouring float32). Values that
+must agree between ranks (merged statistics, reduced gradients, weights) are compared bit for
+bit. Every launch is bounded by a subprocess timeout.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastreg import distributed as dist
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKERS = HERE / "mpi_workers"
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+
+
+def _mpi_missing():
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install fastreg[mpi])"
+    if not MPIEXEC.exists():
+        return f"no mpiexec next to {sys.executable} (pip install mpich)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+
+
+def launch(n, worker, *args, mpiexec_opts=(), timeout=90):
+    """Run ``mpiexec -n n python -m mpi4py worker args``; (returncode, output, seconds)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("NUMBA_NUM_THREADS", "1")
+    cmd = [str(MPIEXEC), *mpiexec_opts, "-n", str(n), sys.executable, "-m", "mpi4py",
+           str(WORKERS / worker), *map(str, args)]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+
+
+# ---- sharding: no MPI needed --------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 30, 31])
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+@pytest.mark.parametrize("strided", [False, True])
+def test_shards_are_disjoint_and_cover(n, size, strided):
+    parts = [np.arange(n)[dist.shard(n, r, size, strided=strided)] for r in range(size)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+    assert [len(p) for p in parts] == dist.shard_sizes(n, size)
+    if not strided:
+        np.testing.assert_array_equal(np.concatenate(parts), np.arange(n))  # rank order
+
+
+def test_shard_sizes_and_global_indices():
+    assert dist.shard_sizes(10, 3) == [4, 3, 3]
+    assert dist.shard_sizes(2, 3) == [1, 1, 0]
+    assert dist.shard(10, 1, 3) == slice(4, 7)
+    np.testing.assert_array_equal(dist.global_indices(10, 2, 3, start=100), [107, 108, 109])
+    np.testing.assert_array_equal(dist.global_indices(10, 1, 3, strided=True), [1, 4, 7])
+    assert dist.global_indices(2, 2, 3).size == 0
+    with pytest.raises(ValueError, match="rank"):
+        dist.shard(5, 3, 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        dist.shard(-1, 0, 1)
+
+
+def test_missing_mpi4py_names_the_extra():
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "from fastreg import distributed\n"
+            "try:\n    distributed.mpi()\n"
+            "except ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60).stdout
+    assert "pip install fastreg[mpi]" in out
+
+
+def test_default_timeout(monkeypatch):
+    monkeypatch.delenv("FASTREG_MPI_TIMEOUT", raising=False)
+    assert dist.default_timeout() == 300.0
+    monkeypatch.setenv("FASTREG_MPI_TIMEOUT", "none")
+    assert dist.default_timeout() is None
+    monkeypatch.setenv("FASTREG_MPI_TIMEOUT", "-2")
+    with pytest.raises(ValueError, match="FASTREG_MPI_TIMEOUT"):
+        dist.default_timeout()
+
+
+# ---- under mpiexec -------------------------------------------------------------------------
+
+@needs_mpi
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_sync_batch_norm_equals_global_batch(n):
+    """Forward, running statistics and backward on uneven shards (and a rank with none) equal
+    one process on the concatenated batch; the merged statistics are identical on every rank."""
+    rc, out, _ = launch(n, "sync_bn.py", "numpy,c")
+    assert rc == 0, out
+    assert sum(f"SYNC_BN OK rank {r} " in out for r in range(n)) == n, out
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_data_parallel_sgd_equals_single_process(n):
+    """Weighted gradient Allreduce (uneven shards, a rank with no samples, one or many buckets,
+    mixed dtypes) and a synchronized-BN model: weights after 6 SGD steps equal single-process
+    training on the same global batches, bit-identical on every rank; dropout keyed by the
+    global index; decide / broadcast_object / allreduce."""
+    rc, out, _ = launch(n, "grad_allreduce.py")
+    assert rc == 0, out
+    assert sum(f"GRAD OK rank {r}" in out for r in range(n)) == n, out
+
+
+WATCHDOG_TIMEOUT = 3.0   # seconds a collective waits in the worker
+BOUND = 30.0             # the whole job must end well within this (the subprocess limit is 60)
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode, opts", [
+    ("exit", ()),                          # Hydra notices the dead rank and ends the job
+    ("exit", ("-disable-auto-cleanup",)),  # nobody cleans up: the watchdog must fire
+    ("hang", ()),                          # a live rank that never arrives: the watchdog
+], ids=["dead-rank", "dead-rank-no-cleanup", "hung-rank"])
+def test_dead_or_hung_rank_ends_with_an_error(mode, opts):
+    rc, out, seconds = launch(3, "watchdog.py", mode, WATCHDOG_TIMEOUT, mpiexec_opts=opts,
+                              timeout=60)
+    assert rc != 0, out
+    assert seconds < BOUND, (seconds, out)
+    assert "completed: no error" not in out, out
+    if mode == "hang" or opts:
+        # the surviving ranks raised, naming the operation and their rank
+        assert "WATCHDOG rank 0 CollectiveTimeout" in out or "WATCHDOG rank 0 CollectiveError" \
+            in out, out
+        assert "Iallreduce (gradient bucket" in out and "on rank 0 of 3" in out, out
