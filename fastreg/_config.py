@@ -3,10 +3,12 @@
 FASTREG_BACKEND      default host backend for backend="auto" ("numpy", "cpu" or "c").
 FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
 FASTREG_C_NO_AVX2    1: the C backend uses its portable kernels even where the CPU has AVX2.
+FASTREG_MPI_TIMEOUT  seconds an MPI collective may wait (fastreg.distributed; "none" = forever).
 FASTREG_NO_C         (install time, read by setup.py) build without the C extension.
 FASTREG_NATIVE       (install time, read by csrc/ffi_build.py) compile the C extension with -march=native.
 FASTREG_SANITIZE     (build time, read by csrc/ffi_build.py) build it with ASan + UBSan instead.
 """
+import math
 import os
 
 BACKENDS = ("numpy", "cpu", "c", "cuda")
@@ -30,3 +32,17 @@ def cuda_threads_per_block():
 def c_force_portable():
     """FASTREG_C_NO_AVX2=1: the C backend's portable kernels only."""
     return os.environ.get("FASTREG_C_NO_AVX2", "") not in ("", "0")
+
+
+def mpi_timeout():
+    """FASTREG_MPI_TIMEOUT in seconds (default 300); None for "none", "0", "inf" or empty."""
+    value = os.environ.get("FASTREG_MPI_TIMEOUT", "300").strip().lower()
+    if value in ("none", "0", "inf", ""):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"FASTREG_MPI_TIMEOUT={value!r} must be a number of seconds > 0")
+    return seconds

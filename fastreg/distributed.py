@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _config
 
 __all__ = ["CollectiveError", "CollectiveTimeout", "GradientAllreduce", "shard", "shard_sizes",
            "global_indices", "broadcast_object", "decide", "allreduce", "barrier",
@@ -100,13 +100,7 @@ def default_timeout():
     float or None
         None (wait forever) when FASTREG_MPI_TIMEOUT is "none" or "0".
     """
-    value = os.environ.get("FASTREG_MPI_TIMEOUT", "300").strip().lower()
-    if value in ("none", "0", "inf", ""):
-        return None
-    seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"FASTREG_MPI_TIMEOUT={value!r} must be a number of seconds > 0")
-    return seconds
+    return _config.mpi_timeout()
 
 
 class CollectiveError(RuntimeError):
