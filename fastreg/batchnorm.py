@@ -165,9 +165,14 @@ def _const(job, C, dtype, value):
 
 
 def _writeback(job, src, dst):
-    """Copy a contiguous working copy back into a non-contiguous host array."""
-    if src is not dst and not job.device:
+    """Copy a working copy of an in-place argument back into the caller's array: a contiguous
+    copy of a non-contiguous host array, or the device copy of a host array."""
+    if src is dst:
+        return
+    if not job.device:
         dst[...] = src
+    elif job.host_input:
+        dst[...] = job.mod.copy_to_host(src)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,

@@ -27,6 +27,10 @@ if _cuda is not None:
     from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout
     from .penalty import penalty_sums, penalty_grad, soft_threshold, group_lasso, all_finite
     from .optim import sgd_step, adam_step
+    from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_paste
+    from .batchnorm import (bn_stats, bn_apply, bn_forward_train, bn_backward_reduce,
+                            bn_backward_apply, bn_backward, bn_forward_coeffs, bn_running_update,
+                            bn_backward_coeffs)
 
 __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout",
            "dropout_mask", "dropout_mask_packed", "group_dropout", "philox4x32_device",
@@ -34,6 +38,8 @@ __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropou
            "to_device", "copy_to_host"]
 __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
             "sgd_step", "adam_step"]
+__all__ += ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
+            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
 
 
 def unavailable_reason():
