@@ -1,0 +1,18 @@
+"""Data augmentation: batch kernels keyed per sample by (seed, epoch, global index).
+
+Images (fastreg.augment.image): ``random_flip``, ``random_rot90``, ``random_rotate``,
+``random_crop``, ``random_resized_crop``, ``gaussian_noise``, ``random_erasing``, ``mixup``,
+``cutmix``, and ``Compose`` with the op settings ``RandomFlip``, ``RandomRot90``,
+``RandomRotate``, ``RandomCrop``, ``RandomResizedCrop``, ``GaussianNoise``, ``RandomErasing``.
+Backends "numpy", "cpu" and "cuda" (not "c"). Importing this package loads no backend.
+"""
+from .compose import (Compose, GaussianNoise, RandomCrop, RandomErasing, RandomFlip,
+                      RandomResizedCrop, RandomRot90, RandomRotate)
+from .image import (cutmix, gaussian_noise, mixup, random_crop, random_erasing, random_flip,
+                    random_resized_crop, random_rot90, random_rotate)
+from . import text
+
+__all__ = ["random_flip", "random_rot90", "random_rotate", "random_crop", "random_resized_crop",
+           "gaussian_noise", "random_erasing", "mixup", "cutmix", "Compose", "RandomFlip",
+           "RandomRot90", "RandomRotate", "RandomCrop", "RandomResizedCrop", "GaussianNoise",
+           "RandomErasing"]
