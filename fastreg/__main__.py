@@ -1,8 +1,64 @@
 """The ``fastreg`` command (also ``python -m fastreg``): one subcommand per tool.
 
     fastreg bench [--quick] [--sizes 2^24,2^26] [--threads T] ...   the benchmark table
+    fastreg demo [--quick] [--out DIR] [--epochs N] [--seed S] [--backend B] [--quiet]
+                                                                  regularizers on the digits
+    fastreg info                                                  backends, versions, threads
 """
 import argparse
+
+
+def info(args=None):
+    """Print the backends, versions and thread counts (``fastreg info``); returns 0.
+
+    Parameters
+    ----------
+    args : argparse.Namespace, optional
+        Unused.
+
+    Returns
+    -------
+    int
+        0.
+    """
+    import platform
+    from importlib import metadata
+
+    import fastreg
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    print(f"fastreg {fastreg.__version__}")
+    print(f"python  {platform.python_version()} ({platform.python_implementation()}, "
+          f"{platform.machine()})")
+    # versions from the installed metadata: torch is reported without being imported
+    for dist in ("numpy", "numba", "cffi", "torch", "tqdm", "matplotlib", "threadpoolctl"):
+        v = version(dist)
+        print(f"{dist:<13} {v if v else 'not installed'}")
+    print("backends:")
+    avail = fastreg.available_backends()
+    for name, reason in avail.items():
+        print(f"  {name:<6} {'available' if reason is None else 'unavailable: ' + reason}")
+    print("threads:")
+    if avail.get("cpu") is None:
+        import numba
+        print(f"  numba (cpu backend)  {numba.get_num_threads()} "
+              f"(threading layer chosen on first parallel call)")
+    if avail.get("c") is None:
+        import fastreg.c
+        print(f"  OpenMP (c backend)   {fastreg.c.omp_max_threads()}")
+    try:
+        from threadpoolctl import threadpool_info
+        for pool in threadpool_info():
+            print(f"  {pool.get('internal_api', '?'):<20} {pool.get('num_threads')} "
+                  f"({pool.get('user_api')})")
+    except ImportError:
+        pass
+    return 0
 
 
 def build_parser():
@@ -19,6 +75,21 @@ def build_parser():
                     "memory bandwidth and PyTorch.")
     table.add_arguments(bench)
     bench.set_defaults(handler=table.run)
+
+    demo = sub.add_parser(
+        "demo", help="train one MLP on the embedded digits under every regularizer and compare",
+        description="Train a 64-256-256-10 MLP on a small subset of the embedded digits under "
+                    "no regularization, L2 (coupled, decoupled), L1-prox, dropout (inverted, "
+                    "classic), batch norm, early stopping, augmentation and all together; print "
+                    "a table and write results.json and learning_curves.png.")
+    from .train import demo as demo_module   # fastreg.train imports numpy and fastreg only
+    demo_module.add_arguments(demo)
+    demo.set_defaults(handler=lambda args: demo_module.run(args=args))
+
+    info_parser = sub.add_parser("info", help="backends, versions and thread counts",
+                                 description="Print the available backends, the versions of "
+                                             "fastreg and its dependencies, and thread counts.")
+    info_parser.set_defaults(handler=info)
     return parser
 
 

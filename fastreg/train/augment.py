@@ -1,0 +1,113 @@
+"""Adapter from the Trainer's ``augment`` hook to fastreg.augment's image kernels.
+
+The Trainer calls ``augment(batch, seed, epoch, index_offset)`` with a batch of flat feature rows
+``(N, H*W)``; fastreg.augment works on image batches ``(N, H, W, C)`` keyed by
+``(seed, epoch, index_offset + i)``. ``image_augment`` bridges the two: it reshapes, applies a
+random translation (``RandomCrop`` with padding), a small rotation and Gaussian noise, and
+reshapes back, writing into a buffer it reuses.
+
+fastreg.augment may be missing (it is optional): ``unavailable_reason()`` says why, and
+``image_augment`` raises ``AugmentUnavailableError`` with that reason.
+"""
+import numpy as np
+
+from ._xp import array_module
+
+
+class AugmentUnavailableError(RuntimeError):
+    """fastreg.augment cannot be imported (or lacks what the adapter needs)."""
+
+
+def _module():
+    try:
+        from fastreg import augment
+    except Exception as exc:   # any import failure means: no augmentation here
+        raise AugmentUnavailableError(f"fastreg.augment is not available: "
+                                      f"{type(exc).__name__}: {exc}") from None
+    if all(hasattr(augment, n) for n in ("Compose", "RandomCrop", "RandomRotate",
+                                         "GaussianNoise")):
+        return augment
+    if all(hasattr(augment, n) for n in ("random_crop", "random_rotate", "gaussian_noise")):
+        return augment
+    raise AugmentUnavailableError("fastreg.augment has neither Compose/RandomCrop/RandomRotate/"
+                                  "GaussianNoise nor random_crop/random_rotate/gaussian_noise")
+
+
+def unavailable_reason():
+    """Why ``image_augment`` cannot work here, or None if it can.
+
+    Parameters
+    ----------
+    None
+
+    Returns
+    -------
+    str or None
+    """
+    try:
+        _module()
+    except AugmentUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def image_augment(image_shape, *, shift=1, degrees=10.0, noise_std=0.05, backend="auto"):
+    """An ``augment`` callable for the Trainer: translate, rotate and add noise to images.
+
+    Parameters
+    ----------
+    image_shape : (int, int)
+        (H, W) of the images; batches arrive as rows of ``H * W`` float32 values.
+    shift : int
+        Random translation by up to ``shift`` pixels in each direction (a crop of the image
+        padded with ``shift`` zeros on every side).
+    degrees : float
+        Rotation by an angle uniform in ``[-degrees, degrees]``.
+    noise_std : float
+        Standard deviation of the additive Gaussian noise (in the inputs' units).
+    backend : str
+        fastreg backend.
+
+    Returns
+    -------
+    callable
+        ``augment(batch, seed, epoch, index_offset) -> batch``: sample ``i`` of the batch is
+        transformed with the random draws of key ``(seed, epoch, index_offset + i)``; the result
+        is a reused buffer (valid until the next call).
+
+    Raises
+    ------
+    AugmentUnavailableError
+        fastreg.augment cannot be imported.
+    """
+    aug = _module()
+    h, w = (int(s) for s in image_shape)
+    bufs = {}
+    if hasattr(aug, "Compose"):
+        # geometric ops fused into one resampling pass, then the noise
+        pipeline = aug.Compose([aug.RandomCrop((h, w), padding=shift),
+                                aug.RandomRotate(degrees), aug.GaussianNoise(noise_std)])
+
+        def run(images, seed, epoch, index_offset, out):
+            return pipeline(images, seed=seed, epoch=epoch, index_offset=index_offset,
+                            layout="NHWC", out=out, backend=backend)
+    else:
+        def run(images, seed, epoch, index_offset, out):
+            # one seed per op, so that the draws of different ops are independent
+            keys = np.random.SeedSequence([int(seed), 2]).generate_state(3, np.uint64)
+            kw = dict(epoch=epoch, index_offset=index_offset, layout="NHWC", backend=backend)
+            y = aug.random_crop(images, (h, w), padding=shift, seed=int(keys[0]), **kw)
+            y = aug.random_rotate(y, degrees, seed=int(keys[1]), **kw)
+            return aug.gaussian_noise(y, noise_std, seed=int(keys[2]), out=out, **kw)
+
+    def augment(batch, seed, epoch, index_offset):
+        xp = array_module(batch)
+        n = batch.shape[0]
+        key = (n, batch.dtype)
+        out = bufs.get(key)
+        if out is None:
+            out = bufs[key] = xp.empty((n, h, w, 1), batch.dtype)
+        y = run(batch.reshape(n, h, w, 1), seed, epoch, index_offset, out)
+        return y.reshape(n, h * w)
+
+    return augment

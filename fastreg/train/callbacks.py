@@ -1,0 +1,225 @@
+"""Callbacks of the Trainer, and EarlyStopping (the union of Keras's and PyTorch Lightning's).
+
+A callback sees ``on_train_begin(trainer)`` (before any work: raise there for a bad
+configuration), ``on_epoch_end(trainer, epoch, logs)`` (set ``trainer.stop_training = True`` to
+stop) and ``on_train_end(trainer)``; ``state_dict`` / ``load_state_dict`` (flat dicts of NumPy
+arrays) put its state in the Trainer's checkpoints.
+"""
+import math
+
+import numpy as np
+
+from ._xp import to_host
+
+
+class Callback:
+    """Base class: every hook does nothing.
+
+    Parameters
+    ----------
+    None
+
+    Returns
+    -------
+    Callback
+    """
+
+    def on_train_begin(self, trainer):
+        """Called by ``fit`` before the first epoch (also on resume, before the state is loaded)."""
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        """Called after each epoch with ``logs`` (loss, accuracy, val_loss, ...)."""
+
+    def on_train_end(self, trainer):
+        """Called once when ``fit`` ends (also after an early stop)."""
+
+    def state_dict(self):
+        """The callback's state as ``{name: numpy array}`` (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned."""
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored metric stops improving; keep the best weights.
+
+    Parameters
+    ----------
+    monitor : str
+        A key of the epoch logs: "val_loss", "val_accuracy", "loss", "accuracy".
+    mode : {"auto", "min", "max"}
+        Direction of improvement; "auto" is "max" when the name contains "acc", else "min"
+        (Keras's rule).
+    min_delta : float
+        Smallest change that counts as an improvement (>= 0).
+    min_delta_mode : {"abs", "rel"}
+        "abs": improved if better than ``best -+ min_delta``; "rel": than
+        ``best -+ min_delta * |best|``.
+    patience : int
+        Epochs without improvement after which training stops (0: the first one stops it).
+    baseline : float, optional
+        Training stops if the metric has not beaten the baseline within ``patience`` epochs;
+        the patience counter restarts only on an epoch that beats both the best value and the
+        baseline (Keras 3).
+    start_from_epoch : int
+        Epochs (0-based indices below this) that are not monitored at all: a warm-up.
+    restore_best_weights : bool
+        At the end of training (stopped early or not: Keras restores only when it fired)
+        restore the parameters and buffers of the best epoch.
+    check_finite : bool
+        Stop as soon as the metric is NaN or infinite (Lightning); the best weights are still
+        restored.
+    stopping_threshold : float, optional
+        Stop as soon as the metric is better than this (Lightning).
+    divergence_threshold : float, optional
+        Stop as soon as the metric is worse than this (Lightning).
+    verbose : bool
+        Print a line when it stops or restores.
+
+    Returns
+    -------
+    EarlyStopping
+
+    Notes
+    -----
+    Attributes after training: ``best`` (the best value), ``best_epoch`` (0-based, -1 if none),
+    ``stopped_epoch`` (0-based epoch at which it fired, -1 if it did not), ``stop_reason``
+    (a sentence, "" if it did not fire), ``wait``.
+
+    Checks per monitored epoch, in order (Lightning's): not finite -> stop; better than
+    stopping_threshold -> stop; worse than divergence_threshold -> stop; then improvement
+    (record best, maybe reset the wait) or ``wait += 1`` and stop once ``wait >= patience``
+    (so ``patience=0`` and ``patience=1`` both stop at the first epoch without improvement, as
+    in Keras and Lightning). Unlike Keras, epoch 0 can stop (e.g. a baseline not reached with
+    ``patience=0``).
+    """
+
+    def __init__(self, monitor="val_loss", mode="auto", min_delta=0.0, min_delta_mode="abs",
+                 patience=0, baseline=None, start_from_epoch=0, restore_best_weights=True,
+                 check_finite=True, stopping_threshold=None, divergence_threshold=None,
+                 verbose=False):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        if min_delta_mode not in ("abs", "rel"):
+            raise ValueError(f"min_delta_mode must be 'abs' or 'rel', got {min_delta_mode!r}")
+        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
+            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        if not (isinstance(patience, int) and patience >= 0):
+            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
+        if not (isinstance(start_from_epoch, int) and start_from_epoch >= 0):
+            raise ValueError(f"start_from_epoch must be an int >= 0, got {start_from_epoch!r}")
+        self.monitor = monitor
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.mode = mode
+        self.min_delta, self.min_delta_mode = float(min_delta), min_delta_mode
+        self.patience, self.baseline = patience, baseline
+        self.start_from_epoch = start_from_epoch
+        self.restore_best_weights = bool(restore_best_weights)
+        self.check_finite = bool(check_finite)
+        self.stopping_threshold = stopping_threshold
+        self.divergence_threshold = divergence_threshold
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.stopped_epoch = -1
+        self.stop_reason = ""
+        self.best_weights = None
+        self.restored = False
+
+    # -- comparisons ----------------------------------------------------------------------
+    def _better(self, a, b):
+        return a < b if self.mode == "min" else a > b
+
+    def _is_improvement(self, current, reference):
+        if not math.isfinite(reference):
+            return self._better(current, reference)
+        delta = self.min_delta * (abs(reference) if self.min_delta_mode == "rel" else 1.0)
+        if self.mode == "min":
+            return current < reference - delta
+        return current > reference + delta
+
+    # -- hooks ----------------------------------------------------------------------------
+    def on_train_begin(self, trainer):
+        names = trainer.metric_names()
+        if self.monitor not in names:
+            hint = " (pass validation=(X_val, y_val) to fit)" if self.monitor.startswith(
+                "val_") else ""
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not "
+                             f"produce{hint}; available: {names}")
+        self._reset()
+
+    def _stop(self, trainer, epoch, reason):
+        self.stopped_epoch = epoch
+        self.stop_reason = reason
+        trainer.stop_training = True
+        if self.verbose:
+            print(f"EarlyStopping: epoch {epoch + 1}: {reason}")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch < self.start_from_epoch:
+            return
+        current = float(logs[self.monitor])
+        if self.check_finite and not math.isfinite(current):
+            self._stop(trainer, epoch, f"{self.monitor} = {current} is not finite")
+            return
+        reset = False
+        if self._is_improvement(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = trainer.model_state(rng=False)
+            # the wait restarts only when the baseline is beaten too (Keras 3)
+            reset = self.baseline is None or self._is_improvement(current, self.baseline)
+        self.wait = 0 if reset else self.wait + 1
+        if self.stopping_threshold is not None and self._better(current,
+                                                                 self.stopping_threshold):
+            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is better than "
+                                       f"stopping_threshold = {self.stopping_threshold}")
+        elif self.divergence_threshold is not None and self._better(self.divergence_threshold,
+                                                                     current):
+            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is worse than "
+                                       f"divergence_threshold = {self.divergence_threshold}")
+        elif not reset and self.wait >= self.patience:
+            if self.baseline is not None and not self._is_improvement(self.best, self.baseline):
+                what = f"did not beat the baseline {self.baseline}"
+            else:
+                what = "did not improve"
+            self._stop(trainer, epoch, f"{self.monitor} {what} for {self.wait} epoch(s) "
+                                       f"(patience {self.patience}); best {self.best:.6g} at "
+                                       f"epoch {self.best_epoch + 1}")
+
+    def on_train_end(self, trainer):
+        if self.restore_best_weights and self.best_weights is not None and not self.restored:
+            trainer.load_model_state(self.best_weights)
+            self.restored = True
+            if self.verbose:
+                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1} "
+                      f"({self.monitor} = {self.best:.6g})")
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self):
+        out = {"wait": np.array(self.wait, np.int64), "best": np.array(self.best, np.float64),
+               "best_epoch": np.array(self.best_epoch, np.int64),
+               "stopped_epoch": np.array(self.stopped_epoch, np.int64),
+               "stop_reason": np.array(self.stop_reason),
+               "restored": np.array(self.restored)}
+        if self.best_weights is not None:
+            for name, arr in self.best_weights.items():
+                out["best_weights/" + name] = to_host(arr)
+        return out
+
+    def load_state_dict(self, state):
+        self.wait = int(state["wait"])
+        self.best = float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.stop_reason = str(state["stop_reason"])
+        self.restored = bool(state["restored"])
+        weights = {k[len("best_weights/"):]: np.array(v) for k, v in state.items()
+                   if k.startswith("best_weights/")}
+        self.best_weights = weights or None

@@ -1,0 +1,631 @@
+"""The Trainer: mini-batch training of a ``Sequential`` classifier with fastreg's regularizers.
+
+One training step, in order::
+
+    xb, yb = X[batch], y[batch]                 (gathered into preallocated buffers)
+    xb = augment(xb, seed, epoch, index_offset) (optional)
+    logits = model.forward(xb)                  (dropout and batch norm: fastreg kernels)
+    loss, grad = softmax_cross_entropy(logits, yb)
+    model.backward(grad)                        (dropout mask regenerated, not stored)
+    grad += d/dw (l1 |w| + l2 w^2)              (fastreg.l1_grad / l2_grad / elastic_net_grad,
+                                                 accumulate=True, on the penalty mask)
+    optimizer.step(grads)                       (fastreg.optim: SGD, Adam, AdamW)
+    w <- prox_l1(w, lr * prox_l1)               (fastreg.prox_l1: exact zeros)
+
+Randomness, all derived from ``seed`` so that a run is reproducible and a resumed run continues
+bit for bit: the shuffle of epoch ``e`` is ``np.random.default_rng([seed, e]).permutation(n)``;
+each Dropout layer has its own Philox key (derived from ``seed`` and the layer's position when
+it has none) and a 64-bit counter offset that advances by the number of elements per training
+call; ``augment`` gets ``(seed, epoch, index_offset)``.
+
+Array module: NumPy, or CuPy when X is a CuPy array (see ``_xp``; untested here).
+"""
+import contextlib
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import checkpoint as _ckpt
+from . import kernels
+from ._xp import array_module, to_host
+from .layers import Sequential, softmax_cross_entropy
+
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "time")
+
+
+def _derive_seed(seed, index):
+    """A 64-bit Philox key for dropout layer ``index`` of a run with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), 1, int(index)]).generate_state(2, np.uint64)[0])
+
+
+class Trainer:
+    """Train a classifier (``fastreg.train.Sequential``) with fastreg's regularization kernels.
+
+    Parameters
+    ----------
+    model : Sequential
+        E.g. ``fastreg.train.mlp((64, 256, 256, 10), dropout=0.5)``.
+    optimizer : fastreg.optim.SGD, Adam or AdamW
+        Built on ``model.parameters()`` (the same arrays, in the same order). Its
+        ``decay_mask`` is the weight-decay mask; it is also the default penalty mask.
+    l1, l2 : float
+        Penalties ``l1 * sum|w| + l2 * sum w**2`` whose gradients are added to the loss's
+        (coupled regularization) for the masked parameters.
+    prox_l1 : float
+        After each optimizer step, soft-threshold the masked parameters by ``lr * prox_l1``
+        (proximal L1: exact zeros).
+    penalty_mask : sequence of bool, optional
+        Which parameters get the penalties and the proximal step; default: the optimizer's
+        ``decay_mask`` (weight matrices, not biases or batch-norm parameters).
+    callbacks : sequence of Callback
+        E.g. ``[EarlyStopping(patience=5)]``.
+    augment : callable, optional
+        ``augment(batch, seed, epoch, index_offset) -> batch`` applied to each training batch
+        (not to validation). ``index_offset`` is the position of the batch's first sample in
+        the epoch's shuffled order, so sample ``j`` of the batch is augmented with stream
+        position ``index_offset + j`` of epoch ``epoch``: each sample gets one independent draw
+        per epoch, reproducible from the seed (the draw follows the sample's position in the
+        shuffled order, a seeded permutation of its dataset index, rather than the index
+        itself, so that one call covers a whole batch).
+    seed : int
+        Root of all randomness of the run (shuffling, dropout keys, augmentation).
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        Passed to every fastreg call (layers, penalties, prox).
+    verbose : int
+        0 quiet; 1 a tqdm progress bar per epoch (quiet if tqdm is not installed); 2 one line
+        per epoch.
+    profile : bool
+        Time every fastreg kernel call; ``history["kernel_time"]`` then holds the seconds spent
+        in kernels per epoch.
+    threads : int or None
+        Threads for fastreg's kernels and NumPy's matmul during ``fit``: Numba's
+        (``numba.set_num_threads``, cpu backend) and, through threadpoolctl when it is installed,
+        BLAS and OpenMP (c backend); restored afterwards. Default 1: the trainer's tensors are
+        small (a digits batch is 64 x 256), so threads buy little, and spinning worker pools of
+        BLAS, OpenMP and Numba compete for the cores (measured on a busy 2-core machine: ~40 ms
+        per digits epoch with 1 thread, ~750 ms with 2). None leaves every pool alone.
+
+    Returns
+    -------
+    Trainer
+
+    Raises
+    ------
+    TypeError
+        model is not a Sequential.
+    ValueError
+        The optimizer does not update exactly the model's parameters, or a bad hyper-parameter.
+    """
+
+    def __init__(self, model, optimizer, *, l1=0.0, l2=0.0, prox_l1=0.0, penalty_mask=None,
+                 callbacks=(), augment=None, seed=0, backend="auto", verbose=1, profile=False,
+                 threads=1):
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model must be a fastreg.train.Sequential, got "
+                            f"{type(model).__name__}")
+        params = model.parameters()
+        opt_params = list(getattr(optimizer, "params", []))
+        if len(opt_params) != len(params) or any(
+                a is not b and not _same_memory(a, b) for a, b in zip(params, opt_params)):
+            raise ValueError("the optimizer must be built on model.parameters() (the same "
+                             "arrays in the same order)")
+        for name, v in (("l1", l1), ("l2", l2), ("prox_l1", prox_l1)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if augment is not None and not callable(augment):
+            raise TypeError("augment must be a callable (batch, seed, epoch, index_offset)")
+        self.model, self.optimizer = model, optimizer
+        self.l1, self.l2, self.prox_l1 = float(l1), float(l2), float(prox_l1)
+        mask = optimizer.decay_mask if penalty_mask is None else [bool(m) for m in penalty_mask]
+        if len(mask) != len(params):
+            raise ValueError(f"penalty_mask has {len(mask)} entries for {len(params)} "
+                             "parameters")
+        self.penalty_mask = list(mask)
+        self.callbacks = list(callbacks)
+        self.augment = augment
+        self.seed = int(seed)
+        self.backend = backend
+        self.verbose = int(verbose)
+        self.profile = bool(profile)
+        self.threads = threads
+        model.set_backend(backend)
+        for i, layer in enumerate(model.dropout_layers()):
+            if layer.seed is None:
+                layer.seed = _derive_seed(self.seed, i)
+        self.epoch = 0                     # epochs completed
+        self.stop_training = False
+        self.history = {k: [] for k in METRICS}
+        self._has_validation = False
+        self._bufs = {}
+        self._params = params
+        self._grads = model.gradients()
+        self._penalized = [(w, g) for w, g, m in zip(params, self._grads, self.penalty_mask)
+                           if m]
+
+    # -- input checks ---------------------------------------------------------------------
+    def _check_data(self, X, y, xname, yname):
+        xp = array_module(X)
+        dtype = self._params[0].dtype
+        if X.ndim != 2:
+            raise ValueError(f"{xname} must be 2-D (samples, features), got shape {X.shape}")
+        if X.shape[1] != self.model.in_features:
+            raise ValueError(f"{xname} has {X.shape[1]} features, the model expects "
+                             f"{self.model.in_features}")
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(f"{xname} has {len(X)} samples but {yname} has shape {y.shape}: "
+                             "one integer label per sample")
+        if len(X) == 0:
+            raise ValueError(f"{xname} is empty")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{yname} must hold integer class labels, got dtype {y.dtype}")
+        k = self.model.out_features
+        bad = xp.nonzero((y < 0) | (y >= k))[0]
+        if len(bad):
+            i = int(bad[0])
+            raise ValueError(f"{yname}[{i}] = {int(y[i])} is not a class label in [0, {k}) "
+                             f"({len(bad)} label(s) out of range)")
+        X = xp.ascontiguousarray(X, dtype=dtype)
+        finite = xp.isfinite(X).all(axis=1)
+        if not bool(finite.all()):
+            i = int(xp.nonzero(~finite)[0][0])
+            raise ValueError(f"{xname}[{i}] holds NaN or inf (sample {i}; "
+                             f"{int((~finite).sum())} sample(s) in all)")
+        return X, xp.ascontiguousarray(y, dtype=np.int64)
+
+    def metric_names(self):
+        """The keys of the epoch logs of the current ``fit``.
+
+        Parameters
+        ----------
+        None
+
+        Returns
+        -------
+        list of str
+        """
+        names = ["loss", "accuracy", "time"]
+        if self._has_validation:
+            names += ["val_loss", "val_accuracy"]
+        return names
+
+    # -- state ----------------------------------------------------------------------------
+    def model_state(self, rng=True):
+        """Copies of the model's parameters and buffers (and RNG positions when ``rng``).
+
+        Parameters
+        ----------
+        rng : bool
+            Include the dropout seeds and offsets (``"rng/..."`` entries).
+
+        Returns
+        -------
+        dict of str to array
+            ``"param/<name>"``, ``"buffer/<name>"``, ``"rng/<name>"``; arrays on the model's
+            device.
+        """
+        out = {f"param/{n}": p.copy() for n, p in self.model.named_parameters()}
+        out.update({f"buffer/{n}": b.copy() for n, b in self.model.named_buffers()})
+        if rng:
+            out.update({f"rng/{n}": np.array(v, np.uint64)
+                        for n, v in self.model.rng_state().items()})
+        return out
+
+    def _check_model_state(self, state, what):
+        expected = {k: (tuple(v.shape), v.dtype) for k, v in self.model_state(rng=False).items()}
+        got = {k: (tuple(v.shape), v.dtype) for k, v in state.items()
+               if k.startswith(("param/", "buffer/"))}
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        wrong = sorted(f"{k}: {got[k][0]} {got[k][1]} (model: {expected[k][0]} "
+                       f"{expected[k][1]})" for k in set(got) & set(expected)
+                       if got[k] != expected[k])
+        if missing or extra or wrong:
+            raise ValueError(f"{what} does not match this model: missing {missing}, "
+                             f"unexpected {extra}, mismatched {wrong}")
+
+    def load_model_state(self, state):
+        """Copy parameters and buffers (and RNG positions, if present) into the model, in place.
+
+        Parameters
+        ----------
+        state : dict
+            As returned by ``model_state``.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            Names, shapes or dtypes that do not match the model (nothing is changed then).
+        """
+        self._check_model_state(state, "the state")
+        xp = array_module(self._params[0])
+        for n, p in self.model.named_parameters():
+            p[...] = xp.asarray(state[f"param/{n}"])
+        for n, b in self.model.named_buffers():
+            b[...] = xp.asarray(state[f"buffer/{n}"])
+        rng = {k[len("rng/"):]: int(v) for k, v in state.items() if k.startswith("rng/")}
+        if rng:
+            self.model.set_rng_state(rng)
+
+    def state_dict(self):
+        """Everything needed to resume: model, optimizer, RNG counters, callbacks, history.
+
+        Parameters
+        ----------
+        None
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            Flat, ``np.savez``-able, host arrays.
+        """
+        out = {k: to_host(v) for k, v in self.model_state(rng=True).items()}
+        out.update({f"optim/{k}": to_host(v) for k, v in self.optimizer.state_dict().items()})
+        out["trainer/optimizer"] = np.array(type(self.optimizer).__name__)
+        out["trainer/epoch"] = np.array(self.epoch, np.int64)
+        out["trainer/seed"] = np.array(self.seed, np.int64)
+        out["trainer/stop_training"] = np.array(self.stop_training)
+        for k, v in self.history.items():
+            out[f"history/{k}"] = np.asarray(v, np.float64)
+        for i, cb in enumerate(self.callbacks):
+            out[f"callback/{i}/class"] = np.array(type(cb).__name__)
+            for k, v in cb.state_dict().items():
+                out[f"callback/{i}/{k}"] = v
+        return out
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned; everything is checked before anything changes.
+
+        Parameters
+        ----------
+        state : dict of str to array
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        ValueError
+            A different model (parameter names, shapes, dtypes), optimizer class, callbacks,
+            or a malformed optimizer state.
+        """
+        self._check_model_state(state, "the checkpoint")
+        opt_name = str(state.get("trainer/optimizer", ""))
+        if opt_name != type(self.optimizer).__name__:
+            raise ValueError(f"the checkpoint was written with optimizer {opt_name!r}, this "
+                             f"trainer uses {type(self.optimizer).__name__!r}")
+        n_cb = len({k.split("/")[1] for k in state if k.startswith("callback/")})
+        if n_cb != len(self.callbacks) or any(
+                str(state[f"callback/{i}/class"]) != type(cb).__name__
+                for i, cb in enumerate(self.callbacks)):
+            raise ValueError("the checkpoint's callbacks differ from this trainer's "
+                             f"({[type(c).__name__ for c in self.callbacks]})")
+        for i, cb in enumerate(self.callbacks):
+            if getattr(cb, "restore_best_weights", False):
+                bw = {"param/" + k[len(f"callback/{i}/best_weights/param/"):]: v
+                      for k, v in state.items()
+                      if k.startswith(f"callback/{i}/best_weights/param/")}
+                bw.update({"buffer/" + k[len(f"callback/{i}/best_weights/buffer/"):]: v
+                           for k, v in state.items()
+                           if k.startswith(f"callback/{i}/best_weights/buffer/")})
+                if bw:
+                    self._check_model_state(bw, "the checkpoint's best weights")
+        rng = {k[len("rng/"):] for k in state if k.startswith("rng/")}
+        if rng != set(self.model.rng_state()):
+            raise ValueError(f"the checkpoint's dropout layers {sorted(rng)} differ from the "
+                             f"model's {sorted(self.model.rng_state())}")
+        # the optimizer validates its state completely before changing anything
+        self.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in state.items()
+                                        if k.startswith("optim/")})
+        self.load_model_state(state)
+        self.epoch = int(state["trainer/epoch"])
+        self.seed = int(state["trainer/seed"])
+        self.stop_training = bool(state["trainer/stop_training"])
+        self.history = {k: [float(v) for v in state.get(f"history/{k}", [])] for k in METRICS}
+        for i, cb in enumerate(self.callbacks):
+            prefix = f"callback/{i}/"
+            cb.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                if k.startswith(prefix) and k != prefix + "class"})
+
+    def save_checkpoint(self, path):
+        """Write ``state_dict()`` to ``path`` (``.npz``) atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        str
+            The absolute path.
+        """
+        return _ckpt.save(path, self.state_dict())
+
+    def load_checkpoint(self, path):
+        """Restore a checkpoint written by ``save_checkpoint`` (checked before any change).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        None
+        """
+        self.load_state_dict(_ckpt.load(path))
+
+    # -- training -------------------------------------------------------------------------
+    def _buffer(self, key, shape, dtype, xp):
+        k = (key, shape)
+        buf = self._bufs.get(k)
+        if buf is None:
+            buf = self._bufs[k] = xp.empty(shape, dtype)
+        return buf
+
+    def _train_step(self, xb, yb):
+        xp = array_module(xb)
+        logits = self.model.forward(xb)
+        grad = self._buffer("grad", logits.shape, logits.dtype, xp)
+        loss, correct, grad = softmax_cross_entropy(logits, yb, grad)
+        self.model.backward(grad)
+        if self.l1 or self.l2:
+            for w, g in self._penalized:
+                if self.l1 and self.l2:
+                    kernels.elastic_net_grad(w, self.l1, self.l2, out=g, accumulate=True,
+                                             backend=self.backend)
+                elif self.l1:
+                    kernels.l1_grad(w, self.l1, out=g, accumulate=True, backend=self.backend)
+                else:
+                    kernels.l2_grad(w, self.l2, out=g, accumulate=True, backend=self.backend)
+        kernels.optimizer_step(self.optimizer, self._grads)
+        if self.prox_l1:
+            threshold = self.optimizer.lr * self.prox_l1
+            for w, _ in self._penalized:
+                kernels.prox_l1(w, threshold, backend=self.backend)
+        return loss, correct
+
+    def train_epoch(self, X, y, batch_size=32, shuffle=True, progress=None):
+        """One pass over (X, y) in training mode; no checks, no callbacks (``fit`` does those).
+
+        Parameters
+        ----------
+        X : array (N, F), the model's dtype, C-contiguous
+        y : int64 array (N,)
+        batch_size : int
+        shuffle : bool
+            Visit the samples in the order ``default_rng([seed, epoch]).permutation(N)``.
+        progress : tqdm bar, optional
+
+        Returns
+        -------
+        loss : float
+            Mean training loss over the epoch (the data term, without penalties).
+        accuracy : float
+            Fraction of training samples classified correctly during the epoch.
+        """
+        xp = array_module(X)
+        n = len(X)
+        epoch = self.epoch
+        self.model.train()
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if shuffle \
+            else np.arange(n)
+        order = xp.asarray(order)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            m = len(idx)
+            xb = xp.take(X, idx, axis=0, out=self._buffer("xb", (m, X.shape[1]), X.dtype, xp))
+            yb = xp.take(y, idx, out=self._buffer("yb", (m,), y.dtype, xp))
+            if self.augment is not None:
+                xb = self.augment(xb, self.seed, epoch, start)
+            loss, c = self._train_step(xb, yb)
+            loss_sum += loss * m
+            correct += c
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        self.epoch += 1
+        return loss_sum / n, correct / n
+
+    def fit(self, X, y, validation=None, epochs=1, batch_size=32, shuffle=True,
+            checkpoint=None, resume=False):
+        """Train until ``epochs`` epochs are complete or a callback stops training.
+
+        Parameters
+        ----------
+        X : array (N, F), float
+            Training inputs; converted once to the model's dtype.
+        y : integer array (N,)
+            Class labels in ``[0, model.out_features)``.
+        validation : (X_val, y_val), optional
+            Evaluated after every epoch (``val_loss``, ``val_accuracy``).
+        epochs : int
+            Total number of epochs of the run (Keras's meaning: a resumed run at epoch 3 with
+            ``epochs=6`` trains 3 more).
+        batch_size : int
+        shuffle : bool
+        checkpoint : str or os.PathLike, optional
+            ``.npz`` file written (atomically) after every epoch; its folder is checked for
+            writing before any work.
+        resume : bool
+            If ``checkpoint`` exists, restore it first and continue from its epoch (the result
+            is bit-identical to an uninterrupted run).
+
+        Returns
+        -------
+        dict of str to list
+            The history: per epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``
+            (NaN without validation), ``time`` (seconds of training and validation), and
+            ``kernel_time`` when profiling.
+
+        Raises
+        ------
+        ValueError
+            Bad shapes, labels out of range, NaN or inf in the inputs (naming the sample),
+            a checkpoint of another model; all raised before any training.
+        OSError
+            The checkpoint folder does not exist or is not writable.
+        """
+        import os
+        if not (isinstance(epochs, (int, np.integer)) and epochs >= 0):
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        X, y = self._check_data(X, y, "X", "y")
+        if validation is not None:
+            if len(validation) != 2:
+                raise ValueError("validation must be a pair (X_val, y_val)")
+            Xv, yv = self._check_data(validation[0], validation[1], "X_val", "y_val")
+        self._has_validation = validation is not None
+        state = None
+        if checkpoint is not None:
+            checkpoint = _ckpt.check_writable(checkpoint)
+            if resume and os.path.exists(checkpoint):
+                state = _ckpt.load(checkpoint)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        if state is not None:
+            self.load_state_dict(state)
+        else:
+            self.stop_training = False
+        if self.profile:
+            kernels.enable_profiling()
+        limits = _thread_limits(self.threads, self.backend)
+        limits.__enter__()
+        bar = None
+        if self.verbose == 1:
+            try:
+                from tqdm.auto import tqdm
+                bar = tqdm
+            except ImportError:
+                bar = None
+        try:
+            while self.epoch < epochs and not self.stop_training:
+                epoch = self.epoch
+                t0 = time.perf_counter()
+                kernels.reset_timings()
+                progress = None
+                if bar is not None:
+                    progress = bar(total=-(-len(X) // batch_size), leave=True, file=sys.stderr,
+                                   desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True)
+                loss, acc = self.train_epoch(X, y, batch_size, shuffle, progress)
+                logs = {"loss": loss, "accuracy": acc}
+                if validation is not None:
+                    ev = self.evaluate(Xv, yv, checked=True)
+                    logs["val_loss"], logs["val_accuracy"] = ev["loss"], ev["accuracy"]
+                else:
+                    logs["val_loss"] = logs["val_accuracy"] = math.nan
+                logs["time"] = time.perf_counter() - t0
+                if self.profile:
+                    logs["kernel_time"] = kernels.total_time()
+                    self.history.setdefault("kernel_time", [])
+                for k, v in logs.items():
+                    self.history[k].append(v)
+                if progress is not None:
+                    progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
+                                          if k != "time" and not math.isnan(v)})
+                    progress.close()
+                elif self.verbose >= 2:
+                    print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in logs.items() if not math.isnan(v)))
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, epoch, logs)
+                if checkpoint is not None:
+                    self.save_checkpoint(checkpoint)
+        finally:
+            limits.__exit__(None, None, None)
+            if self.profile:
+                kernels.disable_profiling()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    # -- inference ------------------------------------------------------------------------
+    def predict(self, X, batch_size=512):
+        """Logits of X in evaluation mode (the model's mode is restored afterwards).
+
+        Parameters
+        ----------
+        X : array (N, F)
+        batch_size : int
+
+        Returns
+        -------
+        array (N, K)
+            A new array (on X's device).
+        """
+        xp = array_module(X)
+        X = xp.ascontiguousarray(X, dtype=self._params[0].dtype)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = xp.empty((len(X), self.model.out_features), X.dtype)
+            for start in range(0, len(X), batch_size):
+                out[start:start + batch_size] = self.model.forward(X[start:start + batch_size])
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def evaluate(self, X, y, batch_size=512, checked=False):
+        """Mean loss and accuracy of (X, y) in evaluation mode.
+
+        Parameters
+        ----------
+        X : array (N, F)
+        y : integer array (N,)
+        batch_size : int
+        checked : bool
+            Skip the input checks (``fit`` has done them).
+
+        Returns
+        -------
+        dict
+            ``{"loss": float, "accuracy": float}``.
+        """
+        if not checked:
+            X, y = self._check_data(X, y, "X", "y")
+        logits = self.predict(X, batch_size)
+        loss, correct, _ = softmax_cross_entropy(logits, y)
+        return {"loss": loss, "accuracy": correct / len(X)}
+
+
+@contextlib.contextmanager
+def _thread_limits(threads, backend):
+    """Limit Numba's, BLAS's and OpenMP's threads to ``threads`` inside the block (None: no-op)."""
+    if threads is None:
+        yield
+        return
+    threads = int(threads)
+    previous = None
+    if backend in ("auto", "cpu"):
+        import numba
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    try:
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(limits=threads):
+                yield
+    finally:
+        if previous is not None:
+            numba.set_num_threads(previous)
+
+
+def _same_memory(a, b):
+    """True when a and b are views of the same memory (the optimizer may hold views)."""
+    try:
+        return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                and a.shape == b.shape)
+    except AttributeError:
+        return False
