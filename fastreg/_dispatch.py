@@ -3,7 +3,8 @@
 ``Job`` makes inputs kernel-ready (host: contiguous, copying non-contiguous input; device: a
 zero-copy view, non-contiguous device arrays refused), picks where the kernel writes, and hands
 the result back where the caller's data lives: NumPy for host input, a device array for device
-input, or ``out`` itself when one was given.
+input, or ``out`` itself when one was given. A result for a foreign CUDA array (CuPy, torch)
+comes back as that type (``like_caller``), zero-copy, on the same device.
 """
 import numpy as np
 
@@ -16,6 +17,7 @@ class Job:
         self.device = backend == "cuda"
         self.host_input = host_input      # False only when the caller's arrays live on the device
         self.mod = _registry.module(backend)
+        self.like = None                  # the caller's first device input (see like_caller)
 
     def op(self, name):
         return _registry.get(name, self.backend)
@@ -25,6 +27,7 @@ class Job:
         if not self.device:
             return np.ascontiguousarray(a)
         if _arrays.is_device(a):
+            self.like = a if self.like is None else self.like
             if not _arrays.DeviceArrayInfo(a).c_contiguous:
                 raise ValueError("non-contiguous CUDA arrays are not supported; pass a "
                                  "C-contiguous array")
@@ -53,10 +56,30 @@ class Job:
         if self.device and self.host_input:
             result = self.mod.copy_to_host(result)
         if out is None:
-            return result
+            return like_caller(result, self.like) if self.like is not None else result
         if result is not out and not (self.device and not self.host_input):
             out[...] = result
         return out
+
+
+def like_caller(result, like):
+    """A new device result as the caller's array type: ``cupy.ndarray`` for CuPy input,
+    ``torch.Tensor`` (on the input's device) for torch input, the Numba device array otherwise.
+
+    Zero-copy: both wrap the result's memory through ``__cuda_array_interface__`` and keep it
+    alive. cupy / torch are imported only when the input already is one of theirs (its type's
+    module says so), so fastreg never imports them otherwise. Stream semantics: fastreg's kernels
+    run on the default stream; Numba synchronizes the stream an input array declares (CUDA array
+    interface v3) before using it, and the result is ready in default-stream order.
+    """
+    package = type(like).__module__.partition(".")[0]
+    if package == "cupy":
+        import cupy
+        return cupy.asarray(result)
+    if package == "torch":
+        import torch
+        return torch.as_tensor(result, device=like.device)
+    return result
 
 
 def flat(a):

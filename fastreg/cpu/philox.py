@@ -176,3 +176,109 @@ def random_bits(seed, offset, out):
 def uniform(seed, offset, out):
     kernel = _uniform32_kernel if out.dtype == np.float32 else _uniform64_kernel
     kernel(np.uint64(seed), np.uint64(offset), out)
+
+
+# --- for your own @njit code ----------------------------------------------------------------------
+# A fused kernel of yours draws exactly fastreg's masks when it decides element i of a call with
+# (seed, offset) by stream word offset + i, kept when word >= dropout_threshold(p):
+#
+#     import numpy as np
+#     from numba import njit
+#     from fastreg.cpu import philox
+#
+#     @njit
+#     def my_dropout(x, out, seed_lo, seed_hi, offset, threshold, scale):
+#         for i in range(x.size):
+#             w = philox.stream_word(seed_lo, seed_hi, offset + np.uint64(i))
+#             out[i] = x[i] * scale if w >= threshold else 0   # scale: x.dtype.type(1 / (1 - p))
+#
+#     lo, hi = philox.split_seed(seed)
+#     my_dropout(x, out, lo, hi, np.uint64(offset), np.uint64(philox.dropout_threshold(p)),
+#                x.dtype.type(1 / (1 - p)))
+#
+# (The same names exist in fastreg.cuda.philox as *_device functions for @cuda.jit kernels.)
+# One Philox call per word: a loop over consecutive elements is 4x cheaper with stream_block.
+
+def split_seed(seed):
+    """The two key words of ``seed`` for ``stream_word`` / ``stream_block``.
+
+    Parameters
+    ----------
+    seed : int
+        In [0, 2**64).
+
+    Returns
+    -------
+    (numpy.uint64, numpy.uint64)
+        ``(seed & 0xFFFFFFFF, seed >> 32)``.
+    """
+    seed = int(seed)
+    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+
+
+def dropout_threshold(p):
+    """The integer threshold fastreg's dropout compares stream words with (kept: word >= it).
+
+    Parameters
+    ----------
+    p : float
+        Drop probability in [0, 1].
+
+    Returns
+    -------
+    int
+        ``round(p * 2**32)``, in [0, 2**32] (2**32: everything dropped).
+    """
+    from ..dropout import _threshold
+    from .._arrays import check_probability
+    return _threshold(check_probability(p))
+
+
+@inline
+def stream_block(seed_lo, seed_hi, b):
+    """Stream words ``4b .. 4b + 3`` (one Philox call), inside your own ``@njit`` code.
+
+    Parameters
+    ----------
+    seed_lo, seed_hi : uint64
+        The key words, see ``split_seed``.
+    b : uint64
+        Block index, ``g >> 2`` for stream word ``g``.
+
+    Returns
+    -------
+    tuple of 4 uint64
+        The words, each in [0, 2**32).
+    """
+    bb = np.uint64(b)
+    return philox_rounds(bb & MASK, bb >> S32, ZERO, ZERO, np.uint64(seed_lo) & MASK,
+                         np.uint64(seed_hi) & MASK)
+
+
+@inline
+def stream_word(seed_lo, seed_hi, g):
+    """Word ``g`` of the stream for the seed ``(seed_hi << 32) | seed_lo``, inside your own
+    ``@njit`` code: what ``fastreg.random`` and the dropout ops draw for position ``g``.
+
+    Parameters
+    ----------
+    seed_lo, seed_hi : uint64
+        The key words, see ``split_seed``.
+    g : uint64
+        Global stream position (``offset + i``); pass it as uint64.
+
+    Returns
+    -------
+    uint64
+        The 32-bit word.
+    """
+    gg = np.uint64(g)
+    w0, w1, w2, w3 = stream_block(seed_lo, seed_hi, gg >> np.uint64(2))
+    j = gg & np.uint64(3)
+    if j == ZERO:
+        return w0
+    if j == np.uint64(1):
+        return w1
+    if j == np.uint64(2):
+        return w2
+    return w3

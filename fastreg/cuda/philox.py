@@ -411,3 +411,22 @@ def uniform(seed, offset, out):
     else:
         launch_stream(_uniform_f64_kernel, seed, offset, n, tail=(out_d,), per_block=2)
     finish(out, out_d)
+
+
+def dropout_threshold(p):
+    """The integer threshold fastreg's dropout compares stream words with (kept: word >= it),
+    for your own kernels (pass it as ``np.uint64``).
+
+    Parameters
+    ----------
+    p : float
+        Drop probability in [0, 1].
+
+    Returns
+    -------
+    int
+        ``round(p * 2**32)``, in [0, 2**32] (2**32: everything dropped).
+    """
+    from ..dropout import _threshold
+    from .._arrays import check_probability
+    return _threshold(check_probability(p))

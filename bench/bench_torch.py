@@ -1,0 +1,187 @@
+"""A training step of a small CNN (conv, BN, ReLU, dropout, AdamW; CPU, torch and Numba on the
+same thread count) with torch's modules against the same model after ``fastreg.torch.convert``
+and with ``fastreg.torch.optim.AdamW``, in the same run, plus the per-module breakdown (forward +
+backward of each dropout / BN+ReLU layer on the activation it sees, and the optimizer step).
+
+    pytest bench/bench_torch.py --benchmark-only           the timed steps (batch 64, 32x32)
+    pytest bench --benchmark-disable                       CI smoke: one tiny step each
+    python bench/bench_torch.py [--batch 64] [--rounds 7]  the comparison table (README)
+
+The model: conv3x3(3->32) BN ReLU Dropout(0.1) | conv3x3/2(32->64) BN ReLU Dropout(0.25) |
+Linear(64*16*16 -> 512) BN ReLU Dropout(0.5) | Linear(512 -> 10), cross-entropy, AdamW(1e-3)
+(torch: its CPU default, the for-loop step; ``foreach=True`` is reported too). Both models
+start from the same weights; fastreg's optimizer decays every parameter (``decay_mask=True``),
+as torch's does, so the two runs compute the same thing up to the dropout masks.
+"""
+import statistics
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed: nothing to compare with")
+from torch import nn  # noqa: E402
+
+import fastreg.torch as frt  # noqa: E402
+
+FULL = dict(batch=64, size=32)
+SMOKE = dict(batch=4, size=8)
+
+
+def cnn(size):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.Dropout(0.1),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Dropout(0.25), nn.Flatten(), nn.Linear(64 * (size // 2) ** 2, 512), nn.BatchNorm1d(512),
+        nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, 10))
+
+
+def setups(batch, size):
+    """{name: (model, optimizer)} for torch (for-loop and foreach AdamW) and fastreg, same
+    initial weights, and the batch (x, labels)."""
+    ref = cnn(size)
+    fr = frt.convert(ref, seed=1)
+    ref_fe = cnn(size)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (batch,), generator=torch.Generator().manual_seed(2))
+    return {
+        "torch": (ref, torch.optim.AdamW(ref.parameters(), lr=1e-3)),
+        "torch-foreach": (ref_fe, torch.optim.AdamW(ref_fe.parameters(), lr=1e-3, foreach=True)),
+        "fastreg": (fr, frt.optim.AdamW(fr.parameters(), lr=1e-3, decay_mask=True)),
+    }, x, labels
+
+
+def train_step(model, opt, x, labels):
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def _time(fn, rounds):
+    fn()  # warm-up: JIT compilation, first touch, optimizer state
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _fwd_bwd(module, shape):
+    x = torch.randn(*shape, requires_grad=True)
+    g = torch.randn(*shape)
+
+    def run():
+        module(x).backward(g)
+    return run
+
+
+def breakdown(batch, size, rounds=5):
+    """Per-module forward+backward times (s) of torch's and fastreg's layers on the shapes the
+    model feeds them, and the optimizer steps; rows (what, torch, fastreg)."""
+    h = size
+    rows = []
+    for what, t_mod, f_mod, shape in [
+            ("BN+ReLU 32ch", nn.Sequential(nn.BatchNorm2d(32), nn.ReLU()), frt.BatchNormReLU2d(32),
+             (batch, 32, h, h)),
+            ("BN+ReLU 64ch", nn.Sequential(nn.BatchNorm2d(64), nn.ReLU()), frt.BatchNormReLU2d(64),
+             (batch, 64, h // 2, h // 2)),
+            ("Dropout(0.1)", nn.Dropout(0.1), frt.Dropout(0.1, seed=1), (batch, 32, h, h)),
+            ("Dropout(0.25)", nn.Dropout(0.25), frt.Dropout(0.25, seed=1),
+             (batch, 64, h // 2, h // 2)),
+            ("BN1d+ReLU+Dropout(0.5) 512", nn.Sequential(nn.BatchNorm1d(512), nn.ReLU(),
+                                                         nn.Dropout(0.5)),
+             nn.Sequential(frt.BatchNorm1d(512), nn.ReLU(), frt.Dropout(0.5, seed=1)),
+             (batch, 512))]:
+        rows.append((what, _time(_fwd_bwd(t_mod, shape), rounds),
+                     _time(_fwd_bwd(f_mod, shape), rounds)))
+    params = [p.detach().clone().requires_grad_() for p in cnn(size).parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    n = sum(p.numel() for p in params)
+    t_opt = _time(torch.optim.AdamW(params, lr=1e-6).step, rounds)
+    t_fe = _time(torch.optim.AdamW(params, lr=1e-6, foreach=True).step, rounds)
+    f_opt = _time(frt.optim.AdamW(params, lr=1e-6, decay_mask=True).step, rounds)
+    rows.append((f"AdamW step ({n} params; torch for-loop)", t_opt, f_opt))
+    rows.append((f"AdamW step ({n} params; torch foreach)", t_fe, f_opt))
+    return rows
+
+
+def compare(batch, size, rounds=7):
+    """Median step times (s) of the three setups, interleaved round by round so that load on a
+    shared machine hits them alike."""
+    runs, x, labels = setups(batch, size)
+    steps = {name: train_step(m, o, x, labels) for name, (m, o) in runs.items()}
+    for fn in steps.values():
+        fn()
+        fn()
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def _shape(config):
+    return SMOKE if config.getoption("benchmark_disable", False) else FULL
+
+
+@pytest.mark.parametrize("impl", ["torch", "torch-foreach", "fastreg"])
+def test_cnn_train_step(benchmark, threads, request, impl):
+    """One training step (forward, loss, backward, AdamW) of the CNN."""
+    shape = _shape(request.config)
+    runs, x, labels = setups(**shape)
+    model, opt = runs[impl]
+    step = train_step(model, opt, x, labels)
+    step()  # warm-up
+    benchmark.group = f"cnn train step, batch {shape['batch']}, {shape['size']}x{shape['size']}"
+    benchmark.extra_info["threads"] = threads
+    loss = benchmark.pedantic(step, rounds=5, iterations=1)
+    assert torch.isfinite(loss)
+
+
+def test_cnn_speedup_and_breakdown(request, threads):
+    """The converted step against torch's, in the same run, with the per-module breakdown
+    (printed; pytest -s shows it). The 1.5x target is reported, not asserted: timings on a
+    shared machine are noisy."""
+    shape = _shape(request.config)
+    rounds = 1 if request.config.getoption("benchmark_disable", False) else 7
+    steps = compare(rounds=rounds, **shape)
+    rows = breakdown(rounds=max(1, rounds // 2), **shape)
+    print(f"\ncnn train step (batch {shape['batch']}, {shape['size']}x{shape['size']}, "
+          f"{threads} threads): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in steps.items())
+          + f"; speedup {steps['torch'] / steps['fastreg']:.2f}x (vs foreach "
+          f"{steps['torch-foreach'] / steps['fastreg']:.2f}x)")
+    for what, t, f in rows:
+        print(f"  {what:45s} torch {t * 1e3:8.2f} ms  fastreg {f * 1e3:8.2f} ms  {t / f:5.2f}x")
+    assert all(v > 0 for v in steps.values())
+
+
+def main():
+    import argparse
+
+    import numba
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=FULL["batch"])
+    ap.add_argument("--size", type=int, default=FULL["size"])
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args()
+    torch.set_num_threads(numba.get_num_threads())
+    print(f"threads: {numba.get_num_threads()} (torch and Numba)")
+    steps = compare(args.batch, args.size, args.rounds)
+    print("| setup | step (median) | fastreg speedup |\n|---|---|---|")
+    for name, t in steps.items():
+        print(f"| {name} | {t * 1e3:.1f} ms | {t / steps['fastreg']:.2f}x |")
+    print("\n| layer (forward + backward) | torch | fastreg | speedup |\n|---|---|---|---|")
+    for what, t, f in breakdown(args.batch, args.size, max(3, args.rounds // 2)):
+        print(f"| {what} | {t * 1e3:.1f} ms | {f * 1e3:.1f} ms | {t / f:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

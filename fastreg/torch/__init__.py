@@ -1,0 +1,48 @@
+"""fastreg for PyTorch: autograd Functions, nn.Modules and optimizers backed by fastreg kernels.
+
+A one-line change to an existing model::
+
+    import fastreg.torch as frt
+    model = frt.convert(model)             # nn.Dropout*, nn.BatchNorm*d -> fastreg modules
+    opt = frt.optim.AdamW(model.parameters(), lr=1e-3)
+
+The modules work on the tensors' own memory: CPU tensors through NumPy views, CUDA tensors
+through ``__cuda_array_interface__`` (the CUDA backend); results are written into tensors
+allocated by torch, so nothing is copied back. fastreg itself never imports torch: only this
+subpackage does, and it needs the optional extra ``pip install "fastreg[torch]"``.
+
+Contents
+--------
+Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath
+    Counter-based dropout: the module owns a seed and a 64-bit counter (in ``state_dict``);
+    the mask is regenerated in backward, never stored.
+BatchNorm1d, BatchNorm2d, BatchNormReLU2d
+    Drop-in ``torch.nn.BatchNorm*d`` (same parameters and buffers), the last fused with a ReLU
+    (and an optional residual add).
+functions
+    The autograd Functions and functional forms (``dropout``, ``channel_dropout``,
+    ``drop_path``, ``batch_norm``).
+optim
+    ``SGD``, ``Adam``, ``AdamW``: ``torch.optim.Optimizer`` subclasses running fastreg's fused
+    update kernels.
+convert
+    Swap the torch modules of an existing model for these.
+"""
+try:
+    import torch as _torch  # noqa: F401  (absolute import: the real PyTorch, not this package)
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "fastreg.torch needs PyTorch, which is not installed. Install it with "
+        "`pip install \"fastreg[torch]\"` (or `pip install torch==2.13.0`); the rest of fastreg "
+        "works without it."
+    ) from exc
+
+from . import functions, optim
+from .convert import convert
+from .functions import batch_norm, channel_dropout, drop_path, dropout
+from .modules import (BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Dropout, Dropout1d, Dropout2d,
+                      Dropout3d, DropPath)
+
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchNorm1d",
+           "BatchNorm2d", "BatchNormReLU2d", "convert", "optim", "functions", "dropout",
+           "channel_dropout", "drop_path", "batch_norm"]

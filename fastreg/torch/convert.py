@@ -1,0 +1,114 @@
+"""Swap torch's dropout and batch-norm modules in an existing model for fastreg's."""
+import torch
+from torch import nn
+
+from .. import _arrays
+from . import modules as M
+
+__all__ = ["convert"]
+
+_DROPOUTS = [(nn.Dropout, M.Dropout), (nn.Dropout1d, M.Dropout1d),
+             (nn.Dropout2d, M.Dropout2d), (nn.Dropout3d, M.Dropout3d)]
+_BATCHNORMS = [(nn.BatchNorm1d, M.BatchNorm1d), (nn.BatchNorm2d, M.BatchNorm2d)]
+
+
+def _seed_for(seed, k):
+    """Dropout module k's seed: distinct keys from one base seed (k-th odd multiple of the
+    golden-ratio constant added, mod 2**64), or a fresh draw."""
+    if seed is None:
+        return M.new_seed()
+    return (seed + (2 * k + 1) * 0x9E3779B97F4A7C15) % (1 << 64)
+
+
+def _batch_norm(old, cls, backend):
+    """A ``cls`` with old's hyper-parameters, and its parameters' and buffers' values, device,
+    dtype and requires_grad."""
+    new = cls(old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
+              track_running_stats=old.track_running_stats,
+              bias=not old.affine or old.bias is not None, backend=backend)
+    ref = old.weight if old.weight is not None else old.running_mean
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
+    new.load_state_dict(old.state_dict())
+    for name in ("weight", "bias"):
+        p = getattr(old, name)
+        if p is not None:
+            getattr(new, name).requires_grad_(p.requires_grad)
+    new.train(old.training)
+    return new
+
+
+def _convert(module, seed, backend, fuse_relu, counter):
+    for name, child in list(module.named_children()):
+        new = None
+        if type(child) in dict(_DROPOUTS):
+            cls = dict(_DROPOUTS)[type(child)]
+            new = cls(child.p, seed=_seed_for(seed, counter[0]), backend=backend)
+            counter[0] += 1
+            new.train(child.training)
+        elif type(child) in dict(_BATCHNORMS):
+            new = _batch_norm(child, dict(_BATCHNORMS)[type(child)], backend)
+        else:
+            _convert(child, seed, backend, fuse_relu, counter)
+        if new is not None:
+            setattr(module, name, new)
+    if fuse_relu and isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for a, b in zip(names, names[1:]):
+            bn, relu = module._modules[a], module._modules[b]
+            if type(bn) is M.BatchNorm2d and type(relu) is nn.ReLU:
+                module._modules[a] = _batch_norm(bn, M.BatchNormReLU2d, bn.backend)
+                module._modules[b] = nn.Identity()
+
+
+def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
+    """Replace ``nn.Dropout``, ``nn.Dropout1d/2d/3d`` and ``nn.BatchNorm1d/2d`` in a model by
+    the fastreg modules, copying parameters, buffers and training mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Converted recursively; modules that are exactly these torch classes are replaced
+        (subclasses, which may override ``forward``, are left alone). A bare module is converted
+        too (the result is then the new module).
+    seed : int, optional
+        Base seed: dropout module k (in ``named_modules`` order) gets a distinct seed derived from
+        it, so a converted model is reproducible. Default: each seed drawn from torch's default
+        generator.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        Passed to every new module.
+    fuse_relu : bool
+        In an ``nn.Sequential``, a ``BatchNorm2d`` directly followed by an ``nn.ReLU`` becomes one
+        ``BatchNormReLU2d`` and an ``nn.Identity`` (the state_dict keys stay the same).
+    inplace : bool
+        Convert ``model`` itself (default: a deep copy, the original untouched).
+
+    Returns
+    -------
+    torch.nn.Module
+        The converted model (``model`` itself when ``inplace``).
+
+    Raises
+    ------
+    TypeError
+        model is not an nn.Module; a parameter or buffer in half precision (fastreg's kernels
+        run float32 and float64 only: keep such layers in torch).
+    ValueError
+        seed not an integer in [0, 2**64).
+    """
+    import copy
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if seed is not None:
+        seed = _arrays.check_uint64(seed, "seed")
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if type(owner) in dict(_BATCHNORMS) and t.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(f"{name} is {t.dtype}: fastreg's batch norm runs float32 and float64 "
+                            "only; convert the model to float32 first or keep this layer")
+    if not inplace:
+        model = copy.deepcopy(model)
+    holder = nn.Sequential(model)  # so that a bare Dropout / BatchNorm is replaced as a child
+    _convert(holder, seed, backend, fuse_relu, [0])
+    return holder[0]

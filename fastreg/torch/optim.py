@@ -1,0 +1,406 @@
+"""``torch.optim.Optimizer`` subclasses running fastreg's fused update kernels: SGD, Adam, AdamW.
+
+Each step makes one pass per parameter (read p, its gradient and its state once, write p and the
+state once) with the kernels of ``fastreg.optim`` (``sgd_step``, ``adam_step``), on the
+parameter's own memory: a NumPy view for CPU tensors, the tensor itself for CUDA ones. The rules
+are torch's, step for step (per-parameter step counts, as ``torch.optim``), plus fastreg's:
+
+- ``decay_mask`` (a per-group hyper-parameter): which parameters get weight decay (and the L1
+  step). ``None`` (default) exempts 1-D parameters (biases, norm weights); ``True`` / ``False``
+  applies to the whole group; a callable ``f(param) -> bool`` or a sequence of bools (one per
+  parameter of the group) chooses per parameter. It is stored resolved, as a list of bools, so
+  ``state_dict`` stays picklable.
+- ``l1``: after each update, the proximal step ``p <- soft(p, lr * l1)`` on the masked
+  parameters (fused into the SGD kernel; a second pass with fastreg's soft-threshold kernel for
+  Adam and AdamW), so weights reach exact zeros.
+- ``check_finite``: every gradient is checked for NaN/inf before anything changes.
+
+State is kept in torch tensors with torch's names (``step`` as a float32 CPU scalar tensor,
+``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``), laid out like their
+parameter, so ``state_dict()`` / ``load_state_dict()`` round-trip, and load into (and from) the
+corresponding ``torch.optim`` optimizer; the fastreg group keys are kept when a torch state_dict
+lacks them. Half-precision, sparse or complex parameters are refused with their name.
+"""
+import math
+
+import numpy as np
+import torch
+
+from .. import _arrays
+from .._dispatch import Job
+from ..optim import _check_beta
+from . import _bridge
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+_SCALAR = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _flat(t):
+    """A 1-D view of a dense tensor in memory order (C-contiguous or any dense permutation,
+    e.g. a channels-last conv weight), or None when t is not dense."""
+    if t.is_contiguous():
+        return t.view(-1)
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for s, n in dims:
+        if s != expected:
+            return None
+        expected *= n
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+class _FastregOptimizer(torch.optim.Optimizer):
+    """Parameter groups, decay masks, checks and the per-parameter loop; subclasses define
+    ``_STATE`` and ``_update(group, p, g, state, decayed, job)``."""
+
+    _STATE = ()
+
+    def __init__(self, params, defaults):
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group):
+        """Add a group of parameters (with its own hyper-parameters) to the optimizer.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": [...], ...}``; missing hyper-parameters take the defaults.
+
+        Returns
+        -------
+        None
+
+        Raises
+        ------
+        TypeError
+            A parameter that is not a dense float32/float64 tensor.
+        ValueError
+            A bad hyper-parameter, or a decay_mask of the wrong length.
+        """
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        gi = len(self.param_groups) - 1
+        for j, p in enumerate(group["params"]):
+            _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]")
+            if p.is_complex():  # pragma: no cover - excluded by the dtype check
+                raise TypeError("complex parameters are not supported")
+        group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
+        self._check_group(group, gi)
+
+    @staticmethod
+    def _resolve_mask(mask, params, gi):
+        if mask is None:
+            return [p.dim() > 1 for p in params]
+        if isinstance(mask, bool):
+            return [mask] * len(params)
+        if callable(mask):
+            return [bool(mask(p)) for p in params]
+        mask = [bool(m) for m in mask]
+        if len(mask) != len(params):
+            raise ValueError(f"param_groups[{gi}]: decay_mask has {len(mask)} entries for "
+                             f"{len(params)} parameters")
+        return mask
+
+    def _check_group(self, group, gi):
+        for key in ("lr", "weight_decay", "l1"):
+            group[key] = _arrays.check_nonneg(group[key], f"param_groups[{gi}]['{key}']")
+
+    def load_state_dict(self, state_dict):
+        """Load a state_dict of this optimizer or of the matching ``torch.optim`` one.
+
+        Parameters
+        ----------
+        state_dict : dict
+            As returned by ``state_dict()``; group keys it lacks (a torch state_dict has no
+            decay_mask, l1, check_finite, backend, decoupled) keep their current values.
+
+        Returns
+        -------
+        None
+        """
+        previous = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for gi, (group, old) in enumerate(zip(self.param_groups, previous)):
+            for k, v in old.items():
+                group.setdefault(k, v)
+            group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
+
+    def _grads(self):
+        """(group, index in the group, param, grad, name) for every parameter with a gradient,
+        checked; raises before anything is changed."""
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            self._check_group(group, gi)
+            for j, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                name = f"param_groups[{gi}]['params'][{j}]"
+                g = p.grad
+                if g.is_sparse:
+                    raise TypeError(f"{name}.grad is sparse: fastreg optimizers take dense "
+                                    "gradients")
+                _bridge.check_float(p, name)
+                _bridge.check_same_device(g, f"{name}.grad", p, name)
+                _bridge.check_same_dtype(g, f"{name}.grad", p, name)
+                if g.shape != p.shape:
+                    raise ValueError(f"{name}.grad has shape {tuple(g.shape)}, the parameter "
+                                     f"{tuple(p.shape)}")
+                state = self.state.get(p, {})  # .get: no empty entry for a refused step
+                for key in self._STATE:
+                    s = state.get(key)
+                    if s is not None:
+                        _bridge.check_same_device(s, f"state of {name}: {key}", p, name)
+                        _bridge.check_same_dtype(s, f"state of {name}: {key}", p, name)
+                work.append((group, j, p, g, name))
+        if any(group["check_finite"] for group in self.param_groups):
+            for group, _, p, g, name in work:
+                if group["check_finite"] and g.numel():
+                    job = self._job(group, p)
+                    if not job.op("all_finite")(self._kernel_view(job, _flat(g.contiguous()))):
+                        raise FloatingPointError(f"{name}.grad holds NaN or inf: no parameter "
+                                                 "was changed (check_finite=True)")
+        return work
+
+    def _job(self, group, p):
+        op = "sgd_step" if isinstance(self, SGD) else "adam_step"
+        backend = _bridge.backend_for(op, group["backend"], p)
+        return Job(backend, host_input=p.device.type == "cpu")
+
+    @staticmethod
+    def _kernel_view(job, t):
+        return t.detach().numpy() if t.device.type == "cpu" else job.mod.as_device(t.detach())
+
+    def _laid_out(self, t, p):
+        """``t`` with p's strides (a same-device copy when it has other ones, e.g. a state
+        loaded from another layout)."""
+        if t.stride() == p.stride():
+            return t
+        s = torch.empty_like(p)
+        s.copy_(t)
+        return s
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (as in torch.optim).
+
+        Returns
+        -------
+        loss or None
+            What the closure returned.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A gradient of the wrong dtype, shape or device; a sparse gradient; a state tensor
+            on another device than its parameter; a bad hyper-parameter.
+        FloatingPointError
+            ``check_finite`` and a gradient holds NaN or inf (nothing was changed).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, j, p, g, name in self._grads():
+            if p.numel() == 0:
+                continue
+            if _flat(p) is None:
+                raise ValueError(f"{name} is not dense in memory (a view with gaps): fastreg "
+                                 "updates parameters in place, one pass over their memory")
+            job = self._job(group, p)
+            state = self.state[p]
+            g = self._laid_out(g, p)
+            for key in self._STATE:
+                if state.get(key) is not None:
+                    state[key] = self._laid_out(state[key], p)
+            self._update(group, p, g, state, group["decay_mask"][j], job)
+        return loss
+
+
+def _view(job, t):
+    return _FastregOptimizer._kernel_view(job, _flat(t))
+
+
+def _new_step(state):
+    """Increment the per-parameter step (a float32 CPU scalar tensor, as torch keeps it)."""
+    if "step" not in state:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    state["step"] += 1
+    return int(state["step"].item())
+
+
+class SGD(_FastregOptimizer):
+    """Stochastic gradient descent (``torch.optim.SGD``) on fastreg's fused kernel, with optional
+    decoupled weight decay, a decay mask and an L1 proximal step.
+
+    Parameters
+    ----------
+    params : iterable of tensors or dicts (parameter groups)
+    lr : float
+        Learning rate (>= 0).
+    momentum, dampening, weight_decay, nesterov
+        As in torch (``weight_decay`` applies to the parameters ``decay_mask`` selects).
+    decoupled : bool
+        False: coupled L2 (``g + wd * p``, torch's SGD); True: ``p <- p * (1 - lr * wd)``.
+    l1 : float
+        L1 proximal step ``soft(p, lr * l1)`` after each update, on the masked parameters.
+    decay_mask : None, bool, callable or sequence of bool
+        See the module docstring; per group.
+    check_finite : bool
+        Refuse (FloatingPointError) a step whose gradients hold NaN or inf, before any change.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    SGD
+        A ``torch.optim.Optimizer``: ``zero_grad``, ``step``, ``state_dict``, parameter groups,
+        LR schedulers work as usual.
+
+    Raises
+    ------
+    TypeError
+        A parameter that is not a dense float32/float64 tensor.
+    ValueError
+        Negative or NaN hyper-parameters; nesterov without momentum or with dampening.
+    """
+
+    _STATE = ("momentum_buffer",)
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, decoupled=False, l1=0.0, decay_mask=None,
+                 check_finite=False, backend="auto"):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, decoupled=decoupled,
+                        l1=l1, decay_mask=decay_mask, check_finite=check_finite,
+                        backend=backend)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group, gi):
+        super()._check_group(group, gi)
+        for key in ("momentum", "dampening"):
+            group[key] = _arrays.check_nonneg(group[key], f"param_groups[{gi}]['{key}']")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(f"param_groups[{gi}]: nesterov=True needs momentum > 0 and "
+                             "dampening == 0")
+
+    def _update(self, group, p, g, state, decayed, job):
+        t = _SCALAR[p.dtype]
+        lr, momentum = group["lr"], group["momentum"]
+        wd = group["weight_decay"] if decayed else 0.0
+        decoupled = group["decoupled"]
+        buf, first = None, False
+        if momentum != 0:
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p)
+                first = True
+            buf = _view(job, state["momentum_buffer"])
+        job.op("sgd_step")(
+            _view(job, p), _view(job, g), buf, t(lr), t(0.0 if decoupled else wd),
+            t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
+            bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0))
+
+
+class Adam(_FastregOptimizer):
+    """Adam (``torch.optim.Adam``, coupled L2 weight decay) on fastreg's fused kernel.
+
+    Parameters
+    ----------
+    params : iterable of tensors or dicts (parameter groups)
+    lr : float
+    betas : (float, float)
+        Each in [0, 1).
+    eps : float
+    weight_decay : float
+        Coupled L2 (``g + wd * p``) on the parameters ``decay_mask`` selects.
+    amsgrad : bool
+    l1, decay_mask, check_finite, backend
+        As in ``SGD`` (the L1 step is a second pass, fastreg's soft-threshold kernel).
+
+    Returns
+    -------
+    Adam
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in ``SGD``; a beta outside [0, 1).
+    """
+
+    _STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _DECOUPLED = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
+                 backend="auto"):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, l1=l1, decay_mask=decay_mask,
+                        check_finite=check_finite, backend=backend)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group, gi):
+        super()._check_group(group, gi)
+        betas = tuple(group["betas"])
+        if len(betas) != 2:
+            raise ValueError(f"param_groups[{gi}]: betas must be a pair, got {betas!r}")
+        group["betas"] = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
+        group["eps"] = _arrays.check_nonneg(group["eps"], f"param_groups[{gi}]['eps']")
+
+    def _update(self, group, p, g, state, decayed, job):
+        t = _SCALAR[p.dtype]
+        if state.get("exp_avg") is None:
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
+            state["max_exp_avg_sq"] = torch.zeros_like(p)
+        step = _new_step(state)
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        wd = group["weight_decay"] if decayed else 0.0
+        bc1 = 1.0 - beta1 ** step
+        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        pv = _view(job, p)
+        job.op("adam_step")(
+            pv, _view(job, g), _view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
+            _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
+            t(0.0 if self._DECOUPLED else wd), t(1.0 - lr * wd if self._DECOUPLED else 1.0),
+            t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
+            t(bc2_sqrt))
+        if decayed and group["l1"] > 0:
+            job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
+
+
+class AdamW(Adam):
+    """AdamW (``torch.optim.AdamW``, decoupled weight decay ``p <- p * (1 - lr * wd)``) on
+    fastreg's fused kernel; default ``weight_decay=1e-2`` as in torch.
+
+    Parameters
+    ----------
+    params, lr, betas, eps, amsgrad, l1, decay_mask, check_finite, backend
+        As in ``Adam``.
+    weight_decay : float
+        Decoupled decay on the parameters ``decay_mask`` selects (default: those with more than
+        one dimension; pass ``decay_mask=True`` to decay every parameter, as torch does).
+
+    Returns
+    -------
+    AdamW
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in ``Adam``.
+    """
+
+    _DECOUPLED = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
+                 backend="auto"):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1,
+                         decay_mask=decay_mask, check_finite=check_finite, backend=backend)
+
+
