@@ -7,8 +7,18 @@ Run under the virtualenv's mpiexec (one BLAS thread per rank, so N ranks use N c
     OMP_NUM_THREADS=1 .venv/bin/mpiexec -n 1 .venv/bin/python bench/bench_distributed.py --train
 
 ``--sizes`` picks the Allreduce sizes (default 1 KiB .. 64 MiB, x4 steps), ``--train`` only the
-training step. Rank 0 prints one line per size: the blocking ``Allreduce`` and fastreg's watched
-``Iallreduce`` (the one GradientAllreduce uses) in milliseconds (min and median of the repeats,
+training step, ``--trainer`` only the Trainer section: samples per second of
+``fastreg.train.Trainer(..., comm=COMM_WORLD)`` on the demo's MLP (64-256-256-10, batch norm +
+ReLU, dropout 0.2, AdamW, float32) over all 1797 digits, global batches 64 and 256 (one warm-up
+epoch, then ``--trainer-epochs`` timed epochs; samples/s = samples / the slowest rank's time).
+Compare ``-n 1`` and ``-n 2``::
+
+    for n in 1 2; do OMP_NUM_THREADS=1 .venv/bin/mpiexec -n $n .venv/bin/python -m mpi4py \
+        bench/bench_distributed.py --trainer; done
+
+In the Allreduce sweep rank 0 prints one line per size: the blocking ``Allreduce`` and
+fastreg's watched ``Iallreduce`` (the one GradientAllreduce uses) in milliseconds (min and
+median of the repeats,
 after a warm-up; each repeat's time is the slowest rank's), the algorithm bandwidth bytes /
 time and the bus bandwidth 2 (N - 1) / N * bytes / time (what a ring Allreduce moves per
 rank, comparable across N).
@@ -150,6 +160,39 @@ def bench_train(comm, global_batch, steps, d_in=512, hidden=1024, classes=10):
               f"gradient Allreduce {t_reduce * 1e3:.2f} ms", flush=True)
 
 
+def bench_trainer(comm, batches, epochs):
+    """Samples per second of data-parallel ``Trainer.fit`` epochs on the demo MLP (digits)."""
+    from mpi4py import MPI
+
+    from fastreg import optim
+    from fastreg.distributed import shard_sizes
+    from fastreg.train import Trainer, mlp
+    from fastreg.train.data import load_digits
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    rows = []
+    for batch in batches:
+        model = mlp((64, 256, 256, 10), dropout=0.2, batch_norm=True, seed=0)
+        opt = optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+        trainer = Trainer(model, opt, seed=0, verbose=0, comm=comm)
+        trainer.fit(X, labels, epochs=1, batch_size=batch)           # warm-up: JIT, buffers
+        comm.Barrier()
+        t0 = time.perf_counter()
+        trainer.fit(X, labels, epochs=1 + epochs, batch_size=batch)
+        dt = np.array([time.perf_counter() - t0])
+        comm.Allreduce(MPI.IN_PLACE, dt, op=MPI.MAX)
+        sps = len(X) * epochs / float(dt[0])
+        rows.append((batch, sps, trainer.history["loss"][-1]))
+        if rank == 0:
+            print(f"# Trainer: {size} rank(s), digits {len(X)} samples, MLP 64-256-256-10 BN + "
+                  f"dropout 0.2, AdamW float32, global batch {batch} (per rank "
+                  f"{max(shard_sizes(batch, size))}), {epochs} epoch(s)")
+            print(f"trainer samples/s {sps:.0f}  epoch {float(dt[0]) / epochs * 1e3:.1f} ms  "
+                  f"loss {trainer.history['loss'][-1]:.4f}", flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1:65536", help="KiB range lo:hi, x4 steps")
@@ -158,13 +201,20 @@ def main(argv=None):
     ap.add_argument("--no-train", action="store_true", help="only the Allreduce sweep")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--trainer", action="store_true", help="only the Trainer section")
+    ap.add_argument("--trainer-batches", default="64,256",
+                    help="global batch sizes of the Trainer section")
+    ap.add_argument("--trainer-epochs", type=int, default=3)
     args = ap.parse_args(argv)
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    if not args.train:
+    if not args.train and not args.trainer:
         bench_allreduce(comm, _sizes(args.sizes), args.repeat)
-    if not args.no_train:
+    if not args.no_train and not args.trainer:
         bench_train(comm, args.batch, args.steps)
+    if not args.train and not args.no_train or args.trainer:
+        bench_trainer(comm, [int(b) for b in args.trainer_batches.split(",")],
+                      args.trainer_epochs)
 
 
 def test_bench_distributed_smoke():
@@ -178,10 +228,12 @@ def test_bench_distributed_smoke():
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     p = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "mpi4py", __file__,
-                        "--sizes", "1:16", "--repeat", "2", "--batch", "64", "--steps", "2"],
+                        "--sizes", "1:16", "--repeat", "2", "--batch", "64", "--steps", "2",
+                        "--trainer-batches", "256", "--trainer-epochs", "1"],
                        capture_output=True, text=True, timeout=120, env=env, cwd=root)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "samples/s" in p.stdout and "busbw" in p.stdout
+    assert "trainer samples/s" in p.stdout
 
 
 if __name__ == "__main__":

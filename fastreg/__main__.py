@@ -3,6 +3,8 @@
     fastreg bench [--quick] [--sizes 2^24,2^26] [--threads T] ...   the benchmark table
     fastreg demo [--quick] [--out DIR] [--epochs N] [--seed S] [--backend B] [--quiet]
                                                                   regularizers on the digits
+    mpiexec -n N python -m mpi4py -m fastreg demo --distributed [--quick] ...
+                                                                  data-parallel training: samples/s
     fastreg info                                                  backends, versions, threads
 """
 import argparse
@@ -81,7 +83,9 @@ def build_parser():
         description="Train a 64-256-256-10 MLP on a small subset of the embedded digits under "
                     "no regularization, L2 (coupled, decoupled), L1-prox, dropout (inverted, "
                     "classic), batch norm, early stopping, augmentation and all together; print "
-                    "a table and write results.json and learning_curves.png.")
+                    "a table and write results.json and learning_curves.png. With --distributed "
+                    "(under mpiexec -n N): train two of the configurations data-parallel over "
+                    "MPI and print samples/s and the accuracy on rank 0.")
     from .train import demo as demo_module   # fastreg.train imports numpy and fastreg only
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=lambda args: demo_module.run(args=args))

@@ -15,25 +15,8 @@ _NAMES = ("dropout", "dropout_backward", "batch_norm", "batch_norm_backward", "l
 
 dropout = fastreg.dropout
 dropout_backward = fastreg.dropout_backward
-
-
-def batch_norm(*args, backend="auto", **kwargs):
-    """``fastreg.batch_norm``; falls back to its numpy backend where the chosen backend does not
-    implement batch norm yet (TEMPORARY, while the cpu kernels are being written)."""
-    try:
-        return fastreg.batch_norm(*args, backend=backend, **kwargs)
-    except fastreg.BackendUnavailableError:
-        return fastreg.batch_norm(*args, backend="numpy", **kwargs)
-
-
-def batch_norm_backward(*args, backend="auto", **kwargs):
-    """``fastreg.batch_norm_backward``, with the same temporary fallback."""
-    try:
-        return fastreg.batch_norm_backward(*args, backend=backend, **kwargs)
-    except fastreg.BackendUnavailableError:
-        return fastreg.batch_norm_backward(*args, backend="numpy", **kwargs)
-
-
+batch_norm = fastreg.batch_norm
+batch_norm_backward = fastreg.batch_norm_backward
 l1_grad = fastreg.l1_grad
 l2_grad = fastreg.l2_grad
 elastic_net_grad = fastreg.elastic_net_grad

@@ -35,6 +35,7 @@ class Module:
         self.params, self.grads, self.param_names = [], [], []
         self.buffer_names = []
         self.backend = "auto"
+        self.comm = None
         self._bufs = {}
 
     # -- modes ----------------------------------------------------------------------------
@@ -76,6 +77,20 @@ class Module:
         self.backend = backend
         for child in self.children():
             child.set_backend(backend)
+
+    def set_comm(self, comm):
+        """Synchronize batch norm over ``comm`` (an mpi4py communicator; None: local batch
+        statistics) in this module and its children."""
+        self.comm = comm
+        for child in self.children():
+            child.set_comm(comm)
+
+    def set_row_window(self, first, total):
+        """Data-parallel training: the next training forward calls see rows ``first ..
+        first + len(x)`` of a global batch of ``total`` rows (random streams are keyed by the
+        global row); None (``first=None``) for the whole batch. Applies to the children."""
+        for child in self.children():
+            child.set_row_window(first, total)
 
     # -- state ----------------------------------------------------------------------------
     def named_parameters(self, prefix=""):
@@ -211,6 +226,14 @@ class Dropout(Module):
     number of elements, so no random word is used twice and a run is reproducible from the seed
     alone; backward regenerates the mask from the same ``(seed, offset)``.
 
+    Data parallel (``set_row_window(first, total)``, set by a Trainer with ``comm``): the input
+    is rows ``first ..`` of a global batch of ``total`` rows; the call uses ``offset + first *
+    row_size`` (row_size = elements per row) and advances ``offset`` by ``total * row_size``.
+    Element ``j`` of global row ``i`` therefore always draws stream word ``offset + i * row_size
+    + j``, whichever rank holds the row: N ranks draw exactly the masks of one process on the
+    same global batch. Without a window (``first=None``) the window is the whole input, which is
+    the single-process rule above.
+
     Parameters
     ----------
     p : float
@@ -234,6 +257,10 @@ class Dropout(Module):
             raise ValueError(f"Dropout mode must be one of {DROPOUT_MODES}, got {mode!r}")
         self.p, self.mode, self.seed = float(p), mode, seed
         self.offset = 0
+        self._window = None
+
+    def set_row_window(self, first, total):
+        self._window = None if first is None else (int(first), int(total))
 
     def rng_state(self, prefix=""):
         out = {prefix + "offset": int(self.offset)}
@@ -257,10 +284,14 @@ class Dropout(Module):
         if self.seed is None:
             raise RuntimeError("Dropout has no seed: pass seed= or train it with a Trainer, "
                                "which assigns one")
-        if self.offset + x.size > 1 << 64:   # 2**64 words: never in practice; wrap around
+        first, advance = 0, x.size
+        if self._window is not None and x.ndim >= 1:
+            row = math.prod(x.shape[1:])
+            first, advance = self._window[0] * row, self._window[1] * row
+        if self.offset + advance > 1 << 64:  # 2**64 words: never in practice; wrap around
             self.offset = 0
-        self._offset_used = self.offset
-        self.offset += x.size
+        self._offset_used = self.offset + first
+        self.offset += advance
         return kernels.dropout(x, self.p, seed=self.seed, offset=self._offset_used,
                                training=True, mode=self.mode, out=y, backend=self.backend)
 
@@ -297,6 +328,12 @@ class BatchNorm(Module):
     Training mode normalizes with the batch's mean and (biased) variance and updates
     ``running_mean`` / ``running_var`` (unbiased variance) in place; evaluation mode uses the
     running statistics. Ioffe & Szegedy, "Batch normalization", ICML 2015.
+
+    With ``set_comm(comm)`` (a Trainer with ``comm`` does it) training mode is synchronized
+    batch norm (``fastreg.batch_norm(..., comm=comm)``): the statistics are those of the global
+    batch (every rank's rows), the running statistics identical on every rank, and ``grads``
+    hold this rank's contribution (summed over ranks by the Trainer's gradient Allreduce). The
+    incoming gradient must be that of the global loss (the Trainer divides by the global batch).
     """
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=None,
@@ -320,14 +357,16 @@ class BatchNorm(Module):
         y, saved = kernels.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias,
             training=self.training, momentum=self.momentum, eps=self.eps, axis=1,
-            activation=self.activation, out=y, backend=self.backend)
+            activation=self.activation, out=y, backend=self.backend,
+            **({"comm": self.comm} if self.comm is not None else {}))
         self._x, self._y, self._saved = x, y, saved
         return y
 
     def backward(self, grad_y):
         gx, gw, gb = kernels.batch_norm_backward(
             grad_y, self._x, self._saved, self.weight, axis=1, activation=self.activation,
-            y=self._y, out=grad_y, backend=self.backend)
+            y=self._y, out=grad_y, backend=self.backend,
+            **({"comm": self.comm} if self.comm is not None else {}))
         self.grads[0][...] = gw
         self.grads[1][...] = gb
         return gx
@@ -457,7 +496,7 @@ def mlp(sizes, *, dropout=0.0, dropout_mode="inverted", batch_norm=False, input_
     return Sequential(*layers)
 
 
-def softmax_cross_entropy(logits, labels, grad_out=None):
+def softmax_cross_entropy(logits, labels, grad_out=None, *, total=None):
     """Mean softmax cross-entropy of integer labels, its gradient, and the correct count.
 
     Parameters
@@ -467,12 +506,17 @@ def softmax_cross_entropy(logits, labels, grad_out=None):
         In [0, K) (checked by the Trainer, not here).
     grad_out : array, shape (N, K), optional
         Where to write the gradient of the mean loss with respect to logits
-        (``(softmax - onehot) / N``); None: no gradient.
+        (``(softmax - onehot) / total``); None: no gradient.
+    total : int, optional
+        The number of samples the loss is averaged over (default N). Data parallel: the global
+        batch size, so that the ranks' losses and gradients add up to the global mean's; N = 0
+        rows then give loss 0 and an empty gradient.
 
     Returns
     -------
     loss : float
-        Mean over the batch (log-sum-exp with the max subtracted, in the logits' dtype).
+        Sum over the rows divided by ``total`` (log-sum-exp with the max subtracted, in the
+        logits' dtype): the mean over the batch by default.
     correct : int
         How many argmax predictions equal the labels.
     grad : array or None
@@ -480,7 +524,11 @@ def softmax_cross_entropy(logits, labels, grad_out=None):
     """
     xp = array_module(logits)
     n = logits.shape[0]
-    rows = xp.arange(n)
+    if n == 0:
+        return (math.nan if total is None else 0.0), 0, grad_out
+    if total is not None:
+        n = total
+    rows = xp.arange(logits.shape[0])
     z = logits - logits.max(axis=1, keepdims=True)
     e = xp.exp(z)
     s = e.sum(axis=1, keepdims=True)
