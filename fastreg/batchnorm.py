@@ -271,6 +271,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     b = _check_channel(bias, "bias", C, dtype, device)
     if (rm is None) != (rv is None):
         raise ValueError("pass both running_mean and running_var, or neither")
+    if rm is not None and not device and np.shares_memory(rm, rv):
+        raise ValueError("running_mean and running_var share memory: pass two arrays")
     track = rm is not None
     if not training and not track:
         raise ValueError("inference (training=False) normalizes with the running statistics: "
@@ -650,8 +652,9 @@ def merge_stats(*stats):
     ``mean = mean_a + delta * n_b / n`` and ``M2 = M2_a + M2_b + delta**2 * n_a * n_b / n``.
     Computed in float64 on the host (device statistics are copied).
     """
-    if len(stats) == 1 and isinstance(stats[0], list):
-        stats = tuple(stats[0])
+    if (len(stats) == 1 and isinstance(stats[0], (list, tuple)) and stats[0]
+            and isinstance(stats[0][0], (list, tuple))):
+        stats = tuple(stats[0])  # one list (or tuple) of (count, mean, m2) parts
     if not stats:
         raise ValueError("merge_stats needs at least one (count, mean, m2)")
     parts = []
@@ -668,6 +671,9 @@ def merge_stats(*stats):
         if parts and mean.shape != parts[0][1].shape:
             raise ValueError(f"stats[{i}] has {mean.shape[0]} channels, stats[0] has "
                              f"{parts[0][1].shape[0]}")
+        if count.ndim not in (0, 1) or (count.ndim == 1 and count.shape != mean.shape):
+            raise ValueError(f"stats[{i}]: count must be an int or one count per channel "
+                             f"(shape {mean.shape}), got shape {count.shape}")
         if np.any(m2 < 0):
             raise ValueError(f"stats[{i}]: m2 must be >= 0")
         parts.append((count.astype(np.int64), mean, m2))
@@ -737,10 +743,12 @@ def fold_batch_norm(weight, bias, running_mean, running_var, bn_weight=None, bn_
                              f"{v.shape}")
         return v
 
-    rm = vec(running_mean, "running_mean", 0.0)
-    rv = vec(running_var, "running_var", 1.0)
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required")
+    rm = vec(running_mean, "running_mean", 0.0)
+    rv = vec(running_var, "running_var", 1.0)
+    if not (np.all(rv >= 0) and np.all(np.isfinite(rv)) and np.all(np.isfinite(rm))):
+        raise ValueError("running_var must be finite and >= 0 and running_mean finite")
     s = vec(bn_weight, "bn_weight", 1.0) / np.sqrt(rv + eps)
     b = vec(bias, "bias", 0.0)
     shape = [1] * W.ndim

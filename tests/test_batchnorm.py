@@ -465,6 +465,12 @@ def test_merge_stats_errors():
         fastreg.merge_stats(good, (3, np.zeros(3), np.ones(3)))
     with pytest.raises(TypeError, match="tuple"):
         fastreg.merge_stats(good, np.zeros(3))
+    with pytest.raises(ValueError, match="one count per channel"):
+        fastreg.merge_stats(good, (np.array([1, 2, 3]), np.zeros(2), np.ones(2)))
+    # per-channel counts, and a tuple of parts
+    merged = fastreg.merge_stats((good, (np.array([0, 2]), np.ones(2), np.ones(2))))
+    np.testing.assert_array_equal(merged[0], [3, 5])
+    np.testing.assert_allclose(merged[1], [0.0, 0.4])
 
 
 @pytest.mark.parametrize("axis", [0, -1])
@@ -482,6 +488,8 @@ def test_fold_batch_norm(axis):
     np.testing.assert_allclose(z2, y, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="running_mean"):
         fastreg.fold_batch_norm(W, bias, np.zeros(4), rv, axis=axis)
+    with pytest.raises(ValueError, match="running_var must be finite and >= 0"):
+        fastreg.fold_batch_norm(W, bias, rm, -rv, axis=axis)
 
 
 # ---- bad input --------------------------------------------------------------------------------
@@ -523,6 +531,7 @@ def _bad_calls():
          dict(x=x, training=True, residual=np.ones((4, 4), np.float32))),
         (ValueError, "out must have shape", dict(x=x, training=True, out=np.ones((3, 3),
                                                                                  np.float32))),
+        (ValueError, "share memory", dict(x=x, running_mean=c, running_var=c, training=True)),
         (ValueError, "read-only", dict(x=x, running_mean=np.zeros(3, np.float32).view(),
                                        running_var=c.copy(), training=True, _readonly=True)),
     ]
