@@ -327,9 +327,9 @@ def _check_rank(rank, size):
     return int(rank), int(size)
 
 
-def _check_count(n):
+def _check_count(n, name="n"):
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+        raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     return int(n)
 
 
@@ -406,7 +406,7 @@ def global_indices(n, rank, size, *, start=0, strided=False):
         ``start + arange(n)[shard(n, rank, size)]``.
     """
     s = shard(n, rank, size, strided=strided)
-    start = _check_count(start)
+    start = _check_count(start, "start")
     return start + np.arange(n, dtype=np.int64)[s]
 
 

@@ -79,12 +79,54 @@ def test_non_finite_stops(bad):
 
 def test_baseline_never_reached():
     es = EarlyStopping(patience=2, baseline=0.5)
-    t, run = drive(es, [0.9, 0.8, 0.7, 0.6, 0.4])
-    assert run == 2 and "baseline" in es.stop_reason
+    t, run = drive(es, [0.9, 0.8, 0.85, 0.82, 0.4])
+    assert run == 3 and es.stopped_epoch == 2 and "baseline" in es.stop_reason
     assert es.best == 0.8 and t.loaded == 1.0     # best weights are still the best seen
     es = EarlyStopping(patience=2, baseline=0.5)
     _, run = drive(es, [0.9, 0.45, 0.44, 0.43])
     assert run == 4 and es.stopped_epoch == -1
+
+
+def test_baseline_does_not_stop_an_improving_epoch():
+    # Keras 3 returns on any improvement before its patience check: a metric still improving
+    # (but above the baseline) runs on
+    es = EarlyStopping(patience=2, baseline=0.5)
+    t, run = drive(es, [1.0, 0.9, 0.8, 0.7, 0.6])
+    assert run == 5 and es.stopped_epoch == -1 and es.best == 0.6 and t.loaded == 4.0
+    assert es.wait == 5                # the wait still counts the epochs below the baseline
+    # ... and the first epoch without improvement then stops at once
+    es = EarlyStopping(patience=2, baseline=0.5)
+    _, run = drive(es, [1.0, 0.9, 0.8, 0.85])
+    assert run == 4 and es.stopped_epoch == 3 and "baseline" in es.stop_reason
+
+
+def keras3_stopped_epoch(values, patience, baseline, min_delta=0.0):
+    """Keras 3's EarlyStopping.on_epoch_end (mode "min", start_from_epoch 0), transcribed:
+    the epoch it stops at, or -1."""
+    best, wait = math.inf, 0
+    for epoch, current in enumerate(values):
+        wait += 1
+        if current - min_delta < best:
+            best = current
+            if baseline is None or current - min_delta < baseline:
+                wait = 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch
+    return -1
+
+
+@pytest.mark.parametrize("baseline", [None, 0.5, 0.2])
+@pytest.mark.parametrize("patience", [0, 1, 2, 3])
+def test_matches_keras3_on_random_sequences(baseline, patience):
+    rng = np.random.default_rng(patience)
+    for _ in range(200):
+        values = [float(v) for v in np.round(rng.uniform(0.0, 1.0, 8), 1)]
+        es = EarlyStopping(patience=patience, baseline=baseline)
+        _, run = drive(es, values)
+        expected = keras3_stopped_epoch(values, patience, baseline)
+        assert es.stopped_epoch == expected, values
+        assert run == (len(values) if expected < 0 else expected + 1)
 
 
 def test_stopping_threshold():
@@ -141,6 +183,38 @@ def test_bad_arguments():
         EarlyStopping(patience=-1)
     with pytest.raises(ValueError, match="monitors 'val_lss'"):
         EarlyStopping(monitor="val_lss").on_train_begin(FakeTrainer())
+
+
+@pytest.mark.parametrize("name", ["min_delta", "baseline", "stopping_threshold",
+                                  "divergence_threshold"])
+def test_real_arguments_are_checked_up_front(name):
+    for bad in ("0.5", True, [0.5], 1j):
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            EarlyStopping(**{name: bad})
+    for bad in (math.nan, math.inf, -math.inf, np.float64("nan")):
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            EarlyStopping(**{name: bad})
+    es = EarlyStopping(**{name: np.float32(0.25)})     # NumPy scalars are numbers too
+    assert getattr(es, name) == 0.25 and type(getattr(es, name)) is float
+
+
+@pytest.mark.parametrize("name", ["patience", "start_from_epoch"])
+def test_count_arguments_are_checked_up_front(name):
+    for bad in (True, 1.0, "2", np.float32(2)):
+        with pytest.raises(TypeError, match=f"{name} must be an int >= 0"):
+            EarlyStopping(**{name: bad})
+    with pytest.raises(ValueError, match=f"{name} must be an int >= 0"):
+        EarlyStopping(**{name: np.int64(-1)})
+    es = EarlyStopping(**{name: np.int64(2)})
+    assert getattr(es, name) == 2 and type(getattr(es, name)) is int
+
+
+def test_monitor_must_be_a_str():
+    for bad in (None, 3, ("val_loss",)):
+        with pytest.raises(TypeError, match="monitor must be the name of a metric"):
+            EarlyStopping(monitor=bad)
+    with pytest.raises(ValueError, match="min_delta must be >= 0"):
+        EarlyStopping(min_delta=-0.1)
 
 
 def test_trainer_restores_best_weights_without_firing():

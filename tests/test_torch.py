@@ -144,11 +144,48 @@ def test_dropout_train_eval_and_modes():
     torch.testing.assert_close(y[kept], x[kept] * 2, rtol=0, atol=0)
     p0 = frt.Dropout(0.0, seed=1)
     assert torch.equal(p0(x), x) and p0.offset == x.numel()  # the counter advances anyway
-    # unbatched Dropout2d input (C, H, W)
-    d2 = frt.Dropout2d(0.5, seed=3)
-    u = _x((6, 4, 4), dtype=torch.float32)
-    np.testing.assert_array_equal(d2(u).numpy(), fastreg.channel_dropout(u[None].numpy(), 0.5,
+    # unbatched Dropout3d input (C, D, H, W)
+    d3 = frt.Dropout3d(0.5, seed=3)
+    u = _x((6, 2, 4, 4), dtype=torch.float32)
+    np.testing.assert_array_equal(d3(u).numpy(), fastreg.channel_dropout(u[None].numpy(), 0.5,
                                                                          seed=3)[0])
+
+
+def _drop_groups(y):
+    """True when every (n, c) slice of a 3-D (N, C, L) dropout output is all kept or all
+    zeroed (one draw per (n, c))."""
+    z = (y == 0)
+    return bool((z.all(dim=2) | (~z).all(dim=2)).all())
+
+
+def test_dropout2d_on_3d_input_is_batched_as_in_torch():
+    # torch.nn.Dropout2d reads (N, C, L) as batched (one draw per (n, c), 1-D channel
+    # dropout) and warns; fastreg's module must do the same so that convert() keeps it
+    x = torch.ones(64, 3, 16)
+    ref = nn.Dropout2d(0.5)
+    with pytest.warns(UserWarning, match="dropout2d: Received a 3D input") as rec_t:
+        yt = ref(x)
+    m = frt.Dropout2d(0.5, seed=3)
+    with pytest.warns(UserWarning, match="dropout2d: Received a 3D input") as rec_f:
+        yf = m(x)
+    assert str(rec_f[0].message) == str(rec_t[0].message)
+    # the granularity of the drop pattern is torch's: whole (n, c) rows of length L
+    assert _drop_groups(yt) and _drop_groups(yf)
+    assert m.offset == 64 * 3                   # one draw per (n, c), not per c
+    # samples are not all dropped alike (an unbatched (C, H, W) reading would draw 3 words)
+    assert len({tuple(row.tolist()) for row in (yf[:, :, 0] != 0)}) > 1
+    np.testing.assert_array_equal(
+        yf.numpy(), fastreg.channel_dropout(x.numpy(), 0.5, seed=3, offset=0))
+    # the kept values carry torch's scale 1 / (1 - p)
+    assert set(yf.unique().tolist()) == set(yt.unique().tolist()) == {0.0, 2.0}
+    # eval mode warns too, as torch does, and is the identity
+    ref.eval(), m.eval()
+    with pytest.warns(UserWarning, match="dropout2d"):
+        assert torch.equal(m(x), ref(x))
+    # a converted model keeps the behaviour
+    conv = frt.convert(nn.Sequential(nn.Dropout2d(0.5)))
+    with pytest.warns(UserWarning, match="dropout2d"):
+        assert _drop_groups(conv(x))
 
 
 def test_dropout_seed_from_torch_generator():
@@ -461,6 +498,19 @@ def test_device_mismatch_errors():
     opt.state[p]["exp_avg"] = torch.zeros(3, device="meta")
     with pytest.raises(ValueError, match="exp_avg is on meta"):
         opt.step()
+
+
+def test_optimizer_refuses_non_dense_param_before_changing_anything():
+    big = torch.arange(12.0).reshape(3, 4)
+    p1 = nn.Parameter(torch.ones(3))
+    p2 = nn.Parameter(big[:, ::2])                 # a view with gaps
+    for opt in (frt.optim.SGD([p1, p2], lr=0.5), frt.optim.Adam([p1, p2], lr=0.5)):
+        p1.grad, p2.grad = torch.ones(3), torch.ones_like(p2)
+        before1, before2 = p1.detach().clone(), p2.detach().clone()
+        with pytest.raises(ValueError, match=r"\[1\] is not dense.*no parameter was changed"):
+            opt.step()
+        assert torch.equal(p1.detach(), before1) and torch.equal(p2.detach(), before2)
+        assert not opt.state.get(p1)               # no state created either
 
 
 def test_bad_arguments():

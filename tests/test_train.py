@@ -363,3 +363,211 @@ def test_sequential_names():
     assert names == ["0.weight", "0.bias", "3.weight", "3.bias"]
     assert model.rng_state() == {"2.offset": 0, "2.seed": 1}
     assert model.layers[0].needs_input_grad is False
+
+
+# --- batches of one row with batch norm --------------------------------------------------------
+
+def _batch_sizes(trainer, X, y, **kw):
+    """Fit and return the training batch sizes of the first epoch (through the augment hook)."""
+    sizes = []
+
+    def augment(batch, seed, epoch, index_offset):
+        if epoch == 0:
+            sizes.append((len(batch), index_offset))
+        return batch
+
+    trainer.augment = augment
+    trainer.fit(X, y, **kw)
+    return sizes
+
+
+@pytest.mark.parametrize("n", [65, 33])
+def test_batch_norm_last_batch_of_one_row_joins_the_previous(n):
+    # len(X) % batch_size == 1 used to crash mid-epoch ("Expected more than 1 value per
+    # channel") after weights and running statistics had changed
+    X, y = _digits(n)
+    trainer = _trainer()
+    sizes = _batch_sizes(trainer, X, y, epochs=2, batch_size=32)
+    assert sizes == ([(32, 0), (33, 32)] if n == 65 else [(33, 0)])
+    assert trainer.epoch == 2 and len(trainer.history["loss"]) == 2
+    assert all(np.isfinite(p).all() for p in trainer.model.parameters())
+    # without batch norm nothing changes: a last batch of one row is trained as such
+    model = mlp((64, 24, 10), dropout=0.2, seed=0)
+    plain = Trainer(model, optim.AdamW(model.parameters(), lr=2e-3), seed=0, verbose=0)
+    assert _batch_sizes(plain, X, y, epochs=1, batch_size=32)[-1] == (1, n - 1)
+
+
+def test_batch_norm_merge_keeps_other_batches_bit_identical():
+    # the merged epoch trains on the same rows in the same order, only the last step is larger
+    X, y = _digits(65)
+    a = _trainer()
+    a.fit(X, y, epochs=1, batch_size=32, shuffle=False)
+    b = _trainer()
+    b.train_epoch(*b._check_data(X[:32], y[:32], "X", "y"), batch_size=32, shuffle=False)
+    b.epoch = 0
+    b._bufs.clear()
+    b.model.train()
+    xb, yb = b._check_data(X[32:], y[32:], "X", "y")
+    b._train_step(xb, yb)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_batch_norm_single_row_is_refused_before_any_work():
+    X, y = _digits(64)
+    trainer = _trainer()
+    state = {k: v.copy() for k, v in trainer.model_state().items()}
+    with pytest.raises(ValueError, match="BatchNorm.*X has a single sample"):
+        trainer.fit(X[:1], y[:1], epochs=1)
+    with pytest.raises(ValueError, match="BatchNorm.*batch_size=1"):
+        trainer.fit(X, y, epochs=1, batch_size=1)
+    for k, v in trainer.model_state().items():
+        np.testing.assert_array_equal(v, state[k])
+    assert trainer.epoch == 0 and trainer.history["loss"] == []
+    for bad in (True, np.bool_(True), 0, 2.0, "32"):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            trainer.fit(X, y, epochs=1, batch_size=bad)
+    with pytest.raises(ValueError, match="epochs must be an int >= 0"):
+        trainer.fit(X, y, epochs=True)
+    # without batch norm one row is a valid batch
+    model = mlp((64, 8, 10), seed=0)
+    Trainer(model, optim.Adam(model.parameters()), verbose=0).fit(X[:1], y[:1], batch_size=1)
+
+
+def test_batch_norm_global_batch_of_one_row_with_comm():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    X, y = _digits(65)
+    ref = _trainer()
+    ref.fit(X, y, epochs=1, batch_size=32)
+    dp = _trainer(comm=MPI.COMM_SELF)
+    sizes = _batch_sizes(dp, X, y, epochs=1, batch_size=32)
+    assert sizes == [(32, 0), (33, 32)]
+    for p, q in zip(ref.model.parameters(), dp.model.parameters()):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="BatchNorm.*single sample"):
+        _trainer(comm=MPI.COMM_SELF).fit(X[:1], y[:1])
+
+
+# --- argument checks ------------------------------------------------------------------------------
+
+def test_batch_norm_layer_checks_momentum_and_eps_at_construction():
+    for bad in (True, "0.1", [0.1]):
+        with pytest.raises(TypeError, match="momentum"):
+            BatchNorm(4, momentum=bad)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="momentum"):
+            BatchNorm(4, momentum=bad)
+    for bad in (0.0, -1e-5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps"):
+            BatchNorm(4, eps=bad)
+    with pytest.raises(TypeError, match="eps"):
+        BatchNorm(4, eps=None)
+    assert BatchNorm(4, momentum=np.float32(0.5)).momentum == 0.5
+
+
+def test_batch_norm_momentum_none_is_the_cumulative_average(tmp_path):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 4)) for _ in range(3)]
+    ours = BatchNorm(4, momentum=None, dtype=np.float64)
+    ref = torch.nn.BatchNorm1d(4, momentum=None, dtype=torch.float64)
+    for xb in batches:
+        ours.forward(xb)
+        ref(torch.from_numpy(xb))
+    assert int(ours.num_batches_tracked[0]) == int(ref.num_batches_tracked) == 3
+    np.testing.assert_allclose(ours.running_mean, ref.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.running_var, ref.running_var.numpy(), rtol=1e-12)
+    # in a model: trained, checkpointed and resumed with its counter
+    X, y = _digits(64)
+
+    def make():
+        model = Sequential(Linear(64, 16, bias=False), BatchNorm(16, momentum=None,
+                                                                   activation="relu"),
+                           Linear(16, 10))
+        return Trainer(model, optim.Adam(model.parameters(), lr=1e-3), verbose=0)
+    path = tmp_path / "bn.npz"
+    t = make()
+    t.fit(X, y, epochs=1, batch_size=16, checkpoint=path)
+    assert int(np.load(path)["buffer/1.num_batches_tracked"][0]) == 4
+    t2 = make()
+    t2.load_checkpoint(path)
+    assert int(t2.model.layers[1].num_batches_tracked[0]) == 4
+    np.testing.assert_array_equal(t2.model.layers[1].running_mean,
+                                  t.model.layers[1].running_mean)
+
+
+def test_trainer_checks_seed_penalties_and_batch_sizes():
+    model = mlp((64, 8, 10), seed=0)            # no Dropout: the seed used to pass unchecked
+    opt = optim.Adam(model.parameters())
+    for bad in (-1, 2**64, 1.5, "3", True):
+        with pytest.raises(ValueError, match="seed must be an integer in"):
+            Trainer(model, opt, seed=bad, verbose=0)
+    big = Trainer(model, opt, seed=2**64 - 1, verbose=0)
+    assert int(big.state_dict()["trainer/seed"]) == 2**64 - 1
+    for name in ("l1", "l2", "prox_l1"):
+        with pytest.raises(TypeError, match=f"{name} must be a real number"):
+            Trainer(model, opt, verbose=0, **{name: True})
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            Trainer(model, opt, verbose=0, **{name: -1.0})
+    assert Trainer(model, opt, l2=np.float32(0.5), verbose=0).l2 == 0.5
+    X, y = _digits(40)
+    trainer = Trainer(model, opt, verbose=0)
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            trainer.predict(X, batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            trainer.evaluate(X, y, batch_size=bad)
+    with pytest.raises(ValueError, match="shape"):
+        trainer.predict(X[:, :5])
+
+
+def test_trainer_accepts_array_likes():
+    X, y = _digits(48)
+    a, b = _trainer(), _trainer()
+    a.fit(X, y, epochs=1, batch_size=16, validation=(X, y))
+    b.fit(X.tolist(), y.tolist(), epochs=1, batch_size=16, validation=(X.tolist(), y.tolist()))
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X.tolist()))
+    assert a.evaluate(X, y) == b.evaluate(X.tolist(), tuple(y))
+    with pytest.raises(TypeError, match="integer class labels"):
+        b.fit(X.tolist(), [0.5] * len(X))
+    with pytest.raises(TypeError, match="X must be an array or an array-like"):
+        b.fit([[1.0, 2.0], [3.0]], [0, 1])
+    with pytest.raises(TypeError, match="X must hold real numbers"):
+        b.fit([["a"] * 64] * 2, [0, 1])
+
+
+def test_profiling_history_survives_resume(tmp_path):
+    X, y = _digits(64)
+    path = tmp_path / "p.npz"
+    _trainer(profile=True).fit(X, y, epochs=2, batch_size=32, checkpoint=path)
+    resumed = _trainer(profile=True)
+    hist = resumed.fit(X, y, epochs=3, batch_size=32, checkpoint=path, resume=True)
+    assert len(hist["kernel_time"]) == 3 and len(hist["loss"]) == 3
+
+
+def test_checkpoint_permissions_follow_the_umask(tmp_path):
+    X, y = _digits(32)
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "c.npz"
+        _trainer().fit(X, y, epochs=1, batch_size=16, checkpoint=path)
+        assert (os.stat(path).st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        other = tmp_path / "d.npz"
+        ckpt.save(other, {"a": np.ones(2)})
+        assert (os.stat(other).st_mode & 0o777) == 0o600
+        os.chmod(path, 0o640)                   # an existing file keeps its permissions
+        ckpt.save(path, {"a": np.ones(2)})
+        assert (os.stat(path).st_mode & 0o777) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_global_indices_names_start():
+    from fastreg import distributed as dist
+    with pytest.raises(ValueError, match="start must be a non-negative int"):
+        dist.global_indices(10, 0, 2, start=-1)
+    with pytest.raises(ValueError, match="n must be a non-negative int"):
+        dist.global_indices(-1, 0, 2)

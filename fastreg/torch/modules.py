@@ -14,6 +14,8 @@ parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``
 ``num_batches_tracked``), so state_dicts load either way and ``isinstance`` checks still hold;
 only ``forward`` runs fastreg.
 """
+import warnings
+
 import torch
 from torch import nn
 
@@ -26,6 +28,14 @@ __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchN
            "BatchNorm2d", "BatchNormReLU2d"]
 
 _U64 = 1 << 64
+
+# torch.nn.functional.dropout2d's warning for 3-D input (torch 2.x), word for word
+_DROPOUT2D_3D_WARNING = (
+    "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+    "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel "
+    "dim. This behavior will change in a future release to interpret the input as one without "
+    "a batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout "
+    "behavior, please switch to using dropout1d instead.")
 
 
 def new_seed():
@@ -40,6 +50,7 @@ class _CounterDropout(nn.Module):
 
     _KIND = "element"
     _NDIM = None      # Dropout1d/2d/3d: the batched input rank (unbatched inputs have one less)
+    _UNBATCHED = True  # False: an (_NDIM - 1)-D input is batched all the same (Dropout2d)
 
     def __init__(self, p=0.5, mode="inverted", seed=None, *, backend="auto", inplace=False):
         super().__init__()
@@ -76,6 +87,11 @@ class _CounterDropout(nn.Module):
         if self._NDIM is not None and x.dim() not in (self._NDIM, self._NDIM - 1):
             raise ValueError(f"{type(self).__name__} expects {self._NDIM}-D (batched) or "
                              f"{self._NDIM - 1}-D (unbatched) input, got shape {tuple(x.shape)}")
+        if unbatched and not self._UNBATCHED:
+            # torch.nn.Dropout2d reads 3-D input as (N, C, L) and warns: do the same, so that
+            # convert() keeps the behaviour (including in eval mode, where torch warns too)
+            warnings.warn(_DROPOUT2D_3D_WARNING, UserWarning, stacklevel=2)
+            unbatched = False
         if self._KIND == "path" and x.dim() < 1:
             raise ValueError("DropPath needs a sample axis (ndim >= 1), got a 0-d tensor")
         if not self.training:
@@ -185,9 +201,16 @@ class Dropout2d(_CounterDropout):
     Returns
     -------
     Dropout2d
+
+    Notes
+    -----
+    3-D input is read as torch reads it: batched ``(N, C, L)``, one draw per (n, c) (1-D
+    channel dropout, as ``Dropout1d``), not as an unbatched ``(C, H, W)`` sample; torch warns
+    about it (its meaning may change in a future torch) and so does this module, with torch's
+    message. Use ``Dropout1d`` for (N, C, L) input, or add the batch axis to a (C, H, W) one.
     """
 
-    _KIND, _NDIM = "channel", 4
+    _KIND, _NDIM, _UNBATCHED = "channel", 4, False
 
 
 class Dropout3d(_CounterDropout):

@@ -146,6 +146,10 @@ class _FastregOptimizer(torch.optim.Optimizer):
                 if g.shape != p.shape:
                     raise ValueError(f"{name}.grad has shape {tuple(g.shape)}, the parameter "
                                      f"{tuple(p.shape)}")
+                if p.numel() and _flat(p) is None:
+                    raise ValueError(f"{name} is not dense in memory (a view with gaps): "
+                                     "fastreg updates parameters in place, one pass over "
+                                     "their memory (no parameter was changed)")
                 state = self.state.get(p, {})  # .get: no empty entry for a refused step
                 for key in self._STATE:
                     s = state.get(key)
@@ -197,8 +201,9 @@ class _FastregOptimizer(torch.optim.Optimizer):
         Raises
         ------
         TypeError, ValueError
-            A gradient of the wrong dtype, shape or device; a sparse gradient; a state tensor
-            on another device than its parameter; a bad hyper-parameter.
+            A gradient of the wrong dtype, shape or device; a sparse gradient; a parameter
+            that is not dense in memory; a state tensor on another device than its parameter;
+            a bad hyper-parameter (all checked before any parameter changes).
         FloatingPointError
             ``check_finite`` and a gradient holds NaN or inf (nothing was changed).
         """
@@ -209,9 +214,6 @@ class _FastregOptimizer(torch.optim.Optimizer):
         for group, j, p, g, name in self._grads():
             if p.numel() == 0:
                 continue
-            if _flat(p) is None:
-                raise ValueError(f"{name} is not dense in memory (a view with gaps): fastreg "
-                                 "updates parameters in place, one pass over their memory")
             job = self._job(group, p)
             state = self.state[p]
             g = self._laid_out(g, p)

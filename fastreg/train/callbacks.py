@@ -6,10 +6,33 @@ stop) and ``on_train_end(trainer)``; ``state_dict`` / ``load_state_dict`` (flat 
 arrays) put its state in the Trainer's checkpoints.
 """
 import math
+import numbers
 
 import numpy as np
 
 from ._xp import to_host
+
+
+def _check_real(v, name, optional=False):
+    """``float(v)`` for a finite real number (not a bool); None passes when ``optional``."""
+    if v is None and optional:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, got "
+                        f"{type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _check_count(v, name):
+    """``int(v)`` for an integer >= 0 (not a bool)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {type(v).__name__} {v!r}")
+    if v < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {v}")
+    return int(v)
 
 
 class Callback:
@@ -59,14 +82,16 @@ class EarlyStopping(Callback):
     patience : int
         Epochs without improvement after which training stops (0: the first one stops it).
     baseline : float, optional
-        Training stops if the metric has not beaten the baseline within ``patience`` epochs;
-        the patience counter restarts only on an epoch that beats both the best value and the
-        baseline (Keras 3).
+        Training stops if the metric has not beaten the baseline within ``patience`` epochs
+        (Keras 3): the patience counter restarts only on an epoch that beats both the best
+        value and the baseline, and it stops only on an epoch that does not improve (an epoch
+        that improves on the best value, below the baseline or not, never stops on patience).
     start_from_epoch : int
         Epochs (0-based indices below this) that are not monitored at all: a warm-up.
     restore_best_weights : bool
-        At the end of training (stopped early or not: Keras restores only when it fired)
-        restore the parameters and buffers of the best epoch.
+        At the end of training, whether or not this callback stopped it, restore the
+        parameters and buffers of the best epoch (the behaviour of Keras versions differs
+        here: some restore only when the callback fired).
     check_finite : bool
         Stop as soon as the metric is NaN or infinite (Lightning); the best weights are still
         restored.
@@ -81,6 +106,14 @@ class EarlyStopping(Callback):
     -------
     EarlyStopping
 
+    Raises
+    ------
+    TypeError
+        monitor is not a str; a number argument of another type (bools included).
+    ValueError
+        A bad choice (mode, min_delta_mode), a negative min_delta, patience or
+        start_from_epoch, a NaN or infinite min_delta, baseline or threshold.
+
     Notes
     -----
     Attributes after training: ``best`` (the best value), ``best_epoch`` (0-based, -1 if none),
@@ -91,29 +124,38 @@ class EarlyStopping(Callback):
     stopping_threshold -> stop; worse than divergence_threshold -> stop; then improvement
     (record best, maybe reset the wait) or ``wait += 1`` and stop once ``wait >= patience``
     (so ``patience=0`` and ``patience=1`` both stop at the first epoch without improvement, as
-    in Keras and Lightning). Unlike Keras, epoch 0 can stop (e.g. a baseline not reached with
-    ``patience=0``).
+    in Keras and Lightning). As in Keras 3, ``wait`` counts every monitored epoch since the
+    last reset (improving epochs below the baseline included), but only an epoch without
+    improvement can stop on patience. Unlike Keras, epoch 0 can stop (a threshold, or a
+    non-finite value with ``check_finite=False``).
     """
 
     def __init__(self, monitor="val_loss", mode="auto", min_delta=0.0, min_delta_mode="abs",
                  patience=0, baseline=None, start_from_epoch=0, restore_best_weights=True,
                  check_finite=True, stopping_threshold=None, divergence_threshold=None,
                  verbose=False):
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a metric (a str such as 'val_loss'), "
+                            f"got {type(monitor).__name__} {monitor!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         if min_delta_mode not in ("abs", "rel"):
             raise ValueError(f"min_delta_mode must be 'abs' or 'rel', got {min_delta_mode!r}")
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0):
-            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
-        if not (isinstance(patience, int) and patience >= 0):
-            raise ValueError(f"patience must be an int >= 0, got {patience!r}")
-        if not (isinstance(start_from_epoch, int) and start_from_epoch >= 0):
-            raise ValueError(f"start_from_epoch must be an int >= 0, got {start_from_epoch!r}")
+        min_delta = _check_real(min_delta, "min_delta")
+        if min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        patience = _check_count(patience, "patience")
+        start_from_epoch = _check_count(start_from_epoch, "start_from_epoch")
+        baseline = _check_real(baseline, "baseline", optional=True)
+        stopping_threshold = _check_real(stopping_threshold, "stopping_threshold",
+                                         optional=True)
+        divergence_threshold = _check_real(divergence_threshold, "divergence_threshold",
+                                           optional=True)
         self.monitor = monitor
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode
-        self.min_delta, self.min_delta_mode = float(min_delta), min_delta_mode
+        self.min_delta, self.min_delta_mode = min_delta, min_delta_mode
         self.patience, self.baseline = patience, baseline
         self.start_from_epoch = start_from_epoch
         self.restore_best_weights = bool(restore_best_weights)
@@ -168,14 +210,15 @@ class EarlyStopping(Callback):
         if self.check_finite and not math.isfinite(current):
             self._stop(trainer, epoch, f"{self.monitor} = {current} is not finite")
             return
-        reset = False
-        if self._is_improvement(current, self.best):
+        improved = self._is_improvement(current, self.best)
+        self.wait += 1
+        if improved:
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = trainer.model_state(rng=False)
             # the wait restarts only when the baseline is beaten too (Keras 3)
-            reset = self.baseline is None or self._is_improvement(current, self.baseline)
-        self.wait = 0 if reset else self.wait + 1
+            if self.baseline is None or self._is_improvement(current, self.baseline):
+                self.wait = 0
         if self.stopping_threshold is not None and self._better(current,
                                                                  self.stopping_threshold):
             self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is better than "
@@ -184,7 +227,9 @@ class EarlyStopping(Callback):
                                                                      current):
             self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is worse than "
                                        f"divergence_threshold = {self.divergence_threshold}")
-        elif not reset and self.wait >= self.patience:
+        elif not improved and self.wait >= self.patience:
+            # an improving epoch never stops on patience, even below the baseline (Keras 3
+            # returns before its patience check)
             if self.baseline is not None and not self._is_improvement(self.best, self.baseline):
                 what = f"did not beat the baseline {self.baseline}"
             else:

@@ -3,9 +3,12 @@
 A checkpoint is one ``.npz`` of named NumPy arrays (``np.load(..., allow_pickle=False)``: nothing
 in it can run code). It is written to a temporary file in the destination's folder, flushed to
 disk, then moved over the destination with ``os.replace``, which is atomic on POSIX and Windows:
-a crash at any moment leaves either the old complete file or the new complete file.
+a crash at any moment leaves either the old complete file or the new complete file. The file
+gets the permissions a plain ``open(path, "wb")`` would give it: those of the file it replaces,
+or ``0o666`` less the process's umask for a new file (not the ``0o600`` of the temporary file).
 """
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -47,6 +50,29 @@ def check_writable(path):
     return path
 
 
+def _umask():
+    """The process's umask, read without changing it where possible (Linux: /proc), else with
+    the classic set-and-restore."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path):
+    """Permission bits for the checkpoint at ``path``: the existing file's, or the umask's."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def save(path, arrays):
     """Write ``arrays`` (``{name: array}``) to ``path`` as an ``.npz``, atomically.
 
@@ -69,6 +95,7 @@ def save(path, arrays):
             np.savez(f, format=np.array(FORMAT), **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))   # mkstemp made it 0o600
         os.replace(tmp, path)
     except BaseException:
         try:

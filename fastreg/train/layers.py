@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from .. import _arrays
+from ..batchnorm import _check_eps
 from . import kernels
 from ._xp import array_module
 
@@ -311,9 +313,11 @@ class BatchNorm(Module):
     ----------
     num_features : int
         C.
-    momentum : float
-        Weight of the new batch in the running statistics (PyTorch's convention).
-    eps : float
+    momentum : float in [0, 1] or None
+        Weight of the new batch in the running statistics (PyTorch's convention). None: a
+        cumulative moving average (``1 / num_batches_tracked``, as torch), for which the layer
+        keeps a ``num_batches_tracked`` buffer (int64, one element; saved in checkpoints).
+    eps : float > 0
         Added to the variance.
     activation : {None, "relu"}
         "relu" fuses ``max(y, 0)`` into the kernel (one pass instead of two).
@@ -322,6 +326,13 @@ class BatchNorm(Module):
     Returns
     -------
     BatchNorm
+
+    Raises
+    ------
+    TypeError
+        momentum or eps is not a real number (bools included).
+    ValueError
+        momentum outside [0, 1] or NaN; eps not finite and > 0; a bad activation.
 
     Notes
     -----
@@ -341,6 +352,9 @@ class BatchNorm(Module):
         super().__init__()
         if activation not in (None, "relu"):
             raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        if momentum is not None:
+            momentum = _arrays.check_probability(momentum, "BatchNorm momentum")
+        eps = _check_eps(eps)
         self.num_features, self.momentum, self.eps = num_features, momentum, eps
         self.activation = activation
         self.weight = np.ones(num_features, dtype)
@@ -350,6 +364,10 @@ class BatchNorm(Module):
         self.running_mean = np.zeros(num_features, dtype)
         self.running_var = np.ones(num_features, dtype)
         self.buffer_names = ["running_mean", "running_var"]
+        self.num_batches_tracked = None
+        if momentum is None:   # the cumulative average counts the batches (torch's buffer)
+            self.num_batches_tracked = np.zeros(1, np.int64)
+            self.buffer_names.append("num_batches_tracked")
 
     def forward(self, x):
         xp = array_module(x)
@@ -357,7 +375,8 @@ class BatchNorm(Module):
         y, saved = kernels.batch_norm(
             x, self.running_mean, self.running_var, self.weight, self.bias,
             training=self.training, momentum=self.momentum, eps=self.eps, axis=1,
-            activation=self.activation, out=y, backend=self.backend,
+            activation=self.activation, num_batches_tracked=self.num_batches_tracked, out=y,
+            backend=self.backend,
             **({"comm": self.comm} if self.comm is not None else {}))
         self._x, self._y, self._saved = x, y, saved
         return y

@@ -53,17 +53,34 @@ ranks; resumed on the same number it is bit-identical to the uninterrupted run.
 """
 import contextlib
 import math
+import numbers
 import sys
 import time
 
 import numpy as np
 
+from .. import _arrays
 from . import checkpoint as _ckpt
 from . import kernels
 from ._xp import array_module, to_host
-from .layers import Sequential, softmax_cross_entropy
+from .layers import BatchNorm, Sequential, softmax_cross_entropy
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "time")
+
+
+def _check_batch_size(batch_size):
+    """batch_size as an int >= 1 (bools refused: ``True`` is not a batch size)."""
+    if (isinstance(batch_size, (bool, np.bool_))
+            or not isinstance(batch_size, numbers.Integral) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _modules(module):
+    """``module`` and all its descendants."""
+    yield module
+    for child in module.children():
+        yield from _modules(child)
 
 
 def _derive_seed(seed, index):
@@ -83,7 +100,8 @@ class Trainer:
         ``decay_mask`` is the weight-decay mask; it is also the default penalty mask.
     l1, l2 : float
         Penalties ``l1 * sum|w| + l2 * sum w**2`` whose gradients are added to the loss's
-        (coupled regularization) for the masked parameters.
+        (coupled regularization) for the masked parameters. Finite real numbers >= 0 (bools
+        are refused).
     prox_l1 : float
         After each optimizer step, soft-threshold the masked parameters by ``lr * prox_l1``
         (proximal L1: exact zeros).
@@ -101,7 +119,8 @@ class Trainer:
         shuffled order, a seeded permutation of its dataset index, rather than the index
         itself, so that one call covers a whole batch).
     seed : int
-        Root of all randomness of the run (shuffling, dropout keys, augmentation).
+        Root of all randomness of the run (shuffling, dropout keys, augmentation); an integer
+        in [0, 2**64).
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
         Passed to every fastreg call (layers, penalties, prox).
     verbose : int
@@ -132,11 +151,13 @@ class Trainer:
     Raises
     ------
     TypeError
-        model is not a Sequential; comm is not an mpi4py communicator.
+        model is not a Sequential; comm is not an mpi4py communicator; l1, l2 or prox_l1 is
+        not a real number (or is a bool).
     ImportError
         comm given but mpi4py is not installed.
     ValueError
-        The optimizer does not update exactly the model's parameters, or a bad hyper-parameter.
+        The optimizer does not update exactly the model's parameters, or a bad hyper-parameter
+        (a negative or non-finite penalty, a seed outside [0, 2**64)).
     """
 
     def __init__(self, model, optimizer, *, l1=0.0, l2=0.0, prox_l1=0.0, penalty_mask=None,
@@ -152,8 +173,12 @@ class Trainer:
             raise ValueError("the optimizer must be built on model.parameters() (the same "
                              "arrays in the same order)")
         for name, v in (("l1", l1), ("l2", l2), ("prox_l1", prox_l1)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+                raise TypeError(f"{name} must be a real number >= 0, got "
+                                f"{type(v).__name__} {v!r}")
+            if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        seed = _arrays.check_uint64(seed, "seed")
         if augment is not None and not callable(augment):
             raise TypeError("augment must be a callable (batch, seed, epoch, index_offset)")
         self.model, self.optimizer = model, optimizer
@@ -165,7 +190,7 @@ class Trainer:
         self.penalty_mask = list(mask)
         self.callbacks = list(callbacks)
         self.augment = augment
-        self.seed = int(seed)
+        self.seed = seed
         self.backend = backend
         self.verbose = int(verbose)
         self.profile = bool(profile)
@@ -255,8 +280,12 @@ class Trainer:
 
     # -- input checks ---------------------------------------------------------------------
     def _check_data(self, X, y, xname, yname):
+        X = self._as_array(X, xname)
+        y = self._as_array(y, yname)
         xp = array_module(X)
         dtype = self._params[0].dtype
+        if X.dtype.kind not in "biuf":
+            raise TypeError(f"{xname} must hold real numbers, got dtype {X.dtype}")
         if X.ndim != 2:
             raise ValueError(f"{xname} must be 2-D (samples, features), got shape {X.shape}")
         if X.shape[1] != self.model.in_features:
@@ -282,6 +311,33 @@ class Trainer:
             raise ValueError(f"{xname}[{i}] holds NaN or inf (sample {i}; "
                              f"{int((~finite).sum())} sample(s) in all)")
         return X, xp.ascontiguousarray(y, dtype=np.int64)
+
+    @staticmethod
+    def _as_array(a, name):
+        """An array (NumPy or CuPy) as it is; any other array-like (a list, ...) through
+        ``np.asarray``."""
+        if hasattr(a, "ndim") and hasattr(a, "dtype") and hasattr(a, "shape"):
+            return a
+        try:
+            return np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array or an array-like of numbers "
+                            f"({type(a).__name__} given): {exc}") from None
+
+    def _has_batch_norm(self):
+        """True when the model holds BatchNorm layers (training mode needs > 1 row per
+        batch)."""
+        return any(isinstance(m, BatchNorm) for m in _modules(self.model))
+
+    def _batches(self, n, batch_size):
+        """``[(start, stop), ...]`` of the training batches of an epoch of n samples: every
+        ``batch_size`` rows; with BatchNorm layers a last batch of one row joins the previous
+        batch (which then has ``batch_size + 1`` rows), since batch norm cannot train on one
+        row."""
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] == 1 and self._has_batch_norm():
+            starts.pop()
+        return [(a, b) for a, b in zip(starts, starts[1:] + [n])]
 
     def metric_names(self):
         """The keys of the epoch logs of the current ``fit``.
@@ -377,7 +433,7 @@ class Trainer:
         out.update({f"optim/{k}": to_host(v) for k, v in self.optimizer.state_dict().items()})
         out["trainer/optimizer"] = np.array(type(self.optimizer).__name__)
         out["trainer/epoch"] = np.array(self.epoch, np.int64)
-        out["trainer/seed"] = np.array(self.seed, np.int64)
+        out["trainer/seed"] = np.array(self.seed, np.uint64)
         out["trainer/stop_training"] = np.array(self.stop_training)
         for k, v in self.history.items():
             out[f"history/{k}"] = np.asarray(v, np.float64)
@@ -436,7 +492,9 @@ class Trainer:
         self.epoch = int(state["trainer/epoch"])
         self.seed = int(state["trainer/seed"])
         self.stop_training = bool(state["trainer/stop_training"])
-        self.history = {k: [float(v) for v in state.get(f"history/{k}", [])] for k in METRICS}
+        extra = [k[len("history/"):] for k in state if k.startswith("history/")]
+        self.history = {k: [float(v) for v in state.get(f"history/{k}", [])]
+                        for k in dict.fromkeys([*METRICS, *extra])}   # kernel_time too
         for i, cb in enumerate(self.callbacks):
             prefix = f"callback/{i}/"
             cb.load_state_dict({k[len(prefix):]: v for k, v in state.items()
@@ -520,6 +578,8 @@ class Trainer:
         X : array (N, F), the model's dtype, C-contiguous
         y : int64 array (N,)
         batch_size : int
+            Rows per batch; with BatchNorm layers a last batch of one row is merged into the
+            previous one (see ``fit``).
         shuffle : bool
             Visit the samples in the order ``default_rng([seed, epoch]).permutation(N)``.
         progress : tqdm bar, optional
@@ -547,8 +607,8 @@ class Trainer:
         loss_sum, correct = 0.0, 0
         dist = self._dist() if self.comm is not None else None
         try:
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+            for start, stop in self._batches(n, batch_size):
+                idx = order[start:stop]
                 m = len(idx)                     # the global batch
                 first = 0
                 if dist is not None:
@@ -591,6 +651,13 @@ class Trainer:
             Total number of epochs of the run (Keras's meaning: a resumed run at epoch 3 with
             ``epochs=6`` trains 3 more).
         batch_size : int
+            Rows per training batch (the global batch with ``comm``). The last batch of an
+            epoch has ``N % batch_size`` rows, except when the model has BatchNorm layers and
+            that remainder is 1: batch norm cannot train on one row (the variance of one value
+            is undefined; PyTorch raises there, and its ``DataLoader(drop_last=True)`` would
+            drop the row), so that row joins the previous batch, which has ``batch_size + 1``
+            rows. Every sample is thus still visited once per epoch. With BatchNorm layers,
+            ``batch_size=1`` or a single training sample is refused before any work.
         shuffle : bool
         checkpoint : str or os.PathLike, optional
             ``.npz`` file written (atomically) after every epoch; its folder is checked for
@@ -610,7 +677,11 @@ class Trainer:
         ------
         ValueError
             Bad shapes, labels out of range, NaN or inf in the inputs (naming the sample),
-            a checkpoint of another model; all raised before any training.
+            a bad epochs or batch_size, a model with BatchNorm layers and batches of one row
+            (batch_size=1 or N = 1), a checkpoint of another model; all raised before any
+            training.
+        TypeError
+            X or y is not an array-like of numbers, y does not hold integers.
         OSError
             The checkpoint folder does not exist or is not writable.
 
@@ -624,11 +695,17 @@ class Trainer:
         import os
         error, summary = None, []
         try:
-            if not (isinstance(epochs, (int, np.integer)) and epochs >= 0):
+            if (isinstance(epochs, (bool, np.bool_))
+                    or not isinstance(epochs, numbers.Integral) or epochs < 0):
                 raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-            if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-                raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+            batch_size = _check_batch_size(batch_size)
             X, y = self._check_data(X, y, "X", "y")
+            if self._has_batch_norm() and (len(X) == 1 or batch_size == 1):
+                raise ValueError(
+                    "the model has BatchNorm layers, which cannot train on a batch of one row "
+                    "(the variance of one value is undefined): "
+                    + ("X has a single sample" if len(X) == 1 else "batch_size=1")
+                    + "; use more samples per batch, or a model without BatchNorm")
             summary = [epochs, batch_size, bool(shuffle), *_fingerprint(X, y)]
             if validation is not None:
                 if len(validation) != 2:
@@ -689,7 +766,8 @@ class Trainer:
                 kernels.reset_timings()
                 progress = None
                 if bar is not None:
-                    progress = bar(total=-(-len(X) // batch_size), leave=True, file=sys.stderr,
+                    progress = bar(total=len(self._batches(len(X), batch_size)), leave=True,
+                                   file=sys.stderr,
                                    desc=f"epoch {epoch + 1}/{epochs}", dynamic_ncols=True)
                 loss, acc = self.train_epoch(X, y, batch_size, shuffle, progress)
                 logs = {"loss": loss, "accuracy": acc}
@@ -734,20 +812,32 @@ class Trainer:
         Parameters
         ----------
         X : array (N, F)
+            Or an array-like (converted with ``np.asarray``).
         batch_size : int
+            >= 1.
 
         Returns
         -------
         array (N, K)
             A new array (on X's device).
 
+        Raises
+        ------
+        ValueError
+            A bad batch_size; X not 2-D or with another number of features than the model's.
+
         Notes
         -----
         Local even with ``comm`` (no communication): each rank predicts the rows it is given
         (the weights and running statistics are identical on every rank).
         """
+        batch_size = _check_batch_size(batch_size)
+        X = self._as_array(X, "X")
         xp = array_module(X)
         X = xp.ascontiguousarray(X, dtype=self._params[0].dtype)
+        if X.ndim != 2 or X.shape[1] != self.model.in_features:
+            raise ValueError(f"X must have shape (samples, {self.model.in_features}), got "
+                             f"{X.shape}")
         was_training = self.model.training
         self.model.eval()
         try:
@@ -765,7 +855,9 @@ class Trainer:
         ----------
         X : array (N, F)
         y : integer array (N,)
+            Array-likes are converted with ``np.asarray``.
         batch_size : int
+            >= 1.
         checked : bool
             Skip the input checks (``fit`` has done them).
 
@@ -779,6 +871,7 @@ class Trainer:
         With ``comm`` (collective): every rank passes the same (X, y); each evaluates its
         block of the rows and the sums are reduced, so every rank returns the same numbers.
         """
+        batch_size = _check_batch_size(batch_size)
         if self.comm is None:
             if not checked:
                 X, y = self._check_data(X, y, "X", "y")
