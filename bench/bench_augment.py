@@ -1,7 +1,7 @@
 """Image augmentation on batches of 224x224x3 uint8 images: images/s and GB/s of random_flip,
-random_rotate and gaussian_noise on the "cpu" backend at 1 and 2 Numba threads, against
-albumentations 2.x (HorizontalFlip, Rotate, GaussNoise; OpenCV at one thread, one image per call
-as albumentations works) on the same images in the same run.
+random_rotate and gaussian_noise on the "cpu" (Numba) and "c" (OpenMP) backends at 1 and 2
+threads, against albumentations 2.x (HorizontalFlip, Rotate, GaussNoise; OpenCV at one thread,
+one image per call as albumentations works) on the same images in the same run.
 
     pytest bench/bench_augment.py --benchmark-only
     pytest bench/bench_augment.py --benchmark-disable       CI smoke: every case once, 2 images
@@ -28,12 +28,12 @@ def _batch(request):
     return np.random.default_rng(0).integers(0, 256, (n,) + SHAPE).astype(np.uint8)
 
 
-def _fastreg_call(op, x, out):
+def _fastreg_call(op, x, out, backend):
     if op == "flip":
-        return lambda: A.random_flip(x, 0.5, seed=1, out=out, backend="cpu")
+        return lambda: A.random_flip(x, 0.5, seed=1, out=out, backend=backend)
     if op == "rotate":
-        return lambda: A.random_rotate(x, 30.0, seed=1, out=out, backend="cpu")
-    return lambda: A.gaussian_noise(x, 10.0, seed=1, out=out, backend="cpu")
+        return lambda: A.random_rotate(x, 30.0, seed=1, out=out, backend=backend)
+    return lambda: A.gaussian_noise(x, 10.0, seed=1, out=out, backend=backend)
 
 
 def _record_rate(bb, n):
@@ -45,22 +45,54 @@ def _record_rate(bb, n):
         print(f"\n{bb.group}: {n / seconds:,.0f} images/s")
 
 
+def _omp_set_num_threads(n):
+    """omp_set_num_threads of the OpenMP runtime the C backend runs on (libgomp); None if it
+    cannot be reached, else the previous count."""
+    import ctypes
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        return None
+    previous = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(int(n))
+    return previous
+
+
+@pytest.fixture(params=["cpu", "c"])
+def aug_backend(request):
+    """(bench/conftest.py parametrizes any "backend" argument over every backend; augmentation
+    compares the two CPU ones.)"""
+    import fastreg
+    reason = fastreg.available_backends()[request.param]
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def nthreads(request):
-    import numba
-    if request.param > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip(f"Numba was started with {numba.config.NUMBA_NUM_THREADS} threads")
-    previous = numba.get_num_threads()
-    numba.set_num_threads(request.param)
+def nthreads(request, aug_backend):
+    """Numba's thread count for "cpu", OpenMP's (as OMP_NUM_THREADS would set it) for "c"."""
+    if aug_backend == "cpu":
+        import numba
+        if request.param > numba.config.NUMBA_NUM_THREADS:
+            pytest.skip(f"Numba was started with {numba.config.NUMBA_NUM_THREADS} threads")
+        previous = numba.get_num_threads()
+        numba.set_num_threads(request.param)
+        yield request.param
+        numba.set_num_threads(previous)
+        return
+    previous = _omp_set_num_threads(request.param)
+    if previous is None:
+        pytest.skip("libgomp not found: cannot set the C backend's thread count")
     yield request.param
-    numba.set_num_threads(previous)
+    _omp_set_num_threads(previous)
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_fastreg_augment(bandwidth_benchmark, request, op, nthreads):
+def test_fastreg_augment(bandwidth_benchmark, request, op, aug_backend, nthreads):
     x = _batch(request)
     out = np.empty_like(x)
-    fn = _fastreg_call(op, x, out)
+    fn = _fastreg_call(op, x, out, aug_backend)
     fn()  # warm up: JIT compilation (or cache load) and first touch of out
     bandwidth_benchmark.group = f"augment-{op}-224x224x3-uint8"
     bandwidth_benchmark(fn, nbytes=2 * x.nbytes)

@@ -14,7 +14,8 @@ enum {
     FR_OK = 0,
     FR_ERR_NULL = 1,         /* a required pointer is NULL */
     FR_ERR_SIZE = 2,         /* a negative size */
-    FR_ERR_UNSUPPORTED = 3   /* e.g. asking for AVX2 kernels on a CPU without AVX2 */
+    FR_ERR_UNSUPPORTED = 3,  /* e.g. asking for AVX2 kernels on a CPU without AVX2 */
+    FR_ERR_ALLOC = 4         /* out of memory for a work buffer */
 };
 
 /* Instruction set of the stream kernels: 0 portable C, 1 AVX2, 2 AVX-512 (the Philox generator
@@ -104,5 +105,89 @@ int fr_adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax, 
 int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *vmax, double wd,
                      double decay, double omb1, double beta2, double omb2, double eps,
                      double step_size, double bc2_sqrt, int64_t n);
+
+/* ------------------------------------------------------------------ batch norm (csrc/batchnorm.c)
+ * x, y, gy, residual, out, gx, gres: (A, C, B) contiguous, channel c = x[:, c, :]; per-channel
+ * arrays (C,); statistics and sums double.  Optional arrays are NULL: residual, y (the ReLU
+ * output, for the backward mask), gres, weight / bias (1 / 0), b and d of backward_apply
+ * (inference).  out may be x, gx may be gy.  Bools are ints.  Exact definitions:
+ * fastreg/reference/batchnorm.py; sums in double in a fixed order (no dependence on the number
+ * of threads), shifted by each channel's first element for the statistics. */
+int fr_bn_stats_f32(const float *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
+int fr_bn_stats_f64(const double *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
+
+/* out = act((x - center) * scale + shift [+ residual]) */
+int fr_bn_apply_f32(const float *x, const float *center, const float *scale, const float *shift,
+                    const float *residual, int relu, float *out, int64_t A, int64_t C,
+                    int64_t B);
+int fr_bn_apply_f64(const double *x, const double *center, const double *scale,
+                    const double *shift, const double *residual, int relu, double *out,
+                    int64_t A, int64_t C, int64_t B);
+
+/* statistics, then out as bn_apply with center = mean, scale = w * invstd, shift = b */
+int fr_bn_forward_train_f32(const float *x, const float *weight, const float *bias, double eps,
+                            const float *residual, int relu, float *out, double *mean,
+                            double *m2, double *invstd, int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_train_f64(const double *x, const double *weight, const double *bias,
+                            double eps, const double *residual, int relu, double *out,
+                            double *mean, double *m2, double *invstd, int64_t A, int64_t C,
+                            int64_t B);
+
+/* s_dy = sum g, s_dyx = sum g * (x - center); g = gy, or gy where y > 0 */
+int fr_bn_backward_reduce_f32(const float *gy, const float *x, const float *y,
+                              const double *center, double *s_dy, double *s_dyx, int64_t A,
+                              int64_t C, int64_t B);
+int fr_bn_backward_reduce_f64(const double *gy, const double *x, const double *y,
+                              const double *center, double *s_dy, double *s_dyx, int64_t A,
+                              int64_t C, int64_t B);
+
+/* gres = g; gx = g * a - (x - center) * b - d, or g * a when b is NULL */
+int fr_bn_backward_apply_f32(const float *gy, const float *x, const float *y, const float *center,
+                             const float *a, const float *b, const float *d, float *gx,
+                             float *gres, int64_t A, int64_t C, int64_t B);
+int fr_bn_backward_apply_f64(const double *gy, const double *x, const double *y,
+                             const double *center, const double *a, const double *b,
+                             const double *d, double *gx, double *gres, int64_t A, int64_t C,
+                             int64_t B);
+
+/* backward_reduce, the coefficients (and grad_weight, grad_bias), backward_apply */
+int fr_bn_backward_f32(const float *gy, const float *x, const float *y, const double *mean,
+                       const double *invstd, const float *weight, int training, float *gx,
+                       float *gres, float *grad_weight, float *grad_bias, int64_t A, int64_t C,
+                       int64_t B);
+int fr_bn_backward_f64(const double *gy, const double *x, const double *y, const double *mean,
+                       const double *invstd, const double *weight, int training, double *gx,
+                       double *gres, double *grad_weight, double *grad_bias, int64_t A,
+                       int64_t C, int64_t B);
+
+/* ------------------------------------------------------------------ image augmentation
+ * (csrc/augment.c; contract: fastreg/reference/augment.py).  Images are (M, H, W, C)
+ * contiguous; P = bytes per pixel; mats (M, 2, 3) float64 inverse maps; rects (M, 4) int64
+ * (y0, x0, h, w); flags uint8; partner int64; border 0 constant, 1 reflect.  Bit-identical to
+ * the reference for any thread count and ISA. */
+int fr_aug_flip(const uint8_t *x, const uint8_t *hflip, const uint8_t *vflip, uint8_t *out,
+                int64_t M, int64_t H, int64_t W, int64_t P);
+int fr_aug_affine_u8(const uint8_t *x, const double *mats, int border, int fill, uint8_t *out,
+                     int64_t M, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo);
+int fr_aug_affine_f32(const float *x, const double *mats, int border, float fill, float *out,
+                      int64_t M, int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo);
+/* fill: one value of itemsize bytes */
+int fr_aug_affine_nearest(const void *x, const double *mats, int border, const void *fill,
+                          void *out, int64_t M, int64_t H, int64_t W, int64_t C, int64_t Ho,
+                          int64_t Wo, int64_t itemsize);
+/* x, out (N, L); out may be x */
+int fr_aug_noise_u8(const uint8_t *x, uint64_t key, uint64_t first, const float *stds,
+                    uint8_t *out, int64_t N, int64_t L);
+int fr_aug_noise_f32(const float *x, uint64_t key, uint64_t first, const float *stds, float *out,
+                     int64_t N, int64_t L);
+/* value: one value of itemsize bytes; out may be x */
+int fr_aug_erase(const void *x, const int64_t *rects, const void *value, void *out, int64_t M,
+                 int64_t H, int64_t W, int64_t C, int64_t itemsize);
+int fr_aug_mix_u8(const uint8_t *x, const int64_t *partner, const float *lam, uint8_t *out,
+                  int64_t N, int64_t L);
+int fr_aug_mix_f32(const float *x, const int64_t *partner, const float *lam, float *out,
+                   int64_t N, int64_t L);
+int fr_aug_paste(const void *x, const int64_t *partner, const int64_t *rects, void *out,
+                 int64_t M, int64_t H, int64_t W, int64_t P);
 
 #endif /* FASTREG_H */

@@ -51,7 +51,7 @@ Kernel contract (the public wrappers have already validated everything; arrays a
     bn_forward_coeffs / bn_running_update / bn_backward_coeffs   O(C) per-channel math
 
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
-fastreg/reference/augment.py (no "c" backend).
+fastreg/reference/augment.py (all four backends).
 
 See fastreg/reference/ for the exact definitions.
 """

@@ -2,7 +2,8 @@
 definitions (np.flip, np.rot90, np.pad), per-sample determinism across batch splits, statistics
 of the flip rate and the noise, and argument errors.
 
-The "c" backend has no augmentation kernels (tested: a clear BackendUnavailableError); the CUDA
+Every backend ("cpu", "c" and "cuda") is held to the reference bit for bit where the contract says
+so; the C backend also on every ISA path (portable, AVX2, AVX-512) and thread count. The CUDA
 backend runs under the simulator on a few 5x7 images.
 """
 import math
@@ -15,7 +16,7 @@ import fastreg
 import fastreg.augment as A
 from fastreg.reference import augment as ref
 
-BACKENDS = ("numpy", "cpu", "cuda")
+BACKENDS = ("numpy", "cpu", "c", "cuda")
 DTYPES = (np.uint8, np.float32)
 LAYOUTS = ("NHWC", "NCHW")
 SEED = 0x0123456789ABCDEF
@@ -328,9 +329,6 @@ def test_bad_inputs():
         A.random_rotate(x, 10, seed=1, out=x)
     with pytest.raises(TypeError):
         A.random_flip(x)  # seed is required
-    if fastreg.available_backends()["c"] is None:
-        with pytest.raises(fastreg.BackendUnavailableError, match="augmentation"):
-            A.random_flip(x, seed=1, backend="c")
 
 
 def test_out_and_in_place(backend):
@@ -377,3 +375,117 @@ def test_docstrings():
             continue
         doc = fn.__doc__ or ""
         assert "Parameters" in doc and "Returns" in doc, name
+
+
+# --- the C backend's vector paths ------------------------------------------------------------------
+
+def _c_or_skip(isa):
+    reason = fastreg.available_backends()["c"]
+    if reason is not None:
+        pytest.skip(f"backend 'c' unavailable: {reason}")
+    import fastreg.c as fc
+    if isa == "avx2" and not fc.has_avx2() or isa == "avx512" and not fc.has_avx512():
+        pytest.skip(f"no {isa} on this CPU")
+    return fc
+
+
+@pytest.mark.parametrize("isa", ["c-portable", "c-avx2", "c-avx512"])
+@pytest.mark.parametrize("shape", [(3, 40, 53, 3), (2, 31, 29, 1), (2, 12, 9, 4)])
+def test_c_isa_paths_vs_reference(isa, shape):
+    """Every ISA path of the C kernels (byte-shuffle flips, gathered bilinear rows, vectorized
+    Box-Muller) gives the reference's bits, on widths that leave loop tails and on rotations
+    whose taps reach the last pixel of the batch (the gathers' bounds)."""
+    fc = _c_or_skip(isa[2:])
+    previous = fc.set_isa(isa[2:])
+    # streaming stores (flips of large outputs) on the AVX-512 run, ordinary ones elsewhere
+    stores = fc.set_stream_stores("always" if isa == "c-avx512" else "never")
+    try:
+        for dtype in DTYPES:
+            x = images(*shape, dtype, seed=shape[2])
+            calls = [
+                lambda b: A.random_flip(x, 0.5, direction="both", seed=4, backend=b),
+                lambda b: A.random_flip(x, 1.0, seed=4, backend=b),
+                lambda b: A.random_rotate(x, 180, fill=7, seed=4, backend=b),
+                lambda b: A.random_rotate(x, (0, 0.3), seed=4, backend=b),   # near-identity
+                lambda b: A.Compose([A.RandomRotate(60)], padding_mode="reflect")(
+                    x, seed=4, backend=b),
+                lambda b: A.random_resized_crop(x, (50, 23), scale=(0.2, 1), seed=4,
+                                                backend=b),
+                lambda b: A.random_rotate(x, 45, interpolation="nearest", seed=4, backend=b),
+                lambda b: A.gaussian_noise(x, (0.0, 40.0), seed=4, index_offset=7, backend=b),
+                lambda b: A.random_erasing(x, 1.0, value=3, seed=4, backend=b),
+                lambda b: A.mixup(x, np.arange(shape[0]), 0.4, num_classes=shape[0], seed=4,
+                                  backend=b)[0],
+                lambda b: A.cutmix(x, np.arange(shape[0]), 1.0, num_classes=shape[0], seed=4,
+                                   backend=b)[0],
+            ]
+            for k, fn in enumerate(calls):
+                np.testing.assert_array_equal(fn("c"), fn("numpy"), err_msg=f"call {k}")
+    finally:
+        fc.set_isa(previous)
+        fc.set_stream_stores(stores)
+
+
+@pytest.mark.parametrize("tdtype", [np.uint8, np.int32, np.int64, np.float32])
+@pytest.mark.parametrize("be", ["c"])   # the id [c-...]: .ci/c_sanitize.sh selects it
+def test_c_target_dtypes_and_in_place(be, tdtype):
+    """Nearest resampling and flips of every target dtype; noise and erasing in place."""
+    _c_or_skip("portable")
+    x = images(3, 10, 13, 3, np.uint8)
+    t = (np.arange(3 * 10 * 13) % 97).astype(tdtype).reshape(3, 10, 13)
+    for fn in (lambda b: A.random_rotate(x, 30, target=t, target_fill=5, seed=2, backend=b),
+               lambda b: A.random_flip(x, 0.5, direction="both", target=t, seed=2, backend=b)):
+        (gx, gt), (ex, et) = fn("c"), fn("numpy")
+        np.testing.assert_array_equal(gx, ex)
+        np.testing.assert_array_equal(gt, et)
+    for dtype in DTYPES:
+        y = images(3, 10, 13, 3, dtype)
+        expected = A.gaussian_noise(y, 5.0, seed=3, backend="numpy")
+        assert A.gaussian_noise(y, 5.0, seed=3, out=y, backend="c") is y
+        np.testing.assert_array_equal(y, expected)
+        expected = A.random_erasing(y, 1.0, value=2, seed=3, backend="numpy")
+        A.random_erasing(y, 1.0, value=2, seed=3, out=y, backend="c")
+        np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("be", ["c"])
+def test_c_threads_do_not_change_results(be):
+    """OMP_NUM_THREADS 1 vs 2 in fresh processes: the same bytes."""
+    _c_or_skip("portable")
+    import subprocess
+    import sys
+    code = ("import numpy as np, fastreg.augment as A, hashlib\n"
+            "x = np.random.default_rng(0).integers(0, 256, (5, 64, 48, 3)).astype(np.uint8)\n"
+            "y = A.Compose([A.RandomRotate(30), A.GaussianNoise(8.0)])(x, seed=1, backend='c')\n"
+            "z = A.random_flip(x, seed=1, backend='c')\n"
+            "print(hashlib.sha256(y.tobytes() + z.tobytes()).hexdigest())\n")
+    outs = []
+    for n in ("1", "2"):
+        env = dict(__import__("os").environ, OMP_NUM_THREADS=n)
+        outs.append(subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                                   capture_output=True, text=True).stdout)
+    assert outs[0] == outs[1] and outs[0].strip()
+
+
+@pytest.mark.parametrize("be", ["c"])
+def test_auto_prefers_c_on_host(be, monkeypatch):
+    _c_or_skip("portable")
+    from fastreg.augment import compose
+    monkeypatch.delenv("FASTREG_BACKEND", raising=False)
+    x = images(2, 5, 5, 3, np.uint8)
+    if fastreg.available_backends()["cpu"] is None:
+        assert compose.resolve_backend("auto", x).backend == "c"
+    monkeypatch.setenv("FASTREG_BACKEND", "numpy")
+    assert compose.resolve_backend("auto", x).backend == "numpy"
+    np.testing.assert_array_equal(A.random_rotate(x, 20, seed=1),
+                                  A.random_rotate(x, 20, seed=1, backend="numpy"))
+
+
+def test_compose_checks_erasing_value_before_any_work():
+    """A value that does not fit the dtype is refused before the geometric pass writes out=."""
+    x = np.zeros((2, 6, 6, 3), np.uint8)
+    out = np.full_like(x, 7)
+    pipeline = A.Compose([A.RandomRotate(30.0), A.RandomErasing(1.0, value=300.0)])
+    with pytest.raises(ValueError, match="value"):
+        pipeline(x, seed=1, out=out, backend="numpy")
+    assert np.all(out == 7)

@@ -4,7 +4,8 @@ Images (fastreg.augment.image): ``random_flip``, ``random_rot90``, ``random_rota
 ``random_crop``, ``random_resized_crop``, ``gaussian_noise``, ``random_erasing``, ``mixup``,
 ``cutmix``, and ``Compose`` with the op settings ``RandomFlip``, ``RandomRot90``,
 ``RandomRotate``, ``RandomCrop``, ``RandomResizedCrop``, ``GaussianNoise``, ``RandomErasing``.
-Backends "numpy", "cpu" and "cuda" (not "c"). Importing this package loads no backend.
+Every backend ("numpy", "cpu", "c", "cuda") gives the same bits on the CPU. Importing this
+package loads no backend.
 """
 from .compose import (Compose, GaussianNoise, RandomCrop, RandomErasing, RandomFlip,
                       RandomResizedCrop, RandomRot90, RandomRotate)

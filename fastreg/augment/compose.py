@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from .. import _arrays, _registry
+from .. import _arrays, _config, _registry
 from .._dispatch import Job
 from ..reference import augment as ref
 
@@ -132,18 +132,23 @@ def check_fill(fill, dtype, name="fill"):
 def resolve_backend(backend, *arrays):
     """A Job for the backend that runs the augmentation kernels (all ops registered as aug_*).
 
-    backend="auto" falls back to "numpy" where the resolved backend has no augmentation kernels
-    (the "c" backend has none); a backend named explicitly that lacks them raises
-    BackendUnavailableError before any work."""
+    backend="auto" on host arrays (FASTREG_BACKEND unset) prefers "c" where it is built: the
+    same bits as "cpu" and faster for every augmentation kernel (bench/bench_augment.py); it
+    falls back to "numpy" where the resolved backend has no augmentation kernels. A backend
+    named explicitly that lacks them raises BackendUnavailableError before any work."""
     device_in = any(a is not None and _arrays.is_device(a) for a in arrays)
     name = _registry.resolve(backend, *arrays)
+    if (str(backend).lower() == "auto" and not device_in and name == "cpu"
+            and _config.default_backend() == "auto"
+            and _registry.available_backends()["c"] is None):
+        name = "c"
     try:
         _registry.get("aug_affine", name)
     except _registry.BackendUnavailableError:
         if str(backend).lower() != "auto" or device_in:
             raise _registry.BackendUnavailableError(
-                f"backend {name!r} does not implement image augmentation: use 'numpy', 'cpu' "
-                "or 'cuda'")
+                f"backend {name!r} does not implement image augmentation: use 'numpy', 'cpu', "
+                "'c' or 'cuda'")
         name = "numpy"
     return Job(name, host_input=not device_in)
 
@@ -177,6 +182,9 @@ class _Op:
 
     def check(self, dims):
         """Raise for settings that do not fit images of these dims (before any work)."""
+
+    def check_dtype(self, dtype):
+        """Raise for settings that do not fit images of this dtype (before any work)."""
 
 
 class RandomFlip(_Op):
@@ -306,6 +314,9 @@ class RandomErasing(_Op):
         self.ratio = _range(ratio, "ratio", positive=True)
         self.value = _real(value, "value")
 
+    def check_dtype(self, dtype):
+        check_fill(self.value, dtype, "value")
+
     def apply(self, job, src, res, dims, layout, seed, epoch, idx, position):
         n, h, w, c = dims
         prm = ref.sample_params("erasing", seed, epoch, idx, position, height=h, width=w,
@@ -378,6 +389,8 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
         out_hw = op.size if hasattr(op, "size") else out_hw
     for _, op in other:
         op.check((n,) + out_hw + (c,))
+    for op in ops:
+        op.check_dtype(arr.dtype)
     if h * w * c >= MAX_INDEX:
         raise ValueError("a sample holds 2**32 values or more: too large for the noise stream")
     out_dims = (n,) + tuple(out_hw) + (c,)
@@ -511,7 +524,7 @@ class Compose:
         out : array, optional
             Result array of the output shape and images' dtype (not sharing memory with images
             when a geometric op is present).
-        backend : {"auto", "numpy", "cpu", "cuda"}
+        backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
         Returns
         -------

@@ -6,18 +6,18 @@ random parameter of sample i by ``(seed, epoch, index_offset + i)`` through Phil
 (fastreg.reference.augment): the same sample gets the same transform however the data set is
 split into batches or workers, on every backend.
 
-Backends: "numpy" (the reference), "cpu" (Numba) and "cuda" (Numba CUDA) implement every op;
-"c" implements none (``backend="c"`` raises BackendUnavailableError; "auto" never picks it for
-these ops). Agreement with the reference:
+Backends: "numpy" (the reference), "cpu" (Numba), "c" (C, OpenMP, AVX2 / AVX-512 chosen at run
+time) and "cuda" (Numba CUDA) implement every op; "auto" on host arrays picks "c" where it is
+built (the same bits as "cpu", faster), else "cpu". Agreement with the reference:
 
-=======================================  =========  ============================================
-op                                       "cpu"      "cuda"
-=======================================  =========  ============================================
-flips, rot90, integer crops/translation  exact      exact
-rotate, resized crop (bilinear)          exact      uint8: +-1; float32: 1e-5 * max |x| (FMA)
-Gaussian noise, mixup                    exact      uint8: +-1; float32: 1e-5 * max |x| (FMA)
-erasing, cutmix                          exact      exact
-=======================================  =========  ============================================
+=======================================  ===============  ======================================
+op                                       "cpu", "c"       "cuda"
+=======================================  ===============  ======================================
+flips, rot90, integer crops/translation  exact            exact
+rotate, resized crop (bilinear)          exact            uint8: +-1; float32: 1e-5 max |x| (FMA)
+Gaussian noise, mixup                    exact            uint8: +-1; float32: 1e-5 max |x| (FMA)
+erasing, cutmix                          exact            exact
+=======================================  ===============  ======================================
 
 Interpolation (fastreg.reference.augment has the exact definition): source points from a
 float64 inverse affine map per sample, quantized to 1/256 pixel; bilinear weights in 1/256
@@ -68,8 +68,7 @@ def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_o
         Unused by flips (kept for a uniform signature).
     out : array, optional
         Result array (images' shape and dtype); must not share memory with images.
-    backend : {"auto", "numpy", "cpu", "cuda"}
-        "c" has no augmentation kernels.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
     -------
@@ -84,7 +83,7 @@ def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_o
         p outside [0, 1], unknown direction or layout, images not 4-D, target of mismatched
         shape, seed/epoch/index_offset out of range, bad out.
     BackendUnavailableError
-        backend="c", or a backend that cannot run here.
+        A backend that cannot run here.
 
     Notes
     -----
@@ -268,7 +267,7 @@ def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NH
         Passed through unchanged (no noise on masks); returned as is.
     out : array, optional
         Result array; ``out=images`` works in place.
-    backend : {"auto", "numpy", "cpu", "cuda"}
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
     -------
@@ -314,7 +313,7 @@ def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value
         Not erased (a mask keeps its labels under the box); returned as is.
     out : array, optional
         Result array; ``out=images`` works in place.
-    backend : {"auto", "numpy", "cpu", "cuda"}
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
     -------

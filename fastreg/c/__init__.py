@@ -91,3 +91,5 @@ from .optim import adam_step, sgd_step  # noqa: E402
 
 __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "all_finite",
             "sgd_step", "adam_step"]
+from .batchnorm import *  # noqa: E402,F401,F403  the bn_* ops (fastreg/c/batchnorm.py __all__)
+from .augment import *  # noqa: E402,F401,F403  the aug_* ops (fastreg/c/augment.py __all__)

@@ -1,0 +1,1131 @@
+/* Batch normalization kernels (OpenMP), the C backend of fastreg.
+ *
+ * Exact definitions: fastreg/reference/batchnorm.py.  Arrays are (A, C, B), channel c being the
+ * A * B elements x[:, c, :]; per-channel arrays are (C,).
+ *
+ * Two layouts, chosen from B and the dtype only:
+ *   - channel layout (a row of a channel, B elements, is at least 64 bytes: NCHW): work on
+ *     (channel, chunk) items, a chunk being a few rows of one channel (or a piece of one long
+ *     row).  The fused ops (forward_train, backward) hand out whole channels when there are
+ *     enough of them: a thread reduces a channel, computes its coefficients, and applies them
+ *     while the channel's data is still in its cache (x read from memory once).  With few
+ *     channels the (channel, chunk) items are spread over the threads in three phases.
+ *   - row layout (B small: channels-last, (N, C)): rows of L = C * B contiguous elements, cut
+ *     into tiles of (row chunk, column block); each tile accumulates per-column partial sums,
+ *     combined in row-chunk order, then over the B columns of each channel.
+ * Reductions accumulate in double: shifted sums (shift = the channel's first element) for the
+ * statistics, so that float32 data with a large mean keeps its variance; sum g and
+ * sum g * (x - mean) for the backward.  Every partial sum covers a fixed part of the data (fixed
+ * by the shape only) and partials are added in a fixed order, and no fused multiply-add is used
+ * (-ffp-contract=off): the results do not depend on the number of threads nor on the
+ * instruction set (portable, AVX2 and AVX-512 copies of the loops give the same bits).
+ *
+ * Element-wise parts work in the array's dtype with per-channel coefficients cast to it, in the
+ * reference's order of operations.  Large outputs that the op does not read are written with
+ * streaming stores through a small buffer (see the setting in fastreg.h).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastreg.h"
+#include "elementwise.h"
+
+#ifdef FR_EW_X86
+#define FR_BN_AVX512 \
+    __attribute__((target("avx2,avx512f,avx512dq,avx512bw,avx512vl,prefer-vector-width=512")))
+#endif
+
+/* ------------------------------------------------------------------ sizes */
+
+#define FR_BN_CHUNK ((size_t)16384)          /* elements per partial sum, about */
+#define FR_BN_PIECE ((size_t)16384)          /* longest piece of one row (channel layout) */
+#define FR_BN_ROW_BYTES ((size_t)64)         /* rows of a channel shorter than this: row layout */
+#define FR_BN_COLS ((size_t)1024)            /* column block of the row layout */
+#define FR_BN_KMAX ((size_t)64)              /* most row chunks of the row layout */
+#define FR_BN_PART_BYTES ((size_t)4 << 20)   /* most bytes of row-layout partial sums */
+#define FR_BN_BUF_BYTES ((size_t)4096)       /* per-thread buffer of the streaming stores */
+/* fused ops: the next channel is prefetched while one is applied if its input (all arrays)
+ * is at most this large (both then stay in a core's L2) */
+#ifndef FR_BN_PF_BYTES
+#define FR_BN_PF_BYTES ((size_t)1024 << 10)
+#endif
+#ifndef FR_BN_PF_HINT
+#define FR_BN_PF_HINT 2
+#endif
+
+/* ------------------------------------------------------------------ jobs */
+
+enum { FR_BN_RED_STATS = 0, FR_BN_RED_BWD = 1, FR_BN_RED_BWD_MASK = 2 };
+/* forward apply flags */
+enum { FR_BN_F_RES = 1, FR_BN_F_RELU = 2 };
+/* backward apply flags */
+enum { FR_BN_B_MASK = 1, FR_BN_B_TRAIN = 2, FR_BN_B_GRES = 4 };
+
+typedef struct {
+    size_t A, C, B, L;  /* L = C * B, the row length */
+    int kind;           /* reduction: FR_BN_RED_* */
+    int flags;          /* apply: FR_BN_F_* or FR_BN_B_* */
+    int stream;         /* streaming stores for the apply's outputs */
+    const void *x, *gy, *y, *res;
+    void *out, *gres;   /* forward: out; backward: out = gx, gres */
+    /* per-column shift / center of the row layout's reductions (double) */
+    const double *rcol;
+    /* apply coefficients in the dtype, per channel (channel layout) or per column (row layout):
+     * forward center, scale, shift; backward center, a, b, d */
+    const void *k[4];
+} fr_bn_job;
+
+typedef struct {
+    /* partial sums of one chunk: rows [0, nrows) of `stride` elements from element off, len
+     * elements each; ctr the channel's shift / center */
+    void (*red_seg)(const fr_bn_job *j, size_t off, size_t stride, size_t nrows, size_t len,
+                    double ctr, double *out);
+    /* row layout: adds the sums of rows [r0, r1), columns [j0, j1) to p1, p2 (indexed j - j0) */
+    void (*red_rows)(const fr_bn_job *j, size_t r0, size_t r1, size_t j0, size_t j1, double *p1,
+                     double *p2);
+    /* apply to a chunk of channel c / to a row-layout tile */
+    void (*fwd_seg)(const fr_bn_job *j, size_t off, size_t stride, size_t nrows, size_t len,
+                    size_t c);
+    void (*fwd_rows)(const fr_bn_job *j, size_t r0, size_t r1, size_t j0, size_t j1);
+    void (*bwd_seg)(const fr_bn_job *j, size_t off, size_t stride, size_t nrows, size_t len,
+                    size_t c);
+    void (*bwd_rows)(const fr_bn_job *j, size_t r0, size_t r1, size_t j0, size_t j1);
+} fr_bn_kern;
+
+/* ------------------------------------------------------------------ element loops */
+
+/* 4-lane vectors (GCC vector extensions): native ymm registers in the AVX2 and AVX-512 builds
+ * (Zen 4 runs 512-bit operations as two 256-bit halves anyway), xmm pairs in the portable one;
+ * the same operations in the same order on every instruction set. */
+typedef double fr_bn_v4d __attribute__((vector_size(32)));
+typedef float fr_bn_v4f __attribute__((vector_size(16)));
+typedef int32_t fr_bn_v4fi __attribute__((vector_size(16)));
+typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
+
+/* One 4-element step of a chunk reduction, into accumulators a1_Q, a2_Q (see red_seg). */
+#define FR_BN_RED_STEP(Q, VT, VI)                                                    \
+    {                                                                                \
+        VT xv;                                                                       \
+        memcpy(&xv, x + base + i + 4 * Q, sizeof xv);                                \
+        fr_bn_v4d xd = __builtin_convertvector(xv, fr_bn_v4d) - cv;                  \
+        if (KIND == FR_BN_RED_STATS) {                                               \
+            FR_BN_KADD(a1_##Q, k1_##Q, xd);                                          \
+            FR_BN_KADD(a2_##Q, k2_##Q, xd * xd);                                     \
+        } else {                                                                     \
+            VT gv;                                                                   \
+            memcpy(&gv, gy + base + i + 4 * Q, sizeof gv);                           \
+            if (KIND == FR_BN_RED_BWD_MASK) {                                        \
+                VT yv;                                                               \
+                memcpy(&yv, y + base + i + 4 * Q, sizeof yv);                        \
+                gv = (VT)((VI)gv & (yv > zero));                                     \
+            }                                                                        \
+            fr_bn_v4d gd = __builtin_convertvector(gv, fr_bn_v4d);                   \
+            FR_BN_KADD(a1_##Q, k1_##Q, gd);                                          \
+            FR_BN_KADD(a2_##Q, k2_##Q, gd * xd);                                     \
+        }                                                                            \
+    }
+
+/* Streaming copy with 64-byte stores (AVX-512 build of the loops). */
+#ifdef FR_EW_X86
+FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, size_t bytes)
+{
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    size_t head = (64 - ((uintptr_t)d & 63)) & 63;
+    if (head > bytes)
+        head = bytes;
+    memcpy(d, s, head);
+    d += head, s += head, bytes -= head;
+    for (; bytes >= 64; d += 64, s += 64, bytes -= 64)
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
+    memcpy(d, s, bytes);
+}
+#endif
+
+/* acc += v, compensated (Kahan) when KAHAN; for scalars, vectors and vector elements. */
+#define FR_BN_KADD(acc, comp, v)                        \
+    do {                                                \
+        if (KAHAN) {                                    \
+            __typeof__(acc) u_ = (v) - (comp);          \
+            __typeof__(acc) t_ = (acc) + u_;            \
+            (comp) = (t_ - (acc)) - u_;                 \
+            (acc) = t_;                                 \
+        } else {                                        \
+            (acc) += (v);                               \
+        }                                               \
+    } while (0)
+
+/* Per dtype: VT the 4-lane vector of T, VI the integer vector as wide. */
+#define FR_BN_DEFINE_LOOPS(SUF, T, VT, VI)                                                      \
+    /* Partial sums of a chunk: element i of a row goes to lane i % 16 of four 4-double         \
+     * vector accumulators (carried across the chunk's rows), the rest of a row (len % 16       \
+     * elements) to a scalar one; then lanes and rest are added in a fixed order. */            \
+    FR_INLINE void fr_bn_red_seg_##SUF##_body(const fr_bn_job *j, size_t off, size_t stride,    \
+                                              size_t nrows, size_t len, double ctr,             \
+                                              double *out, const int KIND)                      \
+    {                                                                                           \
+        /* float64 data: compensated sums (their rounding errors would show in the mean,        \
+         * invstd and backward coefficients at the level of the dtype's ulp); float32 data      \
+         * has 29 bits to spare */                                                              \
+        const int KAHAN = sizeof(T) == 8;                                                       \
+        const T *x = (const T *)j->x + off;                                                     \
+        const T *gy = KIND ? (const T *)j->gy + off : NULL;                                     \
+        const T *y = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + off : NULL;                 \
+        fr_bn_v4d a1_0 = {0}, a1_1 = {0}, a1_2 = {0}, a1_3 = {0};                               \
+        fr_bn_v4d a2_0 = {0}, a2_1 = {0}, a2_2 = {0}, a2_3 = {0};                               \
+        fr_bn_v4d k1_0 = {0}, k1_1 = {0}, k1_2 = {0}, k1_3 = {0}; /* compensations */           \
+        fr_bn_v4d k2_0 = {0}, k2_1 = {0}, k2_2 = {0}, k2_3 = {0};                               \
+        double t1 = 0.0, t2 = 0.0, tk1 = 0.0, tk2 = 0.0;                                        \
+        const fr_bn_v4d cv = (fr_bn_v4d){0} + ctr;                                              \
+        const VT zero = {0};                                                                    \
+        (void)zero;                                                                             \
+        for (size_t r = 0; r < nrows; r++) {                                                    \
+            const size_t base = r * stride;                                                     \
+            size_t i = 0;                                                                       \
+            for (; i + 16 <= len; i += 16) {                                                    \
+                FR_BN_RED_STEP(0, VT, VI)                                                       \
+                FR_BN_RED_STEP(1, VT, VI)                                                       \
+                FR_BN_RED_STEP(2, VT, VI)                                                       \
+                FR_BN_RED_STEP(3, VT, VI)                                                       \
+            }                                                                                   \
+            for (; i < len; i++) {                                                              \
+                double xd = (double)x[base + i] - ctr;                                          \
+                if (KIND == FR_BN_RED_STATS) {                                                  \
+                    FR_BN_KADD(t1, tk1, xd);                                                    \
+                    FR_BN_KADD(t2, tk2, xd * xd);                                               \
+                } else {                                                                        \
+                    T g = gy[base + i];                                                         \
+                    if (KIND == FR_BN_RED_BWD_MASK)                                             \
+                        g = fr_sel_##SUF(y[base + i] > 0, g, (T)0);                             \
+                    FR_BN_KADD(t1, tk1, (double)g);                                             \
+                    FR_BN_KADD(t2, tk2, (double)g * xd);                                        \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        if (KAHAN) {                                                                            \
+            a1_0 -= k1_0, a1_1 -= k1_1, a1_2 -= k1_2, a1_3 -= k1_3;                             \
+            a2_0 -= k2_0, a2_1 -= k2_1, a2_2 -= k2_2, a2_3 -= k2_3;                             \
+        }                                                                                       \
+        fr_bn_v4d v1 = (a1_0 + a1_1) + (a1_2 + a1_3), v2 = (a2_0 + a2_1) + (a2_2 + a2_3);       \
+        out[0] = ((v1[0] + v1[1]) + (v1[2] + v1[3])) + (t1 - tk1);                              \
+        out[1] = ((v2[0] + v2[1]) + (v2[2] + v2[3])) + (t2 - tk2);                              \
+    }                                                                                           \
+                                                                                                \
+    /* Row layout: per-column sums over rows [r0, r1), each column in row order. */             \
+    FR_INLINE void fr_bn_red_rows_##SUF##_body(const fr_bn_job *j, size_t r0, size_t r1,        \
+                                               size_t j0, size_t j1, double *restrict p1,       \
+                                               double *restrict p2, const int KIND)             \
+    {                                                                                           \
+        const size_t L = j->L, w = j1 - j0;                                                     \
+        const double *restrict sh = j->rcol + j0;                                               \
+        const int KAHAN = sizeof(T) == 8; /* as in red_seg */                                   \
+        double k1[2 * FR_BN_COLS], k2[2 * FR_BN_COLS]; /* w <= 2 * FR_BN_COLS */                \
+        if (KAHAN) {                                                                            \
+            memset(k1, 0, w * sizeof(double));                                                  \
+            memset(k2, 0, w * sizeof(double));                                                  \
+        }                                                                                       \
+        for (size_t r = r0; r < r1; r++) {                                                      \
+            const T *restrict xr = (const T *)j->x + r * L + j0;                                \
+            if (KIND == FR_BN_RED_STATS) {                                                      \
+                _Pragma("omp simd")                                                             \
+                for (size_t i = 0; i < w; i++) {                                                \
+                    double d = (double)xr[i] - sh[i];                                           \
+                    FR_BN_KADD(p1[i], k1[i], d);                                                \
+                    FR_BN_KADD(p2[i], k2[i], d * d);                                            \
+                }                                                                               \
+            } else {                                                                            \
+                const T *restrict gr = (const T *)j->gy + r * L + j0;                           \
+                const T *restrict yr = KIND == FR_BN_RED_BWD_MASK                               \
+                                           ? (const T *)j->y + r * L + j0 : gr;                 \
+                _Pragma("omp simd")                                                             \
+                for (size_t i = 0; i < w; i++) {                                                \
+                    T g = gr[i];                                                                \
+                    if (KIND == FR_BN_RED_BWD_MASK)                                             \
+                        g = fr_sel_##SUF(yr[i] > 0, g, (T)0);                                   \
+                    double gd = (double)g;                                                      \
+                    FR_BN_KADD(p1[i], k1[i], gd);                                               \
+                    FR_BN_KADD(p2[i], k2[i], gd * ((double)xr[i] - sh[i]));                     \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        if (KAHAN)                                                                              \
+            for (size_t i = 0; i < w; i++) {                                                    \
+                p1[i] -= k1[i];                                                                 \
+                p2[i] -= k2[i];                                                                 \
+            }                                                                                   \
+    }                                                                                           \
+                                                                                                \
+    /* out = act((x - c) * s + h [+ res]); coefficient pointers advance with i when CS (per   \
+     * column), else they are one channel's. */                                                 \
+    FR_INLINE void fr_bn_fwd_elems_##SUF(const T *restrict x, const T *restrict res,            \
+                                         T *dst, const T *restrict c, const T *restrict s,      \
+                                         const T *restrict h, size_t n, const int FL,           \
+                                         const int CS)                                          \
+    {                                                                                           \
+        const T c0 = c[0], s0 = s[0], h0 = h[0];                                                \
+        _Pragma("omp simd")                                                                     \
+        for (size_t i = 0; i < n; i++) {                                                        \
+            T v = (x[i] - (CS ? c[i] : c0)) * (CS ? s[i] : s0) + (CS ? h[i] : h0);              \
+            if (FL & FR_BN_F_RES)                                                               \
+                v = v + res[i];                                                                 \
+            if (FL & FR_BN_F_RELU)                                                              \
+                v = v <= 0 ? (T)0 : v; /* NaN stays, -0.0 becomes +0.0 */                       \
+            dst[i] = v;                                                                         \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* g = mask ? (y > 0 ? gy : 0) : gy; gres = g; gx = g * a [- (x - c) * b - d]. */           \
+    FR_INLINE void fr_bn_bwd_elems_##SUF(const T *restrict gy, const T *restrict x,             \
+                                         const T *restrict y, T *gx, T *restrict gres,          \
+                                         const T *restrict c, const T *restrict a,              \
+                                         const T *restrict b, const T *restrict d, size_t n,    \
+                                         const int FL, const int CS)                            \
+    {                                                                                           \
+        const T c0 = c ? c[0] : 0, a0 = a[0], b0 = b ? b[0] : 0, d0 = d ? d[0] : 0;             \
+        _Pragma("omp simd")                                                                     \
+        for (size_t i = 0; i < n; i++) {                                                        \
+            T g = gy[i];                                                                        \
+            if (FL & FR_BN_B_MASK)                                                              \
+                g = fr_sel_##SUF(y[i] > 0, g, (T)0);                                            \
+            if (FL & FR_BN_B_GRES)                                                              \
+                gres[i] = g;                                                                    \
+            T v = g * (CS ? a[i] : a0);                                                         \
+            if (FL & FR_BN_B_TRAIN)                                                             \
+                v = v - (x[i] - (CS ? c[i] : c0)) * (CS ? b[i] : b0) - (CS ? d[i] : d0);        \
+            gx[i] = v;                                                                          \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* Elements [e0, e0 + n) of the output, contiguous: channel c's coefficients, or (CS, row   \
+     * layout) each column's, the run then being cut where rows end.  With streaming stores the \
+     * results go through buf in blocks that start on the output's 64-byte boundaries (so only  \
+     * the run's first and last lines are partly written, with ordinary stores). */             \
+    FR_INLINE void fr_bn_fwd_run_##SUF(const fr_bn_job *j, size_t e0, size_t n, size_t c,       \
+                                       const int FL, const int CS,                              \
+                                       void (*copy)(void *, const void *, size_t))              \
+    {                                                                                           \
+        const T *x = (const T *)j->x, *res = (FL & FR_BN_F_RES) ? (const T *)j->res : NULL;     \
+        const T *k0 = (const T *)j->k[0], *k1 = (const T *)j->k[1], *k2 = (const T *)j->k[2];   \
+        T *out = (T *)j->out;                                                                   \
+        const int stream = j->stream;                                                           \
+        _Alignas(64) T buf[FR_BN_BUF_BYTES / sizeof(T)];                                        \
+        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(T) : n;                            \
+        size_t head = stream ? fr_ew_head(out + e0, sizeof(T), n) : 0;                          \
+        for (size_t k = 0; k < n;) {                                                            \
+            size_t m = head ? head : (n - k < blk ? n - k : blk);                               \
+            head = 0;                                                                           \
+            T *dst = stream ? buf : out + e0 + k;                                               \
+            for (size_t done = 0; done < m;) {                                                  \
+                size_t e = e0 + k + done, seg = m - done, q = c;                                \
+                if (CS) {                                                                       \
+                    q = e % j->L;                                                               \
+                    if (seg > j->L - q)                                                         \
+                        seg = j->L - q;                                                         \
+                }                                                                               \
+                fr_bn_fwd_elems_##SUF(x + e, res ? res + e : NULL, dst + done, k0 + q, k1 + q,  \
+                                      k2 + q, seg, FL, CS);                                     \
+                done += seg;                                                                    \
+            }                                                                                   \
+            if (stream)                                                                         \
+                copy(out + e0 + k, buf, m * sizeof(T));                                         \
+            k += m;                                                                             \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    FR_INLINE void fr_bn_bwd_run_##SUF(const fr_bn_job *j, size_t e0, size_t n, size_t c,       \
+                                       const int FL, const int CS,                              \
+                                       void (*copy)(void *, const void *, size_t))              \
+    {                                                                                           \
+        const T *gy = (const T *)j->gy;                                                         \
+        const T *x = (FL & FR_BN_B_TRAIN) ? (const T *)j->x : NULL;                             \
+        const T *y = (FL & FR_BN_B_MASK) ? (const T *)j->y : NULL;                              \
+        const T *k0 = (const T *)j->k[0], *k1 = (const T *)j->k[1];                             \
+        const T *k2 = (const T *)j->k[2], *k3 = (const T *)j->k[3];                             \
+        T *gx = (T *)j->out, *gres = (FL & FR_BN_B_GRES) ? (T *)j->gres : NULL;                 \
+        const int stream = j->stream;                                                           \
+        _Alignas(64) T buf[FR_BN_BUF_BYTES / sizeof(T)];                                        \
+        _Alignas(64) T buf2[FR_BN_BUF_BYTES / sizeof(T)];                                       \
+        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(T) : n;                            \
+        size_t head = stream ? fr_ew_head(gx + e0, sizeof(T), n) : 0;                           \
+        for (size_t k = 0; k < n;) {                                                            \
+            size_t m = head ? head : (n - k < blk ? n - k : blk);                               \
+            head = 0;                                                                           \
+            T *dst = stream ? buf : gx + e0 + k;                                                \
+            T *dst2 = !gres ? NULL : stream ? buf2 : gres + e0 + k;                             \
+            for (size_t done = 0; done < m;) {                                                  \
+                size_t e = e0 + k + done, seg = m - done, q = c;                                \
+                if (CS) {                                                                       \
+                    q = e % j->L;                                                               \
+                    if (seg > j->L - q)                                                         \
+                        seg = j->L - q;                                                         \
+                }                                                                               \
+                fr_bn_bwd_elems_##SUF(gy + e, x ? x + e : NULL, y ? y + e : NULL, dst + done,   \
+                                      dst2 ? dst2 + done : NULL, k0 ? k0 + q : NULL, k1 + q,    \
+                                      k2 ? k2 + q : NULL, k3 ? k3 + q : NULL, seg, FL, CS);     \
+                done += seg;                                                                    \
+            }                                                                                   \
+            if (stream) {                                                                       \
+                copy(gx + e0 + k, buf, m * sizeof(T));                                          \
+                if (gres)                                                                       \
+                    copy(gres + e0 + k, buf2, m * sizeof(T));                                   \
+            }                                                                                   \
+            k += m;                                                                             \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    FR_INLINE void fr_bn_fwd_seg_##SUF##_body(const fr_bn_job *j, size_t off, size_t stride,    \
+                                              size_t nrows, size_t len, size_t c,               \
+                                              void (*copy)(void *, const void *, size_t),       \
+                                              const int FL)                                     \
+    {                                                                                           \
+        for (size_t r = 0; r < nrows; r++)                                                      \
+            fr_bn_fwd_run_##SUF(j, off + r * stride, len, c, FL, 0, copy);                      \
+    }                                                                                           \
+    /* a tile of whole rows is one contiguous run */                                            \
+    FR_INLINE void fr_bn_fwd_rows_##SUF##_body(const fr_bn_job *j, size_t r0, size_t r1,        \
+                                               size_t j0, size_t j1,                            \
+                                               void (*copy)(void *, const void *, size_t),      \
+                                               const int FL)                                    \
+    {                                                                                           \
+        if (j0 == 0 && j1 == j->L)                                                              \
+            fr_bn_fwd_run_##SUF(j, r0 * j->L, (r1 - r0) * j->L, 0, FL, 1, copy);                \
+        else                                                                                    \
+            for (size_t r = r0; r < r1; r++)                                                    \
+                fr_bn_fwd_run_##SUF(j, r * j->L + j0, j1 - j0, 0, FL, 1, copy);                 \
+    }                                                                                           \
+    FR_INLINE void fr_bn_bwd_seg_##SUF##_body(const fr_bn_job *j, size_t off, size_t stride,    \
+                                              size_t nrows, size_t len, size_t c,               \
+                                              void (*copy)(void *, const void *, size_t),       \
+                                              const int FL)                                     \
+    {                                                                                           \
+        for (size_t r = 0; r < nrows; r++)                                                      \
+            fr_bn_bwd_run_##SUF(j, off + r * stride, len, c, FL, 0, copy);                      \
+    }                                                                                           \
+    FR_INLINE void fr_bn_bwd_rows_##SUF##_body(const fr_bn_job *j, size_t r0, size_t r1,        \
+                                               size_t j0, size_t j1,                            \
+                                               void (*copy)(void *, const void *, size_t),      \
+                                               const int FL)                                    \
+    {                                                                                           \
+        if (j0 == 0 && j1 == j->L)                                                              \
+            fr_bn_bwd_run_##SUF(j, r0 * j->L, (r1 - r0) * j->L, 0, FL, 1, copy);                \
+        else                                                                                    \
+            for (size_t r = r0; r < r1; r++)                                                    \
+                fr_bn_bwd_run_##SUF(j, r * j->L + j0, j1 - j0, 0, FL, 1, copy);                 \
+    }
+
+FR_BN_DEFINE_LOOPS(f32, float, fr_bn_v4f, fr_bn_v4fi)
+FR_BN_DEFINE_LOOPS(f64, double, fr_bn_v4d, fr_bn_v4di)
+
+/* One instruction-set copy of the six kernels of a dtype: the run-time kind and flags become
+ * compile-time constants of separate inlined copies of the loops. */
+#define FR_BN_SW3(FN, ...)                                           \
+    switch (j->kind) {                                               \
+    case FR_BN_RED_STATS: FN(__VA_ARGS__, FR_BN_RED_STATS); break;   \
+    case FR_BN_RED_BWD: FN(__VA_ARGS__, FR_BN_RED_BWD); break;       \
+    default: FN(__VA_ARGS__, FR_BN_RED_BWD_MASK); break;             \
+    }
+#define FR_BN_SW4(FN, ...)              \
+    switch (j->flags & 3) {             \
+    case 0: FN(__VA_ARGS__, 0); break;  \
+    case 1: FN(__VA_ARGS__, 1); break;  \
+    case 2: FN(__VA_ARGS__, 2); break;  \
+    default: FN(__VA_ARGS__, 3); break; \
+    }
+#define FR_BN_SW8(FN, ...)              \
+    switch (j->flags & 7) {             \
+    case 0: FN(__VA_ARGS__, 0); break;  \
+    case 1: FN(__VA_ARGS__, 1); break;  \
+    case 2: FN(__VA_ARGS__, 2); break;  \
+    case 3: FN(__VA_ARGS__, 3); break;  \
+    case 4: FN(__VA_ARGS__, 4); break;  \
+    case 5: FN(__VA_ARGS__, 5); break;  \
+    case 6: FN(__VA_ARGS__, 6); break;  \
+    default: FN(__VA_ARGS__, 7); break; \
+    }
+
+#define FR_BN_DEFINE_ISA(SUF, ISA, ATTR, COPY)                                                   \
+    ATTR static void fr_bn_red_seg_##SUF##_##ISA(const fr_bn_job *j, size_t off, size_t stride,  \
+                                                 size_t nrows, size_t len, double ctr,           \
+                                                 double *out)                                    \
+    {                                                                                            \
+        FR_BN_SW3(fr_bn_red_seg_##SUF##_body, j, off, stride, nrows, len, ctr, out)              \
+    }                                                                                            \
+    ATTR static void fr_bn_red_rows_##SUF##_##ISA(const fr_bn_job *j, size_t r0, size_t r1,      \
+                                                  size_t j0, size_t j1, double *p1, double *p2)  \
+    {                                                                                            \
+        FR_BN_SW3(fr_bn_red_rows_##SUF##_body, j, r0, r1, j0, j1, p1, p2)                        \
+    }                                                                                            \
+    ATTR static void fr_bn_fwd_seg_##SUF##_##ISA(const fr_bn_job *j, size_t off, size_t stride,  \
+                                                 size_t nrows, size_t len, size_t c)             \
+    {                                                                                            \
+        FR_BN_SW4(fr_bn_fwd_seg_##SUF##_body, j, off, stride, nrows, len, c, COPY)               \
+    }                                                                                            \
+    ATTR static void fr_bn_fwd_rows_##SUF##_##ISA(const fr_bn_job *j, size_t r0, size_t r1,      \
+                                                  size_t j0, size_t j1)                          \
+    {                                                                                            \
+        FR_BN_SW4(fr_bn_fwd_rows_##SUF##_body, j, r0, r1, j0, j1, COPY)                          \
+    }                                                                                            \
+    ATTR static void fr_bn_bwd_seg_##SUF##_##ISA(const fr_bn_job *j, size_t off, size_t stride,  \
+                                                 size_t nrows, size_t len, size_t c)             \
+    {                                                                                            \
+        FR_BN_SW8(fr_bn_bwd_seg_##SUF##_body, j, off, stride, nrows, len, c, COPY)               \
+    }                                                                                            \
+    ATTR static void fr_bn_bwd_rows_##SUF##_##ISA(const fr_bn_job *j, size_t r0, size_t r1,      \
+                                                  size_t j0, size_t j1)                          \
+    {                                                                                            \
+        FR_BN_SW8(fr_bn_bwd_rows_##SUF##_body, j, r0, r1, j0, j1, COPY)                          \
+    }                                                                                            \
+    static const fr_bn_kern fr_bn_kern_##SUF##_##ISA = {                                         \
+        fr_bn_red_seg_##SUF##_##ISA, fr_bn_red_rows_##SUF##_##ISA, fr_bn_fwd_seg_##SUF##_##ISA,  \
+        fr_bn_fwd_rows_##SUF##_##ISA, fr_bn_bwd_seg_##SUF##_##ISA,                               \
+        fr_bn_bwd_rows_##SUF##_##ISA};
+
+#define FR_BN_NOATTR
+FR_BN_DEFINE_ISA(f32, portable, FR_BN_NOATTR, fr_ew_stream_copy)
+FR_BN_DEFINE_ISA(f64, portable, FR_BN_NOATTR, fr_ew_stream_copy)
+#ifdef FR_EW_X86
+FR_BN_DEFINE_ISA(f32, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
+FR_BN_DEFINE_ISA(f64, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
+FR_BN_DEFINE_ISA(f32, avx512, FR_BN_AVX512, fr_bn_stream_copy_avx512)
+FR_BN_DEFINE_ISA(f64, avx512, FR_BN_AVX512, fr_bn_stream_copy_avx512)
+#endif
+
+static const fr_bn_kern *fr_bn_pick(int f64)
+{
+#ifdef FR_EW_X86
+    int isa = fr_get_isa();
+    if (isa >= 2)
+        return f64 ? &fr_bn_kern_f64_avx512 : &fr_bn_kern_f32_avx512;
+    if (isa == 1)
+        return f64 ? &fr_bn_kern_f64_avx2 : &fr_bn_kern_f32_avx2;
+#endif
+    return f64 ? &fr_bn_kern_f64_portable : &fr_bn_kern_f32_portable;
+}
+
+/* ------------------------------------------------------------------ per-channel finishing */
+
+/* What to do with a channel's two sums (s1, s2): the per-dtype finishing step of each op. */
+enum { FR_BN_FIN_STATS, FR_BN_FIN_FWD, FR_BN_FIN_BRED, FR_BN_FIN_BWD };
+
+typedef struct {
+    int what;            /* FR_BN_FIN_* */
+    int f64;             /* the dtype */
+    double n;            /* elements per channel */
+    double eps;
+    int training;
+    const double *ctr;   /* per channel: the shift (stats) or center (backward) of the sums */
+    double *o1, *o2, *o3;          /* stats: mean, m2 (, invstd); bred: s_dy, s_dyx */
+    const double *invstd;          /* backward */
+    const void *weight, *bias;     /* in the dtype; NULL = 1, 0 */
+    void *k[4];                    /* apply coefficients (per channel), in the dtype */
+    void *gw, *gb;                 /* backward: grad_weight, grad_bias, in the dtype */
+} fr_bn_fin;
+
+static inline double fr_bn_getd(const void *p, int f64, size_t i)
+{
+    return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+
+static inline void fr_bn_putd(void *p, int f64, size_t i, double v)
+{
+    if (f64)
+        ((double *)p)[i] = v;
+    else
+        ((float *)p)[i] = (float)v;
+}
+
+/* The reference's per-channel formulas (bn_forward_coeffs, bn_backward_coeffs), float64. */
+static void fr_bn_finish(const fr_bn_fin *f, size_t c, double s1, double s2)
+{
+    const int f64 = f->f64;
+    switch (f->what) {
+    case FR_BN_FIN_STATS:
+    case FR_BN_FIN_FWD: {
+        double q = s1 / f->n;
+        double mean = f->ctr[c] + q;
+        double m2 = s2 - s1 * q;  /* sum (x - shift)^2 - n (mean - shift)^2 */
+        if (!(m2 > 0))
+            m2 = m2 != m2 ? m2 : 0.0;  /* rounding below zero, NaN kept */
+        f->o1[c] = mean;
+        f->o2[c] = m2;
+        if (f->what == FR_BN_FIN_STATS)
+            break;
+        double inv = 1.0 / sqrt(m2 / f->n + f->eps);
+        double w = f->weight ? fr_bn_getd(f->weight, f64, c) : 1.0;
+        double b = f->bias ? fr_bn_getd(f->bias, f64, c) : 0.0;
+        f->o3[c] = inv;
+        fr_bn_putd(f->k[0], f64, c, mean);
+        fr_bn_putd(f->k[1], f64, c, w * inv);
+        fr_bn_putd(f->k[2], f64, c, b);
+        break;
+    }
+    case FR_BN_FIN_BRED:
+        f->o1[c] = s1;
+        f->o2[c] = s2;
+        break;
+    default: {  /* FR_BN_FIN_BWD: s1 = s_dy, s2 = s_dyx */
+        double inv = f->invstd[c];
+        double w = f->weight ? fr_bn_getd(f->weight, f64, c) : 1.0;
+        double a = w * inv;
+        fr_bn_putd(f->gw, f64, c, s2 * inv);
+        fr_bn_putd(f->gb, f64, c, s1);
+        fr_bn_putd(f->k[0], f64, c, f->ctr[c]);
+        fr_bn_putd(f->k[1], f64, c, a);
+        if (f->training) {
+            fr_bn_putd(f->k[2], f64, c, a * inv * inv * s2 / f->n);
+            fr_bn_putd(f->k[3], f64, c, a * s1 / f->n);
+        }
+    }
+    }
+}
+
+/* ------------------------------------------------------------------ drivers */
+
+/* Compensated (Neumaier) running sum: the partial sums of chunks, columns and channels are
+ * added with it, so that only the chunks' own rounding remains. */
+typedef struct {
+    double s, c;
+} fr_bn_acc;
+
+static inline void fr_bn_add(fr_bn_acc *a, double v)
+{
+    double t = a->s + v;
+    a->c += fabs(a->s) >= fabs(v) ? (a->s - t) + v : (v - t) + a->s;
+    a->s = t;
+}
+
+static inline double fr_bn_total(const fr_bn_acc *a) { return a->s + a->c; }
+
+typedef struct {
+    int rows;            /* row layout */
+    /* channel layout: R rows per chunk, or pieces of PL elements when nbp > 1; K chunks */
+    size_t R, nbp, PL, K;
+    /* row layout: row chunks of RR rows (KR of them), column blocks of W (NB of them) */
+    size_t RR, KR, W, NB;
+} fr_bn_plan;
+
+static size_t fr_bn_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+
+static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize)
+{
+    fr_bn_plan p;
+    memset(&p, 0, sizeof p);
+    p.rows = B * itemsize < FR_BN_ROW_BYTES;
+    if (!p.rows) {
+        if (B > FR_BN_PIECE) {
+            p.nbp = fr_bn_cdiv(B, FR_BN_PIECE);
+            p.PL = fr_bn_cdiv(B, p.nbp);
+            p.nbp = fr_bn_cdiv(B, p.PL);
+            p.R = 1;
+            p.K = A * p.nbp;
+        } else {
+            p.nbp = 1;
+            p.PL = B;
+            p.R = FR_BN_CHUNK / B;
+            if (p.R < 1)
+                p.R = 1;
+            if (p.R > A)
+                p.R = A;
+            p.K = fr_bn_cdiv(A, p.R);
+        }
+    } else {
+        size_t L = C * B;
+        p.NB = L <= 2 * FR_BN_COLS ? 1 : fr_bn_cdiv(L, FR_BN_COLS);
+        p.W = fr_bn_cdiv(L, p.NB);
+        p.W = (p.W + 15) & ~(size_t)15;
+        p.NB = fr_bn_cdiv(L, p.W);
+        size_t kmax = FR_BN_PART_BYTES / (16 * L);
+        if (kmax > FR_BN_KMAX)
+            kmax = FR_BN_KMAX;
+        if (kmax < 1)
+            kmax = 1;
+        size_t rr = fr_bn_cdiv(FR_BN_CHUNK, L), rk = fr_bn_cdiv(A, kmax);
+        p.RR = rr > rk ? rr : rk;
+        if (p.RR > A)
+            p.RR = A;
+        p.KR = fr_bn_cdiv(A, p.RR);
+    }
+    return p;
+}
+
+/* Chunk k of channel c (channel layout): first element, rows, length. */
+static inline void fr_bn_chunk(const fr_bn_plan *p, const fr_bn_job *j, size_t c, size_t k,
+                               size_t *off, size_t *nrows, size_t *len)
+{
+    size_t r0, b0, b1;
+    if (p->nbp > 1) {
+        r0 = k / p->nbp;
+        b0 = (k % p->nbp) * p->PL;
+        b1 = b0 + p->PL < j->B ? b0 + p->PL : j->B;
+        *nrows = 1;
+    } else {
+        r0 = k * p->R;
+        b0 = 0;
+        b1 = j->B;
+        *nrows = r0 + p->R < j->A ? p->R : j->A - r0;
+    }
+    *off = r0 * j->L + c * j->B + b0;
+    *len = b1 - b0;
+}
+
+static inline void fr_bn_tile(const fr_bn_plan *p, const fr_bn_job *j, size_t t, size_t *r0,
+                              size_t *r1, size_t *j0, size_t *j1)
+{
+    size_t k = t / p->NB, m = t % p->NB;
+    *r0 = k * p->RR;
+    *r1 = *r0 + p->RR < j->A ? *r0 + p->RR : j->A;
+    *j0 = m * p->W;
+    *j1 = *j0 + p->W < j->L ? *j0 + p->W : j->L;
+}
+
+/* Prefetch of bytes [p, p + n) into the L2 cache. */
+static inline void fr_bn_prefetch(const unsigned char *p, size_t n)
+{
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch(p + o, 0, FR_BN_PF_HINT);
+}
+
+static inline void fr_bn_sfence(int stream)
+{
+#ifdef FR_EW_X86
+    if (stream)
+        _mm_sfence();  /* order this thread's streaming stores before the join */
+#else
+    (void)stream;
+#endif
+}
+
+/* Runs an op: the reduction (when fin != NULL; then the finishing step per channel) and / or
+ * the apply pass (apply = 1 forward, 2 backward).  ctr: per-channel shift / center of the sums.
+ * The apply coefficients are j->k (per channel); the row layout with B > 1 works on per-column
+ * copies of them. */
+static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int apply,
+                     size_t itemsize)
+{
+    const size_t A = j->A, C = j->C, B = j->B, L = j->L;
+    const int f64 = itemsize == 8;
+    const fr_bn_kern *kn = fr_bn_pick(f64);
+    const fr_bn_plan p = fr_bn_make_plan(A, C, B, itemsize);
+    const int nthreads = fr_ew_threads();
+    const int par = A * L >= FR_EW_PAR_MIN && nthreads > 1;
+    const int red = fin != NULL;
+    const int stream = j->stream;
+    (void)par;
+
+    if (!p.rows) {
+        void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
+            apply == 1 ? kn->fwd_seg : kn->bwd_seg;
+        const size_t K = p.K, items = C * K;
+        /* fused, whole channels per thread: enough channels to share out evenly */
+        const int by_channel = red && apply &&
+                               (!par || C >= 4 * (size_t)nthreads || C % (size_t)nthreads == 0);
+        if (by_channel) {
+            /* the arrays the reduction reads, and their bytes per channel */
+            const unsigned char *pfa[3] = {(const unsigned char *)j->x,
+                                           j->kind ? (const unsigned char *)j->gy : NULL,
+                                           j->kind == FR_BN_RED_BWD_MASK
+                                               ? (const unsigned char *)j->y : NULL};
+            const size_t pfb = (j->kind ? (j->kind == FR_BN_RED_BWD_MASK ? 3 : 2) : 1) * A * B *
+                               itemsize;
+#pragma omp parallel if (par)
+            {
+#pragma omp for schedule(static) nowait
+                for (size_t c = 0; c < C; c++) {
+                    fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+                    double o[2];
+                    size_t off, nrows, len;
+                    for (size_t k = 0; k < K; k++) {
+                        fr_bn_chunk(&p, j, c, k, &off, &nrows, &len);
+                        kn->red_seg(j, off, L, nrows, len, ctr[c], o);
+                        fr_bn_add(&s1, o[0]);
+                        fr_bn_add(&s2, o[1]);
+                    }
+                    fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
+                    /* the apply pass works from the cache; meanwhile the next channel
+                     * (the thread's next, with static scheduling) is fetched, row by row */
+                    const int pf = c + 1 < C && pfb <= FR_BN_PF_BYTES;
+                    for (size_t k = 0; k < K; k++) {
+                        fr_bn_chunk(&p, j, c, k, &off, &nrows, &len);
+                        for (size_t r = 0; r < nrows; r++) {
+                            app(j, off + r * L, L, 1, len, c);
+                            if (pf)
+                                for (int q = 0; q < 3; q++)
+                                    if (pfa[q])
+                                        fr_bn_prefetch(pfa[q] + (off + r * L + B) * itemsize,
+                                                       len * itemsize);
+                        }
+                    }
+                }
+                fr_bn_sfence(stream);
+            }
+            return FR_OK;
+        }
+        double *part = NULL;
+        if (red) {
+            part = (double *)malloc(2 * items * sizeof(double));
+            if (!part)
+                return FR_ERR_ALLOC;
+#pragma omp parallel for schedule(static) if (par)
+            for (size_t it = 0; it < items; it++) {
+                size_t c = it / K, off, nrows, len;
+                fr_bn_chunk(&p, j, c, it % K, &off, &nrows, &len);
+                kn->red_seg(j, off, L, nrows, len, ctr[c], part + 2 * it);
+            }
+            /* O(C K) work: on the calling thread, one join less */
+            for (size_t c = 0; c < C; c++) {
+                fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+                for (size_t k = 0; k < K; k++) {
+                    fr_bn_add(&s1, part[2 * (c * K + k)]);
+                    fr_bn_add(&s2, part[2 * (c * K + k) + 1]);
+                }
+                fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
+            }
+            free(part);
+        }
+        if (apply) {
+#pragma omp parallel if (par)
+            {
+#pragma omp for schedule(static) nowait
+                for (size_t it = 0; it < items; it++) {
+                    size_t c = it / K, off, nrows, len;
+                    fr_bn_chunk(&p, j, c, it % K, &off, &nrows, &len);
+                    app(j, off, L, nrows, len, c);
+                }
+                fr_bn_sfence(stream);
+            }
+        }
+        return FR_OK;
+    }
+
+    /* row layout */
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
+        apply == 1 ? kn->fwd_rows : kn->bwd_rows;
+    const size_t KR = p.KR, NB = p.NB, tiles = KR * NB;
+    const void *kch[4] = {j->k[0], j->k[1], j->k[2], j->k[3]};
+    unsigned char *kcol = NULL;
+    if (apply && B > 1) {  /* per-column coefficients, filled below */
+        kcol = (unsigned char *)malloc(4 * L * itemsize);
+        if (!kcol)
+            return FR_ERR_ALLOC;
+        for (int q = 0; q < 4; q++)
+            j->k[q] = kch[q] ? kcol + q * L * itemsize : NULL;
+    }
+    if (red) {
+        double *part = (double *)malloc(2 * KR * L * sizeof(double) +
+                                        (B > 1 ? L * sizeof(double) : 0));
+        if (!part) {
+            free(kcol);
+            return FR_ERR_ALLOC;
+        }
+        if (B > 1) {
+            double *rcol = part + 2 * KR * L;
+            for (size_t q = 0; q < L; q++)
+                rcol[q] = ctr[q / B];
+            j->rcol = rcol;
+        } else {
+            j->rcol = ctr;
+        }
+#pragma omp parallel for schedule(static) if (par)
+        for (size_t t = 0; t < tiles; t++) {
+            size_t r0, r1, j0, j1;
+            fr_bn_tile(&p, j, t, &r0, &r1, &j0, &j1);
+            double *p1 = part + (t / NB) * L + j0, *p2 = part + (KR + t / NB) * L + j0;
+            memset(p1, 0, (j1 - j0) * sizeof(double));
+            memset(p2, 0, (j1 - j0) * sizeof(double));
+            kn->red_rows(j, r0, r1, j0, j1, p1, p2);
+        }
+        /* per channel: its columns' row chunks, in order; O(L KR) <= FR_BN_PART_BYTES / 16
+         * additions, on the calling thread */
+        for (size_t c = 0; c < C; c++) {
+            fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+            for (size_t b = 0; b < B; b++)
+                for (size_t k = 0; k < KR; k++) {
+                    fr_bn_add(&s1, part[k * L + c * B + b]);
+                    fr_bn_add(&s2, part[(KR + k) * L + c * B + b]);
+                }
+            fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
+        }
+        free(part);
+    }
+    if (apply) {
+        if (kcol)
+            for (size_t c = 0; c < C; c++)
+                for (int q = 0; q < 4; q++)
+                    if (kch[q])
+                        for (size_t b = 0; b < B; b++)
+                            memcpy((unsigned char *)j->k[q] + (c * B + b) * itemsize,
+                                   (const unsigned char *)kch[q] + c * itemsize, itemsize);
+#pragma omp parallel if (par)
+        {
+#pragma omp for schedule(static) nowait
+            for (size_t t = 0; t < tiles; t++) {
+                size_t r0, r1, j0, j1;
+                fr_bn_tile(&p, j, t, &r0, &r1, &j0, &j1);
+                app(j, r0, r1, j0, j1);
+            }
+            fr_bn_sfence(stream);
+        }
+    }
+    free(kcol);
+    return FR_OK;
+}
+
+static inline int fr_bn_bad_shape(int64_t A, int64_t C, int64_t B)
+{
+    return A < 0 || C < 0 || B < 0;
+}
+
+static inline void fr_bn_job_init(fr_bn_job *j, int64_t A, int64_t C, int64_t B)
+{
+    memset(j, 0, sizeof *j);
+    j->A = (size_t)A;
+    j->C = (size_t)C;
+    j->B = (size_t)B;
+    j->L = (size_t)C * (size_t)B;
+}
+
+/* Streaming stores for an output of `bytes` that none of the inputs alias. */
+static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i1, const void *i2,
+                                    const void *i3)
+{
+    int read = out == i1 || out == i2 || out == i3;
+    return fr_ew_want_stream(read, bytes);
+}
+
+/* The shifts of the statistics: each channel's mean of its first (up to) FR_BN_SHIFT_N elements
+ * (0 if that is not finite).  Close to the mean, it keeps sum (x - shift)^2 - n (mean - shift)^2
+ * free of cancellation. */
+#define FR_BN_SHIFT_N ((size_t)64)
+static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B)
+{
+    double *s = (double *)malloc((C ? C : 1) * sizeof(double));
+    if (!s)
+        return NULL;
+    size_t na = B >= FR_BN_SHIFT_N ? 1 : (FR_BN_SHIFT_N + B - 1) / B;
+    if (na > A)
+        na = A;
+    size_t nb = B < FR_BN_SHIFT_N ? B : FR_BN_SHIFT_N;
+    for (size_t c = 0; c < C; c++) {
+        double t = 0.0;
+        for (size_t a = 0; a < na; a++)
+            for (size_t b = 0; b < nb; b++)
+                t += fr_bn_getd(x, f64, (a * C + c) * B + b);
+        t /= (double)(na * nb);
+        s[c] = isfinite(t) ? t : 0.0;
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+#define FR_DEFINE_BN(SUF, T, F64)                                                              \
+    int fr_bn_stats_##SUF(const T *x, double *mean, double *m2, int64_t A, int64_t C,          \
+                          int64_t B)                                                           \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        if (!x || !mean || !m2)                                                                \
+            return FR_ERR_NULL;                                                                \
+        if (A == 0 || C == 0 || B == 0)                                                        \
+            return FR_OK;                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.kind = FR_BN_RED_STATS;                                                              \
+        j.x = x;                                                                               \
+        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B);                                       \
+        if (!sh)                                                                               \
+            return FR_ERR_ALLOC;                                                               \
+        fr_bn_fin f;                                                                           \
+        memset(&f, 0, sizeof f);                                                               \
+        f.what = FR_BN_FIN_STATS;                                                              \
+        f.f64 = F64;                                                                           \
+        f.n = (double)A * (double)B;                                                           \
+        f.ctr = sh;                                                                            \
+        f.o1 = mean;                                                                           \
+        f.o2 = m2;                                                                             \
+        int st = fr_bn_run(&j, &f, sh, 0, sizeof(T));                                          \
+        free(sh);                                                                              \
+        return st;                                                                             \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_apply_##SUF(const T *x, const T *center, const T *scale, const T *shift,         \
+                          const T *residual, int relu, T *out, int64_t A, int64_t C,           \
+                          int64_t B)                                                           \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        if (!x || !center || !scale || !shift || !out)                                         \
+            return FR_ERR_NULL;                                                                \
+        if (A == 0 || C == 0 || B == 0)                                                        \
+            return FR_OK;                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.flags = (residual ? FR_BN_F_RES : 0) | (relu ? FR_BN_F_RELU : 0);                    \
+        j.x = x;                                                                               \
+        j.res = residual;                                                                      \
+        j.out = out;                                                                           \
+        j.k[0] = center;                                                                       \
+        j.k[1] = scale;                                                                        \
+        j.k[2] = shift;                                                                        \
+        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(T), x, residual, NULL);           \
+        return fr_bn_run(&j, NULL, NULL, 1, sizeof(T));                                        \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_forward_train_##SUF(const T *x, const T *weight, const T *bias, double eps,      \
+                                  const T *residual, int relu, T *out, double *mean,           \
+                                  double *m2, double *invstd, int64_t A, int64_t C, int64_t B) \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        if (!x || !out || !mean || !m2 || !invstd)                                             \
+            return FR_ERR_NULL;                                                                \
+        if (A == 0 || C == 0 || B == 0)                                                        \
+            return FR_OK;                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.kind = FR_BN_RED_STATS;                                                              \
+        j.flags = (residual ? FR_BN_F_RES : 0) | (relu ? FR_BN_F_RELU : 0);                    \
+        j.x = x;                                                                               \
+        j.res = residual;                                                                      \
+        j.out = out;                                                                           \
+        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(T), x, residual, NULL);           \
+        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B);                                       \
+        T *k = (T *)malloc(3 * j.C * sizeof(T));                                               \
+        if (!sh || !k) {                                                                       \
+            free(sh);                                                                          \
+            free(k);                                                                           \
+            return FR_ERR_ALLOC;                                                               \
+        }                                                                                      \
+        fr_bn_fin f;                                                                           \
+        memset(&f, 0, sizeof f);                                                               \
+        f.what = FR_BN_FIN_FWD;                                                                \
+        f.f64 = F64;                                                                           \
+        f.n = (double)A * (double)B;                                                           \
+        f.eps = eps;                                                                           \
+        f.ctr = sh;                                                                            \
+        f.o1 = mean;                                                                           \
+        f.o2 = m2;                                                                             \
+        f.o3 = invstd;                                                                         \
+        f.weight = weight;                                                                     \
+        f.bias = bias;                                                                         \
+        for (int q = 0; q < 3; q++)                                                            \
+            j.k[q] = f.k[q] = k + q * j.C;                                                     \
+        int st = fr_bn_run(&j, &f, sh, 1, sizeof(T));                                          \
+        free(sh);                                                                              \
+        free(k);                                                                               \
+        return st;                                                                             \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_backward_reduce_##SUF(const T *gy, const T *x, const T *y, const double *center, \
+                                    double *s_dy, double *s_dyx, int64_t A, int64_t C,         \
+                                    int64_t B)                                                 \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        if (!gy || !x || !center || !s_dy || !s_dyx)                                           \
+            return FR_ERR_NULL;                                                                \
+        if (C == 0)                                                                            \
+            return FR_OK;                                                                      \
+        if (A == 0 || B == 0) {                                                                \
+            memset(s_dy, 0, (size_t)C * sizeof(double));                                       \
+            memset(s_dyx, 0, (size_t)C * sizeof(double));                                      \
+            return FR_OK;                                                                      \
+        }                                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.kind = y ? FR_BN_RED_BWD_MASK : FR_BN_RED_BWD;                                       \
+        j.x = x;                                                                               \
+        j.gy = gy;                                                                             \
+        j.y = y;                                                                               \
+        fr_bn_fin f;                                                                           \
+        memset(&f, 0, sizeof f);                                                               \
+        f.what = FR_BN_FIN_BRED;                                                               \
+        f.f64 = F64;                                                                           \
+        f.o1 = s_dy;                                                                           \
+        f.o2 = s_dyx;                                                                          \
+        return fr_bn_run(&j, &f, center, 0, sizeof(T));                                        \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_backward_apply_##SUF(const T *gy, const T *x, const T *y, const T *center,       \
+                                   const T *a, const T *b, const T *d, T *gx, T *gres,         \
+                                   int64_t A, int64_t C, int64_t B)                            \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        const int training = b != NULL;                                                        \
+        if (!gy || !a || !gx || (training && (!x || !center || !d)))                           \
+            return FR_ERR_NULL;                                                                \
+        if (A == 0 || C == 0 || B == 0)                                                        \
+            return FR_OK;                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.flags = (y ? FR_BN_B_MASK : 0) | (training ? FR_BN_B_TRAIN : 0) |                    \
+                  (gres ? FR_BN_B_GRES : 0);                                                   \
+        j.gy = gy;                                                                             \
+        j.x = x;                                                                               \
+        j.y = y;                                                                               \
+        j.out = gx;                                                                            \
+        j.gres = gres;                                                                         \
+        j.k[0] = training ? center : NULL;                                                     \
+        j.k[1] = a;                                                                            \
+        j.k[2] = training ? b : NULL;                                                          \
+        j.k[3] = training ? d : NULL;                                                          \
+        size_t bytes = j.A * j.L * sizeof(T);                                                  \
+        j.stream = fr_bn_want_stream(gx, bytes, gy, training ? x : NULL, y) &&                 \
+                   (!gres || fr_bn_want_stream(gres, bytes, gy, training ? x : NULL, y));      \
+        return fr_bn_run(&j, NULL, NULL, 2, sizeof(T));                                        \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_backward_##SUF(const T *gy, const T *x, const T *y, const double *mean,          \
+                             const double *invstd, const T *weight, int training, T *gx,       \
+                             T *gres, T *grad_weight, T *grad_bias, int64_t A, int64_t C,      \
+                             int64_t B)                                                        \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        if (!gy || !x || !mean || !invstd || !gx || !grad_weight || !grad_bias)                \
+            return FR_ERR_NULL;                                                                \
+        if (A == 0 || C == 0 || B == 0)                                                        \
+            return FR_OK;                                                                      \
+        fr_bn_job j;                                                                           \
+        fr_bn_job_init(&j, A, C, B);                                                           \
+        j.kind = y ? FR_BN_RED_BWD_MASK : FR_BN_RED_BWD;                                       \
+        j.flags = (y ? FR_BN_B_MASK : 0) | (training ? FR_BN_B_TRAIN : 0) |                    \
+                  (gres ? FR_BN_B_GRES : 0);                                                   \
+        j.gy = gy;                                                                             \
+        j.x = x;                                                                               \
+        j.y = y;                                                                               \
+        j.out = gx;                                                                            \
+        j.gres = gres;                                                                         \
+        size_t bytes = j.A * j.L * sizeof(T);                                                  \
+        j.stream = fr_bn_want_stream(gx, bytes, gy, x, y) &&                                   \
+                   (!gres || fr_bn_want_stream(gres, bytes, gy, x, y));                        \
+        T *k = (T *)malloc(4 * j.C * sizeof(T));                                               \
+        if (!k)                                                                                \
+            return FR_ERR_ALLOC;                                                               \
+        fr_bn_fin f;                                                                           \
+        memset(&f, 0, sizeof f);                                                               \
+        f.what = FR_BN_FIN_BWD;                                                                \
+        f.f64 = F64;                                                                           \
+        f.n = (double)A * (double)B;                                                           \
+        f.training = training != 0;                                                            \
+        f.ctr = mean;                                                                          \
+        f.invstd = invstd;                                                                     \
+        f.weight = weight;                                                                     \
+        f.gw = grad_weight;                                                                    \
+        f.gb = grad_bias;                                                                      \
+        for (int q = 0; q < 4; q++)                                                            \
+            f.k[q] = k + q * j.C;                                                              \
+        j.k[0] = training ? f.k[0] : NULL;                                                     \
+        j.k[1] = f.k[1];                                                                       \
+        j.k[2] = training ? f.k[2] : NULL;                                                     \
+        j.k[3] = training ? f.k[3] : NULL;                                                     \
+        int st = fr_bn_run(&j, &f, mean, 2, sizeof(T));                                        \
+        free(k);                                                                               \
+        return st;                                                                             \
+    }
+
+FR_DEFINE_BN(f32, float, 0)
+FR_DEFINE_BN(f64, double, 1)

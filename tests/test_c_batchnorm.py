@@ -1,0 +1,242 @@
+"""Backend "c" batch norm (csrc/batchnorm.c): what is particular to the C kernels.
+
+The general backend-vs-reference tests are in tests/test_batchnorm.py. Here: the AVX-512, AVX2
+and portable loops give the same bits (they do the same IEEE operations in the same order, no
+fused multiply-add), so do the three streaming-store modes, in place or not, and any number of
+OpenMP threads (partial sums over fixed parts of the data, added in a fixed order); every work
+split of the kernels is reached (channel layout by channel / by chunk, rows longer than a piece,
+row layout with several column blocks and B > 1) and held to the reference.
+
+Test ids start with "c-" so that .ci/c_sanitize.sh selects them.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastreg.c as fc
+from fastreg.reference import batchnorm as R
+
+if fc.unavailable_reason() is not None:
+    pytest.skip(f"C backend unavailable: {fc.unavailable_reason()}", allow_module_level=True)
+
+FLOATS = [np.float32, np.float64]
+# (A, C, B): channel layout by channel (C even) and by chunk (C = 3, odd and few), a row longer
+# than one piece (B > 16384), row layout (B = 1, B = 3) with one and with several column blocks,
+# and tiny ones (serial)
+SHAPES = [(8, 16, 300), (5, 3, 2900), (1, 2, 40001), (3, 1, 17), (700, 48, 1), (23, 1500, 3),
+          (3, 4097, 1), (2, 3, 1), (1, 1, 1)]
+SHAPE_IDS = ["x".join(map(str, s)) for s in SHAPES]
+
+
+def bits(a):
+    a = np.asarray(a)
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def problem(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    A, C, B = shape
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    x.flat[::97] = 0  # some exact zeros for the ReLU mask
+    return dict(
+        x=x, gy=rng.standard_normal(shape).astype(dtype), res=rng.standard_normal(shape).astype(dtype),
+        w=rng.uniform(0.5, 1.5, C).astype(dtype), b=rng.standard_normal(C).astype(dtype))
+
+
+def run_all(p):
+    """Every op of the C backend on problem p: a dict of result arrays."""
+    x, gy, res, w, b = p["x"], p["gy"], p["res"], p["w"], p["b"]
+    A, C, B = x.shape
+    dt = x.dtype
+    out = {}
+    mean, m2 = np.empty(C), np.empty(C)
+    fc.bn_stats(x, mean, m2)
+    out["mean"], out["m2"] = mean, m2
+    for relu in (False, True):
+        for r in (None, res):
+            tag = f"{relu}-{r is not None}"
+            y, mu, q, inv = np.empty_like(x), np.empty(C), np.empty(C), np.empty(C)
+            fc.bn_forward_train(x, w, b, 1e-5, r, relu, y, mu, q, inv)
+            out["y" + tag], out["inv" + tag] = y, inv
+            ctr, sc, sh = (np.empty(C, dt) for _ in range(3))
+            fc.bn_forward_coeffs(mu, q / (A * B), 1, w, b, 1e-5, True, np.empty(C), np.empty(C),
+                                 ctr, sc, sh)
+            o = np.empty_like(x)
+            fc.bn_apply(x, ctr, sc, sh, r, relu, o)
+            out["apply" + tag] = o
+    y = np.maximum(out["yFalse-False"], 0)
+    inv = out["invFalse-False"]
+    for mask in (None, y):
+        for training in (True, False):
+            tag = f"{mask is not None}-{training}"
+            gx, gres = np.empty_like(x), np.empty_like(x)
+            gw, gb = np.empty(C, dt), np.empty(C, dt)
+            fc.bn_backward(gy, x, mask, mean, inv, w, training, gx, gres, gw, gb)
+            out["gx" + tag], out["gres" + tag], out["gw" + tag], out["gb" + tag] = gx, gres, gw, gb
+            s_dy, s_dyx = np.empty(C), np.empty(C)
+            fc.bn_backward_reduce(gy, x, mask, mean, s_dy, s_dyx)
+            out["sdy" + tag], out["sdyx" + tag] = s_dy, s_dyx
+            ctr, a, bb, d = (np.empty(C, dt) for _ in range(4))
+            fc.bn_backward_coeffs(s_dy, s_dyx, mean, inv, w, A * B, True, ctr, a, bb, d,
+                                  np.empty(C, dt), np.empty(C, dt))
+            g2 = np.empty_like(x)
+            fc.bn_backward_apply(gy, x, mask, ctr, a, bb if training else None,
+                                 d if training else None, g2, None)
+            out["gapply" + tag] = g2
+    return out
+
+
+def assert_same_bits(got, expected, what):
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(bits(got[k]), bits(expected[k]), err_msg=f"{what}: {k}")
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_isas_give_the_same_bits(shape, dtype):
+    p = problem(shape, dtype)
+    results = {}
+    previous = fc.isa()
+    try:
+        for name in ("avx512", "avx2", "portable"):
+            if (name == "avx512" and not fc.has_avx512()) or (name == "avx2" and not fc.has_avx2()):
+                continue
+            fc.set_isa(name)
+            results[name] = run_all(p)
+    finally:
+        fc.set_isa(previous)
+    ref = results.pop("portable")
+    for name, got in results.items():
+        assert_same_bits(got, ref, f"{name} vs portable")
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+@pytest.mark.parametrize("shape", [(8, 16, 300), (5, 3, 2900), (700, 48, 1), (23, 1500, 3)],
+                         ids=["8x16x300", "5x3x2900", "700x48x1", "23x1500x3"])
+def test_streaming_modes_and_in_place_give_the_same_bits(shape, dtype, stream_stores):
+    p = problem(shape, dtype, seed=1)
+    x, gy, w, b = p["x"], p["gy"], p["w"], p["b"]
+    C = x.shape[1]
+    previous = fc.set_stream_stores("never")
+    try:
+        ref = run_all(p)
+    finally:
+        fc.set_stream_stores(previous)
+    got = run_all(p)  # in the fixture's mode
+    assert_same_bits(got, ref, stream_stores)
+    # in place: out is x, gx is gy
+    xi = x.copy()
+    fc.bn_forward_train(xi, w, b, 1e-5, None, True, xi, np.empty(C), np.empty(C), np.empty(C))
+    np.testing.assert_array_equal(bits(xi), bits(ref["yTrue-False"]))
+    gi = gy.copy()
+    fc.bn_backward(gi, x, None, ref["mean"], ref["invFalse-False"], w, True, gi, None,
+                   np.empty(C, x.dtype), np.empty(C, x.dtype))
+    np.testing.assert_array_equal(bits(gi), bits(ref["gxFalse-True"]))
+
+
+_CHILD = r"""
+import hashlib, sys, json, numpy as np
+sys.path.insert(0, {root!r})
+import test_c_batchnorm as t
+out = {{}}
+for i, shape in enumerate(t.SHAPES[:6]):
+    for dt in t.FLOATS:
+        r = t.run_all(t.problem(shape, dt, seed=2))
+        out[f"{{i}}-{{np.dtype(dt).name}}"] = {{
+            k: hashlib.sha256(t.bits(v).tobytes()).hexdigest() for k, v in r.items()}}
+json.dump(out, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 3], ids=["c-1", "c-3"])
+def test_results_do_not_depend_on_the_thread_count(threads):
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = _CHILD.format(root=here)
+
+    def run(n):
+        env = dict(os.environ, OMP_NUM_THREADS=str(n))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True)
+        return json.loads(proc.stdout)
+
+    assert run(threads) == run(2)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_every_work_split_matches_the_reference(shape, dtype):
+    p = problem(shape, dtype, seed=3)
+    x, gy, res, w, b = p["x"], p["gy"], p["res"], p["w"], p["b"]
+    A, C, B = x.shape
+    eps = np.finfo(dtype).eps
+    mean, m2, emean, em2 = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
+    fc.bn_stats(x, mean, m2)
+    R.bn_stats(x, emean, em2)
+    xmax = float(np.abs(x).max())
+    np.testing.assert_allclose(mean, emean, rtol=1e-12, atol=1e-12 * xmax)
+    np.testing.assert_allclose(m2, em2, rtol=1e-9, atol=1e-9 * A * B * xmax ** 2 * eps)
+    y, inv = np.empty_like(x), np.empty(C)
+    ey, einv = np.empty_like(x), np.empty(C)
+    fc.bn_forward_train(x, w, b, 1e-5, res, True, y, np.empty(C), np.empty(C), inv)
+    R.bn_forward_train(x, w, b, 1e-5, res, True, ey, np.empty(C), np.empty(C), einv)
+    np.testing.assert_allclose(inv, einv, rtol=1e-9)
+    scale = xmax * np.abs(w * einv).max() + np.abs(b).max() + np.abs(res).max()
+    np.testing.assert_allclose(y, ey, rtol=0, atol=8 * eps * scale)
+    gx, gw, gb = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    egx, egw, egb = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    fc.bn_backward(gy, x, ey, emean, einv, w, True, gx, None, gw, gb)
+    R.bn_backward(gy, x, ey, emean, einv, w, True, egx, None, egw, egb)
+    gsum = np.abs(gy.astype(np.float64)).sum(axis=(0, 2)).max()
+    pscale = gsum * (1 + 2 * xmax * einv.max())
+    np.testing.assert_allclose(gw, egw, rtol=0, atol=16 * eps * pscale)
+    np.testing.assert_allclose(gb, egb, rtol=0, atol=16 * eps * pscale)
+    a = np.abs(w * einv).max()
+    gscale = a * np.abs(gy).max() + 2 * xmax * a * einv.max() ** 2 * pscale / (A * B) + a * gsum / (A * B)
+    np.testing.assert_allclose(gx, egx, rtol=0, atol=32 * eps * gscale)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+def test_unaligned_arrays_go_through_copies(dtype):
+    shape = (4, 3, 50)
+    p = problem(shape, dtype, seed=4)
+    n = int(np.prod(shape))
+    isz = np.dtype(dtype).itemsize
+
+    def unaligned(a):
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        u = buf[1:].view(dtype).reshape(a.shape)
+        u[...] = a
+        assert not u.flags.aligned
+        return u
+
+    x = unaligned(p["x"])
+    out = unaligned(np.zeros(shape, dtype))
+    C = shape[1]
+    fc.bn_forward_train(x, p["w"], p["b"], 1e-5, None, False, out, np.empty(C), np.empty(C),
+                        np.empty(C))
+    expected = np.empty(shape, dtype)
+    fc.bn_forward_train(p["x"], p["w"], p["b"], 1e-5, None, False, expected, np.empty(C),
+                        np.empty(C), np.empty(C))
+    np.testing.assert_array_equal(bits(out), bits(expected))
+    # in place on an unaligned array
+    fc.bn_forward_train(x, p["w"], p["b"], 1e-5, None, False, x, np.empty(C), np.empty(C),
+                        np.empty(C))
+    np.testing.assert_array_equal(bits(x), bits(expected))
+    assert n * isz == x.nbytes
+
+
+@pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])
+def test_status_codes(dtype):
+    lib, ffi = fc.lib, fc.ffi
+    x = np.ones((2, 3, 4), dtype)
+    px = ffi.from_buffer("float[]", x)
+    m = np.empty(3)
+    pm = ffi.from_buffer("double[]", m)
+    assert lib.fr_bn_stats_f32(px, pm, pm, -1, 3, 4) == lib.FR_ERR_SIZE
+    assert lib.fr_bn_stats_f32(ffi.NULL, pm, pm, 2, 3, 4) == lib.FR_ERR_NULL
+    assert lib.fr_bn_stats_f32(px, pm, pm, 0, 3, 4) == lib.FR_OK
