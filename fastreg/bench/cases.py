@@ -339,3 +339,184 @@ def torch_call(op, x, *, device="cpu", fused=False):
             return result
         return run
     return call
+
+
+# --- batch norm -----------------------------------------------------------------------------------
+# Batch norm is timed on fixed layer shapes, not on n elements: the shape decides the kernels'
+# regime (NCHW: per channel rows, fused statistics and normalization while a channel is in cache;
+# channels-last and (N, C): per-thread partial sums over row chunks).
+
+#: layout -> (shape, channel axis): a ResNet-50 stage-1 activation in NCHW and in channels-last,
+#: and a wide fully connected layer
+BN_LAYOUTS = {"nchw": ((32, 64, 56, 56), 1), "nhwc": ((32, 56, 56, 64), -1),
+              "nc": ((8192, 1024), 1)}
+#: the same layouts, small: quick runs (the CI smoke test) and the NumPy reference
+BN_QUICK_LAYOUTS = {"nchw": ((8, 16, 28, 28), 1), "nhwc": ((8, 28, 28, 16), -1),
+                    "nc": ((1024, 256), 1)}
+
+#: batch-norm op -> (label, the backend kernel it needs)
+BN_OPS = {
+    "bn_train": ("bn train fwd", "bn_forward_train"),
+    "bn_train_backward": ("bn train fwd+bwd", "bn_backward"),
+    "bn_infer": ("bn infer fwd", "bn_apply"),
+    "bn_relu": ("bn+relu fused", "bn_forward_train"),
+    "bn_then_relu": ("bn, then relu pass", "bn_apply"),
+}
+
+#: arrays of the input's size each batch-norm op must read or write once (see ``bn_nbytes``)
+BN_STREAMS = {"bn_train": 2, "bn_train_backward": 5, "bn_infer": 2, "bn_relu": 2,
+              "bn_then_relu": 2}
+
+BN_TORCH_PEERS = {
+    "bn_train": "F.batch_norm(x, rm, rv, w, b, training=True)",
+    "bn_train_backward": "F.batch_norm(x, rm, rv, w, b, training=True).backward(gy) (autograd; "
+                         "x, w, b require grad; their .grad set to None before each call)",
+    "bn_infer": "F.batch_norm(x, rm, rv, w, b, training=False)",
+    "bn_relu": "F.relu(F.batch_norm(x, rm, rv, w, b, training=True), inplace=True)",
+    "bn_then_relu": "F.relu(F.batch_norm(x, rm, rv, w, b, training=True), inplace=True)",
+}
+
+
+def bn_shape(layout, quick=False):
+    """(shape, channel axis) of a layout of ``BN_LAYOUTS`` (``BN_QUICK_LAYOUTS`` when quick)."""
+    table = BN_QUICK_LAYOUTS if quick else BN_LAYOUTS
+    if layout not in table:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {tuple(table)}")
+    return table[layout]
+
+
+def bn_nbytes(op, shape, dtype=np.float32):
+    """The bytes batch-norm ``op`` must move on an input of ``shape``: the figure GB/s is
+    computed from (S = itemsize * elements, one array).
+
+    Training forward, with or without the fused ReLU, and inference read x and write y (2 S):
+    the statistics need a pass over x too, but a backend that keeps each channel in cache
+    between the two (the fused NCHW kernels) reads it from memory once. ``bn_then_relu`` does the
+    same work as ``bn_relu`` (2 S) in two passes, the forward and then an in-place ReLU over y.
+    Forward + backward adds the backward's read of gy and x and write of gx (5 S in all). The
+    per-channel arrays (C values) are not counted.
+    """
+    if op not in BN_OPS:
+        raise ValueError(f"unknown batch-norm op {op!r}; expected one of {tuple(BN_OPS)}")
+    return BN_STREAMS[op] * np.dtype(dtype).itemsize * int(np.prod(shape))
+
+
+def bn_unavailable(op, backend):
+    """Why batch-norm ``op`` cannot run on ``backend`` (a string), or None (see ``unavailable``)."""
+    if op not in BN_OPS:
+        raise ValueError(f"unknown batch-norm op {op!r}; expected one of {tuple(BN_OPS)}")
+    for kernel in {"bn_forward_train", "bn_running_update", BN_OPS[op][1]}:
+        try:
+            _registry.get(kernel, backend)
+        except fastreg.BackendUnavailableError as exc:
+            return str(exc)
+    return None
+
+
+def bn_arrays(shape, axis, dtype=np.float32):
+    """(x, gy, weight, bias, running_mean, running_var) on the host, fixed seed: x normal with
+    mean 0.5 and std 2, the gradient standard normal, the parameters near 1 and 0."""
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(dtype)
+    C = shape[axis]
+    x = (rng.standard_normal(shape, dtype=np.float64) * 2 + 0.5).astype(dtype)
+    gy = rng.standard_normal(shape, dtype=np.float64).astype(dtype)
+    w = rng.uniform(0.5, 1.5, C).astype(dtype)
+    b = (rng.standard_normal(C) * 0.1).astype(dtype)
+    return x, gy, w, b, np.zeros(C, dtype), np.ones(C, dtype)
+
+
+def bn_fastreg_call(op, backend, layout, dtype=np.float32, *, quick=False):
+    """One fastreg call of batch-norm ``op`` on ``backend`` in ``layout`` (see ``bn_shape``),
+    writing into outputs allocated here, once (``out=``).
+
+    Returns a callable with no arguments (it returns y, or grad_x for ``bn_train_backward``).
+    The training ops update their own running statistics on every call. ``bn_then_relu`` runs
+    the training forward into y and then the backend's own in-place ReLU pass over y (its
+    ``bn_apply`` with scale 1 and shift 0: a ReLU at the speed of that backend's element-wise
+    kernels). Raises fastreg.BackendUnavailableError when the backend cannot run it.
+    """
+    why = bn_unavailable(op, backend)
+    if why is not None:
+        raise fastreg.BackendUnavailableError(why)
+    shape, axis = bn_shape(layout, quick)
+    mod = _registry.module(backend)
+    device = backend == "cuda"
+    x, gy, w, b, rm, rv = (mod.to_device(a) if device else a
+                           for a in bn_arrays(shape, axis, dtype))
+    y = mod.empty(shape, np.dtype(dtype)) if device else np.empty(shape, dtype)
+    common = dict(axis=axis, out=y, backend=backend)
+    if op in ("bn_infer", "bn_relu", "bn_train"):
+        kwargs = dict(common, training=op != "bn_infer",
+                      activation="relu" if op == "bn_relu" else None)
+
+        def call():
+            return fastreg.batch_norm(x, rm, rv, w, b, **kwargs)[0]
+    elif op == "bn_train_backward":
+        gx = mod.empty(shape, np.dtype(dtype)) if device else np.empty(shape, dtype)
+
+        def call():
+            _, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, **common)
+            return fastreg.batch_norm_backward(gy, x, saved, w, out=gx, backend=backend)[0]
+    else:   # bn_then_relu
+        ax = axis % len(shape)
+        C = shape[ax]
+        dims = (int(np.prod(shape[:ax])), C, int(np.prod(shape[ax + 1:])))
+        apply = _registry.get("bn_apply", backend)
+
+        def coeff(value):
+            a = np.full(C, value, dtype)
+            return mod.to_device(a) if device else a
+
+        zero, one = coeff(0), coeff(1)
+        y3 = y.reshape(dims)
+
+        def call():
+            fastreg.batch_norm(x, rm, rv, w, b, training=True, **common)
+            apply(y3, zero, one, zero, None, True, y3)
+            return y
+    return _synchronized(call) if device else call
+
+
+def bn_torch_call(op, layout, dtype=np.float32, *, quick=False, device="cpu"):
+    """The PyTorch peer of batch-norm ``op`` (see ``BN_TORCH_PEERS``) on the same data; "nhwc" is
+    a channels-last tensor (torch's (N, C, H, W) view of the NHWC array). ``device="cuda"``
+    synchronizes inside the call. Raises ImportError without torch."""
+    import torch
+    import torch.nn.functional as F
+
+    if op not in BN_OPS:
+        raise ValueError(f"unknown batch-norm op {op!r}; expected one of {tuple(BN_OPS)}")
+    shape, axis = bn_shape(layout, quick)
+    x, gy, w, b, rm, rv = (torch.from_numpy(a).to(device) for a in bn_arrays(shape, axis, dtype))
+    if axis % len(shape) == len(shape) - 1 and len(shape) > 2:   # channels-last
+        order = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
+        x, gy = x.permute(order), gy.permute(order)
+    if op == "bn_train_backward":
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        b.requires_grad_(True)
+
+        def call():
+            x.grad = w.grad = b.grad = None   # as zero_grad(set_to_none=True): no accumulation
+            F.batch_norm(x, rm, rv, w, b, training=True).backward(gy)
+            return x.grad
+    elif op == "bn_infer":
+        def call():
+            with torch.no_grad():
+                return F.batch_norm(x, rm, rv, w, b, training=False)
+    elif op in ("bn_relu", "bn_then_relu"):
+        def call():
+            with torch.no_grad():
+                return F.relu(F.batch_norm(x, rm, rv, w, b, training=True), inplace=True)
+    else:
+        def call():
+            with torch.no_grad():
+                return F.batch_norm(x, rm, rv, w, b, training=True)
+    if device == "cuda":
+        def run():
+            result = call()
+            torch.cuda.synchronize()
+            return result
+        return run
+    return call

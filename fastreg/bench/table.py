@@ -78,8 +78,14 @@ def add_arguments(parser):
                         metavar="B[,B...]",
                         help="subset of numpy,cpu,c,cuda (default: all available; cuda only on "
                              "a real GPU, not under NUMBA_ENABLE_CUDASIM)")
-    parser.add_argument("--ops", type=_parse_list(tuple(cases.OPS)), metavar="OP[,OP...]",
-                        help=f"subset of {','.join(cases.OPS)} (default all)")
+    ops = tuple(cases.OPS) + tuple(cases.BN_OPS)
+    parser.add_argument("--ops", type=_parse_list(ops), metavar="OP[,OP...]",
+                        help=f"subset of {','.join(ops)} (default all)")
+    parser.add_argument("--layouts", type=_parse_list(tuple(cases.BN_LAYOUTS)),
+                        metavar="L[,L...]",
+                        help="batch-norm layer shapes: subset of "
+                             f"{','.join(cases.BN_LAYOUTS)} (default all; small shapes with "
+                             "--quick)")
     parser.add_argument("--no-torch", action="store_true", help="do not time the PyTorch peers")
     parser.add_argument("--budget", type=float, metavar="S",
                         help="seconds of repetitions per row (default 0.25; 0.05 with --quick)")
@@ -166,7 +172,12 @@ class _Table:
         self.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
         self.budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.25)
         self.dtype = np.dtype(args.dtype)
-        self.ops = args.ops or list(cases.OPS)
+        wanted_ops = args.ops or list(cases.OPS) + list(cases.BN_OPS)
+        self.ops = [op for op in wanted_ops if op in cases.OPS]
+        self.bn_ops = [op for op in wanted_ops if op in cases.BN_OPS]
+        self.layouts = args.layouts or list(cases.BN_LAYOUTS)
+        self.quick = args.quick
+        self.slow_limit = args.slow_limit
         self.slow = _SlowGuard(args.slow_limit)
         self.notes = []
         self.too_slow = {}        # (what, size) -> {op: predicted seconds per call}
@@ -210,6 +221,8 @@ class _Table:
             kinds.append(f"penalties (lam={cases.LAM:g}, prox threshold={cases.THRESHOLD:g})")
         if any(op in self.ops for op in cases.FUSED_OPS):
             kinds.append("optimizer steps (one parameter of n elements)")
+        if self.bn_ops:
+            kinds.append("batch norm (layer shapes, n = the layout)")
         self.say(f"fastreg {self.version} benchmark: {', '.join(kinds)}; {self.dtype.name}")
         self.say(f"machine: {self.machine:.1f} GB/s memory bandwidth (Numba a += s*b over "
                  f"{size_id(self.probe_n)} float32, 3*4*n bytes, min of repetitions)")
@@ -339,19 +352,95 @@ class _Table:
                 self.say("x fused: the same against torch's fused=True optimizer steps:")
                 for op in fused:
                     self.say(f"  {op}: {cases.TORCH_FUSED_PEERS[op]}")
+        if self.bn_ops:
+            self.bn_footer()
         for (what, n), ops in self.too_slow.items():
             self.say(f"note: {what} {', '.join(ops)} at {size_id(n)}: one call would take "
                      f"{min(ops.values()):.1f}-{max(ops.values()):.1f} s (over --slow-limit)")
         for text in self.notes:
             self.say("note: " + text)
 
+    def bn_rows(self, layout):
+        """Time the batch-norm ops on every backend in one layout (one row each, out=)."""
+        shape, _ = cases.bn_shape(layout, self.quick)
+        for op in self.bn_ops:
+            label = cases.BN_OPS[op][0]
+            bytes_moved = cases.bn_nbytes(op, shape, self.dtype)
+            peers = {}   # torch device -> seconds, timed on first need
+            for backend in self.backends:
+                why = cases.bn_unavailable(op, backend)
+                if why is not None:
+                    self.note(f"{op} on {backend}: {why}")
+                    continue
+                if backend == "numpy" and not self.quick:
+                    self.note("batch norm on numpy (the reference) is timed with --quick only, "
+                              "on the small shapes")
+                    continue
+                on_host = backend != "cuda"
+                device = "cpu" if on_host else "cuda"
+                try:
+                    fn = cases.bn_fastreg_call(op, backend, layout, self.dtype, quick=self.quick)
+                    seconds, _ = time_min(fn, self.budget)
+                except fastreg.BackendUnavailableError as exc:
+                    self.note(f"{op} on {backend}: {exc}")
+                    continue
+                gbps = bytes_moved / seconds / 1e9
+                ratio = "-"
+                if self.torch is not None:
+                    if device not in peers:
+                        peers[device] = self.bn_torch_seconds(op, layout, device)
+                    if peers[device] is not None:
+                        ratio = f"{peers[device] / seconds:.1f}x"
+                peak = self.machine if on_host else self.gpu
+                self.say(_row([label, backend, layout, "out=", f"{seconds * 1e3:.3f}",
+                               f"{gbps:.2f}", f"{gbps / peak:.0%}", ratio, "-"]))
+
+    def bn_torch_seconds(self, op, layout, device):
+        """Min time of op's torch peer (None where torch has no such device, or where one call
+        takes over --slow-limit)."""
+        if device == "cuda" and not self.torch.cuda.is_available():
+            return None
+        fn = cases.bn_torch_call(op, layout, self.dtype, quick=self.quick, device=device)
+        t0 = time.perf_counter()
+        fn()
+        if time.perf_counter() - t0 > self.slow_limit:
+            self.note(f"torch peer of {op} on {layout}: one call takes over --slow-limit, "
+                      "not timed")
+            return None
+        seconds, _ = time_min(fn, self.budget)
+        return seconds
+
+    def bn_footer(self):
+        shapes = ", ".join(f"{layout} {'x'.join(map(str, cases.bn_shape(layout, self.quick)[0]))}"
+                           for layout in self.layouts)
+        self.say(f"batch norm: n is the layout: {shapes} (channel axis "
+                 "1 for nchw and nc, -1 for nhwc); weight, bias, running statistics; out= "
+                 "(y and grad_x preallocated)")
+        text = ("batch norm bytes (S = itemsize * elements): train fwd, infer fwd, bn+relu "
+                "read x, write y: 2S (the statistics' pass over x is not counted: a fused "
+                "kernel reads each channel from memory once); fwd+bwd adds the backward's "
+                "read of grad_y and x and write of grad_x: 5S; 'bn, then relu pass' is the "
+                "same 2S of work done as the forward and then the backend's own in-place "
+                "ReLU pass over y (bn_apply with scale 1, shift 0)")
+        for line in textwrap.wrap(text, 98):
+            self.say("  " + line)
+        if self.torch is not None:
+            self.say("batch-norm torch peers (x torch):")
+            for op in self.bn_ops:
+                self.say(f"  {op}: {cases.BN_TORCH_PEERS[op]}")
+
     def run(self):
         self.header()
         for n in self.sizes:
+            if not self.ops:
+                break
             x = cases.input_array(n, self.dtype)
             for op in self.ops:
                 self.op_rows(op, x)
             del x
+        if self.bn_ops:
+            for layout in self.layouts:
+                self.bn_rows(layout)
         self.footer()
 
 
