@@ -449,7 +449,7 @@ def test_c_target_dtypes_and_in_place(be, tdtype):
 
 
 @pytest.mark.parametrize("be", ["c"])
-def test_c_threads_do_not_change_results(be):
+def test_c_threads_do_not_change_results(be, tmp_path):
     """OMP_NUM_THREADS 1 vs 2 in fresh processes: the same bytes."""
     _c_or_skip("portable")
     import subprocess
@@ -462,8 +462,10 @@ def test_c_threads_do_not_change_results(be):
     outs = []
     for n in ("1", "2"):
         env = dict(__import__("os").environ, OMP_NUM_THREADS=n)
+        # cwd away from the checkout: "-c" puts the cwd first on sys.path, and the checkout's
+        # fastreg/ has no compiled C extension when the tests run against an installed fastreg
         outs.append(subprocess.run([sys.executable, "-c", code], check=True, env=env,
-                                   capture_output=True, text=True).stdout)
+                                   cwd=tmp_path, capture_output=True, text=True).stdout)
     assert outs[0] == outs[1] and outs[0].strip()
 
 

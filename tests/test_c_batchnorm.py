@@ -160,8 +160,10 @@ def test_results_do_not_depend_on_the_thread_count(threads):
 
     def run(n):
         env = dict(os.environ, OMP_NUM_THREADS=str(n))
+        # cwd=tests/: "-c" puts the cwd first on sys.path, and the checkout's fastreg/ has no
+        # compiled extension when the suite runs against an installed fastreg
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, check=True)
+                              text=True, check=True, cwd=here)
         return json.loads(proc.stdout)
 
     assert run(threads) == run(2)

@@ -26,7 +26,11 @@ import pytest
 from fastreg import distributed as dist
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+# Subprocesses import the fastreg this test imported (the installed one in CI, whose C extension
+# is built; the checkout in development) and run from tests/, so the checkout's sources never
+# shadow an installed fastreg.
+import fastreg as _fastreg  # noqa: E402
+PKG_PARENT = Path(_fastreg.__file__).resolve().parent.parent
 WORKERS = HERE / "mpi_workers"
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
@@ -45,13 +49,13 @@ needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missi
 def launch(n, worker, *args, mpiexec_opts=(), timeout=90):
     """Run ``mpiexec -n n python -m mpi4py worker args``; (returncode, output, seconds)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        [str(PKG_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("NUMBA_NUM_THREADS", "1")
     cmd = [str(MPIEXEC), *mpiexec_opts, "-n", str(n), sys.executable, "-m", "mpi4py",
            str(WORKERS / worker), *map(str, args)]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
 
 
@@ -86,8 +90,8 @@ def test_missing_mpi4py_names_the_extra():
             "from fastreg import distributed\n"
             "try:\n    distributed.mpi()\n"
             "except ImportError as e:\n    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60).stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(PKG_PARENT)), timeout=60).stdout
     assert "pip install fastreg[mpi]" in out
 
 

@@ -29,7 +29,11 @@ from fastreg import optim
 from fastreg.train import Dropout, Trainer, mlp, softmax_cross_entropy
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+# Subprocesses import the fastreg this test imported (the installed one in CI, whose C extension
+# is built; the checkout in development) and run from tests/, so the checkout's sources never
+# shadow an installed fastreg.
+import fastreg as _fastreg  # noqa: E402
+PKG_PARENT = Path(_fastreg.__file__).resolve().parent.parent
 WORKER = HERE / "mpi_workers" / "train_dp.py"
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
@@ -47,7 +51,7 @@ needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missi
 
 def _env(**extra):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        [str(PKG_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("NUMBA_NUM_THREADS", "1")
     env.update(extra)
@@ -59,7 +63,7 @@ def launch(n, *args, mpiexec_opts=(), timeout=90, env=None, module=False):
     target = ["-m", *map(str, args)] if module else [str(WORKER), *map(str, args)]
     cmd = [str(MPIEXEC), *mpiexec_opts, "-n", str(n), sys.executable, "-m", "mpi4py", *target]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True,
+    p = subprocess.run(cmd, cwd=HERE, env=env or _env(), capture_output=True, text=True,
                        timeout=timeout)
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
 
@@ -111,7 +115,7 @@ def test_trainer_rejects_a_non_communicator():
 def test_demo_distributed_outside_mpiexec_is_a_clear_error():
     env = {k: v for k, v in _env().items() if not k.startswith(("PMI", "PMIX", "OMPI_"))}
     p = subprocess.run([sys.executable, "-m", "fastreg", "demo", "--distributed", "--quick"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                       cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "mpiexec" in p.stderr
 
@@ -121,7 +125,7 @@ def test_demo_distributed_without_mpi4py_names_the_extra():
             "import importlib.util; importlib.util.find_spec = lambda name, *a: None\n"
             "from fastreg.__main__ import main\n"
             "sys.exit(main(['demo', '--distributed']))\n")
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+    p = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=_env(), capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "pip install fastreg[mpi]" in p.stderr, p.stderr
 
