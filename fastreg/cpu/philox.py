@@ -6,6 +6,7 @@ vpmuludq over four counters at once.
 import numpy as np
 from numba import prange
 
+from ..reference.philox import dropout_threshold, split_seed  # noqa: F401  (public here too)
 from ._jit import inline, jit, pjit
 
 M0 = np.uint64(0xD2511F53)
@@ -198,41 +199,6 @@ def uniform(seed, offset, out):
 #
 # (The same names exist in fastreg.cuda.philox as *_device functions for @cuda.jit kernels.)
 # One Philox call per word: a loop over consecutive elements is 4x cheaper with stream_block.
-
-def split_seed(seed):
-    """The two key words of ``seed`` for ``stream_word`` / ``stream_block``.
-
-    Parameters
-    ----------
-    seed : int
-        In [0, 2**64).
-
-    Returns
-    -------
-    (numpy.uint64, numpy.uint64)
-        ``(seed & 0xFFFFFFFF, seed >> 32)``.
-    """
-    seed = int(seed)
-    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
-
-
-def dropout_threshold(p):
-    """The integer threshold fastreg's dropout compares stream words with (kept: word >= it).
-
-    Parameters
-    ----------
-    p : float
-        Drop probability in [0, 1].
-
-    Returns
-    -------
-    int
-        ``round(p * 2**32)``, in [0, 2**32] (2**32: everything dropped).
-    """
-    from ..dropout import _threshold
-    from .._arrays import check_probability
-    return _threshold(check_probability(p))
-
 
 @inline
 def stream_block(seed_lo, seed_hi, b):

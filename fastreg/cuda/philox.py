@@ -35,6 +35,7 @@ import numpy as np
 from numba import cuda
 
 from .. import _config
+from ..reference.philox import dropout_threshold, split_seed  # noqa: F401  (public here too)
 
 # uint64 constants: a Python int literal would be typed int64 and promote uint64 maths to float64.
 M0 = np.uint64(0xD2511F53)
@@ -51,23 +52,6 @@ U11 = np.uint64(11)
 U32 = np.uint64(32)
 F32_2M24 = np.float32(2.0 ** -24)
 F64_2M53 = np.float64(2.0 ** -53)
-
-
-def split_seed(seed):
-    """The two key words of ``seed`` for the device functions.
-
-    Parameters
-    ----------
-    seed : int
-        In [0, 2**64).
-
-    Returns
-    -------
-    (numpy.uint64, numpy.uint64)
-        ``(seed & 0xFFFFFFFF, seed >> 32)``.
-    """
-    seed = int(seed)
-    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
 
 
 @cuda.jit(device=True)
@@ -411,22 +395,3 @@ def uniform(seed, offset, out):
     else:
         launch_stream(_uniform_f64_kernel, seed, offset, n, tail=(out_d,), per_block=2)
     finish(out, out_d)
-
-
-def dropout_threshold(p):
-    """The integer threshold fastreg's dropout compares stream words with (kept: word >= it),
-    for your own kernels (pass it as ``np.uint64``).
-
-    Parameters
-    ----------
-    p : float
-        Drop probability in [0, 1].
-
-    Returns
-    -------
-    int
-        ``round(p * 2**32)``, in [0, 2**32] (2**32: everything dropped).
-    """
-    from ..dropout import _threshold
-    from .._arrays import check_probability
-    return _threshold(check_probability(p))

@@ -82,3 +82,39 @@ def uniform(seed, offset, out):
         w = stream_words(seed, 2 * int(offset), 2 * n).astype(np.uint64)
         u = w[0::2] | (w[1::2] << _SHIFT)
         out[...] = (u >> np.uint64(11)).astype(np.float64) * (2.0 ** -53)
+
+
+def split_seed(seed):
+    """The two key words of ``seed`` for the Philox helpers of your own kernels
+    (``fastreg.cpu.philox.stream_word``, ``fastreg.cuda.philox.stream_word_device``).
+
+    Parameters
+    ----------
+    seed : int
+        In [0, 2**64).
+
+    Returns
+    -------
+    (numpy.uint64, numpy.uint64)
+        ``(seed & 0xFFFFFFFF, seed >> 32)``.
+    """
+    seed = int(seed)
+    return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+
+
+def dropout_threshold(p):
+    """The integer threshold fastreg's dropout compares stream words with (kept: word >= it).
+
+    Parameters
+    ----------
+    p : float
+        Drop probability in [0, 1].
+
+    Returns
+    -------
+    int
+        ``round(p * 2**32)``, in [0, 2**32] (2**32: everything dropped).
+    """
+    from ..dropout import _threshold
+    from .._arrays import check_probability
+    return _threshold(check_probability(p))
