@@ -5,6 +5,7 @@ Backends: "numpy" (reference), "cpu" (Numba), "c" (cffi + OpenMP), "cuda" (Numba
 """
 from . import optim, random
 from ._registry import BackendUnavailableError, available_backends
+from ._threads import get_num_threads, set_num_threads, threads
 from .batchnorm import (BatchNormSaved, batch_norm, batch_norm_backward, batch_norm_stats,
                         fold_batch_norm, merge_stats)
 from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "available_backends", "BackendUnavailableError", "random",
+    "get_num_threads", "set_num_threads", "threads",
     "dropout", "dropout_backward", "dropout_mask",
     "channel_dropout", "channel_dropout_backward", "drop_path", "drop_path_backward",
     "l1_penalty", "l2_penalty", "elastic_net_penalty", "l1_grad", "l2_grad", "elastic_net_grad",
