@@ -129,10 +129,87 @@ def test_matches_keras3_on_random_sequences(baseline, patience):
         assert run == (len(values) if expected < 0 else expected + 1)
 
 
+def lightning_stopped(values, patience, mode="min", stopping_threshold=None,
+                      divergence_threshold=None, check_finite=True):
+    """Lightning's EarlyStopping._evaluate_stopping_criteria (min_delta 0), transcribed:
+    (epoch it stops at or -1, best score, wait count)."""
+    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+    best, wait = (math.inf if mode == "min" else -math.inf), 0
+    for epoch, current in enumerate(values):
+        if check_finite and not math.isfinite(current):
+            return epoch, best, wait
+        if stopping_threshold is not None and better(current, stopping_threshold):
+            return epoch, best, wait
+        if divergence_threshold is not None and better(divergence_threshold, current):
+            return epoch, best, wait
+        if better(current, best):
+            best, wait = current, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return epoch, best, wait
+    return -1, best, wait
+
+
 def test_stopping_threshold():
     es = EarlyStopping(monitor="val_accuracy", patience=10, stopping_threshold=0.95)
-    _, run = drive(es, [0.5, 0.9, 0.96, 0.97], monitor="val_accuracy")
-    assert run == 3 and "stopping_threshold" in es.stop_reason and es.best_epoch == 2
+    t, run = drive(es, [0.5, 0.9, 0.96, 0.97], monitor="val_accuracy")
+    assert run == 3 and "stopping_threshold" in es.stop_reason
+    # the value that crossed the threshold is not recorded as the best (Lightning's order)
+    assert es.best_epoch == 1 and es.best == 0.9 and t.loaded == 1.0 and es.wait == 0
+
+
+def test_threshold_stops_do_not_touch_best_or_wait():
+    es = EarlyStopping(patience=5, divergence_threshold=5.0)
+    drive(es, [1.0, 2.0, 7.0])
+    assert es.stopped_epoch == 2 and es.best == 1.0 and es.best_epoch == 0 and es.wait == 1
+    es = EarlyStopping(patience=5, stopping_threshold=0.1)
+    drive(es, [1.0, 2.0, 0.05])
+    assert es.stopped_epoch == 2 and es.best == 1.0 and es.wait == 1
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("patience", [0, 1, 3])
+def test_matches_lightning_on_random_sequences(mode, patience):
+    rng = np.random.default_rng(10 + patience)
+    for _ in range(200):
+        values = [float(v) for v in np.round(rng.uniform(0.0, 1.0, 8), 1)]
+        if rng.random() < 0.2:
+            values[int(rng.integers(8))] = math.nan
+        stop, div = (0.15, 0.85) if mode == "min" else (0.85, 0.15)
+        es = EarlyStopping(monitor="m", mode=mode, patience=patience, stopping_threshold=stop,
+                           divergence_threshold=div)
+        drive(es, values, monitor="m")
+        epoch, best, wait = lightning_stopped(values, patience, mode, stop, div)
+        assert (es.stopped_epoch, es.best, es.wait) == (epoch, best, wait), values
+
+
+@pytest.mark.parametrize("make", [
+    lambda v: np.full((1, 1, 1), v), lambda v: np.full((1,), v, np.float32),
+    lambda v: np.float32(v), lambda v: np.array(v)])
+def test_metric_arrays_of_one_element(make):
+    es = EarlyStopping(patience=1)
+    _, run = drive(es, [make(v) for v in (3.0, 2.0, 2.5, 1.0)])
+    assert run == 3 and es.best == 2.0 and isinstance(es.best, float)
+
+
+def test_metric_torch_tensor_of_one_element():
+    torch = pytest.importorskip("torch")
+    es = EarlyStopping(patience=1)
+    _, run = drive(es, [torch.full((1, 1), v) for v in (3.0, 2.0, 2.5)])
+    assert run == 3 and es.best == 2.0
+
+
+def test_metric_arrays_of_several_elements_are_refused():
+    es = EarlyStopping(patience=1)
+    with pytest.raises(ValueError, match=r"val_loss.*shape \(2, 1\).*one number"):
+        drive(es, [np.ones((2, 1))])
+    with pytest.raises(ValueError, match=r"shape \(0,\)"):
+        drive(es, [np.ones(0)])
+    with pytest.raises(TypeError, match="real number"):
+        drive(es, ["0.5"])
+    with pytest.raises(TypeError, match="real number"):
+        drive(es, [np.array([1 + 2j])])
 
 
 def test_mode_auto_and_max():

@@ -70,7 +70,9 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     monitor : str
-        A key of the epoch logs: "val_loss", "val_accuracy", "loss", "accuracy".
+        A key of the epoch logs: "val_loss", "val_accuracy", "loss", "accuracy". Its value
+        may be a number or an array (NumPy, CuPy, torch) holding exactly one element, of any
+        shape (squeezed, as Lightning does); a larger array raises ValueError at that epoch.
     mode : {"auto", "min", "max"}
         Direction of improvement; "auto" is "max" when the name contains "acc", else "min"
         (Keras's rule).
@@ -120,9 +122,13 @@ class EarlyStopping(Callback):
     ``stopped_epoch`` (0-based epoch at which it fired, -1 if it did not), ``stop_reason``
     (a sentence, "" if it did not fire), ``wait``.
 
-    Checks per monitored epoch, in order (Lightning's): not finite -> stop; better than
-    stopping_threshold -> stop; worse than divergence_threshold -> stop; then improvement
-    (record best, maybe reset the wait) or ``wait += 1`` and stop once ``wait >= patience``
+    Checks per monitored epoch, in order (Lightning's ``_evaluate_stopping_criteria``): not
+    finite -> stop; better than stopping_threshold -> stop; worse than divergence_threshold ->
+    stop; then improvement (record best, maybe reset the wait) or ``wait += 1`` and stop once
+    ``wait >= patience``. An epoch that stops on one of the first three checks is neither
+    recorded as the best (so ``best``, ``best_epoch`` and the restored weights stay those of the
+    best earlier epoch, even when the value that crossed stopping_threshold is better) nor
+    counted in ``wait``, as in Lightning
     (so ``patience=0`` and ``patience=1`` both stop at the first epoch without improvement, as
     in Keras and Lightning). As in Keras 3, ``wait`` counts every monitored epoch since the
     last reset (improving epochs below the baseline included), but only an epoch without
@@ -203,31 +209,55 @@ class EarlyStopping(Callback):
         if self.verbose:
             print(f"EarlyStopping: epoch {epoch + 1}: {reason}")
 
+    def _current(self, logs):
+        """The monitored value as a float: a number, or an array (NumPy, CuPy, torch) holding
+        exactly one element, of any shape (Lightning squeezes its metric tensors too)."""
+        value = logs[self.monitor]
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            if hasattr(value, "detach"):          # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = to_host(value)
+            if arr.size != 1:
+                raise ValueError(f"EarlyStopping monitors {self.monitor!r}, whose value is an "
+                                 f"array of shape {tuple(arr.shape)}: a metric must be one "
+                                 "number (or an array holding exactly one element)")
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"EarlyStopping monitors {self.monitor!r}, whose value has "
+                                f"dtype {arr.dtype}: a metric must be a real number")
+            value = arr.reshape(()).item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"EarlyStopping monitors {self.monitor!r}, whose value is "
+                            f"{type(value).__name__} {value!r}: a metric must be a real number")
+        return float(value)
+
     def on_epoch_end(self, trainer, epoch, logs):
         if epoch < self.start_from_epoch:
             return
-        current = float(logs[self.monitor])
+        current = self._current(logs)
+        # Lightning's order (EarlyStopping._evaluate_stopping_criteria): a value that stops on
+        # a check is never recorded as the best, nor counted in the wait
         if self.check_finite and not math.isfinite(current):
             self._stop(trainer, epoch, f"{self.monitor} = {current} is not finite")
             return
-        improved = self._is_improvement(current, self.best)
+        if self.stopping_threshold is not None and self._better(current,
+                                                                 self.stopping_threshold):
+            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is better than "
+                                       f"stopping_threshold = {self.stopping_threshold}")
+            return
+        if self.divergence_threshold is not None and self._better(self.divergence_threshold,
+                                                                   current):
+            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is worse than "
+                                       f"divergence_threshold = {self.divergence_threshold}")
+            return
         self.wait += 1
-        if improved:
+        if self._is_improvement(current, self.best):
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = trainer.model_state(rng=False)
             # the wait restarts only when the baseline is beaten too (Keras 3)
             if self.baseline is None or self._is_improvement(current, self.baseline):
                 self.wait = 0
-        if self.stopping_threshold is not None and self._better(current,
-                                                                 self.stopping_threshold):
-            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is better than "
-                                       f"stopping_threshold = {self.stopping_threshold}")
-        elif self.divergence_threshold is not None and self._better(self.divergence_threshold,
-                                                                     current):
-            self._stop(trainer, epoch, f"{self.monitor} = {current:.6g} is worse than "
-                                       f"divergence_threshold = {self.divergence_threshold}")
-        elif not improved and self.wait >= self.patience:
+        elif self.wait >= self.patience:
             # an improving epoch never stops on patience, even below the baseline (Keras 3
             # returns before its patience check)
             if self.baseline is not None and not self._is_improvement(self.best, self.baseline):
