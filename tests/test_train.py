@@ -521,6 +521,29 @@ def test_trainer_checks_seed_penalties_and_batch_sizes():
         trainer.predict(X[:, :5])
 
 
+def test_trainer_checks_backend_and_threads_at_construction():
+    model = mlp((64, 8, 10), seed=0)
+    opt = optim.Adam(model.parameters())
+    for bad in ("gpu", "", "torch"):
+        with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'numpy'"):
+            Trainer(model, opt, backend=bad, verbose=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Trainer(model, opt, backend=None, verbose=0)
+    for name, reason in fastreg.available_backends().items():
+        if reason is not None:             # named but unable to run here: refused now, with why
+            with pytest.raises(fastreg.BackendUnavailableError, match=name):
+                Trainer(model, opt, backend=name, verbose=0)
+    assert Trainer(model, opt, backend="NumPy", verbose=0).backend == "numpy"
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match=r"threads must be a positive integer \(>= 1\)"):
+            Trainer(model, opt, threads=bad, verbose=0)
+    for bad in (1.0, "2", True):
+        with pytest.raises(TypeError, match="threads must be a positive integer"):
+            Trainer(model, opt, threads=bad, verbose=0)
+    assert Trainer(model, opt, threads=np.int64(2), verbose=0).threads == 2
+    assert Trainer(model, opt, threads=None, verbose=0).threads is None
+
+
 def test_trainer_accepts_array_likes():
     X, y = _digits(48)
     a, b = _trainer(), _trainer()

@@ -59,7 +59,7 @@ import time
 
 import numpy as np
 
-from .. import _arrays
+from .. import _arrays, _config, _registry, _threads
 from . import checkpoint as _ckpt
 from . import kernels
 from ._xp import array_module, to_host
@@ -136,7 +136,7 @@ class Trainer:
         arguments (these are collective then); ``fit`` starts from rank 0's state. Needs
         ``pip install fastreg[mpi]``. Host (NumPy) arrays only: the gradient Allreduce
         refuses device arrays.
-    threads : int or None
+    threads : int >= 1 or None
         Threads for fastreg's kernels and NumPy's matmul during ``fit``: Numba's
         (``numba.set_num_threads``, cpu backend) and, through threadpoolctl when it is installed,
         BLAS and OpenMP (c backend); restored afterwards. Default 1: the trainer's tensors are
@@ -152,12 +152,15 @@ class Trainer:
     ------
     TypeError
         model is not a Sequential; comm is not an mpi4py communicator; l1, l2 or prox_l1 is
-        not a real number (or is a bool).
+        not a real number (or is a bool); threads is not an int.
     ImportError
         comm given but mpi4py is not installed.
     ValueError
         The optimizer does not update exactly the model's parameters, or a bad hyper-parameter
-        (a negative or non-finite penalty, a seed outside [0, 2**64)).
+        (a negative or non-finite penalty, a seed outside [0, 2**64)), an unknown backend
+        name, or threads < 1.
+    BackendUnavailableError
+        backend names a backend that cannot run here (the reason is in the message).
     """
 
     def __init__(self, model, optimizer, *, l1=0.0, l2=0.0, prox_l1=0.0, penalty_mask=None,
@@ -179,6 +182,13 @@ class Trainer:
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         seed = _arrays.check_uint64(seed, "seed")
+        if not isinstance(backend, str) or backend.lower() not in ("auto", *_config.BACKENDS):
+            raise ValueError(f"backend must be one of {('auto', *_config.BACKENDS)}, got "
+                             f"{backend!r}")
+        backend = backend.lower()
+        _registry.resolve(backend, *params)   # an unavailable backend raises now, with why
+        if threads is not None:
+            threads = _threads._check_count(threads, "threads")
         if augment is not None and not callable(augment):
             raise TypeError("augment must be a callable (batch, seed, epoch, index_offset)")
         self.model, self.optimizer = model, optimizer
