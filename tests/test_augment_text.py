@@ -282,9 +282,36 @@ def test_eda_returns_num_aug_sentences(num_aug):
     assert out[:-1] == eda(SENTENCE, seed=0, num_aug=num_aug)
 
 
+def _kind(a):
+    """Which EDA operation made sentence ``a`` from SENTENCE (p_rd high enough to delete)."""
+    w, n = words(a), len(words(SENTENCE))
+    if len(w) > n:
+        return "ri"
+    if len(w) < n:
+        return "rd"
+    return "rs" if Counter(w) == Counter(words(SENTENCE)) else "sr"
+
+
+@pytest.mark.parametrize("num_aug", [1, 2, 3, 4, 5, 7, 8, 9, 12, 16])
+def test_eda_counts_follow_the_reference_code(num_aug):
+    # eda.py: num_new_per_technique = int(num_aug/4)+1 per enabled operation, shuffled, trimmed
+    per_op = int(num_aug / 4) + 1
+    for enabled in ("sr", "ri", "rs", "rd"), ("rs",), ("sr", "rd"), ("ri", "rs", "rd"):
+        strengths = {name: (0.3 if name[-2:] in enabled else 0.0)
+                     for name in ("alpha_sr", "alpha_ri", "alpha_rs", "p_rd")}
+        strengths["p_rd"] = 0.5 if "rd" in enabled else 0.0
+        out = eda(SENTENCE, seed=3, num_aug=num_aug, **strengths)
+        assert len(out) == min(num_aug, len(enabled) * per_op), (enabled, num_aug)
+        kinds = Counter(_kind(a) for a in out)
+        assert set(kinds) <= set(enabled)
+        assert all(c <= per_op for c in kinds.values()), kinds
+        if len(enabled) * per_op <= num_aug:     # the whole pool comes back
+            assert kinds == {k: per_op for k in enabled}
+
+
 def test_eda_skips_disabled_operations():
     only_swap = eda(SENTENCE, alpha_sr=0, alpha_ri=0, p_rd=0, seed=0, num_aug=9)
-    assert len(only_swap) == 9
+    assert len(only_swap) == 3              # 9 // 4 + 1 from the one operation (reference code)
     for a in only_swap:
         assert Counter(words(a)) == Counter(words(SENTENCE)) and a != SENTENCE
     only_delete = eda(SENTENCE, alpha_sr=0, alpha_ri=0, alpha_rs=0, p_rd=0.3, seed=0, num_aug=5)
@@ -296,19 +323,10 @@ def test_eda_skips_disabled_operations():
 
 
 def test_eda_mixes_the_four_operations():
-    kinds = Counter()
-    n = len(words(SENTENCE))
-    for a in eda(SENTENCE, seed=0, num_aug=16, p_rd=0.5):  # p_rd=0.1 may delete nothing
-        w = words(a)
-        if len(w) > n:
-            kinds["ri"] += 1
-        elif len(w) < n:
-            kinds["rd"] += 1
-        elif Counter(w) == Counter(words(SENTENCE)):
-            kinds["rs"] += 1
-        else:
-            kinds["sr"] += 1
-    assert kinds == {"sr": 4, "ri": 4, "rs": 4, "rd": 4}
+    # num_aug=15: 15 // 4 + 1 = 4 sentences per operation, 16 in the pool, one dropped
+    kinds = Counter(_kind(a) for a in eda(SENTENCE, seed=0, num_aug=15, p_rd=0.5))
+    assert sum(kinds.values()) == 15 and set(kinds) == {"sr", "ri", "rs", "rd"}
+    assert sorted(kinds.values()) == [3, 4, 4, 4]
 
 
 # --- synonym sources ------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ a callable ``word -> list of synonyms`` (called with the lower-case word), or ``
 WordNet through nltk, which must be installed with its corpus (``pip install nltk`` then
 ``python -m nltk.downloader wordnet``); nothing is ever downloaded at run time.
 """
-import math
 import numbers
 import re
 from collections import namedtuple
@@ -453,7 +452,9 @@ def eda(sentence, *, alpha_sr=0.1, alpha_ri=0.1, alpha_rs=0.1, p_rd=0.1, num_aug
     p_rd : float in [0, 1]
         Deletion probability of random deletion; 0 leaves it out.
     num_aug : int >= 1
-        Number of augmented sentences returned.
+        Number of augmented sentences wanted: ``min(num_aug, k * (num_aug // 4 + 1))`` are
+        returned, k being the number of enabled operations, so exactly ``num_aug`` with all
+        four enabled (see Notes).
     seed : int in [0, 2**64)
     index : int in [0, 2**64)
         The sentence's index: the result depends only on ``(seed, index)`` (and the arguments).
@@ -466,8 +467,9 @@ def eda(sentence, *, alpha_sr=0.1, alpha_ri=0.1, alpha_rs=0.1, p_rd=0.1, num_aug
     Returns
     -------
     list of str
-        ``num_aug`` augmented sentences (``num_aug + 1`` with the original appended). Some may
-        equal the original sentence or each other, e.g. when no word has a synonym.
+        ``min(num_aug, k * (num_aug // 4 + 1))`` augmented sentences (one more with the
+        original appended). Some may equal the original sentence or each other, e.g. when no
+        word has a synonym.
 
     Raises
     ------
@@ -483,11 +485,13 @@ def eda(sentence, *, alpha_sr=0.1, alpha_ri=0.1, alpha_rs=0.1, p_rd=0.1, num_aug
     Notes
     -----
     Wei & Zou, "EDA: Easy Data Augmentation Techniques for Boosting Performance on Text
-    Classification Tasks", EMNLP 2019. As in the paper, each enabled operation makes
-    ``ceil(num_aug / k)`` sentences, k being the number of enabled operations (4 by default, so
-    ``ceil(num_aug / 4)`` each), the pool is shuffled and the first ``num_aug`` are kept; each
-    augmented sentence comes from one operation applied to the original. With an operation
-    disabled, the others make up its share (the reference code then returns fewer sentences).
+    Classification Tasks", EMNLP 2019. The counts follow the authors' reference code
+    (``eda.py``): each enabled operation (alpha or p_rd > 0) makes ``num_aug // 4 + 1``
+    sentences (``num_new_per_technique = int(num_aug/4)+1``), the pool is shuffled and its
+    first ``num_aug`` are kept; each augmented sentence comes from one operation applied to
+    the original. With all four operations the pool always exceeds ``num_aug``; with an
+    operation disabled the pool may be smaller, and then, as in the reference code, fewer
+    than ``num_aug`` sentences come back (e.g. one operation and ``num_aug=9``: 3).
     """
     _check_sentence(sentence)
     strengths = [_arrays.check_probability(v, name) for v, name in
@@ -510,7 +514,7 @@ def eda(sentence, *, alpha_sr=0.1, alpha_ri=0.1, alpha_rs=0.1, p_rd=0.1, num_aug
            lambda a: _swap(tokens, n_of(a), rng),
            lambda p: _delete(tokens, p, rng)]
     enabled = [(op, s) for op, s in zip(ops, strengths) if s > 0]
-    per_op = math.ceil(num_aug / len(enabled))
+    per_op = num_aug // 4 + 1     # the reference code's num_new_per_technique
     pool = [_detokenize(op(s), tail) for op, s in enabled for _ in range(per_op)]
     out = [pool[i] for i in rng.permutation(len(pool))[:num_aug]]
     return out + [sentence] if include_original else out
