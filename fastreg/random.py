@@ -16,7 +16,7 @@ import numpy as np
 from . import _arrays, _registry
 from ._dispatch import Job
 
-__all__ = ["philox4x32", "random_bits", "uniform"]
+__all__ = ["philox4x32", "random_bits", "uniform", "Generator"]
 
 
 def _as_words(a, name, width):
@@ -97,26 +97,26 @@ def philox4x32(counter, key, *, backend="auto"):
 
 def _stream_call(op, shape, seed, offset, dtype, words_per_element, backend):
     shape = _arrays.check_shape(shape)
-    seed = _arrays.check_uint64(seed, "seed")
-    offset = _arrays.check_uint64(offset, "offset")
     n = math.prod(shape)
-    _arrays.check_counter_range(offset * words_per_element, n * words_per_element)
-    job = Job(_registry.resolve(backend), host_input=False)
+    backend = _registry.resolve(backend)
+    seed, offset = resolve_seed(seed, offset, n, words_per_element)
+    job = Job(backend, host_input=False)
     res = job.empty((n,), dtype)
     if n:
         job.op(op)(seed, offset, res)
     return res.reshape(shape)
 
 
-def random_bits(shape, *, seed, offset=0, backend="auto"):
+def random_bits(shape, *, seed, offset=None, backend="auto"):
     """Raw 32-bit words of the stream: element i is word ``offset + i``.
 
     Parameters
     ----------
     shape : int or tuple of int
-    seed : int in [0, 2**64)
-    offset : int in [0, 2**64)
-        Position of element 0; ``offset + size`` must not exceed 2**64.
+    seed : int in [0, 2**64) or Generator
+        A Generator hands out the next ``size`` words (then leave ``offset`` out).
+    offset : int in [0, 2**64), optional
+        Position of element 0 (default 0); ``offset + size`` must not exceed 2**64.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
@@ -132,7 +132,7 @@ def random_bits(shape, *, seed, offset=0, backend="auto"):
     return _stream_call("random_bits", shape, seed, offset, np.uint32, 1, backend)
 
 
-def uniform(shape, *, seed, offset=0, dtype=np.float32, backend="auto"):
+def uniform(shape, *, seed, offset=None, dtype=np.float32, backend="auto"):
     """Uniform floats in [0, 1) from the stream.
 
     float32: element i is ``(w[offset + i] >> 8) * 2**-24`` (24 random bits; every value is a
@@ -142,9 +142,11 @@ def uniform(shape, *, seed, offset=0, dtype=np.float32, backend="auto"):
     Parameters
     ----------
     shape : int or tuple of int
-    seed : int in [0, 2**64)
-    offset : int in [0, 2**64)
-        Counted in elements of ``dtype``.
+    seed : int in [0, 2**64) or Generator
+        A Generator hands out the next ``size`` elements (2 words each for float64, starting at
+        an even word); then leave ``offset`` out.
+    offset : int in [0, 2**64), optional
+        Counted in elements of ``dtype`` (default 0).
     dtype : float32 or float64
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
@@ -165,3 +167,132 @@ def uniform(shape, *, seed, offset=0, dtype=np.float32, backend="auto"):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return _stream_call("uniform", shape, seed, offset, dtype, 2 if dtype == np.float64 else 1,
                         backend)
+
+
+class Generator:
+    """A seed and a 64-bit position in its Philox stream, handing out non-overlapping ranges.
+
+    Pass it as ``seed=`` to any of fastreg's random ops (``dropout``, ``channel_dropout``,
+    ``drop_path``, ``dropout_mask``, ``random_bits``, ``uniform``): the op takes the next
+    ``size`` words of the stream (``offset`` is then owned by the generator and must not be
+    given) and advances the position, so no two calls ever share a word. ``state_dict()`` /
+    ``load_state_dict()`` save and restore it exactly (two plain integers). Like
+    ``torch.Generator`` it is mutable; like a JAX key, ``spawn(k)`` derives independent
+    generators (for workers or layers) deterministically from this one.
+
+    Parameters
+    ----------
+    seed : int in [0, 2**64)
+    position : int in [0, 2**64), optional
+        The first stream word not yet used (default 0).
+
+    Notes
+    -----
+    ``take`` is thread-safe: two Python threads drawing from one generator get disjoint ranges
+    (which one gets the lower range depends on scheduling).
+    """
+
+    def __init__(self, seed, position=0):
+        import threading
+        self._seed = _arrays.check_uint64(seed, "seed")
+        self._position = _arrays.check_uint64(position, "position")
+        self._lock = threading.Lock()
+
+    @property
+    def seed(self):
+        """The key of the stream (int)."""
+        return self._seed
+
+    @property
+    def position(self):
+        """The first word not handed out yet (int)."""
+        return self._position
+
+    def take(self, count):
+        """Reserve the next ``count`` words and return the offset of the first.
+
+        Parameters
+        ----------
+        count : int >= 0
+
+        Returns
+        -------
+        int
+            The offset to pass to an op together with ``self.seed``.
+
+        Raises
+        ------
+        ValueError
+            ``count`` negative or not an integer, or the range would pass 2**64 (the position is
+            then unchanged).
+        """
+        return self._take(_arrays.check_uint64(count, "count"), 1)
+
+    def _take(self, count, words_per_element):
+        """The offset, in elements of ``words_per_element`` words, of the next ``count``
+        elements; the position (in words) moves past them."""
+        k = words_per_element
+        with self._lock:
+            start = -(-self._position // k)  # the first element whose words are all unused
+            _arrays.check_counter_range(start * k, count * k, "generator position")
+            self._position = (start + count) * k
+        return start
+
+    def spawn(self, n):
+        """``n`` independent generators whose seeds are drawn from this stream (2 words each).
+
+        Parameters
+        ----------
+        n : int >= 0
+
+        Returns
+        -------
+        list of Generator
+            At position 0; this generator advances by ``2 * n``.
+        """
+        n = _arrays.check_uint64(n, "n")
+        start = self.take(2 * n)
+        words = random_bits((2 * n,), seed=self._seed, offset=start, backend="numpy")
+        words = words.astype(np.uint64)
+        return [Generator(int(words[2 * i]) | (int(words[2 * i + 1]) << 32)) for i in range(n)]
+
+    def state_dict(self):
+        """``{"seed": int, "position": int}``: everything needed to resume the stream."""
+        return {"seed": self._seed, "position": self._position}
+
+    def load_state_dict(self, state):
+        """Restore a ``state_dict()``; values may be ints or 0-d integer arrays (from ``np.load``).
+
+        Raises
+        ------
+        ValueError
+            A missing key or a value outside [0, 2**64); nothing is changed then.
+        """
+        try:
+            seed, position = state["seed"], state["position"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError("state must be a mapping with 'seed' and 'position'") from exc
+        seed = _arrays.check_uint64(seed, "state['seed']")
+        position = _arrays.check_uint64(position, "state['position']")
+        with self._lock:
+            self._seed, self._position = seed, position
+
+    def __repr__(self):
+        return f"fastreg.random.Generator(seed={self._seed}, position={self._position})"
+
+
+def resolve_seed(seed, offset, count, words_per_element=1, name="seed"):
+    """``(seed, offset)`` for an op drawing ``count`` elements of ``words_per_element`` words.
+
+    A Generator hands out its next range (``offset`` must then be None or 0); an integer seed is
+    checked and used with ``offset``. Call it last, after every other check, so that a refused
+    call leaves the generator where it was."""
+    if isinstance(seed, Generator):
+        if offset not in (None, 0):
+            raise ValueError(f"offset must not be given with a Generator as {name}: the "
+                             f"generator owns the position (got offset={offset!r})")
+        return seed.seed, seed._take(count, words_per_element)
+    seed = _arrays.check_uint64(seed, name)
+    offset = _arrays.check_uint64(0 if offset is None else offset, "offset")
+    _arrays.check_counter_range(offset * words_per_element, count * words_per_element)
+    return seed, offset
