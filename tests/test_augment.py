@@ -137,6 +137,52 @@ def test_noise_and_erasing_leave_target(backend):
 
 # --- the reference against direct definitions ---------------------------------------------------
 
+def torchvision_erasing_box(u, height, width, scale, ratio, tries=10):
+    """torchvision's RandomErasing.get_params, transcribed, fed with the uniforms ``u`` (4 per
+    try: area, log-aspect, row, column) instead of torch's generator: (y0, x0, h, w), or
+    (0, 0, 0, 0) when no box fits (torchvision then returns the image unchanged)."""
+    lr = np.log(ratio)
+    for t in range(tries):
+        erase_area = height * width * (scale[0] + (scale[1] - scale[0]) * u[4 * t])
+        aspect = math.exp(lr[0] + (lr[1] - lr[0]) * u[4 * t + 1])
+        h = int(round(math.sqrt(erase_area * aspect)))
+        w = int(round(math.sqrt(erase_area / aspect)))
+        if not (h < height and w < width):
+            continue
+        i = int(u[4 * t + 2] * (height - h + 1))       # randint(0, height - h + 1)
+        j = int(u[4 * t + 3] * (width - w + 1))
+        return (i, j, h, w)
+    return (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("height, width, scale, ratio", [
+    (6, 6, (0.02, 0.33), (0.3, 3.3)), (5, 9, (0.3, 1.0), (0.2, 5.0)), (4, 4, (0.6, 1.0), (0.5, 2)),
+    (1, 7, (0.01, 0.5), (0.3, 3.3)), (7, 7, (1.0, 1.0), (1.0, 1.0))])
+def test_erasing_boxes_follow_torchvision(height, width, scale, ratio):
+    idx = np.arange(300)
+    rects = ref.sample_params("erasing", 5, 2, idx, height=height, width=width, p=1.0,
+                              scale=scale, ratio=ratio)["rects"]
+    tag = ref.CODES["erasing"] << 8
+    u = ref.unit(ref.sample_words(5, 2, tag, idx, 41))[:, 1:]
+    expected = np.array([torchvision_erasing_box(row, height, width, scale, ratio) for row in u])
+    np.testing.assert_array_equal(rects, expected)
+    assert (rects[:, 2] < height).all() and (rects[:, 3] < width).all()
+    if scale == (1.0, 1.0):                  # the whole image never fits: nothing erased
+        assert not rects.any()
+
+
+def test_erasing_never_covers_the_whole_height_or_width(backend):
+    x = np.full((40, 6, 6, 1), 200, np.uint8)
+    got = host(A.random_erasing(x, 1.0, scale=(0.5, 1.0), ratio=(0.3, 3.3), value=0, seed=9,
+                                backend=backend))
+    erased = got[..., 0] == 0
+    rows, cols = erased.any(axis=2).sum(axis=1), erased.any(axis=1).sum(axis=1)
+    assert (rows < 6).all() and (cols < 6).all() and erased.any()
+    whole = host(A.random_erasing(x, 1.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), value=0, seed=9,
+                                  backend=backend))
+    np.testing.assert_array_equal(whole, x)   # a 6x6 box in a 6x6 image never fits
+
+
 def test_flip_definition():
     x = images(40, 4, 5, 2, np.uint8)
     idx = 7 + np.arange(40)

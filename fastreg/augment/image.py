@@ -328,7 +328,10 @@ def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value
     Notes
     -----
     Zhong, Zheng, Kang, Li & Yang, "Random erasing data augmentation", AAAI 2020: up to 10
-    tries for a box that fits, else nothing is erased. Exact on every backend.
+    tries for a box that fits, else nothing is erased. A box fits when it is strictly smaller
+    than the image in both directions (``h < H and w < W``, torchvision's
+    ``RandomErasing.get_params``), so the whole image is never erased; its position is uniform
+    over the ``(H - h + 1) * (W - w + 1)`` places. Exact on every backend.
     """
     return _c.run([RandomErasing(p, scale, ratio, value)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target, target_fill=0,

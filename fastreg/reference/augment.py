@@ -207,7 +207,11 @@ def _params_noise(seed, epoch, tag, idx, lo, hi):
 def _params_erasing(seed, epoch, tag, idx, height, width, p, scale, ratio, tries=10):
     """Zhong et al. (2017) random erasing: with probability p, the first of ``tries`` boxes
     (area fraction uniform in ``scale``, aspect log-uniform in ``ratio``) that fits; none fits:
-    nothing erased. Returns rects (y0, x0, h, w)."""
+    nothing erased. Returns rects (y0, x0, h, w).
+
+    "Fits" is torchvision's ``RandomErasing.get_params`` rule: the box is strictly smaller than
+    the image (``h < height and w < width``), so a box as tall or as wide as the image is
+    retried; a box rounded to 0 rows or columns fits and erases nothing, as there."""
     n = len(idx)
     raw = sample_words(seed, epoch, tag, idx, 1 + 4 * tries)
     on = bernoulli(raw[:, 0], p)
@@ -221,7 +225,7 @@ def _params_erasing(seed, epoch, tag, idx, height, width, p, scale, ratio, tries
         ar = np.exp(lr[0] + (lr[1] - lr[0]) * w[:, 4 * t + 1])
         eh = np.round(np.sqrt(target * ar)).astype(np.int64)
         ew = np.round(np.sqrt(target / ar)).astype(np.int64)
-        ok = ~done & (eh > 0) & (ew > 0) & (eh <= height) & (ew <= width)
+        ok = ~done & (eh < height) & (ew < width)
         y0 = np.floor(w[:, 4 * t + 2] * (height - eh + 1)).astype(np.int64)
         x0 = np.floor(w[:, 4 * t + 3] * (width - ew + 1)).astype(np.int64)
         rects[ok] = np.stack([y0, x0, eh, ew], axis=1)[ok]
