@@ -27,7 +27,8 @@ register spills, local memory or compiler contractions. This command closes that
      words and the threshold are typed uint64; in the PTX, the counter derived from ``first``
      (by integer adds, shifts and masks, up to the first multiply: Philox's rounds) is split into
      its high 32-bit word (``shr`` by 32, or an unpacking ``mov.b64``), and never reaches a
-     floating-point conversion (a uint64 mixed with an int64 becomes a float64 in Numba).
+     floating-point instruction (a float64 holds 53 bits; older Numba versions typed
+     ``uint64 + int64`` as float64).
 
 It prints one row per kernel, dtype and architecture and exits 1 on any compile failure or broken
 promise (with the reason), 3 when the tools are missing (0 with ``--skip-if-missing``, for
@@ -658,8 +659,8 @@ def counter_findings(ptx, param):
         problems.append("the counter's high 32-bit word is never taken (no 64-bit shift by 32): "
                         "was it narrowed to 32 bits?")
     if floats:
-        problems.append(f"the counter reaches floating-point instructions ({', '.join(sorted(floats))})"
-                        ": a uint64 mixed with a signed integer became a float")
+        problems.append("the counter reaches floating-point instructions "
+                        f"({', '.join(sorted(floats))}): it went through a float")
     return problems
 
 
