@@ -33,8 +33,6 @@
 #include "philox.h"
 
 #define FR_AUG_INLINE static inline __attribute__((always_inline))
-/* fewer bytes than this are processed by the calling thread alone */
-#define FR_AUG_PAR_MIN_BYTES ((int64_t)1 << 16)
 /* values per noise tile: a multiple of 8 (tiles start on Philox blocks) */
 #define FR_AUG_NOISE_TILE 2048
 #define FR_AUG_NOISE_PAD 32  /* words the block generators may write past a tile */
@@ -123,6 +121,49 @@ FR_AUG_AVX2 static void fr_reverse_bytes_avx2(const uint8_t *src, uint8_t *dst, 
 }
 #endif
 
+typedef struct {
+    const uint8_t *x, *hflip, *vflip;
+    uint8_t *out;
+    int64_t H, W, P, row, rows;
+    int avx2, stream;
+} fr_flip_job;
+
+/* Output row r (image r / H) of fr_aug_flip; buf: FR_AUG_FLIP_BUF + 64 bytes, 64-aligned. */
+static void fr_flip_row(const fr_flip_job *j, int64_t r, uint8_t *buf)
+{
+    const int64_t H = j->H, row = j->row, rows = j->rows;
+    int64_t m = r / H, v = r - m * H;
+    int64_t sv = j->vflip[m] ? H - 1 - v : v;
+    const uint8_t *src = j->x + (m * H + sv) * row;
+    uint8_t *dst = j->out + r * row;
+    if (r + FR_AUG_FLIP_AHEAD < rows) {
+        /* the source row FR_AUG_FLIP_AHEAD rows on: a reversed row is read backwards, which
+         * the hardware prefetchers do not follow from DRAM */
+        int64_t ma = (r + FR_AUG_FLIP_AHEAD) / H, va = r + FR_AUG_FLIP_AHEAD - ma * H;
+        const uint8_t *pa = j->x + (ma * H + (j->vflip[ma] ? H - 1 - va : va)) * row;
+        for (int64_t b = 0; b < row; b += 64)
+            FR_PREFETCH(pa + b);
+    }
+    if (!j->hflip[m]) {
+        if (j->stream)
+            fr_ew_stream_copy(dst, src, (size_t)row);
+        else
+            memcpy(dst, src, (size_t)row);
+        return;
+    }
+    uint8_t *d = j->stream ? buf : dst;
+#ifdef FR_AUG_X86
+    if (j->avx2 && j->P == 3)
+        fr_reverse_rgb_avx2(src, d, j->W);
+    else if (j->avx2 && j->P == 1)
+        fr_reverse_bytes_avx2(src, d, j->W);
+    else
+#endif
+        fr_reverse_pixels(src, d, j->W, j->P);
+    if (j->stream)
+        fr_ew_stream_copy(dst, buf, (size_t)row);
+}
+
 int fr_aug_flip(const uint8_t *x, const uint8_t *hflip, const uint8_t *vflip, uint8_t *out,
                 int64_t M, int64_t H, int64_t W, int64_t P)
 {
@@ -133,8 +174,6 @@ int fr_aug_flip(const uint8_t *x, const uint8_t *hflip, const uint8_t *vflip, ui
     if (!x || !hflip || !vflip || !out)
         return FR_ERR_NULL;
     const int64_t row = W * P, rows = M * H;
-    const int avx2 = fr_aug_avx2();
-    (void)avx2;
     /* large outputs: streaming stores (a reversed row goes through an L1 buffer first), which
      * save the read of every output line; "auto" streams only outputs that would not stay in
      * the last-level cache with their input (measured: 64 images 224x224x3, 9.6 MB, are 25%
@@ -142,44 +181,26 @@ int fr_aug_flip(const uint8_t *x, const uint8_t *hflip, const uint8_t *vflip, ui
     const int smode = fr_get_stream_stores();
     const int stream = row <= FR_AUG_FLIP_BUF &&
                        (smode == 2 || (smode == 1 && rows * row >= FR_AUG_STREAM_MIN_BYTES));
-#pragma omp parallel if (rows * row >= FR_AUG_PAR_MIN_BYTES)
+    const fr_flip_job job = {x, hflip, vflip, out, H, W, P, row, rows, fr_aug_avx2(), stream};
+    const int nt = fr_region_threads(rows);
+    if (nt <= 1) {
+        _Alignas(64) uint8_t buf[FR_AUG_FLIP_BUF + 64];
+        for (int64_t r = 0; r < rows; r++)
+            fr_flip_row(&job, r, buf);
+#ifdef FR_AUG_X86
+        if (stream)
+            _mm_sfence();
+#endif
+        return FR_OK;
+    }
+#pragma omp parallel num_threads(nt)
     {
         _Alignas(64) uint8_t buf[FR_AUG_FLIP_BUF + 64];
         /* guided: contiguous runs of rows (an image's rows stay in one thread's caches), then
          * short ones that let a thread pick up the work of one the OS has preempted */
 #pragma omp for schedule(guided, 16)
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t m = r / H, v = r - m * H;
-            int64_t sv = vflip[m] ? H - 1 - v : v;
-            const uint8_t *src = x + (m * H + sv) * row;
-            uint8_t *dst = out + r * row;
-            if (r + FR_AUG_FLIP_AHEAD < rows) {
-                /* the source row FR_AUG_FLIP_AHEAD rows on: a reversed row is read backwards,
-                 * which the hardware prefetchers do not follow from DRAM */
-                int64_t ma = (r + FR_AUG_FLIP_AHEAD) / H, va = r + FR_AUG_FLIP_AHEAD - ma * H;
-                const uint8_t *pa = x + (ma * H + (vflip[ma] ? H - 1 - va : va)) * row;
-                for (int64_t b = 0; b < row; b += 64)
-                    FR_PREFETCH(pa + b);
-            }
-            if (!hflip[m]) {
-                if (stream)
-                    fr_ew_stream_copy(dst, src, (size_t)row);
-                else
-                    memcpy(dst, src, (size_t)row);
-                continue;
-            }
-            uint8_t *d = stream ? buf : dst;
-#ifdef FR_AUG_X86
-            if (avx2 && P == 3)
-                fr_reverse_rgb_avx2(src, d, W);
-            else if (avx2 && P == 1)
-                fr_reverse_bytes_avx2(src, d, W);
-            else
-#endif
-                fr_reverse_pixels(src, d, W, P);
-            if (stream)
-                fr_ew_stream_copy(dst, buf, (size_t)row);
-        }
+        for (int64_t r = 0; r < rows; r++)
+            fr_flip_row(&job, r, buf);
 #ifdef FR_AUG_X86
         if (stream)
             _mm_sfence();  /* order this thread's streaming stores before the join */
@@ -450,6 +471,61 @@ FR_AUG_INLINE void fr_bilinear_f32_pixel(const fr_affine_args *g, const float *i
 }
 
 /* mode 0: uint8 bilinear, 1: float32 bilinear, 2: nearest (any itemsize) */
+typedef struct {
+    const fr_affine_args *g;
+    int mode, vec_rgb;
+    int64_t img_bytes, total_bytes;
+    void (*coords)(const double *, int64_t, int64_t, int32_t *, int32_t *);
+} fr_affine_job;
+
+/* Output row r (image r / Ho) of fr_aug_affine; q: 2 Wo int32 of scratch. */
+static void fr_affine_row(const fr_affine_job *j, int64_t r, int32_t *q)
+{
+    const fr_affine_args *g = j->g;
+    const int64_t M = g->M, H = g->H, W = g->W, C = g->C, Ho = g->Ho, Wo = g->Wo;
+    const int64_t isz = g->itemsize, pix = C * isz, img_bytes = j->img_bytes;
+    int64_t m = r / Ho, v = r - m * Ho;
+    int32_t *qx = q, *qy = q + Wo;
+    j->coords(g->mats + 6 * m, v, Wo, qx, qy);
+    const uint8_t *img = (const uint8_t *)g->x + m * img_bytes;
+    uint8_t *d = (uint8_t *)g->out + r * Wo * pix;
+    if (m + 1 < M) {
+        /* the taps of a rotated row cross many source rows, which no hardware prefetcher
+         * follows: each output row prefetches its share of the next image (measured: 64
+         * images 224x224x3 not in cache, 2.2x faster) */
+        int64_t per = (img_bytes + Ho - 1) / Ho, lo = v * per;
+        int64_t hi = lo + per < img_bytes ? lo + per : img_bytes;
+        for (int64_t b = lo & ~(int64_t)63; b < hi; b += 64)
+            FR_PREFETCH(img + img_bytes + b);
+    }
+    if (j->mode == 0) {
+#ifdef FR_AUG_X86
+        if (j->vec_rgb) {
+            fr_affine_u8_rgb_row_avx2(g, img, j->total_bytes - m * img_bytes, qx, qy, d);
+            return;
+        }
+#endif
+        for (int64_t u = 0; u < Wo; u++)
+            fr_bilinear_u8_pixel(g, img, qx[u], qy[u], d + u * C);
+    } else if (j->mode == 1) {
+        for (int64_t u = 0; u < Wo; u++)
+            fr_bilinear_f32_pixel(g, (const float *)img, qx[u], qy[u], (float *)d + u * C);
+    } else {
+        for (int64_t u = 0; u < Wo; u++) {
+            int64_t ix = fr_tap(((int64_t)qx[u] + 128) >> 8, W, g->border);
+            int64_t iy = fr_tap(((int64_t)qy[u] + 128) >> 8, H, g->border);
+            uint8_t *dp = d + u * pix;
+            if (ix >= 0 && iy >= 0) {
+                memcpy(dp, img + (iy * W + ix) * pix, (size_t)pix);
+            } else {
+                for (int64_t k = 0; k < C; k++)
+                    memcpy(dp + k * isz, g->fill, (size_t)isz);
+            }
+        }
+    }
+}
+
+/* mode 0: uint8 bilinear, 1: float32 bilinear, 2: nearest (any itemsize) */
 static int fr_aug_affine(const fr_affine_args *g, int mode)
 {
     const int64_t M = g->M, H = g->H, W = g->W, C = g->C, Ho = g->Ho, Wo = g->Wo;
@@ -461,21 +537,31 @@ static int fr_aug_affine(const fr_affine_args *g, int mode)
         return FR_ERR_SIZE;
     if (!g->x || !g->mats || !g->out || (mode == 2 && !g->fill))
         return FR_ERR_NULL;
-    const int64_t isz = g->itemsize, pix = C * isz;
+    const int64_t pix = C * g->itemsize;
     const int64_t img_bytes = H * W * pix, total_bytes = M * img_bytes;
     const int64_t rows = M * Ho;
     int status = FR_OK;
     int avx2 = fr_aug_avx2();
-    (void)avx2;
-    void (*coords)(const double *, int64_t, int64_t, int32_t *, int32_t *) =
-        fr_row_coords_portable;
+    fr_affine_job job = {g, mode, 0, img_bytes, total_bytes, fr_row_coords_portable};
 #ifdef FR_AUG_X86
     if (avx2)
-        coords = fr_row_coords_avx2;
+        job.coords = fr_row_coords_avx2;
     /* the gather path indexes bytes with int32 */
-    int vec_rgb = avx2 && mode == 0 && C == 3 && total_bytes < ((int64_t)1 << 31) - 64;
+    job.vec_rgb = avx2 && mode == 0 && C == 3 && total_bytes < ((int64_t)1 << 31) - 64;
+#else
+    (void)avx2;
 #endif
-#pragma omp parallel if (rows * Wo * pix >= FR_AUG_PAR_MIN_BYTES)
+    const int nt = fr_region_threads(rows);
+    if (nt <= 1) {
+        int32_t *q = (int32_t *)malloc(2 * (size_t)Wo * sizeof(int32_t));
+        if (!q)
+            return FR_ERR_ALLOC;
+        for (int64_t r = 0; r < rows; r++)
+            fr_affine_row(&job, r, q);
+        free(q);
+        return FR_OK;
+    }
+#pragma omp parallel num_threads(nt)
     {
         int32_t *q = (int32_t *)malloc(2 * (size_t)Wo * sizeof(int32_t));
         if (!q) {
@@ -484,48 +570,8 @@ static int fr_aug_affine(const fr_affine_args *g, int mode)
         }
 #pragma omp for schedule(guided, 8)
         for (int64_t r = 0; r < rows; r++) {
-            if (!q)
-                continue;
-            int64_t m = r / Ho, v = r - m * Ho;
-            int32_t *qx = q, *qy = q + Wo;
-            coords(g->mats + 6 * m, v, Wo, qx, qy);
-            const uint8_t *img = (const uint8_t *)g->x + m * img_bytes;
-            uint8_t *d = (uint8_t *)g->out + r * Wo * pix;
-            if (m + 1 < M) {
-                /* the taps of a rotated row cross many source rows, which no hardware
-                 * prefetcher follows: each output row prefetches its share of the next image
-                 * (measured: 64 images 224x224x3 not in cache, 2.2x faster) */
-                int64_t per = (img_bytes + Ho - 1) / Ho, lo = v * per;
-                int64_t hi = lo + per < img_bytes ? lo + per : img_bytes;
-                for (int64_t b = lo & ~(int64_t)63; b < hi; b += 64)
-                    FR_PREFETCH(img + img_bytes + b);
-            }
-            if (mode == 0) {
-#ifdef FR_AUG_X86
-                if (vec_rgb) {
-                    fr_affine_u8_rgb_row_avx2(g, img, total_bytes - m * img_bytes, qx, qy, d);
-                    continue;
-                }
-#endif
-                for (int64_t u = 0; u < Wo; u++)
-                    fr_bilinear_u8_pixel(g, img, qx[u], qy[u], d + u * C);
-            } else if (mode == 1) {
-                for (int64_t u = 0; u < Wo; u++)
-                    fr_bilinear_f32_pixel(g, (const float *)img, qx[u], qy[u],
-                                          (float *)d + u * C);
-            } else {
-                for (int64_t u = 0; u < Wo; u++) {
-                    int64_t ix = fr_tap(((int64_t)qx[u] + 128) >> 8, W, g->border);
-                    int64_t iy = fr_tap(((int64_t)qy[u] + 128) >> 8, H, g->border);
-                    uint8_t *dp = d + u * pix;
-                    if (ix >= 0 && iy >= 0) {
-                        memcpy(dp, img + (iy * W + ix) * pix, (size_t)pix);
-                    } else {
-                        for (int64_t k = 0; k < C; k++)
-                            memcpy(dp + k * isz, g->fill, (size_t)isz);
-                    }
-                }
-            }
+            if (q)
+                fr_affine_row(&job, r, q);
         }
         free(q);
     }
@@ -792,6 +838,42 @@ FR_AUG_AVX2 static void fr_noise_elems_f32_avx2(const uint32_t *w, const void *x
 }
 #endif
 
+typedef struct {
+    const void *x;
+    void *out;
+    const float *stds;
+    uint64_t key, first;
+    int64_t L, chunks;
+    size_t isz;
+    int isa;
+    void (*elems)(const uint32_t *, const void *, void *, size_t, float, float *);
+} fr_noise_job;
+
+/* Task t of fr_aug_noise: values j0 .. j0 + FR_AUG_NOISE_TILE - 1 of row t / chunks; w and z:
+ * FR_AUG_NOISE_TILE + FR_AUG_NOISE_PAD words and FR_AUG_NOISE_TILE + 2 floats of scratch. */
+static void fr_noise_task(const fr_noise_job *j, int64_t t, uint32_t *w, float *z)
+{
+    const int64_t L = j->L;
+    int64_t n = t / j->chunks, j0 = (t - n * j->chunks) * FR_AUG_NOISE_TILE;
+    size_t count = (size_t)(L - j0 < FR_AUG_NOISE_TILE ? L - j0 : FR_AUG_NOISE_TILE);
+    size_t nb = (count + 3) / 4;
+    /* word ((first + n) << 32) + j lies in Philox block ((first + n) << 30) + (j >> 2) */
+    uint64_t b0 = ((j->first + (uint64_t)n) << 30) + ((uint64_t)j0 >> 2);
+#ifdef FR_HAVE_AVX512_KERNELS
+    if (j->isa == 2)
+        fr_stream_blocks_avx512(j->key, b0, nb, w, NULL);
+    else
+#endif
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (j->isa == 1)
+        fr_stream_blocks_avx2(j->key, b0, nb, w, NULL);
+    else
+#endif
+        fr_stream_blocks_portable(j->key, b0, nb, w, NULL);
+    size_t at = ((size_t)n * (size_t)L + (size_t)j0) * j->isz;
+    j->elems(w, (const uint8_t *)j->x + at, (uint8_t *)j->out + at, count, j->stds[n], z);
+}
+
 static int fr_aug_noise(const void *x, uint64_t key, uint64_t first, const float *stds, void *out,
                         int64_t N, int64_t L, int u8)
 {
@@ -801,41 +883,29 @@ static int fr_aug_noise(const void *x, uint64_t key, uint64_t first, const float
         return FR_OK;
     if (!x || !stds || !out)
         return FR_ERR_NULL;
-    const size_t isz = u8 ? 1 : 4;
     const int64_t chunks = (L + FR_AUG_NOISE_TILE - 1) / FR_AUG_NOISE_TILE;
     const int64_t tasks = N * chunks;
-    const int isa = fr_get_isa();
-    void (*elems)(const uint32_t *, const void *, void *, size_t, float, float *) =
-        u8 ? fr_noise_elems_u8 : fr_noise_elems_f32;
+    fr_noise_job job = {x, out, stds, key, first, L, chunks, u8 ? 1 : 4, fr_get_isa(),
+                        u8 ? fr_noise_elems_u8 : fr_noise_elems_f32};
 #ifdef FR_AUG_X86
-    if (isa >= 1)
-        elems = u8 ? fr_noise_elems_u8_avx2 : fr_noise_elems_f32_avx2;
+    if (job.isa >= 1)
+        job.elems = u8 ? fr_noise_elems_u8_avx2 : fr_noise_elems_f32_avx2;
 #endif
-#pragma omp parallel if (tasks > 1 && N * L >= 16384)
+    const int nt = fr_region_threads(tasks);
+    if (nt <= 1) {
+        _Alignas(64) uint32_t w[FR_AUG_NOISE_TILE + FR_AUG_NOISE_PAD];
+        _Alignas(64) float z[FR_AUG_NOISE_TILE + 2];
+        for (int64_t t = 0; t < tasks; t++)
+            fr_noise_task(&job, t, w, z);
+        return FR_OK;
+    }
+#pragma omp parallel num_threads(nt)
     {
         _Alignas(64) uint32_t w[FR_AUG_NOISE_TILE + FR_AUG_NOISE_PAD];
         _Alignas(64) float z[FR_AUG_NOISE_TILE + 2];
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t n = t / chunks, j0 = (t - n * chunks) * FR_AUG_NOISE_TILE;
-            size_t count = (size_t)(L - j0 < FR_AUG_NOISE_TILE ? L - j0 : FR_AUG_NOISE_TILE);
-            size_t nb = (count + 3) / 4;
-            /* word ((first + n) << 32) + j lies in Philox block ((first + n) << 30) + (j >> 2) */
-            uint64_t b0 = ((first + (uint64_t)n) << 30) + ((uint64_t)j0 >> 2);
-#ifdef FR_HAVE_AVX512_KERNELS
-            if (isa == 2)
-                fr_stream_blocks_avx512(key, b0, nb, w, NULL);
-            else
-#endif
-#ifdef FR_HAVE_AVX2_KERNELS
-            if (isa == 1)
-                fr_stream_blocks_avx2(key, b0, nb, w, NULL);
-            else
-#endif
-                fr_stream_blocks_portable(key, b0, nb, w, NULL);
-            elems(w, (const uint8_t *)x + ((size_t)n * (size_t)L + (size_t)j0) * isz,
-                  (uint8_t *)out + ((size_t)n * (size_t)L + (size_t)j0) * isz, count, stds[n], z);
-        }
+        for (int64_t t = 0; t < tasks; t++)
+            fr_noise_task(&job, t, w, z);
     }
     return FR_OK;
 }
@@ -868,8 +938,8 @@ int fr_aug_erase(const void *x, const int64_t *rects, const void *value, void *o
     int small = itemsize <= 16;
     if (small)
         memcpy(v, value, (size_t)itemsize);
-#pragma omp parallel for schedule(static) if (rows * row >= FR_AUG_PAR_MIN_BYTES)
-    for (int64_t r = 0; r < rows; r++) {
+    const int nt = fr_region_threads(rows);
+    FR_FOR(nt, int64_t r = 0, r < rows, r++, {
         int64_t m = r / H, y = r - m * H;
         const uint8_t *src = (const uint8_t *)x + r * row;
         uint8_t *dst = (uint8_t *)out + r * row;
@@ -895,7 +965,7 @@ int fr_aug_erase(const void *x, const int64_t *rects, const void *value, void *o
             for (int64_t i = 0; i < cnt; i++)
                 memcpy(p + i * itemsize, small ? (const void *)v : value, (size_t)itemsize);
         }
-    }
+    });
     return FR_OK;
 }
 
@@ -957,13 +1027,13 @@ int fr_aug_mix_u8(const uint8_t *x, const int64_t *partner, const float *lam, ui
         fn = fr_mix_u8_avx2;
 #endif
     const int64_t blocks = (L + FR_AUG_MIX_BLOCK - 1) / FR_AUG_MIX_BLOCK, tasks = N * blocks;
-#pragma omp parallel for schedule(static) if (N * L >= FR_AUG_PAR_MIN_BYTES)
-    for (int64_t t = 0; t < tasks; t++) {
+    const int nt = fr_region_threads(tasks);
+    FR_FOR(nt, int64_t t = 0, t < tasks, t++, {
         int64_t n = t / blocks, i0 = (t - n * blocks) * FR_AUG_MIX_BLOCK;
         int64_t cnt = L - i0 < FR_AUG_MIX_BLOCK ? L - i0 : FR_AUG_MIX_BLOCK;
         float l = lam[n];
         fn(x + n * L + i0, x + partner[n] * L + i0, l, 1.0f - l, out + n * L + i0, cnt);
-    }
+    });
     return FR_OK;
 }
 
@@ -983,13 +1053,13 @@ int fr_aug_mix_f32(const float *x, const int64_t *partner, const float *lam, flo
         fn = fr_mix_f32_avx2;
 #endif
     const int64_t blocks = (L + FR_AUG_MIX_BLOCK - 1) / FR_AUG_MIX_BLOCK, tasks = N * blocks;
-#pragma omp parallel for schedule(static) if (N * L * 4 >= FR_AUG_PAR_MIN_BYTES)
-    for (int64_t t = 0; t < tasks; t++) {
+    const int nt = fr_region_threads(tasks);
+    FR_FOR(nt, int64_t t = 0, t < tasks, t++, {
         int64_t n = t / blocks, i0 = (t - n * blocks) * FR_AUG_MIX_BLOCK;
         int64_t cnt = L - i0 < FR_AUG_MIX_BLOCK ? L - i0 : FR_AUG_MIX_BLOCK;
         float l = lam[n];
         fn(x + n * L + i0, x + partner[n] * L + i0, l, 1.0f - l, out + n * L + i0, cnt);
-    }
+    });
     return FR_OK;
 }
 
@@ -1003,8 +1073,8 @@ int fr_aug_paste(const void *x, const int64_t *partner, const int64_t *rects, vo
     if (!x || !partner || !rects || !out)
         return FR_ERR_NULL;
     const int64_t row = W * P, rows = M * H;
-#pragma omp parallel for schedule(static) if (rows * row >= FR_AUG_PAR_MIN_BYTES)
-    for (int64_t r = 0; r < rows; r++) {
+    const int nt = fr_region_threads(rows);
+    FR_FOR(nt, int64_t r = 0, r < rows, r++, {
         int64_t m = r / H, y = r - m * H;
         uint8_t *dst = (uint8_t *)out + r * row;
         memcpy(dst, (const uint8_t *)x + r * row, (size_t)row);
@@ -1017,6 +1087,6 @@ int fr_aug_paste(const void *x, const int64_t *partner, const int64_t *rects, vo
             continue;
         const uint8_t *src = (const uint8_t *)x + (partner[m] * H + y) * row;
         memcpy(dst + a * P, src + a * P, (size_t)((b - a) * P));
-    }
+    });
     return FR_OK;
 }

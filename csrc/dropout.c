@@ -23,13 +23,13 @@
 #endif
 
 #include "fastreg.h"
+#include "fr_threads.h"
 #include "philox.h"
 
 #ifndef FR_TILE
 #define FR_TILE 2048        /* stream words per tile: 8 KiB, stays in L1 with its inputs */
 #endif
 #define FR_TILE_PAD 32      /* words generated beyond a tile: shift (3) and block rounding (28) */
-#define FR_PAR_MIN_TILES 4  /* fewer tiles than this run on the calling thread */
 /* Outputs at least this large bypass the cache (streaming stores) when not written in place:
  * they would not fit in the caches anyway, and streaming avoids reading the lines first. */
 #define FR_STREAM_MIN_BYTES ((size_t)4 << 20)
@@ -98,6 +98,48 @@ int fr_omp_max_threads(void)
     return 1;
 #endif
 }
+
+/* ------------------------------------------------------------------ threads */
+
+/* The calling thread's thread count for the next kernel (fastreg._threads.plan, through
+ * fr_set_threads): thread-local, so two Python threads calling kernels at once do not see each
+ * other's setting.  1 (the default) runs every kernel serially without touching OpenMP. */
+static _Thread_local int fr_tls_threads = 1;
+static int64_t g_parallel_regions = 0;
+
+int fr_set_threads(int n)
+{
+    if (n < 1)
+        return FR_ERR_SIZE;
+    fr_tls_threads = n;
+    return FR_OK;
+}
+
+int fr_get_threads(void) { return fr_tls_threads; }
+
+int fr_region_threads(int64_t items)
+{
+    int n = fr_tls_threads;
+    if (n <= 1 || items <= 1)
+        return 1;
+#ifdef _OPENMP
+    /* the calling thread's OpenMP limit (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl's
+     * "openmp" limit) caps the count, as in any OpenMP library; read only here, on the
+     * parallel path, so a serial call makes no OpenMP call at all */
+    int cap = omp_get_max_threads();
+    if (cap < n)
+        n = cap;
+#else
+    n = 1;
+#endif
+    if (items < n)
+        n = (int)items;
+    if (n > 1)
+        __atomic_fetch_add(&g_parallel_regions, 1, __ATOMIC_RELAXED);
+    return n;
+}
+
+int64_t fr_parallel_regions(void) { return __atomic_load_n(&g_parallel_regions, __ATOMIC_RELAXED); }
 
 /* ------------------------------------------------------------------ tiles */
 
@@ -182,25 +224,39 @@ static void fr_sfence(void) { _mm_sfence(); }
 static void fr_sfence(void) {}
 #endif
 
-/* Runs fn over tile 0 = [0, head) and tiles of `tile` elements after it. */
+/* Tile t: tile 0 = [0, head), then tiles of `tile` elements. */
+static inline void fr_tile(const fr_job *job, size_t n, size_t head, size_t tile, fr_tile_fn fn,
+                           size_t t, uint32_t *buf)
+{
+    size_t lo = t == 0 ? 0 : head + (t - 1) * tile;
+    size_t hi = t == 0 ? head : (head + t * tile < n ? head + t * tile : n);
+    if (lo < hi)
+        fn(job, lo, hi, buf);
+}
+
+/* Runs fn over tile 0 = [0, head) and tiles of `tile` elements after it: on the calling thread
+ * when fr_region_threads says 1 (no OpenMP call), else in one parallel region. */
 static void fr_run_tiles(const fr_job *job, size_t n, size_t head, size_t tile, fr_tile_fn fn)
 {
     size_t ntiles = 1 + (n - head + tile - 1) / tile;
-    int par = ntiles >= FR_PAR_MIN_TILES;
-    (void)par;
-#pragma omp parallel if (par)
+    int nt = fr_region_threads((int64_t)ntiles);
+    if (nt <= 1) {
+        _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
+        for (size_t t = 0; t < ntiles; t++)
+            fr_tile(job, n, head, tile, fn, t, buf);
+        if (job->stream)
+            fr_sfence();
+        return;
+    }
+#pragma omp parallel num_threads(nt)
     {
         _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
         /* guided: long contiguous runs first (prefetch-friendly), then short ones that let a
          * thread pick up the work of one the OS has preempted (measured: as fast as static on
          * an idle machine, faster on a busy one) */
 #pragma omp for schedule(guided, 4)
-        for (size_t t = 0; t < ntiles; t++) {
-            size_t lo = t == 0 ? 0 : head + (t - 1) * tile;
-            size_t hi = t == 0 ? head : (head + t * tile < n ? head + t * tile : n);
-            if (lo < hi)
-                fn(job, lo, hi, buf);
-        }
+        for (size_t t = 0; t < ntiles; t++)
+            fr_tile(job, n, head, tile, fn, t, buf);
         if (job->stream)
             fr_sfence();  /* order this thread's streaming stores before the join */
     }
@@ -258,12 +314,12 @@ int fr_philox4x32(const uint32_t *ctr, const uint32_t *key, uint32_t *out, int64
         return FR_ERR_SIZE;
     if (!ctr || !key || !out)
         return FR_ERR_NULL;
-#pragma omp parallel for schedule(static) if (n >= 16384)
-    for (int64_t j = 0; j < n; j++) {
+    const int nt = fr_region_threads(n);
+    FR_FOR(nt, int64_t j = 0, j < n, j++, {
         uint32_t w[4];
         fr_philox4x32_10(ctr + 4 * j, key + 2 * j, w);
         memcpy(out + 4 * j, w, sizeof w);
-    }
+    });
     return FR_OK;
 }
 
@@ -622,19 +678,21 @@ static int fr_group_check(const void *x, const void *keep, const void *out, int6
         if (status != FR_OK || total == 0)                                        \
             return status;                                                        \
         if (M2 == 1) {                                                            \
-            _Pragma("omp parallel for schedule(static) if (total >= 65536)")      \
-            for (int64_t r = 0; r < N * M1; r++) {                                \
+            const int64_t rows = N * M1;                                          \
+            const int nt = fr_region_threads(rows);                               \
+            FR_FOR(nt, int64_t r = 0, r < rows, r++, {                            \
                 const uint8_t *k = keep + (r / M1) * C;                           \
                 for (int64_t c = 0; c < C; c++)                                   \
                     out[r * C + c] = fr_sel_##SUF(x[r * C + c] * scale, k[c]);    \
-            }                                                                     \
+            });                                                                   \
         } else {                                                                  \
-            _Pragma("omp parallel for schedule(static) if (total >= 65536)")      \
-            for (int64_t r = 0; r < N * M1 * C; r++) {                            \
+            const int64_t rows = N * M1 * C;                                      \
+            const int nt = fr_region_threads(rows);                               \
+            FR_FOR(nt, int64_t r = 0, r < rows, r++, {                            \
                 int k = keep[(r / (M1 * C)) * C + r % C];                         \
                 for (int64_t m = 0; m < M2; m++)                                  \
                     out[r * M2 + m] = fr_sel_##SUF(x[r * M2 + m] * scale, k);     \
-            }                                                                     \
+            });                                                                   \
         }                                                                         \
         return FR_OK;                                                             \
     }

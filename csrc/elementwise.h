@@ -20,6 +20,7 @@
 #endif
 
 #include "fastreg.h"
+#include "fr_threads.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define FR_EW_X86 1
@@ -68,7 +69,8 @@ FR_DEFINE_EW_HELPERS(f64, double, uint64_t)
 /* Tiles of this many output bytes are the unit OpenMP hands out; every tile but the first
  * starts on a 64-byte boundary of the output, so no cache line is written by two threads. */
 #define FR_EW_TILE_BYTES ((size_t)64 << 10)
-/* Below this many elements the calling thread works alone (a fork costs a few microseconds). */
+/* Used by batch norm (csrc/batchnorm.c) only: below this many elements it works alone.  The
+ * other kernels take their thread count from fr_region_threads (fastreg._threads.plan). */
 #define FR_EW_PAR_MIN ((size_t)32768)
 /* Streaming stores go through a per-thread buffer of this many bytes (stays in L1). */
 #define FR_EW_BLOCK_BYTES ((size_t)4096)
@@ -183,6 +185,7 @@ static inline size_t fr_ew_head(const void *out, size_t itemsize, size_t n)
     return h < n ? h : n;
 }
 
+/* Used by batch norm (csrc/batchnorm.c) only. */
 static inline int fr_ew_threads(void)
 {
 #ifdef _OPENMP
@@ -192,10 +195,32 @@ static inline int fr_ew_threads(void)
 #endif
 }
 
+/* Tile t of fr_ew_run (tile 0 up to out's first 64-byte boundary, then tiles of `tile`). */
+static inline void fr_ew_tile(fr_ew_fn fn, void (*copy)(void *, const void *, size_t),
+                              const void *args, unsigned char *o, size_t itemsize, size_t n,
+                              size_t head, size_t tile, int stream, size_t t, unsigned char *buf)
+{
+    size_t lo = t == 0 ? 0 : head + (t - 1) * tile;
+    size_t hi = t == 0 ? head : (head + t * tile < n ? head + t * tile : n);
+    if (lo >= hi)
+        return;
+    if (!stream) {
+        fn(args, o ? o + lo * itemsize : NULL, lo, hi);
+        return;
+    }
+    const size_t block = FR_EW_BLOCK_BYTES / itemsize;
+    for (size_t k = lo; k < hi; k += block) {
+        size_t e = hi - k < block ? hi : k + block;
+        fn(args, buf, k, e);
+        copy(o + k * itemsize, buf, (e - k) * itemsize);
+    }
+}
+
 /* Runs fn over elements [0, n): tile 0 up to out's first 64-byte boundary, then tiles of
- * FR_EW_TILE_BYTES of output, one contiguous run of tiles per thread.  out: the op's single
- * output (NULL for ops whose loop writes its arrays itself; stream must then be 0).  stream:
- * results go through an L1 buffer and reach out with streaming stores. */
+ * FR_EW_TILE_BYTES of output, one contiguous run of tiles per thread; on the calling thread
+ * alone (no OpenMP call) when fr_region_threads says 1.  out: the op's single output (NULL
+ * for ops whose loop writes its arrays itself; stream must then be 0).  stream: results go
+ * through an L1 buffer and reach out with streaming stores. */
 static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, size_t itemsize,
                              size_t n, int stream)
 {
@@ -209,12 +234,28 @@ static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, s
 #endif
     size_t head = fr_ew_head(out, itemsize, n);
     size_t tile = FR_EW_TILE_BYTES / itemsize;
-    size_t block = FR_EW_BLOCK_BYTES / itemsize;
     size_t ntiles = 1 + (n - head + tile - 1) / tile;
-    int par = n >= FR_EW_PAR_MIN && fr_ew_threads() > 1;
     unsigned char *o = (unsigned char *)out;
-    (void)par;
-#pragma omp parallel if (par)
+    /* work items: tiles, or, below one tile per thread, the elements (plan() has decided that
+     * they are worth the threads; a thread then takes a run of whole 64-byte lines) */
+    int nt = fr_region_threads((int64_t)(ntiles > 1 ? ntiles : n / (64 / itemsize)));
+    if (nt <= 1) {
+        _Alignas(64) unsigned char buf[FR_EW_BLOCK_BYTES];
+        for (size_t t = 0; t < ntiles; t++)
+            fr_ew_tile(fn, copy, args, o, itemsize, n, head, tile, stream, t, buf);
+#ifdef FR_EW_X86
+        if (stream)
+            _mm_sfence();
+#endif
+        return;
+    }
+    if (ntiles < (size_t)nt) {
+        /* fewer tiles than threads: tiles of a 1 / nt share, rounded up to whole lines */
+        size_t line = 64 / itemsize;
+        tile = ((n - head + nt - 1) / nt + line - 1) / line * line;
+        ntiles = 1 + (n - head + tile - 1) / tile;
+    }
+#pragma omp parallel num_threads(nt)
     {
         _Alignas(64) unsigned char buf[FR_EW_BLOCK_BYTES];
         /* static: one contiguous run per thread, and nowait: a single barrier, at the end of
@@ -222,21 +263,8 @@ static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, s
          * beside other processes): median 8 ms, as torch's fused step, against 13-16 ms with
          * schedule(guided) and its two barriers; equal on an idle machine. */
 #pragma omp for schedule(static) nowait
-        for (size_t t = 0; t < ntiles; t++) {
-            size_t lo = t == 0 ? 0 : head + (t - 1) * tile;
-            size_t hi = t == 0 ? head : (head + t * tile < n ? head + t * tile : n);
-            if (lo >= hi)
-                continue;
-            if (!stream) {
-                fn(args, o ? o + lo * itemsize : NULL, lo, hi);
-                continue;
-            }
-            for (size_t k = lo; k < hi; k += block) {
-                size_t e = hi - k < block ? hi : k + block;
-                fn(args, buf, k, e);
-                copy(o + k * itemsize, buf, (e - k) * itemsize);
-            }
-        }
+        for (size_t t = 0; t < ntiles; t++)
+            fr_ew_tile(fn, copy, args, o, itemsize, n, head, tile, stream, t, buf);
 #ifdef FR_EW_X86
         if (stream)
             _mm_sfence();  /* order this thread's streaming stores before the join */

@@ -32,6 +32,18 @@ int fr_set_stream_stores(int mode);
 
 int fr_omp_max_threads(void);
 
+/* Threads (csrc/dropout.c).  Every kernel of this library except batch norm reads the thread
+ * count of the calling thread (thread-local, default 1), set by the Python wrapper right before
+ * the call from fastreg._threads.plan: 1 runs the kernel serially on the calling thread without
+ * any call into the OpenMP runtime (safe in a forked child); n > 1 opens one parallel region of
+ * min(n, omp_get_max_threads(), work items) threads.  fr_set_threads: FR_ERR_SIZE for n < 1. */
+int fr_set_threads(int n);
+int fr_get_threads(void);
+/* The threads a parallel region over `items` independent work items uses now (1: serial). */
+int fr_region_threads(int64_t items);
+/* Parallel regions entered so far by the kernels above (for tests: which path ran). */
+int64_t fr_parallel_regions(void);
+
 /* ctr (n, 4), key (n, 2), out (n, 4), uint32 */
 int fr_philox4x32(const uint32_t *ctr, const uint32_t *key, uint32_t *out, int64_t n);
 
@@ -82,8 +94,10 @@ int fr_penalty_grad_f64(const double *w, double l1, double c2, double *out, int 
 int fr_soft_threshold_f32(const float *w, float t, float s, float *out, int64_t n);
 int fr_soft_threshold_f64(const double *w, double t, double s, double *out, int64_t n);
 
-/* w, out (A, L, B): group w[a, :, b] times (T)max(0, 1 - t / ||group||); out may be w */
-int fr_group_lasso_f32(const float *w, float t, float *out, int64_t A, int64_t L, int64_t B);
+/* w, out (A, L, B): group w[a, :, b] times (T)max(0, 1 - t / ||group||); out may be w.
+ * t is double for both dtypes: the norm, its comparison with t and the factor are float64 math
+ * (a float32 t would round the threshold, and zero or keep the wrong groups). */
+int fr_group_lasso_f32(const float *w, double t, float *out, int64_t A, int64_t L, int64_t B);
 int fr_group_lasso_f64(const double *w, double t, double *out, int64_t A, int64_t L, int64_t B);
 
 /* *result = 1 if no element is NaN or inf, else 0 */

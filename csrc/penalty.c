@@ -147,24 +147,26 @@ FR_DEFINE_SOFT_THRESHOLD(f64, double)
         FR_EW_SUMS_PICK(SUF, fn);                                                                  \
         const size_t tile = FR_EW_TILE_BYTES / sizeof(T), un = (size_t)n;                          \
         const size_t ntiles = (un + tile - 1) / tile;                                              \
-        /* per-tile partial sums, added in tile order: the result does not depend on the           \
-         * number of threads (without memory for them, an OpenMP reduction, which may) */          \
-        double *part = ntiles > 1 ? (double *)malloc(2 * ntiles * sizeof(double)) : NULL;          \
+        const int nt = fr_region_threads((int64_t)ntiles);                                         \
         double sa = 0.0, sq = 0.0;                                                                 \
-        _Pragma("omp parallel for reduction(+:sa, sq) schedule(static) if (un >= FR_EW_PAR_MIN)")  \
-        for (size_t k = 0; k < ntiles; k++) {                                                      \
-            size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;                            \
-            double a, q;                                                                           \
-            fn(w + lo, hi - lo, &a, &q);                                                           \
-            if (part) {                                                                            \
-                part[2 * k] = a;                                                                   \
-                part[2 * k + 1] = q;                                                               \
-            } else {                                                                               \
+        if (nt <= 1) { /* tiles in order, on the calling thread */                                \
+            for (size_t k = 0; k < ntiles; k++) {                                                  \
+                size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;                        \
+                double a, q;                                                                       \
+                fn(w + lo, hi - lo, &a, &q);                                                       \
                 sa += a;                                                                           \
                 sq += q;                                                                           \
             }                                                                                      \
-        }                                                                                          \
-        if (part) {                                                                                \
+        } else {                                                                                   \
+            /* per-tile partial sums, added in tile order: the same result as the serial loop,     \
+             * whatever the number of threads (an OpenMP reduction would not be) */                \
+            double *part = (double *)malloc(2 * ntiles * sizeof(double));                          \
+            if (!part)                                                                             \
+                return FR_ERR_ALLOC;                                                               \
+            FR_FOR(nt, size_t k = 0, k < ntiles, k++, {                                            \
+                size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;                        \
+                fn(w + lo, hi - lo, part + 2 * k, part + 2 * k + 1);                               \
+            });                                                                                    \
             for (size_t k = 0; k < ntiles; k++) {                                                  \
                 sa += part[2 * k];                                                                 \
                 sq += part[2 * k + 1];                                                             \
@@ -210,8 +212,8 @@ FR_DEFINE_PENALTY_SUMS(f64, double)
         const size_t tile = FR_EW_TILE_BYTES / sizeof(T), un = (size_t)n;      \
         const size_t ntiles = (un + tile - 1) / tile;                          \
         int found = 0;                                                         \
-        _Pragma("omp parallel for schedule(static) if (un >= FR_EW_PAR_MIN)")  \
-        for (size_t k = 0; k < ntiles; k++) {                                  \
+        const int nt = fr_region_threads((int64_t)ntiles);                     \
+        FR_FOR(nt, size_t k = 0, k < ntiles, k++, {                            \
             if (__atomic_load_n(&found, __ATOMIC_RELAXED))                     \
                 continue;                                                      \
             size_t lo = k * tile, hi = lo + tile < un ? lo + tile : un;        \
@@ -224,7 +226,7 @@ FR_DEFINE_PENALTY_SUMS(f64, double)
             }                                                                  \
             if (bad)                                                           \
                 __atomic_store_n(&found, 1, __ATOMIC_RELAXED);                 \
-        }                                                                      \
+        });                                                                    \
         *result = !found;                                                      \
         return FR_OK;                                                          \
     }
@@ -241,7 +243,7 @@ FR_DEFINE_ALL_FINITE(f64, double, uint64_t, UINT64_C(0x7FF0000000000000))
 #define FR_GL_RUN 512
 
 #define FR_DEFINE_GROUP_LASSO(SUF, T)                                                    \
-    int fr_group_lasso_##SUF(const T *w, T t, T *out, int64_t A, int64_t L, int64_t B)   \
+    int fr_group_lasso_##SUF(const T *w, double t, T *out, int64_t A, int64_t L, int64_t B)  \
     {                                                                                    \
         if (A < 0 || L < 0 || B < 0)                                                     \
             return FR_ERR_SIZE;                                                          \
@@ -251,9 +253,9 @@ FR_DEFINE_ALL_FINITE(f64, double, uint64_t, UINT64_C(0x7FF0000000000000))
         if (uA == 0 || uL == 0 || uB == 0)                                               \
             return FR_OK;                                                                \
         const size_t runs = (uB + FR_GL_RUN - 1) / FR_GL_RUN, items = uA * runs;         \
-        const double td = (double)t;                                                     \
-        _Pragma("omp parallel for schedule(static) if (uA * uL * uB >= FR_EW_PAR_MIN)")  \
-        for (size_t it = 0; it < items; it++) {                                          \
+        const double td = t;                                                             \
+        const int nt = fr_region_threads((int64_t)items);                                \
+        FR_FOR(nt, size_t it = 0, it < items, it++, {                                    \
             double acc[FR_GL_RUN];                                                       \
             T f[FR_GL_RUN];                                                              \
             const size_t a = it / runs, b0 = (it % runs) * FR_GL_RUN;                    \
@@ -286,7 +288,7 @@ FR_DEFINE_ALL_FINITE(f64, double, uint64_t, UINT64_C(0x7FF0000000000000))
                 for (size_t j = 0; j < nb; j++)                                          \
                     orow[j] = row[j] * f[j];                                             \
             }                                                                            \
-        }                                                                                \
+        });                                                                              \
         return FR_OK;                                                                    \
     }
 FR_DEFINE_GROUP_LASSO(f32, float)

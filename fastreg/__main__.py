@@ -45,14 +45,20 @@ def info(args=None):
     avail = fastreg.available_backends()
     for name, reason in avail.items():
         print(f"  {name:<6} {'available' if reason is None else 'unavailable: ' + reason}")
+    from fastreg import _registry, _threads
+    print(f"auto    {_registry.resolve('auto')} (host arrays; FASTREG_BACKEND overrides)")
     print("threads:")
+    print(f"  fastreg              {fastreg.get_num_threads()} per op above its grain "
+          f"(set_num_threads, threads(), FASTREG_NUM_THREADS; {_threads.available_cpus()} "
+          f"CPUs available)")
     if avail.get("cpu") is None:
         import numba
-        print(f"  numba (cpu backend)  {numba.get_num_threads()} "
-              f"(threading layer chosen on first parallel call)")
+        print(f"  numba pool (cpu)     {numba.config.NUMBA_NUM_THREADS} "
+              f"(NUMBA_NUM_THREADS; layer {numba.config.THREADING_LAYER})")
     if avail.get("c") is None:
         import fastreg.c
-        print(f"  OpenMP (c backend)   {fastreg.c.omp_max_threads()}")
+        print(f"  OpenMP limit (c)     {fastreg.c.omp_max_threads()} "
+              f"(OMP_NUM_THREADS, threadpoolctl)")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

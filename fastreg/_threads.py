@@ -47,19 +47,60 @@ def _env_int(name):
     return n if n >= 1 else None
 
 
-def available_cpus():
-    """CPUs this process may run on (its affinity mask; the CPU count where there is none)."""
+def _cgroup_cpu_limit():
+    """CPUs' worth of time the cgroup quota grants (``docker --cpus=1.5`` -> 2), or None.
+
+    cgroup v2 ``cpu.max`` ("quota period", or "max period"), else v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``. Read once per process: a container's quota does not change under it.
+    """
+    global _cgroup_cache
+    if _cgroup_cache is not None:
+        return _cgroup_cache[0]
+    limit = None
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            limit = math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        try:
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+                quota = int(f.read())
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+                period = int(f.read())
+            if quota > 0 and period > 0:
+                limit = math.ceil(quota / period)
+        except (OSError, ValueError):
+            pass
+    _cgroup_cache = (max(1, limit) if limit is not None else None,)
+    return _cgroup_cache[0]
+
+
+_cgroup_cache = None
+
+
+def available_cpus():
+    """CPUs this process may run on: its affinity mask (``taskset``, container CPU sets; the CPU
+    count where there is none), capped by a cgroup CPU quota (``docker --cpus``)."""
+    try:
+        n = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    quota = _cgroup_cpu_limit()
+    return min(n, quota) if quota is not None else n
 
 
 def default_num_threads():
     """The thread count before any set_num_threads: FASTREG_NUM_THREADS, else the available CPUs
     capped by OMP_NUM_THREADS and NUMBA_NUM_THREADS."""
-    forced = _env_int("FASTREG_NUM_THREADS")
-    if forced is not None:
+    value = os.environ.get("FASTREG_NUM_THREADS", "").strip()
+    if value:
+        try:
+            forced = int(value)
+        except ValueError:
+            forced = 0
+        if forced < 1:
+            raise ValueError(f"FASTREG_NUM_THREADS={value!r} must be a positive integer")
         return forced
     n = available_cpus()
     for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -69,11 +110,12 @@ def default_num_threads():
     return n
 
 
-def _check_count(n, name="n"):
+def check_count(n, name="n"):
+    """``n`` as an int >= 1; TypeError (bools, floats, strings...) or ValueError naming ``name``."""
     if isinstance(n, bool) or not isinstance(n, int):
         try:
             import numpy as np
-            ok = isinstance(n, np.integer)
+            ok = isinstance(n, np.integer) and not isinstance(n, np.bool_)
         except ImportError:  # pragma: no cover
             ok = False
         if not ok:
@@ -82,6 +124,9 @@ def _check_count(n, name="n"):
     if n < 1:
         raise ValueError(f"{name} must be a positive integer (>= 1), got {n}")
     return n
+
+
+_check_count = check_count
 
 
 def get_num_threads():
@@ -144,13 +189,56 @@ def threads(n):
         _local.override = previous
 
 
+# --- OpenMP's wait policy -------------------------------------------------------------------------
+
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
+
+
+def openmp_loaded():
+    """Whether an OpenMP runtime is mapped into this process (Linux; None where unknown)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any(name in line for line in f for name in _OPENMP_RUNTIMES)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def passive_openmp():
+    """Wrap the first load of the OpenMP runtime (the C extension, Numba's ``omp`` layer) so that
+    it starts with ``OMP_WAIT_POLICY=passive``: its idle threads sleep instead of spinning.
+
+    Measured on the shared 2-core machine (load average 8.6, other test suites running): an
+    l2_grad over 262144 float32 on 2 threads took a median 25.7-27.2 ms with GNU OpenMP's
+    default policy (spin about 300,000 times, then sleep), 29-31 ms with ``active``, 1.1 ms with
+    ``GOMP_SPINCOUNT=10000`` and 0.55 ms with ``passive``: a spinning thread spends the time
+    slices that the thread it waits for needs. See bench/load.py and the README ("Threads").
+
+    Nothing is changed when the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, or when a
+    runtime is already loaded (by torch, which brings its own copy of GNU OpenMP, or by any
+    OpenMP code that ran first: the policy is read once, at load). The variable is restored
+    right after the load, so child processes and libraries loaded later see the user's
+    environment.
+    """
+    if ("OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+            or openmp_loaded() is not False):
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def plan(work, family):
     """Threads to run ``work`` units of the op family ``family`` with: 1 means serially, on the
-    calling thread, without entering a parallel region."""
+    calling thread, without entering a parallel region. Work below two grains is decided
+    without reading any setting (the common small call costs one comparison)."""
     grain = GRAIN[family]
     if work < 2 * grain:
         return 1
-    return max(1, min(get_num_threads(), math.ceil(work / grain)))
+    return max(1, min(get_num_threads(), work // grain))
 
 
 def mark_parallel():
@@ -164,10 +252,28 @@ def in_forked_child():
     return _forked_after_parallel
 
 
+def _os_threads():
+    """Threads of this process now (Linux: /proc/self/task; elsewhere the Python threads)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+_threads_at_fork = 1
+
+
+def _before_fork():
+    # A thread pool started by anyone (fastreg, a user's own Numba parallel code, torch, any
+    # library using GNU OpenMP) lives on as threads: the child cannot use it either.
+    global _threads_at_fork
+    _threads_at_fork = _os_threads()
+
+
 def _after_fork_in_child():
     global _forked_after_parallel
-    _forked_after_parallel = _forked_after_parallel or _parallel_used
+    _forked_after_parallel = _forked_after_parallel or _parallel_used or _threads_at_fork > 1
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -8,10 +8,11 @@ The Philox stream kernels use AVX-512 (the generator) or AVX2 where the CPU has 
 C otherwise; all give the same bits. ``FASTREG_C_NO_AVX2=1`` (read at import) or ``set_isa("portable")`` forces the portable
 path.
 """
-from .. import _config
+from .. import _config, _threads
 
 try:
-    from ._fastreg_c import ffi, lib
+    with _threads.passive_openmp():  # the module links the OpenMP runtime: loaded here
+        from ._fastreg_c import ffi, lib
     _reason = None
 except ImportError as exc:  # not built, or built for another Python / with a sanitizer
     ffi = lib = None
@@ -33,8 +34,25 @@ def _check(status, fn):
 
 
 def omp_max_threads():
-    """The number of threads an OpenMP parallel region of this module would use."""
+    """The OpenMP limit of the calling thread (``omp_get_max_threads()``): a parallel region of
+    this module never uses more threads (OMP_NUM_THREADS, or threadpoolctl's "openmp" limit)."""
     return int(lib.fr_omp_max_threads())
+
+
+def _plan(work, family):
+    """Set the calling thread's thread count for the next kernel from ``fastreg._threads.plan``
+    (1: the kernel runs on this thread and makes no OpenMP call); returns it."""
+    n = _threads.plan(work, family)
+    lib.fr_set_threads(n)
+    if n > 1:
+        _threads.mark_parallel()
+    return n
+
+
+def parallel_regions():
+    """How many parallel regions this module's kernels have entered (batch norm excepted): tests
+    use it to see which path ran."""
+    return int(lib.fr_parallel_regions())
 
 
 def has_avx2():

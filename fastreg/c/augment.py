@@ -7,10 +7,15 @@ fastreg/reference/augment.py. ``out`` may be ``x`` for aug_noise and aug_erase.
 """
 import numpy as np
 
-from . import _check, ffi, lib
+from . import _check, _plan, ffi, lib
 from .philox import _call_out, _in, _out
 
 __all__ = ["aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste"]
+
+# The "augment" grain counts bytes of image copied; resampling and noise cost more per byte, so
+# their work is weighted (measured with bench/grain.py, see fastreg._threads.GRAIN).
+_AFFINE_WEIGHT = 4   # bilinear: four taps and their weights per output byte
+_NOISE_WEIGHT = 16   # per value: a Philox word and a Box-Muller transform
 
 
 def _bytes_in(a):
@@ -39,6 +44,7 @@ def aug_flip(x, hflip, vflip, out):
         return
     hf, vf = _in("uint8_t", _flags(hflip)), _in("uint8_t", _flags(vflip))
     xp = _bytes_in(x)
+    _plan(x.nbytes, "augment")
     _call_out(out, lambda o: _check(lib.fr_aug_flip(xp, hf, vf, _bytes_out(o), m, h, w,
                                                     c * x.dtype.itemsize), "fr_aug_flip"))
 
@@ -51,6 +57,7 @@ def aug_affine(x, mats, border, fill, nearest, out):
         return
     mp = _in("double", np.ascontiguousarray(mats, np.float64))
     border = int(border)
+    _plan(_AFFINE_WEIGHT * out.nbytes, "augment")
     if nearest:
         fv = np.array([fill], dtype=x.dtype)   # one value of x's dtype
         fp = _bytes_in(fv)
@@ -79,6 +86,7 @@ def aug_noise(x, key, first, stds, out):
         return
     key, first = int(key), int(first)
     sp = _in("float", np.ascontiguousarray(stds, np.float32))
+    _plan(_NOISE_WEIGHT * x.size, "augment")
     if x.dtype == np.uint8:
         fn, ctype, name = lib.fr_aug_noise_u8, "uint8_t", "fr_aug_noise_u8"
     else:
@@ -98,6 +106,7 @@ def aug_erase(x, rects, value, out):
         return
     rp = _in("int64_t", _int64(rects, (m, 4)))
     vp = _bytes_in(np.array([value], dtype=x.dtype))
+    _plan(x.nbytes, "augment")
     if out is x:
         p = _bytes_out(x)
         _check(lib.fr_aug_erase(p, rp, vp, p, m, h, w, c, x.dtype.itemsize), "fr_aug_erase")
@@ -114,6 +123,7 @@ def aug_mix(x, partner, lam, out):
         return
     pp = _in("int64_t", _int64(partner))
     lp = _in("float", np.ascontiguousarray(lam, np.float32))
+    _plan(x.nbytes, "augment")
     if x.dtype == np.uint8:
         fn, ctype, name = lib.fr_aug_mix_u8, "uint8_t", "fr_aug_mix_u8"
     else:
@@ -130,5 +140,6 @@ def aug_paste(x, partner, rects, out):
     pp = _in("int64_t", _int64(partner))
     rp = _in("int64_t", _int64(rects, (m, 4)))
     xp = _bytes_in(x)
+    _plan(x.nbytes, "augment")
     _call_out(out, lambda o: _check(lib.fr_aug_paste(xp, pp, rp, _bytes_out(o), m, h, w,
                                                      c * x.dtype.itemsize), "fr_aug_paste"))

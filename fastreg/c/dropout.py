@@ -5,7 +5,7 @@ and contiguous, ``out`` may be ``x`` (in place).
 """
 import numpy as np
 
-from . import _check, lib
+from . import _check, _plan, lib
 from .philox import _call_out, _in, _out
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -24,6 +24,7 @@ def dropout(x, seed, offset, threshold, scale, out):
     fn, name = _kernel(x.dtype, "dropout")
     ctype = _CTYPE[x.dtype]
     s = float(x.dtype.type(scale))
+    _plan(n, "random")
     if out is x and x.flags.aligned:
         p = _out(ctype, x)
         _check(fn(p, seed, offset, threshold, s, p, n), name)
@@ -37,6 +38,7 @@ def dropout_mask(seed, offset, threshold, out):
     n = out.size
     if n == 0:
         return
+    _plan(n, "random")
     _call_out(out, lambda o: _check(
         lib.fr_dropout_mask(seed, offset, threshold, _out("uint8_t", o), n), "fr_dropout_mask"))
 
@@ -45,6 +47,7 @@ def dropout_mask_packed(seed, offset, threshold, n, out):
     """Keep bits for n elements packed LSB-first into out (uint8, (n + 7) // 8); pad bits 0."""
     if n == 0:
         return
+    _plan(n, "random")
     _call_out(out, lambda o: _check(
         lib.fr_dropout_mask_packed(seed, offset, threshold, n, _out("uint8_t", o)),
         "fr_dropout_mask_packed"))
@@ -59,6 +62,7 @@ def group_dropout(x, keep, scale, out):
     ctype = _CTYPE[x.dtype]
     s = float(x.dtype.type(scale))
     k = _in("uint8_t", keep)
+    _plan(x.size, "elementwise")
     if out is x and x.flags.aligned:
         p = _out(ctype, x)
         _check(fn(p, k, s, p, N, M1, C, M2), name)

@@ -4,7 +4,7 @@ Same names, signatures and results (bit for bit) as fastreg.reference.optim: one
 over the arrays, in place on ``p`` and the state arrays.  ``buf`` / ``vmax`` may be None (no
 momentum / no AMSGrad); float scalars are of the arrays' dtype, bools Python bools.
 """
-from . import _check
+from . import _check, _plan
 from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
 
 
@@ -14,6 +14,7 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     if n == 0:
         return
     fn, name = _kernel(p.dtype, "sgd_step")
+    _plan(n, "elementwise")
     ctype, dt = _CTYPE[p.dtype], p.dtype
     pa, ba = _aligned(p), _aligned(buf)
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ba, True),
@@ -31,6 +32,7 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     if n == 0:
         return
     fn, name = _kernel(p.dtype, "adam_step")
+    _plan(n, "elementwise")
     ctype, dt = _CTYPE[p.dtype], p.dtype
     pa, ma, va, xa = _aligned(p), _aligned(m), _aligned(v), _aligned(vmax)
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ma, True),

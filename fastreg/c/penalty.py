@@ -9,7 +9,7 @@ writes it).
 """
 import numpy as np
 
-from . import _check, ffi, lib
+from . import _check, _plan, ffi, lib
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -48,6 +48,7 @@ def penalty_sums(w):
         return 0.0, 0.0
     fn, name = _kernel(w.dtype, "penalty_sums")
     sums = ffi.new("double[2]")
+    _plan(n, "elementwise")
     _check(fn(_ptr(_CTYPE[w.dtype], _aligned(w)), n, sums, sums + 1), name)
     return float(sums[0]), float(sums[1])
 
@@ -58,6 +59,7 @@ def penalty_grad(w, l1, c2, out, accumulate):
     if n == 0:
         return
     fn, name = _kernel(w.dtype, "penalty_grad")
+    _plan(n, "elementwise")
     ctype, dt = _CTYPE[w.dtype], w.dtype
     o = _aligned(out)
     wa = o if w is out else _aligned(w)
@@ -72,6 +74,7 @@ def soft_threshold(w, t, s, out):
     if n == 0:
         return
     fn, name = _kernel(w.dtype, "soft_threshold")
+    _plan(n, "elementwise")
     ctype, dt = _CTYPE[w.dtype], w.dtype
     o = _aligned(out)
     wa = o if w is out else _aligned(w)
@@ -88,7 +91,9 @@ def group_lasso(w, t, out):
     ctype = _CTYPE[w.dtype]
     o = _aligned(out)
     wa = o if w is out else _aligned(w)
-    _check(fn(_ptr(ctype, wa), _scalar(w.dtype, t), _ptr(ctype, o, True), A, L, B), name)
+    _plan(w.size, "elementwise")
+    # t stays a float64 for both dtypes (the kernel contract: float64 math)
+    _check(fn(_ptr(ctype, wa), float(t), _ptr(ctype, o, True), A, L, B), name)
     _write_back(out, o)
 
 
@@ -100,5 +105,6 @@ def all_finite(a):
         return bool(np.isfinite(a).all())
     fn, name = _kernel(a.dtype, "all_finite")
     result = ffi.new("int *")
+    _plan(a.size, "elementwise")
     _check(fn(_ptr(_CTYPE[a.dtype], _aligned(a)), a.size, result), name)
     return bool(result[0])

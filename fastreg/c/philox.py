@@ -7,7 +7,7 @@ copy.
 """
 import numpy as np
 
-from . import _check, ffi, lib
+from . import _check, _plan, ffi, lib
 
 
 def _in(ctype, a):
@@ -37,6 +37,7 @@ def philox4x32(ctr, key, out):
     if n == 0:
         return
     c, k = _in("uint32_t", ctr), _in("uint32_t", key)
+    _plan(4 * n, "random")
     _call_out(out, lambda o: _check(lib.fr_philox4x32(c, k, _out("uint32_t", o), n),
                                     "fr_philox4x32"))
 
@@ -46,6 +47,7 @@ def random_bits(seed, offset, out):
     n = out.size
     if n == 0:
         return
+    _plan(n, "random")
     _call_out(out, lambda o: _check(lib.fr_random_bits(seed, offset, _out("uint32_t", o), n),
                                     "fr_random_bits"))
 
@@ -59,4 +61,5 @@ def uniform(seed, offset, out):
         fn, ctype, name = lib.fr_uniform_f32, "float", "fr_uniform_f32"
     else:
         fn, ctype, name = lib.fr_uniform_f64, "double", "fr_uniform_f64"
+    _plan(n * (out.itemsize // 4), "random")  # stream words: 1 or 2 per element
     _call_out(out, lambda o: _check(fn(seed, offset, _out(ctype, o), n), name))

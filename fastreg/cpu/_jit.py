@@ -66,13 +66,20 @@ def _layer_is_safe():
     return _layer_safe
 
 
+#: launches so far by path, for tests that check which one ran (plain int adds, no lock: a
+#: count lost to a race between Python threads only makes a test that runs them fail loudly)
+launches = {"serial": 0, "parallel": 0}
+
+
 def launch(kernel, nthreads, *args):
-    """Run ``kernel`` (a Twin) with ``nthreads`` threads: serially when 1."""
+    """Run ``kernel`` (a Twin) with ``nthreads`` threads: serially when 1 (or when Numba's pool,
+    NUMBA_NUM_THREADS, has a single thread)."""
+    if nthreads > 1:
+        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     if nthreads <= 1:
+        launches["serial"] += 1
         return kernel.serial(*args)
-    nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
-    if nthreads <= 1:
-        return kernel.serial(*args)
+    launches["parallel"] += 1
     _threads.mark_parallel()
     if _layer_is_safe():
         return _run_parallel(kernel, nthreads, args)
@@ -80,7 +87,17 @@ def launch(kernel, nthreads, *args):
         return _run_parallel(kernel, nthreads, args)
 
 
+_pool_started = False
+
+
 def _run_parallel(kernel, nthreads, args):
+    global _pool_started
+    if not _pool_started:
+        # Numba loads its threading layer (for "omp": the OpenMP runtime) at the first
+        # parallel call: let that runtime start with a passive wait policy (see _threads)
+        with _threads.passive_openmp():
+            numba.get_num_threads()  # launches the layer
+        _pool_started = True
     previous = numba.get_num_threads()
     if previous != nthreads:
         numba.set_num_threads(nthreads)

@@ -11,7 +11,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import inline, pjit
+from .. import _threads
+from ._jit import inline, launch, twin
 from .philox import MASK, S32, ZERO, philox_rounds
 
 F32 = np.float32
@@ -46,7 +47,7 @@ def _reverse_rgb(src, dst, w):
         dst[dp + two] = src[sp + two]
 
 
-@pjit
+@twin
 def _flip_kernel(x, hflip, vflip, out):
     m_count, h, w, c = x.shape
     for r in prange(m_count * h):
@@ -95,7 +96,7 @@ def tap_index(i, n, border):
     return i if 0 <= i < n else -1
 
 
-@pjit
+@twin
 def _affine_u8_kernel(x, mats, border, fill, out):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -156,7 +157,7 @@ def _affine_u8_kernel(x, mats, border, fill, out):
                     dst[u, k] = (top * gy + bot * fy + np.int32(32768)) >> np.int32(16)
 
 
-@pjit
+@twin
 def _affine_f32_kernel(x, mats, border, fill, out):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -204,7 +205,7 @@ def _affine_f32_kernel(x, mats, border, fill, out):
                     dst[u, k] = top * wy0 + bot * wy1
 
 
-@pjit
+@twin
 def _affine_nearest_kernel(x, mats, border, fill, out):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
@@ -273,7 +274,7 @@ def box_muller(w0, w1):
     return rr * ct, rr * st
 
 
-@pjit
+@twin
 def _noise_kernel(x, key, first, stds, out, is_u8):
     n, length = x.shape
     k0 = key & MASK
@@ -327,7 +328,7 @@ def _noise_kernel(x, key, first, stds, out, is_u8):
 
 # --- erasing, mixup, cutmix -----------------------------------------------------------------------
 
-@pjit
+@twin
 def _erase_kernel(x, rects, value, out, same):
     m_count, h, w, c = x.shape
     for r in prange(m_count * h):
@@ -340,7 +341,7 @@ def _erase_kernel(x, rects, value, out, same):
             out[m, v, x0:x0 + ew, :] = value
 
 
-@pjit
+@twin
 def _mix_kernel(x, partner, lam, out, is_u8):
     n, length = x.shape
     for r in prange(n):
@@ -359,7 +360,7 @@ def _mix_kernel(x, partner, lam, out, is_u8):
                 o[i] = xs[i] * a + ps[i] * b
 
 
-@pjit
+@twin
 def _paste_kernel(x, partner, rects, out):
     m_count, h, w, c = x.shape
     for r in prange(m_count * h):
@@ -373,31 +374,43 @@ def _paste_kernel(x, partner, rects, out):
 
 # --- ops (the backend contract, see fastreg._registry) --------------------------------------------
 
+# The "augment" grain counts bytes of image copied; resampling and noise cost more per byte, so
+# their work is weighted (measured with bench/grain.py, see fastreg._threads.GRAIN).
+_AFFINE_WEIGHT = 4   # bilinear: four taps and their weights per output byte
+_NOISE_WEIGHT = 16   # per value: a Philox word and a Box-Muller transform
+
+
+def _plan(work):
+    return _threads.plan(work, "augment")
+
+
 def aug_flip(x, hflip, vflip, out):
-    _flip_kernel(x, hflip.view(np.uint8), vflip.view(np.uint8), out)
+    launch(_flip_kernel, _plan(x.nbytes), x, hflip.view(np.uint8), vflip.view(np.uint8), out)
 
 
 def aug_affine(x, mats, border, fill, nearest, out):
     fill = x.dtype.type(fill)
+    nt = _plan(_AFFINE_WEIGHT * out.nbytes)
     if nearest:
-        _affine_nearest_kernel(x, mats, np.int64(border), fill, out)
+        launch(_affine_nearest_kernel, nt, x, mats, np.int64(border), fill, out)
     elif x.dtype == np.uint8:
-        _affine_u8_kernel(x, mats, np.int64(border), fill, out)
+        launch(_affine_u8_kernel, nt, x, mats, np.int64(border), fill, out)
     else:
-        _affine_f32_kernel(x, mats, np.int64(border), fill, out)
+        launch(_affine_f32_kernel, nt, x, mats, np.int64(border), fill, out)
 
 
 def aug_noise(x, key, first, stds, out):
-    _noise_kernel(x, np.uint64(key), np.uint64(first), stds, out, x.dtype == np.uint8)
+    launch(_noise_kernel, _plan(_NOISE_WEIGHT * x.size), x, np.uint64(key), np.uint64(first),
+           stds, out, x.dtype == np.uint8)
 
 
 def aug_erase(x, rects, value, out):
-    _erase_kernel(x, rects, x.dtype.type(value), out, out is x)
+    launch(_erase_kernel, _plan(x.nbytes), x, rects, x.dtype.type(value), out, out is x)
 
 
 def aug_mix(x, partner, lam, out):
-    _mix_kernel(x, partner, lam, out, x.dtype == np.uint8)
+    launch(_mix_kernel, _plan(x.nbytes), x, partner, lam, out, x.dtype == np.uint8)
 
 
 def aug_paste(x, partner, rects, out):
-    _paste_kernel(x, partner, rects, out)
+    launch(_paste_kernel, _plan(x.nbytes), x, partner, rects, out)

@@ -7,11 +7,12 @@ LLVM vectorizes. The words depend only on (seed, offset + i), never on the task 
 import numpy as np
 from numba import prange
 
-from ._jit import pjit
+from .. import _threads
+from ._jit import launch, twin
 from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
-@pjit
+@twin
 def _dropout_kernel(x, out, seed, offset, threshold, scale):
     n = x.size
     zero = scale - scale  # a zero of the array dtype
@@ -32,7 +33,7 @@ def _dropout_kernel(x, out, seed, offset, threshold, scale):
                 o[i] = v if words[i] >= threshold else zero
 
 
-@pjit
+@twin
 def _mask_kernel(seed, offset, threshold, out):
     n = out.size
     k0, k1 = key_words(seed)
@@ -46,7 +47,7 @@ def _mask_kernel(seed, offset, threshold, out):
                 o[i] = np.uint8(words[i] >= threshold)
 
 
-@pjit
+@twin
 def _mask_packed_kernel(seed, offset, threshold, n, out):
     # TASK and CHUNK are multiples of 8, so every block starts on a byte boundary.
     k0, k1 = key_words(seed)
@@ -69,7 +70,7 @@ def _mask_packed_kernel(seed, offset, threshold, n, out):
                 o[full] = byte
 
 
-@pjit
+@twin
 def _group_kernel(x, keep, scale, out):
     nsamples, m1, c, m2 = x.shape
     zero = scale - scale
@@ -86,16 +87,19 @@ def _group_kernel(x, keep, scale, out):
 
 
 def dropout(x, seed, offset, threshold, scale, out):
-    _dropout_kernel(x, out, np.uint64(seed), np.uint64(offset), np.uint32(threshold), scale)
+    launch(_dropout_kernel, _threads.plan(x.size, "random"), x, out, np.uint64(seed),
+           np.uint64(offset), np.uint32(threshold), scale)
 
 
 def dropout_mask(seed, offset, threshold, out):
-    _mask_kernel(np.uint64(seed), np.uint64(offset), np.uint32(threshold), out.view(np.uint8))
+    launch(_mask_kernel, _threads.plan(out.size, "random"), np.uint64(seed), np.uint64(offset),
+           np.uint32(threshold), out.view(np.uint8))
 
 
 def dropout_mask_packed(seed, offset, threshold, n, out):
-    _mask_packed_kernel(np.uint64(seed), np.uint64(offset), np.uint32(threshold), n, out)
+    launch(_mask_packed_kernel, _threads.plan(n, "random"), np.uint64(seed), np.uint64(offset),
+           np.uint32(threshold), n, out)
 
 
 def group_dropout(x, keep, scale, out):
-    _group_kernel(x, keep, scale, out)
+    launch(_group_kernel, _threads.plan(x.size, "elementwise"), x, keep, scale, out)

@@ -16,7 +16,8 @@ in-cache sizes where the arithmetic would show.
 import numpy as np
 from numba import prange
 
-from ._jit import inline, jit, pjit
+from .. import _threads
+from ._jit import inline, jit, launch, twin
 from .penalty import TASK, _soft
 
 
@@ -50,7 +51,7 @@ def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
         ps[i] = _soft(x, l1t, ml1t, zero) if use_l1 else x
 
 
-@pjit
+@twin
 def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     n = p.size
     for task in prange((n + TASK - 1) // TASK):
@@ -85,7 +86,7 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
         ps[i] = x - step_size * (mi / denom)
 
 
-@pjit
+@twin
 def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
     n = p.size
     for task in prange((n + TASK - 1) // TASK):
@@ -96,8 +97,10 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
 
 
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
-    _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, bool(nesterov), bool(first), l1t)
+    launch(_sgd_kernel, _threads.plan(p.size, "elementwise"), p, g, buf, lr, wd, decay,
+           momentum, damp1, bool(nesterov), bool(first), l1t)
 
 
 def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
-    _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt)
+    launch(_adam_kernel, _threads.plan(p.size, "elementwise"), p, g, m, v, vmax, wd, decay, omb1,
+           beta2, omb2, eps, step_size, bc2_sqrt)

@@ -36,7 +36,8 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._jit import inline, jit, pjit
+from .. import _threads
+from ._jit import inline, jit, launch, twin
 
 TASK = 1 << 16          # elements per parallel task
 LANES = {4: 32, 8: 64}  # float64 partial sums per reduction, by itemsize (measured best)
@@ -177,7 +178,7 @@ def _task_count(n, head):
     return (n + TASK - 1) // TASK if head < 0 else 1 + (n - head + TASK - 1) // TASK
 
 
-@pjit
+@twin
 def _grad_kernel(w, l1, c2, out, mode, accumulate, head):
     """head: see _task_bounds (always -1 with accumulate)."""
     n = w.size
@@ -213,7 +214,7 @@ def _soft_task_stream(ws, o, t, s):
     _sfence()
 
 
-@pjit
+@twin
 def _soft_kernel(w, t, s, out, inplace, head):
     """inplace: out is w (one array in the loop, see the module doc). head: see _task_bounds."""
     n = w.size
@@ -268,7 +269,7 @@ def _block_sums(ws, lanes):
     return s1, s2
 
 
-@pjit
+@twin
 def _sums_kernel(w, lanes):
     n = w.size
     ntasks = (n + TASK - 1) // TASK
@@ -295,7 +296,7 @@ def _finite_task(bits, exponent):
     return m
 
 
-@pjit
+@twin
 def _finite_kernel(bits, exponent):
     """No element has all exponent bits set (inf, NaN)?"""
     n = bits.size
@@ -349,7 +350,7 @@ def _group_cols_task(w, t, out, a, b0, b1):
             o[k] = row[k] * f[k]
 
 
-@pjit
+@twin
 def _group_kernel(w, t, out, lanes):
     """Groups w[a, :, b]. B == 1: the groups are contiguous rows, one task each. B > 1: a task
     takes one a and up to COLS columns."""
@@ -379,27 +380,35 @@ def _grad_mode(l1, c2):
     return ELASTIC
 
 
+def _plan(n):
+    return _threads.plan(n, "elementwise")
+
+
 def penalty_sums(w):
-    s1, s2 = _sums_kernel(w, LANES[w.itemsize])
+    s1, s2 = launch(_sums_kernel, _plan(w.size), w, LANES[w.itemsize])
     return float(s1), float(s2)
 
 
 def penalty_grad(w, l1, c2, out, accumulate):
     head = -1 if accumulate else _stream_head(w, out)
-    _grad_kernel(w, l1, c2, out, _grad_mode(l1, c2), bool(accumulate), head)
+    launch(_grad_kernel, _plan(w.size), w, l1, c2, out, _grad_mode(l1, c2), bool(accumulate),
+           head)
 
 
 def soft_threshold(w, t, s, out):
     inplace = out.ctypes.data == w.ctypes.data
     head = -1 if inplace else _stream_head(w, out)
-    _soft_kernel(w, t, s, out, inplace, head)
+    launch(_soft_kernel, _plan(w.size), w, t, s, out, inplace, head)
 
 
 def group_lasso(w, t, out):
-    _group_kernel(w, t, out, LANES[w.itemsize])
+    # t: a Python float, so the norms are compared with the float64 threshold
+    launch(_group_kernel, _plan(w.size), w, float(t), out, LANES[w.itemsize])
 
 
 def all_finite(a):
     if a.dtype == np.float32:
-        return bool(_finite_kernel(a.view(np.uint32), np.uint32(0x7F800000)))
-    return bool(_finite_kernel(a.view(np.uint64), np.uint64(0x7FF0000000000000)))
+        bits, exponent = a.view(np.uint32), np.uint32(0x7F800000)
+    else:
+        bits, exponent = a.view(np.uint64), np.uint64(0x7FF0000000000000)
+    return bool(launch(_finite_kernel, _plan(a.size), bits, exponent))

@@ -7,7 +7,8 @@ import numpy as np
 from numba import prange
 
 from ..reference.philox import dropout_threshold, split_seed  # noqa: F401  (public here too)
-from ._jit import inline, jit, pjit
+from .. import _threads
+from ._jit import inline, jit, launch, twin
 
 M0 = np.uint64(0xD2511F53)
 M1 = np.uint64(0xCD9E8D57)
@@ -119,7 +120,7 @@ def _philox_kernel(ctr, key, out):
         out[i, 3] = r3
 
 
-@pjit
+@twin
 def _bits_kernel(seed, offset, out):
     n = out.size
     k0, k1 = key_words(seed)
@@ -131,7 +132,7 @@ def _bits_kernel(seed, offset, out):
             out[start:start + count] = words
 
 
-@pjit
+@twin
 def _uniform32_kernel(seed, offset, out):
     n = out.size
     k0, k1 = key_words(seed)
@@ -146,7 +147,7 @@ def _uniform32_kernel(seed, offset, out):
                 o[i] = np.float32(words[i] >> np.uint32(8)) * step
 
 
-@pjit
+@twin
 def _uniform64_kernel(seed, offset, out):
     # Element i uses stream words 2(offset + i) and 2(offset + i) + 1: blocks of CHUNK / 2
     # elements, each filled with its 2 * count words.
@@ -171,12 +172,14 @@ def philox4x32(ctr, key, out):
 
 
 def random_bits(seed, offset, out):
-    _bits_kernel(np.uint64(seed), np.uint64(offset), out)
+    launch(_bits_kernel, _threads.plan(out.size, "random"), np.uint64(seed), np.uint64(offset),
+           out)
 
 
 def uniform(seed, offset, out):
     kernel = _uniform32_kernel if out.dtype == np.float32 else _uniform64_kernel
-    kernel(np.uint64(seed), np.uint64(offset), out)
+    words = out.size * (out.itemsize // 4)  # stream words: 1 or 2 per element
+    launch(kernel, _threads.plan(words, "random"), np.uint64(seed), np.uint64(offset), out)
 
 
 # --- for your own @njit code ----------------------------------------------------------------------

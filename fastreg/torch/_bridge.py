@@ -104,7 +104,7 @@ def backend_for(op, backend, t):
     """The backend that runs ``op`` on tensor ``t``'s device.
 
     ``"auto"``: "cuda" for CUDA tensors; for CPU tensors the first host backend (FASTREG_BACKEND,
-    then cpu, c, numpy) that implements ``op``, so a kernel still missing from the fastest
+    then c, cpu, numpy) that implements ``op``, so a kernel still missing from the fastest
     backend falls back to the next one instead of failing. A backend named explicitly is used as
     it is (and raises BackendUnavailableError if it cannot run ``op``).
     """
@@ -119,7 +119,7 @@ def backend_for(op, backend, t):
     first = _registry.resolve("auto")
     key = (op, first)
     if key not in _host_backend_cache:
-        for name in (first, "cpu", "c", "numpy"):
+        for name in (first, *_registry._HOST_ORDER):
             try:
                 _registry.get(op, _registry.resolve(name))
             except (BackendUnavailableError, ValueError):
