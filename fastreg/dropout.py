@@ -122,7 +122,7 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
         in place; any other overlap with x is refused.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
         "auto": "cuda" for device arrays, else FASTREG_BACKEND or the fastest available host
-        backend (cpu, then c, then numpy).
+        backend (c, then cpu, then numpy).
 
     Returns
     -------

@@ -907,29 +907,25 @@ class Trainer:
 
 @contextlib.contextmanager
 def _thread_limits(threads, backend):
-    """Limit Numba's, BLAS's and OpenMP's threads to ``threads`` inside the block (None: no-op)."""
+    """Inside the block, fastreg's kernels use at most ``threads`` threads on either host
+    backend (``fastreg.threads``, this Python thread), and BLAS and OpenMP libraries too,
+    through threadpoolctl when it is installed; all restored on exit. None: a no-op. (backend
+    is not needed: ``fastreg.threads`` governs Numba and C alike.)"""
+    del backend
     if threads is None:
         yield
         return
-    threads = int(threads)
-    previous = None
-    if backend in ("auto", "cpu"):
-        import numba
-        previous = numba.get_num_threads()
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threads = _threads.check_count(threads, "threads")
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         threadpool_limits = None
-    try:
+    with _threads.threads(threads):
         if threadpool_limits is None:
             yield
         else:
             with threadpool_limits(limits=threads):
                 yield
-    finally:
-        if previous is not None:
-            numba.set_num_threads(previous)
 
 
 def _fingerprint(X, y):
