@@ -328,13 +328,19 @@ def record_signatures(timeout=300):
     dict
         ``"module.kernel"`` -> list of encoded signatures (see ``decode_type``).
     """
+    import fastreg
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", FASTREG_CUDA_TPB="32")
+    # the child, started in a scratch folder, imports this very fastreg: an installed one as
+    # usual, one from a source tree through PYTHONPATH
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastreg.__file__)))
+    if os.path.basename(home) not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join([home] + [p for p in [env.get("PYTHONPATH")] if p])
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "signatures.json")
         code = ("import sys; from fastreg.cuda import check; "
                 "check._record_to(sys.argv[1])")
-        proc = subprocess.run([sys.executable, "-c", code, path], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-c", code, path], env=env, cwd=tmp,
+                              capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError("recording the kernel signatures under the simulator failed:\n"
                                + (proc.stdout + proc.stderr)[-4000:])
