@@ -111,8 +111,8 @@ typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
         memcpy(&xv, x + base + i + 4 * Q, sizeof xv);                                \
         fr_bn_v4d xd = __builtin_convertvector(xv, fr_bn_v4d) - cv;                  \
         if (KIND == FR_BN_RED_STATS) {                                               \
-            FR_BN_KADD(a1_##Q, k1_##Q, xd);                                          \
-            FR_BN_KADD(a2_##Q, k2_##Q, xd * xd);                                     \
+            FR_BN_KADDV(a1_##Q, k1_##Q, xd);                                          \
+            FR_BN_KADDV(a2_##Q, k2_##Q, xd * xd);                                     \
         } else {                                                                     \
             VT gv;                                                                   \
             memcpy(&gv, gy + base + i + 4 * Q, sizeof gv);                           \
@@ -122,8 +122,8 @@ typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
                 gv = (VT)((VI)gv & (yv > zero));                                     \
             }                                                                        \
             fr_bn_v4d gd = __builtin_convertvector(gv, fr_bn_v4d);                   \
-            FR_BN_KADD(a1_##Q, k1_##Q, gd);                                          \
-            FR_BN_KADD(a2_##Q, k2_##Q, gd * xd);                                     \
+            FR_BN_KADDV(a1_##Q, k1_##Q, gd);                                          \
+            FR_BN_KADDV(a2_##Q, k2_##Q, gd * xd);                                     \
         }                                                                            \
     }
 
@@ -144,18 +144,35 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
 }
 #endif
 
-/* acc += v, compensated (Kahan) when KAHAN; for scalars, vectors and vector elements. */
-#define FR_BN_KADD(acc, comp, v)                        \
-    do {                                                \
-        if (KAHAN) {                                    \
-            __typeof__(acc) u_ = (v) - (comp);          \
-            __typeof__(acc) t_ = (acc) + u_;            \
-            (comp) = (t_ - (acc)) - u_;                 \
-            (acc) = t_;                                 \
-        } else {                                        \
-            (acc) += (v);                               \
-        }                                               \
+/* acc += v, compensated (Kahan) when KAHAN: FR_BN_KADD for doubles, FR_BN_KADDV for 4-double
+ * vectors.  Once acc is infinite, (t - acc) - u is inf - inf: the compensation is then dropped
+ * (e == e is false only for NaN), so that the sum keeps the plain sum's +-inf or NaN, as the
+ * reference's float64 sums (a NaN compensation would turn +inf into NaN at the next step). */
+#define FR_BN_KADD(acc, comp, v)                                \
+    do {                                                        \
+        if (KAHAN) {                                            \
+            double u_ = (v) - (comp);                           \
+            double t_ = (acc) + u_;                             \
+            double e_ = (t_ - (acc)) - u_;                      \
+            (comp) = fr_sel_f64(e_ == e_, e_, 0.0);             \
+            (acc) = t_;                                         \
+        } else {                                                \
+            (acc) += (v);                                       \
+        }                                                       \
     } while (0)
+#define FR_BN_KADDV(acc, comp, v)                               \
+    do {                                                        \
+        if (KAHAN) {                                            \
+            fr_bn_v4d u_ = (v) - (comp);                        \
+            fr_bn_v4d t_ = (acc) + u_;                          \
+            fr_bn_v4d e_ = (t_ - (acc)) - u_;                   \
+            (comp) = (fr_bn_v4d)((fr_bn_v4di)e_ & (e_ == e_));   \
+            (acc) = t_;                                         \
+        } else {                                                \
+            (acc) += (v);                                       \
+        }                                                       \
+    } while (0)
+
 
 /* Per dtype: VT the 4-lane vector of T, VI the integer vector as wide. */
 #define FR_BN_DEFINE_LOOPS(SUF, T, VT, VI)                                                      \
@@ -596,7 +613,9 @@ static inline void fr_bn_add(fr_bn_acc *a, double v)
     a->s = t;
 }
 
-static inline double fr_bn_total(const fr_bn_acc *a) { return a->s + a->c; }
+/* Once the plain sum s is infinite or NaN, c is meaningless (inf - inf): the total is s, the
+ * plain sum's value (see the reference on non-finite input). */
+static inline double fr_bn_total(const fr_bn_acc *a) { return isfinite(a->s) ? a->s + a->c : a->s; }
 
 typedef struct {
     int rows;            /* row layout */

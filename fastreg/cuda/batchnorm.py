@@ -26,7 +26,8 @@ atomics, so a result depends only on the launch shape, never on scheduling:
 A per-channel finalize kernel (one thread per channel) adds a channel's partials in a fixed order
 and, in the fused ops, turns them straight into the coefficients, so a training step keeps every
 statistic on the device. Statistics use shifted sums: with ``s = x[0, c, 0]`` (the channel's first
-element), ``S1 = sum (x - s)``, ``S2 = sum (x - s)**2``, mean ``s + S1 / n`` and
+element; 0 when it is not finite, so that a channel with an inf or NaN gets the reference's
+statistics), ``S1 = sum (x - s)``, ``S2 = sum (x - s)**2``, mean ``s + S1 / n`` and
 ``M2 = S2 - S1**2 / n``: stable because ``s`` lies within the data, and the partials of one channel
 add up exactly like plain sums. The backward sums need no shift (``x - mean`` is centred).
 
@@ -85,6 +86,14 @@ def _block_sum2_device(sh, base, s1, s2):
             r1 += sh[base + j]
             r2 += sh[base + nt + j]
     return r1, r2
+
+
+@cuda.jit(device=True)
+def _shift_device(x, i):
+    """The shift of a channel's statistics: its first element x[i], or 0 when that is +-inf or NaN
+    (x - inf would make every sum NaN, where the reference's mean is +-inf)."""
+    s = float64(x[i])
+    return s if math.isfinite(s) else 0.0
 
 
 @cuda.jit(device=True)
@@ -176,7 +185,7 @@ def _reduce_rows_kernel(backward, x, gy, y, has_y, center, nrows, nch, inner, ch
         if backward:
             ctr = float64(center[c])
         else:
-            ctr = float64(x[c * inner])  # the shift: the channel's first element
+            ctr = _shift_device(x, c * inner)  # the shift (see _shift_device)
         s1 = 0.0
         s2 = 0.0
         k = k_first
@@ -213,7 +222,7 @@ def _reduce_cols_kernel(backward, x, gy, y, has_y, center, nrows, nch, inner, k,
         if backward:
             ctr = float64(center[c])
         else:
-            ctr = float64(x[c * inner])
+            ctr = _shift_device(x, c * inner)
         s1 = 0.0
         s2 = 0.0
         i = g * width + j
@@ -235,7 +244,7 @@ def _stats_finalize_kernel(x, inner, part, ng, gstride, nb, count, coeffs, weigh
         s1 = _sum_parts_device(part, 0, c, ng, gstride, nb)
         s2 = _sum_parts_device(part, half, c, ng, gstride, nb)
         d = s1 / count
-        mu = float64(x[c * inner]) + d
+        mu = _shift_device(x, c * inner) + d
         v = s2 - s1 * d
         if v < 0:  # S2 - S1 * d can round below 0 when the spread is nil; NaN stays NaN
             v = 0.0

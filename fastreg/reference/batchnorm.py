@@ -18,6 +18,25 @@ work); the CUDA backend has its own so that the coefficients never leave the dev
 Fused ops (``bn_forward_train``, ``bn_backward``) are defined here as the composition of the
 pieces; a backend may fuse them (statistics and normalization of one channel while its data is
 still in cache) as long as the result matches within tolerance.
+
+Non-finite input (as torch.nn.functional.batch_norm). A channel whose elements are all finite is
+unaffected by the other channels. In a channel with a non-finite element, the statistics are
+those of plain float64 sums (which do not depend on the order of summation once an inf or NaN
+is among the terms):
+
+* mean: +inf if the channel holds +inf and neither -inf nor NaN; -inf likewise; NaN if it holds
+  a NaN or both infinities;
+* M2 (so the biased variance, the unbiased one in the running update, and invstd): NaN;
+* hence every output element of the channel is NaN in training (also after the ReLU), the
+  running mean becomes (1 - momentum) * running + momentum * mean (+-inf or NaN) and the running
+  variance NaN; in inference the element-wise formula simply propagates (inf * scale + shift);
+* backward of a training step: s_dy = sum g is a plain float64 sum (finite when grad_y is) and
+  grad_bias = s_dy; s_dyx, grad_weight and grad_x of the channel are NaN (the center, the mean,
+  is not finite and x - mean is NaN at the channel's non-finite elements).
+
+A backend that shifts or compensates its sums must give these values: a shift that is not
+finite is replaced (by 0), and compensation terms must not turn an infinite sum into NaN. No
+warning is raised for these values (torch raises none).
 """
 import numpy as np
 
@@ -39,10 +58,11 @@ def bn_stats(x, mean, m2):
     Welford, pairwise); E[x**2] - E[x]**2 in the input's precision is not stable and not allowed.
     """
     x64 = x.astype(np.float64)
-    mu = x64.mean(axis=(0, 2))
-    d = x64 - mu[None, :, None]
+    with np.errstate(invalid="ignore"):  # inf - inf in a channel with an inf: NaN, as defined
+        mu = x64.mean(axis=(0, 2))
+        d = x64 - mu[None, :, None]
+        m2[...] = np.einsum("acb,acb->c", d, d)
     mean[...] = mu
-    m2[...] = np.einsum("acb,acb->c", d, d)
 
 
 def bn_apply(x, center, scale, shift, residual, relu, out):
@@ -54,7 +74,8 @@ def bn_apply(x, center, scale, shift, residual, relu, out):
     b - mean * w * invstd, so that each element costs one multiply and one add.
     """
     c = (slice(None), None)
-    y = (x - center[c]) * scale[c] + shift[c]
+    with np.errstate(invalid="ignore"):  # a non-finite center (see the module docstring)
+        y = (x - center[c]) * scale[c] + shift[c]
     if residual is not None:
         y = y + residual
     if relu:
@@ -71,9 +92,10 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
     """
     g = gy if y is None else _relu_mask(gy, y)
     g64 = g.astype(np.float64)
-    d = x.astype(np.float64) - center[None, :, None]
     s_dy[...] = g64.sum(axis=(0, 2))
-    s_dyx[...] = np.einsum("acb,acb->c", g64, d)
+    with np.errstate(invalid="ignore"):  # a non-finite center (see the module docstring)
+        d = x.astype(np.float64) - center[None, :, None]
+        s_dyx[...] = np.einsum("acb,acb->c", g64, d)
 
 
 def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
@@ -90,7 +112,8 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
     if b is None:
         gx[...] = g * a[c]
     else:
-        gx[...] = g * a[c] - (x - center[c]) * b[c] - d[c]
+        with np.errstate(invalid="ignore"):  # a non-finite center (see the module docstring)
+            gx[...] = g * a[c] - (x - center[c]) * b[c] - d[c]
 
 
 def bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center, scale,
