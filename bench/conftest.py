@@ -4,6 +4,7 @@
     pytest bench --benchmark-only --bench-large    also 2^26 (64Mi)
     pytest bench --benchmark-disable               CI smoke: every case once, at 2^12 (4Ki)
     pytest bench --benchmark-only -k "cpu and float32 and 16Mi"    one slice
+    pytest bench/bench_small.py --benchmark-only   small ops per call (auto, c, cpu, torch)
 
 Each case warms up (JIT compilation, first touch of its arrays) before pytest-benchmark times it,
 and records GB/s and the fraction of this machine's bandwidth through the ``bandwidth_benchmark``
@@ -126,5 +127,34 @@ def torch_case(threads):
             if not fused:
                 raise
             pytest.skip(f"torch has no fused {op} here: {exc}")
+        return fn
+    return make
+
+
+@pytest.fixture
+def small_case(threads):
+    """``small_case(op, backend)``: the warmed-up fastreg call of a small op
+    (``cases.small_call``; backend may be "auto"); skips, with the reason, a backend that cannot
+    run here."""
+    def make(op, backend):
+        try:
+            fn = cases.small_call(op, backend)
+            for _ in range(3):
+                fn()   # warm up: JIT compilation, thread pools, never inside the timing
+        except fastreg.BackendUnavailableError as exc:
+            pytest.skip(str(exc))
+        return fn
+    return make
+
+
+@pytest.fixture
+def small_torch_case(threads):
+    """``small_torch_case(op)``: the warmed-up PyTorch peer of a small op; skips without torch."""
+    pytest.importorskip("torch", reason="torch is not installed: no PyTorch peer")
+
+    def make(op):
+        fn = cases.small_torch_call(op)
+        for _ in range(3):
+            fn()
         return fn
     return make

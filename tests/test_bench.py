@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastreg
-from fastreg.bench import cases
+from fastreg.bench import bandwidth, cases, load, small, table
 
 pytest_plugins = ["pytester"]
 
@@ -91,9 +91,17 @@ def test_table_quick():
     proc = _run("-m", "fastreg.bench", "--quick", "--sizes", "4096")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for column in ("op", "backend", "alloc", "ms (min)", "GB/s", "of bw", "x torch", "x fused"):
+    for column in ("op", "backend", "alloc", "min ms", "med ms", "max ms", "GB/s", "of bw",
+                   "x torch", "x fused"):
         assert column in out
     assert "GB/s memory bandwidth" in out and "threads:" in out
+    assert "probe kernels, GB/s: numpy copy" in out and "numba update" in out
+    # the small-ops section: auto and every host backend, idle only (no --load, no --pin)
+    small_lines = [line for line in out.splitlines() if line.startswith("dropout 64x128")]
+    assert small_lines and all(" idle " in line for line in small_lines)
+    assert any(line.split()[2] == "auto" for line in small_lines)
+    for label, _ in cases.SMALL_OPS.values():
+        assert label in out
     rows = [line.split() for line in out.splitlines() if " 2^12 " in line]
     available = [b for b, why in fastreg.available_backends().items()
                  if why is None and b != "cuda"]
@@ -118,7 +126,7 @@ def test_console_command():
     proc = _run("-m", "fastreg", "bench", "--quick", "--sizes", "1000", "--ops", "dropout",
                 "--backends", "numpy", "--no-torch", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "threads: 1 (numba)" in proc.stdout
+    assert "threads: 1 (fastreg), 1 (numba)" in proc.stdout
     assert "torch: not timed (--no-torch)" in proc.stdout
     assert "dropout p=0.5" in proc.stdout and " 1000 " in proc.stdout
     usage = _run("-m", "fastreg")
@@ -183,3 +191,220 @@ def test_plugin_import_is_cheap():
                       "print(sorted(m for m in ('numba', 'torch') if m in sys.modules))")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# --- small ops, --load, --pin, min/median/max, the bandwidth probe --------------------------------
+
+def _parse(*argv):
+    import argparse
+    return table.add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_load_and_pin_arguments(capsys):
+    args = _parse()
+    assert args.load is None and args.load_procs is None and args.pin is False
+    assert _parse("--load").load == "mixed"
+    args = _parse("--load", "spin", "--load-procs", "3", "--pin", "--ops", "small_dropout")
+    assert (args.load, args.load_procs, args.pin, args.ops) == ("spin", 3, True,
+                                                                ["small_dropout"])
+    for bad in (["--load", "busy"], ["--load-procs", "0"], ["--load-procs", "x"],
+                ["--ops", "small_nope"]):
+        with pytest.raises(SystemExit) as exc:
+            _parse(*bad)
+        assert exc.value.code == 2
+        assert bad[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op", list(cases.SMALL_OPS))
+def test_small_cases_agree(op):
+    """The small-op calls compute what the reference does on every host backend and what their
+    torch peer does (dropout: the same mask everywhere, torch's only in its kept fraction)."""
+    expected = np.asarray(cases.small_call(op, "numpy")())
+    for backend in ("cpu", "c", "auto"):
+        if backend != "auto" and fastreg.available_backends()[backend] is not None:
+            continue
+        got = np.asarray(cases.small_call(op, backend)())
+        if op in ("small_dropout", "small_l2_grad"):
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    pytest.importorskip("torch")
+    peer = np.asarray(cases.small_torch_call(op)().detach())
+    assert peer.shape == expected.shape
+    if op == "small_dropout":
+        assert 0.4 < (peer == 0).mean() < 0.6
+    else:
+        np.testing.assert_allclose(peer, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown small op"):
+        cases.small_call("dropout", "numpy")
+
+
+def test_time_calls_takes_turns():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    times = small.time_calls(calls, rounds=4, per_round=3, budget=1e9, warmup=2)
+    assert order == ["a"] * 2 + ["b"] * 2 + (["a"] * 3 + ["b"] * 3) * 4
+    assert {k: len(v) for k, v in times.items()} == {"a": 12, "b": 12}
+    assert all((v >= 0).all() for v in times.values())
+    order.clear()
+    times = small.time_calls(calls, rounds=100, per_round=2, budget=0.0, warmup=0)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}   # 3 rounds at least
+
+
+def test_time_stats_min_median_max():
+    timing = table.time_stats(lambda: None, budget=0.0, min_reps=5)
+    assert timing.reps == 5
+    assert 0 <= timing.min <= timing.median <= timing.max
+
+
+def _section(ops, backends=("numpy",)):
+    lines = []
+    section = small.Section(ops, list(backends), None, True, None, None, False, lines.append,
+                            lambda text: lines.append("note: " + text))
+    return section, lines
+
+
+def test_small_section_format():
+    """Rows grouped by op, then condition; x torch from the medians of the same condition."""
+    section, lines = _section(["small_l2_grad", "small_dropout"])
+    section.labels = {"auto": "auto (c)", "c": "c"}
+    us = 1e-6
+    section.conditions = [("idle", "quiet"), ("load", "busy")]
+    section.results = {
+        ("small_l2_grad", "idle"): {"auto": np.array([10, 20, 90]) * us,
+                                    "c": np.array([8, 10, 12]) * us,
+                                    "torch": np.array([30, 40, 50]) * us},
+        ("small_l2_grad", "load"): {"auto": np.array([10, 400, 9000]) * us,
+                                    "c": np.array([20, 40, 60]) * us,
+                                    "torch": np.array([30, 80, 50]) * us},
+        ("small_dropout", "idle"): {"c": np.array([5.0, 5.0]) * us},
+    }
+    section.print()
+    header = lines.index(next(line for line in lines if line.startswith("op ")))
+    assert lines[header].split() == ["op", "backend", "where", "calls", "min", "us", "med", "us",
+                                     "max", "us", "x", "torch"]
+    assert "  idle: quiet" in lines and "  load: busy" in lines
+    rows = lines[header + 2:header + 9]
+    assert all(len(r) == len(lines[header]) for r in rows)
+    cells = [r.split() for r in rows]
+    assert [c[:4] for c in cells] == [
+        ["l2_grad", "1e5", "auto", "(c)"], ["l2_grad", "1e5", "c", "idle"],
+        ["l2_grad", "1e5", "torch", "idle"], ["l2_grad", "1e5", "auto", "(c)"],
+        ["l2_grad", "1e5", "c", "load"], ["l2_grad", "1e5", "torch", "load"],
+        ["dropout", "64x128", "c", "idle"]]
+    assert cells[0][-5:] == ["3", "10.0", "20.0", "90.0", "2.0x"]
+    assert cells[1][-1] == "4.0x" and cells[2][-1] == "-"
+    assert cells[3][-5:] == ["3", "10.0", "400.0", "9000.0", "0.1x"]
+    assert cells[4][-1] == "1.2x"
+    assert cells[6][-1] == "-"   # no torch peer
+
+
+def test_of_bw_says_cache_below_the_cache_size():
+    from types import SimpleNamespace
+    stub = SimpleNamespace(cache_bytes=32 << 20, highest=None)
+    assert table._Table.fraction(stub, 50.0, 1 << 20, 100.0, "small") == "cache"
+    assert stub.highest is None
+    assert table._Table.fraction(stub, 50.0, 64 << 20, 100.0, "big") == "50%"
+    assert table._Table.fraction(stub, 90.0, 64 << 20, 100.0, "bigger") == "90%"
+    assert table._Table.fraction(stub, 70.0, 64 << 20, 100.0, "other") == "70%"
+    assert stub.highest == (0.9, "bigger")
+    assert table.cache_bytes() > 0
+
+
+def test_bandwidth_probe_reports_its_kernels():
+    probe = bandwidth.probe(n=1 << 12, rounds=2)
+    assert list(probe.kernels) == list(bandwidth.KERNEL_STREAMS)
+    assert probe.gb_per_s == max(probe.kernels.values()) == probe.kernels[probe.kernel]
+    assert (probe.n, probe.rounds) == (1 << 12, 2) and probe.threads >= 1
+    assert bandwidth.machine_bandwidth(n=1 << 12, repeat=2) == probe.gb_per_s   # cached
+    with pytest.raises(ValueError):
+        bandwidth.probe(n=0)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_load_ends_its_processes():
+    with load.background_load("spin", 2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(KeyError):
+        with load.background_load("spin", 1) as procs:
+            assert procs[0].poll() is None
+            raise KeyError("boom")
+    assert procs[0].poll() is not None
+    with load.background_load(None) as procs:
+        assert procs == []
+    for bad in ({"kind": "busy"}, {"procs": 0}, {"procs": 1.5}):
+        with pytest.raises(ValueError):
+            load.start(**bad)
+
+
+def test_mixed_load_runs_numba_and_ends():
+    with load.background_load("mixed", 1) as procs:
+        assert procs[0].poll() is None
+        with open(f"/proc/{procs[0].pid}/cmdline") as f:
+            assert "mixed" in f.read().split("\0")
+    assert procs[0].poll() is not None
+
+
+_ORPHAN = """
+import os, sys, time
+from fastreg.bench import load
+procs = load.start("spin", 1)
+print(procs[0].pid, flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(0)          # no stop(): atexit ends it
+time.sleep(60)           # killed with SIGKILL here: the worker notices its parent is gone
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_load_never_outlives_the_benchmark(how):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN, how], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT, env=_env())
+    worker = int(proc.stdout.readline())
+    if how == "kill":
+        assert _alive(worker)
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)
+
+
+def test_pinned_restores_affinity_and_threads():
+    if not small.can_pin():
+        pytest.skip("no sched_setaffinity here")
+    before = os.sched_getaffinity(0)
+    threads_before = fastreg.get_num_threads()
+    cpu = min(before)
+    with pytest.raises(KeyError):
+        with small.pinned(cpu, 2):
+            assert os.sched_getaffinity(0) == {cpu}
+            assert fastreg.get_num_threads() == 2
+            raise KeyError("boom")
+    assert os.sched_getaffinity(0) == before
+    assert fastreg.get_num_threads() == threads_before
+
+
+def test_table_small_ops_under_load_and_pinned():
+    """--load and --pin time the same small rows again; the load is gone when the run ends."""
+    proc = _run("-m", "fastreg.bench", "--quick", "--ops", "small_l2_grad", "--backends",
+                "numpy", "--no-torch", "--load", "spin", "--load-procs", "1", "--pin")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("l2_grad 1e5")]
+    assert [r[-6] for r in rows] == ["idle", "idle", "load", "load", "pinned", "pinned"]
+    assert [r[2] for r in rows] == ["auto", "numpy"] * 3
+    assert "load: beside the background load spin x1" in out
+    assert "pinned: every thread of this process on CPU" in out
+    assert "memory bandwidth" not in out   # no large rows: no probe

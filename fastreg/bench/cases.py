@@ -1,6 +1,8 @@
 """What the benchmarks time: each op as one ready-to-call closure, the bytes it must move, and its
-PyTorch peer (two for the optimizer steps: torch's foreach and fused implementations). Shared by the ``python -m fastreg.bench`` table and the pytest-benchmark suites in
-``bench/``, so both time the same calls and count the same bytes.
+PyTorch peer (two for the optimizer steps: torch's foreach and fused implementations), and the
+small ops (``SMALL_OPS``: per-call cost on small arrays). Shared by the ``python -m fastreg.bench``
+table and the pytest-benchmark suites in ``bench/``, so both time the same calls and count the
+same bytes.
 
 Every closure does exactly one call and, on the CUDA backend, synchronizes before returning (data
 stays on the device; no host-device copies are timed). Building a closure allocates its inputs
@@ -520,3 +522,135 @@ def bn_torch_call(op, layout, dtype=np.float32, *, quick=False, device="cpu"):
             return result
         return run
     return call
+
+
+# --- small ops ------------------------------------------------------------------------------------
+# Where users call fastreg: small arrays, one call at a time, per-call overhead and thread wake-up
+# rather than bandwidth. Timed per call in microseconds (``fastreg bench``'s small-ops section,
+# bench/bench_small.py), float32, beside the PyTorch call a user would write instead.
+
+#: small op -> (label, what the fastreg call is)
+SMALL_OPS = {
+    "small_dropout": ("dropout 64x128", "fastreg.dropout(x, 0.5, seed=s) (a fresh result)"),
+    "small_bn_train": ("bn train fwd 64x256",
+                       "fastreg.batch_norm(x, rm, rv, w, b, training=True) (fresh y)"),
+    "small_bn_train_backward": ("bn fwd+bwd 64x256",
+                                "fastreg.batch_norm(..., training=True), then "
+                                "fastreg.batch_norm_backward(gy, x, saved, w)"),
+    "small_adamw_step": ("adamw step 1e5",
+                         "fastreg.optim.AdamW([p], lr=1e-3, decay_mask=[True]).step([g])"),
+    "small_l2_grad": ("l2_grad 1e5", "fastreg.l2_grad(w, lam, out=o)"),
+}
+
+#: the PyTorch call beside each small op, on the same data and threads
+SMALL_TORCH_PEERS = {
+    "small_dropout": "F.dropout(x, 0.5, training=True)",
+    "small_bn_train": "F.batch_norm(x, rm, rv, w, b, training=True) under no_grad",
+    "small_bn_train_backward": "F.batch_norm(x, rm, rv, w, b, training=True).backward(gy) "
+                               "(x, w, b require grad)",
+    "small_adamw_step": "torch.optim.AdamW([p], lr=1e-3).step() (torch's CPU default, the "
+                        "for-loop implementation)",
+    "small_l2_grad": "torch.mul(w, 2 * lam, out=o)",
+}
+
+SMALL_DROPOUT_SHAPE = (64, 128)
+SMALL_BN_SHAPE = (64, 256)       # (N, C): channel axis 1
+SMALL_N = 100_000                # parameters of the optimizer step and the penalty
+
+
+def _small_check(op):
+    if op not in SMALL_OPS:
+        raise ValueError(f"unknown small op {op!r}; expected one of {tuple(SMALL_OPS)}")
+
+
+def small_arrays(op):
+    """The float32 host arrays of small op ``op``, fixed seed: ``(x,)`` for dropout, the
+    ``bn_arrays`` of (64, 256) for batch norm, ``(w, g)`` (weights in [-1, 1), a small gradient)
+    for the optimizer step and the penalty."""
+    _small_check(op)
+    if op == "small_dropout":
+        return (input_array(int(np.prod(SMALL_DROPOUT_SHAPE))).reshape(SMALL_DROPOUT_SHAPE),)
+    if op in ("small_bn_train", "small_bn_train_backward"):
+        return bn_arrays(SMALL_BN_SHAPE, 1)
+    x = input_array(SMALL_N)
+    return signed_array(x), grad_array(x) * np.float32(1e-3)
+
+
+def small_call(op, backend):
+    """One fastreg call of small op ``op`` on host ``backend`` ("auto", "numpy", "cpu" or "c":
+    the name is passed on as given, so "auto" pays for its resolution as a user's call does).
+
+    Returns a callable with no arguments (it returns the result: y, grad_x, the parameter or the
+    gradient). The optimizer step and batch norm's running statistics update their own copies
+    on every call. Raises fastreg.BackendUnavailableError where the backend cannot run it.
+    """
+    _small_check(op)
+    if backend != "auto":
+        _registry.module(backend)   # raises, with the reason, if it cannot run
+    arrays = [a.copy() for a in small_arrays(op)]
+    if op == "small_dropout":
+        (x,) = arrays
+        return partial(fastreg.dropout, x, P, seed=SEED, backend=backend)
+    if op == "small_bn_train":
+        x, _, w, b, rm, rv = arrays
+
+        def call():
+            return fastreg.batch_norm(x, rm, rv, w, b, training=True, backend=backend)[0]
+        return call
+    if op == "small_bn_train_backward":
+        x, gy, w, b, rm, rv = arrays
+
+        def call():
+            _, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, backend=backend)
+            return fastreg.batch_norm_backward(gy, x, saved, w, backend=backend)[0]
+        return call
+    w, g = arrays
+    if op == "small_adamw_step":
+        opt = fastreg.optim.AdamW([w], **ADAMW_ARGS, decay_mask=[True], backend=backend)
+        grads = [g]
+
+        def call():
+            opt.step(grads)
+            return w
+        return call
+    return partial(fastreg.l2_grad, w, LAM, out=np.empty_like(w), backend=backend)
+
+
+def small_torch_call(op):
+    """The PyTorch peer of small op ``op`` (see ``SMALL_TORCH_PEERS``) on the same data, as a
+    callable with no arguments. Raises ImportError without torch."""
+    import torch
+    import torch.nn.functional as F
+
+    _small_check(op)
+    arrays = [torch.from_numpy(a.copy()) for a in small_arrays(op)]
+    if op == "small_dropout":
+        (x,) = arrays
+        return partial(F.dropout, x, P, training=True)
+    if op == "small_bn_train":
+        x, _, w, b, rm, rv = arrays
+
+        def call():
+            with torch.no_grad():
+                return F.batch_norm(x, rm, rv, w, b, training=True)
+        return call
+    if op == "small_bn_train_backward":
+        x, gy, w, b, rm, rv = arrays
+        for t in (x, w, b):
+            t.requires_grad_(True)
+
+        def call():
+            x.grad = w.grad = b.grad = None   # as zero_grad(set_to_none=True)
+            F.batch_norm(x, rm, rv, w, b, training=True).backward(gy)
+            return x.grad
+        return call
+    w, g = arrays
+    if op == "small_adamw_step":
+        w.grad = g
+        opt = torch.optim.AdamW([w], **ADAMW_ARGS)
+
+        def call():
+            opt.step()
+            return w
+        return call
+    return partial(torch.mul, w, 2 * LAM, out=torch.empty_like(w))

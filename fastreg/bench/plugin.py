@@ -15,7 +15,8 @@ comparisons all work) and stores in ``benchmark.extra_info``:
 - ``nbytes``: the bytes the kernel must move (what you passed);
 - ``gb_per_s``: ``nbytes / min time / 1e9``;
 - ``machine_gb_per_s``: this machine's memory bandwidth, measured once per session in the same
-  run (``fastreg.bench.machine_bandwidth``: Numba ``a += s*b`` over 2**26 float32), or the value
+  run (``fastreg.bench.machine_bandwidth``: the best of a few STREAM-like kernels over 2**26
+  float32), or the value
   of ``--machine-gb-per-s``, or ``peak_gb_per_s=`` given to the call (a GPU's bandwidth, say);
 - ``bandwidth_fraction``: ``gb_per_s / machine_gb_per_s``.
 
@@ -35,7 +36,8 @@ def pytest_addoption(parser):
     group.addoption(
         "--machine-gb-per-s", type=float, default=None, metavar="GBPS",
         help="memory bandwidth (GB/s) that bandwidth_benchmark compares with, instead of "
-             "measuring it once per session (Numba a += s*b over 2**26 float32)")
+             "measuring it once per session (the best of a few STREAM-like kernels over "
+             "2**26 float32)")
 
 
 def pytest_configure(config):

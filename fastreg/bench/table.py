@@ -1,12 +1,18 @@
 """``python -m fastreg.bench`` / ``fastreg bench``: time every op on every available backend and
-print one table with effective GB/s, the fraction of this machine's bandwidth measured in the same
-run, and the ratio to PyTorch on the same data.
+print, beside PyTorch on the same data:
 
-Timing: one warm-up call (JIT compilation, first touch of the output), then repeated calls for
-about ``--budget`` seconds (at least 3, at most 50); the minimum counts, since on a shared machine
-it is the run least disturbed by neighbours. The NumPy reference and PyTorch are slow: they are
-timed only where one call is predicted (from their timing at a smaller size) to take at most
-``--slow-limit`` seconds.
+- the small-ops section (``fastreg.bench.small``): ops on small arrays, per call in
+  microseconds, idle and, with ``--load`` and ``--pin``, under a background load and pinned to
+  one CPU;
+- one table of the ops on large arrays (and batch norm on layer shapes) with effective GB/s and
+  the fraction of this machine's bandwidth measured in the same run (``fastreg.bench.bandwidth``).
+
+Timing of the large rows: one warm-up call (JIT compilation, first touch of the output), then
+repeated calls for about ``--budget`` seconds (at least 3, at most 50), each timed alone; the
+table shows their min, median and max, and GB/s and the ratios come from the minimum, since on a
+shared machine it is the run least disturbed by neighbours. The NumPy reference and PyTorch are
+slow: they are timed only where one call is predicted (from their timing at a smaller size) to
+take at most ``--slow-limit`` seconds.
 """
 import argparse
 import os
@@ -14,17 +20,20 @@ import re
 import sys
 import textwrap
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 import fastreg
 from fastreg import _registry
-from . import bandwidth, cases
+from . import bandwidth, cases, load, small
 from .cases import size_id
 
 DEFAULT_SIZES = (1 << 24, 1 << 26)
 QUICK_SIZES = (1 << 20,)
 _PROBE_N = 1 << 20          # slow peers are timed once here to predict larger sizes
+BANDWIDTH_N = bandwidth.DEFAULT_N   # the bandwidth probe's arrays (2^26 float32, 256 MiB each)
+QUICK_BANDWIDTH_N = 1 << 24         # with --quick: 64 MiB each, still 8x the L3 cache here
 
 
 def _parse_size(text):
@@ -78,9 +87,10 @@ def add_arguments(parser):
                         metavar="B[,B...]",
                         help="subset of numpy,cpu,c,cuda (default: all available; cuda only on "
                              "a real GPU, not under NUMBA_ENABLE_CUDASIM)")
-    ops = tuple(cases.OPS) + tuple(cases.BN_OPS)
+    ops = tuple(cases.SMALL_OPS) + tuple(cases.OPS) + tuple(cases.BN_OPS)
     parser.add_argument("--ops", type=_parse_list(ops), metavar="OP[,OP...]",
-                        help=f"subset of {','.join(ops)} (default all)")
+                        help=f"subset of {','.join(ops)} (default all; the small_* ops are the "
+                             "small-ops section)")
     parser.add_argument("--layouts", type=_parse_list(tuple(cases.BN_LAYOUTS)),
                         metavar="L[,L...]",
                         help="batch-norm layer shapes: subset of "
@@ -92,7 +102,28 @@ def add_arguments(parser):
     parser.add_argument("--slow-limit", type=float, default=1.0, metavar="S",
                         help="time the NumPy reference and torch only where one call takes at "
                              "most S seconds (default 1)")
+    parser.add_argument("--load", nargs="?", const="mixed", choices=load.KINDS, metavar="KIND",
+                        help="also time the small ops beside a background load, started for "
+                             "those rows and always ended after them: mixed (default; short "
+                             "Numba parallel regions, NumPy work and sleeps, like a test suite "
+                             "running beside) or spin (busy loops)")
+    parser.add_argument("--load-procs", type=_positive_int, metavar="N",
+                        help="processes of the --load (default: the CPUs this process may use)")
+    parser.add_argument("--pin", action="store_true",
+                        help="also time the small ops with every thread of this process pinned "
+                             f"to one CPU and {small.PIN_THREADS} threads (a container given "
+                             "fewer cores than it sees; as taskset)")
     return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def set_threads(threads):
@@ -105,6 +136,7 @@ def set_threads(threads):
         os.environ["NUMBA_NUM_THREADS"] = str(threads)
     import numba
     numba.set_num_threads(threads)
+    fastreg.set_num_threads(threads)
 
 
 def _torch(threads):
@@ -117,26 +149,65 @@ def _torch(threads):
     return torch
 
 
-def time_min(fn, budget, min_reps=3, max_reps=50):
-    """(min seconds, calls timed) for ``fn()``, after one untimed warm-up call."""
+class Timing(NamedTuple):
+    """Seconds per call of one row: the fastest, the median and the slowest of ``reps``."""
+
+    min: float
+    median: float
+    max: float
+    reps: int
+
+
+def time_stats(fn, budget, min_reps=3, max_reps=50):
+    """``Timing`` of ``fn()``: one untimed warm-up call, then calls each timed alone until
+    ``budget`` seconds are spent (at least ``min_reps``, at most ``max_reps`` calls)."""
     fn()
-    best = float("inf")
-    reps, spent = 0, 0.0
-    while reps < min_reps or (spent < budget and reps < max_reps):
+    times = []
+    spent = 0.0
+    while len(times) < min_reps or (spent < budget and len(times) < max_reps):
         t0 = time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
-        best, reps, spent = min(best, dt), reps + 1, spent + dt
-    return best, reps
+        times.append(dt)
+        spent += dt
+    return Timing(min(times), float(np.median(times)), max(times), len(times))
+
+
+def time_min(fn, budget, min_reps=3, max_reps=50):
+    """(min seconds, calls timed) for ``fn()`` (see ``time_stats``)."""
+    timing = time_stats(fn, budget, min_reps, max_reps)
+    return timing.min, timing.reps
+
+
+def cache_bytes():
+    """Bytes below which an op's data may stay in the caches: 4x the last-level cache the OS
+    reports (32 MiB when it reports none)."""
+    size = 0
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in os.listdir(root):
+            with open(os.path.join(root, index, "size")) as f:
+                text = f.read().strip().upper()
+            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            value = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+            size = max(size, value)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * size if size > 0 else 32 << 20
 
 
 _COLUMNS = (("op", "<", 19), ("backend", "<", 7), ("n", ">", 7), ("alloc", "<", 8),
-            ("ms (min)", ">", 8), ("GB/s", ">", 7), ("of bw", ">", 5), ("x torch", ">", 7),
-            ("x fused", ">", 7))
+            ("min ms", ">", 8), ("med ms", ">", 8), ("max ms", ">", 8), ("GB/s", ">", 7),
+            ("of bw", ">", 5), ("x torch", ">", 7), ("x fused", ">", 7))
 
 
 def _row(values):
     return "  ".join(f"{v:{align}{width}}" for v, (_, align, width) in zip(values, _COLUMNS))
+
+
+def _ms(timing):
+    """The min, median and max cells of a row, in milliseconds."""
+    return [f"{seconds * 1e3:.3f}" for seconds in (timing.min, timing.median, timing.max)]
 
 
 class _SlowGuard:
@@ -172,9 +243,13 @@ class _Table:
         self.sizes = sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
         self.budget = args.budget if args.budget is not None else (0.05 if args.quick else 0.25)
         self.dtype = np.dtype(args.dtype)
-        wanted_ops = args.ops or list(cases.OPS) + list(cases.BN_OPS)
+        wanted_ops = args.ops or list(cases.SMALL_OPS) + list(cases.OPS) + list(cases.BN_OPS)
+        self.small_ops = [op for op in wanted_ops if op in cases.SMALL_OPS]
         self.ops = [op for op in wanted_ops if op in cases.OPS]
         self.bn_ops = [op for op in wanted_ops if op in cases.BN_OPS]
+        self.load_kind = getattr(args, "load", None)
+        self.load_procs = getattr(args, "load_procs", None)
+        self.pin = getattr(args, "pin", False)
         self.layouts = args.layouts or list(cases.BN_LAYOUTS)
         self.quick = args.quick
         self.slow_limit = args.slow_limit
@@ -191,11 +266,21 @@ class _Table:
             self.skipped["cuda"] = ("NUMBA_ENABLE_CUDASIM=1: timings would be meaningless "
                                     "(ask with --backends cuda)")
 
+        # small ops: "auto" and the host backends asked for (numpy only when named)
+        self.small_backends = [b for b in (args.backends or ["c", "cpu"])
+                               if b in self.backends and b != "cuda"]
+
         self.threads = bandwidth.threads()
         self.torch = None if args.no_torch else _torch(self.threads)
         self.no_torch_reason = "not timed (--no-torch)" if args.no_torch else "not installed"
-        self.probe_n = bandwidth.DEFAULT_N   # smaller arrays would partly stay in cache
-        self.machine = bandwidth.machine_bandwidth(n=self.probe_n, repeat=5 if args.quick else 10)
+        self.probe = None
+        self.machine = None
+        if self.ops or self.bn_ops:   # the small ops are not compared with the bandwidth
+            self.probe = bandwidth.probe(n=QUICK_BANDWIDTH_N if args.quick else BANDWIDTH_N,
+                                         rounds=5 if args.quick else 10)
+            self.machine = self.probe.gb_per_s
+        self.cache_bytes = cache_bytes()
+        self.highest = None       # (fraction of bw, what) of the large rows
         self.gpu = None
         if "cuda" in self.backends:
             self.gpu_probe_n = 1 << 12 if simulated else bandwidth.DEFAULT_N
@@ -223,10 +308,18 @@ class _Table:
             kinds.append("optimizer steps (one parameter of n elements)")
         if self.bn_ops:
             kinds.append("batch norm (layer shapes, n = the layout)")
+        if self.small_ops:
+            kinds.insert(0, "small ops (per call)")
         self.say(f"fastreg {self.version} benchmark: {', '.join(kinds)}; {self.dtype.name}")
-        self.say(f"machine: {self.machine:.1f} GB/s memory bandwidth (Numba a += s*b over "
-                 f"{size_id(self.probe_n)} float32, 3*4*n bytes, min of repetitions)")
-        threads = f"threads: {self.threads} (numba)"
+        if self.probe is not None:
+            probe = self.probe
+            self.say(f"machine: {probe.gb_per_s:.1f} GB/s memory bandwidth ({probe.kernel}: the "
+                     f"best of {len(probe.kernels)} STREAM-like kernels over {size_id(probe.n)} "
+                     f"float32 per array, {probe.threads} threads, fastest of {probe.rounds} "
+                     "passes each, taking turns)")
+            self.say("  probe kernels, GB/s: " + ", ".join(
+                f"{name} {gbps:.1f}" for name, gbps in probe.kernels.items()))
+        threads = f"threads: {fastreg.get_num_threads()} (fastreg), {self.threads} (numba)"
         if "c" in self.backends:
             threads += f", {_registry.module('c').omp_max_threads()} (c, OpenMP)"
         if self.torch is not None:
@@ -240,9 +333,21 @@ class _Table:
         self.say(f"torch: {torch.__version__}" if torch is not None
                  else f"torch: {self.no_torch_reason}")
         self.say()
+
+    def table_header(self):
         line = _row([name for name, _, _ in _COLUMNS])
         self.say(line)
         self.say("-" * len(line))
+
+    def fraction(self, gbps, nbytes, peak, what):
+        """The 'of bw' cell: GB/s over the bandwidth, or "cache" where the op moves too few
+        bytes for memory to bound it."""
+        if nbytes < self.cache_bytes:
+            return "cache"
+        fraction = gbps / peak
+        if self.highest is None or fraction > self.highest[0]:
+            self.highest = (fraction, what)
+        return f"{fraction:.0%}"
 
     def torch_seconds(self, op, x, device, fused=False):
         """Min time of op's torch peer on x (None when too slow, when torch has no such device
@@ -295,12 +400,13 @@ class _Table:
             for alloc in cases.ALLOCS[op]:
                 preallocated = alloc != "fresh"
                 try:
-                    seconds, _ = time_min(
+                    timing = time_stats(
                         cases.fastreg_call(op, backend, x, preallocated=preallocated),
                         self.budget)
                 except fastreg.BackendUnavailableError as exc:   # a kernel refusing when called
                     self.note(f"{op} on {backend}: {exc}")
                     break
+                seconds = timing.min
                 if backend == "numpy" and preallocated:
                     self.slow.record(("numpy", op), n, seconds)
                 gbps = bytes_moved / seconds / 1e9
@@ -314,8 +420,10 @@ class _Table:
                             ratio = f"{peers[device, fused] / seconds:.1f}x"
                     ratios.append(ratio)
                 peak = self.machine if on_host else self.gpu
-                self.say(_row([label, backend, size_id(n), alloc, f"{seconds * 1e3:.3f}",
-                               f"{gbps:.2f}", f"{gbps / peak:.0%}", *ratios]))
+                of_bw = self.fraction(gbps, bytes_moved, peak,
+                                      f"{label} {backend} {size_id(n)} {alloc}")
+                self.say(_row([label, backend, size_id(n), alloc, *_ms(timing), f"{gbps:.2f}",
+                               of_bw, *ratios]))
 
     def footer(self):
         self.say()
@@ -330,10 +438,16 @@ class _Table:
                   "adamw_step": "adamw step reads p, g, m, v, writes p, m, v: 7*itemsize*n"}
         shown = [text for op, text in counts.items()
                  if op in self.ops or (op == "dropout" and "dropout_backward" in self.ops)]
+        self.say("min/med/max ms: the fastest, median and slowest of the timed calls (each "
+                 "timed alone); GB/s and x torch use the fastest")
         self.say("GB/s: bytes the op must move / min time:")
         for line in textwrap.wrap("; ".join(shown), 98):
             self.say("  " + line)
-        self.say("of bw: GB/s / the bandwidth above (the machine's; the GPU's for cuda)")
+        self.say("of bw: GB/s / the bandwidth above (the machine's; the GPU's for cuda); 'cache' "
+                 f"where the op moves under {self.cache_bytes >> 20} MiB (4x the last-level "
+                 "cache): its data may stay in the caches, beyond what memory bounds")
+        if self.highest is not None:
+            self.say(f"  highest of bw here: {self.highest[0]:.0%} ({self.highest[1]})")
         allocs = {a for op in self.ops for a in cases.ALLOCS[op]}
         if allocs & {"out=", "fresh"}:
             self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
@@ -380,10 +494,11 @@ class _Table:
                 device = "cpu" if on_host else "cuda"
                 try:
                     fn = cases.bn_fastreg_call(op, backend, layout, self.dtype, quick=self.quick)
-                    seconds, _ = time_min(fn, self.budget)
+                    timing = time_stats(fn, self.budget)
                 except fastreg.BackendUnavailableError as exc:
                     self.note(f"{op} on {backend}: {exc}")
                     continue
+                seconds = timing.min
                 gbps = bytes_moved / seconds / 1e9
                 ratio = "-"
                 if self.torch is not None:
@@ -392,8 +507,9 @@ class _Table:
                     if peers[device] is not None:
                         ratio = f"{peers[device] / seconds:.1f}x"
                 peak = self.machine if on_host else self.gpu
-                self.say(_row([label, backend, layout, "out=", f"{seconds * 1e3:.3f}",
-                               f"{gbps:.2f}", f"{gbps / peak:.0%}", ratio, "-"]))
+                of_bw = self.fraction(gbps, bytes_moved, peak, f"{label} {backend} {layout}")
+                self.say(_row([label, backend, layout, "out=", *_ms(timing), f"{gbps:.2f}",
+                               of_bw, ratio, "-"]))
 
     def bn_torch_seconds(self, op, layout, device):
         """Min time of op's torch peer (None where torch has no such device, or where one call
@@ -431,6 +547,13 @@ class _Table:
 
     def run(self):
         self.header()
+        if self.small_ops:
+            small.Section(self.small_ops, self.small_backends, self.torch, self.quick,
+                          self.load_kind, self.load_procs, self.pin, self.say, self.note).run()
+        elif self.load_kind is not None or self.pin:
+            self.note("--load and --pin time the small ops only, and none were selected")
+        if self.ops or self.bn_ops:
+            self.table_header()
         for n in self.sizes:
             if not self.ops:
                 break
@@ -441,7 +564,11 @@ class _Table:
         if self.bn_ops:
             for layout in self.layouts:
                 self.bn_rows(layout)
-        self.footer()
+        if self.ops or self.bn_ops:
+            self.footer()
+        else:
+            for text in self.notes:
+                self.say("note: " + text)
 
 
 def run(args, file=None):
@@ -455,6 +582,9 @@ def run(args, file=None):
     except BrokenPipeError:   # piped into head: stop quietly
         sys.stdout = open(os.devnull, "w")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the load (if any) is already ended, threads unpinned
+        print("fastreg bench: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
