@@ -275,7 +275,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     model = mlp((64, 32, 10), seed=0)        # other widths, no batch norm
     other = Trainer(model, optim.AdamW(model.parameters()), verbose=0)
     w0 = model.layers[0].weight.copy()
-    with pytest.raises(ValueError, match="does not match this model"):
+    with pytest.raises(ValueError, match="does not match this trainer"):
         other.fit(X, y, epochs=2, checkpoint=path, resume=True)
     np.testing.assert_array_equal(model.layers[0].weight, w0)     # nothing changed
     with pytest.raises(ValueError, match="not a fastreg.train checkpoint"):

@@ -60,6 +60,19 @@ class Callback:
         """The callback's state as ``{name: numpy array}`` (for checkpoints)."""
         return {}
 
+    def state_spec(self, model):
+        """What each entry of ``state_dict`` may look like, so that a checkpoint file is
+        checked before its data is read: ``{name: fastreg.train.checkpoint.Spec}``, or None
+        (the default) to accept any entries of plain dtypes (each up to
+        ``checkpoint.MAX_FREE_BYTES``). ``model`` is the Specs of the model's ``"param/..."``
+        and ``"buffer/..."`` entries (for callbacks that keep weights)."""
+        return None
+
+    def check_state_dict(self, state, prefix=""):
+        """Raise ValueError (naming the entry, ``prefix`` + its name) if
+        ``load_state_dict(state)`` would fail; the Trainer calls it for every callback, with
+        the prefix ``"callback/<i>/"``, before it changes anything."""
+
     def load_state_dict(self, state):
         """Restore what ``state_dict`` returned."""
 
@@ -288,7 +301,36 @@ class EarlyStopping(Callback):
                 out["best_weights/" + name] = to_host(arr)
         return out
 
+    _SCALARS = {"wait": "iu", "best": "f", "best_epoch": "iu", "stopped_epoch": "iu",
+                "stop_reason": "U", "restored": "b"}
+
+    def state_spec(self, model):
+        from .checkpoint import Spec
+        out = {k: Spec((), kinds) for k, kinds in self._SCALARS.items()}
+        out.update({"best_weights/" + k: v for k, v in model.items()})
+        return out
+
+    def check_state_dict(self, state, prefix=""):
+        for key, kinds in self._SCALARS.items():
+            if key not in state:
+                raise ValueError(f"the state has no entry {prefix + key!r}")
+            arr = np.asarray(state[key])
+            if arr.shape != () or arr.dtype.kind not in kinds:
+                raise ValueError(f"entry {prefix + key!r} must be a scalar of kind {kinds!r}, "
+                                 f"got shape {arr.shape} dtype {arr.dtype}")
+        unknown = sorted(k for k in state
+                         if k not in self._SCALARS and not k.startswith("best_weights/"))
+        if unknown:
+            raise ValueError(f"unexpected entry {prefix + unknown[0]!r}")
+        for key, low in (("wait", 0), ("best_epoch", -1), ("stopped_epoch", -1)):
+            v = int(np.asarray(state[key])[()])
+            if not low <= v < 2**63:
+                raise ValueError(f"entry {prefix + key!r} = {v} must be >= {low}")
+        if math.isnan(float(np.asarray(state["best"])[()])):
+            raise ValueError(f"entry {prefix + 'best'!r} is NaN")
+
     def load_state_dict(self, state):
+        self.check_state_dict(state)
         self.wait = int(state["wait"])
         self.best = float(state["best"])
         self.best_epoch = int(state["best_epoch"])

@@ -52,6 +52,7 @@ every rank holds bit-identical weights. The same holds for a run resumed on anot
 ranks; resumed on the same number it is bit-identical to the uninterrupted run.
 """
 import contextlib
+import copy
 import math
 import numbers
 import sys
@@ -467,48 +468,170 @@ class Trainer:
         Raises
         ------
         ValueError
-            A different model (parameter names, shapes, dtypes), optimizer class, callbacks,
-            or a malformed optimizer state.
+            Any entry missing, unexpected, of the wrong shape, dtype or range (seeds and
+            counter offsets in [0, 2**64), counts >= 0), or inconsistent (another model,
+            optimizer class or configuration, other callbacks, a partial optimizer or
+            best-weights state); the message names the entry. The trainer (weights, buffers,
+            optimizer state, RNG positions, epoch, history, callbacks) is then unchanged.
         """
-        self._check_model_state(state, "the checkpoint")
-        opt_name = str(state.get("trainer/optimizer", ""))
+        self._apply_state(self._check_state(state))
+
+    # -- checkpoint entries: specification, validation, application -------------------------
+    def _state_spec(self):
+        """``spec(name) -> Spec`` of every entry a checkpoint of this trainer may hold (None:
+        not accepted). Shapes and dtypes come from the model and the optimizer, so that a
+        file's members are checked against them before their data is read."""
+        Spec = _ckpt.Spec
+        model = {f"param/{n}": Spec(tuple(p.shape), p.dtype)
+                 for n, p in self.model.named_parameters()}
+        model.update({f"buffer/{n}": Spec(tuple(b.shape), b.dtype)
+                      for n, b in self.model.named_buffers()})
+        fixed = dict(model)
+        fixed.update({f"rng/{n}": Spec((), "iu") for n in self.model.rng_state()})
+        fixed["optim/step"] = Spec((), "iu")
+        for name in getattr(self.optimizer, "_STATE", ()):
+            for i, p in enumerate(self._params):
+                fixed[f"optim/{name}.{i}"] = Spec(tuple(p.shape), p.dtype)
+        fixed.update({"trainer/optimizer": Spec((), "U"), "trainer/epoch": Spec((), "iu"),
+                      "trainer/seed": Spec((), "iu"), "trainer/stop_training": Spec((), "b")})
+        for k in (*METRICS, "kernel_time"):
+            fixed[f"history/{k}"] = Spec((None,), "f")
+        free = []
+        for i, cb in enumerate(self.callbacks):
+            fixed[f"callback/{i}/class"] = Spec((), "U")
+            sub = cb.state_spec(model)
+            if sub is None:      # a callback that does not describe its state: any entries
+                free.append(f"callback/{i}/")
+            else:
+                fixed.update({f"callback/{i}/{k}": v for k, v in sub.items()})
+
+        def spec(name):
+            if name in fixed:
+                return fixed[name]
+            if any(name.startswith(prefix) for prefix in free):
+                return Spec(None, None)
+            return None
+        return spec
+
+    def _check_state(self, state):
+        """Validate a whole state (a checkpoint's entries) against this trainer; return what
+        ``_apply_state`` needs. Raises ValueError naming the entry; changes nothing."""
+        state = _ckpt.check_entries(state, self._state_spec())
+
+        def need(name):
+            if name not in state:
+                raise ValueError(f"the checkpoint has no entry {name!r}")
+            return state[name]
+
+        def integer(name, lo, hi):
+            v = int(need(name)[()])
+            if not lo <= v < hi:
+                raise ValueError(f"checkpoint entry {name!r} = {v} is outside [{lo}, {hi})")
+            return v
+
+        for n, _ in self.model.named_parameters():
+            need(f"param/{n}")
+        for n, _ in self.model.named_buffers():
+            need(f"buffer/{n}")
+        rng = {n: integer(f"rng/{n}", 0, 2**64) for n in self.model.rng_state()}
+        opt_name = str(need("trainer/optimizer")[()])
         if opt_name != type(self.optimizer).__name__:
             raise ValueError(f"the checkpoint was written with optimizer {opt_name!r}, this "
-                             f"trainer uses {type(self.optimizer).__name__!r}")
-        n_cb = len({k.split("/")[1] for k in state if k.startswith("callback/")})
-        if n_cb != len(self.callbacks) or any(
-                str(state[f"callback/{i}/class"]) != type(cb).__name__
-                for i, cb in enumerate(self.callbacks)):
-            raise ValueError("the checkpoint's callbacks differ from this trainer's "
-                             f"({[type(c).__name__ for c in self.callbacks]})")
-        for i, cb in enumerate(self.callbacks):
-            if getattr(cb, "restore_best_weights", False):
-                bw = {"param/" + k[len(f"callback/{i}/best_weights/param/"):]: v
-                      for k, v in state.items()
-                      if k.startswith(f"callback/{i}/best_weights/param/")}
-                bw.update({"buffer/" + k[len(f"callback/{i}/best_weights/buffer/"):]: v
-                           for k, v in state.items()
-                           if k.startswith(f"callback/{i}/best_weights/buffer/")})
-                if bw:
-                    self._check_model_state(bw, "the checkpoint's best weights")
-        rng = {k[len("rng/"):] for k in state if k.startswith("rng/")}
-        if rng != set(self.model.rng_state()):
-            raise ValueError(f"the checkpoint's dropout layers {sorted(rng)} differ from the "
-                             f"model's {sorted(self.model.rng_state())}")
-        # the optimizer validates its state completely before changing anything
-        self.optimizer.load_state_dict({k[len("optim/"):]: v for k, v in state.items()
-                                        if k.startswith("optim/")})
-        self.load_model_state(state)
-        self.epoch = int(state["trainer/epoch"])
-        self.seed = int(state["trainer/seed"])
-        self.stop_training = bool(state["trainer/stop_training"])
-        extra = [k[len("history/"):] for k in state if k.startswith("history/")]
-        self.history = {k: [float(v) for v in state.get(f"history/{k}", [])]
-                        for k in dict.fromkeys([*METRICS, *extra])}   # kernel_time too
+                             f"trainer uses {type(self.optimizer).__name__!r} "
+                             "(entry 'trainer/optimizer')")
+        epoch = integer("trainer/epoch", 0, 2**63)
+        seed = integer("trainer/seed", 0, 2**64)
+        stop = bool(need("trainer/stop_training")[()])
+        history = {k: [float(v) for v in need(f"history/{k}")] for k in METRICS}
+        n = len(history["loss"])
+        for k in METRICS:
+            if len(history[k]) != n:
+                raise ValueError(f"checkpoint entry 'history/{k}' has {len(history[k])} "
+                                 f"epochs, 'history/loss' has {n}")
+        if n > epoch:
+            raise ValueError(f"the checkpoint's history ('history/loss', ...) has {n} epochs "
+                             f"but 'trainer/epoch' is {epoch}")
+        if "history/kernel_time" in state:
+            history["kernel_time"] = [float(v) for v in state["history/kernel_time"]]
+            if len(history["kernel_time"]) > n:
+                raise ValueError(f"checkpoint entry 'history/kernel_time' has "
+                                 f"{len(history['kernel_time'])} epochs, more than the {n} "
+                                 "of 'history/loss'")
+        # the optimizer: after a step the trainer's optimizer holds its state for every
+        # parameter (each gets a gradient every step), before it none
+        step = integer("optim/step", 0, 2**63)
+        kept = _optimizer_state_names(self.optimizer)
+        if kept is not None:
+            for i, p in enumerate(self._params):
+                for name in self.optimizer._STATE:
+                    key = f"optim/{name}.{i}"
+                    want = step > 0 and name in kept and p.size > 0
+                    if want and key not in state:
+                        raise ValueError(f"the checkpoint has no entry {key!r} (the optimizer "
+                                         f"has taken {step} steps)")
+                    if key in state and not want:
+                        why = (f"this {type(self.optimizer).__name__} keeps no {name}"
+                               if name not in kept else "the optimizer has taken no step")
+                        raise ValueError(f"unexpected checkpoint entry {key!r}: {why}")
+        optim_state = {k[len("optim/"):]: v for k, v in state.items() if k.startswith("optim/")}
+        probe = copy.copy(self.optimizer)   # its own checks, without touching the optimizer
+        try:
+            probe.load_state_dict(optim_state)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the checkpoint's optimizer state (optim/...) is refused: "
+                             f"{exc}") from exc
+        del probe
+        callbacks = []
+        model_keys = [k for k in state if k.startswith(("param/", "buffer/"))]
         for i, cb in enumerate(self.callbacks):
             prefix = f"callback/{i}/"
-            cb.load_state_dict({k[len(prefix):]: v for k, v in state.items()
-                                if k.startswith(prefix) and k != prefix + "class"})
+            name = str(need(prefix + "class")[()])
+            if name != type(cb).__name__:
+                raise ValueError(f"checkpoint entry {prefix + 'class'!r} is {name!r}, this "
+                                 f"trainer's callback {i} is {type(cb).__name__!r}")
+            sub = {k[len(prefix):]: v for k, v in state.items()
+                   if k.startswith(prefix) and k != prefix + "class"}
+            weights = [k for k in sub if k.startswith("best_weights/")]
+            if weights:      # best weights: all of the model's entries, or none
+                missing = sorted(set(model_keys) - {k[len("best_weights/"):] for k in weights})
+                if missing:
+                    raise ValueError(f"the checkpoint has no entry "
+                                     f"{prefix + 'best_weights/' + missing[0]!r} (best "
+                                     "weights are saved whole or not at all)")
+            try:
+                cb.check_state_dict(sub, prefix)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ValueError(f"checkpoint of callback {i} ({type(cb).__name__}): "
+                                 f"{exc}") from exc
+            callbacks.append((cb, sub))
+        return {"state": state, "rng": rng, "epoch": epoch, "seed": seed, "stop": stop,
+                "history": history, "optim": optim_state, "callbacks": callbacks}
+
+    def _apply_state(self, plan):
+        """Change the trainer to a state checked by ``_check_state``."""
+        # callbacks first: a third-party callback may still refuse its state (its checks are
+        # its own); it and the ones before it are then put back and nothing else has changed
+        done = []
+        for i, (cb, sub) in enumerate(plan["callbacks"]):
+            before = cb.state_dict()
+            try:
+                cb.load_state_dict(sub)
+            except Exception as exc:
+                for c, b in reversed(done + [(cb, before)]):
+                    c.load_state_dict(b)
+                raise ValueError(f"callback {i} ({type(cb).__name__}) refused the "
+                                 f"checkpoint's state: {exc}; nothing was changed") from exc
+            done.append((cb, before))
+        self.optimizer.load_state_dict(plan["optim"])     # checked on a copy: cannot fail
+        state = plan["state"]
+        xp = array_module(self._params[0])
+        for n, p in self.model.named_parameters():
+            p[...] = xp.asarray(state[f"param/{n}"])
+        for n, b in self.model.named_buffers():
+            b[...] = xp.asarray(state[f"buffer/{n}"])
+        self.model.set_rng_state(plan["rng"])
+        self.epoch, self.seed, self.stop_training = plan["epoch"], plan["seed"], plan["stop"]
+        self.history = {k: list(v) for k, v in plan["history"].items()}
 
     def save_checkpoint(self, path):
         """Write ``state_dict()`` to ``path`` (``.npz``) atomically.
@@ -539,13 +662,31 @@ class Trainer:
         -------
         None
 
+        Raises
+        ------
+        FileNotFoundError, PermissionError
+            The file cannot be opened.
+        ValueError
+            A damaged file (not a zip archive, truncated, garbage, an unexpected member, a
+            member whose header does not fit the entry it must hold, e.g. a huge declared
+            shape), or a checkpoint that ``load_state_dict`` refuses; the underlying error is
+            chained. Each member's header is checked against this trainer's model and
+            optimizer before its data is read, and the trainer is unchanged after an error.
+
         Notes
         -----
-        With ``comm``: collective; rank 0 reads the file and broadcasts it, so the other ranks
-        need not see the file. The checkpoint may come from any number of ranks.
+        With ``comm``: collective; rank 0 reads and checks the file and broadcasts it, so the
+        other ranks need not see the file. The checkpoint may come from any number of ranks.
         """
-        self.load_state_dict(self._root_call(lambda: _ckpt.load(path),
-                                             "reading the checkpoint"))
+        def read():
+            return self._check_state(_ckpt.load(path, self._state_spec()))
+        if self.comm is None:
+            self._apply_state(read())
+            return
+        plan = self._root_call(read, "reading the checkpoint")
+        state = self._dist().broadcast_object(plan["state"] if self.is_root else None,
+                                              self.comm)
+        self._apply_state(plan if self.is_root else self._check_state(state))
 
     # -- training -------------------------------------------------------------------------
     def _buffer(self, key, shape, dtype, xp):
@@ -732,18 +873,21 @@ class Trainer:
 
         def read_checkpoint(path):
             path = _ckpt.check_writable(path)
-            return path, (_ckpt.load(path) if resume and os.path.exists(path) else None)
+            if not (resume and os.path.exists(path)):
+                return path, None
+            # the whole checkpoint is checked here, before any callback or state changes
+            return path, self._check_state(_ckpt.load(path, self._state_spec()))
 
-        state = None
+        plan = None
         if checkpoint is not None:
             # rank 0 checks the folder and reads the file; the others get (None, None)
-            checkpoint, state = self._root_call(lambda: read_checkpoint(checkpoint),
-                                                "opening the checkpoint") or (checkpoint, None)
+            checkpoint, plan = self._root_call(lambda: read_checkpoint(checkpoint),
+                                               "opening the checkpoint") or (checkpoint, None)
         for cb in self.callbacks:
             cb.on_train_begin(self)
         if self.comm is None or self.is_root:
-            if state is not None:
-                self.load_state_dict(state)
+            if plan is not None:
+                self._apply_state(plan)
             else:
                 self.stop_training = False
         if self.comm is not None:
@@ -926,6 +1070,18 @@ def _thread_limits(threads, backend):
         else:
             with threadpool_limits(limits=threads):
                 yield
+
+
+def _optimizer_state_names(optimizer):
+    """The per-parameter state a fastreg optimizer holds for every parameter once it has
+    stepped (it creates it at the first step); None for an optimizer this trainer does not
+    know (its own ``load_state_dict`` checks are then the only ones)."""
+    from .. import optim
+    if isinstance(optimizer, optim.SGD):
+        return {"momentum_buffer"} if optimizer.momentum != 0 else set()
+    if isinstance(optimizer, optim.Adam):       # AdamW too
+        return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if optimizer.amsgrad else set())
+    return None
 
 
 def _fingerprint(X, y):
