@@ -334,9 +334,10 @@ def bench(sizes, layouts, quick=False, budget=0.1, file=sys.stdout):
     from numba import cuda
     gpu = "simulator" if sim else cuda.get_current_device().name
     gpu = gpu.decode() if isinstance(gpu, bytes) else gpu
+    peer = (f"{torch.__version__} on {torch.cuda.get_device_name()}" if torch
+            else "not on a GPU here")
     say(f"GPU benchmark: {gpu}; device-to-device copy {copy:.1f} GB/s ({cases.size_id(copy_n)} "
-        f"float32, 8 bytes per element, min of repetitions); torch "
-        f"{torch.__version__ + ' on ' + torch.cuda.get_device_name() if torch else 'not on a GPU here'}")
+        f"float32, 8 bytes per element, min of repetitions); torch {peer}")
     header = _row([c for c, _, _ in _BENCH_COLUMNS], _BENCH_COLUMNS)
     say(header)
     say("-" * len(header))

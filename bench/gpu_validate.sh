@@ -41,7 +41,8 @@ while [ $# -gt 0 ]; do
     --no-bench) run_bench=0 ;;
     --n)
       [ $# -ge 2 ] || { echo "gpu_validate: --n needs a number of elements" >&2; exit 2; }
-      [[ "$2" =~ ^[0-9]+(\^[0-9]+)?$ ]] || { echo "gpu_validate: --n takes N or 2^K, not '$2'" >&2; exit 2; }
+      [[ "$2" =~ ^[0-9]+(\^[0-9]+)?$ ]] ||
+        { echo "gpu_validate: --n takes N or 2^K, not '$2'" >&2; exit 2; }
       n_opt="$2"; shift ;;
     --tests)
       [ $# -ge 2 ] || { echo "gpu_validate: --tests needs pytest arguments" >&2; exit 2; }
@@ -53,7 +54,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ -n "$out" ] || { echo "usage: bench/gpu_validate.sh OUTDIR [--quick] [--n N] [--tests ARGS] [--no-tests] [--no-bench]" >&2; exit 2; }
+if [ -z "$out" ]; then
+  echo "usage: bench/gpu_validate.sh OUTDIR [--quick] [--n N] [--tests ARGS] [--no-tests]" \
+    "[--no-bench]" >&2
+  exit 2
+fi
 mkdir -p "$out" || { echo "gpu_validate: cannot create $out" >&2; exit 2; }
 out=$(cd "$out" && pwd)
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,7 +91,7 @@ step() {
 
 env_report() {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "checkout: $root ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout'))"
+  echo "checkout: $root ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
   echo "simulator: $([ "$sim" = 1 ] && echo 'yes (NUMBA_ENABLE_CUDASIM)' || echo no)"
   if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \

@@ -196,6 +196,12 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "unknown 75" in capsys.readouterr().err
 
 
+def test_cli_unknown_kernel(capsys):
+    assert check.main(["--kernels", "_no_such_kernel"]) == check.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no kernel matches _no_such_kernel" in err and "dropout._dropout_kernel" in err
+
+
 def test_cli_when_tools_are_missing(monkeypatch, capsys):
     def missing(ptxas=None):
         raise check.ToolsMissing("ptxas not found")
@@ -214,18 +220,13 @@ def test_missing_ptxas_is_reported():
 
 # --- compiling (needs the cuda-build extra) -------------------------------------------------------
 
-def test_compile_a_few_kernels(signatures, tmp_path, capsys):
+def test_compile_a_few_kernels(signatures, tmp_path, capsys, monkeypatch):
     _tools_or_skip()
     out = tmp_path / "rows.json"
     ptx_dir = tmp_path / "ptx"
-    # main() with the signatures recorded once for this module
-    orig = check.record_signatures
-    check.record_signatures = lambda: signatures
-    try:
-        code = check.main(["--arch", "80", "--kernels", "_dropout_kernel", "optim._sgd_kernel",
-                           "--json", str(out), "--keep-ptx", str(ptx_dir)])
-    finally:
-        check.record_signatures = orig
+    monkeypatch.setattr(check, "record_signatures", lambda: signatures)   # recorded once
+    code = check.main(["--arch", "80", "--kernels", "_dropout_kernel", "optim._sgd_kernel",
+                       "--json", str(out), "--keep-ptx", str(ptx_dir)])
     text = capsys.readouterr().out
     assert code == check.EXIT_OK, text
     rows = json.loads(out.read_text())["rows"]

@@ -21,7 +21,8 @@ SCRIPT = ROOT / "bench" / "gpu_validate.sh"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_validate", ROOT / "bench" / "gpu_validate.py")
+    spec = importlib.util.spec_from_file_location("gpu_validate",
+                                                  ROOT / "bench" / "gpu_validate.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -1,4 +1,4 @@
-"""``python -m fastreg.cuda.check``: compile every CUDA kernel of fastreg for real GPUs, without one.
+"""``python -m fastreg.cuda.check``: compile every CUDA kernel of fastreg for real GPUs, no GPU.
 
 Numba's simulator runs the kernels as Python, so it cannot see what NVVM or ptxas would reject,
 register spills, local memory or compiler contractions. This command closes that gap:
@@ -711,7 +711,8 @@ def check_kernel(key, kernel, sigs, archs, tools, keep_ptx=None):
         base = {"kernel": key, "dtype": label, "signature": ", ".join(map(type_str, sig)),
                 "flags": list(flags)}
         sig_problems = [f"argument {n!r} is typed {type_str(d)}, not uint64"
-                        for n, d in zip(names, sig) if n in UINT64_ARGS and d != ["scalar", "uint64"]]
+                        for n, d in zip(names, sig)
+                        if n in UINT64_ARGS and d != ["scalar", "uint64"]]
         try:
             argtypes = [decode_type(d) for d in sig]
             t0 = time.perf_counter()
@@ -838,11 +839,6 @@ def run(archs=DEFAULT_ARCHS, patterns=None, ptxas=None, keep_ptx=None, file=None
     def say(text=""):
         print(text, file=file, flush=True)
 
-    tools = find_tools(ptxas)
-    ccs = [ARCHS[a] for a in archs]
-    t0 = time.perf_counter()
-    sigs = signatures if signatures is not None else record_signatures()
-    t_record = time.perf_counter() - t0
     kernels = discover()
     selected = [k for k in sorted(kernels)
                 if not patterns or any(fnmatch.fnmatch(k, p) or fnmatch.fnmatch(k.split(".")[1], p)
@@ -850,6 +846,11 @@ def run(archs=DEFAULT_ARCHS, patterns=None, ptxas=None, keep_ptx=None, file=None
     if patterns and not selected:
         raise ValueError(f"no kernel matches {', '.join(patterns)}; kernels: "
                          + ", ".join(sorted(kernels)))
+    tools = find_tools(ptxas)
+    ccs = [ARCHS[a] for a in archs]
+    t0 = time.perf_counter()
+    sigs = signatures if signatures is not None else record_signatures()
+    t_record = time.perf_counter() - t0
     say(f"fastreg.cuda.check: numba-cuda {tools['numba_cuda']}, NVVM IR {tools['nvvm']}, "
         f"ptxas {tools['ptxas_version']} ({tools['ptxas']}), link-time optimization "
         f"{'on (nvJitLink)' if tools['lto'] else 'off'}")
