@@ -213,7 +213,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         Synchronized batch norm (training only; inference does not communicate): the batch is
         the union of every rank's x, each rank normalizing its own part with the statistics of
         the whole (see Notes). Every rank of ``comm`` must call it, also ranks with no samples.
-        Needs ``pip install fastreg[mpi]``.
+        Needs ``pip install "fastreg-kernels[mpi]"``.
 
     Returns
     -------

@@ -18,7 +18,7 @@ import fastreg.cuda as fcuda
 try:
     from fastreg.cuda import check
 except Exception as exc:  # numba-cuda missing: nothing here can run
-    pytest.skip(f"fastreg.cuda.check does not import ({exc}); pip install fastreg[cuda]",
+    pytest.skip(f"fastreg.cuda.check does not import ({exc}); pip install 'fastreg-kernels[cuda]'",
                 allow_module_level=True)
 
 _REQUIRED = "cuda-build" in os.environ.get("FASTREG_TEST_REQUIRE", "").split(",")

@@ -33,7 +33,7 @@ register spills, local memory or compiler contractions. This command closes that
 It prints one row per kernel, dtype and architecture and exits 1 on any compile failure or broken
 promise (with the reason), 3 when the tools are missing (0 with ``--skip-if-missing``, for
 developers without the ``cuda-build`` extra). Install the tools with
-``pip install "fastreg[cuda-build]"`` (numba-cuda with NVVM, NVRTC and nvJitLink, and the
+``pip install "fastreg-kernels[cuda-build]"`` (numba-cuda with NVVM, NVRTC and nvJitLink, and the
 ``nvidia-cuda-nvcc`` wheel for ptxas; about 1 GB). No GPU or driver is needed.
 """
 import argparse
@@ -377,7 +377,7 @@ def find_tools(ptxas=None):
     ToolsMissing
         With the reason and the install command.
     """
-    hint = 'install them with: pip install "fastreg[cuda-build]"'
+    hint = 'install them with: pip install "fastreg-kernels[cuda-build]"'
     try:
         from numba import config
         if config.ENABLE_CUDASIM:
@@ -893,7 +893,7 @@ def main(argv=None):
                     "it with ptxas, print registers, spills, local and shared memory, and check "
                     "the design's promises (no spills in hot kernels, no FMA contraction in "
                     "exact kernels, 64-bit Philox counters). Needs no GPU: "
-                    'pip install "fastreg[cuda-build]".',
+                    'pip install "fastreg-kernels[cuda-build]".',
         epilog="exit status: 0 passed (or tools missing with --skip-if-missing), 1 a kernel "
                "failed, 2 bad arguments, 3 tools missing")
     parser.add_argument("--arch", default=",".join(DEFAULT_ARCHS), metavar="CC[,CC...]",
