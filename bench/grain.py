@@ -7,8 +7,8 @@ For each op family and backend (c, cpu), times one call with 1 and with 2 thread
 2^10 .. 2^20 (GRAIN patched to 1, so that every size may take 2 threads), alternating the two,
 and prints the medians and the smallest size from which 2 threads are faster at every larger
 size. ``plan`` gives 2 threads from ``2 * GRAIN`` units of work, so GRAIN is half that size.
-Work units: elements (elementwise), stream words (random), image bytes times the op's weight
-(augment; see fastreg/c/augment.py).
+Work units: elements (elementwise; optimizer steps count twice, OPTIM_WEIGHT), stream words
+(random), image bytes (augment; resampling and noise weighted, see fastreg/c/augment.py).
 """
 import argparse
 import os
@@ -39,9 +39,9 @@ def _cases(mod, n):
          lambda: mod.dropout(x, 1, 0, 1 << 31, f32(2), out), n),
         ("elementwise", "l2_grad f32",
          lambda: mod.penalty_grad(x, f32(0), f32(2e-4), out, False), n),
-        ("elementwise", "adam_step f32",
+        ("elementwise", "adam_step f32 (weighted)",
          lambda: mod.adam_step(out, g, m, v, None, f32(0), f32(0.99), f32(0.1), f32(0.999),
-                               f32(0.001), f32(1e-8), f32(1e-3), f32(0.5)), n),
+                               f32(0.001), f32(1e-8), f32(1e-3), f32(0.5)), 2 * n),
     ]
     side = max(1, int(round((n / 3) ** 0.5)))  # one RGB uint8 image of about n bytes
     img = rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8)
@@ -55,7 +55,7 @@ def _cases(mod, n):
     cases += [
         ("augment", "flip u8", lambda: mod.aug_flip(img, flags, flags, iout), img.nbytes),
         ("augment", "affine u8 (weighted)",
-         lambda: mod.aug_affine(img, mats, 0, 0, False, iout), 4 * img.nbytes),
+         lambda: mod.aug_affine(img, mats, 0, 0, False, iout), 16 * img.nbytes),
         ("augment", "noise u8 (weighted)",
          lambda: mod.aug_noise(flat, 7, 0, stds, fout), 16 * flat.size),
     ]
@@ -111,7 +111,10 @@ def main(argv=None):
     parser.add_argument("--backends", default="c,cpu")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default="10-20", help="log2 range, e.g. 12-19")
     args = parser.parse_args(argv)
+    lo, hi = (int(v) for v in args.sizes.split("-"))
+    SIZES[:] = [1 << k for k in range(lo, hi + 1)]
     with load.background_load(None if args.load == "none" else args.load):
         for be in args.backends.split(","):
             res = measure(be, args.reps, args.rounds)

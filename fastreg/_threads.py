@@ -2,15 +2,20 @@
 
 Policy (PyTorch's ``at::parallel_for`` is the model):
 
-* Work below its family's grain (``GRAIN``) runs on the calling thread: the Numba backend calls
-  the serially compiled twin of the kernel, the C backend skips its OpenMP region. No thread pool
-  is touched, so a small op never waits for a core that another process holds.
-* Above it, ``min(get_num_threads(), ceil(work / grain))`` threads: no more than the work pays for.
-* In a child forked after this process ran a parallel region, everything runs serially (GNU
-  OpenMP's thread pool does not survive ``fork``; torch's DataLoader workers do the same).
+* Work below two grains of its family (``GRAIN``) runs on the calling thread: the Numba backend
+  calls the serially compiled twin of the kernel, the C backend its plain loop (no OpenMP call at
+  all). No thread pool is touched, so a small op never waits for a core another process holds.
+* Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
+  Each backend also stays within its runtime's own ceiling: Numba's pool (NUMBA_NUM_THREADS) and,
+  for the C backend, the OpenMP limit of the calling thread (OMP_NUM_THREADS,
+  ``omp_set_num_threads``, threadpoolctl's "openmp" limit).
+* In a child forked after this process ran a parallel region, or while it had other threads (an
+  OpenMP or Numba pool started by anyone), everything runs serially: GNU OpenMP's pool does not
+  survive ``fork`` (torch's DataLoader workers run single-threaded too).
 * ``get_num_threads()`` defaults to the CPUs this process may run on (``os.sched_getaffinity``,
-  so ``taskset`` and container CPU sets count), capped by ``OMP_NUM_THREADS`` and
-  ``NUMBA_NUM_THREADS`` when they are set; ``FASTREG_NUM_THREADS`` overrides all of them.
+  so ``taskset`` and container CPU sets count, and a cgroup CPU quota, ``docker --cpus``),
+  capped by ``OMP_NUM_THREADS`` and ``NUMBA_NUM_THREADS`` when they are set;
+  ``FASTREG_NUM_THREADS`` overrides all of them.
 
 ``set_num_threads(n)`` changes the process-wide default; ``with threads(n):`` overrides it for the
 calling Python thread only and restores it on exit (so a worker thread can run single-threaded
@@ -21,13 +26,31 @@ import math
 import os
 import threading
 
-# Elements (or bytes, where the family says so) of work per thread below which a second thread
-# does not pay for waking it. Measured on the 2-core EPYC VM (see bench/ and the README).
+# Units of work per thread below which a second thread does not pay for waking it: plan() gives
+# 2 threads from 2 * GRAIN. Units: elements (elementwise; optimizer steps count 2 per element,
+# fastreg/c/optim.py OPTIM_WEIGHT), stream words (random), bytes of image (augment; bilinear
+# resampling counts 16 per output byte, Gaussian noise 16 per value).
+#
+# Measured with bench/grain.py (1 against 2 threads, medians; GNU OpenMP with the passive wait
+# policy fastreg starts it with) on the shared 2-core EPYC VM, where an idle machine was
+# approximated by running the measurement under SCHED_FIFO (``chrt -f 10``; load average 8 from
+# other processes). A 2-thread region costs about 40 us more than a serial call there (waking
+# the sleeping worker's vCPU), 1-2 us with GNU OpenMP's default spinning. Sizes from which 2
+# threads won, C / Numba:
+#   dropout float32               65536 / 65536 elements   (spinning: 8192-16384 / 65536)
+#   l2_grad float32              524288 / 524288           (spinning: 32768-65536 / 131072)
+#   AdamW step float32            65536 / 131072           (spinning: 32768 / 65536)
+#   flip uint8 images          > 524288 / > 524288 bytes   (spinning: 131072 / 65536)
+#   bilinear rotation uint8      ~33000 / ~16000 bytes     (spinning: < 8192)
+#   Gaussian noise uint8         ~33000 / ~16000 values    (spinning: ~8192)
+# Beside a busy load (the same machine at normal priority: load average 8, other test suites;
+# bench/load.py reproduces it) 2 threads lost at every size up to 2^20 on both backends, by
+# 1.3-100x: the grain keeps small ops off the pool, larger ones still pay under load.
 GRAIN = {
-    "elementwise": 32768,   # penalties, prox steps, optimizer steps: per element a few flops
-    "random": 16384,        # Philox words: ~10x the arithmetic of an elementwise op
+    "elementwise": 131072,  # penalties, prox steps, checks, optimizer steps (weighted 2)
+    "random": 32768,        # Philox stream words
     "batchnorm": 32768,     # per pass over x
-    "augment": 65536,       # bytes of image per thread
+    "augment": 262144,      # bytes of image (resampling and noise weighted 16)
 }
 
 _default = None                 # set_num_threads() value; None: the environment's default

@@ -14,7 +14,7 @@ __all__ = ["aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_p
 
 # The "augment" grain counts bytes of image copied; resampling and noise cost more per byte, so
 # their work is weighted (measured with bench/grain.py, see fastreg._threads.GRAIN).
-_AFFINE_WEIGHT = 4   # bilinear: four taps and their weights per output byte
+_AFFINE_WEIGHT = 16  # bilinear: four taps and their weights per output byte
 _NOISE_WEIGHT = 16   # per value: a Philox word and a Box-Muller transform
 
 

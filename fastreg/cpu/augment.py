@@ -376,7 +376,7 @@ def _paste_kernel(x, partner, rects, out):
 
 # The "augment" grain counts bytes of image copied; resampling and noise cost more per byte, so
 # their work is weighted (measured with bench/grain.py, see fastreg._threads.GRAIN).
-_AFFINE_WEIGHT = 4   # bilinear: four taps and their weights per output byte
+_AFFINE_WEIGHT = 16  # bilinear: four taps and their weights per output byte
 _NOISE_WEIGHT = 16   # per value: a Philox word and a Box-Muller transform
 
 

@@ -20,6 +20,10 @@ from .. import _threads
 from ._jit import inline, jit, launch, twin
 from .penalty import TASK, _soft
 
+# An optimizer step does several times the arithmetic of a penalty gradient per element: its
+# work counts double against the "elementwise" grain (measured, see fastreg._threads.GRAIN).
+OPTIM_WEIGHT = 2
+
 
 @inline
 def _part(a, lo, hi):
@@ -97,10 +101,12 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
 
 
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
-    launch(_sgd_kernel, _threads.plan(p.size, "elementwise"), p, g, buf, lr, wd, decay,
-           momentum, damp1, bool(nesterov), bool(first), l1t)
+    nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
+    launch(_sgd_kernel, nt, p, g, buf, lr, wd, decay, momentum, damp1, bool(nesterov),
+           bool(first), l1t)
 
 
 def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
-    launch(_adam_kernel, _threads.plan(p.size, "elementwise"), p, g, m, v, vmax, wd, decay, omb1,
-           beta2, omb2, eps, step_size, bc2_sqrt)
+    nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
+    launch(_adam_kernel, nt, p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
+           bc2_sqrt)

@@ -1,0 +1,437 @@
+"""Threads: the policy of fastreg._threads (grain, set_num_threads, threads()), and that every
+kernel of the host backends gives the same bits on its serial path (below the grain: the calling
+thread, no thread pool) and on its parallel one, with the path that ran checked each time."""
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastreg
+from fastreg import _registry, _threads
+from fastreg.train import trainer as _trainer
+
+from conftest import bits
+
+# the fastreg under test (site-packages when installed): subprocesses import that one
+ROOT = Path(fastreg.__file__).resolve().parents[1]
+HOST = ("cpu", "c")
+
+
+def _run_python(code, timeout=240, **env):
+    full = dict(os.environ, **env)
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, env=full, timeout=timeout)
+
+
+@pytest.fixture(params=HOST)
+def host(request):
+    reason = fastreg.available_backends()[request.param]
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+# --- the settings ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                      ("2", TypeError), (True, TypeError), (None, TypeError),
+                                      (np.bool_(True), TypeError)])
+def test_thread_counts_are_validated(bad, exc):
+    before = fastreg.get_num_threads()
+    with pytest.raises(exc, match="n must be a positive integer"):
+        fastreg.set_num_threads(bad)
+    with pytest.raises(exc, match="n must be a positive integer"):
+        with fastreg.threads(bad):
+            pass
+    assert fastreg.get_num_threads() == before
+
+
+def test_set_num_threads_returns_previous_and_threads_restores():
+    first = fastreg.set_num_threads(3)
+    try:
+        assert fastreg.get_num_threads() == 3
+        assert fastreg.set_num_threads(np.int64(2)) == 3
+        with fastreg.threads(1):
+            assert fastreg.get_num_threads() == 1
+            with fastreg.threads(5):
+                assert fastreg.get_num_threads() == 5
+            assert fastreg.get_num_threads() == 1
+        with pytest.raises(RuntimeError):
+            with fastreg.threads(4):
+                raise RuntimeError("inside")
+        assert fastreg.get_num_threads() == 2
+    finally:
+        fastreg.set_num_threads(first)
+
+
+def test_threads_context_is_per_python_thread():
+    seen = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def worker():
+        with fastreg.threads(1):
+            seen["worker"] = fastreg.get_num_threads()
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=worker)
+    with fastreg.threads(7):
+        t.start()
+        inside.wait(10)
+        seen["main"] = fastreg.get_num_threads()
+        release.set()
+        t.join()
+    assert seen == {"worker": 1, "main": 7}
+
+
+def test_environment_defaults(monkeypatch):
+    monkeypatch.setattr(_threads, "_default", None)
+    monkeypatch.delenv("FASTREG_NUM_THREADS", raising=False)
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1,4")  # a list per nesting level: the first counts
+    assert fastreg.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert fastreg.get_num_threads() == _threads.available_cpus()
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "3")  # overrides the others, and the CPU count
+    assert fastreg.get_num_threads() == 3
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("FASTREG_NUM_THREADS", bad)
+        with pytest.raises(ValueError, match="FASTREG_NUM_THREADS"):
+            fastreg.get_num_threads()
+
+
+def test_available_cpus_within_affinity():
+    n = _threads.available_cpus()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+def test_plan():
+    g = _threads.GRAIN["random"]
+    with fastreg.threads(4):
+        assert _threads.plan(0, "random") == 1
+        assert _threads.plan(2 * g - 1, "random") == 1
+        assert _threads.plan(2 * g, "random") == 2
+        assert _threads.plan(3 * g + 5, "random") == 3
+        assert _threads.plan(100 * g, "random") == 4
+    with fastreg.threads(1):
+        assert _threads.plan(100 * g, "random") == 1
+
+
+def test_trainer_threads_use_fastreg_threads():
+    outside = fastreg.get_num_threads()
+    with _trainer._thread_limits(1, "auto"):
+        assert fastreg.get_num_threads() == 1
+    assert fastreg.get_num_threads() == outside
+    with _trainer._thread_limits(None, "auto"):
+        assert fastreg.get_num_threads() == outside
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        with _trainer._thread_limits(0, "auto"):
+            pass
+
+
+# --- same bits on both paths, and the path that ran ----------------------------------------------
+
+RNG = np.random.default_rng(12)
+N = 3 * 65536 + 5  # several Numba tasks and C tiles; not a multiple of any block
+
+
+def _f(dtype, n=N, lo=-2.0, hi=2.0):
+    return RNG.uniform(lo, hi, n).astype(dtype)
+
+
+def _images(dtype=np.uint8, shape=(5, 40, 33, 3)):
+    if dtype == np.uint8:
+        return RNG.integers(0, 256, shape, dtype=np.uint8)
+    return RNG.uniform(0, 1, shape).astype(dtype)
+
+
+def _cases():
+    """op -> builder; builder() -> (args maker, outputs to compare). The maker returns fresh
+    copies each time (kernels write in place)."""
+    cases = []
+
+    def add(name, op, family, make, outputs):
+        cases.append(pytest.param(op, family, make, outputs, id=name))
+
+    f32, f64 = np.float32, np.float64
+    add("random_bits", "random_bits", "random",
+        lambda: (5, 7, np.empty(N, np.uint32)), [2])
+    for dt in (f32, f64):
+        add(f"uniform-{dt.__name__}", "uniform", "random",
+            lambda dt=dt: (5, 7, np.empty(N, dt)), [2])
+        x = _f(dt)
+        add(f"dropout-{dt.__name__}", "dropout", "random",
+            lambda x=x, dt=dt: (x.copy(), 9, 3, 1 << 30, dt(1 / 0.75), np.empty_like(x)), [5])
+        add(f"dropout-inplace-{dt.__name__}", "dropout", "random",
+            lambda x=x, dt=dt: (lambda y: (y, 9, 3, 1 << 30, dt(1 / 0.75), y))(x.copy()), [0])
+    ctr = RNG.integers(0, 2**32, (N // 4, 4), dtype=np.uint32)
+    key = RNG.integers(0, 2**32, (N // 4, 2), dtype=np.uint32)
+    add("philox4x32", "philox4x32", "random",
+        lambda: (ctr, key, np.empty((N // 4, 4), np.uint32)), [2])
+    add("dropout_mask", "dropout_mask", "random",
+        lambda: (9, 3, 1 << 31, np.empty(N, np.uint8)), [3])
+    add("dropout_mask_packed", "dropout_mask_packed", "random",
+        lambda: (9, 3, 1 << 31, N, np.empty((N + 7) // 8, np.uint8)), [4])
+    xg = _f(f32, 6 * 50 * 7 * 97).reshape(6, 50, 7, 97)
+    keep = RNG.integers(0, 2, (6, 7), dtype=np.uint8)
+    add("group_dropout", "group_dropout", "elementwise",
+        lambda: (xg, keep, f32(2), np.empty_like(xg)), [3])
+    xc = _f(f32, 6 * 9000 * 7).reshape(6, 9000, 7, 1)
+    add("group_dropout-channels-last", "group_dropout", "elementwise",
+        lambda: (xc, keep, f32(2), np.empty_like(xc)), [3])
+    for dt in (f32, f64):
+        w = _f(dt)
+        w[::1000] = 0
+        add(f"penalty_sums-{dt.__name__}", "penalty_sums", "elementwise", lambda w=w: (w,), None)
+        for l1, c2, acc in ((0.1, 0.0, False), (0.0, 0.2, True), (0.1, 0.2, False)):
+            add(f"penalty_grad-{dt.__name__}-{l1}-{c2}-{acc}", "penalty_grad", "elementwise",
+                lambda w=w, dt=dt, l1=l1, c2=c2, acc=acc: (
+                    w, dt(l1), dt(c2), np.full_like(w, 0.5), acc), [3])
+        add(f"soft_threshold-{dt.__name__}", "soft_threshold", "elementwise",
+            lambda w=w, dt=dt: (w, dt(0.3), dt(0.9), np.empty_like(w)), [3])
+        add(f"soft_threshold-inplace-{dt.__name__}", "soft_threshold", "elementwise",
+            lambda w=w, dt=dt: (lambda y: (y, dt(0.3), dt(0.9), y))(w.copy()), [0])
+        wg = _f(dt, 40 * 30 * 171).reshape(40, 30, 171)
+        add(f"group_lasso-{dt.__name__}", "group_lasso", "elementwise",
+            lambda wg=wg: (wg, 5.5, np.empty_like(wg)), [2])
+        wr = _f(dt, 300 * 700).reshape(300, 700, 1)
+        add(f"group_lasso-rows-{dt.__name__}", "group_lasso", "elementwise",
+            lambda wr=wr: (wr, 14.0, np.empty_like(wr)), [2])
+        bad = w.copy()
+        bad[N - 3] = np.inf
+        add(f"all_finite-{dt.__name__}", "all_finite", "elementwise", lambda w=w: (w,), None)
+        add(f"all_finite-inf-{dt.__name__}", "all_finite", "elementwise",
+            lambda bad=bad: (bad,), None)
+        g = _f(dt)
+        add(f"sgd_step-{dt.__name__}", "sgd_step", "elementwise",
+            lambda w=w, g=g, dt=dt: (w.copy(), g, w[::-1].copy(), dt(0.1), dt(0.01), dt(1),
+                                     dt(0.9), dt(0.9), True, False, dt(0.001)), [0, 2])
+        add(f"adam_step-{dt.__name__}", "adam_step", "elementwise",
+            lambda w=w, g=g, dt=dt: (w.copy(), g, g * 0.1, g * g, g * g * 2, dt(0), dt(0.99),
+                                     dt(0.1), dt(0.999), dt(0.001), dt(1e-8), dt(1e-3),
+                                     dt(0.3)), [0, 2, 3, 4])
+    img = _images()
+    m = img.shape[0]
+    hf = np.array([1, 0, 1, 1, 0], np.uint8)
+    vf = np.array([0, 0, 1, 1, 1], np.uint8)
+    add("aug_flip", "aug_flip", "augment", lambda: (img, hf, vf, np.empty_like(img)), [3])
+    ang = RNG.uniform(-0.5, 0.5, m)
+    mats = np.stack([np.array([[np.cos(a), -np.sin(a), 3.0], [np.sin(a), np.cos(a), -2.0]])
+                     for a in ang])
+    for dt in (np.uint8, np.float32):
+        im = _images(dt)
+        for nearest in (False, True):
+            add(f"aug_affine-{np.dtype(dt).name}-{'nearest' if nearest else 'bilinear'}",
+                "aug_affine", "augment",
+                lambda im=im, nearest=nearest: (im, mats, 1, 7, nearest, np.empty_like(im)), [5])
+        flat = im.reshape(m, -1)
+        stds = RNG.uniform(0, 20, m).astype(np.float32)
+        add(f"aug_noise-{np.dtype(dt).name}", "aug_noise", "augment",
+            lambda flat=flat, stds=stds: (flat, 99, 4, stds, np.empty_like(flat)), [4])
+        partner = np.array([4, 0, 1, 2, 3], np.int64)
+        lam = RNG.uniform(0, 1, m).astype(np.float32)
+        add(f"aug_mix-{np.dtype(dt).name}", "aug_mix", "augment",
+            lambda flat=flat, lam=lam, partner=partner: (flat, partner, lam,
+                                                         np.empty_like(flat)), [3])
+    rects = np.array([[3, 4, 10, 20], [0, 0, 40, 33], [5, 30, 8, 8], [0, 0, 0, 0],
+                      [39, 32, 1, 1]], np.int64)
+    add("aug_erase", "aug_erase", "augment", lambda: (img, rects, 17, np.empty_like(img)), [3])
+    add("aug_paste", "aug_paste", "augment",
+        lambda: (img, np.array([1, 2, 3, 4, 0], np.int64), rects, np.empty_like(img)), [3])
+    return cases
+
+
+def _result(ret, args, outputs):
+    if outputs is None:
+        return ret
+    return [np.array(args[i], copy=True) for i in outputs]
+
+
+def _same(a, b):
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype and u.shape == v.shape
+            if u.dtype.kind == "f":
+                np.testing.assert_array_equal(bits(u), bits(v))
+            else:
+                np.testing.assert_array_equal(u, v)
+    else:
+        assert a == b or (a != a and b != b), (a, b)
+
+
+def _close(got, ref):
+    if isinstance(got, list):
+        for u, v in zip(got, ref):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    elif isinstance(got, tuple):
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+    else:
+        assert got == ref
+
+
+def _path_counter(backend):
+    """A function returning (serial, parallel) launches so far on ``backend``."""
+    if backend == "c":
+        import fastreg.c as fc
+        return lambda: (None, fc.parallel_regions())
+    from fastreg.cpu import _jit
+    return lambda: (_jit.launches["serial"], _jit.launches["parallel"])
+
+
+@pytest.mark.parametrize("op, family, make, outputs", _cases())
+def test_serial_and_parallel_paths_give_the_same_bits(host, op, family, make, outputs,
+                                                      monkeypatch):
+    """Every kernel with the grain shrunk: 1 thread (serial path) and 2 threads (parallel path,
+    several tasks each) give identical bits, which match the reference (within the reductions'
+    rounding where the contract allows it)."""
+    for fam in _threads.GRAIN:
+        monkeypatch.setitem(_threads.GRAIN, fam, 16)
+    kernel = _registry.get(op, host)
+    count = _path_counter(host)
+    results = {}
+    serial_only = host == "cpu" and op == "philox4x32"  # a plain @jit loop on the cpu backend
+    for n in (1, 2):
+        args = make()
+        before = count()
+        with fastreg.threads(n):
+            ret = kernel(*args)
+        after = count()
+        results[n] = _result(ret, args, outputs)
+        if n == 1 and host == "c":
+            assert after[1] == before[1], "a serial call entered a parallel region"
+        elif n == 1 and not serial_only:
+            assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
+        elif n == 2 and not serial_only:
+            assert after[1] > before[1], "2 threads above the grain ran serially"
+    _same(results[1], results[2])
+    args = make()
+    ref = _result(_registry.get(op, "numpy")(*args), args, outputs)
+    if op in ("penalty_sums", "group_lasso"):  # float64 sums in another order (the contract)
+        _close(results[1], ref)
+    else:
+        _same(results[1], ref)
+
+
+def test_default_grain_keeps_small_ops_serial(host):
+    """The issue's small ops (dropout on 64x128, l2_grad on 1e5, an AdamW step on 1e5) never
+    reach a parallel region with the shipped GRAIN, even with threads to spare; a large one
+    does."""
+    count = _path_counter(host)
+    x = _f(np.float32, 64 * 128).reshape(64, 128)
+    w = _f(np.float32, 100_000)
+    opt = fastreg.optim.AdamW([w.copy()], backend=host)
+    with fastreg.threads(2):
+        before = count()
+        fastreg.dropout(x, 0.5, seed=1, backend=host)
+        fastreg.l2_grad(w, 1e-4, backend=host)
+        opt.step([w])
+        assert count()[1] == before[1]
+        big = _f(np.float32, 2 * _threads.GRAIN["random"])
+        fastreg.dropout(big, 0.5, seed=1, backend=host)
+        assert count()[1] > before[1]
+
+
+def test_threadpoolctl_openmp_limit_caps_the_c_backend(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("C backend unavailable")
+    import fastreg.c as fc
+    monkeypatch.setitem(_threads.GRAIN, "random", 16)
+    x = _f(np.float32)
+    expected = fastreg.dropout(x, 0.5, seed=3, backend="numpy")
+    with fastreg.threads(2), threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fc.omp_max_threads() == 1
+        before = fc.parallel_regions()
+        got = fastreg.dropout(x, 0.5, seed=3, backend="c")
+        assert fc.parallel_regions() == before
+    np.testing.assert_array_equal(bits(got), bits(expected))
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def test_fr_set_threads_rejects_bad_counts():
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("C backend unavailable")
+    from fastreg.c import lib
+    assert lib.fr_set_threads(0) != 0 and lib.fr_set_threads(-3) != 0
+    assert lib.fr_set_threads(1) == 0 and lib.fr_get_threads() == 1
+
+
+_WAIT_POLICY = r"""
+import os, sys
+if sys.argv[1:] == ["torch"]:
+    import torch
+import fastreg.c
+print(os.environ.get("OMP_WAIT_POLICY", "-"))
+"""
+
+
+@pytest.mark.parametrize("setting, expected", [(None, "PASSIVE"), ("active", "ACTIVE"),
+                                               ("passive", "PASSIVE")])
+def test_c_backend_starts_openmp_passive_unless_told(setting, expected):
+    """The OpenMP runtime fastreg loads starts with the passive wait policy (OMP_DISPLAY_ENV
+    prints what it read), unless the user chose one; the environment is left as it was."""
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("C backend unavailable")
+    env = {"OMP_DISPLAY_ENV": "true"}
+    if setting is not None:
+        env["OMP_WAIT_POLICY"] = setting
+    res = _run_python(_WAIT_POLICY, **env)
+    assert res.returncode == 0, res.stderr
+    policies = [line.split("=")[1].strip().strip("'") for line in res.stderr.splitlines()
+                if line.strip().startswith("OMP_WAIT_POLICY")]
+    if not policies:
+        pytest.skip("this OpenMP runtime does not display its settings")
+    assert policies == [expected]
+    assert res.stdout.strip() == (setting or "-")
+
+
+_WORKQUEUE = r"""
+import threading
+import numpy as np
+import numba
+import fastreg
+from fastreg import _threads
+for fam in _threads.GRAIN:
+    _threads.GRAIN[fam] = 16
+rng = np.random.default_rng(0)
+xs = [rng.standard_normal(200_003).astype(np.float32) for _ in range(4)]
+expected = [fastreg.dropout(x, 0.3, seed=i, backend="numpy") for i, x in enumerate(xs)]
+grads = [fastreg.l2_grad(x, 0.1, backend="numpy") for x in xs]
+errors = []
+
+def work(i):
+    try:
+        with fastreg.threads(2):
+            for _ in range(15):
+                got = fastreg.dropout(xs[i], 0.3, seed=i, backend="cpu")
+                assert np.array_equal(got, expected[i])
+                assert np.array_equal(fastreg.l2_grad(xs[i], 0.1, backend="cpu"), grads[i])
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+from fastreg.cpu import _jit
+assert _jit.launches["parallel"] >= 60, _jit.launches
+print(numba.threading_layer(), len(errors), errors[:1])
+"""
+
+
+def test_concurrent_calls_under_workqueue_layer():
+    """Numba's workqueue layer aborts the process when two threads enter a parallel region at
+    once: fastreg serializes its launches there."""
+    if fastreg.available_backends()["cpu"] is not None:
+        pytest.skip("cpu backend unavailable")
+    res = _run_python(_WORKQUEUE, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[:2] == ["workqueue", "0"], res.stdout
