@@ -3,6 +3,12 @@
 Everything here runs before any kernel: a bad argument raises with its name and what was expected,
 and no input is modified. Device arrays (``__cuda_array_interface__``) are described from their
 interface dict, so checking them never imports Numba or needs a driver.
+
+Cost: these checks run on every call, also on 64x128 arrays where a kernel takes a few
+microseconds, so each starts with an exact-type test for the common case (``type(v) is float``,
+``type(a) is np.ndarray``) that decides without the ``numbers`` ABCs (about 0.3 us per
+``isinstance`` against an ABC); anything else takes the general path, with the same rules and
+messages.
 """
 import math
 import numbers
@@ -47,6 +53,8 @@ def _c_strides(shape, dtype):
 def is_device(a):
     """True for CUDA arrays: ``__cuda_array_interface__`` (Numba, CuPy, torch) or a Numba
     CUDA-simulator array (``__cuda_ndarray__``)."""
+    if type(a) is np.ndarray:
+        return False
     return not isinstance(a, np.ndarray) and (hasattr(a, "__cuda_array_interface__")
                                               or getattr(a, "__cuda_ndarray__", False) is True)
 
@@ -56,6 +64,8 @@ def as_host(a, name):
     ``__array_interface__``, DLPack); Python sequences are converted. ndarray subclasses
     (np.matrix, ...) are viewed as plain ndarrays; masked arrays are refused (the kernels would
     silently ignore the mask)."""
+    if type(a) is np.ndarray:
+        return a
     if isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{name}: masked arrays are not supported; pass a.filled(...) or "
                         "a.data explicitly")
@@ -74,6 +84,8 @@ def as_host(a, name):
 
 def describe(a, name):
     """The array (host: an ndarray view; device: a DeviceArrayInfo) for checking."""
+    if type(a) is np.ndarray:
+        return a
     return DeviceArrayInfo(a) if is_device(a) else as_host(a, name)
 
 
@@ -90,6 +102,7 @@ def check_shape(shape):
     return tuple(int(s) for s in shape)
 
 def check_float(arr, name):
+    """TypeError unless ``arr.dtype`` is float32 or float64 (native byte order)."""
     if arr.dtype not in FLOAT_DTYPES:
         if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and not arr.dtype.isnative:
             raise TypeError(f"{name} must be float32 or float64 in native byte order, got "
@@ -105,6 +118,8 @@ def _scalar(v):
 
 def check_probability(p, name="p"):
     """p as a Python float in [0, 1]; ValueError for NaN or out of range, TypeError for non-numbers."""
+    if type(p) is float and 0.0 <= p <= 1.0:
+        return p
     p = _scalar(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__}")
@@ -116,6 +131,8 @@ def check_probability(p, name="p"):
 
 def check_uint64(v, name):
     """v as a Python int in [0, 2**64); integers only (bool and floats refused)."""
+    if type(v) is int and 0 <= v < _U64:  # bool is not exactly int
+        return v
     v = _scalar(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {type(v).__name__} {v!r}")
@@ -133,6 +150,25 @@ def check_counter_range(offset, count, name="offset"):
         )
 
 
+def check_int(v, name):
+    """v as a Python int: an int or NumPy integer, not a bool (TypeError otherwise)."""
+    if type(v) is int:
+        return v
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def check_bool(v, name):
+    """v as a Python bool: only ``True``/``False`` or a NumPy bool, as torch's functional API
+    (``training=1`` or ``2`` is a TypeError there too, not a truth value)."""
+    if v is True or v is False:
+        return v
+    if isinstance(v, np.bool_):
+        return bool(v)
+    raise TypeError(f"{name} must be a bool (True or False), got {type(v).__name__} {v!r}")
+
+
 def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -144,6 +180,8 @@ def check_out(out, name, shape, dtype, inputs, device):
     overlap with the inputs (only exactly-in-place aliasing is allowed). Returns the array."""
     if out is None:
         return None
+    if not device and type(out) is np.ndarray:
+        return _check_host_out(out, name, shape, dtype, inputs)
     if device != is_device(out):
         where = "a CUDA device array" if device else "a host (NumPy) array"
         raise ValueError(f"{name} must be {where} like the input")
@@ -172,10 +210,22 @@ def check_out(out, name, shape, dtype, inputs, device):
             if not same and _extents_overlap(xi, arr):
                 raise ValueError(f"{name} overlaps an input without being exactly the same array")
         return out
+    return _check_host_out(arr, name, shape, dtype, inputs)
+
+
+def _check_host_out(arr, name, shape, dtype, inputs):
+    """check_out for a host ndarray."""
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
     if not arr.flags.writeable:
         raise ValueError(f"{name} is read-only")
     for x in inputs:
-        if np.shares_memory(x, arr) and not _same_view(x, arr):
+        # exactly in place is fine; otherwise any shared byte is an overlap. may_share_memory
+        # (bounds only) rules most pairs out before the exact (slower) shares_memory.
+        if (x is not arr and not _same_view(x, arr) and np.may_share_memory(x, arr)
+                and np.shares_memory(x, arr)):
             raise ValueError(f"{name} overlaps an input without being exactly in place "
                              "(same memory, shape and strides)")
     return arr
@@ -198,6 +248,8 @@ def _same_view(a, b):
 def check_nonneg(v, name):
     """v as a Python float, finite and >= 0 (ValueError names the argument; TypeError for
     non-numbers)."""
+    if type(v) is float and 0.0 <= v < math.inf:
+        return v
     v = _scalar(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")

@@ -5,13 +5,57 @@ zero-copy view, non-contiguous device arrays refused), picks where the kernel wr
 the result back where the caller's data lives: NumPy for host input, a device array for device
 input, or ``out`` itself when one was given. A result for a foreign CUDA array (CuPy, torch)
 comes back as that type (``like_caller``), zero-copy, on the same device.
+
+Per-call cost matters for small arrays (a 64x128 dropout kernel takes a few microseconds), so
+the host path is kept short: ``resolve`` remembers what ``_registry.resolve`` answered for plain
+NumPy arrays, ``job`` hands out one stateless ``Job`` per host backend, and ``Job.op`` is an
+attribute lookup on the backend module.
 """
+import os
+
 import numpy as np
 
 from . import _arrays, _registry
 
+_resolved = {}  # (backend argument, FASTREG_BACKEND) -> _registry.resolve's answer, host arrays
+_host_jobs = {}  # backend name -> its Job (a host Job holds no per-call state)
+
+
+def resolve(backend, *arrays):
+    """``_registry.resolve(backend, *arrays)``, remembered for host calls.
+
+    When every array is a plain ``np.ndarray`` (or None) the answer depends only on ``backend``
+    and FASTREG_BACKEND (read at each call, so changing it takes effect), and stays valid while
+    the backend is loaded (``_registry._loaded``); anything else asks ``_registry.resolve``,
+    which also raises the errors.
+    """
+    if type(backend) is not str:
+        return _registry.resolve(backend, *arrays)
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray:
+            return _registry.resolve(backend, *arrays)
+    key = (backend, os.environ.get("FASTREG_BACKEND") if backend == "auto" else None)
+    name = _resolved.get(key)
+    if name is None or name not in _registry._loaded:
+        name = _registry.resolve(backend, *arrays)
+        _resolved[key] = name
+    return name
+
+
+def job(backend, host_input):
+    """A Job for ``backend`` (a resolved name): shared for host backends, new for "cuda" (which
+    remembers the caller's device array type)."""
+    if backend == "cuda":
+        return Job(backend, host_input)
+    j = _host_jobs.get(backend)
+    if j is None:
+        j = _host_jobs[backend] = Job(backend, True)
+    return j
+
 
 class Job:
+    __slots__ = ("backend", "device", "host_input", "mod", "like")
+
     def __init__(self, backend, host_input):
         self.backend = backend
         self.device = backend == "cuda"
@@ -20,7 +64,9 @@ class Job:
         self.like = None                  # the caller's first device input (see like_caller)
 
     def op(self, name):
-        return _registry.get(name, self.backend)
+        """The backend's function for op ``name``."""
+        fn = getattr(self.mod, name, None)
+        return fn if fn is not None else _registry.get(name, self.backend)
 
     def contig(self, a):
         """A C-contiguous array the backend's kernels accept."""
@@ -84,4 +130,6 @@ def like_caller(result, like):
 
 def flat(a):
     """A 1-D view of a C-contiguous host or device array."""
+    if type(a) is np.ndarray:
+        return a.ravel()  # a view for a C-contiguous array, and cheaper than reshape(-1)
     return a.reshape(-1) if a.ndim != 1 else a

@@ -24,8 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays, _registry
-from ._dispatch import Job
+from . import _arrays, _dispatch, _registry
 
 ACTIVATIONS = (None, "relu")
 
@@ -62,26 +61,22 @@ class BatchNormSaved(NamedTuple):
     global_count: object = None
 
 
-def _check_bool(v, name):
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    return bool(v)
-
-
 def _channel_axis(shape, axis):
     """(channel axis as a non-negative int, (A, C, B)) for the (A, C, B) view of ``shape``."""
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-    if len(shape) < 2:
+    axis = _arrays.check_int(axis, "axis")
+    nd = len(shape)
+    if nd < 2:
         raise ValueError(f"x must have at least 2 dimensions (a batch axis and a channel axis), "
                          f"got shape {tuple(shape)}")
-    if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"axis {axis} is out of range for x with {len(shape)} dimensions")
-    ax = int(axis) % len(shape)
+    if not -nd <= axis < nd:
+        raise ValueError(f"axis {axis} is out of range for x with {nd} dimensions")
+    ax = axis % nd
     return ax, (math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1:]))
 
 
 def _check_eps(eps):
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     eps = _arrays._scalar(eps)
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number > 0, got {type(eps).__name__}")
@@ -93,10 +88,13 @@ def _check_eps(eps):
 
 def _check_like(a, name, shape, dtype, device, what="x"):
     """An array with x's shape, dtype and device; returns the host view or the device array."""
-    if device != _arrays.is_device(a):
-        where = "a CUDA device array" if device else "a host (NumPy) array"
-        raise ValueError(f"{name} must be {where} like {what}")
-    arr = _arrays.describe(a, name)
+    if device or type(a) is not np.ndarray:  # a plain ndarray is a host array: skip to shape
+        if device != _arrays.is_device(a):
+            where = "a CUDA device array" if device else "a host (NumPy) array"
+            raise ValueError(f"{name} must be {where} like {what}")
+        arr = _arrays.describe(a, name)
+    else:
+        arr = a
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have the shape of {what}, {tuple(shape)}, got "
                          f"{tuple(arr.shape)}")
@@ -109,13 +107,16 @@ def _check_channel(a, name, C, dtype, device, writable=False):
     """A (C,) per-channel array of x's dtype on x's device (None passes through)."""
     if a is None:
         return None
-    if device != _arrays.is_device(a):
-        where = "a CUDA device array" if device else "a host (NumPy) array"
-        raise ValueError(f"{name} must be {where} like x")
-    if not device and writable and not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array (it is updated in place), got "
-                        f"{type(a).__name__}")
-    arr = _arrays.describe(a, name)
+    if device or type(a) is not np.ndarray:  # a plain ndarray is a host array: skip to shape
+        if device != _arrays.is_device(a):
+            where = "a CUDA device array" if device else "a host (NumPy) array"
+            raise ValueError(f"{name} must be {where} like x")
+        if not device and writable and not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a NumPy array (it is updated in place), got "
+                            f"{type(a).__name__}")
+        arr = _arrays.describe(a, name)
+    else:
+        arr = a
     if tuple(arr.shape) != (C,):
         raise ValueError(f"{name} must have shape ({C},) (one value per channel of x), got "
                          f"{tuple(arr.shape)}")
@@ -192,6 +193,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         The affine parameters (gamma and beta; default 1 and 0).
     training : bool
         Batch statistics (True) or the running statistics (False). Keyword, required.
+        ``True``/``False`` or a NumPy bool; an int (0 and 1 included) is a TypeError, as in
+        torch and in fastreg's dropout functions.
     momentum : float in [0, 1] or None
         None: a cumulative moving average, momentum = 1 / num_batches_tracked (needs
         ``num_batches_tracked``).
@@ -254,10 +257,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     """
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x")
-    device = _arrays.is_device(x)
-    dtype = np.dtype(arr.dtype)
+    device = arr is not x and _arrays.is_device(x)
+    dtype = arr.dtype
     shape = tuple(arr.shape)
-    training = _check_bool(training, "training")
+    training = _arrays.check_bool(training, "training")
     ax, dims = _channel_axis(shape, axis)
     A, C, B = dims
     n = A * B
@@ -271,7 +274,10 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     b = _check_channel(bias, "bias", C, dtype, device)
     if (rm is None) != (rv is None):
         raise ValueError("pass both running_mean and running_var, or neither")
-    if rm is not None and not device and np.shares_memory(rm, rv):
+    # two distinct arrays that each own their memory cannot overlap: skip the slower exact test
+    if (rm is not None and not device
+            and not (rm is not rv and rm.flags.owndata and rv.flags.owndata)
+            and np.shares_memory(rm, rv)):
         raise ValueError("running_mean and running_var share memory: pass two arrays")
     track = rm is not None
     if not training and not track:
@@ -292,12 +298,12 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     if training and n <= 1 and comm is None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of "
                          f"shape {shape} (axis={axis}): the variance of one value is undefined")
-    backend = _registry.resolve(backend, x, out, residual, rm, rv, w, b)
+    backend = _dispatch.resolve(backend, x, out, residual, rm, rv, w, b)
     if comm is not None and training:
         return _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm, rv,
                                 w, b, nbt, momentum, eps, activation, out, out_arr)
 
-    job = Job(backend, host_input=not device)
+    job = _dispatch.job(backend, not device)
     f64 = np.float64
     mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
     res = job.target(out_arr, shape, dtype)
@@ -405,9 +411,10 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
                         f"{type(saved).__name__}")
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x")
-    device = _arrays.is_device(x)
-    dtype = np.dtype(arr.dtype)
+    device = arr is not x and _arrays.is_device(x)
+    dtype = arr.dtype
     shape = tuple(arr.shape)
+    training = _arrays.check_bool(saved.training, "saved.training")
     if len(shape) != saved.ndim:
         raise ValueError(f"x has {len(shape)} dimensions but the forward pass had {saved.ndim}")
     if axis is None:
@@ -434,17 +441,17 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     x_in = x if device else arr
     out_arr = _arrays.check_out(out, "out", shape, dtype,
                                 [a for a in (gy, x_in, yv) if a is not None], device)
-    backend = _registry.resolve(backend, x, grad_y, y, out, weight)
-    if saved.training and (comm is None) != (saved.global_count is None):
+    backend = _dispatch.resolve(backend, x, grad_y, y, out, weight)
+    if training and (comm is None) != (saved.global_count is None):
         raise ValueError("the forward pass was synchronized over a communicator: pass the same "
                          "comm to batch_norm_backward" if comm is None else
                          "comm is given but the forward pass was not synchronized: pass comm to "
                          "batch_norm too")
-    if comm is not None and saved.training:
+    if comm is not None and training:
         return _batch_norm_backward_sync(comm, backend, gy, x_in, yv, saved, w, device, shape,
                                          dtype, dims, out, out_arr)
 
-    job = Job(backend, host_input=not device)
+    job = _dispatch.job(backend, not device)
     gx = job.target(out_arr, shape, dtype)
     gres = job.empty(shape, dtype) if saved.residual else None
     if A * B * C:
@@ -452,7 +459,7 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
         wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
         job.op("bn_backward")(job.contig(gy).reshape(dims), job.contig(x_in).reshape(dims),
                               None if yv is None else job.contig(yv).reshape(dims),
-                              _on(job, saved.mean), _on(job, saved.invstd), wc, saved.training,
+                              _on(job, saved.mean), _on(job, saved.invstd), wc, training,
                               gx.reshape(dims), None if gres is None else gres.reshape(dims),
                               gw, gb)
     else:  # nothing flows: zero parameter gradients
@@ -471,7 +478,7 @@ def _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm,
     from . import distributed
     A, C, B = dims
     n = A * B
-    job = Job(backend, host_input=not device)
+    job = _dispatch.job(backend, not device)
     f64 = np.float64
     res = job.target(out_arr, shape, dtype)
     work = n * C > 0
@@ -519,7 +526,7 @@ def _batch_norm_backward_sync(comm, backend, gy, x_in, yv, saved, w, device, sha
     from . import distributed
     A, C, B = dims
     n = A * B
-    job = Job(backend, host_input=not device)
+    job = _dispatch.job(backend, not device)
     f64 = np.float64
     gx = job.target(out_arr, shape, dtype)
     gres = job.empty(shape, dtype) if saved.residual else None
@@ -607,8 +614,8 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     device = _arrays.is_device(x)
     ax, dims = _channel_axis(tuple(arr.shape), axis)
     A, C, B = dims
-    backend = _registry.resolve(backend, x)
-    job = Job(backend, host_input=not device)
+    backend = _dispatch.resolve(backend, x)
+    job = _dispatch.job(backend, not device)
     if A * B == 0:
         mean, m2 = job.zeros((C,), np.float64), job.zeros((C,), np.float64)
     else:

@@ -20,12 +20,11 @@ classic     ``x * m``                  ``x * (1 - p)``
 ==========  =========================  ====================
 """
 import math
-import numbers
 
 import numpy as np
 
-from . import _arrays, _registry
-from ._dispatch import Job, flat
+from . import _arrays, _dispatch, _registry
+from ._dispatch import flat
 
 MODES = ("inverted", "classic")
 _TWO32 = 1 << 32
@@ -47,49 +46,47 @@ def _result(result, out):
     return result if out is None else out
 
 
-def _check_bool(v, name):
-    if not isinstance(v, (bool, np.bool_, numbers.Integral)):
-        raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
-    return bool(v)
-
-
 def _common(p, seed, offset, mode, training):
     p = _arrays.check_probability(p)
     seed = _arrays.check_uint64(seed, "seed")
     offset = _arrays.check_uint64(offset, "offset")
     _arrays.check_choice(mode, "mode", MODES)
-    training = _check_bool(training, "training")
+    training = _arrays.check_bool(training, "training")
     return p, seed, offset, training
 
 
 def _prepare(x, out, backend, name="x"):
-    """Validate x and out; return (job, x array) before any work is done."""
+    """Validate x and out before any work is done; return (job, x for the kernels, its
+    description (shape, dtype, size), out array)."""
     arr = _arrays.describe(x, name)
     _arrays.check_float(arr, name)
-    backend = _registry.resolve(backend, x, out)
+    backend = _dispatch.resolve(backend, x, out)
+    if arr is x:  # a plain ndarray: on the host
+        return (_dispatch.job(backend, True), arr, arr,
+                _arrays.check_out(out, "out", arr.shape, arr.dtype, (arr,), False))
     device_in = _arrays.is_device(x)
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [x if device_in else arr],
                                 device_in)
-    return Job(backend, host_input=not device_in), (x if device_in else arr), out_arr
+    return _dispatch.job(backend, not device_in), (x if device_in else arr), arr, out_arr
 
 
 def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
     p, seed, offset, training = _common(p, seed, offset, mode, training)
-    job, xa, out_arr = _prepare(x, out, backend, name)
-    n = math.prod(xa.shape)
+    job, xa, info, out_arr = _prepare(x, out, backend, name)
+    n = info.size
     _arrays.check_counter_range(offset, n)
     t = _threshold(p) if training else 0
-    scale = _scale(p, training, mode)
-    dtype = np.dtype(xa.dtype)
+    dtype = info.dtype
+    scale = dtype.type(_scale(p, training, mode))
     xc = job.contig(xa)
-    res = job.target(out_arr, xa.shape, dtype)
+    res = job.target(out_arr, info.shape, dtype)
     if n:
         if t >= _TWO32:  # p == 1: everything dropped; one all-dropped group gives exact zeros
             keep = np.zeros((1, 1), np.uint8)
-            job.op("group_dropout")(xc.reshape(1, 1, 1, n), job.contig(keep),
-                                    dtype.type(scale), res.reshape(1, 1, 1, n))
+            job.op("group_dropout")(xc.reshape(1, 1, 1, n), job.contig(keep), scale,
+                                    res.reshape(1, 1, 1, n))
         else:
-            job.op("dropout")(flat(xc), seed, offset, t, dtype.type(scale), flat(res))
+            job.op("dropout")(flat(xc), seed, offset, t, scale, flat(res))
     return _result(job.finish(res, out_arr), out)
 
 
@@ -114,6 +111,8 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
         A training loop advances it by ``x.size`` per call so that no draw repeats.
     training : bool
         Training (random mask) or inference (deterministic scaling, see the table above).
+        ``True``/``False`` or a NumPy bool; an int (0 and 1 included) is a TypeError, as in
+        torch and in every fastreg function that takes ``training``.
     mode : {"inverted", "classic"}
         Where the 1 / (1 - p) correction goes: at training ("inverted") or inference
         ("classic", multiply by 1 - p).
@@ -206,11 +205,11 @@ def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
     p = _arrays.check_probability(p)
     seed = _arrays.check_uint64(seed, "seed")
     offset = _arrays.check_uint64(offset, "offset")
-    packed = _check_bool(packed, "packed")
+    packed = _arrays.check_bool(packed, "packed")
     backend = _registry.resolve(backend)
     n = math.prod(shape)
     _arrays.check_counter_range(offset, n)
-    job = Job(backend, host_input=False)
+    job = _dispatch.Job(backend, host_input=False)
     t = _threshold(p)
     size, dtype = (((n + 7) // 8,), np.uint8) if packed else ((n,), np.bool_)
     if t >= _TWO32 or n == 0:  # p == 1: nothing is kept
@@ -227,8 +226,8 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
     """Dropout with one draw per group: per (sample, channel) for ``axis`` an int, per sample for
     ``axis=None``. Group (n, c) uses stream word ``offset + n * C + c``."""
     p, seed, offset, training = _common(p, seed, offset, mode, training)
-    job, xa, out_arr = _prepare(x, out, backend, name)
-    shape = tuple(xa.shape)
+    job, xa, info, out_arr = _prepare(x, out, backend, name)
+    shape = tuple(info.shape)
     if axis is None:
         if len(shape) < 1:
             raise ValueError(f"{name} must have a sample axis (ndim >= 1), got a 0-d array")
@@ -237,9 +236,8 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
         if len(shape) < 2:
             raise ValueError(f"{name} must have a sample axis and a channel axis (ndim >= 2), "
                              f"got shape {shape}")
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-        ax = int(axis) + len(shape) if axis < 0 else int(axis)
+        axis = _arrays.check_int(axis, "axis")
+        ax = axis + len(shape) if axis < 0 else axis
         if not 1 <= ax < len(shape):
             raise ValueError(f"axis must name a channel axis in [1, {len(shape)}) or "
                              f"[-{len(shape) - 1}, -1] (axis 0 is the sample axis), got {axis}")
@@ -248,7 +246,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
     groups = nsamples * c
     _arrays.check_counter_range(offset, groups)
     t = _threshold(p) if training else 0
-    dtype = np.dtype(xa.dtype)
+    dtype = info.dtype
     xc = job.contig(xa)
     res = job.target(out_arr, shape, dtype)
     if math.prod(shape):

@@ -28,6 +28,8 @@ __all__ = ["SGD", "Adam", "AdamW"]
 
 
 def _check_beta(b, name):
+    if type(b) is float and 0.0 <= b < 1.0:
+        return b
     if isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1), got {type(b).__name__}")
     b = float(b)
@@ -89,17 +91,18 @@ class _Optimizer:
             raise ValueError(f"step() got {len(grads)} gradients for {len(self.params)} "
                              "parameters")
         ready = []
+        host = not self._device
         for i, (p, g) in enumerate(zip(self.params, grads)):
+            if host and type(g) is np.ndarray:  # self.params holds plain host ndarrays
+                if g.shape != p.shape or g.dtype != p.dtype:
+                    self._mismatch(i, g, p)
+                ready.append(flat(np.ascontiguousarray(g)))
+                continue
             name = f"grads[{i}]"
             if _arrays.is_device(g) != self._device:
                 raise ValueError(f"{name} must be on the same device as params[{i}]")
             ga = _arrays.describe(g, name)
-            pa = _arrays.describe(p, "p")
-            if tuple(ga.shape) != tuple(pa.shape):
-                raise ValueError(f"{name} has shape {tuple(ga.shape)}, params[{i}] has "
-                                 f"{tuple(pa.shape)}")
-            if ga.dtype != pa.dtype:
-                raise ValueError(f"{name} has dtype {ga.dtype}, params[{i}] has {pa.dtype}")
+            self._mismatch(i, ga, _arrays.describe(p, "p"))
             ready.append(flat(self._job.contig(g if self._device else ga)))
         if self.check_finite:
             finite = self._job.op("all_finite")
@@ -108,6 +111,15 @@ class _Optimizer:
                     raise FloatingPointError(f"grads[{i}] holds NaN or inf: no parameter was "
                                              "changed (check_finite=True)")
         return ready
+
+    @staticmethod
+    def _mismatch(i, ga, pa):
+        """ValueError if gradient i's shape or dtype differs from its parameter's."""
+        if tuple(ga.shape) != tuple(pa.shape):
+            raise ValueError(f"grads[{i}] has shape {tuple(ga.shape)}, params[{i}] has "
+                             f"{tuple(pa.shape)}")
+        if ga.dtype != pa.dtype:
+            raise ValueError(f"grads[{i}] has dtype {ga.dtype}, params[{i}] has {pa.dtype}")
 
     def _zeros_like(self, p):
         return flat(self._job.zeros(tuple(_arrays.describe(p, "p").shape), p.dtype))

@@ -11,12 +11,11 @@ PyTorch's ``weight_decay=wd`` (SGD, Adam) adds ``wd * w`` to the gradient: it is
 (soft-thresholding and its group form) do, which is what makes L1 produce sparse weights.
 """
 import math
-import numbers
 
 import numpy as np
 
-from . import _arrays, _registry
-from ._dispatch import Job, flat
+from . import _arrays, _dispatch
+from ._dispatch import flat
 
 
 def _as_list(w, name):
@@ -29,7 +28,7 @@ def _backend_for(arrays, backend):
     device = [_arrays.is_device(a) for a in arrays]
     if any(device) and not all(device):
         raise ValueError("w mixes CUDA device arrays and host arrays")
-    return _registry.resolve(backend, *arrays), bool(device and device[0])
+    return _dispatch.resolve(backend, *arrays), bool(device and device[0])
 
 
 def _sums(w, backend):
@@ -40,7 +39,7 @@ def _sums(w, backend):
         _arrays.check_float(arr, name)
         checked.append(a if _arrays.is_device(a) else arr)
     backend, device = _backend_for(checked, backend)
-    job = Job(backend, host_input=not device)
+    job = _dispatch.job(backend, not device)
     total_abs = total_sq = 0.0
     for a in checked:
         if math.prod(a.shape):
@@ -134,21 +133,27 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
     return l1 * s_abs + l2 * s_sq
 
 
+# The smallest positive double that rounds to inf in each dtype (round to nearest even:
+# float32's largest finite value plus half an ulp, 2**128 - 2**103); a strength at or above it
+# would overflow when the kernel converts it to the array's dtype.
+_OVERFLOW = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
+
+
 def _grad(w, l1, c2, out, accumulate, backend):
     accumulate = bool(accumulate)
     arr = _arrays.describe(w, "w")
     _arrays.check_float(arr, "w")
-    device = _arrays.is_device(w)
+    device = arr is not w and _arrays.is_device(w)
     if accumulate and out is None:
         raise ValueError("accumulate=True adds into out=: pass the gradient to add into as out")
-    backend = _registry.resolve(backend, w, out)
+    backend = _dispatch.resolve(backend, w, out)
     x = w if device else arr
-    out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [x], device)
-    job = Job(backend, host_input=not device)
-    dtype = np.dtype(arr.dtype)
-    with np.errstate(over="ignore"):
-        if not (np.isfinite(dtype.type(l1)) and np.isfinite(dtype.type(c2))):
-            raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
+    out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, (x,), device)
+    job = _dispatch.job(backend, not device)
+    dtype = arr.dtype
+    limit = _OVERFLOW[dtype]
+    if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
+        raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
     wc = job.contig(x)
     res = job.target(out_arr, arr.shape, dtype)
     if accumulate and res is not out_arr:  # non-contiguous out: accumulate into a contiguous copy
@@ -223,7 +228,7 @@ def _in_place(w, x, device, backend, run):
     """Run ``run(job, src, dst)`` on kernel-ready views of the in-place operand ``w`` (already
     checked: ``x`` is its host view, ``device`` where it lives) and write the result back;
     returns ``w``. A non-contiguous host array goes through a contiguous copy."""
-    job = Job(_registry.resolve(backend, w), host_input=not device)
+    job = _dispatch.job(_dispatch.resolve(backend, w), not device)
     target = w if device else x
     dst = job.target(target, x.shape, x.dtype)
     if math.prod(x.shape):
@@ -340,8 +345,7 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
     t = _arrays.check_nonneg(threshold, "threshold")
     x, device = _arrays.check_in_place(w, "w")
     shape = tuple(x.shape)
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = _arrays.check_int(axis, "axis")
     if not -len(shape) <= axis < len(shape):
         raise ValueError(f"axis {axis} is out of range for w with {len(shape)} dimensions")
     ax = axis % len(shape)
