@@ -27,8 +27,14 @@ A rank that *hangs* (or dies under a launcher that does not clean up, e.g. ``mpi
 collective here is non-blocking (``Iallreduce``, ``Iallgather``, ``Ibcast``, ``Ibarrier``) and
 is waited for by polling ``Request.Test()`` against a deadline: past ``timeout`` seconds it
 raises ``CollectiveTimeout`` naming the operation, the rank and the world size. The
-communicator is then unusable (the collective is still pending); let the exception end the
-process (under ``python -m mpi4py`` that aborts the job) or call ``comm.Abort()``. MPI errors are
+communicator is then unusable (the collective is still pending), and MPI_Finalize at exit would
+wait forever, so the job is aborted: under ``python -m mpi4py`` the uncaught exception aborts it
+at once; in any case (plain ``python script.py``, or an exception that was caught) the process
+calls ``comm.Abort()`` when it exits (an ``atexit`` hook armed by the first timeout), and
+``mpiexec`` then ends every rank, the hung one included (even one stopped with SIGSTOP). A job
+with a hung rank thus ends about ``timeout`` seconds after the collective started on the
+surviving ranks, plus the time they take to exit; a rank that is still running code after
+catching the exception delays the abort until it exits. MPI errors are
 returned, not fatal (``comm.Set_errhandler(MPI.ERRORS_RETURN)``, mpi4py's default for
 COMM_WORLD, set again on every communicator passed here) and re-raised as ``CollectiveError``.
 The default timeout is 300 s (``FASTREG_MPI_TIMEOUT``); ``timeout=None`` waits forever with the
@@ -117,8 +123,8 @@ class CollectiveError(RuntimeError):
 
 class CollectiveTimeout(CollectiveError, TimeoutError):
     """A collective did not complete within its timeout: another rank died, hangs or never
-    reached the same call. The communicator cannot be used afterwards; end the process (under
-    ``python -m mpi4py`` an uncaught exception aborts the whole job) or call ``comm.Abort()``."""
+    reached the same call. The communicator cannot be used afterwards; the process calls
+    ``comm.Abort()`` when it exits (see the module notes), which ends the whole job."""
 
 
 # ---- communicators and the watchdog ----------------------------------------------------------
@@ -171,12 +177,14 @@ def _wait(comm, req, op, timeout):
         while not req.Test():
             now = time.monotonic()
             if now >= deadline:
-                raise CollectiveTimeout(
+                exc = CollectiveTimeout(
                     f"{op} on rank {rank} of {size} did not complete within {timeout:g} s: "
                     "another rank died, hangs or did not reach the same collective. The "
-                    "communicator is unusable now; end the process (python -m mpi4py aborts "
-                    "the job on an uncaught exception) or call comm.Abort().",
+                    "communicator is unusable now: this process will abort the MPI job "
+                    "(MPI_Abort) when it exits, since MPI_Finalize would wait forever.",
                     op, rank, size)
+                _abort_at_exit(comm, exc)
+                raise exc
             if now - t0 < _SPIN_S:
                 os.sched_yield()
             else:
@@ -185,6 +193,36 @@ def _wait(comm, req, op, timeout):
     except MPI.Exception as exc:
         raise CollectiveError(f"{op} failed on rank {rank} of {size}: {exc}", op, rank,
                               size) from exc
+
+
+_ABORT_CODE = 70          # the exit status MPI_Abort asks for after a collective timeout
+_abort = None             # (comm, exception) of the first collective timeout of this process
+
+
+def _abort_at_exit(comm, exc):
+    """Make sure that the job ends after a collective timeout: at interpreter exit (after an
+    uncaught exception's traceback, or a normal exit after the exception was caught) call
+    ``comm.Abort``, before mpi4py's MPI_Finalize, which would wait forever for the pending
+    collective (and for a rank that hangs). Under ``python -m mpi4py`` an uncaught exception
+    aborts the job already; this covers plain ``python script.py`` and caught exceptions."""
+    global _abort
+    if _abort is None:
+        import atexit
+        atexit.register(_abort_now)   # registered after mpi4py's finalizer: runs before it
+        _abort = (comm, exc)
+
+
+def _abort_now():
+    comm, exc = _abort
+    try:
+        import sys
+        sys.stdout.flush()
+        sys.stderr.write(f"fastreg.distributed: aborting the MPI job after a collective "
+                         f"timeout ({exc.op} on rank {exc.rank} of {exc.size})\n")
+        sys.stderr.flush()
+    except Exception:   # pragma: no cover - closed streams must not prevent the abort
+        pass
+    comm.Abort(_ABORT_CODE)
 
 
 def _allreduce_inplace(comm, buf, op, timeout, mpi_op=None):

@@ -15,6 +15,7 @@ bit. Every launch is bounded by a subprocess timeout.
 """
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -46,14 +47,15 @@ def _mpi_missing():
 needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
 
 
-def launch(n, worker, *args, mpiexec_opts=(), timeout=90):
-    """Run ``mpiexec -n n python -m mpi4py worker args``; (returncode, output, seconds)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+def launch(n, worker, *args, mpiexec_opts=(), timeout=90, module=True, env=None):
+    """Run ``mpiexec -n n python -m mpi4py worker args`` (``module=False``: plain ``python
+    worker args``); (returncode, output, seconds)."""
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
         [str(PKG_PARENT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("NUMBA_NUM_THREADS", "1")
-    cmd = [str(MPIEXEC), *mpiexec_opts, "-n", str(n), sys.executable, "-m", "mpi4py",
-           str(WORKERS / worker), *map(str, args)]
+    cmd = [str(MPIEXEC), *mpiexec_opts, "-n", str(n), sys.executable,
+           *(("-m", "mpi4py") if module else ()), str(WORKERS / worker), *map(str, args)]
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
@@ -146,7 +148,40 @@ def test_dead_or_hung_rank_ends_with_an_error(mode, opts):
     assert seconds < BOUND, (seconds, out)
     assert "completed: no error" not in out, out
     if mode == "hang" or opts:
-        # the surviving ranks raised, naming the operation and their rank
-        assert "WATCHDOG rank 0 CollectiveTimeout" in out or "WATCHDOG rank 0 CollectiveError" \
-            in out, out
-        assert "Iallreduce (gradient bucket" in out and "on rank 0 of 3" in out, out
+        # a surviving rank raised, naming the operation and its rank (the first to abort
+        # the job may end the other before it prints)
+        assert re.search(r"WATCHDOG rank [02] Collective(Timeout|Error)", out), out
+        assert "Iallreduce (gradient bucket" in out and re.search(r"on rank [02] of 3", out), out
+
+
+def _running(pid):
+    """True while process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@needs_mpi
+@pytest.mark.parametrize("module", [False, True], ids=["python", "python-m-mpi4py"])
+@pytest.mark.parametrize("mode", ["raise", "catch"])
+def test_a_stopped_rank_makes_the_job_abort(module, mode):
+    """Rank 1 stops itself (SIGSTOP) before a collective. Rank 0 raises CollectiveTimeout after
+    FASTREG_MPI_TIMEOUT and the job is aborted (status 70, fastreg's MPI_Abort code), ending the
+    stopped rank too: with an uncaught exception or a caught one (where rank 0 reaches the end
+    of its script and MPI_Finalize would wait forever), under plain python or -m mpi4py.
+    Without the abort the job never ends: the subprocess limit then fails the test."""
+    rc, out, _ = launch(2, "hang_abort.py", mode, module=module, timeout=120,
+                        env={"FASTREG_MPI_TIMEOUT": "3"})
+    assert rc == 70, out
+    assert "HANG rank 0 CollectiveTimeout after" in out and "Iallreduce (sum, 3 values)" in out
+    assert "aborting the MPI job after a collective timeout" in out, out
+    if mode == "catch":
+        assert "HANG rank 0 reached the end of the script" in out, out
+    pids = [int(line.split()[-1]) for line in out.splitlines() if " ready pid " in line]
+    assert len(pids) == 2, out
+    deadline = time.monotonic() + 10
+    while any(map(_running, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, pids)), out

@@ -17,6 +17,7 @@ timeout; the failure cases must end within BOUND seconds.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -155,6 +156,18 @@ def test_checkpoint_from_two_ranks_resumes_on_three(tmp_path):
     assert sum(f"DP CKPT RESUME OK rank {r} of 3" in out for r in range(3)) == 3, out
 
 
+@needs_mpi
+def test_load_checkpoint_is_collective(tmp_path):
+    """load_checkpoint with comm: rank 0 reads and checks the file, every rank gets the state
+    (it equals a single-process load); a damaged file raises on every rank."""
+    path = tmp_path / "run.npz"
+    rc, out, _ = launch(2, "ckpt_write", path)
+    assert rc == 0, out
+    rc, out, _ = launch(2, "ckpt_load", path)
+    assert rc == 0, out
+    assert sum(f"DP CKPT LOAD OK rank {r} of 2" in out for r in range(2)) == 2, out
+
+
 WATCHDOG_TIMEOUT = "3"   # FASTREG_MPI_TIMEOUT of the workers, seconds
 BOUND = 30.0             # the job must end well within this (the subprocess limit is 60)
 
@@ -172,9 +185,10 @@ def test_dead_or_hung_rank_ends_training_with_an_error(mode, opts):
     assert seconds < BOUND, (seconds, out)
     assert "completed: no error" not in out, out
     if mode == "hang" or opts:
-        assert "DP FAIL rank 0 CollectiveTimeout" in out or "DP FAIL rank 0 CollectiveError" \
-            in out, out
-        assert "on rank 0 of 3" in out, out
+        # a surviving rank raised (the first to abort the job may end the other before it
+        # prints)
+        assert re.search(r"DP FAIL rank [02] Collective(Timeout|Error)", out), out
+        assert re.search(r"on rank [02] of 3", out), out
 
 
 @needs_mpi

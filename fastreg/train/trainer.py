@@ -42,7 +42,8 @@ reads them on resume (the state is broadcast: no shared file system needed), and
 rank with a progress bar or printed lines. A checkpoint holds no rank-specific state, so a run
 resumes on any number of ranks. A rank that dies or hangs makes the others raise
 ``fastreg.distributed.CollectiveTimeout`` after FASTREG_MPI_TIMEOUT seconds (default 300)
-instead of waiting forever.
+instead of waiting forever, and the job is then aborted (``comm.Abort``, at once under
+``python -m mpi4py``, else when the process exits).
 
 Exactness against one process on the same global batches: on 1 rank the arithmetic is the
 single-process one (no synchronized batch norm, no Allreduce: bit-identical results); on N > 1

@@ -16,6 +16,10 @@ MODE
   ckpt_write P  2 epochs with checkpoint=P (rank 0 writes it). Prints "DP CKPT WRITE OK rank R".
   ckpt_resume P resume P to 4 epochs; compare with 4 single-process epochs (RTOL). Prints
                 "DP CKPT RESUME OK rank R".
+  ckpt_load P   Trainer.load_checkpoint(P) (collective: rank 0 reads, every rank gets the
+                state) equals a single-process load; a damaged copy of P raises on every rank
+                (ValueError on rank 0, RuntimeError elsewhere) and changes nothing. Prints
+                "DP CKPT LOAD OK rank R".
   exit | hang   rank 1 dies (os._exit) or hangs in its 3rd training step; the survivors print
                 "DP FAIL rank R <exception>" and re-raise (run with FASTREG_MPI_TIMEOUT small).
 """
@@ -156,6 +160,33 @@ def mode_ckpt_resume(path):
     print(f"DP CKPT RESUME OK rank {rank} of {size}", flush=True)
 
 
+def mode_ckpt_load(path):
+    dp = build(comm, [EarlyStopping("val_loss", patience=10)])
+    before = [p.copy() for p in dp.model.parameters()]
+    bad = os.path.join(os.path.dirname(os.path.abspath(path)), "damaged.npz")
+    if rank == 0:
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(bad, "wb") as f:
+            f.write(data[:len(data) // 2])
+    comm.Barrier()
+    try:
+        dp.load_checkpoint(bad)
+    except (ValueError, RuntimeError) as exc:
+        assert isinstance(exc, ValueError if rank == 0 else RuntimeError), (rank, exc)
+    else:
+        raise AssertionError("a damaged checkpoint loaded")
+    for a, b in zip(before, dp.model.parameters()):
+        assert np.array_equal(a, b), rank
+    dp.load_checkpoint(path)
+    ref = build(None, [EarlyStopping("val_loss", patience=10)])
+    ref.load_checkpoint(path)
+    assert dp.epoch == ref.epoch == 2, (dp.epoch, ref.epoch)
+    for (k, a), b in zip(dp.state_dict().items(), ref.state_dict().values()):
+        assert np.array_equal(a, b), (rank, k)
+    print(f"DP CKPT LOAD OK rank {rank} of {size}", flush=True)
+
+
 def mode_fail(how):
     (X, y), _ = data()
     steps = []
@@ -187,6 +218,8 @@ if __name__ == "__main__":
         mode_ckpt_write(sys.argv[2])
     elif mode == "ckpt_resume":
         mode_ckpt_resume(sys.argv[2])
+    elif mode == "ckpt_load":
+        mode_ckpt_load(sys.argv[2])
     elif mode in ("exit", "hang"):
         mode_fail(mode)
     else:
