@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fastreg import optim
-from fastreg.train import EarlyStopping, Trainer, mlp
+from fastreg.train import Callback, EarlyStopping, Trainer, mlp
 from fastreg.train import checkpoint as ckpt
 from fastreg.train.data import load_digits
 
@@ -374,3 +374,48 @@ def test_save_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.os, "replace", replace)
     ckpt.save(tmp_path / "c.npz", {"a": np.ones(2)})
     assert calls == [("fsync", False), ("replace", None), ("fsync", True)]
+
+
+class Counter(Callback):
+    """A third-party callback with state and no state_spec: its load_state_dict changes the
+    callback before it refuses a negative count."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.count += 1
+
+    def state_dict(self):
+        return {"count": np.array(self.count, np.int64)}
+
+    def load_state_dict(self, state):
+        self.count = int(state["count"])
+        if self.count < 0:
+            raise ValueError("negative count")
+
+
+def test_a_callback_that_refuses_its_state_is_rolled_back(tmp_path):
+    model = mlp((64, 12, 10), dropout=0.2, batch_norm=True, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, backend="numpy")
+    t = Trainer(model, opt, callbacks=[EarlyStopping(patience=50), Counter()], seed=1,
+                backend="numpy", verbose=0)
+    X, y = _digits(64)
+    t.fit(X, y, validation=(X, y), epochs=1, batch_size=32)
+    state = t.state_dict()
+    t.fit(X, y, validation=(X, y), epochs=2, batch_size=32)
+    before = _snapshot(t)
+    with pytest.raises(ValueError, match=r"callback 1 \(Counter\) refused.*negative count"):
+        t.load_state_dict({**state, "callback/1/count": np.array(-1)})
+    _assert_same(before, _snapshot(t))        # EarlyStopping (loaded first) put back too
+    assert t.callbacks[1].count == 2
+    # its entries are free-form (no state_spec) but bounded: a huge header is refused unread
+    path = tmp_path / "c.npz"
+    t.save_checkpoint(path)
+    bad = tmp_path / "huge.npz"
+    _rezip(path, bad, replace={"callback/1/count.npy": _npy_header((2**40,), "<f8")})
+    with pytest.raises(ValueError, match="'callback/1/count' has shape"):
+        t.load_checkpoint(bad)
+    _assert_same(before, _snapshot(t))
+    t.load_state_dict({**state, "callback/1/count": np.array(7)})
+    assert t.callbacks[1].count == 7 and t.epoch == 1

@@ -500,7 +500,8 @@ class Trainer:
         free = []
         for i, cb in enumerate(self.callbacks):
             fixed[f"callback/{i}/class"] = Spec((), "U")
-            sub = cb.state_spec(model)
+            describe = getattr(cb, "state_spec", None)     # duck-typed callbacks may lack it
+            sub = describe(model) if describe is not None else None
             if sub is None:      # a callback that does not describe its state: any entries
                 free.append(f"callback/{i}/")
             else:
@@ -600,7 +601,8 @@ class Trainer:
                                      f"{prefix + 'best_weights/' + missing[0]!r} (best "
                                      "weights are saved whole or not at all)")
             try:
-                cb.check_state_dict(sub, prefix)
+                if hasattr(cb, "check_state_dict"):
+                    cb.check_state_dict(sub, prefix)
             except (ValueError, TypeError, KeyError) as exc:
                 raise ValueError(f"checkpoint of callback {i} ({type(cb).__name__}): "
                                  f"{exc}") from exc
