@@ -356,6 +356,10 @@ def test_mixed_load_runs_numba_and_ends():
 _ORPHAN = """
 import os, sys, time
 from fastreg.bench import load
+if sys.argv[1] == "interrupt":
+    with load.background_load("spin", 1) as procs:
+        print(procs[0].pid, flush=True)
+        time.sleep(60)   # Ctrl-C (SIGINT) here: KeyboardInterrupt, the with block ends the load
 procs = load.start("spin", 1)
 print(procs[0].pid, flush=True)
 if sys.argv[1] == "exit":
@@ -364,17 +368,19 @@ time.sleep(60)           # killed with SIGKILL here: the worker notices its pare
 """
 
 
-@pytest.mark.parametrize("how", ["exit", "kill"])
+@pytest.mark.parametrize("how", ["exit", "kill", "interrupt"])
 def test_load_never_outlives_the_benchmark(how):
     import signal
     import time
     proc = subprocess.Popen([sys.executable, "-c", _ORPHAN, how], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=_env())
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
     worker = int(proc.stdout.readline())
-    if how == "kill":
+    if how != "exit":
         assert _alive(worker)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL if how == "kill" else signal.SIGINT)
     proc.wait(timeout=60)
+    if how == "interrupt":
+        assert "KeyboardInterrupt" in proc.stderr.read()
     deadline = time.monotonic() + 60
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
