@@ -317,6 +317,8 @@ def test_bandwidth_probe_reports_its_kernels():
     assert probe.gb_per_s == max(probe.kernels.values()) == probe.kernels[probe.kernel]
     assert (probe.n, probe.rounds) == (1 << 12, 2) and probe.threads >= 1
     assert bandwidth.machine_bandwidth(n=1 << 12, repeat=2) == probe.gb_per_s   # cached
+    again = bandwidth.probe(n=1 << 12, rounds=2, again=True)
+    assert again is not probe and bandwidth.probe(n=1 << 12, rounds=2) is again
     with pytest.raises(ValueError):
         bandwidth.probe(n=0)
 

@@ -84,11 +84,11 @@ def _numpy_kernels(pool, nthreads):
             "numpy add": chunked(lambda a, b, c, s: np.add(b, c, out=a))}
 
 
-def probe(n=DEFAULT_N, rounds=10):
+def probe(n=DEFAULT_N, rounds=10, *, again=False):
     """Measure the memory bandwidth: the best of the STREAM-like kernels (see the module doc).
 
     Measured once per process, n and thread count (Numba's, at the time of the call), then
-    cached.
+    cached (``again=True`` measures anew, e.g. after a long run, and caches that).
 
     Parameters
     ----------
@@ -97,6 +97,8 @@ def probe(n=DEFAULT_N, rounds=10):
         fastreg figure uses. Arrays that fit in a cache measure the cache, not memory.
     rounds : int
         Timed passes of each kernel (the kernels take turns); each kernel's fastest counts.
+    again : bool
+        Measure even when a cached result exists.
 
     Returns
     -------
@@ -109,7 +111,7 @@ def probe(n=DEFAULT_N, rounds=10):
         raise ValueError(f"n must be >= 1, got {n}")
     nthreads = threads()
     key = (n, nthreads)
-    if key in _cache and _cache[key].rounds >= rounds:
+    if not again and key in _cache and _cache[key].rounds >= rounds:
         return _cache[key]
     from fastreg import _threads
     from . import _stream   # imports Numba

@@ -279,6 +279,7 @@ class _Table:
             self.probe = bandwidth.probe(n=QUICK_BANDWIDTH_N if args.quick else BANDWIDTH_N,
                                          rounds=5 if args.quick else 10)
             self.machine = self.probe.gb_per_s
+        self.probe_again = not args.quick   # probe again after the rows (quick rows are in cache)
         self.cache_bytes = cache_bytes()
         self.highest = None       # (fraction of bw, what) of the large rows
         self.gpu = None
@@ -447,7 +448,15 @@ class _Table:
                  f"where the op moves under {self.cache_bytes >> 20} MiB (4x the last-level "
                  "cache): its data may stay in the caches, beyond what memory bounds")
         if self.highest is not None:
-            self.say(f"  highest of bw here: {self.highest[0]:.0%} ({self.highest[1]})")
+            highest = f"{self.highest[0]:.0%} ({self.highest[1]})"
+            if self.probe_again:   # the machine's load may have changed during the rows
+                after = bandwidth.probe(self.probe.n, self.probe.rounds, again=True)
+                best = max(after.gb_per_s, self.probe.gb_per_s)
+                self.say(f"  the probe again after the rows: {after.gb_per_s:.1f} GB/s "
+                         f"({after.kernel}); highest of bw here: {highest}, "
+                         f"{self.highest[0] * self.machine / best:.0%} of the better probe")
+            else:
+                self.say(f"  highest of bw here: {highest}")
         allocs = {a for op in self.ops for a in cases.ALLOCS[op]}
         if allocs & {"out=", "fresh"}:
             self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
