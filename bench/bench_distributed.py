@@ -224,7 +224,8 @@ def test_bench_distributed_smoke():
     import pytest
     mpiexec = Path(sys.executable).parent / "mpiexec"
     if importlib.util.find_spec("mpi4py") is None or not mpiexec.exists():
-        pytest.skip("needs mpi4py and the venv's mpiexec: pip install fastreg[mpi]")
+        pytest.skip("needs mpi4py and the venv's mpiexec: pip install "
+                    "'fastreg-kernels[mpi]'")
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     p = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "mpi4py", __file__,

@@ -1,9 +1,9 @@
 """Data-parallel training over MPI (mpi4py): sharding, gradient Allreduce, synchronized batch norm
 statistics, rank-0 decisions, and a watchdog around every collective.
 
-Install with ``pip install fastreg[mpi]`` (mpi4py and the self-contained ``mpich`` wheel from
-PyPI: no system MPI needed) and start the same script on N processes with the virtualenv's own
-launcher::
+Install with ``pip install "fastreg-kernels[mpi]"`` (mpi4py and the self-contained ``mpich``
+wheel from PyPI: no system MPI needed) and start the same script on N processes with the
+virtualenv's own launcher::
 
     .venv/bin/mpiexec -n 4 .venv/bin/python -m mpi4py train.py
 
@@ -13,7 +13,7 @@ add ``-f hostfile`` (one ``host:slots`` per line); the script does not change.
 
 mpi4py is imported on first use only: ``import fastreg.distributed`` works without it, and so
 do ``shard``, ``shard_sizes`` and ``global_indices``; the functions that talk to other processes
-raise an ImportError naming ``pip install fastreg[mpi]`` when it is missing.
+raise an ImportError naming ``pip install "fastreg-kernels[mpi]"`` when it is missing.
 
 Exactness. Every rank sees the same values: statistics are gathered and merged in rank order
 (each rank does the same float64 arithmetic on the same inputs), and sums use MPI's Allreduce,
@@ -79,7 +79,7 @@ def mpi():
     Raises
     ------
     ImportError
-        mpi4py (or an MPI library) is not installed: ``pip install fastreg[mpi]``.
+        mpi4py (or an MPI library) is not installed: ``pip install "fastreg-kernels[mpi]"``.
     """
     global _MPI
     if _MPI is None:
@@ -87,7 +87,8 @@ def mpi():
             from mpi4py import MPI
         except ImportError as exc:
             raise ImportError(
-                "fastreg.distributed needs mpi4py and an MPI library: pip install fastreg[mpi] "
+                "fastreg.distributed needs mpi4py and an MPI library: pip install "
+                '"fastreg-kernels[mpi]" '
                 "(mpi4py and the self-contained mpich wheel; run with the virtualenv's mpiexec)"
             ) from exc
         _MPI = MPI

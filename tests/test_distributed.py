@@ -38,7 +38,7 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 def _mpi_missing():
     if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed (pip install fastreg[mpi])"
+        return 'mpi4py is not installed (pip install "fastreg-kernels[mpi]")'
     if not MPIEXEC.exists():
         return f"no mpiexec next to {sys.executable} (pip install mpich)"
     return None
@@ -94,7 +94,7 @@ def test_missing_mpi4py_names_the_extra():
             "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(PKG_PARENT)), timeout=60).stdout
-    assert "pip install fastreg[mpi]" in out
+    assert 'pip install "fastreg-kernels[mpi]"' in out
 
 
 def test_default_timeout(monkeypatch):

@@ -41,7 +41,7 @@ MPIEXEC = Path(sys.executable).parent / "mpiexec"
 
 def _mpi_missing():
     if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed (pip install fastreg[mpi])"
+        return 'mpi4py is not installed (pip install "fastreg-kernels[mpi]")'
     if not MPIEXEC.exists():
         return f"no mpiexec next to {sys.executable} (pip install mpich)"
     return None
@@ -128,7 +128,7 @@ def test_demo_distributed_without_mpi4py_names_the_extra():
             "sys.exit(main(['demo', '--distributed']))\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=_env(), capture_output=True,
                        text=True, timeout=60)
-    assert p.returncode == 2 and "pip install fastreg[mpi]" in p.stderr, p.stderr
+    assert p.returncode == 2 and 'pip install "fastreg-kernels[mpi]"' in p.stderr, p.stderr
 
 
 # ---- under mpiexec ------------------------------------------------------------------------------

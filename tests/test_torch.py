@@ -11,7 +11,8 @@ import pytest
 
 import fastreg
 
-torch = pytest.importorskip("torch", reason="torch is not installed (extra: fastreg[torch])")
+torch = pytest.importorskip("torch",
+                            reason="torch is not installed (extra: fastreg-kernels[torch])")
 import fastreg.torch as frt  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.autograd import gradcheck  # noqa: E402
@@ -56,7 +57,7 @@ def test_import_without_torch_says_how_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert "ERR" in out.stdout, out.stderr
-    assert 'pip install "fastreg[torch]"' in out.stdout
+    assert 'pip install "fastreg-kernels[torch]"' in out.stdout
 
 
 def test_fastreg_never_imports_torch():

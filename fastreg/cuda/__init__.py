@@ -12,15 +12,13 @@ and the result copied back).
 For your own kernels: ``philox4x32_device``, ``stream_block_device`` and ``stream_word_device``
 (see fastreg.cuda.philox) give the same words, hence the same masks, as fastreg's ops.
 """
+import importlib.util
+
 _IMPORT_ERROR = None
+_INSTALL = 'pip install "fastreg-kernels[cuda]" (NVIDIA\'s numba-cuda)'
 
 try:
     from numba import cuda as _cuda
-except Exception as exc:  # numba-cuda missing or broken: report it, do not fail the import
-    _cuda = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-if _cuda is not None:
     from .philox import (philox4x32, random_bits, uniform, philox4x32_device,
                          stream_block_device, stream_word_device, split_seed,
                          as_device, empty, to_device, copy_to_host)
@@ -31,6 +29,9 @@ if _cuda is not None:
     from .batchnorm import (bn_stats, bn_apply, bn_forward_train, bn_backward_reduce,
                             bn_backward_apply, bn_backward, bn_forward_coeffs, bn_running_update,
                             bn_backward_coeffs)
+except Exception as exc:  # numba-cuda missing or broken: report it, do not fail the import
+    _cuda = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout",
            "dropout_mask", "dropout_mask_packed", "group_dropout", "philox4x32_device",
@@ -52,7 +53,10 @@ def unavailable_reason():
         NUMBA_ENABLE_CUDASIM=1); otherwise a short reason.
     """
     if _cuda is None:
-        return f"numba-cuda not installed or broken ({_IMPORT_ERROR}): pip install fastreg[cuda]"
+        if importlib.util.find_spec("numba_cuda") is None:
+            # numba's own numba.cuda (deprecated) imports, but lacks what the kernels use
+            return f"numba-cuda is not installed: {_INSTALL}"
+        return f"numba-cuda does not import ({_IMPORT_ERROR}); reinstall it: {_INSTALL}"
     try:
         if _cuda.is_available():
             return None

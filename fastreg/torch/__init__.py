@@ -9,7 +9,7 @@ A one-line change to an existing model::
 The modules work on the tensors' own memory: CPU tensors through NumPy views, CUDA tensors
 through ``__cuda_array_interface__`` (the CUDA backend); results are written into tensors
 allocated by torch, so nothing is copied back. fastreg itself never imports torch: only this
-subpackage does, and it needs the optional extra ``pip install "fastreg[torch]"``.
+subpackage does, and it needs the optional extra ``pip install "fastreg-kernels[torch]"``.
 
 Contents
 --------
@@ -33,8 +33,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "fastreg.torch needs PyTorch, which is not installed. Install it with "
-        "`pip install \"fastreg[torch]\"` (or `pip install torch==2.13.0`); the rest of fastreg "
-        "works without it."
+        "`pip install \"fastreg-kernels[torch]\"` (or `pip install torch==2.13.0`); the rest of "
+        "fastreg works without it."
     ) from exc
 
 from . import functions, optim
