@@ -34,11 +34,14 @@ def info(args=None):
         except metadata.PackageNotFoundError:
             return None
 
-    print(f"fastreg {fastreg.__version__}")
+    # the distribution is "fastreg-kernels" (the name "fastreg" on PyPI is another project)
+    pip_name = "fastreg-kernels" if version("fastreg-kernels") else None
+    print(f"fastreg {fastreg.__version__}" + (f" (pip: {pip_name})" if pip_name else ""))
     print(f"python  {platform.python_version()} ({platform.python_implementation()}, "
           f"{platform.machine()})")
     # versions from the installed metadata: torch is reported without being imported
-    for dist in ("numpy", "numba", "cffi", "torch", "tqdm", "matplotlib", "threadpoolctl"):
+    for dist in ("numpy", "numba", "cffi", "numba-cuda", "torch", "tqdm", "matplotlib",
+                 "threadpoolctl"):
         v = version(dist)
         print(f"{dist:<13} {v if v else 'not installed'}")
     print("backends:")
@@ -89,9 +92,10 @@ def build_parser():
         description="Train a 64-256-256-10 MLP on a small subset of the embedded digits under "
                     "no regularization, L2 (coupled, decoupled), L1-prox, dropout (inverted, "
                     "classic), batch norm, early stopping, augmentation and all together; print "
-                    "a table and write results.json and learning_curves.png. With --distributed "
-                    "(under mpiexec -n N): train two of the configurations data-parallel over "
-                    "MPI and print samples/s and the accuracy on rank 0.")
+                    "a table, answer three questions with measurements, and write results.json "
+                    "and one figure per question. With --distributed (under mpiexec -n N): "
+                    "train two of the configurations data-parallel over MPI and print samples/s "
+                    "and the accuracy on rank 0.")
     from .train import demo as demo_module   # fastreg.train imports numpy and fastreg only
     demo_module.add_arguments(demo)
     demo.set_defaults(handler=lambda args: demo_module.run(args=args))
