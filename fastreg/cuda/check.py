@@ -34,7 +34,7 @@ It prints one row per kernel, dtype and architecture and exits 1 on any compile 
 promise (with the reason), 3 when the tools are missing (0 with ``--skip-if-missing``, for
 developers without the ``cuda-build`` extra). Install the tools with
 ``pip install "fastreg-kernels[cuda-build]"`` (numba-cuda with NVVM, NVRTC and nvJitLink, and the
-``nvidia-cuda-nvcc`` wheel for ptxas; about 1 GB). No GPU or driver is needed.
+``nvidia-cuda-nvcc`` wheel for ptxas; about 600 MB). No GPU or driver is needed.
 """
 import argparse
 import contextlib
