@@ -183,6 +183,35 @@ def test_group_lasso_vs_reference(backend, shape, axis, dtype):
                                np.maximum(norms - 0.8, 0), rtol=1e-5, atol=1e-6)
 
 
+def test_group_lasso_threshold_is_float64(backend):
+    """The threshold stays float64 on every backend (issue 13: the C kernel took a float)."""
+    w = np.random.default_rng(237).standard_normal((2, 2, 3, 6)).astype(np.float32)
+    t = 1.3890672562778141
+    expected = fastreg.prox_group_lasso(w.copy(), t, 2, backend="numpy")
+    got = fastreg.prox_group_lasso(w.copy(), t, 2, backend=backend)
+    np.testing.assert_array_equal(got, expected)
+    # a group whose float64 norm lies between t and float32(t) > t: kept (factor 1 - t / norm
+    # > 0), where a float32 threshold would zero it
+    t32 = float(np.float32(t))
+    assert t < t32
+    pair = None
+    for a in np.float32(1.0) + np.arange(64, dtype=np.float32) * np.float32(2 ** -10):
+        b = np.float32(np.sqrt(((t + t32) / 2) ** 2 - float(a) ** 2))
+        for cand in (b, np.nextafter(b, np.float32(0)), np.nextafter(b, np.float32(2))):
+            norm = np.sqrt(float(a) ** 2 + float(cand) ** 2)
+            if t < norm < t32:
+                pair = (a, cand)
+                break
+        if pair:
+            break
+    assert pair is not None
+    g = np.array([[pair[0], 3.0], [pair[1], 4.0]], np.float32)  # groups: columns (axis 0)
+    expected = fastreg.prox_group_lasso(g.copy(), t, 0, backend="numpy")
+    got = fastreg.prox_group_lasso(g.copy(), t, 0, backend=backend)
+    assert np.all(expected[:, 0] != 0)
+    np.testing.assert_array_equal(got, expected)
+
+
 # ---- bad input ------------------------------------------------------------------------------
 
 
