@@ -9,8 +9,8 @@ Kinds (``procs`` processes, default: as many as this process may use CPUs):
 ``mixed``
     What a test suite running beside you does, the load under which a 15 us dropout took
     3.8-12 ms: each process loops over short Numba ``prange`` regions (2**15 float64, Numba's
-    spinning OpenMP pool), a little serial NumPy work and a 0.5 ms sleep, like a test runner
-    between tests. The load's threads wake up, spin and sleep thousands of times a second, so a
+    spinning OpenMP pool of one thread per CPU), a little serial NumPy work and a 0.5 ms sleep,
+    like a test runner between tests. The load's threads wake up, spin and sleep thousands of times a second, so a
     parallel region of the measured process regularly waits for a worker the OS has not
     scheduled yet. (The same workload as the reproducer in the repository's bench/load.py.)
 ``spin``
@@ -112,12 +112,16 @@ def start(kind="mixed", procs=None, seed=0):
     if not _atexit_registered:
         atexit.register(_stop_all)
         _atexit_registered = True
+    # the load's threads: one per CPU, whatever --threads or the environment set for the
+    # benchmark, so the same load runs on the same machine every time
+    cpus = str(default_procs())
+    env = dict(os.environ, NUMBA_NUM_THREADS=cpus, OMP_NUM_THREADS=cpus)
     started = []
     try:
         for i in range(procs):
             proc = subprocess.Popen(
                 [sys.executable, _WORKER, kind, str(os.getpid()), str(int(seed) + i)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=env,
                 start_new_session=True)
             started.append(proc)
             _running.append(proc)
