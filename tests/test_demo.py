@@ -101,6 +101,16 @@ def test_figures_and_printed_text(demo_report):
     assert "training: 100%" in stderr          # progress, as lines when not on a terminal
 
 
+def test_without_matplotlib_the_demo_says_how_to_install_it(monkeypatch, tmp_path):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    note = demo._figures({}, {}, str(tmp_path))
+    assert "matplotlib is not installed" in note and "fastreg-kernels[demo]" in note
+    assert not list(tmp_path.iterdir())
+
+
 def _fake_results(per_seed):
     return {name: {"runs": [{"test_accuracy": a} for a in accs]}
             for name, accs in per_seed.items()}

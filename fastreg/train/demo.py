@@ -654,8 +654,8 @@ def run(argv=None, *, args=None):
 
     if resolved == "cpu" and _numba_cache_cold():
         _say_wrapped(say, "note: compiling the cpu backend's Numba kernels for their first use "
-                          "(about a minute, once: they are cached on disk; --backend c compiles "
-                          "nothing)", "      ")
+                          "(about 2 minutes of CPU, once: they are cached on disk; --backend c "
+                          "compiles nothing)", "      ")
         t0 = time.perf_counter()
         # compile once here rather than in every worker: one short run of each kernel family
         _init_worker(args.seed, args.backend, why is None)
@@ -750,10 +750,10 @@ def run(argv=None, *, args=None):
 
 def _figures(q, results, out):
     """Write the three figures; returns None, or why they could not be drawn."""
-    try:
-        from . import demo_figures
-    except ImportError as exc:
-        return f"{exc} ({DEMO_HINT})"
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        return f"matplotlib is not installed ({DEMO_HINT})"
+    from . import demo_figures
     for key, name in FIGURES.items():
         getattr(demo_figures, key)(q[key], results, os.path.join(out, name))
     return None
