@@ -21,8 +21,9 @@ Kinds (``procs`` processes of each, default: as many as this process may use CPU
 
 The load always ends: ``background_load`` terminates its processes on exit (also on an
 exception or Ctrl-C), and each load process exits by itself when its parent is gone.
-Reproducible: fixed work per iteration, fixed seeds, no files written except Numba's cache
-(``NUMBA_CACHE_DIR``, default a folder in the temporary directory, so later runs start at once).
+Reproducible: fixed work per iteration, fixed seeds, no files written except the load's script
+and Numba's cache (``NUMBA_CACHE_DIR``), in a folder of the temporary directory, so later runs
+start at once.
 """
 import contextlib
 import os
@@ -98,18 +99,31 @@ def start(kind="mixed", procs=None, seed=0):
     if procs < 1:
         raise ValueError(f"procs must be >= 1, got {procs}")
     env = dict(os.environ)
-    env.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "fastreg-load-cache"))
+    folder = os.path.join(tempfile.gettempdir(), "fastreg-load-cache")
+    env.setdefault("NUMBA_CACHE_DIR", folder)
+    # a file, not "-c": Numba caches only functions defined in files
+    os.makedirs(folder, exist_ok=True)
+    script = os.path.join(folder, f"{kind}_load.py")
     code = _MIXED if kind == "mixed" else _SPIN
+    try:
+        with open(script) as f:
+            same = f.read() == code
+    except OSError:
+        same = False
+    if not same:
+        with open(script + ".tmp", "w") as f:
+            f.write(code)
+        os.replace(script + ".tmp", script)
     started = []
     try:
         for i in range(procs):
             started.append(subprocess.Popen(
-                [sys.executable, "-c", code, str(os.getpid()), str(seed + i)], env=env,
+                [sys.executable, script, str(os.getpid()), str(seed + i)], env=env,
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
         for p in started:
             line = p.stdout.readline()  # blocks until the process is in its loop (or died)
             if line.strip() != "ready":
-                raise RuntimeError(f"load process {p.pid} failed to start (exit {p.poll()})")
+                raise RuntimeError(f"load process {p.pid} failed to start (see its stderr)")
     except BaseException:
         _stop(started)
         raise
