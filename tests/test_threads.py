@@ -318,6 +318,31 @@ def test_serial_and_parallel_paths_give_the_same_bits(host, op, family, make, ou
         _same(results[1], ref)
 
 
+@pytest.mark.parametrize("n", [1, 17, 5003, 40_000])
+def test_c_elementwise_splits_short_arrays_into_lines(n, stream_stores, monkeypatch):
+    """Below one tile per thread the C elementwise driver splits the work into runs of whole
+    64-byte lines (streamed or not): still the reference's bits."""
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("C backend unavailable")
+    import fastreg.c as fc
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    w = _f(np.float32, n)
+    for op, make in (("penalty_grad", lambda: (w, np.float32(0.1), np.float32(0.2),
+                                               np.empty_like(w), False)),
+                     ("soft_threshold", lambda: (w, np.float32(0.3), np.float32(1),
+                                                 np.empty_like(w)))):
+        args = make()
+        before = fc.parallel_regions()
+        with fastreg.threads(2):
+            _registry.get(op, "c")(*args)
+        if n >= 5003:
+            assert fc.parallel_regions() > before
+        expected = make()
+        _registry.get(op, "numpy")(*expected)
+        np.testing.assert_array_equal(bits(args[-2 if op == "penalty_grad" else -1]),
+                                      bits(expected[-2 if op == "penalty_grad" else -1]))
+
+
 def test_default_grain_keeps_small_ops_serial(host):
     """The issue's small ops (dropout on 64x128, l2_grad on 1e5, an AdamW step on 1e5) never
     reach a parallel region with the shipped GRAIN, even with threads to spare; a large one
