@@ -204,4 +204,28 @@ int fr_aug_mix_f32(const float *x, const int64_t *partner, const float *lam, flo
 int fr_aug_paste(const void *x, const int64_t *partner, const int64_t *rects, void *out,
                  int64_t M, int64_t H, int64_t W, int64_t P);
 
+/* ------------------------------------------------------------------ weight EMA, gradient norms
+ * (csrc/multi_tensor.c; definitions: fastreg/reference/ema.py, clip.py).  List ops take `count`
+ * arrays of one dtype (pointers and element counts n[k]).  mode: 0 sum x**2, 1 sum |x|,
+ * 2 max |x| (NaN if any is NaN), 3 sum |x|**pw; accumulated in double. */
+/* ema[k] = fma(coef, p[k] - ema[k], base): coef = w, base = ema if |w| < 0.5, else w - 1, p */
+int fr_ema_update_f32(float *const *ema, const float *const *p, const int64_t *n, int64_t count,
+                      float w);
+int fr_ema_update_f64(double *const *ema, const double *const *p, const int64_t *n,
+                      int64_t count, double w);
+int fr_norm_sum_f32(const float *const *a, const int64_t *n, int64_t count, int mode, double pw,
+                    double *result);
+int fr_norm_sum_f64(const double *const *a, const int64_t *n, int64_t count, int mode,
+                    double pw, double *result);
+/* a (U, K): out[u] = the reduction of row u */
+int fr_row_norm_sums_f32(const float *a, int64_t U, int64_t K, int mode, double pw, double *out);
+int fr_row_norm_sums_f64(const double *a, int64_t U, int64_t K, int mode, double pw,
+                         double *out);
+/* a[k][i] = a[k][i] * s */
+int fr_scale_f32(float *const *a, const int64_t *n, int64_t count, float s);
+int fr_scale_f64(double *const *a, const int64_t *n, int64_t count, double s);
+/* a (U, K): a[u, :] = a[u, :] * s[u] */
+int fr_scale_rows_f32(float *a, const float *s, int64_t U, int64_t K);
+int fr_scale_rows_f64(double *a, const double *s, int64_t U, int64_t K);
+
 #endif /* FASTREG_H */

@@ -12,6 +12,10 @@ from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop
                       dropout, dropout_backward, dropout_mask)
 from .penalty import (elastic_net_grad, elastic_net_penalty, l1_grad, l1_penalty, l2_grad,
                       l2_penalty, prox_elastic_net, prox_group_lasso, prox_l1)
+from . import schedules
+from .clip import (NonFiniteNormError, adaptive_clip_grad, clip_grad_norm, clip_grads_with_norm,
+                   grad_norm)
+from .ema import EMA, ema_decay, ema_update
 
 __version__ = "0.1.0"
 
@@ -24,4 +28,6 @@ __all__ = [
     "prox_l1", "prox_elastic_net", "prox_group_lasso", "optim",
     "batch_norm", "batch_norm_backward", "batch_norm_stats", "merge_stats", "fold_batch_norm",
     "BatchNormSaved",
+    "ema_update", "ema_decay", "EMA", "grad_norm", "clip_grad_norm", "clip_grads_with_norm",
+    "adaptive_clip_grad", "NonFiniteNormError", "schedules",
 ]

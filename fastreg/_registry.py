@@ -53,6 +53,15 @@ Kernel contract (the public wrappers have already validated everything; arrays a
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
 fastreg/reference/augment.py (all four backends).
 
+Weight EMA and gradient clipping (fastreg/reference/ema.py, clip.py): lists hold 1-D
+contiguous arrays of one float dtype; scalars are of that dtype, p (norm_type) a Python float
+> 0 or inf:
+    ema_update(emas, ps, w)          in place: ema = fma(coef, p - ema, base), torch's lerp
+    norm_sum(arrays, p) -> float     float64 sum |x|**p over all elements (max |x| for inf)
+    scale(arrays, s)                 in place: a = a * s
+    row_norm_sums(a, p, out)         a (U, K); out float64 (U,): norm_sum of each row
+    scale_rows(a, s)                 a (U, K) in place: a[u] = a[u] * s[u]; s (U,) of a's dtype
+
 See fastreg/reference/ for the exact definitions.
 """
 import importlib
@@ -69,6 +78,8 @@ _BATCHNORM_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduc
                   "bn_backward_coeffs")
 _AUGMENT_OPS = ("aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste")
 OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
+_EMA_CLIP_OPS = ("ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows")
+OPS += _EMA_CLIP_OPS
 
 _MODULES = {"numpy": "fastreg.reference", "cpu": "fastreg.cpu", "c": "fastreg.c",
             "cuda": "fastreg.cuda"}

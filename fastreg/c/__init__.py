@@ -111,3 +111,7 @@ __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "al
             "sgd_step", "adam_step"]
 from .batchnorm import *  # noqa: E402,F401,F403  the bn_* ops (fastreg/c/batchnorm.py __all__)
 from .augment import *  # noqa: E402,F401,F403  the aug_* ops (fastreg/c/augment.py __all__)
+from .ema import ema_update  # noqa: E402
+from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
+
+__all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]

@@ -14,3 +14,5 @@ from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_pa
 from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_coeffs,
                         bn_backward_reduce, bn_forward_coeffs, bn_forward_train, bn_running_update,
                         bn_stats)
+from .ema import ema_update
+from .clip import norm_sum, row_norm_sums, scale, scale_rows

@@ -22,3 +22,9 @@ __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropou
 def unavailable_reason():
     """The reference needs only NumPy: always available."""
     return None
+
+
+from .ema import ema_update  # noqa: E402
+from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
+
+__all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]

@@ -1,0 +1,353 @@
+"""Gradient clipping: by the global norm of a list of gradients (PyTorch's
+``clip_grad_norm_``) and adaptive, unit-wise clipping (AGC, Brock et al. 2021, as timm's
+``adaptive_clip_grad``).
+
+Norms. ``norm_type`` is a real ``p > 0`` or ``inf`` (also the string ``"inf"``). The p-norm of a
+list of arrays is the norm of all their elements as one vector: ``(sum |x|**p) ** (1 / p)``
+(``sqrt`` of the sum of squares for p = 2; ``max |x|`` for inf), accumulated in float64 over
+the elements converted to float64 (backends differ only by summation order).
+
+Clip coefficient, as torch computes it (``torch.nn.utils.clip_grads_with_norm_``): in the
+dtype ``r`` of torch's total norm (float32 when every gradient is float32, else float64)::
+
+    coef = r(1) / (r(total) + r(1e-6)) * r(max_norm)      (torch's reciprocal, then multiply)
+    coef = min(coef, 1)                                    (NaN stays NaN)
+    g = g * coef                                           (coef rounded to g's dtype)
+
+so clipped gradients equal torch's bit for bit whenever fastreg's total, rounded to ``r``, is
+torch's total: always for the inf norm (a max is exact), and for p-norms whenever torch's
+float32 arithmetic (a float32 norm per array, then the norm of those norms) happens to round to
+the same value; otherwise ``coef`` differs from torch's by about one float32 rounding (torch's
+total is the less accurate one). With a coefficient of exactly 1 the gradients are left as
+they are (``g * 1`` is ``g``).
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _arrays, _dispatch, _multi
+
+__all__ = ["grad_norm", "clip_grad_norm", "clip_grads_with_norm", "adaptive_clip_grad",
+           "NonFiniteNormError"]
+
+
+class NonFiniteNormError(FloatingPointError, RuntimeError):
+    """The total norm is NaN or infinite and ``error_if_nonfinite=True`` (a RuntimeError, as
+    torch raises, and a FloatingPointError, as fastreg's optimizers do)."""
+
+
+def check_norm_type(norm_type):
+    """``norm_type`` as a Python float: > 0, or inf (``"inf"`` accepted as torch does)."""
+    if isinstance(norm_type, str):
+        if norm_type.strip().lower() in ("inf", "+inf", "infinity"):
+            return math.inf
+        raise ValueError(f"norm_type must be a number > 0 or 'inf', got {norm_type!r}")
+    v = _arrays._scalar(norm_type)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"norm_type must be a real number > 0 or 'inf', got "
+                        f"{type(norm_type).__name__}")
+    v = float(v)
+    if not v > 0:   # NaN too
+        raise ValueError(f"norm_type must be > 0 (or inf), got {v}")
+    return v
+
+
+def _check_max_norm(max_norm):
+    v = _arrays._scalar(max_norm)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"max_norm must be a real number >= 0, got {type(max_norm).__name__}")
+    v = float(v)
+    if not v >= 0:
+        raise ValueError(f"max_norm must be >= 0 (inf allowed: no clipping), got {v}")
+    return v
+
+
+def root(s, p):
+    """The norm from ``sum |x|**p`` (or from ``max |x|`` for p = inf), float64."""
+    if p == 2.0:
+        return math.sqrt(s) if s == s and s >= 0 else s
+    if p == 1.0 or p == math.inf:
+        return s
+    return s ** (1.0 / p)
+
+
+def _combine(a, b, p):
+    """Partial results of two lists: a sum, or for p = inf a NaN-propagating max."""
+    if p != math.inf:
+        return a + b
+    if a != a or b != b:
+        return math.nan
+    return max(a, b)
+
+
+def total_norm_of(job, views, groups, p):
+    """The p-norm (float64) of the arrays ``views`` (kernel-ready, grouped by dtype)."""
+    s = 0.0
+    for dtype, idx in groups.items():
+        arrays = [views[i] for i in idx if views[i].size]
+        if arrays:
+            s = _combine(s, job.op("norm_sum")(arrays, p), p)
+    return root(s, p)
+
+
+def clip_coef(total, max_norm, dtypes):
+    """torch's clip coefficient (module doc) as a float64 holding a value of the result dtype
+    (float32 when every dtype is float32), or 1.0 when no gradient needs scaling."""
+    r = np.float32 if dtypes and all(np.dtype(d) == np.float32 for d in dtypes) else np.float64
+    with np.errstate(all="ignore"):
+        coef = r(1) / (r(total) + r(1e-6)) * r(max_norm)
+    coef = float(coef)
+    return 1.0 if coef > 1.0 else coef
+
+
+def _prepare(grads, backend):
+    grads = _multi.as_list(grads, "grads")
+    checked, device = _multi.check_targets(grads, "grads")
+    if not checked:
+        return grads, None, None
+    job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),
+                        not device)
+    return grads, job, _multi.Batch(job, grads if device else checked, in_place=True)
+
+
+def _scale(job, batch, coef):
+    """g = g * coef in each gradient's dtype (skipped for a coefficient of exactly 1)."""
+    if coef == 1.0:
+        return
+    for dtype, idx in batch.groups.items():
+        arrays = [batch.views[i] for i in idx if batch.views[i].size]
+        if arrays:
+            job.op("scale")(arrays, dtype.type(coef))
+    batch.write_back()
+
+
+def grad_norm(grads, norm_type=2.0, *, backend="auto"):
+    """The norm of a list of arrays taken as one vector (torch's ``get_total_norm``).
+
+    Parameters
+    ----------
+    grads : array or list of arrays, float32 or float64
+        Host or CUDA arrays (not modified); dtypes may differ.
+    norm_type : float or "inf"
+        p > 0, or inf.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    float
+        ``(sum |x|**p) ** (1 / p)`` over every element (``max |x|`` for inf), accumulated in
+        float64; 0.0 for an empty list; NaN if an element is NaN, inf if one is infinite.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad norm_type, a non-float array, host and device arrays mixed.
+    """
+    p = check_norm_type(norm_type)
+    arrays = _multi.as_list(grads, "grads")
+    infos, device = [], None
+    for i, a in enumerate(arrays):
+        info = _arrays.describe(a, f"grads[{i}]")
+        _arrays.check_float(info, f"grads[{i}]")
+        dev = _arrays.is_device(a)
+        if device is not None and dev != device:
+            raise ValueError("grads mixes CUDA device arrays and host arrays")
+        device = dev
+        infos.append(a if dev else info)
+    if not infos:
+        return 0.0
+    job = _dispatch.job(_dispatch.resolve(backend, *infos), not device)
+    batch = _multi.Batch(job, infos, in_place=False)
+    return total_norm_of(job, batch.views, batch.groups, p)
+
+
+def clip_grads_with_norm(grads, max_norm, total_norm, *, backend="auto"):
+    """Scale gradients in place by torch's clip coefficient for a given total norm.
+
+    Parameters
+    ----------
+    grads : array or list of arrays, float32 or float64
+        Updated in place (writable host arrays, a non-contiguous one through a copy written
+        back; or C-contiguous CUDA arrays), no two sharing memory.
+    max_norm : float
+        >= 0 (inf: nothing is scaled).
+    total_norm : float
+        The norm to clip by (e.g. from ``grad_norm``); NaN or inf scale every gradient by NaN
+        or 0, as in torch.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    float
+        The coefficient applied (1.0 when nothing was scaled).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad max_norm or total_norm, a non-float or read-only gradient, shared memory.
+    """
+    max_norm = _check_max_norm(max_norm)
+    total = _arrays._scalar(total_norm)
+    if isinstance(total, (bool, np.bool_)) or not isinstance(total, numbers.Real):
+        raise TypeError(f"total_norm must be a real number, got {type(total_norm).__name__}")
+    grads, job, batch = _prepare(grads, backend)
+    if job is None:
+        return 1.0
+    coef = clip_coef(float(total), max_norm, batch.groups)
+    _scale(job, batch, coef)
+    return coef
+
+
+def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
+                   backend="auto"):
+    """Clip a list of gradients by their global norm, in place: ``torch.nn.utils.clip_grad_norm_``.
+
+    Parameters
+    ----------
+    grads : array or list of arrays, float32 or float64
+        Updated in place (see ``clip_grads_with_norm``); dtypes may differ.
+    max_norm : float
+        Largest allowed total norm (>= 0; inf: only measure).
+    norm_type : float or "inf"
+        p > 0 or inf (default 2).
+    error_if_nonfinite : bool
+        Raise when the total norm is NaN or infinite, before any gradient changes; else scale
+        as torch does (by NaN, or by 0 for an infinite norm).
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    float
+        The total norm of the gradients before clipping (float64 accumulation; see
+        ``grad_norm``).
+
+    Raises
+    ------
+    NonFiniteNormError
+        error_if_nonfinite and a NaN or infinite total norm (a RuntimeError and a
+        FloatingPointError).
+    TypeError, ValueError
+        A bad max_norm or norm_type; a gradient that is not a writable float32/float64 array;
+        gradients sharing memory; host and device arrays mixed. Raised before any change.
+
+    Notes
+    -----
+    The total norm is one read pass over the gradients, the scaling a second, skipped when
+    the coefficient is 1 (total <= max_norm). ``fastreg.optim``'s ``max_grad_norm=`` fuses
+    the scaling into the optimizer step instead. The coefficient is torch's (module doc).
+    """
+    max_norm = _check_max_norm(max_norm)
+    p = check_norm_type(norm_type)
+    error_if_nonfinite = _arrays.check_bool(error_if_nonfinite, "error_if_nonfinite")
+    grads, job, batch = _prepare(grads, backend)
+    if job is None:
+        return 0.0
+    total = total_norm_of(job, batch.views, batch.groups, p)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise NonFiniteNormError(
+            f"the total norm of order {p} of the gradients is {total}, so they cannot be "
+            "clipped (no gradient was changed); pass error_if_nonfinite=False to scale them "
+            "by the non-finite norm anyway, as torch does")
+    _scale(job, batch, clip_coef(total, max_norm, batch.groups))
+    return total
+
+
+def _units(shape):
+    """AGC's units: (U, K) for an array of ``shape`` (the whole array for ndim <= 1, else one
+    unit per index of the first axis: a conv or linear layer's output channel)."""
+    size = math.prod(shape)
+    if len(shape) <= 1:
+        return 1, size
+    return shape[0], (size // shape[0] if shape[0] else 0)
+
+
+def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0, *,
+                       backend="auto"):
+    """Adaptive gradient clipping (AGC), unit-wise, in place on ``grads``: timm's
+    ``adaptive_clip_grad``.
+
+    For each unit (a row ``w[i]`` of an array with ndim >= 2, the whole array otherwise),
+    in the array's dtype, from norms accumulated in float64 and rounded to it::
+
+        max_norm = max(||w_unit||, eps) * clip_factor
+        g_unit   = g_unit                                     if ||g_unit|| < max_norm
+                   g_unit * (max_norm / max(||g_unit||, 1e-6))  otherwise
+
+    Parameters
+    ----------
+    params : array or list of arrays, float32 or float64
+        The weights (not modified).
+    grads : array or list of arrays
+        One per parameter, of its shape, dtype and device; updated in place.
+    clip_factor : float
+        Largest allowed ratio of gradient norm to weight norm (> 0).
+    eps : float
+        Floor of the weight norm (>= 0), so that zero-initialized units can still move.
+    norm_type : float or "inf"
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad numbers, lists of different lengths, mismatched shapes, dtypes or devices,
+        read-only or memory-sharing gradients, a parameter overlapping a gradient. Raised
+        before any change.
+
+    Notes
+    -----
+    Brock, De, Smith & Simonyan, "High-performance large-scale image recognition without
+    normalization", ICML 2021. NaN norms propagate (``max`` keeps NaN, as ``torch.clamp``).
+    """
+    clip_factor = _arrays.check_nonneg(clip_factor, "clip_factor")
+    eps = _arrays.check_nonneg(eps, "eps")
+    p = check_norm_type(norm_type)
+    grads = _multi.as_list(grads, "grads")
+    checked, device = _multi.check_targets(grads, "grads")
+    srcs = _multi.check_sources(_multi.as_list(params, "params"), checked, "params", "grads",
+                                device)
+    if not checked:
+        return None
+    job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),
+                        not device)
+    batch = _multi.Batch(job, grads if device else checked, in_place=True)
+    pviews = _multi.Batch(job, srcs, in_place=False).views
+    for i, (g, w) in enumerate(zip(batch.views, pviews)):
+        shape = tuple(_arrays.describe(checked[i], "g").shape)
+        U, K = _units(shape)
+        if U == 0:
+            continue
+        g2, w2 = g.reshape(U, K), w.reshape(U, K)
+        dt = np.dtype(g.dtype).type
+        norms = np.empty((2, U), np.float64)
+        job.op("row_norm_sums")(w2, p, norms[0])
+        job.op("row_norm_sums")(g2, p, norms[1])
+        coef = agc_coefficients(norms[0], norms[1], p, dt, clip_factor, eps)
+        if not (coef == 1).all():
+            job.op("scale_rows")(g2, coef)
+    batch.write_back()
+    return None
+
+
+def agc_coefficients(w_sums, g_sums, p, dt, clip_factor, eps):
+    """Per-unit AGC factors in dtype ``dt`` from the float64 sums of ``row_norm_sums``: timm's
+    arithmetic (clamp, multiply, divide, compare) in the array's dtype."""
+    with np.errstate(all="ignore"):
+        wn = _roots(w_sums, p).astype(dt)
+        gn = _roots(g_sums, p).astype(dt)
+        max_norm = np.where(wn < dt(eps), dt(eps), wn) * dt(clip_factor)   # clamp(min=eps)
+        ratio = max_norm / np.where(gn < dt(1e-6), dt(1e-6), gn)           # NaN kept
+        return np.where(gn < max_norm, dt(1), ratio).astype(dt)
+
+
+def _roots(s, p):
+    if p == 2.0:
+        with np.errstate(invalid="ignore"):
+            return np.sqrt(s)
+    if p == 1.0 or p == math.inf:
+        return s
+    return s ** (1.0 / p)

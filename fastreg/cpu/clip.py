@@ -1,0 +1,151 @@
+"""Gradient-norm reductions and scaling on the CPU with Numba (definitions in
+fastreg/reference/clip.py).
+
+Reductions accumulate in float64 over ``LANES`` partial results per task (a row of accumulators
+that LLVM vectorizes without fastmath, as ``_block_sums`` in fastreg/cpu/penalty.py), tasks of
+TASK elements in parallel, their partials combined in task order: the same result for any
+number of threads. The mode (sum of squares, of absolute values, of ``|x|**p``, or a
+NaN-propagating max) is decided once per call. Scaling is one multiply in the array's dtype.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from .. import _threads
+from ._jit import jit, launch, twin
+from .penalty import LANES, TASK
+
+SQ, ABS, MAX, POW = 0, 1, 2, 3   # the reductions, chosen by _mode(p)
+
+
+def _mode(p):
+    if p == 2.0:
+        return SQ
+    if p == 1.0:
+        return ABS
+    if p == math.inf:
+        return MAX
+    return POW
+
+
+@jit
+def _merge(a, b, mode):
+    """Two partial results: a sum, or a max that keeps NaN."""
+    if mode != MAX:
+        return a + b
+    if a != a or b != b:
+        return math.nan
+    return a if a >= b else b
+
+
+@jit
+def _block(xs, mode, p, lanes):
+    """The float64 reduction of a slice (module doc), over ``lanes`` accumulators."""
+    acc = np.zeros(lanes)
+    rows = xs.size // lanes
+    if mode == SQ:
+        for r in range(rows):
+            row = xs[r * lanes:(r + 1) * lanes]
+            for k in range(lanes):
+                x = np.float64(row[k])
+                acc[k] += x * x
+    elif mode == ABS:
+        for r in range(rows):
+            row = xs[r * lanes:(r + 1) * lanes]
+            for k in range(lanes):
+                acc[k] += abs(np.float64(row[k]))
+    elif mode == MAX:
+        for r in range(rows):
+            row = xs[r * lanes:(r + 1) * lanes]
+            for k in range(lanes):
+                a = abs(np.float64(row[k]))
+                # a NaN replaces the maximum and is never replaced (a > NaN is false)
+                acc[k] = a if (a > acc[k]) | (a != a) else acc[k]
+    else:
+        for r in range(rows):
+            row = xs[r * lanes:(r + 1) * lanes]
+            for k in range(lanes):
+                acc[k] += abs(np.float64(row[k])) ** p
+    s = 0.0
+    for k in range(lanes):
+        s = _merge(s, acc[k], mode)
+    for v in xs[rows * lanes:]:
+        a = abs(np.float64(v))
+        if mode == SQ:
+            t = a * a
+        elif mode == ABS or mode == MAX:
+            t = a
+        else:
+            t = a ** p
+        s = _merge(s, t, mode)
+    return s
+
+
+@twin
+def _norm_kernel(a, mode, p, lanes):
+    n = a.size
+    ntasks = (n + TASK - 1) // TASK
+    parts = np.zeros(ntasks)
+    for task in prange(ntasks):
+        lo = task * TASK
+        parts[task] = _block(a[lo:min(lo + TASK, n)], mode, p, lanes)
+    s = 0.0
+    for task in range(ntasks):
+        s = _merge(s, parts[task], mode)
+    return s
+
+
+@twin
+def _row_norm_kernel(a, mode, p, lanes, out):
+    for u in prange(a.shape[0]):
+        out[u] = _block(a[u], mode, p, lanes)
+
+
+@jit
+def _scale_task(xs, s):
+    for i in range(xs.size):
+        xs[i] = xs[i] * s
+
+
+@twin
+def _scale_kernel(a, s):
+    n = a.size
+    for task in prange((n + TASK - 1) // TASK):
+        lo = task * TASK
+        _scale_task(a[lo:min(lo + TASK, n)], s)
+
+
+@twin
+def _scale_rows_kernel(a, s):
+    for u in prange(a.shape[0]):
+        _scale_task(a[u], s[u])
+
+
+def _plan(n):
+    return _threads.plan(n, "elementwise")
+
+
+def norm_sum(arrays, p):
+    mode, total = _mode(p), 0.0
+    for a in arrays:
+        if a.size:
+            s = launch(_norm_kernel, _plan(a.size), a, mode, float(p), LANES[a.itemsize])
+            total = _merge(total, s, mode)
+    return float(total)
+
+
+def row_norm_sums(a, p, out):
+    if a.shape[0]:
+        launch(_row_norm_kernel, _plan(a.size), a, _mode(p), float(p), LANES[a.itemsize], out)
+
+
+def scale(arrays, s):
+    for a in arrays:
+        if a.size:
+            launch(_scale_kernel, _plan(a.size), a, s)
+
+
+def scale_rows(a, s):
+    if a.size:
+        launch(_scale_rows_kernel, _plan(a.size), a, s)
