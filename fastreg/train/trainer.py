@@ -136,7 +136,7 @@ class Trainer:
         module notes. Every rank builds the same model (same seed), optimizer and Trainer and
         calls ``fit`` / ``evaluate`` / ``save_checkpoint`` / ``load_checkpoint`` with the same
         arguments (these are collective then); ``fit`` starts from rank 0's state. Needs
-        ``pip install fastreg[mpi]``. Host (NumPy) arrays only: the gradient Allreduce
+        ``pip install "fastreg-kernels[mpi]"``. Host (NumPy) arrays only: the gradient Allreduce
         refuses device arrays.
     threads : int >= 1 or None
         Threads for fastreg's kernels and NumPy's matmul during ``fit``: Numba's
