@@ -378,6 +378,35 @@ def test_threadpoolctl_openmp_limit_caps_the_c_backend(monkeypatch):
     np.testing.assert_array_equal(bits(got), bits(expected))
 
 
+def test_concurrent_calls_from_python_threads(host, monkeypatch):
+    """Python threads calling ops at once, each with its own thread count (the C backend's count
+    is thread-local): every result is right."""
+    monkeypatch.setitem(_threads.GRAIN, "random", 64)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 64)
+    xs = [_f(np.float32, 50_000 + i) for i in range(4)]
+    expected = [(fastreg.dropout(x, 0.3, seed=i, backend="numpy"),
+                 fastreg.l2_grad(x, 0.1, backend="numpy")) for i, x in enumerate(xs)]
+    errors = []
+
+    def work(i):
+        try:
+            with fastreg.threads(1 + i % 2):
+                for _ in range(10):
+                    d = fastreg.dropout(xs[i], 0.3, seed=i, backend=host)
+                    g = fastreg.l2_grad(xs[i], 0.1, backend=host)
+                    np.testing.assert_array_equal(d, expected[i][0])
+                    np.testing.assert_array_equal(g, expected[i][1])
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert not errors, errors[0]
+
+
 # --- processes ---------------------------------------------------------------------------------
 
 def test_fr_set_threads_rejects_bad_counts():
