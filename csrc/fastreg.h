@@ -228,4 +228,18 @@ int fr_scale_f64(double *const *a, const int64_t *n, int64_t count, double s);
 int fr_scale_rows_f32(float *a, const float *s, int64_t U, int64_t K);
 int fr_scale_rows_f64(double *a, const double *s, int64_t U, int64_t K);
 
+/* ------------------------------------------------------------------ DropBlock
+ * (csrc/dropblock.c; definition and stream layout: fastreg/reference/dropblock.py).  mask
+ * uint8 (N, C, H, W), or (N, H, W, C) when channels_last: 1 = kept; seed position
+ * (n, c, h, w) is word offset + ((n C + c) H + h) W + w < threshold (threshold in [0, 2**32]);
+ * block = the clipped block size, 1 <= block <= min(H, W); *kept = the kept count. */
+int fr_drop_block_mask(uint64_t seed, uint64_t offset, uint64_t threshold, int64_t block,
+                       int channels_last, uint8_t *mask, int64_t N, int64_t C, int64_t H,
+                       int64_t W, int64_t *kept);
+/* out[i] = mask[i] ? x[i] * scale : +0.0; out may be x */
+int fr_drop_block_apply_f32(const float *x, const uint8_t *mask, float scale, float *out,
+                            int64_t n);
+int fr_drop_block_apply_f64(const double *x, const uint8_t *mask, double scale, double *out,
+                            int64_t n);
+
 #endif /* FASTREG_H */

@@ -8,6 +8,7 @@ from ._registry import BackendUnavailableError, available_backends
 from ._threads import get_num_threads, set_num_threads, threads
 from .batchnorm import (BatchNormSaved, batch_norm, batch_norm_backward, batch_norm_stats,
                         fold_batch_norm, merge_stats)
+from .dropblock import drop_block, drop_block_backward
 from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
                       dropout, dropout_backward, dropout_mask)
 from .penalty import (elastic_net_grad, elastic_net_penalty, l1_grad, l1_penalty, l2_grad,
@@ -24,6 +25,7 @@ __all__ = [
     "get_num_threads", "set_num_threads", "threads",
     "dropout", "dropout_backward", "dropout_mask",
     "channel_dropout", "channel_dropout_backward", "drop_path", "drop_path_backward",
+    "drop_block", "drop_block_backward",
     "l1_penalty", "l2_penalty", "elastic_net_penalty", "l1_grad", "l2_grad", "elastic_net_grad",
     "prox_l1", "prox_elastic_net", "prox_group_lasso", "optim",
     "batch_norm", "batch_norm_backward", "batch_norm_stats", "merge_stats", "fold_batch_norm",

@@ -50,6 +50,14 @@ Kernel contract (the public wrappers have already validated everything; arrays a
                                                     reduce + coefficients + apply (may be fused)
     bn_forward_coeffs / bn_running_update / bn_backward_coeffs   O(C) per-channel math
 
+DropBlock (definition and stream layout: fastreg/reference/dropblock.py):
+    drop_block_mask(seed, offset, threshold, block, channels_last, mask) -> kept
+                                         mask uint8 (N, C, H, W), or (N, H, W, C) when
+                                         channels_last: 1 = kept; returns the kept count (int);
+                                         threshold an int in [0, 2**32], block in [1, min(H, W)]
+    drop_block_apply(x, mask, scale, out)  x, out (n,) float, mask uint8 (n,), out may be x:
+                                         out[i] = x[i] * scale if mask[i] else +0.0
+
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
 fastreg/reference/augment.py (all four backends).
 
@@ -77,7 +85,9 @@ _BATCHNORM_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduc
                   "bn_backward_apply", "bn_backward", "bn_forward_coeffs", "bn_running_update",
                   "bn_backward_coeffs")
 _AUGMENT_OPS = ("aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste")
+_DROPBLOCK_OPS = ("drop_block_mask", "drop_block_apply")
 OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
+OPS += _DROPBLOCK_OPS
 _EMA_CLIP_OPS = ("ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows")
 OPS += _EMA_CLIP_OPS
 

@@ -111,6 +111,9 @@ __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "al
             "sgd_step", "adam_step"]
 from .batchnorm import *  # noqa: E402,F401,F403  the bn_* ops (fastreg/c/batchnorm.py __all__)
 from .augment import *  # noqa: E402,F401,F403  the aug_* ops (fastreg/c/augment.py __all__)
+from .dropblock import drop_block_apply, drop_block_mask  # noqa: E402
+
+__all__ += ["drop_block_mask", "drop_block_apply"]
 from .ema import ema_update  # noqa: E402
 from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
 

@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from . import functions, optim
 from .convert import convert
+from .dropblock import DropBlock2d
 from .functions import batch_norm, channel_dropout, drop_path, dropout
 from .modules import (BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Dropout, Dropout1d, Dropout2d,
                       Dropout3d, DropPath)
@@ -46,3 +47,4 @@ from .modules import (BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Dropout, Dropou
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchNorm1d",
            "BatchNorm2d", "BatchNormReLU2d", "convert", "optim", "functions", "dropout",
            "channel_dropout", "drop_path", "batch_norm"]
+__all__ += ["DropBlock2d"]
