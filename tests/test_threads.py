@@ -21,10 +21,10 @@ ROOT = Path(fastreg.__file__).resolve().parents[1]
 HOST = ("cpu", "c")
 
 
-def _run_python(code, timeout=240, **env):
+def _run_python(code, *args, timeout=240, **env):
     full = dict(os.environ, **env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           cwd=ROOT, env=full, timeout=timeout)
 
 
@@ -420,30 +420,46 @@ def test_fr_set_threads_rejects_bad_counts():
 _WAIT_POLICY = r"""
 import os, sys
 if sys.argv[1:] == ["torch"]:
-    import torch
+    import torch  # brings its own GNU OpenMP, loaded before fastreg's
 import fastreg.c
 print(os.environ.get("OMP_WAIT_POLICY", "-"))
 """
 
 
-@pytest.mark.parametrize("setting, expected", [(None, "PASSIVE"), ("active", "ACTIVE"),
-                                               ("passive", "PASSIVE")])
-def test_c_backend_starts_openmp_passive_unless_told(setting, expected):
-    """The OpenMP runtime fastreg loads starts with the passive wait policy (OMP_DISPLAY_ENV
-    prints what it read), unless the user chose one; the environment is left as it was."""
+def _openmp_settings(stderr):
+    """{name: value} from what GNU OpenMP prints under OMP_DISPLAY_ENV=verbose."""
+    out = {}
+    for line in stderr.splitlines():
+        name, sep, value = line.strip().partition(" = ")
+        if sep and name.isupper():
+            out.setdefault(name, value.strip("'"))
+    return out
+
+
+# GNU OpenMP reports OMP_WAIT_POLICY as PASSIVE unless it is ACTIVE, also for its default (spin
+# GOMP_SPINCOUNT = 300000 times, then sleep): the spin count tells the policies apart.
+@pytest.mark.parametrize("setting, spin", [(None, "0"), ("active", "30000000000"),
+                                           ("passive", "0"), ("torch", "300000")])
+def test_c_backend_starts_openmp_passive_unless_told(setting, spin):
+    """The OpenMP runtime fastreg loads starts with the passive wait policy, unless the user
+    chose one or the runtime was loaded before (here by torch); the environment is left as it
+    was."""
     if fastreg.available_backends()["c"] is not None:
         pytest.skip("C backend unavailable")
-    env = {"OMP_DISPLAY_ENV": "true"}
-    if setting is not None:
+    env = {"OMP_DISPLAY_ENV": "verbose"}
+    args = []
+    if setting == "torch":
+        pytest.importorskip("torch")
+        args = ["torch"]
+    elif setting is not None:
         env["OMP_WAIT_POLICY"] = setting
-    res = _run_python(_WAIT_POLICY, **env)
+    res = _run_python(_WAIT_POLICY, *args, **env)
     assert res.returncode == 0, res.stderr
-    policies = [line.split("=")[1].strip().strip("'") for line in res.stderr.splitlines()
-                if line.strip().startswith("OMP_WAIT_POLICY")]
-    if not policies:
-        pytest.skip("this OpenMP runtime does not display its settings")
-    assert policies == [expected]
-    assert res.stdout.strip() == (setting or "-")
+    shown = _openmp_settings(res.stderr)
+    if "GOMP_SPINCOUNT" not in shown:
+        pytest.skip("this OpenMP runtime does not display GNU OpenMP's settings")
+    assert shown["GOMP_SPINCOUNT"] == spin
+    assert res.stdout.strip() == (setting if setting in ("active", "passive") else "-")
 
 
 _WORKQUEUE = r"""
