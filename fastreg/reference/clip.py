@@ -61,10 +61,12 @@ def row_norm_sums(a, p, out):
 
 def scale(arrays, s):
     """a = a * s in place for each array (s a scalar of their dtype)."""
-    for a in arrays:
-        a[...] = a * s
+    with np.errstate(invalid="ignore"):   # inf * 0 is NaN, unannounced as in the kernels
+        for a in arrays:
+            a[...] = a * s
 
 
 def scale_rows(a, s):
     """a[u, :] = a[u, :] * s[u] in place; a (U, K), s (U,) of a's dtype."""
-    a[...] = a * s[:, None]
+    with np.errstate(invalid="ignore"):
+        a[...] = a * s[:, None]

@@ -1,0 +1,365 @@
+"""Gradient clipping: global norms and clip_grad_norm on every backend vs the reference and
+torch, adaptive clipping (AGC) vs the reference and timm's formula, edge cases and bad input."""
+import math
+
+import numpy as np
+import pytest
+from conftest import CUDA_SIM, bits
+
+import fastreg
+from fastreg.clip import NonFiniteNormError, clip_coef
+
+NORMS = [2.0, 1.0, math.inf, 3.0, 0.5]
+RTOL = 1e-12   # float64 accumulation: only the summation order differs between backends
+
+
+def host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+def grads_list(backend, seed=0, dtypes=(np.float32, np.float64), scale=3.0):
+    shapes = [(0,), (1,), (7,), (1000,), (33, 17), (4099,)]
+    if backend == "cuda":
+        shapes = [(0,), (1,), (7,), (300,), (5, 9)]
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(s) * scale).astype(dtypes[i % len(dtypes)])
+            for i, s in enumerate(shapes)]
+
+
+def exact_norm(arrays, p):
+    x = np.concatenate([a.astype(np.float64).ravel() for a in arrays])
+    if p == math.inf:
+        return float(np.abs(x).max()) if x.size else 0.0
+    return float((np.abs(x) ** p).sum() ** (1 / p))
+
+
+# ---- norms --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", NORMS)
+def test_grad_norm_matches_reference(backend, p):
+    g = grads_list(backend)
+    expected = fastreg.grad_norm(g, p, backend="numpy")
+    assert expected == pytest.approx(exact_norm(g, p), rel=1e-10)
+    assert fastreg.grad_norm(g, p, backend=backend) == pytest.approx(expected, rel=RTOL)
+    for a in g[2:]:   # one array, float32 only, float64 only
+        assert fastreg.grad_norm(a, p, backend=backend) == pytest.approx(
+            exact_norm([a], p), rel=1e-10)
+
+
+def test_grad_norm_special_values(backend):
+    for p in (2.0, math.inf, 1.5):
+        assert math.isnan(fastreg.grad_norm([np.ones(3), np.array([1.0, np.nan])], p,
+                                            backend=backend))
+        assert fastreg.grad_norm([np.array([np.inf, 1.0], np.float32)], p,
+                                 backend=backend) == math.inf
+    assert math.isnan(fastreg.grad_norm([np.array([np.inf, np.nan, 5.0])], math.inf,
+                                        backend=backend))
+    assert fastreg.grad_norm([], backend=backend) == 0.0
+    assert fastreg.grad_norm([np.zeros((0, 4), np.float32)], backend=backend) == 0.0
+    # float64 accumulation: 2**20 float32 ones sum exactly
+    assert fastreg.grad_norm(np.ones(1 << 12, np.float32), backend=backend) == 64.0
+    assert fastreg.grad_norm([np.full(3, -2.0)], "inf", backend=backend) == 2.0
+
+
+def test_grad_norm_threads_do_not_change_the_result(backend):
+    if backend == "cuda":
+        pytest.skip("host threading only")
+    g = [np.random.default_rng(1).standard_normal(1 << 19).astype(np.float32)]
+    results = []
+    for nt in (1, 2):
+        with fastreg.threads(nt):
+            results.append([fastreg.grad_norm(g, p, backend=backend) for p in NORMS])
+    assert results[0] == results[1]
+
+
+# ---- clip_grad_norm -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e9, math.inf])
+def test_clip_grad_norm_matches_reference(backend, p, max_norm):
+    g = grads_list(backend, seed=2)
+    ref = [a.copy() for a in g]
+    total_ref = fastreg.clip_grad_norm(ref, max_norm, p, backend="numpy")
+    got = [a.copy() for a in g]
+    total = fastreg.clip_grad_norm(got, max_norm, p, backend=backend)
+    assert total == pytest.approx(total_ref, rel=RTOL)
+    coef = clip_coef(total, max_norm, [a.dtype for a in g])
+    for a, b in zip(got, g):   # exactly g * coef, coef from this backend's own total
+        expected = b if coef == 1.0 else b * b.dtype.type(coef)
+        np.testing.assert_array_equal(bits(a), bits(expected))
+    if max_norm == math.inf or max_norm == 1e9:
+        for a, b in zip(got, g):
+            np.testing.assert_array_equal(bits(a), bits(b))
+
+
+def test_clip_coefficient_is_torchs():
+    # r(1) / (r(total) + r(1e-6)) * r(max_norm) in float32 when every gradient is float32
+    c = clip_coef(3.0, 1.0, [np.float32])
+    assert c == float(np.float32(1) / (np.float32(3.0) + np.float32(1e-6)) * np.float32(1.0))
+    assert clip_coef(3.0, 1.0, [np.float32, np.float64]) == 1.0 / (3.0 + 1e-6) * 1.0
+    assert clip_coef(0.5, 1.0, [np.float32]) == 1.0
+    assert math.isnan(clip_coef(math.nan, 1.0, [np.float64]))
+    assert clip_coef(math.inf, 1.0, [np.float64]) == 0.0
+
+
+def test_clip_grad_norm_non_finite(backend):
+    g = [np.array([1.0, np.nan, 2.0], np.float32), np.array([3.0, 4.0])]
+    before = [a.copy() for a in g]
+    with pytest.raises(NonFiniteNormError, match="non-finite|cannot be clipped") as info:
+        fastreg.clip_grad_norm(g, 1.0, error_if_nonfinite=True, backend=backend)
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, FloatingPointError)
+    for a, b in zip(g, before):
+        np.testing.assert_array_equal(a, b)       # nothing changed
+    assert math.isnan(fastreg.clip_grad_norm(g, 1.0, backend=backend))
+    assert all(np.isnan(a).all() for a in g)      # scaled by NaN, as torch
+    g = [np.array([1.0, np.inf, -2.0]), np.array([3.0], np.float32)]
+    assert fastreg.clip_grad_norm(g, 1.0, backend=backend) == math.inf
+    np.testing.assert_array_equal(g[0], [0.0, np.nan, -0.0])   # scaled by 0: inf * 0 is NaN
+    np.testing.assert_array_equal(g[1], [0.0])
+
+
+def test_clip_grad_norm_edge_cases(backend):
+    assert fastreg.clip_grad_norm([], 1.0, backend=backend) == 0.0
+    z = [np.zeros((0, 3), np.float32), np.zeros(0)]
+    assert fastreg.clip_grad_norm(z, 1.0, backend=backend) == 0.0
+    one = np.array([3.0, 4.0], np.float32)
+    assert fastreg.clip_grad_norm(one, 1.0, backend=backend) == 5.0   # a single array
+    np.testing.assert_allclose(one, [0.6, 0.8], rtol=1e-6)
+    assert fastreg.clip_grad_norm([np.zeros(5)], 1.0, backend=backend) == 0.0
+
+
+def test_clip_grad_norm_non_contiguous(backend):
+    if backend == "cuda":
+        pytest.skip("host arrays only")
+    base = np.random.default_rng(3).standard_normal((8, 10)).astype(np.float32) * 5
+    view = base[:, ::2]
+    other = base[:, 1::2].copy()
+    expected = view.copy()
+    total = fastreg.clip_grad_norm([expected], 1.0, backend="numpy")
+    assert fastreg.clip_grad_norm([view], 1.0, backend=backend) == pytest.approx(total,
+                                                                                 rel=RTOL)
+    np.testing.assert_allclose(base[:, ::2], expected, rtol=1e-6)
+    np.testing.assert_array_equal(base[:, 1::2], other)
+
+
+def test_clip_grads_with_norm(backend):
+    g = grads_list(backend, seed=4)
+    got = [a.copy() for a in g]
+    coef = fastreg.clip_grads_with_norm(got, 2.0, 50.0, backend=backend)
+    assert coef == clip_coef(50.0, 2.0, [a.dtype for a in g])
+    for a, b in zip(got, g):
+        np.testing.assert_array_equal(bits(a), bits(b * b.dtype.type(coef)))
+    assert fastreg.clip_grads_with_norm(got, 100.0, 50.0, backend=backend) == 1.0
+
+
+# ---- torch --------------------------------------------------------------------------------------
+
+def _torch_grads(arrays):
+    torch = pytest.importorskip("torch")
+    params = []
+    for a in arrays:
+        t = torch.zeros(a.shape, dtype=torch.from_numpy(a).dtype, requires_grad=True)
+        t.grad = torch.from_numpy(a.copy())
+        params.append(t)
+    return params
+
+
+@pytest.mark.parametrize("dtypes", [(np.float32,), (np.float64,), (np.float32, np.float64)])
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf, 3.0])
+def test_clip_grad_norm_equals_torch(backend, dtypes, p):
+    torch = pytest.importorskip("torch")
+    g = grads_list(backend, seed=5, dtypes=dtypes)
+    if p == math.inf:   # torch refuses empty arrays there (fastreg: |x| >= 0, so 0 is the identity)
+        g = [a for a in g if a.size]
+    params = _torch_grads(g)
+    total_t = torch.nn.utils.clip_grad_norm_(params, 1.0, norm_type=p)
+    got = [a.copy() for a in g]
+    total = fastreg.clip_grad_norm(got, 1.0, p, backend=backend)
+    all32 = dtypes == (np.float32,)
+    assert total == pytest.approx(float(total_t), rel=1e-6 if np.float32 in dtypes else 1e-12)
+    for a, t in zip(got, params):
+        if p == math.inf or np.float32(total) == total_t.item() and all32:
+            np.testing.assert_array_equal(a, t.grad.numpy())   # the same coefficient
+        else:
+            np.testing.assert_allclose(a, t.grad.numpy(), rtol=1e-6)   # torch's float32 total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grads_with_norm_equals_torch_bit_for_bit(backend, dtype):
+    """Given torch's total, the coefficient and the scaling are torch's, bit for bit."""
+    torch = pytest.importorskip("torch")
+    g = grads_list(backend, seed=6, dtypes=(dtype,))
+    for max_norm in (1.0, 0.37, 10.0):
+        params = _torch_grads(g)
+        total_t = torch.nn.utils.get_total_norm([t.grad for t in params])
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_t)
+        got = [a.copy() for a in g]
+        fastreg.clip_grads_with_norm(got, max_norm, total_t.item(), backend=backend)
+        for a, t in zip(got, params):
+            np.testing.assert_array_equal(bits(a), bits(t.grad.numpy()))
+
+
+def test_clip_grad_norm_non_finite_like_torch():
+    torch = pytest.importorskip("torch")
+    for bad in (np.nan, np.inf):
+        g = [np.array([1.0, bad, -2.0], np.float32), np.array([3.0, 0.0], np.float32)]
+        params = _torch_grads(g)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        fastreg.clip_grad_norm(g, 1.0)
+        for a, t in zip(g, params):
+            np.testing.assert_array_equal(a, t.grad.numpy())
+        with pytest.raises(RuntimeError):
+            torch.nn.utils.clip_grad_norm_(_torch_grads(g), 1.0, error_if_nonfinite=True)
+
+
+# ---- adaptive clipping --------------------------------------------------------------------------
+
+def agc_case(backend, dtype, seed=7):
+    rng = np.random.default_rng(seed)
+    shapes = [(16, 3, 3, 3), (10, 20), (20,), (1,), (0, 5), (4, 0), (3, 5)]
+    if backend == "cuda":
+        shapes = [(4, 3, 2, 2), (5, 6), (6,), (0, 5)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params[-1][...] = 0        # zero weights: the floor eps applies
+    grads = [(rng.standard_normal(s) * rng.choice([1e-3, 0.1, 3.0], size=s[:1] + (1,) *
+                                                   (len(s) - 1) if s else ())).astype(dtype)
+             for s in shapes]
+    return params, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf])
+def test_adaptive_clip_grad_matches_reference(backend, dtype, p):
+    params, grads = agc_case(backend, dtype)
+    ref = [g.copy() for g in grads]
+    fastreg.adaptive_clip_grad(params, ref, 0.05, 1e-3, p, backend="numpy")
+    assert any(not np.array_equal(a, b) for a, b in zip(ref, grads))   # some units clipped
+    got = [g.copy() for g in grads]
+    fastreg.adaptive_clip_grad(params, got, 0.05, 1e-3, p, backend=backend)
+    for a, b in zip(got, ref):   # norms differ only by summation order: coefficients by 1 ulp
+        np.testing.assert_allclose(a, b, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_adaptive_clip_grad_definition():
+    w = np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])        # unit norms 5, 0 (-> eps), 1
+    g = np.array([[0.3, 0.4], [1.0, 0.0], [0.001, 0.0]])      # 0.5, 1, 0.001
+    fastreg.adaptive_clip_grad(w, g, clip_factor=0.01, eps=1e-3)
+    # max_norm = (0.05, 1e-5, 0.01): units 0 and 1 clipped to it, unit 2 below it
+    np.testing.assert_allclose(g, [[0.03, 0.04], [1e-5, 0.0], [0.001, 0.0]], rtol=1e-15)
+    b = np.array([3.0, 4.0])                                  # 1-D: the whole array
+    gb = np.array([1.0, 0.0])
+    fastreg.adaptive_clip_grad([b], [gb], clip_factor=0.1)
+    np.testing.assert_allclose(gb, [0.5, 0.0], rtol=1e-15)
+
+
+def _timm_agc(torch, params, clip_factor, eps, norm_type):
+    """timm.utils.agc.adaptive_clip_grad, written out with torch ops (timm is not installed)."""
+    def unitwise_norm(x):
+        if x.ndim <= 1:
+            return x.norm(norm_type)
+        return x.norm(norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
+    for p in params:
+        g = p.grad.detach()
+        max_norm = unitwise_norm(p.detach()).clamp_(min=eps).mul_(clip_factor)
+        grad_norm = unitwise_norm(g)
+        clipped = g * (max_norm / grad_norm.clamp(min=1e-6))
+        p.grad.detach().copy_(torch.where(grad_norm < max_norm, g, clipped))
+
+
+@pytest.mark.parametrize("p", [2.0, 1.0, math.inf])
+def test_adaptive_clip_grad_like_timm(p):
+    torch = pytest.importorskip("torch")
+    params, grads = agc_case("numpy", np.float32)
+    if p == math.inf:   # torch cannot take the inf norm of an empty array
+        params, grads = zip(*[(w, g) for w, g in zip(params, grads) if w.size])
+    tparams = []
+    for w, g in zip(params, grads):
+        t = torch.from_numpy(w.copy()).requires_grad_()
+        t.grad = torch.from_numpy(g.copy())
+        tparams.append(t)
+    _timm_agc(torch, tparams, 0.05, 1e-3, p)
+    got = [g.copy() for g in grads]
+    fastreg.adaptive_clip_grad(params, got, 0.05, 1e-3, p)
+    same = 0
+    for a, t in zip(got, tparams):
+        np.testing.assert_allclose(a, t.grad.numpy(), rtol=1e-6)
+        same += np.array_equal(a, t.grad.numpy())
+    assert same >= len(got) // 2   # most arrays equal bit for bit (same rounded norms)
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def _readonly(n):
+    a = np.ones(n)
+    a.setflags(write=False)
+    return a
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(norm_type=0.0), ValueError, "norm_type"),
+    (dict(norm_type=-1.0), ValueError, "norm_type"),
+    (dict(norm_type=math.nan), ValueError, "norm_type"),
+    (dict(norm_type="fro"), ValueError, "norm_type"),
+    (dict(norm_type=True), TypeError, "norm_type"),
+    (dict(max_norm=-1.0), ValueError, "max_norm"),
+    (dict(max_norm=math.nan), ValueError, "max_norm"),
+    (dict(max_norm="1"), TypeError, "max_norm"),
+    (dict(error_if_nonfinite=1), TypeError, "error_if_nonfinite"),
+])
+def test_clip_grad_norm_bad_arguments(kwargs, exc, match):
+    args = dict(max_norm=1.0)
+    args.update(kwargs)
+    g = [np.ones(3) * 10]
+    with pytest.raises(exc, match=match):
+        fastreg.clip_grad_norm(g, **args)
+    np.testing.assert_array_equal(g[0], 10.0)
+
+
+def test_clip_bad_arrays():
+    with pytest.raises(ValueError, match="read-only"):
+        fastreg.clip_grad_norm([np.ones(3), _readonly(3)], 1.0)
+    with pytest.raises(TypeError, match=r"grads\[0\]"):
+        fastreg.clip_grad_norm([[1.0, 2.0]], 1.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastreg.clip_grad_norm([np.ones(3, np.int32)], 1.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastreg.grad_norm([np.ones(3, np.float16)])
+    base = np.ones(10)
+    with pytest.raises(ValueError, match="share memory"):
+        fastreg.clip_grad_norm([base[:6], base[3:]], 1.0)
+    fastreg.clip_grad_norm([base[::2], base[1::2]], 1.0)   # interleaved, disjoint: fine
+    with pytest.raises(TypeError, match="list of arrays"):
+        fastreg.clip_grad_norm(3.0, 1.0)
+    w, g = [np.ones((2, 3))], [np.ones((2, 3))]
+    with pytest.raises(ValueError, match="shape"):
+        fastreg.adaptive_clip_grad([np.ones((3, 2))], g)
+    with pytest.raises(ValueError, match="params has 2 arrays"):
+        fastreg.adaptive_clip_grad(w * 2, g)
+    big = np.ones((4, 3))
+    with pytest.raises(ValueError, match=r"params\[1\] overlaps grads\[0\]"):
+        fastreg.adaptive_clip_grad([np.ones((2, 3)), big[1:3]], [big[:2], np.ones((2, 3))])
+    with pytest.raises(ValueError, match="clip_factor"):
+        fastreg.adaptive_clip_grad(w, g, clip_factor=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        fastreg.adaptive_clip_grad(w, g, eps=math.inf)
+
+
+@pytest.mark.skipif(not CUDA_SIM, reason="device arrays: simulator runs only")
+def test_clip_device_arrays():
+    from numba import cuda
+    g = grads_list("cuda", seed=8)
+    expected = [a.copy() for a in g]
+    total = fastreg.clip_grad_norm(expected, 1.0, backend="numpy")
+    d = [cuda.to_device(a) for a in g]
+    assert fastreg.clip_grad_norm(d, 1.0) == pytest.approx(total, rel=RTOL)
+    for a, b in zip(d, expected):
+        np.testing.assert_allclose(host(a), b, rtol=1e-6)
+    with pytest.raises(ValueError, match="mixes"):
+        fastreg.clip_grad_norm([d[1], g[1]], 1.0)
+    params, grads = agc_case("cuda", np.float32)
+    ref = [x.copy() for x in grads]
+    fastreg.adaptive_clip_grad(params, ref, backend="numpy")
+    dg = [cuda.to_device(x) for x in grads]
+    fastreg.adaptive_clip_grad([cuda.to_device(w) for w in params], dg)
+    for a, b in zip(dg, ref):
+        np.testing.assert_allclose(host(a), b, rtol=4e-7)
