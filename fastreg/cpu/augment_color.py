@@ -1,0 +1,288 @@
+"""Colour augmentation kernels on the CPU with Numba (definitions and contract in
+fastreg/reference/augment_color.py; bit for bit the same results).
+
+``aug_color`` is parallel over samples, one pass per call: each sample runs its own op (a
+per-sample table lookup for the point ops, a per-pixel blend for saturation and sharpness).
+``aug_blur`` is parallel over (sample, row) for each of its two passes; ``aug_normalize`` over
+(sample, row).
+"""
+import numpy as np
+from numba import prange
+
+from .. import _threads
+from ._jit import inline, jit, launch, twin
+
+F32 = np.float32
+GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
+INV255 = F32(1.0 / 255.0)
+MAGIC = F32(12582912.0)
+ZERO32, MAX32 = F32(0.0), F32(255.0)
+
+SKIP, IDENTITY, BRIGHTNESS, SATURATION, CONTRAST, SHARPNESS, POSTERIZE, SOLARIZE, \
+    AUTOCONTRAST, EQUALIZE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8
+
+
+@inline
+def _trunc(y):
+    """clamp to [0, 255] and truncate (torch's ``.to(uint8)`` after ``clamp_``)."""
+    return np.uint8(min(max(y, ZERO32), MAX32))
+
+
+@inline
+def _gray(r, g, b):
+    """floor of the float32 luma with torch's two fused multiply-adds (exact in float64)."""
+    t = F32(r) * GRAY_R
+    t = F32(float(g) * float(GRAY_G) + float(t))
+    t = F32(float(b) * float(GRAY_B) + float(t))
+    return F32(np.floor(t))
+
+
+@jit
+def _apply_lut(img, dst, lut):
+    h, w, c = img.shape
+    for y in range(h):
+        for x in range(w):
+            for k in range(c):
+                dst[y, x, k] = lut[k, img[y, x, k]]
+
+
+@jit
+def _blend_lut(lut, k, other, f):
+    """lut[k, v] = blend(v, other, f) for every v."""
+    a = F32(f)
+    b = F32(1.0 - f)
+    o = F32(other) * b
+    for v in range(256):
+        lut[k, v] = _trunc(F32(v) * a + o)
+
+
+@jit
+def _sample(img, dst, code, p, lut, same):
+    h, w, c = img.shape
+    if code == IDENTITY:
+        if not same:
+            for y in range(h):
+                dst[y] = img[y]
+        return
+    if code == BRIGHTNESS:
+        a = F32(p)
+        for k in range(c):
+            for v in range(256):
+                lut[k, v] = _trunc(F32(v) * a)
+        _apply_lut(img, dst, lut)
+        return
+    if code == POSTERIZE:
+        bits = np.int64(p)
+        mask = np.uint8(((1 << bits) - 1) << (8 - bits))
+        for k in range(c):
+            for v in range(256):
+                lut[k, v] = np.uint8(v) & mask
+        _apply_lut(img, dst, lut)
+        return
+    if code == SOLARIZE:
+        t = F32(p)
+        for k in range(c):
+            for v in range(256):
+                lut[k, v] = np.uint8(255 - v) if F32(v) >= t else np.uint8(v)
+        _apply_lut(img, dst, lut)
+        return
+    if code == CONTRAST:
+        total = 0
+        if c == 3:
+            for y in range(h):
+                for x in range(w):
+                    total += np.int64(_gray(img[y, x, 0], img[y, x, 1], img[y, x, 2]))
+        else:
+            for y in range(h):
+                for x in range(w):
+                    total += np.int64(img[y, x, 0])
+        mean = F32(total / (h * w)) if h * w > 0 else F32(0.0)
+        for k in range(c):
+            _blend_lut(lut, k, mean, p)
+        _apply_lut(img, dst, lut)
+        return
+    if code == SATURATION:
+        if c != 3:
+            if not same:
+                for y in range(h):
+                    dst[y] = img[y]
+            return
+        a = F32(p)
+        b = F32(1.0 - p)
+        for y in range(h):
+            for x in range(w):
+                r0, g0, b0 = img[y, x, 0], img[y, x, 1], img[y, x, 2]
+                o = _gray(r0, g0, b0) * b
+                dst[y, x, 0] = _trunc(F32(r0) * a + o)
+                dst[y, x, 1] = _trunc(F32(g0) * a + o)
+                dst[y, x, 2] = _trunc(F32(b0) * a + o)
+        return
+    if code == AUTOCONTRAST:
+        for k in range(c):
+            lo = 255
+            hi = 0
+            for y in range(h):
+                for x in range(w):
+                    v = np.int64(img[y, x, k])
+                    lo = min(lo, v)
+                    hi = max(hi, v)
+            if h * w == 0 or lo == hi:
+                for v in range(256):
+                    lut[k, v] = np.uint8(v)
+            else:
+                inv = F32(hi - lo) * INV255
+                for v in range(256):
+                    lut[k, v] = _trunc((F32(v) - F32(lo)) / inv)
+        _apply_lut(img, dst, lut)
+        return
+    if code == EQUALIZE:
+        hist = np.zeros(256, np.int64)
+        for k in range(c):
+            hist[:] = 0
+            for y in range(h):
+                for x in range(w):
+                    hist[img[y, x, k]] += 1
+            last = 0
+            for v in range(256):
+                if hist[v] > 0:
+                    last = v
+            step = (h * w - hist[last]) // 255
+            if step == 0:
+                for v in range(256):
+                    lut[k, v] = np.uint8(v)
+            else:
+                cum = 0
+                lut[k, 0] = 0
+                for v in range(1, 256):
+                    cum += hist[v - 1]
+                    lut[k, v] = np.uint8(min((cum + step // 2) // step, 255))
+        _apply_lut(img, dst, lut)
+        return
+    if code == SHARPNESS:
+        # rows are read from a copy of the three source rows around y: out may be x
+        if h <= 2 or w <= 2:
+            if not same:
+                for y in range(h):
+                    dst[y] = img[y]
+            return
+        alpha = float(F32(1.0 - p))
+        prev = np.empty((w, c), np.int64)
+        cur = np.empty((w, c), np.int64)
+        nxt = np.empty((w, c), np.int64)
+        for x in range(w):
+            for k in range(c):
+                prev[x, k] = img[0, x, k]
+                cur[x, k] = img[1, x, k]
+        if not same:
+            dst[0] = img[0]
+            dst[h - 1] = img[h - 1]
+        for y in range(1, h - 1):
+            for x in range(w):
+                for k in range(c):
+                    nxt[x, k] = img[y + 1, x, k]
+            for k in range(c):
+                dst[y, 0, k] = np.uint8(cur[0, k])
+                dst[y, w - 1, k] = np.uint8(cur[w - 1, k])
+            for x in range(1, w - 1):
+                for k in range(c):
+                    s = (prev[x - 1, k] + prev[x, k] + prev[x + 1, k] + cur[x - 1, k]
+                         + 5 * cur[x, k] + cur[x + 1, k] + nxt[x - 1, k] + nxt[x, k]
+                         + nxt[x + 1, k])
+                    v = cur[x, k]
+                    d = (2 * s + 13) // 26 - v
+                    dst[y, x, k] = _trunc(F32(float(d) * alpha + float(v)))
+            prev, cur, nxt = cur, nxt, prev
+        return
+
+
+@twin
+def _color_kernel(x, codes, params, out, same):
+    n = x.shape[0]
+    c = x.shape[3]
+    for i in prange(n):
+        code = codes[i]
+        if code == SKIP:
+            continue
+        lut = np.empty((c, 256), np.uint8)
+        _sample(x[i], out[i], code, params[i], lut, same)
+
+
+@twin
+def _blur_rows_kernel(x, weights, cols, tmp):
+    """tmp[n, y] = the horizontal pass of row y of sample n (float32)."""
+    n_count, h, w, c = x.shape
+    k = weights.shape[1]
+    for r in prange(n_count * h):
+        n = r // h
+        y = r - n * h
+        for xx in range(w):
+            for ch in range(c):
+                acc = F32(0.0)
+                for t in range(k):
+                    acc = acc + weights[n, t] * F32(x[n, y, cols[xx, t], ch])
+                tmp[n, y, xx, ch] = acc
+
+
+@twin
+def _blur_cols_kernel(tmp, weights, rows, out):
+    n_count, h, w, c = tmp.shape
+    k = weights.shape[1]
+    for r in prange(n_count * h):
+        n = r // h
+        y = r - n * h
+        for xx in range(w):
+            for ch in range(c):
+                acc = F32(0.0)
+                for t in range(k):
+                    acc = acc + weights[n, t] * tmp[n, rows[y, t], xx, ch]
+                v = min(max(acc, ZERO32), MAX32)
+                out[n, y, xx, ch] = np.uint8((v + MAGIC) - MAGIC)
+
+
+@twin
+def _normalize_kernel(x, lut, out):
+    n_count, h, w, c = x.shape
+    for r in prange(n_count * h):
+        n = r // h
+        y = r - n * h
+        for xx in range(w):
+            for ch in range(c):
+                out[n, y, xx, ch] = lut[ch, x[n, y, xx, ch]]
+
+
+# --- ops (the contract of fastreg/reference/augment_color.py) --------------------------------------
+
+_COLOR_WEIGHT = 4   # per byte: a table lookup, a blend or a 3x3 sum
+_BLUR_WEIGHT = 8    # per byte and pass: K taps
+
+
+def _plan(work):
+    return _threads.plan(work, "augment")
+
+
+def _reflect_table(n, k):
+    r = k // 2
+    i = np.arange(n)[:, None] + np.arange(k)[None, :] - r
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * (n - 1)
+    i = np.mod(i, period)
+    return np.ascontiguousarray(np.where(i >= n, period - i, i)).astype(np.int64)
+
+
+def aug_color(x, codes, params, out):
+    launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), x, codes, params, out,
+           np.shares_memory(x, out))
+
+
+def aug_blur(x, weights, out):
+    n, h, w, c = x.shape
+    k = weights.shape[1]
+    tmp = np.empty((n, h, w, c), F32)
+    nt = _plan(_BLUR_WEIGHT * x.size)
+    launch(_blur_rows_kernel, nt, x, weights, _reflect_table(w, k), tmp)
+    launch(_blur_cols_kernel, nt, tmp, weights, _reflect_table(h, k), out)
+
+
+def aug_normalize(x, lut, out):
+    launch(_normalize_kernel, _plan(x.size), x, lut, out)

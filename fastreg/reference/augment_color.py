@@ -1,0 +1,453 @@
+"""Colour and intensity augmentation in plain NumPy: the oracle for the colour kernels, and the
+per-sample parameters of RandAugment, TrivialAugmentWide, ColorJitter and GaussianBlur.
+
+Definitions follow torchvision's ``transforms.v2.functional`` tensor ops on uint8 images,
+reimplemented (fastreg.augment.color lists where we differ):
+
+- ``blend(a, b, r)`` = ``trunc(clamp(f32(a) * f32(r) + f32(b) * f32(1 - r), 0, 255))``: two
+  float32 products and a float32 sum (torchvision's ``_blend``: ``mul``, ``add_``, ``clamp_``,
+  ``.to(uint8)`` truncates).
+- brightness(f): ``trunc(clamp(f32(v) * f32(f), 0, 255))``.
+- grayscale (``_rgb_to_grayscale_image``): ``t = f32(r) * f32(.2989)``,
+  ``t = fma(f32(g), f32(.587), t)``, ``t = fma(f32(b), f32(.114), t)`` (torch's vectorized
+  ``add_(.., alpha=)`` is a fused multiply-add), then ``floor``. The fma is computed exactly in
+  float64 and rounded once to float32.
+- saturation(f) ("Color"): ``blend(v, gray, f)`` per channel (1 channel: unchanged).
+- contrast(f): ``blend(v, mean, f)``, mean = ``f32(sum(gray) / (H W))`` (float64 division of
+  the exact integer sum; 1 channel: the values themselves).
+- sharpness(f): interior pixels only (images with H or W <= 2 unchanged); ``S`` = the 3x3
+  neighbourhood sum with the centre counted 5 times (torchvision's kernel [1 1 1; 1 5 1; 1 1 1]
+  / 13), ``blurred = round(S / 13)`` (never a tie: S / 13 is exact as ``(2 S + 13) // 26``),
+  ``y = fma(f32(blurred - v), f32(1 - f), f32(v))`` in float32 (exact in float64, one
+  rounding), ``trunc(clamp(y, 0, 255))``.
+- posterize(bits): ``v & (((1 << bits) - 1) << (8 - bits))``.
+- solarize(t): ``255 - v`` where ``v >= f32(t)``.
+- autocontrast: per channel, min m and max M over the image; M == m: unchanged; else
+  ``trunc(clamp(f32(v - m) / f32(f32(M - m) * f32(1 / 255)), 0, 255))``.
+- equalize: per channel, PIL's rule as torchvision's ``equalize_image``: histogram h, cumulative
+  c, ``step = (count - h[last non-empty bin]) // 255``; step == 0: unchanged; else
+  ``lut[0] = 0``, ``lut[k] = min((c[k - 1] + step // 2) // step, 255)``.
+- Gaussian blur: per-sample float32 1-D kernel w (K taps) applied along rows then columns with
+  NumPy "reflect" borders, each tap accumulated ``acc = acc + w[k] * v`` in float32 from 0 in
+  tap order; ``round-half-even(clamp(acc, 0, 255))``.
+- normalize: float32 ``(f32(v) * f32(1 / 255) - mean[c]) / std[c]`` (torchvision's
+  ``to_dtype(float32, scale=True)`` then ``normalize``); ``scale=False`` drops the ``* 1/255``.
+
+Kernel contract (every backend module with colour kernels has these names)
+--------------------------------------------------------------------------
+Images are uint8 NHWC views ``(N, H, W, C)``, C in {1, 3} for ``aug_color``; they may be
+strided (an NCHW batch is passed as ``x.transpose(0, 2, 3, 1)``).
+
+    aug_color(x, codes, params, out)
+        codes int64 (N,), params float64 (N,): sample n gets op ``codes[n]`` (see OP_CODES) with
+        parameter ``params[n]`` (factor, bits or threshold); ``SKIP``: out[n] not written.
+        out may be x.
+    aug_blur(x, weights, out)
+        weights float32 (N, K), K odd and K // 2 < min(H, W). out is not x.
+    aug_normalize(x, lut, out)
+        lut float32 (C, 256); out float32 (N, H, W, C): ``out[..., c] = lut[c, x[..., c]]``.
+
+Random parameters: the same scheme as fastreg.reference.augment (draw d of global sample i is
+word ``(i << 32) + d`` of the op key of ``(seed, epoch, code << 8 | position)``).
+"""
+import math
+
+import numpy as np
+
+from . import augment as ref
+
+F32 = np.float32
+
+# op codes of the policies, ColorJitter and GaussianBlur (tags ``code << 8 | position``; chosen
+# far from fastreg.reference.augment.CODES)
+CODES = {"randaugment": 32, "trivialaugment": 33, "colorjitter": 34, "blur": 35}
+
+# aug_color op codes
+SKIP, IDENTITY, BRIGHTNESS, SATURATION, CONTRAST, SHARPNESS, POSTERIZE, SOLARIZE, \
+    AUTOCONTRAST, EQUALIZE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8
+OP_CODES = {"identity": IDENTITY, "brightness": BRIGHTNESS, "saturation": SATURATION,
+            "contrast": CONTRAST, "sharpness": SHARPNESS, "posterize": POSTERIZE,
+            "solarize": SOLARIZE, "autocontrast": AUTOCONTRAST, "equalize": EQUALIZE}
+
+GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
+INV255 = F32(1.0 / 255.0)
+MAGIC = F32(12582912.0)
+
+
+# --- pixel definitions ----------------------------------------------------------------------------
+
+def trunc_u8(y):
+    """float32 -> uint8 as torch's ``clamp_(0, 255).to(uint8)``: clamp, truncate."""
+    return np.minimum(np.maximum(y, F32(0)), F32(255)).astype(np.uint8)
+
+
+def blend(a, b, r):
+    """torchvision's ``_blend`` on uint8: a, b arrays (b may be float32), r a Python float."""
+    return trunc_u8(np.asarray(a, F32) * F32(r) + np.asarray(b, F32) * F32(1.0 - r))
+
+
+def _fma32(a, b, c):
+    """float32 fused multiply-add (a, b, c float32): exact in float64, rounded once."""
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(F32)
+
+
+def gray(img):
+    """floor of the float32 luma of an (H, W, 3) uint8 image, as float32 (H, W)."""
+    r, g, b = (img[..., k].astype(F32) for k in range(3))
+    t = r * GRAY_R
+    t = _fma32(g, np.full_like(g, GRAY_G), t)
+    t = _fma32(b, np.full_like(b, GRAY_B), t)
+    return np.floor(t)
+
+
+def brightness(img, f):
+    return trunc_u8(img.astype(F32) * F32(f))
+
+
+def saturation(img, f):
+    if img.shape[-1] == 1:
+        return img.copy()
+    return blend(img, gray(img)[..., None], f)
+
+
+def contrast(img, f):
+    h, w, c = img.shape
+    g = gray(img) if c == 3 else img[..., 0].astype(F32)
+    total = float(np.sum(g, dtype=np.float64))
+    mean = F32(total / (h * w)) if h * w else F32(0)
+    return blend(img, np.full(img.shape, mean, F32), f)
+
+
+def sharpness(img, f):
+    h, w, c = img.shape
+    out = img.copy()
+    if h <= 2 or w <= 2:
+        return out
+    x = img.astype(np.int64)
+    s = np.zeros((h - 2, w - 2, c), np.int64)
+    for dy in range(3):
+        for dx in range(3):
+            s += x[dy:dy + h - 2, dx:dx + w - 2]
+    centre = x[1:-1, 1:-1]
+    s += 4 * centre
+    blurred = (2 * s + 13) // 26
+    d = (blurred - centre).astype(F32)
+    y = _fma32(d, np.full_like(d, F32(1.0 - f)), centre.astype(F32))
+    out[1:-1, 1:-1] = trunc_u8(y)
+    return out
+
+
+def posterize(img, bits):
+    bits = int(bits)
+    mask = ((1 << bits) - 1) << (8 - bits)
+    return img & np.uint8(mask)
+
+
+def solarize(img, threshold):
+    t = F32(threshold)
+    return np.where(img.astype(F32) >= t, 255 - img, img).astype(np.uint8)
+
+
+def autocontrast(img):
+    out = img.copy()
+    for k in range(img.shape[-1]):
+        v = img[..., k]
+        if v.size == 0:
+            continue
+        lo, hi = int(v.min()), int(v.max())
+        if lo == hi:
+            continue
+        inv = F32(hi - lo) * INV255
+        out[..., k] = trunc_u8((v.astype(F32) - F32(lo)) / inv)
+    return out
+
+
+def equalize_lut(values):
+    """PIL / torchvision equalization table of one channel (uint8 array), or None (unchanged)."""
+    hist = np.bincount(values.reshape(-1), minlength=256).astype(np.int64)
+    if values.size == 0:
+        return None
+    last = int(np.flatnonzero(hist)[-1])
+    step = (values.size - int(hist[last])) // 255
+    if step == 0:
+        return None
+    cum = np.cumsum(hist)
+    lut = np.zeros(256, np.int64)
+    lut[1:] = np.minimum((cum[:-1] + step // 2) // step, 255)
+    return lut.astype(np.uint8)
+
+
+def equalize(img):
+    out = img.copy()
+    for k in range(img.shape[-1]):
+        lut = equalize_lut(img[..., k])
+        if lut is not None:
+            out[..., k] = lut[img[..., k]]
+    return out
+
+
+_APPLY = {IDENTITY: lambda img, p: img.copy(), BRIGHTNESS: brightness, SATURATION: saturation,
+          CONTRAST: contrast, SHARPNESS: sharpness, POSTERIZE: posterize, SOLARIZE: solarize,
+          AUTOCONTRAST: lambda img, p: autocontrast(img),
+          EQUALIZE: lambda img, p: equalize(img)}
+
+
+# --- kernels --------------------------------------------------------------------------------------
+
+def aug_color(x, codes, params, out):
+    """out[n] = op codes[n] of x[n] with parameter params[n] (SKIP: out[n] untouched)."""
+    for n in range(x.shape[0]):
+        code = int(codes[n])
+        if code == SKIP:
+            continue
+        out[n] = _APPLY[code](np.array(x[n]), float(params[n]))
+
+
+def reflect_index(i, n):
+    return ref.reflect_index(i, n)
+
+
+def aug_blur(x, weights, out):
+    """Separable Gaussian blur, float32, reflect borders (see the module docstring)."""
+    n_count, h, w, c = x.shape
+    k = weights.shape[1]
+    r = k // 2
+    cols = reflect_index(np.arange(w)[:, None] + np.arange(k)[None, :] - r, w)   # (W, K)
+    rows = reflect_index(np.arange(h)[:, None] + np.arange(k)[None, :] - r, h)   # (H, K)
+    for n in range(n_count):
+        img = x[n].astype(F32)
+        wt = weights[n].astype(F32)
+        acc = np.zeros((h, w, c), F32)
+        for t in range(k):
+            acc = acc + wt[t] * img[:, cols[:, t], :]
+        acc2 = np.zeros((h, w, c), F32)
+        for t in range(k):
+            acc2 = acc2 + wt[t] * acc[rows[:, t], :, :]
+        y = np.minimum(np.maximum(acc2, F32(0)), F32(255))
+        out[n] = ((y + MAGIC) - MAGIC).astype(np.uint8)
+
+
+def normalize_lut(mean, std, scale=True):
+    """float32 (C, 256): ``(f32(v) * f32(1 / 255) - mean[c]) / std[c]`` (no ``* 1/255`` when
+    scale is False)."""
+    v = np.arange(256, dtype=F32)
+    if scale:
+        v = v * INV255
+    m = np.asarray(mean, F32)[:, None]
+    s = np.asarray(std, F32)[:, None]
+    return ((v[None, :] - m) / s).astype(F32)
+
+
+def aug_normalize(x, lut, out):
+    for k in range(x.shape[-1]):
+        out[..., k] = lut[k][x[..., k]]
+
+
+# --- policies: op lists and magnitude bins (torchvision.transforms.v2, written down) --------------
+
+# RandAugment and TrivialAugmentWide draw uniformly among these 14 ops, in this order
+POLICY_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+              "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast",
+              "Equalize")
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+          "Contrast", "Sharpness")
+
+
+def linspace32(start, end, steps):
+    """torch.linspace(start, end, steps) in float32 as torch's CPU kernel computes it: ``step =
+    (end - start) / (steps - 1)`` in float32; element i is ``start + step * i`` below
+    ``steps // 2``, else ``end - step * (steps - i - 1)``."""
+    s, e = F32(start), F32(end)
+    step = (e - s) / F32(steps - 1)
+    i = np.arange(steps)
+    lo = s + step * i.astype(F32)
+    hi = e - step * (steps - i - 1).astype(F32)
+    return np.where(i < steps // 2, lo, hi).astype(F32)
+
+
+def _posterize_bins(num_bins, span):
+    """(8 - arange(n) / ((n - 1) / span)).round().int(), in float32, round half to even."""
+    q = np.arange(num_bins).astype(F32) / F32((num_bins - 1) / span)
+    return np.round(F32(8) - q).astype(np.int64)
+
+
+def magnitude_bins(policy, op, num_bins, height, width):
+    """The magnitude table of ``op`` (float64 copies of torchvision's float32 values), or None
+    for ops without magnitude. ``policy``: "randaugment" or "trivialaugment"."""
+    wide = policy == "trivialaugment"
+    if op in ("Identity", "AutoContrast", "Equalize"):
+        return None
+    if op in ("ShearX", "ShearY"):
+        t = linspace32(0.0, 0.99 if wide else 0.3, num_bins)
+    elif op == "TranslateX":
+        t = linspace32(0.0, 32.0 if wide else 150.0 / 331.0 * width, num_bins)
+    elif op == "TranslateY":
+        t = linspace32(0.0, 32.0 if wide else 150.0 / 331.0 * height, num_bins)
+    elif op == "Rotate":
+        t = linspace32(0.0, 135.0 if wide else 30.0, num_bins)
+    elif op in ("Brightness", "Color", "Contrast", "Sharpness"):
+        t = linspace32(0.0, 0.99 if wide else 0.9, num_bins)
+    elif op == "Posterize":
+        return _posterize_bins(num_bins, 6 if wide else 4).astype(np.float64)
+    elif op == "Solarize":
+        t = linspace32(1.0, 0.0, num_bins)
+    else:
+        raise ValueError(f"unknown policy op {op!r}")
+    return t.astype(np.float64)
+
+
+def policy_params(policy, seed, epoch, indices, position, num_ops, magnitude, num_bins, height,
+                  width):
+    """Per-sample ops and signed magnitudes: (op index (N, S) into POLICY_OPS, magnitude (N, S)
+    float64). RandAugment: S = num_ops slots, slot s uses draws 2s (op: ``below(w, 14)``) and
+    2s + 1 (sign: negative when ``bernoulli(w, 0.5)``), magnitude bin ``magnitude``.
+    TrivialAugmentWide: S = 1, draws 0 (op), 1 (bin: ``below(w, num_bins)``), 2 (sign)."""
+    idx = np.asarray(indices, np.int64)
+    tag = (CODES[policy] << 8) | int(position)
+    n = len(idx)
+    nd = 2 * num_ops if policy == "randaugment" else 3
+    w = ref.sample_words(seed, epoch, tag, idx, max(nd, 1))
+    if policy == "randaugment":
+        slots = num_ops
+        ops = np.stack([ref.below(w[:, 2 * s], len(POLICY_OPS)) for s in range(slots)], axis=1) \
+            if slots else np.zeros((n, 0), np.int64)
+        neg = np.stack([ref.bernoulli(w[:, 2 * s + 1], 0.5) for s in range(slots)], axis=1) \
+            if slots else np.zeros((n, 0), bool)
+        bins = np.full((n, slots), int(magnitude), np.int64)
+    else:
+        slots = 1
+        ops = ref.below(w[:, 0], len(POLICY_OPS))[:, None]
+        bins = ref.below(w[:, 1], num_bins)[:, None]
+        neg = ref.bernoulli(w[:, 2], 0.5)[:, None]
+    mags = np.zeros((n, slots), np.float64)
+    for k, name in enumerate(POLICY_OPS):
+        table = magnitude_bins(policy, name, num_bins, height, width)
+        if table is None:
+            continue
+        sel = ops == k
+        m = table[bins[sel]]
+        if name in SIGNED:
+            m = np.where(neg[sel], -m, m)
+        mags[sel] = m
+    return ops, mags
+
+
+def inverse_affine(center, angle, translate, shear):
+    """torchvision's ``_get_inverse_affine_matrix`` (scale 1) as a 3x3 map output pixel ->
+    source point, in pixel-index coordinates: ``src = c + M^-1 (dst - c - t)``; angle and shear
+    in degrees (clockwise angle, as ``F.affine``)."""
+    rot = math.radians(angle)
+    sx, sy = math.radians(shear[0]), math.radians(shear[1])
+    cx, cy = center
+    tx, ty = translate
+    a = math.cos(rot - sy) / math.cos(sy)
+    b = -math.cos(rot - sy) * math.tan(sx) / math.cos(sy) - math.sin(rot)
+    c = math.sin(rot - sy) / math.cos(sy)
+    d = -math.sin(rot - sy) * math.tan(sx) / math.cos(sy) + math.cos(rot)
+    m = [d, -b, 0.0, -c, a, 0.0]
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty)
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty)
+    m[2] += cx
+    m[5] += cy
+    return np.array([[m[0], m[1], m[2]], [m[3], m[4], m[5]], [0.0, 0.0, 1.0]])
+
+
+def policy_matrix(op, magnitude, height, width):
+    """The inverse map of a geometric policy op (torchvision's ``_apply_image_or_video_transform``:
+    shears about the top-left corner of the image, pixel (-0.5, -0.5); translations by
+    ``int(magnitude)`` pixels; rotation about the centre ((W - 1) / 2, (H - 1) / 2),
+    counter-clockwise for a positive angle)."""
+    centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    corner = (-0.5, -0.5)
+    if op == "ShearX":
+        return inverse_affine(corner, 0.0, (0, 0), (math.degrees(math.atan(magnitude)), 0.0))
+    if op == "ShearY":
+        return inverse_affine(corner, 0.0, (0, 0), (0.0, math.degrees(math.atan(magnitude))))
+    if op == "TranslateX":
+        return inverse_affine(centre, 0.0, (int(magnitude), 0), (0.0, 0.0))
+    if op == "TranslateY":
+        return inverse_affine(centre, 0.0, (0, int(magnitude)), (0.0, 0.0))
+    if op == "Rotate":
+        return inverse_affine(centre, -magnitude, (0, 0), (0.0, 0.0))
+    raise ValueError(f"{op!r} is not a geometric op")
+
+
+_COLOR_OF = {"Identity": IDENTITY, "Brightness": BRIGHTNESS, "Color": SATURATION,
+             "Contrast": CONTRAST, "Sharpness": SHARPNESS, "Posterize": POSTERIZE,
+             "Solarize": SOLARIZE, "AutoContrast": AUTOCONTRAST, "Equalize": EQUALIZE}
+
+
+def slot_plan(ops, mags, height, width):
+    """One slot of a policy as kernel arguments: (codes int64 (N,), params float64 (N,),
+    geometric bool (N,), mats float64 (N, 2, 3)). Colour parameters: ``1 + magnitude``
+    (brightness, colour, contrast, sharpness), ``int(magnitude)`` bits (posterize),
+    ``255 * magnitude`` (solarize threshold)."""
+    n = len(ops)
+    codes = np.full(n, SKIP, np.int64)
+    params = np.zeros(n, np.float64)
+    geo = np.zeros(n, bool)
+    mats = np.zeros((n, 2, 3), np.float64)
+    for j in range(n):
+        name = POLICY_OPS[int(ops[j])]
+        m = float(mags[j])
+        if name in GEOMETRIC:
+            geo[j] = True
+            mats[j] = policy_matrix(name, m, height, width)[:2]
+            continue
+        codes[j] = _COLOR_OF[name]
+        if name in ("Brightness", "Color", "Contrast", "Sharpness"):
+            params[j] = 1.0 + m
+        elif name == "Posterize":
+            params[j] = float(int(m))
+        elif name == "Solarize":
+            params[j] = 255.0 * m
+    return codes, params, geo, mats
+
+
+# --- ColorJitter and GaussianBlur parameters --------------------------------------------------------
+
+JITTER_ORDER = ("brightness", "contrast", "saturation")
+
+
+def jitter_params(seed, epoch, indices, position, ranges):
+    """Per sample: an order of the three adjustments (a uniform permutation by Fisher-Yates,
+    draws 0 and 1) and a factor for each, uniform in its range (draws 2, 3, 4:
+    ``lo + (hi - lo) u``); ``ranges`` maps a name to (lo, hi) or None (not applied).
+    Returns (order int64 (N, 3) of indices into JITTER_ORDER, factors float64 (N, 3))."""
+    idx = np.asarray(indices, np.int64)
+    tag = (CODES["colorjitter"] << 8) | int(position)
+    w = ref.sample_words(seed, epoch, tag, idx, 5)
+    n = len(idx)
+    order = np.tile(np.arange(3), (n, 1))
+    for s, i in enumerate((2, 1)):      # Fisher-Yates: swap i with j uniform in [0, i]
+        j = ref.below(w[:, s], i + 1)
+        a = order[np.arange(n), i].copy()
+        order[np.arange(n), i] = order[np.arange(n), j]
+        order[np.arange(n), j] = a
+    factors = np.ones((n, 3), np.float64)
+    for k, name in enumerate(JITTER_ORDER):
+        r = ranges.get(name)
+        if r is not None:
+            factors[:, k] = r[0] + (r[1] - r[0]) * ref.unit(w[:, 2 + k])
+    return order, factors
+
+
+def gaussian_weights(sigma, kernel_size):
+    """float32 (K,): ``exp(-x^2 / (2 sigma^2))`` at x = -K//2 .. K//2, normalized (float64,
+    rounded once), torchvision's ``_get_gaussian_kernel1d``."""
+    r = kernel_size // 2
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    e = np.exp(-0.5 * (x / sigma) ** 2)
+    return (e / e.sum()).astype(F32)
+
+
+def blur_params(seed, epoch, indices, position, sigma, kernel_size):
+    """Per-sample sigma uniform in ``sigma`` (draw 0) and its float32 kernel (N, K)."""
+    idx = np.asarray(indices, np.int64)
+    tag = (CODES["blur"] << 8) | int(position)
+    w = ref.sample_words(seed, epoch, tag, idx, 1)
+    s = sigma[0] + (sigma[1] - sigma[0]) * ref.unit(w[:, 0])
+    weights = np.stack([gaussian_weights(v, kernel_size) for v in s]) if len(s) else \
+        np.zeros((0, kernel_size), F32)
+    return s, weights
