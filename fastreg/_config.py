@@ -1,6 +1,8 @@
 """Every FASTREG_* environment setting, read in one place.
 
 FASTREG_BACKEND      default host backend for backend="auto" ("numpy", "cpu" or "c").
+FASTREG_NUM_THREADS  threads per op on the host backends (read by fastreg._threads, which also
+                     honours OMP_NUM_THREADS, NUMBA_NUM_THREADS and the CPU affinity).
 FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
 FASTREG_C_NO_AVX2    1: the C backend uses its portable kernels even where the CPU has AVX2.
 FASTREG_MPI_TIMEOUT  seconds an MPI collective may wait (fastreg.distributed; "none" = forever).
