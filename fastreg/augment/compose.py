@@ -118,6 +118,35 @@ def check_keys(seed, epoch, index_offset, n):
     return seed, epoch, index_offset
 
 
+def sample_ids(indices, index_offset, n):
+    """The global ids keying each sample's random parameters, int64 (n,): ``index_offset + i``,
+    or ``indices`` (dataset ids, host integers in [0, 2**32), duplicates allowed) when given."""
+    if indices is None:
+        return index_offset + np.arange(n, dtype=np.int64)
+    if index_offset != 0:
+        raise ValueError("give either index_offset or indices, not both (indices are the "
+                         "samples' global ids)")
+    if _arrays.is_device(indices):
+        raise TypeError("indices must be a host array (the parameters are drawn on the host)")
+    ids = _arrays.as_host(indices, "indices")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got dtype {ids.dtype}")
+    if ids.shape != (n,):
+        raise ValueError(f"indices must have shape ({n},) (one id per sample), got "
+                         f"{ids.shape}")
+    if n and (ids.min() < 0 or int(ids.max()) >= MAX_INDEX):
+        raise ValueError(f"indices must be in [0, 2**32), got [{ids.min()}, {ids.max()}]")
+    return ids.astype(np.int64)
+
+
+def id_runs(idx):
+    """(start, stop) of the runs of consecutive ids in ``idx`` (ids idx[start] + k): kernels
+    keyed by a first id take a run at a time."""
+    cuts = np.flatnonzero(np.diff(idx) != 1) + 1
+    bounds = [0, *cuts.tolist(), len(idx)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def check_fill(fill, dtype, name="fill"):
     v = _real(fill, name)
     if np.dtype(dtype) == np.uint8:
@@ -296,9 +325,10 @@ class GaussianNoise(_Op):
     def apply(self, job, src, res, dims, layout, seed, epoch, idx, position):
         prm = ref.sample_params("noise", seed, epoch, idx, position, lo=self.lo, hi=self.hi)
         n = dims[0]
-        job.op("aug_noise")(src.reshape(n, -1), prm["key"], int(idx[0]),
-                            job.contig(prm["std"]) if job.device else prm["std"],
-                            res.reshape(n, -1))
+        std = job.contig(prm["std"]) if job.device else prm["std"]
+        src2, res2 = src.reshape(n, -1), res.reshape(n, -1)
+        for a, b in id_runs(idx):  # the kernel keys row r by first + r: one call per run
+            job.op("aug_noise")(src2[a:b], prm["key"], int(idx[a]), std[a:b], res2[a:b])
 
 
 class RandomErasing(_Op):
@@ -366,7 +396,7 @@ def _check_target(target, dims, layout):
 
 
 def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, out, backend,
-        fill=0.0, padding_mode="constant", interpolation="bilinear"):
+        fill=0.0, padding_mode="constant", interpolation="bilinear", indices=None):
     """Validate everything, then run the geometric ops as one resampling and the others after.
 
     Returns the augmented images (``out`` when given), or ``(images, target)`` when a target is
@@ -376,6 +406,7 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
     arr, dims = check_images(images, layout)
     n, h, w, c = dims
     seed, epoch, index_offset = check_keys(seed, epoch, index_offset, n)
+    idx = sample_ids(indices, index_offset, n)
     padding_mode = _arrays.check_choice(padding_mode, "padding_mode", PADDING_MODES)
     interpolation = _arrays.check_choice(interpolation, "interpolation", INTERPOLATIONS)
     fill = check_fill(fill, arr.dtype)
@@ -408,7 +439,6 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
     dtype = np.dtype(arr.dtype)
     xc = job.contig(xin)
     res = job.target(out_arr, shape_of(out_dims, layout), dtype)
-    idx = index_offset + np.arange(n, dtype=np.int64)
     t_res = None
     if target is not None:
         tin = target if device_in else tarr
@@ -503,7 +533,7 @@ class Compose:
                                                   INTERPOLATIONS)
 
     def __call__(self, images, *, seed, epoch=0, index_offset=0, layout="NHWC", target=None,
-                 target_fill=0, out=None, backend="auto"):
+                 target_fill=0, out=None, backend="auto", indices=None):
         """Apply the ops to a batch.
 
         Parameters
@@ -514,6 +544,10 @@ class Compose:
             Key of every random parameter, in [0, 2**64).
         index_offset : int
             Global index of the batch's first sample (indices < 2**32).
+        indices : array of int (N,), optional
+            The samples' global (dataset) ids instead of ``index_offset + i``: a sample then
+            gets the same transform whatever its batch position, batch or worker. Host
+            integers in [0, 2**32); not together with index_offset.
         layout : {"NHWC", "NCHW"}
         target : array, optional
             Aligned target (segmentation mask) (N, H, W) or 4-D in ``layout``: resampled with
@@ -539,4 +573,4 @@ class Compose:
         return run(self.ops, images, seed=seed, epoch=epoch, index_offset=index_offset,
                    layout=layout, target=target, target_fill=target_fill, out=out,
                    backend=backend, fill=self.fill, padding_mode=self.padding_mode,
-                   interpolation=self.interpolation)
+                   interpolation=self.interpolation, indices=indices)

@@ -4,7 +4,10 @@ Every function takes a batch ``(N, H, W, C)`` (``layout="NHWC"``) or ``(N, C, H,
 (``layout="NCHW"``) of uint8 or float32 images, on the host or on a CUDA device, and keys every
 random parameter of sample i by ``(seed, epoch, index_offset + i)`` through Philox
 (fastreg.reference.augment): the same sample gets the same transform however the data set is
-split into batches or workers, on every backend.
+split into batches or workers, on every backend. ``indices=`` (the samples' dataset ids, one per
+batch entry) keys them by id instead, so a shuffled sample gets the same transform whatever
+its position, batch or worker (mixup and cutmix: its lambda and box; its partner is another
+sample of the batch).
 
 Backends: "numpy" (the reference), "cpu" (Numba), "c" (C, OpenMP, AVX2 / AVX-512 chosen at run
 time) and "cuda" (Numba CUDA) implement every op; "auto" on host arrays picks "c" where it is
@@ -44,11 +47,14 @@ _COMMON_DOC = """seed : int
     layout : {"NHWC", "NCHW"}
         Axis order of ``images`` (and of a 4-D ``target``).
     out : array, optional
-        Where to write the result (output shape, images' dtype, same device)."""
+        Where to write the result (output shape, images' dtype, same device).
+    indices : array of int (N,), optional
+        The samples' global ids (host integers in [0, 2**32), duplicates allowed) in place of
+        ``index_offset + i``; not together with a nonzero index_offset."""
 
 
 def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_offset=0,
-                layout="NHWC", target=None, target_fill=0, out=None, backend="auto"):
+                layout="NHWC", target=None, target_fill=0, out=None, backend="auto", indices=None):
     """Flip each sample with probability p (independently per sample).
 
     Parameters
@@ -69,6 +75,10 @@ def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_o
     out : array, optional
         Result array (images' shape and dtype); must not share memory with images.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    indices : array of int (N,), optional
+        The samples' global (dataset) ids, keying their parameters in place of
+        ``index_offset + i``: host integers in [0, 2**32), duplicates allowed (equal ids get
+        equal transforms); not together with a nonzero index_offset.
 
     Returns
     -------
@@ -91,11 +101,11 @@ def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_o
     """
     return _c.run([RandomFlip(p, direction)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target,
-                  target_fill=target_fill, out=out, backend=backend)
+                  target_fill=target_fill, out=out, backend=backend, indices=indices)
 
 
 def random_rot90(images, p=0.75, *, seed, epoch=0, index_offset=0, layout="NHWC", target=None,
-                 target_fill=0, out=None, backend="auto"):
+                 target_fill=0, out=None, backend="auto", indices=None):
     """Rotate each sample by k quarter turns counter-clockwise (``np.rot90`` on H, W).
 
     Parameters
@@ -105,7 +115,7 @@ def random_rot90(images, p=0.75, *, seed, epoch=0, index_offset=0, layout="NHWC"
     p : float
         Probability of a rotation; a rotated sample turns by 1, 2 or 3 quarters uniformly
         (p = 0.75: k uniform in {0, 1, 2, 3}).
-    seed, epoch, index_offset, layout, target, target_fill, out, backend
+    seed, epoch, index_offset, layout, target, target_fill, out, backend, indices
         As in ``random_flip``.
 
     Returns
@@ -124,12 +134,12 @@ def random_rot90(images, p=0.75, *, seed, epoch=0, index_offset=0, layout="NHWC"
     """
     return _c.run([RandomRot90(p)], images, seed=seed, epoch=epoch, index_offset=index_offset,
                   layout=layout, target=target, target_fill=target_fill, out=out,
-                  backend=backend)
+                  backend=backend, indices=indices)
 
 
 def random_rotate(images, degrees=15.0, *, p=1.0, fill=0, interpolation="bilinear", seed,
                   epoch=0, index_offset=0, layout="NHWC", target=None, target_fill=0, out=None,
-                  backend="auto"):
+                  backend="auto", indices=None):
     """Rotate each sample about its centre by a random angle, resampling bilinearly.
 
     Parameters
@@ -142,7 +152,7 @@ def random_rotate(images, degrees=15.0, *, p=1.0, fill=0, interpolation="bilinea
     fill : float
         Value of the corners that come from outside the image (uint8: in [0, 255]).
     interpolation : {"bilinear", "nearest"}
-    seed, epoch, index_offset, layout, target, target_fill, out, backend
+    seed, epoch, index_offset, layout, target, target_fill, out, backend, indices
         As in ``random_flip``; the target is resampled by nearest neighbour with
         ``target_fill`` outside.
 
@@ -165,12 +175,12 @@ def random_rotate(images, degrees=15.0, *, p=1.0, fill=0, interpolation="bilinea
     return _c.run([RandomRotate(degrees, p)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target,
                   target_fill=target_fill, out=out, backend=backend, fill=fill,
-                  interpolation=interpolation)
+                  interpolation=interpolation, indices=indices)
 
 
 def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, seed, epoch=0,
                 index_offset=0, layout="NHWC", target=None, target_fill=0, out=None,
-                backend="auto"):
+                backend="auto", indices=None):
     """Crop each sample at a random integer offset, after padding (random translation).
 
     Parameters
@@ -185,7 +195,7 @@ def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, see
         ``fill`` outside the image, or NumPy's "reflect" (edge pixel not repeated).
     fill : float
         Constant padding value (uint8: in [0, 255]).
-    seed, epoch, index_offset, layout, target, target_fill, out, backend
+    seed, epoch, index_offset, layout, target, target_fill, out, backend, indices
         As in ``random_flip``; the target is padded with ``target_fill`` (constant) or
         reflected.
 
@@ -209,12 +219,12 @@ def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, see
     return _c.run([RandomCrop(size, padding)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target,
                   target_fill=target_fill, out=out, backend=backend, fill=fill,
-                  padding_mode=padding_mode)
+                  padding_mode=padding_mode, indices=indices)
 
 
 def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0),
                         interpolation="bilinear", seed, epoch=0, index_offset=0, layout="NHWC",
-                        target=None, target_fill=0, out=None, backend="auto"):
+                        target=None, target_fill=0, out=None, backend="auto", indices=None):
     """Crop a random box (area fraction and aspect ratio) of each sample and resize it to size.
 
     Parameters
@@ -227,7 +237,7 @@ def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.
     ratio : (float, float)
         Range of the box aspect ratio (width / height), sampled log-uniformly; > 0.
     interpolation : {"bilinear", "nearest"}
-    seed, epoch, index_offset, layout, target, target_fill, out, backend
+    seed, epoch, index_offset, layout, target, target_fill, out, backend, indices
         As in ``random_flip``.
 
     Returns
@@ -248,11 +258,11 @@ def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.
     return _c.run([RandomResizedCrop(size, scale, ratio)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target,
                   target_fill=target_fill, out=out, backend=backend,
-                  interpolation=interpolation)
+                  interpolation=interpolation, indices=indices)
 
 
 def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NHWC",
-                   target=None, out=None, backend="auto"):
+                   target=None, out=None, backend="auto", indices=None):
     """Add N(0, std^2) noise to every value (uint8: then clipped and rounded).
 
     Parameters
@@ -261,7 +271,7 @@ def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NH
     std : float or (float, float)
         Standard deviation in the images' units (0..255 for uint8), or a range from which each
         sample draws its own (uniformly). Finite, >= 0.
-    seed, epoch, index_offset, layout
+    seed, epoch, index_offset, layout, indices
         As in ``random_flip``.
     target : array, optional
         Passed through unchanged (no noise on masks); returned as is.
@@ -288,12 +298,12 @@ def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NH
     """
     return _c.run([GaussianNoise(std)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target, target_fill=0,
-                  out=out, backend=backend)
+                  out=out, backend=backend, indices=indices)
 
 
 def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, seed,
                    epoch=0, index_offset=0, layout="NHWC", target=None, out=None,
-                   backend="auto"):
+                   backend="auto", indices=None):
     """Random erasing (cutout): with probability p, set a random box of each sample to value.
 
     Parameters
@@ -307,7 +317,7 @@ def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value
         Aspect ratio range (height / width), log-uniform; > 0.
     value : float
         Value written into the box, all channels (uint8: in [0, 255]).
-    seed, epoch, index_offset, layout
+    seed, epoch, index_offset, layout, indices
         As in ``random_flip``.
     target : array, optional
         Not erased (a mask keeps its labels under the box); returned as is.
@@ -335,7 +345,7 @@ def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value
     """
     return _c.run([RandomErasing(p, scale, ratio, value)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target, target_fill=0,
-                  out=out, backend=backend)
+                  out=out, backend=backend, indices=indices)
 
 
 # --- mixup and cutmix -----------------------------------------------------------------------------
@@ -372,11 +382,12 @@ def _labels(labels, n, num_classes):
 
 
 def _mix_common(images, labels, alpha, num_classes, seed, epoch, index_offset, layout, out,
-                backend, extra=()):
+                backend, indices, extra=()):
     layout = _c.check_layout(layout)
     arr, dims = _c.check_images(images, layout)
     n = dims[0]
     seed, epoch, index_offset = _c.check_keys(seed, epoch, index_offset, n)
+    idx = _c.sample_ids(indices, index_offset, n)
     alpha = _c._real(alpha, "alpha")
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
@@ -387,7 +398,6 @@ def _mix_common(images, labels, alpha, num_classes, seed, epoch, index_offset, l
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [xin], device_in)
     if out is not None and _c._aliases(out, xin):
         raise ValueError("out must not share memory with images (samples read each other)")
-    idx = index_offset + np.arange(n, dtype=np.int64)
     return layout, arr, dims, seed, epoch, idx, soft, job, xin, out_arr
 
 
@@ -397,7 +407,7 @@ def _mixed_labels(soft, lam, partner):
 
 
 def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_offset=0,
-          layout="NHWC", out=None, backend="auto"):
+          layout="NHWC", out=None, backend="auto", indices=None):
     """Mixup: each sample blended with a partner of the batch, labels blended alike.
 
     Parameters
@@ -409,8 +419,9 @@ def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_o
         lambda ~ Beta(alpha, alpha) per sample, alpha > 0.
     num_classes : int, optional
         Needed with class-index labels.
-    seed, epoch, index_offset, layout, out, backend
-        As in ``random_flip`` (out must not share memory with images).
+    seed, epoch, index_offset, layout, out, backend, indices
+        As in ``random_flip`` (out must not share memory with images). With ``indices`` a
+        sample's lambda follows its id; its partner is drawn among the batch's ids.
 
     Returns
     -------
@@ -427,12 +438,17 @@ def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_o
     Notes
     -----
     Zhang, Cisse, Dauphin & Lopez-Paz, "mixup: Beyond empirical risk minimization", ICLR 2018.
-    lambda is per sample, keyed by its global index. The partner is a cyclic shift of the batch
+    lambda is per sample, keyed by its global index: Beta(alpha, alpha) as the ratio of two
+    Gamma variates (Marsaglia & Tsang) from the sample's Philox draws, computed for the whole
+    batch in vectorized NumPy on the host (``fastreg.reference.augment.beta`` has the exact
+    definition), so every backend mixes with the same lambdas. The partner is a cyclic shift of
+    the batch
     in a random order keyed by the samples' global indices (no sample is its own partner when
     N > 1): it depends on which samples share the batch, unavoidably.
     """
     layout, arr, dims, seed, epoch, idx, soft, job, xin, out_arr = _mix_common(
-        images, labels, alpha, num_classes, seed, epoch, index_offset, layout, out, backend)
+        images, labels, alpha, num_classes, seed, epoch, index_offset, layout, out, backend,
+        indices)
     n = dims[0]
     lam = ref.sample_params("mixup", seed, epoch, idx, alpha=alpha)["lam"].astype(np.float32)
     partner = ref.partner_of(seed, epoch, idx)
@@ -444,7 +460,7 @@ def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_o
 
 
 def cutmix(images, labels, alpha=1.0, *, num_classes=None, seed, epoch=0, index_offset=0,
-           layout="NHWC", target=None, out=None, backend="auto"):
+           layout="NHWC", target=None, out=None, backend="auto", indices=None):
     """CutMix: a box of each sample replaced by the same box of a partner; labels weighted by
     area.
 
@@ -457,7 +473,7 @@ def cutmix(images, labels, alpha=1.0, *, num_classes=None, seed, epoch=0, index_
         lambda ~ Beta(alpha, alpha) sets the box area (1 - lambda) H W; alpha > 0.
     num_classes : int, optional
         Needed with class-index labels.
-    seed, epoch, index_offset, layout, out, backend
+    seed, epoch, index_offset, layout, out, backend, indices
         As in ``mixup``.
     target : array, optional
         Aligned mask (N, H, W) or 4-D in ``layout``: the same boxes are pasted from the
@@ -481,7 +497,7 @@ def cutmix(images, labels, alpha=1.0, *, num_classes=None, seed, epoch=0, index_
     """
     layout, arr, dims, seed, epoch, idx, soft, job, xin, out_arr = _mix_common(
         images, labels, alpha, num_classes, seed, epoch, index_offset, layout, out, backend,
-        extra=(target,))
+        indices, extra=(target,))
     n, h, w, c = dims
     if target is not None:
         tarr, tdims, tlayout = _c._check_target(target, dims, layout)
