@@ -25,9 +25,52 @@ import numpy as np
 
 from . import _arrays, _dispatch, _registry
 from ._dispatch import flat
+from .random import Generator
 
 MODES = ("inverted", "classic")
 _TWO32 = 1 << 32
+
+
+class DropoutState:
+    """What a dropout-family forward call drew: enough to regenerate its mask in backward.
+
+    Returned by ``dropout``, ``channel_dropout`` and ``drop_path`` with ``return_state=True``;
+    ``op`` is the function's name, ``axis`` the channel axis (``channel_dropout``).
+    """
+
+    __slots__ = ("op", "p", "seed", "offset", "training", "mode", "axis")
+
+    def __init__(self, op, p, seed, offset, training, mode, axis):
+        self.op, self.p, self.seed, self.offset = op, p, seed, offset
+        self.training, self.mode, self.axis = training, mode, axis
+
+    def backward(self, grad_y, *, out=None, backend="auto"):
+        """The gradient with respect to the forward's input: the same mask and scale.
+
+        Parameters
+        ----------
+        grad_y : array_like, float32 or float64
+            Shaped like the forward's input.
+        out, backend
+            As in the forward.
+
+        Returns
+        -------
+        array
+            ``grad_y * m * scale``.
+        """
+        kw = dict(seed=self.seed, offset=self.offset, training=self.training, mode=self.mode,
+                  out=out, backend=backend)
+        if self.op == "dropout":
+            return dropout_backward(grad_y, self.p, **kw)
+        if self.op == "channel_dropout":
+            return channel_dropout_backward(grad_y, self.p, axis=self.axis, **kw)
+        return drop_path_backward(grad_y, self.p, **kw)
+
+    def __repr__(self):
+        return (f"DropoutState(op={self.op!r}, p={self.p}, seed={self.seed}, "
+                f"offset={self.offset}, training={self.training}, mode={self.mode!r}, "
+                f"axis={self.axis})")
 
 
 def _threshold(p):
@@ -46,10 +89,22 @@ def _result(result, out):
     return result if out is None else out
 
 
-def _common(p, seed, offset, mode, training):
+def _common(p, seed, offset, mode, training, backward=False):
+    """Checked (p, seed, offset, training); a Generator ``seed`` stays a Generator (its range is
+    taken by ``_draw`` once the size is known and every other check has passed)."""
     p = _arrays.check_probability(p)
-    seed = _arrays.check_uint64(seed, "seed")
-    offset = _arrays.check_uint64(offset, "offset")
+    if isinstance(seed, Generator):
+        if backward:
+            raise TypeError("seed of a backward call must be the forward's integer seed (with "
+                            "its offset), not a Generator: a Generator would hand out a new "
+                            "range; use the state returned by the forward with "
+                            "return_state=True")
+        if offset not in (None, 0):
+            raise ValueError("offset must not be given with a Generator as seed: the generator "
+                             f"owns the position (got offset={offset!r})")
+    else:
+        seed = _arrays.check_uint64(seed, "seed")
+        offset = _arrays.check_uint64(offset, "offset")
     _arrays.check_choice(mode, "mode", MODES)
     training = _arrays.check_bool(training, "training")
     return p, seed, offset, training
@@ -70,11 +125,19 @@ def _prepare(x, out, backend, name="x"):
     return _dispatch.job(backend, not device_in), (x if device_in else arr), arr, out_arr
 
 
-def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
-    p, seed, offset, training = _common(p, seed, offset, mode, training)
+def _draw(seed, offset, count, training):
+    """(seed, offset) as ints: a Generator hands out ``count`` words (none at inference)."""
+    if isinstance(seed, Generator):
+        return seed.seed, (seed.take(count) if training else seed.position)
+    _arrays.check_counter_range(offset, count)
+    return seed, offset
+
+
+def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backward=False):
+    p, seed, offset, training = _common(p, seed, offset, mode, training, backward)
     job, xa, info, out_arr = _prepare(x, out, backend, name)
     n = info.size
-    _arrays.check_counter_range(offset, n)
+    seed, offset = _draw(seed, offset, n, training)
     t = _threshold(p) if training else 0
     dtype = info.dtype
     scale = dtype.type(_scale(p, training, mode))
@@ -87,11 +150,12 @@ def _elementwise(x, p, seed, offset, training, mode, out, backend, name):
                                     res.reshape(1, 1, 1, n))
         else:
             job.op("dropout")(flat(xc), seed, offset, t, scale, flat(res))
-    return _result(job.finish(res, out_arr), out)
+    return _result(job.finish(res, out_arr), out), DropoutState("dropout", p, seed, offset,
+                                                                training, mode, None)
 
 
 def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
-            backend="auto"):
+            backend="auto", return_state=False):
     """Element-wise dropout with a counter-based (Philox4x32-10) mask.
 
     Parameters
@@ -104,8 +168,9 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     p : float
         Probability of dropping an element, in [0, 1]. ``p = 0`` is the identity (times the
         mode's scale), ``p = 1`` gives exact zeros.
-    seed : int
-        Key of the random stream, in [0, 2**64).
+    seed : int or fastreg.random.Generator
+        Key of the random stream, in [0, 2**64). A ``Generator`` hands out the next ``x.size``
+        words (none at inference) and owns the offset: leave ``offset`` out.
     offset : int
         Position in the stream of element 0, in [0, 2**64); element i uses word ``offset + i``.
         A training loop advances it by ``x.size`` per call so that no draw repeats.
@@ -122,12 +187,16 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
         "auto": "cuda" for device arrays, else FASTREG_BACKEND or the fastest available host
         backend (c, then cpu, then numpy).
+    return_state : bool
+        Also return a ``DropoutState`` holding the call's p, seed, offset, training and mode:
+        ``state.backward(grad_y)`` then regenerates exactly this mask (the parameters of forward
+        and backward cannot disagree).
 
     Returns
     -------
     array
         The result: ``out`` when given, else a new array on x's device (always a new array,
-        also at inference).
+        also at inference). ``(array, DropoutState)`` with ``return_state=True``.
 
     Raises
     ------
@@ -144,7 +213,9 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     neural networks from overfitting", JMLR 15, 2014. The mask is a pure function of
     ``(seed, offset + i)``; see ``fastreg.dropout_mask`` to materialize it.
     """
-    return _elementwise(x, p, seed, offset, training, mode, out, backend, "x")
+    return_state = _arrays.check_bool(return_state, "return_state")
+    y, state = _elementwise(x, p, seed, offset, training, mode, out, backend, "x")
+    return (y, state) if return_state else y
 
 
 def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
@@ -171,7 +242,7 @@ def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inve
     TypeError, ValueError
         As in ``fastreg.dropout``, for grad_y in place of x.
     """
-    return _elementwise(grad_y, p, seed, offset, training, mode, out, backend, "grad_y")
+    return _elementwise(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", backward=True)[0]
 
 
 def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
@@ -202,13 +273,11 @@ def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
         Bad shape, p, seed or offset (see ``fastreg.dropout``).
     """
     shape = _arrays.check_shape(shape)
-    p = _arrays.check_probability(p)
-    seed = _arrays.check_uint64(seed, "seed")
-    offset = _arrays.check_uint64(offset, "offset")
+    p, seed, offset, _ = _common(p, seed, offset, "inverted", True)
     packed = _arrays.check_bool(packed, "packed")
     backend = _registry.resolve(backend)
     n = math.prod(shape)
-    _arrays.check_counter_range(offset, n)
+    seed, offset = _draw(seed, offset, n, True)
     job = _dispatch.Job(backend, host_input=False)
     t = _threshold(p)
     size, dtype = (((n + 7) // 8,), np.uint8) if packed else ((n,), np.bool_)
@@ -222,10 +291,10 @@ def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
     return res.reshape(shape)
 
 
-def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
+def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis, backward=False):
     """Dropout with one draw per group: per (sample, channel) for ``axis`` an int, per sample for
     ``axis=None``. Group (n, c) uses stream word ``offset + n * C + c``."""
-    p, seed, offset, training = _common(p, seed, offset, mode, training)
+    p, seed, offset, training = _common(p, seed, offset, mode, training, backward)
     job, xa, info, out_arr = _prepare(x, out, backend, name)
     shape = tuple(info.shape)
     if axis is None:
@@ -244,7 +313,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
         c, m1, m2 = shape[ax], math.prod(shape[1:ax]), math.prod(shape[ax + 1:])
     nsamples = shape[0]
     groups = nsamples * c
-    _arrays.check_counter_range(offset, groups)
+    seed, offset = _draw(seed, offset, groups, training)
     t = _threshold(p) if training else 0
     dtype = info.dtype
     xc = job.contig(xa)
@@ -258,11 +327,13 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis):
         dims = (nsamples, m1, c, m2)
         job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c),
                                 dtype.type(_scale(p, training, mode)), res.reshape(dims))
-    return _result(job.finish(res, out_arr), out)
+    kind = "drop_path" if axis is None else "channel_dropout"
+    return _result(job.finish(res, out_arr), out), DropoutState(kind, p, seed, offset, training,
+                                                                mode, axis)
 
 
 def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="inverted",
-                    out=None, backend="auto"):
+                    out=None, backend="auto", return_state=False):
     """Channel dropout (``Dropout1d/2d/3d``): whole channels of a sample are kept or dropped.
 
     One draw per (sample, channel), shared over every other axis; the sample axis is 0 and the
@@ -293,7 +364,9 @@ def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="in
     Tompson, Goroshin, Jain, LeCun & Bregler, "Efficient object localization using convolutional
     networks", CVPR 2015 (SpatialDropout).
     """
-    return _grouped(x, p, seed, offset, training, mode, out, backend, "x", axis)
+    return_state = _arrays.check_bool(return_state, "return_state")
+    y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", axis)
+    return (y, state) if return_state else y
 
 
 def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=True,
@@ -312,11 +385,11 @@ def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=
     array
         ``grad_x``.
     """
-    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", axis)
+    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", axis, backward=True)[0]
 
 
 def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
-              backend="auto"):
+              backend="auto", return_state=False):
     """Drop path / stochastic depth: each sample (axis 0) is kept or zeroed as a whole.
 
     Sample ``n`` uses stream word ``offset + n``. With ``mode="inverted"`` kept samples are scaled
@@ -338,7 +411,9 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=N
     -----
     Huang, Sun, Liu, Sedra & Weinberger, "Deep networks with stochastic depth", ECCV 2016.
     """
-    return _grouped(x, p, seed, offset, training, mode, out, backend, "x", None)
+    return_state = _arrays.check_bool(return_state, "return_state")
+    y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", None)
+    return (y, state) if return_state else y
 
 
 def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted",
@@ -357,4 +432,4 @@ def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="in
     array
         ``grad_x``.
     """
-    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", None)
+    return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", None, backward=True)[0]

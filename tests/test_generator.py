@@ -104,3 +104,52 @@ def test_take_is_thread_safe():
         t.join()
     assert sorted(starts) == list(range(0, 3 * 8000, 3))
     assert g.position == 24000
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+def test_dropout_family_with_generator_and_state(backend):
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"backend {backend} unavailable")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    g = Generator(99, position=7)
+    y1, s1 = fastreg.dropout(x, 0.3, seed=g, return_state=True, backend=backend)
+    y2, s2 = fastreg.channel_dropout(x, 0.3, seed=g, return_state=True, backend=backend)
+    y3, s3 = fastreg.drop_path(x, 0.3, seed=g, return_state=True, backend=backend)
+    assert (s1.offset, s2.offset, s3.offset) == (7, 7 + 60, 7 + 60 + 12)
+    assert g.position == 7 + 60 + 12 + 4
+    np.testing.assert_array_equal(y1, fastreg.dropout(x, 0.3, seed=99, offset=7, backend=backend))
+    np.testing.assert_array_equal(
+        y2, fastreg.channel_dropout(x, 0.3, seed=99, offset=67, backend=backend))
+    np.testing.assert_array_equal(y3, fastreg.drop_path(x, 0.3, seed=99, offset=79,
+                                                        backend=backend))
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    for y, s, bwd in ((y1, s1, fastreg.dropout_backward),
+                      (y2, s2, fastreg.channel_dropout_backward),
+                      (y3, s3, fastreg.drop_path_backward)):
+        expected = gy * (y != 0) * np.float32(1 / 0.7)
+        np.testing.assert_array_equal(s.backward(gy, backend=backend), expected)
+    # inference draws nothing
+    before = g.position
+    np.testing.assert_array_equal(fastreg.dropout(x, 0.3, seed=g, training=False), x)
+    assert g.position == before
+
+
+def test_backward_refuses_a_generator_and_bad_calls_leave_it_unmoved():
+    g = Generator(1)
+    x = np.ones(8, np.float32)
+    with pytest.raises(TypeError, match="return_state"):
+        fastreg.dropout_backward(x, 0.5, seed=g)
+    with pytest.raises(ValueError, match="offset"):
+        fastreg.dropout(x, 0.5, seed=g, offset=3)
+    with pytest.raises(ValueError, match="p"):
+        fastreg.dropout(x, 1.5, seed=g)
+    with pytest.raises(TypeError):
+        fastreg.dropout(x.astype(np.int32), 0.5, seed=g)
+    with pytest.raises(TypeError):
+        fastreg.dropout(x, 0.5, seed=g, return_state=1)
+    assert g.position == 0
+    m = fastreg.dropout_mask(8, 0.5, seed=g, packed=False, backend="numpy")
+    np.testing.assert_array_equal(m, fastreg.dropout_mask(8, 0.5, seed=1, packed=False,
+                                                          backend="numpy"))
+    assert g.position == 8
