@@ -379,3 +379,189 @@ def test_ema_update_device_arrays_and_mixed_refused():
     fastreg.ema_update(manual, ema, 0.5, backend="numpy")
     for d, m in zip(ema_d.arrays, manual):
         same_bits(d, m)
+
+
+# ---- Trainer(ema=...) ---------------------------------------------------------------------------
+
+def _digits(n=300):
+    from fastreg.train.data import load_digits, stratified_split
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
+    a, b = stratified_split(labels, [n, 150], seed=0)[:2]
+    return X[a], labels[a], X[b], labels[b]
+
+
+def _trainer(ema, **kwargs):
+    from fastreg.train import Trainer, mlp
+    model = mlp((64, 16, 10), dropout=0.1, batch_norm=True)
+    opt = fastreg.optim.AdamW(model.parameters(), lr=1e-2, backend="numpy")
+    return Trainer(model, opt, seed=5, verbose=0, backend="numpy", ema=ema, **kwargs)
+
+
+def test_trainer_ema_updates_evaluates_and_restores():
+    X, y, Xv, yv = _digits()
+    t = _trainer({"decay": 0.8, "use_warmup": True})
+    raw_before = [p.copy() for p in t.model.parameters()]
+    t.fit(X, y, validation=(Xv, yv), epochs=2, batch_size=64)
+    steps = t.optimizer.step_count
+    assert steps == 2 * math.ceil(len(X) / 64) and t.ema.num_updates == steps
+    raw = [p.copy() for p in t.model.parameters()]
+    assert not all(np.array_equal(a, b) for a, b in zip(raw, raw_before))
+    # validation used the EMA weights; the model keeps its own
+    with t.ema_weights():
+        for p, a in zip(t.model.parameters(), t.ema.arrays):
+            np.testing.assert_array_equal(p, a)
+        with_ema = t.evaluate(Xv, yv)
+        assert t.evaluate(Xv, yv) == with_ema          # nested: no second swap
+    assert t.history["val_loss"][-1] == with_ema["loss"]
+    assert t.evaluate(Xv, yv) == with_ema
+    t.eval_with_ema = False
+    assert t.evaluate(Xv, yv) != with_ema
+    for p, r in zip(t.model.parameters(), raw):
+        np.testing.assert_array_equal(p, r)
+    with pytest.raises(RuntimeError):
+        with t.ema_weights():
+            raise RuntimeError("inside")
+    for p, r in zip(t.model.parameters(), raw):      # put back on an exception too
+        np.testing.assert_array_equal(p, r)
+
+
+def test_trainer_ema_first_update_copies_the_weights():
+    X, y, _, _ = _digits(64)
+    t = _trainer(0.5)
+    t.fit(X, y, epochs=1, batch_size=64)             # one step: decay 0 at step 1
+    assert t.optimizer.step_count == 1
+    for a, (_, p) in zip(t.ema.arrays, t._ema_named()):
+        np.testing.assert_array_equal(a, p)
+
+
+def test_trainer_ema_checkpoint_resumes_exactly(tmp_path):
+    X, y, Xv, yv = _digits()
+    full = _trainer(0.9)
+    full.fit(X, y, validation=(Xv, yv), epochs=3, batch_size=64)
+    path = tmp_path / "ema.npz"
+    _trainer(0.9).fit(X, y, validation=(Xv, yv), epochs=1, batch_size=64, checkpoint=path)
+    resumed = _trainer(0.9)
+    resumed.fit(X, y, validation=(Xv, yv), epochs=3, batch_size=64, checkpoint=path,
+                resume=True)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert resumed.history[key] == full.history[key]
+    for a, b in zip(resumed.ema.arrays, full.ema.arrays):
+        np.testing.assert_array_equal(a, b)
+    state = full.state_dict()
+    names = [k for k in state if k.startswith("ema/")]
+    assert "ema/num_updates" in names and "ema/buffer/1.running_mean" in names
+    assert len(names) == 1 + len(full._ema_named())
+    # a checkpoint with EMA entries does not load into a trainer without EMA, and back
+    with pytest.raises(ValueError, match="unexpected checkpoint entry 'ema/"):
+        _trainer(None).load_checkpoint(path)
+    plain = tmp_path / "plain.npz"
+    _trainer(None).fit(X, y, epochs=1, batch_size=64, checkpoint=plain)
+    with pytest.raises(ValueError, match="no entry 'ema/"):
+        _trainer(0.9).load_checkpoint(plain)
+    bad = dict(state)
+    bad["ema/param/0.weight"] = bad["ema/param/0.weight"][:3]
+    t = _trainer(0.9)
+    before = [a.copy() for a in t.ema.arrays]
+    with pytest.raises(ValueError, match="ema/param/0.weight"):
+        t.load_state_dict(bad)
+    for a, b in zip(t.ema.arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("ema, exc, match", [
+    ("0.9", TypeError, "ema must be"), (True, TypeError, "ema must be"),
+    ({"decay": 0.9, "power": 1}, ValueError, "unknown options"),
+    (1.5, ValueError, "decay"), ({"use_warmup": True, "warmup_gamma": 0}, ValueError, "gamma"),
+])
+def test_trainer_ema_bad_arguments(ema, exc, match):
+    with pytest.raises(exc, match=match):
+        _trainer(ema)
+    with pytest.raises(ValueError, match="no EMA"):
+        with _trainer(None).ema_weights():
+            pass
+
+
+# ---- fastreg.torch.ModelEma ---------------------------------------------------------------------
+
+def _timm_v3_update(torch, ema_module, model, decay, exclude_buffers=False):
+    """timm ModelEmaV3.apply_update_ / apply_update_no_buffers_ (foreach path), written out."""
+    if exclude_buffers:
+        torch._foreach_lerp_(list(ema_module.parameters()), list(model.parameters()),
+                             1.0 - decay)
+        for e, m in zip(ema_module.buffers(), model.buffers()):
+            e.copy_(m)
+        return
+    es, ms = [], []
+    for e, m in zip(ema_module.state_dict().values(), model.state_dict().values()):
+        if e.is_floating_point():
+            es.append(e)
+            ms.append(m)
+        else:
+            e.copy_(m)
+    torch._foreach_lerp_(es, ms, 1.0 - decay)
+
+
+def _torch_model(torch, dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.BatchNorm2d(6),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 36, 5))
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+@pytest.mark.parametrize("exclude_buffers", [False, True])
+def test_model_ema_equals_timm_v3(backend, dtype_name, exclude_buffers):
+    torch = _torch_with_fma()
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"backend {backend!r} unavailable")
+    import copy
+
+    import fastreg.torch as frt
+    dtype = getattr(torch, dtype_name)
+    model = _torch_model(torch, dtype)
+    ema = frt.ModelEma(model, decay=0.95, use_warmup=True, warmup_power=0.75,
+                       exclude_buffers=exclude_buffers, backend=backend)
+    reference = copy.deepcopy(model).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(1, 5):
+        loss = model(torch.randn(4, 3, 8, 8, dtype=dtype)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        decay = ema.update(model, step=step)
+        assert decay == fastreg.ema_decay(step, 0.95, use_warmup=True, warmup_power=0.75)
+        with torch.no_grad():
+            _timm_v3_update(torch, reference, model, decay, exclude_buffers)
+    for (k, a), b in zip(ema.module.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert list(ema.state_dict())[0] == "module.0.weight"
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    assert torch.equal(ema(x), reference(x))
+
+
+def test_model_ema_state_dict_set_and_checks():
+    torch = pytest.importorskip("torch")
+    import fastreg.torch as frt
+    model = _torch_model(torch, torch.float32)
+    ema = frt.ModelEma(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model)                                  # step None: the constant decay
+    other = frt.ModelEma(model, decay=0.5)
+    other.load_state_dict(ema.state_dict())
+    for a, b in zip(other.module.state_dict().values(), ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+    ema.set(model)
+    for a, b in zip(ema.module.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    half = frt.ModelEma(model.to(torch.float16), decay=0.5)   # torch's lerp_ for half
+    half.update(model, step=3)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        frt.ModelEma([1, 2])
+    with pytest.raises(ValueError, match="decay"):
+        frt.ModelEma(model, decay=-0.5)
+    with pytest.raises(ValueError, match="state_dict entries differ"):
+        ema.update(torch.nn.Linear(3, 3))

@@ -48,3 +48,6 @@ __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchN
            "BatchNorm2d", "BatchNormReLU2d", "convert", "optim", "functions", "dropout",
            "channel_dropout", "drop_path", "batch_norm"]
 __all__ += ["DropBlock2d"]
+from .ema import ModelEma  # noqa: E402
+
+__all__ += ["ModelEma"]

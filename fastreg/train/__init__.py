@@ -10,10 +10,10 @@ with early stopping, atomic ``.npz`` checkpoints and exact resume.
 
 Importing this package imports NumPy and fastreg only (tqdm and matplotlib load on use).
 """
-from .callbacks import Callback, EarlyStopping
+from .callbacks import Callback, EarlyStopping, LRScheduler, ReduceLROnPlateau
 from .layers import (BatchNorm, Dropout, Linear, Module, ReLU, Sequential, mlp,
                      softmax_cross_entropy)
 from .trainer import Trainer
 
-__all__ = ["Trainer", "Callback", "EarlyStopping", "Module", "Linear", "ReLU", "Dropout",
-           "BatchNorm", "Sequential", "mlp", "softmax_cross_entropy"]
+__all__ = ["Trainer", "Callback", "EarlyStopping", "ReduceLROnPlateau", "LRScheduler", "Module",
+           "Linear", "ReLU", "Dropout", "BatchNorm", "Sequential", "mlp", "softmax_cross_entropy"]

@@ -340,3 +340,231 @@ class EarlyStopping(Callback):
         weights = {k[len("best_weights/"):]: np.array(v) for k, v in state.items()
                    if k.startswith("best_weights/")}
         self.best_weights = weights or None
+
+
+def _metric(logs, monitor, who):
+    """The monitored value as a float: a number, or an array holding exactly one element."""
+    if monitor not in logs:
+        raise ValueError(f"{who} monitors {monitor!r}, which the epoch logs lack; available: "
+                         f"{sorted(logs)}")
+    value = logs[monitor]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if hasattr(value, "detach"):          # a torch tensor
+            value = value.detach().cpu().numpy()
+        arr = to_host(value)
+        if arr.size != 1 or arr.dtype.kind not in "biuf":
+            raise ValueError(f"{who} monitors {monitor!r}, whose value is an array of shape "
+                             f"{tuple(arr.shape)} and dtype {arr.dtype}: a metric must be one "
+                             "real number")
+        value = arr.reshape(()).item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{who} monitors {monitor!r}, whose value is {type(value).__name__} "
+                        f"{value!r}: a metric must be a real number")
+    return float(value)
+
+
+def _check_lr_owner(trainer, who):
+    if not hasattr(trainer.optimizer, "lr"):
+        raise TypeError(f"{who} sets optimizer.lr, which this trainer's "
+                        f"{type(trainer.optimizer).__name__} lacks")
+
+
+class ReduceLROnPlateau(Callback):
+    """Divide the learning rate when a metric stops improving: the rule of
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau``, stepped once per epoch with the metric.
+
+    Parameters
+    ----------
+    monitor : str
+        A key of the epoch logs ("val_loss", "val_accuracy", "loss", "accuracy"); a number or
+        an array holding one element.
+    mode : {"min", "max"}
+        Whether the metric improves by decreasing or increasing.
+    factor : float
+        New rate = rate * factor, in [0, 1).
+    patience : int
+        Epochs without improvement tolerated; the rate drops at the next one.
+    threshold : float
+        Smallest improvement that counts (>= 0).
+    threshold_mode : {"rel", "abs"}
+        "rel": better than ``best * (1 -+ threshold)``; "abs": than ``best -+ threshold``.
+    cooldown : int
+        Epochs after a reduction during which bad epochs are not counted.
+    min_lr : float
+        The rate never drops below this (>= 0).
+    eps : float
+        A reduction smaller than this is skipped (>= 0).
+    verbose : bool
+        Print a line at each reduction.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad choice or number (factor outside [0, 1), negative counts or thresholds); at
+        ``fit``, a monitor the fit does not produce or an optimizer without ``lr``.
+
+    Notes
+    -----
+    Per epoch, as torch: ``better(current, best)`` resets the count of bad epochs (and records
+    the best), else counts one; during a cooldown the count is cleared; more bad epochs than
+    ``patience`` set ``lr = max(lr * factor, min_lr)`` (if that lowers it by more than
+    ``eps``), start the cooldown and clear the count. A NaN metric is never better. State
+    (``best``, ``num_bad_epochs``, ``cooldown_counter``, ``last_epoch``) is checkpointed; the
+    optimizer's rate is saved by the Trainer ("trainer/lr").
+    """
+
+    def __init__(self, monitor="val_loss", mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8, verbose=False):
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a metric (a str), got "
+                            f"{type(monitor).__name__} {monitor!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        factor = _check_real(factor, "factor")
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"factor must be in [0, 1) (the rate is multiplied by it), got "
+                             f"{factor}")
+        for v, name in ((threshold, "threshold"), (min_lr, "min_lr"), (eps, "eps")):
+            if _check_real(v, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        self.monitor, self.mode, self.factor = monitor, mode, factor
+        self.patience = _check_count(patience, "patience")
+        self.cooldown = _check_count(cooldown, "cooldown")
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.min_lr, self.eps = float(min_lr), float(eps)
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+
+    def _is_better(self, a, best):
+        if self.mode == "min":
+            return a < (best * (1.0 - self.threshold) if self.threshold_mode == "rel"
+                        else best - self.threshold)
+        return a > (best * (self.threshold + 1.0) if self.threshold_mode == "rel"
+                    else best + self.threshold)
+
+    def on_train_begin(self, trainer):
+        _check_lr_owner(trainer, "ReduceLROnPlateau")
+        names = trainer.metric_names()
+        if self.monitor not in names:
+            hint = " (pass validation=(X_val, y_val) to fit)" if self.monitor.startswith(
+                "val_") else ""
+            raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which this fit "
+                             f"does not produce{hint}; available: {names}")
+        self._reset()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        current = _metric(logs, self.monitor, "ReduceLROnPlateau")
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0      # bad epochs in a cooldown are not counted
+        if self.num_bad_epochs > self.patience:
+            opt = trainer.optimizer
+            old = float(opt.lr)
+            new = max(old * self.factor, self.min_lr)
+            if old - new > self.eps:
+                opt.lr = new
+                if self.verbose:
+                    print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr {old:.6g} -> {new:.6g}")
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+
+    # -- checkpoints ----------------------------------------------------------------------
+    _SCALARS = {"best": "f", "num_bad_epochs": "iu", "cooldown_counter": "iu",
+                "last_epoch": "iu"}
+
+    def state_dict(self):
+        return {"best": np.array(self.best, np.float64),
+                "num_bad_epochs": np.array(self.num_bad_epochs, np.int64),
+                "cooldown_counter": np.array(self.cooldown_counter, np.int64),
+                "last_epoch": np.array(self.last_epoch, np.int64)}
+
+    def state_spec(self, model):
+        from .checkpoint import Spec
+        return {k: Spec((), kinds) for k, kinds in self._SCALARS.items()}
+
+    def check_state_dict(self, state, prefix=""):
+        unknown = sorted(set(state) - set(self._SCALARS))
+        if unknown:
+            raise ValueError(f"unexpected entry {prefix + unknown[0]!r}")
+        for key, kinds in self._SCALARS.items():
+            if key not in state:
+                raise ValueError(f"the state has no entry {prefix + key!r}")
+            arr = np.asarray(state[key])
+            if arr.shape != () or arr.dtype.kind not in kinds:
+                raise ValueError(f"entry {prefix + key!r} must be a scalar of kind {kinds!r}, "
+                                 f"got shape {arr.shape} dtype {arr.dtype}")
+            if kinds == "iu" and not 0 <= int(arr) < 2**63:
+                raise ValueError(f"entry {prefix + key!r} = {int(arr)} must be >= 0")
+        if math.isnan(float(np.asarray(state["best"]))):
+            raise ValueError(f"entry {prefix + 'best'!r} is NaN")
+
+    def load_state_dict(self, state):
+        self.check_state_dict(state)
+        self.best = float(state["best"])
+        self.num_bad_epochs = int(state["num_bad_epochs"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self.last_epoch = int(state["last_epoch"])
+
+
+class LRScheduler(Callback):
+    """Step a ``fastreg.schedules`` schedule (``CosineWarmup``, ``StepDecay``) at the end of
+    every epoch, with its position in the Trainer's checkpoints.
+
+    Parameters
+    ----------
+    schedule : fastreg.schedules schedule
+        Built on the trainer's optimizer; counts epochs.
+
+    Raises
+    ------
+    TypeError
+        Not a schedule; at ``fit``, a schedule of another optimizer.
+    """
+
+    def __init__(self, schedule):
+        if not (hasattr(schedule, "step") and hasattr(schedule, "lr_at")
+                and hasattr(schedule, "optimizer")):
+            raise TypeError(f"schedule must be a fastreg.schedules schedule, got "
+                            f"{type(schedule).__name__}")
+        self.schedule = schedule
+
+    def on_train_begin(self, trainer):
+        if self.schedule.optimizer is not trainer.optimizer:
+            raise TypeError("the schedule drives another optimizer than this trainer's")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.schedule.step()
+
+    def state_dict(self):
+        return {"last_step": np.array(self.schedule.last_step, np.int64)}
+
+    def state_spec(self, model):
+        from .checkpoint import Spec
+        return {"last_step": Spec((), "iu")}
+
+    def check_state_dict(self, state, prefix=""):
+        if set(state) != {"last_step"}:
+            raise ValueError(f"entries {sorted(prefix + k for k in state)}, expected "
+                             f"[{prefix + 'last_step'!r}]")
+        arr = np.asarray(state["last_step"])
+        if arr.shape != () or arr.dtype.kind not in "iu" or not 0 <= int(arr) < 2**63:
+            raise ValueError(f"entry {prefix + 'last_step'!r} must be an int >= 0")
+
+    def load_state_dict(self, state):
+        self.check_state_dict(state)
+        self.schedule.load_state_dict({"last_step": int(state["last_step"]),
+                                       "base_lr": self.schedule.base_lr})

@@ -62,6 +62,7 @@ import time
 import numpy as np
 
 from .. import _arrays, _config, _registry, _threads
+from ..ema import EMA
 from . import checkpoint as _ckpt
 from . import kernels
 from ._xp import array_module, to_host
@@ -145,6 +146,15 @@ class Trainer:
         small (a digits batch is 64 x 256), so threads buy little, and spinning worker pools of
         BLAS, OpenMP and Numba compete for the cores (measured on a busy 2-core machine: ~40 ms
         per digits epoch with 1 thread, ~750 ms with 2). None leaves every pool alone.
+    ema : float or dict, optional
+        Keep an exponential moving average of the parameters and buffers (``fastreg.EMA``,
+        timm ModelEmaV3's rule), updated after every optimizer step with
+        ``step = optimizer.step_count``: a float is the decay, a dict the options of
+        ``fastreg.EMA`` (``decay``, ``min_decay``, ``update_after_step``, ``use_warmup``,
+        ``warmup_gamma``, ``warmup_power``). ``predict`` and ``evaluate`` (hence the
+        validation metrics of ``fit``) then use the EMA weights (``eval_with_ema = False``
+        turns that off; ``ema_weights()`` swaps them in for any code), and checkpoints hold
+        the averages (``ema/...``), so a resumed run continues them bit for bit.
 
     Returns
     -------
@@ -167,7 +177,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, *, l1=0.0, l2=0.0, prox_l1=0.0, penalty_mask=None,
                  callbacks=(), augment=None, seed=0, backend="auto", verbose=1, profile=False,
-                 threads=1, comm=None):
+                 threads=1, comm=None, ema=None):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastreg.train.Sequential, got "
                             f"{type(model).__name__}")
@@ -220,6 +230,9 @@ class Trainer:
         self._grads = model.gradients()
         self._penalized = [(w, g) for w, g, m in zip(params, self._grads, self.penalty_mask)
                            if m]
+        self.ema = self._make_ema(ema, backend)   # after the dropout seeds: model is final
+        self.eval_with_ema = self.ema is not None
+        self._ema_swapped = False
         self.comm, self.rank, self.world_size = None, 0, 1
         self._allreduce = None
         if comm is not None:
@@ -231,6 +244,64 @@ class Trainer:
                 # one rank: the single-process arithmetic (bit-identical); more: sync BN + sums
                 self._allreduce = allreduce
                 model.set_comm(comm)
+
+    # -- weight EMA -------------------------------------------------------------------------
+    _EMA_OPTIONS = ("decay", "min_decay", "update_after_step", "use_warmup", "warmup_gamma",
+                    "warmup_power")
+
+    def _ema_named(self):
+        """``[(checkpoint name, array)]`` of what the EMA averages: parameters, then buffers."""
+        return ([(f"param/{n}", p) for n, p in self.model.named_parameters()]
+                + [(f"buffer/{n}", b) for n, b in self.model.named_buffers()])
+
+    def _make_ema(self, ema, backend):
+        if ema is None:
+            return None
+        if isinstance(ema, dict):
+            opts = dict(ema)
+        elif isinstance(ema, numbers.Real) and not isinstance(ema, (bool, np.bool_)):
+            opts = {"decay": ema}
+        else:
+            raise TypeError(f"ema must be None, a decay (a float) or a dict of fastreg.EMA "
+                            f"options, got {type(ema).__name__}")
+        unknown = sorted(set(opts) - set(self._EMA_OPTIONS))
+        if unknown:
+            raise ValueError(f"ema: unknown options {unknown}; known: {list(self._EMA_OPTIONS)}")
+        return EMA([a for _, a in self._ema_named()], backend=backend, **opts)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Inside the block the model holds the EMA's parameters and buffers; its own are put
+        back on exit (also on an exception).
+
+        Parameters
+        ----------
+        None
+
+        Returns
+        -------
+        context manager
+
+        Raises
+        ------
+        ValueError
+            The trainer has no EMA (``Trainer(ema=...)``).
+        """
+        if self.ema is None:
+            raise ValueError("this trainer keeps no EMA: pass Trainer(ema=...)")
+        if self._ema_swapped:          # nested: the EMA weights are in already
+            yield
+            return
+        arrays = [a for _, a in self._ema_named()]
+        saved = [a.copy() for a in arrays]
+        self.ema.copy_to(arrays)
+        self._ema_swapped = True
+        try:
+            yield
+        finally:
+            for a, s in zip(arrays, saved):
+                a[...] = s
+            self._ema_swapped = False
 
     # -- data parallel helpers ------------------------------------------------------------
     @property
@@ -447,6 +518,12 @@ class Trainer:
         out["trainer/epoch"] = np.array(self.epoch, np.int64)
         out["trainer/seed"] = np.array(self.seed, np.uint64)
         out["trainer/stop_training"] = np.array(self.stop_training)
+        out["trainer/lr"] = np.array(float(self.optimizer.lr), np.float64)
+        if self.ema is not None:
+            state = self.ema.state_dict()
+            out["ema/num_updates"] = state["num_updates"]
+            out.update({f"ema/{name}": state[str(i)]
+                        for i, (name, _) in enumerate(self._ema_named())})
         for k, v in self.history.items():
             out[f"history/{k}"] = np.asarray(v, np.float64)
         for i, cb in enumerate(self.callbacks):
@@ -495,6 +572,10 @@ class Trainer:
                 fixed[f"optim/{name}.{i}"] = Spec(tuple(p.shape), p.dtype)
         fixed.update({"trainer/optimizer": Spec((), "U"), "trainer/epoch": Spec((), "iu"),
                       "trainer/seed": Spec((), "iu"), "trainer/stop_training": Spec((), "b")})
+        fixed["trainer/lr"] = Spec((), "f")
+        if self.ema is not None:
+            fixed["ema/num_updates"] = Spec((), "iu")
+            fixed.update({f"ema/{k}": v for k, v in model.items()})
         for k in (*METRICS, "kernel_time"):
             fixed[f"history/{k}"] = Spec((None,), "f")
         free = []
@@ -544,6 +625,14 @@ class Trainer:
         epoch = integer("trainer/epoch", 0, 2**63)
         seed = integer("trainer/seed", 0, 2**64)
         stop = bool(need("trainer/stop_training")[()])
+        lr = float(need("trainer/lr")[()])
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"checkpoint entry 'trainer/lr' = {lr} must be a finite number >= 0")
+        ema = None
+        if self.ema is not None:   # shapes and dtypes: checked by the spec
+            ema = {"num_updates": integer("ema/num_updates", 0, 2**63)}
+            ema.update({str(i): need(f"ema/{name}")
+                        for i, (name, _) in enumerate(self._ema_named())})
         history = {k: [float(v) for v in need(f"history/{k}")] for k in METRICS}
         n = len(history["loss"])
         for k in METRICS:
@@ -608,7 +697,8 @@ class Trainer:
                                  f"{exc}") from exc
             callbacks.append((cb, sub))
         return {"state": state, "rng": rng, "epoch": epoch, "seed": seed, "stop": stop,
-                "history": history, "optim": optim_state, "callbacks": callbacks}
+                "history": history, "optim": optim_state, "callbacks": callbacks, "lr": lr,
+                "ema": ema}
 
     def _apply_state(self, plan):
         """Change the trainer to a state checked by ``_check_state``."""
@@ -626,6 +716,9 @@ class Trainer:
                                  f"checkpoint's state: {exc}; nothing was changed") from exc
             done.append((cb, before))
         self.optimizer.load_state_dict(plan["optim"])     # checked on a copy: cannot fail
+        self.optimizer.lr = plan["lr"]
+        if plan["ema"] is not None:
+            self.ema.load_state_dict(plan["ema"])
         state = plan["state"]
         xp = array_module(self._params[0])
         for n, p in self.model.named_parameters():
@@ -722,6 +815,8 @@ class Trainer:
             threshold = self.optimizer.lr * self.prox_l1
             for w, _ in self._penalized:
                 kernels.prox_l1(w, threshold, backend=self.backend)
+        if self.ema is not None:
+            self.ema.update([a for _, a in self._ema_named()], step=self.optimizer.step_count)
         return loss, correct
 
     def train_epoch(self, X, y, batch_size=32, shuffle=True, progress=None):
@@ -989,6 +1084,9 @@ class Trainer:
         (the weights and running statistics are identical on every rank).
         """
         batch_size = _check_batch_size(batch_size)
+        if self.ema is not None and self.eval_with_ema and not self._ema_swapped:
+            with self.ema_weights():
+                return self.predict(X, batch_size)
         X = self._as_array(X, "X")
         xp = array_module(X)
         X = xp.ascontiguousarray(X, dtype=self._params[0].dtype)

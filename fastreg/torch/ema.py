@@ -1,0 +1,185 @@
+"""``ModelEma``: an exponential moving average of a torch model's parameters and buffers, on
+fastreg's fused EMA kernel; the interface and the results of timm's ``ModelEmaV3``.
+
+timm's ``ModelEmaV3.apply_update_`` calls ``torch._foreach_lerp_(ema, model, 1 - decay)`` on the
+floating-point entries of the state dict and copies the others; ``fastreg.ema_update`` computes
+that lerp with the same single-rounding fma per element (fastreg/reference/ema.py), so the
+averages are the same bits as timm's on CPUs where torch runs its AVX2 / AVX-512 kernels. CPU
+tensors are updated in place through NumPy views, CUDA tensors through the CUDA backend;
+float16 / bfloat16 entries, which fastreg's kernels do not take, go through torch's own
+``lerp_``.
+"""
+import copy
+
+import torch
+
+from .. import ema as _ema
+
+__all__ = ["ModelEma"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+class ModelEma(torch.nn.Module):
+    """A copy of ``model`` whose parameters and buffers are moving averages (timm
+    ``ModelEmaV3``).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Copied (``copy.deepcopy``) and put in eval mode; call ``update(model, step)`` after each
+        optimizer step.
+    decay : float
+        The target decay, in [0, 1].
+    min_decay, update_after_step, use_warmup, warmup_gamma, warmup_power
+        timm's decay schedule (``fastreg.ema_decay``): decay 0 (a copy) until update
+        ``update_after_step + 1``, then ``decay`` or the warm-up
+        ``1 - (1 + s / warmup_gamma) ** -warmup_power`` clamped to ``[min_decay, decay]``.
+    device : torch.device or str, optional
+        Keep the average on this device (e.g. "cpu" for a GPU model).
+    exclude_buffers : bool
+        Average the parameters only and copy the buffers.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        fastreg backend for float32/float64 tensors.
+
+    Raises
+    ------
+    TypeError
+        model is not a torch.nn.Module.
+    ValueError
+        A bad decay setting (see ``fastreg.ema_decay``).
+
+    Notes
+    -----
+    ``state_dict()`` is the wrapped module's, prefixed ``module.`` (as timm's), so it loads
+    into (and from) a timm ``ModelEmaV3`` of the same model.
+    """
+
+    def __init__(self, model, decay=0.9999, min_decay=0.0, update_after_step=0,
+                 use_warmup=False, warmup_gamma=1.0, warmup_power=2 / 3, device=None,
+                 exclude_buffers=False, backend="auto"):
+        super().__init__()
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.decay, self.min_decay = decay, min_decay
+        self.update_after_step, self.use_warmup = update_after_step, use_warmup
+        self.warmup_gamma, self.warmup_power = warmup_gamma, warmup_power
+        self.get_decay(None)   # checks the settings
+        self.module = copy.deepcopy(model)
+        self.module.eval()
+        self.device = device
+        if device is not None:
+            self.module.to(device=device)
+        self.exclude_buffers = bool(exclude_buffers)
+        self.backend = backend
+
+    def get_decay(self, step=None):
+        """The decay at optimizer update ``step`` (None: the constant ``decay``).
+
+        Parameters
+        ----------
+        step : int or None
+
+        Returns
+        -------
+        float
+        """
+        return _ema.ema_decay(step, self.decay, min_decay=self.min_decay,
+                              update_after_step=self.update_after_step,
+                              use_warmup=self.use_warmup, warmup_gamma=self.warmup_gamma,
+                              warmup_power=self.warmup_power)
+
+    def _pairs(self, model):
+        """[(ema tensor, model tensor, average?)] in timm's order: the state dicts' entries,
+        or the parameters (averaged) then the buffers (copied) with exclude_buffers."""
+        if self.exclude_buffers:
+            return ([(e, m, True) for e, m in zip(self.module.parameters(), model.parameters())]
+                    + [(e, m, False) for e, m in zip(self.module.buffers(), model.buffers())])
+        ema_sd, model_sd = self.module.state_dict(), model.state_dict()
+        if list(ema_sd) != list(model_sd):
+            raise ValueError("model's state_dict entries differ from the EMA's copy (another "
+                             "architecture?)")
+        return [(e, m, e.is_floating_point()) for e, m in zip(ema_sd.values(),
+                                                                model_sd.values())]
+
+    @torch.no_grad()
+    def update(self, model, step=None):
+        """Average ``model``'s parameters and buffers into this copy (in place).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The trained model, of the architecture given at construction.
+        step : int or None
+            Optimizer updates so far (1 at the first; timm's ``num_updates``); None: the
+            constant ``decay``.
+
+        Returns
+        -------
+        float
+            The decay used.
+
+        Raises
+        ------
+        ValueError
+            A model of another architecture (nothing is changed then).
+        """
+        decay = self.get_decay(step)
+        groups = {}   # device -> ([ema], [model]) for fastreg's kernel
+        rest = []
+        for e, m, average in self._pairs(model):
+            m = m.detach()
+            if m.device != e.device:
+                m = m.to(device=e.device)
+            if e.shape != m.shape or e.dtype != m.dtype:
+                raise ValueError(f"a model tensor of shape {tuple(m.shape)} and dtype {m.dtype} "
+                                 f"meets an EMA tensor of {tuple(e.shape)} and {e.dtype}")
+            if not average:
+                rest.append((e, m, False))
+            elif e.dtype in _KERNEL_DTYPES and e.numel():
+                g = groups.setdefault(e.device, ([], []))
+                g[0].append(e)
+                g[1].append(m)
+            else:
+                rest.append((e, m, True))
+        for device, (emas, models) in groups.items():
+            if device.type == "cpu":
+                emas = [t.detach().numpy() for t in emas]
+                models = [t.numpy() for t in models]
+            _ema.ema_update(emas, models, decay, backend=self.backend)
+        for e, m, average in rest:
+            if average:
+                e.lerp_(m, 1.0 - decay)
+            else:
+                e.copy_(m)
+        return decay
+
+    @torch.no_grad()
+    def set(self, model):
+        """Make this copy's parameters and buffers equal to ``model``'s.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+
+        Returns
+        -------
+        None
+        """
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            e.copy_(m.to(device=e.device))
+
+    def forward(self, *args, **kwargs):
+        """Run the averaged model.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The wrapped module's inputs.
+
+        Returns
+        -------
+        object
+            Its output.
+        """
+        return self.module(*args, **kwargs)
