@@ -257,12 +257,14 @@ SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness"
 def linspace32(start, end, steps):
     """torch.linspace(start, end, steps) in float32 as torch's CPU kernel computes it: ``step =
     (end - start) / (steps - 1)`` in float32; element i is ``start + step * i`` below
-    ``steps // 2``, else ``end - step * (steps - i - 1)``."""
+    ``steps // 2``, else ``end - step * (steps - i - 1)``, each a fused multiply-add (one
+    rounding: the compiler contracts them in torch's AVX2 build; equal to torch 2.13's values,
+    tests/test_augment_policies.py)."""
     s, e = F32(start), F32(end)
     step = (e - s) / F32(steps - 1)
     i = np.arange(steps)
-    lo = s + step * i.astype(F32)
-    hi = e - step * (steps - i - 1).astype(F32)
+    lo = (float(step) * i.astype(np.float64) + float(s)).astype(F32)
+    hi = (-float(step) * (steps - i - 1).astype(np.float64) + float(e)).astype(F32)
     return np.where(i < steps // 2, lo, hi).astype(F32)
 
 
