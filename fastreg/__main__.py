@@ -6,6 +6,8 @@
     mpiexec -n N python -m mpi4py -m fastreg demo --distributed [--quick] ...
                                                                   data-parallel training: samples/s
     fastreg info                                                  backends, versions, threads
+    fastreg warmup [--backend cpu] [--ops dropout,adam,...]       compile the Numba kernels into
+                                                                  Numba's cache (warm images)
 """
 import argparse
 
@@ -104,6 +106,16 @@ def build_parser():
                                  description="Print the available backends, the versions of "
                                              "fastreg and its dependencies, and thread counts.")
     info_parser.set_defaults(handler=info)
+
+    from . import warmup   # imports numpy and fastreg._registry only
+    warm = sub.add_parser(
+        "warmup", help="compile every Numba kernel into Numba's on-disk cache",
+        description="Run every op of the cpu backend once on tiny inputs (each dtype and "
+                    "variant, serial and parallel kernels) so that the compiled code lands in "
+                    "Numba's cache: later processes, or a container image built after this, "
+                    "start without compiling. The c backend has nothing to compile.")
+    warmup.add_arguments(warm)
+    warm.set_defaults(handler=warmup.run)
     return parser
 
 
