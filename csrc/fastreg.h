@@ -243,3 +243,18 @@ int fr_drop_block_apply_f64(const double *x, const uint8_t *mask, double scale, 
                             int64_t n);
 
 #endif /* FASTREG_H */
+/* ------------------------------------------------------------------ softmax cross-entropy
+ * (csrc/loss.c; contract: fastreg/reference/loss.py).  x (R, C) contiguous; tw, cw (C,) double
+ * (cw NULL: no smoothing, hard targets only); loss (R,) double receives the per-row losses;
+ * grad (R, C) or NULL (loss only), may be x.  Bit-identical to the Numba backend. */
+int fr_ce_hard_f32(const float *x, const int64_t *target, const double *tw, const double *cw,
+                   int64_t ignore_index, double scale, double *loss, float *grad, int64_t R,
+                   int64_t C);
+int fr_ce_hard_f64(const double *x, const int64_t *target, const double *tw, const double *cw,
+                   int64_t ignore_index, double scale, double *loss, double *grad, int64_t R,
+                   int64_t C);
+int fr_ce_soft_f32(const float *x, const float *target, const double *tw, const double *cw,
+                   double scale, double *loss, float *grad, int64_t R, int64_t C);
+int fr_ce_soft_f64(const double *x, const double *target, const double *tw, const double *cw,
+                   double scale, double *loss, double *grad, int64_t R, int64_t C);
+

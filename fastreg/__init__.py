@@ -11,6 +11,7 @@ from .batchnorm import (BatchNormSaved, batch_norm, batch_norm_backward, batch_n
 from .dropblock import drop_block, drop_block_backward
 from .dropout import (channel_dropout, channel_dropout_backward, drop_path, drop_path_backward,
                       dropout, dropout_backward, dropout_mask)
+from .loss import cross_entropy
 from .penalty import (elastic_net_grad, elastic_net_penalty, l1_grad, l1_penalty, l2_grad,
                       l2_penalty, prox_elastic_net, prox_group_lasso, prox_l1)
 from . import schedules
@@ -30,6 +31,7 @@ __all__ = [
     "prox_l1", "prox_elastic_net", "prox_group_lasso", "optim",
     "batch_norm", "batch_norm_backward", "batch_norm_stats", "merge_stats", "fold_batch_norm",
     "BatchNormSaved",
+    "cross_entropy",
     "ema_update", "ema_decay", "EMA", "grad_norm", "clip_grad_norm", "clip_grads_with_norm",
     "adaptive_clip_grad", "NonFiniteNormError", "schedules",
 ]

@@ -61,6 +61,13 @@ DropBlock (definition and stream layout: fastreg/reference/dropblock.py):
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
 fastreg/reference/augment.py (all four backends).
 
+Softmax cross-entropy (fastreg/reference/loss.py has the definitions): x (R, C) logits; tw, cw
+float64 (C,) class coefficients of the target and smoothing terms (cw None: no smoothing);
+loss float64 (R,) receives the per-row losses; grad (R, C) of x's dtype or None (loss only),
+may be x; scale a Python float (the reduction's gradient factor):
+    ce_hard(x, target, tw, cw, ignore_index, scale, loss, grad)   target int64 (R,)
+    ce_soft(x, target, tw, cw, scale, loss, grad)                 target (R, C) of x's dtype
+
 Weight EMA and gradient clipping (fastreg/reference/ema.py, clip.py): lists hold 1-D
 contiguous arrays of one float dtype; scalars are of that dtype, p (norm_type) a Python float
 > 0 or inf:
@@ -85,9 +92,10 @@ _BATCHNORM_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduc
                   "bn_backward_apply", "bn_backward", "bn_forward_coeffs", "bn_running_update",
                   "bn_backward_coeffs")
 _AUGMENT_OPS = ("aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste")
+_LOSS_OPS = ("ce_hard", "ce_soft")
 _DROPBLOCK_OPS = ("drop_block_mask", "drop_block_apply")
 OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
-OPS += _DROPBLOCK_OPS
+OPS += _DROPBLOCK_OPS + _LOSS_OPS
 _EMA_CLIP_OPS = ("ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows")
 OPS += _EMA_CLIP_OPS
 

@@ -118,3 +118,6 @@ from .ema import ema_update  # noqa: E402
 from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
 
 __all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]
+from .loss import ce_hard, ce_soft  # noqa: E402
+
+__all__ += ["ce_hard", "ce_soft"]

@@ -17,3 +17,4 @@ from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_co
 from .ema import ema_update
 from .clip import norm_sum, row_norm_sums, scale, scale_rows
 from .dropblock import drop_block_apply, drop_block_mask
+from .loss import ce_hard, ce_soft

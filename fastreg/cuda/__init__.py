@@ -32,6 +32,7 @@ try:
     from .dropblock import drop_block_apply, drop_block_mask
     from .ema import ema_update
     from .clip import norm_sum, row_norm_sums, scale, scale_rows
+    from .loss import ce_hard, ce_soft
 except Exception as exc:  # numba-cuda missing or broken: report it, do not fail the import
     _cuda = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
@@ -44,6 +45,7 @@ __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "al
             "sgd_step", "adam_step"]
 __all__ += ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
             "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
+__all__ += ["ce_hard", "ce_soft"]
 __all__ += ["drop_block_mask", "drop_block_apply"]
 
 __all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]

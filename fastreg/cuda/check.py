@@ -99,6 +99,13 @@ POLICY = {
     "augment._erase_kernel": (EXACT,),
     "augment._mix_kernel": (),
     "augment._paste_kernel": (EXACT,),
+    "loss._ce_hard_kernel": (HOT,),     # exp and float64 sums: a tolerance
+    "loss._ce_soft_kernel": (HOT,),
+    "ema._ema_kernel": (HOT,),          # fma by definition (cuda.fma: fma.rn, the host's bits)
+    "clip._norm_kernel": (),            # float64 sums, any order (a tolerance)
+    "clip._row_norm_kernel": (),
+    "clip._scale_kernel": (HOT, EXACT),
+    "clip._scale_rows_kernel": (HOT, EXACT),
 }
 
 #: arguments that must be typed uint64 wherever a kernel has them (64-bit counter, key words,
@@ -317,6 +324,32 @@ def _exercise(dtypes=FLOAT_DTYPES):
             rows = np.ones((2, 5), name)
             fc.aug_noise(rows, 7, 3, np.ones(2, np.float32), np.zeros_like(rows))
             fc.aug_mix(rows, partner, np.full(2, 0.3, np.float32), np.zeros_like(rows))
+
+    # softmax cross-entropy: hard targets with and without smoothing, soft targets, loss only
+    for name in dtypes:
+        dt = np.dtype(name)
+        x = np.linspace(-1, 1, 12).astype(dt).reshape(3, 4)
+        rows, tw = np.zeros(3), np.ones(4)
+        fc.ce_hard(x, np.array([0, 3, 1]), tw, None, -100, 1.0, rows, np.zeros_like(x))
+        fc.ce_hard(x, np.array([0, 3, 1]), tw, tw / 4, -100, 1.0, rows, None)
+        fc.ce_soft(x, np.full_like(x, 0.25), tw, None, 1.0, rows, np.zeros_like(x))
+        fc.ce_soft(x, np.full_like(x, 0.25), tw, tw / 4, 1.0, rows, None)
+        fastreg.cross_entropy(x, np.array([0, 3, 1]), label_smoothing=0.1, backend="cuda")
+
+    # weight EMA (both lerp forms) and gradient norms / scaling, kernels and public functions
+    for name in dtypes:
+        dt = np.dtype(name)
+        v = np.linspace(-1, 1, 9).astype(dt)
+        for w in (0.1, 0.7):
+            fc.ema_update([v.copy()], [v[::-1].copy()], dt.type(w))
+        fastreg.ema_update([v.copy()], [v], 0.9, backend="cuda")
+        for p in (2.0, 1.0, float("inf"), 3.0):
+            fc.norm_sum([v], p)
+            fc.row_norm_sums(v.reshape(3, 3), p, np.zeros(3))
+        fc.scale([v.copy()], dt.type(0.5))
+        fc.scale_rows(v.reshape(3, 3).copy(), np.ones(3, dt))
+        fastreg.clip_grad_norm([v.copy()], 0.1, backend="cuda")
+        fastreg.adaptive_clip_grad([v.reshape(3, 3)], [v.reshape(3, 3).copy()], backend="cuda")
 
 
 def record_signatures(timeout=300):

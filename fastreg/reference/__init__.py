@@ -11,13 +11,15 @@ from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_pa
 from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_coeffs,
                         bn_backward_reduce, bn_forward_coeffs, bn_forward_train,
                         bn_running_update, bn_stats)
+from .loss import ce_hard, ce_soft
 from .dropblock import drop_block_apply, drop_block_mask
 
 __all__ = ["unavailable_reason", "philox4x32", "random_bits", "uniform", "dropout", "dropout_mask",
            "dropout_mask_packed", "group_dropout", "penalty_sums", "penalty_grad",
            "soft_threshold", "group_lasso", "all_finite", "sgd_step", "adam_step",
            "bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
-           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
+           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
+           "ce_hard", "ce_soft"]
 __all__ += ["drop_block_mask", "drop_block_apply"]
 
 
