@@ -242,7 +242,6 @@ int fr_drop_block_apply_f32(const float *x, const uint8_t *mask, float scale, fl
 int fr_drop_block_apply_f64(const double *x, const uint8_t *mask, double scale, double *out,
                             int64_t n);
 
-#endif /* FASTREG_H */
 /* ------------------------------------------------------------------ softmax cross-entropy
  * (csrc/loss.c; contract: fastreg/reference/loss.py).  x (R, C) contiguous; tw, cw (C,) double
  * (cw NULL: no smoothing, hard targets only); loss (R,) double receives the per-row losses;
@@ -258,3 +257,4 @@ int fr_ce_soft_f32(const float *x, const float *target, const double *tw, const 
 int fr_ce_soft_f64(const double *x, const double *target, const double *tw, const double *cw,
                    double scale, double *loss, double *grad, int64_t R, int64_t C);
 
+#endif /* FASTREG_H */
