@@ -61,15 +61,38 @@ def test_grad_norm_special_values(backend):
     assert fastreg.grad_norm([np.full(3, -2.0)], "inf", backend=backend) == 2.0
 
 
-def test_grad_norm_threads_do_not_change_the_result(backend):
-    if backend == "cuda":
-        pytest.skip("host threading only")
-    g = [np.random.default_rng(1).standard_normal(1 << 19).astype(np.float32)]
+def _parallel_count(backend):
+    if backend == "c":
+        import fastreg.c as fc
+        return fc.parallel_regions()
+    from fastreg.cpu import _jit
+    return _jit.launches["parallel"]
+
+
+def test_serial_and_parallel_paths_agree(backend, monkeypatch):
+    """Grain shrunk: 1 thread (serial) and 2 threads (parallel, several tasks) give the same
+    norms (reductions merged in task order) and the same clipped bits."""
+    if backend in ("numpy", "cuda"):
+        pytest.skip("host kernels only")
+    from fastreg import _threads
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)
+    rng = np.random.default_rng(1)
+    g = [rng.standard_normal(3 * 65536 + 5).astype(np.float32), rng.standard_normal(40)]
+    w = [rng.standard_normal((64, 70)).astype(np.float32)]
     results = []
     for nt in (1, 2):
+        before = _parallel_count(backend)
         with fastreg.threads(nt):
-            results.append([fastreg.grad_norm(g, p, backend=backend) for p in NORMS])
-    assert results[0] == results[1]
+            norms = [fastreg.grad_norm(g, p, backend=backend) for p in NORMS]
+            clipped = [a.copy() for a in g]
+            fastreg.clip_grad_norm(clipped, 1.0, backend=backend)
+            agc = [0.1 * a for a in w]
+            fastreg.adaptive_clip_grad(w, agc, 0.01, backend=backend)
+        assert (_parallel_count(backend) > before) == (nt == 2)
+        results.append((norms, clipped, agc))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1] + results[0][2], results[1][1] + results[1][2]):
+        np.testing.assert_array_equal(bits(a), bits(b))
 
 
 # ---- clip_grad_norm -----------------------------------------------------------------------------

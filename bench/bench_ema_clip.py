@@ -1,0 +1,177 @@
+"""Weight EMA and gradient clipping on 1e7 float32 parameters, fastreg against PyTorch on the same
+arrays in the same run: ``fastreg.ema_update`` against ``torch._foreach_lerp_`` (what timm's
+ModelEmaV3 calls), ``fastreg.clip_grad_norm`` against ``torch.nn.utils.clip_grad_norm_``, and
+``fastreg.grad_norm`` against ``torch.nn.utils.get_total_norm``.
+
+Layouts: "one" (a single array of 1e7) and "model" (1e7 split over 161 arrays of a ResNet-50-like
+size mix, many of them small: per-array overhead and threading of small arrays count there).
+
+Bytes that must move per element: EMA reads ema and p and writes ema (``3 * itemsize``); clipping
+reads g for the norm, then reads and writes it to scale (``3``); the norm alone reads g
+(``1``). The clip cases use ``max_norm=0`` so that every round scales (by 0 after the first:
+zeros cost what other numbers cost), in both libraries.
+
+    pytest bench/bench_ema_clip.py --benchmark-only
+    python bench/bench_ema_clip.py [--reps 30]     interleaved fastreg / torch rounds, min and
+                                                   median per call (the figures of the report)
+"""
+import argparse
+import time
+
+import numpy as np
+import pytest
+
+import fastreg
+
+N = 10 ** 7
+SMOKE = 1 << 12
+
+
+def layout_sizes(layout, n):
+    """Array sizes summing to n: one array, or 161 arrays of a ResNet-50-like mix."""
+    if layout == "one":
+        return [n]
+    rng = np.random.default_rng(0)
+    raw = np.exp(rng.uniform(np.log(64), np.log(2.5e6), 161))
+    sizes = np.maximum(1, (raw / raw.sum() * n).astype(np.int64))
+    sizes[np.argmax(sizes)] += n - sizes.sum()
+    return [int(s) for s in sizes]
+
+
+def arrays(layout, n, seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in layout_sizes(layout, n)]
+
+
+def _torch():
+    return pytest.importorskip("torch", reason="torch is not installed: no PyTorch peer")
+
+
+def _size(request):
+    return SMOKE if request.config.getoption("benchmark_disable", False) else N
+
+
+def _skip_backend(backend, n):
+    reason = fastreg.available_backends()[backend]
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+    if backend == "cuda":
+        pytest.skip("host arrays: the CUDA backend would copy them to the device each call")
+    if backend == "numpy" and n > 1 << 20:
+        pytest.skip("the numpy reference is only smoke-tested here")
+
+
+@pytest.mark.parametrize("layout", ["one", "model"])
+def test_ema_update(bandwidth_benchmark, request, threads, backend, layout):
+    n = _size(request)
+    _skip_backend(backend, n)
+    ema, p = arrays(layout, n, 1), arrays(layout, n, 2)
+
+    def fn():
+        fastreg.ema_update(ema, p, 0.9998, backend=backend)
+    fn()
+    bandwidth_benchmark.group = f"ema {layout} {n}"
+    bandwidth_benchmark(fn, nbytes=3 * 4 * n)
+
+
+@pytest.mark.parametrize("layout", ["one", "model"])
+def test_torch_foreach_lerp(bandwidth_benchmark, request, threads, layout):
+    torch = _torch()
+    n = _size(request)
+    ema = [torch.from_numpy(a) for a in arrays(layout, n, 1)]
+    p = [torch.from_numpy(a) for a in arrays(layout, n, 2)]
+
+    def fn():
+        torch._foreach_lerp_(ema, p, 1.0 - 0.9998)
+    fn()
+    bandwidth_benchmark.group = f"ema {layout} {n}"
+    bandwidth_benchmark(fn, nbytes=3 * 4 * n)
+
+
+@pytest.mark.parametrize("layout", ["one", "model"])
+def test_clip_grad_norm(bandwidth_benchmark, request, threads, backend, layout):
+    n = _size(request)
+    _skip_backend(backend, n)
+    g = arrays(layout, n, 3)
+
+    def fn():
+        fastreg.clip_grad_norm(g, 0.0, backend=backend)
+    fn()
+    bandwidth_benchmark.group = f"clip {layout} {n}"
+    bandwidth_benchmark(fn, nbytes=3 * 4 * n)
+
+
+@pytest.mark.parametrize("layout", ["one", "model"])
+def test_torch_clip_grad_norm(bandwidth_benchmark, request, threads, layout):
+    torch = _torch()
+    n = _size(request)
+    params = _torch_params(torch, arrays(layout, n, 3))
+
+    def fn():
+        torch.nn.utils.clip_grad_norm_(params, 0.0)
+    fn()
+    bandwidth_benchmark.group = f"clip {layout} {n}"
+    bandwidth_benchmark(fn, nbytes=3 * 4 * n)
+
+
+def _torch_params(torch, grads):
+    params = []
+    for g in grads:
+        t = torch.empty(0).new_zeros(g.shape).requires_grad_()
+        t.grad = torch.from_numpy(g)
+        params.append(t)
+    return params
+
+
+# ---- interleaved comparison (python bench/bench_ema_clip.py) ------------------------------------
+
+def _time(fn, reps):
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--n", type=int, default=N)
+    parser.add_argument("--backends", default="c,cpu")
+    args = parser.parse_args()
+    import torch
+    torch.set_num_threads(fastreg.get_num_threads())
+    print(f"n = {args.n} float32, threads: fastreg {fastreg.get_num_threads()}, "
+          f"torch {torch.get_num_threads()}, torch CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    backends = [b for b in args.backends.split(",") if fastreg.available_backends()[b] is None]
+    for layout in ("one", "model"):
+        ema, p, g = (arrays(layout, args.n, s) for s in (1, 2, 3))
+        te, tp = [torch.from_numpy(a.copy()) for a in ema], [torch.from_numpy(a) for a in p]
+        tparams = _torch_params(torch, [a.copy() for a in g])
+        tgrads = [t.grad for t in tparams]
+        cases = {"ema torch._foreach_lerp_": lambda: torch._foreach_lerp_(te, tp, 1 - 0.9998),
+                 "clip torch clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_(tparams,
+                                                                                      0.0),
+                 "norm torch get_total_norm": lambda: torch.nn.utils.get_total_norm(tgrads)}
+        for b in backends:
+            cases[f"ema fastreg {b}"] = (lambda b=b: fastreg.ema_update(ema, p, 0.9998,
+                                                                        backend=b))
+            cases[f"clip fastreg {b}"] = lambda b=b: fastreg.clip_grad_norm(g, 0.0, backend=b)
+            cases[f"norm fastreg {b}"] = lambda b=b: fastreg.grad_norm(g, backend=b)
+        for fn in cases.values():
+            fn()   # warm up (JIT, first touch)
+        times = {k: [] for k in cases}
+        for _ in range(args.reps):   # interleaved rounds: load changes hit every case alike
+            for k, fn in cases.items():
+                times[k] += _time(fn, 1)
+        print(f"\nlayout {layout} ({len(layout_sizes(layout, args.n))} arrays): "
+              "min / median ms per call")
+        for k in sorted(times):
+            t = np.array(times[k]) * 1e3
+            print(f"  {k:<32} {t.min():8.2f} {np.median(t):8.2f}")
+
+
+if __name__ == "__main__":
+    main()
