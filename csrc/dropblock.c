@@ -33,28 +33,38 @@ typedef struct {
     uint8_t *mask;
 } fr_db_job;
 
-/* Per-thread scratch: the plane's seed flags and row reach (H * W bytes each), the column
- * counts (W), the generator's words. */
+/* Per-thread scratch: the plane's seed flags and row reach (H * W bytes each), a flag per row
+ * (its reach has a 1), the column counts (W), the generator's words. */
 typedef struct {
-    uint8_t *seeds, *reach;
-    int64_t *cnt;
+    uint8_t *seeds, *reach, *row_hit;
+    int32_t *cnt;
     uint32_t *words;  /* 64-byte aligned, DB_TILE + DB_PAD */
     void *block;
 } fr_db_scratch;
 
-static int fr_db_scratch_init(fr_db_scratch *s, int64_t hw, int64_t w)
+static int fr_db_scratch_init(fr_db_scratch *s, int64_t h, int64_t w)
 {
     size_t words = (DB_TILE + DB_PAD) * sizeof(uint32_t);
-    size_t cnt = (size_t)w * sizeof(int64_t);
-    size_t flags = 2 * (size_t)hw;
+    size_t cnt = (size_t)w * sizeof(int32_t);
+    size_t flags = 2 * (size_t)(h * w) + (size_t)h;
     s->block = aligned_alloc(64, (words + cnt + flags + 63) / 64 * 64);
     if (!s->block)
         return FR_ERR_ALLOC;
     s->words = (uint32_t *)s->block;
-    s->cnt = (int64_t *)((char *)s->block + words);
+    s->cnt = (int32_t *)((char *)s->block + words);
     s->seeds = (uint8_t *)s->block + words + cnt;
-    s->reach = s->seeds + hw;
+    s->reach = s->seeds + h * w;
+    s->row_hit = s->reach + h * w;
     return FR_OK;
+}
+
+/* Whether any of the n bytes is nonzero (an OR reduction the compiler vectorizes). */
+static int fr_db_any(const uint8_t *a, int64_t n)
+{
+    unsigned acc = 0;
+    for (int64_t i = 0; i < n; i++)
+        acc |= a[i];
+    return acc != 0;
 }
 
 /* seeds[q] = word(g0 + q) < threshold for q < count */
@@ -100,44 +110,66 @@ static void fr_db_row(const uint8_t *src, uint8_t *dst, int64_t w, int64_t left,
     }
 }
 
-/* Plane p = n * C + c: writes its mask entries, returns its kept count. */
+/* Plane p = n * C + c: writes its mask entries, returns its kept count.  Seeds are sparse at
+ * the usual rates (gamma ~ p / k**2), so rows without a seed and output rows with no reach in
+ * their window take a shortcut (the same values: a count of zeros is zero). */
 static int64_t fr_db_plane(const fr_db_job *j, int64_t p, const fr_db_scratch *s)
 {
     const int64_t H = j->H, W = j->W, hw = H * W, C = j->C;
     const int64_t left = j->left, right = j->right;
     const int64_t n = p / C, ch = p % C;
     fr_db_seeds(j, j->offset + (uint64_t)p * (uint64_t)hw, hw, s->seeds, s->words);
-    for (int64_t a = 0; a < H; a++)
-        fr_db_row(s->seeds + a * W, s->reach + a * W, W, left, right);
-    int64_t *cnt = s->cnt;
+    for (int64_t a = 0; a < H; a++) {
+        s->row_hit[a] = (uint8_t)fr_db_any(s->seeds + a * W, W);
+        if (s->row_hit[a])
+            fr_db_row(s->seeds + a * W, s->reach + a * W, W, left, right);
+    }
+    int32_t *cnt = s->cnt;
     memset(cnt, 0, (size_t)W * sizeof *cnt);
+    int64_t live = 0;  /* rows with reach in the window of output row i */
     for (int64_t a = 0; a < H && a <= right; a++)
-        for (int64_t x = 0; x < W; x++)
-            cnt[x] += s->reach[a * W + x];
+        if (s->row_hit[a]) {
+            live++;
+            for (int64_t x = 0; x < W; x++)
+                cnt[x] += s->reach[a * W + x];
+        }
     int64_t kept = 0;
     for (int64_t i = 0; i < H; i++) {
-        if (j->channels_last) {
-            uint8_t *m = j->mask + ((n * H + i) * W) * C + ch;
-            for (int64_t x = 0; x < W; x++) {
-                uint8_t k = (uint8_t)(cnt[x] == 0);
-                m[x * C] = k;
-                kept += k;
-            }
-        } else {
-            uint8_t *m = j->mask + (p * H + i) * W;
+        uint8_t *m = j->channels_last ? j->mask + ((n * H + i) * W) * C + ch
+                                      : j->mask + (p * H + i) * W;
+        const int64_t step = j->channels_last ? C : 1;
+        if (live == 0) {  /* every count is 0: the whole row kept */
+            if (step == 1)
+                memset(m, 1, (size_t)W);
+            else
+                for (int64_t x = 0; x < W; x++)
+                    m[x * step] = 1;
+            kept += W;
+        } else if (step == 1) {
+            int64_t row_kept = 0;
             for (int64_t x = 0; x < W; x++) {
                 uint8_t k = (uint8_t)(cnt[x] == 0);
                 m[x] = k;
+                row_kept += k;
+            }
+            kept += row_kept;
+        } else {
+            for (int64_t x = 0; x < W; x++) {
+                uint8_t k = (uint8_t)(cnt[x] == 0);
+                m[x * step] = k;
                 kept += k;
             }
         }
-        if (i + 1 + right < H) {
-            const uint8_t *r = s->reach + (i + 1 + right) * W;
+        const int64_t in = i + 1 + right, out = i - left;
+        if (in < H && s->row_hit[in]) {
+            live++;
+            const uint8_t *r = s->reach + in * W;
             for (int64_t x = 0; x < W; x++)
                 cnt[x] += r[x];
         }
-        if (i - left >= 0) {
-            const uint8_t *r = s->reach + (i - left) * W;
+        if (out >= 0 && s->row_hit[out]) {
+            live--;
+            const uint8_t *r = s->reach + out * W;
             for (int64_t x = 0; x < W; x++)
                 cnt[x] -= r[x];
         }
@@ -168,7 +200,7 @@ int fr_drop_block_mask(uint64_t seed, uint64_t offset, uint64_t threshold, int64
     const int nt = fr_region_threads(planes);
     if (nt <= 1) {
         fr_db_scratch s;
-        if (fr_db_scratch_init(&s, H * W, W) != FR_OK)
+        if (fr_db_scratch_init(&s, H, W) != FR_OK)
             return FR_ERR_ALLOC;
         for (int64_t p = 0; p < planes; p++)
             total += fr_db_plane(&job, p, &s);
@@ -177,7 +209,7 @@ int fr_drop_block_mask(uint64_t seed, uint64_t offset, uint64_t threshold, int64
 #pragma omp parallel num_threads(nt) reduction(+ : total)
         {
             fr_db_scratch s;
-            int ok = fr_db_scratch_init(&s, H * W, W) == FR_OK;
+            int ok = fr_db_scratch_init(&s, H, W) == FR_OK;
             if (!ok) {
 #pragma omp atomic write
                 status = FR_ERR_ALLOC;

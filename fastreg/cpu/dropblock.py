@@ -39,6 +39,14 @@ def _row_reach(src, dst, w, left, right):
             c -= src[j - left]
 
 
+@inline
+def _any(a):
+    acc = np.uint8(0)
+    for i in range(a.size):
+        acc |= a[i]
+    return acc != 0
+
+
 @twin
 def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
     if channels_last:
@@ -56,17 +64,33 @@ def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
         ch = p - n * c
         seeds = np.empty(hw, np.uint8)
         reach = np.empty(hw, np.uint8)
-        cnt = np.zeros(w, np.int64)
+        row_hit = np.empty(h, np.bool_)
+        cnt = np.zeros(w, np.int32)
         buf, lanes = scratch()
         _plane_seeds(seeds, buf, lanes, k0, k1, offset + np.uint64(p * hw), threshold)
+        # seeds are sparse at the usual rates: rows without one, and output rows with no reach
+        # in their window, take a shortcut (the same values)
         for a in range(h):
-            _row_reach(seeds[a * w:(a + 1) * w], reach[a * w:(a + 1) * w], w, left, right)
+            row_hit[a] = _any(seeds[a * w:(a + 1) * w])
+            if row_hit[a]:
+                _row_reach(seeds[a * w:(a + 1) * w], reach[a * w:(a + 1) * w], w, left, right)
+        live = 0
         for a in range(min(h, right + 1)):
-            for j in range(w):
-                cnt[j] += reach[a * w + j]
+            if row_hit[a]:
+                live += 1
+                for j in range(w):
+                    cnt[j] += reach[a * w + j]
         local = 0
         for i in range(h):
-            if channels_last:
+            if live == 0:
+                if channels_last:
+                    for j in range(w):
+                        mask[n, i, j, ch] = 1
+                else:
+                    for j in range(w):
+                        mask[n, ch, i, j] = 1
+                local += w
+            elif channels_last:
                 for j in range(w):
                     keep = np.uint8(cnt[j] == 0)
                     mask[n, i, j, ch] = keep
@@ -76,14 +100,16 @@ def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
                     keep = np.uint8(cnt[j] == 0)
                     mask[n, ch, i, j] = keep
                     local += keep
-            if i + 1 + right < h:
-                r = (i + 1 + right) * w
+            r = i + 1 + right
+            if r < h and row_hit[r]:
+                live += 1
                 for j in range(w):
-                    cnt[j] += reach[r + j]
-            if i - left >= 0:
-                r = (i - left) * w
+                    cnt[j] += reach[r * w + j]
+            r = i - left
+            if r >= 0 and row_hit[r]:
+                live -= 1
                 for j in range(w):
-                    cnt[j] -= reach[r + j]
+                    cnt[j] -= reach[r * w + j]
         kept[p] = local
     return kept.sum()
 
