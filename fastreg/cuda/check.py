@@ -106,6 +106,10 @@ POLICY = {
     "clip._row_norm_kernel": (),
     "clip._scale_kernel": (HOT, EXACT),
     "clip._scale_rows_kernel": (HOT, EXACT),
+    "dropblock._seeds_kernel": (HOT, EXACT),
+    "dropblock._reach_kernel": (EXACT,),
+    "dropblock._mask_kernel": (EXACT,),
+    "dropblock._apply_kernel": (HOT, EXACT),
 }
 
 #: arguments that must be typed uint64 wherever a kernel has them (64-bit counter, key words,
@@ -350,6 +354,14 @@ def _exercise(dtypes=FLOAT_DTYPES):
         fc.scale_rows(v.reshape(3, 3).copy(), np.ones(3, dt))
         fastreg.clip_grad_norm([v.copy()], 0.1, backend="cuda")
         fastreg.adaptive_clip_grad([v.reshape(3, 3)], [v.reshape(3, 3).copy()], backend="cuda")
+
+    # DropBlock: the mask in both layouts, then the public forward and backward
+    fc.drop_block_mask(7, 3, 1 << 30, 2, False, np.zeros((2, 3, 4, 5), np.uint8))
+    fc.drop_block_mask(7, 3, 1 << 30, 2, True, np.zeros((2, 4, 5, 3), np.uint8))
+    for name in dtypes:
+        x4 = np.linspace(-1, 1, 120).astype(name).reshape(2, 3, 4, 5)
+        fastreg.drop_block(x4, 0.3, 3, seed=7, backend="cuda")
+        fastreg.drop_block_backward(x4, 0.3, 3, seed=7, backend="cuda")
 
 
 def record_signatures(timeout=300):
