@@ -16,7 +16,8 @@ CUDA_SHAPES = [(0, 3), (1, 1), (3, 5), (4, 37)]
 OPTIONS = [dict(), dict(label_smoothing=0.1), dict(weight=True),
            dict(label_smoothing=0.3, weight=True), dict(ignore=True),
            dict(label_smoothing=0.2, weight=True, ignore=True), dict(label_smoothing=1.0)]
-EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
+EPS = {np.dtype(np.float32): np.finfo(np.float32).eps,
+       np.dtype(np.float64): np.finfo(np.float64).eps}
 
 
 def host(a):
@@ -452,3 +453,78 @@ def test_registered_on_every_backend():
         for name, reason in fastreg.available_backends().items():
             if reason is None:
                 assert callable(_registry.get(op, name))
+
+
+# ---- the Trainer: label smoothing, mixup and cutmix ---------------------------------------------
+
+def _digits(n, seed=0):
+    from fastreg.train.data import load_digits, stratified_split
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
+    idx = stratified_split(labels, [n], seed=seed)[0]
+    return X[idx], labels[idx]
+
+
+def _mlp_trainer(seed=0, **kw):
+    from fastreg import optim
+    from fastreg.train import Trainer, mlp
+    model = mlp((64, 24, 10), seed=seed)       # no dropout / batch norm: forward is a function
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    return Trainer(model, opt, seed=seed, verbose=0, **kw)
+
+
+def _mixers():
+    from fastreg.train.augment import image_cutmix, image_mixup, unavailable_reason
+    if unavailable_reason() is not None:
+        pytest.skip(unavailable_reason())
+    return {"mixup": image_mixup((8, 8), 10, alpha=0.4), "cutmix": image_cutmix((8, 8), 10)}
+
+
+@pytest.mark.parametrize("what", ["label_smoothing", "mixup", "cutmix"])
+def test_trainer_step_loss_is_cross_entropy(what):
+    """One full batch, no shuffle: the epoch's loss is fastreg.cross_entropy of the untrained
+    model's logits against the (mixed, smoothed) targets; accuracy counts the original labels."""
+    X, y = _digits(40)
+    kw = {"label_smoothing": 0.1} if what == "label_smoothing" else {
+        "mix": _mixers()[what], "label_smoothing": 0.05}
+    trainer = _mlp_trainer(**kw)
+    xb, target = X, y
+    if "mix" in kw:
+        xb, target = kw["mix"](X.copy(), y, trainer.seed, 0, 0)
+        xb = xb.copy()
+        assert target.shape == (40, 10) and np.allclose(target.sum(axis=1), 1)
+        assert not np.array_equal(xb, X)
+    logits = trainer.model.forward(xb).copy()
+    want = fastreg.cross_entropy(logits, target, label_smoothing=kw["label_smoothing"],
+                                 grad=False)
+    hist = trainer.fit(X, y, epochs=1, batch_size=40, shuffle=False)
+    assert hist["loss"][0] == pytest.approx(want, rel=1e-6)
+    assert hist["accuracy"][0] == np.mean(logits.argmax(axis=1) == y)
+    plain = fastreg.cross_entropy(trainer.predict(X), y, grad=False)
+    assert trainer.evaluate(X, y)["loss"] == pytest.approx(plain, rel=1e-6)
+
+
+def test_trainer_with_mix_and_smoothing_resumes_bit_identically(tmp_path):
+    mix = _mixers()["cutmix"]
+    X, y = _digits(96)
+    path = tmp_path / "run.npz"
+    straight = _mlp_trainer(mix=mix, label_smoothing=0.1)
+    straight.fit(X, y, epochs=4, batch_size=32)
+    first = _mlp_trainer(mix=mix, label_smoothing=0.1)
+    first.fit(X, y, epochs=2, batch_size=32, checkpoint=path)
+    second = _mlp_trainer(mix=mix, label_smoothing=0.1)
+    second.fit(X, y, epochs=4, batch_size=32, checkpoint=path, resume=True)
+    for a, b in zip(straight.model.parameters(), second.model.parameters()):
+        np.testing.assert_array_equal(a, b)
+    assert straight.history["loss"] == second.history["loss"]
+
+
+def test_trainer_checks_mix_and_label_smoothing():
+    with pytest.raises(TypeError, match="mix must be a callable"):
+        _mlp_trainer(mix=3)
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        _mlp_trainer(label_smoothing=1.5)
+    trainer = _mlp_trainer(mix=lambda x, y, *a: (x, np.ones((len(x), 3), np.float32)))
+    X, y = _digits(20)
+    with pytest.raises(ValueError, match=r"target must have shape \(20, 10\)"):
+        trainer.fit(X, y, epochs=1, batch_size=20)

@@ -6,6 +6,11 @@ The Trainer calls ``augment(batch, seed, epoch, index_offset)`` with a batch of 
 random translation (``RandomCrop`` with padding), a small rotation and Gaussian noise, and
 reshapes back, writing into a buffer it reuses.
 
+The Trainer's ``mix`` hook, ``mix(batch, labels, seed, epoch, index_offset) -> (batch,
+soft_labels)``, mixes samples and their labels; ``image_mixup`` and ``image_cutmix`` build one
+from ``fastreg.augment.mixup`` / ``cutmix`` (the soft labels then train through
+``fastreg.cross_entropy``).
+
 fastreg.augment may be missing (it is optional): ``unavailable_reason()`` says why, and
 ``image_augment`` raises ``AugmentUnavailableError`` with that reason.
 """
@@ -111,3 +116,97 @@ def image_augment(image_shape, *, shift=1, degrees=10.0, noise_std=0.05, backend
         return y.reshape(n, h * w)
 
     return augment
+
+
+def _image_mix(kind, image_shape, num_classes, alpha, backend):
+    aug = _module()
+    fn = getattr(aug, kind, None)
+    if fn is None:
+        raise AugmentUnavailableError(f"fastreg.augment has no {kind}")
+    h, w = (int(s) for s in image_shape)
+    k = int(num_classes)
+    if k < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes!r}")
+    bufs, keys = {}, {}
+
+    def mix(batch, labels, seed, epoch, index_offset):
+        xp = array_module(batch)
+        n = batch.shape[0]
+        key = keys.get(seed)
+        if key is None:   # a key of its own: draws independent of image_augment's
+            key = keys[seed] = int(np.random.SeedSequence([int(seed), 3]).generate_state(
+                1, np.uint64)[0])
+        images = batch.reshape(n, h, w, 1)
+        if images.dtype != np.float32:     # fastreg.augment mixes uint8 or float32 images
+            images = images.astype(np.float32)
+        out = bufs.get(n)
+        if out is None:
+            out = bufs[n] = xp.empty((n, h, w, 1), np.float32)
+        mixed, soft = fn(images, labels, alpha, num_classes=k, seed=key, epoch=epoch,
+                         index_offset=index_offset, layout="NHWC", out=out, backend=backend)
+        return mixed.reshape(n, h * w).astype(batch.dtype, copy=False), soft
+
+    return mix
+
+
+def image_mixup(image_shape, num_classes, alpha=0.2, *, backend="auto"):
+    """A ``mix`` callable for the Trainer: mixup (``fastreg.augment.mixup``) of image rows.
+
+    Parameters
+    ----------
+    image_shape : (int, int)
+        (H, W) of the images; batches arrive as rows of ``H * W`` values.
+    num_classes : int
+        K: the soft labels are (N, K).
+    alpha : float
+        lambda ~ Beta(alpha, alpha) per sample, alpha > 0 (timm's default mixup_alpha is 0.8,
+        the paper's ImageNet setting 0.2).
+    backend : str
+        fastreg backend.
+
+    Returns
+    -------
+    callable
+        ``mix(batch, labels, seed, epoch, index_offset) -> (batch, soft_labels)``: sample
+        ``i`` is mixed with the draws of key ``(seed, epoch, index_offset + i)`` (the seed
+        derived from the Trainer's, independent of ``image_augment``'s); the mixing is done in
+        float32 (as fastreg.augment does) and the batch returned in its own dtype.
+
+    Raises
+    ------
+    AugmentUnavailableError
+        fastreg.augment cannot be imported.
+    ValueError
+        num_classes < 1.
+    """
+    return _image_mix("mixup", image_shape, num_classes, alpha, backend)
+
+
+def image_cutmix(image_shape, num_classes, alpha=1.0, *, backend="auto"):
+    """A ``mix`` callable for the Trainer: CutMix (``fastreg.augment.cutmix``) of image rows.
+
+    Parameters
+    ----------
+    image_shape : (int, int)
+        (H, W) of the images; batches arrive as rows of ``H * W`` values.
+    num_classes : int
+        K: the soft labels are (N, K), weighted by the pasted box's area.
+    alpha : float
+        lambda ~ Beta(alpha, alpha) sets the box area, alpha > 0 (timm's default 1.0).
+    backend : str
+        fastreg backend.
+
+    Returns
+    -------
+    callable
+        ``mix(batch, labels, seed, epoch, index_offset) -> (batch, soft_labels)``, keyed as
+        ``image_mixup``'s.
+
+    Raises
+    ------
+    AugmentUnavailableError
+        fastreg.augment cannot be imported.
+    ValueError
+        num_classes < 1.
+    """
+    return _image_mix("cutmix", image_shape, num_classes, alpha, backend)

@@ -4,8 +4,9 @@ One training step, in order::
 
     xb, yb = X[batch], y[batch]                 (gathered into preallocated buffers)
     xb = augment(xb, seed, epoch, index_offset) (optional)
+    xb, target = mix(xb, yb, seed, epoch, index_offset)   (optional: mixup / cutmix, soft labels)
     logits = model.forward(xb)                  (dropout and batch norm: fastreg kernels)
-    loss, grad = softmax_cross_entropy(logits, yb)
+    loss, grad = cross_entropy(logits, target or yb, label_smoothing=...)   (fastreg, one pass)
     model.backward(grad)                        (dropout mask regenerated, not stored)
     grad += d/dw (l1 |w| + l2 w^2)              (fastreg.l1_grad / l2_grad / elastic_net_grad,
                                                  accumulate=True, on the penalty mask)
@@ -66,7 +67,8 @@ from ..ema import EMA
 from . import checkpoint as _ckpt
 from . import kernels
 from ._xp import array_module, to_host
-from .layers import BatchNorm, Sequential, softmax_cross_entropy
+from ..loss import _cross_entropy, cross_entropy
+from .layers import BatchNorm, Sequential
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "time")
 
@@ -121,6 +123,18 @@ class Trainer:
         per epoch, reproducible from the seed (the draw follows the sample's position in the
         shuffled order, a seeded permutation of its dataset index, rather than the index
         itself, so that one call covers a whole batch).
+    mix : callable, optional
+        ``mix(batch, labels, seed, epoch, index_offset) -> (batch, soft_labels)`` applied to
+        each training batch after ``augment``: mixup or cutmix
+        (``fastreg.train.augment.image_mixup`` / ``image_cutmix``), keyed like ``augment``;
+        ``soft_labels`` is (batch rows, classes), float, and the loss is the cross-entropy
+        against it (timm's SoftTargetCrossEntropy, smoothed by ``label_smoothing`` if set).
+        Training accuracy is still counted against the original labels. With ``comm`` each
+        rank mixes within its block of the global batch.
+    label_smoothing : float
+        In [0, 1]: the training loss is ``fastreg.cross_entropy(..., label_smoothing=)``
+        (torch's definition; Szegedy et al. 2016). Validation (``evaluate``) always reports the
+        plain cross-entropy.
     seed : int
         Root of all randomness of the run (shuffling, dropout keys, augmentation); an integer
         in [0, 2**64).
@@ -164,20 +178,21 @@ class Trainer:
     ------
     TypeError
         model is not a Sequential; comm is not an mpi4py communicator; l1, l2 or prox_l1 is
-        not a real number (or is a bool); threads is not an int.
+        not a real number (or is a bool); threads is not an int; augment or mix is not
+        callable.
     ImportError
         comm given but mpi4py is not installed.
     ValueError
         The optimizer does not update exactly the model's parameters, or a bad hyper-parameter
-        (a negative or non-finite penalty, a seed outside [0, 2**64)), an unknown backend
-        name, or threads < 1.
+        (a negative or non-finite penalty, label_smoothing outside [0, 1], a seed outside
+        [0, 2**64)), an unknown backend name, or threads < 1.
     BackendUnavailableError
         backend names a backend that cannot run here (the reason is in the message).
     """
 
     def __init__(self, model, optimizer, *, l1=0.0, l2=0.0, prox_l1=0.0, penalty_mask=None,
                  callbacks=(), augment=None, seed=0, backend="auto", verbose=1, profile=False,
-                 threads=1, comm=None, ema=None):
+                 threads=1, comm=None, ema=None, mix=None, label_smoothing=0.0):
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastreg.train.Sequential, got "
                             f"{type(model).__name__}")
@@ -203,6 +218,9 @@ class Trainer:
             threads = _threads._check_count(threads, "threads")
         if augment is not None and not callable(augment):
             raise TypeError("augment must be a callable (batch, seed, epoch, index_offset)")
+        if mix is not None and not callable(mix):
+            raise TypeError("mix must be a callable (batch, labels, seed, epoch, index_offset)")
+        label_smoothing = _arrays.check_probability(label_smoothing, "label_smoothing")
         self.model, self.optimizer = model, optimizer
         self.l1, self.l2, self.prox_l1 = float(l1), float(l2), float(prox_l1)
         mask = optimizer.decay_mask if penalty_mask is None else [bool(m) for m in penalty_mask]
@@ -212,6 +230,8 @@ class Trainer:
         self.penalty_mask = list(mask)
         self.callbacks = list(callbacks)
         self.augment = augment
+        self.mix = mix
+        self.label_smoothing = label_smoothing
         self.seed = seed
         self.backend = backend
         self.verbose = int(verbose)
@@ -792,11 +812,16 @@ class Trainer:
             buf = self._bufs[k] = xp.empty(shape, dtype)
         return buf
 
-    def _train_step(self, xb, yb, total=None):
+    def _train_step(self, xb, yb, total=None, soft=None):
+        """One step on rows xb with labels yb (soft: mixed labels to train on instead); the
+        loss is the mean over the batch, or the rows' sum / ``total`` (the global batch) with
+        comm. Returns (loss, correct)."""
         xp = array_module(xb)
         logits = self.model.forward(xb)
         grad = self._buffer("grad", logits.shape, logits.dtype, xp)
-        loss, correct, grad = softmax_cross_entropy(logits, yb, grad, total=total)
+        loss, grad = _cross_entropy(logits, yb if soft is None else soft, None, -100, "mean",
+                                    self.label_smoothing, True, grad, self.backend, total)
+        correct = _correct(logits, yb)
         self.model.backward(grad)
         if self._allreduce is not None:
             # host arrays here (GradientAllreduce refuses device arrays: CuPy untested)
@@ -836,9 +861,11 @@ class Trainer:
         Returns
         -------
         loss : float
-            Mean training loss over the epoch (the data term, without penalties).
+            Mean training loss over the epoch (the data term, without penalties: the
+            cross-entropy with ``label_smoothing``, against the mixed labels with ``mix``).
         accuracy : float
-            Fraction of training samples classified correctly during the epoch.
+            Fraction of training samples classified correctly during the epoch (against their
+            own labels, also when mixed).
 
         Notes
         -----
@@ -870,7 +897,10 @@ class Trainer:
                 yb = xp.take(y, idx, out=self._buffer("yb", (ml,), y.dtype, xp))
                 if self.augment is not None and ml:
                     xb = self.augment(xb, self.seed, epoch, start + first)
-                loss, c = self._train_step(xb, yb, None if dist is None else m)
+                soft = None
+                if self.mix is not None and ml:
+                    xb, soft = self.mix(xb, yb, self.seed, epoch, start + first)
+                loss, c = self._train_step(xb, yb, None if dist is None else m, soft)
                 loss_sum += loss * m if dist is not None else loss * ml
                 correct += c
                 if progress is not None:
@@ -1131,7 +1161,8 @@ class Trainer:
             if not checked:
                 X, y = self._check_data(X, y, "X", "y")
             logits = self.predict(X, batch_size)
-            loss, correct, _ = softmax_cross_entropy(logits, y)
+            loss = cross_entropy(logits, y, grad=False, backend=self.backend)
+            correct = _correct(logits, y)
             return {"loss": loss, "accuracy": correct / len(X)}
         if not checked:
             error, summary = None, []
@@ -1145,7 +1176,9 @@ class Trainer:
         loss_sum, correct = 0.0, 0
         if block.stop > block.start:
             logits = self.predict(X[block], batch_size)
-            loss_sum, correct, _ = softmax_cross_entropy(logits, y[block], total=1)
+            loss_sum = cross_entropy(logits, y[block], reduction="sum", grad=False,
+                                     backend=self.backend)
+            correct = _correct(logits, y[block])
         loss_sum, correct = self._sum([loss_sum, correct])
         return {"loss": float(loss_sum) / len(X), "accuracy": float(correct) / len(X)}
 
@@ -1171,6 +1204,11 @@ def _thread_limits(threads, backend):
         else:
             with threadpool_limits(limits=threads):
                 yield
+
+
+def _correct(logits, labels):
+    """How many rows' argmax equal their label."""
+    return int((logits.argmax(axis=1) == labels).sum()) if len(labels) else 0
 
 
 def _optimizer_state_names(optimizer):
