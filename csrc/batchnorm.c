@@ -43,9 +43,14 @@
 #define FR_BN_PIECE ((size_t)16384)          /* longest piece of one row (channel layout) */
 #define FR_BN_ROW_BYTES ((size_t)64)         /* rows of a channel shorter than this: row layout */
 #define FR_BN_COLS ((size_t)1024)            /* column block of the row layout */
-#define FR_BN_KMAX ((size_t)64)              /* most row chunks of the row layout */
+#define FR_BN_KMAX ((size_t)32)              /* most row chunks of the row layout */
 #define FR_BN_PART_BYTES ((size_t)4 << 20)   /* most bytes of row-layout partial sums */
 #define FR_BN_BUF_BYTES ((size_t)4096)       /* per-thread buffer of the streaming stores */
+/* fused ops, channel layout: whole channels per thread when the arrays a channel's reduction
+ * reads take at most this many bytes (then they stay in a core's L2 for the apply pass) */
+#ifndef FR_BN_FUSE_BYTES
+#define FR_BN_FUSE_BYTES ((size_t)512 << 10)
+#endif
 /* fused ops: the next channel is prefetched while one is applied if its input (all arrays)
  * is at most this large (both then stay in a core's L2) */
 #ifndef FR_BN_PF_BYTES
@@ -230,7 +235,9 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
         out[1] = ((v2[0] + v2[1]) + (v2[2] + v2[3])) + (t2 - tk2);                              \
     }                                                                                           \
                                                                                                 \
-    /* Row layout: per-column sums over rows [r0, r1), each column in row order. */             \
+    /* Row layout: per-column sums over rows [r0, r1), in groups of four rows (their four terms \
+     * are added first, ((t0 + t1) + (t2 + t3)), then to the column's sum): the sums stay in    \
+     * memory (L1) and are loaded and stored once per four rows. */                             \
     FR_INLINE void fr_bn_red_rows_##SUF##_body(const fr_bn_job *j, size_t r0, size_t r1,        \
                                                size_t j0, size_t j1, double *restrict p1,       \
                                                double *restrict p2, const int KIND)             \
@@ -243,8 +250,47 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
             memset(k1, 0, w * sizeof(double));                                                  \
             memset(k2, 0, w * sizeof(double));                                                  \
         }                                                                                       \
-        for (size_t r = r0; r < r1; r++) {                                                      \
-            const T *restrict xr = (const T *)j->x + r * L + j0;                                \
+        const T *xb = (const T *)j->x + j0;                                                     \
+        const T *gb = KIND ? (const T *)j->gy + j0 : NULL;                                      \
+        const T *yb = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + j0 : NULL;                 \
+        size_t r = r0;                                                                          \
+        for (; r + 4 <= r1; r += 4) {                                                           \
+            const T *restrict x0 = xb + r * L, *restrict x1 = x0 + L;                           \
+            const T *restrict x2 = x1 + L, *restrict x3 = x2 + L;                               \
+            if (KIND == FR_BN_RED_STATS) {                                                      \
+                _Pragma("omp simd")                                                             \
+                for (size_t i = 0; i < w; i++) {                                                \
+                    double c = sh[i];                                                           \
+                    double d0 = (double)x0[i] - c, d1 = (double)x1[i] - c;                      \
+                    double d2 = (double)x2[i] - c, d3 = (double)x3[i] - c;                      \
+                    FR_BN_KADD(p1[i], k1[i], (d0 + d1) + (d2 + d3));                            \
+                    FR_BN_KADD(p2[i], k2[i], (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));        \
+                }                                                                               \
+            } else {                                                                            \
+                const T *restrict g0 = gb + r * L, *restrict g1 = g0 + L;                       \
+                const T *restrict g2 = g1 + L, *restrict g3 = g2 + L;                           \
+                const T *restrict y0 = yb ? yb + r * L : g0, *restrict y1 = y0 + L;             \
+                const T *restrict y2 = y1 + L, *restrict y3 = y2 + L;                           \
+                _Pragma("omp simd")                                                             \
+                for (size_t i = 0; i < w; i++) {                                                \
+                    double c = sh[i];                                                           \
+                    T h0 = g0[i], h1 = g1[i], h2 = g2[i], h3 = g3[i];                           \
+                    if (KIND == FR_BN_RED_BWD_MASK) {                                           \
+                        h0 = fr_sel_##SUF(y0[i] > 0, h0, (T)0);                                 \
+                        h1 = fr_sel_##SUF(y1[i] > 0, h1, (T)0);                                 \
+                        h2 = fr_sel_##SUF(y2[i] > 0, h2, (T)0);                                 \
+                        h3 = fr_sel_##SUF(y3[i] > 0, h3, (T)0);                                 \
+                    }                                                                           \
+                    double e0 = (double)h0, e1 = (double)h1, e2 = (double)h2, e3 = (double)h3;  \
+                    double d0 = (double)x0[i] - c, d1 = (double)x1[i] - c;                      \
+                    double d2 = (double)x2[i] - c, d3 = (double)x3[i] - c;                      \
+                    FR_BN_KADD(p1[i], k1[i], (e0 + e1) + (e2 + e3));                            \
+                    FR_BN_KADD(p2[i], k2[i], (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3));        \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        for (; r < r1; r++) {                                                                   \
+            const T *restrict xr = xb + r * L;                                                  \
             if (KIND == FR_BN_RED_STATS) {                                                      \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
@@ -253,9 +299,8 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                     FR_BN_KADD(p2[i], k2[i], d * d);                                            \
                 }                                                                               \
             } else {                                                                            \
-                const T *restrict gr = (const T *)j->gy + r * L + j0;                           \
-                const T *restrict yr = KIND == FR_BN_RED_BWD_MASK                               \
-                                           ? (const T *)j->y + r * L + j0 : gr;                 \
+                const T *restrict gr = gb + r * L;                                              \
+                const T *restrict yr = yb ? yb + r * L : gr;                                    \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
                     T g = gr[i];                                                                \
@@ -540,62 +585,71 @@ typedef struct {
     void *gw, *gb;                 /* backward: grad_weight, grad_bias, in the dtype */
 } fr_bn_fin;
 
-static inline double fr_bn_getd(const void *p, int f64, size_t i)
-{
-    return f64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
-}
+/* The reference's per-channel formulas (bn_forward_coeffs, bn_backward_coeffs), float64, for
+ * channels c0 .. c0 + n - 1 with sums s1[i], s2[i] (i = c - c0); T the dtype of the arrays in
+ * the dtype.  Plain loops over the channels (they vectorize). */
+#define FR_BN_DEFINE_FINISH(SUF, T)                                                            \
+    static void fr_bn_finish_##SUF(const fr_bn_fin *f, size_t c0, size_t n, const double *s1,  \
+                                   const double *s2)                                           \
+    {                                                                                          \
+        const double N = f->n;                                                                 \
+        const T *w = (const T *)f->weight, *bias = (const T *)f->bias;                         \
+        T *k0 = f->k[0] ? (T *)f->k[0] + c0 : NULL, *k1 = f->k[1] ? (T *)f->k[1] + c0 : NULL;  \
+        T *k2 = f->k[2] ? (T *)f->k[2] + c0 : NULL, *k3 = f->k[3] ? (T *)f->k[3] + c0 : NULL;  \
+        switch (f->what) {                                                                     \
+        case FR_BN_FIN_STATS:                                                                  \
+        case FR_BN_FIN_FWD:                                                                    \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                double q = s1[i] / N;                                                          \
+                double m2 = s2[i] - s1[i] * q; /* sum (x - shift)^2 - n (mean - shift)^2 */    \
+                /* rounding below zero gives 0, NaN is kept */                                 \
+                f->o2[c0 + i] = fr_sel_f64((m2 > 0) | (m2 != m2), m2, 0.0);                     \
+                f->o1[c0 + i] = f->ctr[c0 + i] + q;                                            \
+            }                                                                                  \
+            if (f->what == FR_BN_FIN_STATS)                                                    \
+                break;                                                                         \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                double inv = 1.0 / sqrt(f->o2[c0 + i] / N + f->eps);                           \
+                double wc = w ? (double)w[c0 + i] : 1.0;                                       \
+                f->o3[c0 + i] = inv;                                                           \
+                k0[i] = (T)f->o1[c0 + i];                                                      \
+                k1[i] = (T)(wc * inv);                                                         \
+                k2[i] = bias ? bias[c0 + i] : (T)0;                                            \
+            }                                                                                  \
+            break;                                                                             \
+        case FR_BN_FIN_BRED:                                                                   \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                f->o1[c0 + i] = s1[i];                                                         \
+                f->o2[c0 + i] = s2[i];                                                         \
+            }                                                                                  \
+            break;                                                                             \
+        default: { /* FR_BN_FIN_BWD: s1 = s_dy, s2 = s_dyx */                                  \
+            T *gw = (T *)f->gw + c0, *gb = (T *)f->gb + c0; /* never NULL here */              \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                double inv = f->invstd[c0 + i];                                                \
+                double a = (w ? (double)w[c0 + i] : 1.0) * inv;                                \
+                gw[i] = (T)(s2[i] * inv);                                                      \
+                gb[i] = (T)s1[i];                                                              \
+                k0[i] = (T)f->ctr[c0 + i];                                                     \
+                k1[i] = (T)a;                                                                  \
+                if (f->training) {                                                             \
+                    k2[i] = (T)(a * inv * inv * s2[i] / N);                                    \
+                    k3[i] = (T)(a * s1[i] / N);                                                \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        }                                                                                      \
+    }
+FR_BN_DEFINE_FINISH(f32, float)
+FR_BN_DEFINE_FINISH(f64, double)
 
-static inline void fr_bn_putd(void *p, int f64, size_t i, double v)
+static void fr_bn_finish(const fr_bn_fin *f, size_t c0, size_t n, const double *s1,
+                         const double *s2)
 {
-    if (f64)
-        ((double *)p)[i] = v;
+    if (f->f64)
+        fr_bn_finish_f64(f, c0, n, s1, s2);
     else
-        ((float *)p)[i] = (float)v;
-}
-
-/* The reference's per-channel formulas (bn_forward_coeffs, bn_backward_coeffs), float64. */
-static void fr_bn_finish(const fr_bn_fin *f, size_t c, double s1, double s2)
-{
-    const int f64 = f->f64;
-    switch (f->what) {
-    case FR_BN_FIN_STATS:
-    case FR_BN_FIN_FWD: {
-        double q = s1 / f->n;
-        double mean = f->ctr[c] + q;
-        double m2 = s2 - s1 * q;  /* sum (x - shift)^2 - n (mean - shift)^2 */
-        if (!(m2 > 0))
-            m2 = m2 != m2 ? m2 : 0.0;  /* rounding below zero, NaN kept */
-        f->o1[c] = mean;
-        f->o2[c] = m2;
-        if (f->what == FR_BN_FIN_STATS)
-            break;
-        double inv = 1.0 / sqrt(m2 / f->n + f->eps);
-        double w = f->weight ? fr_bn_getd(f->weight, f64, c) : 1.0;
-        double b = f->bias ? fr_bn_getd(f->bias, f64, c) : 0.0;
-        f->o3[c] = inv;
-        fr_bn_putd(f->k[0], f64, c, mean);
-        fr_bn_putd(f->k[1], f64, c, w * inv);
-        fr_bn_putd(f->k[2], f64, c, b);
-        break;
-    }
-    case FR_BN_FIN_BRED:
-        f->o1[c] = s1;
-        f->o2[c] = s2;
-        break;
-    default: {  /* FR_BN_FIN_BWD: s1 = s_dy, s2 = s_dyx */
-        double inv = f->invstd[c];
-        double w = f->weight ? fr_bn_getd(f->weight, f64, c) : 1.0;
-        double a = w * inv;
-        fr_bn_putd(f->gw, f64, c, s2 * inv);
-        fr_bn_putd(f->gb, f64, c, s1);
-        fr_bn_putd(f->k[0], f64, c, f->ctr[c]);
-        fr_bn_putd(f->k[1], f64, c, a);
-        if (f->training) {
-            fr_bn_putd(f->k[2], f64, c, a * inv * inv * s2 / f->n);
-            fr_bn_putd(f->k[3], f64, c, a * s1 / f->n);
-        }
-    }
-    }
+        fr_bn_finish_f32(f, c0, n, s1, s2);
 }
 
 /* ------------------------------------------------------------------ drivers */
@@ -615,19 +669,34 @@ static inline void fr_bn_add(fr_bn_acc *a, double v)
 
 /* Once the plain sum s is infinite or NaN, c is meaningless (inf - inf): the total is s, the
  * plain sum's value (see the reference on non-finite input). */
-static inline double fr_bn_total(const fr_bn_acc *a) { return isfinite(a->s) ? a->s + a->c : a->s; }
+static inline double fr_bn_total(double s, double c) { return isfinite(s) ? s + c : s; }
 
+/* The same step on n columns at once (s[i] += v[i], errors into c[i]); vectorizes. */
+static void fr_bn_add_cols(double *restrict s, double *restrict c, const double *restrict v,
+                           size_t n)
+{
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        double a = s[i], b = v[i], t = a + b;
+        c[i] += fr_sel_f64(fabs(a) >= fabs(b), (a - t) + b, (b - t) + a);
+        s[i] = t;
+    }
+}
+
+/* How an op's (A, C, B) data are cut into work items; from the shape (and the number of arrays
+ * the reduction reads) only, so that results never depend on the number of threads. */
 typedef struct {
     int rows;            /* row layout */
     /* channel layout: R rows per chunk, or pieces of PL elements when nbp > 1; K chunks */
     size_t R, nbp, PL, K;
+    int fused;           /* channel layout: a channel's reduction input fits in a core's L2 */
     /* row layout: row chunks of RR rows (KR of them), column blocks of W (NB of them) */
     size_t RR, KR, W, NB;
 } fr_bn_plan;
 
 static size_t fr_bn_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
-static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize)
+static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize, size_t nred)
 {
     fr_bn_plan p;
     memset(&p, 0, sizeof p);
@@ -649,6 +718,7 @@ static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize)
                 p.R = A;
             p.K = fr_bn_cdiv(A, p.R);
         }
+        p.fused = nred * A * B * itemsize <= FR_BN_FUSE_BYTES;
     } else {
         size_t L = C * B;
         p.NB = L <= 2 * FR_BN_COLS ? 1 : fr_bn_cdiv(L, FR_BN_COLS);
@@ -716,112 +786,212 @@ static inline void fr_bn_sfence(int stream)
 #endif
 }
 
+/* ------------------------------------------------------------------ threads */
+
+/* Everything a phase of an op needs; a task runs its share (tid of nth) of one phase. */
+typedef struct {
+    fr_bn_job *j;
+    const fr_bn_fin *fin;
+    const double *ctr;   /* per channel: the shift / center of the sums */
+    const fr_bn_kern *kn;
+    fr_bn_plan p;
+    int apply;           /* 0 none, 1 forward, 2 backward */
+    size_t itemsize;
+    double *part;        /* partial sums of the reduction */
+} fr_bn_ctx;
+
+typedef void (*fr_bn_task)(const fr_bn_ctx *x, int tid, int nth);
+
+/* Runs a phase of `items` work items: on the threads fr_region_threads grants (the count the
+ * Python wrapper set for this call, fastreg._threads.plan, capped by OpenMP's limit and the
+ * items), or with one on the calling thread without any call into OpenMP (see fr_threads.h). */
+static void fr_bn_par(fr_bn_task fn, const fr_bn_ctx *x, size_t items)
+{
+    const int nth = fr_region_threads((int64_t)items);
+#ifdef _OPENMP
+    if (nth > 1) {
+#pragma omp parallel num_threads(nth)
+        fn(x, omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    fn(x, 0, 1);
+}
+
+/* Items [lo, hi) of n for thread tid of nth: one contiguous block each. */
+static inline void fr_bn_range(size_t n, int tid, int nth, size_t *lo, size_t *hi)
+{
+    *lo = n * (size_t)tid / (size_t)nth;
+    *hi = n * (size_t)(tid + 1) / (size_t)nth;
+}
+
+/* Channel layout, fused: whole channels per thread.  A thread reduces a channel, computes its
+ * coefficients and applies them while the channel's data is still in its cache (x read from
+ * memory once); meanwhile it prefetches its next channel, row by row. */
+static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const fr_bn_plan *p = &x->p;
+    const size_t L = j->L, B = j->B, A = j->A, K = p->K, is = x->itemsize;
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
+        x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
+    /* the arrays the reduction reads, and their bytes per channel */
+    const unsigned char *pfa[3] = {(const unsigned char *)j->x,
+                                   j->kind ? (const unsigned char *)j->gy : NULL,
+                                   j->kind == FR_BN_RED_BWD_MASK ? (const unsigned char *)j->y
+                                                                 : NULL};
+    const size_t pfb = (j->kind ? (j->kind == FR_BN_RED_BWD_MASK ? 3 : 2) : 1) * A * B * is;
+    size_t lo, hi;
+    fr_bn_range(j->C, tid, nth, &lo, &hi);
+    for (size_t c = lo; c < hi; c++) {
+        fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+        double o[2];
+        size_t off, nrows, len;
+        for (size_t k = 0; k < K; k++) {
+            fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
+            x->kn->red_seg(j, off, L, nrows, len, x->ctr[c], o);
+            fr_bn_add(&s1, o[0]);
+            fr_bn_add(&s2, o[1]);
+        }
+        const double t1 = fr_bn_total(s1.s, s1.c), t2 = fr_bn_total(s2.s, s2.c);
+        fr_bn_finish(x->fin, c, 1, &t1, &t2);
+        const int pf = c + 1 < hi && pfb <= FR_BN_PF_BYTES;
+        for (size_t k = 0; k < K; k++) {
+            fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
+            for (size_t r = 0; r < nrows; r++) {
+                app(j, off + r * L, L, 1, len, c);
+                if (pf)
+                    for (int q = 0; q < 3; q++)
+                        if (pfa[q])
+                            fr_bn_prefetch(pfa[q] + (off + r * L + B) * is, len * is);
+            }
+        }
+    }
+    fr_bn_sfence(j->stream);
+}
+
+/* Channel layout, reduction: items (chunk k, channel c) in memory order (k major; with R = 1
+ * one row after the other), the partials of item (k, c) at part[2 (c K + k)]. */
+static void fr_bn_task_chred(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const size_t C = j->C, K = x->p.K;
+    size_t lo, hi, off, nrows, len;
+    fr_bn_range(C * K, tid, nth, &lo, &hi);
+    for (size_t it = lo; it < hi; it++) {
+        size_t k = it / C, c = it % C;
+        fr_bn_chunk(&x->p, j, c, k, &off, &nrows, &len);
+        x->kn->red_seg(j, off, j->L, nrows, len, x->ctr[c], x->part + 2 * (c * K + k));
+    }
+}
+
+/* Channel layout, apply: the reduction's items, each thread its own in reverse order, so that
+ * it starts with the data it read last (still in its caches). */
+static void fr_bn_task_chapp(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const size_t C = j->C;
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
+        x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
+    size_t lo, hi, off, nrows, len;
+    fr_bn_range(C * x->p.K, tid, nth, &lo, &hi);
+    for (size_t it = hi; it-- > lo;) {
+        size_t k = it / C, c = it % C;
+        fr_bn_chunk(&x->p, j, c, k, &off, &nrows, &len);
+        app(j, off, j->L, nrows, len, c);
+    }
+    fr_bn_sfence(j->stream);
+}
+
+/* Row layout, reduction: tile t = (row chunk k, column block m) adds its rows' terms into
+ * part[k L + j] (first sums) and part[(KR + k) L + j] (second sums), j in the block. */
+static void fr_bn_task_rowred(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const fr_bn_plan *p = &x->p;
+    const size_t L = j->L;
+    size_t lo, hi, r0, r1, j0, j1;
+    fr_bn_range(p->KR * p->NB, tid, nth, &lo, &hi);
+    for (size_t t = lo; t < hi; t++) {
+        fr_bn_tile(p, j, t, &r0, &r1, &j0, &j1);
+        double *p1 = x->part + (t / p->NB) * L + j0, *p2 = x->part + (p->KR + t / p->NB) * L + j0;
+        memset(p1, 0, (j1 - j0) * sizeof(double));
+        memset(p2, 0, (j1 - j0) * sizeof(double));
+        x->kn->red_rows(j, r0, r1, j0, j1, p1, p2);
+    }
+}
+
+/* Row layout, apply: the reduction's tiles, each thread its own in reverse order. */
+static void fr_bn_task_rowapp(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const fr_bn_plan *p = &x->p;
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
+        x->apply == 1 ? x->kn->fwd_rows : x->kn->bwd_rows;
+    size_t lo, hi, r0, r1, j0, j1;
+    fr_bn_range(p->KR * p->NB, tid, nth, &lo, &hi);
+    for (size_t t = hi; t-- > lo;) {
+        fr_bn_tile(p, j, t, &r0, &r1, &j0, &j1);
+        app(j, r0, r1, j0, j1);
+    }
+    fr_bn_sfence(j->stream);
+}
+
 /* Runs an op: the reduction (when fin != NULL; then the finishing step per channel) and / or
  * the apply pass (apply = 1 forward, 2 backward).  ctr: per-channel shift / center of the sums.
  * The apply coefficients are j->k (per channel); the row layout with B > 1 works on per-column
- * copies of them. */
+ * copies of them.  Each phase is one parallel region (or none, on one thread); the per-channel
+ * work between them (O(C K) additions) runs on the calling thread. */
 static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int apply,
                      size_t itemsize)
 {
     const size_t A = j->A, C = j->C, B = j->B, L = j->L;
-    const int f64 = itemsize == 8;
-    const fr_bn_kern *kn = fr_bn_pick(f64);
-    const fr_bn_plan p = fr_bn_make_plan(A, C, B, itemsize);
-    const int nthreads = fr_ew_threads();
-    const int par = A * L >= FR_EW_PAR_MIN && nthreads > 1;
     const int red = fin != NULL;
-    const int stream = j->stream;
-    (void)par;
+    fr_bn_ctx x;
+    memset(&x, 0, sizeof x);
+    x.j = j;
+    x.fin = fin;
+    x.ctr = ctr;
+    x.kn = fr_bn_pick(itemsize == 8);
+    x.p = fr_bn_make_plan(A, C, B, itemsize,
+                          j->kind == FR_BN_RED_STATS ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3);
+    x.apply = apply;
+    x.itemsize = itemsize;
+    const fr_bn_plan *p = &x.p;
 
-    if (!p.rows) {
-        void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
-            apply == 1 ? kn->fwd_seg : kn->bwd_seg;
-        const size_t K = p.K, items = C * K;
-        /* fused, whole channels per thread: enough channels to share out evenly */
-        const int by_channel = red && apply &&
-                               (!par || C >= 4 * (size_t)nthreads || C % (size_t)nthreads == 0);
-        if (by_channel) {
-            /* the arrays the reduction reads, and their bytes per channel */
-            const unsigned char *pfa[3] = {(const unsigned char *)j->x,
-                                           j->kind ? (const unsigned char *)j->gy : NULL,
-                                           j->kind == FR_BN_RED_BWD_MASK
-                                               ? (const unsigned char *)j->y : NULL};
-            const size_t pfb = (j->kind ? (j->kind == FR_BN_RED_BWD_MASK ? 3 : 2) : 1) * A * B *
-                               itemsize;
-#pragma omp parallel if (par)
-            {
-#pragma omp for schedule(static) nowait
-                for (size_t c = 0; c < C; c++) {
-                    fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
-                    double o[2];
-                    size_t off, nrows, len;
-                    for (size_t k = 0; k < K; k++) {
-                        fr_bn_chunk(&p, j, c, k, &off, &nrows, &len);
-                        kn->red_seg(j, off, L, nrows, len, ctr[c], o);
-                        fr_bn_add(&s1, o[0]);
-                        fr_bn_add(&s2, o[1]);
-                    }
-                    fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
-                    /* the apply pass works from the cache; meanwhile the next channel
-                     * (the thread's next, with static scheduling) is fetched, row by row */
-                    const int pf = c + 1 < C && pfb <= FR_BN_PF_BYTES;
-                    for (size_t k = 0; k < K; k++) {
-                        fr_bn_chunk(&p, j, c, k, &off, &nrows, &len);
-                        for (size_t r = 0; r < nrows; r++) {
-                            app(j, off + r * L, L, 1, len, c);
-                            if (pf)
-                                for (int q = 0; q < 3; q++)
-                                    if (pfa[q])
-                                        fr_bn_prefetch(pfa[q] + (off + r * L + B) * itemsize,
-                                                       len * itemsize);
-                        }
-                    }
-                }
-                fr_bn_sfence(stream);
-            }
+    if (!p->rows) {
+        const size_t K = p->K, n = (size_t)fr_get_threads();
+        /* fused when a channel fits in the cache and the channels share out evenly */
+        if (red && apply && p->fused && (n <= 1 || C >= 4 * n || C % n == 0)) {
+            fr_bn_par(fr_bn_task_fused, &x, C);
             return FR_OK;
         }
-        double *part = NULL;
         if (red) {
-            part = (double *)malloc(2 * items * sizeof(double));
-            if (!part)
+            /* partials (2 C K), then the channels' totals (2 C) */
+            x.part = (double *)malloc(2 * C * (K + 1) * sizeof(double));
+            if (!x.part)
                 return FR_ERR_ALLOC;
-#pragma omp parallel for schedule(static) if (par)
-            for (size_t it = 0; it < items; it++) {
-                size_t c = it / K, off, nrows, len;
-                fr_bn_chunk(&p, j, c, it % K, &off, &nrows, &len);
-                kn->red_seg(j, off, L, nrows, len, ctr[c], part + 2 * it);
-            }
-            /* O(C K) work: on the calling thread, one join less */
+            fr_bn_par(fr_bn_task_chred, &x, C * K);
+            double *t1 = x.part + 2 * C * K, *t2 = t1 + C;
             for (size_t c = 0; c < C; c++) {
                 fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
                 for (size_t k = 0; k < K; k++) {
-                    fr_bn_add(&s1, part[2 * (c * K + k)]);
-                    fr_bn_add(&s2, part[2 * (c * K + k) + 1]);
+                    fr_bn_add(&s1, x.part[2 * (c * K + k)]);
+                    fr_bn_add(&s2, x.part[2 * (c * K + k) + 1]);
                 }
-                fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
+                t1[c] = fr_bn_total(s1.s, s1.c);
+                t2[c] = fr_bn_total(s2.s, s2.c);
             }
-            free(part);
+            fr_bn_finish(fin, 0, C, t1, t2);
+            free(x.part);
         }
-        if (apply) {
-#pragma omp parallel if (par)
-            {
-#pragma omp for schedule(static) nowait
-                for (size_t it = 0; it < items; it++) {
-                    size_t c = it / K, off, nrows, len;
-                    fr_bn_chunk(&p, j, c, it % K, &off, &nrows, &len);
-                    app(j, off, L, nrows, len, c);
-                }
-                fr_bn_sfence(stream);
-            }
-        }
+        if (apply)
+            fr_bn_par(fr_bn_task_chapp, &x, C * K);
         return FR_OK;
     }
 
     /* row layout */
-    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
-        apply == 1 ? kn->fwd_rows : kn->bwd_rows;
-    const size_t KR = p.KR, NB = p.NB, tiles = KR * NB;
+    const size_t KR = p->KR;
     const void *kch[4] = {j->k[0], j->k[1], j->k[2], j->k[3]};
     unsigned char *kcol = NULL;
     if (apply && B > 1) {  /* per-column coefficients, filled below */
@@ -832,41 +1002,46 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
             j->k[q] = kch[q] ? kcol + q * L * itemsize : NULL;
     }
     if (red) {
-        double *part = (double *)malloc(2 * KR * L * sizeof(double) +
-                                        (B > 1 ? L * sizeof(double) : 0));
-        if (!part) {
+        /* partials (2 KR L), per-column totals and their errors (4 L), per-column shifts (L) */
+        x.part = (double *)malloc((2 * KR + 4 + (B > 1)) * L * sizeof(double));
+        if (!x.part) {
             free(kcol);
             return FR_ERR_ALLOC;
         }
+        double *t1 = x.part + 2 * KR * L, *e1 = t1 + L, *t2 = e1 + L, *e2 = t2 + L;
         if (B > 1) {
-            double *rcol = part + 2 * KR * L;
+            double *rcol = e2 + L;
             for (size_t q = 0; q < L; q++)
                 rcol[q] = ctr[q / B];
             j->rcol = rcol;
         } else {
             j->rcol = ctr;
         }
-#pragma omp parallel for schedule(static) if (par)
-        for (size_t t = 0; t < tiles; t++) {
-            size_t r0, r1, j0, j1;
-            fr_bn_tile(&p, j, t, &r0, &r1, &j0, &j1);
-            double *p1 = part + (t / NB) * L + j0, *p2 = part + (KR + t / NB) * L + j0;
-            memset(p1, 0, (j1 - j0) * sizeof(double));
-            memset(p2, 0, (j1 - j0) * sizeof(double));
-            kn->red_rows(j, r0, r1, j0, j1, p1, p2);
+        fr_bn_par(fr_bn_task_rowred, &x, KR * p->NB);
+        /* per column: its row chunks in order; then per channel: its B columns in order */
+        memcpy(t1, x.part, L * sizeof(double));
+        memcpy(t2, x.part + KR * L, L * sizeof(double));
+        memset(e1, 0, L * sizeof(double));
+        memset(e2, 0, L * sizeof(double));
+        for (size_t k = 1; k < KR; k++) {
+            fr_bn_add_cols(t1, e1, x.part + k * L, L);
+            fr_bn_add_cols(t2, e2, x.part + (KR + k) * L, L);
         }
-        /* per channel: its columns' row chunks, in order; O(L KR) <= FR_BN_PART_BYTES / 16
-         * additions, on the calling thread */
+        /* the channels' totals, over the first C entries of e1 and e2 (entry c is written after
+         * the columns c * B + b >= c it reads) */
         for (size_t c = 0; c < C; c++) {
             fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
-            for (size_t b = 0; b < B; b++)
-                for (size_t k = 0; k < KR; k++) {
-                    fr_bn_add(&s1, part[k * L + c * B + b]);
-                    fr_bn_add(&s2, part[(KR + k) * L + c * B + b]);
-                }
-            fr_bn_finish(fin, c, fr_bn_total(&s1), fr_bn_total(&s2));
+            for (size_t b = 0; b < B; b++) {
+                size_t q = c * B + b;
+                fr_bn_add(&s1, fr_bn_total(t1[q], e1[q]));
+                fr_bn_add(&s2, fr_bn_total(t2[q], e2[q]));
+            }
+            e1[c] = fr_bn_total(s1.s, s1.c);
+            e2[c] = fr_bn_total(s2.s, s2.c);
         }
-        free(part);
+        fr_bn_finish(fin, 0, C, e1, e2);
+        free(x.part);
+        x.part = NULL;
     }
     if (apply) {
         if (kcol)
@@ -876,16 +1051,7 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
                         for (size_t b = 0; b < B; b++)
                             memcpy((unsigned char *)j->k[q] + (c * B + b) * itemsize,
                                    (const unsigned char *)kch[q] + c * itemsize, itemsize);
-#pragma omp parallel if (par)
-        {
-#pragma omp for schedule(static) nowait
-            for (size_t t = 0; t < tiles; t++) {
-                size_t r0, r1, j0, j1;
-                fr_bn_tile(&p, j, t, &r0, &r1, &j0, &j1);
-                app(j, r0, r1, j0, j1);
-            }
-            fr_bn_sfence(stream);
-        }
+        fr_bn_par(fr_bn_task_rowapp, &x, KR * p->NB);
     }
     free(kcol);
     return FR_OK;
@@ -915,23 +1081,41 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
 
 /* The shifts of the statistics: each channel's mean of its first (up to) FR_BN_SHIFT_N elements
  * (0 if that is not finite).  Close to the mean, it keeps sum (x - shift)^2 - n (mean - shift)^2
- * free of cancellation. */
-#define FR_BN_SHIFT_N ((size_t)64)
+ * free of cancellation.  Each channel's elements are added in its own order (a, then b), the
+ * rows in memory order. */
+#define FR_BN_SHIFT_N ((size_t)4)
 static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B)
 {
-    double *s = (double *)malloc((C ? C : 1) * sizeof(double));
+    double *s = (double *)calloc(C ? C : 1, sizeof(double));
     if (!s)
         return NULL;
     size_t na = B >= FR_BN_SHIFT_N ? 1 : (FR_BN_SHIFT_N + B - 1) / B;
     if (na > A)
         na = A;
     size_t nb = B < FR_BN_SHIFT_N ? B : FR_BN_SHIFT_N;
+    for (size_t a = 0; a < na; a++) {
+        if (f64) {
+            const double *xr = (const double *)x + a * C * B;
+            if (B == 1)  /* (N, C) and channels-last: one contiguous row, vectorized */
+                for (size_t c = 0; c < C; c++)
+                    s[c] += xr[c];
+            else
+                for (size_t c = 0; c < C; c++)
+                    for (size_t b = 0; b < nb; b++)
+                        s[c] += xr[c * B + b];
+        } else {
+            const float *xr = (const float *)x + a * C * B;
+            if (B == 1)
+                for (size_t c = 0; c < C; c++)
+                    s[c] += (double)xr[c];
+            else
+                for (size_t c = 0; c < C; c++)
+                    for (size_t b = 0; b < nb; b++)
+                        s[c] += (double)xr[c * B + b];
+        }
+    }
     for (size_t c = 0; c < C; c++) {
-        double t = 0.0;
-        for (size_t a = 0; a < na; a++)
-            for (size_t b = 0; b < nb; b++)
-                t += fr_bn_getd(x, f64, (a * C + c) * B + b);
-        t /= (double)(na * nb);
+        double t = s[c] / (double)(na * nb);
         s[c] = isfinite(t) ? t : 0.0;
     }
     return s;
@@ -1148,3 +1332,75 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
 
 FR_DEFINE_BN(f32, float, 0)
 FR_DEFINE_BN(f64, double, 1)
+
+/* The plan of an op (for tests: which strategy a shape takes).  nred: arrays the reduction
+ * reads (1 statistics, 2 backward, 3 backward through a ReLU).  info[0] row layout, [1] fused
+ * per channel (channel layout), [2] K or KR chunks, [3] R or RR rows per chunk, [4] pieces per
+ * row (channel layout), [5] column blocks (row layout). */
+int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t nred,
+                    int64_t *info)
+{
+    if (A < 0 || C < 0 || B < 0 || itemsize < 1 || nred < 1)
+        return FR_ERR_SIZE;
+    if (!info)
+        return FR_ERR_NULL;
+    fr_bn_plan p = fr_bn_make_plan((size_t)A, (size_t)C, (size_t)B, (size_t)itemsize,
+                                   (size_t)nred);
+    info[0] = p.rows;
+    info[1] = p.fused;
+    info[2] = (int64_t)(p.rows ? p.KR : p.K);
+    info[3] = (int64_t)(p.rows ? p.RR : p.R);
+    info[4] = (int64_t)p.nbp;
+    info[5] = (int64_t)p.NB;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ per-channel ops
+ * The reference's bn_forward_coeffs and bn_running_update, operation for operation in float64
+ * (the same bits), so that a training step or an inference call makes no NumPy call. */
+
+#define FR_DEFINE_BN_CHANNEL_OPS(SUF, T)                                                       \
+    int fr_bn_forward_coeffs_##SUF(const void *mean, const void *m2, int stats_f64,            \
+                                   double count, const T *weight, const T *bias, double eps,   \
+                                   int fold, double *saved_mean, double *invstd, T *center,    \
+                                   T *scale, T *shift, int64_t C)                              \
+    {                                                                                          \
+        if (C < 0)                                                                             \
+            return FR_ERR_SIZE;                                                                \
+        if (C > 0 && (!mean || !m2 || !saved_mean || !invstd || !center || !scale || !shift))  \
+            return FR_ERR_NULL;                                                                \
+        for (int64_t c = 0; c < C; c++) {                                                      \
+            double mu = stats_f64 ? ((const double *)mean)[c] : (double)((const T *)mean)[c];  \
+            double q = stats_f64 ? ((const double *)m2)[c] : (double)((const T *)m2)[c];       \
+            double inv = 1.0 / sqrt(q / count + eps);                                          \
+            double w = weight ? (double)weight[c] : 1.0;                                       \
+            double b = bias ? (double)bias[c] : 0.0;                                           \
+            double sc = w * inv;                                                               \
+            saved_mean[c] = mu; /* may be mean itself: read above */                           \
+            invstd[c] = inv;                                                                   \
+            scale[c] = (T)sc;                                                                  \
+            center[c] = fold ? (T)0 : (T)mu;                                                   \
+            shift[c] = fold ? (T)(b - mu * sc) : (T)b;                                         \
+        }                                                                                      \
+        return FR_OK;                                                                          \
+    }                                                                                          \
+                                                                                               \
+    int fr_bn_running_update_##SUF(const double *mean, const double *m2, int64_t count,        \
+                                   double momentum, T *running_mean, T *running_var, int64_t C) \
+    {                                                                                          \
+        if (C < 0)                                                                             \
+            return FR_ERR_SIZE;                                                                \
+        if (C > 0 && (!mean || (running_var && !m2)))                                          \
+            return FR_ERR_NULL;                                                                \
+        const double keep = 1.0 - momentum, unb = (double)(count - 1);                         \
+        if (running_mean)                                                                      \
+            for (int64_t c = 0; c < C; c++)                                                    \
+                running_mean[c] = (T)(keep * (double)running_mean[c] + momentum * mean[c]);    \
+        if (running_var)                                                                       \
+            for (int64_t c = 0; c < C; c++)                                                    \
+                running_var[c] = (T)(keep * (double)running_var[c] + momentum * (m2[c] / unb)); \
+        return FR_OK;                                                                          \
+    }
+
+FR_DEFINE_BN_CHANNEL_OPS(f32, float)
+FR_DEFINE_BN_CHANNEL_OPS(f64, double)

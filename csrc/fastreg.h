@@ -126,7 +126,9 @@ int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *v
  * output, for the backward mask), gres, weight / bias (1 / 0), b and d of backward_apply
  * (inference).  out may be x, gx may be gy.  Bools are ints.  Exact definitions:
  * fastreg/reference/batchnorm.py; sums in double in a fixed order (no dependence on the number
- * of threads), shifted by each channel's first element for the statistics. */
+ * of threads), shifted for the statistics by the mean of each channel's first few elements (0
+ * if not finite).  Threads as the other kernels (fr_set_threads): each phase of an op (reduce,
+ * apply) is one parallel region of fr_region_threads(work items), or none. */
 int fr_bn_stats_f32(const float *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
 int fr_bn_stats_f64(const double *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
 
@@ -173,6 +175,34 @@ int fr_bn_backward_f64(const double *gy, const double *x, const double *y, const
                        const double *invstd, const double *weight, int training, double *gx,
                        double *gres, double *grad_weight, double *grad_bias, int64_t A,
                        int64_t C, int64_t B);
+
+/* The work split of an (A, C, B) op with itemsize-byte elements whose reduction reads nred
+ * arrays (1 statistics, 2 backward, 3 backward with the ReLU mask), for tests: info[0] row
+ * layout, [1] fused per channel, [2] chunks per channel (or row chunks), [3] rows per chunk,
+ * [4] pieces per row, [5] column blocks. */
+int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t nred,
+                    int64_t *info);
+
+/* Per-channel ops, (C,) arrays, float64 math as the reference's (the same bits).
+ * forward_coeffs: mean, m2 double when stats_f64, else in the dtype; var = m2 / count,
+ * invstd = 1 / sqrt(var + eps), scale = w * invstd, center = fold ? 0 : mean,
+ * shift = fold ? b - mean * scale : b.  saved_mean may be mean. */
+int fr_bn_forward_coeffs_f32(const void *mean, const void *m2, int stats_f64, double count,
+                             const float *weight, const float *bias, double eps, int fold,
+                             double *saved_mean, double *invstd, float *center, float *scale,
+                             float *shift, int64_t C);
+int fr_bn_forward_coeffs_f64(const void *mean, const void *m2, int stats_f64, double count,
+                             const double *weight, const double *bias, double eps, int fold,
+                             double *saved_mean, double *invstd, double *center, double *scale,
+                             double *shift, int64_t C);
+/* r = (1 - momentum) * r + momentum * batch (running_var: the unbiased m2 / (count - 1));
+ * either running array may be NULL */
+int fr_bn_running_update_f32(const double *mean, const double *m2, int64_t count,
+                             double momentum, float *running_mean, float *running_var,
+                             int64_t C);
+int fr_bn_running_update_f64(const double *mean, const double *m2, int64_t count,
+                             double momentum, double *running_mean, double *running_var,
+                             int64_t C);
 
 /* ------------------------------------------------------------------ image augmentation
  * (csrc/augment.c; contract: fastreg/reference/augment.py).  Images are (M, H, W, C)

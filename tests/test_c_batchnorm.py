@@ -3,9 +3,12 @@
 The general backend-vs-reference tests are in tests/test_batchnorm.py. Here: the AVX-512, AVX2
 and portable loops give the same bits (they do the same IEEE operations in the same order, no
 fused multiply-add), so do the three streaming-store modes, in place or not, and any number of
-OpenMP threads (partial sums over fixed parts of the data, added in a fixed order); every work
-split of the kernels is reached (channel layout by channel / by chunk, rows longer than a piece,
-row layout with several column blocks and B > 1) and held to the reference.
+threads (partial sums over fixed parts of the data, added in a fixed order; the threads come
+from fastreg._threads.plan, whose grain the thread test shrinks so that tiny shapes run in
+parallel); every work split of the kernels is reached (channel layout fused per channel, in two
+passes, with rows cut into pieces; row layout with one and several column blocks and row
+chunks, B > 1), which one is asserted through ``plan_info``, and each is held to the reference;
+the per-channel C ops give the reference's bits.
 
 Test ids start with "c-" so that .ci/c_sanitize.sh selects them.
 """
@@ -18,17 +21,20 @@ import numpy as np
 import pytest
 
 import fastreg.c as fc
+import fastreg.c.batchnorm  # noqa: F401  (fc.batchnorm)
 from fastreg.reference import batchnorm as R
 
 if fc.unavailable_reason() is not None:
     pytest.skip(f"C backend unavailable: {fc.unavailable_reason()}", allow_module_level=True)
 
 FLOATS = [np.float32, np.float64]
-# (A, C, B): channel layout by channel (C even) and by chunk (C = 3, odd and few), a row longer
-# than one piece (B > 16384), row layout (B = 1, B = 3) with one and with several column blocks,
-# and tiny ones (serial)
-SHAPES = [(8, 16, 300), (5, 3, 2900), (1, 2, 40001), (3, 1, 17), (700, 48, 1), (23, 1500, 3),
-          (3, 4097, 1), (2, 3, 1), (1, 1, 1)]
+# (A, C, B): channel layout fused per channel (C even; C = 3, odd and few), a row longer than one
+# piece (B > 16384), channels too large to fuse (two passes: chunks of rows; pieces of rows; fused
+# statistics but a two-pass backward), row layout (B = 1, B = 3) with one and with several column
+# blocks and row chunks, and tiny ones
+SHAPES = [(8, 16, 300), (5, 3, 2900), (1, 2, 40001), (40, 2, 4000), (1, 3, 140001),
+          (32, 3, 3000), (3, 1, 17), (700, 48, 1), (23, 1500, 3), (3, 4097, 1), (2, 3, 1),
+          (1, 1, 1)]
 SHAPE_IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
@@ -139,16 +145,45 @@ def test_streaming_modes_and_in_place_give_the_same_bits(shape, dtype, stream_st
     np.testing.assert_array_equal(bits(gi), bits(ref["gxFalse-True"]))
 
 
+def test_the_plan_reaches_every_work_split():
+    """The shapes above reach every strategy of the kernels (their plan, from the shape only)."""
+    plans = {(s, n): fc.batchnorm.plan_info(s, np.float32, n) for s in SHAPES for n in (1, 2, 3)}
+    seen = set()
+    for (shape, nred), p in plans.items():
+        if p["layout"] == "channels":
+            seen.add(("fused" if p["fused"] else "two passes", "pieces" if p["pieces"] > 1
+                      else "rows"))
+            seen.add(("channel chunks > 1", p["chunks"] > 1))
+        else:
+            seen.add(("column blocks > 1", p["column_blocks"] > 1))
+            seen.add(("row chunks > 1", p["chunks"] > 1))
+            seen.add(("rows not a multiple of 4", p["rows_per_chunk"] % 4 != 0))
+            seen.add(("B > 1", shape[2] > 1))
+    for want in [("fused", "rows"), ("fused", "pieces"), ("two passes", "rows"),
+                 ("two passes", "pieces"), ("channel chunks > 1", True),
+                 ("column blocks > 1", True), ("column blocks > 1", False),
+                 ("row chunks > 1", True), ("rows not a multiple of 4", True), ("B > 1", True)]:
+        assert want in seen, want
+    # the statistics of (32, 3, 3000) are fused, its backward (x and grad_y) is not
+    assert plans[((32, 3, 3000), 1)]["fused"] and not plans[((32, 3, 3000), 2)]["fused"]
+
+
 _CHILD = r"""
 import hashlib, sys, json, numpy as np
 sys.path.insert(0, {root!r})
+import fastreg, fastreg._threads
+import fastreg.c as fc
 import test_c_batchnorm as t
+fastreg._threads.GRAIN["batchnorm"] = 1   # tiny shapes run on {n} threads too
+fastreg.set_num_threads({n})
+regions = fc.parallel_regions()
 out = {{}}
-for i, shape in enumerate(t.SHAPES[:6]):
+for i, shape in enumerate(t.SHAPES):
     for dt in t.FLOATS:
         r = t.run_all(t.problem(shape, dt, seed=2))
         out[f"{{i}}-{{np.dtype(dt).name}}"] = {{
             k: hashlib.sha256(t.bits(v).tobytes()).hexdigest() for k, v in r.items()}}
+out["parallel regions"] = fc.parallel_regions() - regions
 json.dump(out, sys.stdout)
 """
 
@@ -156,17 +191,57 @@ json.dump(out, sys.stdout)
 @pytest.mark.parametrize("threads", [1, 3], ids=["c-1", "c-3"])
 def test_results_do_not_depend_on_the_thread_count(threads):
     here = os.path.dirname(os.path.abspath(__file__))
-    code = _CHILD.format(root=here)
 
     def run(n):
         env = dict(os.environ, OMP_NUM_THREADS=str(n))
+        env.pop("FASTREG_NUM_THREADS", None)
         # cwd=tests/: "-c" puts the cwd first on sys.path, and the checkout's fastreg/ has no
         # compiled extension when the suite runs against an installed fastreg
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                              text=True, check=True, cwd=here)
+        proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=here, n=n)], env=env,
+                              capture_output=True, text=True, check=True, cwd=here)
         return json.loads(proc.stdout)
 
-    assert run(threads) == run(2)
+    got, expected = run(threads), run(2)
+    assert expected.pop("parallel regions") > 0
+    regions = got.pop("parallel regions")
+    assert regions == 0 if threads == 1 else regions > 0
+    assert got == expected
+
+
+def test_small_inputs_enter_no_parallel_region():
+    p = problem((64, 256, 1), np.float32)
+    before = fc.parallel_regions()
+    run_all(p)
+    assert fc.parallel_regions() == before
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+def test_per_channel_ops_give_the_reference_bits(dtype):
+    rng = np.random.default_rng(7)
+    C = 37
+    for stats in (np.float64, dtype):
+        for fold in (True, False):
+            for affine in (True, False):
+                mean = rng.standard_normal(C).astype(stats)
+                m2 = rng.uniform(0, 3, C).astype(stats)
+                w = rng.uniform(0.5, 1.5, C).astype(dtype) if affine else None
+                b = rng.standard_normal(C).astype(dtype) if affine else None
+                got, expected = [], []
+                for mod, res in ((fc.batchnorm, got), (R, expected)):
+                    res += [np.empty(C), np.empty(C)] + [np.empty(C, dtype) for _ in range(3)]
+                    mod.bn_forward_coeffs(mean, m2, 7, w, b, 1e-5, fold, *res)
+                for g, e in zip(got, expected):
+                    np.testing.assert_array_equal(bits(g), bits(e))
+    mean, m2 = rng.standard_normal(C), rng.uniform(0, 3, C)
+    r0 = [rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)]
+    for which in ((0, 1), (0,), (1,)):
+        got, expected = ([a.copy() if i in which else None for i, a in enumerate(r0)]
+                         for _ in range(2))
+        fc.batchnorm.bn_running_update(mean, m2, 9, *got, 0.1)
+        R.bn_running_update(mean, m2, 9, *expected, 0.1)
+        for g, e in zip(got, expected):
+            if e is not None:
+                np.testing.assert_array_equal(bits(g), bits(e))
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])

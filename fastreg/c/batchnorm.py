@@ -4,84 +4,93 @@ Same names and signatures as fastreg.reference.batchnorm: the big arrays are C-c
 (A, C, B) views, per-channel arrays (C,), statistics and sums float64 (see fastreg._registry).
 Results match the reference within the tolerances of tests/test_batchnorm.py: the sums are
 accumulated in float64 in another (fixed) order, the element-wise parts do the reference's
-operations in its order. The per-channel ops (O(C) work) are the reference's NumPy functions.
-Arrays are passed without copying, except one that is not aligned for its dtype (possible with
-views of raw buffers), which goes through an aligned copy (written back if the kernel writes it).
+operations in its order. The per-channel ops (O(C) work) ``bn_forward_coeffs`` and
+``bn_running_update`` are C copies of the reference's, bit for bit (a call then makes no NumPy
+call); ``bn_backward_coeffs`` is the reference's NumPy function.
+
+Each call sets the calling thread's thread count from ``fastreg._threads.plan(x.size,
+"batchnorm")`` (small inputs run serially, without entering OpenMP). Arrays are passed without
+copying; outputs must be writable (the public wrappers check). An array that is not aligned for
+its dtype (possible with views of raw buffers) makes the call go through aligned copies, written
+back into the outputs.
 """
 import numpy as np
 
-from ..reference.batchnorm import bn_backward_coeffs, bn_forward_coeffs, bn_running_update
-from . import _check, ffi, lib
+from ..reference import batchnorm as _ref
+from ..reference.batchnorm import bn_backward_coeffs
+from . import _check, _plan, ffi, lib
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
 
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+if lib is not None:
+    _NULL = ffi.NULL
+    _ARRAY = {_F32: ffi.typeof("float[]"), _F64: ffi.typeof("double[]")}
+    _DOUBLES = _ARRAY[_F64]
+    # kernel name -> {dtype: function}
+    _FN = {name: {_F32: getattr(lib, f"fr_{name}_f32"), _F64: getattr(lib, f"fr_{name}_f64")}
+           for name in ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce",
+                        "bn_backward_apply", "bn_backward", "bn_forward_coeffs",
+                        "bn_running_update")}
 
 
-def _kernel(dtype, name):
-    full = f"fr_{name}_{_SUFFIX[dtype]}"
-    return getattr(lib, full), full
+def _p(a):
+    """Pointer to an array in its own dtype (NULL for None)."""
+    return _NULL if a is None else ffi.from_buffer(_ARRAY[a.dtype], a)
 
 
-class _Args:
-    """Pointers to the arrays of one call. An array that is not aligned for its dtype goes
-    through an aligned copy, written back by ``finish`` if the kernel writes it; the same array
-    given twice (out is x) gets the same pointer."""
-
-    def __init__(self):
-        self._used = {}       # id(array) -> (array, what the kernel sees)
-        self._written = []    # ids of the outputs
-
-    def _ptr(self, a, ctype, writable):
-        if a is None:
-            return ffi.NULL
-        if id(a) not in self._used:
-            self._used[id(a)] = (a, a if a.flags.aligned else a.copy())
-        if writable:
-            self._written.append(id(a))
-        used = self._used[id(a)][1]
-        return ffi.from_buffer((ctype or _CTYPE[used.dtype]) + "[]", used,
-                               require_writable=writable)
-
-    def inp(self, a, ctype=None):
-        return self._ptr(a, ctype, False)
-
-    def out(self, a, ctype=None):
-        return self._ptr(a, ctype, True)
-
-    def finish(self):
-        for key in self._written:
-            original, used = self._used[key]
-            if used is not original:
-                original[...] = used
+def _d(a):
+    """Pointer to a float64 array."""
+    return ffi.from_buffer(_DOUBLES, a)
 
 
-def _shape(x):
-    A, C, B = x.shape
-    return A, C, B
+def _aligned(*arrays):
+    for a in arrays:
+        if a is not None and not a.flags.aligned:
+            return False
+    return True
+
+
+def _through_copies(fn, args, outputs):
+    """fn(*args) with aligned copies of the arguments that are unaligned arrays; the outputs
+    (indices into args) among them are copied back afterwards. The same array given twice (out
+    is x) gets the same copy."""
+    copies = {}
+    new = list(args)
+    for i, a in enumerate(args):
+        if isinstance(a, np.ndarray) and not a.flags.aligned:
+            new[i] = copies.setdefault(id(a), a.copy())
+    fn(*new)
+    for i in outputs:
+        if new[i] is not args[i]:
+            args[i][...] = new[i]
+
+
+def _run(name, x, status):
+    _check(status, f"fr_{name}_{'f32' if x.dtype == _F32 else 'f64'}")
 
 
 def bn_stats(x, mean, m2):
     """Per-channel mean and M2 = sum (x - mean)**2 of x (A, C, B), float64 (C,) outputs."""
     if x.size == 0:
         return
-    fn, name = _kernel(x.dtype, "bn_stats")
-    p = _Args()
-    _check(fn(p.inp(x), p.out(mean, "double"), p.out(m2, "double"), *_shape(x)), name)
-    p.finish()
+    if not _aligned(x, mean, m2):
+        return _through_copies(bn_stats, (x, mean, m2), (1, 2))
+    _plan(x.size, "batchnorm")
+    _run("bn_stats", x, _FN["bn_stats"][x.dtype](_p(x), _d(mean), _d(m2), *x.shape))
 
 
 def bn_apply(x, center, scale, shift, residual, relu, out):
     """out = act((x - center) * scale + shift [+ residual]) per channel, in x's dtype."""
     if x.size == 0:
         return
-    fn, name = _kernel(x.dtype, "bn_apply")
-    p = _Args()
-    _check(fn(p.inp(x), p.inp(center), p.inp(scale), p.inp(shift), p.inp(residual),
-              int(bool(relu)), p.out(out), *_shape(x)), name)
-    p.finish()
+    if not _aligned(x, center, scale, shift, residual, out):
+        return _through_copies(bn_apply, (x, center, scale, shift, residual, relu, out), (6,))
+    _plan(x.size, "batchnorm")
+    _run("bn_apply", x, _FN["bn_apply"][x.dtype](_p(x), _p(center), _p(scale), _p(shift),
+                                                 _p(residual), int(bool(relu)), _p(out),
+                                                 *x.shape))
 
 
 def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd):
@@ -89,12 +98,13 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
     channel where the data allows (read once from memory, written once)."""
     if x.size == 0:
         return
-    fn, name = _kernel(x.dtype, "bn_forward_train")
-    p = _Args()
-    _check(fn(p.inp(x), p.inp(weight), p.inp(bias), float(eps), p.inp(residual),
-              int(bool(relu)), p.out(out), p.out(mean, "double"), p.out(m2, "double"),
-              p.out(invstd, "double"), *_shape(x)), name)
-    p.finish()
+    if not _aligned(x, weight, bias, residual, out, mean, m2, invstd):
+        return _through_copies(bn_forward_train, (x, weight, bias, eps, residual, relu, out, mean,
+                                                  m2, invstd), (6, 7, 8, 9))
+    _plan(x.size, "batchnorm")
+    _run("bn_forward_train", x, _FN["bn_forward_train"][x.dtype](
+        _p(x), _p(weight), _p(bias), float(eps), _p(residual), int(bool(relu)), _p(out),
+        _d(mean), _d(m2), _d(invstd), *x.shape))
 
 
 def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
@@ -104,11 +114,11 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
         s_dy[...] = 0
         s_dyx[...] = 0
         return
-    fn, name = _kernel(x.dtype, "bn_backward_reduce")
-    p = _Args()
-    _check(fn(p.inp(gy), p.inp(x), p.inp(y), p.inp(center, "double"), p.out(s_dy, "double"),
-              p.out(s_dyx, "double"), *_shape(x)), name)
-    p.finish()
+    if not _aligned(gy, x, y, center, s_dy, s_dyx):
+        return _through_copies(bn_backward_reduce, (gy, x, y, center, s_dy, s_dyx), (4, 5))
+    _plan(x.size, "batchnorm")
+    _run("bn_backward_reduce", x, _FN["bn_backward_reduce"][x.dtype](
+        _p(gy), _p(x), _p(y), _d(center), _d(s_dy), _d(s_dyx), *x.shape))
 
 
 def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
@@ -116,13 +126,14 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
     given. gx may be gy."""
     if gy.size == 0:
         return
-    fn, name = _kernel(gy.dtype, "bn_backward_apply")
-    p = _Args()
     training = b is not None
-    _check(fn(p.inp(gy), p.inp(x), p.inp(y), p.inp(center), p.inp(a),
-              p.inp(b if training else None), p.inp(d if training else None), p.out(gx),
-              p.out(gres), *_shape(gy)), name)
-    p.finish()
+    if not training:
+        d = None
+    if not _aligned(gy, x, y, center, a, b, d, gx, gres):
+        return _through_copies(bn_backward_apply, (gy, x, y, center, a, b, d, gx, gres), (7, 8))
+    _plan(gy.size, "batchnorm")
+    _run("bn_backward_apply", gy, _FN["bn_backward_apply"][gy.dtype](
+        _p(gy), _p(x), _p(y), _p(center), _p(a), _p(b), _p(d), _p(gx), _p(gres), *gy.shape))
 
 
 def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias):
@@ -130,9 +141,58 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     allows; grad_weight, grad_bias (C,) in x's dtype."""
     if x.size == 0:
         return
-    fn, name = _kernel(x.dtype, "bn_backward")
-    p = _Args()
-    _check(fn(p.inp(gy), p.inp(x), p.inp(y), p.inp(mean, "double"), p.inp(invstd, "double"),
-              p.inp(weight), int(bool(training)), p.out(gx), p.out(gres), p.out(grad_weight),
-              p.out(grad_bias), *_shape(x)), name)
-    p.finish()
+    if not _aligned(gy, x, y, mean, invstd, weight, gx, gres, grad_weight, grad_bias):
+        return _through_copies(bn_backward, (gy, x, y, mean, invstd, weight, training, gx, gres,
+                                             grad_weight, grad_bias), (7, 8, 9, 10))
+    _plan(x.size, "batchnorm")
+    _run("bn_backward", x, _FN["bn_backward"][x.dtype](
+        _p(gy), _p(x), _p(y), _d(mean), _d(invstd), _p(weight), int(bool(training)), _p(gx),
+        _p(gres), _p(grad_weight), _p(grad_bias), *x.shape))
+
+
+def bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center, scale,
+                      shift):
+    """Coefficients of ``bn_apply`` from per-channel statistics (the reference's formulas, in C;
+    see fastreg.reference.batchnorm.bn_forward_coeffs)."""
+    dt = center.dtype
+    stats64 = mean.dtype == _F64 and m2.dtype == _F64
+    if (not (stats64 or (mean.dtype == dt and m2.dtype == dt)) or scale.dtype != dt
+            or shift.dtype != dt or (weight is not None and weight.dtype != dt)
+            or (bias is not None and bias.dtype != dt) or saved_mean.dtype != _F64
+            or invstd.dtype != _F64
+            or not _aligned(mean, m2, weight, bias, saved_mean, invstd, center, scale, shift)):
+        return _ref.bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean,
+                                      invstd, center, scale, shift)
+    stats = _d if stats64 else _p
+    _run("bn_forward_coeffs", center, _FN["bn_forward_coeffs"][dt](
+        stats(mean), stats(m2), int(stats64), float(count), _p(weight), _p(bias), float(eps),
+        int(bool(fold)), _d(saved_mean), _d(invstd), _p(center), _p(scale), _p(shift),
+        center.shape[0]))
+
+
+def bn_running_update(mean, m2, count, running_mean, running_var, momentum):
+    """In place: running = (1 - momentum) * running + momentum * batch, PyTorch's rule (the
+    reference's formulas, in C; see fastreg.reference.batchnorm.bn_running_update)."""
+    r = running_mean if running_mean is not None else running_var
+    if r is None:
+        return
+    if (mean.dtype != _F64 or m2.dtype != _F64
+            or (running_var is not None and running_var.dtype != r.dtype)
+            or not _aligned(mean, m2, running_mean, running_var)):
+        return _ref.bn_running_update(mean, m2, count, running_mean, running_var, momentum)
+    _run("bn_running_update", r, _FN["bn_running_update"][r.dtype](
+        _d(mean), _d(m2), int(count), float(momentum), _p(running_mean), _p(running_var),
+        r.shape[0]))
+
+
+def plan_info(shape, dtype, nred=1):
+    """The work split the kernels choose for an (A, C, B) array of ``dtype`` whose reduction
+    reads ``nred`` arrays (1 statistics, 2 backward, 3 backward through a ReLU): a dict with
+    ``layout`` ("rows" or "channels"), ``fused`` (whole channels per thread), ``chunks`` (per
+    channel, or row chunks), ``rows_per_chunk``, ``pieces`` (per row) and ``column_blocks``. For
+    tests: which strategy a shape reaches."""
+    info = ffi.new("int64_t[6]")
+    A, C, B = shape
+    _check(lib.fr_bn_plan_info(A, C, B, np.dtype(dtype).itemsize, nred, info), "fr_bn_plan_info")
+    return dict(layout="rows" if info[0] else "channels", fused=bool(info[1]), chunks=info[2],
+                rows_per_chunk=info[3], pieces=info[4], column_blocks=info[5])
