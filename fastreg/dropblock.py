@@ -19,6 +19,8 @@ import numpy as np
 
 from . import _arrays, _dispatch
 from ._dispatch import flat
+from .dropout import DropoutState, _common, _draw
+from .random import Generator
 
 LAYOUTS = ("NCHW", "NHWC")
 _TWO32 = 1 << 32
@@ -88,12 +90,10 @@ def _threshold(g):
     return min(int(math.floor(g * _TWO32 + 0.5)), _TWO32)
 
 
-def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend, name):
-    p = _arrays.check_probability(p)
+def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend, name,
+         backward=False):
+    p, seed, offset, training = _common(p, seed, offset, "inverted", training, backward)
     block_size = _check_block_size(block_size)
-    seed = _arrays.check_uint64(seed, "seed")
-    offset = _arrays.check_uint64(offset, "offset")
-    training = _arrays.check_bool(training, "training")
     layout = _check_layout(layout)
     gamma_scale = _arrays.check_nonneg(gamma_scale, "gamma_scale")
     arr = _arrays.describe(x, name)
@@ -103,7 +103,8 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
         raise ValueError(f"{name} must be a 4-D batch ({layout}), got shape {shape}")
     n, c, h, w = shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
     size = math.prod(shape)
-    _arrays.check_counter_range(offset, size)
+    if not isinstance(seed, Generator):
+        _arrays.check_counter_range(offset, size)
     threshold = 0
     if training and h and w:
         threshold = _threshold(_gamma(p, block_size, h, w, gamma_scale))
@@ -113,6 +114,7 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
     xin = x if device_in else arr
     out_arr = _arrays.check_out(out, "out", shape, arr.dtype, [xin], device_in)
     dtype = np.dtype(arr.dtype)
+    seed, offset = _draw(seed, offset, size, training)  # last: a refused call draws nothing
     xc = job.contig(xin)
     res = job.target(out_arr, shape, dtype)
     if size == 0:
@@ -126,11 +128,13 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
         scale = dtype.type(size / kept if kept else 1)  # kept 0: all +0.0 anyway
         job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
     result = job.finish(res, out_arr)
-    return result if out is None else out
+    state = DropoutState("drop_block", p, seed, offset, training, "inverted", None,
+                         dict(block_size=block_size, layout=layout, gamma_scale=gamma_scale))
+    return (result if out is None else out), state
 
 
 def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout="NCHW",
-               gamma_scale=1.0, out=None, backend="auto"):
+               gamma_scale=1.0, out=None, backend="auto", return_state=False):
     """DropBlock with a counter-based (Philox4x32-10) seed mask.
 
     Parameters
@@ -145,8 +149,9 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
     block_size : int
         Side of the square blocks (>= 1), clipped to ``min(H, W)``; odd sizes centre the block
         on its seed. ``(W - block_size + 1) * (H - block_size + 1)`` must be positive.
-    seed : int
-        Key of the random stream, in [0, 2**64).
+    seed : int or fastreg.random.Generator
+        Key of the random stream, in [0, 2**64); a Generator hands out the call's ``x.size``
+        words (none at inference) and owns the offset.
     offset : int
         Stream position of seed position (0, 0, 0, 0); a call uses ``x.size`` words, so a
         training loop advances it by ``x.size`` per call.
@@ -160,6 +165,9 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
     out : array, optional
         Result array: x's shape and dtype, on x's device; ``out=x`` works in place.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    return_state : bool
+        Also return a ``DropoutState``: ``state.backward(grad_y)`` is ``drop_block_backward``
+        with this call's parameters.
 
     Returns
     -------
@@ -185,7 +193,10 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
     Costs: one pass generating ``x.size`` stream words and the block mask (a temporary uint8
     array of x's shape), one pass applying it.
     """
-    return _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend, "x")
+    return_state = _arrays.check_bool(return_state, "return_state")
+    y, state = _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend,
+                    "x")
+    return (y, state) if return_state else y
 
 
 def drop_block_backward(grad_y, p=0.1, block_size=7, *, seed, offset=0, training=True,
@@ -213,4 +224,4 @@ def drop_block_backward(grad_y, p=0.1, block_size=7, *, seed, offset=0, training
         As ``drop_block``, for grad_y in place of x.
     """
     return _run(grad_y, p, block_size, seed, offset, training, layout, gamma_scale, out,
-                backend, "grad_y")
+                backend, "grad_y", backward=True)[0]

@@ -35,14 +35,16 @@ class DropoutState:
     """What a dropout-family forward call drew: enough to regenerate its mask in backward.
 
     Returned by ``dropout``, ``channel_dropout`` and ``drop_path`` with ``return_state=True``;
-    ``op`` is the function's name, ``axis`` the channel axis (``channel_dropout``).
+    ``op`` is the function's name, ``axis`` the channel axis (``channel_dropout``), ``options``
+    the op's other keyword arguments (``drop_block``: block_size, layout, gamma_scale).
     """
 
-    __slots__ = ("op", "p", "seed", "offset", "training", "mode", "axis")
+    __slots__ = ("op", "p", "seed", "offset", "training", "mode", "axis", "options")
 
-    def __init__(self, op, p, seed, offset, training, mode, axis):
+    def __init__(self, op, p, seed, offset, training, mode, axis, options=None):
         self.op, self.p, self.seed, self.offset = op, p, seed, offset
         self.training, self.mode, self.axis = training, mode, axis
+        self.options = dict(options or {})
 
     def backward(self, grad_y, *, out=None, backend="auto"):
         """The gradient with respect to the forward's input: the same mask and scale.
@@ -59,6 +61,11 @@ class DropoutState:
         array
             ``grad_y * m * scale``.
         """
+        if self.op == "drop_block":
+            from .dropblock import drop_block_backward
+            return drop_block_backward(grad_y, self.p, seed=self.seed, offset=self.offset,
+                                       training=self.training, out=out, backend=backend,
+                                       **self.options)
         kw = dict(seed=self.seed, offset=self.offset, training=self.training, mode=self.mode,
                   out=out, backend=backend)
         if self.op == "dropout":

@@ -153,3 +153,18 @@ def test_backward_refuses_a_generator_and_bad_calls_leave_it_unmoved():
     np.testing.assert_array_equal(m, fastreg.dropout_mask(8, 0.5, seed=1, packed=False,
                                                           backend="numpy"))
     assert g.position == 8
+
+
+def test_drop_block_with_generator_and_state():
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    g = Generator(5, position=11)
+    y, state = fastreg.drop_block(x, 0.3, 3, seed=g, return_state=True, backend="numpy")
+    assert state.offset == 11 and g.position == 11 + x.size
+    np.testing.assert_array_equal(
+        y, fastreg.drop_block(x, 0.3, 3, seed=5, offset=11, backend="numpy"))
+    gy = np.ones_like(x)
+    np.testing.assert_array_equal(
+        state.backward(gy, backend="numpy"),
+        fastreg.drop_block_backward(gy, 0.3, 3, seed=5, offset=11, backend="numpy"))
+    with pytest.raises(TypeError, match="return_state"):
+        fastreg.drop_block_backward(gy, 0.3, 3, seed=g)
