@@ -14,6 +14,28 @@ from . import _arrays, _dispatch
 REDUCTIONS = ("mean", "sum", "none")
 DEFAULT_IGNORE_INDEX = -100
 
+_coef_cache = {}   # (C, label_smoothing) -> (tw, cw) without class weights (read-only arrays)
+
+
+def _coefficients(c, label_smoothing, w):
+    """(tw, cw): the float64 class coefficients of the target and smoothing terms (see
+    fastreg/reference/loss.py); cw is None without smoothing."""
+    if w is None:
+        key = (c, label_smoothing)
+        coef = _coef_cache.get(key)
+        if coef is None:
+            if len(_coef_cache) > 64:
+                _coef_cache.clear()
+            coef = _coefficients(c, label_smoothing, np.ones(c))
+            for a in coef:
+                if a is not None:
+                    a.flags.writeable = False
+            _coef_cache[key] = coef
+        return coef
+    tw = (1.0 - label_smoothing) * w
+    cw = (label_smoothing / c) * w if label_smoothing > 0 else None
+    return tw, cw
+
 
 def _host_copy(a, arr, device):
     """A host ndarray of ``a`` (a device array is copied to the host)."""
@@ -44,13 +66,16 @@ def _check_weight(weight, c):
 
 
 def _check_hard_target(t, c, ignore_index):
-    """Class indices as an int64 host array; ValueError naming the first one out of range."""
+    """(class indices as an int64 host array, whether any equals ignore_index); ValueError
+    naming the first one out of range."""
     t = np.asarray(t)
     t64 = t.astype(np.int64) if t.dtype != np.int64 or not t.flags.c_contiguous else t
     if t.dtype.kind == "u" and t.size and t.max() > np.iinfo(np.int64).max:
         raise ValueError("target holds class indices beyond int64")
+    ignored = False
     if t64.size:
         lo, hi = t64.min(), t64.max()
+        ignored = bool(lo <= ignore_index <= hi) and bool((t64 == ignore_index).any())
         if lo < 0 or hi >= c:
             bad_mask = ((t64 < 0) | (t64 >= c)) & (t64 != ignore_index)
             if bad_mask.any():
@@ -59,7 +84,7 @@ def _check_hard_target(t, c, ignore_index):
                 raise ValueError(f"{where} = {int(t64[i])} is not a class index in [0, {c}) "
                                  f"nor ignore_index ({ignore_index}); "
                                  f"{int(bad_mask.sum())} target(s) out of range")
-    return np.ascontiguousarray(t64)
+    return np.ascontiguousarray(t64), ignored
 
 
 def _rows(a, nd):
@@ -193,9 +218,9 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         raise ValueError(f"target must have shape {want} ({what}) for logits of shape "
                          f"{shape}, got {tuple(tarr.shape)}")
     w = _check_weight(weight, c)
-    t_host = None
+    t_host, ignored = None, False
     if not soft:
-        t_host = _check_hard_target(_host_copy(target, tarr, t_device), c, ignore_index)
+        t_host, ignored = _check_hard_target(_host_copy(target, tarr, t_device), c, ignore_index)
     backend = _dispatch.resolve(backend, logits, target, out)
     out_arr = None
     if grad:
@@ -209,17 +234,15 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     # --- coefficients (O(C), float64) and the reduction's scale -----------------------------
     nd = len(shape)
     r = math.prod(shape) // c
-    ones = np.ones(c) if w is None else w
-    tw = (1.0 - label_smoothing) * ones
-    cw = (label_smoothing / c) * ones if label_smoothing > 0 else None
+    tw, cw = _coefficients(c, label_smoothing, w)
     if reduction == "mean":
         if divide_by is not None:
             denom = float(divide_by)
-        elif soft:
+        elif soft or (w is None and not ignored):
             denom = float(r)
         else:
-            keep = t_host != ignore_index
-            denom = float(keep.sum()) if w is None else float(w[t_host[keep]].sum())
+            keep = t_host != ignore_index if ignored else slice(None)
+            denom = float(np.count_nonzero(keep)) if w is None else float(w[t_host[keep]].sum())
         scale = 1.0 / denom if denom else math.inf
     else:
         denom, scale = None, 1.0
