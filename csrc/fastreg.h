@@ -106,19 +106,21 @@ int fr_all_finite_f64(const double *a, int64_t n, int *result);
 
 /* ------------------------------------------------------------------ optimizers (csrc/optim.c)
  * One step, in place on p and the state arrays; buf == NULL: no momentum; vmax == NULL: no
- * AMSGrad.  Bools are ints (nonzero = true). */
+ * AMSGrad.  Bools are ints (nonzero = true).  The gradient is first multiplied by gscale
+ * (gradient clipping's factor; g itself when gscale == 1). */
 int fr_sgd_step_f32(float *p, const float *g, float *buf, float lr, float wd, float decay,
-                    float momentum, float damp1, int nesterov, int first, float l1t, int64_t n);
+                    float momentum, float damp1, int nesterov, int first, float l1t, float gscale,
+                    int64_t n);
 int fr_sgd_step_f64(double *p, const double *g, double *buf, double lr, double wd, double decay,
                     double momentum, double damp1, int nesterov, int first, double l1t,
-                    int64_t n);
+                    double gscale, int64_t n);
 
 int fr_adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax, float wd,
                      float decay, float omb1, float beta2, float omb2, float eps,
-                     float step_size, float bc2_sqrt, int64_t n);
+                     float step_size, float bc2_sqrt, float gscale, int64_t n);
 int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *vmax, double wd,
                      double decay, double omb1, double beta2, double omb2, double eps,
-                     double step_size, double bc2_sqrt, int64_t n);
+                     double step_size, double bc2_sqrt, double gscale, int64_t n);
 
 /* ------------------------------------------------------------------ batch norm (csrc/batchnorm.c)
  * x, y, gy, residual, out, gx, gres: (A, C, B) contiguous, channel c = x[:, c, :]; per-channel

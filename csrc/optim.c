@@ -26,12 +26,13 @@
 
 /* WD: d = g + wd * p.  MOM: 0 no momentum buffer, 1 first step (buf = d), 2 later steps
  * (buf = momentum * buf + damp1 * d).  NEST: d = d + momentum * buf, else d = buf.
- * DEC: p = p * decay.  L1: p = soft(p, l1t) * 1. */
+ * DEC: p = p * decay.  L1: p = soft(p, l1t) * 1.  The gradient is first g * gscale (gradient
+ * clipping's factor), or g itself when gscale == 1 (a select, as the reference skips it). */
 #define FR_DEFINE_SGD(SUF, T)                                                                  \
     typedef struct {                                                                           \
         T *p, *buf;                                                                            \
         const T *g;                                                                            \
-        T lr, wd, decay, momentum, damp1, l1t;                                                 \
+        T lr, wd, decay, momentum, damp1, l1t, gscale;                                         \
     } fr_sgd_args_##SUF;                                                                       \
                                                                                                \
     FR_INLINE void fr_sgd_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
@@ -43,11 +44,14 @@
         const T *g = a->g + lo;                                                                \
         const T lr = a->lr, wd = a->wd, decay = a->decay, momentum = a->momentum;              \
         const T damp1 = a->damp1, l1t = a->l1t, nl1t = -a->l1t, one = 1;                       \
+        const T gscale = a->gscale;                                                            \
+        const int gs = a->gscale != 1; /* g * 1 is g: the select keeps g itself */             \
         const size_t len = hi - lo;                                                            \
         _Pragma("omp simd")                                                                    \
         for (size_t i = 0; i < len; i++) {                                                     \
             T pi = p[i];                                                                       \
-            T d = WD ? g[i] + wd * pi : g[i];                                                  \
+            T gi = fr_sel_##SUF(gs, g[i] * gscale, g[i]);                                      \
+            T d = WD ? gi + wd * pi : gi;                                                      \
             if (MOM) {                                                                         \
                 T b = MOM == 1 ? d : momentum * buf[i] + damp1 * d;                            \
                 buf[i] = b;                                                                    \
@@ -64,7 +68,7 @@
     FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                \
                                                                                                \
     int fr_sgd_step_##SUF(T *p, const T *g, T *buf, T lr, T wd, T decay, T momentum, T damp1,  \
-                          int nesterov, int first, T l1t, int64_t n)                           \
+                          int nesterov, int first, T l1t, T gscale, int64_t n)                 \
     {                                                                                          \
         static const fr_ew_kernel kernels[] = {FR_SGD_VARIANTS(FR_SGD_TABLE_ENTRY, SUF)};      \
         if (n < 0)                                                                             \
@@ -74,7 +78,7 @@
         /* the reference's branches; momentum == 0 is told by buf == NULL */                   \
         int wdf = wd != 0, mom = buf == NULL ? 0 : first ? 1 : 2;                              \
         int nest = mom && nesterov, dec = decay != 1, l1 = l1t != 0;                           \
-        fr_sgd_args_##SUF args = {p, buf, g, lr, wd, decay, momentum, damp1, l1t};             \
+        fr_sgd_args_##SUF args = {p, buf, g, lr, wd, decay, momentum, damp1, l1t, gscale};     \
         size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                           \
         return FR_OK;                                                                          \
@@ -100,13 +104,14 @@ FR_DEFINE_SGD(f64, double)
 
 /* ------------------------------------------------------------------ Adam / AdamW */
 
-/* WD: g = g + wd * p.  DEC: p = p * decay.  AMS: vmax = max(vmax, v), NaN-propagating as
- * np.maximum (vmax if vmax > v or vmax is NaN, else v), and vmax replaces v in the denominator. */
+/* g = g * gscale (g itself when gscale == 1).  WD: g = g + wd * p.  DEC: p = p * decay.
+ * AMS: vmax = max(vmax, v), NaN-propagating as np.maximum (vmax if vmax > v or vmax is NaN,
+ * else v), and vmax replaces v in the denominator. */
 #define FR_DEFINE_ADAM(SUF, T)                                                                  \
     typedef struct {                                                                            \
         T *p, *m, *v, *vmax;                                                                    \
         const T *g;                                                                             \
-        T wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt;                               \
+        T wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale;                       \
     } fr_adam_args_##SUF;                                                                       \
                                                                                                 \
     FR_INLINE void fr_adam_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
@@ -118,10 +123,12 @@ FR_DEFINE_SGD(f64, double)
         const T wd = a->wd, decay = a->decay, omb1 = a->omb1, beta2 = a->beta2;                 \
         const T omb2 = a->omb2, eps = a->eps, step_size = a->step_size;                         \
         const T bc2_sqrt = a->bc2_sqrt;                                                         \
+        const T gscale = a->gscale;                                                             \
+        const int gs = a->gscale != 1;                                                          \
         const size_t len = hi - lo;                                                             \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < len; i++) {                                                      \
-            T pi = p[i], gi = g[i];                                                             \
+            T pi = p[i], gi = fr_sel_##SUF(gs, g[i] * gscale, g[i]);                            \
             if (WD)                                                                             \
                 gi = gi + wd * pi;                                                              \
             if (DEC)                                                                            \
@@ -143,7 +150,8 @@ FR_DEFINE_SGD(f64, double)
     FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                               \
                                                                                                 \
     int fr_adam_step_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T wd, T decay, T omb1,        \
-                           T beta2, T omb2, T eps, T step_size, T bc2_sqrt, int64_t n)          \
+                           T beta2, T omb2, T eps, T step_size, T bc2_sqrt, T gscale,           \
+                           int64_t n)                                                           \
     {                                                                                           \
         static const fr_ew_kernel kernels[] = {FR_ADAM_VARIANTS(FR_ADAM_TABLE_ENTRY, SUF)};     \
         if (n < 0)                                                                              \
@@ -151,7 +159,7 @@ FR_DEFINE_SGD(f64, double)
         if (!p || !g || !m || !v)                                                               \
             return FR_ERR_NULL;                                                                 \
         fr_adam_args_##SUF args = {p, m, v, vmax, g, wd, decay, omb1, beta2, omb2, eps,         \
-                                   step_size, bc2_sqrt};                                        \
+                                   step_size, bc2_sqrt, gscale};                                \
         size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                            \
         return FR_OK;                                                                           \

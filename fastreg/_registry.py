@@ -30,11 +30,13 @@ Kernel contract (the public wrappers have already validated everything; arrays a
     group_lasso(w, t, out)                          w, out (A, L, B): groups w[a, :, b];
                                                     t a Python float (float64 math)
     all_finite(a) -> bool
-    sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t)   in place on p, buf
-    adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt)
-                                                    in place on p, m, v, vmax
+    sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1)
+                                                    in place on p, buf
+    adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+              gscale=1)                             in place on p, m, v, vmax
     (buf / vmax are None when momentum == 0 / without AMSGrad; float scalars are already of the
-    arrays' dtype, bools are Python bools.)
+    arrays' dtype, bools are Python bools; the gradient is first multiplied by gscale, gradient
+    clipping's factor, skipped when it is 1.)
 
     Batch norm: x, y, gy, residual, out, gx, gres are (A, C, B) views (channel axis in the
     middle); per-channel arrays are (C,); sums and statistics are float64 (fastreg.reference.

@@ -15,6 +15,12 @@ Weight decay, two ways (Loshchilov & Hutter, "Decoupled weight decay regularizat
 one dimension, so biases and batch-norm weights (1-D) are exempt, the common practice that
 PyTorch leaves to hand-built parameter groups. ``SGD(l1=...)`` follows each update with the L1
 proximal step ``soft(p, lr * l1)`` on the same masked parameters, so weights reach exact zeros.
+
+``max_grad_norm`` clips the gradients by their global 2-norm first, as
+``torch.nn.utils.clip_grad_norm_`` does before ``optimizer.step()`` (fastreg.clip_grad_norm has
+the coefficient), with the scaling fused into the step: one read pass over the gradients for
+the norm, then the update multiplies each gradient element by the coefficient as it reads it
+(no separate scaling pass, and the caller's gradients are left unchanged).
 """
 import math
 import numbers
@@ -22,6 +28,7 @@ import numbers
 import numpy as np
 
 from . import _arrays, _registry
+from . import clip as _clip
 from ._dispatch import Job, flat
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -71,6 +78,7 @@ class _Optimizer:
         self.decay_mask = self._mask(decay_mask)
         self.check_finite = bool(check_finite)
         self.step_count = 0
+        self.last_grad_norm = None   # the 2-norm of the last step's gradients (max_grad_norm)
         self.state = {name: [None] * len(self.params) for name in self._STATE}
 
     def _mask(self, decay_mask):
@@ -147,6 +155,7 @@ class _Optimizer:
         """
         self._check_hyper()
         ready = self._check_grads(grads)
+        self._gscale = self._clip_factor(ready)
         self.step_count += 1
         for i, (p, g) in enumerate(zip(self.params, ready)):
             if g.size:
@@ -157,6 +166,19 @@ class _Optimizer:
         a value set between steps (``opt.lr = ...``) is checked too."""
         self.lr = _arrays.check_nonneg(self.lr, "lr")
         self.weight_decay = _arrays.check_nonneg(self.weight_decay, "weight_decay")
+        if self.max_grad_norm is not None:
+            self.max_grad_norm = _clip._check_max_norm(self.max_grad_norm)
+
+    def _clip_factor(self, ready):
+        """This step's gradient factor: torch's clip coefficient from the float64 2-norm of all
+        the gradients (kept in ``last_grad_norm``), or 1.0 without ``max_grad_norm``."""
+        if self.max_grad_norm is None:
+            return 1.0
+        groups = {}
+        for i, g in enumerate(ready):
+            groups.setdefault(np.dtype(g.dtype), []).append(i)
+        self.last_grad_norm = _clip.total_norm_of(self._job, ready, groups, 2.0)
+        return _clip.clip_coef(self.last_grad_norm, self.max_grad_norm, groups)
 
     def state_dict(self):
         """The optimizer's state as plain NumPy arrays, ready for ``np.savez``.
@@ -268,6 +290,10 @@ class SGD(_Optimizer):
     check_finite : bool
         Check every gradient for NaN/inf before touching anything (one extra read of the grads).
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    max_grad_norm : float, optional
+        Clip the gradients by their global 2-norm first (``torch.nn.utils.clip_grad_norm_``'s
+        coefficient, fused into the update; the norm is kept in ``last_grad_norm``). May be
+        changed between steps; None: no clipping.
 
     Returns
     -------
@@ -287,7 +313,8 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, decoupled=False, l1=0.0, decay_mask=None, check_finite=False,
-                 backend="auto"):
+                 backend="auto", max_grad_norm=None):
+        self.max_grad_norm = max_grad_norm
         self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
         self.decoupled = bool(decoupled)
         self.l1 = l1
@@ -317,7 +344,7 @@ class SGD(_Optimizer):
             p, g, buf, t(self.lr), t(0.0 if self.decoupled else wd),
             t(1.0 - self.lr * wd if self.decoupled else 1.0), t(self.momentum),
             t(1.0 - self.dampening), self.nesterov, first,
-            t(self.lr * self.l1 if decayed else 0.0))
+            t(self.lr * self.l1 if decayed else 0.0), t(self._gscale))
 
 
 class Adam(_Optimizer):
@@ -337,7 +364,7 @@ class Adam(_Optimizer):
         Coupled L2 strength (>= 0) on the parameters selected by ``decay_mask``.
     amsgrad : bool
         Use the running maximum of the second moment (Reddi, Kale & Kumar, ICLR 2018).
-    decay_mask, check_finite, backend
+    decay_mask, check_finite, backend, max_grad_norm
         As in ``SGD``.
 
     Returns
@@ -358,7 +385,9 @@ class Adam(_Optimizer):
     _DECOUPLED = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto"):
+                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto",
+                 max_grad_norm=None):
+        self.max_grad_norm = max_grad_norm
         self.betas, self.eps, self.amsgrad = betas, eps, bool(amsgrad)
         super().__init__(params, lr, weight_decay, decay_mask, check_finite, backend)
 
@@ -397,7 +426,7 @@ class Adam(_Optimizer):
             state["max_exp_avg_sq"][i] if self.amsgrad else None,
             t(0.0 if self._DECOUPLED else wd), t(1.0 - self.lr * wd if self._DECOUPLED else 1.0),
             t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(self.eps), t(self.lr / bc1),
-            t(bc2_sqrt))
+            t(bc2_sqrt), t(self._gscale))
 
 
 class AdamW(Adam):
@@ -406,7 +435,7 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params, lr, betas, eps, amsgrad, decay_mask, check_finite, backend
+    params, lr, betas, eps, amsgrad, decay_mask, check_finite, backend, max_grad_norm
         As in ``Adam``.
     weight_decay : float
         Decoupled decay strength (>= 0) on the parameters selected by ``decay_mask``.
@@ -428,6 +457,7 @@ class AdamW(Adam):
     _DECOUPLED = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto"):
+                 amsgrad=False, decay_mask=None, check_finite=False, backend="auto",
+                 max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decay_mask,
-                         check_finite, backend)
+                         check_finite, backend, max_grad_norm)

@@ -442,11 +442,11 @@ def test_bad_arguments_give_status_codes():
     assert lib.fr_soft_threshold_f32(px, 1, 1, px, -5) == FR_ERR_SIZE
     assert lib.fr_group_lasso_f32(px, 1, px, 2, -1, 2) == FR_ERR_SIZE
     assert lib.fr_all_finite_f32(px, 4, ffi.NULL) == FR_ERR_NULL
-    assert lib.fr_sgd_step_f32(px, ffi.NULL, ffi.NULL, 1, 0, 1, 0, 1, 0, 1, 0, 4) == FR_ERR_NULL
+    assert lib.fr_sgd_step_f32(px, ffi.NULL, ffi.NULL, 1, 0, 1, 0, 1, 0, 1, 0, 1, 4) == FR_ERR_NULL
     assert lib.fr_adam_step_f32(px, px, px, ffi.NULL, ffi.NULL, 0, 1, 0.1, 0.9, 0.1, 1e-8, 1, 1,
-                                4) == FR_ERR_NULL
+                                1, 4) == FR_ERR_NULL
     assert lib.fr_adam_step_f32(px, px, px, px, ffi.NULL, 0, 1, 0.1, 0.9, 0.1, 1e-8, 1, 1,
-                                -1) == FR_ERR_SIZE
+                                1, -1) == FR_ERR_SIZE
     # n == 0 with valid pointers is fine
     assert lib.fr_penalty_grad_f32(px, 1, 0, px, 0, 0) == 0
     assert lib.fr_all_finite_f32(px, 0, r) == 0 and r[0] == 1

@@ -386,3 +386,105 @@ def test_clip_device_arrays():
     fastreg.adaptive_clip_grad([cuda.to_device(w) for w in params], dg)
     for a, b in zip(dg, ref):
         np.testing.assert_allclose(host(a), b, rtol=4e-7)
+
+
+# ---- max_grad_norm= on the optimizers (clipping fused into the step) ----------------------------
+
+OPTIMIZERS = [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)),
+              ("SGD", dict(lr=0.1, decoupled=True, weight_decay=1e-2, l1=1e-3)),
+              ("Adam", dict(lr=1e-2, weight_decay=1e-3, amsgrad=True)),
+              ("AdamW", dict(lr=1e-2))]
+
+
+@pytest.mark.parametrize("name, kwargs", OPTIMIZERS)
+def test_optimizer_max_grad_norm_equals_clip_then_step(backend, name, kwargs):
+    from fastreg import optim
+    rng = np.random.default_rng(9)
+    shapes = [((30, 20), np.float32), ((20,), np.float32), ((7, 5), np.float64), ((0, 3),
+                                                                                 np.float32)]
+    if backend == "cuda":
+        shapes = [((6, 5), np.float32), ((5,), np.float64)]
+    params = [rng.standard_normal(s).astype(d) for s, d in shapes]
+    fused = [p.copy() for p in params]
+    plain = [p.copy() for p in params]
+    cls = getattr(optim, name)
+    opt_fused = cls(fused, backend=backend, max_grad_norm=1.0, **kwargs)
+    opt_plain = cls(plain, backend=backend, **kwargs)
+    for step in range(3):
+        scale = 3.0 if step != 1 else 1e-4            # step 1: below max_norm, not clipped
+        grads = [(rng.standard_normal(p.shape) * scale).astype(p.dtype) for p in params]
+        before = [g.copy() for g in grads]
+        opt_fused.step(grads)
+        for g, b in zip(grads, before):
+            np.testing.assert_array_equal(g, b)     # the caller's gradients are not scaled
+        total = fastreg.clip_grad_norm(grads, 1.0, backend=backend)
+        assert opt_fused.last_grad_norm == total
+        opt_plain.step(grads)
+        for a, b in zip(fused, plain):
+            np.testing.assert_array_equal(bits(a), bits(b))
+    # inf: measured, never clipped
+    opt_fused.max_grad_norm = math.inf
+    grads = [(rng.standard_normal(p.shape) * 100).astype(p.dtype) for p in params]
+    opt_fused.step(grads)
+    opt_plain.step(grads)
+    for a, b in zip(fused, plain):
+        np.testing.assert_array_equal(bits(a), bits(b))
+
+
+def test_optimizer_max_grad_norm_checks():
+    from fastreg import optim
+    p = [np.ones(3)]
+    with pytest.raises(ValueError, match="max_grad_norm|max_norm"):
+        optim.AdamW(p, max_grad_norm=-1.0)
+    opt = optim.SGD(p, lr=0.1, max_grad_norm=1.0)
+    assert opt.last_grad_norm is None
+    opt.max_grad_norm = math.nan
+    with pytest.raises(ValueError, match="max_norm"):
+        opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p[0], 1.0)           # nothing changed
+
+
+def _torch_pair(torch, frt_cls, torch_cls, kwargs, max_grad_norm):
+    torch.manual_seed(0)
+    shapes = [(30, 20), (20,), (4, 3, 3, 3)]
+    params = [torch.randn(s) for s in shapes]
+    a = [p.clone().requires_grad_() for p in params]
+    b = [p.clone().requires_grad_() for p in params]
+    return a, b, frt_cls(a, max_grad_norm=max_grad_norm, decay_mask=True, **kwargs), \
+        torch_cls(b, **kwargs)
+
+
+@pytest.mark.parametrize("name, kwargs", [("SGD", dict(lr=0.1, momentum=0.9,
+                                                        weight_decay=1e-2)),
+                                           ("Adam", dict(lr=1e-2, weight_decay=1e-3)),
+                                           ("AdamW", dict(lr=1e-2))])
+def test_torch_optimizer_max_grad_norm(name, kwargs):
+    torch = pytest.importorskip("torch")
+    import fastreg.torch as frt
+    # fastreg's fused step = fastreg's clip_grad_norm on the grads, then the plain step (bits)
+    a, b, fused, _ = _torch_pair(torch, getattr(frt.optim, name), getattr(torch.optim, name),
+                                 kwargs, 1.0)
+    plain = getattr(frt.optim, name)(b, decay_mask=True, **kwargs)
+    # and torch: clip_grad_norm_ then torch's own step (torch's float32 norm: a tolerance)
+    c = [p.detach().clone().requires_grad_() for p in a]
+    tref = getattr(torch.optim, name)(c, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) * 3 for p in a]
+        for ps in (a, b, c):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        fused.step()
+        for p, g in zip(a, grads):
+            assert torch.equal(p.grad, g)               # p.grad is not scaled
+        total = fastreg.clip_grad_norm([p.grad.numpy() for p in b], 1.0)
+        assert fused.last_grad_norm == total
+        plain.step()
+        torch.nn.utils.clip_grad_norm_(c, 1.0)
+        tref.step()
+        for x, y, z in zip(a, b, c):
+            assert torch.equal(x, y)
+            np.testing.assert_allclose(x.detach().numpy(), z.detach().numpy(), rtol=1e-5,
+                                       atol=1e-7)
+    with pytest.raises(ValueError, match="max_norm"):
+        getattr(frt.optim, name)(a, max_grad_norm=-2.0, **kwargs)

@@ -12,8 +12,9 @@ from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
 OPTIM_WEIGHT = 2
 
 
-def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
-    """SGD with coupled / decoupled weight decay, (Nesterov) momentum and an L1 prox."""
+def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
+    """SGD with coupled / decoupled weight decay, (Nesterov) momentum and an L1 prox; the
+    gradient scaled by gscale first (gradient clipping)."""
     n = p.size
     if n == 0:
         return
@@ -23,15 +24,17 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     pa, ba = _aligned(p), _aligned(buf)
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ba, True),
               _scalar(dt, lr), _scalar(dt, wd), _scalar(dt, decay), _scalar(dt, momentum),
-              _scalar(dt, damp1), int(bool(nesterov)), int(bool(first)), _scalar(dt, l1t), n),
-           name)
+              _scalar(dt, damp1), int(bool(nesterov)), int(bool(first)), _scalar(dt, l1t),
+              _scalar(dt, gscale), n), name)
     _write_back(p, pa)
     if buf is not None:
         _write_back(buf, ba)
 
 
-def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
-    """Adam (coupled wd) / AdamW (decoupled decay), with AMSGrad when vmax is not None."""
+def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+              gscale=1):
+    """Adam (coupled wd) / AdamW (decoupled decay), with AMSGrad when vmax is not None; the
+    gradient scaled by gscale first (gradient clipping)."""
     n = p.size
     if n == 0:
         return
@@ -42,7 +45,8 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ma, True),
               _ptr(ctype, va, True), _ptr(ctype, xa, True), _scalar(dt, wd),
               _scalar(dt, decay), _scalar(dt, omb1), _scalar(dt, beta2), _scalar(dt, omb2),
-              _scalar(dt, eps), _scalar(dt, step_size), _scalar(dt, bc2_sqrt), n), name)
+              _scalar(dt, eps), _scalar(dt, step_size), _scalar(dt, bc2_sqrt),
+              _scalar(dt, gscale), n), name)
     for original, used in ((p, pa), (m, ma), (v, va), (vmax, xa)):
         if original is not None:
             _write_back(original, used)

@@ -7,9 +7,11 @@ once and written once.
 Arithmetic stays in the array's dtype, in the reference's order, without fastmath (no FMA
 contraction), so the result agrees with the reference bit for bit.
 
-``buf`` / ``vmax`` of None compile to their own specialization (Numba prunes ``is None`` branches
-on an argument's type). The other flags (wd != 0, decay != 1, first, nesterov, l1t != 0) are
-loop-invariant tests inside the loop: LLVM unswitches or if-converts them, and the loop
+The gradient-clipping factor ``gscale`` multiplies the gradient first (skipped when 1, so an
+unclipped step is the plain one). ``buf`` / ``vmax`` of None compile to their own
+specialization (Numba prunes ``is None`` branches on an argument's type). The other flags
+(gscale != 1, wd != 0, decay != 1, first, nesterov, l1t != 0) are loop-invariant tests inside
+the loop: LLVM unswitches or if-converts them, and the loop
 vectorizes; measured within noise (5%) of loops with every flag a compile-time constant, on
 in-cache sizes where the arithmetic would show.
 """
@@ -34,16 +36,18 @@ def _part(a, lo, hi):
 
 
 @jit
-def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
+def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale):
     """One task's slice; bs is None without momentum."""
     zero = ps.dtype.type(0)
+    use_gs = gscale != 1
     use_wd = wd != 0
     use_decay = decay != 1
     use_l1 = l1t != 0
     ml1t = -l1t
     for i in range(ps.size):
         x = ps[i]
-        d = gs[i] + wd * x if use_wd else gs[i]
+        d = gs[i] * gscale if use_gs else gs[i]
+        d = d + wd * x if use_wd else d
         if bs is not None:
             b = d if first else momentum * bs[i] + damp1 * d
             bs[i] = b
@@ -56,23 +60,26 @@ def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
 
 
 @twin
-def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
+def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale):
     n = p.size
     for task in prange((n + TASK - 1) // TASK):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _sgd_task(p[lo:hi], g[lo:hi], _part(buf, lo, hi), lr, wd, decay, momentum, damp1,
-                  nesterov, first, l1t)
+                  nesterov, first, l1t, gscale)
 
 
 @jit
-def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
+def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+               gscale):
     """One task's slice; vms (the slice of vmax) is None without AMSGrad."""
+    use_gs = gscale != 1
     use_wd = wd != 0
     use_decay = decay != 1
     for i in range(ps.size):
         x = ps[i]
-        gi = gs[i] + wd * x if use_wd else gs[i]
+        gi = gs[i] * gscale if use_gs else gs[i]
+        gi = gi + wd * x if use_wd else gi
         if use_decay:
             x = x * decay
         mi = ms[i]
@@ -91,22 +98,24 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
 
 
 @twin
-def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
+def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+                 gscale):
     n = p.size
     for task in prange((n + TASK - 1) // TASK):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _adam_task(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], _part(vmax, lo, hi), wd, decay, omb1,
-                   beta2, omb2, eps, step_size, bc2_sqrt)
+                   beta2, omb2, eps, step_size, bc2_sqrt, gscale)
 
 
-def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
+def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
     nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
     launch(_sgd_kernel, nt, p, g, buf, lr, wd, decay, momentum, damp1, bool(nesterov),
-           bool(first), l1t)
+           bool(first), l1t, p.dtype.type(gscale))
 
 
-def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
+def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+              gscale=1):
     nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
     launch(_adam_kernel, nt, p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
-           bc2_sqrt)
+           bc2_sqrt, p.dtype.type(gscale))

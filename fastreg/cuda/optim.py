@@ -20,10 +20,12 @@ from .philox import dev_in, dev_out, finish, launch_1d
 _WD, _BUF, _FIRST, _NESTEROV, _DECAY, _L1 = 1, 2, 4, 8, 16, 32
 # adam_step flags (_WD and _DECAY as above)
 _AMSGRAD = 64
+# both: the gradient is multiplied by gscale first (gradient clipping)
+_GSCALE = 128
 
 
 @cuda.jit(cache=True)
-def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, l1t, flags):
+def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, l1t, gscale, flags):
     # buf is only touched with _BUF set (without momentum the caller passes p in its place).
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -32,6 +34,8 @@ def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, l1t, flags):
     for i in range(start, p.size, stride):
         pi = p[i]
         d = g[i]
+        if flags & _GSCALE:
+            d = mul_rn_device(d, gscale)  # feeds the add below
         if flags & _WD:
             d = d + mul_rn_device(wd, pi)
         if flags & _BUF:
@@ -54,13 +58,15 @@ def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, l1t, flags):
 
 @cuda.jit(cache=True)
 def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
-                 flags):
+                 gscale, flags):
     # vmax is only touched with _AMSGRAD set (without it the caller passes v in its place).
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.size, stride):
         pi = p[i]
         gi = g[i]
+        if flags & _GSCALE:
+            gi = mul_rn_device(gi, gscale)  # feeds the adds below
         if flags & _WD:
             gi = gi + mul_rn_device(wd, pi)
         if flags & _DECAY:
@@ -83,9 +89,11 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
 
 # --- ops (the backend contract, see fastreg._registry) --------------------------------------------
 
-def _decay_flags(wd, decay):
-    """_WD for coupled weight decay (wd != 0), _DECAY for the decoupled factor (decay != 1)."""
-    return (_WD if wd != 0 else 0) | (_DECAY if decay != 1 else 0)
+def _decay_flags(wd, decay, gscale=1):
+    """_WD for coupled weight decay (wd != 0), _DECAY for the decoupled factor (decay != 1),
+    _GSCALE for a gradient-clipping factor (gscale != 1)."""
+    return ((_WD if wd != 0 else 0) | (_DECAY if decay != 1 else 0)
+            | (_GSCALE if gscale != 1 else 0))
 
 
 def _scalars(p, *values):
@@ -102,7 +110,7 @@ def _finish_all(*pairs):
             finish(a, a_d)
 
 
-def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
+def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
     """One SGD step in place on ``p`` (and ``buf``), as fastreg.reference.sgd_step.
 
     Parameters
@@ -115,12 +123,14 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
         when 1), momentum, 1 - dampening, proximal L1 threshold (skipped when 0).
     nesterov, first : bool
         Nesterov momentum; first step (buf = d).
+    gscale : scalar of p's dtype
+        The gradient is multiplied by it first (gradient clipping; skipped when 1).
 
     Returns
     -------
     None
     """
-    flags = _decay_flags(wd, decay)
+    flags = _decay_flags(wd, decay, gscale)
     if buf is not None:
         flags |= _BUF
         if first:
@@ -135,11 +145,12 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     if p_d.size == 0:
         return
     launch_1d(_sgd_kernel, p_d.size, p_d, g_d, buf_d,
-              *_scalars(p, lr, wd, decay, momentum, damp1, l1t), np.int32(flags))
+              *_scalars(p, lr, wd, decay, momentum, damp1, l1t, gscale), np.int32(flags))
     _finish_all((p, p_d), (buf, buf_d))
 
 
-def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
+def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+              gscale=1):
     """One Adam / AdamW (/ AMSGrad) step in place on ``p``, ``m``, ``v`` (and ``vmax``), as
     fastreg.reference.adam_step.
 
@@ -151,12 +162,14 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt : scalars of p's dtype
         Coupled weight decay (skipped when 0), decoupled decay factor (skipped when 1),
         1 - beta1, beta2, 1 - beta2, eps, lr / (1 - beta1**t), sqrt(1 - beta2**t).
+    gscale : scalar of p's dtype
+        The gradient is multiplied by it first (gradient clipping; skipped when 1).
 
     Returns
     -------
     None
     """
-    flags = _decay_flags(wd, decay)
+    flags = _decay_flags(wd, decay, gscale)
     if vmax is not None:
         flags |= _AMSGRAD
     p_d = dev_out(p, copy_in=True)
@@ -167,6 +180,6 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     if p_d.size == 0:
         return
     launch_1d(_adam_kernel, p_d.size, p_d, g_d, m_d, v_d, vmax_d,
-              *_scalars(p, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt),
+              *_scalars(p, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale),
               np.int32(flags))
     _finish_all((p, p_d), (m, m_d), (v, v_d), (vmax, vmax_d))

@@ -9,9 +9,10 @@ import numpy as np
 from .penalty import soft_threshold
 
 
-def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
+def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
     """SGD with coupled (``wd``) or decoupled (``decay``) weight decay, momentum and an L1 prox.
 
+    g = g * gscale                           (gradient clipping's factor; skipped when 1)
     d = g + wd * p                           (coupled L2; skipped when wd == 0)
     buf = d if first else momentum * buf + damp1 * d      (buf is None when momentum == 0)
     d = d + momentum * buf if nesterov else buf           (with momentum)
@@ -19,6 +20,8 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
     p = p - lr * d
     p = soft(p, l1t)                         (proximal L1; skipped when l1t == 0)
     """
+    if gscale != 1:
+        g = g * gscale
     d = g + wd * p if wd != 0 else g.copy()
     if buf is not None:
         if first:
@@ -33,9 +36,11 @@ def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t):
         soft_threshold(p, l1t, p.dtype.type(1), p)
 
 
-def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt):
+def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
+              gscale=1):
     """Adam (coupled ``wd``) / AdamW (decoupled ``decay``), with AMSGrad when vmax is not None.
 
+    g = g * gscale                           (gradient clipping's factor; skipped when 1)
     g = g + wd * p                           (Adam's L2; skipped when wd == 0)
     p = p * decay                            (AdamW; skipped when decay == 1)
     m = m + omb1 * (g - m)                   (omb1 = 1 - beta1; torch's lerp)
@@ -46,6 +51,8 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     denom = sqrt(v) / bc2_sqrt + eps         (bc2_sqrt = sqrt(1 - beta2**t))
     p = p - step_size * (m / denom)          (step_size = lr / (1 - beta1**t))
     """
+    if gscale != 1:
+        g = g * gscale
     if wd != 0:
         g = g + wd * p
     if decay != 1:

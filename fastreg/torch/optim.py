@@ -14,6 +14,9 @@ are torch's, step for step (per-parameter step counts, as ``torch.optim``), plus
   parameters (fused into the SGD kernel; a second pass with fastreg's soft-threshold kernel for
   Adam and AdamW), so weights reach exact zeros.
 - ``check_finite``: every gradient is checked for NaN/inf before anything changes.
+- ``max_grad_norm`` (an optimizer argument, for all groups): the gradients are clipped by their
+  global 2-norm first, with ``torch.nn.utils.clip_grad_norm_``'s coefficient, the scaling fused
+  into the update kernels (``p.grad`` is left unchanged; the norm is ``last_grad_norm``).
 
 State is kept in torch tensors with torch's names (``step`` as a float32 CPU scalar tensor,
 ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``), laid out like their
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import _arrays
+from .. import clip as _clip
 from .._dispatch import Job
 from ..optim import _check_beta
 from . import _bridge
@@ -184,6 +188,23 @@ class _FastregOptimizer(torch.optim.Optimizer):
         s.copy_(t)
         return s
 
+    def _clip_factor(self, work):
+        """This step's gradient factor: torch's clip coefficient from the float64 2-norm of
+        every gradient in ``work`` (kept in ``last_grad_norm``), 1.0 without max_grad_norm."""
+        if getattr(self, "max_grad_norm", None) is None:
+            return 1.0
+        max_norm = _clip._check_max_norm(self.max_grad_norm)
+        s, dtypes = 0.0, []
+        for group, _, p, g, _ in work:
+            job = self._job(group, p)
+            flat = _flat(g)
+            view = self._kernel_view(job, flat if flat is not None else g.reshape(-1))
+            dtypes.append(view.dtype)
+            if g.numel():
+                s += job.op("norm_sum")([view], 2.0)
+        self.last_grad_norm = math.sqrt(s) if s == s else s
+        return _clip.clip_coef(self.last_grad_norm, max_norm, dtypes)
+
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter that has a gradient.
@@ -211,7 +232,9 @@ class _FastregOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group, j, p, g, name in self._grads():
+        work = self._grads()
+        self._gscale = self._clip_factor(work)
+        for group, j, p, g, name in work:
             if p.numel() == 0:
                 continue
             job = self._job(group, p)
@@ -256,6 +279,9 @@ class SGD(_FastregOptimizer):
     check_finite : bool
         Refuse (FloatingPointError) a step whose gradients hold NaN or inf, before any change.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
+    max_grad_norm : float, optional
+        Clip all gradients by their global 2-norm first (``torch.nn.utils.clip_grad_norm_``'s
+        coefficient), fused into the update; ``p.grad`` is not modified. None: no clipping.
 
     Returns
     -------
@@ -275,7 +301,10 @@ class SGD(_FastregOptimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, decoupled=False, l1=0.0, decay_mask=None,
-                 check_finite=False, backend="auto"):
+                 check_finite=False, backend="auto", max_grad_norm=None):
+        self.max_grad_norm = (None if max_grad_norm is None
+                              else _clip._check_max_norm(max_grad_norm))
+        self.last_grad_norm = None
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, decoupled=decoupled,
                         l1=l1, decay_mask=decay_mask, check_finite=check_finite,
@@ -304,7 +333,8 @@ class SGD(_FastregOptimizer):
         job.op("sgd_step")(
             _view(job, p), _view(job, g), buf, t(lr), t(0.0 if decoupled else wd),
             t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
-            bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0))
+            bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
+            t(self._gscale))
 
 
 class Adam(_FastregOptimizer):
@@ -320,7 +350,7 @@ class Adam(_FastregOptimizer):
     weight_decay : float
         Coupled L2 (``g + wd * p``) on the parameters ``decay_mask`` selects.
     amsgrad : bool
-    l1, decay_mask, check_finite, backend
+    l1, decay_mask, check_finite, backend, max_grad_norm
         As in ``SGD`` (the L1 step is a second pass, fastreg's soft-threshold kernel).
 
     Returns
@@ -338,7 +368,10 @@ class Adam(_FastregOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
-                 backend="auto"):
+                 backend="auto", max_grad_norm=None):
+        self.max_grad_norm = (None if max_grad_norm is None
+                              else _clip._check_max_norm(max_grad_norm))
+        self.last_grad_norm = None
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, l1=l1, decay_mask=decay_mask,
                         check_finite=check_finite, backend=backend)
@@ -370,7 +403,7 @@ class Adam(_FastregOptimizer):
             _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
             t(0.0 if self._DECOUPLED else wd), t(1.0 - lr * wd if self._DECOUPLED else 1.0),
             t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
-            t(bc2_sqrt))
+            t(bc2_sqrt), t(self._gscale))
         if decayed and group["l1"] > 0:
             job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
 
@@ -381,7 +414,7 @@ class AdamW(Adam):
 
     Parameters
     ----------
-    params, lr, betas, eps, amsgrad, l1, decay_mask, check_finite, backend
+    params, lr, betas, eps, amsgrad, l1, decay_mask, check_finite, backend, max_grad_norm
         As in ``Adam``.
     weight_decay : float
         Decoupled decay on the parameters ``decay_mask`` selects (default: those with more than
@@ -401,8 +434,9 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
-                 backend="auto"):
+                 backend="auto", max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1,
-                         decay_mask=decay_mask, check_finite=check_finite, backend=backend)
+                         decay_mask=decay_mask, check_finite=check_finite, backend=backend,
+                         max_grad_norm=max_grad_norm)
 
 
