@@ -62,7 +62,10 @@
 
 /* ------------------------------------------------------------------ jobs */
 
-enum { FR_BN_RED_STATS = 0, FR_BN_RED_BWD = 1, FR_BN_RED_BWD_MASK = 2 };
+/* reductions: statistics (shifted sums; STATS0 when every shift is 0: the same sums without the
+ * subtraction), backward (through the ReLU mask) */
+enum { FR_BN_RED_STATS = 0, FR_BN_RED_BWD = 1, FR_BN_RED_BWD_MASK = 2, FR_BN_RED_STATS0 = 3 };
+#define FR_BN_IS_STATS(K) ((K) == FR_BN_RED_STATS || (K) == FR_BN_RED_STATS0)
 /* forward apply flags */
 enum { FR_BN_F_RES = 1, FR_BN_F_RELU = 2 };
 /* backward apply flags */
@@ -114,8 +117,10 @@ typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
     {                                                                                \
         VT xv;                                                                       \
         memcpy(&xv, x + base + i + 4 * Q, sizeof xv);                                \
-        fr_bn_v4d xd = __builtin_convertvector(xv, fr_bn_v4d) - cv;                  \
-        if (KIND == FR_BN_RED_STATS) {                                               \
+        fr_bn_v4d xd = __builtin_convertvector(xv, fr_bn_v4d);                       \
+        if (KIND != FR_BN_RED_STATS0)                                                \
+            xd -= cv;                                                                \
+        if (FR_BN_IS_STATS(KIND)) {                                                  \
             FR_BN_KADDV(a1_##Q, k1_##Q, xd);                                          \
             FR_BN_KADDV(a2_##Q, k2_##Q, xd * xd);                                     \
         } else {                                                                     \
@@ -193,7 +198,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
          * has 29 bits to spare */                                                              \
         const int KAHAN = sizeof(T) == 8;                                                       \
         const T *x = (const T *)j->x + off;                                                     \
-        const T *gy = KIND ? (const T *)j->gy + off : NULL;                                     \
+        const T *gy = FR_BN_IS_STATS(KIND) ? NULL : (const T *)j->gy + off;                     \
         const T *y = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + off : NULL;                 \
         fr_bn_v4d a1_0 = {0}, a1_1 = {0}, a1_2 = {0}, a1_3 = {0};                               \
         fr_bn_v4d a2_0 = {0}, a2_1 = {0}, a2_2 = {0}, a2_3 = {0};                               \
@@ -214,7 +219,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
             }                                                                                   \
             for (; i < len; i++) {                                                              \
                 double xd = (double)x[base + i] - ctr;                                          \
-                if (KIND == FR_BN_RED_STATS) {                                                  \
+                if (FR_BN_IS_STATS(KIND)) {                                                  \
                     FR_BN_KADD(t1, tk1, xd);                                                    \
                     FR_BN_KADD(t2, tk2, xd * xd);                                               \
                 } else {                                                                        \
@@ -251,18 +256,21 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
             memset(k2, 0, w * sizeof(double));                                                  \
         }                                                                                       \
         const T *xb = (const T *)j->x + j0;                                                     \
-        const T *gb = KIND ? (const T *)j->gy + j0 : NULL;                                      \
+        const T *gb = FR_BN_IS_STATS(KIND) ? NULL : (const T *)j->gy + j0;                      \
         const T *yb = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + j0 : NULL;                 \
         size_t r = r0;                                                                          \
         for (; r + 4 <= r1; r += 4) {                                                           \
             const T *restrict x0 = xb + r * L, *restrict x1 = x0 + L;                           \
             const T *restrict x2 = x1 + L, *restrict x3 = x2 + L;                               \
-            if (KIND == FR_BN_RED_STATS) {                                                      \
+            if (FR_BN_IS_STATS(KIND)) {                                                      \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
-                    double c = sh[i];                                                           \
-                    double d0 = (double)x0[i] - c, d1 = (double)x1[i] - c;                      \
-                    double d2 = (double)x2[i] - c, d3 = (double)x3[i] - c;                      \
+                    double d0 = (double)x0[i], d1 = (double)x1[i];                              \
+                    double d2 = (double)x2[i], d3 = (double)x3[i];                              \
+                    if (KIND != FR_BN_RED_STATS0) {                                             \
+                        double c = sh[i];                                                       \
+                        d0 -= c, d1 -= c, d2 -= c, d3 -= c;                                     \
+                    }                                                                           \
                     FR_BN_KADD(p1[i], k1[i], (d0 + d1) + (d2 + d3));                            \
                     FR_BN_KADD(p2[i], k2[i], (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));        \
                 }                                                                               \
@@ -291,10 +299,10 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
         }                                                                                       \
         for (; r < r1; r++) {                                                                   \
             const T *restrict xr = xb + r * L;                                                  \
-            if (KIND == FR_BN_RED_STATS) {                                                      \
+            if (FR_BN_IS_STATS(KIND)) {                                                      \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
-                    double d = (double)xr[i] - sh[i];                                           \
+                    double d = KIND == FR_BN_RED_STATS0 ? (double)xr[i] : (double)xr[i] - sh[i]; \
                     FR_BN_KADD(p1[i], k1[i], d);                                                \
                     FR_BN_KADD(p2[i], k2[i], d * d);                                            \
                 }                                                                               \
@@ -485,6 +493,7 @@ FR_BN_DEFINE_LOOPS(f64, double, fr_bn_v4d, fr_bn_v4di)
 #define FR_BN_SW3(FN, ...)                                           \
     switch (j->kind) {                                               \
     case FR_BN_RED_STATS: FN(__VA_ARGS__, FR_BN_RED_STATS); break;   \
+    case FR_BN_RED_STATS0: FN(__VA_ARGS__, FR_BN_RED_STATS0); break; \
     case FR_BN_RED_BWD: FN(__VA_ARGS__, FR_BN_RED_BWD); break;       \
     default: FN(__VA_ARGS__, FR_BN_RED_BWD_MASK); break;             \
     }
@@ -836,11 +845,11 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
     /* the arrays the reduction reads, and their bytes per channel */
+    const int nred = FR_BN_IS_STATS(j->kind) ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3;
     const unsigned char *pfa[3] = {(const unsigned char *)j->x,
-                                   j->kind ? (const unsigned char *)j->gy : NULL,
-                                   j->kind == FR_BN_RED_BWD_MASK ? (const unsigned char *)j->y
-                                                                 : NULL};
-    const size_t pfb = (j->kind ? (j->kind == FR_BN_RED_BWD_MASK ? 3 : 2) : 1) * A * B * is;
+                                   nred > 1 ? (const unsigned char *)j->gy : NULL,
+                                   nred > 2 ? (const unsigned char *)j->y : NULL};
+    const size_t pfb = (size_t)nred * A * B * is;
     size_t lo, hi;
     fr_bn_range(j->C, tid, nth, &lo, &hi);
     for (size_t c = lo; c < hi; c++) {
@@ -954,7 +963,7 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
     x.ctr = ctr;
     x.kn = fr_bn_pick(itemsize == 8);
     x.p = fr_bn_make_plan(A, C, B, itemsize,
-                          j->kind == FR_BN_RED_STATS ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3);
+                          FR_BN_IS_STATS(j->kind) ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3);
     x.apply = apply;
     x.itemsize = itemsize;
     const fr_bn_plan *p = &x.p;
@@ -1079,44 +1088,50 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
     return fr_ew_want_stream(read, bytes);
 }
 
-/* The shifts of the statistics: each channel's mean of its first (up to) FR_BN_SHIFT_N elements
- * (0 if that is not finite).  Close to the mean, it keeps sum (x - shift)^2 - n (mean - shift)^2
- * free of cancellation.  Each channel's elements are added in its own order (a, then b), the
- * rows in memory order. */
-#define FR_BN_SHIFT_N ((size_t)4)
-static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B)
+/* The shifts of the statistics, from a sample of each channel (its first FR_BN_SHIFT_N
+ * elements, in memory order): the sample's mean m when the channel's mean may be far from 0
+ * compared with its spread (|m| > (max - min) / 2 over the sample), where shifted sums keep
+ * sum (x - shift)^2 - n (mean - shift)^2 free of cancellation; else 0 (a mean within the spread
+ * costs a factor of at most a few in precision, and unshifted sums need no subtraction); 0 also
+ * when m is not finite.  *zero: whether every shift is 0.  Deterministic: the data only. */
+#define FR_BN_SHIFT_N ((size_t)16)
+#define FR_BN_DEFINE_SHIFTS(SUF, T)                                                            \
+    static void fr_bn_sample_##SUF(const T *x, size_t na, size_t nb, size_t C, size_t B,       \
+                                   double *s, double *mn, double *mx)                          \
+    {                                                                                          \
+        for (size_t a = 0; a < na; a++) {                                                      \
+            const T *xr = x + a * C * B;                                                       \
+            for (size_t c = 0; c < C; c++)                                                     \
+                for (size_t b = 0; b < nb; b++) {                                              \
+                    double v = (double)xr[c * B + b];                                          \
+                    s[c] += v;                                                                 \
+                    mn[c] = (a == 0 && b == 0) || v < mn[c] ? v : mn[c];                       \
+                    mx[c] = (a == 0 && b == 0) || v > mx[c] ? v : mx[c];                       \
+                }                                                                              \
+        }                                                                                      \
+    }
+FR_BN_DEFINE_SHIFTS(f32, float)
+FR_BN_DEFINE_SHIFTS(f64, double)
+
+static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B, int *zero)
 {
-    double *s = (double *)calloc(C ? C : 1, sizeof(double));
+    double *s = (double *)calloc(3 * (C ? C : 1), sizeof(double));
     if (!s)
         return NULL;
+    double *mn = s + C, *mx = mn + C;
     size_t na = B >= FR_BN_SHIFT_N ? 1 : (FR_BN_SHIFT_N + B - 1) / B;
     if (na > A)
         na = A;
     size_t nb = B < FR_BN_SHIFT_N ? B : FR_BN_SHIFT_N;
-    for (size_t a = 0; a < na; a++) {
-        if (f64) {
-            const double *xr = (const double *)x + a * C * B;
-            if (B == 1)  /* (N, C) and channels-last: one contiguous row, vectorized */
-                for (size_t c = 0; c < C; c++)
-                    s[c] += xr[c];
-            else
-                for (size_t c = 0; c < C; c++)
-                    for (size_t b = 0; b < nb; b++)
-                        s[c] += xr[c * B + b];
-        } else {
-            const float *xr = (const float *)x + a * C * B;
-            if (B == 1)
-                for (size_t c = 0; c < C; c++)
-                    s[c] += (double)xr[c];
-            else
-                for (size_t c = 0; c < C; c++)
-                    for (size_t b = 0; b < nb; b++)
-                        s[c] += (double)xr[c * B + b];
-        }
-    }
+    if (f64)
+        fr_bn_sample_f64((const double *)x, na, nb, C, B, s, mn, mx);
+    else
+        fr_bn_sample_f32((const float *)x, na, nb, C, B, s, mn, mx);
+    *zero = 1;
     for (size_t c = 0; c < C; c++) {
-        double t = s[c] / (double)(na * nb);
-        s[c] = isfinite(t) ? t : 0.0;
+        double m = s[c] / (double)(na * nb);
+        s[c] = isfinite(m) && 2.0 * fabs(m) > mx[c] - mn[c] ? m : 0.0;
+        *zero = *zero && s[c] == 0.0;
     }
     return s;
 }
@@ -1137,9 +1152,12 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         fr_bn_job_init(&j, A, C, B);                                                           \
         j.kind = FR_BN_RED_STATS;                                                              \
         j.x = x;                                                                               \
-        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B);                                       \
+        int zero;                                                                              \
+        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B, &zero);                               \
         if (!sh)                                                                               \
             return FR_ERR_ALLOC;                                                               \
+        if (zero)                                                                              \
+            j.kind = FR_BN_RED_STATS0;                                                         \
         fr_bn_fin f;                                                                           \
         memset(&f, 0, sizeof f);                                                               \
         f.what = FR_BN_FIN_STATS;                                                              \
@@ -1194,13 +1212,16 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.res = residual;                                                                      \
         j.out = out;                                                                           \
         j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(T), x, residual, NULL);           \
-        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B);                                       \
+        int zero;                                                                              \
+        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B, &zero);                               \
         T *k = (T *)malloc(3 * j.C * sizeof(T));                                               \
         if (!sh || !k) {                                                                       \
             free(sh);                                                                          \
             free(k);                                                                           \
             return FR_ERR_ALLOC;                                                               \
         }                                                                                      \
+        if (zero)                                                                              \
+            j.kind = FR_BN_RED_STATS0;                                                         \
         fr_bn_fin f;                                                                           \
         memset(&f, 0, sizeof f);                                                               \
         f.what = FR_BN_FIN_FWD;                                                                \

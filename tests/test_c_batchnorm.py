@@ -43,10 +43,14 @@ def bits(a):
     return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
 
 
-def problem(shape, dtype, seed=0):
+# data means: near 0 compared with the spread (unshifted sums) and far from it (shifted sums)
+LOCS = [0.5, 300.0]
+
+
+def problem(shape, dtype, seed=0, loc=0.5):
     rng = np.random.default_rng(seed)
     A, C, B = shape
-    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    x = (rng.standard_normal(shape) * 2 + loc).astype(dtype)
     x.flat[::97] = 0  # some exact zeros for the ReLU mask
     return dict(
         x=x, gy=rng.standard_normal(shape).astype(dtype), res=rng.standard_normal(shape).astype(dtype),
@@ -102,10 +106,11 @@ def assert_same_bits(got, expected, what):
         np.testing.assert_array_equal(bits(got[k]), bits(expected[k]), err_msg=f"{what}: {k}")
 
 
+@pytest.mark.parametrize("loc", LOCS, ids=["mean-0.5", "mean-300"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_isas_give_the_same_bits(shape, dtype):
-    p = problem(shape, dtype)
+def test_isas_give_the_same_bits(shape, dtype, loc):
+    p = problem(shape, dtype, loc=loc)
     results = {}
     previous = fc.isa()
     try:
@@ -180,7 +185,7 @@ regions = fc.parallel_regions()
 out = {{}}
 for i, shape in enumerate(t.SHAPES):
     for dt in t.FLOATS:
-        r = t.run_all(t.problem(shape, dt, seed=2))
+        r = t.run_all(t.problem(shape, dt, seed=2, loc=t.LOCS[i % 2]))
         out[f"{{i}}-{{np.dtype(dt).name}}"] = {{
             k: hashlib.sha256(t.bits(v).tobytes()).hexdigest() for k, v in r.items()}}
 out["parallel regions"] = fc.parallel_regions() - regions
@@ -244,10 +249,11 @@ def test_per_channel_ops_give_the_reference_bits(dtype):
                 np.testing.assert_array_equal(bits(g), bits(e))
 
 
+@pytest.mark.parametrize("loc", LOCS, ids=["mean-0.5", "mean-300"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-def test_every_work_split_matches_the_reference(shape, dtype):
-    p = problem(shape, dtype, seed=3)
+def test_every_work_split_matches_the_reference(shape, dtype, loc):
+    p = problem(shape, dtype, seed=3, loc=loc)
     x, gy, res, w, b = p["x"], p["gy"], p["res"], p["w"], p["b"]
     A, C, B = x.shape
     eps = np.finfo(dtype).eps
