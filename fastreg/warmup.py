@@ -253,6 +253,15 @@ def _augment_mix(backend):
     _images(run)
 
 
+def _cross_entropy(backend):
+    from .loss import cross_entropy
+    for dt in FLOATS:
+        x = _x((3, 4), dt)
+        for target in (np.array([0, 3, -100]), np.full((3, 4), 0.25, dt)):
+            cross_entropy(x, target, backend=backend)
+            cross_entropy(x, target, label_smoothing=0.1, grad=False, backend=backend)
+
+
 OPS = {
     "random": _random,
     "dropout": _dropout,
@@ -272,6 +281,7 @@ OPS = {
     "augment_noise": _augment_noise,
     "augment_erasing": _augment_erasing,
     "augment_mix": _augment_mix,
+    "cross_entropy": _cross_entropy,
 }
 """Warm-up groups, by the public functions they run (``fastreg warmup --ops NAME,...``)."""
 

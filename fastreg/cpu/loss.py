@@ -100,7 +100,7 @@ def _exp(d):
     raise NotImplementedError("_exp runs inside Numba kernels only")
 
 
-@inline
+@jit
 def _exp_f32(d):
     t = d * F32_LOG2E + F32_MAGIC
     kf = t - F32_MAGIC
@@ -118,7 +118,7 @@ def _exp_f32(d):
     return F32_ZERO if d < F32_MIN else e
 
 
-@inline
+@jit
 def _exp_f64(d):
     t = d * F64_LOG2E + F64_MAGIC
     kf = t - F64_MAGIC
@@ -142,7 +142,7 @@ def _exp_f64(d):
     return 0.0 if d < F64_MIN else e
 
 
-@overload(_exp, inline="always", jit_options={"cache": True})
+@overload(_exp, jit_options={"cache": True})
 def _exp_overload(d):
     if d == types.float32:
         return lambda d: _exp_f32(d)
