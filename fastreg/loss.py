@@ -164,6 +164,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=DEFAULT_IGNORE_IN
     ``grad_c = scale * (p_c * sum_k a_k - a_c)``, ``scale`` being 1 / the mean's denominator
     (or 1). The kernels shift by the row maximum, compute ``exp`` in the logits' dtype and
     accumulate the sums in float64, in one read of the logits and one write of the gradient.
+    Logits are not scanned for NaN or inf (that would be another pass): a NaN logit gives its
+    sample a NaN loss and gradient, +inf too (inf - inf), as in torch.
     Matches ``torch.nn.functional.cross_entropy`` (both target kinds) and timm's
     ``SoftTargetCrossEntropy`` (soft targets, "mean"); float32 results agree with the float64
     reference to a few float32 ulps (tests/test_loss.py holds the tolerances).

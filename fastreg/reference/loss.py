@@ -45,7 +45,8 @@ import numpy as np
 def _softmax_parts(x):
     """(d, e, s): shifted logits, their exponentials and the row sums, all float64."""
     x64 = x.astype(np.float64)
-    d = x64 - x64.max(axis=1, keepdims=True) if x.shape[1] else x64
+    with np.errstate(invalid="ignore"):   # inf - inf: NaN, as the kernels (and torch) give
+        d = x64 - x64.max(axis=1, keepdims=True)
     e = np.exp(d)
     s = e.sum(axis=1)
     return d, e, s
