@@ -1,7 +1,8 @@
 """Weight EMA and gradient clipping on 1e7 float32 parameters, fastreg against PyTorch on the same
 arrays in the same run: ``fastreg.ema_update`` against ``torch._foreach_lerp_`` (what timm's
 ModelEmaV3 calls), ``fastreg.clip_grad_norm`` against ``torch.nn.utils.clip_grad_norm_``, and
-``fastreg.grad_norm`` against ``torch.nn.utils.get_total_norm``.
+``fastreg.grad_norm`` against ``torch.nn.utils.get_total_norm``; in the interleaved mode also
+``AdamW(max_grad_norm=1.0).step`` against ``clip_grad_norm_`` + torch's fused AdamW step.
 
 Layouts: "one" (a single array of 1e7) and "model" (1e7 split over 161 arrays of a ResNet-50-like
 size mix, many of them small: per-array overhead and threading of small arrays count there).
@@ -155,7 +156,22 @@ def main():
                  "clip torch clip_grad_norm_": lambda: torch.nn.utils.clip_grad_norm_(tparams,
                                                                                       0.0),
                  "norm torch get_total_norm": lambda: torch.nn.utils.get_total_norm(tgrads)}
+        # AdamW with clipping: torch's clip_grad_norm_ then its fused step, against fastreg's
+        # step with max_grad_norm (clipping fused into the update)
+        tw = [torch.from_numpy(a.copy()).requires_grad_() for a in p]
+        for t, a in zip(tw, g):
+            t.grad = torch.from_numpy(a.copy())
+        topt = torch.optim.AdamW(tw, lr=1e-6, fused=True)
+
+        def torch_clip_step():
+            torch.nn.utils.clip_grad_norm_(tw, 1.0)
+            topt.step()
+        cases["adamw+clip torch (clip_, fused)"] = torch_clip_step
         for b in backends:
+            opt = fastreg.optim.AdamW([a.copy() for a in p], lr=1e-6, decay_mask=lambda a: True,
+                                      max_grad_norm=1.0, backend=b)
+            gs = [a.copy() for a in g]
+            cases[f"adamw+clip fastreg {b}"] = lambda opt=opt, gs=gs: opt.step(gs)
             cases[f"ema fastreg {b}"] = (lambda b=b: fastreg.ema_update(ema, p, 0.9998,
                                                                         backend=b))
             cases[f"clip fastreg {b}"] = lambda b=b: fastreg.clip_grad_norm(g, 0.0, backend=b)

@@ -6,6 +6,9 @@ contiguous views. A non-contiguous host array updated in place goes through a co
 that ``Batch.write_back`` copies back; device arrays must be C-contiguous (fastreg never copies
 between devices behind your back).
 """
+import bisect
+import itertools
+
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
@@ -26,6 +29,9 @@ def as_list(arrays, name):
 def _span(a):
     """(first byte, one past the last byte) of a host view or a device array's info."""
     if isinstance(a, np.ndarray):
+        if a.flags.c_contiguous:   # the common case, without byte_bounds' Python code
+            lo = a.__array_interface__["data"][0]
+            return lo, lo + a.nbytes
         return byte_bounds(a)
     return a.ptr, a.ptr + a.size * a.dtype.itemsize
 
@@ -38,20 +44,55 @@ def _overlap(a, b):
     return a0 < b1 and b0 < a1
 
 
+def _host_span(a, ai):
+    """_span of a host ndarray from its ``__array_interface__`` ``ai`` (read once per array:
+    building that dict is the costly part of these checks for long lists)."""
+    if ai["strides"] is None:   # C-contiguous
+        lo = ai["data"][0]
+        return lo, lo + a.nbytes
+    return byte_bounds(a)
+
+
+def spans_of(arrays):
+    """check_targets' spans of arrays known to be valid and disjoint (e.g. one's own copies)."""
+    spans = []
+    for i, a in enumerate(arrays):
+        info = a if isinstance(a, np.ndarray) else _arrays.describe(a, "array")
+        if info.size:
+            spans.append((*_span(info), i))
+    return sorted(spans)
+
+
 def check_targets(arrays, name):
     """Arrays updated in place: float32/float64, writable, all on the host or all on the device,
-    no two sharing memory. Returns (list of host views or device arrays, on_device)."""
-    out, infos, device = [], [], None
+    no two sharing memory. Returns (list of host views or device arrays, on_device, their
+    spans: a sorted list of (first byte, end, index) for check_sources)."""
+    out, infos, spans, device = [], [], [], None
     for i, a in enumerate(arrays):
-        arr, dev = _arrays.check_in_place(a, f"{name}[{i}]")
+        if type(a) is np.ndarray and a.dtype in _arrays.FLOAT_DTYPES:   # fast path
+            ai = a.__array_interface__
+            if not ai["data"][1]:
+                dev = False
+                if device is None:
+                    device = False
+                if device is False:
+                    out.append(a)
+                    infos.append(a)
+                    if a.size:
+                        spans.append((*_host_span(a, ai), i))
+                    continue
+        arr, dev = _arrays.check_in_place(a, f"{name}[{i}]")   # the checks, with messages
         if device is None:
             device = dev
         elif dev != device:
             raise ValueError(f"{name} mixes CUDA device arrays and host arrays ({name}[{i}] "
                              f"is {'a device' if dev else 'a host'} array, {name}[0] is not)")
         out.append(arr)
-        infos.append(arr if not dev else _arrays.describe(arr, f"{name}[{i}]"))
-    spans = sorted((*_span(x), i) for i, x in enumerate(infos) if x.size)
+        info = arr if not dev else _arrays.describe(arr, f"{name}[{i}]")
+        infos.append(info)
+        if info.size:
+            spans.append((*_span(info), i))
+    spans.sort()
     for k in range(len(spans)):
         # neighbours in address order, and any later span that starts before this one ends
         lo, hi, i = spans[k]
@@ -62,17 +103,25 @@ def check_targets(arrays, name):
                 raise ValueError(f"{name}[{min(i, j)}] and {name}[{max(i, j)}] share memory: "
                                  "each array is updated in place once, so each must be its "
                                  "own array")
-    return out, bool(device)
+    return out, bool(device), spans
 
 
-def check_sources(arrays, targets, name, target_name, device):
+def check_sources(arrays, targets, name, target_name, device, spans):
     """Read-only inputs paired with ``targets`` (same length, shapes, dtypes, device); none may
-    overlap a target, except exactly the same array at the same index. Returns their
-    descriptions (host views, or the device arrays)."""
+    overlap a target, except exactly the same array at the same index. ``spans``: the targets'
+    (from check_targets). Returns their descriptions (host views, or the device arrays)."""
     if len(arrays) != len(targets):
         raise ValueError(f"{name} has {len(arrays)} arrays, {target_name} has {len(targets)}")
-    out = []
+    out, sspans = [], []
     for i, (a, t) in enumerate(zip(arrays, targets)):
+        if not device and type(a) is np.ndarray and type(t) is np.ndarray \
+                and a.shape == t.shape and a.dtype == t.dtype:   # fast path
+            out.append(a)
+            if a.size:
+                sspans.append(_host_span(a, a.__array_interface__))
+            else:
+                sspans.append(None)
+            continue
         n = f"{name}[{i}]"
         if _arrays.is_device(a) != device:
             raise ValueError(f"{n} must be on the same device as {target_name}[{i}]")
@@ -87,25 +136,27 @@ def check_sources(arrays, targets, name, target_name, device):
         if device and not info.c_contiguous:
             raise ValueError(f"{n}: non-contiguous CUDA arrays are not supported")
         out.append(a if device else info)
+        sspans.append(_span(info) if info.size else None)
     # a source overlapping a target (other than itself at the same index) would be read while
     # that target is being written
-    tinfos = [t if not device else _arrays.describe(t, target_name) for t in targets]
-    sinfos = [s if not device else _arrays.describe(s, name) for s in out]
-    spans = sorted((*_span(x), i) for i, x in enumerate(tinfos) if x.size)
     starts = [t[0] for t in spans]
-    ends = list(np.maximum.accumulate([t[1] for t in spans])) if spans else []
-    for j, s in enumerate(sinfos):
-        if not s.size:
+    ends = list(itertools.accumulate((t[1] for t in spans), max))
+    for j, span in enumerate(sspans):
+        if span is None:
             continue
-        lo, hi = _span(s)
+        lo, hi = span
         # targets starting before s ends, walked back while some earlier one may reach lo
-        k = int(np.searchsorted(starts, hi, side="left")) - 1
+        k = bisect.bisect_left(starts, hi) - 1
         while k >= 0 and ends[k] > lo:
             t_lo, t_hi, i = spans[k]
             k -= 1
-            if t_hi <= lo or not _overlap(s, tinfos[i]):
+            if t_hi <= lo:
                 continue
-            if not (i == j and _same(s, tinfos[i])):
+            s = out[j] if not device else _arrays.describe(out[j], name)
+            t = targets[i] if not device else _arrays.describe(targets[i], target_name)
+            if not _overlap(s, t):
+                continue
+            if not (i == j and _same(s, t)):
                 raise ValueError(f"{name}[{j}] overlaps {target_name}[{i}]: an input may not "
                                  "share memory with an array updated in place")
     return out

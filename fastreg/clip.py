@@ -103,7 +103,7 @@ def clip_coef(total, max_norm, dtypes):
 
 def _prepare(grads, backend):
     grads = _multi.as_list(grads, "grads")
-    checked, device = _multi.check_targets(grads, "grads")
+    checked, device, _ = _multi.check_targets(grads, "grads")
     if not checked:
         return grads, None, None
     job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),
@@ -307,9 +307,9 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     eps = _arrays.check_nonneg(eps, "eps")
     p = check_norm_type(norm_type)
     grads = _multi.as_list(grads, "grads")
-    checked, device = _multi.check_targets(grads, "grads")
+    checked, device, spans = _multi.check_targets(grads, "grads")
     srcs = _multi.check_sources(_multi.as_list(params, "params"), checked, "params", "grads",
-                                device)
+                                device, spans)
     if not checked:
         return None
     job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),

@@ -140,8 +140,8 @@ def ema_update(ema, params, decay, *, backend="auto"):
     decay = _check_decay(decay)
     targets = _multi.as_list(ema, "ema")
     sources = _multi.as_list(params, "params")
-    checked, device = _multi.check_targets(targets, "ema")
-    srcs = _multi.check_sources(sources, checked, "params", "ema", device)
+    checked, device, spans = _multi.check_targets(targets, "ema")
+    srcs = _multi.check_sources(sources, checked, "params", "ema", device, spans)
     if not checked:
         return targets
     job = _dispatch.job(_dispatch.resolve(backend, *(targets if device else checked)),
@@ -199,6 +199,7 @@ class EMA:
         self.backend = self._job.backend
         self._float = [np.dtype(a.dtype) in _arrays.FLOAT_DTYPES for a in infos]
         self.arrays = [self._copy(p, a) for p, a in zip(params, infos)]
+        self._spans = _multi.spans_of(self.arrays)   # the averages' own memory
         self.num_updates = 0
 
     def _copy(self, p, info):
@@ -226,7 +227,7 @@ class EMA:
     def _check(self, params):
         params = _multi.as_list(params, "params")
         return _multi.check_sources(params, self.arrays, "params", "EMA arrays",
-                                    self._device)
+                                    self._device, self._spans)
 
     def update(self, params, step=None):
         """Average ``params`` into the EMA (in place on ``self.arrays``).

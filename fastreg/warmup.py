@@ -262,6 +262,22 @@ def _cross_entropy(backend):
             cross_entropy(x, target, label_smoothing=0.1, grad=False, backend=backend)
 
 
+def _ema(backend):
+    import fastreg
+    for dt in FLOATS:
+        for decay in (0.9, 0.3):   # both forms of the lerp
+            fastreg.ema_update([_x((3, 4), dt)], [_x((3, 4), dt, 1)], decay, backend=backend)
+
+
+def _clip(backend):
+    import fastreg
+    for dt in FLOATS:
+        for p in (2.0, 1.0, "inf", 3.0):
+            fastreg.clip_grad_norm([_x((3, 4), dt)], 0.1, p, backend=backend)
+            fastreg.adaptive_clip_grad([_x((3, 4), dt)], [_x((3, 4), dt, 1)], 0.01, 1e-3, p,
+                                       backend=backend)
+
+
 OPS = {
     "random": _random,
     "dropout": _dropout,
@@ -282,6 +298,8 @@ OPS = {
     "augment_erasing": _augment_erasing,
     "augment_mix": _augment_mix,
     "cross_entropy": _cross_entropy,
+    "ema": _ema,
+    "clip": _clip,
 }
 """Warm-up groups, by the public functions they run (``fastreg warmup --ops NAME,...``)."""
 
