@@ -171,7 +171,8 @@ def clip_grads_with_norm(grads, max_norm, total_norm, *, backend="auto"):
         Updated in place (writable host arrays, a non-contiguous one through a copy written
         back; or C-contiguous CUDA arrays), no two sharing memory.
     max_norm : float
-        >= 0 (inf: nothing is scaled).
+        >= 0 (inf: nothing is scaled, unless total_norm is inf or NaN: torch's arithmetic
+        then gives a NaN coefficient).
     total_norm : float
         The norm to clip by (e.g. from ``grad_norm``); NaN or inf scale every gradient by NaN
         or 0, as in torch.
@@ -208,7 +209,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     grads : array or list of arrays, float32 or float64
         Updated in place (see ``clip_grads_with_norm``); dtypes may differ.
     max_norm : float
-        Largest allowed total norm (>= 0; inf: only measure).
+        Largest allowed total norm (>= 0; inf: only measure, for a finite norm).
     norm_type : float or "inf"
         p > 0 or inf (default 2).
     error_if_nonfinite : bool
