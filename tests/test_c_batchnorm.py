@@ -29,12 +29,12 @@ if fc.unavailable_reason() is not None:
 
 FLOATS = [np.float32, np.float64]
 # (A, C, B): channel layout fused per channel (C even; C = 3, odd and few), a row longer than one
-# piece (B > 16384), channels too large to fuse (two passes: chunks of rows; pieces of rows; fused
-# statistics but a two-pass backward), row layout (B = 1, B = 3) with one and with several column
-# blocks and row chunks, and tiny ones
-SHAPES = [(8, 16, 300), (5, 3, 2900), (1, 2, 40001), (40, 2, 4000), (1, 3, 140001),
-          (32, 3, 3000), (3, 1, 17), (700, 48, 1), (23, 1500, 3), (3, 4097, 1), (2, 3, 1),
-          (1, 1, 1)]
+# piece (B > 16384), channels too large to fuse (two passes: one row per chunk; several rows per
+# chunk; pieces of rows; fused statistics but a two-pass backward), row layout (B = 1, B = 3) with
+# one and with several column blocks and row chunks, and tiny ones
+SHAPES = [(8, 16, 300), (5, 3, 2900), (1, 2, 40001), (40, 2, 4000), (200, 2, 700),
+          (1, 3, 140001), (32, 3, 3000), (3, 1, 17), (700, 48, 1), (23, 1500, 3), (3, 4097, 1),
+          (2, 3, 1), (1, 1, 1)]
 SHAPE_IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
@@ -157,15 +157,15 @@ def test_the_plan_reaches_every_work_split():
     for (shape, nred), p in plans.items():
         if p["layout"] == "channels":
             seen.add(("fused" if p["fused"] else "two passes", "pieces" if p["pieces"] > 1
-                      else "rows"))
+                      else "rows" if p["rows_per_chunk"] > 1 else "one row"))
             seen.add(("channel chunks > 1", p["chunks"] > 1))
         else:
             seen.add(("column blocks > 1", p["column_blocks"] > 1))
             seen.add(("row chunks > 1", p["chunks"] > 1))
             seen.add(("rows not a multiple of 4", p["rows_per_chunk"] % 4 != 0))
             seen.add(("B > 1", shape[2] > 1))
-    for want in [("fused", "rows"), ("fused", "pieces"), ("two passes", "rows"),
-                 ("two passes", "pieces"), ("channel chunks > 1", True),
+    for want in [("fused", "rows"), ("fused", "one row"), ("fused", "pieces"),
+                 ("two passes", "rows"), ("two passes", "one row"), ("two passes", "pieces"), ("channel chunks > 1", True),
                  ("column blocks > 1", True), ("column blocks > 1", False),
                  ("row chunks > 1", True), ("rows not a multiple of 4", True), ("B > 1", True)]:
         assert want in seen, want
