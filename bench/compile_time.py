@@ -1,0 +1,205 @@
+"""Cold Numba compile time of every op: the first call in a fresh process with an empty cache.
+
+Each op runs in its own subprocess with ``NUMBA_CACHE_DIR`` pointing to a new empty directory, so
+nothing compiled by another op (or an earlier run) is reused: the figure is what a user pays on
+the first call of that op in a fresh container. fastreg, NumPy and the backend package (Numba
+itself) are imported before the clock starts; the first call is timed, then a second one (the
+warm cost, for comparison). Numba's cache is written during the first call and counts in it.
+Wall and CPU seconds are both reported: on a busy machine the wall time grows with the load, the
+CPU time (all threads of the subprocess) much less.
+
+Two sizes per op: ``small`` (below the thread grain: the serially compiled kernels run) and
+``large`` (above it: the parallel ones, and Numba's threading layer starts). Backends: "cpu"
+(Numba) always; "cuda" only where a GPU is present (the simulator compiles nothing).
+
+    python bench/compile_time.py                        # every op, both sizes, backend cpu
+    python bench/compile_time.py --ops bn_ --size small # ops whose name contains "bn_"
+    python bench/compile_time.py --json out.json
+
+``cold_compile_seconds(op, size, backend)`` is the function behind it (one op, one subprocess).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+# Shapes per size: small stays under every family's grain (fastreg._threads.GRAIN), large is
+# well above it (so plan() picks several threads where there are several CPUs).
+SIZES = {
+    "small": dict(N=16384, NCHW=(4, 16, 16, 16), NC=(64, 256), IMG=(4, 16, 16, 3)),
+    "large": dict(N=1 << 20, NCHW=(16, 64, 32, 32), NC=(1024, 512), IMG=(32, 64, 64, 3)),
+}
+
+_BN_SETUP = """
+x = rng.standard_normal(NCHW).astype(np.float32)
+C = NCHW[1]
+w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+"""
+_BN_BACKWARD_SETUP = _BN_SETUP + """
+y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, backend="numpy")
+gy = rng.standard_normal(NCHW).astype(np.float32)
+"""
+_BN_NHWC_SETUP = """
+x = rng.standard_normal(NCHW[:1] + NCHW[2:] + NCHW[1:2]).astype(np.float32)
+C = NCHW[1]
+w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+"""
+_VEC_SETUP = "w = rng.standard_normal(N).astype(np.float32)\n"
+_IMG_SETUP = "img = rng.integers(0, 256, IMG, dtype=np.uint8)\n"
+
+#: op -> (setup, call): Python source run in the subprocess; N, NCHW, NC, IMG, rng, np, fastreg
+#: and BACKEND are defined there. One float32 call per op.
+OPS = {
+    # batch norm (fastreg/cpu/batchnorm.py)
+    "bn_train_forward": (_BN_SETUP,
+                         "fastreg.batch_norm(x, rm, rv, w, b, training=True, backend=BACKEND)"),
+    "bn_train_forward_residual_relu": (
+        _BN_SETUP + "r = rng.standard_normal(NCHW).astype(np.float32)\n",
+        "fastreg.batch_norm(x, rm, rv, w, b, training=True, residual=r, activation='relu', "
+        "backend=BACKEND)"),
+    "bn_inference": (_BN_SETUP,
+                     "fastreg.batch_norm(x, rm, rv, w, b, training=False, backend=BACKEND)"),
+    "bn_backward": (_BN_BACKWARD_SETUP,
+                    "fastreg.batch_norm_backward(gy, x, saved, w, backend=BACKEND)"),
+    "bn_train_forward_nhwc": (
+        _BN_NHWC_SETUP,
+        "fastreg.batch_norm(x, rm, rv, w, b, training=True, axis=-1, backend=BACKEND)"),
+    "bn_stats": (_BN_SETUP, "fastreg.batch_norm_stats(x, backend=BACKEND)"),
+    # dropout and random streams (fastreg/cpu/dropout.py, philox.py)
+    "dropout": ("x = rng.standard_normal(N).astype(np.float32)\n",
+                "fastreg.dropout(x, 0.5, seed=1, backend=BACKEND)"),
+    "dropout_mask_packed": ("", "fastreg.dropout_mask(N, 0.5, seed=1, backend=BACKEND)"),
+    "channel_dropout": ("x = rng.standard_normal(NCHW).astype(np.float32)\n",
+                        "fastreg.channel_dropout(x, 0.5, seed=1, backend=BACKEND)"),
+    "random_bits": ("", "fastreg.random.random_bits(N, seed=1, backend=BACKEND)"),
+    "uniform": ("", "fastreg.random.uniform(N, seed=1, backend=BACKEND)"),
+    # penalties and proximal steps (fastreg/cpu/penalty.py)
+    "l1_penalty": (_VEC_SETUP, "fastreg.l1_penalty(w, 1e-4, backend=BACKEND)"),
+    "elastic_net_grad": (_VEC_SETUP, "fastreg.elastic_net_grad(w, 1e-4, 1e-4, backend=BACKEND)"),
+    "prox_l1": (_VEC_SETUP, "fastreg.prox_l1(w, 1e-6, backend=BACKEND)"),
+    "prox_group_lasso": ("w = rng.standard_normal((N // 64, 64)).astype(np.float32)\n",
+                         "fastreg.prox_group_lasso(w, 0.1, axis=1, backend=BACKEND)"),
+    # optimizers (fastreg/cpu/optim.py)
+    "sgd_step": (_VEC_SETUP + "opt = fastreg.optim.SGD([w], lr=0.01, momentum=0.9, "
+                 "weight_decay=1e-4, backend=BACKEND)\ng = np.ones_like(w)\n",
+                 "opt.step([g])"),
+    "adamw_step": (_VEC_SETUP + "opt = fastreg.optim.AdamW([w], lr=1e-3, backend=BACKEND)\n"
+                   "g = np.ones_like(w)\n", "opt.step([g])"),
+    # image augmentation (fastreg/cpu/augment.py)
+    "random_flip": (_IMG_SETUP, "fastreg.augment.random_flip(img, seed=1, backend=BACKEND)"),
+    "random_rotate": (_IMG_SETUP, "fastreg.augment.random_rotate(img, seed=1, backend=BACKEND)"),
+    "gaussian_noise": (_IMG_SETUP.replace("rng.integers(0, 256, IMG, dtype=np.uint8)",
+                                          "rng.random(IMG, dtype=np.float32)"),
+                       "fastreg.augment.gaussian_noise(img, seed=1, backend=BACKEND)"),
+    "random_erasing": (_IMG_SETUP,
+                       "fastreg.augment.random_erasing(img, p=1.0, seed=1, backend=BACKEND)"),
+    "mixup": (_IMG_SETUP + "labels = np.arange(IMG[0]) % 10\n",
+              "fastreg.augment.mixup(img.astype(np.float32), labels, num_classes=10, seed=1, "
+              "backend=BACKEND)"),
+    "cutmix": (_IMG_SETUP + "labels = np.arange(IMG[0]) % 10\n",
+               "fastreg.augment.cutmix(img, labels, num_classes=10, seed=1, backend=BACKEND)"),
+}
+
+_TEMPLATE = """
+import json, time
+import numpy as np
+import fastreg
+import fastreg.augment
+fastreg.available_backends()  # imports Numba and the backend packages: not timed
+BACKEND = {backend!r}
+{sizes}
+rng = np.random.default_rng(0)
+{setup}
+c0, t0 = time.process_time(), time.perf_counter()
+{call}
+c1, t1 = time.process_time(), time.perf_counter()
+{call}
+t2 = time.perf_counter()
+print("RESULT " + json.dumps(dict(first=t1 - t0, first_cpu=c1 - c0, second=t2 - t1)))
+"""
+
+
+def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
+    """Seconds of the first call of ``op`` in a fresh subprocess with an empty Numba cache.
+
+    Parameters
+    ----------
+    op : str
+        A key of ``OPS``.
+    size : {"small", "large"}
+        The input size (see ``SIZES``): below or above the thread grain.
+    backend : {"cpu", "cuda"}
+    timeout : float
+        Seconds before the subprocess is killed (then a RuntimeError).
+
+    Returns
+    -------
+    dict
+        ``first`` (wall seconds of the cold call, compile included), ``first_cpu`` (CPU seconds
+        of this process during it, all threads: less sensitive to a busy machine than the wall
+        time) and ``second`` (wall seconds of the same call again).
+    """
+    setup, call = OPS[op]
+    sizes = "\n".join(f"{k} = {v!r}" for k, v in SIZES[size].items())
+    source = _TEMPLATE.format(backend=backend, sizes=sizes, setup=textwrap.dedent(setup),
+                              call=call)
+    with tempfile.TemporaryDirectory(prefix="fastreg-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        # run outside the checkout, so the installed fastreg is the one under test
+        proc = subprocess.run([sys.executable, "-c", source], env=env, cwd=cache,
+                              capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{op} ({size}, {backend}) failed:\n{proc.stderr[-3000:]}")
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _cuda_present():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return False
+    try:
+        from numba import cuda
+        return cuda.is_available()
+    except Exception:  # no driver, no numba-cuda: nothing to compile for
+        return False
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ops", default="", help="comma-separated substrings of op names")
+    parser.add_argument("--size", choices=("small", "large", "both"), default="both")
+    parser.add_argument("--backend", choices=("cpu", "cuda", "all"), default="cpu")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    wanted = [s for s in args.ops.split(",") if s]
+    ops = [op for op in OPS if not wanted or any(s in op for s in wanted)]
+    sizes = ("small", "large") if args.size == "both" else (args.size,)
+    backends = ["cpu"] if args.backend != "cuda" else []
+    if args.backend in ("cuda", "all"):
+        if _cuda_present():
+            backends.append("cuda")
+        else:
+            print("cuda: no GPU here (the simulator compiles nothing): skipped")
+    rows = []
+    print(f"{'op':34s} {'backend':7s} {'size':6s} {'cold s':>8s} {'cold cpu s':>10s} "
+          f"{'warm s':>9s}")
+    for backend in backends:
+        for op in ops:
+            for size in sizes:
+                r = cold_compile_seconds(op, size, backend)
+                rows.append(dict(op=op, backend=backend, size=size, **r))
+                print(f"{op:34s} {backend:7s} {size:6s} {r['first']:8.2f} {r['first_cpu']:10.2f} "
+                      f"{r['second']:9.5f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
