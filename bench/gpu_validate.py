@@ -220,6 +220,46 @@ def agreement_cases(n, dtypes=("float32", "float64")):
             fn(img, partner, rects, o)
             return (o,)
         add("aug_paste", shape, name, paste)
+
+    # DropBlock: the seed/block mask and its exact kept count, then the masked scaling
+    from fastreg.dropblock import _gamma, _threshold as _block_threshold
+    bn_, bc, bh, bw = max(1, n // (4 * 28 * 28)), 4, 28, 28
+    for block, channels_last in ((7, False), (4, True)):
+        t = _block_threshold(_gamma(0.2, block, bh, bw, 1.0))
+        shp = (bn_, bh, bw, bc) if channels_last else (bn_, bc, bh, bw)
+
+        def blockmask(fn, t=t, block=block, channels_last=channels_last, shp=shp):
+            m = np.zeros(shp, np.uint8)
+            kept = fn(SEED, OFFSETS[-1], t, block, channels_last, m)
+            return (m, np.array([kept], np.int64))
+        add("drop_block_mask", f"{shp} block {block}", "uint8", blockmask)
+    for name in dtypes:
+        dt = np.dtype(name)
+        x = float_input(n, dt, rng)
+        mk = (rng.random(n) > P).astype(np.uint8)
+
+        def block_apply(fn, x=x, mk=mk, dt=dt):
+            o = np.zeros_like(x)
+            fn(x.copy(), mk, dt.type(1.25), o)
+            return (o,)
+        add("drop_block_apply", "scale 1.25", name, block_apply)
+
+        # gradient clipping: the in-place scaling of a list and of rows (AGC)
+        def clip_scale(fn, x=x, dt=dt):
+            parts = [x[: n // 3].copy(), x[n // 3:].copy()]
+            fn(parts, dt.type(0.37))
+            return tuple(parts)
+        add("scale", "list of 2, s=0.37", name, clip_scale)
+
+        rows = max(1, n // 64)
+        a2 = x[: rows * 64].reshape(rows, 64)
+        srow = rng.random(rows).astype(dt)
+
+        def clip_rows(fn, a2=a2, srow=srow):
+            a = a2.copy()
+            fn(a, srow)
+            return (a,)
+        add("scale_rows", f"({rows}, 64)", name, clip_rows)
     return out
 
 
