@@ -268,20 +268,19 @@ def group_lasso(w, t, out):
     Parameters
     ----------
     w, out : device or host arrays (A, L, B), the same float dtype, C-contiguous
-    t : scalar of w's dtype, >= 0
+    t : float (float64 math, whatever w's dtype), >= 0
 
     Returns
     -------
     None
     """
-    dt = np.dtype(w.dtype)
     (w_d,), out_d = to_device_args((w,), out)
     if w_d.size == 0:
         return
     a, length, inner = (int(s) for s in w_d.shape)
     ngroups = a * inner
     launch_1d(_group_lasso_kernel, ngroups, w_d.reshape(w_d.size), np.int64(length),
-              np.int64(inner), np.int64(ngroups), dt.type(t), out_d.reshape(out_d.size))
+              np.int64(inner), np.int64(ngroups), np.float64(t), out_d.reshape(out_d.size))
     finish(out, out_d)
 
 
