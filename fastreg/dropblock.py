@@ -128,8 +128,8 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
         scale = dtype.type(size / kept if kept else 1)  # kept 0: all +0.0 anyway
         job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
     result = job.finish(res, out_arr)
-    state = DropoutState("drop_block", p, seed, offset, training, "inverted", None,
-                         dict(block_size=block_size, layout=layout, gamma_scale=gamma_scale))
+    state = ("drop_block", p, seed, offset, training, "inverted", None,
+             (("block_size", block_size), ("layout", layout), ("gamma_scale", gamma_scale)))
     return (result if out is None else out), state
 
 
@@ -196,7 +196,7 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend,
                     "x")
-    return (y, state) if return_state else y
+    return (y, DropoutState(*state)) if return_state else y
 
 
 def drop_block_backward(grad_y, p=0.1, block_size=7, *, seed, offset=0, training=True,

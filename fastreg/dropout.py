@@ -157,8 +157,8 @@ def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backwar
                                     res.reshape(1, 1, 1, n))
         else:
             job.op("dropout")(flat(xc), seed, offset, t, scale, flat(res))
-    return _result(job.finish(res, out_arr), out), DropoutState("dropout", p, seed, offset,
-                                                                training, mode, None)
+    return _result(job.finish(res, out_arr), out), ("dropout", p, seed, offset, training, mode,
+                                                    None)
 
 
 def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
@@ -222,7 +222,7 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     """
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _elementwise(x, p, seed, offset, training, mode, out, backend, "x")
-    return (y, state) if return_state else y
+    return (y, DropoutState(*state)) if return_state else y
 
 
 def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
@@ -335,8 +335,7 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis, backw
         job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c),
                                 dtype.type(_scale(p, training, mode)), res.reshape(dims))
     kind = "drop_path" if axis is None else "channel_dropout"
-    return _result(job.finish(res, out_arr), out), DropoutState(kind, p, seed, offset, training,
-                                                                mode, axis)
+    return _result(job.finish(res, out_arr), out), (kind, p, seed, offset, training, mode, axis)
 
 
 def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="inverted",
@@ -373,7 +372,7 @@ def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="in
     """
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", axis)
-    return (y, state) if return_state else y
+    return (y, DropoutState(*state)) if return_state else y
 
 
 def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=True,
@@ -420,7 +419,7 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=N
     """
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", None)
-    return (y, state) if return_state else y
+    return (y, DropoutState(*state)) if return_state else y
 
 
 def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inverted",
