@@ -77,6 +77,14 @@ static inline void fr_bn_prefetch(const unsigned char *p, size_t n)
         __builtin_prefetch(p + o, 0, FR_BN_PF_HINT);
 }
 
+/* Per-channel loops (O(C) or O(C K) work, and the shift sample) in an AVX2 copy chosen when the
+ * process loads (GCC function multiversioning): element-wise IEEE operations, the same bits. */
+#if defined(FR_EW_X86) && !defined(__SANITIZE_ADDRESS__)
+#define FR_BN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FR_BN_CLONES
+#endif
+
 /* ------------------------------------------------------------------ jobs */
 
 /* reductions: statistics (shifted sums; STATS0 when every shift is 0: the same sums without the
@@ -627,8 +635,8 @@ typedef struct {
  * channels c0 .. c0 + n - 1 with sums s1[i], s2[i] (i = c - c0); T the dtype of the arrays in
  * the dtype.  Plain loops over the channels (they vectorize). */
 #define FR_BN_DEFINE_FINISH(SUF, T)                                                            \
-    static void fr_bn_finish_##SUF(const fr_bn_fin *f, size_t c0, size_t n, const double *s1,  \
-                                   const double *s2)                                           \
+    FR_BN_CLONES static void fr_bn_finish_##SUF(const fr_bn_fin *f, size_t c0, size_t n,       \
+                                                const double *s1, const double *s2)            \
     {                                                                                          \
         const double N = f->n;                                                                 \
         const T *w = (const T *)f->weight, *bias = (const T *)f->bias;                         \
@@ -712,8 +720,8 @@ static inline double fr_bn_total(double s, double c) { return isfinite(s) ? s + 
 /* The same step on n columns at once (s[i] += v[i], errors into c[i]), the error by Knuth's
  * TwoSum: branch-free (it vectorizes) and equal to the step above (both are the exact rounding
  * error of s + v). */
-static void fr_bn_add_cols(double *restrict s, double *restrict c, const double *restrict v,
-                           size_t n)
+FR_BN_CLONES static void fr_bn_add_cols(double *restrict s, double *restrict c,
+                                        const double *restrict v, size_t n)
 {
 #pragma omp simd
     for (size_t i = 0; i < n; i++) {
@@ -1095,6 +1103,11 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
         /* the channels' totals, over the first C entries of e1 and e2 (entry c is written after
          * the columns c * B + b >= c it reads) */
         for (size_t c = 0; c < C; c++) {
+            if (B == 1) {  /* the sum below, of one term */
+                e1[c] = fr_bn_total(t1[c], e1[c]);
+                e2[c] = fr_bn_total(t2[c], e2[c]);
+                continue;
+            }
             fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
             for (size_t b = 0; b < B; b++) {
                 size_t q = c * B + b;
@@ -1152,8 +1165,8 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
  * when m is not finite.  *zero: whether every shift is 0.  Deterministic: the data only. */
 #define FR_BN_SHIFT_N ((size_t)16)
 #define FR_BN_DEFINE_SHIFTS(SUF, T)                                                            \
-    static void fr_bn_sample_##SUF(const T *x, size_t na, size_t nb, size_t C, size_t B,       \
-                                   double *s, double *mn, double *mx)                          \
+    FR_BN_CLONES static void fr_bn_sample_##SUF(const T *x, size_t na, size_t nb, size_t C,    \
+                                                size_t B, double *s, double *mn, double *mx)   \
     {                                                                                          \
         for (size_t c = 0; c < C; c++)                                                         \
             mn[c] = mx[c] = (double)x[c * B];                                                  \
