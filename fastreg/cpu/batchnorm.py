@@ -435,14 +435,14 @@ def _finish_backward(part, tile, coef, stats):
 
 
 @inner
-def _lane_row(v, c, Cc, Bc, out):
-    """out[k] = v[c * Cc + (k % (Cc * Bc)) // Bc]: the per-channel values v of view channel c as a
-    lane row (Cc * Bc divides out.size), written without integer divisions (they would cost
-    more than the rest of a small call)."""
-    K = Cc * Bc
-    for i in range(Cc):
+def _lane_row(v, Bc, out):
+    """out[k] = v[(k % K) // Bc], K = v.size * Bc: the values v of a view channel's channels as a
+    lane row (K divides out.size), written without integer divisions (they would cost more than
+    the rest of a small call)."""
+    K = v.size * Bc
+    for i in range(v.size):
         for b in range(Bc):
-            out[i * Bc + b] = v[c * Cc + i]
+            out[i * Bc + b] = v[i]
     for k in range(K, out.size):
         out[k] = out[k - K]
 
@@ -470,13 +470,14 @@ def _forward_task(q, arrays, coef, stats, opts, tile, part):
     if step != APPLY:
         # the shift of each channel is its first value (0 if not finite), recorded by the
         # channel's first task for _finish_forward
-        x0 = stats[0]
-        if p0 == 0:
-            for i in range(Cc):
-                v = np.float64(x[c * B + i * Bc])
-                x0[c * Cc + i] = v if abs(v) < np.inf else 0.0
+        first = np.empty(Cc)
+        for i in range(Cc):
+            v = np.float64(x[c * B + i * Bc])
+            first[i] = v if abs(v) < np.inf else 0.0
+            if p0 == 0:  # (every task computes it: they may run at the same time)
+                stats[0][c * Cc + i] = first[i]
         shift = np.empty(lanes)
-        _lane_row(x0, c, Cc, Bc, shift)
+        _lane_row(first, Bc, shift)
         acc = np.empty((4, lanes)) if step == FUSED else part[q]
         for j in range(4):
             for k in range(lanes):
@@ -489,7 +490,7 @@ def _forward_task(q, arrays, coef, stats, opts, tile, part):
     if step != SUMS:
         rows = np.empty((3, chunk), o.dtype)
         for i in range(3):
-            _lane_row(coef[2 + i], c, Cc, Bc, rows[i])
+            _lane_row(coef[2 + i][c * Cc:(c + 1) * Cc], Bc, rows[i])
         buf = np.empty(chunk, o.dtype)
         for p in range(p1 - 1, p0 - 1, -1):
             lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
@@ -515,7 +516,7 @@ def _backward_task(q, arrays, coef, stats, flags, tile, part):
         p1 = min(p0 + per_task, A * nb)
     if step != APPLY:
         mu = np.empty(lanes)
-        _lane_row(stats[0], c, Cc, Bc, mu)
+        _lane_row(stats[0][c * Cc:(c + 1) * Cc], Bc, mu)
         acc = np.empty((4, lanes)) if step == FUSED else part[q]
         for j in range(4):
             for k in range(lanes):
@@ -529,7 +530,7 @@ def _backward_task(q, arrays, coef, stats, flags, tile, part):
     if step != SUMS:
         rows = np.empty((4, chunk), gx.dtype)
         for i in range(4):
-            _lane_row(coef[3 + i], c, Cc, Bc, rows[i])
+            _lane_row(coef[3 + i][c * Cc:(c + 1) * Cc], Bc, rows[i])
         buf = np.empty(2 * chunk, gx.dtype)
         for p in range(p1 - 1, p0 - 1, -1):
             lo = ((p // nb) * Cv + c) * B + (p % nb) * seg

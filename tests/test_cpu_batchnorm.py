@@ -1,0 +1,323 @@
+"""Backend "cpu" batch norm (fastreg/cpu/batchnorm.py): what is particular to the Numba kernels.
+
+The general backend-vs-reference tests are in tests/test_batchnorm.py (non-finite input in
+test_batchnorm_nonfinite.py). Here every strategy the plan can pick is reached with tiny inputs
+by shrinking the module's limits: rows cut into several pieces (what rows longer than SEG =
+32768 values get), several tasks per channel, fused and unfused channels, the columns regime with
+several tasks and joined rows, streamed outputs (aligned or not), in place, serially and in
+parallel. Each test asserts the plan that ran and compares every op with the reference within
+test_batchnorm's tolerance table (the element-wise ops exactly); serial and parallel runs of one
+plan give the same bits; a channel holding +-inf or NaN gets the reference's values; and each
+compiled function has one specialization per dtype.
+"""
+import numpy as np
+import pytest
+from test_batchnorm import EPS, STATS_RTOL, TOL
+
+import fastreg
+from fastreg.reference import batchnorm as R
+
+bn = pytest.importorskip("fastreg.cpu.batchnorm")
+if fastreg.available_backends()["cpu"] is not None:
+    pytest.skip(f"cpu backend unavailable: {fastreg.available_backends()['cpu']}",
+                allow_module_level=True)
+
+DTYPES = [np.float32, np.float64]
+ROWS = dict(ROWS_MIN_B=8, SEG=16, TASK=32, LANES=4, CHUNK=8)  # B = 40: pieces of 14 values
+# id -> (limits, (A, C, B), what the plan must be)
+STRATEGIES = {
+    "rows-fused": (ROWS, (3, 4, 40), dict(regime="rows", fused=True)),
+    "rows-unfused": (dict(ROWS, FUSE_MAX_BYTES=0), (3, 4, 40), dict(regime="rows", fused=False)),
+    "cols-tasks": (dict(COL_TASK=60, SPAN=32), (37, 3, 5), dict(regime="cols", fused=False)),
+    "cols-nc": (dict(COL_TASK=24, SPAN=16), (29, 6, 1), dict(regime="cols", fused=False)),
+}
+STREAM = dict(STREAM_MIN_BYTES=0, STREAM_MIN_ROW=0)
+
+
+@pytest.fixture
+def limits(monkeypatch):
+    """limits(**values): set the module's limits for this test (and forget cached plans)."""
+    def set_limits(**values):
+        monkeypatch.setattr(bn, "_PLANS", {})
+        for name, value in values.items():
+            assert hasattr(bn, name), name
+            monkeypatch.setattr(bn, name, value)
+    return set_limits
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def threads(request, monkeypatch):
+    """Plans with 1 thread, or with 2 for any size (the grain set to 1 value)."""
+    if request.param == "parallel":
+        monkeypatch.setitem(fastreg._threads.GRAIN, "batchnorm", 1)
+        with fastreg.threads(2):
+            yield 2
+    else:
+        yield 1
+
+
+def aligned(shape, dtype, offset=0):
+    """An empty array starting ``offset`` elements after a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    n = int(np.prod(shape))
+    buf = np.empty(n * itemsize + 128 + offset * itemsize, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset * itemsize
+    return buf[start:start + n * itemsize].view(dtype).reshape(shape)
+
+
+def problem(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    A, C, B = shape
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+    x.flat[::7] = 0  # exact zeros for the ReLU mask
+    return dict(x=x, res=rng.standard_normal(shape).astype(dtype),
+                gy=rng.standard_normal(shape).astype(dtype),
+                w=rng.uniform(0.5, 1.5, C).astype(dtype), b=rng.standard_normal(C).astype(dtype))
+
+
+def check(got, expected, k, dtype, scale, what):
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    err = np.abs(got - expected)
+    budget = k * EPS[dtype] * np.asarray(scale) + 1e-300
+    assert np.all(err <= budget), f"{what}: max error {err.max():.3g} > {np.max(budget):.3g}"
+
+
+def check_plan(ran, want, nthreads, mode):
+    for field, value in want.items():
+        assert getattr(ran, field) == value, (field, ran)
+    assert ran.nthreads == nthreads and ran.mode == mode, ran
+
+
+def run_forward(p, relu, residual, out, nthreads, want, mode):
+    """bn_forward_train (and bn_stats) on out (may be x's copy, in place) vs the reference."""
+    x = p["x"]
+    A, C, B = x.shape
+    dt = x.dtype.type
+    r = p["res"] if residual else None
+    if out is not None and mode == bn.IN_PLACE:
+        out[...] = x
+    mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
+    ran = bn.bn_forward_train(out if mode == bn.IN_PLACE else x, p["w"], p["b"], 1e-5, r, relu,
+                              out, mean, m2, inv)
+    check_plan(ran, want, nthreads, mode)
+    ey, emean, em2, einv = np.empty_like(x), np.empty(C), np.empty(C), np.empty(C)
+    R.bn_forward_train(x, p["w"], p["b"], 1e-5, r, relu, ey, emean, em2, einv)
+    np.testing.assert_allclose(mean, emean, rtol=STATS_RTOL, atol=STATS_RTOL * np.abs(x).max())
+    np.testing.assert_allclose(m2, em2, rtol=STATS_RTOL)
+    np.testing.assert_allclose(inv, einv, rtol=STATS_RTOL)
+    scale = np.abs(x).max() * np.abs(p["w"] * einv).max() + np.abs(p["b"]).max() + 1
+    if r is not None:
+        scale += np.abs(r).max()
+    check(out, ey, TOL["y"], dt, scale, f"forward relu={relu} residual={residual}")
+    # bn_apply with the reference's coefficients: exact
+    ctr, sc, sh = (np.empty(C, x.dtype) for _ in range(3))
+    R.bn_forward_coeffs(emean, em2, A * B, p["w"], p["b"], 1e-5, False, np.empty(C), np.empty(C),
+                        ctr, sc, sh)
+    R.bn_apply(x, ctr, sc, sh, r, relu, ey)
+    if mode == bn.IN_PLACE:
+        out[...] = x
+    ran = bn.bn_apply(out if mode == bn.IN_PLACE else x, ctr, sc, sh, r, relu, out)
+    check_plan(ran, dict(regime=want["regime"]), nthreads, mode)
+    np.testing.assert_array_equal(out, ey)
+
+
+def run_backward(p, masked, training, with_gres, gx, gres, nthreads, want, mode):
+    """bn_backward (and bn_backward_reduce / _apply) vs the reference."""
+    x, gy, w = p["x"], p["gy"], p["w"]
+    A, C, B = x.shape
+    dt = x.dtype.type
+    mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
+    R.bn_forward_train(x, w, p["b"], 1e-5, None, False, np.empty_like(x), mean, m2, inv)
+    y = np.maximum(x, 0) if masked else None
+    gw, gb = np.empty(C, x.dtype), np.empty(C, x.dtype)
+    if mode == bn.IN_PLACE:
+        gx[...] = gy
+    ran = bn.bn_backward(gx if mode == bn.IN_PLACE else gy, x, y, mean, inv, w, training, gx,
+                         gres if with_gres else None, gw, gb)
+    check_plan(ran, want, nthreads, mode)
+    egx, egres, egw, egb = np.empty_like(x), np.empty_like(x), np.empty(C, x.dtype), \
+        np.empty(C, x.dtype)
+    R.bn_backward(gy, x, y, mean, inv, w, training, egx, egres, egw, egb)
+    g = gy.astype(np.float64) if y is None else np.where(y > 0, gy.astype(np.float64), 0.0)
+    xhat = (x - mean[None, :, None]) * inv[None, :, None]
+    a = (w * inv)[None, :, None]
+    S = np.abs(g) * np.abs(a) + (np.abs(x) + np.abs(mean[None, :, None])) * np.abs(
+        a * inv[None, :, None] * egw[None, :, None] / (A * B)) + np.abs(a * egb[None, :, None]
+                                                                          / (A * B))
+    check(gx, egx, TOL["grad_x"], dt, S.max() + EPS[dt], f"grad_x training={training}")
+    pscale = (np.abs(g) * (1 + np.abs(xhat))).sum(axis=(0, 2))
+    check(gw, egw, TOL["grad_param"], dt, pscale, "grad_weight")
+    check(gb, egb, TOL["grad_param"], dt, pscale, "grad_bias")
+    if with_gres:
+        np.testing.assert_array_equal(gres, egres)
+    # the pieces: bn_backward_reduce, and bn_backward_apply with the reference's coefficients
+    s_dy, s_dyx, e_dy, e_dyx = np.empty(C), np.empty(C), np.empty(C), np.empty(C)
+    ran = bn.bn_backward_reduce(gy, x, y, mean, s_dy, s_dyx)
+    assert ran.regime == want["regime"] and ran.nthreads == nthreads
+    R.bn_backward_reduce(gy, x, y, mean, e_dy, e_dyx)
+    check(s_dy, e_dy, TOL["grad_param"], dt, pscale, "s_dy")
+    check(s_dyx, e_dyx, TOL["grad_param"], dt, pscale / inv, "s_dyx")
+    ctr, ca, cb, cd = (np.empty(C, x.dtype) for _ in range(4))
+    R.bn_backward_coeffs(e_dy, e_dyx, mean, inv, w, A * B, training, ctr, ca, cb, cd,
+                         np.empty(C, x.dtype), np.empty(C, x.dtype))
+    coefs = (ctr, ca, cb, cd) if training else (ctr, ca, None, None)
+    R.bn_backward_apply(gy, x, y, *coefs, egx, egres)
+    if mode == bn.IN_PLACE:
+        gx[...] = gy
+    ran = bn.bn_backward_apply(gx if mode == bn.IN_PLACE else gy, x, y, *coefs, gx,
+                               gres if with_gres else None)
+    assert ran.mode == mode
+    np.testing.assert_array_equal(gx, egx)
+    if with_gres:
+        np.testing.assert_array_equal(gres, egres)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("mode", ["plain", "in-place", "stream", "stream-unaligned"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_matches_the_reference(limits, threads, strategy, mode, dtype):
+    lim, shape, want = STRATEGIES[strategy]
+    if mode.startswith("stream") and not bn.CAN_STREAM:
+        pytest.skip("no streaming stores on this machine")
+    limits(**lim, **(STREAM if mode.startswith("stream") else {}))
+    p = problem(shape, dtype)
+    offset = 1 if mode == "stream-unaligned" else 0
+    expect = {"plain": bn.PLAIN, "in-place": bn.IN_PLACE}.get(mode, bn.STREAM)
+    stats_plan = bn.bn_stats(p["x"], np.empty(shape[1]), np.empty(shape[1]))
+    assert stats_plan.regime == want["regime"] and stats_plan.nthreads == threads
+    for relu in (False, True):
+        for residual in (False, True):
+            run_forward(p, relu, residual, aligned(shape, dtype, offset), threads, want, expect)
+    for masked in (False, True):
+        for training in (True, False):
+            for with_gres in (False, True):
+                run_backward(p, masked, training, with_gres, aligned(shape, dtype, offset),
+                             aligned(shape, dtype, offset), threads, want, expect)
+
+
+def test_the_limits_reach_each_strategy(limits):
+    """The shapes above really cut rows into pieces, use several tasks and join rows; with the
+    shipped limits, rows longer than SEG are cut and 64 MiB outputs are streamed."""
+    limits()
+    plan = bn._plan((2, 3, 3 * bn.SEG + 5), 4)
+    assert plan.regime == "rows" and plan.tile[4] == 4
+    assert bn._plan((64, 64, 4096), 4).stream == bn.CAN_STREAM
+    assert not bn._plan((64, 256, 1), 4).stream
+    limits(**ROWS)
+    plan = bn._plan((3, 4, 40), 4)
+    A, C, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = plan.tile
+    assert nb == 3 and seg == 14 and per_task == 2 and ntask == 5 and chunk == 8
+    limits(COL_TASK=60, SPAN=32)
+    plan = bn._plan((37, 3, 5), 4)
+    A, C, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = plan.tile
+    assert (A, C, B) == (1, 1, 37 * 15) and seg == 4 * 15 and ntask == 10 and lanes == 30
+    assert (Cc, Bc, n) == (3, 5, 37 * 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_serial_and_parallel_give_the_same_bits(limits, strategy, dtype):
+    lim, shape, want = STRATEGIES[strategy]
+    limits(**lim)
+    p = problem(shape, dtype, seed=3)
+    x, gy, w, b, r = p["x"], p["gy"], p["w"], p["b"], p["res"]
+    C = shape[1]
+    results = []
+    for nthreads in (1, 2):
+        plan = bn._plan(shape, x.itemsize)._replace(nthreads=nthreads)
+        assert plan.fused == want["fused"]
+        out, stats = np.empty_like(x), [np.empty(C) for _ in range(5)]
+        bn.bn_forward_train(x, w, b, 1e-5, r, True, out, *stats[:3], plan=plan)
+        bn.bn_stats(x, *stats[3:], plan=plan)
+        gx, gres, gw, gb = np.empty_like(x), np.empty_like(x), np.empty(C, x.dtype), \
+            np.empty(C, x.dtype)
+        bplan = bn._plan(shape, x.itemsize, 3)._replace(nthreads=nthreads)
+        bn.bn_backward(gy, x, out, stats[0], stats[2], w, True, gx, gres, gw, gb, plan=bplan)
+        results.append([out, gx, gres, gw, gb] + stats)
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint8), b_.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("values", [[np.inf], [-np.inf, 1.0], [np.nan], [np.inf, -np.inf]],
+                         ids=["+inf", "-inf", "nan", "+inf-inf"])
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_non_finite_channel_gives_the_reference_values(limits, strategy, values, dtype):
+    """A channel holding +-inf or NaN (also as its first value, the shift of its sums): mean +-inf
+    or NaN, M2 NaN, as the reference defines them; the other channels are unaffected."""
+    lim, shape, want = STRATEGIES[strategy]
+    limits(**lim)
+    p = problem(shape, dtype, seed=5)
+    x, gy, w, b = p["x"], p["gy"], p["w"], p["b"]
+    A, C, B = shape
+    x[0, 1, 0] = values[0]
+    x[-1, 1, -1] = values[-1]
+    got = dict(y=np.empty_like(x), mean=np.empty(C), m2=np.empty(C), inv=np.empty(C))
+    exp = {k: np.empty_like(v) for k, v in got.items()}
+    with np.errstate(all="raise"):  # no floating-point warning from the backend's side
+        ran = bn.bn_forward_train(x, w, b, 1e-5, None, False, got["y"], got["mean"], got["m2"],
+                                  got["inv"])
+    assert ran.fused == want["fused"]
+    R.bn_forward_train(x, w, b, 1e-5, None, False, exp["y"], exp["mean"], exp["m2"], exp["inv"])
+    gx, gw, gb = np.empty_like(x), np.empty(C, x.dtype), np.empty(C, x.dtype)
+    egx, egw, egb = np.empty_like(x), np.empty(C, x.dtype), np.empty(C, x.dtype)
+    bn.bn_backward(gy, x, None, got["mean"], got["inv"], w, True, gx, None, gw, gb)
+    with np.errstate(invalid="ignore"):
+        R.bn_backward(gy, x, None, exp["mean"], exp["inv"], w, True, egx, None, egw, egb)
+    got.update(gx=gx, gw=gw, gb=gb)
+    exp.update(gx=egx, gw=egw, gb=egb)
+    s, e = np.empty(C), np.empty(C)
+    bn.bn_stats(x, s, e)
+    got.update(stats_mean=s, stats_m2=e)
+    exp.update(stats_mean=exp["mean"], stats_m2=exp["m2"])
+    assert np.isnan(got["m2"][1]) and not np.isfinite(got["mean"][1])
+    for k in got:
+        g, ex = np.asarray(got[k], np.float64), np.asarray(exp[k], np.float64)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(g), test(ex), err_msg=f"{k}: {test.__name__}")
+        fin = np.isfinite(ex)
+        np.testing.assert_allclose(g[fin], ex[fin], rtol=1e-4 if dtype == np.float32 else 1e-9,
+                                   atol=1e-4 if dtype == np.float32 else 1e-9, err_msg=k)
+
+
+def test_one_specialization_per_dtype(limits):
+    """Every compiled function of the module, after every op with every option on both dtypes
+    and both regimes, serially and in parallel, holds at most one signature per dtype: optional
+    arrays are flags, and no helper is called with a literal (which Numba compiles apart)."""
+    import numba.core.dispatcher as nd
+
+    limits(**ROWS)
+    for dtype in DTYPES:
+        for shape in ((3, 4, 40), (5, 3, 2)):
+            p = problem(shape, dtype)
+            x, w, b, gy = p["x"], p["w"], p["b"], p["gy"]
+            C = shape[1]
+            for nthreads in (1, 2):
+                for fused in (False, True):
+                    plan = bn._plan(shape, x.itemsize)._replace(nthreads=nthreads, fused=fused
+                                                                and shape[2] >= 8)
+                    for relu, r in ((False, None), (True, p["res"])):
+                        out = np.empty_like(x)
+                        stats = [np.empty(C) for _ in range(3)]
+                        bn.bn_forward_train(x, w, b, 1e-5, r, relu, out, *stats, plan=plan)
+                        bn.bn_apply(x, w, w, b, r, relu, out, plan=plan)
+                        bn.bn_stats(x, *stats[:2], plan=plan)
+                        for y, gres in ((None, None), (out, np.empty_like(x))):
+                            gx = np.empty_like(x)
+                            gw, gb = np.empty(C, x.dtype), np.empty(C, x.dtype)
+                            bn.bn_backward(gy, x, y, stats[0], stats[2], w, True, gx, gres, gw,
+                                           gb, plan=plan)
+                            bn.bn_backward_reduce(gy, x, y, stats[0], *stats[1:], plan=plan)
+                            bn.bn_backward_apply(gy, x, y, w, w, w, w, gx, gres, plan=plan)
+                            bn.bn_backward_apply(gy, x, y, w, w, None, None, gx, gres, plan=plan)
+    counts = {}
+    for name, obj in vars(bn).items():
+        for d in (obj, getattr(obj, "serial", None), getattr(obj, "parallel", None)):
+            if isinstance(d, nd.Dispatcher) and d.signatures:
+                counts[f"{name}.{d.py_func.__name__}"] = len(d.signatures)
+    # (a function loaded from Numba's cache has its own signatures only, not its callees')
+    more = {name: n for name, n in counts.items() if n > 2}
+    assert not more, more
+    for name in ("_forward_kernel._forward_kernel__serial", "_forward_serial._forward_serial",
+                 "_backward_kernel._backward_kernel__serial", "_finish_backward._finish_backward"):
+        assert counts[name] == 2, (name, counts)
