@@ -10,6 +10,11 @@ writes y, 2 S; forward + backward also reads grad_y and x and writes grad_x, 5 S
 fastreg.bench.cases for the calls and the byte counts, fastreg.bench.plugin for the GB/s report.
 
     pytest bench/bench_batchnorm.py --benchmark-only -k "nchw and full"
+
+Run as a script, it prints issue 12's targets (each case's fastreg / torch ratio, interleaved in
+one process, and the small case's kernels alone):
+
+    python bench/bench_batchnorm.py [--backend c] [--rounds 15]
 """
 import os
 
@@ -71,3 +76,131 @@ def test_torch_batch_norm(bandwidth_benchmark, request, threads, dtype, layout, 
     shape, _ = cases.bn_shape(layout, quick)
     bandwidth_benchmark.group = f"{op} {dtype.__name__} {layout} {size}"
     bandwidth_benchmark(fn, nbytes=cases.bn_nbytes(op, shape, dtype))
+
+
+# --- the targets table (python bench/bench_batchnorm.py) -----------------------------------------
+
+TARGET_CASES = [("nchw", "bn_train", 4.5), ("nchw", "bn_train_backward", 2.5),
+                ("nchw", "bn_infer", 1.0), ("nhwc", "bn_train", 1.5),
+                ("nhwc", "bn_train_backward", 1.2), ("nhwc", "bn_infer", 1.0),
+                ("nc", "bn_train", 1.2), ("nc", "bn_train_backward", 1.5), ("nc", "bn_infer", 1.0),
+                ("small", "bn_train", 1.0), ("small", "bn_train_backward", 1.0)]
+SMALL_SHAPE = (64, 256)
+
+
+def _small_calls(op, backend):
+    """(fastreg call, torch call, kernel-only call or None) for the (64, 256) case: the same
+    definitions as fastreg.bench.cases's (training forward, or forward + backward with autograd)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from fastreg.bench.cases import bn_arrays
+
+    x, gy, w, b, rm, rv = bn_arrays(SMALL_SHAPE, 1)
+    y, gx = np.empty_like(x), np.empty_like(x)
+    xt, gyt, wt, bt, rmt, rvt = (torch.from_numpy(a.copy()) for a in (x, gy, w, b, rm, rv))
+    kernel = None
+    if op == "bn_train":
+        def call():
+            return fastreg.batch_norm(x, rm, rv, w, b, training=True, out=y, backend=backend)[0]
+
+        def peer():
+            with torch.no_grad():
+                return F.batch_norm(xt, rmt, rvt, wt, bt, training=True)
+        if backend == "c":
+            from fastreg.c import batchnorm as cb
+            x3, y3 = x.reshape(*SMALL_SHAPE, 1), y.reshape(*SMALL_SHAPE, 1)
+            C = SMALL_SHAPE[1]
+            mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
+
+            def kernel():
+                cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)
+                cb.bn_running_update(mean, m2, SMALL_SHAPE[0], rm, rv, 0.1)
+    else:
+        xg, wg, bg = (a.clone().requires_grad_(True) for a in (xt, wt, bt))
+
+        def call():
+            _, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, out=y, backend=backend)
+            return fastreg.batch_norm_backward(gy, x, saved, w, out=gx, backend=backend)[0]
+
+        def peer():
+            xg.grad = wg.grad = bg.grad = None
+            F.batch_norm(xg, rmt, rvt, wg, bg, training=True).backward(gyt)
+            return xg.grad
+        if backend == "c":
+            from fastreg.c import batchnorm as cb
+            x3, y3, gy3, gx3 = (a.reshape(*SMALL_SHAPE, 1) for a in (x, y, gy, gx))
+            C = SMALL_SHAPE[1]
+            mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
+            gw, gb = np.empty(C, x.dtype), np.empty(C, x.dtype)
+
+            def kernel():
+                cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)
+                cb.bn_running_update(mean, m2, SMALL_SHAPE[0], rm, rv, 0.1)
+                cb.bn_backward(gy3, x3, None, mean, inv, w, True, gx3, None, gw, gb)
+    return call, peer, kernel
+
+
+def targets_table(backend="c", rounds=15, small_rounds=2000):
+    """Times every target case of issue 12 (batch norm): fastreg ``backend`` and torch's
+    F.batch_norm (+ autograd) interleaved, same data, same process; prints min and median,
+    the ratio of the minima (x torch), GB/s over the bytes that must move, and for the small
+    case the kernels alone (fastreg.c.batchnorm, the public wrapper's share is the rest)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    def times(fn, n):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return out
+
+    print(f"fastreg {backend} vs torch {torch.__version__}, float32, "
+          f"{fastreg.get_num_threads()} fastreg threads, {torch.get_num_threads()} torch threads")
+    print(f"{'case':32s} {'fastreg min/med':>17s} {'torch min/med':>17s} {'x torch':>8s} "
+          f"{'GB/s':>6s} {'target':>7s}")
+    for layout, op, target in TARGET_CASES:
+        kernel = None
+        if layout == "small":
+            shape = SMALL_SHAPE
+            f, g, kernel = _small_calls(op, backend)
+            reps, inner, unit, scale = small_rounds, 1, "us", 1e6
+        else:
+            shape, _ = cases.bn_shape(layout)
+            f = cases.bn_fastreg_call(op, backend, layout)
+            g = cases.bn_torch_call(op, layout)
+            reps, inner, unit, scale = rounds, 1, "ms", 1e3
+        f(), g()
+        tf, tg, tk = [], [], []
+        for _ in range(reps):
+            tf += times(f, inner)
+            tg += times(g, inner)
+            if kernel is not None:
+                tk += times(kernel, inner)
+        nbytes = cases.bn_nbytes(op, shape)
+        ratio = min(tg) / min(tf)
+        name = f"{layout} {shape} {op}"
+        print(f"{name:32s} {min(tf) * scale:7.3f}/{np.median(tf) * scale:7.3f}{unit} "
+              f"{min(tg) * scale:7.3f}/{np.median(tg) * scale:7.3f}{unit} {ratio:7.2f}x "
+              f"{nbytes / min(tf) / 1e9:6.1f} {'>=' + str(target):>7s} "
+              f"{'met' if ratio >= target else 'NOT met'}", flush=True)
+        if tk:
+            print(f"{'  kernels alone (c wrappers)':32s} {min(tk) * scale:7.3f}/"
+                  f"{np.median(tk) * scale:7.3f}{unit}  -> public wrapper's share "
+                  f"{(min(tf) - min(tk)) * scale:.1f} {unit} of {min(tf) * scale:.1f}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="issue 12's batch-norm targets against torch")
+    parser.add_argument("--backend", default="c")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds of the large cases")
+    parser.add_argument("--small-rounds", type=int, default=2000)
+    args = parser.parse_args()
+    targets_table(args.backend, args.rounds, args.small_rounds)

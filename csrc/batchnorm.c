@@ -4,27 +4,39 @@
  * A * B elements x[:, c, :]; per-channel arrays are (C,).
  *
  * Two layouts, chosen from B and the dtype only:
- *   - channel layout (a row of a channel, B elements, is at least 64 bytes: NCHW): work on
- *     (channel, chunk) items, a chunk being a few rows of one channel (or a piece of one long
- *     row).  The fused ops (forward_train, backward) hand out whole channels when there are
- *     enough of them: a thread reduces a channel, computes its coefficients, and applies them
- *     while the channel's data is still in its cache (x read from memory once).  With few
- *     channels the (channel, chunk) items are spread over the threads in three phases.
+ *   - channel layout (a row of a channel, B elements, is at least 64 bytes: NCHW): the data are
+ *     cut into (chunk, channel) items, a chunk being one row of a channel (rows of 4 KB or
+ *     more), a few rows, or a piece of one long row.  The ops that reduce and then apply
+ *     (forward_train, backward) run in one of three ways (fr_bn_set_channel_strategy):
+ *       whole channels per thread, when a channel's reduction input fits in a core's L2 and
+ *       the channels share out evenly: a thread reduces a channel, computes its coefficients and
+ *       applies them from its cache while it prefetches its next channel (x read once);
+ *       threads sharing each channel otherwise: each reduces its block of the channel's chunks,
+ *       waits for the others' partials (a counter per channel), computes the coefficients and
+ *       applies them to its block from its L2 (read once, a channel of any size);
+ *       two passes (only when asked): the reduction over all items in memory order, then the
+ *       apply pass.
+ *     Ops that only reduce or only apply make one pass over the items in memory order.
  *   - row layout (B small: channels-last, (N, C)): rows of L = C * B contiguous elements, cut
- *     into tiles of (row chunk, column block); each tile accumulates per-column partial sums,
- *     combined in row-chunk order, then over the B columns of each channel.
- * Reductions accumulate in double: shifted sums (shift = the channel's first element) for the
- * statistics, so that float32 data with a large mean keeps its variance; sum g and
- * sum g * (x - mean) for the backward.  Every partial sum covers a fixed part of the data (fixed
- * by the shape only) and partials are added in a fixed order, and no fused multiply-add is used
- * (-ffp-contract=off): the results do not depend on the number of threads nor on the
- * instruction set (portable, AVX2 and AVX-512 copies of the loops give the same bits).
+ *     into tiles of (row chunk, column block); each tile accumulates per-column partial sums
+ *     four rows at a time, combined in row-chunk order, then over the B columns of each
+ *     channel; the apply pass then takes each thread's last ~2 MB first (still in its caches).
+ * Reductions accumulate in double: shifted sums for the statistics (the shift 0 when a sample
+ * of the channel says its mean is within its spread, then without a subtraction per element),
+ * so that float32 data with a large mean keeps its variance; sum g and sum g * (x - mean) for
+ * the backward.  Every partial sum covers a fixed part of the data (fixed by the shape only) and
+ * partials are added in a fixed order, and no fused multiply-add is used (-ffp-contract=off):
+ * the results do not depend on the number of threads, the strategy or the instruction set
+ * (portable, AVX2 and AVX-512 copies of the loops give the same bits).
  *
+ * Threads: the count the Python wrapper sets for the call (fr_set_threads, from
+ * fastreg._threads.plan); each phase is one parallel region, or none on one thread.
  * Element-wise parts work in the array's dtype with per-channel coefficients cast to it, in the
  * reference's order of operations.  Large outputs that the op does not read are written with
  * streaming stores through a small buffer (see the setting in fastreg.h).
  */
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -829,6 +841,26 @@ static inline void fr_bn_sfence(int stream)
 #endif
 }
 
+/* ------------------------------------------------------------------ strategy */
+
+/* How the channel layout runs an op that reduces and applies (forward training, backward):
+ * auto, whole channels per thread, threads sharing each channel, or two passes over the data
+ * (fr_bn_set_channel_strategy; tests reach every one with tiny inputs). */
+enum { FR_BN_AUTO = 0, FR_BN_WHOLE = 1, FR_BN_SHARED = 2, FR_BN_TWO_PASS = 3 };
+static int fr_bn_channel_strategy = FR_BN_AUTO;
+
+int fr_bn_set_channel_strategy(int strategy)
+{
+    if (strategy < FR_BN_AUTO || strategy > FR_BN_TWO_PASS)
+        return -1;
+    int previous = fr_bn_channel_strategy;
+    fr_bn_channel_strategy = strategy;
+    return previous;
+}
+
+/* shared channels: pauses before a waiting thread yields its core */
+#define FR_BN_SPINS 4096u
+
 /* ------------------------------------------------------------------ threads */
 
 /* Everything a phase of an op needs; a task runs its share (tid of nth) of one phase. */
@@ -842,6 +874,11 @@ typedef struct {
     size_t itemsize;
     size_t nred;         /* arrays the reduction reads */
     double *part;        /* partial sums of the reduction */
+    /* shared channels: per channel, the threads that have written their partials; per thread
+     * but the first, room for its own copy of the finishing step's outputs (stride bytes) */
+    int *arrived;
+    unsigned char *scratch;
+    size_t stride;
 } fr_bn_ctx;
 
 typedef void (*fr_bn_task)(const fr_bn_ctx *x, int tid, int nth);
@@ -909,6 +946,76 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
                         if (pfa[q])
                             fr_bn_prefetch(pfa[q] + (off + r * L + B) * is, len * is);
             }
+        }
+    }
+    fr_bn_sfence(j->stream);
+}
+
+/* Waits until `n` threads have called this on the counter (each after writing its partials). */
+static void fr_bn_arrive(int *counter, int n)
+{
+    __atomic_add_fetch(counter, 1, __ATOMIC_ACQ_REL);
+    for (unsigned spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < n; spins++) {
+        if (spins < FR_BN_SPINS) {
+#ifdef FR_EW_X86
+            _mm_pause();
+#endif
+        } else {
+            sched_yield();  /* the other thread may have lost its core */
+        }
+    }
+}
+
+/* Channel layout, threads share each channel: a thread reduces its block of the channel's
+ * chunks, waits for the others' partials (one counter per channel, no barrier of the team),
+ * computes the channel's coefficients from all partials in chunk order (each thread the same
+ * bits; the first writes the op's outputs, the others a copy of their own), and applies them
+ * to its block while that is still in its L2: a channel too large for one core's cache is read
+ * from memory once. */
+static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
+{
+    const fr_bn_job *j = x->j;
+    const fr_bn_plan *p = &x->p;
+    const size_t C = j->C, K = p->K, L = j->L, is = x->itemsize;
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
+        x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
+    fr_bn_fin f = *x->fin;
+    fr_bn_job jt = *j;
+    if (tid > 0) {
+        unsigned char *m = x->scratch + (size_t)(tid - 1) * x->stride;
+        double **o[3] = {&f.o1, &f.o2, &f.o3};
+        for (int q = 0; q < 3; q++, m += C * sizeof(double))
+            if (*o[q])
+                *o[q] = (double *)m;
+        for (int q = 0; q < 4; q++, m += C * is) {
+            if (f.k[q])
+                f.k[q] = m;
+            jt.k[q] = j->k[q] ? f.k[q] : NULL;
+        }
+        if (f.gw)
+            f.gw = m;
+        if (f.gb)
+            f.gb = m + C * is;
+    }
+    size_t lo, hi, off, nrows, len;
+    fr_bn_range(K, tid, nth, &lo, &hi);
+    for (size_t c = 0; c < C; c++) {
+        double *part = x->part + 2 * c * K;
+        for (size_t k = lo; k < hi; k++) {
+            fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
+            x->kn->red_seg(j, off, L, nrows, len, x->ctr[c], part + 2 * k);
+        }
+        fr_bn_arrive(x->arrived + c, nth);
+        fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+        for (size_t k = 0; k < K; k++) {
+            fr_bn_add(&s1, part[2 * k]);
+            fr_bn_add(&s2, part[2 * k + 1]);
+        }
+        const double t1 = fr_bn_total(s1.s, s1.c), t2 = fr_bn_total(s2.s, s2.c);
+        fr_bn_finish(&f, c, 1, &t1, &t2);
+        for (size_t k = lo; k < hi; k++) {
+            fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
+            app(&jt, off, L, nrows, len, c);
         }
     }
     fr_bn_sfence(j->stream);
@@ -1033,11 +1140,31 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
     const fr_bn_plan *p = &x.p;
 
     if (!p->rows) {
-        const size_t K = p->K, n = (size_t)fr_get_threads();
-        /* fused when a channel fits in the cache and the channels share out evenly */
-        if (red && apply && p->fused && (n <= 1 || C >= 4 * n || C % n == 0)) {
+        const size_t K = p->K;
+        const int n = fr_get_threads();
+        int how = fr_bn_channel_strategy;
+        if (red && apply && how == FR_BN_AUTO)
+            /* whole channels per thread when a channel fits in a core's cache and the channels
+             * share out evenly; else the threads share each channel */
+            how = p->fused && (n <= 1 || C >= 4 * (size_t)n || C % (size_t)n == 0)
+                      ? FR_BN_WHOLE : FR_BN_SHARED;
+        if (red && apply && how == FR_BN_WHOLE) {
             fr_bn_par(fr_bn_task_fused, &x, C);
             return FR_OK;
+        }
+        if (red && apply && how == FR_BN_SHARED) {
+            const size_t nt = n > 1 ? (size_t)n : 1;
+            x.stride = 3 * C * sizeof(double) + 6 * C * itemsize;
+            x.part = (double *)malloc(2 * C * K * sizeof(double));
+            x.arrived = (int *)calloc(C, sizeof(int));
+            x.scratch = (unsigned char *)malloc(nt > 1 ? (nt - 1) * x.stride : 1);
+            int st = x.part && x.arrived && x.scratch ? FR_OK : FR_ERR_ALLOC;
+            if (st == FR_OK)
+                fr_bn_par(fr_bn_task_shared, &x, K);
+            free(x.part);
+            free(x.arrived);
+            free(x.scratch);
+            return st;
         }
         if (red) {
             /* partials (2 C K), then the channels' totals (2 C) */

@@ -185,6 +185,12 @@ int fr_bn_backward_f64(const double *gy, const double *x, const double *y, const
 int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t nred,
                     int64_t *info);
 
+/* How the channel layout (B * itemsize >= 64) runs forward training and backward: 0 auto,
+ * 1 whole channels per thread, 2 the threads share each channel, 3 two passes over the data
+ * (the same bits every way; for tests and measurements).  Returns the previous, or -1 for an
+ * unknown value (nothing changed). */
+int fr_bn_set_channel_strategy(int strategy);
+
 /* Per-channel ops, (C,) arrays, float64 math as the reference's (the same bits).
  * forward_coeffs: mean, m2 double when stats_f64, else in the dtype; var = m2 / count,
  * invstd = 1 / sqrt(var + eps), scale = w * invstd, center = fold ? 0 : mean,

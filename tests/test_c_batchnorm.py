@@ -185,9 +185,12 @@ regions = fc.parallel_regions()
 out = {{}}
 for i, shape in enumerate(t.SHAPES):
     for dt in t.FLOATS:
-        r = t.run_all(t.problem(shape, dt, seed=2, loc=t.LOCS[i % 2]))
-        out[f"{{i}}-{{np.dtype(dt).name}}"] = {{
-            k: hashlib.sha256(t.bits(v).tobytes()).hexdigest() for k, v in r.items()}}
+        for strategy in ("auto", "shared", "two-pass"):
+            fc.batchnorm.set_channel_strategy(strategy)
+            r = t.run_all(t.problem(shape, dt, seed=2, loc=t.LOCS[i % 2]))
+            out[f"{{i}}-{{np.dtype(dt).name}}-{{strategy}}"] = {{
+                k: hashlib.sha256(t.bits(v).tobytes()).hexdigest() for k, v in r.items()}}
+fc.batchnorm.set_channel_strategy("auto")
 out["parallel regions"] = fc.parallel_regions() - regions
 json.dump(out, sys.stdout)
 """
@@ -211,6 +214,30 @@ def test_results_do_not_depend_on_the_thread_count(threads):
     regions = got.pop("parallel regions")
     assert regions == 0 if threads == 1 else regions > 0
     assert got == expected
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["c-1", "c-2"])
+def test_channel_strategies_give_the_same_bits(threads, monkeypatch):
+    """Whole channels per thread, threads sharing each channel and two passes: the same bits
+    (the partials are the same chunks, combined in the same order)."""
+    import fastreg
+    import fastreg._threads
+    monkeypatch.setitem(fastreg._threads.GRAIN, "batchnorm", 1)
+    for shape in [(8, 16, 300), (5, 3, 2900), (40, 2, 4000), (200, 2, 700), (1, 3, 140001)]:
+        for dtype, loc in ((np.float32, 0.5), (np.float64, 300.0)):
+            p = problem(shape, dtype, seed=5, loc=loc)
+            results = {}
+            with fastreg.threads(threads):
+                for name in ("whole", "shared", "two-pass", "auto"):
+                    previous = fc.batchnorm.set_channel_strategy(name)
+                    try:
+                        results[name] = run_all(p)
+                    finally:
+                        fc.batchnorm.set_channel_strategy(previous)
+            for name in ("whole", "shared", "two-pass"):
+                assert_same_bits(results[name], results["auto"], f"{shape} {name}")
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        fc.batchnorm.set_channel_strategy("fast")
 
 
 def test_small_inputs_enter_no_parallel_region():

@@ -196,3 +196,16 @@ def plan_info(shape, dtype, nred=1):
     _check(lib.fr_bn_plan_info(A, C, B, np.dtype(dtype).itemsize, nred, info), "fr_bn_plan_info")
     return dict(layout="rows" if info[0] else "channels", fused=bool(info[1]), chunks=info[2],
                 rows_per_chunk=info[3], pieces=info[4], column_blocks=info[5])
+
+
+_STRATEGIES = ("auto", "whole", "shared", "two-pass")
+
+
+def set_channel_strategy(name):
+    """How the channel layout runs forward training and backward: "auto" (the default), "whole"
+    (whole channels per thread), "shared" (the threads share each channel) or "two-pass" (a
+    reduction pass, then an apply pass). Every one gives the same bits; for tests and
+    measurements. Process-wide; returns the previous setting."""
+    if name not in _STRATEGIES:
+        raise ValueError(f"strategy must be one of {_STRATEGIES}, got {name!r}")
+    return _STRATEGIES[lib.fr_bn_set_channel_strategy(_STRATEGIES.index(name))]
