@@ -1262,6 +1262,10 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
     return FR_OK;
 }
 
+/* an array not aligned for its element type (views of raw buffers can be): FR_ERR_UNSUPPORTED,
+ * and the Python wrapper goes through aligned copies */
+#define FR_BN_MISALIGNED(p, n) ((uintptr_t)(const void *)(p) % (n) != 0)
+
 static inline int fr_bn_bad_shape(int64_t A, int64_t C, int64_t B)
 {
     return A < 0 || C < 0 || B < 0;
@@ -1353,6 +1357,9 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!x || !mean || !m2)                                                                \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(mean, 8) ||                     \
+            FR_BN_MISALIGNED(m2, 8))                                                           \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
         fr_bn_job j;                                                                           \
@@ -1386,6 +1393,10 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!x || !center || !scale || !shift || !out)                                         \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(scale, sizeof(T)) || FR_BN_MISALIGNED(shift, sizeof(T)) ||        \
+            FR_BN_MISALIGNED(residual, sizeof(T)) || FR_BN_MISALIGNED(out, sizeof(T)))         \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
         fr_bn_job j;                                                                           \
@@ -1409,6 +1420,11 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!x || !out || !mean || !m2 || !invstd)                                             \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(bias, sizeof(T)) || FR_BN_MISALIGNED(residual, sizeof(T)) ||      \
+            FR_BN_MISALIGNED(out, sizeof(T)) || FR_BN_MISALIGNED(mean, 8) ||                   \
+            FR_BN_MISALIGNED(m2, 8) || FR_BN_MISALIGNED(invstd, 8))                            \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
         fr_bn_job j;                                                                           \
@@ -1457,6 +1473,10 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!gy || !x || !center || !s_dy || !s_dyx)                                           \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(center, 8) ||                   \
+            FR_BN_MISALIGNED(s_dy, 8) || FR_BN_MISALIGNED(s_dyx, 8))                           \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (C == 0)                                                                            \
             return FR_OK;                                                                      \
         if (A == 0 || B == 0) {                                                                \
@@ -1488,6 +1508,12 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         const int training = b != NULL;                                                        \
         if (!gy || !a || !gx || (training && (!x || !center || !d)))                           \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(a, sizeof(T)) || FR_BN_MISALIGNED(b, sizeof(T)) ||                \
+            FR_BN_MISALIGNED(d, sizeof(T)) || FR_BN_MISALIGNED(gx, sizeof(T)) ||               \
+            FR_BN_MISALIGNED(gres, sizeof(T)))                                                 \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
         fr_bn_job j;                                                                           \
@@ -1518,6 +1544,13 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!gy || !x || !mean || !invstd || !gx || !grad_weight || !grad_bias)                \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(gx, sizeof(T)) || FR_BN_MISALIGNED(gres, sizeof(T)) ||            \
+            FR_BN_MISALIGNED(grad_weight, sizeof(T)) ||                                        \
+            FR_BN_MISALIGNED(grad_bias, sizeof(T)) ||                                          \
+            FR_BN_MISALIGNED(mean, 8) || FR_BN_MISALIGNED(invstd, 8))                          \
+            return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
         fr_bn_job j;                                                                           \
@@ -1597,6 +1630,13 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
             return FR_ERR_SIZE;                                                                \
         if (C > 0 && (!mean || !m2 || !saved_mean || !invstd || !center || !scale || !shift))  \
             return FR_ERR_NULL;                                                                \
+        const size_t sa = stats_f64 ? 8 : sizeof(T);                                           \
+        if (FR_BN_MISALIGNED(mean, sa) || FR_BN_MISALIGNED(m2, sa) ||                          \
+            FR_BN_MISALIGNED(weight, sizeof(T)) || FR_BN_MISALIGNED(bias, sizeof(T)) ||        \
+            FR_BN_MISALIGNED(center, sizeof(T)) || FR_BN_MISALIGNED(scale, sizeof(T)) ||       \
+            FR_BN_MISALIGNED(shift, sizeof(T)) || FR_BN_MISALIGNED(saved_mean, 8) ||           \
+            FR_BN_MISALIGNED(invstd, 8))                                                       \
+            return FR_ERR_UNSUPPORTED;                                                         \
         for (int64_t c = 0; c < C; c++) {                                                      \
             double mu = stats_f64 ? ((const double *)mean)[c] : (double)((const T *)mean)[c];  \
             double q = stats_f64 ? ((const double *)m2)[c] : (double)((const T *)m2)[c];       \
@@ -1620,6 +1660,10 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
             return FR_ERR_SIZE;                                                                \
         if (C > 0 && (!mean || (running_var && !m2)))                                          \
             return FR_ERR_NULL;                                                                \
+        if (FR_BN_MISALIGNED(running_mean, sizeof(T)) ||                                       \
+            FR_BN_MISALIGNED(running_var, sizeof(T)) || FR_BN_MISALIGNED(mean, 8) ||           \
+            FR_BN_MISALIGNED(m2, 8))                                                           \
+            return FR_ERR_UNSUPPORTED;                                                         \
         const double keep = 1.0 - momentum, unb = (double)(count - 1);                         \
         if (running_mean)                                                                      \
             for (int64_t c = 0; c < C; c++)                                                    \

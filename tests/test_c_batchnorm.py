@@ -338,6 +338,21 @@ def test_unaligned_arrays_go_through_copies(dtype):
                         np.empty(C))
     np.testing.assert_array_equal(bits(x), bits(expected))
     assert n * isz == x.nbytes
+    # backward and the per-channel ops, unaligned outputs included
+    mean, inv = np.empty(C), np.empty(C)
+    fc.bn_forward_train(p["x"], p["w"], p["b"], 1e-5, None, False, np.empty(shape, dtype), mean,
+                        np.empty(C), inv)
+    gx, gw = unaligned(np.zeros(shape, dtype)), unaligned(np.zeros(C, dtype))
+    egx, egw, egb = np.empty(shape, dtype), np.empty(C, dtype), np.empty(C, dtype)
+    fc.bn_backward(unaligned(p["gy"]), p["x"], None, mean, inv, p["w"], True, gx, None, gw,
+                   np.empty(C, dtype))
+    fc.bn_backward(p["gy"], p["x"], None, mean, inv, p["w"], True, egx, None, egw, egb)
+    np.testing.assert_array_equal(bits(gx), bits(egx))
+    np.testing.assert_array_equal(bits(gw), bits(egw))
+    rm, erm = unaligned(np.ones(C, dtype)), np.ones(C, dtype)
+    fc.bn_running_update(mean, inv, 7, rm, None, 0.25)
+    fc.bn_running_update(mean, inv, 7, erm, None, 0.25)
+    np.testing.assert_array_equal(bits(rm), bits(erm))
 
 
 @pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])

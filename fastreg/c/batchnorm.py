@@ -11,8 +11,8 @@ call); ``bn_backward_coeffs`` is the reference's NumPy function.
 Each call sets the calling thread's thread count from ``fastreg._threads.plan(x.size,
 "batchnorm")`` (small inputs run serially, without entering OpenMP). Arrays are passed without
 copying; outputs must be writable (the public wrappers check). An array that is not aligned for
-its dtype (possible with views of raw buffers) makes the call go through aligned copies, written
-back into the outputs.
+its dtype (possible with views of raw buffers) is refused by the kernel before any work, and the
+call is made again through aligned copies, written back into the outputs.
 """
 import numpy as np
 
@@ -28,6 +28,7 @@ if lib is not None:
     _NULL = ffi.NULL
     _ARRAY = {_F32: ffi.typeof("float[]"), _F64: ffi.typeof("double[]")}
     _DOUBLES = _ARRAY[_F64]
+    _UNALIGNED = lib.FR_ERR_UNSUPPORTED
     # kernel name -> {dtype: function}
     _FN = {name: {_F32: getattr(lib, f"fr_{name}_f32"), _F64: getattr(lib, f"fr_{name}_f64")}
            for name in ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce",
@@ -67,30 +68,36 @@ def _through_copies(fn, args, outputs):
             args[i][...] = new[i]
 
 
-def _run(name, x, status):
-    _check(status, f"fr_{name}_{'f32' if x.dtype == _F32 else 'f64'}")
+def _call(name, dtype, fn, args, outputs, status):
+    """Checks a kernel's status: an array not aligned for its dtype (the kernels refuse it, with
+    FR_ERR_UNSUPPORTED, before any work) makes the call again through aligned copies."""
+    if status == 0:
+        return
+    if status == _UNALIGNED and not _aligned(*(a for a in args if isinstance(a, np.ndarray))):
+        return _through_copies(fn, args, outputs)
+    _check(status, f"fr_{name}_{'f32' if dtype == _F32 else 'f64'}")
 
 
 def bn_stats(x, mean, m2):
     """Per-channel mean and M2 = sum (x - mean)**2 of x (A, C, B), float64 (C,) outputs."""
     if x.size == 0:
         return
-    if not _aligned(x, mean, m2):
-        return _through_copies(bn_stats, (x, mean, m2), (1, 2))
     _plan(x.size, "batchnorm")
-    _run("bn_stats", x, _FN["bn_stats"][x.dtype](_p(x), _d(mean), _d(m2), *x.shape))
+    st = _FN["bn_stats"][x.dtype](_p(x), _d(mean), _d(m2), *x.shape)
+    if st:
+        _call("bn_stats", x.dtype, bn_stats, (x, mean, m2), (1, 2), st)
 
 
 def bn_apply(x, center, scale, shift, residual, relu, out):
     """out = act((x - center) * scale + shift [+ residual]) per channel, in x's dtype."""
     if x.size == 0:
         return
-    if not _aligned(x, center, scale, shift, residual, out):
-        return _through_copies(bn_apply, (x, center, scale, shift, residual, relu, out), (6,))
     _plan(x.size, "batchnorm")
-    _run("bn_apply", x, _FN["bn_apply"][x.dtype](_p(x), _p(center), _p(scale), _p(shift),
-                                                 _p(residual), int(bool(relu)), _p(out),
-                                                 *x.shape))
+    st = _FN["bn_apply"][x.dtype](_p(x), _p(center), _p(scale), _p(shift), _p(residual),
+                                  int(bool(relu)), _p(out), *x.shape)
+    if st:
+        _call("bn_apply", x.dtype, bn_apply, (x, center, scale, shift, residual, relu, out),
+              (6,), st)
 
 
 def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd):
@@ -98,13 +105,13 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
     channel where the data allows (read once from memory, written once)."""
     if x.size == 0:
         return
-    if not _aligned(x, weight, bias, residual, out, mean, m2, invstd):
-        return _through_copies(bn_forward_train, (x, weight, bias, eps, residual, relu, out, mean,
-                                                  m2, invstd), (6, 7, 8, 9))
     _plan(x.size, "batchnorm")
-    _run("bn_forward_train", x, _FN["bn_forward_train"][x.dtype](
-        _p(x), _p(weight), _p(bias), float(eps), _p(residual), int(bool(relu)), _p(out),
-        _d(mean), _d(m2), _d(invstd), *x.shape))
+    st = _FN["bn_forward_train"][x.dtype](_p(x), _p(weight), _p(bias), float(eps), _p(residual),
+                                          int(bool(relu)), _p(out), _d(mean), _d(m2),
+                                          _d(invstd), *x.shape)
+    if st:
+        _call("bn_forward_train", x.dtype, bn_forward_train,
+              (x, weight, bias, eps, residual, relu, out, mean, m2, invstd), (6, 7, 8, 9), st)
 
 
 def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
@@ -114,11 +121,12 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
         s_dy[...] = 0
         s_dyx[...] = 0
         return
-    if not _aligned(gy, x, y, center, s_dy, s_dyx):
-        return _through_copies(bn_backward_reduce, (gy, x, y, center, s_dy, s_dyx), (4, 5))
     _plan(x.size, "batchnorm")
-    _run("bn_backward_reduce", x, _FN["bn_backward_reduce"][x.dtype](
-        _p(gy), _p(x), _p(y), _d(center), _d(s_dy), _d(s_dyx), *x.shape))
+    st = _FN["bn_backward_reduce"][x.dtype](_p(gy), _p(x), _p(y), _d(center), _d(s_dy),
+                                            _d(s_dyx), *x.shape)
+    if st:
+        _call("bn_backward_reduce", x.dtype, bn_backward_reduce,
+              (gy, x, y, center, s_dy, s_dyx), (4, 5), st)
 
 
 def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
@@ -126,14 +134,14 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
     given. gx may be gy."""
     if gy.size == 0:
         return
-    training = b is not None
-    if not training:
+    if b is None:
         d = None
-    if not _aligned(gy, x, y, center, a, b, d, gx, gres):
-        return _through_copies(bn_backward_apply, (gy, x, y, center, a, b, d, gx, gres), (7, 8))
     _plan(gy.size, "batchnorm")
-    _run("bn_backward_apply", gy, _FN["bn_backward_apply"][gy.dtype](
-        _p(gy), _p(x), _p(y), _p(center), _p(a), _p(b), _p(d), _p(gx), _p(gres), *gy.shape))
+    st = _FN["bn_backward_apply"][gy.dtype](_p(gy), _p(x), _p(y), _p(center), _p(a), _p(b),
+                                            _p(d), _p(gx), _p(gres), *gy.shape)
+    if st:
+        _call("bn_backward_apply", gy.dtype, bn_backward_apply,
+              (gy, x, y, center, a, b, d, gx, gres), (7, 8), st)
 
 
 def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias):
@@ -141,13 +149,14 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     allows; grad_weight, grad_bias (C,) in x's dtype."""
     if x.size == 0:
         return
-    if not _aligned(gy, x, y, mean, invstd, weight, gx, gres, grad_weight, grad_bias):
-        return _through_copies(bn_backward, (gy, x, y, mean, invstd, weight, training, gx, gres,
-                                             grad_weight, grad_bias), (7, 8, 9, 10))
     _plan(x.size, "batchnorm")
-    _run("bn_backward", x, _FN["bn_backward"][x.dtype](
-        _p(gy), _p(x), _p(y), _d(mean), _d(invstd), _p(weight), int(bool(training)), _p(gx),
-        _p(gres), _p(grad_weight), _p(grad_bias), *x.shape))
+    st = _FN["bn_backward"][x.dtype](_p(gy), _p(x), _p(y), _d(mean), _d(invstd), _p(weight),
+                                     int(bool(training)), _p(gx), _p(gres), _p(grad_weight),
+                                     _p(grad_bias), *x.shape)
+    if st:
+        _call("bn_backward", x.dtype, bn_backward,
+              (gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias),
+              (7, 8, 9, 10), st)
 
 
 def bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center, scale,
@@ -159,15 +168,17 @@ def bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean, invs
     if (not (stats64 or (mean.dtype == dt and m2.dtype == dt)) or scale.dtype != dt
             or shift.dtype != dt or (weight is not None and weight.dtype != dt)
             or (bias is not None and bias.dtype != dt) or saved_mean.dtype != _F64
-            or invstd.dtype != _F64
-            or not _aligned(mean, m2, weight, bias, saved_mean, invstd, center, scale, shift)):
+            or invstd.dtype != _F64):
         return _ref.bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean,
                                       invstd, center, scale, shift)
     stats = _d if stats64 else _p
-    _run("bn_forward_coeffs", center, _FN["bn_forward_coeffs"][dt](
-        stats(mean), stats(m2), int(stats64), float(count), _p(weight), _p(bias), float(eps),
-        int(bool(fold)), _d(saved_mean), _d(invstd), _p(center), _p(scale), _p(shift),
-        center.shape[0]))
+    args = (mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center, scale, shift)
+    st = _FN["bn_forward_coeffs"][dt](stats(mean), stats(m2), int(stats64), float(count),
+                                      _p(weight), _p(bias), float(eps), int(bool(fold)),
+                                      _d(saved_mean), _d(invstd), _p(center), _p(scale),
+                                      _p(shift), center.shape[0])
+    if st:
+        _call("bn_forward_coeffs", dt, bn_forward_coeffs, args, (7, 8, 9, 10, 11), st)
 
 
 def bn_running_update(mean, m2, count, running_mean, running_var, momentum):
@@ -177,20 +188,22 @@ def bn_running_update(mean, m2, count, running_mean, running_var, momentum):
     if r is None:
         return
     if (mean.dtype != _F64 or m2.dtype != _F64
-            or (running_var is not None and running_var.dtype != r.dtype)
-            or not _aligned(mean, m2, running_mean, running_var)):
+            or (running_var is not None and running_var.dtype != r.dtype)):
         return _ref.bn_running_update(mean, m2, count, running_mean, running_var, momentum)
-    _run("bn_running_update", r, _FN["bn_running_update"][r.dtype](
-        _d(mean), _d(m2), int(count), float(momentum), _p(running_mean), _p(running_var),
-        r.shape[0]))
+    st = _FN["bn_running_update"][r.dtype](_d(mean), _d(m2), int(count), float(momentum),
+                                           _p(running_mean), _p(running_var), r.shape[0])
+    if st:
+        _call("bn_running_update", r.dtype, bn_running_update,
+              (mean, m2, count, running_mean, running_var, momentum), (3, 4), st)
 
 
 def plan_info(shape, dtype, nred=1):
     """The work split the kernels choose for an (A, C, B) array of ``dtype`` whose reduction
     reads ``nred`` arrays (1 statistics, 2 backward, 3 backward through a ReLU): a dict with
-    ``layout`` ("rows" or "channels"), ``fused`` (whole channels per thread), ``chunks`` (per
-    channel, or row chunks), ``rows_per_chunk``, ``pieces`` (per row) and ``column_blocks``. For
-    tests: which strategy a shape reaches."""
+    ``layout`` ("rows" or "channels"), ``fused`` (a channel's reduction input fits in a core's
+    cache: whole channels per thread), ``chunks`` (per channel, or row chunks),
+    ``rows_per_chunk``, ``pieces`` (per row) and ``column_blocks``. For tests: which strategy a
+    shape reaches."""
     info = ffi.new("int64_t[6]")
     A, C, B = shape
     _check(lib.fr_bn_plan_info(A, C, B, np.dtype(dtype).itemsize, nred, info), "fr_bn_plan_info")
