@@ -130,7 +130,8 @@ int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *v
  * fastreg/reference/batchnorm.py; sums in double in a fixed order (no dependence on the number
  * of threads), shifted for the statistics by the mean of each channel's first few elements (0
  * if not finite).  Threads as the other kernels (fr_set_threads): each phase of an op (reduce,
- * apply) is one parallel region of fr_region_threads(work items), or none. */
+ * apply) is one parallel region of fr_region_threads(work items), or none.  An array not
+ * aligned for its element type: FR_ERR_UNSUPPORTED, before any work. */
 int fr_bn_stats_f32(const float *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
 int fr_bn_stats_f64(const double *x, double *mean, double *m2, int64_t A, int64_t C, int64_t B);
 
