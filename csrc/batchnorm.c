@@ -879,6 +879,10 @@ typedef struct {
     int *arrived;
     unsigned char *scratch;
     size_t stride;
+    /* row layout: per-column totals and errors (4 L), per-channel totals (2 C), per-channel
+     * coefficients (the op's; j->k then holds their per-column copies when B > 1) */
+    double *col, *chan;
+    const void *kch[4];
 } fr_bn_ctx;
 
 typedef void (*fr_bn_task)(const fr_bn_ctx *x, int tid, int nth);
@@ -1083,13 +1087,12 @@ static void fr_bn_task_chapp(const fr_bn_ctx *x, int tid, int nth)
 
 /* Row layout, reduction: tile t = (row chunk k, column block m) adds its rows' terms into
  * part[k L + j] (first sums) and part[(KR + k) L + j] (second sums), j in the block. */
-static void fr_bn_task_rowred(const fr_bn_ctx *x, int tid, int nth)
+static void fr_bn_rows_reduce(const fr_bn_ctx *x, size_t lo, size_t hi)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
     const size_t L = j->L;
-    size_t lo, hi, r0, r1, j0, j1;
-    fr_bn_range(p->KR * p->NB, tid, nth, &lo, &hi);
+    size_t r0, r1, j0, j1;
     for (size_t t = lo; t < hi; t++) {
         fr_bn_tile(p, j, t, &r0, &r1, &j0, &j1);
         double *p1 = x->part + (t / p->NB) * L + j0, *p2 = x->part + (p->KR + t / p->NB) * L + j0;
@@ -1099,15 +1102,86 @@ static void fr_bn_task_rowred(const fr_bn_ctx *x, int tid, int nth)
     }
 }
 
-/* Row layout, apply: the reduction's tiles, each thread its own (see fr_bn_make_order). */
-static void fr_bn_task_rowapp(const fr_bn_ctx *x, int tid, int nth)
+static void fr_bn_expand(const fr_bn_ctx *x, size_t c0, size_t c1);
+
+/* Row layout, channels [c0, c1): each column's row chunks in order, then each channel's B
+ * columns in order, the finishing step, and the per-column copies of the coefficients (B > 1).
+ * Element-wise over the columns, so any split of the channels gives the same bits. */
+static void fr_bn_rows_combine(const fr_bn_ctx *x, size_t c0, size_t c1)
+{
+    const fr_bn_job *j = x->j;
+    const size_t L = j->L, B = j->B, KR = x->p.KR;
+    const size_t q0 = c0 * B, n = (c1 - c0) * B;
+    double *t1 = x->col, *e1 = t1 + L, *t2 = e1 + L, *e2 = t2 + L;
+    double *h1 = x->chan, *h2 = h1 + j->C;
+    if (c1 <= c0)
+        return;
+    memcpy(t1 + q0, x->part + q0, n * sizeof(double));
+    memcpy(t2 + q0, x->part + KR * L + q0, n * sizeof(double));
+    memset(e1 + q0, 0, n * sizeof(double));
+    memset(e2 + q0, 0, n * sizeof(double));
+    for (size_t k = 1; k < KR; k++) {
+        fr_bn_add_cols(t1 + q0, e1 + q0, x->part + k * L + q0, n);
+        fr_bn_add_cols(t2 + q0, e2 + q0, x->part + (KR + k) * L + q0, n);
+    }
+    for (size_t c = c0; c < c1; c++) {
+        if (B == 1) {  /* the sum below, of one term */
+            h1[c] = fr_bn_total(t1[c], e1[c]);
+            h2[c] = fr_bn_total(t2[c], e2[c]);
+            continue;
+        }
+        fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
+        for (size_t b = 0; b < B; b++) {
+            size_t q = c * B + b;
+            fr_bn_add(&s1, fr_bn_total(t1[q], e1[q]));
+            fr_bn_add(&s2, fr_bn_total(t2[q], e2[q]));
+        }
+        h1[c] = fr_bn_total(s1.s, s1.c);
+        h2[c] = fr_bn_total(s2.s, s2.c);
+    }
+    fr_bn_finish(x->fin, c0, c1 - c0, h1 + c0, h2 + c0);
+    if (x->apply && B > 1)
+        fr_bn_expand(x, c0, c1);
+}
+
+/* Row layout with B > 1, channels [c0, c1): the per-channel coefficients x->kch copied to each
+ * of the channel's B columns (j->k, per column). */
+static void fr_bn_expand(const fr_bn_ctx *x, size_t c0, size_t c1)
+{
+    const fr_bn_job *j = x->j;
+    const size_t B = j->B, is = x->itemsize;
+    for (size_t c = c0; c < c1; c++)
+        for (int q = 0; q < 4; q++)
+            if (x->kch[q])
+                for (size_t b = 0; b < B; b++)
+                    memcpy((unsigned char *)j->k[q] + (c * B + b) * is,
+                           (const unsigned char *)x->kch[q] + c * is, is);
+}
+
+/* Row layout, a whole op in one parallel region: the reduction of the thread's tiles, a wait
+ * for the others' partials, the combine of its share of the channels, a wait for the others'
+ * coefficients, then the apply pass over its tiles (see fr_bn_make_order).  Ops that only
+ * apply do the last step. */
+static void fr_bn_task_rows(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
-    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
-        x->apply == 1 ? x->kn->fwd_rows : x->kn->bwd_rows;
     size_t lo, hi, r0, r1, j0, j1;
     fr_bn_range(p->KR * p->NB, tid, nth, &lo, &hi);
+    if (x->fin) {
+        fr_bn_rows_reduce(x, lo, hi);
+        if (nth > 1)
+            fr_bn_arrive(x->arrived, nth);
+        size_t c0, c1;
+        fr_bn_range(j->C, tid, nth, &c0, &c1);
+        fr_bn_rows_combine(x, c0, c1);
+        if (x->apply && nth > 1)
+            fr_bn_arrive(x->arrived + 1, nth);
+    }
+    if (!x->apply)
+        return;
+    void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
+        x->apply == 1 ? x->kn->fwd_rows : x->kn->bwd_rows;
     const fr_bn_order_t o = fr_bn_make_order(lo, hi, p->RR * p->W * x->itemsize * x->nred,
                                              x->fin != NULL);
     for (size_t i = 0; i < hi - lo; i++) {
@@ -1192,72 +1266,43 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
 
     /* row layout */
     const size_t KR = p->KR;
-    const void *kch[4] = {j->k[0], j->k[1], j->k[2], j->k[3]};
+    for (int q = 0; q < 4; q++)
+        x.kch[q] = j->k[q];
     unsigned char *kcol = NULL;
-    if (apply && B > 1) {  /* per-column coefficients, filled below */
+    if (apply && B > 1) {  /* per-column coefficients, filled by fr_bn_expand */
         kcol = (unsigned char *)malloc(4 * L * itemsize);
         if (!kcol)
             return FR_ERR_ALLOC;
         for (int q = 0; q < 4; q++)
-            j->k[q] = kch[q] ? kcol + q * L * itemsize : NULL;
+            j->k[q] = x.kch[q] ? kcol + q * L * itemsize : NULL;
     }
     if (red) {
-        /* partials (2 KR L), per-column totals and their errors (4 L), per-column shifts (L) */
-        x.part = (double *)malloc((2 * KR + 4 + (B > 1)) * L * sizeof(double));
-        if (!x.part) {
+        /* partials (2 KR L), per-column totals and errors (4 L), per-channel totals (2 C),
+         * per-column shifts (L, B > 1) */
+        x.part = (double *)malloc(((2 * KR + 4 + (B > 1)) * L + 2 * C) * sizeof(double));
+        x.arrived = (int *)calloc(2, sizeof(int));
+        if (!x.part || !x.arrived) {
+            free(x.part);
+            free(x.arrived);
             free(kcol);
             return FR_ERR_ALLOC;
         }
-        double *t1 = x.part + 2 * KR * L, *e1 = t1 + L, *t2 = e1 + L, *e2 = t2 + L;
+        x.col = x.part + 2 * KR * L;
+        x.chan = x.col + 4 * L;
         if (B > 1) {
-            double *rcol = e2 + L;
+            double *rcol = x.chan + 2 * C;
             for (size_t q = 0; q < L; q++)
                 rcol[q] = ctr[q / B];
             j->rcol = rcol;
         } else {
             j->rcol = ctr;
         }
-        fr_bn_par(fr_bn_task_rowred, &x, KR * p->NB);
-        /* per column: its row chunks in order; then per channel: its B columns in order */
-        memcpy(t1, x.part, L * sizeof(double));
-        memcpy(t2, x.part + KR * L, L * sizeof(double));
-        memset(e1, 0, L * sizeof(double));
-        memset(e2, 0, L * sizeof(double));
-        for (size_t k = 1; k < KR; k++) {
-            fr_bn_add_cols(t1, e1, x.part + k * L, L);
-            fr_bn_add_cols(t2, e2, x.part + (KR + k) * L, L);
-        }
-        /* the channels' totals, over the first C entries of e1 and e2 (entry c is written after
-         * the columns c * B + b >= c it reads) */
-        for (size_t c = 0; c < C; c++) {
-            if (B == 1) {  /* the sum below, of one term */
-                e1[c] = fr_bn_total(t1[c], e1[c]);
-                e2[c] = fr_bn_total(t2[c], e2[c]);
-                continue;
-            }
-            fr_bn_acc s1 = {0.0, 0.0}, s2 = {0.0, 0.0};
-            for (size_t b = 0; b < B; b++) {
-                size_t q = c * B + b;
-                fr_bn_add(&s1, fr_bn_total(t1[q], e1[q]));
-                fr_bn_add(&s2, fr_bn_total(t2[q], e2[q]));
-            }
-            e1[c] = fr_bn_total(s1.s, s1.c);
-            e2[c] = fr_bn_total(s2.s, s2.c);
-        }
-        fr_bn_finish(fin, 0, C, e1, e2);
-        free(x.part);
-        x.part = NULL;
+    } else if (kcol) {
+        fr_bn_expand(&x, 0, C);
     }
-    if (apply) {
-        if (kcol)
-            for (size_t c = 0; c < C; c++)
-                for (int q = 0; q < 4; q++)
-                    if (kch[q])
-                        for (size_t b = 0; b < B; b++)
-                            memcpy((unsigned char *)j->k[q] + (c * B + b) * itemsize,
-                                   (const unsigned char *)kch[q] + c * itemsize, itemsize);
-        fr_bn_par(fr_bn_task_rowapp, &x, KR * p->NB);
-    }
+    fr_bn_par(fr_bn_task_rows, &x, KR * p->NB);
+    free(x.part);
+    free(x.arrived);
     free(kcol);
     return FR_OK;
 }
