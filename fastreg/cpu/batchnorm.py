@@ -18,12 +18,13 @@ Layout. Inputs are C-contiguous (A, C, B) arrays, which the kernels see flat, as
 
 Work. A task is ``per_task`` consecutive pieces of one view channel (about TASK or COL_TASK
 values). A kernel runs one step over its work items: SUMS (each task adds its values into its
-own float64 lanes), APPLY (the element-wise formula, task by task, in reverse order: the data
-summed last is the likeliest to be in cache), or FUSED (rows regime, training ops: one item per
-channel, which sums the channel, computes its coefficients and applies them while the channel is
-still in cache, so that x is read from memory once instead of twice; when a channel's data fits
-in about one core's L2 and every thread gets a channel). Between SUMS and APPLY, ``_finish_*``
-(on the calling thread) adds each channel's lanes over its tasks and computes the coefficients.
+own float64 lanes), APPLY (the element-wise formula over runs of per_task pieces in memory
+order: forward streams, which the hardware prefetches), or FUSED (rows regime, training ops: one
+item per channel, which sums the channel, computes its coefficients and applies them while the
+channel is still in cache, so that x is read from memory once instead of twice; when a channel's
+data fits in about one core's L2 and every thread gets a channel). Between SUMS and APPLY,
+``_finish_*`` (on the calling thread) adds each channel's lanes over its tasks and computes the
+coefficients.
 Small unfused calls (one thread) run SUMS, the finish and APPLY in one call, ``_*_serial``.
 
 Sums. Value i of a piece goes to lane i % L (a row of partial sums, which LLVM vectorizes without
@@ -269,13 +270,13 @@ def _affine_slice(xs, rs, o, coef, opts, buf, uniform):
     """o = act((xs - ce) * sc + sh [+ rs]), the reference's order; act the ReLU (floor 0: +0.0
     for v <= 0, NaN kept) or nothing (floor -inf). In chunks of L (coef: rows ce, sc, sh of L
     values, value i of a chunk takes coefficient i; ``uniform``: one channel, coefficient 0
-    everywhere, kept in registers: 1.9x faster than loading a row in cache-resident loops); opts
-    (floor, eps, has_res, mode); buf: L values, where IN_PLACE and STREAM compute a chunk before
-    _put copies it out."""
+    everywhere, kept in registers: 1.9x faster than loading a row in cache-resident loops, and
+    chunks of buf.size); opts (floor, eps, has_res, mode); buf: L values, where IN_PLACE and STREAM
+    compute a chunk before _put copies it out."""
     floor, has_res, mode = opts[0], opts[2], opts[3]
     ce, sc, sh = coef
     c0, s0, h0 = ce[0], sc[0], sh[0]
-    L = o.size if uniform and mode == PLAIN else ce.size  # (chunks only where they are needed)
+    L = o.size if uniform and mode == PLAIN else (buf.size if uniform else ce.size)
     for j in range(0, o.size, max(L, 1)):
         m = min(L, o.size - j)
         oc = o[j:j + m]
@@ -312,7 +313,7 @@ def _gback_slice(ins, o, gr, coef, flags, buf, uniform):
     masked, training, has_gres, mode = flags
     ce, a, b, d = coef
     c0, a0, b0, d0 = ce[0], a[0], b[0], d[0]
-    L = ce.size
+    L = buf.size // 2 if uniform else ce.size
     zero = o.dtype.type(0)
     for j in range(0, o.size, L):
         m = min(L, o.size - j)
@@ -468,10 +469,33 @@ def _lane_row(v, Bc, out):
 
 
 # --- tasks and kernels --------------------------------------------------------------------------
-# The kernels' tile: (step,) + Plan.tile. Work item q: task q (SUMS; q // ntask is its view
-# channel), task (items - 1 - q) (APPLY: reverse order), or view channel q (FUSED). Task t holds
+# The kernels' tile: (step,) + Plan.tile. Work items: see _work. Task t holds
 # pieces [t * per_task, (t + 1) * per_task) of its channel's A' * nb; piece p is view row p // nb,
 # values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
+
+@inner
+def _items(tile):
+    """How many work items a step has."""
+    step, A, Cv, nb, per_task, ntask = tile[0], tile[1], tile[2], tile[5], tile[6], tile[7]
+    if step == APPLY:
+        return (A * Cv * nb + per_task - 1) // per_task
+    return Cv if step == FUSED else Cv * ntask
+
+
+@inner
+def _work(q, tile):
+    """(view channel, first piece, end piece) of work item q: SUMS task q, pieces of channel
+    q // ntask; FUSED: all of view channel q; APPLY: pieces of the whole view, in memory order
+    (channel -1)."""
+    step, A, Cv, nb, per_task, ntask = tile[0], tile[1], tile[2], tile[5], tile[6], tile[7]
+    if step == FUSED:
+        return q, 0, A * nb
+    if step == APPLY:
+        return -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
+    c = q // ntask
+    p0 = (q - c * ntask) * per_task
+    return c, p0, min(p0 + per_task, A * nb)
+
 
 @inner
 def _forward_task(q, arrays, coef, stats, opts, tile, part):
@@ -480,13 +504,7 @@ def _forward_task(q, arrays, coef, stats, opts, tile, part):
     float64; opts (floor, eps, has_res, mode); part (C' * ntask, 4, lanes): SUMS's task sums."""
     x, r, o = arrays
     step, A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    if step == FUSED:  # view channel q
-        c, p0, p1 = q, 0, A * nb
-    else:  # task q (APPLY: in reverse order)
-        t = Cv * ntask - 1 - q if step == APPLY else q
-        c = t // ntask
-        p0 = (t - c * ntask) * per_task
-        p1 = min(p0 + per_task, A * nb)
+    c, p0, p1 = _work(q, tile)
     if step != APPLY:
         # the shift of each channel is its first value (0 if not finite), recorded by the
         # channel's first task for _finish_forward
@@ -513,19 +531,26 @@ def _forward_task(q, arrays, coef, stats, opts, tile, part):
 
 @inner
 def _apply_task(c, p0, p1, arrays, coef, opts, tile):
-    """bn_apply on pieces [p0, p1) of view channel c, last first; coef (center, scale, shift)."""
+    """bn_apply on pieces [p0, p1) of view channel c, or (c < 0) of the whole view in memory order
+    (one forward stream, which the hardware prefetches); coef (center, scale, shift)."""
     x, r, o = arrays
     Cv, B, seg, nb, chunk, Cc, Bc = tile[2], tile[3], tile[4], tile[5], tile[9], tile[10], \
         tile[11]
-    rows = np.empty((3, chunk), o.dtype)
-    for i in range(3):
-        _lane_row(coef[i][c * Cc:(c + 1) * Cc], Bc, rows[i])
+    uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
+    rows = np.empty((3, 1 if uniform else chunk), o.dtype)
+    if not uniform:  # (one view channel)
+        for i in range(3):
+            _lane_row(coef[i], Bc, rows[i])
     buf = np.empty(chunk, o.dtype)
-    for p in range(p1 - 1, p0 - 1, -1):
-        lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-        hi = lo + min(seg, B - (p % nb) * seg)
+    for p in range(p0, p1):
+        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+        if uniform:
+            rows[0, 0], rows[1, 0], rows[2, 0] = coef[0][ch], coef[1][ch], coef[2][ch]
+        b0 = (p % nb) * seg
+        lo = (a * Cv + ch) * B + b0
+        hi = lo + min(seg, B - b0)
         _affine_slice(x[lo:hi], r[lo:hi], o[lo:hi], (rows[0], rows[1], rows[2]), opts, buf,
-                      Cc * Bc == 1)
+                      uniform)
     if opts[3] == STREAM:
         _sfence()
 
@@ -537,13 +562,7 @@ def _backward_task(q, arrays, coef, stats, flags, tile, part):
     d); stats (mean, invstd, s_dy, s_dyx) float64; flags (masked, training, has_gres, mode)."""
     gy, x, y, gx, gr = arrays
     step, A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    if step == FUSED:  # view channel q
-        c, p0, p1 = q, 0, A * nb
-    else:  # task q (APPLY: in reverse order)
-        t = Cv * ntask - 1 - q if step == APPLY else q
-        c = t // ntask
-        p0 = (t - c * ntask) * per_task
-        p1 = min(p0 + per_task, A * nb)
+    c, p0, p1 = _work(q, tile)
     if step != APPLY:
         mu = np.empty(lanes)
         _lane_row(stats[0][c * Cc:(c + 1) * Cc], Bc, mu)
@@ -557,16 +576,23 @@ def _backward_task(q, arrays, coef, stats, flags, tile, part):
             _g_sums(gy[lo:hi], x[lo:hi], y[lo:hi], mu, flags[0], acc)
     if step == FUSED:
         _backward_coeffs(c, _lane_totals(acc), n, coef, stats)
-    if step != SUMS:
-        rows = np.empty((4, chunk), gx.dtype)
-        for i in range(4):
-            _lane_row(coef[3 + i][c * Cc:(c + 1) * Cc], Bc, rows[i])
+    if step != SUMS:  # as _apply_task
+        uniform = Cc * Bc == 1
+        rows = np.empty((4, 1 if uniform else chunk), gx.dtype)
+        if not uniform:
+            for i in range(4):
+                _lane_row(coef[3 + i], Bc, rows[i])
         buf = np.empty(2 * chunk, gx.dtype)
-        for p in range(p1 - 1, p0 - 1, -1):
-            lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-            hi = lo + min(seg, B - (p % nb) * seg)
+        for p in range(p0, p1):
+            a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+            if uniform:
+                for i in range(4):
+                    rows[i, 0] = coef[3 + i][ch]
+            b0 = (p % nb) * seg
+            lo = (a * Cv + ch) * B + b0
+            hi = lo + min(seg, B - b0)
             _gback_slice((gy[lo:hi], x[lo:hi], y[lo:hi]), gx[lo:hi], gr[lo:hi],
-                         (rows[0], rows[1], rows[2], rows[3]), flags, buf, Cc * Bc == 1)
+                         (rows[0], rows[1], rows[2], rows[3]), flags, buf, uniform)
         if flags[3] == STREAM:
             _sfence()
 
@@ -577,26 +603,21 @@ def _backward_task(q, arrays, coef, stats, flags, tile, part):
 
 @twin
 def _forward_kernel(arrays, coef, stats, opts, tile, part):
-    items = tile[2] * (1 if tile[0] == FUSED else tile[7])
-    for q in prange(items):
+    for q in prange(_items(tile)):
         _forward_task(np.int64(q), arrays, coef, stats, opts, tile, part)
 
 
 @twin
 def _apply_kernel(arrays, coef, opts, tile):
     """bn_apply alone (inference): its own kernel, which compiles without the sums."""
-    Cv, nb, per_task, ntask, end = tile[2], tile[5], tile[6], tile[7], tile[1] * tile[5]
-    for q in prange(Cv * ntask):
-        t = Cv * ntask - 1 - np.int64(q)
-        c = t // ntask
-        p0 = (t - c * ntask) * per_task
-        _apply_task(c, p0, min(p0 + per_task, end), arrays, coef, opts, tile)
+    for q in prange(_items(tile)):
+        c, p0, p1 = _work(np.int64(q), tile)
+        _apply_task(c, p0, p1, arrays, coef, opts, tile)
 
 
 @twin
 def _backward_kernel(arrays, coef, stats, flags, tile, part):
-    items = tile[2] * (1 if tile[0] == FUSED else tile[7])
-    for q in prange(items):
+    for q in prange(_items(tile)):
         _backward_task(np.int64(q), arrays, coef, stats, flags, tile, part)
 
 
@@ -613,7 +634,7 @@ def _forward_serial(arrays, params, stats, opts, tiles):
     all_stats = (np.empty(C), stats[0], stats[1], stats[2])
     part = np.empty((tile[2] * tile[7], 4, tile[8]))
     for tile in tiles:
-        for q in range(tile[2] * tile[7]):
+        for q in range(_items(tile)):
             _forward_task(q, arrays, coef, all_stats, opts, tile, part)
         if tile[0] == SUMS:
             _finish_forward(part, tile, coef, all_stats, opts[1])
@@ -629,7 +650,7 @@ def _backward_serial(arrays, params, stats, flags, tiles):
     all_stats = (stats[0], stats[1], np.empty(C), np.empty(C))
     part = np.empty((tile[2] * tile[7], 4, tile[8]))
     for tile in tiles:
-        for q in range(tile[2] * tile[7]):
+        for q in range(_items(tile)):
             _backward_task(q, arrays, coef, all_stats, flags, tile, part)
         if tile[0] == SUMS:
             _finish_backward(part, tile, coef, all_stats)
