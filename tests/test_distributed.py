@@ -179,7 +179,8 @@ def test_a_stopped_rank_makes_the_job_abort(module, mode):
     assert "aborting the MPI job after a collective timeout" in out, out
     if mode == "catch":
         assert "HANG rank 0 reached the end of the script" in out, out
-    pids = [int(line.split()[-1]) for line in out.splitlines() if " ready pid " in line]
+    # the ranks share one stdout: their lines may interleave ("...pid 12HANG rank 0 ...")
+    pids = [int(pid) for pid in re.findall(r"HANG rank \d+ ready pid (\d+)", out)]
     assert len(pids) == 2, out
     deadline = time.monotonic() + 10
     while any(map(_running, pids)) and time.monotonic() < deadline:

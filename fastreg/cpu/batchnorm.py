@@ -313,7 +313,10 @@ def _gback_slice(ins, o, gr, coef, flags, buf, uniform):
     masked, training, has_gres, mode = flags
     ce, a, b, d = coef
     c0, a0, b0, d0 = ce[0], a[0], b[0], d[0]
-    L = buf.size // 2 if uniform else ce.size
+    if uniform and mode == PLAIN and not masked:
+        L = max(o.size, 1)  # no buffer is used: one pass
+    else:
+        L = buf.size // 2 if uniform else ce.size
     zero = o.dtype.type(0)
     for j in range(0, o.size, L):
         m = min(L, o.size - j)
