@@ -18,6 +18,54 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _U64 = 1 << 64
 
+# 16-bit floats. float16 is NumPy's; bfloat16 is ml_dtypes' (optional: `pip install
+# "fastreg-kernels[bf16]"`), so BFLOAT16 is None without it and no host array can be bfloat16.
+# Kernels see a 16-bit array as its uint16 bits (``half_bits``) and a kind flag (``half_kind``):
+# they convert to float32, compute in float32 and round to nearest even (see fastreg.reference's
+# ``to_float32`` / ``round_half``), so the results are bit-exact across backends.
+FLOAT16 = np.dtype(np.float16)
+try:
+    import ml_dtypes as _ml_dtypes
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - depends on the environment
+    _ml_dtypes = None
+    BFLOAT16 = None
+HALF_DTYPES = (FLOAT16,) if BFLOAT16 is None else (FLOAT16, BFLOAT16)
+FLOAT_OR_HALF_DTYPES = FLOAT_DTYPES + HALF_DTYPES
+HALF_F16, HALF_BF16 = 0, 1  # the kind flag kernels take
+
+
+def is_half(dtype):
+    """True for float16 and bfloat16 (ml_dtypes)."""
+    return dtype in HALF_DTYPES
+
+
+def half_kind(dtype):
+    """The kernels' 16-bit kind flag: HALF_F16 (0) for float16, HALF_BF16 (1) for bfloat16."""
+    if dtype == FLOAT16:
+        return HALF_F16
+    if BFLOAT16 is not None and dtype == BFLOAT16:
+        return HALF_BF16
+    raise TypeError(f"not a 16-bit float dtype: {dtype}")
+
+
+def half_dtype(kind):
+    """The dtype of a kind flag (bfloat16 needs ml_dtypes)."""
+    if kind == HALF_F16:
+        return FLOAT16
+    if BFLOAT16 is None:
+        raise ImportError('bfloat16 needs ml_dtypes: pip install "fastreg-kernels[bf16]"')
+    return BFLOAT16
+
+
+def half_bits(a):
+    """The uint16 view of a 16-bit array (host ndarray or device array), zero-copy."""
+    return a.view(np.uint16)
+
+
+def float_dtypes_text(half):
+    return "float32, float64, float16 or bfloat16" if half else "float32 or float64"
+
 
 class DeviceArrayInfo:
     """Shape, dtype and contiguity of an object exposing ``__cuda_array_interface__`` (or of a
@@ -101,14 +149,28 @@ def check_shape(shape):
             raise ValueError(f"shape must hold non-negative integers, got {shape}")
     return tuple(int(s) for s in shape)
 
-def check_float(arr, name):
-    """TypeError unless ``arr.dtype`` is float32 or float64 (native byte order)."""
-    if arr.dtype not in FLOAT_DTYPES:
-        if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8) and not arr.dtype.isnative:
-            raise TypeError(f"{name} must be float32 or float64 in native byte order, got "
-                            f"{arr.dtype.str}: convert with {name}.astype({name}.dtype."
-                            "newbyteorder('='))")
-        raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+def check_float(arr, name, half=False):
+    """TypeError unless ``arr.dtype`` is float32 or float64 (native byte order), or, with
+    ``half=True`` (ops with 16-bit kernels), also float16 or bfloat16 (ml_dtypes)."""
+    dt = arr.dtype
+    if dt in FLOAT_DTYPES or (half and dt in HALF_DTYPES):
+        return
+    if dt.kind == "f" and dt.itemsize in (2, 4, 8) and not dt.isnative:
+        raise TypeError(f"{name} must be {float_dtypes_text(half)} in native byte order, got "
+                        f"{dt.str}: convert with {name}.astype({name}.dtype.newbyteorder('='))")
+    if not half and (dt in HALF_DTYPES or _looks_bfloat16(dt)):
+        raise TypeError(f"{name} must be float32 or float64, got dtype {dt}: this op has no "
+                        "16-bit kernels (16-bit floats are supported by dropout and its "
+                        "variants, the penalties and the optimizers); convert with "
+                        f"{name}.astype(np.float32)")
+    if half and BFLOAT16 is None and _looks_bfloat16(dt):
+        raise TypeError(f"{name} is bfloat16: install ml_dtypes for bfloat16 support "
+                        '(pip install "fastreg-kernels[bf16]")')
+    raise TypeError(f"{name} must be {float_dtypes_text(half)}, got dtype {dt}")
+
+
+def _looks_bfloat16(dt):
+    return getattr(dt, "name", "") == "bfloat16" or str(dt) == "bfloat16"
 
 
 def _scalar(v):
@@ -259,8 +321,9 @@ def check_nonneg(v, name):
     return v
 
 
-def check_in_place(a, name):
-    """A float32/float64 array that an op updates in place: (array, on_device).
+def check_in_place(a, name, half=False):
+    """A float32/float64 (with ``half=True`` also float16/bfloat16) array that an op updates in
+    place: (array, on_device).
 
     Host: an ndarray (not a list, which could not be updated), writable; a non-contiguous one
     is processed through a contiguous copy and written back. Device: writable, C-contiguous."""
@@ -269,7 +332,7 @@ def check_in_place(a, name):
         raise TypeError(f"{name} must be a NumPy or CUDA array (it is updated in place), "
                         f"got {type(a).__name__}")
     arr = describe(a, name)
-    check_float(arr, name)
+    check_float(arr, name, half)
     if device:
         if arr.readonly:
             raise ValueError(f"{name} is read-only")
