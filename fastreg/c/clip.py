@@ -5,26 +5,14 @@ reductions in double in another order (per tile, tiles merged in order: the same
 number of threads). A list op makes one C call for the whole list; pointers are passed as in
 fastreg/c/ema.py.
 """
-import math
 
 import numpy as np
 
 from . import _check, _plan, ffi
 from .ema import _pointers
+from ..reference.clip import reduction_mode as _mode
 from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
 
-# the reductions (csrc/multi_tensor.c: FR_NORM_SQ, ABS, MAX, POW)
-_SQ, _ABS, _MAX, _POW = 0, 1, 2, 3
-
-
-def _mode(p):
-    if p == 2.0:
-        return _SQ
-    if p == 1.0:
-        return _ABS
-    if p == math.inf:
-        return _MAX
-    return _POW
 
 
 

@@ -14,19 +14,10 @@ from numba import prange
 
 from .. import _threads
 from ._jit import jit, launch, twin
+from ..reference.clip import ABS, MAX, POW, SQ  # noqa: F401  (the reductions)
+from ..reference.clip import reduction_mode as _mode
 from .penalty import LANES, TASK
 
-SQ, ABS, MAX, POW = 0, 1, 2, 3   # the reductions, chosen by _mode(p)
-
-
-def _mode(p):
-    if p == 2.0:
-        return SQ
-    if p == 1.0:
-        return ABS
-    if p == math.inf:
-        return MAX
-    return POW
 
 
 @jit

@@ -12,19 +12,9 @@ import numpy as np
 from numba import cuda
 
 from .. import _config
+from ..reference.clip import ABS as _ABS, MAX as _MAX, SQ as _SQ
+from ..reference.clip import reduction_mode as _mode
 from .philox import dev_in, dev_out, finish, launch_1d, max_blocks, to_device
-
-_SQ, _ABS, _MAX, _POW = 0, 1, 2, 3
-
-
-def _mode(p):
-    if p == 2.0:
-        return _SQ
-    if p == 1.0:
-        return _ABS
-    if p == math.inf:
-        return _MAX
-    return _POW
 
 
 @cuda.jit(device=True)

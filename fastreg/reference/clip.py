@@ -19,6 +19,21 @@ import math
 
 import numpy as np
 
+# the kernels' reduction modes (csrc/multi_tensor.c FR_NORM_SQ, ABS, MAX, POW), one per p
+SQ, ABS, MAX, POW = 0, 1, 2, 3
+
+
+def reduction_mode(p):
+    """The backends' reduction mode for norm type ``p``: sum of squares (2), of absolute values
+    (1), a NaN-propagating max (inf), or of ``|x|**p``."""
+    if p == 2.0:
+        return SQ
+    if p == 1.0:
+        return ABS
+    if p == math.inf:
+        return MAX
+    return POW
+
 
 def _nanmax(a, b):
     """max(a, b), NaN if either is NaN."""

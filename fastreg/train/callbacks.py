@@ -207,12 +207,7 @@ class EarlyStopping(Callback):
 
     # -- hooks ----------------------------------------------------------------------------
     def on_train_begin(self, trainer):
-        names = trainer.metric_names()
-        if self.monitor not in names:
-            hint = " (pass validation=(X_val, y_val) to fit)" if self.monitor.startswith(
-                "val_") else ""
-            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this fit does not "
-                             f"produce{hint}; available: {names}")
+        _check_monitored(trainer, self.monitor, "EarlyStopping")
         self._reset()
 
     def _stop(self, trainer, epoch, reason):
@@ -342,6 +337,15 @@ class EarlyStopping(Callback):
         self.best_weights = weights or None
 
 
+def _check_monitored(trainer, monitor, who):
+    """ValueError unless this fit produces the metric ``monitor`` (checked before training)."""
+    names = trainer.metric_names()
+    if monitor not in names:
+        hint = " (pass validation=(X_val, y_val) to fit)" if monitor.startswith("val_") else ""
+        raise ValueError(f"{who} monitors {monitor!r}, which this fit does not produce{hint}; "
+                         f"available: {names}")
+
+
 def _metric(logs, monitor, who):
     """The monitored value as a float: a number, or an array holding exactly one element."""
     if monitor not in logs:
@@ -452,12 +456,7 @@ class ReduceLROnPlateau(Callback):
 
     def on_train_begin(self, trainer):
         _check_lr_owner(trainer, "ReduceLROnPlateau")
-        names = trainer.metric_names()
-        if self.monitor not in names:
-            hint = " (pass validation=(X_val, y_val) to fit)" if self.monitor.startswith(
-                "val_") else ""
-            raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which this fit "
-                             f"does not produce{hint}; available: {names}")
+        _check_monitored(trainer, self.monitor, "ReduceLROnPlateau")
         self._reset()
 
     def on_epoch_end(self, trainer, epoch, logs):
