@@ -32,7 +32,7 @@ int fr_set_stream_stores(int mode);
 
 int fr_omp_max_threads(void);
 
-/* Threads (csrc/dropout.c).  Every kernel of this library except batch norm reads the thread
+/* Threads (csrc/dropout.c).  Every kernel of this library (batch norm too) reads the thread
  * count of the calling thread (thread-local, default 1), set by the Python wrapper right before
  * the call from fastreg._threads.plan: 1 runs the kernel serially on the calling thread without
  * any call into the OpenMP runtime (safe in a forked child); n > 1 opens one parallel region of

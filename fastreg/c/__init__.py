@@ -50,7 +50,7 @@ def _plan(work, family):
 
 
 def parallel_regions():
-    """How many parallel regions this module's kernels have entered (batch norm excepted): tests
+    """How many parallel regions this module's kernels have entered (batch norm included): tests
     use it to see which path ran."""
     return int(lib.fr_parallel_regions())
 
