@@ -183,13 +183,15 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
 
     Parameters
     ----------
-    x : array, float32 or float64, ndim >= 2
-        Host (NumPy) or CUDA array; a non-contiguous host array is copied first.
-    running_mean, running_var : arrays (C,) of x's dtype, optional
+    x : array, float32, float64, float16 or bfloat16 (ml_dtypes), ndim >= 2
+        Host (NumPy) or CUDA array; a non-contiguous host array is copied first. For 16-bit x
+        see Notes.
+    running_mean, running_var : arrays (C,) of x's dtype (float32 for 16-bit x), optional
         Running statistics. Training updates them in place (when given) with PyTorch's rule
         ``r = (1 - momentum) * r + momentum * batch`` using the unbiased batch variance;
-        inference normalizes with them (required).
-    weight, bias : arrays (C,) of x's dtype, optional
+        inference normalizes with them (required). An empty batch (no value per channel)
+        leaves them alone, as in torch.
+    weight, bias : arrays (C,) of x's dtype (float32 for 16-bit x), optional
         The affine parameters (gamma and beta; default 1 and 0).
     training : bool
         Batch statistics (True) or the running statistics (False). Keyword, required.
@@ -208,7 +210,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
         Added after the normalization and before the activation.
     num_batches_tracked : int64 array with 1 element, optional
         Incremented in place in training with running statistics (as torch's BatchNorm modules
-        do); the count for ``momentum=None``.
+        do, also for an empty batch); the count for ``momentum=None``.
     out : array like x, optional
         Where to write y; may be x itself (then x is overwritten: backward needs the original).
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
@@ -221,15 +223,16 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     Returns
     -------
     y : array
-        The output (``out`` when given).
+        The output (``out`` when given), of x's dtype; empty for an empty batch.
     saved : BatchNormSaved
-        The statistics ``batch_norm_backward`` needs (float64 mean and invstd per channel).
+        The statistics ``batch_norm_backward`` needs (float64 mean and invstd per channel;
+        zeros after an empty training batch).
 
     Raises
     ------
     TypeError
-        x not float32/float64; a per-channel array or residual of another dtype; a non-bool
-        training.
+        x not float32/float64/float16/bfloat16; a per-channel array or residual of another
+        dtype (per-channel arrays float32 for 16-bit x); a non-bool training.
     ValueError
         axis out of range; a per-channel array of the wrong length or device; eps <= 0 or NaN;
         momentum outside [0, 1] or NaN; only one of running_mean / running_var; inference
@@ -254,9 +257,23 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     sizes (0 included). The running statistics get the global batch's unbiased variance. The
     2C + 1 statistics travel through host memory (copied from and to the device for CUDA
     arrays). Same as PyTorch's SyncBatchNorm, but exact for uneven batches.
+
+    16-bit x (float16, bfloat16), as under ``torch.autocast``: x and residual are converted
+    exactly to float32, the float32 op runs with float32 weight, bias and running statistics
+    (statistics accumulated as for float32 x), and y is rounded to x's dtype to nearest even
+    (fastreg.reference.half). The float32 copies cost two float32 arrays of x's size (three
+    with a residual).
+
+    An empty batch (x with no value per channel: N = 0 or an empty spatial axis) gives an
+    empty y; training leaves the running statistics alone (torch does the same). One value per
+    channel in training raises (see Raises).
     """
     arr = _arrays.describe(x, "x")
-    _arrays.check_float(arr, "x")
+    _arrays.check_float(arr, "x", half=True)
+    if arr.dtype.itemsize == 2:
+        return _batch_norm_half(x, arr, running_mean, running_var, weight, bias, training,
+                                momentum, eps, axis, activation, residual, num_batches_tracked,
+                                out, backend, comm)
     device = arr is not x and _arrays.is_device(x)
     dtype = arr.dtype
     shape = tuple(arr.shape)
@@ -295,7 +312,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     x_in = x if device else arr
     inputs = [x_in] + ([r] if r is not None else [])
     out_arr = _arrays.check_out(out, "out", shape, dtype, inputs, device)
-    if training and n <= 1 and comm is None:
+    if training and n == 1 and comm is None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input of "
                          f"shape {shape} (axis={axis}): the variance of one value is undefined")
     backend = _dispatch.resolve(backend, x, out, residual, rm, rv, w, b)
@@ -305,10 +322,13 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
 
     job = _dispatch.job(backend, not device)
     f64 = np.float64
-    mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
+    work = n * C > 0  # training has n == 0 (an empty batch) or n >= 2
+    if work or not training:
+        mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
+    else:  # an empty batch: no statistics (zeros), the running ones are left alone
+        mean, invstd = job.zeros((C,), f64), job.zeros((C,), f64)
     res = job.target(out_arr, shape, dtype)
     relu = activation == "relu"
-    work = n * C > 0  # training has n >= 2, so only C == 0 or an empty inference batch skip
     if work:
         xc = job.contig(x_in).reshape(dims)
         rc = None if r is None else job.contig(r).reshape(dims)
@@ -325,11 +345,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
             batches = _increment(nbt, job)
             if momentum is None:
                 mom = 1.0 / batches
-        rmc, rvc = job.contig(rm), job.contig(rv)
-        if C:
+        if work:  # an empty batch leaves the running statistics alone, as in torch
+            rmc, rvc = job.contig(rm), job.contig(rv)
             job.op("bn_running_update")(mean, m2, n, rmc, rvc, mom)
-        _writeback(job, rmc, rm)
-        _writeback(job, rvc, rv)
+            _writeback(job, rmc, rm)
+            _writeback(job, rvc, rv)
     if not training:
         center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
         if C:
@@ -373,7 +393,9 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     Returns
     -------
     grad_x : array
-    grad_weight, grad_bias : arrays (C,) of x's dtype
+        Of x's dtype (16-bit x: computed in float32, rounded to nearest even, as in
+        ``batch_norm``).
+    grad_weight, grad_bias : arrays (C,) of x's dtype (float32 for 16-bit x)
         The gradients of the affine parameters (computed also when the forward pass had none:
         they are the gradients of an implicit weight 1 and bias 0). With ``comm``: this rank's
         contributions (sums over its own elements), to be reduced with the other parameter
@@ -410,7 +432,10 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
         raise TypeError(f"saved must be the BatchNormSaved returned by batch_norm, got "
                         f"{type(saved).__name__}")
     arr = _arrays.describe(x, "x")
-    _arrays.check_float(arr, "x")
+    _arrays.check_float(arr, "x", half=True)
+    if arr.dtype.itemsize == 2:
+        return _batch_norm_backward_half(grad_y, x, arr, saved, weight, axis, activation, y, out,
+                                         backend, comm)
     device = arr is not x and _arrays.is_device(x)
     dtype = arr.dtype
     shape = tuple(arr.shape)
@@ -470,6 +495,111 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     if saved.residual:
         grads += (_host(job, gres),)
     return grads
+
+
+# --- 16-bit x: exact float32 copies, the float32 op, outputs rounded to nearest even ---------------
+
+def _half_module(device):
+    """The module that converts 16-bit arrays: NumPy (fastreg.reference.half) on the host, the
+    CUDA kernels of fastreg.cuda.half on the device. Both convert exactly as the reference."""
+    if not device:
+        from .reference import half
+        return half
+    try:
+        from .cuda import half
+    except ImportError as exc:
+        raise TypeError(f"16-bit CUDA arrays need fastreg.cuda.half ({exc})") from None
+    return half
+
+
+def _widen(a, dtype, device):
+    """An exact float32 C-contiguous copy of the 16-bit array ``a`` (host: a checked ndarray
+    view) of ``dtype``, where ``a`` lives."""
+    if not device:
+        return a.astype(np.float32, order="C")
+    if not _arrays.DeviceArrayInfo(a).c_contiguous:
+        raise ValueError("non-contiguous CUDA arrays are not supported; pass a C-contiguous "
+                         "array")
+    mod = _registry.module("cuda")
+    src = mod.as_device(a)
+    out = mod.empty(tuple(src.shape), np.float32)
+    _half_module(True).half_to_float32(_arrays.half_bits(src).reshape(-1),
+                                       _arrays.half_kind(dtype), out.reshape(-1))
+    return out
+
+
+def _narrow(a32, dtype, device, out_arr, like):
+    """float32 ``a32`` rounded to nearest even to the 16-bit ``dtype``: written into out_arr
+    (the checked ``out``) when given, else a new array (device: the caller's array type)."""
+    if not device:
+        r = _half_module(False).round_half(a32, dtype)
+        if out_arr is None:
+            return r
+        out_arr[...] = r
+        return out_arr
+    mod = _registry.module("cuda")
+    bits = mod.empty(tuple(a32.shape), np.uint16)
+    _half_module(True).float32_to_half(mod.as_device(a32).reshape(-1), _arrays.half_kind(dtype),
+                                       bits.reshape(-1))
+    if out_arr is not None:
+        dst = mod.as_device(out_arr)
+        _arrays.half_bits(dst).reshape(-1).copy_to_device(bits.reshape(-1))
+        return out_arr
+    return _dispatch.like_caller(bits.view(dtype), like)
+
+
+def _check_f32_channel(a, name, dtype):
+    if a is not None and _arrays.describe(a, name).dtype != np.float32:
+        raise TypeError(f"{name} must be float32 when x is {dtype} (parameters and running "
+                        f"statistics stay float32, as under torch.autocast), got "
+                        f"{_arrays.describe(a, name).dtype}")
+
+
+def _batch_norm_half(x, arr, running_mean, running_var, weight, bias, training, momentum, eps,
+                     axis, activation, residual, num_batches_tracked, out, backend, comm):
+    """batch_norm for 16-bit x (see its Notes): the float32 op on exact float32 copies."""
+    device = arr is not x and _arrays.is_device(x)
+    dtype, shape = arr.dtype, tuple(arr.shape)
+    training = _arrays.check_bool(training, "training")
+    _channel_axis(shape, axis)
+    for a, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        _check_f32_channel(a, name, dtype)
+    r = None if residual is None else _check_like(residual, "residual", shape, dtype, device)
+    x_in = x if device else arr
+    out_arr = _arrays.check_out(out, "out", shape, dtype,
+                                [x_in] + ([r] if r is not None else []), device)
+    r32 = None if r is None else _widen(r, dtype, device)
+    y32, saved = batch_norm(_widen(x_in, dtype, device), running_mean, running_var, weight, bias,
+                            training=training, momentum=momentum, eps=eps, axis=axis,
+                            activation=activation, residual=r32,
+                            num_batches_tracked=num_batches_tracked, backend=backend, comm=comm)
+    y = _narrow(y32, dtype, device, out_arr, x)
+    return (y if out is None else out), saved
+
+
+def _batch_norm_backward_half(grad_y, x, arr, saved, weight, axis, activation, y, out, backend,
+                              comm):
+    """batch_norm_backward for 16-bit x: the float32 op on exact float32 copies of grad_y, x
+    and y; grad_x (and grad_residual, exact) rounded to x's dtype; float32 grad_weight and
+    grad_bias."""
+    device = arr is not x and _arrays.is_device(x)
+    dtype, shape = arr.dtype, tuple(arr.shape)
+    gy = _check_like(grad_y, "grad_y", shape, dtype, device)
+    yv = None if y is None else _check_like(y, "y", shape, dtype, device, "x")
+    _check_f32_channel(weight, "weight", dtype)
+    x_in = x if device else arr
+    out_arr = _arrays.check_out(out, "out", shape, dtype,
+                                [a for a in (gy, x_in, yv) if a is not None], device)
+    grads = batch_norm_backward(
+        _widen(gy, dtype, device), _widen(x_in, dtype, device), saved, weight, axis=axis,
+        activation=activation, y=None if yv is None else _widen(yv, dtype, device),
+        backend=backend, comm=comm)
+    gx = _narrow(grads[0], dtype, device, out_arr, x)
+    result = ((gx if out is None else out),) + tuple(grads[1:3])
+    if len(grads) == 4:
+        result += (_narrow(grads[3], dtype, device, None, x),)
+    return result
 
 
 def _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm, rv, w, b, nbt,
@@ -584,7 +714,7 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
 
     Parameters
     ----------
-    x : array, float32 or float64, ndim >= 2
+    x : array, float32, float64, float16 or bfloat16, ndim >= 2
     axis : int
         The channel axis.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
@@ -610,9 +740,12 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     to rounding.
     """
     arr = _arrays.describe(x, "x")
-    _arrays.check_float(arr, "x")
+    _arrays.check_float(arr, "x", half=True)
     device = _arrays.is_device(x)
     ax, dims = _channel_axis(tuple(arr.shape), axis)
+    if arr.dtype.itemsize == 2:  # statistics of the exact float32 values
+        return batch_norm_stats(_widen(x if device else arr, arr.dtype, device), axis=axis,
+                                backend=backend)
     A, C, B = dims
     backend = _dispatch.resolve(backend, x)
     job = _dispatch.job(backend, not device)

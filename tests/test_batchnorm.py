@@ -410,14 +410,43 @@ def test_inputs_not_modified(backend):
 def test_single_value_per_channel(backend):
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         fastreg.batch_norm(np.ones((1, 3), np.float32), training=True, backend=backend)
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
-        fastreg.batch_norm(np.ones((0, 3, 4), np.float32), training=True, backend=backend)
     # one sample with a spatial extent is fine, and inference of an empty batch too
     y, _ = fastreg.batch_norm(data((1, 3, 4), np.float32), training=True, backend=backend)
     assert host(y).shape == (1, 3, 4)
     y, _ = fastreg.batch_norm(np.ones((0, 3), np.float32), np.zeros(3, np.float32),
                               np.ones(3, np.float32), training=False, backend=backend)
     assert host(y).shape == (0, 3)
+
+
+@pytest.mark.parametrize("shape,axis", [((0, 3), 1), ((0, 3, 4), 1), ((2, 3, 0, 4), 1),
+                                        ((0, 4, 4, 3), -1)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(backend, shape, axis, dtype):
+    """As torch: an empty output, the running statistics left alone (num_batches_tracked still
+    counts the call, as torch's modules do), empty grad_x and zero parameter gradients."""
+    C = shape[axis]
+    x = np.zeros(shape, dtype)
+    w, b, rm, rv = params(C, dtype)
+    rm0, rv0 = rm.copy(), rv.copy()
+    nbt = np.zeros(1, np.int64)
+    for momentum in (0.1, None):
+        y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, momentum=momentum,
+                                      axis=axis, num_batches_tracked=nbt, residual=np.zeros_like(x),
+                                      activation="relu", backend=backend)
+        assert host(y).shape == shape and host(y).dtype == dtype
+        np.testing.assert_array_equal(rm, rm0)
+        np.testing.assert_array_equal(rv, rv0)
+        gx, gw, gb, gres = fastreg.batch_norm_backward(np.zeros_like(x), x, saved, w,
+                                                       y=host(y), backend=backend)
+        assert host(gx).shape == shape and host(gres).shape == shape
+        np.testing.assert_array_equal(host(gw), np.zeros(C, dtype))
+        np.testing.assert_array_equal(host(gb), np.zeros(C, dtype))
+    assert nbt[0] == 2
+    y, _ = fastreg.batch_norm(x, rm, rv, w, b, training=False, axis=axis, backend=backend)
+    assert host(y).shape == shape
+    count, mean, m2 = fastreg.batch_norm_stats(x, axis=axis, backend=backend)
+    assert count == 0
+    np.testing.assert_array_equal(host(mean), np.zeros(C))
 
 
 def test_device_arrays_stay_on_device():
@@ -499,7 +528,7 @@ def _bad_calls():
     x = np.ones((4, 3), np.float32)
     c = np.ones(3, np.float32)
     return [
-        (TypeError, "float32 or float64", dict(x=x.astype(np.int32), training=True)),
+        (TypeError, "float32, float64, float16 or bfloat16", dict(x=x.astype(np.int32), training=True)),
         (ValueError, "at least 2 dimensions", dict(x=np.ones(4, np.float32), training=True)),
         (ValueError, "axis 2 is out of range", dict(x=x, training=True, axis=2)),
         (TypeError, "axis must be an int", dict(x=x, training=True, axis=1.0)),

@@ -19,6 +19,15 @@ Fused ops (``bn_forward_train``, ``bn_backward``) are defined here as the compos
 pieces; a backend may fuse them (statistics and normalization of one channel while its data is
 still in cache) as long as the result matches within tolerance.
 
+16-bit input (float16, bfloat16). The public wrappers (fastreg/batchnorm.py) define it for every
+backend: x (and residual, grad_y, y) converted exactly to float32, these float32 definitions with
+float32 weight, bias and running statistics, and the x-shaped outputs (y, grad_x, grad_residual)
+rounded to nearest even (fastreg.reference.half.round_half); the per-channel results (running
+statistics, grad_weight, grad_bias) stay float32.
+
+Empty batch (A * B == 0): the wrappers call none of these ops in training; y and grad_x are empty,
+the running statistics are left alone and the parameter gradients are zero (as torch).
+
 Non-finite input (as torch.nn.functional.batch_norm). A channel whose elements are all finite is
 unaffected by the other channels. In a channel with a non-finite element, the statistics are
 those of plain float64 sums (which do not depend on the order of summation once an inf or NaN
