@@ -16,9 +16,12 @@ Contents
 Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath
     Counter-based dropout: the module owns a seed and a 64-bit counter (in ``state_dict``);
     the mask is regenerated in backward, never stored.
-BatchNorm1d, BatchNorm2d, BatchNormReLU2d
+BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d
     Drop-in ``torch.nn.BatchNorm*d`` (same parameters and buffers), the last fused with a ReLU
     (and an optional residual add).
+SyncBatchNorm, SyncBatchNormReLU
+    Batch norm synchronized over a ``torch.distributed`` process group (gloo on CPU, nccl on
+    CUDA), exact for uneven per-rank batches; ``SyncBatchNorm.convert_sync_batchnorm``.
 functions
     The autograd Functions and functional forms (``dropout``, ``channel_dropout``,
     ``drop_path``, ``batch_norm``).
@@ -41,13 +44,14 @@ from . import functions, optim
 from .convert import convert
 from .dropblock import DropBlock2d
 from .functions import batch_norm, channel_dropout, drop_path, dropout
-from .modules import (BatchNorm1d, BatchNorm2d, BatchNormReLU2d, Dropout, Dropout1d, Dropout2d,
-                      Dropout3d, DropPath)
+from .modules import (BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d, Dropout, Dropout1d,
+                      Dropout2d, Dropout3d, DropPath)
+from .sync_batchnorm import SyncBatchNorm, SyncBatchNormReLU
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchNorm1d",
            "BatchNorm2d", "BatchNormReLU2d", "convert", "optim", "functions", "dropout",
            "channel_dropout", "drop_path", "batch_norm"]
-__all__ += ["DropBlock2d"]
+__all__ += ["DropBlock2d", "BatchNorm3d", "SyncBatchNorm", "SyncBatchNormReLU"]
 from .ema import ModelEma  # noqa: E402
 
 __all__ += ["ModelEma"]

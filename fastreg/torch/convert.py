@@ -1,15 +1,55 @@
-"""Swap torch's dropout and batch-norm modules in an existing model for fastreg's."""
+"""Swap torch's (and timm's) dropout and batch-norm modules in an existing model for fastreg's."""
 import torch
 from torch import nn
 
 from .. import _arrays
 from . import modules as M
+from .dropblock import DropBlock2d
+from .sync_batchnorm import SyncBatchNorm, SyncBatchNormReLU
 
 __all__ = ["convert"]
 
 _DROPOUTS = [(nn.Dropout, M.Dropout), (nn.Dropout1d, M.Dropout1d),
              (nn.Dropout2d, M.Dropout2d), (nn.Dropout3d, M.Dropout3d)]
-_BATCHNORMS = [(nn.BatchNorm1d, M.BatchNorm1d), (nn.BatchNorm2d, M.BatchNorm2d)]
+_BATCHNORMS = [(nn.BatchNorm1d, M.BatchNorm1d), (nn.BatchNorm2d, M.BatchNorm2d),
+               (nn.BatchNorm3d, M.BatchNorm3d), (nn.SyncBatchNorm, SyncBatchNorm)]
+# a batch norm directly followed by an nn.ReLU in an nn.Sequential -> the fused module
+_FUSED = {M.BatchNorm2d: M.BatchNormReLU2d, SyncBatchNorm: SyncBatchNormReLU}
+
+# timm's modules, recognised by class name and attributes (timm is never imported)
+_TIMM_DROP_PATH = ("drop_prob", "scale_by_keep")
+_TIMM_DROP_BLOCK = ("drop_prob", "block_size", "gamma_scale", "with_noise", "inplace",
+                    "batchwise", "fast")
+
+
+def _is_timm(module, name, attrs):
+    return type(module).__name__ == name and all(hasattr(module, a) for a in attrs)
+
+
+def _timm_drop_path(old, path, seed, backend):
+    """fastreg's DropPath for timm's ``DropPath(drop_prob, scale_by_keep)``."""
+    if not old.scale_by_keep and old.drop_prob > 0:
+        raise ValueError(f"{path}: timm DropPath with scale_by_keep=False (kept samples not "
+                         "rescaled in training, none in eval) has no fastreg equivalent; set "
+                         "scale_by_keep=True or keep torch for this model; nothing was "
+                         "converted")
+    return M.DropPath(float(old.drop_prob), seed=seed, backend=backend)
+
+
+def _timm_drop_block(old, path, seed, backend):
+    """fastreg's DropBlock2d for timm's ``DropBlock2d`` (the ``fast=True`` form)."""
+    if old.with_noise:
+        raise ValueError(f"{path}: timm DropBlock2d with with_noise=True (dropped blocks "
+                         "filled with Gaussian noise) is not provided by fastreg; nothing was "
+                         "converted")
+    if not old.fast:
+        raise ValueError(f"{path}: timm DropBlock2d with fast=False (block seeds only where "
+                         "a whole block fits, batchwise option) draws other masks than "
+                         "fastreg's DropBlock2d, which is timm's fast=True form; nothing was "
+                         "converted")
+    # with fast=True timm ignores batchwise; inplace only changes where its output is written
+    return DropBlock2d(float(old.drop_prob), int(old.block_size), float(old.gamma_scale),
+                       seed=seed, backend=backend, inplace=bool(old.inplace))
 
 
 def _seed_for(seed, k):
@@ -23,9 +63,12 @@ def _seed_for(seed, k):
 def _batch_norm(old, cls, backend):
     """A ``cls`` with old's hyper-parameters, and its parameters' and buffers' values, device,
     dtype and requires_grad."""
+    extra = {}
+    if issubclass(cls, (SyncBatchNorm, SyncBatchNormReLU)):
+        extra["process_group"] = getattr(old, "process_group", None)
     new = cls(old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
               track_running_stats=old.track_running_stats,
-              bias=not old.affine or old.bias is not None, backend=backend)
+              bias=not old.affine or old.bias is not None, backend=backend, **extra)
     ref = old.weight if old.weight is not None else old.running_mean
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)
@@ -38,48 +81,61 @@ def _batch_norm(old, cls, backend):
     return new
 
 
-def _convert(module, seed, backend, fuse_relu, counter):
+def _convert(module, seed, backend, fuse_relu, counter, prefix=""):
     for name, child in list(module.named_children()):
+        path = prefix + name
         new = None
         if type(child) in dict(_DROPOUTS):
             cls = dict(_DROPOUTS)[type(child)]
             new = cls(child.p, seed=_seed_for(seed, counter[0]), backend=backend)
             counter[0] += 1
-            new.train(child.training)
+        elif _is_timm(child, "DropPath", _TIMM_DROP_PATH):
+            new = _timm_drop_path(child, path, _seed_for(seed, counter[0]), backend)
+            counter[0] += 1
+        elif _is_timm(child, "DropBlock2d", _TIMM_DROP_BLOCK):
+            new = _timm_drop_block(child, path, _seed_for(seed, counter[0]), backend)
+            counter[0] += 1
         elif type(child) in dict(_BATCHNORMS):
             new = _batch_norm(child, dict(_BATCHNORMS)[type(child)], backend)
         else:
-            _convert(child, seed, backend, fuse_relu, counter)
+            _convert(child, seed, backend, fuse_relu, counter, path + ".")
         if new is not None:
+            new.train(child.training)
             setattr(module, name, new)
     if fuse_relu and isinstance(module, nn.Sequential):
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
             bn, relu = module._modules[a], module._modules[b]
-            if type(bn) is M.BatchNorm2d and type(relu) is nn.ReLU:
-                module._modules[a] = _batch_norm(bn, M.BatchNormReLU2d, bn.backend)
+            if type(bn) in _FUSED and type(relu) is nn.ReLU:
+                module._modules[a] = _batch_norm(bn, _FUSED[type(bn)], bn.backend)
                 module._modules[b] = nn.Identity()
 
 
 def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
-    """Replace ``nn.Dropout``, ``nn.Dropout1d/2d/3d`` and ``nn.BatchNorm1d/2d`` in a model by
-    the fastreg modules, copying parameters, buffers and training mode.
+    """Replace ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.BatchNorm1d/2d/3d``,
+    ``nn.SyncBatchNorm`` and timm's ``DropPath`` / ``DropBlock2d`` in a model by the fastreg
+    modules, copying parameters, buffers and training mode.
 
     Parameters
     ----------
     model : torch.nn.Module
         Converted recursively; modules that are exactly these torch classes are replaced
-        (subclasses, which may override ``forward``, are left alone). A bare module is converted
-        too (the result is then the new module).
+        (subclasses, which may override ``forward``, are left alone). timm's modules are
+        recognised without importing timm, by class name and attributes: ``DropPath``
+        (``drop_prob``, ``scale_by_keep``) becomes ``DropPath``; ``DropBlock2d`` (``drop_prob``,
+        ``block_size``, ``gamma_scale``, ``with_noise``, ``inplace``, ``batchwise``, ``fast``)
+        becomes fastreg's ``DropBlock2d``. ``nn.SyncBatchNorm`` becomes ``SyncBatchNorm`` (same
+        process group). A bare module is converted too (the result is then the new module).
     seed : int, optional
-        Base seed: dropout module k (in ``named_modules`` order) gets a distinct seed derived from
-        it, so a converted model is reproducible. Default: each seed drawn from torch's default
-        generator.
+        Base seed: dropout module k (in ``named_modules`` order; DropPath and DropBlock2d
+        included) gets a distinct seed derived from it, so a converted model is reproducible.
+        Default: each seed drawn from torch's default generator.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
         Passed to every new module.
     fuse_relu : bool
-        In an ``nn.Sequential``, a ``BatchNorm2d`` directly followed by an ``nn.ReLU`` becomes one
-        ``BatchNormReLU2d`` and an ``nn.Identity`` (the state_dict keys stay the same).
+        In an ``nn.Sequential``, a ``BatchNorm2d`` (``SyncBatchNorm``) directly followed by an
+        ``nn.ReLU`` becomes one ``BatchNormReLU2d`` (``SyncBatchNormReLU``) and an
+        ``nn.Identity`` (the state_dict keys stay the same).
     inplace : bool
         Convert ``model`` itself (default: a deep copy, the original untouched).
 
@@ -94,7 +150,9 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
         model is not an nn.Module; a parameter or buffer in half precision (fastreg's kernels
         run float32 and float64 only: keep such layers in torch).
     ValueError
-        seed not an integer in [0, 2**64).
+        seed not an integer in [0, 2**64); a timm module with an option fastreg does not
+        provide (DropPath ``scale_by_keep=False``; DropBlock2d ``with_noise=True`` or
+        ``fast=False``), named by its path (the model is left unconverted).
     """
     import copy
 
@@ -107,6 +165,11 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
         if type(owner) in dict(_BATCHNORMS) and t.dtype in (torch.float16, torch.bfloat16):
             raise TypeError(f"{name} is {t.dtype}: fastreg's batch norm runs float32 and float64 "
                             "only; convert the model to float32 first or keep this layer")
+    for path, m in model.named_modules():   # refuse before anything is converted
+        if _is_timm(m, "DropPath", _TIMM_DROP_PATH):
+            _timm_drop_path(m, path, 0, backend)
+        elif _is_timm(m, "DropBlock2d", _TIMM_DROP_BLOCK):
+            _timm_drop_block(m, path, 0, backend)
     if not inplace:
         model = copy.deepcopy(model)
     holder = nn.Sequential(model)  # so that a bare Dropout / BatchNorm is replaced as a child

@@ -9,15 +9,20 @@ Python ints, so they never move to the GPU and reading them never synchronizes),
 run continues the same random stream. A torch state_dict without them loads too (the module
 keeps its own seed and counter).
 
-Batch-norm modules subclass ``torch.nn.BatchNorm1d`` / ``BatchNorm2d``: same constructor,
-parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
+Batch-norm modules subclass ``torch.nn.BatchNorm1d`` / ``BatchNorm2d`` / ``BatchNorm3d``: same
+constructor, parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
 ``num_batches_tracked``), so state_dicts load either way and ``isinstance`` checks still hold;
-only ``forward`` runs fastreg.
+only ``forward`` runs fastreg. ``BatchNormReLU2d`` has the same parameters and buffers but is
+deliberately *not* an ``nn.BatchNorm2d`` (nor a ``_BatchNorm``): tools that find batch-norm
+layers by ``isinstance`` and replace them (``nn.SyncBatchNorm.convert_sync_batchnorm``,
+``torch.utils.mkldnn.to_mkldnn``, timm's ``freeze_batch_norm_2d``) would drop its ReLU; they
+leave it alone instead. ``frt.SyncBatchNorm.convert_sync_batchnorm`` converts it (ReLU kept).
 """
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from .. import _arrays
 from ..dropout import MODES
@@ -25,7 +30,7 @@ from . import _bridge
 from .functions import BatchNormFunction, DropoutFunction
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchNorm1d",
-           "BatchNorm2d", "BatchNormReLU2d"]
+           "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d"]
 
 _U64 = 1 << 64
 
@@ -252,6 +257,27 @@ class _FastregBatchNorm:
     _RELU = False
 
     def _fastreg_forward(self, x, residual=None):
+        self._check_args(x, residual)
+        # torch's rules (nn.modules.batchnorm._BatchNorm.forward): batch statistics in training
+        # or without running statistics; the running ones are updated when tracked in training.
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        pass_running = not self.training or self.track_running_stats
+        rm = self.running_mean if pass_running else None
+        rv = self.running_var if pass_running else None
+        if x.numel() == 0:
+            return self._empty_forward(x, residual, rm, rv, use_batch)
+        nbt = None
+        if self.training and self.track_running_stats and rm is not None:
+            nbt = self.num_batches_tracked
+        momentum = self.momentum
+        if momentum is None and nbt is None:
+            momentum = 0.0  # nothing is updated: the value does not matter
+        return BatchNormFunction.apply(x, self.weight, self.bias, residual, rm, rv, nbt,
+                                       use_batch, momentum, self.eps, self._RELU,
+                                       getattr(self, "backend", "auto"))
+
+    def _check_args(self, x, residual):
+        """The input's and the module's tensors: dtype, rank, device and shape."""
         name = type(self).__name__
         _bridge.check_float(x, f"{name} input")
         self._check_input_dim(x)
@@ -265,21 +291,20 @@ class _FastregBatchNorm:
         if residual is not None and residual.shape != x.shape:
             raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, the input "
                              f"has {tuple(x.shape)}")
-        # torch's rules (nn.modules.batchnorm._BatchNorm.forward): batch statistics in training
-        # or without running statistics; the running ones are updated when tracked in training.
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        pass_running = not self.training or self.track_running_stats
-        rm = self.running_mean if pass_running else None
-        rv = self.running_var if pass_running else None
-        nbt = None
-        if self.training and self.track_running_stats and rm is not None:
-            nbt = self.num_batches_tracked
-        momentum = self.momentum
-        if momentum is None and nbt is None:
-            momentum = 0.0  # nothing is updated: the value does not matter
-        return BatchNormFunction.apply(x, self.weight, self.bias, residual, rm, rv, nbt,
-                                       use_batch, momentum, self.eps, self._RELU,
-                                       getattr(self, "backend", "auto"))
+
+    def _empty_forward(self, x, residual, rm, rv, use_batch):
+        """An empty batch (N == 0, or an empty spatial axis), as torch does it: an empty output
+        (in the graph: the parameters get zero gradients), the running statistics untouched,
+        ``num_batches_tracked`` incremented in training. torch's own functional batch norm does
+        this (there is no work for a kernel); momentum 0 keeps the running statistics as
+        they are."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        y = nn.functional.batch_norm(x, rm, rv, self.weight, self.bias, use_batch, 0.0,
+                                     self.eps)
+        if residual is not None:
+            y = y + residual
+        return torch.relu(y) if self._RELU else y
 
 
 _BN_DOC = """{what}
@@ -359,15 +384,59 @@ class BatchNorm2d(_FastregBatchNorm, nn.BatchNorm2d):
         return self._fastreg_forward(x)
 
 
-class BatchNormReLU2d(BatchNorm2d):
+class BatchNorm3d(_FastregBatchNorm, nn.BatchNorm3d):
+    __doc__ = _BN_DOC.format(
+        what="Batch norm of (N, C, D, H, W) input.", base="BatchNorm3d",
+        layout="Channels-last-3d input is normalized in its own layout (no layout copy) and the "
+               "output is channels-last-3d too.", name="BatchNorm3d")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.backend = backend
+
+    def forward(self, x):
+        """Normalize x (see the class docstring).
+
+        Parameters
+        ----------
+        x : torch.Tensor (N, C, D, H, W), float32 or float64, the module's dtype and device
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return self._fastreg_forward(x)
+
+
+class BatchNormReLU2d(_FastregBatchNorm, _NormBase):
     __doc__ = _BN_DOC.format(
         what="Batch norm fused with a ReLU, ``relu(bn(x) [+ residual])``, in one pass.",
         base="BatchNorm2d",
         layout="``forward(x, residual=None)`` adds the residual before the ReLU (the fused "
                "BN + add + ReLU of ResNet blocks). Backward recomputes the ReLU mask from the "
-               "output.", name="BatchNormReLU2d")
+               "output.\n\n    Not an ``nn.BatchNorm2d`` instance (it is one followed by a ReLU): "
+               "tools that replace batch-norm layers found by ``isinstance`` (torch's "
+               "``nn.SyncBatchNorm.convert_sync_batchnorm``, ``torch.utils.mkldnn``, timm's "
+               "``freeze_batch_norm_2d``) would silently drop the ReLU, so they leave it alone; "
+               "``frt.SyncBatchNorm.convert_sync_batchnorm`` synchronizes it with the ReLU kept. "
+               "(``torch.optim.swa_utils.update_bn`` skips it too: reset its running statistics "
+               "yourself.)", name="BatchNormReLU2d")
 
     _RELU = True
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.backend = backend
+
+    def _check_input_dim(self, x):
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
 
     def forward(self, x, residual=None):
         """``relu(bn(x) + residual)``.
