@@ -24,6 +24,7 @@
 
 #include "fastreg.h"
 #include "fr_threads.h"
+#include "half.h"
 #include "philox.h"
 
 #ifndef FR_TILE
@@ -698,3 +699,39 @@ static int fr_group_check(const void *x, const void *keep, const void *out, int6
     }
 FR_DEFINE_GROUP_DROPOUT(f32, float)
 FR_DEFINE_GROUP_DROPOUT(f64, double)
+
+/* ------------------------------------------------------------------ 16-bit conversions */
+
+/* The staging passes of the 16-bit ops (float32 math, fastreg/_half.py): widen the uint16 bits
+ * of a float16 (kind 0) / bfloat16 (kind 1) array to float32, and round float32 back. */
+int fr_widen_half(const uint16_t *src, int kind, float *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (n == 0)
+        return FR_OK;
+    if (!src || !out)
+        return FR_ERR_NULL;
+    const int nt = fr_region_threads(n);
+    if (kind == FR_HALF_BF16)
+        FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_half_to_f32(src[i], FR_HALF_BF16); });
+    else
+        FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_half_to_f32(src[i], FR_HALF_F16); });
+    return FR_OK;
+}
+
+int fr_narrow_half(const float *src, int kind, uint16_t *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (n == 0)
+        return FR_OK;
+    if (!src || !out)
+        return FR_ERR_NULL;
+    const int nt = fr_region_threads(n);
+    if (kind == FR_HALF_BF16)
+        FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_f32_to_half(src[i], FR_HALF_BF16); });
+    else
+        FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_f32_to_half(src[i], FR_HALF_F16); });
+    return FR_OK;
+}

@@ -68,6 +68,11 @@ int fr_dropout_mask(uint64_t seed, uint64_t offset, uint32_t threshold, uint8_t 
 int fr_dropout_mask_packed(uint64_t seed, uint64_t offset, uint32_t threshold, int64_t n,
                            uint8_t *out);
 
+/* 16-bit floats as uint16 bits, kind 0 float16 / 1 bfloat16 (csrc/half.h): out = float32(src);
+ * out = src rounded to nearest even */
+int fr_widen_half(const uint16_t *src, int kind, float *out, int64_t n);
+int fr_narrow_half(const float *src, int kind, uint16_t *out, int64_t n);
+
 /* x, out (N, M1, C, M2); keep (N, C), nonzero = kept: out = keep[n, c] ? x * scale : +0.0 */
 int fr_group_dropout_f32(const float *x, const uint8_t *keep, float scale, float *out,
                          int64_t N, int64_t M1, int64_t C, int64_t M2);

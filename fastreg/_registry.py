@@ -79,6 +79,11 @@ contiguous arrays of one float dtype; scalars are of that dtype, p (norm_type) a
     row_norm_sums(a, p, out)         a (U, K); out float64 (U,): norm_sum of each row
     scale_rows(a, s)                 a (U, K) in place: a[u] = a[u] * s[u]; s (U,) of a's dtype
 
+16-bit floats (fastreg/reference/half.py): the staging passes of 16-bit ops (float32 math);
+kind 0 is float16, 1 bfloat16; 16-bit arrays are given as their uint16 bits:
+    half_to_float32(src, kind, out)  src uint16 (n,) -> out float32 (n,), exact
+    float32_to_half(src, kind, out)  src float32 (n,) -> out uint16 (n,), round to nearest even
+
 See fastreg/reference/ for the exact definitions.
 """
 import importlib
@@ -100,6 +105,8 @@ OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
 OPS += _DROPBLOCK_OPS + _LOSS_OPS
 _EMA_CLIP_OPS = ("ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows")
 OPS += _EMA_CLIP_OPS
+_HALF_OPS = ("half_to_float32", "float32_to_half")
+OPS += _HALF_OPS
 
 _MODULES = {"numpy": "fastreg.reference", "cpu": "fastreg.cpu", "c": "fastreg.c",
             "cuda": "fastreg.cuda"}

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _dispatch
+from . import _arrays, _dispatch, _half
 from ._dispatch import flat
 from .dropout import DropoutState, _common, _draw
 from .random import Generator
@@ -97,7 +97,7 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
     layout = _check_layout(layout)
     gamma_scale = _arrays.check_nonneg(gamma_scale, "gamma_scale")
     arr = _arrays.describe(x, name)
-    _arrays.check_float(arr, name)
+    _arrays.check_float(arr, name, half=True)
     shape = tuple(arr.shape)
     if len(shape) != 4:
         raise ValueError(f"{name} must be a 4-D batch ({layout}), got shape {shape}")
@@ -115,19 +115,26 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
     out_arr = _arrays.check_out(out, "out", shape, arr.dtype, [xin], device_in)
     dtype = np.dtype(arr.dtype)
     seed, offset = _draw(seed, offset, size, training)  # last: a refused call draws nothing
-    xc = job.contig(xin)
-    res = job.target(out_arr, shape, dtype)
-    if size == 0:
-        pass
-    elif threshold == 0:  # inference, or no seed possible: the identity (a copy)
-        job.op("dropout")(flat(xc), seed, offset, 0, dtype.type(1), flat(res))
+
+    def run(xc, ftype, res):
+        if threshold == 0:  # inference, or no seed possible: the identity (a copy)
+            job.op("dropout")(flat(xc), seed, offset, 0, ftype(1), flat(res))
+        else:
+            mask = job.empty(shape, np.uint8)
+            kept = job.op("drop_block_mask")(seed, offset, threshold, min(block_size, h, w),
+                                             layout == "NHWC", mask)
+            scale = ftype(size / kept if kept else 1)  # kept 0: all +0.0 anyway
+            job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
+
+    if _arrays.is_half(dtype):  # float32 math on the widened input, rounded (fastreg/_half.py)
+        result = _half.elementwise(job, xin, out_arr, dtype,
+                                   lambda x32: run(x32, np.float32, x32))
     else:
-        mask = job.empty(shape, np.uint8)
-        kept = job.op("drop_block_mask")(seed, offset, threshold, min(block_size, h, w),
-                                         layout == "NHWC", mask)
-        scale = dtype.type(size / kept if kept else 1)  # kept 0: all +0.0 anyway
-        job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
-    result = job.finish(res, out_arr)
+        xc = job.contig(xin)
+        res = job.target(out_arr, shape, dtype)
+        if size:
+            run(xc, dtype.type, res)
+        result = job.finish(res, out_arr)
     state = ("drop_block", p, seed, offset, training, "inverted", None,
              (("block_size", block_size), ("layout", layout), ("gamma_scale", gamma_scale)))
     return (result if out is None else out), state
@@ -139,7 +146,7 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
 
     Parameters
     ----------
-    x : array_like, float32 or float64, 4-D
+    x : array_like, float32, float64, float16 or bfloat16, 4-D
         A batch ``(N, C, H, W)`` (``layout="NCHW"``) or ``(N, H, W, C)`` (``"NHWC"``): host
         arrays (a non-contiguous one is copied first) or C-contiguous CUDA device arrays
         (backend "cuda", zero-copy).
@@ -208,7 +215,7 @@ def drop_block_backward(grad_y, p=0.1, block_size=7, *, seed, offset=0, training
 
     Parameters
     ----------
-    grad_y : array_like, float32 or float64, 4-D
+    grad_y : array_like, float32, float64, float16 or bfloat16, 4-D
         Gradient with respect to drop_block's output.
     p, block_size, seed, offset, training, layout, gamma_scale, out, backend
         Those of the forward call.

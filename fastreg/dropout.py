@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _dispatch, _registry
+from . import _arrays, _dispatch, _half, _registry
 from ._dispatch import flat
 from .random import Generator
 
@@ -51,7 +51,7 @@ class DropoutState:
 
         Parameters
         ----------
-        grad_y : array_like, float32 or float64
+        grad_y : array_like, float32, float64, float16 or bfloat16
             Shaped like the forward's input.
         out, backend
             As in the forward.
@@ -121,7 +121,7 @@ def _prepare(x, out, backend, name="x"):
     """Validate x and out before any work is done; return (job, x for the kernels, its
     description (shape, dtype, size), out array)."""
     arr = _arrays.describe(x, name)
-    _arrays.check_float(arr, name)
+    _arrays.check_float(arr, name, half=True)
     backend = _dispatch.resolve(backend, x, out)
     if arr is x:  # a plain ndarray: on the host
         return (_dispatch.job(backend, True), arr, arr,
@@ -147,18 +147,29 @@ def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backwar
     seed, offset = _draw(seed, offset, n, training)
     t = _threshold(p) if training else 0
     dtype = info.dtype
+    state = ("dropout", p, seed, offset, training, mode, None)
+    if _arrays.is_half(dtype):  # float32 math on the widened input, rounded (fastreg/_half.py)
+        scale = np.float32(_scale(p, training, mode))
+        y = _half.elementwise(job, xa, out_arr, dtype,
+                              lambda x32: _dropout_kernels(job, x32, seed, offset, t, scale, x32))
+        return _result(y, out), state
     scale = dtype.type(_scale(p, training, mode))
     xc = job.contig(xa)
     res = job.target(out_arr, info.shape, dtype)
     if n:
-        if t >= _TWO32:  # p == 1: everything dropped; one all-dropped group gives exact zeros
-            keep = np.zeros((1, 1), np.uint8)
-            job.op("group_dropout")(xc.reshape(1, 1, 1, n), job.contig(keep), scale,
-                                    res.reshape(1, 1, 1, n))
-        else:
-            job.op("dropout")(flat(xc), seed, offset, t, scale, flat(res))
-    return _result(job.finish(res, out_arr), out), ("dropout", p, seed, offset, training, mode,
-                                                    None)
+        _dropout_kernels(job, xc, seed, offset, t, scale, res)
+    return _result(job.finish(res, out_arr), out), state
+
+
+def _dropout_kernels(job, xc, seed, offset, t, scale, res):
+    """Element-wise dropout of a non-empty kernel-ready xc into res (res may be xc)."""
+    n = xc.size
+    if t >= _TWO32:  # p == 1: everything dropped; one all-dropped group gives exact zeros
+        keep = np.zeros((1, 1), np.uint8)
+        job.op("group_dropout")(xc.reshape(1, 1, 1, n), job.contig(keep), scale,
+                                res.reshape(1, 1, 1, n))
+    else:
+        job.op("dropout")(flat(xc), seed, offset, t, scale, flat(res))
 
 
 def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=None,
@@ -167,7 +178,7 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
 
     Parameters
     ----------
-    x : array_like, float32 or float64
+    x : array_like, float32, float64, float16 or bfloat16
         Input of any shape (empty included). Host arrays: anything NumPy views without copying
         (buffer protocol, ``__array_interface__``, DLPack); a non-contiguous input is copied to a
         contiguous one first. Device arrays (``__cuda_array_interface__``: Numba, CuPy, torch
@@ -234,7 +245,7 @@ def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inve
 
     Parameters
     ----------
-    grad_y : array_like, float32 or float64
+    grad_y : array_like, float32, float64, float16 or bfloat16
         Gradient with respect to dropout's output.
     p, seed, offset, training, mode, out, backend
         As in ``fastreg.dropout``; they must be those of the forward call.
@@ -323,19 +334,28 @@ def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis, backw
     seed, offset = _draw(seed, offset, groups, training)
     t = _threshold(p) if training else 0
     dtype = info.dtype
-    xc = job.contig(xa)
-    res = job.target(out_arr, shape, dtype)
-    if math.prod(shape):
+    dims = (nsamples, m1, c, m2)
+    kind = "drop_path" if axis is None else "channel_dropout"
+    state = (kind, p, seed, offset, training, mode, axis)
+
+    def run(xc, scale, res):
         if t >= _TWO32:
             keep = job.zeros((groups,), np.uint8)
         else:
             keep = job.empty((groups,), np.uint8)
             job.op("dropout_mask")(seed, offset, t, keep)
-        dims = (nsamples, m1, c, m2)
-        job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c),
-                                dtype.type(_scale(p, training, mode)), res.reshape(dims))
-    kind = "drop_path" if axis is None else "channel_dropout"
-    return _result(job.finish(res, out_arr), out), (kind, p, seed, offset, training, mode, axis)
+        job.op("group_dropout")(xc.reshape(dims), keep.reshape(nsamples, c), scale,
+                                res.reshape(dims))
+
+    if _arrays.is_half(dtype):  # float32 math on the widened input, rounded (fastreg/_half.py)
+        scale = np.float32(_scale(p, training, mode))
+        y = _half.elementwise(job, xa, out_arr, dtype, lambda x32: run(x32, scale, x32))
+        return _result(y, out), state
+    xc = job.contig(xa)
+    res = job.target(out_arr, shape, dtype)
+    if math.prod(shape):
+        run(xc, dtype.type(_scale(p, training, mode)), res)
+    return _result(job.finish(res, out_arr), out), state
 
 
 def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="inverted",
@@ -348,7 +368,7 @@ def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="in
 
     Parameters
     ----------
-    x : array_like, float32 or float64, ndim >= 2
+    x : array_like, float32, float64, float16 or bfloat16, ndim >= 2
         ``(N, C, ...)`` or channels-last ``(N, ..., C)``.
     p, seed, offset, training, mode, out, backend
         As in ``fastreg.dropout``.
@@ -381,7 +401,7 @@ def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=
 
     Parameters
     ----------
-    grad_y : array_like, float32 or float64
+    grad_y : array_like, float32, float64, float16 or bfloat16
         Gradient with respect to channel_dropout's output.
     p, seed, offset, axis, training, mode, out, backend
         Those of the forward call.
@@ -403,7 +423,7 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=N
 
     Parameters
     ----------
-    x : array_like, float32 or float64, ndim >= 1
+    x : array_like, float32, float64, float16 or bfloat16, ndim >= 1
         A batch, sample axis first (typically a residual branch's output).
     p, seed, offset, training, mode, out, backend
         As in ``fastreg.dropout``.
@@ -428,7 +448,7 @@ def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="in
 
     Parameters
     ----------
-    grad_y : array_like, float32 or float64
+    grad_y : array_like, float32, float64, float16 or bfloat16
         Gradient with respect to drop_path's output.
     p, seed, offset, training, mode, out, backend
         Those of the forward call.

@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, _registry
+from . import _arrays, _half, _registry
 from . import clip as _clip
 from ._dispatch import Job, flat
 
@@ -64,7 +64,7 @@ class _Optimizer:
             name = f"params[{i}]"
             if _arrays.is_device(p) != device:
                 raise ValueError(f"{name}: parameters must all be host arrays or all CUDA arrays")
-            arr, _ = _arrays.check_in_place(p, name)
+            arr, _ = _arrays.check_in_place(p, name, half=True)
             if not device and not arr.flags.c_contiguous:
                 raise ValueError(f"{name} must be C-contiguous: it is updated in place")
             self.params.append(arr)
@@ -101,8 +101,9 @@ class _Optimizer:
         ready = []
         host = not self._device
         for i, (p, g) in enumerate(zip(self.params, grads)):
-            if host and type(g) is np.ndarray:  # self.params holds plain host ndarrays
-                if g.shape != p.shape or g.dtype != p.dtype:
+            if host and type(g) is np.ndarray and g.dtype is p.dtype \
+                    and g.dtype in _arrays.FLOAT_DTYPES:  # self.params: plain host ndarrays
+                if g.shape != p.shape:
                     self._mismatch(i, g, p)
                 ready.append(flat(np.ascontiguousarray(g)))
                 continue
@@ -111,7 +112,11 @@ class _Optimizer:
                 raise ValueError(f"{name} must be on the same device as params[{i}]")
             ga = _arrays.describe(g, name)
             self._mismatch(i, ga, _arrays.describe(p, "p"))
-            ready.append(flat(self._job.contig(g if self._device else ga)))
+            gin = g if self._device else ga
+            if _arrays.is_half(ga.dtype):  # float32 math: the exact float32 values
+                ready.append(flat(_half.widen(self._job, gin, _arrays.half_kind(ga.dtype))))
+            else:
+                ready.append(flat(self._job.contig(gin)))
         if self.check_finite:
             finite = self._job.op("all_finite")
             for i, g in enumerate(ready):
@@ -122,15 +127,27 @@ class _Optimizer:
 
     @staticmethod
     def _mismatch(i, ga, pa):
-        """ValueError if gradient i's shape or dtype differs from its parameter's."""
+        """ValueError if gradient i's shape differs from its parameter's, or its dtype does
+        (except a 16-bit gradient of a float32 parameter, or a float32 gradient of a 16-bit
+        one: mixed precision, float32 math)."""
         if tuple(ga.shape) != tuple(pa.shape):
             raise ValueError(f"grads[{i}] has shape {tuple(ga.shape)}, params[{i}] has "
                              f"{tuple(pa.shape)}")
-        if ga.dtype != pa.dtype:
-            raise ValueError(f"grads[{i}] has dtype {ga.dtype}, params[{i}] has {pa.dtype}")
+        gd, pd = np.dtype(ga.dtype), np.dtype(pa.dtype)
+        if gd != pd and not (_mixed(gd, pd) or _mixed(pd, gd)):
+            _arrays.check_float(ga, f"grads[{i}]", half=True)
+            raise ValueError(f"grads[{i}] has dtype {ga.dtype}, params[{i}] has {pa.dtype} "
+                             "(a gradient has its parameter's dtype, or one of them is float32 "
+                             "and the other 16-bit)")
+
+    @staticmethod
+    def _state_dtype(p):
+        """Per-parameter state (moments, momentum) is float32 for 16-bit parameters."""
+        return np.dtype(np.float32) if _arrays.is_half(p.dtype) else np.dtype(p.dtype)
 
     def _zeros_like(self, p):
-        return flat(self._job.zeros(tuple(_arrays.describe(p, "p").shape), p.dtype))
+        return flat(self._job.zeros(tuple(_arrays.describe(p, "p").shape),
+                                    self._state_dtype(p)))
 
     def step(self, grads):
         """Update every parameter in place from its gradient.
@@ -158,7 +175,14 @@ class _Optimizer:
         self._gscale = self._clip_factor(ready)
         self.step_count += 1
         for i, (p, g) in enumerate(zip(self.params, ready)):
-            if g.size:
+            if not g.size:
+                continue
+            if _arrays.is_half(p.dtype):  # float32 math on the widened parameter, rounded back
+                kind = _arrays.half_kind(p.dtype)
+                p32 = _half.widen(self._job, p, kind)
+                self._update(i, flat(p32), g)
+                _half.store(self._job, p32, kind, p)
+            else:
                 self._update(i, flat(p), g)
 
     def _check_hyper(self):
@@ -238,9 +262,10 @@ class _Optimizer:
             i = int(idx)
             p = _arrays.describe(self.params[i], "p")
             arr = np.asarray(value)
-            if arr.shape != tuple(p.shape) or arr.dtype != p.dtype:
+            sd = self._state_dtype(p)
+            if arr.shape != tuple(p.shape) or arr.dtype != sd:
                 raise ValueError(f"state[{key!r}] has shape {arr.shape} and dtype {arr.dtype}, "
-                                 f"expected {tuple(p.shape)} and {p.dtype}")
+                                 f"expected {tuple(p.shape)} and {sd}")
             arr = np.ascontiguousarray(arr).reshape(-1).copy()
             new[name][i] = self._job.mod.to_device(arr) if self._job.device else arr
         self._check_state(new)
@@ -249,6 +274,11 @@ class _Optimizer:
 
     def _check_state(self, state):
         """Per-parameter state must be complete: no half-restored moments."""
+
+
+def _mixed(a, b):
+    """a is 16-bit and b float32."""
+    return _arrays.is_half(a) and b == np.float32
 
 
 def _check_disjoint(infos):
@@ -271,8 +301,11 @@ class SGD(_Optimizer):
 
     Parameters
     ----------
-    params : sequence of arrays, float32 or float64
+    params : sequence of arrays, float32, float64, float16 or bfloat16
         Updated in place by ``step``: C-contiguous, writable NumPy arrays, or CUDA arrays.
+        16-bit parameters are updated in float32 math (float32 state) and rounded to nearest
+        even; a 16-bit parameter may have a float32 gradient and a float32 one a 16-bit
+        gradient.
     lr : float
         Learning rate (>= 0). May be changed between steps (``opt.lr = ...``).
     momentum, dampening : float
@@ -306,7 +339,7 @@ class SGD(_Optimizer):
         A hyper-parameter negative or NaN, nesterov without momentum or with dampening,
         parameters not writable or not contiguous, decay_mask of the wrong length.
     TypeError
-        Parameters that are not float32/float64 arrays.
+        Parameters that are not float32, float64, float16 or bfloat16 arrays.
     """
 
     _STATE = ("momentum_buffer",)
@@ -352,8 +385,11 @@ class Adam(_Optimizer):
 
     Parameters
     ----------
-    params : sequence of arrays, float32 or float64
+    params : sequence of arrays, float32, float64, float16 or bfloat16
         Updated in place by ``step``: C-contiguous, writable NumPy arrays, or CUDA arrays.
+        16-bit parameters are updated in float32 math (float32 state) and rounded to nearest
+        even; a 16-bit parameter may have a float32 gradient and a float32 one a 16-bit
+        gradient.
     lr : float
         Learning rate (>= 0); may be changed between steps.
     betas : (float, float)

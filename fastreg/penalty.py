@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _dispatch
+from . import _arrays, _dispatch, _half
 from ._dispatch import flat
 
 
@@ -36,14 +36,19 @@ def _sums(w, backend):
     checked = []
     for a, name in zip(arrays, names):
         arr = _arrays.describe(a, name)
-        _arrays.check_float(arr, name)
+        _arrays.check_float(arr, name, half=True)
         checked.append(a if _arrays.is_device(a) else arr)
     backend, device = _backend_for(checked, backend)
     job = _dispatch.job(backend, not device)
     total_abs = total_sq = 0.0
     for a in checked:
         if math.prod(a.shape):
-            s_abs, s_sq = job.op("penalty_sums")(flat(job.contig(a)))
+            dtype = np.dtype(_arrays.describe(a, "w").dtype)
+            if _arrays.is_half(dtype):  # exact float32 values, summed as float32 is
+                c = _half.widen(job, a, _arrays.half_kind(dtype))
+            else:
+                c = job.contig(a)
+            s_abs, s_sq = job.op("penalty_sums")(flat(c))
             total_abs += s_abs
             total_sq += s_sq
     return total_abs, total_sq
@@ -54,7 +59,7 @@ def l1_penalty(w, lam, *, backend="auto"):
 
     Parameters
     ----------
-    w : array or list of arrays, float32 or float64
+    w : array or list of arrays, float32, float64, float16 or bfloat16
         The weights (host or CUDA arrays; a list sums over all of them).
     lam : float
         Strength, finite and >= 0.
@@ -69,7 +74,7 @@ def l1_penalty(w, lam, *, backend="auto"):
     Raises
     ------
     TypeError
-        w not float32/float64.
+        w not float32, float64, float16 or bfloat16.
     ValueError
         lam negative, NaN or infinite.
     """
@@ -84,7 +89,7 @@ def l2_penalty(w, lam, *, backend="auto"):
 
     Parameters
     ----------
-    w : array or list of arrays, float32 or float64
+    w : array or list of arrays, float32, float64, float16 or bfloat16
     lam : float
         Strength, finite and >= 0.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
@@ -108,7 +113,7 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
 
     Parameters
     ----------
-    w : array or list of arrays, float32 or float64
+    w : array or list of arrays, float32, float64, float16 or bfloat16
     l1, l2 : float
         Strengths, finite and >= 0.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
@@ -137,12 +142,14 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
 # float32's largest finite value plus half an ulp, 2**128 - 2**103); a strength at or above it
 # would overflow when the kernel converts it to the array's dtype.
 _OVERFLOW = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
+for _d in _arrays.HALF_DTYPES:  # 16-bit: float32 math, so float32 strengths
+    _OVERFLOW[_d] = _OVERFLOW[np.dtype(np.float32)]
 
 
 def _grad(w, l1, c2, out, accumulate, backend):
     accumulate = bool(accumulate)
     arr = _arrays.describe(w, "w")
-    _arrays.check_float(arr, "w")
+    _arrays.check_float(arr, "w", half=True)
     device = arr is not w and _arrays.is_device(w)
     if accumulate and out is None:
         raise ValueError("accumulate=True adds into out=: pass the gradient to add into as out")
@@ -154,6 +161,8 @@ def _grad(w, l1, c2, out, accumulate, backend):
     limit = _OVERFLOW[dtype]
     if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
         raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
+    if _arrays.is_half(dtype):
+        return _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype)
     wc = job.contig(x)
     res = job.target(out_arr, arr.shape, dtype)
     if accumulate and res is not out_arr:  # non-contiguous out: accumulate into a contiguous copy
@@ -164,10 +173,25 @@ def _grad(w, l1, c2, out, accumulate, backend):
     return result if out is None else out
 
 
+def _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype):
+    """The 16-bit gradient: float32 math on the widened w (and out when accumulating), rounded
+    to nearest even (fastreg/_half.py)."""
+    kind = _arrays.half_kind(dtype)
+    w32 = _half.widen(job, x, kind)
+    g32 = _half.widen(job, out_arr, kind) if accumulate else job.empty(w32.shape, np.float32)
+    if w32.size:
+        job.op("penalty_grad")(flat(w32), np.float32(l1), np.float32(c2), flat(g32), accumulate)
+    ob = _half.out_bits(job, out_arr)
+    res = job.target(ob, w32.shape, np.uint16)
+    _half.narrow(job, g32, kind, res)
+    r = job.finish(res, ob)
+    return out if out is not None else _half.as_dtype(r, dtype)
+
+
 _GRAD_DOC = """
     Parameters
     ----------
-    w : array_like, float32 or float64
+    w : array_like, float32, float64, float16 or bfloat16
         The weights (host or CUDA array).
     {strengths}
     out : array, optional
@@ -186,7 +210,7 @@ _GRAD_DOC = """
     Raises
     ------
     TypeError
-        w not float32/float64.
+        w not float32, float64, float16 or bfloat16.
     ValueError
         A strength negative, NaN or infinite; accumulate without out; out of the wrong shape,
         dtype or device, read-only or partially overlapping w.
@@ -230,6 +254,16 @@ def _in_place(w, x, device, backend, run):
     returns ``w``. A non-contiguous host array goes through a contiguous copy."""
     job = _dispatch.job(_dispatch.resolve(backend, w), not device)
     target = w if device else x
+    if _arrays.is_half(x.dtype):  # float32 math on the widened w, rounded back into w
+        kind = _arrays.half_kind(x.dtype)
+        w32 = _half.widen(job, target, kind)
+        if w32.size:
+            run(job, w32, w32)
+        tb = _half.out_bits(job, target)
+        dst = job.target(tb, x.shape, np.uint16)
+        _half.narrow(job, w32, kind, dst)
+        job.finish(dst, tb)
+        return w
     dst = job.target(target, x.shape, x.dtype)
     if math.prod(x.shape):
         run(job, job.contig(x), dst)
@@ -238,8 +272,8 @@ def _in_place(w, x, device, backend, run):
 
 
 def _soft(w, t, s, backend):
-    x, device = _arrays.check_in_place(w, "w")
-    cast = np.dtype(x.dtype).type
+    x, device = _arrays.check_in_place(w, "w", half=True)
+    cast = np.float32 if _arrays.is_half(x.dtype) else np.dtype(x.dtype).type
     return _in_place(w, x, device, backend, lambda job, src, dst: job.op("soft_threshold")(
         flat(src), cast(t), cast(s), flat(dst)))
 
@@ -254,7 +288,7 @@ def prox_l1(w, threshold, *, backend="auto"):
 
     Parameters
     ----------
-    w : ndarray or CUDA array, float32 or float64
+    w : ndarray or CUDA array, float32, float64, float16 or bfloat16
         Updated in place (a non-contiguous host array is processed through a contiguous copy and
         written back).
     threshold : float
@@ -287,7 +321,7 @@ def prox_elastic_net(w, l1_threshold, l2_threshold, *, backend="auto"):
 
     Parameters
     ----------
-    w : ndarray or CUDA array, float32 or float64
+    w : ndarray or CUDA array, float32, float64, float16 or bfloat16
         Updated in place.
     l1_threshold, l2_threshold : float
         ``t1 = lr * l1`` and ``t2 = lr * l2`` for a step of size lr; finite and >= 0.
@@ -319,7 +353,7 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
 
     Parameters
     ----------
-    w : ndarray or CUDA array, float32 or float64, ndim >= 1
+    w : ndarray or CUDA array, float32, float64, float16 or bfloat16, ndim >= 1
         Updated in place.
     threshold : float
         ``lr * lam`` for a step of size lr; finite and >= 0.
@@ -343,7 +377,7 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
     2006.
     """
     t = _arrays.check_nonneg(threshold, "threshold")
-    x, device = _arrays.check_in_place(w, "w")
+    x, device = _arrays.check_in_place(w, "w", half=True)
     shape = tuple(x.shape)
     axis = _arrays.check_int(axis, "axis")
     if not -len(shape) <= axis < len(shape):

@@ -417,7 +417,7 @@ def test_bad_input():
     x = np.ones((2, 3, 8, 8), np.float32)
     with pytest.raises(ValueError, match="4-D"):
         fastreg.drop_block(np.ones((3, 8, 8), np.float32), seed=1)
-    with pytest.raises(TypeError, match="x must be float32 or float64"):
+    with pytest.raises(TypeError, match="x must be float32, float64, float16 or bfloat16"):
         fastreg.drop_block(np.ones((2, 3, 8, 8), np.int32), seed=1)
     with pytest.raises(TypeError, match="grad_y must be float32"):
         fastreg.drop_block_backward(np.ones((2, 3, 8, 8), np.uint8), seed=1)

@@ -281,7 +281,7 @@ def test_bad_params_and_grads():
         SGD([ro], lr=0.1)
     with pytest.raises(ValueError, match="C-contiguous"):
         SGD([np.ones((4, 4))[:, ::2]], lr=0.1)
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
         SGD([np.ones(3, np.int64)], lr=0.1)
     with pytest.raises(TypeError, match="updated in place"):
         SGD([[1.0, 2.0]], lr=0.1)

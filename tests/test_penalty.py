@@ -231,7 +231,7 @@ def test_bad_strengths(bad):
 
 
 def test_bad_arrays():
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
         fastreg.l1_penalty(np.ones(3, np.int64), 0.1)
     with pytest.raises(TypeError, match=r"w\[1\] must be float32"):
         fastreg.l1_penalty([np.ones(3), np.ones(3, np.int32)], 0.1)

@@ -121,3 +121,4 @@ __all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]
 from .loss import ce_hard, ce_soft  # noqa: E402
 
 __all__ += ["ce_hard", "ce_soft"]
+from .half import float32_to_half, half_to_float32  # noqa: E402

@@ -18,3 +18,4 @@ from .ema import ema_update
 from .clip import norm_sum, row_norm_sums, scale, scale_rows
 from .dropblock import drop_block_apply, drop_block_mask
 from .loss import ce_hard, ce_soft
+from .half import float32_to_half, half_to_float32

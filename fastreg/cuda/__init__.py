@@ -33,6 +33,7 @@ try:
     from .ema import ema_update
     from .clip import norm_sum, row_norm_sums, scale, scale_rows
     from .loss import ce_hard, ce_soft
+    from .half import float32_to_half, half_to_float32
 except Exception as exc:  # numba-cuda missing or broken: report it, do not fail the import
     _cuda = None
     _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"

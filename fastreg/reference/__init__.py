@@ -32,3 +32,4 @@ from .ema import ema_update  # noqa: E402
 from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
 
 __all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]
+from .half import float32_to_half, half_to_float32  # noqa: E402
