@@ -248,6 +248,19 @@ int fr_aug_mix_f32(const float *x, const int64_t *partner, const float *lam, flo
 int fr_aug_paste(const void *x, const int64_t *partner, const int64_t *rects, void *out,
                  int64_t M, int64_t H, int64_t W, int64_t P);
 
+/* ------------------------------------------------------------------ colour augmentation
+ * (csrc/augment_color.c; contract: fastreg/reference/augment_color.py).  uint8 images
+ * (N, H, W, C) with element strides xs / os (4 each) and dims = (N, H, W, C); C <= 3 for
+ * fr_aug_color_u8 (else FR_ERR_UNSUPPORTED).  codes int64 (N,) (-1: sample not written),
+ * params float64 (N,); out may be x for fr_aug_color_u8 only.  weights float32 (N, K), K odd,
+ * K / 2 < min(H, W); lut float32 (C, 256).  Bit-identical to the reference for any thread count. */
+int fr_aug_color_u8(const uint8_t *x, const int64_t *xs, const int64_t *codes,
+                    const double *params, uint8_t *out, const int64_t *os, const int64_t *dims);
+int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, int64_t K,
+                   uint8_t *out, const int64_t *os, const int64_t *dims);
+int fr_aug_normalize_u8(const uint8_t *x, const int64_t *xs, const float *lut, float *out,
+                        const int64_t *os, const int64_t *dims);
+
 /* ------------------------------------------------------------------ weight EMA, gradient norms
  * (csrc/multi_tensor.c; definitions: fastreg/reference/ema.py, clip.py).  List ops take `count`
  * arrays of one dtype (pointers and element counts n[k]).  mode: 0 sum x**2, 1 sum |x|,

@@ -62,6 +62,8 @@ DropBlock (definition and stream layout: fastreg/reference/dropblock.py):
 
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
 fastreg/reference/augment.py (all four backends).
+Colour augmentation (aug_color, aug_blur, aug_normalize): contract in
+fastreg/reference/augment_color.py (host backends "numpy", "cpu", "c").
 
 Softmax cross-entropy (fastreg/reference/loss.py has the definitions): x (R, C) logits; tw, cw
 float64 (C,) class coefficients of the target and smoothing terms (cw None: no smoothing);
@@ -99,12 +101,14 @@ _BATCHNORM_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduc
                   "bn_backward_apply", "bn_backward", "bn_forward_coeffs", "bn_running_update",
                   "bn_backward_coeffs")
 _AUGMENT_OPS = ("aug_flip", "aug_affine", "aug_noise", "aug_erase", "aug_mix", "aug_paste")
+_AUGMENT_COLOR_OPS = ("aug_color", "aug_blur", "aug_normalize")
 _LOSS_OPS = ("ce_hard", "ce_soft")
 _DROPBLOCK_OPS = ("drop_block_mask", "drop_block_apply")
 OPS = _RNG_DROPOUT_OPS + _PENALTY_OPTIM_OPS + _BATCHNORM_OPS + _AUGMENT_OPS
 OPS += _DROPBLOCK_OPS + _LOSS_OPS
 _EMA_CLIP_OPS = ("ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows")
 OPS += _EMA_CLIP_OPS
+OPS += _AUGMENT_COLOR_OPS
 _HALF_OPS = ("half_to_float32", "float32_to_half")
 OPS += _HALF_OPS
 

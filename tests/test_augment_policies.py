@@ -90,8 +90,12 @@ def test_hand_computed_sharpness():
 # --- transcriptions of torchvision's uint8 tensor code (NumPy; CHW per image) ----------------------
 
 def tv_blend(img1, img2, ratio):
+    # image1.mul(ratio).add_(image2, alpha=1 - ratio): torch's vectorized add_ with alpha is a
+    # fused multiply-add (exact in float64 for the factors used here, then rounded once)
     f32 = np.float32
-    out = img1.astype(f32) * f32(ratio) + np.asarray(img2, f32) * f32(1.0 - ratio)
+    a = img1.astype(f32) * f32(ratio)
+    out = (np.asarray(img2, f32).astype(np.float64) * np.float64(f32(1.0 - ratio))
+           + a.astype(np.float64)).astype(f32)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

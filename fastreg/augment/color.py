@@ -17,31 +17,26 @@ Every random parameter of sample i is keyed by (seed, epoch, index_offset + i) a
 fastreg.augment.image. The ops are ``Compose`` members (after the geometric ops, in list
 order) and callables on their own.
 
-Backends: "numpy" (the reference) and "cpu" (Numba) have the colour kernels and give the same
-bits. On "c" (the default for host arrays where it is built) the colour kernels run on "cpu"
-while the geometric parts of the policies use the C resampler (same bits). "cuda" is not
-supported (BackendUnavailableError). Images: uint8 only, 1 or 3 channels for the colour ops.
+Backends: "numpy" (the reference), "cpu" (Numba) and "c" (csrc/augment_color.c, the default
+for host arrays where it is built) have the colour kernels (aug_color, aug_blur, aug_normalize
+in fastreg._registry) and give the same bits. "cuda" is not supported
+(BackendUnavailableError). Images: uint8 only, 1 or 3 channels for the colour ops.
 """
-import importlib
-
 import numpy as np
 
 from .. import _arrays, _registry
 from ..reference import augment_color as refc
 from . import compose as _c
 
-_KERNEL_MODULES = {"numpy": "fastreg.reference.augment_color", "cpu": "fastreg.cpu.augment_color"}
-
-
 def kernels(job):
-    """The module holding aug_color / aug_blur / aug_normalize for the Job's backend."""
-    if job.device:
-        raise _registry.BackendUnavailableError(
-            "the colour augmentation kernels run on host arrays only ('numpy', 'cpu', 'c')")
-    name = job.backend if job.backend in _KERNEL_MODULES else "cpu"
-    if name == "cpu" and _registry.available_backends()["cpu"] is not None:
-        name = "numpy"
-    return importlib.import_module(_KERNEL_MODULES[name])
+    """The Job's backend package, which holds aug_color / aug_blur / aug_normalize
+    (fastreg._registry); BackendUnavailableError for a backend without them."""
+    for op in ("aug_color", "aug_blur", "aug_normalize"):
+        if getattr(job.mod, op, None) is None:
+            raise _registry.BackendUnavailableError(
+                f"backend {job.backend!r} does not implement the colour augmentation kernels: "
+                "use 'numpy', 'cpu' or 'c'")
+    return job.mod
 
 
 def nhwc(a, layout):

@@ -111,6 +111,7 @@ __all__ += ["penalty_sums", "penalty_grad", "soft_threshold", "group_lasso", "al
             "sgd_step", "adam_step"]
 from .batchnorm import *  # noqa: E402,F401,F403  the bn_* ops (fastreg/c/batchnorm.py __all__)
 from .augment import *  # noqa: E402,F401,F403  the aug_* ops (fastreg/c/augment.py __all__)
+from .augment_color import aug_blur, aug_color, aug_normalize  # noqa: E402,F401
 from .dropblock import drop_block_apply, drop_block_mask  # noqa: E402
 
 __all__ += ["drop_block_mask", "drop_block_apply"]

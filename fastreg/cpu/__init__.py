@@ -11,6 +11,7 @@ def unavailable_reason():
 from .penalty import all_finite, group_lasso, penalty_grad, penalty_sums, soft_threshold
 from .optim import adam_step, sgd_step
 from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_paste
+from .augment_color import aug_blur, aug_color, aug_normalize
 from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_coeffs,
                         bn_backward_reduce, bn_forward_coeffs, bn_forward_train, bn_running_update,
                         bn_stats)

@@ -6,6 +6,8 @@ per-sample table lookup for the point ops, a per-pixel blend for saturation and 
 ``aug_blur`` is parallel over (sample, row) for each of its two passes; ``aug_normalize`` over
 (sample, row).
 """
+import math
+
 import numpy as np
 from numba import prange
 
@@ -18,8 +20,14 @@ INV255 = F32(1.0 / 255.0)
 MAGIC = F32(12582912.0)
 ZERO32, MAX32 = F32(0.0), F32(255.0)
 
+SIXTH = F32(1.0 / 6.0)
+TO_U8 = F32(255.999)
+ONE32 = F32(1.0)
+TWO53 = 9007199254740992.0
+HSV_SELECT = np.array([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], np.int64)
+
 SKIP, IDENTITY, BRIGHTNESS, SATURATION, CONTRAST, SHARPNESS, POSTERIZE, SOLARIZE, \
-    AUTOCONTRAST, EQUALIZE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8
+    AUTOCONTRAST, EQUALIZE, HUE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
 @inline
@@ -29,12 +37,70 @@ def _trunc(y):
 
 
 @inline
+def _fma32(a, b, c):
+    """float32 a * b + c rounded once (fastreg.reference.augment_color.fma32): the float64 sum
+    of the exact product, rounded to odd when inexact, then to float32."""
+    # np.float64, not float(): Numba's float() of a float32 stays float32
+    c64 = np.float64(c)
+    p = np.float64(a) * np.float64(b)
+    s = p + c64
+    bb = s - p
+    e = (p - (s - bb)) + (c64 - bb)
+    if e != 0.0:
+        m, _ = math.frexp(s)
+        if np.int64(m * TWO53) & 1 == 0:
+            s = np.nextafter(s, np.inf if e > 0 else -np.inf)
+    return F32(s)
+
+
+@inline
 def _gray(r, g, b):
-    """floor of the float32 luma with torch's two fused multiply-adds (exact in float64)."""
+    """floor of the float32 luma with torch's two fused multiply-adds."""
     t = F32(r) * GRAY_R
-    t = F32(float(g) * float(GRAY_G) + float(t))
-    t = F32(float(b) * float(GRAY_B) + float(t))
+    t = _fma32(F32(g), GRAY_G, t)
+    t = _fma32(F32(b), GRAY_B, t)
     return F32(np.floor(t))
+
+
+@inline
+def _hue_pixel(r8, g8, b8, shift, dst, k0):
+    """torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb, to_dtype(uint8) of one pixel; the
+    three results go to dst[k0], dst[k0 + 1], dst[k0 + 2]."""
+    r = F32(r8) * INV255
+    g = F32(g8) * INV255
+    b = F32(b8) * INV255
+    maxc = max(max(r, g), b)
+    minc = min(min(r, g), b)
+    eqc = maxc == minc
+    crange = maxc - minc
+    s = crange / (ONE32 if eqc else maxc)
+    div = ONE32 if eqc else crange
+    rc = (maxc - r) / div
+    gc = (maxc - g) / div
+    bc = (maxc - b) / div
+    neq_r = maxc != r
+    eq_g = maxc == g
+    hg = ((rc + F32(2.0)) - bc) * F32(1.0 if (eq_g and neq_r) else 0.0)
+    hr = (bc - gc) * F32(0.0 if neq_r else 1.0)
+    hb = ((gc + F32(4.0)) - rc) * F32(1.0 if (neq_r and not eq_g) else 0.0)
+    h = (hr + hg) + hb
+    h = F32(np.fmod(h * SIXTH + ONE32, ONE32))
+    h = F32(np.fmod(h + shift, ONE32))
+    if h < 0:
+        h = h + ONE32
+    h6 = h * F32(6.0)
+    fi = F32(np.floor(h6))
+    fr = h6 - fi
+    i = np.int64(fi) % 6
+    sxf = s * fr
+    oms = ONE32 - s
+    q = min((ONE32 - sxf) * maxc, ONE32)
+    t = min((sxf + oms) * maxc, ONE32)
+    p = min(oms * maxc, ONE32)
+    for k in range(3):
+        j = HSV_SELECT[k, i]
+        v = maxc if j == 0 else (p if j == 1 else (q if j == 2 else t))
+        dst[k0 + k] = np.uint8(v * TO_U8)
 
 
 @jit
@@ -51,9 +117,9 @@ def _blend_lut(lut, k, other, f):
     """lut[k, v] = blend(v, other, f) for every v."""
     a = F32(f)
     b = F32(1.0 - f)
-    o = F32(other) * b
+    o = F32(other)
     for v in range(256):
-        lut[k, v] = _trunc(F32(v) * a + o)
+        lut[k, v] = _trunc(_fma32(o, b, F32(v) * a))
 
 
 @jit
@@ -112,10 +178,21 @@ def _sample(img, dst, code, p, lut, same):
         for y in range(h):
             for x in range(w):
                 r0, g0, b0 = img[y, x, 0], img[y, x, 1], img[y, x, 2]
-                o = _gray(r0, g0, b0) * b
-                dst[y, x, 0] = _trunc(F32(r0) * a + o)
-                dst[y, x, 1] = _trunc(F32(g0) * a + o)
-                dst[y, x, 2] = _trunc(F32(b0) * a + o)
+                o = _gray(r0, g0, b0)
+                dst[y, x, 0] = _trunc(_fma32(o, b, F32(r0) * a))
+                dst[y, x, 1] = _trunc(_fma32(o, b, F32(g0) * a))
+                dst[y, x, 2] = _trunc(_fma32(o, b, F32(b0) * a))
+        return
+    if code == HUE:
+        if c != 3:
+            if not same:
+                for y in range(h):
+                    dst[y] = img[y]
+            return
+        shift = F32(p)
+        for y in range(h):
+            for x in range(w):
+                _hue_pixel(img[y, x, 0], img[y, x, 1], img[y, x, 2], shift, dst[y, x], 0)
         return
     if code == AUTOCONTRAST:
         for k in range(c):
@@ -165,7 +242,7 @@ def _sample(img, dst, code, p, lut, same):
                 for y in range(h):
                     dst[y] = img[y]
             return
-        alpha = float(F32(1.0 - p))
+        alpha = F32(1.0 - p)
         prev = np.empty((w, c), np.int64)
         cur = np.empty((w, c), np.int64)
         nxt = np.empty((w, c), np.int64)
@@ -190,7 +267,7 @@ def _sample(img, dst, code, p, lut, same):
                          + nxt[x + 1, k])
                     v = cur[x, k]
                     d = (2 * s + 13) // 26 - v
-                    dst[y, x, k] = _trunc(F32(float(d) * alpha + float(v)))
+                    dst[y, x, k] = _trunc(_fma32(F32(d), alpha, F32(v)))
             prev, cur, nxt = cur, nxt, prev
         return
 

@@ -4,22 +4,23 @@ per-sample parameters of RandAugment, TrivialAugmentWide, ColorJitter and Gaussi
 Definitions follow torchvision's ``transforms.v2.functional`` tensor ops on uint8 images,
 reimplemented (fastreg.augment.color lists where we differ):
 
-- ``blend(a, b, r)`` = ``trunc(clamp(f32(a) * f32(r) + f32(b) * f32(1 - r), 0, 255))``: two
-  float32 products and a float32 sum (torchvision's ``_blend``: ``mul``, ``add_``, ``clamp_``,
-  ``.to(uint8)`` truncates).
+- ``fma32(a, b, c)``: the float32 fused multiply-add ``a * b + c`` rounded once (computed in
+  float64 and rounded to odd, then to float32: correctly rounded for every input).
+- ``blend(a, b, r)`` = ``trunc(clamp(fma32(f32(b), f32(1 - r), f32(a) * f32(r)), 0, 255))``
+  (torchvision's ``_blend``: ``image1.mul(r).add_(image2, alpha=1 - r)``, and torch's
+  vectorized ``add_`` with ``alpha`` is a fused multiply-add: equal to torch 2.13 on this CPU,
+  tests/test_augment_color_backends.py; ``clamp_``, ``.to(uint8)`` truncates).
 - brightness(f): ``trunc(clamp(f32(v) * f32(f), 0, 255))``.
 - grayscale (``_rgb_to_grayscale_image``): ``t = f32(r) * f32(.2989)``,
-  ``t = fma(f32(g), f32(.587), t)``, ``t = fma(f32(b), f32(.114), t)`` (torch's vectorized
-  ``add_(.., alpha=)`` is a fused multiply-add), then ``floor``. The fma is computed exactly in
-  float64 and rounded once to float32.
+  ``t = fma32(f32(g), f32(.587), t)``, ``t = fma32(f32(b), f32(.114), t)`` (torch's
+  vectorized ``add_(.., alpha=)`` is a fused multiply-add), then ``floor``.
 - saturation(f) ("Color"): ``blend(v, gray, f)`` per channel (1 channel: unchanged).
 - contrast(f): ``blend(v, mean, f)``, mean = ``f32(sum(gray) / (H W))`` (float64 division of
   the exact integer sum; 1 channel: the values themselves).
 - sharpness(f): interior pixels only (images with H or W <= 2 unchanged); ``S`` = the 3x3
   neighbourhood sum with the centre counted 5 times (torchvision's kernel [1 1 1; 1 5 1; 1 1 1]
   / 13), ``blurred = round(S / 13)`` (never a tie: S / 13 is exact as ``(2 S + 13) // 26``),
-  ``y = fma(f32(blurred - v), f32(1 - f), f32(v))`` in float32 (exact in float64, one
-  rounding), ``trunc(clamp(y, 0, 255))``.
+  ``y = fma32(f32(blurred - v), f32(1 - f), f32(v))``, ``trunc(clamp(y, 0, 255))``.
 - posterize(bits): ``v & (((1 << bits) - 1) << (8 - bits))``.
 - solarize(t): ``255 - v`` where ``v >= f32(t)``.
 - autocontrast: per channel, min m and max M over the image; M == m: unchanged; else
@@ -30,6 +31,12 @@ reimplemented (fastreg.augment.color lists where we differ):
 - Gaussian blur: per-sample float32 1-D kernel w (K taps) applied along rows then columns with
   NumPy "reflect" borders, each tap accumulated ``acc = acc + w[k] * v`` in float32 from 0 in
   tap order; ``round-half-even(clamp(acc, 0, 255))``.
+- hue(f) (``f`` in [-0.5, 0.5]; 1 channel: unchanged): torchvision's ``adjust_hue`` on uint8,
+  every step a float32 operation in torch's order: ``x = f32(v) * f32(1 / 255)``;
+  ``_rgb_to_hsv`` (PIL's formulas: ``s = (M - m) / M``, ``rc = (M - r) / (M - m)``, ...,
+  ``h = fmod(h * f32(1 / 6) + 1, 1)``); ``h = remainder(h + f32(f), 1)``; ``_hsv_to_rgb``
+  (``i = floor(6 h) mod 6``, ``p, q, t`` clamped to <= 1, the (v, p, q, t) selection table);
+  back to uint8 as ``to_dtype(uint8, scale=True)``: ``trunc(rgb * f32(255.999))``.
 - normalize: float32 ``(f32(v) * f32(1 / 255) - mean[c]) / std[c]`` (torchvision's
   ``to_dtype(float32, scale=True)`` then ``normalize``); ``scale=False`` drops the ``* 1/255``.
 
@@ -64,13 +71,18 @@ CODES = {"randaugment": 32, "trivialaugment": 33, "colorjitter": 34, "blur": 35}
 
 # aug_color op codes
 SKIP, IDENTITY, BRIGHTNESS, SATURATION, CONTRAST, SHARPNESS, POSTERIZE, SOLARIZE, \
-    AUTOCONTRAST, EQUALIZE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8
+    AUTOCONTRAST, EQUALIZE, HUE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 OP_CODES = {"identity": IDENTITY, "brightness": BRIGHTNESS, "saturation": SATURATION,
             "contrast": CONTRAST, "sharpness": SHARPNESS, "posterize": POSTERIZE,
-            "solarize": SOLARIZE, "autocontrast": AUTOCONTRAST, "equalize": EQUALIZE}
+            "solarize": SOLARIZE, "autocontrast": AUTOCONTRAST, "equalize": EQUALIZE,
+            "hue": HUE}
 
 GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
 INV255 = F32(1.0 / 255.0)
+SIXTH = F32(1.0 / 6.0)
+TO_U8 = F32(255.999)         # torchvision's to_dtype(uint8, scale=True): 255 + 1 - 1e-3
+# _hsv_to_rgb: which of (v, p, q, t) is r, g, b for sector i = 0..5
+HSV_SELECT = np.array([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], np.int64)
 MAGIC = F32(12582912.0)
 
 
@@ -81,22 +93,35 @@ def trunc_u8(y):
     return np.minimum(np.maximum(y, F32(0)), F32(255)).astype(np.uint8)
 
 
+def fma32(a, b, c):
+    """float32 fused multiply-add ``a * b + c`` (float32 arrays), rounded once: the product is
+    exact in float64; the float64 sum is rounded to odd (nudged to its odd neighbour when it is
+    inexact and even), which then rounds to float32 correctly (53 >= 24 + 2 bits)."""
+    a, b, c = np.broadcast_arrays(*(np.asarray(v, F32).astype(np.float64) for v in (a, b, c)))
+    shape = a.shape
+    a, b, c = (v.reshape(-1) for v in (a, b, c))
+    p = a * b
+    s = p + c
+    bb = s - p
+    e = (p - (s - bb)) + (c - bb)          # TwoSum: s + e == p + c exactly
+    bits = s.view(np.int64)
+    odd = np.where((e != 0) & ((bits & 1) == 0), bits + np.where((e > 0) == (s > 0), 1, -1), bits)
+    return odd.view(np.float64).astype(F32).reshape(shape)
+
+
 def blend(a, b, r):
     """torchvision's ``_blend`` on uint8: a, b arrays (b may be float32), r a Python float."""
-    return trunc_u8(np.asarray(a, F32) * F32(r) + np.asarray(b, F32) * F32(1.0 - r))
-
-
-def _fma32(a, b, c):
-    """float32 fused multiply-add (a, b, c float32): exact in float64, rounded once."""
-    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(F32)
+    a = np.asarray(a, F32)
+    b = np.broadcast_to(np.asarray(b, F32), a.shape)
+    return trunc_u8(fma32(b, np.full(a.shape, F32(1.0 - r)), a * F32(r)))
 
 
 def gray(img):
     """floor of the float32 luma of an (H, W, 3) uint8 image, as float32 (H, W)."""
     r, g, b = (img[..., k].astype(F32) for k in range(3))
     t = r * GRAY_R
-    t = _fma32(g, np.full_like(g, GRAY_G), t)
-    t = _fma32(b, np.full_like(b, GRAY_B), t)
+    t = fma32(g, np.full_like(g, GRAY_G), t)
+    t = fma32(b, np.full_like(b, GRAY_B), t)
     return np.floor(t)
 
 
@@ -132,7 +157,7 @@ def sharpness(img, f):
     s += 4 * centre
     blurred = (2 * s + 13) // 26
     d = (blurred - centre).astype(F32)
-    y = _fma32(d, np.full_like(d, F32(1.0 - f)), centre.astype(F32))
+    y = fma32(d, np.full_like(d, F32(1.0 - f)), centre.astype(F32))
     out[1:-1, 1:-1] = trunc_u8(y)
     return out
 
@@ -186,10 +211,50 @@ def equalize(img):
     return out
 
 
+def hue(img, f):
+    if img.shape[-1] == 1 or img.size == 0:
+        return img.copy()
+    x = img.astype(F32) * INV255
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    maxc = np.maximum(np.maximum(r, g), b)
+    minc = np.minimum(np.minimum(r, g), b)
+    eqc = maxc == minc
+    crange = maxc - minc
+    one = F32(1)
+    s = crange / np.where(eqc, one, maxc)
+    div = np.where(eqc, one, crange)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    neq_r = maxc != r
+    eq_g = maxc == g
+    hg = ((rc + F32(2)) - bc) * (eq_g & neq_r).astype(F32)
+    hr = (bc - gc) * (~neq_r).astype(F32)
+    hb = ((gc + F32(4)) - rc) * (neq_r & ~eq_g).astype(F32)
+    h = (hr + hg) + hb
+    h = np.fmod(h * SIXTH + one, one)
+    h = np.fmod(h + F32(f), one)                    # torch.remainder(., 1): fmod, + 1 if < 0
+    h = np.where(h < 0, h + one, h)
+    h6 = h * F32(6)
+    i = np.floor(h6)
+    fr = h6 - i
+    i = np.mod(i.astype(np.int64), 6)
+    sxf = s * fr
+    oms = one - s
+    q = np.minimum((one - sxf) * maxc, one)
+    t = np.minimum((sxf + oms) * maxc, one)
+    p = np.minimum(oms * maxc, one)
+    vpqt = np.stack([maxc, p, q, t])
+    out = np.empty_like(img)
+    for k in range(3):
+        sel = HSV_SELECT[k][i]
+        v = np.take_along_axis(vpqt, sel[None], axis=0)[0]
+        out[..., k] = (v * TO_U8).astype(np.uint8)
+    return out
+
+
 _APPLY = {IDENTITY: lambda img, p: img.copy(), BRIGHTNESS: brightness, SATURATION: saturation,
           CONTRAST: contrast, SHARPNESS: sharpness, POSTERIZE: posterize, SOLARIZE: solarize,
           AUTOCONTRAST: lambda img, p: autocontrast(img),
-          EQUALIZE: lambda img, p: equalize(img)}
+          EQUALIZE: lambda img, p: equalize(img), HUE: hue}
 
 
 # --- kernels --------------------------------------------------------------------------------------

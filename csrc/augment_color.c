@@ -1,0 +1,640 @@
+/* Colour augmentation kernels of the C backend (OpenMP): the colour ops of RandAugment,
+ * TrivialAugmentWide and ColorJitter (brightness, saturation, contrast, sharpness, posterize,
+ * solarize, autocontrast, equalize, hue), the separable Gaussian blur and the uint8 -> float32
+ * normalization table.
+ *
+ * Exact definitions (the kernel contract): fastreg/reference/augment_color.py.  Every kernel
+ * gives the reference's bits: the same float32 operations in the same order, built with
+ * -ffp-contract=off and no fast-math; the fused multiply-adds of torch's ``add_(.., alpha=)``
+ * are fr_fma32 below (float64 sum rounded to odd, then to float32: correctly rounded, as the
+ * reference's fma32).
+ *
+ * Images are uint8 (N, H, W, C) with element strides xs[4] / os[4] (an NCHW batch is passed as
+ * its NHWC view); a row whose pixels are not contiguous is gathered into a thread's buffer and
+ * scattered back, so every op works on contiguous rows.  Parallel over samples (each sample's
+ * op runs on one thread, in its caches); ``out`` may be ``x`` for fr_aug_color_u8 (sharpness
+ * keeps copies of the three source rows it reads).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fastreg.h"
+#include "fr_threads.h"
+
+#define FR_C_INLINE static inline __attribute__((always_inline))
+
+enum { FR_C_SKIP = -1, FR_C_IDENTITY = 0, FR_C_BRIGHTNESS, FR_C_SATURATION, FR_C_CONTRAST,
+       FR_C_SHARPNESS, FR_C_POSTERIZE, FR_C_SOLARIZE, FR_C_AUTOCONTRAST, FR_C_EQUALIZE,
+       FR_C_HUE };
+
+static const float FR_GRAY_R = 0.2989f, FR_GRAY_G = 0.587f, FR_GRAY_B = 0.114f;
+static const float FR_MAGIC = 12582912.0f;
+
+/* float32 a * b + c rounded once: the product is exact in double (24 + 24 bits); the double
+ * sum is rounded to odd (nudged to its odd neighbour when inexact and even), which rounds to
+ * float32 correctly.  The nudge is needed only when the operands' magnitudes are ~2^20 apart. */
+FR_C_INLINE float fr_fma32(float a, float b, float c)
+{
+    double p = (double)a * (double)b;
+    double s = p + (double)c;
+    double bb = s - p;
+    double e = (p - (s - bb)) + ((double)c - bb);
+    if (e != 0.0) {
+        uint64_t u;
+        memcpy(&u, &s, sizeof u);
+        if (!(u & 1)) {
+            u += ((e > 0) == (s > 0)) ? 1 : (uint64_t)-1;
+            memcpy(&s, &u, sizeof u);
+        }
+    }
+    return (float)s;
+}
+
+/* clamp to [0, 255], truncate (torch's clamp_(0, 255).to(uint8)) */
+FR_C_INLINE uint8_t fr_trunc_u8(float y)
+{
+    y = y < 0.0f ? 0.0f : y;
+    y = y > 255.0f ? 255.0f : y;
+    return (uint8_t)y;
+}
+
+/* floor of the float32 luma, torch's mul then two fused multiply-adds */
+FR_C_INLINE float fr_gray(uint8_t r, uint8_t g, uint8_t b)
+{
+    float t = (float)r * FR_GRAY_R;
+    t = fr_fma32((float)g, FR_GRAY_G, t);
+    t = fr_fma32((float)b, FR_GRAY_B, t);
+    return floorf(t);
+}
+
+/* ------------------------------------------------------------------ rows */
+
+typedef struct {
+    const uint8_t *x;
+    uint8_t *out;
+    int64_t xs[4], os[4];
+    int64_t H, W, C;
+} fr_img;
+
+/* pointer to row y of sample n of x, contiguous: the row itself or a gathered copy in buf */
+static const uint8_t *fr_src_row(const fr_img *im, int64_t n, int64_t y, uint8_t *buf)
+{
+    const uint8_t *p = im->x + n * im->xs[0] + y * im->xs[1];
+    if (im->xs[3] == 1 && im->xs[2] == im->C)
+        return p;
+    for (int64_t u = 0; u < im->W; u++)
+        for (int64_t k = 0; k < im->C; k++)
+            buf[u * im->C + k] = p[u * im->xs[2] + k * im->xs[3]];
+    return buf;
+}
+
+/* where to write row y of sample n of out: the row itself or buf (then fr_put_row) */
+static uint8_t *fr_dst_row(const fr_img *im, int64_t n, int64_t y, uint8_t *buf)
+{
+    uint8_t *p = im->out + n * im->os[0] + y * im->os[1];
+    return (im->os[3] == 1 && im->os[2] == im->C) ? p : buf;
+}
+
+static void fr_put_row(const fr_img *im, int64_t n, int64_t y, const uint8_t *row)
+{
+    uint8_t *p = im->out + n * im->os[0] + y * im->os[1];
+    if (row == p)
+        return;
+    for (int64_t u = 0; u < im->W; u++)
+        for (int64_t k = 0; k < im->C; k++)
+            p[u * im->os[2] + k * im->os[3]] = row[u * im->C + k];
+}
+
+/* per-thread scratch: input row, output row, three sharpness rows (W*C bytes each) */
+typedef struct {
+    uint8_t *in, *outr, *r0, *r1, *r2;
+} fr_rows;
+
+static int fr_rows_alloc(fr_rows *b, int64_t row)
+{
+    uint8_t *m = (uint8_t *)malloc((size_t)(5 * row + 64));
+    if (!m)
+        return FR_ERR_ALLOC;
+    b->in = m;
+    b->outr = m + row;
+    b->r0 = m + 2 * row;
+    b->r1 = m + 3 * row;
+    b->r2 = m + 4 * row;
+    return FR_OK;
+}
+
+/* ------------------------------------------------------------------ per-sample ops */
+
+static void fr_apply_lut(const fr_img *im, int64_t n, const uint8_t lut[][256], fr_rows *b)
+{
+    const int64_t W = im->W, C = im->C;
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        if (C == 3) {
+            const uint8_t *l0 = lut[0], *l1 = lut[1], *l2 = lut[2];
+            for (int64_t u = 0; u < W; u++) {
+                d[3 * u] = l0[s[3 * u]];
+                d[3 * u + 1] = l1[s[3 * u + 1]];
+                d[3 * u + 2] = l2[s[3 * u + 2]];
+            }
+        } else if (C == 1) {
+            const uint8_t *l0 = lut[0];
+            for (int64_t u = 0; u < W; u++)
+                d[u] = l0[s[u]];
+        } else {
+            for (int64_t u = 0; u < W; u++)
+                for (int64_t k = 0; k < C; k++)
+                    d[u * C + k] = lut[k][s[u * C + k]];
+        }
+        fr_put_row(im, n, y, d);
+    }
+}
+
+static void fr_copy_sample(const fr_img *im, int64_t n, fr_rows *b)
+{
+    if (im->x == im->out && im->xs[0] == im->os[0] && im->xs[1] == im->os[1]
+        && im->xs[2] == im->os[2] && im->xs[3] == im->os[3])
+        return;
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        if (d != s)
+            memcpy(d, s, (size_t)(im->W * im->C));
+        fr_put_row(im, n, y, d);
+    }
+}
+
+/* blend(v, other, f) for every v of channel k (contrast: other is the mean) */
+static void fr_blend_lut(uint8_t *lut, float other, double f)
+{
+    const float a = (float)f, bw = (float)(1.0 - f);
+    for (int v = 0; v < 256; v++)
+        lut[v] = fr_trunc_u8(fr_fma32(other, bw, (float)v * a));
+}
+
+static void fr_saturation(const fr_img *im, int64_t n, double f, fr_rows *b)
+{
+    const float a = (float)f, bw = (float)(1.0 - f);
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        for (int64_t u = 0; u < im->W; u++) {
+            const uint8_t r = s[3 * u], g = s[3 * u + 1], bl = s[3 * u + 2];
+            const float gr = fr_gray(r, g, bl);
+            d[3 * u] = fr_trunc_u8(fr_fma32(gr, bw, (float)r * a));
+            d[3 * u + 1] = fr_trunc_u8(fr_fma32(gr, bw, (float)g * a));
+            d[3 * u + 2] = fr_trunc_u8(fr_fma32(gr, bw, (float)bl * a));
+        }
+        fr_put_row(im, n, y, d);
+    }
+}
+
+static void fr_contrast(const fr_img *im, int64_t n, double f, fr_rows *b)
+{
+    const int64_t W = im->W, C = im->C;
+    int64_t total = 0;
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        if (C == 3) {
+            for (int64_t u = 0; u < W; u++)
+                total += (int64_t)fr_gray(s[3 * u], s[3 * u + 1], s[3 * u + 2]);
+        } else {
+            for (int64_t u = 0; u < W; u++)
+                total += s[u];
+        }
+    }
+    const int64_t count = im->H * W;
+    const float mean = count ? (float)((double)total / (double)count) : 0.0f;
+    uint8_t lut[3][256];
+    for (int64_t k = 0; k < C; k++)
+        fr_blend_lut(lut[k], mean, f);
+    fr_apply_lut(im, n, (const uint8_t(*)[256])lut, b);
+}
+
+static void fr_histograms(const fr_img *im, int64_t n, int64_t hist[][256], fr_rows *b)
+{
+    const int64_t W = im->W, C = im->C;
+    memset(hist, 0, sizeof(int64_t) * 256 * (size_t)C);
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        for (int64_t u = 0; u < W; u++)
+            for (int64_t k = 0; k < C; k++)
+                hist[k][s[u * C + k]]++;
+    }
+}
+
+static void fr_autocontrast(const fr_img *im, int64_t n, fr_rows *b)
+{
+    int64_t hist[3][256];
+    uint8_t lut[3][256];
+    fr_histograms(im, n, hist, b);
+    const float inv255 = (float)(1.0 / 255.0);
+    for (int64_t k = 0; k < im->C; k++) {
+        int lo = 0, hi = 255;
+        while (lo < 256 && hist[k][lo] == 0)
+            lo++;
+        while (hi >= 0 && hist[k][hi] == 0)
+            hi--;
+        if (lo > hi || lo == hi) {
+            for (int v = 0; v < 256; v++)
+                lut[k][v] = (uint8_t)v;
+            continue;
+        }
+        const float inv = (float)(hi - lo) * inv255;
+        for (int v = 0; v < 256; v++)
+            lut[k][v] = fr_trunc_u8(((float)v - (float)lo) / inv);
+    }
+    fr_apply_lut(im, n, (const uint8_t(*)[256])lut, b);
+}
+
+static void fr_equalize(const fr_img *im, int64_t n, fr_rows *b)
+{
+    int64_t hist[3][256];
+    uint8_t lut[3][256];
+    fr_histograms(im, n, hist, b);
+    const int64_t count = im->H * im->W;
+    for (int64_t k = 0; k < im->C; k++) {
+        int last = 0;
+        for (int v = 0; v < 256; v++)
+            if (hist[k][v] > 0)
+                last = v;
+        const int64_t step = (count - hist[k][last]) / 255;
+        if (step == 0) {
+            for (int v = 0; v < 256; v++)
+                lut[k][v] = (uint8_t)v;
+            continue;
+        }
+        int64_t cum = 0;
+        lut[k][0] = 0;
+        for (int v = 1; v < 256; v++) {
+            cum += hist[k][v - 1];
+            const int64_t q = (cum + step / 2) / step;
+            lut[k][v] = (uint8_t)(q < 255 ? q : 255);
+        }
+    }
+    fr_apply_lut(im, n, (const uint8_t(*)[256])lut, b);
+}
+
+static void fr_sharpness(const fr_img *im, int64_t n, double f, fr_rows *b)
+{
+    const int64_t H = im->H, W = im->W, C = im->C, L = W * C;
+    if (H <= 2 || W <= 2) {
+        fr_copy_sample(im, n, b);
+        return;
+    }
+    const float alpha = (float)(1.0 - f);
+    uint8_t *prev = b->r0, *cur = b->r1, *next = b->r2;
+    memcpy(prev, fr_src_row(im, n, 0, b->in), (size_t)L);
+    memcpy(cur, fr_src_row(im, n, 1, b->in), (size_t)L);
+    for (int64_t y = 0; y < H; y += H - 1) {   /* first and last rows: unchanged */
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        if (d != s)
+            memcpy(d, s, (size_t)L);
+        fr_put_row(im, n, y, d);
+    }
+    /* out may be x: the first and last rows were written unchanged; row y + 1 is copied before
+     * row y is written, and rows y - 1, y are copies already */
+    for (int64_t y = 1; y < H - 1; y++) {
+        memcpy(next, fr_src_row(im, n, y + 1, b->in), (size_t)L);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        for (int64_t k = 0; k < C; k++) {
+            d[k] = cur[k];
+            d[L - C + k] = cur[L - C + k];
+        }
+        for (int64_t i = C; i < L - C; i++) {
+            const int32_t s = prev[i - C] + prev[i] + prev[i + C] + cur[i - C] + 5 * cur[i]
+                              + cur[i + C] + next[i - C] + next[i] + next[i + C];
+            const int32_t v = cur[i];
+            const int32_t dd = (2 * s + 13) / 26 - v;
+            d[i] = fr_trunc_u8(fr_fma32((float)dd, alpha, (float)v));
+        }
+        fr_put_row(im, n, y, d);
+        uint8_t *t = prev;
+        prev = cur;
+        cur = next;
+        next = t;
+    }
+}
+
+/* torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb and to_dtype(uint8) on one pixel */
+FR_C_INLINE void fr_hue_pixel(const uint8_t *s, uint8_t *d, float shift)
+{
+    static const int sel[3][6] = {{0, 2, 1, 1, 3, 0}, {3, 0, 0, 2, 1, 1}, {1, 1, 3, 0, 0, 2}};
+    const float inv255 = (float)(1.0 / 255.0);
+    const float r = (float)s[0] * inv255, g = (float)s[1] * inv255, b = (float)s[2] * inv255;
+    float maxc = r > g ? r : g;
+    maxc = maxc > b ? maxc : b;
+    float minc = r < g ? r : g;
+    minc = minc < b ? minc : b;
+    const int eqc = maxc == minc;
+    const float crange = maxc - minc;
+    const float sat = crange / (eqc ? 1.0f : maxc);
+    const float div = eqc ? 1.0f : crange;
+    const float rc = (maxc - r) / div, gc = (maxc - g) / div, bc = (maxc - b) / div;
+    const int neq_r = maxc != r, eq_g = maxc == g;
+    const float hg = ((rc + 2.0f) - bc) * (float)(eq_g && neq_r);
+    const float hr = (bc - gc) * (float)(!neq_r);
+    const float hb = ((gc + 4.0f) - rc) * (float)(neq_r && !eq_g);
+    float h = (hr + hg) + hb;
+    h = fmodf(h * (float)(1.0 / 6.0) + 1.0f, 1.0f);
+    h = fmodf(h + shift, 1.0f);
+    if (h < 0.0f)
+        h = h + 1.0f;
+    const float h6 = h * 6.0f;
+    const float fi = floorf(h6);
+    const float fr = h6 - fi;
+    int i = (int)fi % 6;
+    i = i < 0 ? i + 6 : i;
+    const float sxf = sat * fr, oms = 1.0f - sat;
+    float q = (1.0f - sxf) * maxc, t = (sxf + oms) * maxc, p = oms * maxc;
+    q = q > 1.0f ? 1.0f : q;
+    t = t > 1.0f ? 1.0f : t;
+    p = p > 1.0f ? 1.0f : p;
+    const float vpqt[4] = {maxc, p, q, t};
+    const float to_u8 = 255.999f;
+    for (int k = 0; k < 3; k++)
+        d[k] = (uint8_t)(vpqt[sel[k][i]] * to_u8);
+}
+
+static void fr_hue(const fr_img *im, int64_t n, double f, fr_rows *b)
+{
+    const float shift = (float)f;
+    for (int64_t y = 0; y < im->H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        for (int64_t u = 0; u < im->W; u++)
+            fr_hue_pixel(s + 3 * u, d + 3 * u, shift);
+        fr_put_row(im, n, y, d);
+    }
+}
+
+static void fr_color_sample(const fr_img *im, int64_t n, int code, double p, fr_rows *b)
+{
+    const int64_t C = im->C;
+    uint8_t lut[3][256];
+    switch (code) {
+    case FR_C_IDENTITY:
+        fr_copy_sample(im, n, b);
+        return;
+    case FR_C_BRIGHTNESS: {
+        const float a = (float)p;
+        for (int v = 0; v < 256; v++)
+            lut[0][v] = fr_trunc_u8((float)v * a);
+        break;
+    }
+    case FR_C_POSTERIZE: {
+        const int bits = (int)p;
+        const uint8_t mask = (uint8_t)(((1 << bits) - 1) << (8 - bits));
+        for (int v = 0; v < 256; v++)
+            lut[0][v] = (uint8_t)v & mask;
+        break;
+    }
+    case FR_C_SOLARIZE: {
+        const float t = (float)p;
+        for (int v = 0; v < 256; v++)
+            lut[0][v] = (float)v >= t ? (uint8_t)(255 - v) : (uint8_t)v;
+        break;
+    }
+    case FR_C_SATURATION:
+        if (C == 3)
+            fr_saturation(im, n, p, b);
+        else
+            fr_copy_sample(im, n, b);
+        return;
+    case FR_C_HUE:
+        if (C == 3)
+            fr_hue(im, n, p, b);
+        else
+            fr_copy_sample(im, n, b);
+        return;
+    case FR_C_CONTRAST:
+        fr_contrast(im, n, p, b);
+        return;
+    case FR_C_SHARPNESS:
+        fr_sharpness(im, n, p, b);
+        return;
+    case FR_C_AUTOCONTRAST:
+        fr_autocontrast(im, n, b);
+        return;
+    case FR_C_EQUALIZE:
+        fr_equalize(im, n, b);
+        return;
+    default:
+        return;
+    }
+    for (int64_t k = 1; k < C; k++)   /* the point ops: one table for every channel */
+        memcpy(lut[k], lut[0], 256);
+    fr_apply_lut(im, n, (const uint8_t(*)[256])lut, b);
+}
+
+static int fr_img_init(fr_img *im, const uint8_t *x, const int64_t *xs, uint8_t *out,
+                       const int64_t *os, const int64_t *dims)
+{
+    if (!x || !xs || !out || !os || !dims)
+        return FR_ERR_NULL;
+    for (int k = 0; k < 4; k++)
+        if (dims[k] < 0)
+            return FR_ERR_SIZE;
+    im->x = x;
+    im->out = out;
+    memcpy(im->xs, xs, sizeof im->xs);
+    memcpy(im->os, os, sizeof im->os);
+    im->H = dims[1];
+    im->W = dims[2];
+    im->C = dims[3];
+    return FR_OK;
+}
+
+int fr_aug_color_u8(const uint8_t *x, const int64_t *xs, const int64_t *codes,
+                    const double *params, uint8_t *out, const int64_t *os, const int64_t *dims)
+{
+    fr_img im;
+    int st = fr_img_init(&im, x, xs, out, os, dims);
+    if (st != FR_OK)
+        return st;
+    const int64_t N = dims[0];
+    if (N == 0 || im.H == 0 || im.W == 0 || im.C == 0)
+        return FR_OK;
+    if (!codes || !params)
+        return FR_ERR_NULL;
+    if (im.C > 3)
+        return FR_ERR_UNSUPPORTED;
+    const int64_t row = im.W * im.C;
+    const int nt = fr_region_threads(N);
+    if (nt <= 1) {
+        fr_rows b;
+        if (fr_rows_alloc(&b, row) != FR_OK)
+            return FR_ERR_ALLOC;
+        for (int64_t n = 0; n < N; n++)
+            if (codes[n] != FR_C_SKIP)
+                fr_color_sample(&im, n, (int)codes[n], params[n], &b);
+        free(b.in);
+        return FR_OK;
+    }
+    int failed = 0;
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+    {
+        fr_rows b;
+        if (fr_rows_alloc(&b, row) != FR_OK) {
+            failed = 1;
+            b.in = NULL;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t n = 0; n < N; n++)
+            if (b.in && codes[n] != FR_C_SKIP)
+                fr_color_sample(&im, n, (int)codes[n], params[n], &b);
+        free(b.in);
+    }
+    return failed ? FR_ERR_ALLOC : FR_OK;
+}
+
+/* ------------------------------------------------------------------ Gaussian blur */
+
+/* NumPy "reflect" index of i in [0, n) */
+static int64_t fr_reflect(int64_t i, int64_t n)
+{
+    if (n == 1)
+        return 0;
+    const int64_t period = 2 * (n - 1);
+    i %= period;
+    if (i < 0)
+        i += period;
+    return i >= n ? period - i : i;
+}
+
+/* one sample: rows pass into tmp (H, W*C floats), then the columns pass into out */
+static void fr_blur_sample(const fr_img *im, int64_t n, const float *w, int64_t K,
+                           const int64_t *cols, const int64_t *rows, float *tmp, fr_rows *b)
+{
+    const int64_t H = im->H, W = im->W, C = im->C, L = W * C;
+    for (int64_t y = 0; y < H; y++) {
+        const uint8_t *s = fr_src_row(im, n, y, b->in);
+        float *t = tmp + y * L;
+        for (int64_t u = 0; u < W; u++) {
+            const int64_t *cu = cols + u * K;
+            for (int64_t k = 0; k < C; k++) {
+                float acc = 0.0f;
+                for (int64_t j = 0; j < K; j++)
+                    acc = acc + w[j] * (float)s[cu[j] * C + k];
+                t[u * C + k] = acc;
+            }
+        }
+    }
+    for (int64_t y = 0; y < H; y++) {
+        uint8_t *d = fr_dst_row(im, n, y, b->outr);
+        const int64_t *ry = rows + y * K;
+        for (int64_t i = 0; i < L; i++) {
+            float a = 0.0f;
+            for (int64_t j = 0; j < K; j++)
+                a = a + w[j] * tmp[ry[j] * L + i];
+            a = a < 0.0f ? 0.0f : a;
+            a = a > 255.0f ? 255.0f : a;
+            d[i] = (uint8_t)((a + FR_MAGIC) - FR_MAGIC);
+        }
+        fr_put_row(im, n, y, d);
+    }
+}
+
+int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, int64_t K,
+                   uint8_t *out, const int64_t *os, const int64_t *dims)
+{
+    fr_img im;
+    int st = fr_img_init(&im, x, xs, out, os, dims);
+    if (st != FR_OK)
+        return st;
+    if (K < 1 || K % 2 == 0)
+        return FR_ERR_SIZE;
+    const int64_t N = dims[0], H = im.H, W = im.W, C = im.C;
+    if (N == 0 || H == 0 || W == 0 || C == 0)
+        return FR_OK;
+    if (!weights)
+        return FR_ERR_NULL;
+    int64_t *cols = (int64_t *)malloc(sizeof(int64_t) * (size_t)((W + H) * K));
+    if (!cols)
+        return FR_ERR_ALLOC;
+    int64_t *rows = cols + W * K;
+    for (int64_t u = 0; u < W; u++)
+        for (int64_t j = 0; j < K; j++)
+            cols[u * K + j] = fr_reflect(u + j - K / 2, W);
+    for (int64_t y = 0; y < H; y++)
+        for (int64_t j = 0; j < K; j++)
+            rows[y * K + j] = fr_reflect(y + j - K / 2, H);
+    const int64_t row = W * C;
+    const size_t tmp_bytes = sizeof(float) * (size_t)(H * row);
+    const int nt = fr_region_threads(N);
+    int failed = 0;
+    if (nt <= 1) {
+        fr_rows b;
+        float *tmp = (float *)malloc(tmp_bytes);
+        if (!tmp || fr_rows_alloc(&b, row) != FR_OK) {
+            free(tmp);
+            free(cols);
+            return FR_ERR_ALLOC;
+        }
+        for (int64_t n = 0; n < N; n++)
+            fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, &b);
+        free(b.in);
+        free(tmp);
+        free(cols);
+        return FR_OK;
+    }
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+    {
+        fr_rows b;
+        b.in = NULL;
+        float *tmp = (float *)malloc(tmp_bytes);
+        if (!tmp || fr_rows_alloc(&b, row) != FR_OK)
+            failed = 1;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t n = 0; n < N; n++)
+            if (tmp && b.in)
+                fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, &b);
+        free(b.in);
+        free(tmp);
+    }
+    free(cols);
+    return failed ? FR_ERR_ALLOC : FR_OK;
+}
+
+/* ------------------------------------------------------------------ normalization */
+
+int fr_aug_normalize_u8(const uint8_t *x, const int64_t *xs, const float *lut, float *out,
+                        const int64_t *os, const int64_t *dims)
+{
+    if (!x || !xs || !lut || !out || !os || !dims)
+        return FR_ERR_NULL;
+    for (int k = 0; k < 4; k++)
+        if (dims[k] < 0)
+            return FR_ERR_SIZE;
+    const int64_t N = dims[0], H = dims[1], W = dims[2], C = dims[3];
+    if (N == 0 || H == 0 || W == 0 || C == 0)
+        return FR_OK;
+    const int64_t rows = N * H;
+    const int nt = fr_region_threads(rows);
+    FR_FOR(nt, int64_t r = 0, r < rows, r++, {
+        const int64_t n = r / H, y = r - n * H;
+        const uint8_t *s = x + n * xs[0] + y * xs[1];
+        float *d = out + n * os[0] + y * os[1];
+        if (C == 3 && xs[2] == 3 && xs[3] == 1 && os[2] == 3 && os[3] == 1) {
+            const float *l0 = lut, *l1 = lut + 256, *l2 = lut + 512;
+            for (int64_t u = 0; u < W; u++) {
+                d[3 * u] = l0[s[3 * u]];
+                d[3 * u + 1] = l1[s[3 * u + 1]];
+                d[3 * u + 2] = l2[s[3 * u + 2]];
+            }
+        } else {
+            for (int64_t u = 0; u < W; u++)
+                for (int64_t k = 0; k < C; k++)
+                    d[u * os[2] + k * os[3]] = lut[k * 256 + s[u * xs[2] + k * xs[3]]];
+        }
+    });
+    return FR_OK;
+}
