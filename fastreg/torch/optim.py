@@ -18,11 +18,24 @@ are torch's, step for step (per-parameter step counts, as ``torch.optim``), plus
   global 2-norm first, with ``torch.nn.utils.clip_grad_norm_``'s coefficient, the scaling fused
   into the update kernels (``p.grad`` is left unchanged; the norm is ``last_grad_norm``).
 
+torch's own group options: ``maximize`` (all three; the gradient's sign is folded into the
+kernels' gradient factor, so it costs nothing) and Adam's ``decoupled_weight_decay`` (AdamW's
+rule; AdamW's groups carry ``True``) are implemented. ``foreach`` and ``fused`` are accepted and
+stored (so state_dicts round-trip) but change nothing: fastreg always runs its own fused
+per-parameter kernel, the same arithmetic either way. ``differentiable=True`` and
+``capturable=True`` are refused (fastreg's updates run outside autograd and read the step count
+on the host, which CUDA-graph capture forbids), on construction, ``add_param_group`` and
+``load_state_dict`` alike, before anything changes. ``lr`` (and ``weight_decay``) may be a
+one-element tensor, as in torch (an LR scheduler then updates it in place); its value is read at
+each step.
+
 State is kept in torch tensors with torch's names (``step`` as a float32 CPU scalar tensor,
 ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``), laid out like their
 parameter, so ``state_dict()`` / ``load_state_dict()`` round-trip, and load into (and from) the
 corresponding ``torch.optim`` optimizer; the fastreg group keys are kept when a torch state_dict
-lacks them. Half-precision, sparse or complex parameters are refused with their name.
+lacks them, and a ``step`` stored as a plain number (older torch checkpoints) is converted to
+torch's tensor, as torch does. Half-precision, sparse or complex parameters are refused with
+their name.
 """
 import math
 
@@ -38,6 +51,16 @@ from . import _bridge
 __all__ = ["SGD", "Adam", "AdamW"]
 
 _SCALAR = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _value(v):
+    """A hyper-parameter's number: a one-element tensor's value (tensor lr), else v itself."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"a tensor hyper-parameter must have one element, got shape "
+                             f"{tuple(v.shape)}")
+        return v.item()
+    return v
 
 
 def _flat(t):
@@ -59,9 +82,44 @@ class _FastregOptimizer(torch.optim.Optimizer):
     ``_STATE`` and ``_update(group, p, g, state, decayed, job)``."""
 
     _STATE = ()
+    # torch's group options: {key: torch's default}; see _check_options for what is accepted
+    _TORCH_OPTIONS = {"maximize": False, "foreach": None, "differentiable": False,
+                      "fused": None}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _check_options(group, gi):
+        """Refuse the torch options fastreg does not implement (before anything changes)."""
+        where = f"param_groups[{gi}]"
+        for key in ("maximize", "decoupled_weight_decay"):
+            if key in group and not isinstance(group[key], (bool, np.bool_)):
+                raise TypeError(f"{where}['{key}'] must be a bool, got "
+                                f"{type(group[key]).__name__}")
+        for key in ("foreach", "fused"):
+            if group.get(key) not in (None, False, True):
+                raise TypeError(f"{where}['{key}'] must be None or a bool, got "
+                                f"{group[key]!r}")
+        if group.get("differentiable", False):
+            raise ValueError(f"{where}: differentiable=True is not supported: fastreg's "
+                             "updates are in-place kernels outside autograd (use torch.optim "
+                             "to differentiate through the step)")
+        if group.get("capturable", False):
+            raise ValueError(f"{where}: capturable=True is not supported: fastreg reads the "
+                             "step count on the host, which CUDA-graph capture forbids (use "
+                             "capturable=False, or torch.optim inside a captured graph)")
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, default in self._TORCH_OPTIONS.items():
+                group.setdefault(key, default)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    # an older checkpoint's plain-number step: torch's float32 CPU scalar
+                    st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
 
     def add_param_group(self, param_group):
         """Add a group of parameters (with its own hyper-parameters) to the optimizer.
@@ -82,9 +140,11 @@ class _FastregOptimizer(torch.optim.Optimizer):
         ValueError
             A bad hyper-parameter, or a decay_mask of the wrong length.
         """
+        gi = len(self.param_groups)
+        if isinstance(param_group, dict):
+            self._check_options({**self.defaults, **param_group}, gi)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        gi = len(self.param_groups) - 1
         for j, p in enumerate(group["params"]):
             _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]")
             if p.is_complex():  # pragma: no cover - excluded by the dtype check
@@ -107,8 +167,11 @@ class _FastregOptimizer(torch.optim.Optimizer):
         return mask
 
     def _check_group(self, group, gi):
+        self._check_options(group, gi)
         for key in ("lr", "weight_decay", "l1"):
-            group[key] = _arrays.check_nonneg(group[key], f"param_groups[{gi}]['{key}']")
+            v = _arrays.check_nonneg(_value(group[key]), f"param_groups[{gi}]['{key}']")
+            if not isinstance(group[key], torch.Tensor):  # a tensor stays (schedulers fill it)
+                group[key] = v
 
     def load_state_dict(self, state_dict):
         """Load a state_dict of this optimizer or of the matching ``torch.optim`` one.
@@ -117,12 +180,21 @@ class _FastregOptimizer(torch.optim.Optimizer):
         ----------
         state_dict : dict
             As returned by ``state_dict()``; group keys it lacks (a torch state_dict has no
-            decay_mask, l1, check_finite, backend, decoupled) keep their current values.
+            decay_mask, l1, check_finite, backend, decoupled) keep their current values. A
+            plain-number ``step`` is converted to torch's tensor.
 
         Returns
         -------
         None
+
+        Raises
+        ------
+        TypeError, ValueError
+            A group option fastreg does not implement (``differentiable=True``,
+            ``capturable=True``), checked before anything is loaded.
         """
+        for gi, group in enumerate(state_dict.get("param_groups", [])):
+            self._check_options(group, gi)
         previous = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         super().load_state_dict(state_dict)
         for gi, (group, old) in enumerate(zip(self.param_groups, previous)):
@@ -246,6 +318,11 @@ class _FastregOptimizer(torch.optim.Optimizer):
             self._update(group, p, g, state, group["decay_mask"][j], job)
         return loss
 
+    def _gradient_factor(self, group):
+        """The kernels' gradient factor: the clipping coefficient, negated for maximize (torch
+        negates the gradient first; multiplying by -1 is exact)."""
+        return -self._gscale if group["maximize"] else self._gscale
+
 
 def _view(job, t):
     return _FastregOptimizer._kernel_view(job, _flat(t))
@@ -255,6 +332,8 @@ def _new_step(state):
     """Increment the per-parameter step (a float32 CPU scalar tensor, as torch keeps it)."""
     if "step" not in state:
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    elif not torch.is_tensor(state["step"]):  # a plain number (set by hand): torch's tensor
+        state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
     state["step"] += 1
     return int(state["step"].item())
 
@@ -282,6 +361,13 @@ class SGD(_FastregOptimizer):
     max_grad_norm : float, optional
         Clip all gradients by their global 2-norm first (``torch.nn.utils.clip_grad_norm_``'s
         coefficient), fused into the update; ``p.grad`` is not modified. None: no clipping.
+    maximize : bool
+        Ascend the objective (torch's option: the gradient's sign flipped).
+    foreach, fused : None or bool
+        Accepted for torch compatibility; no effect (fastreg's kernel is always one fused
+        pass per parameter).
+    differentiable : bool
+        Must be False (see the module docstring).
 
     Returns
     -------
@@ -294,21 +380,24 @@ class SGD(_FastregOptimizer):
     TypeError
         A parameter that is not a dense float32/float64 tensor.
     ValueError
-        Negative or NaN hyper-parameters; nesterov without momentum or with dampening.
+        Negative or NaN hyper-parameters; nesterov without momentum or with dampening;
+        ``differentiable=True``.
     """
 
     _STATE = ("momentum_buffer",)
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, decoupled=False, l1=0.0, decay_mask=None,
-                 check_finite=False, backend="auto", max_grad_norm=None):
+                 check_finite=False, backend="auto", max_grad_norm=None, maximize=False,
+                 foreach=None, differentiable=False, fused=None):
         self.max_grad_norm = (None if max_grad_norm is None
                               else _clip._check_max_norm(max_grad_norm))
         self.last_grad_norm = None
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, decoupled=decoupled,
                         l1=l1, decay_mask=decay_mask, check_finite=check_finite,
-                        backend=backend)
+                        backend=backend, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
         super().__init__(params, defaults)
 
     def _check_group(self, group, gi):
@@ -321,8 +410,8 @@ class SGD(_FastregOptimizer):
 
     def _update(self, group, p, g, state, decayed, job):
         t = _SCALAR[p.dtype]
-        lr, momentum = group["lr"], group["momentum"]
-        wd = group["weight_decay"] if decayed else 0.0
+        lr, momentum = _value(group["lr"]), group["momentum"]
+        wd = _value(group["weight_decay"]) if decayed else 0.0
         decoupled = group["decoupled"]
         buf, first = None, False
         if momentum != 0:
@@ -334,7 +423,7 @@ class SGD(_FastregOptimizer):
             _view(job, p), _view(job, g), buf, t(lr), t(0.0 if decoupled else wd),
             t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
             bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
-            t(self._gscale))
+            t(self._gradient_factor(group)))
 
 
 class Adam(_FastregOptimizer):
@@ -350,8 +439,14 @@ class Adam(_FastregOptimizer):
     weight_decay : float
         Coupled L2 (``g + wd * p``) on the parameters ``decay_mask`` selects.
     amsgrad : bool
-    l1, decay_mask, check_finite, backend, max_grad_norm
+    l1, decay_mask, check_finite, backend, max_grad_norm, maximize, foreach, fused,
+    differentiable
         As in ``SGD`` (the L1 step is a second pass, fastreg's soft-threshold kernel).
+    capturable : bool
+        Must be False (see the module docstring).
+    decoupled_weight_decay : bool
+        True: AdamW's decoupled decay ``p <- p * (1 - lr * wd)`` instead of the L2 term (as in
+        torch).
 
     Returns
     -------
@@ -365,21 +460,30 @@ class Adam(_FastregOptimizer):
 
     _STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _DECOUPLED = False
+    _TORCH_OPTIONS = dict(_FastregOptimizer._TORCH_OPTIONS, capturable=False,
+                          decoupled_weight_decay=False)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
-                 backend="auto", max_grad_norm=None):
+                 backend="auto", max_grad_norm=None, foreach=None, maximize=False,
+                 capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=None):
         self.max_grad_norm = (None if max_grad_norm is None
                               else _clip._check_max_norm(max_grad_norm))
         self.last_grad_norm = None
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._DECOUPLED
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, l1=l1, decay_mask=decay_mask,
-                        check_finite=check_finite, backend=backend)
+                        check_finite=check_finite, backend=backend, maximize=maximize,
+                        foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
     def _check_group(self, group, gi):
         super()._check_group(group, gi)
-        betas = tuple(group["betas"])
+        betas = tuple(_value(b) for b in group["betas"])
         if len(betas) != 2:
             raise ValueError(f"param_groups[{gi}]: betas must be a pair, got {betas!r}")
         group["betas"] = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
@@ -393,17 +497,18 @@ class Adam(_FastregOptimizer):
         if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
             state["max_exp_avg_sq"] = torch.zeros_like(p)
         step = _new_step(state)
-        lr, (beta1, beta2) = group["lr"], group["betas"]
-        wd = group["weight_decay"] if decayed else 0.0
+        lr, (beta1, beta2) = _value(group["lr"]), group["betas"]
+        wd = _value(group["weight_decay"]) if decayed else 0.0
+        decoupled = group["decoupled_weight_decay"]
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
         pv = _view(job, p)
         job.op("adam_step")(
             pv, _view(job, g), _view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
             _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
-            t(0.0 if self._DECOUPLED else wd), t(1.0 - lr * wd if self._DECOUPLED else 1.0),
+            t(0.0 if decoupled else wd), t(1.0 - lr * wd if decoupled else 1.0),
             t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
-            t(bc2_sqrt), t(self._gscale))
+            t(bc2_sqrt), t(self._gradient_factor(group)))
         if decayed and group["l1"] > 0:
             job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
 
@@ -415,6 +520,7 @@ class AdamW(Adam):
     Parameters
     ----------
     params, lr, betas, eps, amsgrad, l1, decay_mask, check_finite, backend, max_grad_norm
+    maximize, foreach, capturable, differentiable, fused
         As in ``Adam``.
     weight_decay : float
         Decoupled decay on the parameters ``decay_mask`` selects (default: those with more than
@@ -434,9 +540,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
-                 backend="auto", max_grad_norm=None):
+                 backend="auto", max_grad_norm=None, maximize=False, foreach=None,
+                 capturable=False, differentiable=False, fused=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1,
                          decay_mask=decay_mask, check_finite=check_finite, backend=backend,
-                         max_grad_norm=max_grad_norm)
+                         max_grad_norm=max_grad_norm, maximize=maximize, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
 
 

@@ -1,0 +1,209 @@
+"""fastreg.torch.optim and torch.optim's group options: maximize, decoupled_weight_decay,
+foreach / fused / capturable / differentiable, tensor lr, plain-number steps in state_dicts."""
+import copy
+
+import pytest
+
+import fastreg
+
+torch = pytest.importorskip("torch",
+                            reason="torch is not installed (extra: fastreg-kernels[torch])")
+import fastreg.torch as frt  # noqa: E402
+
+F64 = torch.float64
+
+
+@pytest.fixture(params=["numpy", "cpu", "c"])
+def tbackend(request):
+    reason = fastreg.available_backends()[request.param]
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+def _params(dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=dtype).requires_grad_()
+            for s in [(5, 4), (4,), (3, 2, 2)]]
+
+
+def _run(opt, ps, steps, first=0):
+    for k in range(first, first + steps):
+        g = torch.Generator().manual_seed(100 + k)
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        opt.step()
+
+
+def _close(a_list, b_list, dtype=F64):
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    for a, b in zip(a_list, b_list):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+CASES = [
+    ("SGD", dict(lr=0.1, maximize=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("Adam", dict(lr=0.01, amsgrad=True, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+]
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_options_match_torch(name, kw, dtype, tbackend):
+    pr, pg = _params(dtype), _params(dtype)
+    ref = getattr(torch.optim, name)(pr, **kw)
+    got = getattr(frt.optim, name)(pg, decay_mask=True, backend=tbackend, **kw)
+    _run(ref, pr, 3)
+    _run(got, pg, 3)
+    _close(pg, pr, dtype)
+
+
+@pytest.mark.parametrize("name,kw", CASES)
+def test_torch_state_dict_options_are_honoured(name, kw):
+    """A torch state_dict with maximize / decoupled_weight_decay, loaded into a fastreg
+    optimizer built with the defaults, trains the way torch does (it went the wrong way)."""
+    pr = _params()
+    ref = getattr(torch.optim, name)(pr, **kw)
+    _run(ref, pr, 2)
+    pg = [p.detach().clone().requires_grad_() for p in pr]
+    plain = {k: v for k, v in kw.items() if k not in ("maximize", "decoupled_weight_decay")}
+    got = getattr(frt.optim, name)(pg, decay_mask=True, **plain)
+    got.load_state_dict(copy.deepcopy(ref.state_dict()))  # torch shares tensors
+    assert got.param_groups[0]["maximize"] == kw.get("maximize", False)
+    _run(ref, pr, 2, first=2)
+    _run(got, pg, 2, first=2)
+    _close(pg, pr)
+    # and back into torch
+    back = getattr(torch.optim, name)(pr, **plain)
+    back.load_state_dict(copy.deepcopy(got.state_dict()))
+    assert back.param_groups[0]["maximize"] == kw.get("maximize", False)
+
+
+def test_adamw_state_dict_into_adam_is_decoupled():
+    pr = _params()
+    ref = torch.optim.AdamW(pr, lr=0.01, weight_decay=0.1)
+    _run(ref, pr, 2)
+    pg = [p.detach().clone().requires_grad_() for p in pr]
+    got = frt.optim.Adam(pg, lr=0.01, weight_decay=0.1, decay_mask=True)
+    got.load_state_dict(copy.deepcopy(ref.state_dict()))  # torch shares tensors
+    assert got.param_groups[0]["decoupled_weight_decay"] is True
+    _run(ref, pr, 2, first=2)
+    _run(got, pg, 2, first=2)
+    _close(pg, pr)
+
+
+def test_maximize_with_clipping_matches_torch():
+    pr, pg = _params(), _params()
+    ref = torch.optim.SGD(pr, lr=0.1, momentum=0.5, maximize=True)
+    got = frt.optim.SGD(pg, lr=0.1, momentum=0.5, maximize=True, max_grad_norm=0.5,
+                        decay_mask=True)
+    for k in range(3):
+        g = torch.Generator().manual_seed(k)
+        for a, b in zip(pr, pg):
+            a.grad = torch.randn(a.shape, generator=g, dtype=F64)
+            b.grad = a.grad.clone()
+        torch.nn.utils.clip_grad_norm_(pr, 0.5)
+        ref.step()
+        got.step()
+    _close(pg, pr)
+
+
+@pytest.mark.parametrize("key,value", [("differentiable", True), ("capturable", True)])
+def test_unsupported_options_refused_everywhere(key, value):
+    p = _params()
+    if key == "capturable":
+        with pytest.raises(ValueError, match="capturable=True is not supported"):
+            frt.optim.Adam(p, **{key: value})
+        with pytest.raises(ValueError, match="capturable"):
+            frt.optim.AdamW(p, **{key: value})
+        torch_opt = torch.optim.Adam(_params())
+        opt = frt.optim.Adam(p)
+    else:
+        with pytest.raises(ValueError, match="differentiable=True is not supported"):
+            frt.optim.SGD(p, **{key: value})
+        torch_opt = torch.optim.SGD(_params(), lr=0.1)
+        opt = frt.optim.SGD(p, lr=0.1)
+    extra = _params(seed=1)[:1]
+    with pytest.raises(ValueError, match=key):
+        opt.add_param_group({"params": extra, key: value})
+    assert len(opt.param_groups) == 1
+    sd = torch_opt.state_dict()
+    sd["param_groups"][0][key] = value
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=key):
+        opt.load_state_dict(sd)
+    assert opt.state_dict() == before  # nothing was loaded
+
+
+def test_option_types_checked():
+    with pytest.raises(TypeError, match="maximize"):
+        frt.optim.SGD(_params(), lr=0.1, maximize=1)
+    with pytest.raises(TypeError, match="foreach"):
+        frt.optim.Adam(_params(), foreach="yes")
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict(fused=True),
+                                   dict(fused=False)])
+def test_foreach_and_fused_are_accepted_and_change_nothing(name, flags):
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.01)
+    pa, pb = _params(), _params()
+    a = getattr(frt.optim, name)(pa, **kw)
+    b = getattr(frt.optim, name)(pb, **kw, **flags)
+    _run(a, pa, 3)
+    _run(b, pb, 3)
+    for x, y in zip(pa, pb):
+        assert torch.equal(x, y)
+    for key, v in flags.items():
+        assert b.param_groups[0][key] == v
+        assert b.state_dict()["param_groups"][0][key] == v
+
+
+def test_adam_plain_number_step_loads_and_works():
+    """Older checkpoints stored ``step`` as a plain number; torch converts it, so must we."""
+    pr = _params()
+    ref = torch.optim.Adam(pr, lr=0.01)
+    _run(ref, pr, 2)
+    sd = copy.deepcopy(ref.state_dict())
+    for st in sd["state"].values():
+        st["step"] = float(st["step"])
+    ref.load_state_dict(copy.deepcopy(sd))
+    pg = [p.detach().clone().requires_grad_() for p in pr]
+    got = frt.optim.Adam(pg, lr=0.01, decay_mask=True)
+    got.load_state_dict(sd)
+    for st in got.state.values():
+        assert torch.is_tensor(st["step"]) and st["step"].dtype == torch.float32
+        assert float(st["step"]) == 2.0
+    _run(ref, pr, 2, first=2)
+    _run(got, pg, 2, first=2)
+    _close(pg, pr)
+    for st in got.state.values():
+        assert float(st["step"]) == 4.0
+
+
+@pytest.mark.parametrize("name,kw", [("SGD", dict(momentum=0.9)), ("Adam", {}), ("AdamW", {})])
+def test_tensor_lr_works_and_schedulers_update_it(name, kw):
+    pr, pg = _params(), _params()
+    lr = torch.tensor(0.05, dtype=F64)
+    ref = getattr(torch.optim, name)(pr, lr=0.05, **kw)
+    got = getattr(frt.optim, name)(pg, lr=lr, decay_mask=True, **kw)
+    assert got.param_groups[0]["lr"] is lr
+    sched_r = torch.optim.lr_scheduler.StepLR(ref, step_size=1, gamma=0.5)
+    sched_g = torch.optim.lr_scheduler.StepLR(got, step_size=1, gamma=0.5)
+    for k in range(3):
+        _run(ref, pr, 1, first=k)
+        _run(got, pg, 1, first=k)
+        sched_r.step()
+        sched_g.step()
+    assert torch.is_tensor(got.param_groups[0]["lr"])
+    assert float(got.param_groups[0]["lr"]) == pytest.approx(0.05 / 8)
+    _close(pg, pr)
+    with pytest.raises(ValueError, match="one element"):
+        getattr(frt.optim, name)(_params(), lr=torch.tensor([0.1, 0.2]))
+    with pytest.raises(ValueError, match="lr"):
+        getattr(frt.optim, name)(_params(), lr=torch.tensor(-1.0))
