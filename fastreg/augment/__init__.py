@@ -7,7 +7,7 @@ Images (fastreg.augment.image): ``random_flip``, ``random_rot90``, ``random_rota
 Every backend ("numpy", "cpu", "c", "cuda") gives the same bits on the CPU.
 Colour (fastreg.augment.color, uint8, host backends): ``RandAugment``, ``TrivialAugmentWide``
 (fastreg.augment.policies), ``ColorJitter``, ``GaussianBlur``, ``Normalize`` and the
-deterministic ``adjust_*``, ``posterize``, ``solarize``, ``autocontrast``, ``equalize``. Importing this
+deterministic ``adjust_*`` (hue included), ``posterize``, ``solarize``, ``autocontrast``, ``equalize``. Importing this
 package loads no backend.
 """
 from .compose import (Compose, GaussianNoise, RandomCrop, RandomErasing, RandomFlip,
@@ -15,7 +15,7 @@ from .compose import (Compose, GaussianNoise, RandomCrop, RandomErasing, RandomF
 from .image import (cutmix, gaussian_noise, mixup, random_crop, random_erasing, random_flip,
                     random_resized_crop, random_rot90, random_rotate)
 from .color import (ColorJitter, GaussianBlur, Normalize, adjust_brightness, adjust_contrast,
-                    adjust_saturation, adjust_sharpness, autocontrast, equalize, gaussian_blur,
+                    adjust_hue, adjust_saturation, adjust_sharpness, autocontrast, equalize, gaussian_blur,
                     normalize, posterize, solarize)
 from .policies import RandAugment, TrivialAugmentWide
 from . import text
@@ -26,4 +26,4 @@ __all__ = ["random_flip", "random_rot90", "random_rotate", "random_crop", "rando
            "RandomErasing"]
 __all__ += ["RandAugment", "TrivialAugmentWide", "ColorJitter", "GaussianBlur", "Normalize",
             "adjust_brightness", "adjust_saturation", "adjust_contrast", "adjust_sharpness",
-            "posterize", "solarize", "autocontrast", "equalize", "gaussian_blur", "normalize"]
+            "adjust_hue", "posterize", "solarize", "autocontrast", "equalize", "gaussian_blur", "normalize"]

@@ -1,5 +1,5 @@
 """Colour and intensity augmentation of uint8 image batches: torchvision's colour ops
-(brightness, contrast, saturation, sharpness, posterize, solarize, autocontrast, equalize),
+(brightness, contrast, saturation, sharpness, hue, posterize, solarize, autocontrast, equalize),
 ``ColorJitter``, ``GaussianBlur`` and ``Normalize`` (uint8 -> float32 with mean / std).
 
 The exact definitions are in fastreg.reference.augment_color (torchvision.transforms.v2's
@@ -11,7 +11,7 @@ tensor ops on uint8, reimplemented). Where they differ from torchvision:
 - Gaussian blur is separable (rows then columns, float32 accumulation in tap order), where
   torchvision convolves with the 2-D outer-product kernel: results differ by at most 1;
   the sigma is drawn per sample (torchvision draws one per call);
-- ColorJitter draws its order and factors per sample; hue is not implemented.
+- ColorJitter draws its order and factors per sample.
 
 Every random parameter of sample i is keyed by (seed, epoch, index_offset + i) as in
 fastreg.augment.image. The ops are ``Compose`` members (after the geometric ops, in list
@@ -64,7 +64,7 @@ class _ColorOp(_c._Op):
         _check_channels(dims, type(self).__name__)
 
     def __call__(self, images, *, seed, epoch=0, index_offset=0, layout="NHWC", out=None,
-                 backend="auto"):
+                 backend="auto", indices=None):
         """Apply the op to a batch.
 
         Parameters
@@ -79,6 +79,10 @@ class _ColorOp(_c._Op):
         out : array, optional
             Result array (images' shape, uint8); may be ``images`` (in place).
         backend : {"auto", "numpy", "cpu", "c"}
+        indices : array of int (N,), optional
+            The samples' global (dataset) ids instead of ``index_offset + i``: a sample gets
+            the same parameters whatever its batch position. Host integers in [0, 2**32);
+            not together with index_offset.
 
         Returns
         -------
@@ -91,7 +95,8 @@ class _ColorOp(_c._Op):
             Not uint8, bad shape or keys, bad out, a CUDA array or backend.
         """
         return _c.run([self], images, seed=seed, epoch=epoch, index_offset=index_offset,
-                      layout=layout, target=None, target_fill=0, out=out, backend=backend)
+                      layout=layout, target=None, target_fill=0, out=out, backend=backend,
+                      indices=indices)
 
 
 def run_color(job, src, res, layout, codes, params):
@@ -115,36 +120,58 @@ def _jitter_range(value, name, center, lo_bound):
     return None if lo == hi == center else (lo, hi)
 
 
+def _hue_range(value):
+    """torchvision's hue check: x -> (-x, x) with 0 <= x <= 0.5, or a pair in [-0.5, 0.5];
+    None when the range is (0, 0)."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        lo, hi = _c._range(value, "hue")
+    else:
+        x = _c._real(value, "hue")
+        if x < 0:
+            raise ValueError(f"hue must be >= 0, got {x}")
+        lo, hi = -x, x
+    if lo < -0.5 or hi > 0.5:
+        raise ValueError(f"hue must be within [-0.5, 0.5], got ({lo}, {hi})")
+    return None if lo == hi == 0.0 else (lo, hi)
+
+
 class ColorJitter(_ColorOp):
-    """Random brightness, contrast and saturation (torchvision's ColorJitter without hue).
+    """Random brightness, contrast, saturation and hue (torchvision's ColorJitter).
 
     Parameters
     ----------
     brightness, contrast, saturation : float or (float, float)
         x gives factors uniform in [max(0, 1 - x), 1 + x]; a pair is the range itself (>= 0).
         0 (or (1, 1)): not applied.
+    hue : float or (float, float)
+        x in [0, 0.5] gives hue shifts uniform in [-x, x]; a pair within [-0.5, 0.5] is the
+        range itself. 0: not applied.
 
     Notes
     -----
-    Per sample, the three adjustments run in a uniformly random order (Fisher-Yates on draws 0
-    and 1) with factors uniform in their ranges (draws 2, 3, 4), each as torchvision's
-    ``adjust_*`` on uint8 (see fastreg.reference.augment_color): three aug_color passes over the
-    batch, each sample with its own op and factor in each pass.
+    Per sample, brightness, contrast and saturation run in a uniformly random order
+    (Fisher-Yates on draws 0 and 1) with factors uniform in their ranges (draws 2, 3, 4); with
+    hue, the hue shift (draw 6) is inserted at a uniform position of that order (draw 5), so
+    the four orders are uniform and the results without hue do not change. Each adjustment is
+    torchvision's ``adjust_*`` on uint8 (see fastreg.reference.augment_color): one aug_color
+    pass over the batch per position, each sample with its own op and factor.
     """
     name = "colorjitter"
 
-    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0):
+    def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
         self.ranges = {"brightness": _jitter_range(brightness, "brightness", 1.0, 0.0),
                        "contrast": _jitter_range(contrast, "contrast", 1.0, 0.0),
-                       "saturation": _jitter_range(saturation, "saturation", 1.0, 0.0)}
+                       "saturation": _jitter_range(saturation, "saturation", 1.0, 0.0),
+                       "hue": _hue_range(hue)}
 
     def apply(self, job, src, res, dims, layout, seed, epoch, idx, position):
         order, factors = refc.jitter_params(seed, epoch, idx, position, self.ranges)
-        codes_of = np.array([refc.BRIGHTNESS, refc.CONTRAST, refc.SATURATION], np.int64)
-        active = np.array([self.ranges[k] is not None for k in refc.JITTER_ORDER])
+        codes_of = np.array([refc.BRIGHTNESS, refc.CONTRAST, refc.SATURATION, refc.HUE],
+                            np.int64)
+        active = np.array([self.ranges.get(k) is not None for k in refc.JITTER_ORDER])
         rows = np.arange(dims[0])
         cur = src
-        for s in range(3):
+        for s in range(order.shape[1]):
             k = order[:, s]
             codes = np.where(active[k], codes_of[k], refc.IDENTITY)
             if cur is res:
@@ -274,6 +301,11 @@ def adjust_sharpness(images, factor, *, layout="NHWC", out=None, backend="auto")
                           out, backend, lo=0.0)
 
 
+def adjust_hue(images, factor, *, layout="NHWC", out=None, backend="auto"):
+    return _deterministic(images, refc.HUE, factor, "adjust_hue.factor", layout, out, backend,
+                          lo=-0.5, hi=0.5)
+
+
 def posterize(images, bits, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.POSTERIZE, bits, "posterize.bits", layout, out, backend,
                           lo=0, hi=8, integer=True)
@@ -302,6 +334,10 @@ adjust_contrast.__doc__ = _doc("Blend each image with the mean of its floored lu
                                "(torchvision's adjust_contrast).", _F)
 adjust_sharpness.__doc__ = _doc("Blend the interior pixels with a 3x3 smoothed image by factor "
                                 "(torchvision's adjust_sharpness).", _F)
+adjust_hue.__doc__ = _doc("Rotate the hue of every pixel by factor (in turns; torchvision's "
+                          "adjust_hue on uint8: HSV in float32, back with to_dtype(uint8)).",
+                          "factor : float or array (N,)\n        Hue shift in [-0.5, 0.5], for "
+                          "the batch or per sample.")
 posterize.__doc__ = _doc("Keep the ``bits`` high bits of every value (torchvision's posterize).",
                          "bits : int or array (N,)\n        In [0, 8].")
 solarize.__doc__ = _doc("Invert values ``>= threshold`` (torchvision's solarize).",
@@ -464,5 +500,5 @@ def normalize(images, mean, std, *, scale=True, layout="NHWC", out=None, backend
 
 
 __all__ = ["adjust_brightness", "adjust_saturation", "adjust_contrast", "adjust_sharpness",
-           "posterize", "solarize", "autocontrast", "equalize", "gaussian_blur", "normalize",
+           "adjust_hue", "posterize", "solarize", "autocontrast", "equalize", "gaussian_blur", "normalize",
            "ColorJitter", "GaussianBlur", "Normalize"]

@@ -474,17 +474,20 @@ def slot_plan(ops, mags, height, width):
 
 # --- ColorJitter and GaussianBlur parameters --------------------------------------------------------
 
-JITTER_ORDER = ("brightness", "contrast", "saturation")
+JITTER_ORDER = ("brightness", "contrast", "saturation", "hue")
 
 
 def jitter_params(seed, epoch, indices, position, ranges):
-    """Per sample: an order of the three adjustments (a uniform permutation by Fisher-Yates,
-    draws 0 and 1) and a factor for each, uniform in its range (draws 2, 3, 4:
-    ``lo + (hi - lo) u``); ``ranges`` maps a name to (lo, hi) or None (not applied).
-    Returns (order int64 (N, 3) of indices into JITTER_ORDER, factors float64 (N, 3))."""
+    """Per sample: an order of the adjustments and a factor for each. Brightness, contrast and
+    saturation are ordered by a uniform permutation (Fisher-Yates, draws 0 and 1) with factors
+    uniform in their ranges (draws 2, 3, 4: ``lo + (hi - lo) u``); when ``ranges["hue"]`` is
+    set, hue (factor: draw 6) is inserted at position ``below(draw 5, 4)`` of that order (a
+    uniform permutation of the four). ``ranges`` maps a name to (lo, hi) or None (not applied).
+    Returns (order int64 (N, 3 or 4) of indices into JITTER_ORDER, factors float64 (N, 4))."""
     idx = np.asarray(indices, np.int64)
     tag = (CODES["colorjitter"] << 8) | int(position)
-    w = ref.sample_words(seed, epoch, tag, idx, 5)
+    with_hue = ranges.get("hue") is not None
+    w = ref.sample_words(seed, epoch, tag, idx, 7 if with_hue else 5)
     n = len(idx)
     order = np.tile(np.arange(3), (n, 1))
     for s, i in enumerate((2, 1)):      # Fisher-Yates: swap i with j uniform in [0, i]
@@ -492,11 +495,20 @@ def jitter_params(seed, epoch, indices, position, ranges):
         a = order[np.arange(n), i].copy()
         order[np.arange(n), i] = order[np.arange(n), j]
         order[np.arange(n), j] = a
-    factors = np.ones((n, 3), np.float64)
-    for k, name in enumerate(JITTER_ORDER):
+    factors = np.ones((n, 4), np.float64)
+    factors[:, 3] = 0.0
+    for k, name in enumerate(JITTER_ORDER[:3]):
         r = ranges.get(name)
         if r is not None:
             factors[:, k] = r[0] + (r[1] - r[0]) * ref.unit(w[:, 2 + k])
+    if with_hue:
+        lo, hi = ranges["hue"]
+        factors[:, 3] = lo + (hi - lo) * ref.unit(w[:, 6])
+        at = ref.below(w[:, 5], 4)
+        full = np.empty((n, 4), np.int64)
+        for i in range(n):
+            full[i] = np.insert(order[i], at[i], 3)
+        order = full
     return order, factors
 
 
