@@ -25,45 +25,55 @@ import torch
 import torch.distributed as dist
 import fastreg.torch as frt
 
-cfg = json.loads(sys.argv[1])
-rank, world = cfg["rank"], len(cfg["sizes"])
-dist.init_process_group("gloo", init_method="file://" + cfg["rendezvous"], rank=rank,
+job = json.loads(sys.argv[1])
+rank, world, cfgs = job["rank"], job["world"], job["cfgs"]
+dist.init_process_group("gloo", init_method="file://" + job["rendezvous"], rank=rank,
                         world_size=world)
-dtype = getattr(torch, cfg["dtype"])
-g = torch.Generator().manual_seed(0)
-total = sum(cfg["sizes"])
-shape = [total] + cfg["shape"]
-start = sum(cfg["sizes"][:rank])
-part = slice(start, start + cfg["sizes"][rank])
-C = shape[1]
-cls = frt.SyncBatchNormReLU if cfg["relu"] else frt.SyncBatchNorm
-m = cls(C, momentum=cfg["momentum"], dtype=dtype)
-with torch.no_grad():
-    m.weight.copy_(torch.rand(C, generator=g, dtype=dtype) + 0.5)
-    m.bias.copy_(torch.randn(C, generator=g, dtype=dtype))
-out = {"y": [], "gx": [], "gw": [], "gb": [], "gr": [], "rm": [], "rv": [], "nbt": []}
-for step in range(2):
-    x_all = torch.randn(*shape, generator=g, dtype=dtype) * 3 + 5
-    gy_all = torch.randn(*shape, generator=g, dtype=dtype)
-    r_all = torch.randn(*shape, generator=g, dtype=dtype)
-    x = x_all[part].clone()
-    if cfg["channels_last"]:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    r = r_all[part].clone().requires_grad_()
-    m.zero_grad()
-    y = m(x, r) if cfg["relu"] else m(x)
-    (y * gy_all[part]).sum().backward()
-    out["y"].append(y.detach())
-    out["gx"].append(x.grad)
-    out["gr"].append(r.grad if cfg["relu"] else None)
-    out["gw"].append(m.weight.grad.clone())
-    out["gb"].append(m.bias.grad.clone())
-    out["rm"].append(m.running_mean.clone())
-    out["rv"].append(m.running_var.clone())
-    out["nbt"].append(int(m.num_batches_tracked))
-    out["channels_last"] = y.is_contiguous(memory_format=torch.channels_last)
-torch.save(out, cfg["out"])
+for cfg in cfgs:
+    dtype = getattr(torch, cfg["dtype"])
+    g = torch.Generator().manual_seed(0)
+    total = sum(cfg["sizes"])
+    shape = [total] + cfg["shape"]
+    start = sum(cfg["sizes"][:rank])
+    part = slice(start, start + cfg["sizes"][rank])
+    C = shape[1]
+    cls = frt.SyncBatchNormReLU if cfg["relu"] else frt.SyncBatchNorm
+    m = cls(C, momentum=cfg["momentum"], dtype=dtype)
+    with torch.no_grad():
+        m.weight.copy_(torch.rand(C, generator=g, dtype=dtype) + 0.5)
+        m.bias.copy_(torch.randn(C, generator=g, dtype=dtype))
+    out = {"y": [], "gx": [], "gw": [], "gb": [], "gr": [], "rm": [], "rv": [], "nbt": []}
+    for step in range(2):
+        x_all = torch.randn(*shape, generator=g, dtype=dtype) * 3 + 5
+        gy_all = torch.randn(*shape, generator=g, dtype=dtype)
+        r_all = torch.randn(*shape, generator=g, dtype=dtype)
+        x = x_all[part].clone()
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        r = r_all[part].clone().requires_grad_()
+        m.zero_grad()
+        y = m(x, r) if cfg["relu"] else m(x)
+        (y * gy_all[part]).sum().backward()
+        out["y"].append(y.detach())
+        out["gx"].append(x.grad)
+        out["gr"].append(r.grad if cfg["relu"] else None)
+        out["gw"].append(m.weight.grad.clone())
+        out["gb"].append(m.bias.grad.clone())
+        out["rm"].append(m.running_mean.clone())
+        out["rv"].append(m.running_var.clone())
+        out["nbt"].append(int(m.num_batches_tracked))
+        out["channels_last"] = y.is_contiguous(memory_format=torch.channels_last)
+    torch.save(out, cfg["out"] + f".{rank}")
+# one value per channel over all ranks: every rank raises (none waits for the others)
+m = frt.SyncBatchNorm(3)
+try:
+    m(torch.randn(1 if rank == 0 else 0, 3))
+    error = ""
+except ValueError as exc:
+    error = str(exc)
+with open(job["rendezvous"] + f".error{rank}", "w") as f:
+    f.write(error)
 dist.destroy_process_group()
 """
 
@@ -102,14 +112,14 @@ def _single(cfg):
     return out
 
 
-def _run_ranks(tmp_path, cfg):
-    procs, outs = [], []
+def _run_ranks(tmp_path, world, cfgs):
+    """Run ``cfgs`` (in order) in ``world`` gloo processes; per config, the ranks' outputs."""
+    procs = []
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    for rank in range(len(cfg["sizes"])):
-        c = dict(cfg, rank=rank, rendezvous=str(tmp_path / "rendezvous"),
-                 out=str(tmp_path / f"rank{rank}.pt"))
-        outs.append(c["out"])
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(c)], env=env,
+    cfgs = [dict(c, out=str(tmp_path / f"cfg{i}")) for i, c in enumerate(cfgs)]
+    for rank in range(world):
+        job = dict(rank=rank, world=world, cfgs=cfgs, rendezvous=str(tmp_path / "rendezvous"))
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(job)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     logs = []
     try:
@@ -121,32 +131,43 @@ def _run_ranks(tmp_path, cfg):
                 p.kill()
     for rank, p in enumerate(procs):
         assert p.returncode == 0, f"rank {rank} failed:\n{logs[rank]}"
-    return [torch.load(o) for o in outs]
+    for rank in range(world):
+        with open(str(tmp_path / "rendezvous") + f".error{rank}") as f:
+            assert "Expected more than 1 value per channel when training, got 1" in f.read()
+    return [[torch.load(c["out"] + f".{rank}") for rank in range(world)] for c in cfgs]
 
 
-CASES = [
-    # sizes per rank, per-sample shape, dtype, momentum, relu, channels_last
-    ([3, 3], [4, 3, 3], "float64", 0.1, False, False),
-    ([1, 4], [3], "float64", 0.1, False, False),             # (N, C): a rank with one sample
-    ([2, 0, 3], [4, 2, 2], "float64", None, False, False),   # an empty rank, cumulative average
-    ([4, 1, 2], [5, 2, 3], "float32", 0.3, True, True),      # BN + residual + ReLU, channels-last
-]
+def _case(sizes, shape, dtype, momentum, relu, channels_last):
+    return dict(sizes=sizes, shape=shape, dtype=dtype, momentum=momentum, relu=relu,
+                channels_last=channels_last)
 
 
-@pytest.mark.parametrize("sizes,shape,dtype,momentum,relu,channels_last", CASES)
-def test_sync_batchnorm_matches_one_process(tmp_path, sizes, shape, dtype, momentum, relu,
-                                            channels_last):
-    cfg = dict(sizes=sizes, shape=shape, dtype=dtype, momentum=momentum, relu=relu,
-               channels_last=channels_last)
-    ranks = _run_ranks(tmp_path, cfg)
+# per world size (one launch of the processes each): sizes per rank, per-sample shape, dtype,
+# momentum, relu, channels_last
+CASES = {
+    2: [_case([3, 3], [4, 3, 3], "float64", 0.1, False, False),
+        _case([1, 4], [3], "float64", 0.1, False, False)],            # (N, C), one sample
+    3: [_case([2, 0, 3], [4, 2, 2], "float64", None, False, False),    # an empty rank, CMA
+        _case([4, 1, 2], [5, 2, 3], "float32", 0.3, True, True)],      # BN+add+ReLU, NHWC
+}
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sync_batchnorm_matches_one_process(tmp_path, world):
+    for cfg, ranks in zip(CASES[world], _run_ranks(tmp_path, world, CASES[world])):
+        _check_against_one_process(cfg, ranks)
+
+
+def _check_against_one_process(cfg, ranks):
     ref = _single(cfg)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else dict(rtol=2e-5, atol=2e-5)
+    tol = (dict(rtol=1e-12, atol=1e-12) if cfg["dtype"] == "float64"
+           else dict(rtol=2e-5, atol=2e-5))
     for step in range(2):
         torch.testing.assert_close(torch.cat([r["y"][step] for r in ranks]), ref["y"][step],
                                    **tol)
         torch.testing.assert_close(torch.cat([r["gx"][step] for r in ranks]), ref["gx"][step],
                                    **tol)
-        if relu:
+        if cfg["relu"]:
             torch.testing.assert_close(torch.cat([r["gr"][step] for r in ranks]),
                                        ref["gr"][step], **tol)
         # parameter gradients: each rank's contribution; their sum is the whole batch's
@@ -157,7 +178,7 @@ def test_sync_batchnorm_matches_one_process(tmp_path, sizes, shape, dtype, momen
             for r in ranks[1:]:  # bit-identical on every rank
                 assert torch.equal(r[key][step], ranks[0][key][step])
         assert [r["nbt"][step] for r in ranks] == [ref["nbt"][step]] * len(ranks)
-    if channels_last:
+    if cfg["channels_last"]:
         assert all(r["channels_last"] for r in ranks if r["y"][0].shape[0] > 1)
 
 
