@@ -27,6 +27,11 @@ import numpy as np
 from . import _arrays, _dispatch, _registry
 
 ACTIVATIONS = (None, "relu")
+_F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
+# (x.shape, axis) -> (channel axis, (A, C, B), (C,)) for shapes the full checks accepted: the
+# fast paths below start from it (bounded; an int axis only, so axis=True cannot hit axis=1)
+_GEOMETRY = {}
+_GEOMETRY_MAX = 512
 
 
 class BatchNormSaved(NamedTuple):
@@ -160,6 +165,135 @@ def _increment(nbt, job):
     return int(host.reshape(-1)[0])
 
 
+def _remember(shape, axis, ax, dims):
+    if type(axis) is int and len(_GEOMETRY) < _GEOMETRY_MAX:
+        _GEOMETRY[(shape, axis)] = (ax, dims, (dims[1],))
+
+
+def _plain_channel(a, cshape, dt):
+    """A per-channel argument the fast path takes as it is: None or a plain ndarray (C,) of dt."""
+    return a is None or (type(a) is np.ndarray and a.dtype is dt and a.shape == cshape
+                         and a.flags.c_contiguous)
+
+
+def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r, nbt,
+                  backend):
+    """batch_norm's common host call, or None to take the general path.
+
+    Every condition below is one the general path checks, tested here only in its accepting
+    form on plain ndarrays of x's exact dtype (anything else, including every error case,
+    returns None and the general path runs, which raises). The work is then the general path's,
+    without its conversions (contig copies, write-backs, device handling).
+    """
+    dt = x.dtype
+    if not ((dt is _F32 or dt is _F64) and type(axis) is int and type(eps) is float
+            and 0.0 < eps < math.inf and (training is True or training is False)
+            and (activation is None or activation == "relu") and x.flags.c_contiguous):
+        return None
+    if momentum is not None and not (type(momentum) is float and 0.0 <= momentum <= 1.0):
+        return None
+    shape = x.shape
+    geo = _GEOMETRY.get((shape, axis))
+    if geo is None:
+        return None
+    ax, dims, cshape = geo
+    A, C, B = dims
+    n = A * B
+    if n * C == 0 or (training and n == 1):
+        return None
+    if not (_plain_channel(w, cshape, dt) and _plain_channel(b, cshape, dt)):
+        return None
+    track = rm is not None
+    if track:
+        # two distinct arrays owning their memory cannot overlap (else: np.shares_memory there)
+        if not (rv is not None and rm is not rv and _plain_channel(rm, cshape, dt)
+                and _plain_channel(rv, cshape, dt) and rm.flags.owndata and rv.flags.owndata):
+            return None
+        if training and not (rm.flags.writeable and rv.flags.writeable):
+            return None
+    elif rv is not None or not training:
+        return None
+    if nbt is not None:
+        if not (track and training and type(nbt) is np.ndarray and nbt.dtype is _I64
+                and nbt.size == 1 and nbt.flags.writeable):
+            return None
+    elif training and track and momentum is None:
+        return None
+    if r is not None and not (type(r) is np.ndarray and r.dtype is dt and r.shape == shape
+                              and r.flags.c_contiguous):
+        return None
+    backend = _dispatch.resolve(backend, x)
+    if backend == "cuda":
+        return None
+    job = _dispatch.job(backend, True)
+    relu = activation == "relu"
+    x3 = x.reshape(dims)
+    r3 = None if r is None else r.reshape(dims)
+    y = np.empty(shape, dt)
+    y3 = y.reshape(dims)
+    mean, invstd = np.empty(C), np.empty(C)
+    if training:
+        m2 = np.empty(C)
+        job.op("bn_forward_train")(x3, _const(job, C, dt, 1) if w is None else w,
+                                   _const(job, C, dt, 0) if b is None else b, eps, r3, relu, y3,
+                                   mean, m2, invstd)
+        if track:
+            mom = momentum
+            if nbt is not None:
+                batches = _increment(nbt, job)
+                if momentum is None:
+                    mom = 1.0 / batches
+            job.op("bn_running_update")(mean, m2, n, rm, rv, mom)
+    else:
+        center, scale, shift = np.empty(C, dt), np.empty(C, dt), np.empty(C, dt)
+        job.op("bn_forward_coeffs")(rm, rv, 1, w, b, eps, True, mean, invstd, center, scale,
+                                    shift)
+        job.op("bn_apply")(x3, center, scale, shift, r3, relu, y3)
+    return y, BatchNormSaved(mean, invstd, training, ax, len(shape), activation, r is not None,
+                             n)
+
+
+def _fast_backward(grad_y, x, saved, weight, y, backend):
+    """batch_norm_backward's common host call (axis and activation those of the forward pass,
+    no out, no comm), or None to take the general path (as _fast_forward)."""
+    dt = x.dtype
+    training = saved.training
+    if not ((dt is _F32 or dt is _F64) and type(grad_y) is np.ndarray and grad_y.dtype is dt
+            and (training is True or training is False) and saved.global_count is None
+            and type(saved.mean) is np.ndarray and type(saved.invstd) is np.ndarray):
+        return None
+    shape = x.shape
+    geo = _GEOMETRY.get((shape, saved.axis))
+    if geo is None or grad_y.shape != shape or len(shape) != saved.ndim:
+        return None
+    ax, dims, cshape = geo
+    A, C, B = dims
+    n = A * B
+    if (n * C == 0 or n != saved.count or saved.mean.shape != cshape
+            or not _plain_channel(weight, cshape, dt)
+            or not (x.flags.c_contiguous and grad_y.flags.c_contiguous)):
+        return None
+    relu = saved.activation == "relu"
+    if relu:
+        if not (type(y) is np.ndarray and y.dtype is dt and y.shape == shape
+                and y.flags.c_contiguous):
+            return None
+    elif saved.activation is not None:
+        return None
+    backend = _dispatch.resolve(backend, x)
+    if backend == "cuda":
+        return None
+    job = _dispatch.job(backend, True)
+    gx = np.empty(shape, dt)
+    gres = np.empty(shape, dt) if saved.residual else None
+    gw, gb = np.empty(C, dt), np.empty(C, dt)
+    job.op("bn_backward")(grad_y.reshape(dims), x.reshape(dims), y.reshape(dims) if relu else None,
+                          saved.mean, saved.invstd,
+                          _const(job, C, dt, 1) if weight is None else weight, training,
+                          gx.reshape(dims), None if gres is None else gres.reshape(dims), gw, gb)
+    return (gx, gw, gb) if gres is None else (gx, gw, gb, gres)
+
+
 def _const(job, C, dtype, value):
     a = np.full(C, value, dtype)
     return job.mod.to_device(a) if job.device else a
@@ -268,6 +402,11 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     empty y; training leaves the running statistics alone (torch does the same). One value per
     channel in training raises (see Raises).
     """
+    if type(x) is np.ndarray and comm is None and out is None:
+        fast = _fast_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                             axis, activation, residual, num_batches_tracked, backend)
+        if fast is not None:
+            return fast
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x", half=True)
     if arr.dtype.itemsize == 2:
@@ -279,6 +418,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     shape = tuple(arr.shape)
     training = _arrays.check_bool(training, "training")
     ax, dims = _channel_axis(shape, axis)
+    _remember(shape, axis, ax, dims)
     A, C, B = dims
     n = A * B
     eps = _check_eps(eps)
@@ -428,6 +568,11 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     loss on every rank: with uneven per-rank batches and a mean loss, divide by the global batch
     size (not the local one) and sum the parameter gradients over ranks.
     """
+    if (type(x) is np.ndarray and type(saved) is BatchNormSaved and axis is None
+            and activation is None and out is None and comm is None):
+        fast = _fast_backward(grad_y, x, saved, weight, y, backend)
+        if fast is not None:
+            return fast
     if not isinstance(saved, BatchNormSaved):
         raise TypeError(f"saved must be the BatchNormSaved returned by batch_norm, got "
                         f"{type(saved).__name__}")
@@ -445,6 +590,7 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     if axis is None:
         axis = saved.axis
     ax, dims = _channel_axis(shape, axis)
+    _remember(shape, axis, ax, dims)
     if ax != saved.axis:
         raise ValueError(f"axis {axis} differs from the forward pass's channel axis {saved.axis}")
     A, C, B = dims

@@ -321,3 +321,22 @@ def test_one_specialization_per_dtype(limits):
     for name in ("_forward_kernel._forward_kernel__serial", "_forward_serial._forward_serial",
                  "_backward_kernel._backward_kernel__serial", "_finish_backward._finish_backward"):
         assert counts[name] == 2, (name, counts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_update_is_the_reference_bit_for_bit(dtype):
+    """The Numba running update (a small call: no NumPy temporaries) gives the reference's
+    bits, also for non-finite statistics and momentum 0 and 1."""
+    from fastreg.cpu import batchnorm as cpu_bn
+    from fastreg.reference import batchnorm as ref_bn
+    rng = np.random.default_rng(5)
+    C = 41
+    mean, m2 = rng.standard_normal(C) * 3, rng.uniform(0, 5, C)
+    mean[3], m2[4], mean[5] = np.inf, np.nan, np.nan
+    for momentum in (0.1, 0.0, 1.0, 1 / 3):
+        rm, rv = rng.standard_normal(C).astype(dtype), rng.uniform(0.1, 2, C).astype(dtype)
+        got, exp = (rm.copy(), rv.copy()), (rm.copy(), rv.copy())
+        cpu_bn.bn_running_update(mean, m2, 9, *got, momentum)
+        ref_bn.bn_running_update(mean, m2, 9, *exp, momentum)
+        for g, e in zip(got, exp):
+            np.testing.assert_array_equal(g.view(np.uint8), e.view(np.uint8))

@@ -16,6 +16,7 @@ call is made again through aligned copies, written back into the outputs.
 """
 import numpy as np
 
+from .. import _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs
 from . import _check, _plan, ffi, lib
@@ -24,8 +25,11 @@ __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn
            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_GRAIN = _threads.GRAIN  # read at each call (tests shrink it)
 if lib is not None:
     _NULL = ffi.NULL
+    _buf = ffi.from_buffer
+    _set_threads = lib.fr_set_threads
     _ARRAY = {_F32: ffi.typeof("float[]"), _F64: ffi.typeof("double[]")}
     _DOUBLES = _ARRAY[_F64]
     _UNALIGNED = lib.FR_ERR_UNSUPPORTED
@@ -100,15 +104,28 @@ def bn_apply(x, center, scale, shift, residual, relu, out):
               (6,), st)
 
 
+def _threads_for(size):
+    """_plan(size, "batchnorm"), with the small call (serial, no setting read) inline."""
+    if size < 2 * _GRAIN["batchnorm"]:
+        _set_threads(1)
+    else:
+        _plan(size, "batchnorm")
+
+
 def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd):
     """Batch statistics, then out = act((x - mean) * (w * invstd) + b [+ residual]); fused per
     channel where the data allows (read once from memory, written once)."""
-    if x.size == 0:
+    size = x.size
+    if size == 0:
         return
-    _plan(x.size, "batchnorm")
-    st = _FN["bn_forward_train"][x.dtype](_p(x), _p(weight), _p(bias), float(eps), _p(residual),
-                                          int(bool(relu)), _p(out), _d(mean), _d(m2),
-                                          _d(invstd), *x.shape)
+    _threads_for(size)
+    dt = x.dtype
+    T = _ARRAY[dt]
+    A, C, B = x.shape
+    st = _FN["bn_forward_train"][dt](
+        _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
+        _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
+        _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), A, C, B)
     if st:
         _call("bn_forward_train", x.dtype, bn_forward_train,
               (x, weight, bias, eps, residual, relu, out, mean, m2, invstd), (6, 7, 8, 9), st)
@@ -147,12 +164,18 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
 def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias):
     """The whole backward pass (reduce, coefficients, apply), fused per channel where the data
     allows; grad_weight, grad_bias (C,) in x's dtype."""
-    if x.size == 0:
+    size = x.size
+    if size == 0:
         return
-    _plan(x.size, "batchnorm")
-    st = _FN["bn_backward"][x.dtype](_p(gy), _p(x), _p(y), _d(mean), _d(invstd), _p(weight),
-                                     int(bool(training)), _p(gx), _p(gres), _p(grad_weight),
-                                     _p(grad_bias), *x.shape)
+    _threads_for(size)
+    dt = x.dtype
+    T = _ARRAY[dt]
+    A, C, B = x.shape
+    st = _FN["bn_backward"][dt](
+        _buf(T, gy), _buf(T, x), _NULL if y is None else _buf(T, y), _buf(_DOUBLES, mean),
+        _buf(_DOUBLES, invstd), _buf(T, weight), 1 if training else 0, _buf(T, gx),
+        _NULL if gres is None else _buf(T, gres), _buf(T, grad_weight), _buf(T, grad_bias),
+        A, C, B)
     if st:
         _call("bn_backward", x.dtype, bn_backward,
               (gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias),
@@ -187,11 +210,15 @@ def bn_running_update(mean, m2, count, running_mean, running_var, momentum):
     r = running_mean if running_mean is not None else running_var
     if r is None:
         return
-    if (mean.dtype != _F64 or m2.dtype != _F64
-            or (running_var is not None and running_var.dtype != r.dtype)):
+    dt = r.dtype
+    if (mean.dtype is not _F64 or m2.dtype is not _F64
+            or (running_var is not None and running_var.dtype != dt)):
         return _ref.bn_running_update(mean, m2, count, running_mean, running_var, momentum)
-    st = _FN["bn_running_update"][r.dtype](_d(mean), _d(m2), int(count), float(momentum),
-                                           _p(running_mean), _p(running_var), r.shape[0])
+    T = _ARRAY[dt]
+    st = _FN["bn_running_update"][dt](
+        _buf(_DOUBLES, mean), _buf(_DOUBLES, m2), int(count), float(momentum),
+        _NULL if running_mean is None else _buf(T, running_mean),
+        _NULL if running_var is None else _buf(T, running_var), r.shape[0])
     if st:
         _call("bn_running_update", r.dtype, bn_running_update,
               (mean, m2, count, running_mean, running_var, momentum), (3, 4), st)
