@@ -637,3 +637,44 @@ def test_matches_torch(backend, dtype, layout):
     ye, _ = fastreg.batch_norm(x, rm, rv, w, b, training=False, axis=axis, backend=backend)
     yte = F.batch_norm(nchw(x), rmt, rvt, wt.detach(), bt.detach(), training=False, eps=1e-5)
     np.testing.assert_allclose(host(ye), back(yte).numpy(), **tol)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 5), 1), ((3, 4, 5, 6), 1), ((3, 5, 6, 4), -1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_path_is_the_full_path(backend, shape, axis, training):
+    """The common host call (plain contiguous ndarrays, no out) takes a shortcut in the wrapper;
+    the same call through the full path (out given) gives the same bits, forward and backward,
+    and the cached geometry does not let a bad argument through."""
+    if backend == "cuda":
+        pytest.skip("the fast path is for host backends")
+    dtype = np.float32
+    C = shape[axis]
+    x, gy, res = data(shape, dtype), data(shape, dtype, seed=4), data(shape, dtype, seed=5)
+    w, b, rm, rv = params(C, dtype)
+    nbt = np.zeros(1, np.int64)
+    runs = []
+    for full in (False, True):
+        rmc, rvc, nb = rm.copy(), rv.copy(), nbt.copy()
+        out = np.empty_like(x) if full else None
+        y, saved = fastreg.batch_norm(x, rmc, rvc, w, b, training=training, axis=axis,
+                                      residual=res, activation="relu", num_batches_tracked=nb,
+                                      momentum=None if training else 0.1, out=out,
+                                      backend=backend)
+        gout = np.empty_like(x) if full else None
+        grads = fastreg.batch_norm_backward(gy, x, saved, w, y=y, out=gout, backend=backend)
+        runs.append((y, rmc, rvc, nb) + tuple(grads))
+    for a, e in zip(*runs):
+        np.testing.assert_array_equal(a, e)
+    with pytest.raises(TypeError, match="axis"):
+        fastreg.batch_norm(x, rm, rv, w, b, training=training, axis=float(axis),
+                           backend=backend)
+    with pytest.raises(TypeError, match="training"):
+        fastreg.batch_norm(x, rm, rv, w, b, training=1, axis=axis, backend=backend)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = rm.copy()
+        ro.flags.writeable = False
+        fastreg.batch_norm(x, ro, rv, w, b, training=True, axis=axis, backend=backend)
+    with pytest.raises(ValueError, match="share memory"):
+        both = np.ones(2 * C, dtype)
+        fastreg.batch_norm(x, both[:C], both[:C], w, b, training=True, axis=axis,
+                           backend=backend)
