@@ -6,12 +6,14 @@ CUDA backend views zero-copy). Results are written into tensors allocated here t
 so nothing is copied back. Nothing is ever moved between devices: a tensor on another device
 than the one it must match is an error naming it.
 """
+import numpy as np
 import torch
 
 from .. import _registry
 from .._registry import BackendUnavailableError
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # Channel-axis permutations of channels-last layouts: a channels-last tensor permuted so that the
 # channel axis is last is C-contiguous, i.e. the kernels see it as (N, H, W, C) with axis=-1.
@@ -19,20 +21,37 @@ _TO_LAST = {4: (0, 2, 3, 1), 5: (0, 2, 3, 4, 1)}
 _FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
-def check_float(t, name):
-    """TypeError unless ``t`` is a dense float32/float64 tensor (half precision included)."""
+def check_float(t, name, half=False):
+    """TypeError unless ``t`` is a dense float32/float64 tensor, or with ``half=True`` (ops with
+    16-bit kernels: the dropout family, penalties, optimizers) also float16/bfloat16."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in FLOAT_DTYPES:
-        hint = (" (half precision is not supported by fastreg's kernels: cast with .float(), "
-                "or keep the torch module for this layer)"
-                if t.dtype in (torch.float16, torch.bfloat16) else "")
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}{hint}")
+        if half and t.dtype in HALF_DTYPES:
+            _check_half(t, name)
+        else:
+            hint = (" (half precision is not supported by this layer's fastreg kernels: cast "
+                    "with .float(), or keep the torch module for this layer)"
+                    if t.dtype in HALF_DTYPES else "")
+            allowed = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
+            raise TypeError(f"{name} must be {allowed}, got {t.dtype}{hint}")
     if t.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{name} is on {t.device}: fastreg runs on CPU and CUDA tensors only")
     return t
+
+
+def _check_half(t, name):
+    """What a 16-bit tensor needs to be viewed zero-copy (see ``array``)."""
+    if t.dtype == torch.bfloat16:
+        if t.device.type == "cuda":
+            raise TypeError(f"{name}: bfloat16 CUDA tensors are not supported (the CUDA array "
+                            "interface has no bfloat16 type); float16 CUDA tensors are")
+        from .._arrays import BFLOAT16
+        if BFLOAT16 is None:
+            raise TypeError(f"{name} is bfloat16: fastreg views it as an ml_dtypes array; "
+                            'install it (pip install "fastreg-kernels[bf16]")')
 
 
 def check_same_device(t, name, like, like_name):
@@ -49,11 +68,20 @@ def check_same_dtype(t, name, like, like_name):
 
 
 def array(t):
-    """The fastreg view of a tensor: a NumPy view (CPU) or the detached tensor (CUDA)."""
+    """The fastreg view of a tensor: a NumPy view (CPU) or the detached tensor (CUDA).
+
+    Zero-copy also for 16-bit tensors: float16 is NumPy's float16; a bfloat16 CPU tensor is
+    viewed through its bits as an ``ml_dtypes.bfloat16`` array (``check_float(half=True)``
+    says when that is impossible)."""
     if t is None:
         return None
     t = t.detach()
-    return t.numpy() if t.device.type == "cpu" else t
+    if t.device.type != "cpu":
+        return t
+    if t.dtype == torch.bfloat16:
+        from .._arrays import BFLOAT16
+        return t.view(torch.int16).numpy().view(BFLOAT16)
+    return t.numpy()
 
 
 def device_array(t):
@@ -71,6 +99,8 @@ def to_tensor(a, like):
     if isinstance(a, torch.Tensor):
         return a
     if like.device.type == "cpu":
+        if a.dtype.kind == "V" and a.dtype.itemsize == 2:  # ml_dtypes bfloat16 (see array)
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     return torch.as_tensor(a, device=like.device)
 
