@@ -74,6 +74,9 @@ except ValueError as exc:
     error = str(exc)
 with open(job["rendezvous"] + f".error{rank}", "w") as f:
     f.write(error)
+# DDP takes the module on a CPU model (it refuses torch's own SyncBatchNorm there)
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(frt.SyncBatchNorm(3)))
+ddp(torch.randn(2 + rank, 3)).sum().backward()
 dist.destroy_process_group()
 """
 

@@ -281,12 +281,17 @@ class _FastregBatchNorm:
         name = type(self).__name__
         _bridge.check_float(x, f"{name} input")
         self._check_input_dim(x)
+        # 16-bit input may come with float32 parameters and statistics (torch.autocast keeps
+        # the module's tensors float32); otherwise everything is x's dtype
+        half = x.dtype in (torch.float16, torch.bfloat16)
         for t, what in ((self.weight, "weight"), (self.bias, "bias"),
                         (self.running_mean, "running_mean"), (self.running_var, "running_var"),
                         (self.num_batches_tracked, "num_batches_tracked"),
                         (residual, "residual")):
             _bridge.check_same_device(t, f"{name}.{what}", x, "the input")
-            if t is not None and what != "num_batches_tracked":
+            if t is None or what == "num_batches_tracked":
+                continue
+            if not (half and what != "residual" and t.dtype == torch.float32):
                 _bridge.check_same_dtype(t, f"{name}.{what}", x, "the input")
         if residual is not None and residual.shape != x.shape:
             raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, the input "
