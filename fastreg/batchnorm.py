@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _arrays, _dispatch, _registry
+from . import _arrays, _dispatch, _half, _registry
 
 ACTIVATIONS = (None, "relu")
 _F32, _F64, _I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
@@ -645,53 +645,32 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
 
 # --- 16-bit x: exact float32 copies, the float32 op, outputs rounded to nearest even ---------------
 
-def _half_module(device):
-    """The module that converts 16-bit arrays: NumPy (fastreg.reference.half) on the host, the
-    CUDA kernels of fastreg.cuda.half on the device. Both convert exactly as the reference."""
-    if not device:
-        from .reference import half
-        return half
-    try:
-        from .cuda import half
-    except ImportError as exc:
-        raise TypeError(f"16-bit CUDA arrays need fastreg.cuda.half ({exc})") from None
-    return half
+def _half_job(backend, device):
+    """The Job whose conversion passes (fastreg._half) serve a 16-bit call: the CUDA kernels for
+    device arrays, else the host backend's own (NumPy's for host arrays sent to "cuda", whose
+    float32 op then copies them). Every backend converts exactly as the reference."""
+    if device:
+        return _dispatch.job("cuda", False)
+    name = _dispatch.resolve(backend)
+    return _dispatch.job("numpy" if name == "cuda" else name, True)
 
 
-def _widen(a, dtype, device):
+def _widen(job, a, dtype):
     """An exact float32 C-contiguous copy of the 16-bit array ``a`` (host: a checked ndarray
-    view) of ``dtype``, where ``a`` lives."""
-    if not device:
-        return a.astype(np.float32, order="C")
-    if not _arrays.DeviceArrayInfo(a).c_contiguous:
-        raise ValueError("non-contiguous CUDA arrays are not supported; pass a C-contiguous "
-                         "array")
-    mod = _registry.module("cuda")
-    src = mod.as_device(a)
-    out = mod.empty(tuple(src.shape), np.float32)
-    _half_module(True).half_to_float32(_arrays.half_bits(src).reshape(-1),
-                                       _arrays.half_kind(dtype), out.reshape(-1))
-    return out
+    view), on job's side."""
+    return _half.widen(job, a, _arrays.half_kind(dtype))
 
 
-def _narrow(a32, dtype, device, out_arr, like):
-    """float32 ``a32`` rounded to nearest even to the 16-bit ``dtype``: written into out_arr
-    (the checked ``out``) when given, else a new array (device: the caller's array type)."""
-    if not device:
-        r = _half_module(False).round_half(a32, dtype)
-        if out_arr is None:
-            return r
-        out_arr[...] = r
-        return out_arr
-    mod = _registry.module("cuda")
-    bits = mod.empty(tuple(a32.shape), np.uint16)
-    _half_module(True).float32_to_half(mod.as_device(a32).reshape(-1), _arrays.half_kind(dtype),
-                                       bits.reshape(-1))
+def _narrow(job, a32, dtype, out_arr):
+    """float32 ``a32`` rounded to nearest even to the 16-bit ``dtype``: into out_arr (the
+    checked ``out``) when given, else a new array (device: the caller's array type)."""
+    kind = _arrays.half_kind(dtype)
     if out_arr is not None:
-        dst = mod.as_device(out_arr)
-        _arrays.half_bits(dst).reshape(-1).copy_to_device(bits.reshape(-1))
+        _half.store(job, a32, kind, out_arr)
         return out_arr
-    return _dispatch.like_caller(bits.view(dtype), like)
+    res = job.empty(tuple(a32.shape), np.uint16)
+    _half.narrow(job, a32, kind, res)
+    return _half.as_dtype(job.finish(res, None), dtype)
 
 
 def _check_f32_channel(a, name, dtype):
@@ -715,12 +694,13 @@ def _batch_norm_half(x, arr, running_mean, running_var, weight, bias, training, 
     x_in = x if device else arr
     out_arr = _arrays.check_out(out, "out", shape, dtype,
                                 [x_in] + ([r] if r is not None else []), device)
-    r32 = None if r is None else _widen(r, dtype, device)
-    y32, saved = batch_norm(_widen(x_in, dtype, device), running_mean, running_var, weight, bias,
+    job = _half_job(backend, device)
+    r32 = None if r is None else _widen(job, r, dtype)
+    y32, saved = batch_norm(_widen(job, x_in, dtype), running_mean, running_var, weight, bias,
                             training=training, momentum=momentum, eps=eps, axis=axis,
                             activation=activation, residual=r32,
                             num_batches_tracked=num_batches_tracked, backend=backend, comm=comm)
-    y = _narrow(y32, dtype, device, out_arr, x)
+    y = _narrow(job, y32, dtype, out_arr)
     return (y if out is None else out), saved
 
 
@@ -737,14 +717,15 @@ def _batch_norm_backward_half(grad_y, x, arr, saved, weight, axis, activation, y
     x_in = x if device else arr
     out_arr = _arrays.check_out(out, "out", shape, dtype,
                                 [a for a in (gy, x_in, yv) if a is not None], device)
+    job = _half_job(backend, device)
     grads = batch_norm_backward(
-        _widen(gy, dtype, device), _widen(x_in, dtype, device), saved, weight, axis=axis,
-        activation=activation, y=None if yv is None else _widen(yv, dtype, device),
+        _widen(job, gy, dtype), _widen(job, x_in, dtype), saved, weight, axis=axis,
+        activation=activation, y=None if yv is None else _widen(job, yv, dtype),
         backend=backend, comm=comm)
-    gx = _narrow(grads[0], dtype, device, out_arr, x)
+    gx = _narrow(job, grads[0], dtype, out_arr)
     result = ((gx if out is None else out),) + tuple(grads[1:3])
     if len(grads) == 4:
-        result += (_narrow(grads[3], dtype, device, None, x),)
+        result += (_narrow(job, grads[3], dtype, None),)
     return result
 
 
@@ -890,8 +871,8 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     device = _arrays.is_device(x)
     ax, dims = _channel_axis(tuple(arr.shape), axis)
     if arr.dtype.itemsize == 2:  # statistics of the exact float32 values
-        return batch_norm_stats(_widen(x if device else arr, arr.dtype, device), axis=axis,
-                                backend=backend)
+        return batch_norm_stats(_widen(_half_job(backend, device), x if device else arr,
+                                       arr.dtype), axis=axis, backend=backend)
     A, C, B = dims
     backend = _dispatch.resolve(backend, x)
     job = _dispatch.job(backend, not device)
