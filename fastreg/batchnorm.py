@@ -746,13 +746,15 @@ def _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm,
         job.op("bn_stats")(xc, lmean, lm2)
     count, gmean, gm2 = distributed.allgather_stats(n, _host64(job, lmean), _host64(job, lm2),
                                                     comm)
-    if count <= 1:  # every rank sees the same count, so every rank raises
+    if count == 1:  # every rank sees the same count, so every rank raises
         raise ValueError(f"Expected more than 1 value per channel when training, got {count} "
                          f"over all ranks of the communicator (this rank: shape {shape})")
     gmean, gm2 = _on(job, gmean), _on(job, gm2)
-    mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
+    # an empty global batch: empty outputs, zero statistics, running statistics left alone
+    mean, invstd = (job.empty((C,), f64), job.empty((C,), f64)) if count else \
+        (job.zeros((C,), f64), job.zeros((C,), f64))
     center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
-    if C:
+    if C and count:
         job.op("bn_forward_coeffs")(gmean, gm2, count, None if w is None else job.contig(w),
                                     None if b is None else job.contig(b), eps, False, mean,
                                     invstd, center, scale, shift)
@@ -765,11 +767,11 @@ def _batch_norm_sync(comm, backend, x_in, device, shape, dtype, ax, dims, r, rm,
             batches = _increment(nbt, job)
             if momentum is None:
                 mom = 1.0 / batches
-        rmc, rvc = job.contig(rm), job.contig(rv)
-        if C:
+        if C and count:
+            rmc, rvc = job.contig(rm), job.contig(rv)
             job.op("bn_running_update")(gmean, gm2, count, rmc, rvc, mom)
-        _writeback(job, rmc, rm)
-        _writeback(job, rvc, rv)
+            _writeback(job, rmc, rm)
+            _writeback(job, rvc, rv)
     y = job.finish(res, out_arr)
     saved = BatchNormSaved(mean, invstd, True, ax, len(shape), activation, r is not None, n,
                            count)
@@ -800,7 +802,9 @@ def _batch_norm_backward_sync(comm, backend, gy, x_in, yv, saved, w, device, sha
     tot_dy, tot_dyx = _on(job, sums[:C].copy()), _on(job, sums[C:].copy())
     wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
     center, a, bc, d, gw, gb = (job.empty((C,), dtype) for _ in range(6))
-    if C:
+    if not saved.global_count:  # an empty global batch: nothing flows
+        gw, gb = job.zeros((C,), dtype), job.zeros((C,), dtype)
+    elif C:
         # grad_x's coefficients from the global sums and count ...
         job.op("bn_backward_coeffs")(tot_dy, tot_dyx, mean, invstd, wc, saved.global_count, True,
                                      center, a, bc, d, gw, gb)

@@ -678,3 +678,34 @@ def test_fast_path_is_the_full_path(backend, shape, axis, training):
         both = np.ones(2 * C, dtype)
         fastreg.batch_norm(x, both[:C], both[:C], w, b, training=True, axis=axis,
                            backend=backend)
+
+
+def test_sync_empty_global_batch(monkeypatch):
+    """comm= with an empty batch on every rank behaves as one process on an empty batch (one
+    rank stood in by patching the two collectives: the rest of the path is the real one)."""
+    from fastreg import distributed
+    monkeypatch.setattr(distributed, "allgather_stats", lambda n, mean, m2, comm: (n, mean, m2))
+    monkeypatch.setattr(distributed, "allreduce_sums", lambda sums, comm: sums)
+    comm = object()
+    x = np.zeros((0, 3, 2), np.float32)
+    w, b, rm, rv = params(3, np.float32)
+    rm0, rv0, nbt = rm.copy(), rv.copy(), np.zeros(1, np.int64)
+    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=True, num_batches_tracked=nbt,
+                                  backend="numpy", comm=comm)
+    assert y.shape == x.shape and saved.global_count == 0 and nbt[0] == 1
+    np.testing.assert_array_equal(rm, rm0)
+    np.testing.assert_array_equal(rv, rv0)
+    gx, gw, gb = fastreg.batch_norm_backward(np.zeros_like(x), x, saved, w, backend="numpy",
+                                             comm=comm)
+    assert gx.shape == x.shape
+    np.testing.assert_array_equal(gw, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(gb, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="more than 1 value"):
+        fastreg.batch_norm(np.ones((1, 3), np.float32), training=True, backend="numpy",
+                           comm=comm)
+    # a non-empty batch through the same patched path equals the unsynchronized call
+    x = data((4, 3, 2), np.float32)
+    y1, s1 = fastreg.batch_norm(x, rm.copy(), rv.copy(), w, b, training=True, backend="numpy",
+                                comm=comm)
+    y2, s2 = fastreg.batch_norm(x, rm.copy(), rv.copy(), w, b, training=True, backend="numpy")
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
