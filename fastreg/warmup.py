@@ -350,9 +350,24 @@ def _dispatchers():
     return list(found.values())
 
 
-def _compile_twins(twins):
-    """Compile each twin's other version for every signature one version has."""
+def _signatures(twins):
+    """For each twin, the signatures either of its versions has in this process (compiled, or
+    loaded from Numba's cache)."""
+    return {id(tw): set(tw.serial.signatures) | set(tw.parallel.signatures) for tw in twins}
+
+
+def _compile_twins(twins, before=None):
+    """Compile each twin's other version for every signature one version has.
+
+    With ``before`` (``_signatures(twins)`` taken before an op ran), only the twins that gained a
+    signature since then: the kernels that op reached. Kernels this process compiled or loaded
+    earlier (by the user's own calls, or by other ops) are left alone, so warming up one group
+    in a busy process compiles only that group.
+    """
     for tw in twins:
+        if before is not None and (set(tw.serial.signatures) | set(tw.parallel.signatures)
+                                   ) == before[id(tw)]:
+            continue
         for have, other in ((tw.serial, tw.parallel), (tw.parallel, tw.serial)):
             done = set(other.signatures)
             for sig in list(have.signatures):
@@ -415,6 +430,12 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
         Unknown backend or op name.
     fastreg.BackendUnavailableError
         The backend cannot run here (the message says why).
+
+    Notes
+    -----
+    A kernel's second version (serial or parallel) is compiled for the twins an op reaches for
+    the first time in this process. Kernels this process had already compiled or loaded before
+    the call keep only what they have: run ``fastreg warmup`` (a fresh process) to fill a cache.
     """
     out = sys.stdout if file is None else file
     if backend not in ("cpu", "c", "numpy"):
@@ -447,8 +468,9 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
         if bar is not None:
             bar.set_postfix_str(name)
         t0 = time.perf_counter()
+        before = _signatures(twins)
         OPS[name]("cpu")
-        _compile_twins(twins)
+        _compile_twins(twins, before)
         seconds[name] = time.perf_counter() - t0
         if bar is not None:
             bar.update(1)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastreg
+from fastreg._arrays import is_half
 
 HOST_BACKENDS = [b for b in ("cpu", "c") if fastreg.available_backends()[b] is None]
 if fastreg.available_backends()["cuda"] is None:
@@ -84,8 +85,8 @@ def test_arbitrary_arguments_give_result_or_clear_error(x, p, seed, backend):
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         assert any(word in msg for word in ("x must", "p must", "seed must")), msg
-    else:
-        assert x.dtype in (np.float32, np.float64)
+    else:   # float32, float64 and the 16-bit floats (float16, bfloat16) are accepted
+        assert x.dtype in (np.float32, np.float64) or is_half(x.dtype), x.dtype
 
 
 @SETTINGS

@@ -154,10 +154,12 @@ class Trainer:
         ``pip install "fastreg-kernels[mpi]"``. Host (NumPy) arrays only: the gradient Allreduce
         refuses device arrays.
     threads : int >= 1 or None
-        Threads for fastreg's kernels and NumPy's matmul during ``fit``: Numba's
-        (``numba.set_num_threads``, cpu backend) and, through threadpoolctl when it is installed,
-        BLAS and OpenMP (c backend); restored afterwards. Default 1: the trainer's tensors are
-        small (a digits batch is 64 x 256), so threads buy little, and spinning worker pools of
+        Threads for fastreg's kernels and NumPy's matmul during ``fit``: fastreg's own
+        (``with fastreg.threads(n)``, which governs the cpu backend's Numba kernels and the c
+        backend's OpenMP alike, like ``fastreg.set_num_threads``) and, through threadpoolctl
+        when it is installed, BLAS and other OpenMP libraries; restored afterwards. Default 1:
+        the trainer's tensors are small (a digits batch is 64 x 256), so threads buy little,
+        and spinning worker pools of
         BLAS, OpenMP and Numba compete for the cores (measured on a busy 2-core machine: ~40 ms
         per digits epoch with 1 thread, ~750 ms with 2). None leaves every pool alone.
     ema : float or dict, optional
