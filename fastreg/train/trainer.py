@@ -159,9 +159,9 @@ class Trainer:
         backend's OpenMP alike, like ``fastreg.set_num_threads``) and, through threadpoolctl
         when it is installed, BLAS and other OpenMP libraries; restored afterwards. Default 1:
         the trainer's tensors are small (a digits batch is 64 x 256), so threads buy little,
-        and spinning worker pools of
-        BLAS, OpenMP and Numba compete for the cores (measured on a busy 2-core machine: ~40 ms
-        per digits epoch with 1 thread, ~750 ms with 2). None leaves every pool alone.
+        and spinning worker pools of BLAS, OpenMP and Numba compete for the cores (measured on
+        a busy 2-core machine: ~40 ms per digits epoch with 1 thread, ~750 ms with 2). None
+        leaves every pool alone.
     ema : float or dict, optional
         Keep an exponential moving average of the parameters and buffers (``fastreg.EMA``,
         timm ModelEmaV3's rule), updated after every optimizer step with
