@@ -74,6 +74,14 @@ except ValueError as exc:
     error = str(exc)
 with open(job["rendezvous"] + f".error{rank}", "w") as f:
     f.write(error)
+# every rank empty: torch's empty batch (empty output, statistics kept, nbt + 1)
+m = frt.SyncBatchNorm(3)
+x = torch.randn(0, 3, requires_grad=True)
+y = m(x)
+y.sum().backward()
+assert y.shape == (0, 3) and int(m.num_batches_tracked) == 1
+assert torch.all(m.running_mean == 0) and torch.all(m.running_var == 1)
+assert torch.all(m.weight.grad == 0)
 # DDP takes the module on a CPU model (it refuses torch's own SyncBatchNorm there)
 ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(frt.SyncBatchNorm(3)))
 ddp(torch.randn(2 + rank, 3)).sum().backward()

@@ -90,10 +90,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             job.op("bn_stats")(xc, lmean, lm2)
         count, gmean, gm2 = _allgather_stats(n, _host64(job, lmean), _host64(job, lm2), group,
                                              x.device)
-        if count <= 1:  # every rank sees the same count, so every rank raises
+        if count == 1:  # every rank sees the same count, so every rank raises
             raise ValueError(f"Expected more than 1 value per channel when training, got "
                              f"{count} over all ranks of the process group (this rank: input "
                              f"of shape {tuple(x.shape)})")
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        ctx.has_residual, ctx.relu = residual is not None, relu
+        if count == 0:  # every rank's batch is empty: torch's empty batch (nothing to update)
+            ctx.stats = None
+            ctx.save_for_backward(x, weight, None)
+            return y
         gmean, gm2 = _on(job, gmean), _on(job, gm2)
         mean, invstd = job.empty((C,), f64), job.empty((C,), f64)
         center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
@@ -113,14 +119,18 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             _writeback(job, rmc, rm)
             _writeback(job, rvc, rv)
         ctx.stats = (mean, invstd, count, n, dims, perm, be, group)
-        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
-        ctx.has_residual, ctx.relu = residual is not None, relu
         ctx.save_for_backward(x, weight, y if relu else None)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, y = ctx.saved_tensors
+        if ctx.stats is None:  # an empty global batch: empty and zero gradients
+            zero = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+            return (torch.zeros_like(x), zero if ctx.has_weight else None,
+                    zero.clone() if ctx.has_bias else None,
+                    torch.zeros_like(x) if ctx.has_residual else None,
+                    None, None, None, None, None, None, None)
         mean, invstd, count, n, dims, perm, be, group = ctx.stats
         job = _dispatch.job(be, x.device.type == "cpu")
         dtype = _np_dtype(x)
