@@ -3,6 +3,7 @@ functional ops, convert(), optimizers against torch.optim and fastreg.optim, sta
 trips both ways, and the errors for bad input. CPU only here (CUDA tensors: tests/test_interop.py
 when a GPU is present)."""
 import copy
+import io
 import subprocess
 import sys
 
@@ -198,18 +199,32 @@ def test_dropout_seed_from_torch_generator():
 
 
 def test_dropout_state_dict_resumes_the_stream():
+    # seed and counter travel in the state_dict's metadata, not as keys (nn.Dropout has none)
     x = _x((64,), dtype=torch.float32)
-    m = frt.Dropout(0.5, seed=99)
+    m = frt.Dropout(0.5, seed=2**64 - 3)
     m(x)
     saved = copy.deepcopy(m.state_dict())
-    assert saved["_extra_state"] == {"seed": 99, "offset": 64}
+    assert list(saved) == []
+    assert saved._metadata[""]["fastreg_seed"] == 2**64 - 3
+    assert saved._metadata[""]["fastreg_offset"] == 64
     expected = m(x)
+    buf = io.BytesIO()
+    torch.save(saved, buf)
+    buf.seek(0)
     fresh = frt.Dropout(0.5, seed=5)
-    fresh.load_state_dict(saved)
-    assert (fresh.seed, fresh.offset) == (99, 64)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert (fresh.seed, fresh.offset) == (2**64 - 3, 64)
     assert torch.equal(fresh(x), expected)
-    with pytest.raises(ValueError, match="seed"):
-        fresh.load_state_dict({"_extra_state": {"seed": -1, "offset": 0}})
+    # a state_dict of torch's nn.Dropout (no metadata of ours) keeps the module's own stream
+    fresh.load_state_dict(nn.Dropout(0.5).state_dict())
+    assert (fresh.seed, fresh.offset) == (2**64 - 3, 128)
+    bad = m.state_dict()
+    bad._metadata[""]["fastreg_seed"] = -1
+    with pytest.raises(RuntimeError, match="seed"):
+        fresh.load_state_dict(bad)
+    # checkpoints that kept them as "_extra_state" still load
+    fresh.load_state_dict({"_extra_state": {"seed": 99, "offset": 7}})
+    assert (fresh.seed, fresh.offset) == (99, 7)
 
 
 # --- batch-norm modules against torch ---------------------------------------------------------------
@@ -321,12 +336,17 @@ def test_converted_state_dict_loads_both_ways():
         for p in ref.parameters():
             p.add_(1)
         ref[1].running_mean.fill_(0.5)
-    got.load_state_dict(ref.state_dict())  # strict: torch's keys are a subset (no counters)
+    got.load_state_dict(ref.state_dict())  # strict, both ways: the same keys
     torch.testing.assert_close(got[1].running_mean, ref[1].running_mean)
     back = _cnn(0.5).to(F64)
-    result = back.load_state_dict(got.state_dict(), strict=False)
-    assert result.missing_keys == []
-    assert sorted(result.unexpected_keys) == ["3._extra_state", "8._extra_state"]
+    assert list(got.state_dict()) == list(back.state_dict())
+    back.load_state_dict(got.state_dict(), strict=True)
+    # the dropout streams survive a checkpoint (in the metadata), also through the torch model
+    got[3].offset, got[8].offset = 2**64 - 1, 12
+    again = frt.convert(_cnn(0.5).to(F64), seed=7)
+    again.load_state_dict(got.state_dict(), strict=True)
+    assert (again[3].seed, again[3].offset) == (got[3].seed, 2**64 - 1)
+    assert (again[8].seed, again[8].offset) == (got[8].seed, 12)
     for k, v in back.state_dict().items():
         torch.testing.assert_close(v, ref.state_dict()[k])
 
@@ -519,8 +539,8 @@ def test_bad_arguments():
         frt.Dropout(1.5)
     with pytest.raises(ValueError, match="mode"):
         frt.Dropout(0.5, mode="other")
-    with pytest.raises(ValueError, match="expects 4-D"):
-        frt.Dropout2d(0.5)(torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="dropout1d: Expected 2D or 3D input"):
+        frt.Dropout1d(0.5)(torch.ones(2, 3, 4, 5))  # torch's error (other ranks: tests/test_torch_dropout.py)
     with pytest.raises(ValueError, match="nesterov"):
         frt.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="more than 1 value per channel"):

@@ -1,8 +1,8 @@
 """DropBlock for PyTorch: ``DropBlock2d`` (timm's module, counter-based) and its autograd Function.
 
-The module owns a 64-bit ``seed`` and ``offset`` like fastreg's dropout modules: a training call
-on a ``(N, C, H, W)`` batch uses stream words ``offset .. offset + N C H W - 1`` and advances
-``offset`` by ``N C H W``; backward regenerates the mask from them (nothing is stored). A
+The module owns a 64-bit ``seed`` and ``offset`` like fastreg's dropout modules (stored as
+theirs are, see ``modules._CounterDropout``): a training call on a ``(N, C, H, W)`` batch uses
+stream words ``offset .. offset + N C H W - 1`` and advances ``offset`` by ``N C H W``; backward regenerates the mask from them (nothing is stored). A
 channels-last tensor is processed in its own layout (layout "NHWC" on the permuted view), which
 gives the same mask: seed position (n, c, h, w) uses the same word in either layout.
 """
@@ -10,7 +10,7 @@ import torch
 
 import fastreg
 from .. import _arrays
-from . import _bridge
+from . import _bridge, ops
 from .modules import _CounterDropout
 
 __all__ = ["DropBlockFunction", "DropBlock2d", "drop_block"]
@@ -18,28 +18,30 @@ __all__ = ["DropBlockFunction", "DropBlock2d", "drop_block"]
 
 class DropBlockFunction(torch.autograd.Function):
     """``DropBlockFunction.apply(x, p, block_size, seed, offset, gamma_scale, backend)``:
-    ``fastreg.drop_block`` forward, ``fastreg.drop_block_backward`` backward (mask regenerated)."""
+    ``fastreg.drop_block`` forward, ``fastreg.drop_block_backward`` backward (mask regenerated).
+    The eager path; ``ops.drop_block`` is the same computation as a custom operator, used while
+    dynamo or export traces."""
 
     @staticmethod
     def forward(ctx, x, p, block_size, seed, offset, gamma_scale, backend):
-        ctx.args = (p, block_size, seed, offset, gamma_scale, backend)
-        return _apply(x, *ctx.args, backward=False)
+        ctx.args = (seed, offset, p, block_size, gamma_scale)
+        ctx.backend = backend
+        return ops.drop_block_run(x, seed, offset, p, block_size, gamma_scale, False, backend)
 
     @staticmethod
     def backward(ctx, grad_y):
-        return (_apply(grad_y, *ctx.args, backward=True), None, None, None, None, None, None)
+        gx = ops.drop_block_run(grad_y, *ctx.args, True, ctx.backend)
+        return gx, None, None, None, None, None, None
 
 
-def _apply(x, p, block_size, seed, offset, gamma_scale, backend, backward):
-    perm = _bridge.channels_last_perm(x)
-    out = _bridge.empty_like(x, perm)
-    xv = _bridge.device_array(_bridge.permuted(x, perm))
-    ov = _bridge.array(_bridge.permuted(out, perm))
-    be = _bridge.backend_for("drop_block_mask", backend, x)
-    fn = fastreg.drop_block_backward if backward else fastreg.drop_block
-    fn(xv, p, block_size, seed=seed, offset=offset, layout="NCHW" if perm is None else "NHWC",
-       gamma_scale=gamma_scale, out=ov, backend=be)
-    return out
+def _counter_drop_block(x, p, block_size, seed, offset, gamma_scale, backend):
+    """DropBlock at stream position ``offset`` (an int64 tensor of one element, read here):
+    the custom operator while dynamo or export traces, the autograd Function in eager mode."""
+    if torch.compiler.is_compiling():
+        return ops.drop_block(x, offset, ops.to_int64(seed), p, block_size, gamma_scale, False,
+                              backend)[0]
+    return DropBlockFunction.apply(x, p, block_size, seed, ops.to_uint64(int(offset)),
+                                   gamma_scale, backend)
 
 
 def _check_input(x, name):
@@ -72,6 +74,9 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, gamma_s
     gamma_scale = _arrays.check_nonneg(gamma_scale, "gamma_scale")
     if not training:
         return x
+    if torch.compiler.is_compiling():
+        return ops.drop_block(x, torch.tensor(ops.to_int64(offset), dtype=torch.int64),
+                              ops.to_int64(seed), p, block_size, gamma_scale, False, backend)[0]
     return DropBlockFunction.apply(x, p, block_size, seed, offset, gamma_scale, backend)
 
 
@@ -90,20 +95,20 @@ class DropBlock2d(_CounterDropout):
         Key of the stream in [0, 2**64); default: drawn from torch's default generator.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
     inplace : bool
-        Accepted for timm compatibility; the output is always a new tensor.
+        As in timm: the result is written into the input, which is returned.
 
     Notes
     -----
     Training call k on an (N, C, H, W) batch equals ``fastreg.drop_block(x, p, block_size,
     seed=seed, offset=offset, gamma_scale=gamma_scale)`` and advances ``offset`` by
     ``N C H W`` (also when p = 0, where the output is x itself). In eval mode it returns x, as
-    timm's module does. ``seed`` and ``offset`` live in ``state_dict`` (``_extra_state``).
+    timm's module does. ``seed`` and ``offset`` travel in the state_dict's metadata, as for ``Dropout``.
     timm's ``with_noise`` and ``batchwise`` options are not provided.
     """
 
     def __init__(self, p=0.1, block_size=7, gamma_scale=1.0, seed=None, *, backend="auto",
                  inplace=False):
-        super().__init__(p, "inverted", seed, backend=backend, inplace=inplace)
+        super().__init__(p, inplace, seed=seed, backend=backend)
         block_size = _arrays.check_int(block_size, "block_size")
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -129,12 +134,15 @@ class DropBlock2d(_CounterDropout):
         if not self.training:
             return x
         draws = x.numel()
-        offset = self.offset
-        _arrays.check_counter_range(offset, draws)
         if self.p == 0:
-            self.offset = offset + draws
+            if not torch.compiler.is_compiling():
+                _arrays.check_counter_range(self.offset, draws)
+            self._offset.add_(draws)
             return x
-        y = DropBlockFunction.apply(x, self.p, self.block_size, self.seed, offset,
-                                    self.gamma_scale, self.backend)
-        self.offset = offset + draws  # after the call: a refused input leaves the counter
+        y = _counter_drop_block(x, self.p, self.block_size, self.seed, self._offset,
+                                self.gamma_scale, self.backend)
+        self._offset.add_(draws)  # after the call: a refused input leaves the counter
+        if self.inplace:
+            x.copy_(y)
+            return x
         return y

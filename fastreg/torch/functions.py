@@ -11,49 +11,48 @@ import torch
 import fastreg
 from .. import _arrays
 from ..dropout import MODES
-from . import _bridge
+from . import _bridge, ops
 
 __all__ = ["DropoutFunction", "BatchNormFunction", "dropout", "channel_dropout", "drop_path",
            "batch_norm"]
 
+
 class DropoutFunction(torch.autograd.Function):
-    """``DropoutFunction.apply(x, p, seed, offset, training, mode, kind, backend)``.
+    """``DropoutFunction.apply(x, p, seed, offset, training, mode, kind, backend)``: the eager
+    path of the dropout family (``ops.dropout`` is the same computation as a custom operator,
+    used under ``torch.compile`` / ``torch.export``; a direct Function costs less per call).
 
     kind "element" is ``fastreg.dropout``, "channel" ``fastreg.channel_dropout`` (channel axis 1;
     a channels-last tensor is processed in its own layout, with axis=-1 on the permuted view,
     which draws the same mask since channel (n, c) uses word ``offset + n * C + c`` in either
     layout), "path" ``fastreg.drop_path``. Element-wise masks follow the logical (C-order)
-    element index, so they equal ``fastreg.dropout(x.numpy(), ...)`` for any layout.
+    element index, so they equal ``fastreg.dropout(x.numpy(), ...)`` for any layout; the output
+    has x's layout (channels-last stays channels-last, as in torch).
     """
 
     @staticmethod
     def forward(ctx, x, p, seed, offset, training, mode, kind, backend):
-        ctx.args = (p, seed, offset, training, mode, kind, backend)
-        return _dropout_apply(x, "x", *ctx.args)
+        ctx.args = (p, training, mode, kind, backend)
+        ctx.seed, ctx.offset = seed, offset
+        return ops.dropout_run(x, seed, offset, p, training, mode, kind, False, backend)
 
     @staticmethod
     def backward(ctx, grad_y):
-        return (_dropout_apply(grad_y, "grad_y", *ctx.args, backward=True),
-                None, None, None, None, None, None, None)
+        p, training, mode, kind, backend = ctx.args
+        gx = ops.dropout_run(grad_y, ctx.seed, ctx.offset, p, training, mode, kind, True, backend)
+        return gx, None, None, None, None, None, None, None
 
 
-def _dropout_apply(x, name, p, seed, offset, training, mode, kind, backend, backward=False):
-    perm = _bridge.channels_last_perm(x) if kind == "channel" else None
-    out = _bridge.empty_like(x, perm)
-    xv = _bridge.device_array(_bridge.permuted(x, perm))
-    ov = _bridge.array(_bridge.permuted(out, perm))
-    op = "dropout" if kind == "element" else "group_dropout"
-    be = _bridge.backend_for(op, backend, x)
-    kw = dict(seed=seed, offset=offset, training=training, mode=mode, out=ov, backend=be)
-    if kind == "element":
-        fn = fastreg.dropout_backward if backward else fastreg.dropout
-    elif kind == "channel":
-        fn = fastreg.channel_dropout_backward if backward else fastreg.channel_dropout
-        kw["axis"] = 1 if perm is None else -1
-    else:
-        fn = fastreg.drop_path_backward if backward else fastreg.drop_path
-    fn(xv, p, **kw)
-    return out
+def counter_dropout(x, p, seed, offset, training, mode, kind, backend):
+    """Dropout of x at stream position ``offset``, an int64 tensor of one element (a module's
+    counter, read here, never advanced): the custom operator while dynamo or export traces (the
+    position stays a graph input, so the graph does not depend on its value), the direct autograd
+    Function in eager mode. Arguments already checked."""
+    if torch.compiler.is_compiling():
+        return ops.dropout(x, offset, ops.to_int64(seed), p, training, mode, kind, False,
+                           backend)[0]
+    return DropoutFunction.apply(x, p, seed, ops.to_uint64(int(offset)), training, mode, kind,
+                                 backend)
 
 
 def _functional(x, p, seed, offset, training, mode, kind, backend):
@@ -61,12 +60,16 @@ def _functional(x, p, seed, offset, training, mode, kind, backend):
     p = _arrays.check_probability(p)
     seed = _arrays.check_uint64(seed, "seed")
     offset = _arrays.check_uint64(offset, "offset")
+    training = _arrays.check_bool(training, "training")
     _arrays.check_choice(mode, "mode", MODES)
     if kind == "channel" and x.dim() < 2:
         raise ValueError(f"channel dropout needs (N, C, ...) input, got shape {tuple(x.shape)}")
     if kind == "path" and x.dim() < 1:
         raise ValueError("drop_path needs a sample axis (ndim >= 1), got a 0-d tensor")
-    return DropoutFunction.apply(x, p, seed, offset, bool(training), mode, kind, backend)
+    if torch.compiler.is_compiling():
+        return ops.dropout(x, torch.tensor(ops.to_int64(offset), dtype=torch.int64),
+                           ops.to_int64(seed), p, training, mode, kind, False, backend)[0]
+    return DropoutFunction.apply(x, p, seed, offset, training, mode, kind, backend)
 
 
 def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", backend="auto"):
@@ -125,25 +128,16 @@ class BatchNormFunction(torch.autograd.Function):
     """``BatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
     num_batches_tracked, training, momentum, eps, relu, backend)``: ``fastreg.batch_norm`` and
     ``fastreg.batch_norm_backward`` on channel axis 1, or on the permuted view (axis=-1) of a
-    channels-last tensor. Running statistics and the batch counter are updated in place."""
+    channels-last tensor. Running statistics and the batch counter are updated in place. The
+    eager path (``ops.batch_norm`` is the same computation as a custom operator)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, running_mean, running_var, num_batches_tracked,
                 training, momentum, eps, relu, backend):
-        perm = _bridge.channels_last_perm(x)
-        be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
-        y = _bridge.empty_like(x, perm)
-        a = _bridge.array
-        res = None
-        if residual is not None:
-            res = _bridge.device_array(_bridge.permuted(residual, perm))
-        _, saved = fastreg.batch_norm(
-            _bridge.device_array(_bridge.permuted(x, perm)), a(running_mean), a(running_var),
-            a(weight), a(bias), training=training, momentum=momentum, eps=eps,
-            axis=1 if perm is None else -1, activation="relu" if relu else None, residual=res,
-            num_batches_tracked=a(num_batches_tracked), out=a(_bridge.permuted(y, perm)),
-            backend=be)
-        ctx.saved, ctx.perm, ctx.backend = saved, perm, backend
+        y, saved = ops.bn_forward_run(x, weight, bias, residual, running_mean, running_var,
+                                      num_batches_tracked, training, momentum, eps, relu,
+                                      backend)
+        ctx.saved, ctx.backend = saved, backend
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.save_for_backward(x, weight, y if relu else None)
         return y
@@ -151,24 +145,28 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, y = ctx.saved_tensors
-        perm = ctx.perm
-        be = _bridge.backend_for("bn_backward", ctx.backend, x)
-        gx = _bridge.empty_like(x, perm)
-        view = _bridge.permuted
-        grads = fastreg.batch_norm_backward(
-            _bridge.device_array(view(grad_y, perm)), _bridge.device_array(view(x, perm)),
-            ctx.saved, _bridge.array(weight),
-            y=None if y is None else _bridge.device_array(view(y, perm)),
-            out=_bridge.array(view(gx, perm)), backend=be)
-        gw = _bridge.to_tensor(grads[1], x) if ctx.has_weight else None
-        gb = _bridge.to_tensor(grads[2], x) if ctx.has_bias else None
-        gres = None
-        if ctx.saved.residual:
-            gres = _bridge.to_tensor(grads[3], x)
-            if perm is not None:  # the gradient came back in the permuted (N, ..., C) order
-                inverse = [perm.index(i) for i in range(len(perm))]
-                gres = gres.permute(*inverse)
-        return gx, gw, gb, gres, None, None, None, None, None, None, None, None
+        gx, gw, gb, gres = ops.bn_backward_run(grad_y, x, weight, y, ctx.saved, ctx.backend)
+        return (gx, gw, gb if ctx.has_bias else None, gres) + (None,) * 8
+
+
+def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_batches_tracked,
+                    training, momentum, eps, relu, backend):
+    """Batch norm with arguments already checked: the custom operator while dynamo or export
+    traces (the updated running statistics it returns are copied into the buffers), the direct
+    autograd Function in eager mode (which updates them in place)."""
+    if torch.compiler.is_compiling():
+        update = training and running_mean is not None
+        y, _, _, rm, rv, nbt = ops.batch_norm(x, weight, bias, residual, running_mean,
+                                              running_var, num_batches_tracked, training,
+                                              momentum, eps, relu, update, backend)
+        if update:  # detached: the op's outputs are in the graph, the buffers must not be
+            running_mean.copy_(rm.detach())
+            running_var.copy_(rv.detach())
+            if num_batches_tracked is not None:
+                num_batches_tracked.copy_(nbt)
+        return y
+    return BatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
+                                   num_batches_tracked, training, momentum, eps, relu, backend)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,
@@ -202,7 +200,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     Raises
     ------
     TypeError
-        A tensor not float32/float64 (half precision included) or of another dtype than x.
+        A tensor not float32/float64 (half precision included) or of another dtype than x;
+        training or relu not a bool.
     ValueError
         A tensor on another device than x; the checks of ``fastreg.batch_norm``.
     """
@@ -215,6 +214,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
             _bridge.check_same_dtype(t, name, x, "x")
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}")
-    return BatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
-                                   num_batches_tracked, bool(training), momentum, eps,
-                                   bool(relu), backend)
+    training = _arrays.check_bool(training, "training")
+    relu = _arrays.check_bool(relu, "relu")
+    return batch_norm_call(x, weight, bias, residual, running_mean, running_var,
+                           num_batches_tracked, training, momentum, eps, relu, backend)

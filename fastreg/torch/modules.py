@@ -4,10 +4,14 @@ Dropout modules own a 64-bit ``seed`` and a 64-bit ``offset`` (the position in t
 stream). Every training call uses words ``offset .. offset + draws - 1`` and advances ``offset``
 by ``draws`` (elements for ``Dropout``, (sample, channel) pairs for ``Dropout1d/2d/3d``, samples
 for ``DropPath``), so no draw repeats, backward regenerates the mask from ``(seed, offset)`` and
-nothing is stored. Both live in the module's ``state_dict`` (as ``<name>._extra_state``, plain
-Python ints, so they never move to the GPU and reading them never synchronizes), so a resumed
-run continues the same random stream. A torch state_dict without them loads too (the module
-keeps its own seed and counter).
+nothing is stored. The counter is a non-persistent int64 buffer (a graph input under
+``torch.compile``: compiled graphs do not depend on its value), the seed a Python int; neither
+is a state_dict key, so a converted model's state_dict loads with ``strict=True`` into the
+original torch model and back. Both travel in the state_dict's metadata
+(``state_dict._metadata``, which ``torch.save``/``torch.load`` keep), so a resumed run continues
+the same random stream; a torch state_dict without them loads too (the module keeps its own
+seed and counter). On CUDA the counter lives on the GPU with the module: a training call reads
+it (one small copy to the host, beside the synchronization the CUDA bridge does anyway).
 
 Batch-norm modules subclass ``torch.nn.BatchNorm1d`` / ``BatchNorm2d`` / ``BatchNorm3d``: same
 constructor, parameters (``weight``, ``bias``) and buffers (``running_mean``, ``running_var``,
@@ -27,7 +31,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from .. import _arrays
 from ..dropout import MODES
 from . import _bridge
-from .functions import BatchNormFunction, DropoutFunction
+from . import functions, ops
 
 __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchNorm1d",
            "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d"]
@@ -42,6 +46,21 @@ _DROPOUT2D_3D_WARNING = (
     "a batch dimension, i.e. shape (C, H, W). To maintain the 1D channel-wise dropout "
     "behavior, please switch to using dropout1d instead.")
 
+# torch.nn.functional.dropout1d/2d/3d's messages for inputs of other ranks (torch 2.13)
+_DROPOUT1D_RANK_ERROR = (
+    "dropout1d: Expected 2D or 3D input, but received a {}D input. Note that dropout1d exists "
+    "to provide channel-wise dropout on inputs with 1 spatial dimension, a channel dimension, "
+    "and an optional batch dimension (i.e. 2D or 3D inputs).")
+_DROPOUT_ND_RANK_WARNING = (
+    "dropout{n}d: Received a {dim}-D input to dropout{n}d, which is deprecated and will result "
+    "in an error in a future release. To retain the behavior and silence this warning, please "
+    "use dropout instead. Note that dropout{n}d exists to provide channel-wise dropout on inputs "
+    "with {n} spatial dimensions, a channel dimension, and an optional batch dimension (i.e. "
+    "{lo}D or {hi}D inputs).")
+_FEATURE_DROPOUT_ERROR = "Feature dropout requires at least 2 dimensions in the input"
+
+_META_SEED, _META_OFFSET = "fastreg_seed", "fastreg_offset"
+
 
 def new_seed():
     """A 64-bit seed from torch's default generator (so ``torch.manual_seed`` makes module
@@ -51,23 +70,48 @@ def new_seed():
 
 
 class _CounterDropout(nn.Module):
-    """Shared by the dropout modules: hyper-parameters, the (seed, offset) state, train/eval."""
+    """Shared by the dropout modules: hyper-parameters, the (seed, offset) state, train/eval.
+
+    Where the stream state lives (so that compiled graphs do not recompile at every step, and a
+    converted model's state_dict loads with ``strict=True`` into the original torch model and
+    back): the counter is a non-persistent int64 buffer ``_offset`` (the uint64 value's bits),
+    advanced in place by each training call, a graph input under ``torch.compile``; the seed is a
+    Python int (constant for the graph). Neither is a state_dict key (``nn.Dropout`` has none);
+    both travel in the state_dict's metadata (``state_dict._metadata[<module name>]``, kept by
+    ``torch.save``/``torch.load``, ``copy.deepcopy`` and ``load_state_dict``), so checkpoints
+    resume the same stream.
+    """
 
     _KIND = "element"
-    _NDIM = None      # Dropout1d/2d/3d: the batched input rank (unbatched inputs have one less)
-    _UNBATCHED = True  # False: an (_NDIM - 1)-D input is batched all the same (Dropout2d)
 
-    def __init__(self, p=0.5, mode="inverted", seed=None, *, backend="auto", inplace=False):
+    def __init__(self, p=0.5, inplace=False, *, mode="inverted", seed=None, backend="auto"):
         super().__init__()
         self.p = _arrays.check_probability(p)
+        self.inplace = _arrays.check_bool(inplace, "inplace")
         self.mode = _arrays.check_choice(mode, "mode", MODES)
         self.seed = new_seed() if seed is None else _arrays.check_uint64(seed, "seed")
-        self.offset = 0
         self.backend = backend
-        self.inplace = inplace  # accepted for torch compatibility; outputs are new tensors
+        self.register_buffer("_offset", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    @property
+    def offset(self):
+        """The stream position of the next training call, an int in [0, 2**64)."""
+        return ops.to_uint64(int(self._offset))
+
+    @offset.setter
+    def offset(self, value):
+        self._offset.fill_(ops.to_int64(_arrays.check_uint64(value, "offset")))
 
     def extra_repr(self):
-        return f"p={self.p}, mode={self.mode!r}, seed={self.seed}, offset={self.offset}"
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"p={self.p}{inplace}, mode={self.mode!r}, seed={self.seed}, offset={self.offset}"
+
+    def _prepare(self, x):
+        """torch's rank rules for this module: ``(x to process, whether a batch axis was
+        added)``; raises or warns as torch does."""
+        if self._KIND == "path" and x.dim() < 1:
+            raise ValueError("DropPath needs a sample axis (ndim >= 1), got a 0-d tensor")
+        return x, False
 
     def _draws(self, x):
         if self._KIND == "element":
@@ -86,73 +130,93 @@ class _CounterDropout(nn.Module):
         Returns
         -------
         torch.Tensor
+            A new tensor in x's memory format, or x itself where torch returns it (eval in
+            inverted mode, p = 0, and always when ``inplace=True``: x then holds the result).
         """
         _bridge.check_float(x, f"{type(self).__name__} input")
-        unbatched = self._NDIM is not None and x.dim() == self._NDIM - 1
-        if self._NDIM is not None and x.dim() not in (self._NDIM, self._NDIM - 1):
-            raise ValueError(f"{type(self).__name__} expects {self._NDIM}-D (batched) or "
-                             f"{self._NDIM - 1}-D (unbatched) input, got shape {tuple(x.shape)}")
-        if unbatched and not self._UNBATCHED:
-            # torch.nn.Dropout2d reads 3-D input as (N, C, L) and warns: do the same, so that
-            # convert() keeps the behaviour (including in eval mode, where torch warns too)
-            warnings.warn(_DROPOUT2D_3D_WARNING, UserWarning, stacklevel=2)
-            unbatched = False
-        if self._KIND == "path" and x.dim() < 1:
-            raise ValueError("DropPath needs a sample axis (ndim >= 1), got a 0-d tensor")
+        original = x
+        x, added = self._prepare(x)
         if not self.training:
             if self.mode == "inverted" or self.p == 0:
-                return x
-            return x * (1.0 - self.p)
-        if unbatched:
-            x = x.unsqueeze(0)
+                return original
+            if self.inplace:
+                return original.mul_(1.0 - self.p)
+            y = x * (1.0 - self.p)
+            return y.squeeze(0) if added else y
+        if self._KIND == "channel" and x.dim() < 2:
+            raise RuntimeError(_FEATURE_DROPOUT_ERROR)
         draws = self._draws(x)
-        offset = self.offset
-        _arrays.check_counter_range(offset, draws)
-        self.offset = offset + draws
         if self.p == 0:  # identity (scale 1): the counter advances all the same
+            if not torch.compiler.is_compiling():
+                _arrays.check_counter_range(self.offset, draws)
             y = x
         else:
-            y = DropoutFunction.apply(x, self.p, self.seed, offset, True, self.mode, self._KIND,
-                                      self.backend)
-        return y.squeeze(0) if unbatched else y
+            y = functions.counter_dropout(x, self.p, self.seed, self._offset, True, self.mode,
+                                          self._KIND, self.backend)
+        self._offset.add_(draws)  # after the call: a refused input leaves the counter
+        if self.inplace:
+            if y is not x:
+                x.copy_(y)
+            return original
+        return y.squeeze(0) if added else y
 
-    def get_extra_state(self):
-        """The random stream's state: ``{"seed": int, "offset": int}``.
-
-        Parameters
-        ----------
-        None
-
-        Returns
-        -------
-        dict
-        """
-        return {"seed": self.seed, "offset": self.offset}
-
-    def set_extra_state(self, state):
-        """Restore ``get_extra_state``'s dict (seed and offset, integers in [0, 2**64)).
-
-        Parameters
-        ----------
-        state : dict
-
-        Returns
-        -------
-        None
-        """
-        if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
-            raise ValueError(f"{type(self).__name__}: extra state must be a dict with 'seed' "
-                             f"and 'offset', got {state!r}")
-        self.seed = _arrays.check_uint64(state["seed"], "seed")
-        self.offset = _arrays.check_uint64(state["offset"], "offset")
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata.setdefault(prefix[:-1], {}).update(
+                {_META_SEED: self.seed, _META_OFFSET: self.offset})
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        key = prefix + "_extra_state"
-        if key in missing_keys:  # a torch nn.Dropout's state_dict: keep our own stream
-            missing_keys.remove(key)
+        state = None
+        if _META_SEED in local_metadata:
+            state = {"seed": local_metadata[_META_SEED],
+                     "offset": local_metadata[_META_OFFSET]}
+        legacy = prefix + "_extra_state"  # where older checkpoints kept them
+        if legacy in state_dict:
+            state = state_dict[legacy]
+            if legacy in unexpected_keys:
+                unexpected_keys.remove(legacy)
+        if state is None:  # a torch nn.Dropout's state_dict: keep our own stream
+            return
+        if not isinstance(state, dict) or set(state) != {"seed", "offset"}:
+            error_msgs.append(f"{type(self).__name__}: the stream state must be a dict with "
+                              f"'seed' and 'offset', got {state!r}")
+            return
+        try:
+            seed = _arrays.check_uint64(state["seed"], "seed")
+            offset = _arrays.check_uint64(state["offset"], "offset")
+        except (TypeError, ValueError) as exc:
+            error_msgs.append(f"{type(self).__name__}: {exc}")
+            return
+        self.seed, self.offset = seed, offset
+
+
+class _ChannelDropout(_CounterDropout):
+    """Dropout1d/2d/3d: torch's rank rules (``torch.nn.functional.dropout{n}d``)."""
+
+    _KIND = "channel"
+    _N = None  # spatial dimensions
+
+    def _prepare(self, x):
+        n, dim = self._N, x.dim()
+        if n == 1 and dim not in (2, 3):
+            raise RuntimeError(_DROPOUT1D_RANK_ERROR.format(dim))
+        if n > 1 and dim not in (n + 1, n + 2):
+            warnings.warn(_DROPOUT_ND_RANK_WARNING.format(n=n, dim=dim, lo=n + 1, hi=n + 2),
+                          UserWarning, stacklevel=3)
+        if n == 2:
+            # torch reads 3-D input as batched (N, C, L) (1-D channel dropout), never adds a
+            # batch axis, and warns about it
+            if dim == 3:
+                warnings.warn(_DROPOUT2D_3D_WARNING, UserWarning, stacklevel=3)
+            return x, False
+        if dim == n + 2:
+            return x, False
+        return x.unsqueeze(0), True
 
 
 class Dropout(_CounterDropout):
@@ -162,13 +226,15 @@ class Dropout(_CounterDropout):
     ----------
     p : float
         Drop probability in [0, 1].
-    mode : {"inverted", "classic"}
-        As in ``fastreg.dropout``; "inverted" is torch's convention.
-    seed : int, optional
-        Key of the stream in [0, 2**64); default: drawn from torch's default generator.
-    backend : {"auto", "numpy", "cpu", "c", "cuda"}
     inplace : bool
-        Accepted for ``nn.Dropout`` compatibility; the output is always a new tensor.
+        As in torch: the result is written into the input, which is returned.
+    mode : {"inverted", "classic"}
+        Keyword only. As in ``fastreg.dropout``; "inverted" is torch's convention.
+    seed : int, optional
+        Keyword only. Key of the stream in [0, 2**64); default: drawn from torch's default
+        generator.
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
+        Keyword only.
 
     Returns
     -------
@@ -178,28 +244,32 @@ class Dropout(_CounterDropout):
     """
 
 
-class Dropout1d(_CounterDropout):
+class Dropout1d(_ChannelDropout):
     """Channel dropout of (N, C, L) input (``torch.nn.Dropout1d``); (C, L) is one sample.
 
     Parameters
     ----------
-    p, mode, seed, backend, inplace
+    p, inplace, mode, seed, backend
         As in ``Dropout``. Call k uses words ``offset .. offset + N * C``.
 
     Returns
     -------
     Dropout1d
+
+    Notes
+    -----
+    Input of another rank raises torch's RuntimeError.
     """
 
-    _KIND, _NDIM = "channel", 3
+    _N = 1
 
 
-class Dropout2d(_CounterDropout):
+class Dropout2d(_ChannelDropout):
     """Channel dropout of (N, C, H, W) input (``torch.nn.Dropout2d``), channels-last included.
 
     Parameters
     ----------
-    p, mode, seed, backend, inplace
+    p, inplace, mode, seed, backend
         As in ``Dropout``. Call k uses words ``offset .. offset + N * C``, channel (n, c) word
         ``offset + n * C + c``, in either memory format.
 
@@ -213,25 +283,32 @@ class Dropout2d(_CounterDropout):
     channel dropout, as ``Dropout1d``), not as an unbatched ``(C, H, W)`` sample; torch warns
     about it (its meaning may change in a future torch) and so does this module, with torch's
     message. Use ``Dropout1d`` for (N, C, L) input, or add the batch axis to a (C, H, W) one.
+    Other ranks warn as in torch (deprecated) and are processed as torch does: axis 0 samples,
+    axis 1 channels (0-D and 1-D input then raise torch's RuntimeError in training).
     """
 
-    _KIND, _NDIM, _UNBATCHED = "channel", 4, False
+    _N = 2
 
 
-class Dropout3d(_CounterDropout):
+class Dropout3d(_ChannelDropout):
     """Channel dropout of (N, C, D, H, W) input (``torch.nn.Dropout3d``).
 
     Parameters
     ----------
-    p, mode, seed, backend, inplace
+    p, inplace, mode, seed, backend
         As in ``Dropout2d``.
 
     Returns
     -------
     Dropout3d
+
+    Notes
+    -----
+    Other ranks than 4 (unbatched) and 5 warn as in torch (deprecated) and are processed as
+    torch does: as one unbatched sample whose axis 0 is the channel axis.
     """
 
-    _KIND, _NDIM = "channel", 5
+    _N = 3
 
 
 class DropPath(_CounterDropout):
@@ -239,7 +316,7 @@ class DropPath(_CounterDropout):
 
     Parameters
     ----------
-    p, mode, seed, backend
+    p, inplace, mode, seed, backend
         As in ``Dropout``. Call k uses words ``offset .. offset + N``.
 
     Returns
@@ -272,9 +349,9 @@ class _FastregBatchNorm:
         momentum = self.momentum
         if momentum is None and nbt is None:
             momentum = 0.0  # nothing is updated: the value does not matter
-        return BatchNormFunction.apply(x, self.weight, self.bias, residual, rm, rv, nbt,
-                                       use_batch, momentum, self.eps, self._RELU,
-                                       getattr(self, "backend", "auto"))
+        return functions.batch_norm_call(x, self.weight, self.bias, residual, rm, rv, nbt,
+                                         use_batch, momentum, self.eps, self._RELU,
+                                         getattr(self, "backend", "auto"))
 
     def _check_args(self, x, residual):
         """The input's and the module's tensors: dtype, rank, device and shape."""
