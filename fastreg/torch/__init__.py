@@ -20,8 +20,8 @@ BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d
     Drop-in ``torch.nn.BatchNorm*d`` (same parameters and buffers), the last fused with a ReLU
     (and an optional residual add).
 SyncBatchNorm, SyncBatchNormReLU
-    Batch norm synchronized over a ``torch.distributed`` process group (gloo on CPU, nccl on
-    CUDA), exact for uneven per-rank batches; ``SyncBatchNorm.convert_sync_batchnorm``.
+    Batch norm synchronized over a ``torch.distributed`` process group (gloo on CPU tensors),
+    exact for uneven per-rank batches; ``SyncBatchNorm.convert_sync_batchnorm``.
 functions
     The autograd Functions and functional forms (``dropout``, ``channel_dropout``,
     ``drop_path``, ``batch_norm``).

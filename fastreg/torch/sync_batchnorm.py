@@ -8,7 +8,9 @@ statistics of the union of the ranks' batches, equal to those of one process on 
 concatenated batch up to rounding, whatever the per-rank batch sizes (0 included: such a rank
 still takes part). Backward all-reduces the two float64 per-channel sums (sum(g) and
 sum(g * xhat)). This is the arithmetic of fastreg's MPI path (``fastreg.batch_norm(comm=...)``),
-with torch.distributed moving the numbers: any backend (gloo for CPU tensors, nccl for CUDA ones).
+with torch.distributed moving the numbers (the statistics travel as tensors on the input's
+device: gloo for CPU tensors, tested with 2 and 3 processes; for CUDA tensors the same code runs
+with nccl, not tested here for want of GPUs).
 
 torch's own ``nn.SyncBatchNorm`` all-gathers (mean, invstd, count) and combines them with the
 float count as weights; it runs on GPUs only, and DDP refuses it on CPU modules. These modules
@@ -280,8 +282,7 @@ _SYNC_DOC = """{what}
 
 class SyncBatchNorm(_SyncMixin, M._FastregBatchNorm, _BatchNorm):
     __doc__ = _SYNC_DOC.format(
-        what="Batch norm synchronized over a ``torch.distributed`` process group (any backend, "
-             "CPU and CUDA).",
+        what="Batch norm synchronized over a ``torch.distributed`` process group.",
         extra=" Not an ``nn.SyncBatchNorm`` subclass: DDP refuses those on CPU modules.",
         name="SyncBatchNorm")
 
