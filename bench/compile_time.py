@@ -15,6 +15,8 @@ Two sizes per op: ``small`` (below the thread grain: the serially compiled kerne
     python bench/compile_time.py                        # every op, both sizes, backend cpu
     python bench/compile_time.py --ops bn_ --size small # ops whose name contains "bn_"
     python bench/compile_time.py --json out.json
+    python bench/compile_time.py --demo                 # only the demo's kernels, together
+    python bench/compile_time.py --demo --ops bn_       # both
 
 ``cold_compile_seconds(op, size, backend)`` is the function behind it (one op, one subprocess).
 """
@@ -103,7 +105,35 @@ OPS = {
               "backend=BACKEND)"),
     "cutmix": (_IMG_SETUP + "labels = np.arange(IMG[0]) % 10\n",
                "fastreg.augment.cutmix(img, labels, num_classes=10, seed=1, backend=BACKEND)"),
+    # penalties' gradients and the loss (the Trainer's l2= and its loss)
+    "l2_grad": (_VEC_SETUP, "fastreg.l2_grad(w, 1e-4, backend=BACKEND)"),
+    "cross_entropy": ("logits = rng.standard_normal((NC[0], 10)).astype(np.float32)\n"
+                      "y = np.arange(NC[0]) % 10\n",
+                      "fastreg.cross_entropy(logits, y, label_smoothing=0.1, backend=BACKEND)"),
 }
+
+# Every kernel ``fastreg demo --backend cpu`` uses: one epoch of each of its configurations (the
+# first epoch compiles; the figure is that epoch's cost minus the same epoch run again warm).
+_DEMO = """
+import json, time
+import fastreg
+from fastreg.train import demo
+fastreg.available_backends()
+demo._init_worker(0, {backend!r}, True)
+def epoch_of_every_config():
+    for cfg in demo._configs().values():
+        dropout = "dropout" in cfg["model"]
+        demo._task({{"cfg": cfg, "seed": 0, "epochs": 1, "histogram": True,
+                    **({{"mc_passes": 1}} if dropout and not cfg["model"].get("batch_norm")
+                       else {{}})}})
+c0, t0 = time.process_time(), time.perf_counter()
+epoch_of_every_config()
+c1, t1 = time.process_time(), time.perf_counter()
+epoch_of_every_config()
+c2, t2 = time.process_time(), time.perf_counter()
+print("RESULT " + json.dumps(dict(first=t1 - t0, first_cpu=c1 - c0, second=t2 - t1,
+                                  second_cpu=c2 - c1)))
+"""
 
 _TEMPLATE = """
 import json, time
@@ -122,6 +152,33 @@ c1, t1 = time.process_time(), time.perf_counter()
 t2 = time.perf_counter()
 print("RESULT " + json.dumps(dict(first=t1 - t0, first_cpu=c1 - c0, second=t2 - t1)))
 """
+
+
+def _run_cold(source, what, timeout):
+    """Run ``source`` in a fresh Python with an empty Numba cache; its RESULT line, parsed."""
+    with tempfile.TemporaryDirectory(prefix="fastreg-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        # run outside the checkout, so the installed fastreg is the one under test
+        proc = subprocess.run([sys.executable, "-c", source], env=env, cwd=cache,
+                              capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def demo_compile_seconds(backend="cpu", timeout=1800):
+    """Cold compile of every kernel the demo uses: one epoch of each demo configuration (with
+    dropout's stochastic passes and the histograms) in a fresh process with an empty Numba
+    cache, then the same again (warm).
+
+    Returns
+    -------
+    dict
+        ``first``/``first_cpu`` (wall/CPU seconds of the cold pass), ``second``/``second_cpu``
+        (the warm pass); the compile cost is about ``first - second``.
+    """
+    return _run_cold(_DEMO.format(backend=backend), f"demo kernels ({backend})", timeout)
 
 
 def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
@@ -148,15 +205,7 @@ def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
     sizes = "\n".join(f"{k} = {v!r}" for k, v in SIZES[size].items())
     source = _TEMPLATE.format(backend=backend, sizes=sizes, setup=textwrap.dedent(setup),
                               call=call)
-    with tempfile.TemporaryDirectory(prefix="fastreg-numba-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        # run outside the checkout, so the installed fastreg is the one under test
-        proc = subprocess.run([sys.executable, "-c", source], env=env, cwd=cache,
-                              capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{op} ({size}, {backend}) failed:\n{proc.stderr[-3000:]}")
-    line = next(s for s in proc.stdout.splitlines() if s.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return _run_cold(source, f"{op} ({size}, {backend})", timeout)
 
 
 def _cuda_present():
@@ -174,10 +223,16 @@ def main(argv=None):
     parser.add_argument("--ops", default="", help="comma-separated substrings of op names")
     parser.add_argument("--size", choices=("small", "large", "both"), default="both")
     parser.add_argument("--backend", choices=("cpu", "cuda", "all"), default="cpu")
+    parser.add_argument("--demo", action="store_true",
+                        help="the cold compile of every kernel the demo uses (one epoch of each "
+                             "configuration, cold then warm); alone, without the per-op table "
+                             "unless --ops is given")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     wanted = [s for s in args.ops.split(",") if s]
     ops = [op for op in OPS if not wanted or any(s in op for s in wanted)]
+    if args.demo and not wanted:
+        ops = []
     sizes = ("small", "large") if args.size == "both" else (args.size,)
     backends = ["cpu"] if args.backend != "cuda" else []
     if args.backend in ("cuda", "all"):
@@ -195,6 +250,14 @@ def main(argv=None):
                 rows.append(dict(op=op, backend=backend, size=size, **r))
                 print(f"{op:34s} {backend:7s} {size:6s} {r['first']:8.2f} {r['first_cpu']:10.2f} "
                       f"{r['second']:9.5f}", flush=True)
+    if args.demo:
+        for backend in backends:
+            r = demo_compile_seconds(backend)
+            rows.append(dict(op="demo (every kernel it uses)", backend=backend, size="demo", **r))
+            print(f"{'demo: one epoch per config':34s} {backend:7s} {'demo':6s} {r['first']:8.2f} "
+                  f"{r['first_cpu']:10.2f} {r['second']:9.5f}   (compile ~ cold - warm = "
+                  f"{r['first'] - r['second']:.1f} s wall, "
+                  f"{r['first_cpu'] - r['second_cpu']:.1f} s CPU)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

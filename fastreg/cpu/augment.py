@@ -69,7 +69,8 @@ def _flip_kernel(x, hflip, vflip, out):
                     for k in range(c):
                         dst[c * u + k] = src[s + k]
         else:
-            dst[:] = src
+            for u in range(dst.size):   # a loop, not dst[:] = src (its shape check: 3 s compile)
+                dst[u] = src[u]
 
 
 @inline
