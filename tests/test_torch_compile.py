@@ -77,15 +77,14 @@ def test_opcheck_every_operator():
     x = _x((3, 4, 5, 5))
     off = torch.tensor(ops.to_int64(2**64 - 1000))
     seed = ops.to_int64(2**64 - 7)
-    for kind in ("element", "channel", "path"):
-        for mode in ("inverted", "classic"):
-            torch.library.opcheck(torch.ops.fastreg.dropout.default,
-                                  (x.clone().requires_grad_(), off, seed, 0.3, True, mode, kind,
-                                   False, "auto"))
+    for kind, mode in (("element", "inverted"), ("channel", "classic"), ("path", "inverted")):
+        torch.library.opcheck(torch.ops.fastreg.dropout.default,
+                              (x.clone().requires_grad_(), off, seed, 0.3, True, mode, kind,
+                               False, "auto"))
     torch.library.opcheck(torch.ops.fastreg.drop_block.default,
                           (x.clone().requires_grad_(), off, seed, 0.2, 3, 1.0, False, "auto"))
     w, b = torch.rand(4) + 0.5, torch.randn(4)
-    for training, relu, res in ((True, True, True), (True, False, False), (False, True, False)):
+    for training, relu, res in ((True, True, True), (False, False, False)):
         r = _x((3, 4, 5, 5), seed=1).requires_grad_() if res else None
         args = (x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone(), r,
                 torch.zeros(4), torch.ones(4), torch.zeros((), dtype=torch.int64), training,

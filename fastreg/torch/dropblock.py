@@ -34,16 +34,6 @@ class DropBlockFunction(torch.autograd.Function):
         return gx, None, None, None, None, None, None
 
 
-def _counter_drop_block(x, p, block_size, seed, offset, gamma_scale, backend):
-    """DropBlock at stream position ``offset`` (an int64 tensor of one element, read here):
-    the custom operator while dynamo or export traces, the autograd Function in eager mode."""
-    if torch.compiler.is_compiling():
-        return ops.drop_block(x, offset, ops.to_int64(seed), p, block_size, gamma_scale, False,
-                              backend)[0]
-    return DropBlockFunction.apply(x, p, block_size, seed, ops.to_uint64(int(offset)),
-                                   gamma_scale, backend)
-
-
 def _check_input(x, name):
     _bridge.check_float(x, name)
     if x.dim() != 4:
@@ -133,16 +123,15 @@ class DropBlock2d(_CounterDropout):
         _check_input(x, "DropBlock2d input")
         if not self.training:
             return x
-        draws = x.numel()
-        if self.p == 0:
-            if not torch.compiler.is_compiling():
-                _arrays.check_counter_range(self.offset, draws)
-            self._offset.add_(draws)
-            return x
-        y = _counter_drop_block(x, self.p, self.block_size, self.seed, self._offset,
-                                self.gamma_scale, self.backend)
-        self._offset.add_(draws)  # after the call: a refused input leaves the counter
-        if self.inplace:
+        y = self._advance(x, x.numel(), self._drop)
+        if self.inplace and y is not x:
             x.copy_(y)
             return x
         return y
+
+    def _drop(self, x, offset):
+        if torch.compiler.is_compiling():
+            return ops.drop_block(x, offset, ops.to_int64(self.seed), self.p, self.block_size,
+                                  self.gamma_scale, False, self.backend)[0]
+        return DropBlockFunction.apply(x, self.p, self.block_size, self.seed, offset,
+                                       self.gamma_scale, self.backend)

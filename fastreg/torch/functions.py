@@ -43,18 +43,6 @@ class DropoutFunction(torch.autograd.Function):
         return gx, None, None, None, None, None, None, None
 
 
-def counter_dropout(x, p, seed, offset, training, mode, kind, backend):
-    """Dropout of x at stream position ``offset``, an int64 tensor of one element (a module's
-    counter, read here, never advanced): the custom operator while dynamo or export traces (the
-    position stays a graph input, so the graph does not depend on its value), the direct autograd
-    Function in eager mode. Arguments already checked."""
-    if torch.compiler.is_compiling():
-        return ops.dropout(x, offset, ops.to_int64(seed), p, training, mode, kind, False,
-                           backend)[0]
-    return DropoutFunction.apply(x, p, seed, ops.to_uint64(int(offset)), training, mode, kind,
-                                 backend)
-
-
 def _functional(x, p, seed, offset, training, mode, kind, backend):
     _bridge.check_float(x, "x")
     p = _arrays.check_probability(p)

@@ -145,20 +145,37 @@ class _CounterDropout(nn.Module):
             return y.squeeze(0) if added else y
         if self._KIND == "channel" and x.dim() < 2:
             raise RuntimeError(_FEATURE_DROPOUT_ERROR)
-        draws = self._draws(x)
-        if self.p == 0:  # identity (scale 1): the counter advances all the same
-            if not torch.compiler.is_compiling():
-                _arrays.check_counter_range(self.offset, draws)
-            y = x
-        else:
-            y = functions.counter_dropout(x, self.p, self.seed, self._offset, True, self.mode,
-                                          self._KIND, self.backend)
-        self._offset.add_(draws)  # after the call: a refused input leaves the counter
+        y = self._advance(x, self._draws(x), self._drop)
         if self.inplace:
             if y is not x:
                 x.copy_(y)
             return original
         return y.squeeze(0) if added else y
+
+    def _drop(self, x, offset):
+        """The training call's kernel at stream position ``offset`` (an int64 tensor while
+        compiling, a Python int in eager mode)."""
+        if torch.compiler.is_compiling():
+            return ops.dropout(x, offset, ops.to_int64(self.seed), self.p, True, self.mode,
+                               self._KIND, False, self.backend)[0]
+        return functions.DropoutFunction.apply(x, self.p, self.seed, offset, True, self.mode,
+                                               self._KIND, self.backend)
+
+    def _advance(self, x, draws, kernel):
+        """``kernel(x, offset)`` at the counter's position (x itself when p = 0), then the counter
+        advanced by ``draws``; a refused call leaves it as it was."""
+        if torch.compiler.is_compiling():
+            # the counter stays a graph input: the graph does not depend on its value
+            y = x if self.p == 0 else kernel(x, self._offset)
+            self._offset.add_(draws)
+            return y
+        offset = self.offset
+        if offset + draws >= _U64:  # the counter must not wrap to 0 (a repeated stream)
+            raise ValueError(f"offset + number of draws ({offset} + {draws}) reaches 2**64: "
+                             "the module's 64-bit stream counter would wrap")
+        y = x if self.p == 0 else kernel(x, offset)
+        self._offset.fill_(ops.to_int64(offset + draws))  # fill_: 3x cheaper than add_ here
+        return y
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
