@@ -14,8 +14,8 @@ subpackage does, and it needs the optional extra ``pip install "fastreg-kernels[
 Contents
 --------
 Dropout, Dropout1d, Dropout2d, Dropout3d, DropPath
-    Counter-based dropout: the module owns a seed and a 64-bit counter (in ``state_dict``);
-    the mask is regenerated in backward, never stored.
+    Counter-based dropout: the module owns a seed and a 64-bit counter (carried in the
+    state_dict's metadata, not as keys); the mask is regenerated in backward, never stored.
 BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormReLU2d
     Drop-in ``torch.nn.BatchNorm*d`` (same parameters and buffers), the last fused with a ReLU
     (and an optional residual add).
@@ -25,6 +25,9 @@ SyncBatchNorm, SyncBatchNormReLU
 functions
     The autograd Functions and functional forms (``dropout``, ``channel_dropout``,
     ``drop_path``, ``batch_norm``).
+ops
+    The same computations as PyTorch custom operators (``torch.ops.fastreg.*``), used while
+    ``torch.compile`` or ``torch.export`` traces.
 optim
     ``SGD``, ``Adam``, ``AdamW``: ``torch.optim.Optimizer`` subclasses running fastreg's fused
     update kernels.
