@@ -1753,3 +1753,26 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
 
 FR_DEFINE_BN_CHANNEL_OPS(f32, float)
 FR_DEFINE_BN_CHANNEL_OPS(f64, double)
+
+/* The common training step: bn_forward_train, then bn_running_update with the batch's count, in
+ * one call from Python (one crossing instead of two); the two ops' bits.  Unaligned running
+ * arrays are refused (FR_ERR_UNSUPPORTED) before any work; an empty batch leaves them alone. */
+#define FR_DEFINE_BN_TRAIN_RUNNING(SUF, T)                                                     \
+    int fr_bn_forward_train_running_##SUF(                                                     \
+        const T *x, const T *weight, const T *bias, double eps, const T *residual, int relu,   \
+        T *out, double *mean, double *m2, double *invstd, T *running_mean, T *running_var,     \
+        double momentum, int64_t A, int64_t C, int64_t B)                                      \
+    {                                                                                          \
+        if (FR_BN_MISALIGNED(running_mean, sizeof(T)) ||                                       \
+            FR_BN_MISALIGNED(running_var, sizeof(T)))                                          \
+            return FR_ERR_UNSUPPORTED;                                                         \
+        int st = fr_bn_forward_train_##SUF(x, weight, bias, eps, residual, relu, out, mean,    \
+                                           m2, invstd, A, C, B);                               \
+        if (st != FR_OK || A == 0 || B == 0)                                                   \
+            return st;                                                                         \
+        return fr_bn_running_update_##SUF(mean, m2, A * B, momentum, running_mean,             \
+                                          running_var, C);                                     \
+    }
+
+FR_DEFINE_BN_TRAIN_RUNNING(f32, float)
+FR_DEFINE_BN_TRAIN_RUNNING(f64, double)

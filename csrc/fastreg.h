@@ -217,6 +217,18 @@ int fr_bn_running_update_f32(const double *mean, const double *m2, int64_t count
 int fr_bn_running_update_f64(const double *mean, const double *m2, int64_t count,
                              double momentum, double *running_mean, double *running_var,
                              int64_t C);
+/* fr_bn_forward_train, then fr_bn_running_update with count A * B (not for A * B == 0), in one
+ * call: the common training step */
+int fr_bn_forward_train_running_f32(const float *x, const float *weight, const float *bias,
+                                    double eps, const float *residual, int relu, float *out,
+                                    double *mean, double *m2, double *invstd,
+                                    float *running_mean, float *running_var, double momentum,
+                                    int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_train_running_f64(const double *x, const double *weight, const double *bias,
+                                    double eps, const double *residual, int relu, double *out,
+                                    double *mean, double *m2, double *invstd,
+                                    double *running_mean, double *running_var, double momentum,
+                                    int64_t A, int64_t C, int64_t B);
 
 /* ------------------------------------------------------------------ image augmentation
  * (csrc/augment.c; contract: fastreg/reference/augment.py).  Images are (M, H, W, C)

@@ -234,16 +234,21 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
     mean, invstd = np.empty(C), np.empty(C)
     if training:
         m2 = np.empty(C)
-        job.op("bn_forward_train")(x3, _const(job, C, dt, 1) if w is None else w,
-                                   _const(job, C, dt, 0) if b is None else b, eps, r3, relu, y3,
-                                   mean, m2, invstd)
+        wc = _const(job, C, dt, 1) if w is None else w
+        bc = _const(job, C, dt, 0) if b is None else b
+        step = getattr(job.mod, "bn_forward_train_running", None) if track else None
         if track:
             mom = momentum
             if nbt is not None:
                 batches = _increment(nbt, job)
                 if momentum is None:
                     mom = 1.0 / batches
-            job.op("bn_running_update")(mean, m2, n, rm, rv, mom)
+        if step is not None:  # one call: the two ops below (the C backend)
+            step(x3, wc, bc, eps, r3, relu, y3, mean, m2, invstd, rm, rv, mom)
+        else:
+            job.op("bn_forward_train")(x3, wc, bc, eps, r3, relu, y3, mean, m2, invstd)
+            if track:
+                job.op("bn_running_update")(mean, m2, n, rm, rv, mom)
     else:
         center, scale, shift = np.empty(C, dt), np.empty(C, dt), np.empty(C, dt)
         job.op("bn_forward_coeffs")(rm, rv, 1, w, b, eps, True, mean, invstd, center, scale,

@@ -355,6 +355,38 @@ def test_unaligned_arrays_go_through_copies(dtype):
     np.testing.assert_array_equal(bits(rm), bits(erm))
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+@pytest.mark.parametrize("shape", [(4, 3, 50), (64, 5, 1), (0, 3, 2)])
+def test_forward_train_running_is_the_two_ops(dtype, shape):
+    """bn_forward_train_running (one C call) gives bn_forward_train's then
+    bn_running_update's bits, also through copies of unaligned arrays; an empty batch leaves
+    the running statistics alone."""
+    p = problem(shape, dtype, seed=6) if shape[0] else None
+    C = shape[1]
+    x = p["x"] if p else np.zeros(shape, dtype)
+    w, b = (p["w"], p["b"]) if p else (np.ones(C, dtype), np.zeros(C, dtype))
+    rng = np.random.default_rng(2)
+    rm0, rv0 = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+
+    def unaligned(a):
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        u = buf[1:].view(dtype).reshape(a.shape)
+        u[...] = a
+        return u
+
+    exp = [np.zeros(shape, dtype), np.zeros(C), np.zeros(C), np.zeros(C), rm0.copy(), rv0.copy()]
+    fc.bn_forward_train(x, w, b, 1e-5, None, True, *exp[:4])
+    if x.size:
+        fc.bn_running_update(exp[1], exp[2], shape[0] * shape[2], exp[4], exp[5], 0.3)
+    for wrap in (lambda a: a, unaligned):
+        got = [wrap(np.zeros(shape, dtype)), np.zeros(C), np.zeros(C), np.zeros(C),
+               wrap(rm0.copy()), wrap(rv0.copy())]
+        fc.bn_forward_train_running(wrap(x), w, b, 1e-5, None, True, *got[:4], got[4], got[5],
+                                    0.3)
+        for g, e in zip(got, exp):
+            np.testing.assert_array_equal(bits(np.ascontiguousarray(g)), bits(e))
+
+
 @pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])
 def test_status_codes(dtype):
     lib, ffi = fc.lib, fc.ffi

@@ -22,7 +22,8 @@ from ..reference.batchnorm import bn_backward_coeffs
 from . import _check, _plan, ffi, lib
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
-           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
+           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
+           "bn_forward_train_running"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _GRAIN = _threads.GRAIN  # read at each call (tests shrink it)
@@ -37,7 +38,7 @@ if lib is not None:
     _FN = {name: {_F32: getattr(lib, f"fr_{name}_f32"), _F64: getattr(lib, f"fr_{name}_f64")}
            for name in ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce",
                         "bn_backward_apply", "bn_backward", "bn_forward_coeffs",
-                        "bn_running_update")}
+                        "bn_running_update", "bn_forward_train_running")}
 
 
 def _p(a):
@@ -129,6 +130,30 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
     if st:
         _call("bn_forward_train", x.dtype, bn_forward_train,
               (x, weight, bias, eps, residual, relu, out, mean, m2, invstd), (6, 7, 8, 9), st)
+
+
+def bn_forward_train_running(x, weight, bias, eps, residual, relu, out, mean, m2, invstd,
+                             running_mean, running_var, momentum):
+    """``bn_forward_train`` then ``bn_running_update(mean, m2, A * B, running_mean,
+    running_var, momentum)`` in one C call, with the two ops' bits: the common training call
+    crosses into C once. Not a registry op (only this backend has it): fastreg.batch_norm's
+    host fast path uses it when the backend module defines it. running_* of x's dtype."""
+    size = x.size
+    if size == 0:
+        return
+    _threads_for(size)
+    dt = x.dtype
+    T = _ARRAY[dt]
+    A, C, B = x.shape
+    st = _FN["bn_forward_train_running"][dt](
+        _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
+        _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
+        _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), _buf(T, running_mean),
+        _buf(T, running_var), momentum, A, C, B)
+    if st:
+        _call("bn_forward_train_running", dt, bn_forward_train_running,
+              (x, weight, bias, eps, residual, relu, out, mean, m2, invstd, running_mean,
+               running_var, momentum), (6, 7, 8, 9, 10, 11), st)
 
 
 def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
