@@ -36,8 +36,9 @@ HALF_F16, HALF_BF16 = 0, 1  # the kind flag kernels take
 
 
 def is_half(dtype):
-    """True for float16 and bfloat16 (ml_dtypes)."""
-    return dtype in HALF_DTYPES
+    """True for float16 and bfloat16 (ml_dtypes). The itemsize test first: comparing a dtype
+    with the bfloat16 dtype costs about 0.3 us, too much for every float32 call."""
+    return dtype.itemsize == 2 and dtype in HALF_DTYPES
 
 
 def half_kind(dtype):

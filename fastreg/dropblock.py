@@ -97,7 +97,7 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
     layout = _check_layout(layout)
     gamma_scale = _arrays.check_nonneg(gamma_scale, "gamma_scale")
     arr = _arrays.describe(x, name)
-    _arrays.check_float(arr, name, half=True)
+    _arrays.check_float(arr, name, True)  # 16-bit too
     shape = tuple(arr.shape)
     if len(shape) != 4:
         raise ValueError(f"{name} must be a 4-D batch ({layout}), got shape {shape}")
@@ -115,29 +115,38 @@ def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, bac
     out_arr = _arrays.check_out(out, "out", shape, arr.dtype, [xin], device_in)
     dtype = np.dtype(arr.dtype)
     seed, offset = _draw(seed, offset, size, training)  # last: a refused call draws nothing
-
-    def run(xc, ftype, res):
-        if threshold == 0:  # inference, or no seed possible: the identity (a copy)
-            job.op("dropout")(flat(xc), seed, offset, 0, ftype(1), flat(res))
-        else:
-            mask = job.empty(shape, np.uint8)
-            kept = job.op("drop_block_mask")(seed, offset, threshold, min(block_size, h, w),
-                                             layout == "NHWC", mask)
-            scale = ftype(size / kept if kept else 1)  # kept 0: all +0.0 anyway
-            job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
-
-    if _arrays.is_half(dtype):  # float32 math on the widened input, rounded (fastreg/_half.py)
-        result = _half.elementwise(job, xin, out_arr, dtype,
-                                   lambda x32: run(x32, np.float32, x32))
+    if dtype.itemsize == 2:  # float16/bfloat16 (checked): float32 math, rounded (_half.py)
+        args = (seed, offset, threshold, min(block_size, h, w), layout == "NHWC", size)
+        result = _run_half(job, xin, out_arr, dtype, args)
     else:
         xc = job.contig(xin)
         res = job.target(out_arr, shape, dtype)
         if size:
-            run(xc, dtype.type, res)
+            _kernels(job, xc, dtype.type, res, seed, offset, threshold, min(block_size, h, w),
+                     layout == "NHWC", size)
         result = job.finish(res, out_arr)
     state = ("drop_block", p, seed, offset, training, "inverted", None,
              (("block_size", block_size), ("layout", layout), ("gamma_scale", gamma_scale)))
     return (result if out is None else out), state
+
+
+def _run_half(job, xin, out_arr, dtype, args):
+    # a function of its own: a lambda in _run would make _run's locals closure cells (slower
+    # float32 calls)
+    return _half.elementwise(job, xin, out_arr, dtype,
+                             lambda x32: _kernels(job, x32, np.float32, x32, *args))
+
+
+def _kernels(job, xc, ftype, res, seed, offset, threshold, block, channels_last, size):
+    """DropBlock of a non-empty kernel-ready xc into res (res may be xc); ftype the type of the
+    scale (the arrays' dtype, float32 for the 16-bit staging)."""
+    if threshold == 0:  # inference, or no seed possible: the identity (a copy)
+        job.op("dropout")(flat(xc), seed, offset, 0, ftype(1), flat(res))
+    else:
+        mask = job.empty(xc.shape, np.uint8)
+        kept = job.op("drop_block_mask")(seed, offset, threshold, block, channels_last, mask)
+        scale = ftype(size / kept if kept else 1)  # kept 0: all +0.0 anyway
+        job.op("drop_block_apply")(flat(xc), flat(mask), scale, flat(res))
 
 
 def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout="NCHW",
