@@ -85,6 +85,14 @@ assert torch.all(m.weight.grad == 0)
 # DDP takes the module on a CPU model (it refuses torch's own SyncBatchNorm there)
 ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(frt.SyncBatchNorm(3)))
 ddp(torch.randn(2 + rank, 3)).sum().backward()
+# under torch.compile the synchronized call runs eagerly (a graph break): the same results
+a, b = frt.SyncBatchNorm(3), frt.SyncBatchNorm(3)
+x = torch.randn(2 + rank, 3, 2, generator=torch.Generator().manual_seed(rank))
+ya, yb = torch.compile(a, backend="eager")(x), b(x)
+ya.sum().backward()
+yb.sum().backward()
+assert torch.equal(ya, yb) and torch.equal(a.weight.grad, b.weight.grad)
+assert torch.equal(a.running_var, b.running_var)
 dist.destroy_process_group()
 """
 

@@ -183,6 +183,13 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return gx, gw_t, gb_t, gres_t, None, None, None, None, None, None, None
 
 
+@torch.compiler.disable
+def _sync_apply(*args):
+    """The synchronized Function, run eagerly under ``torch.compile`` (a graph break: its
+    collectives and host-side merge are not traceable; ``fullgraph=True`` refuses it)."""
+    return _SyncBatchNormFunction.apply(*args)
+
+
 class _SyncMixin:
     """The synchronized training forward shared by SyncBatchNorm and SyncBatchNormReLU."""
 
@@ -207,9 +214,8 @@ class _SyncMixin:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 momentum = 1.0 / int(self.num_batches_tracked.item())
-        return _SyncBatchNormFunction.apply(x, self.weight, self.bias, residual, rm, rv,
-                                            momentum, self.eps, self._RELU,
-                                            getattr(self, "backend", "auto"), group)
+        return _sync_apply(x, self.weight, self.bias, residual, rm, rv, momentum, self.eps,
+                           self._RELU, getattr(self, "backend", "auto"), group)
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):
