@@ -58,23 +58,26 @@ def _nothing(like):
 
 # --- dropout, channel dropout, drop path ------------------------------------------------------------
 
-def dropout_out(x, kind):
-    """The output tensor of a dropout op: x's layout when it is dense (as torch's dropout), else
-    C-contiguous. The same rule in the kernel and in the fake function."""
+def dropout_out(x):
+    """The output tensor of a dropout op, in x's memory format (``torch.empty_like``: a
+    channels-last input gives a channels-last output, as torch's dropout does). The same rule in
+    the kernel and in the fake function."""
     return torch.empty_like(x)
 
 
 def dropout_run(x, seed, offset, p, training, mode, kind, backward, backend):
     """The eager computation (the autograd Function of functions.py and the custom op both run
     this): seed and offset are Python ints in [0, 2**64)."""
-    out = dropout_out(x, kind)
+    out = dropout_out(x)
     # channels-last channel dropout runs on the permuted (N, ..., C) view with axis=-1: the same
     # mask (channel (n, c) uses word offset + n * C + c in either layout), no layout copy
     perm = _bridge.channels_last_perm(x) if kind == "channel" else None
-    if perm is not None and not out.permute(*perm).is_contiguous():  # pragma: no cover
-        perm = None
+    target = out
+    if perm is None and x.device.type == "cuda" and not out.is_contiguous():
+        # fastreg's CUDA kernels write C-contiguous arrays (host kernels take strided out=)
+        target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     xv = _bridge.device_array(_bridge.permuted(x, perm))
-    ov = _bridge.array(_bridge.permuted(out, perm))
+    ov = _bridge.array(_bridge.permuted(target, perm))
     op = "dropout" if kind == "element" else "group_dropout"
     be = _bridge.backend_for(op, backend, x)
     kw = dict(seed=seed, offset=offset, training=training, mode=mode, out=ov, backend=be)
@@ -86,6 +89,8 @@ def dropout_run(x, seed, offset, p, training, mode, kind, backward, backend):
     else:
         fn = fastreg.drop_path_backward if backward else fastreg.drop_path
     fn(xv, p, **kw)
+    if target is not out:
+        out.copy_(target)
     return out
 
 
@@ -99,7 +104,7 @@ def dropout(x: Tensor, offset: Tensor, seed: int, p: float, training: bool, mode
 
 @dropout.register_fake
 def _(x, offset, seed, p, training, mode, kind, backward, backend):
-    return dropout_out(x, kind), torch.empty_like(offset)
+    return dropout_out(x), torch.empty_like(offset)
 
 
 def _dropout_setup(ctx, inputs, output):
