@@ -69,6 +69,9 @@ class _Optimizer:
                 raise ValueError(f"{name} must be C-contiguous: it is updated in place")
             self.params.append(arr)
         _check_disjoint([_arrays.describe(p, "p") for p in self.params])
+        # per parameter: its 16-bit kind (float32 math, fastreg/_half.py), or None
+        self._kinds = [_arrays.half_kind(p.dtype) if _arrays.is_half(p.dtype) else None
+                      for p in self.params]
         self._device = device
         self._job = Job(_registry.resolve(backend, *self.params), host_input=not device)
         self.backend = self._job.backend
@@ -101,8 +104,8 @@ class _Optimizer:
         ready = []
         host = not self._device
         for i, (p, g) in enumerate(zip(self.params, grads)):
-            if host and type(g) is np.ndarray and g.dtype is p.dtype \
-                    and g.dtype in _arrays.FLOAT_DTYPES:  # self.params: plain host ndarrays
+            if host and type(g) is np.ndarray and g.dtype == p.dtype \
+                    and self._kinds[i] is None:  # self.params holds plain host ndarrays
                 if g.shape != p.shape:
                     self._mismatch(i, g, p)
                 ready.append(flat(np.ascontiguousarray(g)))
@@ -177,8 +180,8 @@ class _Optimizer:
         for i, (p, g) in enumerate(zip(self.params, ready)):
             if not g.size:
                 continue
-            if _arrays.is_half(p.dtype):  # float32 math on the widened parameter, rounded back
-                kind = _arrays.half_kind(p.dtype)
+            kind = self._kinds[i]
+            if kind is not None:  # float32 math on the widened parameter, rounded back
                 p32 = _half.widen(self._job, p, kind)
                 self._update(i, flat(p32), g)
                 _half.store(self._job, p32, kind, p)
