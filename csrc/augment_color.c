@@ -26,6 +26,7 @@
 
 #include "fastreg.h"
 #include "fr_threads.h"
+#include "philox.h"   /* FR_HAVE_AVX2_KERNELS */
 
 #define FR_C_INLINE static inline __attribute__((always_inline))
 
@@ -64,13 +65,38 @@ FR_C_INLINE uint8_t fr_trunc_u8(float y)
     return (uint8_t)y;
 }
 
-/* floor of the float32 luma, torch's mul then two fused multiply-adds */
+/* floor of the float32 luma, torch's mul then two fused multiply-adds: both sums are exact in
+ * double (8-bit integers times 24-bit weights, plus a float32 within 2^34 of their bits), so a
+ * plain double sum rounded once is the fused result; t >= 0, so floor is truncation (an
+ * integer conversion, not a libm call) */
 FR_C_INLINE float fr_gray(uint8_t r, uint8_t g, uint8_t b)
 {
     float t = (float)r * FR_GRAY_R;
-    t = fr_fma32((float)g, FR_GRAY_G, t);
-    t = fr_fma32((float)b, FR_GRAY_B, t);
-    return floorf(t);
+    t = (float)((double)g * (double)FR_GRAY_G + (double)t);
+    t = (float)((double)b * (double)FR_GRAY_B + (double)t);
+    return (float)(int32_t)t;
+}
+
+/* Whether a * b + c rounds once when computed as a plain double sum, for every b an integer in
+ * [-255, 255] and c either an integer in [0, 255] (c_int) or a float32 product of such an
+ * integer and a: then the product (<= 32 bits) and the sum span at most 53 bits.  Exponents
+ * within 20 of each other (or a zero weight) suffice; else fr_fma32's rounding to odd runs. */
+static int fr_plain_fma_exact(float w, float a, int c_int)
+{
+    if (w == 0.0f || (!c_int && a == 0.0f))
+        return 1;
+    int ew, ea;
+    frexpf(w, &ew);
+    if (c_int)
+        return ew >= -20 && ew <= 43;
+    frexpf(a, &ea);
+    return ew - ea <= 20 && ea - ew <= 20;
+}
+
+/* a * b + c as a plain double sum rounded once (only where fr_plain_fma_exact holds) */
+FR_C_INLINE float fr_fma32_exact(float a, float b, float c)
+{
+    return (float)((double)a * (double)b + (double)c);
 }
 
 /* ------------------------------------------------------------------ rows */
@@ -114,11 +140,13 @@ static void fr_put_row(const fr_img *im, int64_t n, int64_t y, const uint8_t *ro
 /* per-thread scratch: input row, output row, three sharpness rows (W*C bytes each) */
 typedef struct {
     uint8_t *in, *outr, *r0, *r1, *r2;
+    float *f;   /* 4 W floats: the R, G, B planes and the luma of a row */
 } fr_rows;
 
-static int fr_rows_alloc(fr_rows *b, int64_t row)
+static int fr_rows_alloc(fr_rows *b, int64_t row, int64_t W)
 {
-    uint8_t *m = (uint8_t *)malloc((size_t)(5 * row + 64));
+    const int64_t bytes = (5 * row + 63) / 64 * 64;
+    uint8_t *m = (uint8_t *)malloc((size_t)(bytes + 4 * W * (int64_t)sizeof(float) + 64));
     if (!m)
         return FR_ERR_ALLOC;
     b->in = m;
@@ -126,7 +154,236 @@ static int fr_rows_alloc(fr_rows *b, int64_t row)
     b->r0 = m + 2 * row;
     b->r1 = m + 3 * row;
     b->r2 = m + 4 * row;
+    b->f = (float *)(m + bytes);
     return FR_OK;
+}
+
+/* ------------------------------------------------------------------ row loops on float planes
+ * (the luma and the blends of saturation and contrast), in a portable and an AVX2 copy (the
+ * same IEEE operations: same bits; chosen by fr_get_isa()). Only for samples where
+ * fr_plain_fma_exact holds: the fused multiply-adds are then plain double sums. */
+
+#define FR_ROW_LOOPS(SUF, ATTR, FMA)                                                       \
+    ATTR static void fr_gray_row##SUF(const float *restrict R, const float *restrict G,     \
+                                      const float *restrict B, float *restrict Y, int64_t W) \
+    {                                                                                       \
+        for (int64_t u = 0; u < W; u++) {                                                   \
+            float t = R[u] * FR_GRAY_R;                                                     \
+            t = FMA(G[u], FR_GRAY_G, t);                                                    \
+            t = FMA(B[u], FR_GRAY_B, t);                                                    \
+            Y[u] = (float)(int32_t)t;                                                       \
+        }                                                                                   \
+    }                                                                                       \
+    /* P[u] = clamp(blend(P[u], Y[u], f)) with a = f32(f), bw = f32(1 - f) */               \
+    ATTR static void fr_blend_row##SUF(float *restrict P, const float *restrict Y,          \
+                                       int64_t W, float a, float bw)                        \
+    {                                                                                       \
+        for (int64_t u = 0; u < W; u++) {                                                   \
+            float y = FMA(Y[u], bw, P[u] * a);                                              \
+            y = y < 0.0f ? 0.0f : y;                                                        \
+            P[u] = y > 255.0f ? 255.0f : y;                                                 \
+        }                                                                                   \
+    }                                                                                       \
+    /* interior values [C, L - C) of a sharpened row from the three source rows */          \
+    ATTR static void fr_sharp_row##SUF(const uint8_t *restrict prev,                        \
+                                       const uint8_t *restrict cur,                         \
+                                       const uint8_t *restrict next, uint8_t *restrict d,   \
+                                       int64_t L, int64_t C, float alpha)                   \
+    {                                                                                       \
+        for (int64_t i = C; i < L - C; i++) {                                               \
+            const int32_t s = prev[i - C] + prev[i] + prev[i + C] + cur[i - C]              \
+                              + 5 * cur[i] + cur[i + C] + next[i - C] + next[i]             \
+                              + next[i + C];                                                \
+            const int32_t v = cur[i];                                                       \
+            const int32_t dd = (2 * s + 13) / 26 - v;                                       \
+            float y = FMA((float)dd, alpha, (float)v);                                      \
+            y = y < 0.0f ? 0.0f : y;                                                        \
+            y = y > 255.0f ? 255.0f : y;                                                    \
+            d[i] = (uint8_t)(int32_t)y;                                                     \
+        }                                                                                   \
+    }
+
+/* portable: the plain double sum (exact where these loops run); AVX2 copy: the hardware fused
+ * multiply-add of float32 (correctly rounded: the same value), where the CPU has FMA */
+FR_ROW_LOOPS(_portable, , fr_fma32_exact)
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_ROW_LOOPS(_avx2, __attribute__((target("avx2,fma"))), __builtin_fmaf)
+
+static int fr_color_simd(void)
+{
+    static int has_fma = -1;   /* a benign race: every thread stores the same value */
+    if (has_fma < 0)
+        has_fma = __builtin_cpu_supports("fma") ? 1 : 0;
+    return fr_get_isa() >= 1 && has_fma;
+}
+#endif
+
+static void fr_gray_row(const float *R, const float *G, const float *B, float *Y, int64_t W)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (fr_color_simd()) {
+        fr_gray_row_avx2(R, G, B, Y, W);
+        return;
+    }
+#endif
+    fr_gray_row_portable(R, G, B, Y, W);
+}
+
+static void fr_sharp_row(const uint8_t *prev, const uint8_t *cur, const uint8_t *next,
+                         uint8_t *d, int64_t L, int64_t C, float alpha)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (fr_color_simd()) {
+        fr_sharp_row_avx2(prev, cur, next, d, L, C, alpha);
+        return;
+    }
+#endif
+    fr_sharp_row_portable(prev, cur, next, d, L, C, alpha);
+}
+
+static void fr_blend_row(float *P, const float *Y, int64_t W, float a, float bw)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (fr_color_simd()) {
+        fr_blend_row_avx2(P, Y, W, a, bw);
+        return;
+    }
+#endif
+    fr_blend_row_portable(P, Y, W, a, bw);
+}
+
+#ifdef FR_HAVE_AVX2_KERNELS
+/* 16 pixels (48 bytes at s) -> the R, G, B bytes as three vectors (byte shuffles) */
+FR_AVX2 static inline void fr_deinterleave16(const uint8_t *s, __m128i *r, __m128i *g,
+                                             __m128i *b)
+{
+    const __m128i a0 = _mm_loadu_si128((const __m128i *)s);
+    const __m128i a1 = _mm_loadu_si128((const __m128i *)(s + 16));
+    const __m128i a2 = _mm_loadu_si128((const __m128i *)(s + 32));
+    const int8_t z = -128;
+    *r = _mm_or_si128(
+        _mm_or_si128(_mm_shuffle_epi8(a0, _mm_setr_epi8(0, 3, 6, 9, 12, 15, z, z, z, z, z, z, z,
+                                                        z, z, z)),
+                     _mm_shuffle_epi8(a1, _mm_setr_epi8(z, z, z, z, z, z, 2, 5, 8, 11, 14, z, z,
+                                                        z, z, z))),
+        _mm_shuffle_epi8(a2, _mm_setr_epi8(z, z, z, z, z, z, z, z, z, z, z, 1, 4, 7, 10, 13)));
+    *g = _mm_or_si128(
+        _mm_or_si128(_mm_shuffle_epi8(a0, _mm_setr_epi8(1, 4, 7, 10, 13, z, z, z, z, z, z, z, z,
+                                                        z, z, z)),
+                     _mm_shuffle_epi8(a1, _mm_setr_epi8(z, z, z, z, z, 0, 3, 6, 9, 12, 15, z, z,
+                                                        z, z, z))),
+        _mm_shuffle_epi8(a2, _mm_setr_epi8(z, z, z, z, z, z, z, z, z, z, z, 2, 5, 8, 11, 14)));
+    *b = _mm_or_si128(
+        _mm_or_si128(_mm_shuffle_epi8(a0, _mm_setr_epi8(2, 5, 8, 11, 14, z, z, z, z, z, z, z, z,
+                                                        z, z, z)),
+                     _mm_shuffle_epi8(a1, _mm_setr_epi8(z, z, z, z, z, 1, 4, 7, 10, 13, z, z, z,
+                                                        z, z, z))),
+        _mm_shuffle_epi8(a2, _mm_setr_epi8(z, z, z, z, z, z, z, z, z, z, 0, 3, 6, 9, 12, 15)));
+}
+
+/* 16 bytes -> 16 floats */
+FR_AVX2 static inline void fr_bytes_to_floats16(__m128i v, float *dst)
+{
+    _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)));
+    _mm256_storeu_ps(dst + 8, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
+}
+
+/* 16 floats in [0, 255] -> 16 bytes, truncated */
+FR_AVX2 static inline __m128i fr_floats_to_bytes16(const float *src)
+{
+    const __m128i c0 = _mm_cvttps_epi32(_mm_loadu_ps(src));
+    const __m128i c1 = _mm_cvttps_epi32(_mm_loadu_ps(src + 4));
+    const __m128i c2 = _mm_cvttps_epi32(_mm_loadu_ps(src + 8));
+    const __m128i c3 = _mm_cvttps_epi32(_mm_loadu_ps(src + 12));
+    return _mm_packus_epi16(_mm_packus_epi32(c0, c1), _mm_packus_epi32(c2, c3));
+}
+
+FR_AVX2 static void fr_planes_avx2(const uint8_t *s, int64_t W, float *R, float *G, float *B)
+{
+    int64_t u = 0;
+    for (; u + 16 <= W; u += 16) {
+        __m128i r, g, b;
+        fr_deinterleave16(s + 3 * u, &r, &g, &b);
+        fr_bytes_to_floats16(r, R + u);
+        fr_bytes_to_floats16(g, G + u);
+        fr_bytes_to_floats16(b, B + u);
+    }
+    for (; u < W; u++) {
+        R[u] = (float)s[3 * u];
+        G[u] = (float)s[3 * u + 1];
+        B[u] = (float)s[3 * u + 2];
+    }
+}
+
+FR_AVX2 static void fr_interleave_avx2(const float *R, const float *G, const float *B,
+                                       int64_t W, uint8_t *d)
+{
+    const int8_t z = -128;
+    int64_t u = 0;
+    for (; u + 16 <= W; u += 16) {
+        const __m128i r = fr_floats_to_bytes16(R + u), g = fr_floats_to_bytes16(G + u),
+                      b = fr_floats_to_bytes16(B + u);
+        __m128i o0 = _mm_or_si128(
+            _mm_or_si128(_mm_shuffle_epi8(r, _mm_setr_epi8(0, z, z, 1, z, z, 2, z, z, 3, z, z, 4,
+                                                           z, z, 5)),
+                         _mm_shuffle_epi8(g, _mm_setr_epi8(z, 0, z, z, 1, z, z, 2, z, z, 3, z, z,
+                                                           4, z, z))),
+            _mm_shuffle_epi8(b, _mm_setr_epi8(z, z, 0, z, z, 1, z, z, 2, z, z, 3, z, z, 4, z)));
+        __m128i o1 = _mm_or_si128(
+            _mm_or_si128(_mm_shuffle_epi8(r, _mm_setr_epi8(z, z, 6, z, z, 7, z, z, 8, z, z, 9, z,
+                                                           z, 10, z)),
+                         _mm_shuffle_epi8(g, _mm_setr_epi8(5, z, z, 6, z, z, 7, z, z, 8, z, z, 9,
+                                                           z, z, 10))),
+            _mm_shuffle_epi8(b, _mm_setr_epi8(z, 5, z, z, 6, z, z, 7, z, z, 8, z, z, 9, z, z)));
+        __m128i o2 = _mm_or_si128(
+            _mm_or_si128(_mm_shuffle_epi8(r, _mm_setr_epi8(z, 11, z, z, 12, z, z, 13, z, z, 14, z,
+                                                           z, 15, z, z)),
+                         _mm_shuffle_epi8(g, _mm_setr_epi8(z, z, 11, z, z, 12, z, z, 13, z, z, 14,
+                                                           z, z, 15, z))),
+            _mm_shuffle_epi8(b, _mm_setr_epi8(10, z, z, 11, z, z, 12, z, z, 13, z, z, 14, z, z,
+                                              15)));
+        _mm_storeu_si128((__m128i *)(d + 3 * u), o0);
+        _mm_storeu_si128((__m128i *)(d + 3 * u + 16), o1);
+        _mm_storeu_si128((__m128i *)(d + 3 * u + 32), o2);
+    }
+    for (; u < W; u++) {
+        d[3 * u] = (uint8_t)R[u];
+        d[3 * u + 1] = (uint8_t)G[u];
+        d[3 * u + 2] = (uint8_t)B[u];
+    }
+}
+#endif
+
+/* the R, G, B planes of a contiguous 3-channel row, as floats */
+static void fr_planes(const uint8_t *s, int64_t W, float *R, float *G, float *B)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (fr_get_isa() >= 1) {
+        fr_planes_avx2(s, W, R, G, B);
+        return;
+    }
+#endif
+    for (int64_t u = 0; u < W; u++) {
+        R[u] = (float)s[3 * u];
+        G[u] = (float)s[3 * u + 1];
+        B[u] = (float)s[3 * u + 2];
+    }
+}
+
+/* a 3-channel row from float planes holding values in [0, 255], truncated */
+static void fr_interleave(const float *R, const float *G, const float *B, int64_t W, uint8_t *d)
+{
+#ifdef FR_HAVE_AVX2_KERNELS
+    if (fr_get_isa() >= 1) {
+        fr_interleave_avx2(R, G, B, W, d);
+        return;
+    }
+#endif
+    for (int64_t u = 0; u < W; u++) {
+        d[3 * u] = (uint8_t)R[u];
+        d[3 * u + 1] = (uint8_t)G[u];
+        d[3 * u + 2] = (uint8_t)B[u];
+    }
 }
 
 /* ------------------------------------------------------------------ per-sample ops */
@@ -179,18 +436,33 @@ static void fr_blend_lut(uint8_t *lut, float other, double f)
         lut[v] = fr_trunc_u8(fr_fma32(other, bw, (float)v * a));
 }
 
+#define FR_SATURATION_ROW(FMA)                                                  \
+    for (int64_t u = 0; u < W; u++) {                                           \
+        const uint8_t r = s[3 * u], g = s[3 * u + 1], bl = s[3 * u + 2];        \
+        const float gr = fr_gray(r, g, bl);                                     \
+        d[3 * u] = fr_trunc_u8(FMA(gr, bw, (float)r * a));                      \
+        d[3 * u + 1] = fr_trunc_u8(FMA(gr, bw, (float)g * a));                  \
+        d[3 * u + 2] = fr_trunc_u8(FMA(gr, bw, (float)bl * a));                 \
+    }
+
 static void fr_saturation(const fr_img *im, int64_t n, double f, fr_rows *b)
 {
     const float a = (float)f, bw = (float)(1.0 - f);
+    const int64_t W = im->W;
+    const int plain = fr_plain_fma_exact(bw, a, 0);
     for (int64_t y = 0; y < im->H; y++) {
         const uint8_t *s = fr_src_row(im, n, y, b->in);
         uint8_t *d = fr_dst_row(im, n, y, b->outr);
-        for (int64_t u = 0; u < im->W; u++) {
-            const uint8_t r = s[3 * u], g = s[3 * u + 1], bl = s[3 * u + 2];
-            const float gr = fr_gray(r, g, bl);
-            d[3 * u] = fr_trunc_u8(fr_fma32(gr, bw, (float)r * a));
-            d[3 * u + 1] = fr_trunc_u8(fr_fma32(gr, bw, (float)g * a));
-            d[3 * u + 2] = fr_trunc_u8(fr_fma32(gr, bw, (float)bl * a));
+        if (plain) {
+            float *R = b->f, *G = R + W, *B = G + W, *Y = B + W;
+            fr_planes(s, W, R, G, B);
+            fr_gray_row(R, G, B, Y, W);
+            fr_blend_row(R, Y, W, a, bw);
+            fr_blend_row(G, Y, W, a, bw);
+            fr_blend_row(B, Y, W, a, bw);
+            fr_interleave(R, G, B, W, d);   /* clamped already: truncation */
+        } else {
+            FR_SATURATION_ROW(fr_fma32)
         }
         fr_put_row(im, n, y, d);
     }
@@ -203,8 +475,11 @@ static void fr_contrast(const fr_img *im, int64_t n, double f, fr_rows *b)
     for (int64_t y = 0; y < im->H; y++) {
         const uint8_t *s = fr_src_row(im, n, y, b->in);
         if (C == 3) {
+            float *R = b->f, *G = R + W, *B = G + W, *Y = B + W;
+            fr_planes(s, W, R, G, B);
+            fr_gray_row(R, G, B, Y, W);
             for (int64_t u = 0; u < W; u++)
-                total += (int64_t)fr_gray(s[3 * u], s[3 * u + 1], s[3 * u + 2]);
+                total += (int64_t)Y[u];
         } else {
             for (int64_t u = 0; u < W; u++)
                 total += s[u];
@@ -221,12 +496,42 @@ static void fr_contrast(const fr_img *im, int64_t n, double f, fr_rows *b)
 static void fr_histograms(const fr_img *im, int64_t n, int64_t hist[][256], fr_rows *b)
 {
     const int64_t W = im->W, C = im->C;
+    /* two 32-bit histograms per channel (alternate pixels), so consecutive increments of one
+     * bin do not wait on each other; a sample has < 2^31 pixels per half at most per row run */
+    uint32_t h2[2][3][256];
+    memset(h2, 0, sizeof h2);
     memset(hist, 0, sizeof(int64_t) * 256 * (size_t)C);
     for (int64_t y = 0; y < im->H; y++) {
         const uint8_t *s = fr_src_row(im, n, y, b->in);
-        for (int64_t u = 0; u < W; u++)
+        if (C == 3) {
+            int64_t u = 0;
+            for (; u + 1 < W; u += 2) {
+                h2[0][0][s[3 * u]]++;
+                h2[0][1][s[3 * u + 1]]++;
+                h2[0][2][s[3 * u + 2]]++;
+                h2[1][0][s[3 * u + 3]]++;
+                h2[1][1][s[3 * u + 4]]++;
+                h2[1][2][s[3 * u + 5]]++;
+            }
+            for (; u < W; u++)
+                for (int64_t k = 0; k < 3; k++)
+                    h2[0][k][s[3 * u + k]]++;
+        } else {
+            int64_t u = 0;
+            for (; u + 1 < W; u += 2) {
+                h2[0][0][s[u]]++;
+                h2[1][0][s[u + 1]]++;
+            }
+            for (; u < W; u++)
+                h2[0][0][s[u]]++;
+        }
+        if ((y & 1023) == 1023 || y == im->H - 1) {   /* flush before 32 bits could wrap */
             for (int64_t k = 0; k < C; k++)
-                hist[k][s[u * C + k]]++;
+                for (int v = 0; v < 256; v++) {
+                    hist[k][v] += (int64_t)h2[0][k][v] + h2[1][k][v];
+                    h2[0][k][v] = h2[1][k][v] = 0;
+                }
+        }
     }
 }
 
@@ -290,6 +595,7 @@ static void fr_sharpness(const fr_img *im, int64_t n, double f, fr_rows *b)
         return;
     }
     const float alpha = (float)(1.0 - f);
+    const int plain = fr_plain_fma_exact(alpha, 0.0f, 1);
     uint8_t *prev = b->r0, *cur = b->r1, *next = b->r2;
     memcpy(prev, fr_src_row(im, n, 0, b->in), (size_t)L);
     memcpy(cur, fr_src_row(im, n, 1, b->in), (size_t)L);
@@ -309,12 +615,19 @@ static void fr_sharpness(const fr_img *im, int64_t n, double f, fr_rows *b)
             d[k] = cur[k];
             d[L - C + k] = cur[L - C + k];
         }
-        for (int64_t i = C; i < L - C; i++) {
-            const int32_t s = prev[i - C] + prev[i] + prev[i + C] + cur[i - C] + 5 * cur[i]
-                              + cur[i + C] + next[i - C] + next[i] + next[i + C];
-            const int32_t v = cur[i];
-            const int32_t dd = (2 * s + 13) / 26 - v;
-            d[i] = fr_trunc_u8(fr_fma32((float)dd, alpha, (float)v));
+#define FR_SHARP_LOOP(FMA)                                                          \
+        for (int64_t i = C; i < L - C; i++) {                                       \
+            const int32_t s = prev[i - C] + prev[i] + prev[i + C] + cur[i - C]      \
+                              + 5 * cur[i] + cur[i + C] + next[i - C] + next[i]     \
+                              + next[i + C];                                        \
+            const int32_t v = cur[i];                                               \
+            const int32_t dd = (2 * s + 13) / 26 - v;                               \
+            d[i] = fr_trunc_u8(FMA((float)dd, alpha, (float)v));                    \
+        }
+        if (plain) {
+            fr_sharp_row(prev, cur, next, d, L, C, alpha);
+        } else {
+            FR_SHARP_LOOP(fr_fma32)
         }
         fr_put_row(im, n, y, d);
         uint8_t *t = prev;
@@ -344,15 +657,18 @@ FR_C_INLINE void fr_hue_pixel(const uint8_t *s, uint8_t *d, float shift)
     const float hr = (bc - gc) * (float)(!neq_r);
     const float hb = ((gc + 4.0f) - rc) * (float)(neq_r && !eq_g);
     float h = (hr + hg) + hb;
-    h = fmodf(h * (float)(1.0 / 6.0) + 1.0f, 1.0f);
-    h = fmodf(h + shift, 1.0f);
-    if (h < 0.0f)
+    /* fmod(z, 1) without libm: z - k is exact for z in [k, 2k] (Sterbenz); z = h / 6 + 1 is in
+     * [1, 3), z + shift in (-0.5, 1.5) */
+    h = h * (float)(1.0 / 6.0) + 1.0f;
+    h = h >= 2.0f ? h - 2.0f : (h >= 1.0f ? h - 1.0f : h);
+    h = h + shift;
+    h = h >= 1.0f ? h - 1.0f : (h <= -1.0f ? h + 1.0f : h);
+    if (h < 0.0f)       /* torch.remainder: fmod, then + 1 for a negative result */
         h = h + 1.0f;
     const float h6 = h * 6.0f;
-    const float fi = floorf(h6);
-    const float fr = h6 - fi;
-    int i = (int)fi % 6;
-    i = i < 0 ? i + 6 : i;
+    const int i0 = (int)h6;   /* h6 >= 0: truncation is floor */
+    const float fr = h6 - (float)i0;
+    const int i = i0 % 6;
     const float sxf = sat * fr, oms = 1.0f - sat;
     float q = (1.0f - sxf) * maxc, t = (sxf + oms) * maxc, p = oms * maxc;
     q = q > 1.0f ? 1.0f : q;
@@ -467,11 +783,11 @@ int fr_aug_color_u8(const uint8_t *x, const int64_t *xs, const int64_t *codes,
         return FR_ERR_NULL;
     if (im.C > 3)
         return FR_ERR_UNSUPPORTED;
-    const int64_t row = im.W * im.C;
+    const int64_t row = im.W * im.C, W = im.W;
     const int nt = fr_region_threads(N);
     if (nt <= 1) {
         fr_rows b;
-        if (fr_rows_alloc(&b, row) != FR_OK)
+        if (fr_rows_alloc(&b, row, W) != FR_OK)
             return FR_ERR_ALLOC;
         for (int64_t n = 0; n < N; n++)
             if (codes[n] != FR_C_SKIP)
@@ -483,7 +799,7 @@ int fr_aug_color_u8(const uint8_t *x, const int64_t *xs, const int64_t *codes,
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
         fr_rows b;
-        if (fr_rows_alloc(&b, row) != FR_OK) {
+        if (fr_rows_alloc(&b, row, W) != FR_OK) {
             failed = 1;
             b.in = NULL;
         }
@@ -574,7 +890,7 @@ int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, in
     if (nt <= 1) {
         fr_rows b;
         float *tmp = (float *)malloc(tmp_bytes);
-        if (!tmp || fr_rows_alloc(&b, row) != FR_OK) {
+        if (!tmp || fr_rows_alloc(&b, row, W) != FR_OK) {
             free(tmp);
             free(cols);
             return FR_ERR_ALLOC;
@@ -591,7 +907,7 @@ int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, in
         fr_rows b;
         b.in = NULL;
         float *tmp = (float *)malloc(tmp_bytes);
-        if (!tmp || fr_rows_alloc(&b, row) != FR_OK)
+        if (!tmp || fr_rows_alloc(&b, row, W) != FR_OK)
             failed = 1;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t n = 0; n < N; n++)
