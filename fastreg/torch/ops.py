@@ -293,7 +293,8 @@ def batch_norm_backward(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], y: 
 @batch_norm_backward.register_fake
 def _(grad_y, x, weight, y, mean, invstd, training, relu, residual, backend):
     C = x.shape[1]
-    gw = x.new_empty((C,)) if weight is not None else _nothing(x)
-    gb = x.new_empty((C,))
+    like = x if weight is None else weight  # parameter gradients have the parameters' dtype
+    gw = like.new_empty((C,)) if weight is not None else _nothing(x)
+    gb = like.new_empty((C,))
     gres = _bridge.empty_like(x, _bridge.channels_last_perm(x)) if residual else _nothing(x)
     return _bridge.empty_like(x, _bridge.channels_last_perm(x)), gw, gb, gres
