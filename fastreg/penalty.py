@@ -161,7 +161,7 @@ def _grad(w, l1, c2, out, accumulate, backend):
     limit = _OVERFLOW[dtype]
     if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
         raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
-    if _arrays.is_half(dtype):
+    if dtype.itemsize == 2:  # float16/bfloat16 (checked above)
         return _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype)
     wc = job.contig(x)
     res = job.target(out_arr, arr.shape, dtype)
@@ -254,7 +254,7 @@ def _in_place(w, x, device, backend, run):
     returns ``w``. A non-contiguous host array goes through a contiguous copy."""
     job = _dispatch.job(_dispatch.resolve(backend, w), not device)
     target = w if device else x
-    if _arrays.is_half(x.dtype):  # float32 math on the widened w, rounded back into w
+    if x.dtype.itemsize == 2:  # float16/bfloat16: float32 math on the widened w, rounded back
         kind = _arrays.half_kind(x.dtype)
         w32 = _half.widen(job, target, kind)
         if w32.size:
