@@ -180,3 +180,30 @@ def test_export_train_and_eval():
         _assert_same_state(eager, exported)
         names = {"d._offset", "d2._offset", "dp._offset", "db._offset", "bn.running_mean"}
         assert names <= set(mutated) if training else not (names & set(mutated))
+
+
+def test_batch_size_changes_inplace_and_seed_change():
+    """A new batch size recompiles once (dynamic shapes), then no more; inplace=True works in
+    the graph; setting the counter does not recompile, a new seed recompiles once."""
+    torch._dynamo.reset()
+    model = nn.Sequential(frt.BatchNorm1d(8), frt.Dropout(0.3, True, seed=2**64 - 1),
+                          frt.DropPath(0.2, seed=1), frt.Dropout1d(0.2, seed=3))
+    eager = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for k, n in enumerate((4, 6, 8, 10)):
+        with torch._dynamo.config.patch(error_on_recompile=k > 1):
+            x = _x((n, 8, 3), seed=k, channels_last=False)
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya, yb = eager(a * 1), compiled(b * 1)
+            assert torch.equal(ya, yb), n
+            ya.sum().backward()
+            yb.sum().backward()
+            assert torch.equal(a.grad, b.grad), n
+    assert model[1].offset == eager[1].offset == (4 + 6 + 8 + 10) * 24
+    x = x.requires_grad_()  # the graphs were traced with inputs requiring grad
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        model[1].offset = eager[1].offset = 0
+        assert torch.equal(compiled(x * 1), eager(x * 1))
+    model[1].seed = eager[1].seed = 7
+    assert torch.equal(compiled(x * 1), eager(x * 1))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
