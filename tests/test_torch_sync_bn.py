@@ -85,6 +85,22 @@ assert torch.all(m.weight.grad == 0)
 # DDP takes the module on a CPU model (it refuses torch's own SyncBatchNorm there)
 ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(frt.SyncBatchNorm(3)))
 ddp(torch.randn(2 + rank, 3)).sum().backward()
+# the device code path (fastreg's CUDA backend, here Numba's simulator on host tensors): the
+# reference backend's results
+if world == 2:
+    x_all = torch.randn(5, 3, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    part = slice(0, 2) if rank == 0 else slice(2, 5)
+    got = {}
+    for be in ("numpy", "cuda"):
+        m = frt.SyncBatchNormReLU(3, dtype=torch.float64, backend=be)
+        x = x_all[part].clone().requires_grad_()
+        r = torch.ones_like(x, requires_grad=True)
+        y = m(x, r)
+        (y * x_all[part].flip(0)).sum().backward()
+        got[be] = (y.detach(), x.grad, r.grad, m.weight.grad, m.bias.grad, m.running_mean,
+                   m.running_var)
+    for a, b in zip(got["numpy"], got["cuda"]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
 # under torch.compile the synchronized call runs eagerly (a graph break): the same results
 a, b = frt.SyncBatchNorm(3), frt.SyncBatchNorm(3)
 x = torch.randn(2 + rank, 3, 2, generator=torch.Generator().manual_seed(rank))
@@ -134,7 +150,9 @@ def _single(cfg):
 def _run_ranks(tmp_path, world, cfgs):
     """Run ``cfgs`` (in order) in ``world`` gloo processes; per config, the ranks' outputs."""
     procs = []
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    # the simulator: the workers also run the CUDA backend's code path (tiny sizes)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+               NUMBA_ENABLE_CUDASIM="1", FASTREG_CUDA_TPB="32")
     cfgs = [dict(c, out=str(tmp_path / f"cfg{i}")) for i, c in enumerate(cfgs)]
     for rank in range(world):
         job = dict(rank=rank, world=world, cfgs=cfgs, rendezvous=str(tmp_path / "rendezvous"))
