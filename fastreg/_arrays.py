@@ -162,7 +162,7 @@ def check_float(arr, name, half=False):
     if not half and (dt in HALF_DTYPES or _looks_bfloat16(dt)):
         raise TypeError(f"{name} must be float32 or float64, got dtype {dt}: this op has no "
                         "16-bit kernels (16-bit floats are supported by dropout and its "
-                        "variants, the penalties and the optimizers); convert with "
+                        "variants, batch norm, the penalties and the optimizers); convert with "
                         f"{name}.astype(np.float32)")
     if half and BFLOAT16 is None and _looks_bfloat16(dt):
         raise TypeError(f"{name} is bfloat16: install ml_dtypes for bfloat16 support "
