@@ -63,7 +63,7 @@ DropBlock (definition and stream layout: fastreg/reference/dropblock.py):
 Image augmentation (aug_flip, aug_affine, aug_noise, aug_erase, aug_mix, aug_paste): contract in
 fastreg/reference/augment.py (all four backends).
 Colour augmentation (aug_color, aug_blur, aug_normalize): contract in
-fastreg/reference/augment_color.py (host backends "numpy", "cpu", "c").
+fastreg/reference/augment_color.py (all four backends; CUDA takes NHWC batches).
 
 Softmax cross-entropy (fastreg/reference/loss.py has the definitions): x (R, C) logits; tw, cw
 float64 (C,) class coefficients of the target and smoothing terms (cw None: no smoothing);

@@ -285,3 +285,61 @@ def test_c_row_loops_every_isa(isa):
     finally:
         fc.set_isa(previous)
     np.testing.assert_array_equal(got, expected)
+
+
+# --- CUDA (under NUMBA_ENABLE_CUDASIM=1 on the CPU; tiny images) ------------------------------------
+
+def _cuda_or_skip():
+    reason = fastreg.available_backends()["cuda"]
+    if reason is not None:
+        pytest.skip(f"backend cuda unavailable: {reason}")
+
+
+@pytest.mark.parametrize("shape", [(11, 4, 5, 3), (3, 3, 3, 1), (2, 1, 1, 3), (0, 2, 2, 3)])
+def test_cuda_kernels(shape):
+    _cuda_or_skip()
+    from numba import cuda
+    mod = kernels("cuda")
+    x = batch(shape, seed=21)
+    n = shape[0]
+    codes = np.resize(np.array([-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], np.int64), n)
+    params = np.resize(np.array([0, 0, 1.3, 1e-9, 1.7, 0.2, 3, 128.0, 0, 0, 0.3]), n)
+    expected = np.full_like(x, 5)
+    R.aug_color(x, codes, params, expected)
+    got = np.full_like(x, 5)
+    mod.aug_color(x, codes, params, got)
+    np.testing.assert_array_equal(got, expected)
+    keep = (codes == R.SKIP)[:, None, None, None]
+    d = cuda.to_device(x)                                   # in place on the device
+    mod.aug_color(d, codes, params, d)
+    np.testing.assert_array_equal(np.where(keep, x, d.copy_to_host()),
+                                  np.where(keep, x, expected))
+    if min(shape[1:3]) > 1:
+        w = np.stack([R.gaussian_weights(s, 3) for s in np.linspace(0.3, 2, n)]) if n else \
+            np.zeros((0, 3), F32)
+        expected = np.zeros_like(x)
+        R.aug_blur(x, w, expected)
+        got = np.zeros_like(x)
+        mod.aug_blur(x, w, got)
+        np.testing.assert_array_equal(got, expected)
+    lut = R.normalize_lut(np.full(shape[3], 0.4), np.full(shape[3], 0.2))
+    expected = np.zeros(shape, F32)
+    R.aug_normalize(x, lut, expected)
+    got = np.zeros(shape, F32)
+    mod.aug_normalize(x, lut, got)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cuda_pipelines():
+    _cuda_or_skip()
+    from numba import cuda
+    x = batch((4, 5, 4, 3), seed=22)
+    for op in (A.RandAugment(2, 9), A.RandAugment(2, 20, interpolation="bilinear", fill=100),
+               A.TrivialAugmentWide(), A.ColorJitter(0.4, 0.4, 0.4, 0.2), A.GaussianBlur(3)):
+        expected = op(x, seed=3, epoch=1, backend="numpy")
+        np.testing.assert_array_equal(op(x, seed=3, epoch=1, backend="cuda"), expected)
+        got = op(cuda.to_device(x), seed=3, epoch=1)       # device in, device out
+        np.testing.assert_array_equal(got.copy_to_host(), expected)
+    with pytest.raises(fastreg.BackendUnavailableError, match="NHWC"):
+        A.ColorJitter(0.4)(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), seed=0,
+                           layout="NCHW", backend="cuda")

@@ -17,10 +17,10 @@ Every random parameter of sample i is keyed by (seed, epoch, index_offset + i) a
 fastreg.augment.image. The ops are ``Compose`` members (after the geometric ops, in list
 order) and callables on their own.
 
-Backends: "numpy" (the reference), "cpu" (Numba) and "c" (csrc/augment_color.c, the default
-for host arrays where it is built) have the colour kernels (aug_color, aug_blur, aug_normalize
-in fastreg._registry) and give the same bits. "cuda" is not supported
-(BackendUnavailableError). Images: uint8 only, 1 or 3 channels for the colour ops.
+Backends: "numpy" (the reference), "cpu" (Numba), "c" (csrc/augment_color.c, the default for
+host arrays where it is built) and "cuda" (Numba CUDA; NHWC batches only, tested under the
+simulator) have the colour kernels (aug_color, aug_blur, aug_normalize in fastreg._registry)
+and give the same bits. Images: uint8 only, 1 or 3 channels for the colour ops.
 """
 import numpy as np
 
@@ -35,13 +35,18 @@ def kernels(job):
         if getattr(job.mod, op, None) is None:
             raise _registry.BackendUnavailableError(
                 f"backend {job.backend!r} does not implement the colour augmentation kernels: "
-                "use 'numpy', 'cpu' or 'c'")
+                "use 'numpy', 'cpu', 'c' or 'cuda'")
     return job.mod
 
 
 def nhwc(a, layout):
-    """The kernels' (N, H, W, C) view of a batch in ``layout``."""
-    return a if layout == "NHWC" else a.transpose(0, 2, 3, 1)
+    """The kernels' (N, H, W, C) view of a batch in ``layout`` (CUDA: NHWC only)."""
+    if layout == "NHWC":
+        return a
+    if not isinstance(a, np.ndarray):
+        raise _registry.BackendUnavailableError(
+            "the CUDA colour kernels take NHWC batches only (layout='NHWC')")
+    return a.transpose(0, 2, 3, 1)
 
 
 def _check_u8(dtype, what):
@@ -214,7 +219,7 @@ class GaussianBlur(_ColorOp):
 
     def apply(self, job, src, res, dims, layout, seed, epoch, idx, position):
         _, weights = refc.blur_params(seed, epoch, idx, position, self.sigma, self.kernel_size)
-        x = src if src is not res else src.copy()
+        x = src.copy() if src is res and isinstance(src, np.ndarray) else src  # cuda: copies
         kernels(job).aug_blur(nhwc(x, layout), weights, nhwc(res, layout))
 
 

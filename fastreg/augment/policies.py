@@ -43,6 +43,24 @@ class _Policy(_color._ColorOp):
             codes, params, geo, mats = refc.slot_plan(ops[:, s], mags[:, s], h, w)
             if cur is res:
                 codes = np.where(codes == refc.IDENTITY, refc.SKIP, codes)
+            if job.device and geo.any():
+                # device arrays have no gather: colour ops (geometric samples copied), then one
+                # resampling of the whole batch, identity maps (an exact copy by nearest
+                # neighbour) for the colour samples
+                codes = np.where(geo, refc.IDENTITY, codes)
+                _color.run_color(job, cur, res, layout, codes, params)
+                eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+                m = np.where(geo[:, None, None], mats, eye[None])
+                tmp = job.empty(tuple(res.shape), res.dtype)
+                job.op("aug_affine")(_c.planes(res, dims, layout), np.ascontiguousarray(
+                    _c.per_plane(m, dims, layout)), 0, self.fill,
+                    self.interpolation == "nearest", _c.planes(tmp, dims, layout))
+                planes = dims[0] * (c if layout == "NCHW" else 1)
+                no = np.zeros(planes, np.uint8)
+                job.op("aug_flip")(_c.planes(tmp, dims, layout), no, no,
+                                   _c.planes(res, dims, layout))    # a copy back
+                cur = res
+                continue
             _color.run_color(job, cur, res, layout, codes, params)
             sel = np.flatnonzero(geo)
             if sel.size:

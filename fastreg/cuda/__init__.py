@@ -26,6 +26,7 @@ try:
     from .penalty import penalty_sums, penalty_grad, soft_threshold, group_lasso, all_finite
     from .optim import sgd_step, adam_step
     from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_paste
+    from .augment_color import aug_blur, aug_color, aug_normalize
     from .batchnorm import (bn_stats, bn_apply, bn_forward_train, bn_backward_reduce,
                             bn_backward_apply, bn_backward, bn_forward_coeffs, bn_running_update,
                             bn_backward_coeffs)

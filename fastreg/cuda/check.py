@@ -99,6 +99,14 @@ POLICY = {
     "augment._erase_kernel": (EXACT,),
     "augment._mix_kernel": (),
     "augment._paste_kernel": (EXACT,),
+    # colour augmentation: the definitions' fused multiply-adds are float64 sums rounded to odd
+    # (no fma instruction), every other product through mul_rn_device
+    "augment_color._color_stats_kernel": (EXACT,),
+    "augment_color._color_lut_kernel": (EXACT,),
+    "augment_color._color_apply_kernel": (EXACT,),
+    "augment_color._blur_rows_kernel": (EXACT,),
+    "augment_color._blur_cols_kernel": (EXACT,),
+    "augment_color._normalize_kernel": (EXACT,),
     "loss._ce_hard_kernel": (HOT,),     # exp and float64 sums: a tolerance
     "loss._ce_soft_kernel": (HOT,),
     "ema._ema_kernel": (HOT,),          # fma by definition (cuda.fma: fma.rn, the host's bits)
@@ -328,6 +336,13 @@ def _exercise(dtypes=FLOAT_DTYPES):
             rows = np.ones((2, 5), name)
             fc.aug_noise(rows, 7, 3, np.ones(2, np.float32), np.zeros_like(rows))
             fc.aug_mix(rows, partner, np.full(2, 0.3, np.float32), np.zeros_like(rows))
+
+    # colour augmentation (uint8 NHWC): statistics (contrast), tables and per-pixel ops, blur,
+    # normalization
+    img = np.ones((2, 3, 3, 3), np.uint8)
+    fc.aug_color(img, np.array([3, 2], np.int64), np.array([0.5, 1.5]), np.zeros_like(img))
+    fc.aug_blur(img, np.full((2, 3), 1 / 3, np.float32), np.zeros_like(img))
+    fc.aug_normalize(img, np.ones((3, 256), np.float32), np.zeros(img.shape, np.float32))
 
     # softmax cross-entropy: hard targets with and without smoothing, soft targets, loss only
     for name in dtypes:
