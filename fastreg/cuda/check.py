@@ -118,6 +118,8 @@ POLICY = {
     "dropblock._reach_kernel": (EXACT,),
     "dropblock._mask_kernel": (EXACT,),
     "dropblock._apply_kernel": (HOT, EXACT),
+    "half._widen_kernel": (HOT, EXACT),     # 16-bit <-> float32 bits: integer code only
+    "half._narrow_kernel": (HOT, EXACT),
 }
 
 #: arguments that must be typed uint64 wherever a kernel has them (64-bit counter, key words,
@@ -244,6 +246,11 @@ def _exercise(dtypes=FLOAT_DTYPES):
     fc.dropout_mask_packed(7, 3, 1 << 31, 9, np.zeros(2, np.uint8))
     fastreg.dropout_mask((9,), 0.5, seed=7, packed=True, backend="cuda")
     fastreg.dropout_mask((9,), 0.5, seed=7, packed=False, backend="cuda")
+    # 16-bit floats: the conversion passes around the float32 kernels (fastreg/_half.py)
+    for kind in (0, 1):
+        fc.half_to_float32(np.zeros(9, np.uint16), kind, np.zeros(9, np.float32))
+        fc.float32_to_half(np.zeros(9, np.float32), kind, np.zeros(9, np.uint16))
+    fastreg.dropout(np.ones(9, np.float16), 0.5, seed=7, backend="cuda")
     for name in dtypes:
         dt = np.dtype(name)
         v = np.linspace(-1, 1, 9).astype(dt)

@@ -9,7 +9,7 @@ them on all 65536 patterns.
 import numpy as np
 from numba import cuda
 
-from .philox import launch_1d
+from .philox import finish, launch_1d, to_device_args
 
 
 @cuda.jit(device=True)
@@ -92,24 +92,22 @@ def _narrow_kernel(src, kind, out, n):
         out[i] = f32_to_half_bits_device(src[i], kind)
 
 
-def _bits(a, dtype):
-    """A device view of ``a`` (device array, or host array copied over) as ``dtype``."""
-    from .philox import as_device, to_device
-    d = to_device(a) if isinstance(a, np.ndarray) else as_device(a)
-    return d.view(dtype)
-
-
 def half_to_float32(src, kind, out):
-    """out (float32, 1-D device) = the 16-bit values with bits src (uint16, 1-D device)."""
+    """out (float32, 1-D) = the 16-bit values with bits src (uint16, 1-D); device arrays, or
+    host arrays (copied over and back)."""
     n = src.size
     if n:
-        launch_1d(_widen_kernel, n, _bits(src, np.uint16), np.int64(kind),
-                  _bits(out, np.uint32), np.int64(n))
+        (s,), o = to_device_args((src,), out)
+        launch_1d(_widen_kernel, n, s.view(np.uint16), np.int64(kind), o.view(np.uint32),
+                  np.int64(n))
+        finish(out, o)
 
 
 def float32_to_half(src, kind, out):
-    """out (uint16 bits, 1-D device) = float32 src (1-D device) rounded to nearest even."""
+    """out (uint16 bits, 1-D) = float32 src (1-D) rounded to nearest even to kind ``kind``."""
     n = src.size
     if n:
-        launch_1d(_narrow_kernel, n, _bits(src, np.uint32), np.int64(kind),
-                  _bits(out, np.uint16), np.int64(n))
+        (s,), o = to_device_args((src,), out)
+        launch_1d(_narrow_kernel, n, s.view(np.uint32), np.int64(kind), o.view(np.uint16),
+                  np.int64(n))
+        finish(out, o)
