@@ -274,7 +274,7 @@ def _fast_backward(grad_y, x, saved, weight, y, backend):
     ax, dims, cshape = geo
     A, C, B = dims
     n = A * B
-    if (n * C == 0 or n != saved.count or saved.mean.shape != cshape
+    if (n * C == 0 or ax != saved.axis or n != saved.count or saved.mean.shape != cshape
             or not _plain_channel(weight, cshape, dt)
             or not (x.flags.c_contiguous and grad_y.flags.c_contiguous)):
         return None
