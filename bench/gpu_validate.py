@@ -4,7 +4,7 @@
         the CUDA backend against the host (C backend, else cpu, else the NumPy reference), bit
         for bit, on large arrays, for every op held to the host's bits: the random stream,
         dropout and its masks, penalty gradients and prox, optimizer steps, all_finite, and the
-        exact augmentation ops (flips, erasing, cutmix paste). Offsets cross 2**32 Philox blocks,
+        exact augmentation ops (flips, erasing, cutmix paste, the colour ops). Offsets cross 2**32 Philox blocks,
         so the 64-bit counter is exercised. Exit 1 on any difference.
     python bench/gpu_validate.py bench [--sizes 2^24,2^26] [--json FILE] [--quick]
         the GPU benchmark table: each op of ``fastreg bench`` on the CUDA backend, effective GB/s,
@@ -220,6 +220,35 @@ def agreement_cases(n, dtypes=("float32", "float64")):
             fn(img, partner, rects, o)
             return (o,)
         add("aug_paste", shape, name, paste)
+
+    # colour augmentation (uint8, 3 channels): every aug_color op in one call (a factor near 1
+    # for the rounding to odd), blur, normalization
+    from fastreg.reference import augment_color as refc
+    cm = max(11, n // (32 * 32 * 3))
+    cimg = rng.integers(0, 256, (cm, 32, 32, 3), dtype=np.uint8)
+    ccodes = np.resize(np.arange(-1, 10, dtype=np.int64), cm)
+    cparams = np.resize(np.array([0, 0, 1.3, 0.9999999, 1.7, 0.2, 3, 128.0, 0, 0, -0.3]), cm)
+    cshape = f"({cm}, 32, 32, 3)"
+
+    def color(fn, img=cimg, codes=ccodes, params=cparams):
+        o = np.zeros_like(img)
+        fn(img, codes, params, o)
+        return (o,)
+    add("aug_color", cshape, "uint8", color)
+    cw = np.stack([refc.gaussian_weights(s, 5) for s in np.linspace(0.2, 3.0, cm)])
+
+    def blur(fn, img=cimg, w=cw):
+        o = np.zeros_like(img)
+        fn(img, w, o)
+        return (o,)
+    add("aug_blur", cshape, "uint8", blur)
+    clut = refc.normalize_lut([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+    def normalize(fn, img=cimg, lut=clut):
+        o = np.zeros(img.shape, np.float32)
+        fn(img, lut, o)
+        return (o,)
+    add("aug_normalize", cshape, "float32", normalize)
 
     # DropBlock: the seed/block mask and its exact kept count, then the masked scaling
     from fastreg.dropblock import _gamma, _threshold as _block_threshold

@@ -96,12 +96,13 @@ def test_agreement_cases_cover_every_exact_op():
     assert ops == {"random_bits", "dropout_mask", "dropout_mask_packed", "uniform", "dropout",
                    "group_dropout", "penalty_grad", "soft_threshold", "all_finite", "sgd_step",
                    "adam_step", "aug_flip", "aug_erase", "aug_paste", "drop_block_mask",
-                   "drop_block_apply", "scale", "scale_rows"}
+                   "drop_block_apply", "scale", "scale_rows", "aug_color", "aug_blur",
+                   "aug_normalize"}
     # the ops the CUDA check holds to the host's bits are all compared on a GPU
     from fastreg.cuda import check
     exact_modules = {k.split(".")[0] for k, v in check.POLICY.items() if check.EXACT in v}
     assert exact_modules == {"philox", "dropout", "penalty", "optim", "augment", "dropblock",
-                             "clip"}
+                             "clip", "augment_color"}
 
 
 def test_without_a_gpu_it_stops_early(tmp_path):
