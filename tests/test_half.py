@@ -404,3 +404,24 @@ def test_float16_works_without_ml_dtypes():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+# --- torch tensors: viewed zero-copy by fastreg.torch's bridge ----------------------------------
+
+def test_torch_half_tensors_zero_copy():
+    torch = pytest.importorskip("torch")
+    from fastreg.torch import _bridge
+    for tdt, dtype in ((torch.float16, F16), (torch.bfloat16, BF16)):
+        t = torch.randn(4, 6).to(tdt)
+        assert _bridge.check_float(t, "x", half=True) is t
+        a = _bridge.array(t)
+        assert a.dtype == dtype and a.__array_interface__["data"][0] == t.data_ptr()
+        out = torch.empty_like(t)
+        fastreg.dropout(a, 0.5, seed=9, out=_bridge.array(out))  # written into the tensor
+        expected = round_half(fastreg.dropout(a.astype(np.float32), 0.5, seed=9,
+                                              backend="numpy"), dtype)
+        assert_bits(_bridge.array(out), expected, dtype)
+        back = _bridge.to_tensor(fastreg.dropout(a, 0.5, seed=9), t)
+        assert back.dtype == tdt and torch.equal(back, out)
+        with pytest.raises(TypeError, match="float32 or float64, got torch.*half precision"):
+            _bridge.check_float(t, "x")
