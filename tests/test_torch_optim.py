@@ -207,3 +207,61 @@ def test_tensor_lr_works_and_schedulers_update_it(name, kw):
         getattr(frt.optim, name)(_params(), lr=torch.tensor([0.1, 0.2]))
     with pytest.raises(ValueError, match="lr"):
         getattr(frt.optim, name)(_params(), lr=torch.tensor(-1.0))
+
+
+# --- 16-bit parameters and gradients: float32 math, rounded to nearest even -----------------------
+
+HALF_CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, l1=1e-3)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+]
+
+
+@pytest.mark.parametrize("name,kw", HALF_CASES)
+@pytest.mark.parametrize("pdtype,gdtype", [(torch.float16, torch.float16),
+                                           (torch.bfloat16, torch.bfloat16),
+                                           (torch.bfloat16, torch.float32),
+                                           (torch.float32, torch.float16)])
+def test_16bit_is_float32_math_rounded(name, kw, pdtype, gdtype, tbackend):
+    """The oracle: the same optimizer on float32 copies (the 16-bit values widened, exactly),
+    each parameter rounded to the 16-bit dtype after every step; bit for bit."""
+    ps = [p.detach().to(pdtype).requires_grad_() for p in _params(torch.float32)]
+    ref = [p.detach().float().requires_grad_() for p in ps]
+    got_opt = getattr(frt.optim, name)(ps, decay_mask=True, backend=tbackend, **kw)
+    ref_opt = getattr(frt.optim, name)(ref, decay_mask=True, backend=tbackend, **kw)
+    for k in range(3):
+        g = torch.Generator().manual_seed(k)
+        for p, r in zip(ps, ref):
+            grad = torch.randn(p.shape, generator=g).to(gdtype)
+            p.grad_dtype = None  # torch 2.13: a gradient of another dtype must be allowed
+            p.grad = grad
+            r.grad = grad.float()
+        got_opt.step()
+        ref_opt.step()
+        with torch.no_grad():
+            for r in ref:
+                r.copy_(r.to(pdtype).float())
+        for p, r in zip(ps, ref):
+            assert p.dtype == pdtype
+            assert torch.equal(p.float(), r)
+    for st in got_opt.state.values():
+        for key, v in st.items():
+            if key != "step":
+                assert v.dtype == torch.float32
+
+
+def test_16bit_torch_state_dict_loads_widened():
+    """torch keeps a bf16 parameter's moments in bf16: they load and are widened (exactly)."""
+    pr = [p.detach().to(torch.bfloat16).requires_grad_() for p in _params(torch.float32)]
+    ref = torch.optim.AdamW(pr, lr=0.01)
+    _run(ref, pr, 2)
+    ps = [p.detach().clone().requires_grad_() for p in pr]
+    opt = frt.optim.AdamW(ps, lr=0.01, decay_mask=True)
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    moments = [opt.state[p]["exp_avg"].float().clone() for p in ps]
+    _run(opt, ps, 1, first=2)
+    for p, m in zip(ps, moments):
+        assert opt.state[p]["exp_avg"].dtype == torch.float32
+        assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
+        assert not torch.equal(opt.state[p]["exp_avg"], m)  # the step ran on the loaded state

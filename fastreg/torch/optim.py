@@ -34,15 +34,20 @@ State is kept in torch tensors with torch's names (``step`` as a float32 CPU sca
 parameter, so ``state_dict()`` / ``load_state_dict()`` round-trip, and load into (and from) the
 corresponding ``torch.optim`` optimizer; the fastreg group keys are kept when a torch state_dict
 lacks them, and a ``step`` stored as a plain number (older torch checkpoints) is converted to
-torch's tensor, as torch does. Half-precision, sparse or complex parameters are refused with
-their name.
+torch's tensor, as torch does. Sparse or complex parameters are refused with their name.
+
+float16 and bfloat16 parameters (bfloat16 on the CPU only) are updated as ``fastreg.optim``
+does: float32 math on the widened parameter and float32 state (``exp_avg`` etc. are float32
+tensors), the result rounded to nearest even into the parameter; a float32 parameter may have a
+16-bit gradient and a 16-bit one a float32 gradient. (torch keeps such state in the parameter's
+dtype; a torch state_dict loads, its 16-bit moments widened exactly.)
 """
 import math
 
 import numpy as np
 import torch
 
-from .. import _arrays
+from .. import _arrays, _half
 from .. import clip as _clip
 from .._dispatch import Job
 from ..optim import _check_beta
@@ -50,7 +55,17 @@ from . import _bridge
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
-_SCALAR = {torch.float32: np.float32, torch.float64: np.float64}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(p):
+    """The dtype of p's optimizer state: float32 for 16-bit parameters (float32 math)."""
+    return torch.float32 if p.dtype in _HALF else p.dtype
+
+
+def _mixed(a, b):
+    """a is 16-bit and b float32 (a gradient/parameter pair fastreg takes)."""
+    return a in _HALF and b == torch.float32
 
 
 def _value(v):
@@ -146,7 +161,7 @@ class _FastregOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for j, p in enumerate(group["params"]):
-            _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]")
+            _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]", half=True)
             if p.is_complex():  # pragma: no cover - excluded by the dtype check
                 raise TypeError("complex parameters are not supported")
         group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
@@ -216,9 +231,12 @@ class _FastregOptimizer(torch.optim.Optimizer):
                 if g.is_sparse:
                     raise TypeError(f"{name}.grad is sparse: fastreg optimizers take dense "
                                     "gradients")
-                _bridge.check_float(p, name)
+                _bridge.check_float(p, name, half=True)
                 _bridge.check_same_device(g, f"{name}.grad", p, name)
-                _bridge.check_same_dtype(g, f"{name}.grad", p, name)
+                if _mixed(g.dtype, p.dtype) or _mixed(p.dtype, g.dtype):
+                    _bridge.check_float(g, f"{name}.grad", half=True)
+                else:
+                    _bridge.check_same_dtype(g, f"{name}.grad", p, name)
                 if g.shape != p.shape:
                     raise ValueError(f"{name}.grad has shape {tuple(g.shape)}, the parameter "
                                      f"{tuple(p.shape)}")
@@ -231,16 +249,30 @@ class _FastregOptimizer(torch.optim.Optimizer):
                     s = state.get(key)
                     if s is not None:
                         _bridge.check_same_device(s, f"state of {name}: {key}", p, name)
-                        _bridge.check_same_dtype(s, f"state of {name}: {key}", p, name)
+                        if not (p.dtype in _HALF and s.dtype == torch.float32):
+                            # (a 16-bit parameter's state from a torch state_dict is widened)
+                            _bridge.check_same_dtype(s, f"state of {name}: {key}", p, name)
                 work.append((group, j, p, g, name))
-        if any(group["check_finite"] for group in self.param_groups):
-            for group, _, p, g, name in work:
-                if group["check_finite"] and g.numel():
-                    job = self._job(group, p)
-                    if not job.op("all_finite")(self._kernel_view(job, _flat(g.contiguous()))):
-                        raise FloatingPointError(f"{name}.grad holds NaN or inf: no parameter "
-                                                 "was changed (check_finite=True)")
         return work
+
+    def _kernel_grads(self, work):
+        """Each gradient as the kernels take it: a flat view laid out like its parameter, or a
+        float32 copy of a 16-bit one (float32 math); then the check_finite test (before any
+        parameter changes)."""
+        ready = []
+        for group, _, p, g, name in work:
+            job = self._job(group, p)
+            if not p.numel():
+                ready.append(None)
+                continue
+            gv = _view(job, self._laid_out(g, p))
+            if g.dtype in _HALF:
+                gv = _half.widen(job, gv, _arrays.half_kind(gv.dtype))
+            ready.append(gv)
+            if group["check_finite"] and not job.op("all_finite")(gv):
+                raise FloatingPointError(f"{name}.grad holds NaN or inf: no parameter was "
+                                         "changed (check_finite=True)")
+        return ready
 
     def _job(self, group, p):
         op = "sgd_step" if isinstance(self, SGD) else "adam_step"
@@ -249,31 +281,30 @@ class _FastregOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _kernel_view(job, t):
-        return t.detach().numpy() if t.device.type == "cpu" else job.mod.as_device(t.detach())
+        return _bridge.array(t) if t.device.type == "cpu" else job.mod.as_device(t.detach())
 
     def _laid_out(self, t, p):
         """``t`` with p's strides (a same-device copy when it has other ones, e.g. a state
         loaded from another layout)."""
         if t.stride() == p.stride():
             return t
-        s = torch.empty_like(p)
+        s = torch.empty_like(p, dtype=t.dtype)
         s.copy_(t)
         return s
 
-    def _clip_factor(self, work):
+    def _clip_factor(self, work, ready):
         """This step's gradient factor: torch's clip coefficient from the float64 2-norm of
         every gradient in ``work`` (kept in ``last_grad_norm``), 1.0 without max_grad_norm."""
         if getattr(self, "max_grad_norm", None) is None:
             return 1.0
         max_norm = _clip._check_max_norm(self.max_grad_norm)
         s, dtypes = 0.0, []
-        for group, _, p, g, _ in work:
+        for (group, _, p, g, _), gv in zip(work, ready):
+            if gv is None:
+                continue
             job = self._job(group, p)
-            flat = _flat(g)
-            view = self._kernel_view(job, flat if flat is not None else g.reshape(-1))
-            dtypes.append(view.dtype)
-            if g.numel():
-                s += job.op("norm_sum")([view], 2.0)
+            dtypes.append(gv.dtype)
+            s += job.op("norm_sum")([gv], 2.0)
         self.last_grad_norm = math.sqrt(s) if s == s else s
         return _clip.clip_coef(self.last_grad_norm, max_norm, dtypes)
 
@@ -305,17 +336,25 @@ class _FastregOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = self._grads()
-        self._gscale = self._clip_factor(work)
-        for group, j, p, g, name in work:
-            if p.numel() == 0:
+        ready = self._kernel_grads(work)
+        self._gscale = self._clip_factor(work, ready)
+        for (group, j, p, g, name), gv in zip(work, ready):
+            if gv is None:
                 continue
             job = self._job(group, p)
             state = self.state[p]
-            g = self._laid_out(g, p)
+            sdtype = _state_dtype(p)
             for key in self._STATE:
                 if state.get(key) is not None:
-                    state[key] = self._laid_out(state[key], p)
-            self._update(group, p, g, state, group["decay_mask"][j], job)
+                    state[key] = self._laid_out(state[key].to(sdtype), p)
+            pv = _view(job, p)
+            if p.dtype in _HALF:  # float32 math on the widened parameter, rounded back
+                kind = _arrays.half_kind(pv.dtype)
+                p32 = _half.widen(job, pv, kind)
+                self._update(group, p, p32, gv, state, group["decay_mask"][j], job)
+                _half.store(job, p32, kind, pv)
+            else:
+                self._update(group, p, pv, gv, state, group["decay_mask"][j], job)
         return loss
 
     def _gradient_factor(self, group):
@@ -408,19 +447,19 @@ class SGD(_FastregOptimizer):
             raise ValueError(f"param_groups[{gi}]: nesterov=True needs momentum > 0 and "
                              "dampening == 0")
 
-    def _update(self, group, p, g, state, decayed, job):
-        t = _SCALAR[p.dtype]
+    def _update(self, group, p, pv, gv, state, decayed, job):
+        t = pv.dtype.type
         lr, momentum = _value(group["lr"]), group["momentum"]
         wd = _value(group["weight_decay"]) if decayed else 0.0
         decoupled = group["decoupled"]
         buf, first = None, False
         if momentum != 0:
             if state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p)
+                state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
                 first = True
             buf = _view(job, state["momentum_buffer"])
         job.op("sgd_step")(
-            _view(job, p), _view(job, g), buf, t(lr), t(0.0 if decoupled else wd),
+            pv, gv, buf, t(lr), t(0.0 if decoupled else wd),
             t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
             bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
             t(self._gradient_factor(group)))
@@ -489,22 +528,22 @@ class Adam(_FastregOptimizer):
         group["betas"] = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
         group["eps"] = _arrays.check_nonneg(group["eps"], f"param_groups[{gi}]['eps']")
 
-    def _update(self, group, p, g, state, decayed, job):
-        t = _SCALAR[p.dtype]
+    def _update(self, group, p, pv, gv, state, decayed, job):
+        t = pv.dtype.type
+        sdtype = _state_dtype(p)
         if state.get("exp_avg") is None:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+            state["exp_avg"] = torch.zeros_like(p, dtype=sdtype)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
         if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
-            state["max_exp_avg_sq"] = torch.zeros_like(p)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
         step = _new_step(state)
         lr, (beta1, beta2) = _value(group["lr"]), group["betas"]
         wd = _value(group["weight_decay"]) if decayed else 0.0
         decoupled = group["decoupled_weight_decay"]
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        pv = _view(job, p)
         job.op("adam_step")(
-            pv, _view(job, g), _view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
+            pv, gv, _view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
             _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
             t(0.0 if decoupled else wd), t(1.0 - lr * wd if decoupled else 1.0),
             t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
