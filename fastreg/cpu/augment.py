@@ -335,11 +335,16 @@ def _erase_kernel(x, rects, value, out, same):
     for r in prange(m_count * h):
         m = r // h
         v = r - m * h
+        # element loops, not slice assignments (their shape checks compile for seconds)
         if not same:
-            out[m, v] = x[m, v]
+            for u in range(w):
+                for k in range(c):
+                    out[m, v, u, k] = x[m, v, u, k]
         y0, x0, eh, ew = rects[m, 0], rects[m, 1], rects[m, 2], rects[m, 3]
         if y0 <= v < y0 + eh:
-            out[m, v, x0:x0 + ew, :] = value
+            for u in range(max(x0, 0), min(x0 + ew, w)):
+                for k in range(c):
+                    out[m, v, u, k] = value
 
 
 @twin
@@ -367,10 +372,16 @@ def _paste_kernel(x, partner, rects, out):
     for r in prange(m_count * h):
         m = r // h
         v = r - m * h
-        out[m, v] = x[m, v]
+        # element loops, not slice assignments (their shape checks compile for seconds)
+        for u in range(w):
+            for k in range(c):
+                out[m, v, u, k] = x[m, v, u, k]
         y0, x0, eh, ew = rects[m, 0], rects[m, 1], rects[m, 2], rects[m, 3]
         if y0 <= v < y0 + eh:
-            out[m, v, x0:x0 + ew, :] = x[partner[m], v, x0:x0 + ew, :]
+            p = partner[m]
+            for u in range(max(x0, 0), min(x0 + ew, w)):
+                for k in range(c):
+                    out[m, v, u, k] = x[p, v, u, k]
 
 
 # --- ops (the backend contract, see fastreg._registry) --------------------------------------------
