@@ -48,6 +48,12 @@ def _x(shape=(4, 4, 6, 6), seed=0, channels_last=True):
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
+def _reset():
+    """A fresh dynamo cache and fresh counters (reset() does not clear the counters)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+
 def _assert_same_state(a, b):
     pb, bb = dict(b.named_parameters()), dict(b.named_buffers())
     assert set(pb) == set(dict(a.named_parameters())) and set(bb) == set(dict(a.named_buffers()))
@@ -96,7 +102,7 @@ def test_compiled_converted_model_fullgraph_same_bits_no_recompile():
     """Inductor, fullgraph=True, training and eval, channels-last input, fastreg's optimizer:
     the compiled model and its eager twin stay identical step after step, and the second and
     third steps reuse the two graphs (training, eval) compiled at the first."""
-    torch._dynamo.reset()
+    _reset()
     eager = _Net()
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin, fullgraph=True)
@@ -120,7 +126,7 @@ def test_compiled_converted_model_fullgraph_same_bits_no_recompile():
 def test_converted_torch_model_compiles():
     """A converted torch model (convolutions, BN + ReLU fused, dropout): fullgraph in both modes;
     the fastreg layers agree with eager mode (convolutions may round differently)."""
-    torch._dynamo.reset()
+    _reset()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.Dropout2d(0.5), nn.Flatten(), nn.Dropout(0.5),
@@ -143,7 +149,7 @@ def test_converted_torch_model_compiles():
 
 
 def test_functional_forms_compile():
-    torch._dynamo.reset()
+    _reset()
     x = _x((3, 4, 5, 5))
     seed, offset = 2**64 - 2, 2**63 + 5
 
@@ -185,7 +191,7 @@ def test_export_train_and_eval():
 def test_batch_size_changes_inplace_and_seed_change():
     """A new batch size recompiles once (dynamic shapes), then no more; inplace=True works in
     the graph; setting the counter does not recompile, a new seed recompiles once."""
-    torch._dynamo.reset()
+    _reset()
     model = nn.Sequential(frt.BatchNorm1d(8), frt.Dropout(0.3, True, seed=2**64 - 1),
                           frt.DropPath(0.2, seed=1), frt.Dropout1d(0.2, seed=3))
     eager = copy.deepcopy(model)
