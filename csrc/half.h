@@ -1,7 +1,8 @@
 /* 16-bit floats (float16, bfloat16) as their uint16 bits: the one place that converts them.
  *
- * Integer arithmetic only (no _Float16, no float operation: nothing depends on the compiler's
- * half-precision support, FTZ/DAZ or NaN quieting), exactly as NumPy (float16) and ml_dtypes
+ * Integer arithmetic (and two exact float32 operations for float16 subnormals, see below); no
+ * _Float16: nothing depends on the compiler's half-precision support or NaN quieting. Exactly
+ * as NumPy (float16) and ml_dtypes
  * (bfloat16) convert, see fastreg/reference/half.py: round to nearest even, overflow to inf,
  * subnormals kept; float16 NaN keeps its sign and top 10 payload bits (never payload 0),
  * bfloat16 NaN becomes the quiet 0x7fc0 with its sign.  Same code as fastreg/cpu/half.py and
@@ -16,55 +17,54 @@
 #define FR_HALF_F16 0
 #define FR_HALF_BF16 1
 
+/* Branch-free (every candidate computed, then selected) so that the conversion loops
+ * vectorize; the subnormal cases use one exact float operation each (F. Giesen's
+ * half <-> float conversions), which flush-to-zero / denormals-are-zero cannot change: the
+ * float results there are normal numbers, and float32 inputs that DAZ would read as 0 round to
+ * 0 anyway. */
 static inline uint32_t fr_f16_to_f32_bits(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    if (e == 0x1F)
-        return sign | 0x7F800000u | (m << 13);
-    if (e == 0) {
-        if (m == 0)
-            return sign;
-        uint32_t e2 = 113; /* subnormal m * 2**-24: normalize */
-        while ((m & 0x400u) == 0) {
-            m <<= 1;
-            e2--;
-        }
-        return sign | (e2 << 23) | ((m & 0x3FFu) << 13);
-    }
-    return sign | ((e + 112) << 23) | (m << 13);
+    uint32_t o = (uint32_t)(h & 0x7FFFu) << 13, e = o & 0x0F800000u;
+    uint32_t normal = o + (112u << 23);          /* rebias the exponent */
+    uint32_t infnan = o + (224u << 23);          /* exponent 255, payload kept */
+    uint32_t sb = o + (113u << 23);              /* subnormal m * 2**-24 = (1 + m/1024 - 1) 2**-14 */
+    float f, magic = 0x1p-14f;
+    memcpy(&f, &sb, sizeof f);
+    f -= magic;                                  /* exact */
+    uint32_t sub;
+    memcpy(&sub, &f, sizeof sub);
+    uint32_t r = e == 0x0F800000u ? infnan : normal;
+    r = e == 0 ? sub : r;
+    return sign | r;
 }
 
 static inline uint16_t fr_f32_to_f16_bits(uint32_t u)
 {
     uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) { /* NaN */
-        uint32_t m = (a >> 13) & 0x3FFu;
-        return (uint16_t)(sign | 0x7C00u | (m ? m : 1u));
-    }
-    if (a >= 0x477FF000u) /* >= 65520: inf */
-        return (uint16_t)(sign | 0x7C00u);
-    if (a >= 0x38800000u) { /* normal */
-        uint32_t r = a - 0x38000000u;
-        r += 0xFFFu + ((r >> 13) & 1u);
-        return (uint16_t)(sign | (r >> 13));
-    }
-    if (a <= 0x33000000u) /* <= 2**-25 */
-        return (uint16_t)sign;
-    uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u, shift = 126 - e;
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u)))
-        q++;
-    return (uint16_t)(sign | q);
+    uint32_t n = a - 0x38000000u;                /* normal float16: rebias, round at bit 13 */
+    n = (n + 0xFFFu + ((n >> 13) & 1u)) >> 13;
+    float f;                                     /* subnormal float16 (and 0): |v| + 0.5 rounds */
+    memcpy(&f, &a, sizeof f);                    /* at 2**-24 to nearest even, in hardware */
+    f += 0.5f;
+    uint32_t sub;
+    memcpy(&sub, &f, sizeof sub);
+    sub -= 0x3F000000u;
+    uint32_t m = (a >> 13) & 0x3FFu;             /* NaN: top 10 payload bits, never 0 */
+    uint32_t nan = 0x7C00u | (m ? m : 1u);
+    uint32_t r = a >= 0x38800000u ? n : sub;
+    r = a >= 0x477FF000u ? 0x7C00u : r;          /* >= 65520: inf */
+    r = a > 0x7F800000u ? nan : r;
+    return (uint16_t)(sign | r);
 }
 
 static inline uint32_t fr_bf16_to_f32_bits(uint16_t h) { return (uint32_t)h << 16; }
 
 static inline uint16_t fr_f32_to_bf16_bits(uint32_t u)
 {
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
-        return (uint16_t)(((u >> 16) & 0x8000u) | 0x7FC0u);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    uint32_t nan = ((u >> 16) & 0x8000u) | 0x7FC0u;
+    return (uint16_t)((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : r);
 }
 
 static inline float fr_half_to_f32(uint16_t h, int kind)
