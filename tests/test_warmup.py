@@ -47,6 +47,24 @@ def test_plain_progress_lines_without_tqdm(monkeypatch, capsys):
     assert out[1].startswith("total ")
 
 
+def test_a_group_compiles_only_its_own_kernels():
+    # in a process that already ran other kernels serially (a test suite, a user's session),
+    # warming up one group leaves their parallel versions alone (they once were all compiled)
+    _cpu_or_skip()
+    import fastreg.random
+    fastreg.random.uniform(8, seed=1, backend="cpu")          # a serial twin, another module
+    twins = warm._twins()
+
+    def versions():
+        return {id(tw): (set(tw.serial.signatures), set(tw.parallel.signatures)) for tw in twins}
+
+    before = versions()   # (run alone, uniform's serial version has no parallel one yet)
+    warm.warmup("cpu", ops=["penalties"], progress=False)
+    after = versions()
+    changed = {tw.py_func.__module__ for tw in twins if after[id(tw)] != before[id(tw)]}
+    assert changed <= {"fastreg.cpu.penalty"}, changed
+
+
 def test_quiet_returns_seconds_only(capsys):
     _cpu_or_skip()
     assert list(warm.warmup("cpu", ops=["penalties"], progress=False)) == ["penalties"]
