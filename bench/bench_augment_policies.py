@@ -2,14 +2,18 @@
 uint8 224x224x3 images (default 256): fastreg ("cpu", "c") against albumentations' equivalent
 per-image ops in the same run, when albumentations is installed.
 
-    python bench/bench_augment_policies.py [--n 256] [--reps 5]
+    python bench/bench_augment_policies.py [--n 256] [--reps 5] [--threads N]
 
-Interleaved repetitions; min and median per op. albumentations equivalents (per image, its
+Interleaved repetitions; min and median wall time per op, and the min process CPU time (all
+threads: on a loaded machine the work done, which waiting for the cores does not inflate); the
+load average before and after. ``--threads`` sets fastreg's threads and OpenCV's (default:
+fastreg's default, OpenCV's own). albumentations equivalents (per image, its
 own RNG): RandAugment ~ SomeOf(n=2) of Affine shear/translate/rotate, RandomBrightnessContrast,
 ColorJitter(saturation), Sharpen, Posterize, Solarize, Equalize, AutoContrast (where present);
 TrivialAugmentWide ~ OneOf of the same; ColorJitter; Normalize.
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -34,6 +38,7 @@ def _albu():
         ops.append(alb.AutoContrast(p=1))
     return {"RandAugment": alb.SomeOf(ops, n=2, p=1), "TrivialAugmentWide": alb.OneOf(ops, p=1),
             "ColorJitter": alb.ColorJitter(0.4, 0.4, 0.4, 0, p=1),
+            "ColorJitter+hue": alb.ColorJitter(0.4, 0.4, 0.4, 0.1, p=1),
             "Normalize": alb.Normalize()}
 
 
@@ -41,10 +46,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    if args.threads:
+        fastreg.set_num_threads(args.threads)
+        try:
+            import cv2
+            cv2.setNumThreads(args.threads)
+        except ImportError:
+            pass
+    load0 = os.getloadavg()
     x = np.random.default_rng(0).integers(0, 256, (args.n, 224, 224, 3), dtype=np.uint8)
     ops = {"RandAugment": A.RandAugment(2, 9), "TrivialAugmentWide": A.TrivialAugmentWide(),
-           "ColorJitter": A.ColorJitter(0.4, 0.4, 0.4)}
+           "ColorJitter": A.ColorJitter(0.4, 0.4, 0.4),
+           "ColorJitter+hue": A.ColorJitter(0.4, 0.4, 0.4, 0.1)}
     norm = A.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     out8 = np.empty_like(x)
     outf = np.empty(x.shape, np.float32)
@@ -63,16 +78,20 @@ def main():
     for f in runners.values():   # warm-up (JIT compile)
         f()
     times = {k: [] for k in runners}
+    cpu = {k: [] for k in runners}
     for _ in range(args.reps):
         for k, f in runners.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    print(f"batch {args.n}x224x224x3 uint8, threads {fastreg.get_num_threads()}, "
-          f"albumentations {'installed' if albu else 'NOT installed'}")
+            cpu[k].append(time.process_time() - c0)
+    load1 = os.getloadavg()
+    print(f"batch {args.n}x224x224x3 uint8, fastreg threads {fastreg.get_num_threads()}, "
+          f"albumentations {'installed' if albu else 'NOT installed'}, load average "
+          f"{load0[0]:.2f} -> {load1[0]:.2f}")
     for (name, be), ts in times.items():
         print(f"{name:20s} {be:15s} min {1e3 * min(ts):9.1f} ms  median "
-              f"{1e3 * statistics.median(ts):9.1f} ms")
+              f"{1e3 * statistics.median(ts):9.1f} ms  cpu min {1e3 * min(cpu[(name, be)]):9.1f} ms")
 
 
 if __name__ == "__main__":

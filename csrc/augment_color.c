@@ -637,57 +637,82 @@ static void fr_sharpness(const fr_img *im, int64_t n, double f, fr_rows *b)
     }
 }
 
-/* torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb and to_dtype(uint8) on one pixel */
-FR_C_INLINE void fr_hue_pixel(const uint8_t *s, uint8_t *d, float shift)
-{
-    static const int sel[3][6] = {{0, 2, 1, 1, 3, 0}, {3, 0, 0, 2, 1, 1}, {1, 1, 3, 0, 0, 2}};
-    const float inv255 = (float)(1.0 / 255.0);
-    const float r = (float)s[0] * inv255, g = (float)s[1] * inv255, b = (float)s[2] * inv255;
-    float maxc = r > g ? r : g;
-    maxc = maxc > b ? maxc : b;
-    float minc = r < g ? r : g;
-    minc = minc < b ? minc : b;
-    const int eqc = maxc == minc;
-    const float crange = maxc - minc;
-    const float sat = crange / (eqc ? 1.0f : maxc);
-    const float div = eqc ? 1.0f : crange;
-    const float rc = (maxc - r) / div, gc = (maxc - g) / div, bc = (maxc - b) / div;
-    const int neq_r = maxc != r, eq_g = maxc == g;
-    const float hg = ((rc + 2.0f) - bc) * (float)(eq_g && neq_r);
-    const float hr = (bc - gc) * (float)(!neq_r);
-    const float hb = ((gc + 4.0f) - rc) * (float)(neq_r && !eq_g);
-    float h = (hr + hg) + hb;
-    /* fmod(z, 1) without libm: z - k is exact for z in [k, 2k] (Sterbenz); z = h / 6 + 1 is in
-     * [1, 3), z + shift in (-0.5, 1.5) */
-    h = h * (float)(1.0 / 6.0) + 1.0f;
-    h = h >= 2.0f ? h - 2.0f : (h >= 1.0f ? h - 1.0f : h);
-    h = h + shift;
-    h = h >= 1.0f ? h - 1.0f : (h <= -1.0f ? h + 1.0f : h);
-    if (h < 0.0f)       /* torch.remainder: fmod, then + 1 for a negative result */
-        h = h + 1.0f;
-    const float h6 = h * 6.0f;
-    const int i0 = (int)h6;   /* h6 >= 0: truncation is floor */
-    const float fr = h6 - (float)i0;
-    const int i = i0 % 6;
-    const float sxf = sat * fr, oms = 1.0f - sat;
-    float q = (1.0f - sxf) * maxc, t = (sxf + oms) * maxc, p = oms * maxc;
-    q = q > 1.0f ? 1.0f : q;
-    t = t > 1.0f ? 1.0f : t;
-    p = p > 1.0f ? 1.0f : p;
-    const float vpqt[4] = {maxc, p, q, t};
-    const float to_u8 = 255.999f;
-    for (int k = 0; k < 3; k++)
-        d[k] = (uint8_t)(vpqt[sel[k][i]] * to_u8);
-}
+/* torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb and to_dtype(uint8) (the reference's
+ * ``hue``) on float planes (values 0..255 in, the products before truncation out), with
+ * selects instead of branches so that the compiler vectorizes it; fmod(z, 1) without libm:
+ * z - k is exact for z in [k, 2k] (Sterbenz), z = h / 6 + 1 is in [1, 3), z + shift in
+ * (-0.5, 1.5); torch.remainder adds 1 to a negative fmod; h6 >= 0, so truncation is floor */
+#define FR_HUE_LOOP(SUF, ATTR)                                                              \
+    ATTR static void fr_hue_row##SUF(float *restrict R, float *restrict G, float *restrict B, \
+                                     int64_t W, float shift)                                \
+    {                                                                                       \
+        const float inv255 = (float)(1.0 / 255.0), sixth = (float)(1.0 / 6.0);              \
+        for (int64_t u = 0; u < W; u++) {                                                   \
+            const float r = R[u] * inv255, g = G[u] * inv255, b = B[u] * inv255;            \
+            float maxc = r > g ? r : g;                                                     \
+            maxc = maxc > b ? maxc : b;                                                     \
+            float minc = r < g ? r : g;                                                     \
+            minc = minc < b ? minc : b;                                                     \
+            const int eqc = maxc == minc;                                                   \
+            const float crange = maxc - minc;                                               \
+            const float sat = crange / (eqc ? 1.0f : maxc);                                 \
+            const float div = eqc ? 1.0f : crange;                                          \
+            const float rc = (maxc - r) / div, gc = (maxc - g) / div, bc = (maxc - b) / div; \
+            const int neq_r = maxc != r, eq_g = maxc == g;                                  \
+            const float hg = ((rc + 2.0f) - bc) * ((eq_g & neq_r) ? 1.0f : 0.0f);           \
+            const float hr = (bc - gc) * (neq_r ? 0.0f : 1.0f);                             \
+            const float hb = ((gc + 4.0f) - rc) * ((neq_r & !eq_g) ? 1.0f : 0.0f);          \
+            float h = (hr + hg) + hb;                                                       \
+            /* both arms computed, then selected: no float op in a branch (if-conversion) */ \
+            h = h * sixth + 1.0f;                                                           \
+            const float hm2 = h - 2.0f, hm1 = h - 1.0f;                                     \
+            h = h >= 2.0f ? hm2 : (h >= 1.0f ? hm1 : h);                                    \
+            h = h + shift;                                                                  \
+            const float sm1 = h - 1.0f, sp1 = h + 1.0f;                                     \
+            h = h >= 1.0f ? sm1 : (h <= -1.0f ? sp1 : h);                                   \
+            const float hp1 = h + 1.0f;                                                     \
+            h = h < 0.0f ? hp1 : h;                                                         \
+            const float h6 = h * 6.0f;                                                      \
+            const int32_t i0 = (int32_t)h6;                                                 \
+            const float fr = h6 - (float)i0;                                                \
+            const int32_t i = i0 >= 6 ? i0 - 6 : i0;   /* h6 < 12: i0 % 6 */                \
+            const float sxf = sat * fr, oms = 1.0f - sat;                                   \
+            float q = (1.0f - sxf) * maxc, t = (sxf + oms) * maxc, p = oms * maxc;          \
+            q = q > 1.0f ? 1.0f : q;                                                        \
+            t = t > 1.0f ? 1.0f : t;                                                        \
+            p = p > 1.0f ? 1.0f : p;                                                        \
+            /* HSV_SELECT by sector i: (v, p, q, t) -> r, g, b */                          \
+            const int c0 = i == 0, c1 = i == 1, c2 = i == 2, c3 = i == 3, c4 = i == 4;      \
+            const float ro = (c0 | (i == 5)) ? maxc : (c1 ? q : (c4 ? t : p));              \
+            const float go = c0 ? t : ((c1 | c2) ? maxc : (c3 ? q : p));                    \
+            const float bo = (c0 | c1) ? p : (c2 ? t : ((c3 | c4) ? maxc : q));             \
+            R[u] = ro * 255.999f;                                                           \
+            G[u] = go * 255.999f;                                                           \
+            B[u] = bo * 255.999f;                                                           \
+        }                                                                                   \
+    }
+
+FR_HUE_LOOP(_portable, )
+#ifdef FR_HAVE_AVX2_KERNELS
+FR_HUE_LOOP(_avx2, __attribute__((target("avx2"))))
+#endif
 
 static void fr_hue(const fr_img *im, int64_t n, double f, fr_rows *b)
 {
     const float shift = (float)f;
+    const int64_t W = im->W;
+    float *R = b->f, *G = R + W, *B = G + W;
     for (int64_t y = 0; y < im->H; y++) {
         const uint8_t *s = fr_src_row(im, n, y, b->in);
         uint8_t *d = fr_dst_row(im, n, y, b->outr);
-        for (int64_t u = 0; u < im->W; u++)
-            fr_hue_pixel(s + 3 * u, d + 3 * u, shift);
+        fr_planes(s, W, R, G, B);
+#ifdef FR_HAVE_AVX2_KERNELS
+        if (fr_get_isa() >= 1)
+            fr_hue_row_avx2(R, G, B, W, shift);
+        else
+#endif
+            fr_hue_row_portable(R, G, B, W, shift);
+        fr_interleave(R, G, B, W, d);
         fr_put_row(im, n, y, d);
     }
 }
