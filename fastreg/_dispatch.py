@@ -11,7 +11,9 @@ the host path is kept short: ``resolve`` remembers what ``_registry.resolve`` an
 NumPy arrays, ``job`` hands out one stateless ``Job`` per host backend, and ``Job.op`` is an
 attribute lookup on the backend module.
 """
+import functools
 import os
+import sys
 
 import numpy as np
 
@@ -133,3 +135,88 @@ def flat(a):
     if type(a) is np.ndarray:
         return a.ravel()  # a view for a C-contiguous array, and cheaper than reshape(-1)
     return a.reshape(-1) if a.ndim != 1 else a
+
+
+NOT_TORCH = object()   # torch_call's answer when no argument is a torch CPU tensor
+
+
+def torch_call(fn, args):
+    """Run public op ``fn`` on torch CPU tensors, answering in kind; ``NOT_TORCH`` when no
+    argument (``args``: the op's parameters by name, its ``locals()`` on entry) is one.
+
+    A public op written for NumPy arrays starts with::
+
+        if type(x) is not np.ndarray:
+            if (r := _dispatch.torch_call(op, locals())) is not _dispatch.NOT_TORCH:
+                return r
+
+    which costs a NumPy caller one type test. The tensors among the arguments (also inside
+    lists and tuples, as the list ops and ``BatchNormSaved`` hold them) are passed as zero-copy
+    NumPy views (bfloat16 through ml_dtypes), and every array ``fn`` returns comes back as a
+    torch tensor sharing its memory; an ``out=`` tensor (or a tensor updated in place) is
+    returned as the caller's own object. CUDA tensors keep their own path (which already answers
+    with torch tensors). A tensor that requires grad is refused: these functions record no
+    autograd (``fastreg.torch`` has the differentiable layers).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not _any_cpu_tensor(torch, args.values()):
+        return NOT_TORCH
+    views = {}   # id(view) -> (view, the caller's tensor)
+    kwargs = {k: _to_host(torch, v, views, fn.__name__) for k, v in args.items()}
+    return _to_torch(torch, fn(**kwargs), views)
+
+
+_PLAIN = frozenset((np.ndarray, float, int, bool, str, type(None)))   # skipped at once
+
+
+def _any_cpu_tensor(torch, values):
+    for a in values:
+        t = type(a)
+        if t in _PLAIN:
+            continue
+        if t is list or isinstance(a, tuple):      # the list ops; a BatchNormSaved
+            if any(type(b) not in _PLAIN and isinstance(b, torch.Tensor)
+                   and b.device.type == "cpu" for b in a):
+                return True
+        elif isinstance(a, torch.Tensor) and a.device.type == "cpu":
+            return True
+    return False
+
+
+def _to_host(torch, a, views, name):
+    if isinstance(a, (list, tuple)):
+        items = [_to_host(torch, b, views, name) for b in a]
+        return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
+    if not isinstance(a, torch.Tensor) or a.device.type != "cpu":
+        return a
+    if a.requires_grad:
+        raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it records no "
+                        "autograd; pass .detach(), or use the layers of fastreg.torch")
+    if a.dtype == torch.bfloat16:
+        if _arrays.BFLOAT16 is None:
+            raise TypeError(f"fastreg.{name}: a bfloat16 tensor needs ml_dtypes on the NumPy "
+                            "side (pip install \"fastreg-kernels[bf16]\")")
+        v = a.view(torch.int16).numpy().view(_arrays.BFLOAT16)
+    else:
+        v = a.numpy()
+    views[id(v)] = (v, a)   # the view is kept alive, so its id stays unique during the call
+    return v
+
+
+def _to_torch(torch, r, views):
+    if type(r) is np.ndarray:
+        own = views.get(id(r))
+        if own is not None and own[0] is r:
+            return own[1]
+        if _arrays.BFLOAT16 is not None and r.dtype == _arrays.BFLOAT16:
+            return torch.from_numpy(r.view(np.int16)).view(torch.bfloat16)
+        try:
+            return torch.from_numpy(r)
+        except TypeError:           # a dtype torch lacks: left as NumPy
+            return r
+    if isinstance(r, tuple):
+        items = [_to_torch(torch, b, views) for b in r]
+        return type(r)(*items) if hasattr(r, "_fields") else tuple(items)
+    if isinstance(r, list):
+        return [_to_torch(torch, b, views) for b in r]
+    return r

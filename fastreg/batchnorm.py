@@ -407,6 +407,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     empty y; training leaves the running statistics alone (torch does the same). One value per
     channel in training raises (see Raises).
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(batch_norm, locals())) is not _dispatch.NOT_TORCH:
+            return r
     if type(x) is np.ndarray and comm is None and out is None:
         fast = _fast_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
                              axis, activation, residual, num_batches_tracked, backend)
@@ -573,6 +576,9 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     loss on every rank: with uneven per-rank batches and a mean loss, divide by the global batch
     size (not the local one) and sum the parameter gradients over ranks.
     """
+    if type(grad_y) is not np.ndarray:
+        if (r := _dispatch.torch_call(batch_norm_backward, locals())) is not _dispatch.NOT_TORCH:
+            return r
     if (type(x) is np.ndarray and type(saved) is BatchNormSaved and axis is None
             and activation is None and out is None and comm is None):
         fast = _fast_backward(grad_y, x, saved, weight, y, backend)
@@ -875,6 +881,9 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     statistics of parts (micro-batches, processes) combine into exactly those of the whole, up
     to rounding.
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(batch_norm_stats, locals())) is not _dispatch.NOT_TORCH:
+            return r
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x", half=True)
     device = _arrays.is_device(x)
@@ -998,6 +1007,9 @@ def fold_batch_norm(weight, bias, running_mean, running_var, bn_weight=None, bn_
         weight not float32/float64; per-channel arrays of the wrong length; eps <= 0; axis out
         of range.
     """
+    if type(weight) is not np.ndarray:
+        if (r := _dispatch.torch_call(fold_batch_norm, locals())) is not _dispatch.NOT_TORCH:
+            return r
     W = _arrays.describe(weight, "weight")
     _arrays.check_float(W, "weight")
     if _arrays.is_device(weight):

@@ -144,6 +144,9 @@ def grad_norm(grads, norm_type=2.0, *, backend="auto"):
     TypeError, ValueError
         A bad norm_type, a non-float array, host and device arrays mixed.
     """
+    if type(grads) is not np.ndarray:
+        if (r := _dispatch.torch_call(grad_norm, locals())) is not _dispatch.NOT_TORCH:
+            return r
     p = check_norm_type(norm_type)
     arrays = _multi.as_list(grads, "grads")
     infos, device = [], None
@@ -188,6 +191,9 @@ def clip_grads_with_norm(grads, max_norm, total_norm, *, backend="auto"):
     TypeError, ValueError
         A bad max_norm or total_norm, a non-float or read-only gradient, shared memory.
     """
+    if type(grads) is not np.ndarray:
+        if (r := _dispatch.torch_call(clip_grads_with_norm, locals())) is not _dispatch.NOT_TORCH:
+            return r
     max_norm = _check_max_norm(max_norm)
     total = _arrays._scalar(total_norm)
     if isinstance(total, (bool, np.bool_)) or not isinstance(total, numbers.Real):
@@ -238,6 +244,9 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     the coefficient is 1 (total <= max_norm). ``fastreg.optim``'s ``max_grad_norm=`` fuses
     the scaling into the optimizer step instead. The coefficient is torch's (module doc).
     """
+    if type(grads) is not np.ndarray:
+        if (r := _dispatch.torch_call(clip_grad_norm, locals())) is not _dispatch.NOT_TORCH:
+            return r
     max_norm = _check_max_norm(max_norm)
     p = check_norm_type(norm_type)
     error_if_nonfinite = _arrays.check_bool(error_if_nonfinite, "error_if_nonfinite")
@@ -304,6 +313,9 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     Brock, De, Smith & Simonyan, "High-performance large-scale image recognition without
     normalization", ICML 2021. NaN norms propagate (``max`` keeps NaN, as ``torch.clamp``).
     """
+    if type(params) is not np.ndarray:
+        if (r := _dispatch.torch_call(adaptive_clip_grad, locals())) is not _dispatch.NOT_TORCH:
+            return r
     clip_factor = _arrays.check_nonneg(clip_factor, "clip_factor")
     eps = _arrays.check_nonneg(eps, "eps")
     p = check_norm_type(norm_type)

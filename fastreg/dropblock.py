@@ -209,6 +209,9 @@ def drop_block(x, p=0.1, block_size=7, *, seed, offset=0, training=True, layout=
     Costs: one pass generating ``x.size`` stream words and the block mask (a temporary uint8
     array of x's shape), one pass applying it.
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(drop_block, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend,
                     "x")
@@ -239,5 +242,8 @@ def drop_block_backward(grad_y, p=0.1, block_size=7, *, seed, offset=0, training
     TypeError, ValueError
         As ``drop_block``, for grad_y in place of x.
     """
+    if type(grad_y) is not np.ndarray:
+        if (r := _dispatch.torch_call(drop_block_backward, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return _run(grad_y, p, block_size, seed, offset, training, layout, gamma_scale, out,
                 backend, "grad_y", backward=True)[0]

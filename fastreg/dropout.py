@@ -243,6 +243,9 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     neural networks from overfitting", JMLR 15, 2014. The mask is a pure function of
     ``(seed, offset + i)``; see ``fastreg.dropout_mask`` to materialize it.
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(dropout, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _elementwise(x, p, seed, offset, training, mode, out, backend, "x")
     return (y, DropoutState(*state)) if return_state else y
@@ -272,6 +275,9 @@ def dropout_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="inve
     TypeError, ValueError
         As in ``fastreg.dropout``, for grad_y in place of x.
     """
+    if type(grad_y) is not np.ndarray:
+        if (r := _dispatch.torch_call(dropout_backward, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return _elementwise(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", backward=True)[0]
 
 
@@ -407,6 +413,9 @@ def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="in
     Tompson, Goroshin, Jain, LeCun & Bregler, "Efficient object localization using convolutional
     networks", CVPR 2015 (SpatialDropout).
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(channel_dropout, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", axis)
     return (y, DropoutState(*state)) if return_state else y
@@ -428,6 +437,10 @@ def channel_dropout_backward(grad_y, p=0.5, *, seed, offset=0, axis=1, training=
     array
         ``grad_x``.
     """
+    if type(grad_y) is not np.ndarray:
+        r = _dispatch.torch_call(channel_dropout_backward, locals())
+        if r is not _dispatch.NOT_TORCH:
+            return r
     return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", axis, backward=True)[0]
 
 
@@ -454,6 +467,9 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=N
     -----
     Huang, Sun, Liu, Sedra & Weinberger, "Deep networks with stochastic depth", ECCV 2016.
     """
+    if type(x) is not np.ndarray:
+        if (r := _dispatch.torch_call(drop_path, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return_state = _arrays.check_bool(return_state, "return_state")
     y, state = _grouped(x, p, seed, offset, training, mode, out, backend, "x", None)
     return (y, DropoutState(*state)) if return_state else y
@@ -475,4 +491,7 @@ def drop_path_backward(grad_y, p=0.5, *, seed, offset=0, training=True, mode="in
     array
         ``grad_x``.
     """
+    if type(grad_y) is not np.ndarray:
+        if (r := _dispatch.torch_call(drop_path_backward, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return _grouped(grad_y, p, seed, offset, training, mode, out, backend, "grad_y", None, backward=True)[0]

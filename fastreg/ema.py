@@ -137,6 +137,9 @@ def ema_update(ema, params, decay, *, backend="auto"):
     Computed as ``torch._foreach_lerp_(ema, params, 1 - decay)`` (see the module doc): the
     same bits as PyTorch (timm's ``ModelEmaV3``) on CPUs with its AVX2 / AVX-512 kernels.
     """
+    if type(ema) is not np.ndarray:
+        if (r := _dispatch.torch_call(ema_update, locals())) is not _dispatch.NOT_TORCH:
+            return r
     decay = _check_decay(decay)
     targets = _multi.as_list(ema, "ema")
     sources = _multi.as_list(params, "params")

@@ -170,6 +170,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=DEFAULT_IGNORE_IN
     ``SoftTargetCrossEntropy`` (soft targets, "mean"); float32 results agree with the float64
     reference to a few float32 ulps (tests/test_loss.py holds the tolerances).
     """
+    if type(logits) is not np.ndarray:
+        if (r := _dispatch.torch_call(cross_entropy, locals())) is not _dispatch.NOT_TORCH:
+            return r
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           grad, out, backend, None)
 

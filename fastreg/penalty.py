@@ -78,6 +78,9 @@ def l1_penalty(w, lam, *, backend="auto"):
     ValueError
         lam negative, NaN or infinite.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(l1_penalty, locals())) is not _dispatch.NOT_TORCH:
+            return r
     lam = _arrays.check_nonneg(lam, "lam")
     return lam * _sums(w, backend)[0]
 
@@ -104,6 +107,9 @@ def l2_penalty(w, lam, *, backend="auto"):
     TypeError, ValueError
         As in ``l1_penalty``.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(l2_penalty, locals())) is not _dispatch.NOT_TORCH:
+            return r
     lam = _arrays.check_nonneg(lam, "lam")
     return lam * _sums(w, backend)[1]
 
@@ -132,6 +138,9 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
     -----
     Zou & Hastie, "Regularization and variable selection via the elastic net", JRSS B, 2005.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(elastic_net_penalty, locals())) is not _dispatch.NOT_TORCH:
+            return r
     l1 = _arrays.check_nonneg(l1, "l1")
     l2 = _arrays.check_nonneg(l2, "l2")
     s_abs, s_sq = _sums(w, backend)
@@ -218,16 +227,25 @@ _GRAD_DOC = """
 
 
 def l1_grad(w, lam, *, out=None, accumulate=False, backend="auto"):
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(l1_grad, locals())) is not _dispatch.NOT_TORCH:
+            return r
     lam = _arrays.check_nonneg(lam, "lam")
     return _grad(w, lam, 0.0, out, accumulate, backend)
 
 
 def l2_grad(w, lam, *, out=None, accumulate=False, backend="auto"):
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(l2_grad, locals())) is not _dispatch.NOT_TORCH:
+            return r
     lam = _arrays.check_nonneg(lam, "lam")
     return _grad(w, 0.0, 2.0 * lam, out, accumulate, backend)
 
 
 def elastic_net_grad(w, l1, l2, *, out=None, accumulate=False, backend="auto"):
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(elastic_net_grad, locals())) is not _dispatch.NOT_TORCH:
+            return r
     l1 = _arrays.check_nonneg(l1, "l1")
     l2 = _arrays.check_nonneg(l2, "l2")
     return _grad(w, l1, 2.0 * l2, out, accumulate, backend)
@@ -312,6 +330,9 @@ def prox_l1(w, threshold, *, backend="auto"):
     Donoho, "De-noising by soft-thresholding", IEEE Trans. Inf. Theory, 1995; Beck & Teboulle,
     "A fast iterative shrinkage-thresholding algorithm", SIAM J. Imaging Sci., 2009.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(prox_l1, locals())) is not _dispatch.NOT_TORCH:
+            return r
     t = _arrays.check_nonneg(threshold, "threshold")
     return _soft(w, t, 1.0, backend)
 
@@ -337,6 +358,9 @@ def prox_elastic_net(w, l1_threshold, l2_threshold, *, backend="auto"):
     TypeError, ValueError
         As in ``prox_l1``.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(prox_elastic_net, locals())) is not _dispatch.NOT_TORCH:
+            return r
     t1 = _arrays.check_nonneg(l1_threshold, "l1_threshold")
     t2 = _arrays.check_nonneg(l2_threshold, "l2_threshold")
     return _soft(w, t1, 1.0 / (1.0 + 2.0 * t2), backend)
@@ -376,6 +400,9 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
     Yuan & Lin, "Model selection and estimation in regression with grouped variables", JRSS B,
     2006.
     """
+    if type(w) is not np.ndarray:
+        if (r := _dispatch.torch_call(prox_group_lasso, locals())) is not _dispatch.NOT_TORCH:
+            return r
     t = _arrays.check_nonneg(threshold, "threshold")
     x, device = _arrays.check_in_place(w, "w", half=True)
     shape = tuple(x.shape)

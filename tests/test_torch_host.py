@@ -1,0 +1,82 @@
+"""Torch CPU tensors passed to fastreg's NumPy-level functions come back as torch tensors
+(fastreg._dispatch.torch_host): the same values as the NumPy call, zero-copy, ``out=`` and
+in-place list updates land in the caller's tensors, and gradient-carrying tensors are refused."""
+import numpy as np
+import pytest
+
+import fastreg
+
+torch = pytest.importorskip("torch")
+
+
+def _x(shape=(6, 5), seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+CASES = {
+    "dropout": lambda x: fastreg.dropout(x, 0.3, seed=7, offset=2),
+    "channel_dropout": lambda x: fastreg.channel_dropout(x, 0.3, seed=7),
+    "drop_path": lambda x: fastreg.drop_path(x, 0.3, seed=7),
+    "l1_grad": lambda x: fastreg.l1_grad(x, 0.1),
+    "l2_grad": lambda x: fastreg.l2_grad(x, 0.1),
+    "prox_l1": lambda x: fastreg.prox_l1(x, 0.2),
+    "l2_penalty": lambda x: fastreg.l2_penalty(x, 0.1),
+    "bn": lambda x: fastreg.batch_norm(x, None, None, training=True)[0],
+    "cross_entropy": lambda x: fastreg.cross_entropy(x, np.arange(6) % 5)[1],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tensor_in_tensor_out_same_values(case):
+    x = _x()
+    want = CASES[case](x.copy())
+    got = CASES[case](torch.from_numpy(x.copy()))
+    if isinstance(want, float):
+        assert isinstance(got, float) and got == want
+    else:
+        assert isinstance(got, torch.Tensor)
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_numpy_in_numpy_out_with_torch_imported():
+    assert type(fastreg.dropout(_x(), 0.5, seed=1)) is np.ndarray
+
+
+def test_out_and_in_place_updates_land_in_the_callers_tensors():
+    t = torch.from_numpy(_x())
+    out = torch.empty_like(t)
+    assert fastreg.l2_grad(t, 0.5, out=out) is out
+    np.testing.assert_array_equal(out.numpy(), fastreg.l2_grad(t.numpy(), 0.5))
+    ema, p = [torch.zeros(3), torch.zeros(2, 2)], [torch.ones(3), torch.ones(2, 2)]
+    fastreg.ema_update(ema, p, 0.75)
+    assert all(torch.all(e == 0.25) for e in ema)
+    grads = [torch.full((3,), 3.0), torch.full((2,), 4.0)]
+    total = fastreg.clip_grad_norm(grads, 1.0)
+    assert total == pytest.approx(np.sqrt(3 * 9.0 + 2 * 16.0))
+    assert float(sum((g.double() ** 2).sum() for g in grads)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_saved_statistics_round_trip_through_backward():
+    x, gy = torch.from_numpy(_x()), torch.from_numpy(_x(seed=1))
+    y, saved = fastreg.batch_norm(x, None, None, training=True)
+    assert isinstance(saved.mean, torch.Tensor)
+    gx = fastreg.batch_norm_backward(gy, x, saved, None)[0]
+    y_np, saved_np = fastreg.batch_norm(x.numpy(), None, None, training=True)
+    want = fastreg.batch_norm_backward(gy.numpy(), x.numpy(), saved_np, None)[0]
+    assert isinstance(gx, torch.Tensor)
+    np.testing.assert_array_equal(gx.numpy(), want)
+    np.testing.assert_array_equal(y.numpy(), y_np)
+
+
+def test_bfloat16_tensor():
+    pytest.importorskip("ml_dtypes")
+    t = torch.from_numpy(_x()).bfloat16()
+    y = fastreg.dropout(t, 0.5, seed=3)
+    assert y.dtype == torch.bfloat16
+    want = fastreg.dropout(t.float().numpy(), 0.5, seed=3)
+    np.testing.assert_array_equal(y.float().numpy(), torch.from_numpy(want).bfloat16().float())
+
+
+def test_a_tensor_that_requires_grad_is_refused():
+    with pytest.raises(TypeError, match="requires grad.*fastreg.torch"):
+        fastreg.dropout(torch.ones(3, requires_grad=True), 0.5, seed=1)
