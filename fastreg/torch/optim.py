@@ -257,18 +257,18 @@ class _FastregOptimizer(torch.optim.Optimizer):
 
     def _kernel_grads(self, work):
         """Each gradient as the kernels take it: a flat view laid out like its parameter, or a
-        float32 copy of a 16-bit one (float32 math); then the check_finite test (before any
-        parameter changes)."""
+        float32 copy of a 16-bit one (float32 math), with its Job; then the check_finite test
+        (before any parameter changes)."""
         ready = []
         for group, _, p, g, name in work:
-            job = self._job(group, p)
             if not p.numel():
-                ready.append(None)
+                ready.append((None, None))
                 continue
+            job = self._job(group, p)
             gv = _view(job, self._laid_out(g, p))
             if g.dtype in _HALF:
                 gv = _half.widen(job, gv, _arrays.half_kind(gv.dtype))
-            ready.append(gv)
+            ready.append((job, gv))
             if group["check_finite"] and not job.op("all_finite")(gv):
                 raise FloatingPointError(f"{name}.grad holds NaN or inf: no parameter was "
                                          "changed (check_finite=True)")
@@ -299,10 +299,9 @@ class _FastregOptimizer(torch.optim.Optimizer):
             return 1.0
         max_norm = _clip._check_max_norm(self.max_grad_norm)
         s, dtypes = 0.0, []
-        for (group, _, p, g, _), gv in zip(work, ready):
+        for job, gv in ready:
             if gv is None:
                 continue
-            job = self._job(group, p)
             dtypes.append(gv.dtype)
             s += job.op("norm_sum")([gv], 2.0)
         self.last_grad_norm = math.sqrt(s) if s == s else s
@@ -338,15 +337,16 @@ class _FastregOptimizer(torch.optim.Optimizer):
         work = self._grads()
         ready = self._kernel_grads(work)
         self._gscale = self._clip_factor(work, ready)
-        for (group, j, p, g, name), gv in zip(work, ready):
+        for (group, j, p, g, name), (job, gv) in zip(work, ready):
             if gv is None:
                 continue
-            job = self._job(group, p)
             state = self.state[p]
-            sdtype = _state_dtype(p)
             for key in self._STATE:
-                if state.get(key) is not None:
-                    state[key] = self._laid_out(state[key].to(sdtype), p)
+                s = state.get(key)
+                if s is not None:
+                    if p.dtype in _HALF and s.dtype != torch.float32:
+                        s = s.float()  # a 16-bit moment from a torch state_dict, widened
+                    state[key] = self._laid_out(s, p)
             pv = _view(job, p)
             if p.dtype in _HALF:  # float32 math on the widened parameter, rounded back
                 kind = _arrays.half_kind(pv.dtype)
