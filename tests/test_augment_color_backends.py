@@ -340,6 +340,12 @@ def test_cuda_pipelines():
         np.testing.assert_array_equal(op(x, seed=3, epoch=1, backend="cuda"), expected)
         got = op(cuda.to_device(x), seed=3, epoch=1)       # device in, device out
         np.testing.assert_array_equal(got.copy_to_host(), expected)
+    with pytest.raises(TypeError, match="host arrays"):
+        A.adjust_hue(cuda.to_device(x), 0.1)
+    with pytest.raises(TypeError, match="host arrays"):
+        A.Normalize([0.5], [0.2])(cuda.to_device(x))
+    np.testing.assert_array_equal(A.adjust_hue(x, 0.1, backend="cuda"),
+                                  A.adjust_hue(x, 0.1, backend="numpy"))
     with pytest.raises(fastreg.BackendUnavailableError, match="NHWC"):
         A.ColorJitter(0.4)(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), seed=0,
                            layout="NCHW", backend="cuda")

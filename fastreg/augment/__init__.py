@@ -5,10 +5,10 @@ Images (fastreg.augment.image): ``random_flip``, ``random_rot90``, ``random_rota
 ``cutmix``, and ``Compose`` with the op settings ``RandomFlip``, ``RandomRot90``,
 ``RandomRotate``, ``RandomCrop``, ``RandomResizedCrop``, ``GaussianNoise``, ``RandomErasing``.
 Every backend ("numpy", "cpu", "c", "cuda") gives the same bits on the CPU.
-Colour (fastreg.augment.color, uint8, host backends): ``RandAugment``, ``TrivialAugmentWide``
+Colour (fastreg.augment.color, uint8, all four backends): ``RandAugment``, ``TrivialAugmentWide``
 (fastreg.augment.policies), ``ColorJitter``, ``GaussianBlur``, ``Normalize`` and the
-deterministic ``adjust_*`` (hue included), ``posterize``, ``solarize``, ``autocontrast``, ``equalize``. Importing this
-package loads no backend.
+deterministic ``adjust_*`` (hue included), ``posterize``, ``solarize``, ``autocontrast``,
+``equalize``. Importing this package loads no backend.
 """
 from .compose import (Compose, GaussianNoise, RandomCrop, RandomErasing, RandomFlip,
                       RandomResizedCrop, RandomRot90, RandomRotate)

@@ -75,7 +75,7 @@ class _ColorOp(_c._Op):
         Parameters
         ----------
         images : array (N, H, W, C) or (N, C, H, W), uint8
-            Host batch; not modified (unless ``out`` is ``images``).
+            Host or CUDA batch (CUDA: NHWC); not modified (unless ``out`` is ``images``).
         seed, epoch : int
             Key of every random parameter, in [0, 2**64).
         index_offset : int
@@ -83,7 +83,7 @@ class _ColorOp(_c._Op):
         layout : {"NHWC", "NCHW"}
         out : array, optional
             Result array (images' shape, uint8); may be ``images`` (in place).
-        backend : {"auto", "numpy", "cpu", "c"}
+        backend : {"auto", "numpy", "cpu", "c", "cuda"}
         indices : array of int (N,), optional
             The samples' global (dataset) ids instead of ``index_offset + i``: a sample gets
             the same parameters whatever its batch position. Host integers in [0, 2**32);
@@ -97,7 +97,7 @@ class _ColorOp(_c._Op):
         Raises
         ------
         TypeError, ValueError, BackendUnavailableError
-            Not uint8, bad shape or keys, bad out, a CUDA array or backend.
+            Not uint8, bad shape or keys, bad out, an NCHW batch on CUDA.
         """
         return _c.run([self], images, seed=seed, epoch=epoch, index_offset=index_offset,
                       layout=layout, target=None, target_fill=0, out=out, backend=backend,
@@ -243,7 +243,15 @@ def _per_sample(value, n, name, lo=None, hi=None, integer=False):
     return a
 
 
+def _host_only(images, out, name):
+    if _arrays.is_device(images) or (out is not None and _arrays.is_device(out)):
+        raise TypeError(f"{name} takes host arrays (backend='cuda' copies them to the device); "
+                        "CUDA device batches go through the op objects (ColorJitter, "
+                        "RandAugment, ...)")
+
+
 def _deterministic(images, code, param, name, layout, out, backend, **limits):
+    _host_only(images, out, name.split(".")[0])
     layout = _c.check_layout(layout)
     arr, dims = _c.check_images(images, layout)
     _check_u8(arr.dtype, name)
@@ -263,12 +271,13 @@ _FN_DOC = """
     Parameters
     ----------
     images : array (N, H, W, C) or (N, C, H, W), uint8
-        Host batch with 1 or 3 channels; not modified (unless ``out`` is ``images``).
+        Batch with 1 or 3 channels (CUDA: NHWC); not modified (unless ``out`` is
+        ``images``).
     {param}
     layout : {{"NHWC", "NCHW"}}
     out : array, optional
         Result array (images' shape, uint8); may be ``images``.
-    backend : {{"auto", "numpy", "cpu", "c"}}
+    backend : {{"auto", "numpy", "cpu", "c", "cuda"}}
 
     Returns
     -------
@@ -278,7 +287,7 @@ _FN_DOC = """
     Raises
     ------
     TypeError, ValueError, BackendUnavailableError
-        Not uint8, not 1 or 3 channels, bad parameter, bad out, a CUDA array or backend.
+        Not uint8, not 1 or 3 channels, bad parameter, bad out, a CUDA device array.
     """
 
 
@@ -366,7 +375,7 @@ def gaussian_blur(images, kernel_size, sigma, *, layout="NHWC", out=None, backen
     layout : {"NHWC", "NCHW"}
     out : array, optional
         Result array (images' shape, uint8); must not share memory with images.
-    backend : {"auto", "numpy", "cpu", "c"}
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
     -------
@@ -430,7 +439,7 @@ class Normalize:
         layout : {"NHWC", "NCHW"}
         out : array, optional
             float32 result of images' shape.
-        backend : {"auto", "numpy", "cpu", "c"}
+        backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
         Returns
         -------
@@ -442,6 +451,7 @@ class Normalize:
         TypeError, ValueError, BackendUnavailableError
             Not uint8, mean/std of the wrong length, bad out.
         """
+        _host_only(images, out, "Normalize")
         layout = _c.check_layout(layout)
         arr, dims = _c.check_images(images, layout)
         _check_u8(arr.dtype, "Normalize")
@@ -489,7 +499,7 @@ def normalize(images, mean, std, *, scale=True, layout="NHWC", out=None, backend
     layout : {"NHWC", "NCHW"}
     out : array, optional
         float32 result of images' shape.
-    backend : {"auto", "numpy", "cpu", "c"}
+    backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns
     -------
