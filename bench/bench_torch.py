@@ -13,7 +13,8 @@ The compiled rows compile the model (inductor, torch's default; only the dynamo 
 ``backend="eager"``, in the smoke run) and run the same step; they are skipped with the reason
 when ``torch.compile`` cannot compile the converted model (it needs fastreg's custom operators).
 The bfloat16 rows (forward + backward of Dropout(0.1) and of BatchNorm2d, float32 parameters as
-under autocast) are skipped with the reason when fastreg's modules refuse bfloat16.
+under autocast) are skipped with the reason when fastreg's modules refuse bfloat16; the AdamW
+step on bfloat16 parameters is in the breakdown.
 
 The model: conv3x3(3->32) BN ReLU Dropout(0.1) | conv3x3/2(32->64) BN ReLU Dropout(0.25) |
 Linear(64*16*16 -> 512) BN ReLU Dropout(0.5) | Linear(512 -> 10), cross-entropy, AdamW(1e-3)
@@ -137,6 +138,14 @@ def breakdown(batch, size, rounds=5):
     f_opt = _time(frt.optim.AdamW(params, lr=1e-6, decay_mask=True).step, rounds)
     rows.append((f"AdamW step ({n} params; torch for-loop)", t_opt, f_opt))
     rows.append((f"AdamW step ({n} params; torch foreach)", t_fe, f_opt))
+    # bfloat16 parameters and gradients (torch: bf16 math and state; fastreg: float32 math and
+    # state, rounded into the parameters)
+    half = [p.detach().to(torch.bfloat16).requires_grad_() for p in params]
+    for p in half:
+        p.grad = torch.randn_like(p)
+    t_h = _time(torch.optim.AdamW(half, lr=1e-6, foreach=True).step, rounds)
+    f_h = _time(frt.optim.AdamW(half, lr=1e-6, decay_mask=True).step, rounds)
+    rows.append((f"AdamW step bf16 ({n} params; torch foreach)", t_h, f_h))
     return rows
 
 
