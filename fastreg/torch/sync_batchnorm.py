@@ -207,6 +207,10 @@ class _SyncMixin:
         if not sync:  # torch's rule: no synchronization, the plain (fastreg) batch norm
             return self._fastreg_forward(x, residual)
         self._check_args(x, residual)
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{type(self).__name__}: synchronized batch norm runs float32 and "
+                            f"float64 input only, got {x.dtype} (cast the input, e.g. outside "
+                            "autocast; unsynchronized calls take 16-bit input)")
         rm = self.running_mean if self.track_running_stats else None
         rv = self.running_var if self.track_running_stats else None
         momentum = 0.0 if self.momentum is None else self.momentum
