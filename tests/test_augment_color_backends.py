@@ -266,16 +266,17 @@ def test_jitter_hue_order_and_range():
 
 @pytest.mark.parametrize("isa", ["portable", "avx2"])
 def test_c_row_loops_every_isa(isa):
-    # the C backend's saturation, contrast and sharpness rows have a portable copy (plain
-    # double sums) and an AVX2 + FMA copy (hardware fused multiply-add): the same bits
+    # the C backend's saturation, contrast and sharpness rows have a portable copy
+    # (tables, plain double sums) and an AVX2 + FMA copy (hardware fused multiply-add): the
+    # same bits
     if fastreg.available_backends()["c"] is not None:
         pytest.skip("backend c unavailable")
     import fastreg.c as fc
     if isa == "avx2" and not fc.has_avx2():
         pytest.skip("no AVX2 on this CPU")
-    x = batch((6, 5, 37, 3), seed=12)     # 37 pixels: two 16-pixel blocks and a tail
-    codes = np.array([2, 3, 4, 2, 4, 3], np.int64)
-    params = np.array([0.3, 1.7, 0.2, 1.9, 1.6, 0.0])
+    x = batch((8, 5, 37, 3), seed=12)     # 37 pixels: two 16-pixel blocks and a tail
+    codes = np.array([2, 3, 4, 2, 4, 3, 1, 1], np.int64)
+    params = np.array([0.3, 1.7, 0.2, 1.9, 1.6, 0.0, 0.7, 1.3])
     expected = np.zeros_like(x)
     R.aug_color(x, codes, params, expected)
     previous = fc.set_isa(isa)
