@@ -12,6 +12,7 @@ messages.
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -24,28 +25,54 @@ _U64 = 1 << 64
 # they convert to float32, compute in float32 and round to nearest even (see fastreg.reference's
 # ``to_float32`` / ``round_half``), so the results are bit-exact across backends.
 FLOAT16 = np.dtype(np.float16)
-try:
-    import ml_dtypes as _ml_dtypes
-    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - depends on the environment
-    _ml_dtypes = None
-    BFLOAT16 = None
-HALF_DTYPES = (FLOAT16,) if BFLOAT16 is None else (FLOAT16, BFLOAT16)
-FLOAT_OR_HALF_DTYPES = FLOAT_DTYPES + HALF_DTYPES
 HALF_F16, HALF_BF16 = 0, 1  # the kind flag kernels take
+_BF16 = []  # [bfloat16's dtype] once known
+
+# ml_dtypes is imported only when bfloat16 is asked for by name (``BFLOAT16``, ``half_dtype``):
+# importing it costs over a second of CPU in every process. No array can be bfloat16 before
+# ml_dtypes is imported (it registers the dtype), so the checks below only look whether it is.
+
+
+def _bfloat16(load=False):
+    """bfloat16's dtype; None while ml_dtypes is not imported (``load=True`` imports it) or
+    not installed."""
+    if not _BF16:
+        m = sys.modules.get("ml_dtypes")
+        if m is None and load:
+            try:
+                import ml_dtypes as m
+            except ImportError:  # pragma: no cover - depends on the environment
+                return None
+        if m is None:
+            return None
+        _BF16.append(np.dtype(m.bfloat16))
+    return _BF16[0]
+
+
+def __getattr__(name):
+    """BFLOAT16 (None without ml_dtypes), HALF_DTYPES and FLOAT_OR_HALF_DTYPES, on first use."""
+    if name == "BFLOAT16":
+        return _bfloat16(load=True)
+    if name == "HALF_DTYPES":
+        bf = _bfloat16(load=True)
+        return (FLOAT16,) if bf is None else (FLOAT16, bf)
+    if name == "FLOAT_OR_HALF_DTYPES":
+        return FLOAT_DTYPES + __getattr__("HALF_DTYPES")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_half(dtype):
     """True for float16 and bfloat16 (ml_dtypes). The itemsize test first: comparing a dtype
     with the bfloat16 dtype costs about 0.3 us, too much for every float32 call."""
-    return dtype.itemsize == 2 and dtype in HALF_DTYPES
+    return dtype.itemsize == 2 and (dtype == FLOAT16 or dtype == _bfloat16())
 
 
 def half_kind(dtype):
     """The kernels' 16-bit kind flag: HALF_F16 (0) for float16, HALF_BF16 (1) for bfloat16."""
     if dtype == FLOAT16:
         return HALF_F16
-    if BFLOAT16 is not None and dtype == BFLOAT16:
+    bf = _bfloat16()
+    if bf is not None and dtype == bf:
         return HALF_BF16
     raise TypeError(f"not a 16-bit float dtype: {dtype}")
 
@@ -54,9 +81,10 @@ def half_dtype(kind):
     """The dtype of a kind flag (bfloat16 needs ml_dtypes)."""
     if kind == HALF_F16:
         return FLOAT16
-    if BFLOAT16 is None:
+    bf = _bfloat16(load=True)
+    if bf is None:
         raise ImportError('bfloat16 needs ml_dtypes: pip install "fastreg-kernels[bf16]"')
-    return BFLOAT16
+    return bf
 
 
 def half_bits(a):
@@ -154,17 +182,17 @@ def check_float(arr, name, half=False):
     """TypeError unless ``arr.dtype`` is float32 or float64 (native byte order), or, with
     ``half=True`` (ops with 16-bit kernels), also float16 or bfloat16 (ml_dtypes)."""
     dt = arr.dtype
-    if dt in FLOAT_DTYPES or (half and dt in HALF_DTYPES):
+    if dt in FLOAT_DTYPES or (half and is_half(dt)):
         return
     if dt.kind == "f" and dt.itemsize in (2, 4, 8) and not dt.isnative:
         raise TypeError(f"{name} must be {float_dtypes_text(half)} in native byte order, got "
                         f"{dt.str}: convert with {name}.astype({name}.dtype.newbyteorder('='))")
-    if not half and (dt in HALF_DTYPES or _looks_bfloat16(dt)):
+    if not half and (is_half(dt) or _looks_bfloat16(dt)):
         raise TypeError(f"{name} must be float32 or float64, got dtype {dt}: this op has no "
                         "16-bit kernels (16-bit floats are supported by dropout and its "
                         "variants, batch norm, the penalties and the optimizers); convert with "
                         f"{name}.astype(np.float32)")
-    if half and BFLOAT16 is None and _looks_bfloat16(dt):
+    if half and _bfloat16() is None and _looks_bfloat16(dt):
         raise TypeError(f"{name} is bfloat16: install ml_dtypes for bfloat16 support "
                         '(pip install "fastreg-kernels[bf16]")')
     raise TypeError(f"{name} must be {float_dtypes_text(half)}, got dtype {dt}")

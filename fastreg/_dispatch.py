@@ -208,7 +208,7 @@ def _to_torch(torch, r, views):
         own = views.get(id(r))
         if own is not None and own[0] is r:
             return own[1]
-        if _arrays.BFLOAT16 is not None and r.dtype == _arrays.BFLOAT16:
+        if r.dtype.itemsize == 2 and r.dtype == _arrays._bfloat16():
             return torch.from_numpy(r.view(np.int16)).view(torch.bfloat16)
         try:
             return torch.from_numpy(r)

@@ -151,8 +151,6 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
 # float32's largest finite value plus half an ulp, 2**128 - 2**103); a strength at or above it
 # would overflow when the kernel converts it to the array's dtype.
 _OVERFLOW = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64): math.inf}
-for _d in _arrays.HALF_DTYPES:  # 16-bit: float32 math, so float32 strengths
-    _OVERFLOW[_d] = _OVERFLOW[np.dtype(np.float32)]
 
 
 def _grad(w, l1, c2, out, accumulate, backend):
@@ -167,7 +165,7 @@ def _grad(w, l1, c2, out, accumulate, backend):
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, (x,), device)
     job = _dispatch.job(backend, not device)
     dtype = arr.dtype
-    limit = _OVERFLOW[dtype]
+    limit = _OVERFLOW.get(dtype, _OVERFLOW[np.dtype(np.float32)])  # 16-bit: float32 math
     if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
         raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
     if dtype.itemsize == 2:  # float16/bfloat16 (checked above)

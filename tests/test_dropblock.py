@@ -500,8 +500,12 @@ def test_torch_module():
     assert "block_size=3" in repr(m)
     with pytest.raises(ValueError, match="4-D"):
         m.train()(torch.randn(3, 9, 9))
-    with pytest.raises(TypeError, match="float32 or float64"):
-        m(torch.zeros(2, 3, 9, 9, dtype=torch.float16))
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
+        m(torch.zeros(2, 3, 9, 9, dtype=torch.int32))
+    x16 = torch.randn(2, 3, 9, 9).half()   # 16-bit input: the float32 mask
+    y16 = frt.DropBlock2d(0.2, 3, seed=4)(x16)
+    y32 = frt.DropBlock2d(0.2, 3, seed=4)(x16.float())
+    assert y16.dtype == torch.float16 and torch.equal(y16, y32.half())
     with pytest.raises(ValueError, match="block_size must be >= 1"):
         frt.DropBlock2d(0.1, 0)
     before = m.offset

@@ -488,14 +488,32 @@ def test_check_finite_changes_nothing():
 
 # --- bad input: clear errors naming the tensor, never a silent copy ---------------------------------
 
-def test_half_precision_and_dtype_mismatch_errors():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_input_as_under_autocast(dtype):
+    """16-bit input with float32 parameters and statistics (torch.autocast's convention): the
+    layers answer in the input's dtype, batch norm as torch's own within one 16-bit rounding,
+    dropout with the float32 mask."""
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    bn, ref = frt.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    y, want = bn(x.to(dtype)), ref(x.to(dtype))
+    assert y.dtype == dtype
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
+    torch.testing.assert_close(y.float(), want.float(), atol=4 * ulp, rtol=2 * ulp)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    d = frt.Dropout(0.5, seed=3)
+    y16, y32 = d(x.to(dtype)), frt.Dropout(0.5, seed=3)(x)
+    assert y16.dtype == dtype and torch.equal(y16 == 0, y32 == 0)
+
+
+def test_dtype_mismatch_errors():
     bn = frt.BatchNorm2d(3)
-    with pytest.raises(TypeError, match="BatchNorm2d input must be float32 or float64.*half"):
-        bn(torch.randn(2, 3, 2, 2).half())
     with pytest.raises(TypeError, match="BatchNorm2d.weight has dtype torch.float32"):
         bn(torch.randn(2, 3, 2, 2, dtype=F64))
-    with pytest.raises(TypeError, match="Dropout input must be float32 or float64"):
-        frt.Dropout(0.5)(torch.ones(4, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="Dropout input must be float32, float64, float16 or "
+                                        "bfloat16"):
+        frt.Dropout(0.5)(torch.ones(4, dtype=torch.int32))
     with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\]\[0\].*int64"):
         frt.optim.SGD([torch.zeros(3, dtype=torch.int64)], lr=0.1)  # 16-bit: test_torch_optim
     p = torch.zeros(3, requires_grad=True)

@@ -35,7 +35,7 @@ class DropBlockFunction(torch.autograd.Function):
 
 
 def _check_input(x, name):
-    _bridge.check_float(x, name)
+    _bridge.check_float(x, name, half=True)
     if x.dim() != 4:
         raise ValueError(f"{name} must be a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
 

@@ -44,7 +44,7 @@ class DropoutFunction(torch.autograd.Function):
 
 
 def _functional(x, p, seed, offset, training, mode, kind, backend):
-    _bridge.check_float(x, "x")
+    _bridge.check_float(x, "x", half=True)
     p = _arrays.check_probability(p)
     seed = _arrays.check_uint64(seed, "seed")
     offset = _arrays.check_uint64(offset, "offset")
@@ -193,7 +193,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     ValueError
         A tensor on another device than x; the checks of ``fastreg.batch_norm``.
     """
-    _bridge.check_float(x, "x")
+    _bridge.check_float(x, "x", half=True)
     for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
                     (running_var, "running_var"), (residual, "residual"),
                     (num_batches_tracked, "num_batches_tracked")):

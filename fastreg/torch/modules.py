@@ -133,7 +133,7 @@ class _CounterDropout(nn.Module):
             A new tensor in x's memory format, or x itself where torch returns it (eval in
             inverted mode, p = 0, and always when ``inplace=True``: x then holds the result).
         """
-        _bridge.check_float(x, f"{type(self).__name__} input")
+        _bridge.check_float(x, f"{type(self).__name__} input", half=True)
         original = x
         x, added = self._prepare(x)
         if not self.training:
@@ -373,7 +373,7 @@ class _FastregBatchNorm:
     def _check_args(self, x, residual):
         """The input's and the module's tensors: dtype, rank, device and shape."""
         name = type(self).__name__
-        _bridge.check_float(x, f"{name} input")
+        _bridge.check_float(x, f"{name} input", half=True)
         self._check_input_dim(x)
         # 16-bit input may come with float32 parameters and statistics (torch.autocast keeps
         # the module's tensors float32); otherwise everything is x's dtype
