@@ -137,3 +137,12 @@ def test_stream_state_is_a_buffer_outside_the_keys():
     assert m.offset == 2**64 - 1
     with pytest.raises(ValueError, match="offset"):
         m.offset = -1
+
+
+def test_convert_keeps_inplace():
+    """nn.Dropout(inplace=True) converts to an in-place fastreg Dropout (torch semantics kept)."""
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5, inplace=True), torch.nn.Dropout2d(0.2))
+    c = frt.convert(model, seed=1)
+    assert c[0].inplace and not c[1].inplace
+    x = torch.ones(2, 3, 4, 4)
+    assert c[0](x) is x and c[1](x) is not x

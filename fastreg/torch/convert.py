@@ -87,7 +87,8 @@ def _convert(module, seed, backend, fuse_relu, counter, prefix=""):
         new = None
         if type(child) in dict(_DROPOUTS):
             cls = dict(_DROPOUTS)[type(child)]
-            new = cls(child.p, seed=_seed_for(seed, counter[0]), backend=backend)
+            new = cls(child.p, bool(child.inplace), seed=_seed_for(seed, counter[0]),
+                      backend=backend)
             counter[0] += 1
         elif _is_timm(child, "DropPath", _TIMM_DROP_PATH):
             new = _timm_drop_path(child, path, _seed_for(seed, counter[0]), backend)
