@@ -109,6 +109,24 @@ def agreement_cases(n, dtypes=("float32", "float64")):
             return (o,)
         add("dropout_mask_packed", f"offset {off}", "uint8", packed)
 
+    # 16-bit floats (kind 0 float16, 1 bfloat16): 16-bit patterns widened (all 65536 when
+    # n >= 65536, else every k-th), float32 values with specials rounded to nearest even;
+    # compared as bits (NaN payloads included)
+    patterns = np.arange(0, 1 << 16, max(1, (1 << 16) // n), dtype=np.uint32).astype(np.uint16)
+    f32 = float_input(n, np.float32, rng)
+    for kind in (0, 1):
+        def widen(fn, kind=kind):
+            o = np.zeros(patterns.size, np.float32)
+            fn(patterns.copy(), kind, o)
+            return (o.view(np.uint32),)
+        add("half_to_float32", f"kind {kind}, {patterns.size} patterns", "uint16", widen)
+
+        def narrow(fn, kind=kind):
+            o = np.zeros(n, np.uint16)
+            fn(f32.copy(), kind, o)
+            return (o,)
+        add("float32_to_half", f"kind {kind}", "float32", narrow)
+
     for name in dtypes:
         dt = np.dtype(name)
         x = float_input(n, dt, rng)

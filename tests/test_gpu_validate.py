@@ -97,12 +97,12 @@ def test_agreement_cases_cover_every_exact_op():
                    "group_dropout", "penalty_grad", "soft_threshold", "all_finite", "sgd_step",
                    "adam_step", "aug_flip", "aug_erase", "aug_paste", "drop_block_mask",
                    "drop_block_apply", "scale", "scale_rows", "aug_color", "aug_blur",
-                   "aug_normalize"}
+                   "aug_normalize", "half_to_float32", "float32_to_half"}
     # the ops the CUDA check holds to the host's bits are all compared on a GPU
     from fastreg.cuda import check
     exact_modules = {k.split(".")[0] for k, v in check.POLICY.items() if check.EXACT in v}
     assert exact_modules == {"philox", "dropout", "penalty", "optim", "augment", "dropblock",
-                             "clip", "augment_color"}
+                             "clip", "augment_color", "half"}
 
 
 def test_without_a_gpu_it_stops_early(tmp_path):
