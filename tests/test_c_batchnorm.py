@@ -12,6 +12,7 @@ the per-channel C ops give the reference's bits.
 
 Test ids start with "c-" so that .ci/c_sanitize.sh selects them.
 """
+import functools
 import json
 import os
 import subprocess
@@ -196,20 +197,22 @@ json.dump(out, sys.stdout)
 """
 
 
+@functools.lru_cache(maxsize=None)
+def _child_results(n):
+    """_CHILD's results with n OpenMP threads (the 2-thread run is shared by both cases)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, OMP_NUM_THREADS=str(n))
+    env.pop("FASTREG_NUM_THREADS", None)
+    # cwd=tests/: "-c" puts the cwd first on sys.path, and the checkout's fastreg/ has no
+    # compiled extension when the suite runs against an installed fastreg
+    proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=here, n=n)], env=env,
+                          capture_output=True, text=True, check=True, cwd=here)
+    return json.dumps(json.loads(proc.stdout))
+
+
 @pytest.mark.parametrize("threads", [1, 3], ids=["c-1", "c-3"])
 def test_results_do_not_depend_on_the_thread_count(threads):
-    here = os.path.dirname(os.path.abspath(__file__))
-
-    def run(n):
-        env = dict(os.environ, OMP_NUM_THREADS=str(n))
-        env.pop("FASTREG_NUM_THREADS", None)
-        # cwd=tests/: "-c" puts the cwd first on sys.path, and the checkout's fastreg/ has no
-        # compiled extension when the suite runs against an installed fastreg
-        proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=here, n=n)], env=env,
-                              capture_output=True, text=True, check=True, cwd=here)
-        return json.loads(proc.stdout)
-
-    got, expected = run(threads), run(2)
+    got, expected = json.loads(_child_results(threads)), json.loads(_child_results(2))
     assert expected.pop("parallel regions") > 0
     regions = got.pop("parallel regions")
     assert regions == 0 if threads == 1 else regions > 0
