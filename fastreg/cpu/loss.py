@@ -30,15 +30,22 @@ They cost little: in the C kernel, the exponential pass with its float64 adds to
 
 Work: each row is a task unit; tasks of about TASK elements of whole rows are spread over the
 threads (``_threads.plan`` with the "elementwise" grain, the work weighted by WEIGHT for the
-exponential).
+exponential). On one thread the task function runs on all the rows, called directly.
+
+Cold compile (an empty Numba cache): the row helpers are inlined into the task functions at
+Numba's IR level (``inline``) and the serial twin driver is not used, so the first call compiles
+one task function (with ``_exp``) rather than a chain of functions each re-optimized by LLVM in
+its caller; scratch rows are cleared by loops, not slice assignments.
 """
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .. import _threads
-from ._jit import jit, launch, twin
+from . import _jit
+from ._jit import inline, jit, launch, twin
 
 LANES = 64          # float64 partial sums (and running maxima) per row: the shared order
 TASK = 1 << 15      # elements per parallel task (whole rows)
@@ -102,7 +109,6 @@ def _exp(d):
     raise NotImplementedError("_exp runs inside Numba kernels only")
 
 
-@jit
 def _exp_f32(d):
     t = d * F32_LOG2E + F32_MAGIC
     kf = t - F32_MAGIC
@@ -120,7 +126,6 @@ def _exp_f32(d):
     return F32_ZERO if d < F32_MIN else e
 
 
-@jit
 def _exp_f64(d):
     t = d * F64_LOG2E + F64_MAGIC
     kf = t - F64_MAGIC
@@ -144,12 +149,12 @@ def _exp_f64(d):
     return 0.0 if d < F64_MIN else e
 
 
-@overload(_exp, jit_options={"cache": True})
+@overload(_exp, inline="always", jit_options={"cache": True})
 def _exp_overload(d):
     if d == types.float32:
-        return lambda d: _exp_f32(d)
+        return _exp_f32
     if d == types.float64:
-        return lambda d: _exp_f64(d)
+        return _exp_f64
     return None
 
 
@@ -158,7 +163,7 @@ def _exp_overload(d):
 # that LLVM vectorizes one by one (a single loop computing exp and adding into the float64
 # lanes is not vectorized; nor are loops over blocks of 16, whose per-block overhead dominates).
 
-@jit
+@inline
 def _lanes(c):
     """Lanes of a row of c classes: the smallest power of two >= c, at most LANES (short rows do
     not pay for 64 lanes); csrc/loss.c's fr_ce_lanes."""
@@ -168,7 +173,7 @@ def _lanes(c):
     return lanes
 
 
-@jit
+@inline
 def _fold(acc):
     """The sum of the LANES lanes, pairwise: acc[k] += acc[k + h] for h = LANES/2, ..., 1."""
     h = acc.size // 2
@@ -179,12 +184,13 @@ def _fold(acc):
     return acc[0]
 
 
-@jit
+@inline
 def _row_max(row, mx):
     """max(row) (a NaN is skipped; it reaches the loss through exp); mx: LANES scratch. The max
     of a set does not depend on the order it is taken in (but for the sign of a zero)."""
     lanes = mx.size
-    mx[:] = -np.inf
+    for k in range(lanes):   # loops, not slice assignments (their shape checks compile slowly)
+        mx[k] = -np.inf
     c = row.size
     full = c - c % lanes
     for j in range(0, full, lanes):
@@ -201,13 +207,14 @@ def _row_max(row, mx):
     return m
 
 
-@jit
+@inline
 def _row_exp(row, m, cw, smooth, e, acc, acc2):
     """e = exp(row - m) (e: scratch row); returns (sum e, sum cw (row - m)) in float64, lane
     order; the second is 0 unless ``smooth`` (a hard row's smoothing term)."""
     lanes = acc.size
-    acc[:] = 0.0
-    acc2[:] = 0.0
+    for k in range(lanes):
+        acc[k] = 0.0
+        acc2[k] = 0.0
     c = row.size
     for j in range(0, c, lanes):
         n = min(lanes, c - j)
@@ -226,14 +233,15 @@ def _row_exp(row, m, cw, smooth, e, acc, acc2):
     return s, b
 
 
-@jit
+@inline
 def _row_soft(row, m, t, tw, cw, e, acc, acc2, acc3):
     """e = exp(row - m); returns (sum e, A, B) in float64, lane order: A = sum a_c,
     B = sum a_c (row_c - m), a_c = tw_c t_c + cw_c."""
     lanes = acc.size
-    acc[:] = 0.0
-    acc2[:] = 0.0
-    acc3[:] = 0.0
+    for k in range(lanes):
+        acc[k] = 0.0
+        acc2[k] = 0.0
+        acc3[k] = 0.0
     c = row.size
     for j in range(0, c, lanes):
         n = min(lanes, c - j)
@@ -253,7 +261,7 @@ def _row_soft(row, m, t, tw, cw, e, acc, acc2, acc3):
     return _fold(acc), _fold(acc2), _fold(acc3)
 
 
-@jit
+@inline
 def _row_grad_hard(e, k, scale, cw, smooth, g):
     """g = dtype(k e - scale cw) (smoothing) or dtype(k e)."""
     if smooth:
@@ -264,7 +272,7 @@ def _row_grad_hard(e, k, scale, cw, smooth, g):
             g[i] = g.dtype.type(k * np.float64(e[i]))
 
 
-@jit
+@inline
 def _row_grad_soft(e, t, tw, cw, k, scale, g):
     """g = dtype(k e - scale (tw t + cw)); g may be t (each element read before written)."""
     for i in range(e.size):
@@ -293,7 +301,8 @@ def _hard_task(x, target, tw, cw, smooth, coef, loss, grad, has_grad, r0, r1):
         if y == ignore_index:
             loss[r] = 0.0
             if has_grad:
-                grad[r, :] = 0
+                for i in range(c):
+                    grad[r, i] = 0
             continue
         row = x[r]
         m = _row_max(row, mx)
@@ -369,14 +378,28 @@ def _plan(x):
             max(1, min(r, TASK // max(c, 1))))
 
 
+def _serial(nthreads):
+    """Whether launch() would run the serial twin. Then the task function is called directly
+    on all the rows (the same bits: rows are independent), and the twin's serial driver is
+    never compiled (about 1 s less on a cold cache)."""
+    if nthreads <= 1 or numba.config.NUMBA_NUM_THREADS <= 1:
+        _jit.launches["serial"] += 1
+        return True
+    return False
+
+
 def ce_hard(x, target, tw, cw, ignore_index, scale, loss, grad):
     if x.shape[0] == 0:
         return
     nthreads, rows = _plan(x)
     smooth = cw is not None
     g = _no_grad(x) if grad is None else grad
-    launch(_hard_kernel, nthreads, x, target, tw, cw if smooth else tw, smooth,
-           (np.int64(ignore_index), np.float64(scale)), loss, g, grad is not None, rows)
+    args = (x, target, tw, cw if smooth else tw, smooth,
+            (np.int64(ignore_index), np.float64(scale)), loss, g, grad is not None)
+    if _serial(nthreads):
+        _hard_task(*args, 0, x.shape[0])
+    else:
+        launch(_hard_kernel, nthreads, *args, rows)
 
 
 def ce_soft(x, target, tw, cw, scale, loss, grad):
@@ -384,5 +407,9 @@ def ce_soft(x, target, tw, cw, scale, loss, grad):
         return
     nthreads, rows = _plan(x)
     g = _no_grad(x) if grad is None else grad
-    launch(_soft_kernel, nthreads, x, target, tw, np.zeros_like(tw) if cw is None else cw,
-           np.float64(scale), loss, g, grad is not None, rows)
+    args = (x, target, tw, np.zeros_like(tw) if cw is None else cw, np.float64(scale), loss, g,
+            grad is not None)
+    if _serial(nthreads):
+        _soft_task(*args, 0, x.shape[0])
+    else:
+        launch(_soft_kernel, nthreads, *args, rows)
