@@ -30,21 +30,19 @@ They cost little: in the C kernel, the exponential pass with its float64 adds to
 
 Work: each row is a task unit; tasks of about TASK elements of whole rows are spread over the
 threads (``_threads.plan`` with the "elementwise" grain, the work weighted by WEIGHT for the
-exponential). On one thread the task function runs on all the rows, called directly.
+exponential).
 
 Cold compile (an empty Numba cache): the row helpers are inlined into the task functions at
-Numba's IR level (``inline``) and the serial twin driver is not used, so the first call compiles
-one task function (with ``_exp``) rather than a chain of functions each re-optimized by LLVM in
-its caller; scratch rows are cleared by loops, not slice assignments.
+Numba's IR level (``inline``), so the first call compiles the driver and one task function (with
+``_exp``) rather than a chain of functions each re-optimized by LLVM in its caller; scratch rows
+are cleared by loops, not slice assignments.
 """
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .. import _threads
-from . import _jit
 from ._jit import inline, jit, launch, twin
 
 LANES = 64          # float64 partial sums (and running maxima) per row: the shared order
@@ -378,16 +376,6 @@ def _plan(x):
             max(1, min(r, TASK // max(c, 1))))
 
 
-def _serial(nthreads):
-    """Whether launch() would run the serial twin. Then the task function is called directly
-    on all the rows (the same bits: rows are independent), and the twin's serial driver is
-    never compiled (about 1 s less on a cold cache)."""
-    if nthreads <= 1 or numba.config.NUMBA_NUM_THREADS <= 1:
-        _jit.launches["serial"] += 1
-        return True
-    return False
-
-
 def ce_hard(x, target, tw, cw, ignore_index, scale, loss, grad):
     if x.shape[0] == 0:
         return
@@ -396,10 +384,7 @@ def ce_hard(x, target, tw, cw, ignore_index, scale, loss, grad):
     g = _no_grad(x) if grad is None else grad
     args = (x, target, tw, cw if smooth else tw, smooth,
             (np.int64(ignore_index), np.float64(scale)), loss, g, grad is not None)
-    if _serial(nthreads):
-        _hard_task(*args, 0, x.shape[0])
-    else:
-        launch(_hard_kernel, nthreads, *args, rows)
+    launch(_hard_kernel, nthreads, *args, rows)
 
 
 def ce_soft(x, target, tw, cw, scale, loss, grad):
@@ -409,7 +394,4 @@ def ce_soft(x, target, tw, cw, scale, loss, grad):
     g = _no_grad(x) if grad is None else grad
     args = (x, target, tw, np.zeros_like(tw) if cw is None else cw, np.float64(scale), loss, g,
             grad is not None)
-    if _serial(nthreads):
-        _soft_task(*args, 0, x.shape[0])
-    else:
-        launch(_soft_kernel, nthreads, *args, rows)
+    launch(_soft_kernel, nthreads, *args, rows)
