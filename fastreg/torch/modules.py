@@ -350,6 +350,27 @@ class _FastregBatchNorm:
 
     _RELU = False
 
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.backend = backend
+
+    def forward(self, x):
+        """Normalize x (see the class docstring).
+
+        Parameters
+        ----------
+        x : torch.Tensor of the class's rank (channels at axis 1); float32 or float64 with the
+            module's dtype and device, or float16/bfloat16 with float32 parameters (autocast)
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return self._fastreg_forward(x)
+
     def _fastreg_forward(self, x, residual=None):
         self._check_args(x, residual)
         # torch's rules (nn.modules.batchnorm._BatchNorm.forward): batch statistics in training
@@ -435,26 +456,6 @@ class BatchNorm1d(_FastregBatchNorm, nn.BatchNorm1d):
     __doc__ = _BN_DOC.format(what="Batch norm of (N, C) or (N, C, L) input.", base="BatchNorm1d",
                              layout="", name="BatchNorm1d")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, bias=True,
-                 backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.backend = backend
-
-    def forward(self, x):
-        """Normalize x (see the class docstring).
-
-        Parameters
-        ----------
-        x : torch.Tensor (N, C) or (N, C, L), float32 or float64, the module's dtype and device
-
-        Returns
-        -------
-        torch.Tensor
-        """
-        return self._fastreg_forward(x)
-
 
 class BatchNorm2d(_FastregBatchNorm, nn.BatchNorm2d):
     __doc__ = _BN_DOC.format(
@@ -462,52 +463,12 @@ class BatchNorm2d(_FastregBatchNorm, nn.BatchNorm2d):
         layout="Channels-last input is normalized in its own layout (no layout copy) and the "
                "output is channels-last too.", name="BatchNorm2d")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, bias=True,
-                 backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.backend = backend
-
-    def forward(self, x):
-        """Normalize x (see the class docstring).
-
-        Parameters
-        ----------
-        x : torch.Tensor (N, C, H, W), float32 or float64, the module's dtype and device
-
-        Returns
-        -------
-        torch.Tensor
-        """
-        return self._fastreg_forward(x)
-
 
 class BatchNorm3d(_FastregBatchNorm, nn.BatchNorm3d):
     __doc__ = _BN_DOC.format(
         what="Batch norm of (N, C, D, H, W) input.", base="BatchNorm3d",
         layout="Channels-last-3d input is normalized in its own layout (no layout copy) and the "
                "output is channels-last-3d too.", name="BatchNorm3d")
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, bias=True,
-                 backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.backend = backend
-
-    def forward(self, x):
-        """Normalize x (see the class docstring).
-
-        Parameters
-        ----------
-        x : torch.Tensor (N, C, D, H, W), float32 or float64, the module's dtype and device
-
-        Returns
-        -------
-        torch.Tensor
-        """
-        return self._fastreg_forward(x)
 
 
 class BatchNormReLU2d(_FastregBatchNorm, _NormBase):
