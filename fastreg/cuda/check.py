@@ -101,9 +101,13 @@ POLICY = {
     "augment._paste_kernel": (EXACT,),
     # colour augmentation: the definitions' fused multiply-adds are float64 sums rounded to odd
     # (no fma instruction), every other product through mul_rn_device
-    "augment_color._color_stats_kernel": (EXACT,),
-    "augment_color._color_lut_kernel": (EXACT,),
-    "augment_color._color_apply_kernel": (EXACT,),
+    # fma32_device's math.frexp scales subnormals as y = x * 2**54 followed by y + y: ptxas
+    # may contract that pair, which is exact either way (a power-of-two product), but the
+    # contraction check cannot tell, so these three carry no promise here; bench/gpu_validate.py
+    # still compares their results with the host's bit for bit on a GPU
+    "augment_color._color_stats_kernel": (),
+    "augment_color._color_lut_kernel": (),
+    "augment_color._color_apply_kernel": (),
     "augment_color._blur_rows_kernel": (EXACT,),
     "augment_color._blur_cols_kernel": (EXACT,),
     "augment_color._normalize_kernel": (EXACT,),
@@ -797,7 +801,7 @@ def check_kernel(key, kernel, sigs, archs, tools, keep_ptx=None):
                 ptx = ptx_for(lib, cc)
                 if keep_ptx:
                     os.makedirs(keep_ptx, exist_ok=True)
-                    fname = f"{key}.{label}.{_arch_name(cc)}.ptx".replace("#", "-")
+                    fname = f"{key}.{label}.{_arch_name(cc)}.ptx".replace("#", "-").replace("/", "-")
                     with open(os.path.join(keep_ptx, fname), "w") as f:
                         f.write(ptx)
                 res, _ = assemble(ptx, cc, tools["ptxas"])
