@@ -191,7 +191,19 @@ def _sync_apply(*args):
 
 
 class _SyncMixin:
-    """The synchronized training forward shared by SyncBatchNorm and SyncBatchNormReLU."""
+    """The synchronized training forward shared by SyncBatchNorm and SyncBatchNormReLU, and
+    their constructor (torch's SyncBatchNorm arguments) and input check."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
+                 bias=True, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias, backend=backend)
+        self.process_group = process_group
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def _group(self):
         """(process group, True) when this call synchronizes (training, torch.distributed
@@ -296,18 +308,6 @@ class SyncBatchNorm(_SyncMixin, M._FastregBatchNorm, _BatchNorm):
         extra=" Not an ``nn.SyncBatchNorm`` subclass: DDP refuses those on CPU modules.",
         name="SyncBatchNorm")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
-                 bias=True, backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.process_group = process_group
-        self.backend = backend
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
-
     def forward(self, x):
         """Normalize x (see the class docstring).
 
@@ -330,18 +330,6 @@ class SyncBatchNormReLU(_SyncMixin, M._FastregBatchNorm, _NormBase):
               "replace batch-norm layers cannot drop its ReLU.", name="SyncBatchNormReLU")
 
     _RELU = True
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, process_group=None, device=None, dtype=None, *,
-                 bias=True, backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.process_group = process_group
-        self.backend = backend
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x, residual=None):
         """``relu(sync_bn(x) + residual)``.
