@@ -41,10 +41,16 @@ def images(n, h, w, c, dtype=np.uint8, seed=0):
 
 # ---- the per-sample stream ---------------------------------------------------------------------
 
-def test_op_key_and_block_words_are_the_stream():
+@pytest.mark.parametrize("words", ["default", "numpy"])
+def test_op_key_and_block_words_are_the_stream(words, monkeypatch):
     """op_key (Python integers) and block_words (whole Philox blocks) against the NumPy Philox
-    of fastreg.reference.philox: word (i << 32) + d of the op key is draw d of sample i."""
+    of fastreg.reference.philox: word (i << 32) + d of the op key is draw d of sample i; with
+    the C extension's Philox (the default where it is built) and with NumPy's."""
     from fastreg.reference.philox import _rounds
+    if words == "numpy":
+        monkeypatch.setattr(ref, "_C_PHILOX", [None])
+    elif fastreg.available_backends()["c"] is None:
+        assert ref._c_philox() is not None      # the default draws through the C extension
     for seed, epoch, tag in ((0, 0, 0), (SEED, 2**40 + 3, 0x80000A05), (2**64 - 1, 7, 9 << 8)):
         c = [np.array([v], np.uint64) for v in (epoch & 0xFFFFFFFF, epoch >> 32, tag, 0x41554721)]
         w = _rounds(*c, np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32))

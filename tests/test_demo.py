@@ -36,8 +36,9 @@ def test_demo_quick_writes_sane_results(demo_report):
     expected = {"none", "l2 coupled", "l2 decoupled (AdamW)", "l1 prox", "dropout inverted",
                 "dropout classic", "batch norm", "batch norm + dropout", "early stopping"}
     assert expected <= set(results)
+    assert f"label smoothing {report['settings']['label_smoothing']}" in results
     if report["settings"]["augmentation_skipped_because"] is None:
-        assert {"augmentation", "everything"} <= set(results)
+        assert {"augmentation", "mixup", "cutmix", "everything"} <= set(results)
     for name, r in results.items():
         m = r["mean_std"]
         assert len(r["runs"]) == 1, name                      # --quick: one seed
