@@ -72,7 +72,7 @@ def _time(fn, threads, reps):
     return ts
 
 
-def measure(backend, reps, rounds):
+def measure(backend, reps, rounds, families=tuple(_threads.GRAIN)):
     mod = _registry.module(backend)
     saved = dict(_threads.GRAIN)
     results = {}  # label -> [(work, med1, med2)]
@@ -81,6 +81,8 @@ def measure(backend, reps, rounds):
             _threads.GRAIN[family] = 1
         for n in SIZES:
             for family, label, fn, work in _cases(mod, n):
+                if family not in families:
+                    continue
                 for _ in range(3):
                     fn()
                 t1, t2 = [], []
@@ -112,12 +114,14 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sizes", default="10-20", help="log2 range, e.g. 12-19")
+    parser.add_argument("--families", default=",".join(_threads.GRAIN),
+                        help="op families to time, e.g. elementwise (default: all)")
     args = parser.parse_args(argv)
     lo, hi = (int(v) for v in args.sizes.split("-"))
     SIZES[:] = [1 << k for k in range(lo, hi + 1)]
     with load.background_load(None if args.load == "none" else args.load):
         for be in args.backends.split(","):
-            res = measure(be, args.reps, args.rounds)
+            res = measure(be, args.reps, args.rounds, args.families.split(","))
             print(f"# backend {be}, load={args.load}, loadavg {os.getloadavg()[0]:.1f}")
             for (family, label), rows in res.items():
                 line = " ".join(f"{w}:{m1:.1f}/{m2:.1f}" for w, m1, m2 in rows)

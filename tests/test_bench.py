@@ -253,6 +253,46 @@ def test_time_calls_takes_turns():
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}   # 3 rounds at least
 
 
+def test_time_calls_takes_turns_with_a_remote_contender():
+    """A contender with ``timed(n)`` (the torch peer) makes its calls elsewhere, in turn."""
+    order = []
+
+    class Remote:
+        def timed(self, n):
+            order.append(("remote", n))
+            return [1e-6] * n
+
+    calls = {"a": lambda: order.append("a"), "peer": Remote()}
+    times = small.time_calls(calls, rounds=2, per_round=3, budget=1e9, warmup=2)
+    assert order == ["a"] * 2 + [("remote", 2)] + (["a"] * 3 + [("remote", 3)]) * 2
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "peer": 6}
+    assert (times["peer"] == 1e-6).all()
+
+
+def test_torch_peer_runs_torch_in_a_process_of_its_own():
+    """The peer imports torch before fastreg loads OpenMP, without fastreg's temporary wait
+    policy, and times the same calls as cases.small_torch_call; it ends with the benchmark."""
+    pytest.importorskip("torch")
+    from fastreg.bench import torch_peer
+    env = {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    with torch_peer.TorchPeer(1) as peer:
+        assert peer.pid != os.getpid() and peer.info["threads"] == 1
+        assert peer.version == __import__("torch").__version__
+        assert (peer.info["wait_policy"], peer.info["spincount"]) == (
+            env["OMP_WAIT_POLICY"], env["GOMP_SPINCOUNT"])
+        if peer.info["openmp"]:   # Linux: the first OpenMP runtime mapped is torch's own
+            assert "torch" in peer.info["openmp"][0]
+        remote = peer.call("small_l2_grad")
+        times = remote.timed(4)
+        assert len(times) == 4 and all(t > 0 for t in times)
+        with pytest.raises(torch_peer.PeerError, match="unknown small op"):
+            peer.call("l2_grad")
+        assert peer.pin(None, 2) == 2
+    assert peer.proc.returncode == 0
+    with pytest.raises(torch_peer.PeerError, match="ended"):
+        peer.ask("hello")
+
+
 def test_time_stats_min_median_max():
     timing = table.time_stats(lambda: None, budget=0.0, min_reps=5)
     assert timing.reps == 5

@@ -4,9 +4,13 @@ backend "auto" and the host backends, beside PyTorch, per call in microseconds.
 
 Where: ``idle`` (no load started by the benchmark), ``load`` (beside ``fastreg.bench.load``'s
 background load, started for these rows and always ended after them) and ``pinned`` (every
-thread of this process on one CPU, running 2 threads: a container given fewer cores than it
-sees, as ``taskset``). Every call is timed alone; within one op and condition the backends and
-torch take turns, a few calls each per round, so a change of load hits them alike.
+thread of this process and of the torch peer on one CPU, running 2 threads: a container given
+fewer cores than it sees, as ``taskset``). Every call is timed alone; within one op and
+condition the backends and torch take turns, a few calls each per round, so a change of load
+hits them alike.
+
+torch runs in a process of its own (``fastreg.bench.torch_peer``): in this one it would share
+the OpenMP runtime fastreg loaded with the passive wait policy, and pay for it on small ops.
 """
 import contextlib
 import os
@@ -33,12 +37,25 @@ def row(values):
     return "  ".join(f"{v:{align}{width}}" for v, (_, align, width) in zip(values, COLUMNS))
 
 
-def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
-    """Per-call seconds of each callable in ``calls`` (name -> callable of no arguments).
+def _timed_here(fn, n):
+    """n calls of ``fn()`` in this process, each timed alone: their seconds."""
+    clock = time.perf_counter
+    times = []
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return times
 
-    Each callable is called ``warmup`` times untimed (JIT compilation, first touch, thread
-    pools), then, for up to ``rounds`` rounds, each in turn makes ``per_round`` calls, every one
-    timed alone. Stops early once ``budget`` seconds have gone into the rounds (after at least
+
+def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
+    """Per-call seconds of each contender in ``calls`` (name -> a callable of no arguments,
+    timed here, or an object whose ``timed(n)`` makes n calls elsewhere and returns their
+    seconds, as ``torch_peer.Remote``).
+
+    Each contender makes ``warmup`` calls untimed (JIT compilation, first touch, thread pools),
+    then, for up to ``rounds`` rounds, each in turn makes ``per_round`` calls, every one timed
+    alone. Stops early once ``budget`` seconds have gone into the rounds (after at least
     ``min(3, rounds)`` of them): on a loaded machine one call can take milliseconds.
 
     Returns
@@ -46,9 +63,11 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
     dict
         name -> float64 array of per-call seconds (equal lengths).
     """
+    def run(fn, n):
+        return fn.timed(n) if hasattr(fn, "timed") else _timed_here(fn, n)
+
     for fn in calls.values():
-        for _ in range(warmup):
-            fn()
+        run(fn, warmup)
     times = {name: [] for name in calls}
     clock = time.perf_counter
     start = clock()
@@ -56,11 +75,7 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
         if r >= min(3, rounds) and clock() - start > budget:
             break
         for name, fn in calls.items():
-            samples = times[name]
-            for _ in range(per_round):
-                t0 = clock()
-                fn()
-                samples.append(clock() - t0)
+            times[name] += run(fn, per_round)
     return {name: np.asarray(samples) for name, samples in times.items()}
 
 
@@ -75,25 +90,26 @@ def _all_threads_affinity(cpus):
 
 
 @contextlib.contextmanager
-def pinned(cpu, threads, torch=None):
+def pinned(cpu, threads, peer=None):
     """Run the block with every thread of this process on CPU ``cpu`` and ``threads`` threads
-    for fastreg (``fastreg.threads``), Numba and torch; restores all of them on exit."""
+    for fastreg (``fastreg.threads``) and Numba, and the same for the torch ``peer`` process
+    (a ``torch_peer.TorchPeer``) when given; restores all of them on exit."""
     import numba
     before = os.sched_getaffinity(0)
     numba_before = numba.get_num_threads()
-    torch_before = torch.get_num_threads() if torch is not None else None
+    peer_before = peer.info["threads"] if peer is not None else None
     try:
         _all_threads_affinity({cpu})
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        if torch is not None:
-            torch.set_num_threads(threads)
+        if peer is not None:
+            peer.pin(cpu, threads)
         with fastreg.threads(threads):
             yield
     finally:
         _all_threads_affinity(before)
         numba.set_num_threads(numba_before)
-        if torch is not None:
-            torch.set_num_threads(torch_before)
+        if peer is not None:
+            peer.pin(None, peer_before)
 
 
 def can_pin():
@@ -111,8 +127,8 @@ class Section:
         Keys of ``cases.SMALL_OPS``.
     backends : list of str
         Host backends beside "auto" (e.g. ["c", "cpu"]).
-    torch : module or None
-        torch, set to the benchmark's threads; None: no peer.
+    torch : torch_peer.TorchPeer or None
+        The process timing torch's calls, at the benchmark's threads; None: no peer.
     quick : bool
         ``QUICK`` timing instead of ``FULL``.
     load_kind, load_procs : str or None, int or None
@@ -145,7 +161,7 @@ class Section:
             except fastreg.BackendUnavailableError as exc:
                 self.note(f"{op} on {backend}: {exc}")
         if self.torch is not None:
-            calls["torch"] = cases.small_torch_call(op)
+            calls["torch"] = self.torch.call(op)
         return calls
 
     def measure(self, where):
@@ -206,6 +222,10 @@ class Section:
                     self.say(row([label, self.labels.get(name, name), where, len(samples),
                                   f"{samples.min() * 1e6:.1f}", f"{median * 1e6:.1f}",
                                   f"{samples.max() * 1e6:.1f}", ratio]))
+        if self.torch is not None:
+            self.say(f"torch: {self.torch.version}, {self.torch.info['threads']} threads, in a "
+                     f"process of its own (pid {self.torch.pid}; it loaded OpenMP first, with "
+                     "the environment's wait policy)")
         self.say("x torch: torch's median / this row's median, same condition (> 1: fastreg is "
                  "faster). The calls:")
         for op in self.ops:

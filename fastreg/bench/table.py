@@ -26,7 +26,7 @@ import numpy as np
 
 import fastreg
 from fastreg import _registry
-from . import bandwidth, cases, load, small
+from . import bandwidth, cases, load, small, torch_peer
 from .cases import size_id
 
 DEFAULT_SIZES = (1 << 24, 1 << 26)
@@ -271,8 +271,17 @@ class _Table:
                                if b in self.backends and b != "cuda"]
 
         self.threads = bandwidth.threads()
-        self.torch = None if args.no_torch else _torch(self.threads)
+        # torch for the large rows in this process; for the small ops in a process of its own
+        # (fastreg.bench.torch_peer: here it would share fastreg's passive OpenMP runtime)
+        self.torch = None if args.no_torch or not (self.ops or self.bn_ops) else _torch(self.threads)
+        self.peer = None
         self.no_torch_reason = "not timed (--no-torch)" if args.no_torch else "not installed"
+        if self.small_ops and not args.no_torch:
+            try:
+                self.peer = torch_peer.TorchPeer(self.threads)
+            except torch_peer.PeerError as exc:
+                if "No module named 'torch'" not in str(exc):
+                    self.note(f"small ops: no torch peer ({exc})")
         self.probe = None
         self.machine = None
         if self.ops or self.bn_ops:   # the small ops are not compared with the bandwidth
@@ -325,13 +334,17 @@ class _Table:
             threads += f", {_registry.module('c').omp_max_threads()} (c, OpenMP)"
         if self.torch is not None:
             threads += f", {self.torch.get_num_threads()} (torch)"
+        elif self.peer is not None:
+            threads += f", {self.peer.info['threads']} (torch)"
         self.say(threads)
         if self.gpu is not None:
             self.say(f"gpu: {self.gpu:.1f} GB/s memory bandwidth (the same probe on device "
                      f"arrays, {size_id(self.gpu_probe_n)} float32)")
         self.say("backends: " + (", ".join(self.backends) or "none")
                  + "".join(f"; no {b}: {why}" for b, why in self.skipped.items()))
-        self.say(f"torch: {torch.__version__}" if torch is not None
+        version = (torch.__version__ if torch is not None
+                   else self.peer.version if self.peer is not None else None)
+        self.say(f"torch: {version}" if version is not None
                  else f"torch: {self.no_torch_reason}")
         self.say()
 
@@ -555,9 +568,16 @@ class _Table:
                 self.say(f"  {op}: {cases.BN_TORCH_PEERS[op]}")
 
     def run(self):
+        try:
+            self.run_rows()
+        finally:
+            if self.peer is not None:
+                self.peer.close()
+
+    def run_rows(self):
         self.header()
         if self.small_ops:
-            small.Section(self.small_ops, self.small_backends, self.torch, self.quick,
+            small.Section(self.small_ops, self.small_backends, self.peer, self.quick,
                           self.load_kind, self.load_procs, self.pin, self.say, self.note).run()
         elif self.load_kind is not None or self.pin:
             self.note("--load and --pin time the small ops only, and none were selected")

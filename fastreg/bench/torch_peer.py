@@ -1,0 +1,205 @@
+"""The PyTorch peer of ``fastreg bench``'s small-ops section, timed in a process of its own.
+
+Why a process: fastreg loads GNU OpenMP with the passive wait policy (``fastreg._threads``), and
+torch shares that libgomp when it is loaded into the same process afterwards, so torch's small
+ops would pay a sleeping thread's wake-up per parallel region (a batch-norm forward on (64, 256)
+read 107-165 us that way, 46 us in a process where torch loads libgomp first). The peer process
+imports torch before anything of fastreg, with the environment the benchmark was started with
+(fastreg's temporary ``OMP_WAIT_POLICY`` is never inherited), so torch runs as it does for a user
+who uses torch alone.
+
+Turns: the section asks the peer for a few timed calls per round (``Remote.timed``) between its
+own rounds of fastreg calls, so the two still take turns and a change of load hits both alike.
+Only the calls are timed, inside the peer; the request and reply around them are not.
+
+The peer reads requests from its stdin and exits when that closes, so it ends with the benchmark
+(also after ``kill -9``: the pipe closes with the parent).
+"""
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+
+# the peer's first statement: torch before fastreg (the package import below loads no OpenMP)
+_BOOT = "import torch; from fastreg.bench.torch_peer import serve; serve()"
+START_TIMEOUT = 120.0   # seconds for the peer to import torch and answer
+
+
+class PeerError(RuntimeError):
+    """The peer could not start or failed a request (the message carries its traceback)."""
+
+
+def _openmp_libraries():
+    """Paths of the OpenMP runtimes mapped into this process, in load order (Linux)."""
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if line.count(" ") >= 5 else ""
+                if any(n in path for n in ("libgomp", "libomp", "libiomp")) and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    return found
+
+
+def _set_all_affinity(cpus):
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (OSError, ValueError):   # a thread that ended meanwhile
+            pass
+
+
+def serve(stdin=None, stdout=None):
+    """The peer's loop (run in the peer process by ``TorchPeer``): answer requests until stdin
+    closes. Requests are pickled tuples ``(verb, *args)``; replies ``("ok", value)`` or
+    ``("error", text)``."""
+    import time
+    import traceback
+
+    import torch
+    inp = stdin or sys.stdin.buffer
+    out = stdout or os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr   # nothing else may write into the reply pipe
+    calls = {}
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    clock = time.perf_counter
+
+    def hello():
+        return {"pid": os.getpid(), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "openmp": _openmp_libraries(),
+                "wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                "spincount": os.environ.get("GOMP_SPINCOUNT")}
+
+    def setup(op):
+        from . import cases
+        calls[op] = cases.small_torch_call(op)
+
+    def timed(op, n):
+        fn = calls[op]
+        times = []
+        for _ in range(n):
+            t0 = clock()
+            fn()
+            times.append(clock() - t0)
+        return times
+
+    def set_threads(n):
+        torch.set_num_threads(n)
+        return torch.get_num_threads()
+
+    def pin(cpu, n):
+        _set_all_affinity({cpu} if cpu is not None else affinity)
+        return set_threads(n)
+
+    verbs = {"hello": hello, "setup": setup, "timed": timed, "threads": set_threads, "pin": pin}
+    while True:
+        try:
+            request = pickle.load(inp)
+        except EOFError:
+            return
+        try:
+            reply = ("ok", verbs[request[0]](*request[1:]))
+        except Exception:
+            reply = ("error", traceback.format_exc())
+        pickle.dump(reply, out)
+        out.flush()
+
+
+class Remote:
+    """One small op in the peer: ``timed(n)`` makes n calls there, each timed alone, and returns
+    their seconds (``fastreg.bench.small.time_calls`` takes it as a contender)."""
+
+    def __init__(self, peer, op):
+        self.peer, self.op = peer, op
+
+    def timed(self, n):
+        return self.peer.ask("timed", self.op, n)
+
+
+class TorchPeer:
+    """A process that imports torch (and not fastreg's OpenMP) and times torch's small ops.
+
+    Parameters
+    ----------
+    threads : int
+        torch.set_num_threads in the peer.
+
+    Raises
+    ------
+    PeerError
+        When the peer cannot start (torch missing: the message says so).
+    """
+
+    def __init__(self, threads):
+        import fastreg
+        root = os.path.dirname(os.path.dirname(os.path.abspath(fastreg.__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._stderr = tempfile.TemporaryFile()   # a file, not a pipe: warnings never block it
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        try:
+            self.info = self.ask("hello")
+        except PeerError:
+            self.close()
+            raise
+        self.info["threads"] = self.ask("threads", threads)
+        self.version = self.info["torch"]
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def ask(self, verb, *args):
+        """Send one request, return the peer's answer; PeerError when it failed or died."""
+        if self.proc.stdin.closed:
+            raise PeerError("the torch peer process ended: closed")
+        try:
+            pickle.dump((verb, *args), self.proc.stdin)
+            self.proc.stdin.flush()
+            status, value = pickle.load(self.proc.stdout)
+        except (BrokenPipeError, EOFError, OSError, pickle.UnpicklingError):
+            self._end()
+            self._stderr.seek(0)
+            text = self._stderr.read().decode(errors="replace").strip().splitlines()
+            raise PeerError("the torch peer process ended: "
+                            + (text[-1] if text else "no message")) from None
+        if status != "ok":
+            raise PeerError(f"the torch peer failed {verb}{args}:\n{value}")
+        return value
+
+    def call(self, op):
+        """A ``Remote`` contender for small op ``op`` (its data built in the peer)."""
+        self.ask("setup", op)
+        return Remote(self, op)
+
+    def pin(self, cpu, threads):
+        """Every thread of the peer on CPU ``cpu`` (None: back to its own CPUs), torch with
+        ``threads`` threads."""
+        return self.ask("pin", cpu, threads)
+
+    def _end(self):
+        try:
+            self.proc.stdin.close()   # the peer's loop ends at EOF
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self):
+        """End the peer; idempotent."""
+        self._end()
+        self.proc.stdout.close()
+        self._stderr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
