@@ -476,14 +476,114 @@ typedef struct {
     int mode, vec_rgb;
     int64_t img_bytes, total_bytes;
     void (*coords)(const double *, int64_t, int64_t, int32_t *, int32_t *);
+    /* nearest: the fill value repeated over one pixel (pixels of up to 16 bytes) */
+    _Alignas(16) uint8_t fill_pixel[16];
 } fr_affine_job;
+
+/* Nearest neighbour: the source pixel of output point (qx, qy) (quantized, 1/256 pixel) is
+ * (round-half-up qx / 256, ... qy) through the border rule; its index, or -1 (fill). */
+FR_AUG_INLINE int64_t fr_nearest_src(const fr_affine_args *g, int32_t qx, int32_t qy)
+{
+    const int64_t ix = fr_tap(((int64_t)qx + 128) >> 8, g->W, g->border);
+    const int64_t iy = fr_tap(((int64_t)qy + 128) >> 8, g->H, g->border);
+    return (ix >= 0 && iy >= 0) ? iy * g->W + ix : -1;
+}
+
+/* one nearest row of P-byte pixels, P a constant where inlined: fixed-size copies, not a
+ * memcpy call per pixel (measured: 224x224 RGB, the per-pixel call cost 6x the row) */
+FR_AUG_INLINE void fr_nearest_row_p(const fr_affine_job *j, const uint8_t *img,
+                                    const int32_t *qx, const int32_t *qy, int64_t u0,
+                                    uint8_t *d, const int64_t P)
+{
+    const fr_affine_args *g = j->g;
+    for (int64_t u = u0; u < g->Wo; u++) {
+        const int64_t s = fr_nearest_src(g, qx[u], qy[u]);
+        memcpy(d + u * P, s >= 0 ? img + s * P : j->fill_pixel, (size_t)P);
+    }
+}
+
+static void fr_nearest_row(const fr_affine_job *j, const uint8_t *img, const int32_t *qx,
+                           const int32_t *qy, int64_t u0, uint8_t *d)
+{
+    const fr_affine_args *g = j->g;
+    const int64_t isz = g->itemsize, pix = g->C * isz;
+    switch (pix) {
+    case 1: fr_nearest_row_p(j, img, qx, qy, u0, d, 1); return;
+    case 3: fr_nearest_row_p(j, img, qx, qy, u0, d, 3); return;
+    case 4: fr_nearest_row_p(j, img, qx, qy, u0, d, 4); return;
+    case 12: fr_nearest_row_p(j, img, qx, qy, u0, d, 12); return;
+    default:
+        break;
+    }
+    for (int64_t u = u0; u < g->Wo; u++) {
+        const int64_t s = fr_nearest_src(g, qx[u], qy[u]);
+        uint8_t *dp = d + u * pix;
+        if (s >= 0) {
+            memcpy(dp, img + s * pix, (size_t)pix);
+        } else {
+            for (int64_t k = 0; k < g->C; k++)
+                memcpy(dp + k * isz, g->fill, (size_t)isz);
+        }
+    }
+}
+
+#ifdef FR_AUG_X86
+/* One nearest row of 3-byte pixels, constant border: 8 pixels per step, one masked 32-bit
+ * gather (points outside the image keep the fill pixel) and the bilinear path's packing; the
+ * source index is the scalar one (fr_nearest_src) lane by lane, so the bits are the same.
+ * readable: bytes readable from img (a gather reads a pixel's 3 bytes and one more); a group
+ * that would read past them goes through the scalar row. */
+FR_AUG_AVX2 static void fr_nearest_rgb_row_avx2(const fr_affine_job *j, const uint8_t *img,
+                                                int64_t readable, const int32_t *qx,
+                                                const int32_t *qy, uint8_t *d)
+{
+    const fr_affine_args *g = j->g;
+    const int64_t wo = g->Wo;
+    const __m256i wv = _mm256_set1_epi32((int)g->W), hv = _mm256_set1_epi32((int)g->H);
+    const __m256i neg1 = _mm256_set1_epi32(-1), c128 = _mm256_set1_epi32(128);
+    const __m256i three = _mm256_set1_epi32(3);
+    const __m256i olim = _mm256_set1_epi32((int)(readable - 4));
+    int32_t fp;
+    memcpy(&fp, j->fill_pixel, 4);
+    const __m256i fillv = _mm256_set1_epi32(fp);
+    const int *base = (const int *)img;
+    const __m256i pack = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -128, -128,
+                                          -128, -128, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14,
+                                          -128, -128, -128, -128);
+    const __m256i perm = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7);
+    int64_t u = 0;
+    for (; u + 8 <= wo; u += 8) {
+        /* qx + 128 cannot overflow: |q| <= 2**28 */
+        const __m256i ix = _mm256_srai_epi32(
+            _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(qx + u)), c128), 8);
+        const __m256i iy = _mm256_srai_epi32(
+            _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(qy + u)), c128), 8);
+        const __m256i ok = _mm256_and_si256(
+            _mm256_and_si256(_mm256_cmpgt_epi32(ix, neg1), _mm256_cmpgt_epi32(wv, ix)),
+            _mm256_and_si256(_mm256_cmpgt_epi32(iy, neg1), _mm256_cmpgt_epi32(hv, iy)));
+        /* lanes outside the image may wrap here: they are masked out of the gather */
+        const __m256i o = _mm256_mullo_epi32(
+            _mm256_add_epi32(_mm256_mullo_epi32(iy, wv), ix), three);
+        if (!_mm256_testz_si256(ok, _mm256_cmpgt_epi32(o, olim))) {
+            fr_nearest_row_p(j, img, qx, qy, u, d, 3);   /* the rest of the row */
+            return;
+        }
+        __m256i px = _mm256_mask_i32gather_epi32(fillv, base, o, ok, 1);
+        px = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(px, pack), perm);
+        _mm_storeu_si128((__m128i *)(d + 3 * u), _mm256_castsi256_si128(px));
+        _mm_storel_epi64((__m128i *)(d + 3 * u + 16), _mm256_extracti128_si256(px, 1));
+    }
+    if (u < wo)
+        fr_nearest_row_p(j, img, qx, qy, u, d, 3);
+}
+#endif
 
 /* Output row r (image r / Ho) of fr_aug_affine; q: 2 Wo int32 of scratch. */
 static void fr_affine_row(const fr_affine_job *j, int64_t r, int32_t *q)
 {
     const fr_affine_args *g = j->g;
-    const int64_t M = g->M, H = g->H, W = g->W, C = g->C, Ho = g->Ho, Wo = g->Wo;
-    const int64_t isz = g->itemsize, pix = C * isz, img_bytes = j->img_bytes;
+    const int64_t M = g->M, C = g->C, Ho = g->Ho, Wo = g->Wo;
+    const int64_t pix = C * g->itemsize, img_bytes = j->img_bytes;
     int64_t m = r / Ho, v = r - m * Ho;
     int32_t *qx = q, *qy = q + Wo;
     j->coords(g->mats + 6 * m, v, Wo, qx, qy);
@@ -511,17 +611,13 @@ static void fr_affine_row(const fr_affine_job *j, int64_t r, int32_t *q)
         for (int64_t u = 0; u < Wo; u++)
             fr_bilinear_f32_pixel(g, (const float *)img, qx[u], qy[u], (float *)d + u * C);
     } else {
-        for (int64_t u = 0; u < Wo; u++) {
-            int64_t ix = fr_tap(((int64_t)qx[u] + 128) >> 8, W, g->border);
-            int64_t iy = fr_tap(((int64_t)qy[u] + 128) >> 8, H, g->border);
-            uint8_t *dp = d + u * pix;
-            if (ix >= 0 && iy >= 0) {
-                memcpy(dp, img + (iy * W + ix) * pix, (size_t)pix);
-            } else {
-                for (int64_t k = 0; k < C; k++)
-                    memcpy(dp + k * isz, g->fill, (size_t)isz);
-            }
+#ifdef FR_AUG_X86
+        if (j->vec_rgb) {
+            fr_nearest_rgb_row_avx2(j, img, j->total_bytes - m * img_bytes, qx, qy, d);
+            return;
         }
+#endif
+        fr_nearest_row(j, img, qx, qy, 0, d);
     }
 }
 
@@ -542,12 +638,18 @@ static int fr_aug_affine(const fr_affine_args *g, int mode)
     const int64_t rows = M * Ho;
     int status = FR_OK;
     int avx2 = fr_aug_avx2();
-    fr_affine_job job = {g, mode, 0, img_bytes, total_bytes, fr_row_coords_portable};
+    fr_affine_job job = {g, mode, 0, img_bytes, total_bytes, fr_row_coords_portable, {0}};
+    if (mode == 2 && pix <= 16)
+        for (int64_t k = 0; k < C; k++)
+            memcpy(job.fill_pixel + k * g->itemsize, g->fill, (size_t)g->itemsize);
 #ifdef FR_AUG_X86
     if (avx2)
         job.coords = fr_row_coords_avx2;
-    /* the gather path indexes bytes with int32 */
-    job.vec_rgb = avx2 && mode == 0 && C == 3 && total_bytes < ((int64_t)1 << 31) - 64;
+    /* the gather paths index bytes with int32; nearest: 3-byte pixels, constant border */
+    job.vec_rgb = avx2 && total_bytes < ((int64_t)1 << 31) - 64
+                  && ((mode == 0 && C == 3)
+                      || (mode == 2 && pix == 3 && g->border == 0 && H < ((int64_t)1 << 30)
+                          && W < ((int64_t)1 << 30)));
 #else
     (void)avx2;
 #endif

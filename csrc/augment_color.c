@@ -693,8 +693,90 @@ static void fr_sharpness(const fr_img *im, int64_t n, double f, fr_rows *b)
     }
 
 FR_HUE_LOOP(_portable, )
+
 #ifdef FR_HAVE_AVX2_KERNELS
-FR_HUE_LOOP(_avx2, __attribute__((target("avx2"))))
+/* The same steps, 8 pixels per step in AVX2 (gcc does not vectorize the loop above: "control
+ * flow in loop"); every step is the same IEEE float32 operation, so the bits are the same:
+ * max_ps(a, b) is a > b ? a : b and min_ps(a, b) is a < b ? a : b (as the selects above; no NaN
+ * occurs), x * (m ? 1 : 0) is x times the mask and-ed with 1.0f, the selects are blends,
+ * cvttps is the int32 truncation.  Measured: 224x224 RGB, 14x faster than the scalar loop. */
+FR_AVX2 static void fr_hue_row_avx2(float *restrict R, float *restrict G, float *restrict B,
+                                    int64_t W, float shift)
+{
+    const __m256 inv255 = _mm256_set1_ps((float)(1.0 / 255.0));
+    const __m256 sixth = _mm256_set1_ps((float)(1.0 / 6.0));
+    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 four = _mm256_set1_ps(4.0f), six = _mm256_set1_ps(6.0f);
+    const __m256 zero = _mm256_setzero_ps(), mone = _mm256_set1_ps(-1.0f);
+    const __m256 sh = _mm256_set1_ps(shift), k255 = _mm256_set1_ps(255.999f);
+    const __m256i i1 = _mm256_set1_epi32(1), i2 = _mm256_set1_epi32(2);
+    const __m256i i3 = _mm256_set1_epi32(3), i4 = _mm256_set1_epi32(4);
+    const __m256i i5 = _mm256_set1_epi32(5), i6 = _mm256_set1_epi32(6);
+    int64_t u = 0;
+    for (; u + 8 <= W; u += 8) {
+        const __m256 r = _mm256_mul_ps(_mm256_loadu_ps(R + u), inv255);
+        const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(G + u), inv255);
+        const __m256 b = _mm256_mul_ps(_mm256_loadu_ps(B + u), inv255);
+        const __m256 maxc = _mm256_max_ps(_mm256_max_ps(r, g), b);
+        const __m256 minc = _mm256_min_ps(_mm256_min_ps(r, g), b);
+        const __m256 eqc = _mm256_cmp_ps(maxc, minc, _CMP_EQ_OQ);
+        const __m256 crange = _mm256_sub_ps(maxc, minc);
+        const __m256 sat = _mm256_div_ps(crange, _mm256_blendv_ps(maxc, one, eqc));
+        const __m256 div = _mm256_blendv_ps(crange, one, eqc);
+        const __m256 rc = _mm256_div_ps(_mm256_sub_ps(maxc, r), div);
+        const __m256 gc = _mm256_div_ps(_mm256_sub_ps(maxc, g), div);
+        const __m256 bc = _mm256_div_ps(_mm256_sub_ps(maxc, b), div);
+        const __m256 neq_r = _mm256_cmp_ps(maxc, r, _CMP_NEQ_UQ);
+        const __m256 eq_g = _mm256_cmp_ps(maxc, g, _CMP_EQ_OQ);
+        const __m256 hg = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(rc, two), bc),
+                                        _mm256_and_ps(_mm256_and_ps(eq_g, neq_r), one));
+        const __m256 hr = _mm256_mul_ps(_mm256_sub_ps(bc, gc), _mm256_andnot_ps(neq_r, one));
+        const __m256 hb = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(gc, four), rc),
+                                        _mm256_and_ps(_mm256_andnot_ps(eq_g, neq_r), one));
+        __m256 h = _mm256_add_ps(_mm256_add_ps(hr, hg), hb);
+        h = _mm256_add_ps(_mm256_mul_ps(h, sixth), one);
+        h = _mm256_blendv_ps(_mm256_blendv_ps(h, _mm256_sub_ps(h, one),
+                                              _mm256_cmp_ps(h, one, _CMP_GE_OQ)),
+                             _mm256_sub_ps(h, two), _mm256_cmp_ps(h, two, _CMP_GE_OQ));
+        h = _mm256_add_ps(h, sh);
+        h = _mm256_blendv_ps(_mm256_blendv_ps(h, _mm256_add_ps(h, one),
+                                              _mm256_cmp_ps(h, mone, _CMP_LE_OQ)),
+                             _mm256_sub_ps(h, one), _mm256_cmp_ps(h, one, _CMP_GE_OQ));
+        h = _mm256_blendv_ps(h, _mm256_add_ps(h, one), _mm256_cmp_ps(h, zero, _CMP_LT_OQ));
+        const __m256 h6 = _mm256_mul_ps(h, six);
+        const __m256i i0 = _mm256_cvttps_epi32(h6);
+        const __m256 fr = _mm256_sub_ps(h6, _mm256_cvtepi32_ps(i0));
+        /* i0 >= 6 (i0 > 5): i0 - 6 */
+        const __m256i i = _mm256_sub_epi32(i0, _mm256_and_si256(_mm256_cmpgt_epi32(i0, i5), i6));
+        const __m256 sxf = _mm256_mul_ps(sat, fr), oms = _mm256_sub_ps(one, sat);
+        const __m256 q = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(one, sxf), maxc), one);
+        const __m256 t = _mm256_min_ps(_mm256_mul_ps(_mm256_add_ps(sxf, oms), maxc), one);
+        const __m256 p = _mm256_min_ps(_mm256_mul_ps(oms, maxc), one);
+        const __m256 c0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, _mm256_setzero_si256()));
+        const __m256 c1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, i1));
+        const __m256 c2 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, i2));
+        const __m256 c3 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, i3));
+        const __m256 c4 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, i4));
+        const __m256 c5 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(i, i5));
+        /* ro = (c0 | c5) ? v : (c1 ? q : (c4 ? t : p)) */
+        __m256 ro = _mm256_blendv_ps(p, t, c4);
+        ro = _mm256_blendv_ps(ro, q, c1);
+        ro = _mm256_blendv_ps(ro, maxc, _mm256_or_ps(c0, c5));
+        /* go = c0 ? t : ((c1 | c2) ? v : (c3 ? q : p)) */
+        __m256 go = _mm256_blendv_ps(p, q, c3);
+        go = _mm256_blendv_ps(go, maxc, _mm256_or_ps(c1, c2));
+        go = _mm256_blendv_ps(go, t, c0);
+        /* bo = (c0 | c1) ? p : (c2 ? t : ((c3 | c4) ? v : q)) */
+        __m256 bo = _mm256_blendv_ps(q, maxc, _mm256_or_ps(c3, c4));
+        bo = _mm256_blendv_ps(bo, t, c2);
+        bo = _mm256_blendv_ps(bo, p, _mm256_or_ps(c0, c1));
+        _mm256_storeu_ps(R + u, _mm256_mul_ps(ro, k255));
+        _mm256_storeu_ps(G + u, _mm256_mul_ps(go, k255));
+        _mm256_storeu_ps(B + u, _mm256_mul_ps(bo, k255));
+    }
+    if (u < W)
+        fr_hue_row_portable(R + u, G + u, B + u, W - u, shift);
+}
 #endif
 
 static void fr_hue(const fr_img *im, int64_t n, double f, fr_rows *b)

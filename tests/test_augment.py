@@ -438,9 +438,9 @@ def _c_or_skip(isa):
 @pytest.mark.parametrize("isa", ["c-portable", "c-avx2", "c-avx512"])
 @pytest.mark.parametrize("shape", [(3, 40, 53, 3), (2, 31, 29, 1), (2, 12, 9, 4)])
 def test_c_isa_paths_vs_reference(isa, shape):
-    """Every ISA path of the C kernels (byte-shuffle flips, gathered bilinear rows, vectorized
-    Box-Muller) gives the reference's bits, on widths that leave loop tails and on rotations
-    whose taps reach the last pixel of the batch (the gathers' bounds)."""
+    """Every ISA path of the C kernels (byte-shuffle flips, gathered bilinear and nearest
+    rows, vectorized Box-Muller) gives the reference's bits, on widths that leave loop tails and
+    on rotations whose taps reach the last pixel of the batch (the gathers' bounds)."""
     fc = _c_or_skip(isa[2:])
     previous = fc.set_isa(isa[2:])
     # streaming stores (flips of large outputs) on the AVX-512 run, ordinary ones elsewhere
@@ -458,6 +458,11 @@ def test_c_isa_paths_vs_reference(isa, shape):
                 lambda b: A.random_resized_crop(x, (50, 23), scale=(0.2, 1), seed=4,
                                                 backend=b),
                 lambda b: A.random_rotate(x, 45, interpolation="nearest", seed=4, backend=b),
+                # nearest, the source's last pixel reached (the gathers' bound), fill outside
+                lambda b: A.random_rotate(x, (179, 181), interpolation="nearest", fill=7,
+                                          seed=4, backend=b),
+                lambda b: A.Compose([A.RandomRotate(60)], padding_mode="reflect",
+                                    interpolation="nearest")(x, seed=4, backend=b),
                 lambda b: A.gaussian_noise(x, (0.0, 40.0), seed=4, index_offset=7, backend=b),
                 lambda b: A.random_erasing(x, 1.0, value=3, seed=4, backend=b),
                 lambda b: A.mixup(x, np.arange(shape[0]), 0.4, num_classes=shape[0], seed=4,

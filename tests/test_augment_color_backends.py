@@ -288,6 +288,33 @@ def test_c_row_loops_every_isa(isa):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_c_hue_every_isa(isa):
+    # the C hue: a scalar loop and an AVX2 copy of it (8 pixels per step), the same float32
+    # steps; every sector, grays and ties of the maximum (a grid of values), random pixels,
+    # shifts at and near 0 and +-0.5, widths leaving an 8-pixel tail
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("backend c unavailable")
+    import fastreg.c as fc
+    if isa == "avx2" and not fc.has_avx2():
+        pytest.skip("no AVX2 on this CPU")
+    v = np.arange(0, 256, 17, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(v, v, v, indexing="ij"), -1).reshape(-1, 3)
+    rand = np.random.default_rng(3).integers(0, 256, (1150, 3), dtype=np.uint8)
+    pix = np.concatenate([grid, rand]).reshape(2, 43, 61, 3)
+    previous = fc.set_isa(isa)
+    try:
+        for f in (-0.5, -0.2, -1e-7, 0.0, 1e-7, 0.13, 0.5):
+            params = np.full(2, f)
+            expected = np.zeros_like(pix)
+            R.aug_color(pix, np.full(2, R.HUE), params, expected)
+            got = np.zeros_like(pix)
+            fc.aug_color(pix, np.full(2, R.HUE), params, got)
+            np.testing.assert_array_equal(got, expected, err_msg=f"hue {f}")
+    finally:
+        fc.set_isa(previous)
+
+
 # --- CUDA (under NUMBA_ENABLE_CUDASIM=1 on the CPU; tiny images) ------------------------------------
 
 def _cuda_or_skip():
