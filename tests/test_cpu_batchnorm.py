@@ -318,8 +318,8 @@ def test_one_specialization_per_dtype(limits):
     # (a function loaded from Numba's cache has its own signatures only, not its callees')
     more = {name: n for name, n in counts.items() if n > 2}
     assert not more, more
-    for name in ("_forward_kernel._forward_kernel__serial", "_forward_serial._forward_serial",
-                 "_backward_kernel._backward_kernel__serial", "_finish_backward._finish_backward"):
+    for name in ("_forward_kernel._forward_kernel__serial", "_forward_kernel._forward_kernel",
+                 "_backward_kernel._backward_kernel__serial", "_backward_kernel._backward_kernel"):
         assert counts[name] == 2, (name, counts)
 
 

@@ -22,10 +22,9 @@ own float64 lanes), APPLY (the element-wise formula over runs of per_task pieces
 order: forward streams, which the hardware prefetches), or FUSED (rows regime, training ops: one
 item per channel, which sums the channel, computes its coefficients and applies them while the
 channel is still in cache, so that x is read from memory once instead of twice; when a channel's
-data fits in about one core's L2 and every thread gets a channel). Between SUMS and APPLY,
-``_finish_*`` (on the calling thread) adds each channel's lanes over its tasks and computes the
-coefficients.
-Small unfused calls (one thread) run SUMS, the finish and APPLY in one call, ``_*_serial``.
+data fits in about one core's L2 and every thread gets a channel). After SUMS, the kernel (on the
+calling thread) adds each channel's lanes over its tasks and computes the coefficients. An op is
+one kernel launch: SUMS then APPLY, FUSED, or one step alone.
 
 Sums. Value i of a piece goes to lane i % L (a row of partial sums, which LLVM vectorizes without
 fastmath), four rows of L per pass; float64 data with Kahan's compensation, float32 data without
@@ -45,12 +44,12 @@ outputs) compute each chunk into a buffer and then copy it out: a loop that read
 same memory through two arrays fails LLVM's overlap check and runs scalar, and streaming stores
 (fastreg/cpu/penalty.py) go from the chunk's first 64-byte boundary on.
 
-Compile time is a budget (bench/compile_time.py): each kernel is one ``prange`` over a task
-function (parfor compiles a loop in about a second, more for a longer body); every compiled
-function is optimized again inside each caller, so the call tree stays shallow and small;
-optional arrays are flags with stand-ins (a 0-size residual or gres, x as y without a ReLU), so
-each kernel compiles once per dtype; helpers called only from compiled code have no CPython
-wrapper; and no helper gets a literal argument (Numba compiles a specialization per literal).
+Compile time is a budget (bench/compile_time.py): two kernels (forward, backward), each a
+``twin``, whose ``prange`` bodies call the slice loops directly (every compiled function is
+optimized again inside each caller, so the call tree stays shallow); optional arrays are flags
+with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints, so each
+kernel compiles once per dtype; helpers called only from compiled code have no CPython wrapper;
+and no helper gets a literal argument (Numba compiles a specialization per literal).
 """
 from collections import namedtuple
 
@@ -80,7 +79,7 @@ FUSE_MAX_BYTES = 1 << 20     # data a fused channel reads: about one core's L2
 STREAM_MIN_BYTES = 64 << 20  # smaller outputs stay in cache (about twice the L3)
 STREAM_MIN_ROW = 2048   # bytes: shorter rows would spend more on their unstreamed heads
 
-SUMS, APPLY, FUSED = 0, 1, 2     # kernel steps
+SUMS, APPLY, FUSED, NONE = 0, 1, 2, -1  # kernel steps
 PLAIN, STREAM, IN_PLACE = 0, 1, 2  # output modes
 
 Plan = namedtuple("Plan", "regime fused nthreads stream tile mode")
@@ -440,25 +439,6 @@ def _backward_coeffs(c0, sums, n, coef, stats):
             d[c] = a64 * s_dy[c] / n
 
 
-@jit
-def _finish_forward(part, tile, coef, stats, eps):
-    """Between SUMS and APPLY, on the calling thread: every channel's statistics (and
-    coefficients) from the task sums part."""
-    Cv, ntask, Cc, Bc, n = tile[2], tile[7], tile[10], tile[11], tile[12]
-    for cv in range(Cv):
-        _forward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc), n, coef,
-                        stats, eps)
-
-
-@jit
-def _finish_backward(part, tile, coef, stats):
-    """Between SUMS and APPLY of the backward: every channel's sums (and coefficients)."""
-    Cv, ntask, Cc, Bc, n = tile[2], tile[7], tile[10], tile[11], tile[12]
-    for cv in range(Cv):
-        _backward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc), n, coef,
-                         stats)
-
-
 @inner
 def _lane_row(v, Bc, out):
     """out[k] = v[(k % K) // Bc], K = v.size * Bc: the values v of a view channel's channels as a
@@ -472,199 +452,157 @@ def _lane_row(v, Bc, out):
         out[k] = out[k - K]
 
 
-# --- tasks and kernels --------------------------------------------------------------------------
-# The kernels' tile: (step,) + Plan.tile. Work items: see _work. Task t holds
-# pieces [t * per_task, (t + 1) * per_task) of its channel's A' * nb; piece p is view row p // nb,
-# values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
+# --- kernels ------------------------------------------------------------------------------------
+# A kernel runs up to two steps of one op (``steps``, NONE for no step) on a tile (Plan.tile).
+# Each step is one prange over its work items, the item's work written out in the loop body:
+# Numba optimizes every compiled callee again inside each caller (numba/numba#8085) and parfor
+# outlines the loop body into a function of its own, so a task function between the two was
+# compiled five times. After SUMS the kernel finishes the statistics on the calling thread.
+# Work item q: SUMS task q, pieces [p0, p1) of view channel q // ntask; FUSED all of view channel
+# q; APPLY a run of per_task pieces of the whole view, in memory order (one forward stream, which
+# the hardware prefetches). Piece p is view row p // nb, values [b0, b0 + seg) of it,
+# b0 = (p % nb) * seg.
 
-@inner
-def _items(tile):
-    """How many work items a step has."""
-    step, A, Cv, nb, per_task, ntask = tile[0], tile[1], tile[2], tile[5], tile[6], tile[7]
-    if step == APPLY:
-        return (A * Cv * nb + per_task - 1) // per_task
-    return Cv if step == FUSED else Cv * ntask
-
-
-@inner
-def _work(q, tile):
-    """(view channel, first piece, end piece) of work item q: SUMS task q, pieces of channel
-    q // ntask; FUSED: all of view channel q; APPLY: pieces of the whole view, in memory order
-    (channel -1)."""
-    step, A, Cv, nb, per_task, ntask = tile[0], tile[1], tile[2], tile[5], tile[6], tile[7]
-    if step == FUSED:
-        return q, 0, A * nb
-    if step == APPLY:
-        return -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
-    c = q // ntask
-    p0 = (q - c * ntask) * per_task
-    return c, p0, min(p0 + per_task, A * nb)
-
-
-@inner
-def _forward_task(q, arrays, coef, stats, opts, tile, part):
-    """Work item q of a forward step. arrays: flat (x, residual, out), residual 0-size when there
-    is none, x may be out; coef (weight, bias, center, scale, shift); stats (x0, mean, m2, invstd)
-    float64; opts (floor, eps, has_res, mode); part (C' * ntask, 4, lanes): SUMS's task sums."""
+@twin
+def _forward_kernel(arrays, coef, stats, opts, steps, tile):
+    """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none, x may
+    be out; coef (weight, bias, center, scale, shift), center 0-size for the statistics alone;
+    stats (mean, m2, invstd) float64; opts (floor, eps, has_res, mode)."""
     x, r, o = arrays
-    step, A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    c, p0, p1 = _work(q, tile)
-    if step != APPLY:
-        # the shift of each channel is its first value (0 if not finite), recorded by the
-        # channel's first task for _finish_forward
-        first = np.empty(Cc)
-        for i in range(Cc):
-            v = np.float64(x[c * B + i * Bc])
-            first[i] = v if abs(v) < np.inf else 0.0
-            if p0 == 0:  # (every task computes it: they may run at the same time)
-                stats[0][c * Cc + i] = first[i]
-        shift = np.empty(lanes)
-        _lane_row(first, Bc, shift)
-        acc = np.empty((4, lanes)) if step == FUSED else part[q]
-        for j in range(4):
-            for k in range(lanes):
-                acc[j, k] = 0.0
-        for p in range(p0, p1):
-            lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-            _x_sums(x[lo:lo + min(seg, B - (p % nb) * seg)], shift, acc)
-    if step == FUSED:
-        _forward_coeffs(c, _lane_totals(acc), n, coef, stats, opts[1])
-    if step != SUMS:
-        _apply_task(c, p0, p1, arrays, (coef[2], coef[3], coef[4]), opts, tile)
-
-
-@inner
-def _apply_task(c, p0, p1, arrays, coef, opts, tile):
-    """bn_apply on pieces [p0, p1) of view channel c, or (c < 0) of the whole view in memory order
-    (one forward stream, which the hardware prefetches); coef (center, scale, shift)."""
-    x, r, o = arrays
-    Cv, B, seg, nb, chunk, Cc, Bc = tile[2], tile[3], tile[4], tile[5], tile[9], tile[10], \
-        tile[11]
+    A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+    center, scale, shift = coef[2], coef[3], coef[4]
+    x0 = np.empty(stats[0].size)  # each channel's shift: its first value (0 if not finite)
+    all_stats = (x0, stats[0], stats[1], stats[2])
+    part = np.empty((Cv * ntask if steps[0] == SUMS else 0, 4, lanes))  # SUMS's task sums
     uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
-    rows = np.empty((3, 1 if uniform else chunk), o.dtype)
-    if not uniform:  # (one view channel)
-        for i in range(3):
-            _lane_row(coef[i], Bc, rows[i])
-    buf = np.empty(chunk, o.dtype)
-    for p in range(p0, p1):
-        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-        if uniform:
-            rows[0, 0], rows[1, 0], rows[2, 0] = coef[0][ch], coef[1][ch], coef[2][ch]
-        b0 = (p % nb) * seg
-        lo = (a * Cv + ch) * B + b0
-        hi = lo + min(seg, B - b0)
-        _affine_slice(x[lo:hi], r[lo:hi], o[lo:hi], (rows[0], rows[1], rows[2]), opts, buf,
-                      uniform)
-    if opts[3] == STREAM:
-        _sfence()
+    for step in steps:
+        if step == NONE:
+            continue
+        items = Cv * ntask if step == SUMS else Cv
+        if step == APPLY:
+            items = (A * Cv * nb + per_task - 1) // per_task
+        for i in prange(items):
+            q = np.int64(i)
+            c, p0, p1 = q, 0, A * nb  # FUSED
+            if step == SUMS:
+                c = q // ntask
+                p0 = (q - c * ntask) * per_task
+                p1 = min(p0 + per_task, A * nb)
+            elif step == APPLY:
+                c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
+            if step != APPLY:
+                # every task records the shift (tasks of a channel may run at the same time)
+                first = np.empty(Cc)
+                for k in range(Cc):
+                    v = np.float64(x[c * B + k * Bc])
+                    first[k] = v if abs(v) < np.inf else 0.0
+                    if p0 == 0:
+                        x0[c * Cc + k] = first[k]
+                shift_row = np.empty(lanes)
+                _lane_row(first, Bc, shift_row)
+                acc = np.empty((4, lanes)) if step == FUSED else part[q]
+                for j in range(4):
+                    for k in range(lanes):
+                        acc[j, k] = 0.0
+                for p in range(p0, p1):
+                    lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
+                    _x_sums(x[lo:lo + min(seg, B - (p % nb) * seg)], shift_row, acc)
+                if step == FUSED:
+                    _forward_coeffs(c, _lane_totals(acc), n, coef, all_stats, opts[1])
+            if step != SUMS:
+                rows = np.empty((3, 1 if uniform else chunk), o.dtype)
+                if not uniform:  # (one view channel)
+                    _lane_row(center, Bc, rows[0])
+                    _lane_row(scale, Bc, rows[1])
+                    _lane_row(shift, Bc, rows[2])
+                buf = np.empty(chunk, o.dtype)
+                for p in range(p0, p1):
+                    a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+                    if uniform:
+                        rows[0, 0], rows[1, 0], rows[2, 0] = center[ch], scale[ch], shift[ch]
+                    b0 = (p % nb) * seg
+                    lo = (a * Cv + ch) * B + b0
+                    hi = lo + min(seg, B - b0)
+                    _affine_slice(x[lo:hi], r[lo:hi], o[lo:hi], (rows[0], rows[1], rows[2]),
+                                  opts, buf, uniform)
+                if opts[3] == STREAM:
+                    _sfence()
+        if step == SUMS:
+            for cv in range(Cv):
+                _forward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc),
+                                n, coef, all_stats, opts[1])
 
 
-@inner
-def _backward_task(q, arrays, coef, stats, flags, tile, part):
-    """Work item q of a backward step. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU,
-    gres 0-size when not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b,
-    d); stats (mean, invstd, s_dy, s_dyx) float64; flags (masked, training, has_gres, mode)."""
+@twin
+def _backward_kernel(arrays, coef, stats, flags, steps, tile):
+    """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres 0-size when
+    not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b, d), center
+    0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags (masked,
+    training, has_gres, mode)."""
     gy, x, y, gx, gr = arrays
-    step, A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    c, p0, p1 = _work(q, tile)
-    if step != APPLY:
-        mu = np.empty(lanes)
-        _lane_row(stats[0][c * Cc:(c + 1) * Cc], Bc, mu)
-        acc = np.empty((4, lanes)) if step == FUSED else part[q]
-        for j in range(4):
-            for k in range(lanes):
-                acc[j, k] = 0.0
-        for p in range(p0, p1):
-            lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-            hi = lo + min(seg, B - (p % nb) * seg)
-            _g_sums(gy[lo:hi], x[lo:hi], y[lo:hi], mu, flags[0], acc)
-    if step == FUSED:
-        _backward_coeffs(c, _lane_totals(acc), n, coef, stats)
-    if step != SUMS:  # as _apply_task
-        uniform = Cc * Bc == 1
-        rows = np.empty((4, 1 if uniform else chunk), gx.dtype)
-        if not uniform:
-            for i in range(4):
-                _lane_row(coef[3 + i], Bc, rows[i])
-        buf = np.empty(2 * chunk, gx.dtype)
-        for p in range(p0, p1):
-            a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-            if uniform:
-                for i in range(4):
-                    rows[i, 0] = coef[3 + i][ch]
-            b0 = (p % nb) * seg
-            lo = (a * Cv + ch) * B + b0
-            hi = lo + min(seg, B - b0)
-            _gback_slice((gy[lo:hi], x[lo:hi], y[lo:hi]), gx[lo:hi], gr[lo:hi],
-                         (rows[0], rows[1], rows[2], rows[3]), flags, buf, uniform)
-        if flags[3] == STREAM:
-            _sfence()
-
-
-# One prange over a step's work items, its body one task call: parfor compiles a loop in about a
-# second, more for a longer body. prange's index may be unsigned: made int64, so that both twins
-# use one compiled task function.
-
-@twin
-def _forward_kernel(arrays, coef, stats, opts, tile, part):
-    for q in prange(_items(tile)):
-        _forward_task(np.int64(q), arrays, coef, stats, opts, tile, part)
-
-
-@twin
-def _apply_kernel(arrays, coef, opts, tile):
-    """bn_apply alone (inference): its own kernel, which compiles without the sums."""
-    for q in prange(_items(tile)):
-        c, p0, p1 = _work(np.int64(q), tile)
-        _apply_task(c, p0, p1, arrays, coef, opts, tile)
-
-
-@twin
-def _backward_kernel(arrays, coef, stats, flags, tile, part):
-    for q in prange(_items(tile)):
-        _backward_task(np.int64(q), arrays, coef, stats, flags, tile, part)
-
-
-# Small unfused work (one thread): SUMS, the finish and APPLY in one call from Python, with the
-# same task functions and the scratch arrays made here: on a (64, 256) layer a dispatch or a
-# NumPy allocation costs as much as a step.
-
-@jit
-def _forward_serial(arrays, params, stats, opts, tiles):
-    """bn_forward_train (params: weight, bias; stats: mean, m2, invstd), tiles (SUMS, APPLY)."""
-    C, tile = stats[0].size, tiles[0]
-    work = np.empty((3, C), arrays[2].dtype)
-    coef = (params[0], params[1], work[0], work[1], work[2])
-    all_stats = (np.empty(C), stats[0], stats[1], stats[2])
-    part = np.empty((tile[2] * tile[7], 4, tile[8]))
-    for tile in tiles:
-        for q in range(_items(tile)):
-            _forward_task(q, arrays, coef, all_stats, opts, tile, part)
-        if tile[0] == SUMS:
-            _finish_forward(part, tile, coef, all_stats, opts[1])
-
-
-@jit
-def _backward_serial(arrays, params, stats, flags, tiles):
-    """bn_backward (params: weight, grad_weight, grad_bias; stats: mean, invstd), tiles (SUMS,
-    APPLY)."""
-    C, tile = stats[0].size, tiles[0]
-    work = np.empty((4, C), arrays[3].dtype)
-    coef = (params[0], params[1], params[2], work[0], work[1], work[2], work[3])
-    all_stats = (stats[0], stats[1], np.empty(C), np.empty(C))
-    part = np.empty((tile[2] * tile[7], 4, tile[8]))
-    for tile in tiles:
-        for q in range(_items(tile)):
-            _backward_task(q, arrays, coef, all_stats, flags, tile, part)
-        if tile[0] == SUMS:
-            _finish_backward(part, tile, coef, all_stats)
+    A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+    center, ca, cb, cd = coef[3], coef[4], coef[5], coef[6]
+    part = np.empty((Cv * ntask if steps[0] == SUMS else 0, 4, lanes))
+    uniform = Cc * Bc == 1
+    for step in steps:
+        if step == NONE:
+            continue
+        items = Cv * ntask if step == SUMS else Cv
+        if step == APPLY:
+            items = (A * Cv * nb + per_task - 1) // per_task
+        for i in prange(items):
+            q = np.int64(i)
+            c, p0, p1 = q, 0, A * nb  # FUSED
+            if step == SUMS:
+                c = q // ntask
+                p0 = (q - c * ntask) * per_task
+                p1 = min(p0 + per_task, A * nb)
+            elif step == APPLY:
+                c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
+            if step != APPLY:
+                mu = np.empty(lanes)
+                _lane_row(stats[0][c * Cc:(c + 1) * Cc], Bc, mu)
+                acc = np.empty((4, lanes)) if step == FUSED else part[q]
+                for j in range(4):
+                    for k in range(lanes):
+                        acc[j, k] = 0.0
+                for p in range(p0, p1):
+                    lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
+                    hi = lo + min(seg, B - (p % nb) * seg)
+                    _g_sums(gy[lo:hi], x[lo:hi], y[lo:hi], mu, flags[0], acc)
+                if step == FUSED:
+                    _backward_coeffs(c, _lane_totals(acc), n, coef, stats)
+            if step != SUMS:
+                rows = np.empty((4, 1 if uniform else chunk), gx.dtype)
+                if not uniform:
+                    _lane_row(center, Bc, rows[0])
+                    _lane_row(ca, Bc, rows[1])
+                    _lane_row(cb, Bc, rows[2])
+                    _lane_row(cd, Bc, rows[3])
+                buf = np.empty(2 * chunk, gx.dtype)
+                for p in range(p0, p1):
+                    a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+                    if uniform:
+                        rows[0, 0], rows[1, 0], rows[2, 0], rows[3, 0] = \
+                            center[ch], ca[ch], cb[ch], cd[ch]
+                    b0 = (p % nb) * seg
+                    lo = (a * Cv + ch) * B + b0
+                    hi = lo + min(seg, B - b0)
+                    _gback_slice((gy[lo:hi], x[lo:hi], y[lo:hi]), gx[lo:hi], gr[lo:hi],
+                                 (rows[0], rows[1], rows[2], rows[3]), flags, buf, uniform)
+                if flags[3] == STREAM:
+                    _sfence()
+        if step == SUMS:
+            for cv in range(Cv):
+                _backward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc),
+                                 n, coef, stats)
 
 
 # --- the backend's functions --------------------------------------------------------------------
-# Lean on purpose: on a (64, 256) layer this Python is as long as the kernels.
+# Lean on purpose: on a (64, 256) layer this Python is as long as the kernels. One launch per op.
 
 _STAND_INS = {}  # dtype -> a 0-size array, for the optional arrays a call does not have
-_NO_PART = np.empty((0, 0, 0))  # part, for the steps that do not use it
+_F64 = np.dtype(np.float64)
 
 
 def _stand_in(dtype):
@@ -698,9 +636,9 @@ def _streamable(o, arrays):
         a is not o and np.may_share_memory(a, o) for a in arrays)
 
 
-def _part(plan):
-    """Room for the task sums of SUMS: (C' * ntask, 4, lanes)."""
-    return np.empty((plan.tile[1] * plan.tile[6], 4, plan.tile[7]))
+def _steps(plan):
+    """The steps of a training op: FUSED alone, or SUMS (then the finish) and APPLY."""
+    return (FUSED, NONE) if plan.fused else (SUMS, APPLY)
 
 
 _FLOORS = {}  # (dtype, relu) -> floor
@@ -721,11 +659,9 @@ def bn_stats(x, mean, m2, plan=None):
         m2[:] = 0.0
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
-    coef, stats = (e, e, e, e, e), (np.empty(x.shape[1]), mean, m2, _stand_in(mean.dtype))
-    part = _part(plan)
-    launch(_forward_kernel, plan.nthreads, (xf, e, xf), coef, stats,
-           _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS,) + plan.tile, part)
-    _finish_forward(part, (SUMS,) + plan.tile, coef, stats, 0.0)
+    launch(_forward_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
+           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS, NONE),
+           plan.tile)
     return plan
 
 
@@ -733,10 +669,11 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
     plan = _ready(plan, out.shape, out.itemsize, 1, out,
                   (x,) if residual is None else (x, residual))
     if out.size:
-        arrays = (x.reshape(-1), _stand_in(out.dtype) if residual is None else
-                  residual.reshape(-1), out.reshape(-1))
-        launch(_apply_kernel, plan.nthreads, arrays, (center, scale, shift),
-               _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY,) + plan.tile)
+        e, f = _stand_in(out.dtype), _stand_in(_F64)
+        arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
+                  out.reshape(-1))
+        launch(_forward_kernel, plan.nthreads, arrays, (e, e, center, scale, shift), (f, f, f),
+               _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE), plan.tile)
     return plan
 
 
@@ -746,23 +683,10 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
         return plan
     arrays = (x.reshape(-1), _stand_in(x.dtype) if residual is None else residual.reshape(-1),
               out.reshape(-1))
-    opts = _opts(x.dtype, eps, residual, relu, plan.mode)
-    if plan.nthreads == 1 and not plan.fused:
-        _forward_serial(arrays, (weight, bias), (mean, m2, invstd), opts,
-                        ((SUMS,) + plan.tile, (APPLY,) + plan.tile))
-        return plan
-    C = x.shape[1]
-    work = np.empty((3, C), x.dtype)
-    coef = (weight, bias, work[0], work[1], work[2])  # center, scale, shift of bn_apply
-    stats = (np.empty(C), mean, m2, invstd)
-    if plan.fused:
-        launch(_forward_kernel, plan.nthreads, arrays, coef, stats, opts, (FUSED,) + plan.tile,
-               _NO_PART)
-        return plan
-    part = _part(plan)
-    launch(_forward_kernel, plan.nthreads, arrays, coef, stats, opts, (SUMS,) + plan.tile, part)
-    _finish_forward(part, (SUMS,) + plan.tile, coef, stats, opts[1])
-    launch(_forward_kernel, plan.nthreads, arrays, coef, stats, opts, (APPLY,) + plan.tile, part)
+    work = np.empty((3, x.shape[1]), x.dtype)  # center, scale, shift of bn_apply
+    launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, work[0], work[1], work[2]),
+           (mean, m2, invstd), _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan),
+           plan.tile)
     return plan
 
 
@@ -774,25 +698,22 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
-    coef, stats = (e,) * 7, (center, _stand_in(center.dtype), s_dy, s_dyx)
-    part = _part(plan)
-    launch(_backward_kernel, plan.nthreads, arrays, coef, stats,
-           (y is not None, False, False, PLAIN), (SUMS,) + plan.tile, part)
-    _finish_backward(part, (SUMS,) + plan.tile, coef, stats)
+    launch(_backward_kernel, plan.nthreads, arrays, (e,) * 7,
+           (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
+           (SUMS, NONE), plan.tile)
     return plan
 
 
 def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
     plan = _ready(plan, x.shape, x.itemsize, 1, gx, (gy, x) if y is None else (gy, x, y), gres)
     if x.size:
-        e, f, xf = _stand_in(x.dtype), _stand_in(np.dtype(np.float64)), x.reshape(-1)
+        e, f, xf = _stand_in(x.dtype), _stand_in(_F64), x.reshape(-1)
         arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
         launch(_backward_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
-               (y is not None, training, gres is not None, plan.mode), (APPLY,) + plan.tile,
-               _NO_PART)
+               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE), plan.tile)
     return plan
 
 
@@ -807,24 +728,12 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     xf = x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
-    flags = (y is not None, bool(training), gres is not None, plan.mode)
-    if plan.nthreads == 1 and not plan.fused:
-        _backward_serial(arrays, (weight, grad_weight, grad_bias), (mean, invstd), flags,
-                         ((SUMS,) + plan.tile, (APPLY,) + plan.tile))
-        return plan
     C = x.shape[1]
-    work = np.empty((4, C), x.dtype)
-    coef = (weight, grad_weight, grad_bias, work[0], work[1], work[2], work[3])  # center, a, b, d
-    stats = (mean, invstd, np.empty(C), np.empty(C))
-    if plan.fused:
-        launch(_backward_kernel, plan.nthreads, arrays, coef, stats, flags, (FUSED,) + plan.tile,
-               _NO_PART)
-        return plan
-    part = _part(plan)
-    launch(_backward_kernel, plan.nthreads, arrays, coef, stats, flags, (SUMS,) + plan.tile, part)
-    _finish_backward(part, (SUMS,) + plan.tile, coef, stats)
-    launch(_backward_kernel, plan.nthreads, arrays, coef, stats, flags, (APPLY,) + plan.tile,
-           part)
+    work, sums = np.empty((4, C), x.dtype), np.empty((2, C))  # center, a, b, d; s_dy, s_dyx
+    launch(_backward_kernel, plan.nthreads, arrays,
+           (weight, grad_weight, grad_bias, work[0], work[1], work[2], work[3]),
+           (mean, invstd, sums[0], sums[1]), (y is not None, bool(training), gres is not None,
+                                              plan.mode), _steps(plan), plan.tile)
     return plan
 
 
