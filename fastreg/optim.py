@@ -24,12 +24,14 @@ the norm, then the update multiplies each gradient element by the coefficient as
 """
 import math
 import numbers
+from functools import partial
 
 import numpy as np
 
 from . import _arrays, _half, _registry
 from . import clip as _clip
 from ._dispatch import Job, flat
+from ._scalars import typed
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
@@ -366,7 +368,7 @@ class SGD(_Optimizer):
             raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
 
     def _update(self, i, p, g):
-        t = p.dtype.type
+        t = partial(typed, p.dtype)   # the kernels' scalars, cached (fastreg/_scalars.py)
         decayed = self.decay_mask[i]
         wd = self.weight_decay if decayed else 0.0
         buf = None
@@ -448,7 +450,7 @@ class Adam(_Optimizer):
                 raise ValueError(f"amsgrad=True but the state has no max_exp_avg_sq.{i}")
 
     def _update(self, i, p, g):
-        t = p.dtype.type
+        t = partial(typed, p.dtype)   # the kernels' scalars, cached (fastreg/_scalars.py)
         wd = self.weight_decay if self.decay_mask[i] else 0.0
         state = self.state
         if state["exp_avg"][i] is None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _arrays, _dispatch, _half
 from ._dispatch import flat
+from ._scalars import typed
 
 
 def _as_list(w, name):
@@ -155,11 +156,19 @@ _OVERFLOW = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64)
 
 def _grad(w, l1, c2, out, accumulate, backend):
     accumulate = bool(accumulate)
+    if type(w) is np.ndarray and (out is None or type(out) is np.ndarray):
+        limit = _OVERFLOW.get(w.dtype)
+        if limit is not None:   # float32/float64 host arrays: the short path, if on the host
+            if accumulate and out is None:
+                raise ValueError(_NO_OUT_TO_ACCUMULATE)
+            backend = _dispatch.resolve(backend, w, out)
+            if backend != "cuda":
+                return _grad_host(w, l1, c2, out, accumulate, backend, limit)
     arr = _arrays.describe(w, "w")
     _arrays.check_float(arr, "w", half=True)
     device = arr is not w and _arrays.is_device(w)
     if accumulate and out is None:
-        raise ValueError("accumulate=True adds into out=: pass the gradient to add into as out")
+        raise ValueError(_NO_OUT_TO_ACCUMULATE)
     backend = _dispatch.resolve(backend, w, out)
     x = w if device else arr
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, (x,), device)
@@ -178,6 +187,32 @@ def _grad(w, l1, c2, out, accumulate, backend):
         job.op("penalty_grad")(flat(wc), dtype.type(l1), dtype.type(c2), flat(res), accumulate)
     result = job.finish(res, out_arr)
     return result if out is None else out
+
+
+_NO_OUT_TO_ACCUMULATE = "accumulate=True adds into out=: pass the gradient to add into as out"
+
+
+def _grad_host(w, l1, c2, out, accumulate, backend, limit):
+    """_grad's short path, for a float32/float64 ndarray ``w``, ``out`` None or an ndarray and a
+    host backend: the same checks and the same kernel call, without the questions about devices
+    and 16-bit types, and with cached scalars (``_scalars.typed``)."""
+    dtype = w.dtype
+    if out is not None:
+        _arrays._check_host_out(out, "out", w.shape, dtype, (w,))
+    if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
+        raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
+    wc = np.ascontiguousarray(w)
+    res = out if out is not None and out.flags.c_contiguous else np.empty(w.shape, dtype)
+    if accumulate and res is not out:  # non-contiguous out: accumulate into a contiguous copy
+        res[...] = out
+    if w.size:
+        _dispatch.job(backend, True).op("penalty_grad")(
+            wc.ravel(), typed(dtype, l1), typed(dtype, c2), res.ravel(), accumulate)
+    if out is None:
+        return res
+    if res is not out:
+        out[...] = res
+    return out
 
 
 def _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype):

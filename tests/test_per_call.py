@@ -1,0 +1,100 @@
+"""The short per-call paths (issue 12): cached kernel scalars and the penalty gradients' host
+path give exactly what the full path and the reference give, and raise the same errors."""
+import numpy as np
+import pytest
+
+import fastreg
+from fastreg import _arrays, _scalars
+from fastreg.reference.penalty import penalty_grad
+
+
+HOST = [b for b in ("numpy", "cpu", "c") if fastreg.available_backends().get(b) is None]
+
+
+def _ref(w, l1, c2, acc=None):
+    """The reference kernel on a contiguous copy: l1 * sgn(w) + c2 * w (+ acc)."""
+    t = w.dtype.type
+    out = np.empty(w.size, w.dtype) if acc is None else np.array(acc, w.dtype).ravel()
+    penalty_grad(np.ascontiguousarray(w).ravel(), t(l1), t(c2), out, acc is not None)
+    return out.reshape(w.shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_typed_scalars_are_exact(dtype):
+    dt = np.dtype(dtype)
+    values = [0.0, -0.0, 1e-4, 2e-4, -3.5, 1.0 / 3.0, 5e-324, 1e-46, 3.4e38, float("inf")]
+    for _ in range(2):   # the second pass reads the cache
+        for v in values:
+            got = _scalars.typed(dt, v)
+            want = dt.type(v)
+            assert type(got) is dt.type
+            assert got.tobytes() == want.tobytes(), v
+    # -0.0 is not served from +0.0's entry (they are equal as dict keys)
+    assert np.signbit(_scalars.typed(dt, 0.0)) == False   # noqa: E712
+    assert np.signbit(_scalars.typed(dt, -0.0)) == True   # noqa: E712
+    # not floats: converted as dtype.type does; a full cache starts afresh
+    assert _scalars.typed(dt, 3) == dt.type(3) and type(_scalars.typed(dt, 3)) is dt.type
+    assert _scalars.typed(dt, np.float64(0.1)).tobytes() == dt.type(np.float64(0.1)).tobytes()
+    for k in range(3 * _scalars._LIMIT):
+        v = k * 0.001
+        assert _scalars.typed(dt, v).tobytes() == dt.type(v).tobytes()
+    assert len(_scalars._cache[dt]) <= _scalars._LIMIT
+
+
+@pytest.mark.parametrize("backend", HOST)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_penalty_grad_short_path_matches_the_reference(backend, dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(1001).astype(dtype)
+    w[:4] = [0.0, -0.0, np.nan, np.inf]
+    calls = []
+    real_describe = _arrays.describe
+
+    def describe(a, name):   # the full path's first step: the short path never asks
+        calls.append(name)
+        return real_describe(a, name)
+
+    monkeypatch.setattr(_arrays, "describe", describe)
+    for lam in (1e-4, 0.0, -0.0, 2.5):
+        expected = _ref(w, 0.0, 2.0 * lam)
+        got = fastreg.l2_grad(w, lam, backend=backend)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+        np.testing.assert_array_equal(got, expected)
+        out = np.empty_like(w)
+        assert fastreg.l2_grad(w, lam, out=out, backend=backend) is out
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(np.signbit(out), np.signbit(expected))
+    # elastic net, accumulate, non-contiguous w and out
+    expected = _ref(w[::2], 1e-3, 2e-4)
+    np.testing.assert_array_equal(
+        fastreg.elastic_net_grad(w[::2], 1e-3, 1e-4, backend=backend), expected)
+    base = rng.standard_normal(1002).astype(dtype)
+    acc = base[::2].copy()
+    want = _ref(w[::2], 1e-3, 0.0, acc)
+    strided = base.copy()
+    got = fastreg.l1_grad(w[::2], 1e-3, out=strided[::2], accumulate=True, backend=backend)
+    assert got is not None and np.shares_memory(got, strided)
+    np.testing.assert_array_equal(strided[::2], want)
+    np.testing.assert_array_equal(strided[1::2], base[1::2])
+    assert calls == []
+    # the errors of the full path, in its order
+    with pytest.raises(ValueError, match="accumulate=True"):
+        fastreg.l2_grad(w, 1e-4, accumulate=True, backend=backend)
+    with pytest.raises(ValueError, match="shape"):
+        fastreg.l2_grad(w, 1e-4, out=np.empty(3, dtype), backend=backend)
+    with pytest.raises(ValueError, match="overlaps"):
+        fastreg.l2_grad(w[1:], 1e-4, out=w[:-1], backend=backend)
+    ro = np.empty_like(w)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fastreg.l2_grad(w, 1e-4, out=ro, backend=backend)
+    if dtype == np.float32:
+        with pytest.raises(ValueError, match="overflows"):
+            fastreg.l2_grad(w, 1e300, backend=backend)
+    with pytest.raises(ValueError, match="lam"):
+        fastreg.l2_grad(w, -1.0, backend=backend)
+    with pytest.raises(Exception, match="backend"):
+        fastreg.l2_grad(w, 1e-4, backend="nope")
+    same = w.copy()
+    np.testing.assert_array_equal(fastreg.l2_grad(same, 0.5, out=same, backend=backend),
+                                  _ref(w, 0.0, 1.0))   # exactly in place is allowed
