@@ -46,6 +46,10 @@ import threading
 # Beside a busy load (the same machine at normal priority: load average 8, other test suites;
 # bench/load.py reproduces it) 2 threads lost at every size up to 2^20 on both backends, by
 # 1.3-100x: the grain keeps small ops off the pool, larger ones still pay under load.
+# Measured again for issue 12 (bench/grain.py --families elementwise under ``chrt -f 10``, load
+# average 3.6): l2_grad 2 threads won from 524288 (C) and at no size up to 524288 (Numba), the
+# weighted AdamW step from 262144 on both; with spinning (GOMP_SPINCOUNT 10^3-10^5) C's l2_grad
+# won from 32768-65536. Spinning is not kept (README, "No spinning"), so neither is that grain.
 GRAIN = {
     "elementwise": 131072,  # penalties, prox steps, checks, optimizer steps (weighted 2)
     "random": 32768,        # Philox stream words
