@@ -933,34 +933,144 @@ static int64_t fr_reflect(int64_t i, int64_t n)
     return i >= n ? period - i : i;
 }
 
-/* one sample: rows pass into tmp (H, W*C floats), then the columns pass into out */
-static void fr_blur_sample(const fr_img *im, int64_t n, const float *w, int64_t K,
-                           const int64_t *cols, const int64_t *rows, float *tmp, fr_rows *b)
+#ifdef FR_HAVE_AVX2_KERNELS
+/* The blur's two tap loops in AVX2, 32 values per step with the sums in registers (one load
+ * per tap and value), each value's taps added in the same order from 0: the same bits as the
+ * loops of fr_blur_sample.  Row pass: t[i] = sum_j w[j] fs[i + (j - K/2) C], i in [lo, hi). */
+FR_AVX2 static int64_t fr_blur_row_taps_avx2(float *t, const float *fs, int64_t lo, int64_t hi,
+                                             const float *w, int64_t K, int64_t C)
 {
-    const int64_t H = im->H, W = im->W, C = im->C, L = W * C;
+    const int64_t r = K / 2;
+    int64_t i = lo;
+    /* four independent sums: the adds' latency, not their throughput, bounds one sum */
+    for (; i + 32 <= hi; i += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < K; j++) {
+            const __m256 wj = _mm256_set1_ps(w[j]);
+            const float *p = fs + i + (j - r) * C;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(wj, _mm256_loadu_ps(p)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 24)));
+        }
+        _mm256_storeu_ps(t + i, a0);
+        _mm256_storeu_ps(t + i + 8, a1);
+        _mm256_storeu_ps(t + i + 16, a2);
+        _mm256_storeu_ps(t + i + 24, a3);
+    }
+    return i;   /* values [i, hi) are left to the caller */
+}
+
+/* 16 sums -> 16 bytes: round-half-even(clamp(a, 0, 255)), as fr_blur_sample */
+FR_AVX2 static inline __m128i fr_blur_bytes16_avx2(__m256 a0, __m256 a1)
+{
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    const __m256 magic = _mm256_set1_ps(FR_MAGIC);
+    /* max_ps(a, 0) differs from a < 0 ? 0 : a only at -0 (both round to byte 0) */
+    a0 = _mm256_min_ps(_mm256_max_ps(a0, zero), top);
+    a1 = _mm256_min_ps(_mm256_max_ps(a1, zero), top);
+    a0 = _mm256_sub_ps(_mm256_add_ps(a0, magic), magic);
+    a1 = _mm256_sub_ps(_mm256_add_ps(a1, magic), magic);
+    const __m256i v = _mm256_packs_epi32(_mm256_cvttps_epi32(a0), _mm256_cvttps_epi32(a1));
+    /* packs works within 128-bit lanes: words 0-3, 8-11, 4-7, 12-15 */
+    const __m128i lo16 = _mm256_castsi256_si128(v), hi16 = _mm256_extracti128_si256(v, 1);
+    return _mm_packus_epi16(_mm_unpacklo_epi64(lo16, hi16), _mm_unpackhi_epi64(lo16, hi16));
+}
+
+/* Column pass of one output row: d[i] = round-half-even(clamp(sum_j w[j] tmp[ry[j] L + i]))
+ * for i in [0, L - L % 32); returns where it stopped. */
+FR_AVX2 static int64_t fr_blur_col_taps_avx2(uint8_t *d, const float *tmp, const int64_t *ry,
+                                             int64_t L, const float *w, int64_t K)
+{
+    int64_t i = 0;
+    for (; i + 32 <= L; i += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < K; j++) {
+            const __m256 wj = _mm256_set1_ps(w[j]);
+            const float *p = tmp + ry[j] * L + i;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(wj, _mm256_loadu_ps(p)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(wj, _mm256_loadu_ps(p + 24)));
+        }
+        _mm_storeu_si128((__m128i *)(d + i), fr_blur_bytes16_avx2(a0, a1));
+        _mm_storeu_si128((__m128i *)(d + i + 16), fr_blur_bytes16_avx2(a2, a3));
+    }
+    return i;
+}
+#endif
+
+/* one sample: rows pass into tmp (H, W*C floats), then the columns pass into out; fs and acc:
+ * W*C floats of scratch each.  Every value is the reference's sum, acc = acc + w[j] * v from 0
+ * in tap order: the loops run tap by tap over a whole row (j outer, values inner), which keeps
+ * each value's order of additions and lets the compiler vectorize the inner loops; the AVX2 copies
+ * above keep 32 sums in registers (measured: 224x224 RGB, K = 7: 7x faster than a value at a
+ * time with an index table per tap). */
+static void fr_blur_sample(const fr_img *im, int64_t n, const float *w, int64_t K,
+                           const int64_t *cols, const int64_t *rows, float *tmp,
+                           float *restrict fs, float *restrict acc, fr_rows *b)
+{
+    const int64_t H = im->H, W = im->W, C = im->C, L = W * C, r = K / 2;
+    /* values [lo, hi) of a row have all their taps inside it (0 <= lo <= hi <= L) */
+    const int64_t lo = (r < W ? r : W) * C, hi = (W - r > lo / C ? W - r : lo / C) * C;
+#ifdef FR_HAVE_AVX2_KERNELS
+    const int avx2 = fr_get_isa() >= 1;
+#endif
     for (int64_t y = 0; y < H; y++) {
         const uint8_t *s = fr_src_row(im, n, y, b->in);
-        float *t = tmp + y * L;
-        for (int64_t u = 0; u < W; u++) {
-            const int64_t *cu = cols + u * K;
-            for (int64_t k = 0; k < C; k++) {
-                float acc = 0.0f;
-                for (int64_t j = 0; j < K; j++)
-                    acc = acc + w[j] * (float)s[cu[j] * C + k];
-                t[u * C + k] = acc;
-            }
+        float *restrict t = tmp + y * L;
+        for (int64_t i = 0; i < L; i++)
+            fs[i] = (float)s[i];
+        int64_t mid = lo;
+#ifdef FR_HAVE_AVX2_KERNELS
+        if (avx2)
+            mid = fr_blur_row_taps_avx2(t, fs, lo, hi, w, K, C);
+#endif
+        for (int64_t i = mid; i < hi; i++)
+            t[i] = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            const float wj = w[j];
+            const int64_t off = (j - r) * C;
+            for (int64_t i = mid; i < hi; i++)
+                t[i] = t[i] + wj * fs[i + off];
+        }
+        /* the border values [0, lo) and [hi, L), through the reflected index table (taps
+         * outer: the values' sums are independent chains) */
+        for (int64_t i = 0; i < lo; i++)
+            t[i] = 0.0f;
+        for (int64_t i = hi; i < L; i++)
+            t[i] = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            const float wj = w[j];
+            for (int64_t u = 0; u < lo / C; u++)
+                for (int64_t k = 0; k < C; k++)
+                    t[u * C + k] = t[u * C + k] + wj * fs[cols[u * K + j] * C + k];
+            for (int64_t u = hi / C; u < W; u++)
+                for (int64_t k = 0; k < C; k++)
+                    t[u * C + k] = t[u * C + k] + wj * fs[cols[u * K + j] * C + k];
         }
     }
     for (int64_t y = 0; y < H; y++) {
         uint8_t *d = fr_dst_row(im, n, y, b->outr);
         const int64_t *ry = rows + y * K;
-        for (int64_t i = 0; i < L; i++) {
-            float a = 0.0f;
-            for (int64_t j = 0; j < K; j++)
-                a = a + w[j] * tmp[ry[j] * L + i];
+        int64_t i0 = 0;
+#ifdef FR_HAVE_AVX2_KERNELS
+        if (avx2)
+            i0 = fr_blur_col_taps_avx2(d, tmp, ry, L, w, K);
+#endif
+        for (int64_t i = i0; i < L; i++)
+            acc[i] = 0.0f;
+        for (int64_t j = 0; j < K; j++) {
+            const float wj = w[j];
+            const float *restrict p = tmp + ry[j] * L;
+            for (int64_t i = i0; i < L; i++)
+                acc[i] = acc[i] + wj * p[i];
+        }
+        for (int64_t i = i0; i < L; i++) {
+            float a = acc[i];
             a = a < 0.0f ? 0.0f : a;
             a = a > 255.0f ? 255.0f : a;
-            d[i] = (uint8_t)((a + FR_MAGIC) - FR_MAGIC);
+            d[i] = (uint8_t)(int32_t)((a + FR_MAGIC) - FR_MAGIC);
         }
         fr_put_row(im, n, y, d);
     }
@@ -991,7 +1101,8 @@ int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, in
         for (int64_t j = 0; j < K; j++)
             rows[y * K + j] = fr_reflect(y + j - K / 2, H);
     const int64_t row = W * C;
-    const size_t tmp_bytes = sizeof(float) * (size_t)(H * row);
+    /* the rows pass (H rows), then two rows of scratch: a source row as floats, the sums */
+    const size_t tmp_bytes = sizeof(float) * (size_t)((H + 2) * row);
     const int nt = fr_region_threads(N);
     int failed = 0;
     if (nt <= 1) {
@@ -1003,7 +1114,8 @@ int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, in
             return FR_ERR_ALLOC;
         }
         for (int64_t n = 0; n < N; n++)
-            fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, &b);
+            fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, tmp + H * row,
+                           tmp + (H + 1) * row, &b);
         free(b.in);
         free(tmp);
         free(cols);
@@ -1019,7 +1131,8 @@ int fr_aug_blur_u8(const uint8_t *x, const int64_t *xs, const float *weights, in
 #pragma omp for schedule(dynamic, 1)
         for (int64_t n = 0; n < N; n++)
             if (tmp && b.in)
-                fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, &b);
+                fr_blur_sample(&im, n, weights + n * K, K, cols, rows, tmp, tmp + H * row,
+                               tmp + (H + 1) * row, &b);
         free(b.in);
         free(tmp);
     }

@@ -111,6 +111,32 @@ def test_aug_blur(backend, shape, k):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_c_blur_every_isa(isa):
+    # the C blur's tap loops: 32 values per step in AVX2, a vectorized loop after it, the
+    # reflected border values; rows long enough for several steps and a tail, kernels with no
+    # interior value (23 taps on 12 pixels), strided input
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("backend c unavailable")
+    import fastreg.c as fc
+    if isa == "avx2" and not fc.has_avx2():
+        pytest.skip("no AVX2 on this CPU")
+    previous = fc.set_isa(isa)
+    try:
+        for shape, k in (((2, 13, 45, 3), 7), ((2, 12, 45, 3), 23), ((1, 9, 70, 1), 5),
+                         ((2, 12, 12, 3), 23), ((1, 5, 40, 3), 1)):
+            x = batch(shape, seed=k)
+            w = np.stack([R.gaussian_weights(s, k) for s in np.linspace(0.3, 6.0, shape[0])])
+            expected = np.zeros_like(x)
+            R.aug_blur(x, w, expected)
+            for xin in (x, np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)):
+                got = np.zeros_like(x)
+                fc.aug_blur(xin, w, got)
+                np.testing.assert_array_equal(got, expected, err_msg=f"{shape} k={k}")
+    finally:
+        fc.set_isa(previous)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 5, 3), (2, 3, 3, 1), (0, 2, 2, 3)])
 def test_aug_normalize(backend, shape):
     x = batch(shape, seed=6)
