@@ -287,7 +287,12 @@ def test_torch_peer_runs_torch_in_a_process_of_its_own():
         assert len(times) == 4 and all(t > 0 for t in times)
         with pytest.raises(torch_peer.PeerError, match="unknown small op"):
             peer.call("l2_grad")
-        assert peer.pin(None, 2) == 2
+        cpus = sorted(os.sched_getaffinity(0))
+        assert peer.pin(None, 2) == (2, cpus)
+        if small.can_pin():   # --pin moves the peer with this process, and back
+            with small.pinned(cpus[0], 2, peer):
+                assert peer.ask("cpus") == [cpus[0]]
+            assert peer.ask("cpus") == cpus
     assert peer.proc.returncode == 0
     with pytest.raises(torch_peer.PeerError, match="ended"):
         peer.ask("hello")

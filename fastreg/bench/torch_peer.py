@@ -92,9 +92,13 @@ def serve(stdin=None, stdout=None):
 
     def pin(cpu, n):
         _set_all_affinity({cpu} if cpu is not None else affinity)
-        return set_threads(n)
+        return set_threads(n), cpus()
 
-    verbs = {"hello": hello, "setup": setup, "timed": timed, "threads": set_threads, "pin": pin}
+    def cpus():
+        return sorted(os.sched_getaffinity(0))
+
+    verbs = {"hello": hello, "setup": setup, "timed": timed, "threads": set_threads, "pin": pin,
+             "cpus": cpus}
     while True:
         try:
             request = pickle.load(inp)
@@ -177,8 +181,8 @@ class TorchPeer:
         return Remote(self, op)
 
     def pin(self, cpu, threads):
-        """Every thread of the peer on CPU ``cpu`` (None: back to its own CPUs), torch with
-        ``threads`` threads."""
+        """Every thread of the peer on CPU ``cpu`` (None: back to the CPUs it started with),
+        torch with ``threads`` threads; returns (torch's threads, the peer's CPUs)."""
         return self.ask("pin", cpu, threads)
 
     def _end(self):
