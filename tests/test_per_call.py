@@ -98,3 +98,27 @@ def test_penalty_grad_short_path_matches_the_reference(backend, dtype, monkeypat
     same = w.copy()
     np.testing.assert_array_equal(fastreg.l2_grad(same, 0.5, out=same, backend=backend),
                                   _ref(w, 0.0, 1.0))   # exactly in place is allowed
+
+
+def test_auto_reads_fastreg_backend_at_every_call(monkeypatch):
+    """backend="auto" answers FASTREG_BACKEND as it is at the call (the unset case is read from
+    os.environ's own dict, without the KeyError that os.environ.get raises inside)."""
+    from fastreg import _dispatch
+    w = np.arange(5, dtype=np.float32)
+    monkeypatch.delenv("FASTREG_BACKEND", raising=False)
+    assert _dispatch._env_backend() is None
+    default = _dispatch.resolve("auto", w)
+    for name in HOST:
+        monkeypatch.setenv("FASTREG_BACKEND", name)
+        assert _dispatch._env_backend() == name
+        assert _dispatch.resolve("auto", w) == name
+        np.testing.assert_array_equal(fastreg.l2_grad(w, 0.5), w)
+    monkeypatch.delenv("FASTREG_BACKEND")
+    assert _dispatch._env_backend() is None and _dispatch.resolve("auto", w) == default
+    os_environ = __import__("os").environ
+    os_environ["FASTREG_BACKEND"] = "numpy"   # set directly, not through monkeypatch
+    try:
+        assert _dispatch.resolve("auto", w) == "numpy"
+    finally:
+        del os_environ["FASTREG_BACKEND"]
+    assert _dispatch.resolve("auto", w) == default
