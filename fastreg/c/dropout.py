@@ -6,6 +6,7 @@ and contiguous, ``out`` may be ``x`` (in place).
 import numpy as np
 
 from . import _check, _plan, lib
+from .penalty import _scalar
 from .philox import _call_out, _in, _out
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -23,7 +24,7 @@ def dropout(x, seed, offset, threshold, scale, out):
         return
     fn, name = _kernel(x.dtype, "dropout")
     ctype = _CTYPE[x.dtype]
-    s = float(x.dtype.type(scale))
+    s = _scalar(x.dtype, scale)
     _plan(n, "random")
     if out is x and x.flags.aligned:
         p = _out(ctype, x)
@@ -60,7 +61,7 @@ def group_dropout(x, keep, scale, out):
     N, M1, C, M2 = x.shape
     fn, name = _kernel(x.dtype, "group_dropout")
     ctype = _CTYPE[x.dtype]
-    s = float(x.dtype.type(scale))
+    s = _scalar(x.dtype, scale)
     k = _in("uint8_t", keep)
     _plan(x.size, "elementwise")
     if out is x and x.flags.aligned:
