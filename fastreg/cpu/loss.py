@@ -369,6 +369,17 @@ def _no_grad(x):
     return np.empty((0, 0), x.dtype)
 
 
+def _read_only(a):
+    """``a`` as a read-only array (a view when it is writable). The kernels only read the class
+    coefficients; passing them read-only always keeps one compiled version per dtype (Numba
+    compiles a separate one per writability: fastreg.loss caches the unweighted coefficients
+    read-only, while class-weighted ones are fresh writable arrays)."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _plan(x):
     """(threads, rows per task) for logits x (R, C)."""
     r, c = x.shape
@@ -382,7 +393,8 @@ def ce_hard(x, target, tw, cw, ignore_index, scale, loss, grad):
     nthreads, rows = _plan(x)
     smooth = cw is not None
     g = _no_grad(x) if grad is None else grad
-    args = (x, target, tw, cw if smooth else tw, smooth,
+    tw = _read_only(tw)
+    args = (x, target, tw, _read_only(cw) if smooth else tw, smooth,
             (np.int64(ignore_index), np.float64(scale)), loss, g, grad is not None)
     launch(_hard_kernel, nthreads, *args, rows)
 
@@ -392,6 +404,7 @@ def ce_soft(x, target, tw, cw, scale, loss, grad):
         return
     nthreads, rows = _plan(x)
     g = _no_grad(x) if grad is None else grad
-    args = (x, target, tw, np.zeros_like(tw) if cw is None else cw, np.float64(scale), loss, g,
+    cw = np.zeros_like(tw) if cw is None else cw
+    args = (x, target, _read_only(tw), _read_only(cw), np.float64(scale), loss, g,
             grad is not None)
     launch(_soft_kernel, nthreads, *args, rows)
