@@ -370,8 +370,10 @@ def _combine(block, Cc, Bc):
     row of K = Cc * Bc, then over each channel's Bc lanes, in order."""
     T, _, L = block.shape
     K = Cc * Bc
-    tot = np.zeros((2, K))
-    comp = np.zeros((2, K))
+    tot, comp = np.empty((2, K)), np.empty((2, K))
+    for j in range(2):
+        for k in range(K):
+            tot[j, k] = comp[j, k] = 0.0
     for t in range(T):
         for j in range(2):
             for r in range(0, L, K):
