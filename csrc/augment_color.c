@@ -831,17 +831,21 @@ FR_AVX2 static void fr_hue_row_avx2(float *restrict R, float *restrict G, float 
         const __m256 crange = _mm256_sub_ps(maxc, minc);
         const __m256 sat = _mm256_div_ps(crange, _mm256_blendv_ps(maxc, one, eqc));
         const __m256 div = _mm256_blendv_ps(crange, one, eqc);
-        const __m256 rc = _mm256_div_ps(_mm256_sub_ps(maxc, r), div);
-        const __m256 gc = _mm256_div_ps(_mm256_sub_ps(maxc, g), div);
-        const __m256 bc = _mm256_div_ps(_mm256_sub_ps(maxc, b), div);
+        /* of the three terms hr, hg, hb one is selected, the others are +-0, so the sum is
+         * the selected term (or a zero, and h * 1/6 + 1 is then 1 whatever its sign): only its
+         * two quotients are computed, (q1 + k) - q2 with
+         *   r the maximum:             bc - gc        (q1 = bc, q2 = gc, k = 0: q1 + 0 = q1)
+         *   else g the maximum:        (rc + 2) - bc
+         *   else (b the maximum):      (gc + 4) - rc */
         const __m256 neq_r = _mm256_cmp_ps(maxc, r, _CMP_NEQ_UQ);
         const __m256 eq_g = _mm256_cmp_ps(maxc, g, _CMP_EQ_OQ);
-        const __m256 hg = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(rc, two), bc),
-                                        _mm256_and_ps(_mm256_and_ps(eq_g, neq_r), one));
-        const __m256 hr = _mm256_mul_ps(_mm256_sub_ps(bc, gc), _mm256_andnot_ps(neq_r, one));
-        const __m256 hb = _mm256_mul_ps(_mm256_sub_ps(_mm256_add_ps(gc, four), rc),
-                                        _mm256_and_ps(_mm256_andnot_ps(eq_g, neq_r), one));
-        __m256 h = _mm256_add_ps(_mm256_add_ps(hr, hg), hb);
+        const __m256 gmax = _mm256_and_ps(eq_g, neq_r), bmax = _mm256_andnot_ps(eq_g, neq_r);
+        const __m256 x1 = _mm256_blendv_ps(_mm256_blendv_ps(b, r, gmax), g, bmax);
+        const __m256 x2 = _mm256_blendv_ps(_mm256_blendv_ps(g, b, gmax), r, bmax);
+        const __m256 k = _mm256_or_ps(_mm256_and_ps(gmax, two), _mm256_and_ps(bmax, four));
+        const __m256 q1 = _mm256_div_ps(_mm256_sub_ps(maxc, x1), div);
+        const __m256 q2 = _mm256_div_ps(_mm256_sub_ps(maxc, x2), div);
+        __m256 h = _mm256_sub_ps(_mm256_add_ps(q1, k), q2);
         h = _mm256_add_ps(_mm256_mul_ps(h, sixth), one);
         h = _mm256_blendv_ps(_mm256_blendv_ps(h, _mm256_sub_ps(h, one),
                                               _mm256_cmp_ps(h, one, _CMP_GE_OQ)),
