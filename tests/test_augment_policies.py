@@ -325,6 +325,41 @@ def test_reproducible_across_splits_and_seeds():
                               A.TrivialAugmentWide()(x, seed=1, epoch=1))
 
 
+def _policy_one_by_one(op, x, seed, epoch):
+    """A policy applied sample by sample from its definition: each slot's colour op through the
+    reference aug_color, its geometric op through the reference aug_affine (nearest, fill)."""
+    n, h, w, _ = x.shape
+    ops, mags = op.params(seed, epoch, np.arange(n), h, w)
+    out = x.copy()
+    for i in range(n):
+        img = x[i:i + 1].copy()
+        for s in range(ops.shape[1]):
+            codes, params, geo, mats = R.slot_plan(ops[i:i + 1, s], mags[i:i + 1, s], h, w)
+            nxt = np.empty_like(img)
+            if geo[0]:
+                ref.aug_affine(img, mats, 0, op.fill, True, nxt)
+            else:
+                R.aug_color(img, codes, params, nxt)
+            img = nxt
+        out[i] = img[0]
+    return out
+
+
+def test_policies_equal_sample_by_sample(backend):
+    # the batched policy (geometric samples resampled a run of consecutive samples at a time,
+    # in place from the second slot on) against each sample's ops one by one; NCHW, in place
+    x = images(13, 8, 9, 3, seed=7)
+    for op in (A.RandAugment(3, 20, fill=5), A.TrivialAugmentWide(fill=9)):
+        expected = _policy_one_by_one(op, x, seed=3, epoch=1)
+        np.testing.assert_array_equal(op(x, seed=3, epoch=1, backend=backend), expected)
+        xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        got = op(xc, seed=3, epoch=1, layout="NCHW", backend=backend)
+        np.testing.assert_array_equal(got.transpose(0, 2, 3, 1), expected)
+        y = x.copy()
+        op(y, seed=3, epoch=1, out=y, backend=backend)
+        np.testing.assert_array_equal(y, expected)
+
+
 def _bound(n, p):
     return 5 * math.sqrt(n * p * (1 - p)) + 1
 

@@ -64,16 +64,41 @@ class _Policy(_color._ColorOp):
             _color.run_color(job, cur, res, layout, codes, params)
             sel = np.flatnonzero(geo)
             if sel.size:
-                xs = np.ascontiguousarray(cur[sel])
-                tmp = np.empty_like(xs)
-                d = (len(sel), h, w, c)
-                m = np.ascontiguousarray(_c.per_plane(mats[sel], d, layout))
-                job.op("aug_affine")(_c.planes(xs, d, layout), m, 0, self.fill,
-                                     self.interpolation == "nearest", _c.planes(tmp, d, layout))
-                res[sel] = tmp
+                self._resample(job, cur, res, sel, mats[sel], dims, layout)
             cur = res
         if cur is not res:   # no slot: a copy
             res[...] = src
+
+    def _resample(self, job, src, res, sel, mats, dims, layout):
+        """res[sel[k]] = aug_affine(src[sel[k]], mats[k]) on host arrays: one call per run of
+        consecutive samples, reading src's and writing res's samples where they are (no gather
+        and scatter copies of the batch); in place (src is res) a run goes through a scratch of
+        the longest run's size and is copied back."""
+        n, h, w, c = dims
+        nearest = self.interpolation == "nearest"
+        contiguous = src.flags.c_contiguous and res.flags.c_contiguous
+        if not contiguous:   # a copy of the selected samples, resampled, copied back
+            xs = np.ascontiguousarray(src[sel])
+            tmp = np.empty_like(xs)
+            d = (len(sel), h, w, c)
+            m = np.ascontiguousarray(_c.per_plane(mats, d, layout))
+            job.op("aug_affine")(_c.planes(xs, d, layout), m, 0, self.fill, nearest,
+                                 _c.planes(tmp, d, layout))
+            res[sel] = tmp
+            return
+        inplace = np.shares_memory(src, res)
+        runs = _c.id_runs(sel)
+        tmp = np.empty((max(b - a for a, b in runs),) + src.shape[1:], src.dtype) \
+            if inplace else None
+        for a, b in runs:
+            first, stop = int(sel[a]), int(sel[b - 1]) + 1
+            d = (b - a, h, w, c)
+            out = tmp[:b - a] if inplace else res[first:stop]
+            job.op("aug_affine")(_c.planes(src[first:stop], d, layout),
+                                 np.ascontiguousarray(_c.per_plane(mats[a:b], d, layout)), 0,
+                                 self.fill, nearest, _c.planes(out, d, layout))
+            if inplace:
+                res[first:stop] = out
 
 
 class RandAugment(_Policy):
