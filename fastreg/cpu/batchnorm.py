@@ -468,10 +468,15 @@ def _lane_row(v, Bc, out):
 @twin
 def _forward_kernel(arrays, coef, stats, opts, steps, tile):
     """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none, x may
-    be out; coef (weight, bias, center, scale, shift), center 0-size for the statistics alone;
-    stats (mean, m2, invstd) float64; opts (floor, eps, has_res, mode)."""
+    be out; coef (weight, bias, center, scale, shift): with weights, center, scale and shift are
+    computed here (the 0-size ones given are not used); without, they are given (APPLY) or not
+    wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64; opts (floor, eps,
+    has_res, mode)."""
     x, r, o = arrays
     A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+    if coef[0].size:  # (made here: a NumPy allocation costs as much as a small layer's step)
+        work = np.empty((3, coef[0].size), o.dtype)
+        coef = (coef[0], coef[1], work[0], work[1], work[2])
     center, scale, shift = coef[2], coef[3], coef[4]
     x0 = np.empty(stats[0].size)  # each channel's shift: its first value (0 if not finite)
     all_stats = (x0, stats[0], stats[1], stats[2])
@@ -540,9 +545,15 @@ def _backward_kernel(arrays, coef, stats, flags, steps, tile):
     """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres 0-size when
     not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b, d), center
     0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags (masked,
-    training, has_gres, mode)."""
+    training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are made here
+    (the 0-size ones given are not used)."""
     gy, x, y, gx, gr = arrays
     A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+    if coef[0].size:
+        C = coef[0].size
+        work, sums = np.empty((4, C), gx.dtype), np.empty((2, C))
+        coef = (coef[0], coef[1], coef[2], work[0], work[1], work[2], work[3])
+        stats = (stats[0], stats[1], sums[0], sums[1])
     center, ca, cb, cd = coef[3], coef[4], coef[5], coef[6]
     part = np.empty((Cv * ntask if steps[0] == SUMS else 0, 4, lanes))
     uniform = Cc * Bc == 1
@@ -685,10 +696,9 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
         return plan
     arrays = (x.reshape(-1), _stand_in(x.dtype) if residual is None else residual.reshape(-1),
               out.reshape(-1))
-    work = np.empty((3, x.shape[1]), x.dtype)  # center, scale, shift of bn_apply
-    launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, work[0], work[1], work[2]),
-           (mean, m2, invstd), _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan),
-           plan.tile)
+    e = _stand_in(x.dtype)
+    launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
+           _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan), plan.tile)
     return plan
 
 
@@ -730,12 +740,10 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     xf = x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
-    C = x.shape[1]
-    work, sums = np.empty((4, C), x.dtype), np.empty((2, C))  # center, a, b, d; s_dy, s_dyx
-    launch(_backward_kernel, plan.nthreads, arrays,
-           (weight, grad_weight, grad_bias, work[0], work[1], work[2], work[3]),
-           (mean, invstd, sums[0], sums[1]), (y is not None, bool(training), gres is not None,
-                                              plan.mode), _steps(plan), plan.tile)
+    e, f = _stand_in(x.dtype), _stand_in(_F64)
+    launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
+           (mean, invstd, f, f), (y is not None, bool(training), gres is not None, plan.mode),
+           _steps(plan), plan.tile)
     return plan
 
 
