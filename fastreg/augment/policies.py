@@ -5,9 +5,9 @@ magnitude bins (written down in fastreg.reference.augment_color: ``POLICY_OPS``,
 Each sample draws its own ops (and, for TrivialAugmentWide, its magnitude bin) from the Philox
 stream keyed by (seed, epoch, global index): the same sample gets the same transform however the
 data set is batched. A slot of the policy is one pass over the batch: the colour ops of every
-sample in one aug_color call, the geometric ones (shear, translate, rotate) gathered and
-resampled by the backend's aug_affine (nearest by default, as torchvision's policies), fill
-outside.
+sample in one aug_color call, the geometric ones (shear, translate, rotate) resampled by the
+backend's aug_affine (nearest by default, as torchvision's policies), fill outside, one call
+per run of consecutive samples on host arrays (no copy of the batch).
 """
 import numpy as np
 
