@@ -14,6 +14,12 @@ import fastreg
 ALL_BACKENDS = ("numpy", "cpu", "c", "cuda")
 CUDA_SIM = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
+# The README's command runs the suite on two pytest-xdist workers, each with PYTEST_XDIST_WORKER
+# and co. in its environment. The pytest runs and scripts that tests start must not inherit them
+# (pytest-benchmark, for one, disables itself in a process that has PYTEST_XDIST_WORKER).
+for _var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+    os.environ.pop(_var, None)
+
 
 @pytest.fixture(params=ALL_BACKENDS)
 def backend(request):
