@@ -221,6 +221,10 @@ def _abort_now():
         sys.stderr.write(f"fastreg.distributed: aborting the MPI job after a collective "
                          f"timeout ({exc.op} on rank {exc.rank} of {exc.size})\n")
         sys.stderr.flush()
+        # mpiexec forwards the ranks' output through its proxies, and the abort tears them
+        # down: give them a moment to pass the line on (under load it was lost now and then)
+        import time
+        time.sleep(0.5)
     except Exception:   # pragma: no cover - closed streams must not prevent the abort
         pass
     comm.Abort(_ABORT_CODE)
