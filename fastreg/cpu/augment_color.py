@@ -350,9 +350,10 @@ def _reflect_table(n, k):
 def aug_color(x, codes, params, out):
     # The kernel sees C-contiguous arrays only, so that it compiles once per dtype (a strided
     # x or out made Numba compile it again for each layout, ~14 s of CPU each): a strided x is
-    # copied, a strided out is written through a contiguous buffer.
+    # copied, a strided out is written through a contiguous copy of it (the samples the kernel
+    # skips, code < 0, keep out's values).
     xc = np.ascontiguousarray(x)
-    oc = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    oc = np.ascontiguousarray(out)
     launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), xc, codes, params, oc,
            np.shares_memory(xc, oc))
     if oc is not out:
