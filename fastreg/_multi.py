@@ -44,13 +44,26 @@ def _overlap(a, b):
     return a0 < b1 and b0 < a1
 
 
-def _host_span(a, ai):
-    """_span of a host ndarray from its ``__array_interface__`` ``ai`` (read once per array:
-    building that dict is the costly part of these checks for long lists)."""
-    if ai["strides"] is None:   # C-contiguous
-        lo = ai["data"][0]
+def _host_span(a):
+    """_span of a host ndarray, its address taken through cffi's buffer view: for long lists
+    the addresses are the costly part of these checks (``__array_interface__`` builds a dict,
+    3.3 us per array here; the buffer view 1.6 us)."""
+    if a.flags.c_contiguous and a.size:
+        lo = _address(a)
         return lo, lo + a.nbytes
     return byte_bounds(a)
+
+
+_FFI = []
+
+
+def _address(a):
+    """The data address of a C-contiguous host ndarray."""
+    if not _FFI:
+        import cffi
+        _FFI.append(cffi.FFI())
+    ffi = _FFI[0]
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(a)))
 
 
 def spans_of(arrays):
@@ -70,8 +83,7 @@ def check_targets(arrays, name):
     out, infos, spans, device = [], [], [], None
     for i, a in enumerate(arrays):
         if type(a) is np.ndarray and a.dtype in _arrays.FLOAT_DTYPES:   # fast path
-            ai = a.__array_interface__
-            if not ai["data"][1]:
+            if a.flags.writeable:
                 dev = False
                 if device is None:
                     device = False
@@ -79,7 +91,7 @@ def check_targets(arrays, name):
                     out.append(a)
                     infos.append(a)
                     if a.size:
-                        spans.append((*_host_span(a, ai), i))
+                        spans.append((*_host_span(a), i))
                     continue
         arr, dev = _arrays.check_in_place(a, f"{name}[{i}]")   # the checks, with messages
         if device is None:
@@ -96,9 +108,10 @@ def check_targets(arrays, name):
     for k in range(len(spans)):
         # neighbours in address order, and any later span that starts before this one ends
         lo, hi, i = spans[k]
-        for lo2, hi2, j in spans[k + 1:]:
-            if lo2 >= hi:
-                break
+        m = k + 1
+        while m < len(spans) and spans[m][0] < hi:
+            j = spans[m][2]
+            m += 1
             if _overlap(infos[i], infos[j]):
                 raise ValueError(f"{name}[{min(i, j)}] and {name}[{max(i, j)}] share memory: "
                                  "each array is updated in place once, so each must be its "
@@ -118,7 +131,7 @@ def check_sources(arrays, targets, name, target_name, device, spans):
                 and a.shape == t.shape and a.dtype == t.dtype:   # fast path
             out.append(a)
             if a.size:
-                sspans.append(_host_span(a, a.__array_interface__))
+                sspans.append(_host_span(a))
             else:
                 sspans.append(None)
             continue
