@@ -56,7 +56,6 @@ def serve(stdin=None, stdout=None):
     """The peer's loop (run in the peer process by ``TorchPeer``): answer requests until stdin
     closes. Requests are pickled tuples ``(verb, *args)``; replies ``("ok", value)`` or
     ``("error", text)``."""
-    import time
     import traceback
 
     import torch
@@ -65,7 +64,6 @@ def serve(stdin=None, stdout=None):
     sys.stdout = sys.stderr   # nothing else may write into the reply pipe
     calls = {}
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    clock = time.perf_counter
 
     def hello():
         return {"pid": os.getpid(), "torch": torch.__version__,
@@ -78,13 +76,8 @@ def serve(stdin=None, stdout=None):
         calls[op] = cases.small_torch_call(op)
 
     def timed(op, n):
-        fn = calls[op]
-        times = []
-        for _ in range(n):
-            t0 = clock()
-            fn()
-            times.append(clock() - t0)
-        return times
+        from .small import _timed_here   # after torch (imports fastreg, which loads nothing)
+        return _timed_here(calls[op], n)
 
     def set_threads(n):
         torch.set_num_threads(n)
