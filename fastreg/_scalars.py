@@ -12,9 +12,10 @@ _cache = {}         # dtype -> {key: scalar}
 
 
 def typed(dtype, x):
-    """``dtype.type(x)``: the same type and value (bit for bit: -0.0 stays -0.0)."""
+    """``dtype.type(x)``: the same type and value (bit for bit: -0.0 stays -0.0). A scalar that
+    already has the type is returned as it is (``dtype.type(x)`` of a NumPy scalar: ~3 us)."""
     if type(x) is not float:
-        return dtype.type(x)
+        return x if type(x) is dtype.type else dtype.type(x)
     per = _cache.get(dtype)
     if per is None:
         per = _cache[dtype] = {}

@@ -19,6 +19,7 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
+from .._scalars import typed
 from ._jit import inline, jit, launch, twin
 from .penalty import TASK, _soft
 
@@ -108,20 +109,14 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
                    beta2, omb2, eps, step_size, bc2_sqrt, gscale)
 
 
-def _typed(dtype, x):
-    """x as a scalar of dtype; as the wrappers pass it already, it is returned (dtype.type(x)
-    of a NumPy scalar costs about 3 us)."""
-    return x if type(x) is dtype.type else dtype.type(x)
-
-
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
     nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
     launch(_sgd_kernel, nt, p, g, buf, lr, wd, decay, momentum, damp1, bool(nesterov),
-           bool(first), l1t, _typed(p.dtype, gscale))
+           bool(first), l1t, typed(p.dtype, gscale))
 
 
 def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
               gscale=1):
     nt = _threads.plan(OPTIM_WEIGHT * p.size, "elementwise")
     launch(_adam_kernel, nt, p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
-           bc2_sqrt, _typed(p.dtype, gscale))
+           bc2_sqrt, typed(p.dtype, gscale))

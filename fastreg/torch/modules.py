@@ -487,13 +487,6 @@ class BatchNormReLU2d(_FastregBatchNorm, _NormBase):
 
     _RELU = True
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, device=None, dtype=None, *, bias=True,
-                 backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
-                         dtype, bias=bias)
-        self.backend = backend
-
     def _check_input_dim(self, x):
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")

@@ -5,9 +5,9 @@ The same 64-256-256-10 MLP is trained on a small stratified subset of the digits
 overfits visibly), validated on a second subset (early stopping) and tested on the rest, under:
 no regularization, L2 coupled, L2 decoupled (AdamW), L1 with the proximal step, dropout
 (inverted and classic), batch norm, batch norm + dropout, early stopping, augmentation, label
-smoothing 0.1, mixup and CutMix (soft targets), and everything together; each over several seeds. It prints a table and answers three questions,
-each with a figure named after it next to ``results.json`` (which holds the numbers behind every
-printed sentence):
+smoothing 0.1, mixup and CutMix (soft targets), and everything together; each over several
+seeds. It prints a table and answers three questions, each with a figure named after it next to
+``results.json`` (which holds the numbers behind every printed sentence):
 
 1. ``q1_l1_vs_l2_sparsity.png``: why L1 gives exactly-zero weights and L2 does not (histogram of
    |w|, and each penalty's gradient against w).
@@ -336,11 +336,12 @@ def _execute(specs, jobs, init_args, bar):
 
 def _cost(spec):
     """Rough relative cost of a run (measured s/run of the table, per epoch): augmentation about
-    doubles an epoch, batch norm adds about a third, dropout a tenth."""
-    model = spec["cfg"]["model"]
-    return spec["epochs"] * (1.0 + 1.0 * spec["cfg"]["augment"] + 0.3 * bool(
-        spec["cfg"]["mix"]) + 0.3 * bool(model.get(
-        "batch_norm")) + 0.1 * bool(model.get("dropout")))
+    doubles an epoch, mixup/cutmix and batch norm add about a third, dropout a tenth."""
+    cfg = spec["cfg"]
+    model = cfg["model"]
+    return spec["epochs"] * (1.0 + 1.0 * cfg["augment"] + 0.3 * bool(cfg["mix"])
+                             + 0.3 * bool(model.get("batch_norm"))
+                             + 0.1 * bool(model.get("dropout")))
 
 
 class _Lines:
