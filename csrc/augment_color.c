@@ -230,6 +230,20 @@ static void fr_gray_row(const float *R, const float *G, const float *B, float *Y
 }
 
 #ifdef FR_HAVE_AVX2_KERNELS
+/* d[0 .. 16) = trunc(clamp(y, 0, 255)) of the 16 floats y0, y1 (max_ps(y, 0) differs from
+ * y < 0 ? 0 : y only at -0, and both truncate to 0) */
+FR_AVX2 static inline void fr_store_trunc_bytes16_avx2(uint8_t *d, __m256 y0, __m256 y1)
+{
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
+    y0 = _mm256_min_ps(_mm256_max_ps(y0, zero), top);
+    y1 = _mm256_min_ps(_mm256_max_ps(y1, zero), top);
+    /* packus works within 128-bit lanes: words 0-3, 8-11, 4-7, 12-15, then reordered */
+    __m256i w = _mm256_packus_epi32(_mm256_cvttps_epi32(y0), _mm256_cvttps_epi32(y1));
+    w = _mm256_permute4x64_epi64(w, 0xD8);
+    _mm_storeu_si128((__m128i *)d, _mm_packus_epi16(_mm256_castsi256_si128(w),
+                                                    _mm256_extracti128_si256(w, 1)));
+}
+
 /* Interior values [C, i) of a sharpened row, 16 per step (returns i, the caller does the rest):
  * the neighbourhood sum S <= 13 * 255 in 16-bit lanes, (2 S + 13) // 26 as (x * 40330) >> 20
  * (exact for every x < 8192, checked exhaustively), then the float32 steps of fr_sharp_row (the
@@ -240,8 +254,7 @@ __attribute__((target("avx2,fma"))) static int64_t fr_sharp_row16_avx2(
 {
 #define FR_W16(p) _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p)))
     const __m256i c13 = _mm256_set1_epi16(13), magic = _mm256_set1_epi16((short)40330);
-    const __m256 va = _mm256_set1_ps(alpha), zero = _mm256_setzero_ps();
-    const __m256 top = _mm256_set1_ps(255.0f);
+    const __m256 va = _mm256_set1_ps(alpha);
     int64_t i = C;
     for (; i + 16 <= L - C; i += 16) {
         const __m256i v = FR_W16(cur + i);
@@ -259,12 +272,7 @@ __attribute__((target("avx2,fma"))) static int64_t fr_sharp_row16_avx2(
                                     _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(v0)));
         __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(d1)), va,
                                     _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(v1)));
-        y0 = _mm256_min_ps(_mm256_max_ps(y0, zero), top);
-        y1 = _mm256_min_ps(_mm256_max_ps(y1, zero), top);
-        __m256i w = _mm256_packus_epi32(_mm256_cvttps_epi32(y0), _mm256_cvttps_epi32(y1));
-        w = _mm256_permute4x64_epi64(w, 0xD8);
-        _mm_storeu_si128((__m128i *)(d + i), _mm_packus_epi16(_mm256_castsi256_si128(w),
-                                                               _mm256_extracti128_si256(w, 1)));
+        fr_store_trunc_bytes16_avx2(d + i, y0, y1);
     }
 #undef FR_W16
     return i;
@@ -468,7 +476,6 @@ __attribute__((target("avx2,fma"))) static int64_t fr_point_row_avx2(
     const uint8_t *s, uint8_t *d, int64_t n, float a, int blend, float m, float bw)
 {
     const __m256 va = _mm256_set1_ps(a), vm = _mm256_set1_ps(m), vbw = _mm256_set1_ps(bw);
-    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(255.0f);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         const __m128i b16 = _mm_loadu_si128((const __m128i *)(s + i));
@@ -479,13 +486,7 @@ __attribute__((target("avx2,fma"))) static int64_t fr_point_row_avx2(
             y0 = _mm256_fmadd_ps(vm, vbw, y0);
             y1 = _mm256_fmadd_ps(vm, vbw, y1);
         }
-        y0 = _mm256_min_ps(_mm256_max_ps(y0, zero), top);
-        y1 = _mm256_min_ps(_mm256_max_ps(y1, zero), top);
-        /* packus works within 128-bit lanes: words 0-3, 8-11, 4-7, 12-15, then reordered */
-        __m256i w = _mm256_packus_epi32(_mm256_cvttps_epi32(y0), _mm256_cvttps_epi32(y1));
-        w = _mm256_permute4x64_epi64(w, 0xD8);
-        _mm_storeu_si128((__m128i *)(d + i), _mm_packus_epi16(_mm256_castsi256_si128(w),
-                                                               _mm256_extracti128_si256(w, 1)));
+        fr_store_trunc_bytes16_avx2(d + i, y0, y1);
     }
     return i;
 }
