@@ -101,8 +101,34 @@ def clip_coef(total, max_norm, dtypes):
     return 1.0 if coef > 1.0 else coef
 
 
+def _norm_of(job, batch, p):
+    """total_norm_of for what _prepare returns (a Batch or a _Planned)."""
+    if not isinstance(batch, _Planned):
+        return total_norm_of(job, batch.views, batch.groups, p)
+    s = 0.0
+    for r in _multi.run(job, batch.plan, "norm_sum", (batch.grads,), lambda dt: p).values():
+        s = _combine(s, r, p)   # groups in the order of a Batch's: first appearance
+    return root(s, p)
+
+
+class _Planned:
+    """A checked host list (fastreg/_multi.py's plan) dressed as the Batch that _prepare
+    returns otherwise: its dtypes, and the kernels run through _multi.run."""
+    __slots__ = ("plan", "grads", "groups")
+
+    def __init__(self, plan, grads):
+        self.plan, self.grads, self.groups = plan, grads, plan.dtypes
+
+
 def _prepare(grads, backend):
+    """(grads as a list, job, batch): batch a Batch, or a _Planned for a host list that a plan
+    covers; job None for an empty list."""
     grads = _multi.as_list(grads, "grads")
+    plan = _multi.plan(grads, None)
+    if plan is not None:
+        job = _dispatch.job(_dispatch.resolve(backend, grads[0]), True)
+        if not job.device:
+            return grads, job, _Planned(plan, grads)
     checked, device, _ = _multi.check_targets(grads, "grads")
     if not checked:
         return grads, None, None
@@ -114,6 +140,9 @@ def _prepare(grads, backend):
 def _scale(job, batch, coef):
     """g = g * coef in each gradient's dtype (skipped for a coefficient of exactly 1)."""
     if coef == 1.0:
+        return
+    if isinstance(batch, _Planned):
+        _multi.run(job, batch.plan, "scale", (batch.grads,), lambda dt: dt.type(coef))
         return
     for dtype, idx in batch.groups.items():
         arrays = [batch.views[i] for i in idx if batch.views[i].size]
@@ -149,6 +178,11 @@ def grad_norm(grads, norm_type=2.0, *, backend="auto"):
             return r
     p = check_norm_type(norm_type)
     arrays = _multi.as_list(grads, "grads")
+    plan = _multi.plan(None, arrays)   # host arrays checked now, or as a previous call found
+    if plan is not None:
+        job = _dispatch.job(_dispatch.resolve(backend, arrays[0]), True)
+        if not job.device:
+            return _norm_of(job, _Planned(plan, arrays), p)
     infos, device = [], None
     for i, a in enumerate(arrays):
         info = _arrays.describe(a, f"grads[{i}]")
@@ -253,7 +287,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     grads, job, batch = _prepare(grads, backend)
     if job is None:
         return 0.0
-    total = total_norm_of(job, batch.views, batch.groups, p)
+    total = _norm_of(job, batch, p)
     if error_if_nonfinite and not math.isfinite(total):
         raise NonFiniteNormError(
             f"the total norm of order {p} of the gradients is {total}, so they cannot be "

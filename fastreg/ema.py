@@ -143,6 +143,13 @@ def ema_update(ema, params, decay, *, backend="auto"):
     decay = _check_decay(decay)
     targets = _multi.as_list(ema, "ema")
     sources = _multi.as_list(params, "params")
+    plan = _multi.plan(targets, sources)   # host lists checked now, or as a previous call found
+    if plan is not None:
+        job = _dispatch.job(_dispatch.resolve(backend, targets[0]), True)
+        if not job.device:
+            w = 1.0 - decay
+            _multi.run(job, plan, "ema_update", (targets, sources), lambda dt: dt.type(w))
+            return targets
     checked, device, spans = _multi.check_targets(targets, "ema")
     srcs = _multi.check_sources(sources, checked, "params", "ema", device, spans)
     if not checked:
@@ -253,9 +260,18 @@ class EMA:
         ValueError
             A shape, dtype, device or length mismatch (nothing is changed then).
         """
+        job = self._job
+        if not job.device and all(self._float):
+            params = _multi.as_list(params, "params")
+            plan = _multi.plan(self.arrays, params)   # see ema_update
+            if plan is not None:
+                decay = self.decay_at(step)
+                w = 1.0 - decay
+                _multi.run(job, plan, "ema_update", (self.arrays, params), lambda dt: dt.type(w))
+                self.num_updates += 1
+                return decay
         srcs = self._check(params)
         decay = self.decay_at(step)
-        job = self._job
         floats = [i for i, f in enumerate(self._float) if f]
         batch = _multi.Batch(job, [self.arrays[i] for i in floats], in_place=True)
         pviews = _multi.Batch(job, [srcs[i] for i in floats], in_place=False).views

@@ -115,8 +115,8 @@ from .augment_color import aug_blur, aug_color, aug_normalize  # noqa: E402,F401
 from .dropblock import drop_block_apply, drop_block_mask  # noqa: E402
 
 __all__ += ["drop_block_mask", "drop_block_apply"]
-from .ema import ema_update  # noqa: E402
-from .clip import norm_sum, row_norm_sums, scale, scale_rows  # noqa: E402
+from .ema import address_lists, ema_update, ema_update_at  # noqa: E402
+from .clip import norm_sum, norm_sum_at, row_norm_sums, scale, scale_at, scale_rows  # noqa: E402
 
 __all__ += ["ema_update", "norm_sum", "scale", "row_norm_sums", "scale_rows"]
 from .loss import ce_hard, ce_soft  # noqa: E402

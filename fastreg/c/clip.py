@@ -3,7 +3,7 @@
 Same names, signatures and results as fastreg.reference.clip: scaling bit for bit, the
 reductions in double in another order (per tile, tiles merged in order: the same result for any
 number of threads). A list op makes one C call for the whole list; pointers are passed as in
-fastreg/c/ema.py.
+fastreg/c/ema.py (``norm_sum_at`` and ``scale_at``: on its AddressLists).
 """
 
 import numpy as np
@@ -12,8 +12,6 @@ from . import _check, _plan, ffi
 from .ema import _pointers
 from ..reference.clip import reduction_mode as _mode
 from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
-
-
 
 
 def norm_sum(arrays, p):
@@ -28,6 +26,22 @@ def norm_sum(arrays, p):
     _plan(sum(a.size for a in arrays), "elementwise")
     _check(fn(ptrs, sizes, len(arrays), _mode(p), float(p), result), name)
     return float(result[0])
+
+
+def norm_sum_at(lists, p):
+    """norm_sum on AddressLists (fastreg/c/ema.py) of one list."""
+    fn, name = _kernel(lists.dtype, "norm_sum")
+    result = ffi.new("double *")
+    _plan(lists.total, "elementwise")
+    _check(fn(lists.ptrs[0], lists.sizes, lists.count, _mode(p), float(p), result), name)
+    return float(result[0])
+
+
+def scale_at(lists, s):
+    """scale on AddressLists of one list."""
+    fn, name = _kernel(lists.dtype, "scale")
+    _plan(lists.total, "elementwise")
+    _check(fn(lists.ptrs[0], lists.sizes, lists.count, _scalar(lists.dtype, s)), name)
 
 
 def row_norm_sums(a, p, out):
