@@ -17,6 +17,7 @@ zeros cost what other numbers cost), in both libraries.
                                                    median per call (the figures of the report)
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -140,14 +141,19 @@ def main():
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--n", type=int, default=N)
     parser.add_argument("--backends", default="c,cpu")
+    parser.add_argument("--cases", default="ema,clip,norm,adamw+clip",
+                        help="which cases to time (comma-separated first words)")
+    parser.add_argument("--layouts", default="one,model")
     args = parser.parse_args()
+    wanted = set(args.cases.split(","))
     import torch
     torch.set_num_threads(fastreg.get_num_threads())
     print(f"n = {args.n} float32, threads: fastreg {fastreg.get_num_threads()}, "
           f"torch {torch.get_num_threads()}, torch CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+          f"{torch.backends.cpu.get_cpu_capability()}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     backends = [b for b in args.backends.split(",") if fastreg.available_backends()[b] is None]
-    for layout in ("one", "model"):
+    for layout in args.layouts.split(","):
         ema, p, g = (arrays(layout, args.n, s) for s in (1, 2, 3))
         te, tp = [torch.from_numpy(a.copy()) for a in ema], [torch.from_numpy(a) for a in p]
         tparams = _torch_params(torch, [a.copy() for a in g])
@@ -176,6 +182,7 @@ def main():
                                                                         backend=b))
             cases[f"clip fastreg {b}"] = lambda b=b: fastreg.clip_grad_norm(g, 0.0, backend=b)
             cases[f"norm fastreg {b}"] = lambda b=b: fastreg.grad_norm(g, backend=b)
+        cases = {k: fn for k, fn in cases.items() if k.split()[0] in wanted}
         for fn in cases.values():
             fn()   # warm up (JIT, first touch)
         times = {k: [] for k in cases}
@@ -187,6 +194,7 @@ def main():
         for k in sorted(times):
             t = np.array(times[k]) * 1e3
             print(f"  {k:<32} {t.min():8.2f} {np.median(t):8.2f}")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -278,3 +278,20 @@ def test_clip_and_norm_repeat_and_follow_changes(host_backend):
     coef = fastreg.clip_grads_with_norm(g, 1.0, 50.0, backend=host_backend)
     assert coef == fastreg.clip_grads_with_norm(ref, 1.0, 50.0, backend="numpy")
     assert_same(g, ref)
+
+
+def test_long_lists_fresh_and_repeated(host_backend):
+    shapes = [(int(n),) for n in np.random.default_rng(7).integers(0, 40, 300)]
+    for seed in range(3):                                   # fresh arrays, then the same again
+        ema, p = make(shapes, seed=seed), make(shapes, seed=seed + 10)
+        plan = _multi.plan(ema, p)
+        assert plan.addrs == [a.__array_interface__["data"][0] if a.size else plan.addrs[i]
+                              for i, a in enumerate(ema + p)]
+        expected = expected_ema(ema, p, 0.6, times=2)
+        for _ in range(2):
+            fastreg.ema_update(ema, p, 0.6, backend=host_backend)
+        assert_same(ema, expected)
+        g = make(shapes, np.float64, seed=seed + 20)
+        assert fastreg.grad_norm(g, backend=host_backend) == pytest.approx(
+            float(np.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g))),
+            rel=1e-12)

@@ -27,13 +27,13 @@ class AddressLists:
     address, and their element counts: built once by ``address_lists``. Holds no reference to
     the arrays: whoever passes it to a kernel makes sure that they are alive and unchanged
     (fastreg/_multi.py's plans)."""
-    __slots__ = ("dtype", "ptrs", "sizes", "count", "total")
+    __slots__ = ("dtype", "ptrs", "sizes", "count", "total", "_addrs")
 
     def __init__(self, dtype, columns, sizes):
         ctype = _CTYPE[dtype]
         self.dtype = dtype
-        self.ptrs = [ffi.new(f"{ctype} *[]", [ffi.cast(f"{ctype} *", a) for a in col])
-                     for col in columns]
+        self._addrs = [ffi.new("uintptr_t[]", col) for col in columns]   # owns the memory
+        self.ptrs = [ffi.cast(f"{ctype} **", a) for a in self._addrs]
         self.sizes = ffi.new("int64_t[]", sizes)
         self.count = len(sizes)
         self.total = sum(sizes)
