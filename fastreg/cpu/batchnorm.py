@@ -79,7 +79,7 @@ FUSE_MAX_BYTES = 1 << 20     # data a fused channel reads: about one core's L2
 STREAM_MIN_BYTES = 64 << 20  # smaller outputs stay in cache (about twice the L3)
 STREAM_MIN_ROW = 2048   # bytes: shorter rows would spend more on their unstreamed heads
 
-SUMS, APPLY, FUSED, NONE = 0, 1, 2, -1  # kernel steps
+SUMS, FINISH, APPLY, FUSED, NONE = 0, 1, 2, 3, -1  # kernel steps
 PLAIN, STREAM, IN_PLACE = 0, 1, 2  # output modes
 
 Plan = namedtuple("Plan", "regime fused nthreads stream tile mode")
@@ -140,330 +140,262 @@ def _plans(shape, itemsize, arrays):
     return plans
 
 
-# --- loops over one slice -----------------------------------------------------------------------
+# --- loops over one piece -----------------------------------------------------------------------
+# Flat arrays indexed by plain arithmetic, not slices (Numba types and lowers a slice as much code
+# as a loop, and that code, not LLVM's, was most of the kernels' compile time). The hot loops
+# index with unsigned ints (U): Numba tests a signed index for a negative value, which keeps
+# LLVM from seeing consecutive accesses and vectorizing (1.5-2x slower loops).
+
+U = np.uint64
+Z = np.int64  # Z(0): a 0 that is not a literal (a literal argument gets a compile of its own)
+
 
 @inner
-def _kahan(s, c, k, v):
-    """s[k] += v with Kahan's compensation in c[k], dropped once s[k] is inf or NaN."""
-    y = v - c[k]
-    t = s[k] + y
-    c[k] = (t - s[k]) - y if abs(t) < np.inf else 0.0
-    s[k] = t
+def _kahan(acc, i, ci, v):
+    """acc[i] += v with Kahan's compensation in acc[ci], dropped once acc[i] is inf or NaN."""
+    y = v - acc[ci]
+    t = acc[i] + y
+    acc[ci] = (t - acc[i]) - y if abs(t) < np.inf else 0.0
+    acc[i] = t
 
 
 @inner
-def _x_sums(xs, shift, acc):
-    """acc += the shifted sums of the slice xs, value i into lane i % L (L = shift.size) minus
-    shift[i % L]; acc rows: s1, its compensation, s2, its compensation. Four rows of L per pass
-    (a quarter of the accumulator traffic of one)."""
-    precise = np.float64(xs.dtype.type(0.1)) == 0.1  # float64 data (a constant LLVM folds)
-    L = shift.size
-    s1, c1, s2, c2 = acc[0], acc[1], acc[2], acc[3]
-    full = xs.size - xs.size % (4 * L)
-    for j in range(0, full, 4 * L):
-        x0, x1 = xs[j:j + L], xs[j + L:j + 2 * L]
-        x2, x3 = xs[j + 2 * L:j + 3 * L], xs[j + 3 * L:j + 4 * L]
+def _x_sums(x, lo, n, shift, acc, a):
+    """acc += the shifted sums of x[lo:lo + n], value i into lane i % L (L = shift.size) minus
+    shift[i % L]; acc's rows of L from a: s1, its compensation, s2, its compensation. Four rows
+    of L per pass (a quarter of the accumulator traffic of one). lo, n, a: uint64."""
+    precise = np.float64(x.dtype.type(0.1)) == 0.1  # float64 data (a constant LLVM folds)
+    L = U(shift.size)
+    L2, L3 = L + L, L + L + L
+    s1, c1, s2, c2 = a, a + L, a + L2, a + L3
+    full = n - n % (L2 + L2)
+    for j in range(lo, lo + full, L2 + L2):
         for k in range(L):
-            d0 = np.float64(x0[k]) - shift[k]
-            d1 = np.float64(x1[k]) - shift[k]
-            d2 = np.float64(x2[k]) - shift[k]
-            d3 = np.float64(x3[k]) - shift[k]
+            m = shift[k]
+            d0 = np.float64(x[j + k]) - m
+            d1 = np.float64(x[j + L + k]) - m
+            d2 = np.float64(x[j + L2 + k]) - m
+            d3 = np.float64(x[j + L3 + k]) - m
             v1 = (d0 + d1) + (d2 + d3)
             v2 = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
             if precise:
-                _kahan(s1, c1, k, v1)
-                _kahan(s2, c2, k, v2)
+                _kahan(acc, s1 + k, c1 + k, v1)
+                _kahan(acc, s2 + k, c2 + k, v2)
             else:
-                s1[k] += v1
-                s2[k] += v2
-    for j in range(full, xs.size, L):
-        xk = xs[j:j + L]
-        for k in range(xk.size):
-            d = np.float64(xk[k]) - shift[k]
+                acc[s1 + k] += v1
+                acc[s2 + k] += v2
+    for j in range(lo + full, lo + n, L):
+        for k in range(min(L, lo + n - j)):
+            d = np.float64(x[j + k]) - shift[k]
             if precise:
-                _kahan(s1, c1, k, d)
-                _kahan(s2, c2, k, d * d)
+                _kahan(acc, s1 + k, c1 + k, d)
+                _kahan(acc, s2 + k, c2 + k, d * d)
             else:
-                s1[k] += d
-                s2[k] += d * d
+                acc[s1 + k] += d
+                acc[s2 + k] += d * d
 
 
 @inner
-def _g_sums(gs, xs, ys, mu, masked, acc):
-    """acc += (g, g * (x - mu)) as _x_sums, with g = gy, or gy where y > 0 (else 0) when
-    ``masked`` (ys: x without a mask, not read then: a loop over the twelve slices is not
+def _g_sums(gy, x, y, lo, n, mu, masked, acc, a):
+    """acc += (g, g * (x - mu)) over [lo, lo + n) as _x_sums, with g = gy, or gy where y > 0
+    (else 0) when ``masked`` (y: x without a mask, not read then: a loop over twelve arrays is not
     vectorized as well as one over eight)."""
-    precise = np.float64(xs.dtype.type(0.1)) == 0.1
-    zero = gs.dtype.type(0)
-    L = mu.size
-    s1, c1, s2, c2 = acc[0], acc[1], acc[2], acc[3]
-    full = xs.size - xs.size % (4 * L)
-    for j in range(0, full if masked else 0, 4 * L):
-        g0, g1, g2, g3 = gs[j:j + L], gs[j + L:j + 2 * L], gs[j + 2 * L:j + 3 * L], \
-            gs[j + 3 * L:j + 4 * L]
-        x0, x1, x2, x3 = xs[j:j + L], xs[j + L:j + 2 * L], xs[j + 2 * L:j + 3 * L], \
-            xs[j + 3 * L:j + 4 * L]
-        y0, y1, y2, y3 = ys[j:j + L], ys[j + L:j + 2 * L], ys[j + 2 * L:j + 3 * L], \
-            ys[j + 3 * L:j + 4 * L]
+    precise = np.float64(x.dtype.type(0.1)) == 0.1
+    zero = gy.dtype.type(0)
+    L = U(mu.size)
+    L2, L3 = L + L, L + L + L
+    s1, c1, s2, c2 = a, a + L, a + L2, a + L3
+    full = n - n % (L2 + L2)
+    for j in range(lo, lo + (full if masked else U(0)), L2 + L2):
         for k in range(L):
-            a0 = np.float64(g0[k] if y0[k] > zero else zero)
-            a1 = np.float64(g1[k] if y1[k] > zero else zero)
-            a2 = np.float64(g2[k] if y2[k] > zero else zero)
-            a3 = np.float64(g3[k] if y3[k] > zero else zero)
+            i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
+            a0 = np.float64(gy[i0] if y[i0] > zero else zero)
+            a1 = np.float64(gy[i1] if y[i1] > zero else zero)
+            a2 = np.float64(gy[i2] if y[i2] > zero else zero)
+            a3 = np.float64(gy[i3] if y[i3] > zero else zero)
             m = mu[k]
             v1 = (a0 + a1) + (a2 + a3)
-            v2 = ((a0 * (np.float64(x0[k]) - m) + a1 * (np.float64(x1[k]) - m))
-                  + (a2 * (np.float64(x2[k]) - m) + a3 * (np.float64(x3[k]) - m)))
+            v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
+                  + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
             if precise:
-                _kahan(s1, c1, k, v1)
-                _kahan(s2, c2, k, v2)
+                _kahan(acc, s1 + k, c1 + k, v1)
+                _kahan(acc, s2 + k, c2 + k, v2)
             else:
-                s1[k] += v1
-                s2[k] += v2
-    for j in range(0, 0 if masked else full, 4 * L):
-        g0, g1, g2, g3 = gs[j:j + L], gs[j + L:j + 2 * L], gs[j + 2 * L:j + 3 * L], \
-            gs[j + 3 * L:j + 4 * L]
-        x0, x1, x2, x3 = xs[j:j + L], xs[j + L:j + 2 * L], xs[j + 2 * L:j + 3 * L], \
-            xs[j + 3 * L:j + 4 * L]
+                acc[s1 + k] += v1
+                acc[s2 + k] += v2
+    for j in range(lo, lo + (U(0) if masked else full), L2 + L2):
         for k in range(L):
-            a0, a1, a2, a3 = np.float64(g0[k]), np.float64(g1[k]), np.float64(g2[k]), \
-                np.float64(g3[k])
+            i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
+            a0, a1, a2, a3 = np.float64(gy[i0]), np.float64(gy[i1]), np.float64(gy[i2]), \
+                np.float64(gy[i3])
             m = mu[k]
             v1 = (a0 + a1) + (a2 + a3)
-            v2 = ((a0 * (np.float64(x0[k]) - m) + a1 * (np.float64(x1[k]) - m))
-                  + (a2 * (np.float64(x2[k]) - m) + a3 * (np.float64(x3[k]) - m)))
+            v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
+                  + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
             if precise:
-                _kahan(s1, c1, k, v1)
-                _kahan(s2, c2, k, v2)
+                _kahan(acc, s1 + k, c1 + k, v1)
+                _kahan(acc, s2 + k, c2 + k, v2)
             else:
-                s1[k] += v1
-                s2[k] += v2
-    for j in range(full, xs.size, L):
-        gk, xk, yk = gs[j:j + L], xs[j:j + L], ys[j:j + L]
-        for k in range(xk.size):
-            a = np.float64(gk[k]) if (yk[k] > 0) | (not masked) else 0.0
-            v = a * (np.float64(xk[k]) - mu[k])
+                acc[s1 + k] += v1
+                acc[s2 + k] += v2
+    for j in range(lo + full, lo + n, L):
+        for k in range(min(L, lo + n - j)):
+            g = np.float64(gy[j + k]) if (y[j + k] > zero) | (not masked) else 0.0
+            v = g * (np.float64(x[j + k]) - mu[k])
             if precise:
-                _kahan(s1, c1, k, a)
-                _kahan(s2, c2, k, v)
+                _kahan(acc, s1 + k, c1 + k, g)
+                _kahan(acc, s2 + k, c2 + k, v)
             else:
-                s1[k] += a
-                s2[k] += v
+                acc[s1 + k] += g
+                acc[s2 + k] += v
 
 
 @inner
-def _put(src, o, mode):
-    """o = src, with streaming stores from o's first 64-byte boundary on when mode is STREAM
-    (the vector loop's stores are then aligned)."""
-    h = o.size
+def _put(src, s, o, lo, n, mode):
+    """o[lo:lo + n] = src[s:s + n], with streaming stores from o's first 64-byte boundary on when
+    mode is STREAM (the vector loop's stores are then aligned). s, lo, n: uint64."""
+    h = n
     if mode == STREAM:
-        h = min(o.size, (STREAM_ALIGN - o.ctypes.data % STREAM_ALIGN) % STREAM_ALIGN // o.itemsize)
+        address = o.ctypes.data + np.int64(lo) * o.itemsize
+        h = min(n, U((STREAM_ALIGN - address % STREAM_ALIGN) % STREAM_ALIGN // o.itemsize))
     for i in range(h):
-        o[i] = src[i]
-    src, o = src[h:], o[h:]
-    for i in range(o.size):
-        _stream_store(o, i, src[i])
+        o[lo + i] = src[s + i]
+    for i in range(h, n):
+        _stream_store(o, lo + i, src[s + i])
 
 
 @inner
-def _affine_slice(xs, rs, o, coef, opts, buf, uniform):
-    """o = act((xs - ce) * sc + sh [+ rs]), the reference's order; act the ReLU (floor 0: +0.0
-    for v <= 0, NaN kept) or nothing (floor -inf). In chunks of L (coef: rows ce, sc, sh of L
-    values, value i of a chunk takes coefficient i; ``uniform``: one channel, coefficient 0
-    everywhere, kept in registers: 1.9x faster than loading a row in cache-resident loops, and
-    chunks of buf.size); opts (floor, eps, has_res, mode); buf: L values, where IN_PLACE and STREAM
-    compute a chunk before _put copies it out."""
+def _affine(x, r, o, lo, n, cf, W, opts, buf, uniform):
+    """o[lo:lo + n] = act((x - ce) * sc + sh [+ r]), the reference's order; act the ReLU (floor
+    0: +0.0 for v <= 0, NaN kept) or nothing (floor -inf). In chunks of W (cf: rows ce, sc, sh of
+    W values, value i of a chunk takes coefficient i; ``uniform``: one channel, one value per
+    row, kept in registers: 1.9x faster than loading a row in cache-resident loops, and chunks of
+    buf.size); opts (floor, eps, has_res, mode); buf: where IN_PLACE and STREAM compute a chunk
+    before _put copies it out. lo, n, W: uint64."""
     floor, has_res, mode = opts[0], opts[2], opts[3]
-    ce, sc, sh = coef
-    c0, s0, h0 = ce[0], sc[0], sh[0]
-    L = o.size if uniform and mode == PLAIN else (buf.size if uniform else ce.size)
-    for j in range(0, o.size, max(L, 1)):
-        m = min(L, o.size - j)
-        oc = o[j:j + m]
-        xc = oc if mode == IN_PLACE else xs[j:j + m]
-        dst = oc if mode == PLAIN else buf[:m]
-        rc = rs[j:j + m]  # empty without a residual
+    W2 = W + W
+    c0, s0, h0 = cf[0], cf[W], cf[W2]
+    L = n if uniform and mode == PLAIN else (U(buf.size) if uniform else W)
+    for j in range(lo, lo + n, max(L, U(1))):
+        m = min(L, lo + n - j)
+        dst, d = (o, j) if mode == PLAIN else (buf, U(0))
         if uniform and has_res:
             for i in range(m):
-                v = (xc[i] - c0) * s0 + h0 + rc[i]
-                dst[i] = v if not (v <= floor) else floor
+                v = (x[j + i] - c0) * s0 + h0 + r[j + i]
+                dst[d + i] = v if not (v <= floor) else floor
         elif uniform:
             for i in range(m):
-                v = (xc[i] - c0) * s0 + h0
-                dst[i] = v if not (v <= floor) else floor
+                v = (x[j + i] - c0) * s0 + h0
+                dst[d + i] = v if not (v <= floor) else floor
         elif has_res:
             for i in range(m):
-                v = (xc[i] - ce[i]) * sc[i] + sh[i] + rc[i]
-                dst[i] = v if not (v <= floor) else floor
+                v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i] + r[j + i]
+                dst[d + i] = v if not (v <= floor) else floor
         else:
             for i in range(m):
-                v = (xc[i] - ce[i]) * sc[i] + sh[i]
-                dst[i] = v if not (v <= floor) else floor
+                v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i]
+                dst[d + i] = v if not (v <= floor) else floor
         if mode != PLAIN:
-            _put(dst, oc, mode)
+            _put(buf, U(0), o, j, m, mode)
 
 
 @inner
-def _gback_slice(ins, o, gr, coef, flags, buf, uniform):
-    """o = g * a - (x - ce) * b - d (training) or g * a, the reference's order, with g = gy, or gy
-    where y > 0 (else +0) when masked; gr = g when has_gres. ins: slices (gy, x, y); coef: rows
-    (ce, a, b, d) of L values (``uniform``: value 0 everywhere, see _affine_slice); flags
-    (masked, training, has_gres, mode); buf: 2 L values (the masked g; the chunk for _put)."""
-    gs, xs, ys = ins
+def _gback(gy, x, y, gx, gr, lo, n, cf, W, flags, buf, uniform):
+    """gx[lo:lo + n] = g * a - (x - ce) * b - d (training) or g * a, the reference's order, with
+    g = gy, or gy where y > 0 (else +0) when masked; gr = g when has_gres. cf: rows (ce, a, b, d)
+    of W values (``uniform``: one value, see _affine); flags (masked, training, has_gres, mode);
+    buf: 2 chunks (the chunk for _put; the masked g). lo, n, W: uint64."""
     masked, training, has_gres, mode = flags
-    ce, a, b, d = coef
-    c0, a0, b0, d0 = ce[0], a[0], b[0], d[0]
+    W2, W3 = W + W, W + W + W
+    c0, a0, b0, d0 = cf[0], cf[W], cf[W2], cf[W3]
     if uniform and mode == PLAIN and not masked:
-        L = max(o.size, 1)  # no buffer is used: one pass
+        L = max(n, U(1))  # no buffer is used: one pass
     else:
-        L = buf.size // 2 if uniform else ce.size
-    zero = o.dtype.type(0)
-    for j in range(0, o.size, L):
-        m = min(L, o.size - j)
-        oc = o[j:j + m]
-        g = oc if mode == IN_PLACE else gs[j:j + m]
+        L = U(buf.size // 2) if uniform else W
+    zero = gx.dtype.type(0)
+    for j in range(lo, lo + n, L):
+        m = min(L, lo + n - j)
+        g, e = gy, j
         if masked:
-            yc, gm = ys[j:j + m], buf[L:L + m]
             for i in range(m):
-                gm[i] = g[i] if yc[i] > zero else zero
-            g = gm
+                buf[L + i] = gy[j + i] if y[j + i] > zero else zero
+            g, e = buf, L
         if has_gres:
-            _put(g, gr[j:j + m], mode)
-        dst = oc if mode == PLAIN else buf[:m]
-        xc = xs[j:j + m]
+            _put(g, e, gr, j, m, mode)
+        dst, d = (gx, j) if mode == PLAIN else (buf, U(0))
         if uniform and training:
             for i in range(m):
-                dst[i] = g[i] * a0 - (xc[i] - c0) * b0 - d0
+                dst[d + i] = g[e + i] * a0 - (x[j + i] - c0) * b0 - d0
         elif uniform:
             for i in range(m):
-                dst[i] = g[i] * a0
+                dst[d + i] = g[e + i] * a0
         elif training:
             for i in range(m):
-                dst[i] = g[i] * a[i] - (xc[i] - ce[i]) * b[i] - d[i]
+                dst[d + i] = g[e + i] * cf[W + i] - (x[j + i] - cf[i]) * cf[W2 + i] - cf[W3 + i]
         else:
             for i in range(m):
-                dst[i] = g[i] * a[i]
+                dst[d + i] = g[e + i] * cf[W + i]
         if mode != PLAIN:
-            _put(dst, oc, mode)
+            _put(buf, U(0), gx, j, m, mode)
 
 
 @inner
-def _lane_totals(acc):
-    """(s1, s2) as a (2, 1) array: Neumaier sums over the lanes of acc[0] - acc[1] and
-    acc[2] - acc[3] (FUSED: one channel's lanes)."""
-    out = np.empty((2, 1))
-    for j in range(2):
-        tot, comp = 0.0, 0.0
-        for k in range(acc.shape[1]):
-            v = acc[2 * j, k] - acc[2 * j + 1, k]
-            u = tot + v
-            comp += (tot - u) + v if abs(tot) >= abs(v) else (v - u) + tot
-            tot = u
-        out[j, 0] = tot + comp if abs(tot) < np.inf else tot  # comp is inf - inf otherwise
-    return out
-
-
-@inner
-def _combine(block, Cc, Bc):
-    """Per-channel (s1, s2) of a view channel's task sums block (ntask, 4, L), lane k belonging to
-    channel (k % (Cc * Bc)) // Bc: Neumaier sums over the tasks and span rows, lane by lane of a
-    row of K = Cc * Bc, then over each channel's Bc lanes, in order."""
-    T, _, L = block.shape
+def _combine(block, a, T, L, Cc, Bc):
+    """Per-channel (s1, s2) (flat: Cc values of s1, then Cc of s2) of T task sums (4 rows of L
+    each from block[a], as _x_sums leaves them), lane k belonging to channel (k % (Cc * Bc)) //
+    Bc: Neumaier sums over the tasks and span rows, lane by lane of a row of K = Cc * Bc, then
+    over each channel's Bc lanes, in order."""
     K = Cc * Bc
-    tot, comp = np.empty((2, K)), np.empty((2, K))
-    for j in range(2):
-        for k in range(K):
-            tot[j, k] = comp[j, k] = 0.0
+    w = np.empty(4 * K)  # totals (2 rows of K), then their compensations
+    for k in range(4 * K):
+        w[k] = 0.0
     for t in range(T):
         for j in range(2):
             for r in range(0, L, K):
                 for k in range(K):
-                    v = block[t, 2 * j, r + k] - block[t, 2 * j + 1, r + k]
-                    s, u = tot[j, k], tot[j, k] + v
-                    comp[j, k] += (s - u) + v if abs(s) >= abs(v) else (v - u) + s
-                    tot[j, k] = u
-    out = np.empty((2, Cc))
+                    i = a + (4 * t + 2 * j) * L + r + k
+                    v = block[i] - block[i + L]
+                    s, u = w[j * K + k], w[j * K + k] + v
+                    w[(2 + j) * K + k] += (s - u) + v if abs(s) >= abs(v) else (v - u) + s
+                    w[j * K + k] = u
+    out = np.empty(2 * Cc)
     for j in range(2):
         for i in range(Cc):
             s, e = 0.0, 0.0
-            for k in range(i * Bc, (i + 1) * Bc):
+            for k in range(j * K + i * Bc, j * K + (i + 1) * Bc):
                 # once a total is inf or NaN its compensation is inf - inf: leave it out
-                v = tot[j, k] + comp[j, k] if abs(tot[j, k]) < np.inf else tot[j, k]
+                v = w[k] + w[k + 2 * K] if abs(w[k]) < np.inf else w[k]
                 u = s + v
                 e += (s - u) + v if abs(s) >= abs(v) else (v - u) + s
                 s = u
-            out[j, i] = s + e if abs(s) < np.inf else s
+            out[j * Cc + i] = s + e if abs(s) < np.inf else s
     return out
 
 
 @inner
-def _forward_coeffs(c0, sums, n, coef, stats, eps):
-    """Channels c0, c0 + 1, ... from their shifted sums (s1, s2) = sums (2, channels): mean and M2
-    into stats (x0, mean, m2, invstd); unless center is 0-size, invstd and the bn_apply
-    coefficients into coef (weight, bias, center, scale, shift), as bn_forward_coeffs with
-    fold=False. (One call per view channel: a call per channel would cost more than the math,
-    in reference counts of the arrays in the tuples.)"""
-    weight, bias, center, scale, shift = coef
-    x0, mean, m2, invstd = stats
-    for i in range(sums.shape[1]):
-        c, s1, s2 = c0 + i, sums[0, i], sums[1, i]
-        q = s2 - s1 * (s1 / n)
-        mean[c] = x0[c] + s1 / n
-        m2[c] = q if not (q < 0.0) else 0.0  # rounding may leave it below 0; NaN stays
-        if center.size:
-            inv = 1.0 / np.sqrt(m2[c] / n + eps)
-            invstd[c] = inv
-            center[c] = mean[c]
-            scale[c] = np.float64(weight[c]) * inv
-            shift[c] = bias[c]
-
-
-@inner
-def _backward_coeffs(c0, sums, n, coef, stats):
-    """Channels c0, c0 + 1, ... from their sums (s_dy, s_dyx) = sums (2, channels): into stats
-    (mean, invstd, s_dy, s_dyx); unless center is 0-size, the parameter gradients and (center, a,
-    b, d) into coef (weight, grad_weight, grad_bias, center, a, b, d), as bn_backward_coeffs (b and
-    d also in inference, unused there)."""
-    weight, grad_weight, grad_bias, center, a, b, d = coef
-    mean, invstd, s_dy, s_dyx = stats
-    for i in range(sums.shape[1]):
-        c = c0 + i
-        s_dy[c] = sums[0, i]
-        s_dyx[c] = sums[1, i]
-        if center.size:
-            inv = invstd[c]
-            a64 = np.float64(weight[c]) * inv
-            grad_weight[c] = s_dyx[c] * inv
-            grad_bias[c] = s_dy[c]
-            center[c] = mean[c]
-            a[c] = a64
-            b[c] = a64 * inv * inv * s_dyx[c] / n
-            d[c] = a64 * s_dy[c] / n
-
-
-@inner
-def _lane_row(v, Bc, out):
-    """out[k] = v[(k % K) // Bc], K = v.size * Bc: the values v of a view channel's channels as a
-    lane row (K divides out.size), written without integer divisions (they would cost more than
-    the rest of a small call)."""
-    K = v.size * Bc
-    for i in range(v.size):
+def _lane_row(v, v0, nv, Bc, out, o, W):
+    """out[o + k] = v[v0 + (k % K) // Bc] for k < W, K = nv * Bc: the values of a view channel's
+    channels as a lane row (K divides W), written without integer divisions (they would cost
+    more than the rest of a small call)."""
+    K = nv * Bc
+    for i in range(nv):
         for b in range(Bc):
-            out[i * Bc + b] = v[i]
-    for k in range(K, out.size):
+            out[o + i * Bc + b] = v[v0 + i]
+    for k in range(o + K, o + W):
         out[k] = out[k - K]
 
 
 # --- kernels ------------------------------------------------------------------------------------
-# A kernel runs up to two steps of one op (``steps``, NONE for no step) on a tile (Plan.tile).
-# Each step is one prange over its work items, the item's work written out in the loop body:
-# Numba optimizes every compiled callee again inside each caller (numba/numba#8085) and parfor
-# outlines the loop body into a function of its own, so a task function between the two was
-# compiled five times. After SUMS the kernel finishes the statistics on the calling thread.
-# Work item q: SUMS task q, pieces [p0, p1) of view channel q // ntask; FUSED all of view channel
-# q; APPLY a run of per_task pieces of the whole view, in memory order (one forward stream, which
-# the hardware prefetches). Piece p is view row p // nb, values [b0, b0 + seg) of it,
-# b0 = (p % nb) * seg.
+# A kernel runs up to three steps of one op (``steps``, NONE for no step) on a tile (Plan.tile):
+# SUMS, FINISH, APPLY or FUSED alone. Each step is one prange over its work items, the item's work
+# written out in one loop body that holds each part once (Numba optimizes every compiled callee
+# again inside each caller, numba/numba#8085; parfor outlines the loop body into a function of
+# its own). Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
+# into part's block q (4 rows of lanes); FINISH view channel q: its tasks' blocks added and the
+# coefficients computed; FUSED all of view channel q (its sums in the channel's first block,
+# then FINISH, then APPLY on it while it is in cache); APPLY a run of per_task pieces of the
+# whole view, in memory order (one forward stream, which the hardware prefetches). Piece p is
+# view row p // nb, values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
 
 @twin
 def _forward_kernel(arrays, coef, stats, opts, steps, tile):
@@ -474,14 +406,16 @@ def _forward_kernel(arrays, coef, stats, opts, steps, tile):
     has_res, mode)."""
     x, r, o = arrays
     A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    if coef[0].size:  # (made here: a NumPy allocation costs as much as a small layer's step)
-        work = np.empty((3, coef[0].size), o.dtype)
-        coef = (coef[0], coef[1], work[0], work[1], work[2])
-    center, scale, shift = coef[2], coef[3], coef[4]
-    x0 = np.empty(stats[0].size)  # each channel's shift: its first value (0 if not finite)
-    all_stats = (x0, stats[0], stats[1], stats[2])
-    part = np.empty((Cv * ntask if steps[0] == SUMS else 0, 4, lanes))  # SUMS's task sums
+    weight, bias, center, scale, shift = coef
+    mean, m2, invstd = stats
+    C = weight.size
+    if C:  # (made here: a NumPy allocation costs as much as a small layer's step)
+        work = np.empty(3 * C, o.dtype)
+        center, scale, shift = work[:C], work[C:2 * C], work[2 * C:]
+    x0 = np.empty(mean.size)  # each channel's shift: its first value (0 if not finite)
+    part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)  # the tasks' sums
     uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
+    W = 1 if uniform else chunk
     for step in steps:
         if step == NONE:
             continue
@@ -490,14 +424,14 @@ def _forward_kernel(arrays, coef, stats, opts, steps, tile):
             items = (A * Cv * nb + per_task - 1) // per_task
         for i in prange(items):
             q = np.int64(i)
-            c, p0, p1 = q, 0, A * nb  # FUSED
+            c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
             if step == SUMS:
                 c = q // ntask
                 p0 = (q - c * ntask) * per_task
                 p1 = min(p0 + per_task, A * nb)
             elif step == APPLY:
                 c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
-            if step != APPLY:
+            if step == SUMS or step == FUSED:
                 # every task records the shift (tasks of a channel may run at the same time)
                 first = np.empty(Cc)
                 for k in range(Cc):
@@ -506,38 +440,44 @@ def _forward_kernel(arrays, coef, stats, opts, steps, tile):
                     if p0 == 0:
                         x0[c * Cc + k] = first[k]
                 shift_row = np.empty(lanes)
-                _lane_row(first, Bc, shift_row)
-                acc = np.empty((4, lanes)) if step == FUSED else part[q]
-                for j in range(4):
-                    for k in range(lanes):
-                        acc[j, k] = 0.0
+                _lane_row(first, Z(0), Cc, Bc, shift_row, Z(0), lanes)
+                at = (q if step == SUMS else c * ntask) * 4 * lanes
+                for k in range(at, at + 4 * lanes):
+                    part[k] = 0.0
                 for p in range(p0, p1):
-                    lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-                    _x_sums(x[lo:lo + min(seg, B - (p % nb) * seg)], shift_row, acc)
-                if step == FUSED:
-                    _forward_coeffs(c, _lane_totals(acc), n, coef, all_stats, opts[1])
-            if step != SUMS:
-                rows = np.empty((3, 1 if uniform else chunk), o.dtype)
+                    b0 = (p % nb) * seg
+                    _x_sums(x, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), shift_row,
+                            part, U(at))
+            if step == FINISH or step == FUSED:
+                sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
+                                lanes, Cc, Bc)
+                for k in range(Cc):
+                    ch, s1, s2 = c * Cc + k, sums[k], sums[Cc + k]
+                    q2 = s2 - s1 * (s1 / n)
+                    mean[ch] = x0[ch] + s1 / n
+                    m2[ch] = q2 if not (q2 < 0.0) else 0.0  # rounding may leave it below 0
+                    if C:  # the coefficients, as bn_forward_coeffs with fold=False
+                        inv = 1.0 / np.sqrt(m2[ch] / n + opts[1])
+                        invstd[ch] = inv
+                        center[ch] = mean[ch]
+                        scale[ch] = np.float64(weight[ch]) * inv
+                        shift[ch] = bias[ch]
+            if step == APPLY or step == FUSED:
+                cf = np.empty(3 * W, o.dtype)
                 if not uniform:  # (one view channel)
-                    _lane_row(center, Bc, rows[0])
-                    _lane_row(scale, Bc, rows[1])
-                    _lane_row(shift, Bc, rows[2])
+                    _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
+                    _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
+                    _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
                 buf = np.empty(chunk, o.dtype)
                 for p in range(p0, p1):
                     a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
                     if uniform:
-                        rows[0, 0], rows[1, 0], rows[2, 0] = center[ch], scale[ch], shift[ch]
+                        cf[0], cf[1], cf[2] = center[ch], scale[ch], shift[ch]
                     b0 = (p % nb) * seg
-                    lo = (a * Cv + ch) * B + b0
-                    hi = lo + min(seg, B - b0)
-                    _affine_slice(x[lo:hi], r[lo:hi], o[lo:hi], (rows[0], rows[1], rows[2]),
-                                  opts, buf, uniform)
+                    _affine(x, r, o, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf, U(W),
+                            opts, buf, uniform)
                 if opts[3] == STREAM:
                     _sfence()
-        if step == SUMS:
-            for cv in range(Cv):
-                _forward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc),
-                                n, coef, all_stats, opts[1])
 
 
 @twin
@@ -549,14 +489,16 @@ def _backward_kernel(arrays, coef, stats, flags, steps, tile):
     (the 0-size ones given are not used)."""
     gy, x, y, gx, gr = arrays
     A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    if coef[0].size:
-        C = coef[0].size
-        work, sums = np.empty((4, C), gx.dtype), np.empty((2, C))
-        coef = (coef[0], coef[1], coef[2], work[0], work[1], work[2], work[3])
-        stats = (stats[0], stats[1], sums[0], sums[1])
-    center, ca, cb, cd = coef[3], coef[4], coef[5], coef[6]
-    part = np.empty((Cv * ntask if steps[0] == SUMS else 0, 4, lanes))
+    weight, grad_weight, grad_bias, center, ca, cb, cd = coef
+    mean, invstd, s_dy, s_dyx = stats
+    C = weight.size
+    if C:
+        work, sums2 = np.empty(4 * C, gx.dtype), np.empty(2 * C)
+        center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:]
+        s_dy, s_dyx = sums2[:C], sums2[C:]
+    part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)
     uniform = Cc * Bc == 1
+    W = 1 if uniform else chunk
     for step in steps:
         if step == NONE:
             continue
@@ -565,50 +507,56 @@ def _backward_kernel(arrays, coef, stats, flags, steps, tile):
             items = (A * Cv * nb + per_task - 1) // per_task
         for i in prange(items):
             q = np.int64(i)
-            c, p0, p1 = q, 0, A * nb  # FUSED
+            c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
             if step == SUMS:
                 c = q // ntask
                 p0 = (q - c * ntask) * per_task
                 p1 = min(p0 + per_task, A * nb)
             elif step == APPLY:
                 c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
-            if step != APPLY:
+            if step == SUMS or step == FUSED:
                 mu = np.empty(lanes)
-                _lane_row(stats[0][c * Cc:(c + 1) * Cc], Bc, mu)
-                acc = np.empty((4, lanes)) if step == FUSED else part[q]
-                for j in range(4):
-                    for k in range(lanes):
-                        acc[j, k] = 0.0
+                _lane_row(mean, c * Cc, Cc, Bc, mu, Z(0), lanes)
+                at = (q if step == SUMS else c * ntask) * 4 * lanes
+                for k in range(at, at + 4 * lanes):
+                    part[k] = 0.0
                 for p in range(p0, p1):
-                    lo = ((p // nb) * Cv + c) * B + (p % nb) * seg
-                    hi = lo + min(seg, B - (p % nb) * seg)
-                    _g_sums(gy[lo:hi], x[lo:hi], y[lo:hi], mu, flags[0], acc)
-                if step == FUSED:
-                    _backward_coeffs(c, _lane_totals(acc), n, coef, stats)
-            if step != SUMS:
-                rows = np.empty((4, 1 if uniform else chunk), gx.dtype)
+                    b0 = (p % nb) * seg
+                    _g_sums(gy, x, y, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), mu,
+                            flags[0], part, U(at))
+            if step == FINISH or step == FUSED:
+                sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
+                                lanes, Cc, Bc)
+                for k in range(Cc):
+                    ch = c * Cc + k
+                    s_dy[ch] = sums[k]
+                    s_dyx[ch] = sums[Cc + k]
+                    if C:  # the gradients and coefficients, as bn_backward_coeffs (b and d
+                        inv = invstd[ch]  # also in inference, unused there)
+                        a64 = np.float64(weight[ch]) * inv
+                        grad_weight[ch] = s_dyx[ch] * inv
+                        grad_bias[ch] = s_dy[ch]
+                        center[ch] = mean[ch]
+                        ca[ch] = a64
+                        cb[ch] = a64 * inv * inv * s_dyx[ch] / n
+                        cd[ch] = a64 * s_dy[ch] / n
+            if step == APPLY or step == FUSED:
+                cf = np.empty(4 * W, gx.dtype)
                 if not uniform:
-                    _lane_row(center, Bc, rows[0])
-                    _lane_row(ca, Bc, rows[1])
-                    _lane_row(cb, Bc, rows[2])
-                    _lane_row(cd, Bc, rows[3])
+                    _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
+                    _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
+                    _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
+                    _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
                 buf = np.empty(2 * chunk, gx.dtype)
                 for p in range(p0, p1):
                     a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
                     if uniform:
-                        rows[0, 0], rows[1, 0], rows[2, 0], rows[3, 0] = \
-                            center[ch], ca[ch], cb[ch], cd[ch]
+                        cf[0], cf[1], cf[2], cf[3] = center[ch], ca[ch], cb[ch], cd[ch]
                     b0 = (p % nb) * seg
-                    lo = (a * Cv + ch) * B + b0
-                    hi = lo + min(seg, B - b0)
-                    _gback_slice((gy[lo:hi], x[lo:hi], y[lo:hi]), gx[lo:hi], gr[lo:hi],
-                                 (rows[0], rows[1], rows[2], rows[3]), flags, buf, uniform)
+                    _gback(gy, x, y, gx, gr, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf,
+                           U(W), flags, buf, uniform)
                 if flags[3] == STREAM:
                     _sfence()
-        if step == SUMS:
-            for cv in range(Cv):
-                _backward_coeffs(cv * Cc, _combine(part[cv * ntask:(cv + 1) * ntask], Cc, Bc),
-                                 n, coef, stats)
 
 
 # --- the backend's functions --------------------------------------------------------------------
@@ -650,8 +598,8 @@ def _streamable(o, arrays):
 
 
 def _steps(plan):
-    """The steps of a training op: FUSED alone, or SUMS (then the finish) and APPLY."""
-    return (FUSED, NONE) if plan.fused else (SUMS, APPLY)
+    """The steps of a training op: FUSED alone, or SUMS, FINISH and APPLY."""
+    return (FUSED, NONE, NONE) if plan.fused else (SUMS, FINISH, APPLY)
 
 
 _FLOORS = {}  # (dtype, relu) -> floor
@@ -673,7 +621,7 @@ def bn_stats(x, mean, m2, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     launch(_forward_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
-           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS, NONE),
+           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS, FINISH, NONE),
            plan.tile)
     return plan
 
@@ -686,7 +634,7 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
         launch(_forward_kernel, plan.nthreads, arrays, (e, e, center, scale, shift), (f, f, f),
-               _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE), plan.tile)
+               _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE), plan.tile)
     return plan
 
 
@@ -712,7 +660,7 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
     launch(_backward_kernel, plan.nthreads, arrays, (e,) * 7,
            (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
-           (SUMS, NONE), plan.tile)
+           (SUMS, FINISH, NONE), plan.tile)
     return plan
 
 
@@ -725,7 +673,7 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
         launch(_backward_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
-               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE), plan.tile)
+               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE), plan.tile)
     return plan
 
 
