@@ -15,6 +15,9 @@ zeros cost what other numbers cost), in both libraries.
     pytest bench/bench_ema_clip.py --benchmark-only
     python bench/bench_ema_clip.py [--reps 30]     interleaved fastreg / torch rounds, min and
                                                    median per call (the figures of the report)
+        [--cases ema,clip] [--layouts model] [--backends c] [--stream]
+                                                   some cases only; --stream adds STREAM-like
+                                                   copy / triad figures (the bandwidth bound)
 """
 import argparse
 import os
@@ -136,6 +139,37 @@ def _time(fn, reps):
     return out
 
 
+def stream_cases(n):
+    """STREAM-like kernels at n float32 with fastreg's thread count (Numba), as
+    ``{name: (fn, bytes counted)}``: copy ``b = a`` (8 bytes per element, as STREAM counts),
+    triad ``a = b + s * c`` (12), and in place ``a += s * b`` (12: the EMA update's traffic,
+    two arrays read and one of them written, no write-allocate read hidden)."""
+    import numba
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def copy(a, b):
+        for i in prange(a.size):
+            b[i] = a[i]
+
+    @njit(parallel=True)
+    def triad(a, b, c, s):
+        for i in prange(a.size):
+            a[i] = b[i] + s * c[i]
+
+    @njit(parallel=True)
+    def axpy(a, b, s):
+        for i in prange(a.size):
+            a[i] += s * b[i]
+
+    numba.set_num_threads(fastreg.get_num_threads())
+    a, b, c = (np.full(n, v, np.float32) for v in (1.0, 2.0, 0.5))
+    s = np.float32(1e-4)
+    return {"stream copy (numba)": (lambda: copy(a, b), 8 * n),
+            "stream triad (numba)": (lambda: triad(a, b, c, s), 12 * n),
+            "stream a += s*b in place (numba)": (lambda: axpy(a, b, s), 12 * n)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=30)
@@ -144,6 +178,9 @@ def main():
     parser.add_argument("--cases", default="ema,clip,norm,adamw+clip",
                         help="which cases to time (comma-separated first words)")
     parser.add_argument("--layouts", default="one,model")
+    parser.add_argument("--stream", action="store_true",
+                        help="also time STREAM-like copy / triad kernels in the one-array "
+                             "rounds (the bandwidth bound)")
     args = parser.parse_args()
     wanted = set(args.cases.split(","))
     import torch
@@ -183,6 +220,11 @@ def main():
             cases[f"clip fastreg {b}"] = lambda b=b: fastreg.clip_grad_norm(g, 0.0, backend=b)
             cases[f"norm fastreg {b}"] = lambda b=b: fastreg.grad_norm(g, backend=b)
         cases = {k: fn for k, fn in cases.items() if k.split()[0] in wanted}
+        nbytes = {k: {"ema": 12, "clip": 12, "norm": 4}.get(k.split()[0], 0) * args.n
+                  for k in cases}
+        if args.stream and layout == "one":   # the bound, in the same rounds
+            for k, (fn, nb) in stream_cases(args.n).items():
+                cases[k], nbytes[k] = fn, nb
         for fn in cases.values():
             fn()   # warm up (JIT, first touch)
         times = {k: [] for k in cases}
@@ -190,10 +232,11 @@ def main():
             for k, fn in cases.items():
                 times[k] += _time(fn, 1)
         print(f"\nlayout {layout} ({len(layout_sizes(layout, args.n))} arrays): "
-              "min / median ms per call")
+              "min / median ms per call, GB/s at the min")
         for k in sorted(times):
             t = np.array(times[k]) * 1e3
-            print(f"  {k:<32} {t.min():8.2f} {np.median(t):8.2f}")
+            gbs = f"{nbytes[k] / t.min() / 1e6:8.1f}" if nbytes.get(k) else ""
+            print(f"  {k:<34} {t.min():8.2f} {np.median(t):8.2f} {gbs}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
