@@ -437,17 +437,20 @@ FR_DEFINE_UNIFORM(f64, double, fr_tile_word_pairs)
 
 /* ------------------------------------------------------------------ dropout */
 
-/* The portable element loop. */
-#define FR_DEFINE_DROPOUT_ELEMS(SUF, T)                                                    \
-    static inline __attribute__((always_inline)) void                                      \
-    fr_dropout_##SUF##_elems(const uint32_t *w, const T *x, T *o, size_t len, uint32_t t,  \
-                             T scale)                                                      \
-    {                                                                                      \
-        for (size_t i = 0; i < len; i++)                                                   \
-            o[i] = fr_sel_##SUF(x[i] * scale, w[i] >= t);                                  \
+/* The portable element loop: T the math type (suffix MS), x and out stored as X (csrc/half.h
+ * tags: f32, f64, or f16 / bf16 with float32 math, rounded to nearest even on store). */
+#define FR_DEFINE_DROPOUT_ELEMS(SUF, T, MS, X)                                                  \
+    static inline __attribute__((always_inline)) void                                           \
+    fr_dropout_##SUF##_elems(const uint32_t *w, const FR_ELEM_##X *x, FR_ELEM_##X *o,           \
+                             size_t len, uint32_t t, T scale)                                   \
+    {                                                                                           \
+        for (size_t i = 0; i < len; i++)                                                        \
+            fr_store_##X(o, i, fr_sel_##MS(fr_load_##X(x, i) * scale, w[i] >= t));              \
     }
-FR_DEFINE_DROPOUT_ELEMS(f32, float)
-FR_DEFINE_DROPOUT_ELEMS(f64, double)
+FR_DEFINE_DROPOUT_ELEMS(f32, float, f32, f32)
+FR_DEFINE_DROPOUT_ELEMS(f64, double, f64, f64)
+FR_DEFINE_DROPOUT_ELEMS(f16, float, f32, f16)
+FR_DEFINE_DROPOUT_ELEMS(bf16, float, f32, bf16)
 
 #ifdef FR_HAVE_AVX2_KERNELS
 /* drop where t > w (unsigned), as a signed compare after flipping the sign bits */
@@ -500,43 +503,90 @@ FR_DEFINE_DROPOUT_ELEMS_AVX2(f32, float, __m256, ps)
 FR_DEFINE_DROPOUT_ELEMS_AVX2(f64, double, __m256d, pd)
 #endif
 
-/* A tile and the exported fr_dropout_SUF; SCALE: the fr_job field that holds a T scale. */
-#define FR_DEFINE_DROPOUT(SUF, T, SCALE)                                                         \
+#ifdef FR_HAVE_AVX2_KERNELS
+/* 16-bit: the portable loop compiled for AVX2 (the conversions vectorize); no streaming stores
+ * (job->stream is 0 for them). */
+#define FR_DEFINE_DROPOUT_HALF_ELEMS_AVX2(X)                                                    \
+    FR_AVX2 static void fr_dropout_##X##_elems_avx2(const uint32_t *w, const uint16_t *x,       \
+                                                    uint16_t *o, size_t len, uint32_t t,        \
+                                                    float scale, int stream)                    \
+    {                                                                                           \
+        (void)stream;                                                                           \
+        fr_dropout_##X##_elems(w, x, o, len, t, scale);                                         \
+    }
+FR_DEFINE_DROPOUT_HALF_ELEMS_AVX2(f16)
+FR_DEFINE_DROPOUT_HALF_ELEMS_AVX2(bf16)
+#endif
+
+/* A tile of fr_dropout_SUF: E the element type of x and out, SCALE the fr_job field that holds
+ * the scale in the math type. */
+#define FR_DEFINE_DROPOUT_TILE(SUF, E, SCALE)                                                    \
     static void fr_dropout_##SUF##_tile(const fr_job *job, size_t lo, size_t hi, uint32_t *buf)  \
     {                                                                                            \
-        const T *x = (const T *)job->x + lo;                                                     \
+        const E *x = (const E *)job->x + lo;                                                     \
         /* float32: the x lines of the tile are fetched while its words are generated            \
          * (measured: 6-15% faster out of place; float64 was 10% slower with it) */               \
-        const void *pf = sizeof(T) == 4 ? (const void *)x : NULL;                                \
+        const void *pf = sizeof(E) == 4 ? (const void *)x : NULL;                                \
         const uint32_t *w = fr_tile_words(job, lo, hi, buf, pf);                                 \
-        T *o = (T *)job->out + lo;                                                               \
+        E *o = (E *)job->out + lo;                                                               \
         FR_IF_AVX2(job, fr_dropout_##SUF##_elems_avx2(w, x, o, hi - lo, job->threshold,          \
                                                       job->SCALE, job->stream));                 \
         fr_dropout_##SUF##_elems(w, x, o, hi - lo, job->threshold, job->SCALE);                  \
-    }                                                                                            \
-                                                                                                 \
-    int fr_dropout_##SUF(const T *x, uint64_t seed, uint64_t offset, uint32_t threshold,         \
-                         T scale, T *out, int64_t n)                                             \
-    {                                                                                            \
-        if (n < 0)                                                                               \
-            return FR_ERR_SIZE;                                                                  \
-        if (!x || !out)                                                                          \
-            return FR_ERR_NULL;                                                                  \
-        if (n == 0)                                                                              \
-            return FR_OK;                                                                        \
-        fr_job job;                                                                              \
-        fr_job_init(&job, seed, offset, (size_t)n);                                              \
-        job.x = x;                                                                               \
-        job.out = out;                                                                           \
-        job.threshold = threshold;                                                               \
-        job.SCALE = scale;                                                                       \
-        job.stream = fr_want_stream(x, out, (size_t)n * sizeof *out);                            \
-        fr_run_tiles(&job, (size_t)n, fr_head(out, sizeof *out, (size_t)n), FR_TILE,             \
-                     fr_dropout_##SUF##_tile);                                                   \
-        return FR_OK;                                                                            \
     }
-FR_DEFINE_DROPOUT(f32, float, scale_f)
-FR_DEFINE_DROPOUT(f64, double, scale_d)
+FR_DEFINE_DROPOUT_TILE(f32, float, scale_f)
+FR_DEFINE_DROPOUT_TILE(f64, double, scale_d)
+FR_DEFINE_DROPOUT_TILE(f16, uint16_t, scale_f)
+FR_DEFINE_DROPOUT_TILE(bf16, uint16_t, scale_f)
+
+/* Runs a dropout tile function over x -> out (n elements of itemsize bytes); stream: whether
+ * the element loops may use streaming stores. */
+static int fr_dropout_run(const void *x, uint64_t seed, uint64_t offset, uint32_t threshold,
+                          float scale_f, double scale_d, void *out, int64_t n, size_t itemsize,
+                          int stream, fr_tile_fn fn)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (!x || !out)
+        return FR_ERR_NULL;
+    if (n == 0)
+        return FR_OK;
+    fr_job job;
+    fr_job_init(&job, seed, offset, (size_t)n);
+    job.x = x;
+    job.out = out;
+    job.threshold = threshold;
+    job.scale_f = scale_f;
+    job.scale_d = scale_d;
+    job.stream = stream && fr_want_stream(x, out, (size_t)n * itemsize);
+    fr_run_tiles(&job, (size_t)n, fr_head(out, itemsize, (size_t)n), FR_TILE, fn);
+    return FR_OK;
+}
+
+int fr_dropout_f32(const float *x, uint64_t seed, uint64_t offset, uint32_t threshold,
+                   float scale, float *out, int64_t n)
+{
+    return fr_dropout_run(x, seed, offset, threshold, scale, 0, out, n, sizeof *out, 1,
+                          fr_dropout_f32_tile);
+}
+
+int fr_dropout_f64(const double *x, uint64_t seed, uint64_t offset, uint32_t threshold,
+                   double scale, double *out, int64_t n)
+{
+    return fr_dropout_run(x, seed, offset, threshold, 0, scale, out, n, sizeof *out, 1,
+                          fr_dropout_f64_tile);
+}
+
+/* 16-bit x and out (uint16 bits of kind FR_HALF_F16 / FR_HALF_BF16): the float32 loop between
+ * a widening load and a rounding store, so the bits of fr_widen_half, fr_dropout_f32 and
+ * fr_narrow_half in one pass (same mask: element i still uses word offset + i). */
+int fr_dropout_half(const uint16_t *x, int kind, uint64_t seed, uint64_t offset,
+                    uint32_t threshold, float scale, uint16_t *out, int64_t n)
+{
+    if (kind != FR_HALF_F16 && kind != FR_HALF_BF16)
+        return FR_ERR_UNSUPPORTED;
+    return fr_dropout_run(x, seed, offset, threshold, scale, 0, out, n, sizeof *out, 0,
+                          kind == FR_HALF_BF16 ? fr_dropout_bf16_tile : fr_dropout_f16_tile);
+}
 
 /* ------------------------------------------------------------------ dropout_mask */
 

@@ -60,6 +60,10 @@ int fr_dropout_f32(const float *x, uint64_t seed, uint64_t offset, uint32_t thre
                    float scale, float *out, int64_t n);
 int fr_dropout_f64(const double *x, uint64_t seed, uint64_t offset, uint32_t threshold,
                    double scale, double *out, int64_t n);
+/* The same on 16-bit x and out (uint16 bits, kind 0 float16 / 1 bfloat16, csrc/half.h): the
+ * float32 result on the widened x, rounded to nearest even, in one pass */
+int fr_dropout_half(const uint16_t *x, int kind, uint64_t seed, uint64_t offset,
+                    uint32_t threshold, float scale, uint16_t *out, int64_t n);
 
 /* out[i] = w[offset + i] >= threshold (1 kept, 0 dropped), one byte each */
 int fr_dropout_mask(uint64_t seed, uint64_t offset, uint32_t threshold, uint8_t *out, int64_t n);
@@ -126,6 +130,17 @@ int fr_adam_step_f32(float *p, const float *g, float *m, float *v, float *vmax, 
 int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *vmax, double wd,
                      double decay, double omb1, double beta2, double omb2, double eps,
                      double step_size, double bc2_sqrt, double gscale, int64_t n);
+
+/* 16-bit parameters and / or gradients (uint16 bits; kinds 0 float16, 1 bfloat16, 2 float32,
+ * csrc/half.h), float32 math and float32 state (buf, m, v, vmax): the float32 step, with each
+ * 16-bit array read (and the parameter written, rounded to nearest even) once.  Kinds: one
+ * 16-bit type, or float32 with one 16-bit type (else FR_ERR_UNSUPPORTED). */
+int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, float lr,
+                     float wd, float decay, float momentum, float damp1, int nesterov, int first,
+                     float l1t, float gscale, int64_t n);
+int fr_adam_step_half(void *p, int pkind, const void *g, int gkind, float *m, float *v,
+                      float *vmax, float wd, float decay, float omb1, float beta2, float omb2,
+                      float eps, float step_size, float bc2_sqrt, float gscale, int64_t n);
 
 /* ------------------------------------------------------------------ batch norm (csrc/batchnorm.c)
  * x, y, gy, residual, out, gx, gres: (A, C, B) contiguous, channel c = x[:, c, :]; per-channel

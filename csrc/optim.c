@@ -6,7 +6,11 @@
  * square root one IEEE operation in the array's dtype in the reference's order (-ffp-contract=off,
  * no fast-math; sqrtf for float), so results match the reference bit for bit.
  *
- * Each step is written once, as a macro instantiated for float (f32) and double (f64).  The
+ * Each step is written once, as a macro instantiated for float (f32) and double (f64), and for
+ * 16-bit parameters and / or gradients with float32 math and float32 state (csrc/half.h's
+ * fr_load_* / fr_store_*: the 16-bit arrays are read and written once, every operation between
+ * is the float32 kernel's, the parameter is rounded to nearest even on store; bit for bit the
+ * result of widening to float32, the float32 step and rounding, fastreg/_half.py).  The
  * reference's per-call branches (weight decay, momentum state, Nesterov, decoupled decay, L1
  * prox, AMSGrad) are compile-time constants of separate instances of the element loop, chosen
  * from a table at each call, so every instance is a branch-free vectorized loop.
@@ -17,6 +21,7 @@
 
 #include "fastreg.h"
 #include "elementwise.h"
+#include "half.h"
 
 /* sqrt in the element type: sqrtf for float, sqrt for double (both correctly rounded). */
 #define FR_SQRT_f32 sqrtf
@@ -27,11 +32,14 @@
 /* WD: d = g + wd * p.  MOM: 0 no momentum buffer, 1 first step (buf = d), 2 later steps
  * (buf = momentum * buf + damp1 * d).  NEST: d = d + momentum * buf, else d = buf.
  * DEC: p = p * decay.  L1: p = soft(p, l1t) * 1.  The gradient is first g * gscale (gradient
- * clipping's factor), or g itself when gscale == 1 (a select, as the reference skips it). */
-#define FR_DEFINE_SGD(SUF, T)                                                                  \
+ * clipping's factor), or g itself when gscale == 1 (a select, as the reference skips it).
+ * An instance SUF: math and state type T (helper suffix MS: f32 / f64), parameters stored as
+ * P and gradients as G (csrc/half.h tags: f32, f64, f16, bf16). */
+#define FR_DEFINE_SGD(SUF, T, MS, P, G)                                                        \
     typedef struct {                                                                           \
-        T *p, *buf;                                                                            \
-        const T *g;                                                                            \
+        FR_ELEM_##P *p;                                                                        \
+        T *buf;                                                                                \
+        const FR_ELEM_##G *g;                                                                  \
         T lr, wd, decay, momentum, damp1, l1t, gscale;                                         \
     } fr_sgd_args_##SUF;                                                                       \
                                                                                                \
@@ -40,8 +48,9 @@
                                         const int L1)                                          \
     {                                                                                          \
         const fr_sgd_args_##SUF *a = (const fr_sgd_args_##SUF *)args;                          \
-        T *p = a->p + lo, *buf = MOM ? a->buf + lo : NULL;                                     \
-        const T *g = a->g + lo;                                                                \
+        FR_ELEM_##P *p = a->p + lo;                                                            \
+        T *buf = MOM ? a->buf + lo : NULL;                                                     \
+        const FR_ELEM_##G *g = a->g + lo;                                                      \
         const T lr = a->lr, wd = a->wd, decay = a->decay, momentum = a->momentum;              \
         const T damp1 = a->damp1, l1t = a->l1t, nl1t = -a->l1t, one = 1;                       \
         const T gscale = a->gscale;                                                            \
@@ -49,8 +58,8 @@
         const size_t len = hi - lo;                                                            \
         _Pragma("omp simd")                                                                    \
         for (size_t i = 0; i < len; i++) {                                                     \
-            T pi = p[i];                                                                       \
-            T gi = fr_sel_##SUF(gs, g[i] * gscale, g[i]);                                      \
+            T pi = fr_load_##P(p, i), g0 = fr_load_##G(g, i);                                  \
+            T gi = fr_sel_##MS(gs, g0 * gscale, g0);                                           \
             T d = WD ? gi + wd * pi : gi;                                                      \
             if (MOM) {                                                                         \
                 T b = MOM == 1 ? d : momentum * buf[i] + damp1 * d;                            \
@@ -61,14 +70,15 @@
                 pi = pi * decay;                                                               \
             pi = pi - lr * d;                                                                  \
             if (L1)                                                                            \
-                pi = fr_soft_##SUF(pi, l1t, nl1t) * one;                                       \
-            p[i] = pi;                                                                         \
+                pi = fr_soft_##MS(pi, l1t, nl1t) * one;                                        \
+            fr_store_##P(p, i, pi);                                                            \
         }                                                                                      \
     }                                                                                          \
     FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                \
                                                                                                \
-    int fr_sgd_step_##SUF(T *p, const T *g, T *buf, T lr, T wd, T decay, T momentum, T damp1,  \
-                          int nesterov, int first, T l1t, T gscale, int64_t n)                 \
+    static int fr_sgd_run_##SUF(void *p, const void *g, T *buf, T lr, T wd, T decay,           \
+                                T momentum, T damp1, int nesterov, int first, T l1t, T gscale, \
+                                int64_t n)                                                     \
     {                                                                                          \
         static const fr_ew_kernel kernels[] = {FR_SGD_VARIANTS(FR_SGD_TABLE_ENTRY, SUF)};      \
         if (n < 0)                                                                             \
@@ -78,7 +88,8 @@
         /* the reference's branches; momentum == 0 is told by buf == NULL */                   \
         int wdf = wd != 0, mom = buf == NULL ? 0 : first ? 1 : 2;                              \
         int nest = mom && nesterov, dec = decay != 1, l1 = l1t != 0;                           \
-        fr_sgd_args_##SUF args = {p, buf, g, lr, wd, decay, momentum, damp1, l1t, gscale};     \
+        fr_sgd_args_##SUF args = {(FR_ELEM_##P *)p, buf, (const FR_ELEM_##G *)g, lr, wd,       \
+                                  decay, momentum, damp1, l1t, gscale};                        \
         size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                           \
         return FR_OK;                                                                          \
@@ -99,18 +110,58 @@
                     ((void)dst, fr_sgd_##S##_elems(args, lo, hi, W, M, N, D, L)))
 #define FR_SGD_TABLE_ENTRY(S, W, M, N, D, L) FR_EW_KERNEL(FR_SGD_NAME(S, W, M, N, D, L)),
 
-FR_DEFINE_SGD(f32, float)
-FR_DEFINE_SGD(f64, double)
+/* The exported step of one dtype (float32, float64) */
+#define FR_SGD_EXPORT(SUF, T)                                                                 \
+    int fr_sgd_step_##SUF(T *p, const T *g, T *buf, T lr, T wd, T decay, T momentum, T damp1, \
+                          int nesterov, int first, T l1t, T gscale, int64_t n)                \
+    {                                                                                         \
+        return fr_sgd_run_##SUF(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first,   \
+                                l1t, gscale, n);                                              \
+    }
+
+FR_DEFINE_SGD(f32, float, f32, f32, f32)
+FR_DEFINE_SGD(f64, double, f64, f64, f64)
+FR_SGD_EXPORT(f32, float)
+FR_SGD_EXPORT(f64, double)
+/* 16-bit: parameter / gradient stored as float16, bfloat16 or float32, never two 16-bit types */
+FR_DEFINE_SGD(f16f16, float, f32, f16, f16)
+FR_DEFINE_SGD(f16f32, float, f32, f16, f32)
+FR_DEFINE_SGD(f32f16, float, f32, f32, f16)
+FR_DEFINE_SGD(bf16bf16, float, f32, bf16, bf16)
+FR_DEFINE_SGD(bf16f32, float, f32, bf16, f32)
+FR_DEFINE_SGD(f32bf16, float, f32, f32, bf16)
+
+typedef int fr_sgd_run_fn(void *p, const void *g, float *buf, float lr, float wd, float decay,
+                          float momentum, float damp1, int nesterov, int first, float l1t,
+                          float gscale, int64_t n);
+
+/* [parameter kind][gradient kind] (FR_HALF_F16, FR_HALF_BF16, FR_HALF_F32); NULL: refused */
+static fr_sgd_run_fn *const fr_sgd_half_runs[3][3] = {
+    {fr_sgd_run_f16f16, NULL, fr_sgd_run_f16f32},
+    {NULL, fr_sgd_run_bf16bf16, fr_sgd_run_bf16f32},
+    {fr_sgd_run_f32f16, fr_sgd_run_f32bf16, fr_sgd_run_f32},
+};
+
+int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, float lr,
+                     float wd, float decay, float momentum, float damp1, int nesterov, int first,
+                     float l1t, float gscale, int64_t n)
+{
+    if (pkind < 0 || pkind > 2 || gkind < 0 || gkind > 2 || !fr_sgd_half_runs[pkind][gkind])
+        return FR_ERR_UNSUPPORTED;
+    return fr_sgd_half_runs[pkind][gkind](p, g, buf, lr, wd, decay, momentum, damp1, nesterov,
+                                          first, l1t, gscale, n);
+}
 
 /* ------------------------------------------------------------------ Adam / AdamW */
 
 /* g = g * gscale (g itself when gscale == 1).  WD: g = g + wd * p.  DEC: p = p * decay.
  * AMS: vmax = max(vmax, v), NaN-propagating as np.maximum (vmax if vmax > v or vmax is NaN,
- * else v), and vmax replaces v in the denominator. */
-#define FR_DEFINE_ADAM(SUF, T)                                                                  \
+ * else v), and vmax replaces v in the denominator.  SUF, T, MS, P, G: as for SGD. */
+#define FR_DEFINE_ADAM(SUF, T, MS, P, G)                                                        \
     typedef struct {                                                                            \
-        T *p, *m, *v, *vmax;                                                                    \
-        const T *g;                                                                             \
+        FR_ELEM_##P *p;                                                                         \
+        T *m, *v, *vmax;                                                                        \
+        const FR_ELEM_##G *g;                                                                   \
         T wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale;                       \
     } fr_adam_args_##SUF;                                                                       \
                                                                                                 \
@@ -118,8 +169,9 @@ FR_DEFINE_SGD(f64, double)
                                          const int DEC, const int AMS)                          \
     {                                                                                           \
         const fr_adam_args_##SUF *a = (const fr_adam_args_##SUF *)args;                         \
-        T *p = a->p + lo, *m = a->m + lo, *v = a->v + lo, *vmax = AMS ? a->vmax + lo : NULL;    \
-        const T *g = a->g + lo;                                                                 \
+        FR_ELEM_##P *p = a->p + lo;                                                             \
+        T *m = a->m + lo, *v = a->v + lo, *vmax = AMS ? a->vmax + lo : NULL;                    \
+        const FR_ELEM_##G *g = a->g + lo;                                                       \
         const T wd = a->wd, decay = a->decay, omb1 = a->omb1, beta2 = a->beta2;                 \
         const T omb2 = a->omb2, eps = a->eps, step_size = a->step_size;                         \
         const T bc2_sqrt = a->bc2_sqrt;                                                         \
@@ -128,7 +180,8 @@ FR_DEFINE_SGD(f64, double)
         const size_t len = hi - lo;                                                             \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < len; i++) {                                                      \
-            T pi = p[i], gi = fr_sel_##SUF(gs, g[i] * gscale, g[i]);                            \
+            T pi = fr_load_##P(p, i), g0 = fr_load_##G(g, i);                                   \
+            T gi = fr_sel_##MS(gs, g0 * gscale, g0);                                            \
             if (WD)                                                                             \
                 gi = gi + wd * pi;                                                              \
             if (DEC)                                                                            \
@@ -140,26 +193,26 @@ FR_DEFINE_SGD(f64, double)
             T second = vi;                                                                      \
             if (AMS) {                                                                          \
                 T vm = vmax[i];                                                                 \
-                second = fr_sel_##SUF((vm > vi) | (vm != vm), vm, vi);                          \
+                second = fr_sel_##MS((vm > vi) | (vm != vm), vm, vi);                           \
                 vmax[i] = second;                                                               \
             }                                                                                   \
-            T denom = FR_SQRT_##SUF(second) / bc2_sqrt + eps;                                   \
-            p[i] = pi - step_size * (mi / denom);                                               \
+            T denom = FR_SQRT_##MS(second) / bc2_sqrt + eps;                                    \
+            fr_store_##P(p, i, pi - step_size * (mi / denom));                                  \
         }                                                                                       \
     }                                                                                           \
     FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                               \
                                                                                                 \
-    int fr_adam_step_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T wd, T decay, T omb1,        \
-                           T beta2, T omb2, T eps, T step_size, T bc2_sqrt, T gscale,           \
-                           int64_t n)                                                           \
+    static int fr_adam_run_##SUF(void *p, const void *g, T *m, T *v, T *vmax, T wd, T decay,    \
+                                 T omb1, T beta2, T omb2, T eps, T step_size, T bc2_sqrt,       \
+                                 T gscale, int64_t n)                                           \
     {                                                                                           \
         static const fr_ew_kernel kernels[] = {FR_ADAM_VARIANTS(FR_ADAM_TABLE_ENTRY, SUF)};     \
         if (n < 0)                                                                              \
             return FR_ERR_SIZE;                                                                 \
         if (!p || !g || !m || !v)                                                               \
             return FR_ERR_NULL;                                                                 \
-        fr_adam_args_##SUF args = {p, m, v, vmax, g, wd, decay, omb1, beta2, omb2, eps,         \
-                                   step_size, bc2_sqrt, gscale};                                \
+        fr_adam_args_##SUF args = {(FR_ELEM_##P *)p, m, v, vmax, (const FR_ELEM_##G *)g, wd,    \
+                                   decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale}; \
         size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                            \
         return FR_OK;                                                                           \
@@ -174,5 +227,42 @@ FR_DEFINE_SGD(f64, double)
                     ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
 #define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL(FR_ADAM_NAME(S, W, D, A)),
 
-FR_DEFINE_ADAM(f32, float)
-FR_DEFINE_ADAM(f64, double)
+#define FR_ADAM_EXPORT(SUF, T)                                                                \
+    int fr_adam_step_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T wd, T decay, T omb1,      \
+                           T beta2, T omb2, T eps, T step_size, T bc2_sqrt, T gscale,         \
+                           int64_t n)                                                         \
+    {                                                                                         \
+        return fr_adam_run_##SUF(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps,         \
+                                 step_size, bc2_sqrt, gscale, n);                             \
+    }
+
+FR_DEFINE_ADAM(f32, float, f32, f32, f32)
+FR_DEFINE_ADAM(f64, double, f64, f64, f64)
+FR_ADAM_EXPORT(f32, float)
+FR_ADAM_EXPORT(f64, double)
+FR_DEFINE_ADAM(f16f16, float, f32, f16, f16)
+FR_DEFINE_ADAM(f16f32, float, f32, f16, f32)
+FR_DEFINE_ADAM(f32f16, float, f32, f32, f16)
+FR_DEFINE_ADAM(bf16bf16, float, f32, bf16, bf16)
+FR_DEFINE_ADAM(bf16f32, float, f32, bf16, f32)
+FR_DEFINE_ADAM(f32bf16, float, f32, f32, bf16)
+
+typedef int fr_adam_run_fn(void *p, const void *g, float *m, float *v, float *vmax, float wd,
+                           float decay, float omb1, float beta2, float omb2, float eps,
+                           float step_size, float bc2_sqrt, float gscale, int64_t n);
+
+static fr_adam_run_fn *const fr_adam_half_runs[3][3] = {
+    {fr_adam_run_f16f16, NULL, fr_adam_run_f16f32},
+    {NULL, fr_adam_run_bf16bf16, fr_adam_run_bf16f32},
+    {fr_adam_run_f32f16, fr_adam_run_f32bf16, fr_adam_run_f32},
+};
+
+int fr_adam_step_half(void *p, int pkind, const void *g, int gkind, float *m, float *v,
+                      float *vmax, float wd, float decay, float omb1, float beta2, float omb2,
+                      float eps, float step_size, float bc2_sqrt, float gscale, int64_t n)
+{
+    if (pkind < 0 || pkind > 2 || gkind < 0 || gkind > 2 || !fr_adam_half_runs[pkind][gkind])
+        return FR_ERR_UNSUPPORTED;
+    return fr_adam_half_runs[pkind][gkind](p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps,
+                                           step_size, bc2_sqrt, gscale, n);
+}

@@ -8,6 +8,11 @@ even: the reference's definition, bit for bit on every backend, and dropout mask
 float32 for the same (seed, offset). The cost is two extra passes over the data (the float32
 paths are untouched).
 
+Backend "c" also has fused 16-bit kernels for the hottest ops (``fused``: dropout, the SGD and
+Adam / AdamW steps): they read and write each 16-bit array once, converting in registers around
+the float32 kernel's own arithmetic (csrc/half.h), so they give the same bits in one pass. The
+numpy, cpu and cuda backends run the conversion passes.
+
 Kernels see 16-bit arrays as their uint16 bits only: Numba has no bfloat16, NumPy needs
 ml_dtypes for it, and device arrays may not declare it.
 """
@@ -66,6 +71,26 @@ def as_dtype(r, dtype):
         import torch
         return r.view(torch.float16 if dtype == _arrays.FLOAT16 else torch.bfloat16)
     return r.view(dtype)
+
+
+def fused(job, name):
+    """``job``'s backend's fused 16-bit kernel ``name`` (``dropout_half``, ``sgd_step_half``,
+    ``adam_step_half``: see fastreg/c/dropout.py and fastreg/c/optim.py), or None where the
+    backend has none and the op runs between conversion passes."""
+    return getattr(job.mod, name, None)
+
+
+def elementwise_fused(job, x, out, dtype, fn):
+    """A 16-bit op ``x -> result`` run by a fused kernel: ``fn(xb, res)`` reads the uint16 bits
+    ``xb`` (1-D, non-empty) and writes the result's bits into ``res`` (1-D; the same memory as
+    ``xb`` when working in place); ``out`` as in ``elementwise``."""
+    xb = bits(job, x)
+    ob = out_bits(job, out)
+    res = job.target(ob, xb.shape, np.uint16)
+    if xb.size:
+        fn(flat(xb), flat(res))
+    r = job.finish(res, ob)
+    return out if out is not None else as_dtype(r, dtype)
 
 
 def elementwise(job, x, out, dtype, fn):

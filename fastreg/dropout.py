@@ -169,6 +169,11 @@ def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backwar
 
 
 def _elementwise_half(job, xa, out_arr, dtype, seed, offset, t, scale):
+    fused = _half.fused(job, "dropout_half")
+    if fused is not None and t < _TWO32:  # one pass, the same bits (fastreg/_half.py)
+        kind = _arrays.half_kind(dtype)
+        return _half.elementwise_fused(
+            job, xa, out_arr, dtype, lambda xb, res: fused(xb, kind, seed, offset, t, scale, res))
     return _half.elementwise(job, xa, out_arr, dtype,
                              lambda x32: _dropout_kernels(job, x32, seed, offset, t, scale, x32))
 

@@ -35,6 +35,8 @@ from ._scalars import typed
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
+_F32 = np.dtype(np.float32)
+
 
 def _check_beta(b, name):
     if type(b) is float and 0.0 <= b < 1.0:
@@ -77,6 +79,10 @@ class _Optimizer:
         self._device = device
         self._job = Job(_registry.resolve(backend, *self.params), host_input=not device)
         self.backend = self._job.backend
+        # the backend's fused 16-bit steps (16-bit arrays read and written once, float32 math
+        # in registers; fastreg._half.fused), or None: conversion passes around the step
+        self._fused = {name: _half.fused(self._job, f"{name}_half")
+                       for name in ("sgd_step", "adam_step")}
         self.lr = lr
         self.weight_decay = weight_decay
         self._check_hyper()
@@ -99,12 +105,18 @@ class _Optimizer:
         return mask
 
     def _check_grads(self, grads):
+        """The kernel-ready gradients (flat, contiguous) and, per gradient, its 16-bit kind
+        where it stays 16-bit (its uint16 bits, for a fused step) or None: 16-bit gradients are
+        widened to float32 unless the backend has fused steps and neither check_finite nor
+        max_grad_norm reads them (those read float32)."""
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"step() got {len(grads)} gradients for {len(self.params)} "
                              "parameters")
-        ready = []
+        ready, kinds = [], [None] * len(grads)
         host = not self._device
+        keep16 = (self._fused["sgd_step"] is not None and not self.check_finite
+                  and self.max_grad_norm is None)
         for i, (p, g) in enumerate(zip(self.params, grads)):
             if host and type(g) is np.ndarray and g.dtype == p.dtype \
                     and self._kinds[i] is None:  # self.params holds plain host ndarrays
@@ -118,7 +130,10 @@ class _Optimizer:
             ga = _arrays.describe(g, name)
             self._mismatch(i, ga, _arrays.describe(p, "p"))
             gin = g if self._device else ga
-            if _arrays.is_half(ga.dtype):  # float32 math: the exact float32 values
+            if _arrays.is_half(ga.dtype) and keep16:  # read by the fused step
+                kinds[i] = _arrays.half_kind(ga.dtype)
+                ready.append(flat(_half.bits(self._job, gin)))
+            elif _arrays.is_half(ga.dtype):  # float32 math: the exact float32 values
                 ready.append(flat(_half.widen(self._job, gin, _arrays.half_kind(ga.dtype))))
             else:
                 ready.append(flat(self._job.contig(gin)))
@@ -128,7 +143,7 @@ class _Optimizer:
                 if g.size and not finite(g):
                     raise FloatingPointError(f"grads[{i}] holds NaN or inf: no parameter was "
                                              "changed (check_finite=True)")
-        return ready
+        return ready, kinds
 
     @staticmethod
     def _mismatch(i, ga, pa):
@@ -176,19 +191,23 @@ class _Optimizer:
             or state changes.
         """
         self._check_hyper()
-        ready = self._check_grads(grads)
+        ready, gkinds = self._check_grads(grads)
         self._gscale = self._clip_factor(ready)
         self.step_count += 1
-        for i, (p, g) in enumerate(zip(self.params, ready)):
+        fused = self._fused["sgd_step"] is not None
+        for i, (p, g, gkind) in enumerate(zip(self.params, ready, gkinds)):
             if not g.size:
                 continue
             kind = self._kinds[i]
-            if kind is not None:  # float32 math on the widened parameter, rounded back
+            if kind is None and gkind is None:
+                self._update(i, flat(p), g)
+            elif fused:  # one pass: 16-bit arrays converted in registers, float32 math
+                pb = flat(_half.bits(self._job, p)) if kind is not None else flat(p)
+                self._update(i, pb, g, (kind, gkind))
+            else:  # float32 math on the widened parameter, rounded back
                 p32 = _half.widen(self._job, p, kind)
                 self._update(i, flat(p32), g)
                 _half.store(self._job, p32, kind, p)
-            else:
-                self._update(i, flat(p), g)
 
     def _check_hyper(self):
         """Validate (and normalize) the hyper-parameters; step() calls it before any change, so
@@ -367,8 +386,11 @@ class SGD(_Optimizer):
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
 
-    def _update(self, i, p, g):
-        t = partial(typed, p.dtype)   # the kernels' scalars, cached (fastreg/_scalars.py)
+    def _update(self, i, p, g, kinds=None):
+        """One step of parameter i: p, g flat; kinds None (p and g of one dtype) or the
+        (parameter, gradient) 16-bit kinds of the fused step (None: float32)."""
+        # the kernels' scalars, cached (fastreg/_scalars.py): float32 math for 16-bit steps
+        t = partial(typed, p.dtype if kinds is None else _F32)
         decayed = self.decay_mask[i]
         wd = self.weight_decay if decayed else 0.0
         buf = None
@@ -378,11 +400,14 @@ class SGD(_Optimizer):
             if buf is None:
                 buf = self.state["momentum_buffer"][i] = self._zeros_like(self.params[i])
                 first = True
-        self._job.op("sgd_step")(
-            p, g, buf, t(self.lr), t(0.0 if self.decoupled else wd),
-            t(1.0 - self.lr * wd if self.decoupled else 1.0), t(self.momentum),
-            t(1.0 - self.dampening), self.nesterov, first,
-            t(self.lr * self.l1 if decayed else 0.0), t(self._gscale))
+        args = (buf, t(self.lr), t(0.0 if self.decoupled else wd),
+                t(1.0 - self.lr * wd if self.decoupled else 1.0), t(self.momentum),
+                t(1.0 - self.dampening), self.nesterov, first,
+                t(self.lr * self.l1 if decayed else 0.0), t(self._gscale))
+        if kinds is None:
+            self._job.op("sgd_step")(p, g, *args)
+        else:
+            self._fused["sgd_step"](p, kinds[0], g, kinds[1], *args)
 
 
 class Adam(_Optimizer):
@@ -449,8 +474,9 @@ class Adam(_Optimizer):
             if self.amsgrad and m is not None and state["max_exp_avg_sq"][i] is None:
                 raise ValueError(f"amsgrad=True but the state has no max_exp_avg_sq.{i}")
 
-    def _update(self, i, p, g):
-        t = partial(typed, p.dtype)   # the kernels' scalars, cached (fastreg/_scalars.py)
+    def _update(self, i, p, g, kinds=None):
+        """As SGD._update."""
+        t = partial(typed, p.dtype if kinds is None else _F32)
         wd = self.weight_decay if self.decay_mask[i] else 0.0
         state = self.state
         if state["exp_avg"][i] is None:
@@ -462,12 +488,15 @@ class Adam(_Optimizer):
         step = self.step_count
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        self._job.op("adam_step")(
-            p, g, state["exp_avg"][i], state["exp_avg_sq"][i],
-            state["max_exp_avg_sq"][i] if self.amsgrad else None,
-            t(0.0 if self._DECOUPLED else wd), t(1.0 - self.lr * wd if self._DECOUPLED else 1.0),
-            t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(self.eps), t(self.lr / bc1),
-            t(bc2_sqrt), t(self._gscale))
+        args = (state["exp_avg"][i], state["exp_avg_sq"][i],
+                state["max_exp_avg_sq"][i] if self.amsgrad else None,
+                t(0.0 if self._DECOUPLED else wd),
+                t(1.0 - self.lr * wd if self._DECOUPLED else 1.0), t(1.0 - beta1), t(beta2),
+                t(1.0 - beta2), t(self.eps), t(self.lr / bc1), t(bc2_sqrt), t(self._gscale))
+        if kinds is None:
+            self._job.op("adam_step")(p, g, *args)
+        else:
+            self._fused["adam_step"](p, kinds[0], g, kinds[1], *args)
 
 
 class AdamW(Adam):

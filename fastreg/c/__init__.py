@@ -123,3 +123,6 @@ from .loss import ce_hard, ce_soft  # noqa: E402
 
 __all__ += ["ce_hard", "ce_soft"]
 from .half import float32_to_half, half_to_float32  # noqa: E402
+# fused 16-bit kernels (fastreg._half.fused): this backend only
+from .dropout import dropout_half  # noqa: E402,F401
+from .optim import adam_step_half, sgd_step_half  # noqa: E402,F401

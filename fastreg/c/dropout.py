@@ -10,6 +10,7 @@ from .penalty import _scalar
 from .philox import _call_out, _in, _out
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_F32 = np.dtype(np.float32)
 
 
 def _kernel(dtype, name):
@@ -32,6 +33,26 @@ def dropout(x, seed, offset, threshold, scale, out):
         return
     xp = _in(ctype, x)
     _call_out(out, lambda o: _check(fn(xp, seed, offset, threshold, s, _out(ctype, o), n), name))
+
+
+def dropout_half(x, kind, seed, offset, threshold, scale, out):
+    """``dropout`` on 16-bit x and out (uint16 bits of kind 0 float16 / 1 bfloat16, 1-D; out may
+    be x), float32 scale: the float32 result on the widened x rounded to nearest even, in one
+    pass (csrc/dropout.c fr_dropout_half); bit for bit the conversion passes of fastreg._half
+    around ``dropout``."""
+    n = x.size
+    if n == 0:
+        return
+    s = _scalar(_F32, scale)
+    _plan(n, "random")
+    if out is x and x.flags.aligned:
+        p = _out("uint16_t", x)
+        _check(lib.fr_dropout_half(p, kind, seed, offset, threshold, s, p, n), "fr_dropout_half")
+        return
+    xp = _in("uint16_t", x)
+    _call_out(out, lambda o: _check(lib.fr_dropout_half(xp, kind, seed, offset, threshold, s,
+                                                        _out("uint16_t", o), n),
+                                    "fr_dropout_half"))
 
 
 def dropout_mask(seed, offset, threshold, out):

@@ -3,9 +3,18 @@
 Same names, signatures and results (bit for bit) as fastreg.reference.optim: one fused pass
 over the arrays, in place on ``p`` and the state arrays.  ``buf`` / ``vmax`` may be None (no
 momentum / no AMSGrad); float scalars are of the arrays' dtype, bools Python bools.
+
+``sgd_step_half`` / ``adam_step_half``: the same steps with a 16-bit parameter and / or gradient
+(float32 math and float32 state), each 16-bit array read, and the parameter written, once
+(fastreg._half.fused).
 """
-from . import _check, _plan
+import numpy as np
+
+from . import _check, _plan, lib
 from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
+
+_F32 = np.dtype(np.float32)
+_KIND_F32 = 2   # csrc/half.h FR_HALF_F32: the float32 operand of a mixed-precision step
 
 # An optimizer step does several times the arithmetic of a penalty gradient per element: its
 # work counts double against the "elementwise" grain (measured, see fastreg._threads.GRAIN).
@@ -47,6 +56,58 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
               _scalar(dt, decay), _scalar(dt, omb1), _scalar(dt, beta2), _scalar(dt, omb2),
               _scalar(dt, eps), _scalar(dt, step_size), _scalar(dt, bc2_sqrt),
               _scalar(dt, gscale), n), name)
+    for original, used in ((p, pa), (m, ma), (v, va), (vmax, xa)):
+        if original is not None:
+            _write_back(original, used)
+
+
+def _operand(a, kind, writable=False):
+    """(C pointer, C kind) of a step operand: uint16 bits of 16-bit kind ``kind`` (0 float16,
+    1 bfloat16), or a float32 array when ``kind`` is None."""
+    if kind is None:
+        return _ptr("float", a, writable), _KIND_F32
+    return _ptr("uint16_t", a, writable), kind
+
+
+def sgd_step_half(p, pkind, g, gkind, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t,
+                  gscale=1):
+    """``sgd_step`` with p and / or g 16-bit (uint16 bits of kind pkind / gkind; None: a float32
+    array; not both None, never two 16-bit kinds), float32 buf and scalars: the float32 step on
+    the widened values, p rounded to nearest even; bit for bit the conversion passes around
+    ``sgd_step``, in one pass."""
+    n = p.size
+    if n == 0:
+        return
+    _plan(OPTIM_WEIGHT * n, "elementwise")
+    pa, ba = _aligned(p), _aligned(buf)
+    pp, pk = _operand(pa, pkind, True)
+    gp, gk = _operand(_aligned(g), gkind)
+    f = _F32
+    _check(lib.fr_sgd_step_half(pp, pk, gp, gk, _ptr("float", ba, True), _scalar(f, lr),
+                                _scalar(f, wd), _scalar(f, decay), _scalar(f, momentum),
+                                _scalar(f, damp1), int(bool(nesterov)), int(bool(first)),
+                                _scalar(f, l1t), _scalar(f, gscale), n), "fr_sgd_step_half")
+    _write_back(p, pa)
+    if buf is not None:
+        _write_back(buf, ba)
+
+
+def adam_step_half(p, pkind, g, gkind, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
+                   bc2_sqrt, gscale=1):
+    """``adam_step`` with p and / or g 16-bit, as ``sgd_step_half`` (float32 m, v, vmax)."""
+    n = p.size
+    if n == 0:
+        return
+    _plan(OPTIM_WEIGHT * n, "elementwise")
+    pa, ma, va, xa = _aligned(p), _aligned(m), _aligned(v), _aligned(vmax)
+    pp, pk = _operand(pa, pkind, True)
+    gp, gk = _operand(_aligned(g), gkind)
+    f = _F32
+    _check(lib.fr_adam_step_half(pp, pk, gp, gk, _ptr("float", ma, True), _ptr("float", va, True),
+                                 _ptr("float", xa, True), _scalar(f, wd), _scalar(f, decay),
+                                 _scalar(f, omb1), _scalar(f, beta2), _scalar(f, omb2),
+                                 _scalar(f, eps), _scalar(f, step_size), _scalar(f, bc2_sqrt),
+                                 _scalar(f, gscale), n), "fr_adam_step_half")
     for original, used in ((p, pa), (m, ma), (v, va), (vmax, xa)):
         if original is not None:
             _write_back(original, used)

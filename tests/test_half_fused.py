@@ -1,0 +1,342 @@
+"""The C backend's fused 16-bit kernels (dropout, SGD and Adam / AdamW steps), bit for bit.
+
+They read and write their 16-bit arrays once, converting in registers around the float32
+kernel's arithmetic (csrc/half.h). Their definition is the conversion passes' result: widen to
+float32, run the float32 op of the NumPy reference, round to nearest even (fastreg/reference/
+half.py). Checked on every 16-bit bit pattern (NaN payloads, infinities, subnormals), on sizes
+around the SIMD widths and tile boundaries, on every instruction set this CPU has, with 1 and 2
+threads, and through the public API against the cpu backend (which runs the conversion passes).
+"""
+import numpy as np
+import pytest
+
+import fastreg
+from fastreg import _registry, _threads, optim
+from fastreg.reference.half import round_half
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+if fastreg.available_backends()["c"] is not None:
+    pytest.skip("backend 'c' unavailable", allow_module_level=True)
+import fastreg.c as fc  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+F32 = np.dtype(np.float32)
+HALVES = [F16, BF16]
+REF = _registry.module("numpy")
+SEED = 0x0123456789ABCDEF
+# around 8 / 16 / 32 lanes, 64-byte lines and the 2048-word dropout tile
+SIZES = [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1000, 2047, 2048, 2049, 4099]
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                                        "ignore:invalid value encountered:RuntimeWarning")
+
+
+def kind(dtype):
+    return None if dtype == F32 else (0 if dtype == F16 else 1)
+
+
+def all_patterns(dtype):
+    """Every 16-bit value of dtype (NaNs with every payload, infinities, subnormals, -0)."""
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(dtype)
+
+
+def values(n, dtype, seed=0):
+    """n values of dtype: normal ones with the special values and every pattern's neighbours
+    cycled in."""
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal(n) * 3).astype(np.float32).astype(dtype)
+    pats = all_patterns(dtype) if dtype != F32 else \
+        np.array([np.nan, np.inf, -np.inf, -0.0, 1e-42, 3e38], np.float32)
+    k = min(n // 3, pats.size)
+    if k:
+        x[r.choice(n, k, replace=False)] = r.choice(pats, k, replace=False)
+    return x
+
+
+def bits(a):
+    a = np.asarray(a)
+    return a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint32)
+
+
+def assert_step_result(got, conv, ref):
+    """got (a fused step's array) has the bits of conv (the conversion passes around the C
+    float32 step), and those of the reference wherever the reference's value is not NaN: where
+    a NaN parameter meets a NaN gradient (``g + wd * p``) the payload that survives depends on
+    the operand order the compiler picked (IEEE 754 leaves it open), in the float32 step too."""
+    np.testing.assert_array_equal(bits(got), bits(conv))
+    nan = np.isnan(np.asarray(ref, np.float32))
+    np.testing.assert_array_equal(np.isnan(np.asarray(got, np.float32)), nan)
+    np.testing.assert_array_equal(bits(got)[~nan], bits(ref)[~nan])
+
+
+def widen(a, dtype):
+    """A float32 copy of a (backend c's conversion pass for 16-bit a)."""
+    if dtype == F32:
+        return a.copy()
+    out = np.empty(a.size, np.float32)
+    fc.half_to_float32(a.view(np.uint16), kind(dtype), out)
+    return out
+
+
+def narrow(a32, dtype):
+    """float32 a32 rounded to dtype (backend c's conversion pass)."""
+    if dtype == F32:
+        return a32
+    out = np.empty(a32.size, np.uint16)
+    fc.float32_to_half(a32, kind(dtype), out)
+    return out.view(dtype)
+
+
+@pytest.fixture(params=["portable", "avx2", "avx512"])
+def isa(request):
+    has = {"portable": True, "avx2": fc.has_avx2(), "avx512": fc.has_avx512()}
+    if not has[request.param]:
+        pytest.skip(f"this CPU has no {request.param}")
+    previous = fc.set_isa(request.param)
+    yield request.param
+    fc.set_isa(previous)
+
+
+@pytest.fixture(params=[1, 2], ids=["serial", "2threads"])
+def nthreads(request, monkeypatch):
+    """1 thread, or 2 from tiny sizes on (grains shrunk): the parallel tiles and their seams."""
+    if request.param == 2:
+        monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)
+        monkeypatch.setitem(_threads.GRAIN, "random", 16)
+    with _threads.threads(request.param):
+        yield request.param
+
+
+# --- dropout ----------------------------------------------------------------------------------
+
+def expected_dropout(x, seed, offset, t, scale, dtype):
+    x32 = x.astype(np.float32)
+    y32 = np.empty_like(x32)
+    REF.dropout(x32, seed, offset, t, np.float32(scale), y32)
+    return round_half(y32, dtype)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_dropout_half_every_pattern(isa, dtype):
+    x = all_patterns(dtype)
+    # scale 1 (inference, p = 0), 1 / 0.7, a power of two, and one that takes values into
+    # (16-bit) subnormals and overflow
+    for t, scale in [(0, 1.0), (1288490189, 1 / 0.7), (2**31, 2.0), (2**30, 0.3)]:
+        for offset in (0, 3, 2**64 - 65536):
+            got = np.empty(x.size, np.uint16)
+            fc.dropout_half(x.view(np.uint16), kind(dtype), SEED, offset, t, np.float32(scale),
+                            got)
+            exp = expected_dropout(x, SEED, offset, t, scale, dtype)
+            np.testing.assert_array_equal(got, bits(exp))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_dropout_half_sizes_alignment_in_place(isa, nthreads, dtype):
+    buf = values(5000, dtype)
+    for n in SIZES:
+        for start in (0, 1, 3):   # out's first 64-byte boundary moves (tile 0)
+            x = buf[start:start + n]
+            exp = expected_dropout(x, 7, 11, 1288490189, 1 / 0.7, dtype)
+            store = np.zeros(n + 8, np.uint16)
+            out = store[start:start + n]
+            fc.dropout_half(x.view(np.uint16), kind(dtype), 7, 11, 1288490189,
+                            np.float32(1 / 0.7), out)
+            np.testing.assert_array_equal(out, bits(exp))
+            xi = x.view(np.uint16).copy()
+            fc.dropout_half(xi, kind(dtype), 7, 11, 1288490189, np.float32(1 / 0.7), xi)
+            np.testing.assert_array_equal(xi, bits(exp))
+
+
+def test_dropout_half_refuses_unknown_kind():
+    x = np.zeros(4, np.uint16)
+    with pytest.raises(RuntimeError, match="fr_dropout_half failed with status 3"):
+        fc.dropout_half(x, 2, 1, 0, 0, 1.0, x.copy())
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 1.0])
+def test_dropout_public_c_equals_cpu_and_reference(nthreads, dtype, p):
+    for shape in [(0,), (1,), (33,), (3, 5, 7), (70, 130)]:
+        x = values(int(np.prod(shape)), dtype, seed=len(shape)).reshape(shape)
+        for fn, kw in [(fastreg.dropout, {}), (fastreg.dropout_backward, {}),
+                       (fastreg.dropout, dict(training=False, mode="classic")),
+                       (fastreg.dropout, dict(mode="classic"))]:
+            exp = round_half(fn(x.astype(np.float32), p, seed=SEED, offset=9, backend="numpy",
+                                **kw), dtype)
+            got = fn(x, p, seed=SEED, offset=9, backend="c", **kw)
+            cpu = fn(x, p, seed=SEED, offset=9, backend="cpu", **kw)
+            assert got.dtype == dtype and got.shape == shape
+            np.testing.assert_array_equal(bits(got), bits(exp))
+            np.testing.assert_array_equal(bits(got), bits(cpu))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_dropout_public_out_non_contiguous_and_in_place(dtype):
+    x = values(12 * 40, dtype).reshape(12, 40)
+    xs = x[:, 1::3]
+    exp = round_half(fastreg.dropout(xs.astype(np.float32), 0.3, seed=5, backend="numpy"), dtype)
+    before = x.copy()
+    np.testing.assert_array_equal(bits(fastreg.dropout(xs, 0.3, seed=5, backend="c")), bits(exp))
+    np.testing.assert_array_equal(bits(x), bits(before))           # the input is untouched
+    out = np.empty(xs.shape, dtype)
+    assert fastreg.dropout(xs, 0.3, seed=5, out=out, backend="c") is out
+    np.testing.assert_array_equal(bits(out), bits(exp))
+    big = np.zeros((12, 78), dtype)
+    fastreg.dropout(xs, 0.3, seed=5, out=big[:, ::6], backend="c")   # strided out
+    np.testing.assert_array_equal(bits(big[:, ::6]), bits(exp))
+    assert not big[:, 1::6].view(np.uint16).any()                    # nothing else written
+    xi = np.ascontiguousarray(xs)
+    assert fastreg.dropout(xi, 0.3, seed=5, out=xi, backend="c") is xi
+    np.testing.assert_array_equal(bits(xi), bits(exp))
+
+
+# --- optimizer steps: kernels -------------------------------------------------------------------
+
+PAIRS = [(F16, F16), (BF16, BF16), (F16, F32), (BF16, F32), (F32, F16), (F32, BF16)]
+
+
+def _arrays(n, pdt, gdt, seed, state_from):
+    r = np.random.default_rng(seed)
+    p, g = values(n, pdt, seed), values(n, gdt, seed + 1)
+    state = [np.abs(r.standard_normal(n)).astype(np.float32) * (k + 1) if state_from else
+             np.zeros(n, np.float32) for k in range(3)]
+    if state_from and n >= 8:
+        for s in state:
+            s[:3] = [np.nan, np.inf, 0.0]
+    return p, g, state
+
+
+def _sc(*xs):
+    return [np.float32(x) for x in xs]
+
+
+ADAM_CASES = [  # wd, decay, amsgrad, gscale
+    (0.0, 1.0, False, 1.0), (0.1, 1.0, False, 1.0), (0.0, 0.999, False, 0.5),
+    (0.1, 0.999, True, 1.0), (0.0, 1.0, True, 0.25),
+]
+
+
+@pytest.mark.parametrize("pdt,gdt", PAIRS, ids=lambda d: str(np.dtype(d)))
+def test_adam_step_half_kernel(isa, nthreads, pdt, gdt):
+    for n in SIZES[::2] + [4099]:
+        for ci, (wd, decay, ams, gscale) in enumerate(ADAM_CASES):
+            p, g, (m, v, vmax) = _arrays(n, pdt, gdt, n + ci, state_from=ci % 2)
+            scal = _sc(wd, decay, 0.1, 0.999, 0.001, 1e-8, 0.01 / 0.19, (1 - 0.999**3) ** 0.5,
+                       gscale)
+            # the definition: the float32 step on the widened values, p rounded
+            p32, g32 = p.astype(np.float32), g.astype(np.float32)
+            em, ev, ex = m.copy(), v.copy(), vmax.copy()
+            REF.adam_step(p32, g32, em, ev, ex if ams else None, *scal)
+            # the conversion passes around backend c's float32 step
+            cp, cm, cv, cx = widen(p, pdt), m.copy(), v.copy(), vmax.copy()
+            fc.adam_step(cp, widen(g, gdt), cm, cv, cx if ams else None, *scal)
+            pb = p.copy() if pdt == F32 else p.view(np.uint16).copy()
+            gb = g if gdt == F32 else g.view(np.uint16)
+            fc.adam_step_half(pb, kind(pdt), gb, kind(gdt), m, v, vmax if ams else None, *scal)
+            exp_p = p32 if pdt == F32 else round_half(p32, pdt)
+            assert_step_result(pb.view(pdt), narrow(cp, pdt), exp_p)
+            for got, conv, ref in ((m, cm, em), (v, cv, ev), (vmax, cx, ex)):
+                assert_step_result(got, conv, ref)
+
+
+SGD_CASES = [  # wd, decay, momentum (None: no buffer), damp1, nesterov, first, l1t, gscale
+    (0.0, 1.0, None, 1.0, False, False, 0.0, 1.0),
+    (0.01, 1.0, 0.9, 1.0, False, True, 0.0, 1.0),
+    (0.01, 1.0, 0.9, 0.9, False, False, 0.001, 0.5),
+    (0.0, 0.99, 0.9, 1.0, True, False, 0.0, 1.0),
+    (0.0, 0.99, 0.9, 1.0, True, True, 0.01, 0.25),
+    (0.1, 1.0, None, 1.0, False, False, 0.01, 1.0),
+]
+
+
+@pytest.mark.parametrize("pdt,gdt", PAIRS, ids=lambda d: str(np.dtype(d)))
+def test_sgd_step_half_kernel(isa, nthreads, pdt, gdt):
+    for n in SIZES[1::2] + [4099]:
+        for ci, (wd, decay, mom, damp1, nest, first, l1t, gscale) in enumerate(SGD_CASES):
+            p, g, (buf, _, _) = _arrays(n, pdt, gdt, n + ci, state_from=not first)
+            buf = None if mom is None else buf
+            scal = _sc(0.1, wd, decay, mom or 0.0, damp1)
+            tail = _sc(l1t, gscale)
+            p32, g32 = p.astype(np.float32), g.astype(np.float32)
+            eb = None if buf is None else buf.copy()
+            REF.sgd_step(p32, g32, eb, *scal, nest, first, *tail)
+            cp, cb = widen(p, pdt), None if buf is None else buf.copy()
+            fc.sgd_step(cp, widen(g, gdt), cb, *scal, nest, first, *tail)
+            pb = p.copy() if pdt == F32 else p.view(np.uint16).copy()
+            gb = g if gdt == F32 else g.view(np.uint16)
+            fc.sgd_step_half(pb, kind(pdt), gb, kind(gdt), buf, *scal, nest, first, *tail)
+            exp_p = p32 if pdt == F32 else round_half(p32, pdt)
+            assert_step_result(pb.view(pdt), narrow(cp, pdt), exp_p)
+            if buf is not None:
+                assert_step_result(buf, cb, eb)
+
+
+def test_step_half_refuses_two_16bit_kinds():
+    p, g, m = np.zeros(4, np.uint16), np.zeros(4, np.uint16), np.zeros(4, np.float32)
+    with pytest.raises(RuntimeError, match="status 3"):
+        fc.adam_step_half(p, 0, g, 1, m, m.copy(), None, *_sc(0, 1, .1, .9, .1, 1e-8, 1, 1, 1))
+    with pytest.raises(RuntimeError, match="status 3"):
+        fc.sgd_step_half(p, 1, g, 0, None, *_sc(.1, 0, 1, 0, 1), False, False, *_sc(0, 1))
+
+
+# --- optimizer steps: public API, c against cpu (conversion passes) and the reference ----------
+
+OPTIMIZERS = [
+    (optim.SGD, dict(lr=0.1)),
+    (optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.01, l1=0.01)),
+    (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, decoupled=True, weight_decay=0.1)),
+    (optim.Adam, dict(lr=0.01, weight_decay=0.1)),
+    (optim.Adam, dict(lr=0.01, amsgrad=True)),
+    (optim.AdamW, dict(lr=0.01)),
+    (optim.AdamW, dict(lr=0.01, max_grad_norm=0.5)),
+    (optim.AdamW, dict(lr=0.01, check_finite=True)),
+]
+
+
+def _run(cls, kw, pdt, gdt, backend, strided):
+    rng = np.random.default_rng(3)
+    shapes = [(9, 13), (1,), (0, 3), (64,), (5, 7, 3)]
+    params = [rng.standard_normal(s).astype(np.float32).astype(pdt) for s in shapes]
+    params[3][:4] = [np.inf, -np.inf, 0.0, -0.0]   # inf - inf gives NaN: NaN steps too
+    opt = cls(params, backend=backend, **kw)
+    for k in range(3):
+        grads = []
+        for s in shapes:
+            g = rng.standard_normal((2,) + s).astype(np.float32).astype(gdt)
+            grads.append(g[1] if strided else np.ascontiguousarray(g[1]))
+        if strided:   # non-contiguous gradients (the optimizer copies them)
+            grads[0] = rng.standard_normal((9, 26)).astype(np.float32).astype(gdt)[:, ::2]
+        opt.step(grads)
+    return params, opt.state_dict()
+
+
+@pytest.mark.parametrize("pdt,gdt", PAIRS + [(F32, F32)], ids=lambda d: str(np.dtype(d)))
+@pytest.mark.parametrize("which", range(len(OPTIMIZERS)))
+def test_optimizers_c_equals_cpu(which, pdt, gdt):
+    cls, kw = OPTIMIZERS[which]
+    for strided in (False, True):
+        got, state = _run(cls, kw, pdt, gdt, "c", strided)
+        exp, exp_state = _run(cls, kw, pdt, gdt, "cpu", strided)
+        for a, b in zip(got, exp):
+            assert a.dtype == pdt
+            np.testing.assert_array_equal(bits(a), bits(b))
+        assert state.keys() == exp_state.keys()
+        for k in state:
+            np.testing.assert_array_equal(state[k], exp_state[k])
+
+
+def test_fused_paths_are_taken(monkeypatch):
+    """The c backend's 16-bit dropout and steps run the fused kernels (no conversion pass)."""
+    from fastreg import _half
+
+    def no_pass(*args):
+        raise AssertionError("a conversion pass ran")
+    monkeypatch.setattr(_half, "widen", no_pass)
+    monkeypatch.setattr(_half, "narrow", no_pass)
+    x = values(100, BF16)
+    fastreg.dropout(x, 0.5, seed=1, backend="c")
+    for pdt, gdt in PAIRS:
+        for cls in (optim.SGD, optim.AdamW):
+            p = [values(10, pdt)]
+            cls(p, lr=0.1, momentum=0.9, backend="c").step([values(10, gdt)]) \
+                if cls is optim.SGD else cls(p, backend="c").step([values(10, gdt)])
