@@ -277,6 +277,9 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     The total norm is one read pass over the gradients, the scaling a second, skipped when
     the coefficient is 1 (total <= max_norm). ``fastreg.optim``'s ``max_grad_norm=`` fuses
     the scaling into the optimizer step instead. The coefficient is torch's (module doc).
+    Repeated calls with the same host arrays reuse the checks' outcome, as ``ema_update``
+    does (see its Notes; ``a.resize`` in place is refused while fastreg remembers the
+    list).
     """
     if type(grads) is not np.ndarray:
         if (r := _dispatch.torch_call(clip_grad_norm, locals())) is not _dispatch.NOT_TORCH:
