@@ -256,23 +256,41 @@ class _FastregOptimizer(torch.optim.Optimizer):
         return work
 
     def _kernel_grads(self, work):
-        """Each gradient as the kernels take it: a flat view laid out like its parameter, or a
-        float32 copy of a 16-bit one (float32 math), with its Job; then the check_finite test
-        (before any parameter changes)."""
+        """Each gradient as the kernels take it: a flat view laid out like its parameter, or for
+        a 16-bit one its uint16 bits when the step is fused (``_fused``) else a float32 copy
+        (float32 math), with its Job and 16-bit kind (None: not read as 16-bit); then the
+        check_finite test (before any parameter changes)."""
         ready = []
-        for group, _, p, g, name in work:
+        for group, j, p, g, name in work:
             if not p.numel():
-                ready.append((None, None))
+                ready.append((None, None, None))
                 continue
             job = self._job(group, p)
             gv = _view(job, self._laid_out(g, p))
-            if g.dtype in _HALF:
+            gkind = None
+            if g.dtype in _HALF and self._fused(group, j, job, grads=True) is not None:
+                gkind = _arrays.half_kind(gv.dtype)
+                gv = _half.bits(job, gv)
+            elif g.dtype in _HALF:
                 gv = _half.widen(job, gv, _arrays.half_kind(gv.dtype))
-            ready.append((job, gv))
+            ready.append((job, gv, gkind))
             if group["check_finite"] and not job.op("all_finite")(gv):
                 raise FloatingPointError(f"{name}.grad holds NaN or inf: no parameter was "
                                          "changed (check_finite=True)")
         return ready
+
+    def _fused(self, group, j, job, grads=False):
+        """The backend's fused 16-bit step (fastreg._half.fused: 16-bit arrays read and written
+        once, float32 math in registers) for parameter j of group, or None (conversion passes).
+        ``grads``: whether the 16-bit gradients may stay 16-bit (not with check_finite or
+        max_grad_norm, which read float32 copies)."""
+        op = _half.fused(job, "sgd_step_half" if isinstance(self, SGD) else "adam_step_half")
+        if op is None or (not isinstance(self, SGD) and group["l1"] > 0
+                          and group["decay_mask"][j]):   # Adam's L1: a float32 second pass
+            return None
+        if grads and (group["check_finite"] or getattr(self, "max_grad_norm", None) is not None):
+            return None
+        return op
 
     def _job(self, group, p):
         op = "sgd_step" if isinstance(self, SGD) else "adam_step"
@@ -299,7 +317,7 @@ class _FastregOptimizer(torch.optim.Optimizer):
             return 1.0
         max_norm = _clip._check_max_norm(self.max_grad_norm)
         s, dtypes = 0.0, []
-        for job, gv in ready:
+        for job, gv, _ in ready:
             if gv is None:
                 continue
             dtypes.append(gv.dtype)
@@ -337,7 +355,7 @@ class _FastregOptimizer(torch.optim.Optimizer):
         work = self._grads()
         ready = self._kernel_grads(work)
         self._gscale = self._clip_factor(work, ready)
-        for (group, j, p, g, name), (job, gv) in zip(work, ready):
+        for (group, j, p, g, name), (job, gv, gkind) in zip(work, ready):
             if gv is None:
                 continue
             state = self.state[p]
@@ -348,7 +366,15 @@ class _FastregOptimizer(torch.optim.Optimizer):
                         s = s.float()  # a 16-bit moment from a torch state_dict, widened
                     state[key] = self._laid_out(s, p)
             pv = _view(job, p)
-            if p.dtype in _HALF:  # float32 math on the widened parameter, rounded back
+            fused = self._fused(group, j, job) if p.dtype in _HALF or gkind is not None \
+                else None
+            if fused is not None:  # one pass, 16-bit arrays converted in registers
+                kind = _arrays.half_kind(pv.dtype) if p.dtype in _HALF else None
+                if kind is not None:
+                    pv = _half.bits(job, pv)
+                self._update(group, p, pv, gv, state, group["decay_mask"][j], job,
+                             (fused, kind, gkind))
+            elif p.dtype in _HALF:  # float32 math on the widened parameter, rounded back
                 kind = _arrays.half_kind(pv.dtype)
                 p32 = _half.widen(job, pv, kind)
                 self._update(group, p, p32, gv, state, group["decay_mask"][j], job)
@@ -447,8 +473,10 @@ class SGD(_FastregOptimizer):
             raise ValueError(f"param_groups[{gi}]: nesterov=True needs momentum > 0 and "
                              "dampening == 0")
 
-    def _update(self, group, p, pv, gv, state, decayed, job):
-        t = pv.dtype.type
+    def _update(self, group, p, pv, gv, state, decayed, job, fused=None):
+        """One step of p (kernel views pv, gv); fused: (the fused 16-bit step, the parameter's
+        and the gradient's 16-bit kinds, None for float32), or None (pv, gv of one dtype)."""
+        t = pv.dtype.type if fused is None else np.float32
         lr, momentum = _value(group["lr"]), group["momentum"]
         wd = _value(group["weight_decay"]) if decayed else 0.0
         decoupled = group["decoupled"]
@@ -458,11 +486,14 @@ class SGD(_FastregOptimizer):
                 state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
                 first = True
             buf = _view(job, state["momentum_buffer"])
-        job.op("sgd_step")(
-            pv, gv, buf, t(lr), t(0.0 if decoupled else wd),
-            t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
-            bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
-            t(self._gradient_factor(group)))
+        args = (buf, t(lr), t(0.0 if decoupled else wd),
+                t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
+                bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
+                t(self._gradient_factor(group)))
+        if fused is None:
+            job.op("sgd_step")(pv, gv, *args)
+        else:
+            fused[0](pv, fused[1], gv, fused[2], *args)
 
 
 class Adam(_FastregOptimizer):
@@ -528,8 +559,9 @@ class Adam(_FastregOptimizer):
         group["betas"] = (_check_beta(betas[0], "betas[0]"), _check_beta(betas[1], "betas[1]"))
         group["eps"] = _arrays.check_nonneg(group["eps"], f"param_groups[{gi}]['eps']")
 
-    def _update(self, group, p, pv, gv, state, decayed, job):
-        t = pv.dtype.type
+    def _update(self, group, p, pv, gv, state, decayed, job, fused=None):
+        """As SGD._update (no fused step with an L1 term: it is a second, float32 pass)."""
+        t = pv.dtype.type if fused is None else np.float32
         sdtype = _state_dtype(p)
         if state.get("exp_avg") is None:
             state["exp_avg"] = torch.zeros_like(p, dtype=sdtype)
@@ -542,12 +574,15 @@ class Adam(_FastregOptimizer):
         decoupled = group["decoupled_weight_decay"]
         bc1 = 1.0 - beta1 ** step
         bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        job.op("adam_step")(
-            pv, gv, _view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
-            _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
-            t(0.0 if decoupled else wd), t(1.0 - lr * wd if decoupled else 1.0),
-            t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
-            t(bc2_sqrt), t(self._gradient_factor(group)))
+        args = (_view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
+                _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
+                t(0.0 if decoupled else wd), t(1.0 - lr * wd if decoupled else 1.0),
+                t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
+                t(bc2_sqrt), t(self._gradient_factor(group)))
+        if fused is None:
+            job.op("adam_step")(pv, gv, *args)
+        else:
+            fused[0](pv, fused[1], gv, fused[2], *args)
         if decayed and group["l1"] > 0:
             job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
 
