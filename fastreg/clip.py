@@ -27,6 +27,7 @@ import numbers
 import numpy as np
 
 from . import _arrays, _dispatch, _multi
+from ._dispatch import flat
 
 __all__ = ["grad_norm", "clip_grad_norm", "clip_grads_with_norm", "adaptive_clip_grad",
            "NonFiniteNormError"]
@@ -357,30 +358,54 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     eps = _arrays.check_nonneg(eps, "eps")
     p = check_norm_type(norm_type)
     grads = _multi.as_list(grads, "grads")
-    checked, device, spans = _multi.check_targets(grads, "grads")
-    srcs = _multi.check_sources(_multi.as_list(params, "params"), checked, "params", "grads",
-                                device, spans)
-    if not checked:
-        return None
-    job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),
-                        not device)
-    batch = _multi.Batch(job, grads if device else checked, in_place=True)
-    pviews = _multi.Batch(job, srcs, in_place=False).views
-    for i, (g, w) in enumerate(zip(batch.views, pviews)):
-        shape = tuple(_arrays.describe(checked[i], "g").shape)
+    job, batch = None, None
+    plan = _multi.plan(grads, params) if type(params) is list else None
+    if plan is not None:   # host lists checked now, or as a previous call found
+        job = _dispatch.job(_dispatch.resolve(backend, grads[0]), True)
+        gviews, pviews = [flat(g) for g in grads], [flat(w) for w in params]
+        shapes = [m[0] for m in plan.meta[:len(grads)]]
+    if job is None or job.device:
+        checked, device, spans = _multi.check_targets(grads, "grads")
+        srcs = _multi.check_sources(_multi.as_list(params, "params"), checked, "params",
+                                    "grads", device, spans)
+        if not checked:
+            return None
+        job = _dispatch.job(_dispatch.resolve(backend, *(grads if device else checked)),
+                            not device)
+        batch = _multi.Batch(job, grads if device else checked, in_place=True)
+        gviews, pviews = batch.views, _multi.Batch(job, srcs, in_place=False).views
+        shapes = [tuple(_arrays.describe(c, "g").shape) for c in checked]
+    _agc(job, gviews, pviews, shapes, p, clip_factor, eps)
+    if batch is not None:
+        batch.write_back()
+    return None
+
+
+def _agc(job, gviews, pviews, shapes, p, clip_factor, eps):
+    """AGC on kernel-ready views: the unit norms of every array first (into one float64 buffer
+    per dtype), then the coefficients of all units of a dtype at once (elementwise: the same
+    values as array by array), then the scaling of the arrays that need it."""
+    items, units = [], {}   # (g (U, K), w (U, K), dtype, first unit, U); dtype -> units
+    for g, w, shape in zip(gviews, pviews, shapes):
         U, K = _units(shape)
         if U == 0:
             continue
-        g2, w2 = g.reshape(U, K), w.reshape(U, K)
-        dt = np.dtype(g.dtype).type
-        norms = np.empty((2, U), np.float64)
-        job.op("row_norm_sums")(w2, p, norms[0])
-        job.op("row_norm_sums")(g2, p, norms[1])
-        coef = agc_coefficients(norms[0], norms[1], p, dt, clip_factor, eps)
+        dt = np.dtype(g.dtype)
+        off = units.get(dt, 0)
+        units[dt] = off + U
+        items.append((g.reshape(U, K), w.reshape(U, K), dt, off, U))
+    sums = {dt: np.empty((2, n), np.float64) for dt, n in units.items()}
+    row_norm_sums = job.op("row_norm_sums")
+    for g2, w2, dt, off, U in items:
+        row_norm_sums(w2, p, sums[dt][0, off:off + U])
+        row_norm_sums(g2, p, sums[dt][1, off:off + U])
+    coefs = {dt: agc_coefficients(s[0], s[1], p, dt.type, clip_factor, eps)
+             for dt, s in sums.items()}
+    scale_rows = job.op("scale_rows")
+    for g2, _, dt, off, U in items:
+        coef = coefs[dt][off:off + U]
         if not (coef == 1).all():
-            job.op("scale_rows")(g2, coef)
-    batch.write_back()
-    return None
+            scale_rows(g2, coef)
 
 
 def agc_coefficients(w_sums, g_sums, p, dt, clip_factor, eps):

@@ -295,3 +295,28 @@ def test_long_lists_fresh_and_repeated(host_backend):
         assert fastreg.grad_norm(g, backend=host_backend) == pytest.approx(
             float(np.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g))),
             rel=1e-12)
+
+
+def test_adaptive_clip_grad_repeats_and_follows_changes(host_backend):
+    shapes = [(4, 3), (5,), (0, 2), (2, 0), (3, 2, 2), ()]
+    w = make(shapes, seed=8) + make([(6, 2)], np.float64, seed=9)
+    g = [np.array(x * 50) for x in make(shapes, seed=10)] + make([(6, 2)], np.float64, seed=11)
+    ref = [x.copy() for x in g]
+    for _ in range(2):                                     # a plan, then the same again
+        fastreg.adaptive_clip_grad(w, g, 0.05, backend=host_backend)
+        fastreg.adaptive_clip_grad([x.copy() for x in w], ref, 0.05, backend="numpy")
+        assert_same(g, ref)
+    g[0] = g[0] * 3                                        # a new object
+    ref[0] = g[0].copy()
+    fastreg.adaptive_clip_grad(w, g, 0.05, backend=host_backend)
+    fastreg.adaptive_clip_grad([x.copy() for x in w], ref, 0.05, backend="numpy")
+    assert_same(g, ref)
+    g[1].flags.writeable = False
+    before = [x.copy() for x in g]
+    with pytest.raises(ValueError, match=r"grads\[1\].*read-only"):
+        fastreg.adaptive_clip_grad(w, g, 0.05, backend=host_backend)
+    assert_same(g, before)
+    g[1].flags.writeable = True
+    w[2] = np.zeros((2, 2), np.float32)                    # (0, 2) before
+    with pytest.raises(ValueError, match=r"params\[2\] has shape"):
+        fastreg.adaptive_clip_grad(w, g, 0.05, backend=host_backend)
