@@ -320,3 +320,32 @@ def test_adaptive_clip_grad_repeats_and_follows_changes(host_backend):
     w[2] = np.zeros((2, 2), np.float32)                    # (0, 2) before
     with pytest.raises(ValueError, match=r"params\[2\] has shape"):
         fastreg.adaptive_clip_grad(w, g, 0.05, backend=host_backend)
+
+
+def _strided(a):
+    """The values of a in a non-contiguous view (so no plan: the per-array kernels)."""
+    s = np.empty(a.shape + (2,), a.dtype)
+    s[..., 0] = a
+    return s[..., 0]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_plan_kernels_equal_the_per_array_kernels(host_backend, threads, monkeypatch):
+    """Same bits with and without a plan (where C and Numba run one launch over the tiles of
+    the whole list), serially and in parallel; sizes across TASK (65536) boundaries."""
+    from fastreg import _threads
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)   # small lists take both paths
+    sizes = [(70000,), (1,), (0,), (65536,), (131073,), (300,), (2, 3)]
+    for dt in (np.float32, np.float64):
+        ema, p = make(sizes, dt, seed=12), make(sizes, dt, seed=13)
+        views = [_strided(e) for e in ema]
+        with fastreg.threads(threads):
+            fastreg.ema_update(ema, p, 0.7, backend=host_backend)
+            fastreg.ema_update(views, p, 0.7, backend=host_backend)
+            assert_same(ema, [np.ascontiguousarray(v) for v in views])
+            for order in (2.0, 1.0, np.inf, 3.0):
+                planned = fastreg.grad_norm(ema, order, backend=host_backend)
+                assert planned == fastreg.grad_norm(views, order, backend=host_backend)
+            total = fastreg.clip_grad_norm(ema, 1.0, backend=host_backend)
+            assert total == fastreg.clip_grad_norm(views, 1.0, backend=host_backend)
+            assert_same(ema, [np.ascontiguousarray(v) for v in views])

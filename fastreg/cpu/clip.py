@@ -13,7 +13,10 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
+from numba import carray
+
 from ._jit import jit, launch, twin
+from .ema import _as_pointer
 from ..reference.clip import ABS, MAX, POW, SQ  # noqa: F401  (the reductions)
 from ..reference.clip import reduction_mode as _mode
 from .penalty import LANES, TASK
@@ -140,3 +143,45 @@ def scale(arrays, s):
 def scale_rows(a, s):
     if a.size:
         launch(_scale_rows_kernel, _plan(a.size), a, s)
+
+
+# ---- the list ops on AddressLists (fastreg/cpu/ema.py): one launch for a whole list ----------
+
+@twin
+def _norm_tiles_kernel(a, lengths, like, mode, p, lanes, parts):
+    for t in prange(lengths.size):
+        parts[t] = _block(carray(_as_pointer(a[t], like), lengths[t]), mode, p, lanes)
+
+
+@jit
+def _merge_tiles(parts, first, mode):
+    """norm_sum's result from the tiles' partials: each array's tasks merged in order from 0
+    (as _norm_kernel does), then the arrays in order (as norm_sum does): the same bits."""
+    total = 0.0
+    for k in range(first.size - 1):
+        s = 0.0
+        for t in range(first[k], first[k + 1]):
+            s = _merge(s, parts[t], mode)
+        total = _merge(total, s, mode)
+    return total
+
+
+def norm_sum_at(lists, p):
+    """norm_sum on AddressLists of one list."""
+    mode = _mode(p)
+    parts = np.empty(lists.lengths.size)
+    launch(_norm_tiles_kernel, _plan(lists.total), lists.addrs[0], lists.lengths, lists.like,
+           mode, float(p), LANES[lists.dtype.itemsize], parts)
+    return float(_merge_tiles(parts, lists.first, mode))
+
+
+@twin
+def _scale_tiles_kernel(a, lengths, like, s):
+    for t in prange(lengths.size):
+        _scale_task(carray(_as_pointer(a[t], like), lengths[t]), s)
+
+
+def scale_at(lists, s):
+    """scale on AddressLists of one list (``s`` of their dtype)."""
+    launch(_scale_tiles_kernel, _plan(lists.total), lists.addrs[0], lists.lengths, lists.like,
+           lists.dtype.type(s))
