@@ -397,166 +397,190 @@ def _lane_row(v, v0, nv, Bc, out, o, W):
 # whole view, in memory order (one forward stream, which the hardware prefetches). Piece p is
 # view row p // nb, values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
 
-@twin
-def _forward_kernel(arrays, coef, stats, opts, steps, tile):
-    """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none, x may
-    be out; coef (weight, bias, center, scale, shift): with weights, center, scale and shift are
-    computed here (the 0-size ones given are not used); without, they are given (APPLY) or not
-    wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64; opts (floor, eps,
-    has_res, mode)."""
-    x, r, o = arrays
-    A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    weight, bias, center, scale, shift = coef
-    mean, m2, invstd = stats
-    C = weight.size
-    if C:  # (made here: a NumPy allocation costs as much as a small layer's step)
-        work = np.empty(3 * C, o.dtype)
-        center, scale, shift = work[:C], work[C:2 * C], work[2 * C:]
-    x0 = np.empty(mean.size)  # each channel's shift: its first value (0 if not finite)
-    part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)  # the tasks' sums
-    uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
-    W = 1 if uniform else chunk
-    for step in steps:
-        if step == NONE:
-            continue
-        items = Cv * ntask if step == SUMS else Cv
-        if step == APPLY:
-            items = (A * Cv * nb + per_task - 1) // per_task
-        for i in prange(items):
-            q = np.int64(i)
-            c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
-            if step == SUMS:
-                c = q // ntask
-                p0 = (q - c * ntask) * per_task
-                p1 = min(p0 + per_task, A * nb)
-            elif step == APPLY:
-                c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
-            if step == SUMS or step == FUSED:
-                # every task records the shift (tasks of a channel may run at the same time)
-                first = np.empty(Cc)
-                for k in range(Cc):
-                    v = np.float64(x[c * B + k * Bc])
-                    first[k] = v if abs(v) < np.inf else 0.0
-                    if p0 == 0:
-                        x0[c * Cc + k] = first[k]
-                shift_row = np.empty(lanes)
-                _lane_row(first, Z(0), Cc, Bc, shift_row, Z(0), lanes)
-                at = (q if step == SUMS else c * ntask) * 4 * lanes
-                for k in range(at, at + 4 * lanes):
-                    part[k] = 0.0
-                for p in range(p0, p1):
-                    b0 = (p % nb) * seg
-                    _x_sums(x, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), shift_row,
-                            part, U(at))
-            if step == FINISH or step == FUSED:
-                sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
-                                lanes, Cc, Bc)
-                for k in range(Cc):
-                    ch, s1, s2 = c * Cc + k, sums[k], sums[Cc + k]
-                    q2 = s2 - s1 * (s1 / n)
-                    mean[ch] = x0[ch] + s1 / n
-                    m2[ch] = q2 if not (q2 < 0.0) else 0.0  # rounding may leave it below 0
-                    if C:  # the coefficients, as bn_forward_coeffs with fold=False
-                        inv = 1.0 / np.sqrt(m2[ch] / n + opts[1])
-                        invstd[ch] = inv
-                        center[ch] = mean[ch]
-                        scale[ch] = np.float64(weight[ch]) * inv
-                        shift[ch] = bias[ch]
-            if step == APPLY or step == FUSED:
-                cf = np.empty(3 * W, o.dtype)
-                if not uniform:  # (one view channel)
-                    _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
-                    _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
-                    _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
-                buf = np.empty(chunk, o.dtype)
-                for p in range(p0, p1):
-                    a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-                    if uniform:
-                        cf[0], cf[1], cf[2] = center[ch], scale[ch], shift[ch]
-                    b0 = (p % nb) * seg
-                    _affine(x, r, o, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf, U(W),
-                            opts, buf, uniform)
-                if opts[3] == STREAM:
-                    _sfence()
+def _forward(do_sums, do_apply):
+    """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
+    when ``do_apply``, FUSED when both (see _kernels)."""
+    def kernel(arrays, coef, stats, opts, steps, tile):
+        """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none, x
+        may be out; coef (weight, bias, center, scale, shift): with weights, center, scale and shift are
+        computed here (the 0-size ones given are not used); without, they are given (APPLY) or not
+        wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64; opts (floor, eps,
+        has_res, mode)."""
+        x, r, o = arrays
+        A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+        weight, bias, center, scale, shift = coef
+        mean, m2, invstd = stats
+        C = weight.size
+        if C:  # (made here: a NumPy allocation costs as much as a small layer's step)
+            work = np.empty(3 * C, o.dtype)
+            center, scale, shift = work[:C], work[C:2 * C], work[2 * C:]
+        x0 = np.empty(mean.size)  # each channel's shift: its first value (0 if not finite)
+        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)  # the tasks' sums
+        uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
+        W = 1 if uniform else chunk
+        for step in steps:
+            if step == NONE:
+                continue
+            items = Cv * ntask if step == SUMS else Cv
+            if step == APPLY:
+                items = (A * Cv * nb + per_task - 1) // per_task
+            for i in prange(items):
+                q = np.int64(i)
+                c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
+                if step == SUMS:
+                    c = q // ntask
+                    p0 = (q - c * ntask) * per_task
+                    p1 = min(p0 + per_task, A * nb)
+                elif step == APPLY:
+                    c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
+                if do_sums and (step == SUMS or step == FUSED):
+                    # every task records the shift (tasks of a channel may run at the same time)
+                    first = np.empty(Cc)
+                    for k in range(Cc):
+                        v = np.float64(x[c * B + k * Bc])
+                        first[k] = v if abs(v) < np.inf else 0.0
+                        if p0 == 0:
+                            x0[c * Cc + k] = first[k]
+                    shift_row = np.empty(lanes)
+                    _lane_row(first, Z(0), Cc, Bc, shift_row, Z(0), lanes)
+                    at = (q if step == SUMS else c * ntask) * 4 * lanes
+                    for k in range(at, at + 4 * lanes):
+                        part[k] = 0.0
+                    for p in range(p0, p1):
+                        b0 = (p % nb) * seg
+                        _x_sums(x, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), shift_row,
+                                part, U(at))
+                if do_sums and (step == FINISH or step == FUSED):
+                    sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
+                                    lanes, Cc, Bc)
+                    for k in range(Cc):
+                        ch, s1, s2 = c * Cc + k, sums[k], sums[Cc + k]
+                        q2 = s2 - s1 * (s1 / n)
+                        mean[ch] = x0[ch] + s1 / n
+                        m2[ch] = q2 if not (q2 < 0.0) else 0.0  # rounding may leave it below 0
+                        if C:  # the coefficients, as bn_forward_coeffs with fold=False
+                            inv = 1.0 / np.sqrt(m2[ch] / n + opts[1])
+                            invstd[ch] = inv
+                            center[ch] = mean[ch]
+                            scale[ch] = np.float64(weight[ch]) * inv
+                            shift[ch] = bias[ch]
+                if do_apply and (step == APPLY or step == FUSED):
+                    cf = np.empty(3 * W, o.dtype)
+                    if not uniform:  # (one view channel)
+                        _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
+                        _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
+                        _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
+                    buf = np.empty(chunk, o.dtype)
+                    for p in range(p0, p1):
+                        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+                        if uniform:
+                            cf[0], cf[1], cf[2] = center[ch], scale[ch], shift[ch]
+                        b0 = (p % nb) * seg
+                        _affine(x, r, o, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf, U(W),
+                                opts, buf, uniform)
+                    if opts[3] == STREAM:
+                        _sfence()
+    return kernel
 
 
-@twin
-def _backward_kernel(arrays, coef, stats, flags, steps, tile):
-    """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres 0-size when
-    not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b, d), center
-    0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags (masked,
-    training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are made here
-    (the 0-size ones given are not used)."""
-    gy, x, y, gx, gr = arrays
-    A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
-    weight, grad_weight, grad_bias, center, ca, cb, cd = coef
-    mean, invstd, s_dy, s_dyx = stats
-    C = weight.size
-    if C:
-        work, sums2 = np.empty(4 * C, gx.dtype), np.empty(2 * C)
-        center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:]
-        s_dy, s_dyx = sums2[:C], sums2[C:]
-    part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)
-    uniform = Cc * Bc == 1
-    W = 1 if uniform else chunk
-    for step in steps:
-        if step == NONE:
-            continue
-        items = Cv * ntask if step == SUMS else Cv
-        if step == APPLY:
-            items = (A * Cv * nb + per_task - 1) // per_task
-        for i in prange(items):
-            q = np.int64(i)
-            c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
-            if step == SUMS:
-                c = q // ntask
-                p0 = (q - c * ntask) * per_task
-                p1 = min(p0 + per_task, A * nb)
-            elif step == APPLY:
-                c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
-            if step == SUMS or step == FUSED:
-                mu = np.empty(lanes)
-                _lane_row(mean, c * Cc, Cc, Bc, mu, Z(0), lanes)
-                at = (q if step == SUMS else c * ntask) * 4 * lanes
-                for k in range(at, at + 4 * lanes):
-                    part[k] = 0.0
-                for p in range(p0, p1):
-                    b0 = (p % nb) * seg
-                    _g_sums(gy, x, y, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), mu,
-                            flags[0], part, U(at))
-            if step == FINISH or step == FUSED:
-                sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
-                                lanes, Cc, Bc)
-                for k in range(Cc):
-                    ch = c * Cc + k
-                    s_dy[ch] = sums[k]
-                    s_dyx[ch] = sums[Cc + k]
-                    if C:  # the gradients and coefficients, as bn_backward_coeffs (b and d
-                        inv = invstd[ch]  # also in inference, unused there)
-                        a64 = np.float64(weight[ch]) * inv
-                        grad_weight[ch] = s_dyx[ch] * inv
-                        grad_bias[ch] = s_dy[ch]
-                        center[ch] = mean[ch]
-                        ca[ch] = a64
-                        cb[ch] = a64 * inv * inv * s_dyx[ch] / n
-                        cd[ch] = a64 * s_dy[ch] / n
-            if step == APPLY or step == FUSED:
-                cf = np.empty(4 * W, gx.dtype)
-                if not uniform:
-                    _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
-                    _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
-                    _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
-                    _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
-                buf = np.empty(2 * chunk, gx.dtype)
-                for p in range(p0, p1):
-                    a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-                    if uniform:
-                        cf[0], cf[1], cf[2], cf[3] = center[ch], ca[ch], cb[ch], cd[ch]
-                    b0 = (p % nb) * seg
-                    _gback(gy, x, y, gx, gr, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf,
-                           U(W), flags, buf, uniform)
-                if flags[3] == STREAM:
-                    _sfence()
+def _backward(do_sums, do_apply):
+    """The backward kernel's source, as _forward's."""
+    def kernel(arrays, coef, stats, flags, steps, tile):
+        """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres 0-size when
+        not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b, d), center
+        0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags (masked,
+        training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are made here
+        (the 0-size ones given are not used)."""
+        gy, x, y, gx, gr = arrays
+        A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
+        weight, grad_weight, grad_bias, center, ca, cb, cd = coef
+        mean, invstd, s_dy, s_dyx = stats
+        C = weight.size
+        if C:
+            work, sums2 = np.empty(4 * C, gx.dtype), np.empty(2 * C)
+            center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:]
+            s_dy, s_dyx = sums2[:C], sums2[C:]
+        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)
+        uniform = Cc * Bc == 1
+        W = 1 if uniform else chunk
+        for step in steps:
+            if step == NONE:
+                continue
+            items = Cv * ntask if step == SUMS else Cv
+            if step == APPLY:
+                items = (A * Cv * nb + per_task - 1) // per_task
+            for i in prange(items):
+                q = np.int64(i)
+                c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
+                if step == SUMS:
+                    c = q // ntask
+                    p0 = (q - c * ntask) * per_task
+                    p1 = min(p0 + per_task, A * nb)
+                elif step == APPLY:
+                    c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
+                if do_sums and (step == SUMS or step == FUSED):
+                    mu = np.empty(lanes)
+                    _lane_row(mean, c * Cc, Cc, Bc, mu, Z(0), lanes)
+                    at = (q if step == SUMS else c * ntask) * 4 * lanes
+                    for k in range(at, at + 4 * lanes):
+                        part[k] = 0.0
+                    for p in range(p0, p1):
+                        b0 = (p % nb) * seg
+                        _g_sums(gy, x, y, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), mu,
+                                flags[0], part, U(at))
+                if do_sums and (step == FINISH or step == FUSED):
+                    sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
+                                    lanes, Cc, Bc)
+                    for k in range(Cc):
+                        ch = c * Cc + k
+                        s_dy[ch] = sums[k]
+                        s_dyx[ch] = sums[Cc + k]
+                        if C:  # the gradients and coefficients, as bn_backward_coeffs (b and d
+                            inv = invstd[ch]  # also in inference, unused there)
+                            a64 = np.float64(weight[ch]) * inv
+                            grad_weight[ch] = s_dyx[ch] * inv
+                            grad_bias[ch] = s_dy[ch]
+                            center[ch] = mean[ch]
+                            ca[ch] = a64
+                            cb[ch] = a64 * inv * inv * s_dyx[ch] / n
+                            cd[ch] = a64 * s_dy[ch] / n
+                if do_apply and (step == APPLY or step == FUSED):
+                    cf = np.empty(4 * W, gx.dtype)
+                    if not uniform:
+                        _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
+                        _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
+                        _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
+                        _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
+                    buf = np.empty(2 * chunk, gx.dtype)
+                    for p in range(p0, p1):
+                        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+                        if uniform:
+                            cf[0], cf[1], cf[2], cf[3] = center[ch], ca[ch], cb[ch], cd[ch]
+                        b0 = (p % nb) * seg
+                        _gback(gy, x, y, gx, gr, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf,
+                               U(W), flags, buf, uniform)
+                    if flags[3] == STREAM:
+                        _sfence()
+    return kernel
+
+
+def _kernels(source, name):
+    """Three kernels (Twins) from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
+    bn_stats, bn_backward_reduce) and ``name_apply`` (APPLY: bn_apply, bn_backward_apply). The
+    ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before typing:
+    the first call of an op compiles only the steps it can run."""
+    made = []
+    for suffix, do_sums, do_apply in (("", True, True), ("_stats", True, False),
+                                      ("_apply", False, True)):
+        fn = source(do_sums, do_apply)
+        fn.__name__ = fn.__qualname__ = name + suffix
+        made.append(twin(fn))
+    return made
+
+
+_forward_kernel, _forward_stats_kernel, _forward_apply_kernel = _kernels(_forward, "_forward_kernel")
+_backward_kernel, _backward_stats_kernel, _backward_apply_kernel = _kernels(_backward,
+                                                                            "_backward_kernel")
 
 
 # --- the backend's functions --------------------------------------------------------------------
@@ -620,7 +644,7 @@ def bn_stats(x, mean, m2, plan=None):
         m2[:] = 0.0
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
-    launch(_forward_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
+    launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
            (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS, FINISH, NONE),
            plan.tile)
     return plan
@@ -633,7 +657,7 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         e, f = _stand_in(out.dtype), _stand_in(_F64)
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
-        launch(_forward_kernel, plan.nthreads, arrays, (e, e, center, scale, shift), (f, f, f),
+        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift), (f, f, f),
                _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE), plan.tile)
     return plan
 
@@ -658,7 +682,7 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
-    launch(_backward_kernel, plan.nthreads, arrays, (e,) * 7,
+    launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
            (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
            (SUMS, FINISH, NONE), plan.tile)
     return plan
@@ -672,7 +696,7 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
-        launch(_backward_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
+        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
                (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE), plan.tile)
     return plan
 
