@@ -6,15 +6,15 @@ that LLVM vectorizes without fastmath, as ``_block_sums`` in fastreg/cpu/penalty
 TASK elements in parallel, their partials combined in task order: the same result for any
 number of threads. The mode (sum of squares, of absolute values, of ``|x|**p``, or a
 NaN-propagating max) is decided once per call. Scaling is one multiply in the array's dtype.
+``norm_sum_at`` and ``scale_at`` run on a whole list at once (fastreg/cpu/ema.py's
+AddressLists).
 """
 import math
 
 import numpy as np
-from numba import prange
+from numba import carray, prange
 
 from .. import _threads
-from numba import carray
-
 from ._jit import jit, launch, twin
 from .ema import _as_pointer
 from ..reference.clip import ABS, MAX, POW, SQ  # noqa: F401  (the reductions)
