@@ -10,19 +10,19 @@ Plans (``plan``, ``run``): a training loop passes the same arrays at every step,
 list costs about 17 us per array in Python (addresses, spans, overlaps, views, C pointer lists),
 which for a model's ~160 arrays is more than the kernels' own time. So for host lists whose
 arrays are all plain, C-contiguous, aligned float32/float64 ndarrays that pass every check, the
-outcome (dtype groups, element counts, data addresses, and the C backend's pointer arrays) is
-kept in a small cache (``_CACHE_SIZE`` plans, least recently used dropped), keyed by the lists'
-lengths and the ids of their ends. A later call reuses a plan only after checking, for every
-array, that it is the same object (a weak reference to it is alive and is it) with the same
-shape, dtype and flags (``flags.num``: contiguity, alignment, writability) as when it was
-checked. What the checks found depends on nothing else: an array's memory cannot move while the
-object lives, because NumPy moves it only in ``ndarray.resize``, which it refuses for an array
-that has a weak reference (so, while a plan holds one, ``a.resize(...)`` in place raises;
-``np.resize`` or a new array works). Not covered: ``ndarray.__setstate__`` called on a live
-array (pickle's internal hook, which leaves NumPy's own views of it dangling too). Lists that
-do not qualify (device arrays, non-contiguous or unaligned views, subclasses, anything that
-fails a check) take the checks above at every call, which also raise the errors. A plan holds
-no strong reference to an array (no leak).
+outcome (dtype groups, element counts, data addresses, and the C and cpu backends' address
+lists, on which one launch covers the whole list) is kept in a small cache (``_CACHE_SIZE``
+plans, least recently used dropped), keyed by the lists' lengths and the ids of their ends. A
+later call reuses a plan only after checking, for every array, that it is the same object (a
+weak reference to it is alive and is it) with the same shape, dtype and flags (``flags.num``:
+contiguity, alignment, writability) as when it was checked. What the checks found depends on
+nothing else: an array's memory cannot move while the object lives, because NumPy moves it only
+in ``ndarray.resize``, which it refuses for an array that has a weak reference (so, while a
+plan holds one, ``a.resize(...)`` in place raises; ``np.resize`` or a new array works). Not
+covered: ``ndarray.__setstate__`` called on a live array (pickle's internal hook, which leaves
+NumPy's own views of it dangling too). Lists that do not qualify (device arrays, non-contiguous
+or unaligned views, subclasses, anything that fails a check) take the checks above at every
+call, which also raise the errors. A plan holds no strong reference to an array (no leak).
 """
 import bisect
 import itertools
@@ -266,8 +266,8 @@ class Plan:
     __slots__ = ("refs", "meta", "nt", "groups", "dtypes", "sizes", "addrs", "_bound")
 
     def bound(self, mod, dtype):
-        """``mod.address_lists`` for one dtype group, built once: the C backend's pointer
-        arrays (holding addresses only, no reference to an array)."""
+        """``mod.address_lists`` for one dtype group, built once: the backend's pointer or tile
+        tables (addresses only, no reference to an array)."""
         key = (mod.__name__, dtype)
         b = self._bound.get(key)
         if b is None:
@@ -377,7 +377,8 @@ def run(job, p, name, lists, scalar):
 
     ``lists``: the lists ``p`` was made for (targets and sources, or the one list);
     ``scalar(dtype)``: the op's last argument for a group. Where the backend has
-    ``<name>_at`` (C) it runs on the plan's pointer arrays, else ``name`` gets 1-D views.
+    ``<name>_at`` (C, cpu) it runs on the plan's address lists, else ``name`` gets 1-D
+    views.
     Returns ``{dtype: result}``.
     """
     at = getattr(job.mod, name + "_at", None)
