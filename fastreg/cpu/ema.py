@@ -105,8 +105,8 @@ class AddressLists:
         k = np.repeat(np.arange(n.size), tiles)                 # each tile's array
         lo = (np.arange(k.size) - self.first[k]) * TASK          # its first element there
         self.lengths = np.minimum(TASK, n[k] - lo).astype(np.int64)
-        self.addrs = [(np.asarray(col, np.int64)[k] + lo * dtype.itemsize).astype(np.int64)
-                      for col in columns]
+        offset = (lo * dtype.itemsize).astype(np.uint64)         # addresses: unsigned
+        self.addrs = [np.asarray(col, np.uint64)[k] + offset for col in columns]
         self.dtype = dtype
         self.like = np.empty(0, dtype)
         self.total = int(n.sum())
