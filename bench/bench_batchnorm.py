@@ -15,6 +15,15 @@ Run as a script, it prints issue 12's targets (each case's fastreg / torch ratio
 one process, and the small case's kernels alone):
 
     python bench/bench_batchnorm.py [--backend c] [--rounds 15]
+
+``--phases`` prints, for each large layout, the C kernels one phase at a time (statistics,
+apply, the fused training forward; backward reduce, backward apply, the fused backward; the
+channel layout's two-pass strategy), torch's matching phases (batch_norm_update_stats, the
+inference forward, the training forward, native_batch_norm_backward) and STREAM-like torch
+passes over arrays of the same size on the same threads (sum: read; copy_: read + write;
+add(alpha=): two reads + a write), each with the bytes it must move and GB/s, interleaved:
+
+    python bench/bench_batchnorm.py --phases [--rounds 9]
 """
 import os
 
@@ -195,6 +204,111 @@ def targets_table(backend="c", rounds=15, small_rounds=2000):
                   f"{(min(tf) - min(tk)) * scale:.1f} {unit} of {min(tf) * scale:.1f}")
 
 
+def phases_table(rounds=9):
+    """Times the C backend's batch-norm kernels phase by phase (fastreg.c.batchnorm, float32,
+    the large layouts as (A, C, B)), torch's phases and STREAM-like torch passes of the same
+    size, interleaved; prints min and median with GB/s over the bytes each must move (S = the
+    bytes of one array). Where the time goes: a reduction near the read pass is bandwidth-bound,
+    well below it compute-bound."""
+    import time
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from fastreg.c import batchnorm as cb
+
+    print(f"phases: fastreg c vs torch {torch.__version__}, float32, "
+          f"{fastreg.get_num_threads()} fastreg threads, {torch.get_num_threads()} torch threads, "
+          f"{rounds} rounds")
+    for layout in cases.BN_LAYOUTS:
+        shape, axis = cases.bn_shape(layout)
+        ax = axis % len(shape)
+        A, C = int(np.prod(shape[:ax])), shape[ax]
+        B = int(np.prod(shape[ax + 1:]))
+        x, gy, w, b, rm, rv = cases.bn_arrays(shape, axis)
+        x3, gy3 = x.reshape(A, C, B), gy.reshape(A, C, B)
+        y3, gx3 = np.empty_like(x3), np.empty_like(x3)
+        mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
+        cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)
+        center, scale = mean.astype(np.float32), (w * inv).astype(np.float32)
+        shift = b.copy()
+        s_dy, s_dyx = np.empty(C), np.empty(C)
+        cb.bn_backward_reduce(gy3, x3, None, mean, s_dy, s_dyx)
+        ka, kb, kd = (np.empty(C, np.float32) for _ in range(3))
+        cb.bn_backward_coeffs(s_dy, s_dyx, mean, inv, w, A * B, True, np.empty(C, np.float32),
+                              ka, kb, kd, np.empty(C, np.float32), np.empty(C, np.float32))
+        gw, gb = np.empty(C, np.float32), np.empty(C, np.float32)
+        xt, gyt = torch.from_numpy(x), torch.from_numpy(gy)
+        if ax == len(shape) - 1 and len(shape) > 2:   # channels-last, as cases.bn_torch_call
+            order = (0, len(shape) - 1) + tuple(range(1, len(shape) - 1))
+            xt, gyt = xt.permute(order), gyt.permute(order)
+        wt, bt, rmt, rvt = (torch.from_numpy(a.copy()) for a in (w, b, rm, rv))
+        sm, sv = torch.batch_norm_update_stats(xt, rmt, rvt, 0.1)
+        si = 1 / torch.sqrt(sv + 1e-5)
+        flat_x, flat_gy = torch.from_numpy(x.reshape(-1)), torch.from_numpy(gy.reshape(-1))
+        flat_y = torch.empty_like(flat_x)
+
+        def strategy(name, fn):
+            def call():
+                old = cb.set_channel_strategy(name)
+                try:
+                    fn()
+                finally:
+                    cb.set_channel_strategy(old)
+            return call
+
+        fwd = lambda: cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)  # noqa
+        bwd = lambda: cb.bn_backward(gy3, x3, None, mean, inv, w, True, gx3, None, gw, gb)  # noqa
+        # name -> (call, arrays moved: S each)
+        calls = {
+            "c stats (read x)": (lambda: cb.bn_stats(x3, mean, m2), 1),
+            "c apply (read x, write y)": (
+                lambda: cb.bn_apply(x3, center, scale, shift, None, False, y3), 2),
+            "c forward train": (fwd, 2),
+            "c backward reduce (read gy, x)": (
+                lambda: cb.bn_backward_reduce(gy3, x3, None, mean, s_dy, s_dyx), 2),
+            "c backward apply (read gy, x; write gx)": (
+                lambda: cb.bn_backward_apply(gy3, x3, None, center, ka, kb, kd, gx3, None), 3),
+            "c backward": (bwd, 3),
+        }
+        if B > 1:
+            calls["c forward train, two passes"] = (strategy("two-pass", fwd), 2)
+            calls["c backward, two passes"] = (strategy("two-pass", bwd), 3)
+        calls.update({
+            "torch batch_norm_update_stats": (
+                lambda: torch.batch_norm_update_stats(xt, rmt, rvt, 0.1), 1),
+            "torch inference forward": (
+                lambda: F.batch_norm(xt, rmt, rvt, wt, bt, training=False), 2),
+            "torch training forward": (
+                lambda: F.batch_norm(xt, rmt, rvt, wt, bt, training=True), 2),
+            "torch native_batch_norm_backward": (
+                lambda: torch.ops.aten.native_batch_norm_backward(
+                    gyt, xt, wt, rmt, rvt, sm, si, True, 1e-5, [True, True, True]), 3),
+            "stream-like read (torch sum)": (lambda: flat_x.sum(), 1),
+            "stream-like copy (torch copy_)": (lambda: flat_y.copy_(flat_x), 2),
+            "stream-like triad (torch add)": (
+                lambda: torch.add(flat_x, flat_gy, alpha=1.5, out=flat_y), 3),
+        })
+        for fn, _ in calls.values():
+            fn()
+        spent = {k: [] for k in calls}
+        for _ in range(rounds):
+            for k, (fn, _) in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                spent[k].append(time.perf_counter() - t0)
+        S = x.nbytes
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{layout} {shape} as (A, C, B) = ({A}, {C}, {B}), S = {S / 1e6:.1f} MB, "
+              f"load average {load:.2f}")
+        for k, (_, m) in calls.items():
+            t = np.array(spent[k])
+            print(f"  {k:42s} {t.min() * 1e3:7.3f}/{np.median(t) * 1e3:7.3f} ms  {m} S  "
+                  f"{m * S / t.min() / 1e9:5.1f}/{m * S / np.median(t) / 1e9:5.1f} GB/s",
+                  flush=True)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -202,5 +316,10 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="c")
     parser.add_argument("--rounds", type=int, default=15, help="rounds of the large cases")
     parser.add_argument("--small-rounds", type=int, default=2000)
+    parser.add_argument("--phases", action="store_true",
+                        help="the C kernels phase by phase, torch's phases, STREAM-like passes")
     args = parser.parse_args()
-    targets_table(args.backend, args.rounds, args.small_rounds)
+    if args.phases:
+        phases_table(args.rounds)
+    else:
+        targets_table(args.backend, args.rounds, args.small_rounds)
