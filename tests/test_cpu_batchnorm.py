@@ -340,3 +340,65 @@ def test_running_update_is_the_reference_bit_for_bit(dtype):
         ref_bn.bn_running_update(mean, m2, 9, *exp, momentum)
         for g, e in zip(got, exp):
             np.testing.assert_array_equal(g.view(np.uint8), e.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("strategy", ["rows-unfused", "cols-tasks", "cols-nc"])
+def test_each_kernel_gives_the_full_kernels_bits(limits, threads, strategy, dtype):
+    """bn_stats and bn_backward_reduce (the SUMS + FINISH kernels) and bn_apply and
+    bn_backward_apply (the APPLY kernels) give the bits of the training ops (the kernels with
+    every step), on the unfused plans (where both run SUMS): the kernels are one source."""
+    lim, shape, want = STRATEGIES[strategy]
+    limits(**lim)
+    p = problem(shape, dtype, seed=7)
+    x, gy, w, b, r = p["x"], p["gy"], p["w"], p["b"], p["res"]
+    A, C, B = shape
+    out, mean, m2, inv = np.empty_like(x), np.empty(C), np.empty(C), np.empty(C)
+    assert not bn.bn_forward_train(x, w, b, 1e-5, r, True, out, mean, m2, inv).fused
+    smean, sm2 = np.empty(C), np.empty(C)
+    bn.bn_stats(x, smean, sm2)
+    np.testing.assert_array_equal(smean.view(np.uint64), mean.view(np.uint64))
+    np.testing.assert_array_equal(sm2.view(np.uint64), m2.view(np.uint64))
+    ctr, sc, sh = (np.empty(C, dtype) for _ in range(3))
+    R.bn_forward_coeffs(mean, m2, A * B, w, b, 1e-5, False, np.empty(C), np.empty(C), ctr, sc, sh)
+    y = np.empty_like(x)
+    bn.bn_apply(x, ctr, sc, sh, r, True, y)
+    np.testing.assert_array_equal(y.view(np.uint8), out.view(np.uint8))
+    gx, gres, gw, gb = np.empty_like(x), np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
+    bn.bn_backward(gy, x, out, mean, inv, w, True, gx, gres, gw, gb)
+    s_dy, s_dyx = np.empty(C), np.empty(C)
+    bn.bn_backward_reduce(gy, x, out, mean, s_dy, s_dyx)
+    coefs = [np.empty(C, dtype) for _ in range(6)]
+    R.bn_backward_coeffs(s_dy, s_dyx, mean, inv, w, A * B, True, *coefs)
+    np.testing.assert_array_equal(coefs[4].view(np.uint8), gw.view(np.uint8))
+    np.testing.assert_array_equal(coefs[5].view(np.uint8), gb.view(np.uint8))
+    gx2, gres2 = np.empty_like(x), np.empty_like(x)
+    bn.bn_backward_apply(gy, x, out, *coefs[:4], gx2, gres2)
+    np.testing.assert_array_equal(gx2.view(np.uint8), gx.view(np.uint8))
+    np.testing.assert_array_equal(gres2.view(np.uint8), gres.view(np.uint8))
+
+
+def test_an_op_compiles_only_its_steps(tmp_path):
+    """In a fresh process with an empty Numba cache, bn_stats compiles no element-wise loop and
+    bn_apply no sum (Numba prunes the other steps' branches before typing: the compile-time
+    budget of bench/compile_time.py). A few seconds of compiling, in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    code = """if True:
+        import numpy as np
+        from fastreg.cpu import batchnorm as bn
+        x = np.ones((2, 3, 40), np.float32)
+        bn.bn_stats(x, np.empty(3), np.empty(3))
+        assert not bn._affine.signatures and not bn._gback.signatures, "stats compiled APPLY"
+        assert bn._x_sums.signatures and not bn._g_sums.signatures
+        x, c = x.astype(np.float64), np.ones(3)  # another dtype: another compile
+        bn.bn_apply(x, c, c, c, None, False, np.empty_like(x))
+        assert len(bn._x_sums.signatures) == 1, "apply compiled SUMS"
+        assert bn._affine.signatures and not bn._g_sums.signatures
+        print("OK")
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]

@@ -22,9 +22,9 @@ own float64 lanes), APPLY (the element-wise formula over runs of per_task pieces
 order: forward streams, which the hardware prefetches), or FUSED (rows regime, training ops: one
 item per channel, which sums the channel, computes its coefficients and applies them while the
 channel is still in cache, so that x is read from memory once instead of twice; when a channel's
-data fits in about one core's L2 and every thread gets a channel). After SUMS, the kernel (on the
-calling thread) adds each channel's lanes over its tasks and computes the coefficients. An op is
-one kernel launch: SUMS then APPLY, FUSED, or one step alone.
+data fits in about one core's L2 and every thread gets a channel). After SUMS, FINISH (one item
+per view channel) adds each channel's lanes over its tasks and computes the coefficients. An op
+is one kernel launch: SUMS, FINISH, APPLY; FUSED; SUMS, FINISH (the statistics); or APPLY.
 
 Sums. Value i of a piece goes to lane i % L (a row of partial sums, which LLVM vectorizes without
 fastmath), four rows of L per pass; float64 data with Kahan's compensation, float32 data without
@@ -44,12 +44,16 @@ outputs) compute each chunk into a buffer and then copy it out: a loop that read
 same memory through two arrays fails LLVM's overlap check and runs scalar, and streaming stores
 (fastreg/cpu/penalty.py) go from the chunk's first 64-byte boundary on.
 
-Compile time is a budget (bench/compile_time.py): two kernels (forward, backward), each a
-``twin``, whose ``prange`` bodies call the slice loops directly (every compiled function is
-optimized again inside each caller, so the call tree stays shallow); optional arrays are flags
-with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints, so each
-kernel compiles once per dtype; helpers called only from compiled code have no CPython wrapper;
-and no helper gets a literal argument (Numba compiles a specialization per literal).
+Compile time is a budget (bench/compile_time.py): each direction (forward, backward) has one
+kernel source, a ``twin``, made into three kernels (_kernels): every step (the training ops),
+SUMS + FINISH alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply,
+bn_backward_apply), the other steps' branches pruned by Numba before typing, so that an op's
+first call compiles only what it can run. The ``prange`` bodies call the piece loops directly
+(every compiled function is optimized again inside each caller, so the call tree stays
+shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
+flags with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints,
+so each kernel compiles once per dtype; helpers called only from compiled code have no CPython
+wrapper; and no helper gets a literal argument (Numba compiles a specialization per literal).
 """
 from collections import namedtuple
 
@@ -401,11 +405,11 @@ def _forward(do_sums, do_apply):
     """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
     when ``do_apply``, FUSED when both (see _kernels)."""
     def kernel(arrays, coef, stats, opts, steps, tile):
-        """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none, x
-        may be out; coef (weight, bias, center, scale, shift): with weights, center, scale and shift are
-        computed here (the 0-size ones given are not used); without, they are given (APPLY) or not
-        wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64; opts (floor, eps,
-        has_res, mode)."""
+        """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none,
+        x may be out; coef (weight, bias, center, scale, shift): with weights, center, scale and
+        shift are computed here (the 0-size ones given are not used); without, they are given
+        (APPLY) or not wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64;
+        opts (floor, eps, has_res, mode)."""
         x, r, o = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, bias, center, scale, shift = coef
@@ -486,11 +490,11 @@ def _forward(do_sums, do_apply):
 def _backward(do_sums, do_apply):
     """The backward kernel's source, as _forward's."""
     def kernel(arrays, coef, stats, flags, steps, tile):
-        """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres 0-size when
-        not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b, d), center
-        0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags (masked,
-        training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are made here
-        (the 0-size ones given are not used)."""
+        """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres
+        0-size when not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b,
+        d), center 0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags
+        (masked, training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are
+        made here (the 0-size ones given are not used)."""
         gy, x, y, gx, gr = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, grad_weight, grad_bias, center, ca, cb, cd = coef
@@ -567,8 +571,8 @@ def _backward(do_sums, do_apply):
 def _kernels(source, name):
     """Three kernels (Twins) from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
     bn_stats, bn_backward_reduce) and ``name_apply`` (APPLY: bn_apply, bn_backward_apply). The
-    ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before typing:
-    the first call of an op compiles only the steps it can run."""
+    ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before
+    typing: the first call of an op compiles only the steps it can run."""
     made = []
     for suffix, do_sums, do_apply in (("", True, True), ("_stats", True, False),
                                       ("_apply", False, True)):
@@ -578,7 +582,8 @@ def _kernels(source, name):
     return made
 
 
-_forward_kernel, _forward_stats_kernel, _forward_apply_kernel = _kernels(_forward, "_forward_kernel")
+_forward_kernel, _forward_stats_kernel, _forward_apply_kernel = _kernels(_forward,
+                                                                         "_forward_kernel")
 _backward_kernel, _backward_stats_kernel, _backward_apply_kernel = _kernels(_backward,
                                                                             "_backward_kernel")
 
@@ -645,8 +650,8 @@ def bn_stats(x, mean, m2, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
-           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN), (SUMS, FINISH, NONE),
-           plan.tile)
+           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN),
+           (SUMS, FINISH, NONE), plan.tile)
     return plan
 
 
@@ -657,8 +662,9 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         e, f = _stand_in(out.dtype), _stand_in(_F64)
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
-        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift), (f, f, f),
-               _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE), plan.tile)
+        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift),
+               (f, f, f), _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE),
+               plan.tile)
     return plan
 
 
@@ -697,7 +703,8 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
         launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
-               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE), plan.tile)
+               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE),
+               plan.tile)
     return plan
 
 
