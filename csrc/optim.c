@@ -13,11 +13,7 @@
  * result of widening to float32, the float32 step and rounding, fastreg/_half.py).  The
  * reference's per-call branches (weight decay, momentum state, Nesterov, decoupled decay, L1
  * prox, AMSGrad) are compile-time constants of separate instances of the element loop, chosen
- * from a table at each call, so every instance is a branch-free vectorized loop.  The 16-bit
- * instances keep only the branches that change which arrays are touched (momentum state,
- * AMSGrad) as constants and select the others bitwise at run time: 3 SGD and 2 Adam loops per
- * storage pair instead of 48 and 8, for compile time (a 16-bit step is bound by memory; the
- * selects add a few vector operations per element).
+ * from a table at each call, so every instance is a branch-free vectorized loop.
  */
 #include <math.h>
 #include <stdint.h>
@@ -38,17 +34,13 @@
  * DEC: p = p * decay.  L1: p = soft(p, l1t) * 1.  The gradient is first g * gscale (gradient
  * clipping's factor), or g itself when gscale == 1 (a select, as the reference skips it).
  * An instance SUF: math and state type T (helper suffix MS: f32 / f64), parameters stored as
- * P and gradients as G (csrc/half.h tags: f32, f64, f16, bf16); VARIANTS and INDEX: its table
- * of element loops and the index of a call's loop in it.  WD, NEST, DEC and L1 are 0 / 1, or
- * -1: read from the arguments at run time (a bitwise select, no branch; a constant folds the
- * select away, so the float32 and float64 loops are the plain ones). */
-#define FR_DEFINE_SGD(SUF, T, MS, P, G, VARIANTS, INDEX)                                       \
+ * P and gradients as G (csrc/half.h tags: f32, f64, f16, bf16). */
+#define FR_DEFINE_SGD(SUF, T, MS, P, G)                                                        \
     typedef struct {                                                                           \
         FR_ELEM_##P *p;                                                                        \
         T *buf;                                                                                \
         const FR_ELEM_##G *g;                                                                  \
         T lr, wd, decay, momentum, damp1, l1t, gscale;                                         \
-        int wdf, nest, dec, l1;                                                                \
     } fr_sgd_args_##SUF;                                                                       \
                                                                                                \
     FR_INLINE void fr_sgd_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
@@ -63,32 +55,32 @@
         const T damp1 = a->damp1, l1t = a->l1t, nl1t = -a->l1t, one = 1;                       \
         const T gscale = a->gscale;                                                            \
         const int gs = a->gscale != 1; /* g * 1 is g: the select keeps g itself */             \
-        const int wd_on = WD < 0 ? a->wdf : WD, nest_on = NEST < 0 ? a->nest : NEST;           \
-        const int dec_on = DEC < 0 ? a->dec : DEC, l1_on = L1 < 0 ? a->l1 : L1;                \
         const size_t len = hi - lo;                                                            \
         _Pragma("omp simd")                                                                    \
         for (size_t i = 0; i < len; i++) {                                                     \
             T pi = fr_load_##P(p, i), g0 = fr_load_##G(g, i);                                  \
             T gi = fr_sel_##MS(gs, g0 * gscale, g0);                                           \
-            T d = fr_sel_##MS(wd_on, gi + wd * pi, gi);                                        \
+            T d = WD ? gi + wd * pi : gi;                                                      \
             if (MOM) {                                                                         \
                 T b = MOM == 1 ? d : momentum * buf[i] + damp1 * d;                            \
                 buf[i] = b;                                                                    \
-                d = fr_sel_##MS(nest_on, d + momentum * b, b);                                 \
+                d = NEST ? d + momentum * b : b;                                               \
             }                                                                                  \
-            pi = fr_sel_##MS(dec_on, pi * decay, pi);                                          \
+            if (DEC)                                                                           \
+                pi = pi * decay;                                                               \
             pi = pi - lr * d;                                                                  \
-            pi = fr_sel_##MS(l1_on, fr_soft_##MS(pi, l1t, nl1t) * one, pi);                    \
+            if (L1)                                                                            \
+                pi = fr_soft_##MS(pi, l1t, nl1t) * one;                                        \
             fr_store_##P(p, i, pi);                                                            \
         }                                                                                      \
     }                                                                                          \
-    VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                       \
+    FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                \
                                                                                                \
     static int fr_sgd_run_##SUF(void *p, const void *g, T *buf, T lr, T wd, T decay,           \
                                 T momentum, T damp1, int nesterov, int first, T l1t, T gscale, \
                                 int64_t n)                                                     \
     {                                                                                          \
-        static const fr_ew_kernel kernels[] = {VARIANTS(FR_SGD_TABLE_ENTRY, SUF)};             \
+        static const fr_ew_kernel kernels[] = {FR_SGD_VARIANTS(FR_SGD_TABLE_ENTRY, SUF)};      \
         if (n < 0)                                                                             \
             return FR_ERR_SIZE;                                                                \
         if (!p || !g)                                                                          \
@@ -97,8 +89,8 @@
         int wdf = wd != 0, mom = buf == NULL ? 0 : first ? 1 : 2;                              \
         int nest = mom && nesterov, dec = decay != 1, l1 = l1t != 0;                           \
         fr_sgd_args_##SUF args = {(FR_ELEM_##P *)p, buf, (const FR_ELEM_##G *)g, lr, wd,       \
-                                  decay, momentum, damp1, l1t, gscale, wdf, nest, dec, l1};    \
-        size_t k = INDEX(wdf, mom, nest, dec, l1);                                             \
+                                  decay, momentum, damp1, l1t, gscale};                        \
+        size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                           \
         return FR_OK;                                                                          \
     }
@@ -112,22 +104,10 @@
 #define FR_SGD_V24(X, S, W) FR_SGD_V8(X, S, W, 0) FR_SGD_V8(X, S, W, 1) FR_SGD_V8(X, S, W, 2)
 #define FR_SGD_VARIANTS(X, S) FR_SGD_V24(X, S, 0) FR_SGD_V24(X, S, 1)
 
-/* 16-bit instances: the three momentum loops, the other branches selected at run time (a
- * 16-bit step is bound by memory, and 48 loops for each of the six storage pairs would take
- * minutes to compile) */
-#define FR_SGD_HALF_INDEX(wd, mom, nest, dec, l1) ((size_t)(mom))
-#define FR_SGD_HALF_VARIANTS(X, S) X(S, x, 0, x, x, x) X(S, x, 1, x, x, x) X(S, x, 2, x, x, x)
-
-/* a variant's flag: 0, 1, or x (-1: read at run time) */
-#define FR_STEP_FLAG_0 0
-#define FR_STEP_FLAG_1 1
-#define FR_STEP_FLAG_x (-1)
 #define FR_SGD_NAME(S, W, M, N, D, L) fr_sgd_##S##_##W##M##N##D##L
-#define FR_SGD_DEFINE_VARIANT(S, W, M, N, D, L)                                            \
-    FR_EW_RANGE_FNS(FR_SGD_NAME(S, W, M, N, D, L),                                         \
-                    ((void)dst, fr_sgd_##S##_elems(args, lo, hi, FR_STEP_FLAG_##W, M,       \
-                                                   FR_STEP_FLAG_##N, FR_STEP_FLAG_##D,       \
-                                                   FR_STEP_FLAG_##L)))
+#define FR_SGD_DEFINE_VARIANT(S, W, M, N, D, L)     \
+    FR_EW_RANGE_FNS(FR_SGD_NAME(S, W, M, N, D, L),  \
+                    ((void)dst, fr_sgd_##S##_elems(args, lo, hi, W, M, N, D, L)))
 #define FR_SGD_TABLE_ENTRY(S, W, M, N, D, L) FR_EW_KERNEL(FR_SGD_NAME(S, W, M, N, D, L)),
 
 /* The exported step of one dtype (float32, float64) */
@@ -139,17 +119,17 @@
                                 l1t, gscale, n);                                              \
     }
 
-FR_DEFINE_SGD(f32, float, f32, f32, f32, FR_SGD_VARIANTS, FR_SGD_INDEX)
-FR_DEFINE_SGD(f64, double, f64, f64, f64, FR_SGD_VARIANTS, FR_SGD_INDEX)
+FR_DEFINE_SGD(f32, float, f32, f32, f32)
+FR_DEFINE_SGD(f64, double, f64, f64, f64)
 FR_SGD_EXPORT(f32, float)
 FR_SGD_EXPORT(f64, double)
 /* 16-bit: parameter / gradient stored as float16, bfloat16 or float32, never two 16-bit types */
-FR_DEFINE_SGD(f16f16, float, f32, f16, f16, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
-FR_DEFINE_SGD(f16f32, float, f32, f16, f32, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
-FR_DEFINE_SGD(f32f16, float, f32, f32, f16, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
-FR_DEFINE_SGD(bf16bf16, float, f32, bf16, bf16, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
-FR_DEFINE_SGD(bf16f32, float, f32, bf16, f32, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
-FR_DEFINE_SGD(f32bf16, float, f32, f32, bf16, FR_SGD_HALF_VARIANTS, FR_SGD_HALF_INDEX)
+FR_DEFINE_SGD(f16f16, float, f32, f16, f16)
+FR_DEFINE_SGD(f16f32, float, f32, f16, f32)
+FR_DEFINE_SGD(f32f16, float, f32, f32, f16)
+FR_DEFINE_SGD(bf16bf16, float, f32, bf16, bf16)
+FR_DEFINE_SGD(bf16f32, float, f32, bf16, f32)
+FR_DEFINE_SGD(f32bf16, float, f32, f32, bf16)
 
 typedef int fr_sgd_run_fn(void *p, const void *g, float *buf, float lr, float wd, float decay,
                           float momentum, float damp1, int nesterov, int first, float l1t,
@@ -176,15 +156,13 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
 
 /* g = g * gscale (g itself when gscale == 1).  WD: g = g + wd * p.  DEC: p = p * decay.
  * AMS: vmax = max(vmax, v), NaN-propagating as np.maximum (vmax if vmax > v or vmax is NaN,
- * else v), and vmax replaces v in the denominator.  SUF, T, MS, P, G, VARIANTS, INDEX and the
- * run-time flags (-1): as for SGD. */
-#define FR_DEFINE_ADAM(SUF, T, MS, P, G, VARIANTS, INDEX)                                       \
+ * else v), and vmax replaces v in the denominator.  SUF, T, MS, P, G: as for SGD. */
+#define FR_DEFINE_ADAM(SUF, T, MS, P, G)                                                        \
     typedef struct {                                                                            \
         FR_ELEM_##P *p;                                                                         \
         T *m, *v, *vmax;                                                                        \
         const FR_ELEM_##G *g;                                                                   \
         T wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale;                       \
-        int wdf, dec;                                                                           \
     } fr_adam_args_##SUF;                                                                       \
                                                                                                 \
     FR_INLINE void fr_adam_##SUF##_elems(const void *args, size_t lo, size_t hi, const int WD,  \
@@ -199,14 +177,15 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
         const T bc2_sqrt = a->bc2_sqrt;                                                         \
         const T gscale = a->gscale;                                                             \
         const int gs = a->gscale != 1;                                                          \
-        const int wd_on = WD < 0 ? a->wdf : WD, dec_on = DEC < 0 ? a->dec : DEC;                \
         const size_t len = hi - lo;                                                             \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < len; i++) {                                                      \
             T pi = fr_load_##P(p, i), g0 = fr_load_##G(g, i);                                   \
             T gi = fr_sel_##MS(gs, g0 * gscale, g0);                                            \
-            gi = fr_sel_##MS(wd_on, gi + wd * pi, gi);                                          \
-            pi = fr_sel_##MS(dec_on, pi * decay, pi);                                           \
+            if (WD)                                                                             \
+                gi = gi + wd * pi;                                                              \
+            if (DEC)                                                                            \
+                pi = pi * decay;                                                                \
             T mi = m[i] + omb1 * (gi - m[i]);                                                   \
             T vi = beta2 * v[i] + omb2 * (gi * gi);                                             \
             m[i] = mi;                                                                          \
@@ -221,38 +200,31 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
             fr_store_##P(p, i, pi - step_size * (mi / denom));                                  \
         }                                                                                       \
     }                                                                                           \
-    VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                                       \
+    FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                               \
                                                                                                 \
     static int fr_adam_run_##SUF(void *p, const void *g, T *m, T *v, T *vmax, T wd, T decay,    \
                                  T omb1, T beta2, T omb2, T eps, T step_size, T bc2_sqrt,       \
                                  T gscale, int64_t n)                                           \
     {                                                                                           \
-        static const fr_ew_kernel kernels[] = {VARIANTS(FR_ADAM_TABLE_ENTRY, SUF)};             \
+        static const fr_ew_kernel kernels[] = {FR_ADAM_VARIANTS(FR_ADAM_TABLE_ENTRY, SUF)};     \
         if (n < 0)                                                                              \
             return FR_ERR_SIZE;                                                                 \
         if (!p || !g || !m || !v)                                                               \
             return FR_ERR_NULL;                                                                 \
-        int wdf = wd != 0, dec = decay != 1;                                                    \
-        fr_adam_args_##SUF args = {(FR_ELEM_##P *)p, m, v, vmax, (const FR_ELEM_##G *)g,        \
-                                   wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,      \
-                                   gscale, wdf, dec};                                           \
-        size_t k = INDEX(wdf, dec, vmax != NULL);                                               \
+        fr_adam_args_##SUF args = {(FR_ELEM_##P *)p, m, v, vmax, (const FR_ELEM_##G *)g, wd,    \
+                                   decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale}; \
+        size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
         fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                            \
         return FR_OK;                                                                           \
     }
 
-#define FR_ADAM_INDEX(wd, dec, ams) ((size_t)((wd) * 4 + (dec) * 2 + (ams)))
 #define FR_ADAM_V2(X, S, W, D) X(S, W, D, 0) X(S, W, D, 1)
 #define FR_ADAM_VARIANTS(X, S)  \
     FR_ADAM_V2(X, S, 0, 0) FR_ADAM_V2(X, S, 0, 1) FR_ADAM_V2(X, S, 1, 0) FR_ADAM_V2(X, S, 1, 1)
-/* 16-bit instances: with and without AMSGrad, the decays selected at run time */
-#define FR_ADAM_HALF_INDEX(wd, dec, ams) ((size_t)(ams))
-#define FR_ADAM_HALF_VARIANTS(X, S) FR_ADAM_V2(X, S, x, x)
 #define FR_ADAM_NAME(S, W, D, A) fr_adam_##S##_##W##D##A
 #define FR_ADAM_DEFINE_VARIANT(S, W, D, A)     \
     FR_EW_RANGE_FNS(FR_ADAM_NAME(S, W, D, A),  \
-                    ((void)dst, fr_adam_##S##_elems(args, lo, hi, FR_STEP_FLAG_##W,  \
-                                                    FR_STEP_FLAG_##D, A)))
+                    ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
 #define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL(FR_ADAM_NAME(S, W, D, A)),
 
 #define FR_ADAM_EXPORT(SUF, T)                                                                \
@@ -264,16 +236,16 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
                                  step_size, bc2_sqrt, gscale, n);                             \
     }
 
-FR_DEFINE_ADAM(f32, float, f32, f32, f32, FR_ADAM_VARIANTS, FR_ADAM_INDEX)
-FR_DEFINE_ADAM(f64, double, f64, f64, f64, FR_ADAM_VARIANTS, FR_ADAM_INDEX)
+FR_DEFINE_ADAM(f32, float, f32, f32, f32)
+FR_DEFINE_ADAM(f64, double, f64, f64, f64)
 FR_ADAM_EXPORT(f32, float)
 FR_ADAM_EXPORT(f64, double)
-FR_DEFINE_ADAM(f16f16, float, f32, f16, f16, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
-FR_DEFINE_ADAM(f16f32, float, f32, f16, f32, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
-FR_DEFINE_ADAM(f32f16, float, f32, f32, f16, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
-FR_DEFINE_ADAM(bf16bf16, float, f32, bf16, bf16, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
-FR_DEFINE_ADAM(bf16f32, float, f32, bf16, f32, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
-FR_DEFINE_ADAM(f32bf16, float, f32, f32, bf16, FR_ADAM_HALF_VARIANTS, FR_ADAM_HALF_INDEX)
+FR_DEFINE_ADAM(f16f16, float, f32, f16, f16)
+FR_DEFINE_ADAM(f16f32, float, f32, f16, f32)
+FR_DEFINE_ADAM(f32f16, float, f32, f32, f16)
+FR_DEFINE_ADAM(bf16bf16, float, f32, bf16, bf16)
+FR_DEFINE_ADAM(bf16f32, float, f32, bf16, f32)
+FR_DEFINE_ADAM(f32bf16, float, f32, f32, bf16)
 
 typedef int fr_adam_run_fn(void *p, const void *g, float *m, float *v, float *vmax, float wd,
                            float decay, float omb1, float beta2, float omb2, float eps,
