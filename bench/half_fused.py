@@ -1,7 +1,7 @@
 """16-bit dropout and optimizer steps: fastreg's fused C kernels against its conversion passes
 and against torch, interleaved in one process.
 
-    python bench/half_fused.py [--sizes 100000 1000000 10000000] [--rounds 15]
+    python bench/half_fused.py [--sizes 100000 1000000 10000000] [--rounds 15] [--serial]
 
 Rows: bfloat16 / float16 dropout forward (p = 0.1, new output) and the AdamW and SGD (momentum)
 steps on one 16-bit parameter with a 16-bit gradient, plus float32 parameters with bfloat16
@@ -9,7 +9,9 @@ gradients (torch cannot pair those). "fused" is backend "c" as shipped; "passes"
 with the fused kernels hidden (fastreg._half.fused answering None: widen to float32, the
 float32 kernel, round back), i.e. what every 16-bit op did before. torch: F.dropout and
 torch.optim AdamW / SGD (foreach; bf16 math and state) on the same data. Prints min and median
-per call (ms) and torch / fastreg (> 1: fastreg faster), with the load average.
+per call (ms) and torch / fastreg (> 1: fastreg faster), with the load average. ``--serial``:
+one thread for torch and fastreg, timed in CPU time of the calling thread (``time.thread_time``:
+steadier than wall time on a shared machine, blind to memory-bandwidth sharing).
 """
 import argparse
 import os
@@ -83,16 +85,16 @@ def cases(n, dtype):
     return out
 
 
-def measure(fns, rounds):
+def measure(fns, rounds, clock=time.perf_counter):
     for fn in fns.values():
         fn()
         fn()
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(clock() - t)
     return {k: (min(v), statistics.median(v)) for k, v in times.items()}
 
 
@@ -101,7 +103,13 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    ap.add_argument("--serial", action="store_true")
     args = ap.parse_args()
+    clock = time.perf_counter
+    if args.serial:
+        torch.set_num_threads(1)
+        fastreg.set_num_threads(1)
+        clock = time.thread_time
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fastreg threads "
           f"{fastreg.get_num_threads()}; load average before: {os.getloadavg()}")
     print(f"{'case':34s} {'n':>9s} {'impl':>7s} {'min ms':>9s} {'median ms':>10s} "
@@ -110,7 +118,7 @@ def main():
         dtype = BF16 if dt == "bfloat16" else np.dtype(np.float16)
         for n in args.sizes:
             for case, fns in cases(n, dtype).items():
-                res = measure(fns, args.rounds)
+                res = measure(fns, args.rounds, clock)
                 tmed = res.get("torch", (None, None))[1]
                 for k, (mn, med) in res.items():
                     ratio = f"{tmed / med:17.2f}" if tmed and k != "torch" else ""
