@@ -265,3 +265,26 @@ def test_16bit_torch_state_dict_loads_widened():
         assert opt.state[p]["exp_avg"].dtype == torch.float32
         assert p.dtype == torch.bfloat16 and torch.isfinite(p).all()
         assert not torch.equal(opt.state[p]["exp_avg"], m)  # the step ran on the loaded state
+
+
+def test_torch_optim_fused_path_is_taken(monkeypatch):
+    """frt.optim's 16-bit steps on backend c run the fused kernels (tests/test_half_fused.py),
+    with no conversion pass."""
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("backend 'c' unavailable")
+    from fastreg import _half
+
+    def no_pass(*args):
+        raise AssertionError("a conversion pass ran")
+    monkeypatch.setattr(_half, "widen", no_pass)
+    monkeypatch.setattr(_half, "store", no_pass)
+    for pdt, gdt in [(torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
+                     (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)]:
+        for make in (lambda ps: frt.optim.SGD(ps, lr=0.1, momentum=0.9, backend="c"),
+                     lambda ps: frt.optim.AdamW(ps, lr=0.1, backend="c")):
+            p = torch.randn(33).to(pdt).requires_grad_()
+            p.grad_dtype = None   # torch 2.13: a gradient of another dtype must be allowed
+            p.grad = torch.randn(33).to(gdt)
+            before = p.detach().clone()
+            make([p]).step()
+            assert not torch.equal(p.detach(), before)
