@@ -579,3 +579,47 @@ def test_model_ema_state_dict_set_and_checks():
         frt.ModelEma(model, decay=-0.5)
     with pytest.raises(ValueError, match="state_dict entries differ"):
         ema.update(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "c"])
+def test_model_ema_reuses_views_and_follows_new_memory(backend):
+    """ModelEma keeps one NumPy view per CPU tensor between updates (so ema_update reuses its
+    checked plan) and makes a new one when a tensor's memory changes (``p.data = ...``, a new
+    submodule, ``set_``); every update equals timm's on the tensors of the moment."""
+    torch = _torch_with_fma()
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"backend {backend!r} unavailable")
+    import copy
+
+    import fastreg.torch as frt
+    model = _torch_model(torch, torch.float32)
+    ema = frt.ModelEma(model, decay=0.9, backend=backend)
+    reference = copy.deepcopy(model).eval()
+
+    def step(decay=0.9):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        with torch.no_grad():
+            _timm_v3_update(torch, reference, model, decay)
+        for (k, a), b in zip(ema.module.state_dict().items(), reference.state_dict().values()):
+            assert torch.equal(a, b), k
+
+    step()
+    views = dict(ema._views)
+    step()
+    assert all(ema._views[k][2] is v[2] for k, v in views.items())   # the same ndarrays
+    model[0].weight.data = torch.randn(6, 3, 3, 3)        # new memory, same Parameter object
+    step()
+    assert ema._views[id(model[0].weight)][2] is not views[id(model[0].weight)][2]
+    model[4] = torch.nn.Linear(6 * 36, 5)                 # a new submodule: new objects
+    with torch.no_grad():
+        reference[4].weight.copy_(ema.module[4].weight)
+    step()
+    assert id(views[id(model[0].bias)][0]()) == id(model[0].bias)
+    assert len(ema._views) == 2 * sum(1 for t in model.state_dict().values()
+                                      if t.is_floating_point())   # no stale entry kept
+    with torch.no_grad():
+        model[1].running_mean.set_(torch.zeros(6))        # set_: new storage
+    step()

@@ -10,6 +10,7 @@ float16 / bfloat16 entries, which fastreg's kernels do not take, go through torc
 ``lerp_``.
 """
 import copy
+import weakref
 
 import torch
 
@@ -72,6 +73,25 @@ class ModelEma(torch.nn.Module):
             self.module.to(device=device)
         self.exclude_buffers = bool(exclude_buffers)
         self.backend = backend
+        self._views = {}   # id(tensor) -> (weak ref, memory facts, NumPy view): see _host_views
+
+    def _host_views(self, tensors, views):
+        """NumPy views of CPU tensors, the same ndarray objects from one update to the next while
+        a tensor keeps its memory, shape, strides and dtype, so that ``fastreg.ema_update``
+        reuses its checks of the lists (fastreg/_multi.py plans) instead of redoing them for
+        every tensor at every step. ``views``: the new cache, holding only what this update
+        used (a view keeps its tensor's storage alive, so a stale entry must not linger; and
+        while it lives, no other storage can take its address, so an equal data pointer means
+        the same memory)."""
+        out = []
+        for t in tensors:
+            facts = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+            hit = self._views.get(id(t))
+            if hit is None or hit[0]() is not t or hit[1] != facts:
+                hit = (weakref.ref(t), facts, t.detach().numpy())
+            views[id(t)] = hit
+            out.append(hit[2])
+        return out
 
     def get_decay(self, step=None):
         """The decay at optimizer update ``step`` (None: the constant ``decay``).
@@ -95,7 +115,9 @@ class ModelEma(torch.nn.Module):
         if self.exclude_buffers:
             return ([(e, m, True) for e, m in zip(self.module.parameters(), model.parameters())]
                     + [(e, m, False) for e, m in zip(self.module.buffers(), model.buffers())])
-        ema_sd, model_sd = self.module.state_dict(), model.state_dict()
+        # keep_vars: the parameter and buffer objects themselves, the same at every update
+        ema_sd = self.module.state_dict(keep_vars=True)
+        model_sd = model.state_dict(keep_vars=True)
         if list(ema_sd) != list(model_sd):
             raise ValueError("model's state_dict entries differ from the EMA's copy (another "
                              "architecture?)")
@@ -128,7 +150,6 @@ class ModelEma(torch.nn.Module):
         groups = {}   # device -> ([ema], [model]) for fastreg's kernel
         rest = []
         for e, m, average in self._pairs(model):
-            m = m.detach()
             if m.device != e.device:
                 m = m.to(device=e.device)
             if e.shape != m.shape or e.dtype != m.dtype:
@@ -142,11 +163,17 @@ class ModelEma(torch.nn.Module):
                 g[1].append(m)
             else:
                 rest.append((e, m, True))
+        views = {}
         for device, (emas, models) in groups.items():
             if device.type == "cpu":
-                emas = [t.detach().numpy() for t in emas]
-                models = [t.numpy() for t in models]
+                emas = self._host_views(emas, views)
+                models = self._host_views(models, views)
+            else:   # CUDA tensors go as they are, detached (a parameter that requires grad
+                # hides its __cuda_array_interface__)
+                emas = [t.detach() for t in emas]
+                models = [t.detach() for t in models]
             _ema.ema_update(emas, models, decay, backend=self.backend)
+        self._views = views
         for e, m, average in rest:
             if average:
                 e.lerp_(m, 1.0 - decay)
