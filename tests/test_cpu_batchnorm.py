@@ -344,20 +344,17 @@ def test_running_update_is_the_reference_bit_for_bit(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("strategy", ["rows-unfused", "cols-tasks", "cols-nc"])
-def test_each_kernel_gives_the_full_kernels_bits(limits, threads, strategy, dtype, monkeypatch):
+def test_each_kernel_gives_the_full_kernels_bits(limits, threads, strategy, dtype):
     """bn_stats and bn_backward_reduce (the SUMS + FINISH kernels) and bn_apply and
     bn_backward_apply (the APPLY kernels) give the bits of the training ops (the kernels with
     every step), on the unfused plans (where both run SUMS): the kernels are one source."""
     lim, shape, want = STRATEGIES[strategy]
     limits(**lim)
-    launched = set()
-    monkeypatch.setattr(bn, "_LAUNCHED", launched)  # (cleared below: the partial kernels run)
     p = problem(shape, dtype, seed=7)
     x, gy, w, b, r = p["x"], p["gy"], p["w"], p["b"], p["res"]
     A, C, B = shape
     out, mean, m2, inv = np.empty_like(x), np.empty(C), np.empty(C), np.empty(C)
     assert not bn.bn_forward_train(x, w, b, 1e-5, r, True, out, mean, m2, inv).fused
-    launched.clear()
     smean, sm2 = np.empty(C), np.empty(C)
     bn.bn_stats(x, smean, sm2)
     np.testing.assert_array_equal(smean.view(np.uint64), mean.view(np.uint64))
@@ -369,7 +366,6 @@ def test_each_kernel_gives_the_full_kernels_bits(limits, threads, strategy, dtyp
     np.testing.assert_array_equal(y.view(np.uint8), out.view(np.uint8))
     gx, gres, gw, gb = np.empty_like(x), np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype)
     bn.bn_backward(gy, x, out, mean, inv, w, True, gx, gres, gw, gb)
-    launched.clear()
     s_dy, s_dyx = np.empty(C), np.empty(C)
     bn.bn_backward_reduce(gy, x, out, mean, s_dy, s_dyx)
     coefs = [np.empty(C, dtype) for _ in range(6)]
@@ -406,39 +402,3 @@ def test_an_op_compiles_only_its_steps(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
-
-
-def test_partial_ops_run_the_full_kernel_once_it_is_launched(monkeypatch):
-    """bn_stats, bn_apply, bn_backward_reduce and bn_backward_apply run their own kernel until the
-    training op of their direction, dtype and threading has launched the kernel with every step
-    (then that one: it is compiled or loaded already, a training loop's evaluation compiles
-    nothing more)."""
-    monkeypatch.setattr(bn, "_LAUNCHED", set())
-    ran = []
-    launch = bn.launch
-    monkeypatch.setattr(bn, "launch", lambda kernel, *args: ran.append(kernel) or
-                        launch(kernel, *args))
-    p = problem((3, 4, 40), np.float32)
-    x, gy, w, b = p["x"], p["gy"], p["w"], p["b"]
-    C = 4
-    mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
-    y, gx, gw, gb = np.empty_like(x), np.empty_like(x), np.empty(C, x.dtype), np.empty(C, x.dtype)
-
-    def partial_ops():
-        del ran[:]
-        bn.bn_stats(x, np.empty(C), np.empty(C))
-        bn.bn_apply(x, w, w, b, None, False, np.empty_like(x))
-        bn.bn_backward_reduce(gy, x, None, mean, np.empty(C), np.empty(C))
-        bn.bn_backward_apply(gy, x, None, w, w, w, w, np.empty_like(x), None)
-        return list(ran)
-
-    assert partial_ops() == [bn._forward_stats_kernel, bn._forward_apply_kernel,
-                             bn._backward_stats_kernel, bn._backward_apply_kernel]
-    bn.bn_forward_train(x, w, b, 1e-5, None, False, y, mean, m2, inv)
-    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
-    bn.bn_forward_train(x64, w64, b64, 1e-5, None, False, np.empty_like(x64), mean, m2, inv)
-    # (float64: not the float32 kernel)
-    assert partial_ops() == [bn._forward_kernel, bn._forward_kernel,
-                             bn._backward_stats_kernel, bn._backward_apply_kernel]
-    bn.bn_backward(gy, x, None, mean, inv, w, True, gx, None, gw, gb)
-    assert partial_ops() == [bn._forward_kernel] * 2 + [bn._backward_kernel] * 2

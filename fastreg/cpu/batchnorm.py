@@ -48,8 +48,7 @@ Compile time is a budget (bench/compile_time.py): each direction (forward, backw
 kernel source, a ``twin``, made into three kernels (_kernels): every step (the training ops),
 SUMS + FINISH alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply,
 bn_backward_apply), the other steps' branches pruned by Numba before typing, so that an op's
-first call compiles only what it can run (once the kernel with every step is launched, the
-others run it: _full_or). The ``prange`` bodies call the piece loops directly
+first call compiles only what it can run. The ``prange`` bodies call the piece loops directly
 (every compiled function is optimized again inside each caller, so the call tree stays
 shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
 flags with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints,
@@ -592,16 +591,6 @@ _backward_kernel, _backward_stats_kernel, _backward_apply_kernel = _kernels(_bac
 # --- the backend's functions --------------------------------------------------------------------
 # Lean on purpose: on a (64, 256) layer this Python is as long as the kernels. One launch per op.
 
-# The ops with some steps run the kernel with every step once this process has launched it (it
-# is compiled or loaded then, and gives the same bits): a training loop's evaluation compiles no
-# APPLY kernel of its own. Before that, they run their own kernel, which compiles less.
-_LAUNCHED = set()  # (kernel with every step, dtype, parallel) launched in this process
-
-
-def _full_or(full, part, dtype, nthreads):
-    return full if (full, dtype, nthreads > 1) in _LAUNCHED else part
-
-
 _STAND_INS = {}  # dtype -> a 0-size array, for the optional arrays a call does not have
 _F64 = np.dtype(np.float64)
 
@@ -660,8 +649,7 @@ def bn_stats(x, mean, m2, plan=None):
         m2[:] = 0.0
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
-    launch(_full_or(_forward_kernel, _forward_stats_kernel, x.dtype, plan.nthreads),
-           plan.nthreads, (xf, e, xf), (e, e, e, e, e),
+    launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
            (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN),
            (SUMS, FINISH, NONE), plan.tile)
     return plan
@@ -674,8 +662,7 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         e, f = _stand_in(out.dtype), _stand_in(_F64)
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
-        launch(_full_or(_forward_kernel, _forward_apply_kernel, out.dtype, plan.nthreads),
-               plan.nthreads, arrays, (e, e, center, scale, shift),
+        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift),
                (f, f, f), _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE),
                plan.tile)
     return plan
@@ -688,7 +675,6 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
     arrays = (x.reshape(-1), _stand_in(x.dtype) if residual is None else residual.reshape(-1),
               out.reshape(-1))
     e = _stand_in(x.dtype)
-    _LAUNCHED.add((_forward_kernel, x.dtype, plan.nthreads > 1))
     launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
            _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan), plan.tile)
     return plan
@@ -702,8 +688,7 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
-    launch(_full_or(_backward_kernel, _backward_stats_kernel, x.dtype, plan.nthreads),
-           plan.nthreads, arrays, (e,) * 7,
+    launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
            (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
            (SUMS, FINISH, NONE), plan.tile)
     return plan
@@ -717,8 +702,7 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
-        launch(_full_or(_backward_kernel, _backward_apply_kernel, x.dtype, plan.nthreads),
-               plan.nthreads, arrays, coef, (f, f, f, f),
+        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
                (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE),
                plan.tile)
     return plan
@@ -736,7 +720,6 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
     e, f = _stand_in(x.dtype), _stand_in(_F64)
-    _LAUNCHED.add((_backward_kernel, x.dtype, plan.nthreads > 1))
     launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
            (mean, invstd, f, f), (y is not None, bool(training), gres is not None, plan.mode),
            _steps(plan), plan.tile)
