@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from cffi import FFI
 
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 MODULE = "fastreg.c._fastreg_c"
 SOURCES = ["dropout.c", "penalty.c", "optim.c", "batchnorm.c", "augment.c", "augment_color.c",
            "dropblock.c", "multi_tensor.c", "loss.c"]
-HEADERS = ["fastreg.h", "fr_threads.h", "philox.h", "elementwise.h"]
+HEADERS = ["fastreg.h", "fr_threads.h", "philox.h", "elementwise.h", "half.h"]
 
 
 def _flag(name):
@@ -55,6 +56,40 @@ def _flags():
     return compile_args, ["-fopenmp"]
 
 
+def _parallel_compile():
+    """Compile the sources on every core of this build: distutils compiles an extension's
+    sources one after another, which made the C build take minutes. Its ``CCompiler.compile``
+    (what the Unix compilers use; MSVC has its own) is replaced, in this build process only, by
+    the same steps with the per-file ``_compile`` calls (one compiler process each) on a thread
+    pool; errors are raised as before."""
+    import importlib
+
+    import setuptools  # noqa: F401  (makes ``distutils`` setuptools' copy, the one it builds with)
+    bases = set()
+    for name in ("distutils.ccompiler", "setuptools._distutils.ccompiler"):
+        try:   # the same file, imported under both names (two module objects)
+            bases.add(importlib.import_module(name).CCompiler)
+        except ImportError:
+            pass
+
+    def compile(self, sources, output_dir=None, macros=None, include_dirs=None, debug=False,
+                extra_preargs=None, extra_postargs=None, depends=None):
+        macros, objects, extra_postargs, pp_opts, build = self._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = self._get_cc_args(pp_opts, debug, extra_preargs)
+        jobs = [(obj, *build[obj]) for obj in objects if obj in build]
+        workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))
+                             if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(lambda j: self._compile(j[0], j[1], j[2], cc_args, extra_postargs,
+                                                      pp_opts), jobs):
+                pass
+        return objects
+
+    for base in bases:
+        base.compile = compile
+
+
 def make_builder(relative=True):
     """The FFI builder; ``relative`` gives source paths relative to the current directory (what
     setuptools wants: it runs from the project root, also for sdists), else absolute paths."""
@@ -63,6 +98,7 @@ def make_builder(relative=True):
         return os.path.relpath(p) if relative else p
 
     compile_args, link_args = _flags()
+    _parallel_compile()
     ffibuilder = FFI()
     ffibuilder.cdef(_cdef_text())
     ffibuilder.set_source(
