@@ -91,7 +91,7 @@
         fr_sgd_args_##SUF args = {(FR_ELEM_##P *)p, buf, (const FR_ELEM_##G *)g, lr, wd,       \
                                   decay, momentum, damp1, l1t, gscale};                        \
         size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
-        fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                           \
+        fr_ew_run(kernels[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                 \
         return FR_OK;                                                                          \
     }
 
@@ -214,7 +214,7 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
         fr_adam_args_##SUF args = {(FR_ELEM_##P *)p, m, v, vmax, (const FR_ELEM_##G *)g, wd,    \
                                    decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale}; \
         size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
-        fr_ew_run(kernels[k], &args, NULL, sizeof(T), (size_t)n, 0);                            \
+        fr_ew_run(kernels[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                  \
         return FR_OK;                                                                           \
     }
 

@@ -6,27 +6,29 @@ contiguous views. A non-contiguous host array updated in place goes through a co
 that ``Batch.write_back`` copies back; device arrays must be C-contiguous (fastreg never copies
 between devices behind your back).
 
-Plans (``plan``, ``run``): a training loop passes the same arrays at every step, and checking a
-list costs about 17 us per array in Python (addresses, spans, overlaps, views, C pointer lists),
-which for a model's ~160 arrays is more than the kernels' own time. So for host lists whose
-arrays are all plain, C-contiguous, aligned float32/float64 ndarrays that pass every check, the
-outcome (dtype groups, element counts, data addresses, and the C and cpu backends' address
-lists, on which one launch covers the whole list) is kept in a small cache (``_CACHE_SIZE``
-plans, least recently used dropped), keyed by the lists' lengths and the ids of their ends. A
-later call reuses a plan only after checking, for every array, that it is the same object (a
-weak reference to it is alive and is it) with the same shape, dtype and flags (``flags.num``:
-contiguity, alignment, writability) as when it was checked. What the checks found depends on
-nothing else: an array's memory cannot move while the object lives, because NumPy moves it only
-in ``ndarray.resize``, which it refuses for an array that has a weak reference (so, while a
-plan holds one, ``a.resize(...)`` in place raises; ``np.resize`` or a new array works). Not
-covered: ``ndarray.__setstate__`` called on a live array (pickle's internal hook, which leaves
-NumPy's own views of it dangling too). Lists that do not qualify (device arrays, non-contiguous
-or unaligned views, subclasses, anything that fails a check) take the checks above at every
-call, which also raise the errors. A plan holds no strong reference to an array (no leak).
+Plans (``plan``, ``run``): a training loop passes the same arrays at every step, and checking a list
+costs about 17 us per array in Python (addresses, spans, overlaps, views, C pointer lists), which
+for a model's ~160 arrays is more than the kernels' own time. So for host lists whose arrays are all
+plain, C-contiguous, aligned float32/float64 ndarrays that pass every check, the outcome (dtype
+groups, element counts, data addresses, and the C and cpu backends' address lists, on which one
+launch covers the whole list) is kept in a small cache (``_CACHE_SIZE`` plans, least recently used
+dropped), keyed by the lists' lengths and the ids of their ends. A later call reuses a plan only
+after checking, for every array, that it is the same object (a weak reference to it is alive and is
+it) with the same shape, dtype and flags (``flags.num``: contiguity, alignment, writability) as when
+it was checked. What the checks found depends on nothing else: an array's memory cannot move while
+the object lives, because NumPy moves it only in ``ndarray.resize``, which it refuses for an array
+that has a weak reference (so, while a plan holds one, ``a.resize(...)`` in place raises;
+``np.resize`` or a new array works). Not covered, as they leave NumPy's own views dangling too:
+``ndarray.__setstate__`` called on a live array (pickle's internal hook), ``base.resize(...,
+refcheck=False)`` on the owner of a remembered view, and ``resize_`` / ``set_`` on a torch tensor
+whose NumPy view was remembered. Lists that do not qualify (device arrays, non-contiguous or
+unaligned views, subclasses, anything that fails a check) take the checks above at every call, which
+also raise the errors. A plan holds no strong reference to an array (no leak).
 """
 import bisect
 import itertools
 import operator
+import os
 import threading
 import weakref
 
@@ -246,6 +248,17 @@ class Batch:
 _CACHE_SIZE = 16
 _plans = {}                 # key -> Plan, least recently used first
 _plans_lock = threading.Lock()
+
+
+def _after_fork_in_child():
+    """A child forked while another thread held the lock gets a free one (and no plans)."""
+    global _plans_lock
+    _plans_lock = threading.Lock()
+    _plans.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 # what a plan's checks depend on, besides the array's identity and (pinned) memory
 _META = operator.attrgetter("shape", "dtype", "flags.num")
 _deref = weakref.ref.__call__

@@ -623,3 +623,32 @@ def test_model_ema_reuses_views_and_follows_new_memory(backend):
     with torch.no_grad():
         model[1].running_mean.set_(torch.zeros(6))        # set_: new storage
     step()
+
+
+def test_model_ema_views_pickle_copy_and_release():
+    """The views ModelEma keeps between updates do not travel (torch.save, deepcopy: a copy
+    averages the model it is given, not the original's views) and go when the model dies."""
+    torch = pytest.importorskip("torch")
+    import copy
+    import gc
+    import io
+
+    import fastreg.torch as frt
+    model = _torch_model(torch, torch.float32)
+    ema = frt.ModelEma(model, decay=0.5)
+    ema.update(model)
+    assert ema._views
+    buf = io.BytesIO()
+    torch.save(ema, buf)                                   # weak references do not pickle
+    twin = copy.deepcopy(ema)
+    assert twin._views == {}
+    with torch.no_grad():
+        model[0].weight.fill_(10.0)
+    ema.update(model)
+    twin.update(model)
+    for a, b in zip(ema.module.state_dict().values(), twin.module.state_dict().values()):
+        assert torch.equal(a, b)
+    n_ema = sum(1 for t in ema.module.state_dict().values() if t.is_floating_point())
+    del model, twin
+    gc.collect()
+    assert len(ema._views) == n_ema                        # only the average's own views left

@@ -10,6 +10,7 @@ float16 / bfloat16 entries, which fastreg's kernels do not take, go through torc
 ``lerp_``.
 """
 import copy
+import functools
 import weakref
 
 import torch
@@ -75,23 +76,37 @@ class ModelEma(torch.nn.Module):
         self.backend = backend
         self._views = {}   # id(tensor) -> (weak ref, memory facts, NumPy view): see _host_views
 
-    def _host_views(self, tensors, views):
+    def _host_views(self, tensors, views, fresh=()):
         """NumPy views of CPU tensors, the same ndarray objects from one update to the next while
         a tensor keeps its memory, shape, strides and dtype, so that ``fastreg.ema_update``
         reuses its checks of the lists (fastreg/_multi.py plans) instead of redoing them for
-        every tensor at every step. ``views``: the new cache, holding only what this update
-        used (a view keeps its tensor's storage alive, so a stale entry must not linger; and
-        while it lives, no other storage can take its address, so an equal data pointer means
-        the same memory)."""
+        every tensor at every step.
+
+        ``views``: the new cache, holding only what this update used: a view keeps its tensor's
+        storage alive, so no stale entry may linger (and while one lives, no other storage can
+        take its address, so an equal data pointer means the same memory); an entry is also
+        dropped when its tensor dies (``del model`` frees the model's memory). ``fresh``: ids of
+        tensors made for this update only (copies from another device), never kept."""
         out = []
         for t in tensors:
+            if id(t) in fresh:
+                out.append(t.detach().numpy())
+                continue
             facts = (t.data_ptr(), t.shape, t.stride(), t.dtype)
             hit = self._views.get(id(t))
             if hit is None or hit[0]() is not t or hit[1] != facts:
-                hit = (weakref.ref(t), facts, t.detach().numpy())
+                drop = functools.partial(_drop_view, weakref.ref(self), id(t))
+                hit = (weakref.ref(t, drop), facts, t.detach().numpy())
             views[id(t)] = hit
             out.append(hit[2])
         return out
+
+    def __getstate__(self):
+        """Pickling and ``copy.deepcopy`` leave the views behind (weak references do not
+        pickle, and a copy's views would read the original model)."""
+        state = self.__dict__.copy()
+        state["_views"] = {}
+        return state
 
     def get_decay(self, step=None):
         """The decay at optimizer update ``step`` (None: the constant ``decay``).
@@ -149,9 +164,11 @@ class ModelEma(torch.nn.Module):
         decay = self.get_decay(step)
         groups = {}   # device -> ([ema], [model]) for fastreg's kernel
         rest = []
+        moved = set()   # ids of copies from another device (see _host_views)
         for e, m, average in self._pairs(model):
             if m.device != e.device:
                 m = m.to(device=e.device)
+                moved.add(id(m))
             if e.shape != m.shape or e.dtype != m.dtype:
                 raise ValueError(f"a model tensor of shape {tuple(m.shape)} and dtype {m.dtype} "
                                  f"meets an EMA tensor of {tuple(e.shape)} and {e.dtype}")
@@ -167,7 +184,7 @@ class ModelEma(torch.nn.Module):
         for device, (emas, models) in groups.items():
             if device.type == "cpu":
                 emas = self._host_views(emas, views)
-                models = self._host_views(models, views)
+                models = self._host_views(models, views, moved)
             else:   # CUDA tensors go as they are, detached (a parameter that requires grad
                 # hides its __cuda_array_interface__)
                 emas = [t.detach() for t in emas]
@@ -210,3 +227,10 @@ class ModelEma(torch.nn.Module):
             Its output.
         """
         return self.module(*args, **kwargs)
+
+
+def _drop_view(ema_ref, key, _dead):
+    """A model tensor died: its view (which holds the tensor's storage) goes too."""
+    ema = ema_ref()
+    if ema is not None:
+        ema._views.pop(key, None)
