@@ -403,9 +403,12 @@ def test_mixed_load_runs_numba_and_ends():
 
 
 _ORPHAN = """
-import os, sys, time
+import os, signal, sys, time
 from fastreg.bench import load
 if sys.argv[1] == "interrupt":
+    # Ctrl-C's handler, also where this test runs with SIGINT ignored (a job started with & by
+    # a non-interactive shell passes SIG_IGN on, and Python then installs no handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with load.background_load("spin", 1) as procs:
         print(procs[0].pid, flush=True)
         time.sleep(60)   # Ctrl-C (SIGINT) here: KeyboardInterrupt, the with block ends the load
