@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
-from . import _arrays
+from . import _arrays, _dispatch
 from ._dispatch import flat
 
 
@@ -325,6 +325,17 @@ def plan(targets, sources):
             while len(_plans) > _CACHE_SIZE:
                 del _plans[next(iter(_plans))]
     return p
+
+
+def host_plan(targets, sources, backend):
+    """``(plan, job)`` when ``plan(targets, sources)`` covers the lists and ``backend`` resolves
+    to a host backend for them (the list ops' fast path), else ``(None, None)``: the caller
+    then takes the general checks."""
+    p = plan(targets, sources)
+    if p is None:
+        return None, None
+    job = _dispatch.job(_dispatch.resolve(backend, (targets or sources)[0]), True)
+    return (None, None) if job.device else (p, job)
 
 
 def forget():

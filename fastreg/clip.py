@@ -125,11 +125,9 @@ def _prepare(grads, backend):
     """(grads as a list, job, batch): batch a Batch, or a _Planned for a host list that a plan
     covers; job None for an empty list."""
     grads = _multi.as_list(grads, "grads")
-    plan = _multi.plan(grads, None)
+    plan, job = _multi.host_plan(grads, None, backend)
     if plan is not None:
-        job = _dispatch.job(_dispatch.resolve(backend, grads[0]), True)
-        if not job.device:
-            return grads, job, _Planned(plan, grads)
+        return grads, job, _Planned(plan, grads)
     checked, device, _ = _multi.check_targets(grads, "grads")
     if not checked:
         return grads, None, None
@@ -179,11 +177,9 @@ def grad_norm(grads, norm_type=2.0, *, backend="auto"):
             return r
     p = check_norm_type(norm_type)
     arrays = _multi.as_list(grads, "grads")
-    plan = _multi.plan(None, arrays)   # host arrays checked now, or as a previous call found
+    plan, job = _multi.host_plan(None, arrays, backend)   # checked now, or by a previous call
     if plan is not None:
-        job = _dispatch.job(_dispatch.resolve(backend, arrays[0]), True)
-        if not job.device:
-            return _norm_of(job, _Planned(plan, arrays), p)
+        return _norm_of(job, _Planned(plan, arrays), p)
     infos, device = [], None
     for i, a in enumerate(arrays):
         info = _arrays.describe(a, f"grads[{i}]")
@@ -358,13 +354,13 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     eps = _arrays.check_nonneg(eps, "eps")
     p = check_norm_type(norm_type)
     grads = _multi.as_list(grads, "grads")
-    job, batch = None, None
-    plan = _multi.plan(grads, params) if type(params) is list else None
+    batch = None
+    plan, job = (_multi.host_plan(grads, params, backend) if type(params) is list
+                 else (None, None))
     if plan is not None:   # host lists checked now, or as a previous call found
-        job = _dispatch.job(_dispatch.resolve(backend, grads[0]), True)
         gviews, pviews = [flat(g) for g in grads], [flat(w) for w in params]
         shapes = [m[0] for m in plan.meta[:len(grads)]]
-    if job is None or job.device:
+    else:
         checked, device, spans = _multi.check_targets(grads, "grads")
         srcs = _multi.check_sources(_multi.as_list(params, "params"), checked, "params",
                                     "grads", device, spans)

@@ -151,13 +151,11 @@ def ema_update(ema, params, decay, *, backend="auto"):
     decay = _check_decay(decay)
     targets = _multi.as_list(ema, "ema")
     sources = _multi.as_list(params, "params")
-    plan = _multi.plan(targets, sources)   # host lists checked now, or as a previous call found
+    plan, job = _multi.host_plan(targets, sources, backend)   # checked now or earlier
     if plan is not None:
-        job = _dispatch.job(_dispatch.resolve(backend, targets[0]), True)
-        if not job.device:
-            w = 1.0 - decay
-            _multi.run(job, plan, "ema_update", (targets, sources), lambda dt: dt.type(w))
-            return targets
+        w = 1.0 - decay
+        _multi.run(job, plan, "ema_update", (targets, sources), lambda dt: dt.type(w))
+        return targets
     checked, device, spans = _multi.check_targets(targets, "ema")
     srcs = _multi.check_sources(sources, checked, "params", "ema", device, spans)
     if not checked:
