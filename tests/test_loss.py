@@ -327,6 +327,15 @@ def test_edge_cases(backend):
                                       backend=backend))
     assert np.isnan(loss[0]) and np.isfinite(loss[1])
     assert loss[1] == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # every kept target has class weight 0: the mean divides by 0, so the loss and every kept
+    # row's gradient are NaN, with or without smoothing (as torch gives); ignored rows stay 0.
+    # (The reference once gave +-inf with smoothing; found by tests/test_hypothesis_recipe.py.)
+    x3 = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [2.0, 2.0, 2.0]], f32)
+    for smoothing in (0.0, 0.1):
+        loss, g = fastreg.cross_entropy(x3, np.array([0, -100, 0]), label_smoothing=smoothing,
+                                        weight=np.array([0.0, 1.0, 1.0], f32), backend=backend)
+        g = host(g)
+        assert math.isnan(loss) and np.isnan(g[[0, 2]]).all() and not g[1].any(), smoothing
 
 
 def test_inputs_and_outputs(backend):

@@ -23,10 +23,15 @@ cross_entropy_loss_label_smoothing and cross_entropy_loss_prob_target: the weigh
 ``1 - eps`` plus ``eps / C`` times the weighted sum of ``-logp``). The gradient of
 ``scale * sum_r loss[r]`` with respect to the logits is
 
-    grad[r, c] = scale * (softmax(x[r])[c] * A[r] - a[r, c]),   A[r] = sum_c a[r, c]
+    grad[r, c] = k[r] * exp(d[r, c]) - scale * a[r, c],   k[r] = scale * A[r] / s[r]
 
-(zero rows for ignored targets); ``scale`` is what the reduction divides by (1 / the mean's
-denominator, or 1), chosen by the wrapper. Without smoothing (``cw`` None) the smoothing term is
+with ``A[r] = sum_c a[r, c]``, ``d`` the shifted logits and ``s[r] = sum_c exp(d[r, c])``, that
+is ``scale * (softmax(x[r])[c] * A[r] - a[r, c])`` with the scale distributed, as the kernels
+compute it (zero rows for ignored targets); ``scale`` is what the reduction divides by (1 / the
+mean's denominator, or 1), chosen by the wrapper. The distributed form matters when the mean's
+denominator is 0 (every kept target has class weight 0): ``scale`` is then inf and every kept
+row's gradient is NaN, as the loss is and as torch's gradient is (the undistributed product
+would give +-inf where label smoothing makes ``a`` nonzero). Without smoothing (``cw`` None) the smoothing term is
 absent, not multiplied by zero, so a ``-inf`` logit of a non-target class gives a finite loss,
 as in torch.
 
@@ -53,11 +58,13 @@ def _softmax_parts(x):
 
 
 def _grad(e, s, a, keep, scale, grad):
-    """grad = scale * (softmax * A - a), rows without ``keep`` exactly zero."""
+    """grad = k * e - scale * a with k = scale * A / s (see the module docstring), rows without
+    ``keep`` exactly zero."""
     if grad is None:
         return
     with np.errstate(invalid="ignore", over="ignore"):
-        g = scale * (e / s[:, None] * a.sum(axis=1, keepdims=True) - a)
+        k = scale * a.sum(axis=1, keepdims=True) / s[:, None]
+        g = k * e - scale * a
     g[~keep] = 0.0
     grad[...] = g.astype(grad.dtype)
 
