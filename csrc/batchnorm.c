@@ -44,6 +44,7 @@
 
 #include "fastreg.h"
 #include "elementwise.h"
+#include "half.h"
 
 #ifdef FR_EW_X86
 #define FR_BN_AVX512 \
@@ -169,11 +170,12 @@ typedef float fr_bn_v4f __attribute__((vector_size(16)));
 typedef int32_t fr_bn_v4fi __attribute__((vector_size(16)));
 typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
 
-/* One 4-element step of a chunk reduction, into accumulators a1_Q, a2_Q (see red_seg). */
+/* One 4-element step of a chunk reduction, into accumulators a1_Q, a2_Q (see red_seg); px, pg,
+ * py point at the 16 elements of the step in the math type T. */
 #define FR_BN_RED_STEP(Q, VT, VI, CVT)                                               \
     {                                                                                \
         VT xv;                                                                       \
-        memcpy(&xv, x + base + i + 4 * Q, sizeof xv);                                \
+        memcpy(&xv, px + 4 * Q, sizeof xv);                                          \
         fr_bn_v4d xd = CVT(xv);                                                      \
         if (KIND != FR_BN_RED_STATS0)                                                \
             xd -= cv;                                                                \
@@ -182,10 +184,10 @@ typedef int64_t fr_bn_v4di __attribute__((vector_size(32)));
             FR_BN_KADDV(a2_##Q, k2_##Q, xd * xd);                                     \
         } else {                                                                     \
             VT gv;                                                                   \
-            memcpy(&gv, gy + base + i + 4 * Q, sizeof gv);                           \
+            memcpy(&gv, pg + 4 * Q, sizeof gv);                                      \
             if (KIND == FR_BN_RED_BWD_MASK) {                                        \
                 VT yv;                                                               \
-                memcpy(&yv, y + base + i + 4 * Q, sizeof yv);                        \
+                memcpy(&yv, py + 4 * Q, sizeof yv);                                  \
                 gv = (VT)((VI)gv & (yv > zero));                                     \
             }                                                                        \
             fr_bn_v4d gd = CVT(gv);                                                  \
@@ -241,16 +243,31 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
     } while (0)
 
 
+/* p = the 16 elements at src (storage type FR_ELEM_##SUF) in the math type T: src itself when
+ * they are the same type, else buf, filled with the exact widened values (csrc/half.h). */
+#define FR_BN_WIDEN16(SUF, T, src, buf, p)                                           \
+    do {                                                        \
+        if (sizeof(FR_ELEM_##SUF) == sizeof(T)) {                                    \
+            (p) = (const T *)(const void *)(src);                                    \
+        } else {                                                                     \
+            for (int q_ = 0; q_ < 16; q_++)                                          \
+                (buf)[q_] = fr_load_##SUF((src), (size_t)q_);                        \
+            (p) = (buf);                                                             \
+        }                                                                            \
+    } while (0)
+
 /* The chunk reduction of a dtype in one instruction-set copy: CVT(v) widens a 4-lane vector of T
  * to 4 doubles.  GCC 12 splits __builtin_convertvector(float x 4 -> double x 4) into two 2-lane
  * conversions and an insert even where one vcvtps2pd ymm exists; the conversions are most of
  * the reduction's work (measured on Zen 1, one core: 0.51 ns per element with the split, 0.37
  * with _mm256_cvtps_pd), so the x86 copies of the float32 loop use the intrinsic.  Exact either
  * way: the same bits. */
-#define FR_BN_DEFINE_RED_SEG(SUF, ISA, T, VT, VI, ATTR, CVT)                                     \
+#define FR_BN_DEFINE_RED_SEG(SUF, ISA, T, MS, VT, VI, ATTR, CVT)                                \
     /* Partial sums of a chunk: element i of a row goes to lane i % 16 of four 4-double         \
      * vector accumulators (carried across the chunk's rows), the rest of a row (len % 16       \
-     * elements) to a scalar one; then lanes and rest are added in a fixed order. */            \
+     * elements) to a scalar one; then lanes and rest are added in a fixed order.  Storage      \
+     * type FR_ELEM_##SUF, math type T (16-bit data: each step's 16 elements widened to float32 \
+     * first, exactly, then the float32 loop's operations). */                                  \
     FR_INLINE ATTR void fr_bn_red_seg_##SUF##_##ISA##_body(                                  \
         const fr_bn_job *j, size_t off, size_t stride, size_t nrows, size_t len, double ctr,    \
         double *out, const int KIND)                                                            \
@@ -259,9 +276,10 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
          * invstd and backward coefficients at the level of the dtype's ulp); float32 data      \
          * has 29 bits to spare */                                                              \
         const int KAHAN = sizeof(T) == 8;                                                       \
-        const T *x = (const T *)j->x + off;                                                     \
-        const T *gy = FR_BN_IS_STATS(KIND) ? NULL : (const T *)j->gy + off;                     \
-        const T *y = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + off : NULL;                 \
+        typedef FR_ELEM_##SUF S;                                                                \
+        const S *x = (const S *)j->x + off;                                                     \
+        const S *gy = FR_BN_IS_STATS(KIND) ? NULL : (const S *)j->gy + off;                     \
+        const S *y = KIND == FR_BN_RED_BWD_MASK ? (const S *)j->y + off : NULL;                 \
         fr_bn_v4d a1_0 = {0}, a1_1 = {0}, a1_2 = {0}, a1_3 = {0};                               \
         fr_bn_v4d a2_0 = {0}, a2_1 = {0}, a2_2 = {0}, a2_3 = {0};                               \
         fr_bn_v4d k1_0 = {0}, k1_1 = {0}, k1_2 = {0}, k1_3 = {0}; /* compensations */           \
@@ -274,20 +292,28 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
             const size_t base = r * stride;                                                     \
             size_t i = 0;                                                                       \
             for (; i + 16 <= len; i += 16) {                                                    \
+                T bx[16], bg[16], by[16];                                                       \
+                const T *px, *pg = NULL, *py = NULL;                                            \
+                FR_BN_WIDEN16(SUF, T, x + base + i, bx, px);                                    \
+                if (!FR_BN_IS_STATS(KIND))                                                      \
+                    FR_BN_WIDEN16(SUF, T, gy + base + i, bg, pg);                               \
+                if (KIND == FR_BN_RED_BWD_MASK)                                                 \
+                    FR_BN_WIDEN16(SUF, T, y + base + i, by, py);                                \
+                (void)bg, (void)by, (void)pg, (void)py;                                         \
                 FR_BN_RED_STEP(0, VT, VI, CVT)                                                     \
                 FR_BN_RED_STEP(1, VT, VI, CVT)                                                     \
                 FR_BN_RED_STEP(2, VT, VI, CVT)                                                     \
                 FR_BN_RED_STEP(3, VT, VI, CVT)                                                     \
             }                                                                                   \
             for (; i < len; i++) {                                                              \
-                double xd = (double)x[base + i] - ctr;                                          \
+                double xd = (double)fr_load_##SUF(x, base + i) - ctr;                           \
                 if (FR_BN_IS_STATS(KIND)) {                                                  \
                     FR_BN_KADD(t1, tk1, xd);                                                    \
                     FR_BN_KADD(t2, tk2, xd * xd);                                               \
                 } else {                                                                        \
-                    T g = gy[base + i];                                                         \
+                    T g = fr_load_##SUF(gy, base + i);                                          \
                     if (KIND == FR_BN_RED_BWD_MASK)                                             \
-                        g = fr_sel_##SUF(y[base + i] > 0, g, (T)0);                             \
+                        g = fr_sel_##MS(fr_load_##SUF(y, base + i) > 0, g, (T)0);               \
                     FR_BN_KADD(t1, tk1, (double)g);                                             \
                     FR_BN_KADD(t2, tk2, (double)g * xd);                                        \
                 }                                                                               \
@@ -303,7 +329,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
     }                                                                                           \
 
 /* Per dtype: VT the 4-lane vector of T, VI the integer vector as wide. */
-#define FR_BN_DEFINE_LOOPS(SUF, T, VT, VI)                                                      \
+#define FR_BN_DEFINE_LOOPS(SUF, T, MS)                                                          \
     /* Row layout: per-column sums over rows [r0, r1), in groups of four rows (their four terms \
      * are added first, ((t0 + t1) + (t2 + t3)), then to the column's sum): the sums stay in    \
      * memory (L1) and are loaded and stored once per four rows. */                             \
@@ -311,6 +337,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                                                size_t j0, size_t j1, double *restrict p1,       \
                                                double *restrict p2, const int KIND)             \
     {                                                                                           \
+        typedef FR_ELEM_##SUF S;                                                                \
         const size_t L = j->L, w = j1 - j0;                                                     \
         const double *restrict sh = j->rcol + j0;                                               \
         const int KAHAN = sizeof(T) == 8; /* as in red_seg */                                   \
@@ -319,30 +346,30 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
             memset(k1, 0, w * sizeof(double));                                                  \
             memset(k2, 0, w * sizeof(double));                                                  \
         }                                                                                       \
-        const T *xb = (const T *)j->x + j0;                                                     \
-        const T *gb = FR_BN_IS_STATS(KIND) ? NULL : (const T *)j->gy + j0;                      \
-        const T *yb = KIND == FR_BN_RED_BWD_MASK ? (const T *)j->y + j0 : NULL;                 \
+        const S *xb = (const S *)j->x + j0;                                                     \
+        const S *gb = FR_BN_IS_STATS(KIND) ? NULL : (const S *)j->gy + j0;                      \
+        const S *yb = KIND == FR_BN_RED_BWD_MASK ? (const S *)j->y + j0 : NULL;                 \
         /* short rows: the four rows' loads jump between their cache lines, which the hardware \
          * prefetchers follow badly; fetch FR_BN_PF_ROWS rows ahead (measured, 64 columns of    \
          * float32, one thread: 3.4 ms instead of 5.3 ms per 25.7 MB, row by row 4.3 ms) */      \
-        const int pf = w * sizeof(T) <= FR_BN_PF_ROW_BYTES;                                     \
+        const int pf = w * sizeof(S) <= FR_BN_PF_ROW_BYTES;                                     \
         size_t r = r0;                                                                          \
         for (; r + 4 <= r1; r += 4) {                                                           \
             if (pf && r + FR_BN_PF_ROWS + 4 <= j->A) {                                          \
                 const size_t ahead = (r + FR_BN_PF_ROWS) * L;                                   \
-                fr_bn_prefetch((const unsigned char *)(xb + ahead), 4 * w * sizeof(T));         \
+                fr_bn_prefetch((const unsigned char *)(xb + ahead), 4 * w * sizeof(S));         \
                 if (gb)                                                                         \
-                    fr_bn_prefetch((const unsigned char *)(gb + ahead), 4 * w * sizeof(T));     \
+                    fr_bn_prefetch((const unsigned char *)(gb + ahead), 4 * w * sizeof(S));     \
                 if (yb)                                                                         \
-                    fr_bn_prefetch((const unsigned char *)(yb + ahead), 4 * w * sizeof(T));     \
+                    fr_bn_prefetch((const unsigned char *)(yb + ahead), 4 * w * sizeof(S));     \
             }                                                                                   \
-            const T *restrict x0 = xb + r * L, *restrict x1 = x0 + L;                           \
-            const T *restrict x2 = x1 + L, *restrict x3 = x2 + L;                               \
+            const S *restrict x0 = xb + r * L, *restrict x1 = x0 + L;                           \
+            const S *restrict x2 = x1 + L, *restrict x3 = x2 + L;                               \
             if (FR_BN_IS_STATS(KIND)) {                                                      \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
-                    double d0 = (double)x0[i], d1 = (double)x1[i];                              \
-                    double d2 = (double)x2[i], d3 = (double)x3[i];                              \
+                    double d0 = (double)fr_load_##SUF(x0, i), d1 = (double)fr_load_##SUF(x1, i); \
+                    double d2 = (double)fr_load_##SUF(x2, i), d3 = (double)fr_load_##SUF(x3, i); \
                     if (KIND != FR_BN_RED_STATS0) {                                             \
                         double c = sh[i];                                                       \
                         d0 -= c, d1 -= c, d2 -= c, d3 -= c;                                     \
@@ -351,48 +378,53 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                     FR_BN_KADD(p2[i], k2[i], (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));        \
                 }                                                                               \
             } else {                                                                            \
-                const T *restrict g0 = gb + r * L, *restrict g1 = g0 + L;                       \
-                const T *restrict g2 = g1 + L, *restrict g3 = g2 + L;                           \
-                const T *restrict y0 = yb ? yb + r * L : g0, *restrict y1 = y0 + L;             \
-                const T *restrict y2 = y1 + L, *restrict y3 = y2 + L;                           \
+                const S *restrict g0 = gb + r * L, *restrict g1 = g0 + L;                       \
+                const S *restrict g2 = g1 + L, *restrict g3 = g2 + L;                           \
+                const S *restrict y0 = yb ? yb + r * L : g0, *restrict y1 = y0 + L;             \
+                const S *restrict y2 = y1 + L, *restrict y3 = y2 + L;                           \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
                     double c = sh[i];                                                           \
-                    T h0 = g0[i], h1 = g1[i], h2 = g2[i], h3 = g3[i];                           \
+                    T h0 = fr_load_##SUF(g0, i), h1 = fr_load_##SUF(g1, i);                     \
+                    T h2 = fr_load_##SUF(g2, i), h3 = fr_load_##SUF(g3, i);                     \
                     if (KIND == FR_BN_RED_BWD_MASK) {                                           \
-                        h0 = fr_sel_##SUF(y0[i] > 0, h0, (T)0);                                 \
-                        h1 = fr_sel_##SUF(y1[i] > 0, h1, (T)0);                                 \
-                        h2 = fr_sel_##SUF(y2[i] > 0, h2, (T)0);                                 \
-                        h3 = fr_sel_##SUF(y3[i] > 0, h3, (T)0);                                 \
+                        h0 = fr_sel_##MS(fr_load_##SUF(y0, i) > 0, h0, (T)0);                   \
+                        h1 = fr_sel_##MS(fr_load_##SUF(y1, i) > 0, h1, (T)0);                   \
+                        h2 = fr_sel_##MS(fr_load_##SUF(y2, i) > 0, h2, (T)0);                   \
+                        h3 = fr_sel_##MS(fr_load_##SUF(y3, i) > 0, h3, (T)0);                   \
                     }                                                                           \
                     double e0 = (double)h0, e1 = (double)h1, e2 = (double)h2, e3 = (double)h3;  \
-                    double d0 = (double)x0[i] - c, d1 = (double)x1[i] - c;                      \
-                    double d2 = (double)x2[i] - c, d3 = (double)x3[i] - c;                      \
+                    double d0 = (double)fr_load_##SUF(x0, i) - c;                               \
+                    double d1 = (double)fr_load_##SUF(x1, i) - c;                               \
+                    double d2 = (double)fr_load_##SUF(x2, i) - c;                               \
+                    double d3 = (double)fr_load_##SUF(x3, i) - c;                               \
                     FR_BN_KADD(p1[i], k1[i], (e0 + e1) + (e2 + e3));                            \
                     FR_BN_KADD(p2[i], k2[i], (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3));        \
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
         for (; r < r1; r++) {                                                                   \
-            const T *restrict xr = xb + r * L;                                                  \
+            const S *restrict xr = xb + r * L;                                                  \
             if (FR_BN_IS_STATS(KIND)) {                                                      \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
-                    double d = KIND == FR_BN_RED_STATS0 ? (double)xr[i] : (double)xr[i] - sh[i]; \
+                    double d = (double)fr_load_##SUF(xr, i);                                    \
+                    if (KIND != FR_BN_RED_STATS0)                                               \
+                        d -= sh[i];                                                             \
                     FR_BN_KADD(p1[i], k1[i], d);                                                \
                     FR_BN_KADD(p2[i], k2[i], d * d);                                            \
                 }                                                                               \
             } else {                                                                            \
-                const T *restrict gr = gb + r * L;                                              \
-                const T *restrict yr = yb ? yb + r * L : gr;                                    \
+                const S *restrict gr = gb + r * L;                                              \
+                const S *restrict yr = yb ? yb + r * L : gr;                                    \
                 _Pragma("omp simd")                                                             \
                 for (size_t i = 0; i < w; i++) {                                                \
-                    T g = gr[i];                                                                \
+                    T g = fr_load_##SUF(gr, i);                                                 \
                     if (KIND == FR_BN_RED_BWD_MASK)                                             \
-                        g = fr_sel_##SUF(yr[i] > 0, g, (T)0);                                   \
+                        g = fr_sel_##MS(fr_load_##SUF(yr, i) > 0, g, (T)0);                     \
                     double gd = (double)g;                                                      \
                     FR_BN_KADD(p1[i], k1[i], gd);                                               \
-                    FR_BN_KADD(p2[i], k2[i], gd * ((double)xr[i] - sh[i]));                     \
+                    FR_BN_KADD(p2[i], k2[i], gd * ((double)fr_load_##SUF(xr, i) - sh[i]));      \
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
@@ -405,26 +437,31 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                                                                                                 \
     /* out = act((x - c) * s + h [+ res]); coefficient pointers advance with i when CS (per   \
      * column), else they are one channel's. */                                                 \
-    FR_INLINE void fr_bn_fwd_elems_##SUF(const T *restrict x, const T *restrict res,            \
-                                         T *dst, const T *restrict c, const T *restrict s,      \
+    FR_INLINE void fr_bn_fwd_elems_##SUF(const FR_ELEM_##SUF *restrict x,                       \
+                                         const FR_ELEM_##SUF *restrict res,                     \
+                                         FR_ELEM_##SUF *dst, const T *restrict c,               \
+                                         const T *restrict s,                                   \
                                          const T *restrict h, size_t n, const int FL,           \
                                          const int CS)                                          \
     {                                                                                           \
         const T c0 = c[0], s0 = s[0], h0 = h[0];                                                \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < n; i++) {                                                        \
-            T v = (x[i] - (CS ? c[i] : c0)) * (CS ? s[i] : s0) + (CS ? h[i] : h0);              \
+            T v = (fr_load_##SUF(x, i) - (CS ? c[i] : c0)) * (CS ? s[i] : s0) +                 \
+                  (CS ? h[i] : h0);                                                             \
             if (FL & FR_BN_F_RES)                                                               \
-                v = v + res[i];                                                                 \
+                v = v + fr_load_##SUF(res, i);                                                  \
             if (FL & FR_BN_F_RELU)                                                              \
                 v = v <= 0 ? (T)0 : v; /* NaN stays, -0.0 becomes +0.0 */                       \
-            dst[i] = v;                                                                         \
+            fr_store_##SUF(dst, i, v);                                                          \
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
     /* g = mask ? (y > 0 ? gy : 0) : gy; gres = g; gx = g * a [- (x - c) * b - d]. */           \
-    FR_INLINE void fr_bn_bwd_elems_##SUF(const T *restrict gy, const T *restrict x,             \
-                                         const T *restrict y, T *gx, T *restrict gres,          \
+    FR_INLINE void fr_bn_bwd_elems_##SUF(const FR_ELEM_##SUF *restrict gy,                      \
+                                         const FR_ELEM_##SUF *restrict x,                       \
+                                         const FR_ELEM_##SUF *restrict y, FR_ELEM_##SUF *gx,    \
+                                         FR_ELEM_##SUF *restrict gres,                          \
                                          const T *restrict c, const T *restrict a,              \
                                          const T *restrict b, const T *restrict d, size_t n,    \
                                          const int FL, const int CS)                            \
@@ -432,15 +469,16 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
         const T c0 = c ? c[0] : 0, a0 = a[0], b0 = b ? b[0] : 0, d0 = d ? d[0] : 0;             \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < n; i++) {                                                        \
-            T g = gy[i];                                                                        \
+            T g = fr_load_##SUF(gy, i);                                                         \
             if (FL & FR_BN_B_MASK)                                                              \
-                g = fr_sel_##SUF(y[i] > 0, g, (T)0);                                            \
+                g = fr_sel_##MS(fr_load_##SUF(y, i) > 0, g, (T)0);                              \
             if (FL & FR_BN_B_GRES)                                                              \
-                gres[i] = g;                                                                    \
+                fr_store_##SUF(gres, i, g);                                                     \
             T v = g * (CS ? a[i] : a0);                                                         \
             if (FL & FR_BN_B_TRAIN)                                                             \
-                v = v - (x[i] - (CS ? c[i] : c0)) * (CS ? b[i] : b0) - (CS ? d[i] : d0);        \
-            gx[i] = v;                                                                          \
+                v = v - (fr_load_##SUF(x, i) - (CS ? c[i] : c0)) * (CS ? b[i] : b0) -           \
+                    (CS ? d[i] : d0);                                                           \
+            fr_store_##SUF(gx, i, v);                                                           \
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
@@ -452,17 +490,18 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                                        const int FL, const int CS,                              \
                                        void (*copy)(void *, const void *, size_t))              \
     {                                                                                           \
-        const T *x = (const T *)j->x, *res = (FL & FR_BN_F_RES) ? (const T *)j->res : NULL;     \
+        typedef FR_ELEM_##SUF S;                                                                \
+        const S *x = (const S *)j->x, *res = (FL & FR_BN_F_RES) ? (const S *)j->res : NULL;     \
         const T *k0 = (const T *)j->k[0], *k1 = (const T *)j->k[1], *k2 = (const T *)j->k[2];   \
-        T *out = (T *)j->out;                                                                   \
+        S *out = (S *)j->out;                                                                   \
         const int stream = j->stream;                                                           \
-        _Alignas(64) T buf[FR_BN_BUF_BYTES / sizeof(T)];                                        \
-        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(T) : n;                            \
-        size_t head = stream ? fr_ew_head(out + e0, sizeof(T), n) : 0;                          \
+        _Alignas(64) S buf[FR_BN_BUF_BYTES / sizeof(S)];                                        \
+        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(S) : n;                            \
+        size_t head = stream ? fr_ew_head(out + e0, sizeof(S), n) : 0;                          \
         for (size_t k = 0; k < n;) {                                                            \
             size_t m = head ? head : (n - k < blk ? n - k : blk);                               \
             head = 0;                                                                           \
-            T *dst = stream ? buf : out + e0 + k;                                               \
+            S *dst = stream ? buf : out + e0 + k;                                               \
             for (size_t done = 0; done < m;) {                                                  \
                 size_t e = e0 + k + done, seg = m - done, q = c;                                \
                 if (CS) {                                                                       \
@@ -475,7 +514,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                 done += seg;                                                                    \
             }                                                                                   \
             if (stream)                                                                         \
-                copy(out + e0 + k, buf, m * sizeof(T));                                         \
+                copy(out + e0 + k, buf, m * sizeof(S));                                         \
             k += m;                                                                             \
         }                                                                                       \
     }                                                                                           \
@@ -484,22 +523,23 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                                        const int FL, const int CS,                              \
                                        void (*copy)(void *, const void *, size_t))              \
     {                                                                                           \
-        const T *gy = (const T *)j->gy;                                                         \
-        const T *x = (FL & FR_BN_B_TRAIN) ? (const T *)j->x : NULL;                             \
-        const T *y = (FL & FR_BN_B_MASK) ? (const T *)j->y : NULL;                              \
+        typedef FR_ELEM_##SUF S;                                                                \
+        const S *gy = (const S *)j->gy;                                                         \
+        const S *x = (FL & FR_BN_B_TRAIN) ? (const S *)j->x : NULL;                             \
+        const S *y = (FL & FR_BN_B_MASK) ? (const S *)j->y : NULL;                              \
         const T *k0 = (const T *)j->k[0], *k1 = (const T *)j->k[1];                             \
         const T *k2 = (const T *)j->k[2], *k3 = (const T *)j->k[3];                             \
-        T *gx = (T *)j->out, *gres = (FL & FR_BN_B_GRES) ? (T *)j->gres : NULL;                 \
+        S *gx = (S *)j->out, *gres = (FL & FR_BN_B_GRES) ? (S *)j->gres : NULL;                 \
         const int stream = j->stream;                                                           \
-        _Alignas(64) T buf[FR_BN_BUF_BYTES / sizeof(T)];                                        \
-        _Alignas(64) T buf2[FR_BN_BUF_BYTES / sizeof(T)];                                       \
-        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(T) : n;                            \
-        size_t head = stream ? fr_ew_head(gx + e0, sizeof(T), n) : 0;                           \
+        _Alignas(64) S buf[FR_BN_BUF_BYTES / sizeof(S)];                                        \
+        _Alignas(64) S buf2[FR_BN_BUF_BYTES / sizeof(S)];                                       \
+        const size_t blk = stream ? FR_BN_BUF_BYTES / sizeof(S) : n;                            \
+        size_t head = stream ? fr_ew_head(gx + e0, sizeof(S), n) : 0;                           \
         for (size_t k = 0; k < n;) {                                                            \
             size_t m = head ? head : (n - k < blk ? n - k : blk);                               \
             head = 0;                                                                           \
-            T *dst = stream ? buf : gx + e0 + k;                                                \
-            T *dst2 = !gres ? NULL : stream ? buf2 : gres + e0 + k;                             \
+            S *dst = stream ? buf : gx + e0 + k;                                                \
+            S *dst2 = !gres ? NULL : stream ? buf2 : gres + e0 + k;                             \
             for (size_t done = 0; done < m;) {                                                  \
                 size_t e = e0 + k + done, seg = m - done, q = c;                                \
                 if (CS) {                                                                       \
@@ -513,9 +553,9 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                 done += seg;                                                                    \
             }                                                                                   \
             if (stream) {                                                                       \
-                copy(gx + e0 + k, buf, m * sizeof(T));                                          \
+                copy(gx + e0 + k, buf, m * sizeof(S));                                          \
                 if (gres)                                                                       \
-                    copy(gres + e0 + k, buf2, m * sizeof(T));                                   \
+                    copy(gres + e0 + k, buf2, m * sizeof(S));                                   \
             }                                                                                   \
             k += m;                                                                             \
         }                                                                                       \
@@ -561,21 +601,35 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
                 fr_bn_bwd_run_##SUF(j, r * j->L + j0, j1 - j0, 0, FL, 1, copy);                 \
     }
 
-FR_BN_DEFINE_LOOPS(f32, float, fr_bn_v4f, fr_bn_v4fi)
-FR_BN_DEFINE_LOOPS(f64, double, fr_bn_v4d, fr_bn_v4di)
+/* Per storage type (FR_ELEM_<SUF>, csrc/half.h), with its math type and that type's suffix:
+ * the 16-bit types load each element widened to float32 (exact) and store float32 results
+ * rounded to nearest even, with the float32 loops' arithmetic in between: the bits of widening,
+ * the float32 op and rounding (fastreg/_half.py's conversion passes), in one pass. */
+FR_BN_DEFINE_LOOPS(f32, float, f32)
+FR_BN_DEFINE_LOOPS(f64, double, f64)
+FR_BN_DEFINE_LOOPS(f16, float, f32)
+FR_BN_DEFINE_LOOPS(bf16, float, f32)
 
 #define FR_BN_NOATTR
 #define FR_BN_CVT_GENERIC(v) __builtin_convertvector(v, fr_bn_v4d)
-FR_BN_DEFINE_RED_SEG(f32, portable, float, fr_bn_v4f, fr_bn_v4fi, FR_BN_NOATTR, FR_BN_CVT_GENERIC)
-FR_BN_DEFINE_RED_SEG(f64, portable, double, fr_bn_v4d, fr_bn_v4di, FR_BN_NOATTR,
-                     FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(f32, portable, float, f32, fr_bn_v4f, fr_bn_v4fi,
+                     FR_BN_NOATTR, FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(f64, portable, double, f64, fr_bn_v4d, fr_bn_v4di,
+                     FR_BN_NOATTR, FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(f16, portable, float, f32, fr_bn_v4f, fr_bn_v4fi,
+                     FR_BN_NOATTR, FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(bf16, portable, float, f32, fr_bn_v4f, fr_bn_v4fi,
+                     FR_BN_NOATTR, FR_BN_CVT_GENERIC)
 #ifdef FR_EW_X86
 #define FR_BN_CVT_F32_X86(v) ((fr_bn_v4d)_mm256_cvtps_pd((__m128)(v)))
-FR_BN_DEFINE_RED_SEG(f32, avx2, float, fr_bn_v4f, fr_bn_v4fi, FR_EW_AVX2, FR_BN_CVT_F32_X86)
-FR_BN_DEFINE_RED_SEG(f64, avx2, double, fr_bn_v4d, fr_bn_v4di, FR_EW_AVX2, FR_BN_CVT_GENERIC)
-FR_BN_DEFINE_RED_SEG(f32, avx512, float, fr_bn_v4f, fr_bn_v4fi, FR_BN_AVX512, FR_BN_CVT_F32_X86)
-FR_BN_DEFINE_RED_SEG(f64, avx512, double, fr_bn_v4d, fr_bn_v4di, FR_BN_AVX512,
-                     FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(f32, avx2, float, f32, fr_bn_v4f, fr_bn_v4fi, FR_EW_AVX2, FR_BN_CVT_F32_X86)
+FR_BN_DEFINE_RED_SEG(f64, avx2, double, f64, fr_bn_v4d, fr_bn_v4di, FR_EW_AVX2, FR_BN_CVT_GENERIC)
+FR_BN_DEFINE_RED_SEG(f16, avx2, float, f32, fr_bn_v4f, fr_bn_v4fi, FR_EW_AVX2, FR_BN_CVT_F32_X86)
+FR_BN_DEFINE_RED_SEG(bf16, avx2, float, f32, fr_bn_v4f, fr_bn_v4fi, FR_EW_AVX2, FR_BN_CVT_F32_X86)
+FR_BN_DEFINE_RED_SEG(f32, avx512, float, f32, fr_bn_v4f, fr_bn_v4fi,
+                     FR_BN_AVX512, FR_BN_CVT_F32_X86)
+FR_BN_DEFINE_RED_SEG(f64, avx512, double, f64, fr_bn_v4d, fr_bn_v4di,
+                     FR_BN_AVX512, FR_BN_CVT_GENERIC)
 #endif
 
 /* One instruction-set copy of the six kernels of a dtype: the run-time kind and flags become
@@ -645,23 +699,40 @@ FR_BN_DEFINE_RED_SEG(f64, avx512, double, fr_bn_v4d, fr_bn_v4di, FR_BN_AVX512,
 
 FR_BN_DEFINE_ISA(f32, portable, FR_BN_NOATTR, fr_ew_stream_copy)
 FR_BN_DEFINE_ISA(f64, portable, FR_BN_NOATTR, fr_ew_stream_copy)
+FR_BN_DEFINE_ISA(f16, portable, FR_BN_NOATTR, fr_ew_stream_copy)
+FR_BN_DEFINE_ISA(bf16, portable, FR_BN_NOATTR, fr_ew_stream_copy)
 #ifdef FR_EW_X86
 FR_BN_DEFINE_ISA(f32, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
 FR_BN_DEFINE_ISA(f64, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
+FR_BN_DEFINE_ISA(f16, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
+FR_BN_DEFINE_ISA(bf16, avx2, FR_EW_AVX2, fr_ew_stream_copy_avx2)
 FR_BN_DEFINE_ISA(f32, avx512, FR_BN_AVX512, fr_bn_stream_copy_avx512)
 FR_BN_DEFINE_ISA(f64, avx512, FR_BN_AVX512, fr_bn_stream_copy_avx512)
 #endif
 
-static const fr_bn_kern *fr_bn_pick(int f64)
+/* Storage types of the big arrays (x, grad_y, y, residual, out, grad_x, grad_residual); the
+ * per-channel arrays are in the math type (float64 for FR_BN_F64, else float32). */
+enum { FR_BN_F32 = 0, FR_BN_F64 = 1, FR_BN_F16 = 2, FR_BN_BF16 = 3 };
+
+/* The kernels of storage type st for the instruction set in use (the 16-bit types have no
+ * AVX-512 copy: their AVX2 one runs there; every copy gives the same bits). */
+static const fr_bn_kern *fr_bn_pick(int st)
 {
 #ifdef FR_EW_X86
+    static const fr_bn_kern *const avx512[4] = {&fr_bn_kern_f32_avx512, &fr_bn_kern_f64_avx512,
+                                                &fr_bn_kern_f16_avx2, &fr_bn_kern_bf16_avx2};
+    static const fr_bn_kern *const avx2[4] = {&fr_bn_kern_f32_avx2, &fr_bn_kern_f64_avx2,
+                                              &fr_bn_kern_f16_avx2, &fr_bn_kern_bf16_avx2};
     int isa = fr_get_isa();
     if (isa >= 2)
-        return f64 ? &fr_bn_kern_f64_avx512 : &fr_bn_kern_f32_avx512;
+        return avx512[st];
     if (isa == 1)
-        return f64 ? &fr_bn_kern_f64_avx2 : &fr_bn_kern_f32_avx2;
+        return avx2[st];
 #endif
-    return f64 ? &fr_bn_kern_f64_portable : &fr_bn_kern_f32_portable;
+    static const fr_bn_kern *const portable[4] = {
+        &fr_bn_kern_f32_portable, &fr_bn_kern_f64_portable, &fr_bn_kern_f16_portable,
+        &fr_bn_kern_bf16_portable};
+    return portable[st];
 }
 
 /* ------------------------------------------------------------------ per-channel finishing */
@@ -784,7 +855,10 @@ FR_BN_CLONES static void fr_bn_add_cols(double *restrict s, double *restrict c,
 }
 
 /* How an op's (A, C, B) data are cut into work items; from the shape (and the number of arrays
- * the reduction reads) only, so that results never depend on the number of threads. */
+ * the reduction reads) only, so that results never depend on the number of threads.  The cut
+ * (hence the order of the sums) depends on the math type's size (itemsize: a 16-bit array is
+ * cut as its float32 copy, for the float32 bits); only the choice of whole channels per thread
+ * (fused, no effect on any result) on the bytes stored (esize). */
 typedef struct {
     int rows;            /* row layout */
     /* channel layout: R rows per chunk, or pieces of PL elements when nbp > 1; K chunks */
@@ -796,7 +870,8 @@ typedef struct {
 
 static size_t fr_bn_cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
 
-static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize, size_t nred)
+static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize, size_t esize,
+                                  size_t nred)
 {
     fr_bn_plan p;
     memset(&p, 0, sizeof p);
@@ -820,7 +895,7 @@ static fr_bn_plan fr_bn_make_plan(size_t A, size_t C, size_t B, size_t itemsize,
                 p.R = A;
             p.K = fr_bn_cdiv(A, p.R);
         }
-        p.fused = nred * A * B * itemsize <= FR_BN_FUSE_BYTES;
+        p.fused = nred * A * B * esize <= FR_BN_FUSE_BYTES;
     } else {
         size_t L = C * B;
         p.NB = L <= 2 * FR_BN_COLS ? 1 : fr_bn_cdiv(L, FR_BN_COLS);
@@ -911,7 +986,8 @@ typedef struct {
     const fr_bn_kern *kn;
     fr_bn_plan p;
     int apply;           /* 0 none, 1 forward, 2 backward */
-    size_t itemsize;
+    size_t itemsize;     /* of the math type (per-channel arrays) */
+    size_t esize;        /* of the storage type (the big arrays) */
     size_t nred;         /* arrays the reduction reads */
     double *part;        /* partial sums of the reduction */
     /* shared channels: per channel, the threads that have written their partials; per thread
@@ -957,7 +1033,7 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
-    const size_t L = j->L, B = j->B, A = j->A, K = p->K, is = x->itemsize;
+    const size_t L = j->L, B = j->B, A = j->A, K = p->K, is = x->esize;
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
     /* the arrays the reduction reads, and their bytes per channel */
@@ -1020,7 +1096,7 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
-    const size_t C = j->C, K = p->K, L = j->L, is = x->itemsize;
+    const size_t C = j->C, K = p->K, L = j->L, is = x->itemsize, es = x->esize;
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
     fr_bn_fin f = *x->fin;
@@ -1047,7 +1123,7 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
     const unsigned char *pfa[3] = {(const unsigned char *)j->x,
                                    x->nred > 1 ? (const unsigned char *)j->gy : NULL,
                                    x->nred > 2 ? (const unsigned char *)j->y : NULL};
-    const size_t share = x->nred * (hi - lo) * p->R * p->PL * is;
+    const size_t share = x->nred * (hi - lo) * p->R * p->PL * es;
     const int pf = 2 * share <= fr_bn_l2_bytes();
     for (size_t c = 0; c < C; c++) {
         double *part = x->part + 2 * c * K;
@@ -1070,7 +1146,7 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
                 if (pf && c + 1 < C)  /* the same rows of the next channel */
                     for (int q = 0; q < 3; q++)
                         if (pfa[q])
-                            fr_bn_prefetch(pfa[q] + (off + r * L + j->B) * is, len * is);
+                            fr_bn_prefetch(pfa[q] + (off + r * L + j->B) * es, len * es);
             }
         }
     }
@@ -1127,7 +1203,7 @@ static void fr_bn_task_chapp(const fr_bn_ctx *x, int tid, int nth)
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
     size_t lo, hi, off, nrows, len;
     fr_bn_range(C * p->K, tid, nth, &lo, &hi);
-    const fr_bn_order_t o = fr_bn_make_order(lo, hi, p->R * p->PL * x->itemsize * x->nred,
+    const fr_bn_order_t o = fr_bn_make_order(lo, hi, p->R * p->PL * x->esize * x->nred,
                                              x->fin != NULL);
     for (size_t i = 0; i < hi - lo; i++) {
         size_t it = fr_bn_order(&o, i), k = it / C, c = it % C;
@@ -1234,7 +1310,7 @@ static void fr_bn_task_rows(const fr_bn_ctx *x, int tid, int nth)
         return;
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_rows : x->kn->bwd_rows;
-    const fr_bn_order_t o = fr_bn_make_order(lo, hi, p->RR * p->W * x->itemsize * x->nred,
+    const fr_bn_order_t o = fr_bn_make_order(lo, hi, p->RR * p->W * x->esize * x->nred,
                                              x->fin != NULL);
     for (size_t i = 0; i < hi - lo; i++) {
         fr_bn_tile(p, j, fr_bn_order(&o, i), &r0, &r1, &j0, &j1);
@@ -1243,14 +1319,15 @@ static void fr_bn_task_rows(const fr_bn_ctx *x, int tid, int nth)
     fr_bn_sfence(j->stream);
 }
 
-/* Runs an op: the reduction (when fin != NULL; then the finishing step per channel) and / or
- * the apply pass (apply = 1 forward, 2 backward).  ctr: per-channel shift / center of the sums.
+/* Runs an op on big arrays of storage type st (FR_BN_F32 ...): the reduction (when fin != NULL;
+ * then the finishing step per channel) and / or the apply pass (apply = 1 forward, 2 backward).
+ * ctr: per-channel shift / center of the sums.
  * The apply coefficients are j->k (per channel); the row layout with B > 1 works on per-column
  * copies of them.  Each phase is one parallel region (or none, on one thread); the per-channel
  * work between them (O(C K) additions) runs on the calling thread. */
-static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int apply,
-                     size_t itemsize)
+static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int apply, int st)
 {
+    const size_t itemsize = st == FR_BN_F64 ? 8 : 4, esize = st >= FR_BN_F16 ? 2 : itemsize;
     const size_t A = j->A, C = j->C, B = j->B, L = j->L;
     const int red = fin != NULL;
     fr_bn_ctx x;
@@ -1258,11 +1335,12 @@ static int fr_bn_run(fr_bn_job *j, const fr_bn_fin *fin, const double *ctr, int 
     x.j = j;
     x.fin = fin;
     x.ctr = ctr;
-    x.kn = fr_bn_pick(itemsize == 8);
+    x.kn = fr_bn_pick(st);
     x.nred = FR_BN_IS_STATS(j->kind) ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3;
-    x.p = fr_bn_make_plan(A, C, B, itemsize, x.nred);
+    x.p = fr_bn_make_plan(A, C, B, itemsize, esize, x.nred);
     x.apply = apply;
     x.itemsize = itemsize;
+    x.esize = esize;
     const fr_bn_plan *p = &x.p;
 
     if (!p->rows) {
@@ -1397,12 +1475,12 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
                                                 size_t B, double *s, double *mn, double *mx)   \
     {                                                                                          \
         for (size_t c = 0; c < C; c++)                                                         \
-            mn[c] = mx[c] = (double)x[c * B];                                                  \
+            mn[c] = mx[c] = (double)fr_load_##SUF(x, c * B);                                   \
         for (size_t a = 0; a < na; a++) {                                                      \
             const T *xr = x + a * C * B;                                                       \
             if (B == 1) { /* (N, C) and channels-last: one contiguous row, vectorized */       \
                 for (size_t c = 0; c < C; c++) {                                               \
-                    double v = (double)xr[c];                                                  \
+                    double v = (double)fr_load_##SUF(xr, c);                                   \
                     s[c] += v;                                                                 \
                     mn[c] = v < mn[c] ? v : mn[c];                                             \
                     mx[c] = v > mx[c] ? v : mx[c];                                             \
@@ -1411,7 +1489,7 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
             }                                                                                  \
             for (size_t c = 0; c < C; c++)                                                     \
                 for (size_t b = 0; b < nb; b++) {                                              \
-                    double v = (double)xr[c * B + b];                                          \
+                    double v = (double)fr_load_##SUF(xr, c * B + b);                           \
                     s[c] += v;                                                                 \
                     mn[c] = v < mn[c] ? v : mn[c];                                             \
                     mx[c] = v > mx[c] ? v : mx[c];                                             \
@@ -1420,8 +1498,10 @@ static inline int fr_bn_want_stream(const void *out, size_t bytes, const void *i
     }
 FR_BN_DEFINE_SHIFTS(f32, float)
 FR_BN_DEFINE_SHIFTS(f64, double)
+FR_BN_DEFINE_SHIFTS(f16, uint16_t)
+FR_BN_DEFINE_SHIFTS(bf16, uint16_t)
 
-static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B, int *zero)
+static double *fr_bn_shifts(const void *x, int st, size_t A, size_t C, size_t B, int *zero)
 {
     double *s = (double *)calloc(3 * (C ? C : 1), sizeof(double));
     if (!s)
@@ -1431,8 +1511,12 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
     if (na > A)
         na = A;
     size_t nb = B < FR_BN_SHIFT_N ? B : FR_BN_SHIFT_N;
-    if (f64)
+    if (st == FR_BN_F64)
         fr_bn_sample_f64((const double *)x, na, nb, C, B, s, mn, mx);
+    else if (st == FR_BN_F16)
+        fr_bn_sample_f16((const uint16_t *)x, na, nb, C, B, s, mn, mx);
+    else if (st == FR_BN_BF16)
+        fr_bn_sample_bf16((const uint16_t *)x, na, nb, C, B, s, mn, mx);
     else
         fr_bn_sample_f32((const float *)x, na, nb, C, B, s, mn, mx);
     *zero = 1;
@@ -1446,15 +1530,17 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
 
 /* ------------------------------------------------------------------ entry points */
 
-#define FR_DEFINE_BN(SUF, T, F64)                                                              \
-    int fr_bn_stats_##SUF(const T *x, double *mean, double *m2, int64_t A, int64_t C,          \
+/* Entry points of storage type SUF: S the element type of the big arrays, T the math type (of
+ * the per-channel arrays), F64 whether T is double, ST the FR_BN_* storage tag. */
+#define FR_DEFINE_BN(SUF, S, T, F64, ST)                                                       \
+    int fr_bn_stats_##SUF(const S *x, double *mean, double *m2, int64_t A, int64_t C,          \
                           int64_t B)                                                           \
     {                                                                                          \
         if (fr_bn_bad_shape(A, C, B))                                                          \
             return FR_ERR_SIZE;                                                                \
         if (!x || !mean || !m2)                                                                \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(mean, 8) ||                     \
+        if (FR_BN_MISALIGNED(x, sizeof(S)) || FR_BN_MISALIGNED(mean, 8) ||                     \
             FR_BN_MISALIGNED(m2, 8))                                                           \
             return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
@@ -1464,7 +1550,7 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.kind = FR_BN_RED_STATS;                                                              \
         j.x = x;                                                                               \
         int zero;                                                                              \
-        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B, &zero);                               \
+        double *sh = fr_bn_shifts(x, ST, j.A, j.C, j.B, &zero);                                \
         if (!sh)                                                                               \
             return FR_ERR_ALLOC;                                                               \
         if (zero)                                                                              \
@@ -1477,22 +1563,22 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         f.ctr = sh;                                                                            \
         f.o1 = mean;                                                                           \
         f.o2 = m2;                                                                             \
-        int st = fr_bn_run(&j, &f, sh, 0, sizeof(T));                                          \
+        int st = fr_bn_run(&j, &f, sh, 0, ST);                                                 \
         free(sh);                                                                              \
         return st;                                                                             \
     }                                                                                          \
                                                                                                \
-    int fr_bn_apply_##SUF(const T *x, const T *center, const T *scale, const T *shift,         \
-                          const T *residual, int relu, T *out, int64_t A, int64_t C,           \
+    int fr_bn_apply_##SUF(const S *x, const T *center, const T *scale, const T *shift,         \
+                          const S *residual, int relu, S *out, int64_t A, int64_t C,           \
                           int64_t B)                                                           \
     {                                                                                          \
         if (fr_bn_bad_shape(A, C, B))                                                          \
             return FR_ERR_SIZE;                                                                \
         if (!x || !center || !scale || !shift || !out)                                         \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
+        if (FR_BN_MISALIGNED(x, sizeof(S)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
             FR_BN_MISALIGNED(scale, sizeof(T)) || FR_BN_MISALIGNED(shift, sizeof(T)) ||        \
-            FR_BN_MISALIGNED(residual, sizeof(T)) || FR_BN_MISALIGNED(out, sizeof(T)))         \
+            FR_BN_MISALIGNED(residual, sizeof(S)) || FR_BN_MISALIGNED(out, sizeof(S)))         \
             return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
@@ -1505,21 +1591,21 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.k[0] = center;                                                                       \
         j.k[1] = scale;                                                                        \
         j.k[2] = shift;                                                                        \
-        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(T), x, residual, NULL);           \
-        return fr_bn_run(&j, NULL, NULL, 1, sizeof(T));                                        \
+        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(S), x, residual, NULL);           \
+        return fr_bn_run(&j, NULL, NULL, 1, ST);                                               \
     }                                                                                          \
                                                                                                \
-    int fr_bn_forward_train_##SUF(const T *x, const T *weight, const T *bias, double eps,      \
-                                  const T *residual, int relu, T *out, double *mean,           \
+    int fr_bn_forward_train_##SUF(const S *x, const T *weight, const T *bias, double eps,      \
+                                  const S *residual, int relu, S *out, double *mean,           \
                                   double *m2, double *invstd, int64_t A, int64_t C, int64_t B) \
     {                                                                                          \
         if (fr_bn_bad_shape(A, C, B))                                                          \
             return FR_ERR_SIZE;                                                                \
         if (!x || !out || !mean || !m2 || !invstd)                                             \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(x, sizeof(T)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
-            FR_BN_MISALIGNED(bias, sizeof(T)) || FR_BN_MISALIGNED(residual, sizeof(T)) ||      \
-            FR_BN_MISALIGNED(out, sizeof(T)) || FR_BN_MISALIGNED(mean, 8) ||                   \
+        if (FR_BN_MISALIGNED(x, sizeof(S)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(bias, sizeof(T)) || FR_BN_MISALIGNED(residual, sizeof(S)) ||      \
+            FR_BN_MISALIGNED(out, sizeof(S)) || FR_BN_MISALIGNED(mean, 8) ||                   \
             FR_BN_MISALIGNED(m2, 8) || FR_BN_MISALIGNED(invstd, 8))                            \
             return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
@@ -1531,9 +1617,9 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.x = x;                                                                               \
         j.res = residual;                                                                      \
         j.out = out;                                                                           \
-        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(T), x, residual, NULL);           \
+        j.stream = fr_bn_want_stream(out, j.A * j.L * sizeof(S), x, residual, NULL);           \
         int zero;                                                                              \
-        double *sh = fr_bn_shifts(x, F64, j.A, j.C, j.B, &zero);                               \
+        double *sh = fr_bn_shifts(x, ST, j.A, j.C, j.B, &zero);                                \
         T *k = (T *)malloc(3 * j.C * sizeof(T));                                               \
         if (!sh || !k) {                                                                       \
             free(sh);                                                                          \
@@ -1556,13 +1642,13 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         f.bias = bias;                                                                         \
         for (int q = 0; q < 3; q++)                                                            \
             j.k[q] = f.k[q] = k + q * j.C;                                                     \
-        int st = fr_bn_run(&j, &f, sh, 1, sizeof(T));                                          \
+        int st = fr_bn_run(&j, &f, sh, 1, ST);                                                 \
         free(sh);                                                                              \
         free(k);                                                                               \
         return st;                                                                             \
     }                                                                                          \
                                                                                                \
-    int fr_bn_backward_reduce_##SUF(const T *gy, const T *x, const T *y, const double *center, \
+    int fr_bn_backward_reduce_##SUF(const S *gy, const S *x, const S *y, const double *center, \
                                     double *s_dy, double *s_dyx, int64_t A, int64_t C,         \
                                     int64_t B)                                                 \
     {                                                                                          \
@@ -1570,8 +1656,8 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
             return FR_ERR_SIZE;                                                                \
         if (!gy || !x || !center || !s_dy || !s_dyx)                                           \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
-            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(center, 8) ||                   \
+        if (FR_BN_MISALIGNED(gy, sizeof(S)) || FR_BN_MISALIGNED(x, sizeof(S)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(S)) || FR_BN_MISALIGNED(center, 8) ||                   \
             FR_BN_MISALIGNED(s_dy, 8) || FR_BN_MISALIGNED(s_dyx, 8))                           \
             return FR_ERR_UNSUPPORTED;                                                         \
         if (C == 0)                                                                            \
@@ -1593,11 +1679,11 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         f.f64 = F64;                                                                           \
         f.o1 = s_dy;                                                                           \
         f.o2 = s_dyx;                                                                          \
-        return fr_bn_run(&j, &f, center, 0, sizeof(T));                                        \
+        return fr_bn_run(&j, &f, center, 0, ST);                                               \
     }                                                                                          \
                                                                                                \
-    int fr_bn_backward_apply_##SUF(const T *gy, const T *x, const T *y, const T *center,       \
-                                   const T *a, const T *b, const T *d, T *gx, T *gres,         \
+    int fr_bn_backward_apply_##SUF(const S *gy, const S *x, const S *y, const T *center,       \
+                                   const T *a, const T *b, const T *d, S *gx, S *gres,         \
                                    int64_t A, int64_t C, int64_t B)                            \
     {                                                                                          \
         if (fr_bn_bad_shape(A, C, B))                                                          \
@@ -1605,11 +1691,11 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         const int training = b != NULL;                                                        \
         if (!gy || !a || !gx || (training && (!x || !center || !d)))                           \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
-            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
+        if (FR_BN_MISALIGNED(gy, sizeof(S)) || FR_BN_MISALIGNED(x, sizeof(S)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(S)) || FR_BN_MISALIGNED(center, sizeof(T)) ||           \
             FR_BN_MISALIGNED(a, sizeof(T)) || FR_BN_MISALIGNED(b, sizeof(T)) ||                \
-            FR_BN_MISALIGNED(d, sizeof(T)) || FR_BN_MISALIGNED(gx, sizeof(T)) ||               \
-            FR_BN_MISALIGNED(gres, sizeof(T)))                                                 \
+            FR_BN_MISALIGNED(d, sizeof(T)) || FR_BN_MISALIGNED(gx, sizeof(S)) ||               \
+            FR_BN_MISALIGNED(gres, sizeof(S)))                                                 \
             return FR_ERR_UNSUPPORTED;                                                         \
         if (A == 0 || C == 0 || B == 0)                                                        \
             return FR_OK;                                                                      \
@@ -1626,24 +1712,24 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.k[1] = a;                                                                            \
         j.k[2] = training ? b : NULL;                                                          \
         j.k[3] = training ? d : NULL;                                                          \
-        size_t bytes = j.A * j.L * sizeof(T);                                                  \
+        size_t bytes = j.A * j.L * sizeof(S);                                                  \
         j.stream = fr_bn_want_stream(gx, bytes, gy, training ? x : NULL, y) &&                 \
                    (!gres || fr_bn_want_stream(gres, bytes, gy, training ? x : NULL, y));      \
-        return fr_bn_run(&j, NULL, NULL, 2, sizeof(T));                                        \
+        return fr_bn_run(&j, NULL, NULL, 2, ST);                                               \
     }                                                                                          \
                                                                                                \
-    int fr_bn_backward_##SUF(const T *gy, const T *x, const T *y, const double *mean,          \
-                             const double *invstd, const T *weight, int training, T *gx,       \
-                             T *gres, T *grad_weight, T *grad_bias, int64_t A, int64_t C,      \
+    int fr_bn_backward_##SUF(const S *gy, const S *x, const S *y, const double *mean,          \
+                             const double *invstd, const T *weight, int training, S *gx,       \
+                             S *gres, T *grad_weight, T *grad_bias, int64_t A, int64_t C,      \
                              int64_t B)                                                        \
     {                                                                                          \
         if (fr_bn_bad_shape(A, C, B))                                                          \
             return FR_ERR_SIZE;                                                                \
         if (!gy || !x || !mean || !invstd || !gx || !grad_weight || !grad_bias)                \
             return FR_ERR_NULL;                                                                \
-        if (FR_BN_MISALIGNED(gy, sizeof(T)) || FR_BN_MISALIGNED(x, sizeof(T)) ||               \
-            FR_BN_MISALIGNED(y, sizeof(T)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
-            FR_BN_MISALIGNED(gx, sizeof(T)) || FR_BN_MISALIGNED(gres, sizeof(T)) ||            \
+        if (FR_BN_MISALIGNED(gy, sizeof(S)) || FR_BN_MISALIGNED(x, sizeof(S)) ||               \
+            FR_BN_MISALIGNED(y, sizeof(S)) || FR_BN_MISALIGNED(weight, sizeof(T)) ||           \
+            FR_BN_MISALIGNED(gx, sizeof(S)) || FR_BN_MISALIGNED(gres, sizeof(S)) ||            \
             FR_BN_MISALIGNED(grad_weight, sizeof(T)) ||                                        \
             FR_BN_MISALIGNED(grad_bias, sizeof(T)) ||                                          \
             FR_BN_MISALIGNED(mean, 8) || FR_BN_MISALIGNED(invstd, 8))                          \
@@ -1660,7 +1746,7 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.y = y;                                                                               \
         j.out = gx;                                                                            \
         j.gres = gres;                                                                         \
-        size_t bytes = j.A * j.L * sizeof(T);                                                  \
+        size_t bytes = j.A * j.L * sizeof(S);                                                  \
         j.stream = fr_bn_want_stream(gx, bytes, gy, x, y) &&                                   \
                    (!gres || fr_bn_want_stream(gres, bytes, gy, x, y));                        \
         T *k = (T *)malloc(4 * j.C * sizeof(T));                                               \
@@ -1683,13 +1769,15 @@ static double *fr_bn_shifts(const void *x, int f64, size_t A, size_t C, size_t B
         j.k[1] = f.k[1];                                                                       \
         j.k[2] = training ? f.k[2] : NULL;                                                     \
         j.k[3] = training ? f.k[3] : NULL;                                                     \
-        int st = fr_bn_run(&j, &f, mean, 2, sizeof(T));                                        \
+        int st = fr_bn_run(&j, &f, mean, 2, ST);                                               \
         free(k);                                                                               \
         return st;                                                                             \
     }
 
-FR_DEFINE_BN(f32, float, 0)
-FR_DEFINE_BN(f64, double, 1)
+FR_DEFINE_BN(f32, FR_ELEM_f32, float, 0, FR_BN_F32)
+FR_DEFINE_BN(f64, FR_ELEM_f64, double, 1, FR_BN_F64)
+FR_DEFINE_BN(f16, FR_ELEM_f16, float, 0, FR_BN_F16)
+FR_DEFINE_BN(bf16, FR_ELEM_bf16, float, 0, FR_BN_BF16)
 
 /* The plan of an op (for tests: which strategy a shape takes).  nred: arrays the reduction
  * reads (1 statistics, 2 backward, 3 backward through a ReLU).  info[0] row layout, [1] fused
@@ -1702,7 +1790,9 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
         return FR_ERR_SIZE;
     if (!info)
         return FR_ERR_NULL;
-    fr_bn_plan p = fr_bn_make_plan((size_t)A, (size_t)C, (size_t)B, (size_t)itemsize,
+    /* a 16-bit dtype (itemsize 2) is cut as float32 */
+    fr_bn_plan p = fr_bn_make_plan((size_t)A, (size_t)C, (size_t)B,
+                                   (size_t)(itemsize < 4 ? 4 : itemsize), (size_t)itemsize,
                                    (size_t)nred);
     info[0] = p.rows;
     info[1] = p.fused;
@@ -1777,10 +1867,10 @@ FR_DEFINE_BN_CHANNEL_OPS(f64, double)
 /* The common training step: bn_forward_train, then bn_running_update with the batch's count, in
  * one call from Python (one crossing instead of two); the two ops' bits.  Unaligned running
  * arrays are refused (FR_ERR_UNSUPPORTED) before any work; an empty batch leaves them alone. */
-#define FR_DEFINE_BN_TRAIN_RUNNING(SUF, T)                                                     \
+#define FR_DEFINE_BN_TRAIN_RUNNING(SUF, S, T, MS)                                              \
     int fr_bn_forward_train_running_##SUF(                                                     \
-        const T *x, const T *weight, const T *bias, double eps, const T *residual, int relu,   \
-        T *out, double *mean, double *m2, double *invstd, T *running_mean, T *running_var,     \
+        const S *x, const T *weight, const T *bias, double eps, const S *residual, int relu,   \
+        S *out, double *mean, double *m2, double *invstd, T *running_mean, T *running_var,     \
         double momentum, int64_t A, int64_t C, int64_t B)                                      \
     {                                                                                          \
         if (FR_BN_MISALIGNED(running_mean, sizeof(T)) ||                                       \
@@ -1790,9 +1880,11 @@ FR_DEFINE_BN_CHANNEL_OPS(f64, double)
                                            m2, invstd, A, C, B);                               \
         if (st != FR_OK || A == 0 || B == 0)                                                   \
             return st;                                                                         \
-        return fr_bn_running_update_##SUF(mean, m2, A * B, momentum, running_mean,             \
+        return fr_bn_running_update_##MS(mean, m2, A * B, momentum, running_mean,              \
                                           running_var, C);                                     \
     }
 
-FR_DEFINE_BN_TRAIN_RUNNING(f32, float)
-FR_DEFINE_BN_TRAIN_RUNNING(f64, double)
+FR_DEFINE_BN_TRAIN_RUNNING(f32, FR_ELEM_f32, float, f32)
+FR_DEFINE_BN_TRAIN_RUNNING(f64, FR_ELEM_f64, double, f64)
+FR_DEFINE_BN_TRAIN_RUNNING(f16, FR_ELEM_f16, float, f32)
+FR_DEFINE_BN_TRAIN_RUNNING(bf16, FR_ELEM_bf16, float, f32)

@@ -245,6 +245,63 @@ int fr_bn_forward_train_running_f64(const double *x, const double *weight, const
                                     double *running_mean, double *running_var, double momentum,
                                     int64_t A, int64_t C, int64_t B);
 
+/* The same ops on 16-bit big arrays (x, gy, y, residual, out, gx, gres as uint16 bits, _f16
+ * float16, _bf16 bfloat16; csrc/half.h) with float32 per-channel arrays (weight, bias, center,
+ * scale, shift, a, b, d, grad_weight, grad_bias, running statistics): each element is widened
+ * exactly when read and the result rounded to nearest even when written, the float32 op's
+ * arithmetic and order of sums in between: the bits of the float32 op on the widened arrays,
+ * rounded (fastreg/_half.py's conversion passes), in one pass. */
+int fr_bn_stats_f16(const uint16_t *x, double *mean, double *m2, int64_t A, int64_t C,
+                    int64_t B);
+int fr_bn_stats_bf16(const uint16_t *x, double *mean, double *m2, int64_t A, int64_t C,
+                     int64_t B);
+int fr_bn_apply_f16(const uint16_t *x, const float *center, const float *scale,
+                    const float *shift, const uint16_t *residual, int relu, uint16_t *out,
+                    int64_t A, int64_t C, int64_t B);
+int fr_bn_apply_bf16(const uint16_t *x, const float *center, const float *scale,
+                     const float *shift, const uint16_t *residual, int relu, uint16_t *out,
+                     int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_train_f16(const uint16_t *x, const float *weight, const float *bias,
+                            double eps, const uint16_t *residual, int relu, uint16_t *out,
+                            double *mean, double *m2, double *invstd, int64_t A, int64_t C,
+                            int64_t B);
+int fr_bn_forward_train_bf16(const uint16_t *x, const float *weight, const float *bias,
+                             double eps, const uint16_t *residual, int relu, uint16_t *out,
+                             double *mean, double *m2, double *invstd, int64_t A, int64_t C,
+                             int64_t B);
+int fr_bn_backward_reduce_f16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                              const double *center, double *s_dy, double *s_dyx, int64_t A,
+                              int64_t C, int64_t B);
+int fr_bn_backward_reduce_bf16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                               const double *center, double *s_dy, double *s_dyx, int64_t A,
+                               int64_t C, int64_t B);
+int fr_bn_backward_apply_f16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                             const float *center, const float *a, const float *b,
+                             const float *d, uint16_t *gx, uint16_t *gres, int64_t A,
+                             int64_t C, int64_t B);
+int fr_bn_backward_apply_bf16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                              const float *center, const float *a, const float *b,
+                              const float *d, uint16_t *gx, uint16_t *gres, int64_t A,
+                              int64_t C, int64_t B);
+int fr_bn_backward_f16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                       const double *mean, const double *invstd, const float *weight,
+                       int training, uint16_t *gx, uint16_t *gres, float *grad_weight,
+                       float *grad_bias, int64_t A, int64_t C, int64_t B);
+int fr_bn_backward_bf16(const uint16_t *gy, const uint16_t *x, const uint16_t *y,
+                        const double *mean, const double *invstd, const float *weight,
+                        int training, uint16_t *gx, uint16_t *gres, float *grad_weight,
+                        float *grad_bias, int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_train_running_f16(const uint16_t *x, const float *weight, const float *bias,
+                                    double eps, const uint16_t *residual, int relu,
+                                    uint16_t *out, double *mean, double *m2, double *invstd,
+                                    float *running_mean, float *running_var, double momentum,
+                                    int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_train_running_bf16(const uint16_t *x, const float *weight, const float *bias,
+                                     double eps, const uint16_t *residual, int relu,
+                                     uint16_t *out, double *mean, double *m2, double *invstd,
+                                     float *running_mean, float *running_var, double momentum,
+                                     int64_t A, int64_t C, int64_t B);
+
 /* ------------------------------------------------------------------ image augmentation
  * (csrc/augment.c; contract: fastreg/reference/augment.py).  Images are (M, H, W, C)
  * contiguous; P = bytes per pixel; mats (M, 2, 3) float64 inverse maps; rects (M, 4) int64

@@ -400,8 +400,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     16-bit x (float16, bfloat16), as under ``torch.autocast``: x and residual are converted
     exactly to float32, the float32 op runs with float32 weight, bias and running statistics
     (statistics accumulated as for float32 x), and y is rounded to x's dtype to nearest even
-    (fastreg.reference.half). The float32 copies cost two float32 arrays of x's size (three
-    with a residual).
+    (fastreg.reference.half). Backend "c" does it in one pass, reading and writing the 16-bit
+    arrays (fused kernels, the same bits; not with ``comm``); the other backends run the float32
+    op on float32 copies, which cost two float32 arrays of x's size (three with a residual).
 
     An empty batch (x with no value per channel: N = 0 or an empty spatial axis) gives an
     empty y; training leaves the running statistics alone (torch does the same). One value per
@@ -417,12 +418,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
             return fast
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x", half=True)
-    if arr.dtype.itemsize == 2:
+    device = arr is not x and _arrays.is_device(x)
+    half = arr.dtype.itemsize == 2
+    if half and not _half_fused(backend, device, comm):
         return _batch_norm_half(x, arr, running_mean, running_var, weight, bias, training,
                                 momentum, eps, axis, activation, residual, num_batches_tracked,
                                 out, backend, comm)
-    device = arr is not x and _arrays.is_device(x)
     dtype = arr.dtype
+    pdt = _F32 if half else dtype  # of the per-channel arrays (16-bit x: see Notes)
     shape = tuple(arr.shape)
     training = _arrays.check_bool(training, "training")
     ax, dims = _channel_axis(shape, axis)
@@ -433,10 +436,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     if momentum is not None:
         momentum = _arrays.check_probability(momentum, "momentum")
     _arrays.check_choice(activation, "activation", ACTIVATIONS)
-    rm = _check_channel(running_mean, "running_mean", C, dtype, device, writable=training)
-    rv = _check_channel(running_var, "running_var", C, dtype, device, writable=training)
-    w = _check_channel(weight, "weight", C, dtype, device)
-    b = _check_channel(bias, "bias", C, dtype, device)
+    if half:
+        for a, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                        (weight, "weight"), (bias, "bias")):
+            _check_f32_channel(a, name, dtype)
+    rm = _check_channel(running_mean, "running_mean", C, pdt, device, writable=training)
+    rv = _check_channel(running_var, "running_var", C, pdt, device, writable=training)
+    w = _check_channel(weight, "weight", C, pdt, device)
+    b = _check_channel(bias, "bias", C, pdt, device)
     if (rm is None) != (rv is None):
         raise ValueError("pass both running_mean and running_var, or neither")
     # two distinct arrays that each own their memory cannot overlap: skip the slower exact test
@@ -484,8 +491,8 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     if training:
         m2 = job.empty((C,), f64)
         if work:
-            wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
-            bc = _const(job, C, dtype, 0) if b is None else job.contig(b)
+            wc = _const(job, C, pdt, 1) if w is None else job.contig(w)
+            bc = _const(job, C, pdt, 0) if b is None else job.contig(b)
             job.op("bn_forward_train")(xc, wc, bc, eps, rc, relu, res3, mean, m2, invstd)
     if training and track:
         mom = momentum
@@ -499,7 +506,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
             _writeback(job, rmc, rm)
             _writeback(job, rvc, rv)
     if not training:
-        center, scale, shift = (job.empty((C,), dtype) for _ in range(3))
+        center, scale, shift = (job.empty((C,), pdt) for _ in range(3))
         if C:
             job.op("bn_forward_coeffs")(job.contig(rm), job.contig(rv), 1,
                                         None if w is None else job.contig(w),
@@ -589,11 +596,13 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
                         f"{type(saved).__name__}")
     arr = _arrays.describe(x, "x")
     _arrays.check_float(arr, "x", half=True)
-    if arr.dtype.itemsize == 2:
+    device = arr is not x and _arrays.is_device(x)
+    half = arr.dtype.itemsize == 2
+    if half and not _half_fused(backend, device, comm):
         return _batch_norm_backward_half(grad_y, x, arr, saved, weight, axis, activation, y, out,
                                          backend, comm)
-    device = arr is not x and _arrays.is_device(x)
     dtype = arr.dtype
+    pdt = _F32 if half else dtype  # of weight and the parameter gradients
     shape = tuple(arr.shape)
     training = _arrays.check_bool(saved.training, "saved.training")
     if len(shape) != saved.ndim:
@@ -619,7 +628,9 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     if relu and y is None:
         raise ValueError("the forward pass ended in a ReLU: pass y, its output, for the mask")
     yv = _check_like(y, "y", shape, dtype, device, "x") if relu else None
-    w = _check_channel(weight, "weight", C, dtype, device)
+    if half:
+        _check_f32_channel(weight, "weight", dtype)
+    w = _check_channel(weight, "weight", C, pdt, device)
     x_in = x if device else arr
     out_arr = _arrays.check_out(out, "out", shape, dtype,
                                 [a for a in (gy, x_in, yv) if a is not None], device)
@@ -637,15 +648,15 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
     gx = job.target(out_arr, shape, dtype)
     gres = job.empty(shape, dtype) if saved.residual else None
     if A * B * C:
-        gw, gb = job.empty((C,), dtype), job.empty((C,), dtype)
-        wc = _const(job, C, dtype, 1) if w is None else job.contig(w)
+        gw, gb = job.empty((C,), pdt), job.empty((C,), pdt)
+        wc = _const(job, C, pdt, 1) if w is None else job.contig(w)
         job.op("bn_backward")(job.contig(gy).reshape(dims), job.contig(x_in).reshape(dims),
                               None if yv is None else job.contig(yv).reshape(dims),
                               _on(job, saved.mean), _on(job, saved.invstd), wc, training,
                               gx.reshape(dims), None if gres is None else gres.reshape(dims),
                               gw, gb)
     else:  # nothing flows: zero parameter gradients
-        gw, gb = job.zeros((C,), dtype), job.zeros((C,), dtype)
+        gw, gb = job.zeros((C,), pdt), job.zeros((C,), pdt)
     grads = (job.finish(gx, out_arr), _host(job, gw), _host(job, gb))
     if out is not None:
         grads = (out,) + grads[1:]
@@ -655,6 +666,17 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
 
 
 # --- 16-bit x: exact float32 copies, the float32 op, outputs rounded to nearest even ---------------
+
+def _half_fused(backend, device, comm):
+    """Whether a 16-bit call runs the backend's fused 16-bit kernels (the general path, with
+    16-bit big arrays and float32 per-channel ones) rather than the conversion passes below:
+    host arrays, no ``comm``, and a backend whose batch-norm module says ``bn_half`` (backend
+    "c": its kernels widen and round in registers, the same bits, one pass over the data)."""
+    if device or comm is not None:
+        return False
+    name = _dispatch.resolve(backend)
+    return name != "cuda" and getattr(_dispatch.job(name, True).mod, "bn_half", False)
+
 
 def _half_job(backend, device):
     """The Job whose conversion passes (fastreg._half) serve a 16-bit call: the CUDA kernels for
@@ -888,7 +910,8 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     _arrays.check_float(arr, "x", half=True)
     device = _arrays.is_device(x)
     ax, dims = _channel_axis(tuple(arr.shape), axis)
-    if arr.dtype.itemsize == 2:  # statistics of the exact float32 values
+    if arr.dtype.itemsize == 2 and not _half_fused(backend, device, None):
+        # statistics of the exact float32 values
         return batch_norm_stats(_widen(_half_job(backend, device), x if device else arr,
                                        arr.dtype), axis=axis, backend=backend)
     A, C, B = dims

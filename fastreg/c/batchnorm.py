@@ -13,19 +13,37 @@ Each call sets the calling thread's thread count from ``fastreg._threads.plan(x.
 copying; outputs must be writable (the public wrappers check). An array that is not aligned for
 its dtype (possible with views of raw buffers) is refused by the kernel before any work, and the
 call is made again through aligned copies, written back into the outputs.
+
+16-bit x (float16, bfloat16; ``bn_half`` says these kernels take them): ``bn_stats``,
+``bn_apply``, ``bn_forward_train``, ``bn_forward_train_running``, ``bn_backward_reduce``,
+``bn_backward_apply`` and ``bn_backward`` also take x (and grad_y, y, residual, out, grad_x,
+grad_residual) of a 16-bit dtype, with float32 per-channel arrays (weight, bias, coefficients,
+running statistics, grad_weight, grad_bias): the C kernels widen each element when they read it
+and round each result when they write it, with the float32 kernels' arithmetic and order of
+sums in between, so they give the bits of the float32 op on the widened arrays, rounded
+(fastreg._half's conversion passes), in one pass over the data.
 """
 import numpy as np
 
-from .. import _threads
+from .. import _arrays, _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs
 from . import _check, _plan, ffi, lib
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
-           "bn_forward_train_running"]
+           "bn_forward_train_running", "bn_half"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+# storage dtype -> suffix of the C functions (16-bit: the big arrays; per-channel ones float32)
+_SUF = {_F32: "f32", _F64: "f64"}
+for _dt, _s in ((_arrays.FLOAT16, "f16"), (_arrays.BFLOAT16, "bf16")):
+    if _dt is not None:
+        _SUF[np.dtype(_dt)] = _s
+_HALF = frozenset(dt for dt in _SUF if dt.itemsize == 2)
+bn_half = lib is not None  # the big-array ops take 16-bit x (fastreg.batchnorm asks)
+_BIG_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
+            "bn_backward", "bn_forward_train_running")
 _GRAIN = _threads.GRAIN  # read at each call (tests shrink it)
 if lib is not None:
     _NULL = ffi.NULL
@@ -33,17 +51,21 @@ if lib is not None:
     _set_threads = lib.fr_set_threads
     _ARRAY = {_F32: ffi.typeof("float[]"), _F64: ffi.typeof("double[]")}
     _DOUBLES = _ARRAY[_F64]
+    _UINT16 = ffi.typeof("uint16_t[]")
     _UNALIGNED = lib.FR_ERR_UNSUPPORTED
-    # kernel name -> {dtype: function}
-    _FN = {name: {_F32: getattr(lib, f"fr_{name}_f32"), _F64: getattr(lib, f"fr_{name}_f64")}
-           for name in ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce",
-                        "bn_backward_apply", "bn_backward", "bn_forward_coeffs",
-                        "bn_running_update", "bn_forward_train_running")}
+    # kernel name -> {dtype: function} (the big-array ops also for the 16-bit dtypes)
+    _FN = {name: {dt: getattr(lib, f"fr_{name}_{suf}") for dt, suf in _SUF.items()
+                  if dt.itemsize > 2 or name in _BIG_OPS}
+           for name in _BIG_OPS + ("bn_forward_coeffs", "bn_running_update")}
 
 
 def _p(a):
-    """Pointer to an array in its own dtype (NULL for None)."""
-    return _NULL if a is None else ffi.from_buffer(_ARRAY[a.dtype], a)
+    """Pointer to an array in its own dtype (NULL for None); a 16-bit array as its bits."""
+    if a is None:
+        return _NULL
+    if a.dtype in _HALF:
+        return ffi.from_buffer(_UINT16, a.view(np.uint16))
+    return ffi.from_buffer(_ARRAY[a.dtype], a)
 
 
 def _d(a):
@@ -80,7 +102,7 @@ def _call(name, dtype, fn, args, outputs, status):
         return
     if status == _UNALIGNED and not _aligned(*(a for a in args if isinstance(a, np.ndarray))):
         return _through_copies(fn, args, outputs)
-    _check(status, f"fr_{name}_{'f32' if dtype == _F32 else 'f64'}")
+    _check(status, f"fr_{name}_{_SUF[dtype]}")
 
 
 def bn_stats(x, mean, m2):
@@ -121,12 +143,17 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
         return
     _threads_for(size)
     dt = x.dtype
-    T = _ARRAY[dt]
     A, C, B = x.shape
-    st = _FN["bn_forward_train"][dt](
-        _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
-        _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
-        _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), A, C, B)
+    if dt in _HALF:
+        st = _FN["bn_forward_train"][dt](
+            _p(x), _p(weight), _p(bias), eps, _p(residual), 1 if relu else 0, _p(out),
+            _buf(_DOUBLES, mean), _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), A, C, B)
+    else:
+        T = _ARRAY[dt]
+        st = _FN["bn_forward_train"][dt](
+            _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
+            _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
+            _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), A, C, B)
     if st:
         _call("bn_forward_train", x.dtype, bn_forward_train,
               (x, weight, bias, eps, residual, relu, out, mean, m2, invstd), (6, 7, 8, 9), st)
@@ -137,19 +164,26 @@ def bn_forward_train_running(x, weight, bias, eps, residual, relu, out, mean, m2
     """``bn_forward_train`` then ``bn_running_update(mean, m2, A * B, running_mean,
     running_var, momentum)`` in one C call, with the two ops' bits: the common training call
     crosses into C once. Not a registry op (only this backend has it): fastreg.batch_norm's
-    host fast path uses it when the backend module defines it. running_* of x's dtype."""
+    host fast path uses it when the backend module defines it. running_* of x's dtype (float32
+    for 16-bit x)."""
     size = x.size
     if size == 0:
         return
     _threads_for(size)
     dt = x.dtype
-    T = _ARRAY[dt]
     A, C, B = x.shape
-    st = _FN["bn_forward_train_running"][dt](
-        _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
-        _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
-        _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), _buf(T, running_mean),
-        _buf(T, running_var), momentum, A, C, B)
+    if dt in _HALF:
+        st = _FN["bn_forward_train_running"][dt](
+            _p(x), _p(weight), _p(bias), eps, _p(residual), 1 if relu else 0, _p(out),
+            _buf(_DOUBLES, mean), _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), _p(running_mean),
+            _p(running_var), momentum, A, C, B)
+    else:
+        T = _ARRAY[dt]
+        st = _FN["bn_forward_train_running"][dt](
+            _buf(T, x), _buf(T, weight), _buf(T, bias), eps, _NULL if residual is None else
+            _buf(T, residual), 1 if relu else 0, _buf(T, out), _buf(_DOUBLES, mean),
+            _buf(_DOUBLES, m2), _buf(_DOUBLES, invstd), _buf(T, running_mean),
+            _buf(T, running_var), momentum, A, C, B)
     if st:
         _call("bn_forward_train_running", dt, bn_forward_train_running,
               (x, weight, bias, eps, residual, relu, out, mean, m2, invstd, running_mean,
@@ -188,19 +222,24 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres):
 
 def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias):
     """The whole backward pass (reduce, coefficients, apply), fused per channel where the data
-    allows; grad_weight, grad_bias (C,) in x's dtype."""
+    allows; grad_weight, grad_bias (C,) in x's dtype (float32 for 16-bit x)."""
     size = x.size
     if size == 0:
         return
     _threads_for(size)
     dt = x.dtype
-    T = _ARRAY[dt]
     A, C, B = x.shape
-    st = _FN["bn_backward"][dt](
-        _buf(T, gy), _buf(T, x), _NULL if y is None else _buf(T, y), _buf(_DOUBLES, mean),
-        _buf(_DOUBLES, invstd), _buf(T, weight), 1 if training else 0, _buf(T, gx),
-        _NULL if gres is None else _buf(T, gres), _buf(T, grad_weight), _buf(T, grad_bias),
-        A, C, B)
+    if dt in _HALF:
+        st = _FN["bn_backward"][dt](
+            _p(gy), _p(x), _p(y), _buf(_DOUBLES, mean), _buf(_DOUBLES, invstd), _p(weight),
+            1 if training else 0, _p(gx), _p(gres), _p(grad_weight), _p(grad_bias), A, C, B)
+    else:
+        T = _ARRAY[dt]
+        st = _FN["bn_backward"][dt](
+            _buf(T, gy), _buf(T, x), _NULL if y is None else _buf(T, y), _buf(_DOUBLES, mean),
+            _buf(_DOUBLES, invstd), _buf(T, weight), 1 if training else 0, _buf(T, gx),
+            _NULL if gres is None else _buf(T, gres), _buf(T, grad_weight),
+            _buf(T, grad_bias), A, C, B)
     if st:
         _call("bn_backward", x.dtype, bn_backward,
               (gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight, grad_bias),
