@@ -514,8 +514,39 @@ FR_DEFINE_DROPOUT_ELEMS_AVX2(f64, double, __m256d, pd)
         (void)stream;                                                                           \
         fr_dropout_##X##_elems(w, x, o, len, t, scale);                                         \
     }
-FR_DEFINE_DROPOUT_HALF_ELEMS_AVX2(f16)
 FR_DEFINE_DROPOUT_HALF_ELEMS_AVX2(bf16)
+
+/* float16: eight elements at a time through the F16C conversions (csrc/half.h; exact as the
+ * integer ones), the float32 kernel's multiply and drop mask between them; without F16C, the
+ * portable loop compiled for AVX2. */
+#ifdef FR_HAVE_F16C_KERNELS
+FR_F16C static void fr_dropout_f16_elems_f16c(const uint32_t *w, const uint16_t *x, uint16_t *o,
+                                              size_t len, uint32_t t, float scale)
+{
+    FR_DROP_CONSTS_f32(t);
+    const __m256 sv = _mm256_set1_ps(scale);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        __m256 a = _mm256_mul_ps(fr_f16x8_load(x + i), sv);
+        a = _mm256_andnot_ps(_mm256_castsi256_ps(FR_DROP8(w + i)), a);
+        fr_f16x8_store(o + i, a);
+    }
+    fr_dropout_f16_elems(w + i, x + i, o + i, len - i, t, scale);
+}
+#endif
+
+FR_AVX2 static void fr_dropout_f16_elems_avx2(const uint32_t *w, const uint16_t *x, uint16_t *o,
+                                              size_t len, uint32_t t, float scale, int stream)
+{
+    (void)stream;
+#ifdef FR_HAVE_F16C_KERNELS
+    if (fr_cpu_has_f16c()) {
+        fr_dropout_f16_elems_f16c(w, x, o, len, t, scale);
+        return;
+    }
+#endif
+    fr_dropout_f16_elems(w, x, o, len, t, scale);
+}
 #endif
 
 /* A tile of fr_dropout_SUF: E the element type of x and out, SCALE the fr_job field that holds
@@ -754,6 +785,22 @@ FR_DEFINE_GROUP_DROPOUT(f64, double)
 
 /* The staging passes of the 16-bit ops (float32 math, fastreg/_half.py): widen the uint16 bits
  * of a float16 (kind 0) / bfloat16 (kind 1) array to float32, and round float32 back. */
+#ifdef FR_HAVE_F16C_KERNELS
+/* float16 on CPUs with F16C (where the AVX2 loops run): the passes below convert runs of
+ * eight through F16C (csrc/half.h, exact as the integer code), one run of at most 4096
+ * elements, a multiple of 64, per loop iteration, so that nt threads share the elements. */
+static int fr_half_f16c(int kind)
+{
+    return kind == FR_HALF_F16 && fr_get_isa() >= 1 && fr_cpu_has_f16c();
+}
+
+static int64_t fr_half_run(int64_t n, int nt)
+{
+    int64_t run = ((n + nt - 1) / nt + 63) / 64 * 64;
+    return run < 4096 ? run : 4096;
+}
+#endif
+
 int fr_widen_half(const uint16_t *src, int kind, float *out, int64_t n)
 {
     if (n < 0)
@@ -762,6 +809,17 @@ int fr_widen_half(const uint16_t *src, int kind, float *out, int64_t n)
         return FR_OK;
     if (!src || !out)
         return FR_ERR_NULL;
+#ifdef FR_HAVE_F16C_KERNELS
+    if (fr_half_f16c(kind)) {
+        const int nt = fr_region_threads(n);
+        const int64_t run = fr_half_run(n, nt), runs = (n + run - 1) / run;
+        FR_FOR(nt, int64_t r = 0, r < runs, r++, {
+            int64_t lo = r * run, len = n - lo < run ? n - lo : run;
+            fr_f16_widen_f16c(src + lo, out + lo, (size_t)len);
+        });
+        return FR_OK;
+    }
+#endif
     const int nt = fr_region_threads(n);
     if (kind == FR_HALF_BF16)
         FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_half_to_f32(src[i], FR_HALF_BF16); });
@@ -778,6 +836,17 @@ int fr_narrow_half(const float *src, int kind, uint16_t *out, int64_t n)
         return FR_OK;
     if (!src || !out)
         return FR_ERR_NULL;
+#ifdef FR_HAVE_F16C_KERNELS
+    if (fr_half_f16c(kind)) {
+        const int nt = fr_region_threads(n);
+        const int64_t run = fr_half_run(n, nt), runs = (n + run - 1) / run;
+        FR_FOR(nt, int64_t r = 0, r < runs, r++, {
+            int64_t lo = r * run, len = n - lo < run ? n - lo : run;
+            fr_f16_narrow_f16c(src + lo, out + lo, (size_t)len);
+        });
+        return FR_OK;
+    }
+#endif
     const int nt = fr_region_threads(n);
     if (kind == FR_HALF_BF16)
         FR_FOR(nt, int64_t i = 0, i < n, i++, { out[i] = fr_f32_to_half(src[i], FR_HALF_BF16); });

@@ -141,4 +141,94 @@ static inline __attribute__((always_inline)) void fr_store_bf16(uint16_t *a, siz
     a[i] = fr_f32_to_half(v, FR_HALF_BF16);
 }
 
+/* ------------------------------------------------------------------ float16 with F16C
+ *
+ * Eight float16 at a time with the F16C instructions (vcvtph2ps, vcvtps2ph), bit for bit the
+ * integer conversions above.  The hardware rounds float32 -> float16 to nearest even, overflows
+ * to inf and keeps subnormals, in both directions exactly as the integer code; it differs only on
+ * signalling NaNs, which it quiets (sets the quiet bit), where NumPy keeps them signalling:
+ *   - float16 -> float32: the 1022 signalling float16 NaNs (exponent 31, payload bit 9 clear,
+ *     payload not 0) come out with float32 bit 22 set; it is cleared again (a select on those
+ *     lanes, only in blocks that hold a NaN);
+ *   - float32 -> float16: float32 NaNs with bit 22 clear come out as sign | 0x7E00 | top payload
+ *     bits, NumPy's are sign | 0x7C00 | top payload bits (or 1 where those are 0); a block of
+ *     eight that holds any NaN is converted by fr_f32_to_f16_bits instead.
+ * Checked on this project's Zen 1 CPU for all 65536 float16 and all 2**32 float32 patterns,
+ * with MXCSR's DAZ and FTZ clear and set (torch.set_flush_denormal): the conversions ignore
+ * both (float32 subnormal inputs round to a float16 zero of the same sign either way), and
+ * these were the only differences.  tests/test_half.py and tests/test_half_fused.py repeat the
+ * check through every kernel that uses them.
+ *
+ * Only in functions compiled for FR_F16C (target "avx2,f16c"; no FMA, so float32 arithmetic
+ * inlined next to these is not contracted either), called where fr_cpu_has_f16c() says so. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define FR_HAVE_F16C_KERNELS 1
+#include <immintrin.h>
+#define FR_F16C __attribute__((target("avx2,f16c")))
+
+/* Whether the CPU has AVX2 and F16C (the kernels built for FR_F16C use both). */
+static inline int fr_cpu_has_f16c(void)
+{
+    static int has = -1;
+    int h = __atomic_load_n(&has, __ATOMIC_RELAXED);
+    if (h < 0) {
+        __builtin_cpu_init();
+        h = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        __atomic_store_n(&has, h, __ATOMIC_RELAXED);
+    }
+    return h;
+}
+
+/* The float16 at src[0 .. 8) as float32, exactly as fr_f16_to_f32_bits. */
+FR_F16C static inline __attribute__((always_inline)) __m256 fr_f16x8_load(const uint16_t *src)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)src);
+    __m256 f = _mm256_cvtph_ps(h);
+    __m128i a = _mm_and_si128(h, _mm_set1_epi16(0x7FFF));
+    __m128i nan = _mm_cmpgt_epi16(a, _mm_set1_epi16(0x7C00));
+    if (__builtin_expect(_mm_movemask_epi8(nan) != 0, 0)) {
+        /* signalling: NaN with payload bit 9 clear; clear float32 bit 22 again there */
+        __m128i snan = _mm_andnot_si128(_mm_cmpgt_epi16(a, _mm_set1_epi16(0x7DFF)), nan);
+        __m256i quiet = _mm256_and_si256(_mm256_cvtepi16_epi32(snan),
+                                         _mm256_set1_epi32(0x00400000));
+        f = _mm256_andnot_ps(_mm256_castsi256_ps(quiet), f);
+    }
+    return f;
+}
+
+/* v rounded to float16 into dst[0 .. 8), exactly as fr_f32_to_f16_bits. */
+FR_F16C static inline __attribute__((always_inline)) void fr_f16x8_store(uint16_t *dst, __m256 v)
+{
+    /* immediate rounding (not MXCSR.RC): to nearest even */
+    __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128((__m128i *)dst, h);
+    if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0, 0)) {
+        uint32_t u[8];
+        _mm256_storeu_si256((__m256i *)u, _mm256_castps_si256(v));
+        for (int j = 0; j < 8; j++)
+            dst[j] = fr_f32_to_f16_bits(u[j]);
+    }
+}
+
+/* dst[i] = float16 src[i] widened, i < n (fr_widen_half's loop). */
+FR_F16C static inline void fr_f16_widen_f16c(const uint16_t *src, float *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, fr_f16x8_load(src + i));
+    for (; i < n; i++)
+        dst[i] = fr_half_to_f32(src[i], FR_HALF_F16);
+}
+
+/* dst[i] = float32 src[i] rounded to float16, i < n (fr_narrow_half's loop). */
+FR_F16C static inline void fr_f16_narrow_f16c(const float *src, uint16_t *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        fr_f16x8_store(dst + i, _mm256_loadu_ps(src + i));
+    for (; i < n; i++)
+        dst[i] = fr_f32_to_half(src[i], FR_HALF_F16);
+}
+#endif
+
 #endif

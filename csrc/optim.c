@@ -27,6 +27,53 @@
 #define FR_SQRT_f32 sqrtf
 #define FR_SQRT_f64 sqrt
 
+/* ------------------------------------------------------------------ float16 with F16C */
+
+/* gcc does not vectorize the integer float16 conversions of fr_load_f16 / fr_store_f16 well
+ * (nor _Float16 ones at all), so on CPUs with F16C the float16 instances run their element
+ * loop in blocks of FR_F16C_BLOCK elements instead: the float16 operands are widened into
+ * float32 buffers on the stack (csrc/half.h, fr_f16_widen_f16c: vcvtph2ps), the float32
+ * instance's element loop runs on the buffers and the float32 state, and the parameter is
+ * rounded back (fr_f16_narrow_f16c: vcvtps2ph).  Same operations, so the same bits as the
+ * one-pass loop (half.h: the F16C conversions are exact as the integer ones, NaN payloads
+ * included).  Chosen where the AVX2 loops are (fr_get_isa() >= 1) and the CPU has F16C. */
+#ifdef FR_HAVE_F16C_KERNELS
+#define FR_F16C_BLOCK 512   /* 2 KiB per buffer: parameter and gradient stay in L1 */
+
+/* A float32 view of block [k, k + len) of a stored array: widened into buf (float16), or the
+ * array itself (float32).  Written back (float16 parameters) by fr_f16c_out_. */
+FR_F16C FR_INLINE float *fr_f16c_in_f16(const uint16_t *a, size_t k, float *buf, size_t len)
+{
+    fr_f16_widen_f16c(a + k, buf, len);
+    return buf;
+}
+FR_F16C FR_INLINE float *fr_f16c_in_f32(const float *a, size_t k, float *buf, size_t len)
+{
+    (void)buf, (void)len;
+    return (float *)a + k;
+}
+FR_F16C FR_INLINE void fr_f16c_out_f16(uint16_t *a, size_t k, const float *buf, size_t len)
+{
+    fr_f16_narrow_f16c(buf, a + k, len);
+}
+FR_F16C FR_INLINE void fr_f16c_out_f32(float *a, size_t k, const float *buf, size_t len)
+{
+    (void)a, (void)k, (void)buf, (void)len;   /* updated in place */
+}
+
+/* An instance's F16C table (its avx2 entries are the F16C loops), NULL where none is built;
+ * used when the CPU has F16C (fr_ew_pick then takes those entries where it would take AVX2). */
+#define FR_F16C_TABLE(t) t
+FR_INLINE const fr_ew_kernel *fr_pick_table(const fr_ew_kernel *f16c, const fr_ew_kernel *kernels)
+{
+    return f16c && fr_cpu_has_f16c() ? f16c : kernels;
+}
+#define FR_PICK_TABLE(f16c, kernels) fr_pick_table(f16c, kernels)
+#else
+#define FR_F16C_TABLE(t) NULL
+#define FR_PICK_TABLE(f16c, kernels) (kernels)
+#endif
+
 /* ------------------------------------------------------------------ SGD */
 
 /* WD: d = g + wd * p.  MOM: 0 no momentum buffer, 1 first step (buf = d), 2 later steps
@@ -74,8 +121,10 @@
             fr_store_##P(p, i, pi);                                                            \
         }                                                                                      \
     }                                                                                          \
-    FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)                                                \
-                                                                                               \
+    FR_SGD_VARIANTS(FR_SGD_DEFINE_VARIANT, SUF)
+
+/* The run function of instance SUF; F16C: its F16C table (FR_F16C_TABLE), or NULL. */
+#define FR_DEFINE_SGD_RUN(SUF, T, P, G, F16C)                                                  \
     static int fr_sgd_run_##SUF(void *p, const void *g, T *buf, T lr, T wd, T decay,           \
                                 T momentum, T damp1, int nesterov, int first, T l1t, T gscale, \
                                 int64_t n)                                                     \
@@ -91,7 +140,8 @@
         fr_sgd_args_##SUF args = {(FR_ELEM_##P *)p, buf, (const FR_ELEM_##G *)g, lr, wd,       \
                                   decay, momentum, damp1, l1t, gscale};                        \
         size_t k = FR_SGD_INDEX(wdf, mom, nest, dec, l1);                                      \
-        fr_ew_run(kernels[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                 \
+        const fr_ew_kernel *table = FR_PICK_TABLE(F16C, kernels);                              \
+        fr_ew_run(table[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                   \
         return FR_OK;                                                                          \
     }
 
@@ -110,6 +160,38 @@
                     ((void)dst, fr_sgd_##S##_elems(args, lo, hi, W, M, N, D, L)))
 #define FR_SGD_TABLE_ENTRY(S, W, M, N, D, L) FR_EW_KERNEL(FR_SGD_NAME(S, W, M, N, D, L)),
 
+/* The F16C loops of a float16 instance SUF (parameter P, gradient G), over blocks (see
+ * FR_F16C_BLOCK above): the float32 instance's loop fr_sgd_f32_elems on float32 views. */
+#ifdef FR_HAVE_F16C_KERNELS
+#define FR_SGD_F16C_NAME(S, W, M, N, D, L) fr_sgd_##S##_##W##M##N##D##L##_f16c
+#define FR_SGD_F16C_ENTRY(S, W, M, N, D, L) \
+    {FR_SGD_NAME(S, W, M, N, D, L), FR_SGD_F16C_NAME(S, W, M, N, D, L)},
+#define FR_SGD_F16C(SUF, P, G)                                                                  \
+    FR_SGD_VARIANTS(FR_SGD_F16C_VARIANT_##P##G, SUF)                                            \
+    static const fr_ew_kernel fr_sgd_f16c_##SUF[] = {FR_SGD_VARIANTS(FR_SGD_F16C_ENTRY, SUF)};
+#define FR_SGD_F16C_VARIANT_f16f16(S, W, M, N, D, L) FR_SGD_F16C_VARIANT(S, W, M, N, D, L, f16, f16)
+#define FR_SGD_F16C_VARIANT_f16f32(S, W, M, N, D, L) FR_SGD_F16C_VARIANT(S, W, M, N, D, L, f16, f32)
+#define FR_SGD_F16C_VARIANT_f32f16(S, W, M, N, D, L) FR_SGD_F16C_VARIANT(S, W, M, N, D, L, f32, f16)
+#define FR_SGD_F16C_VARIANT(S, W, M, N, D, L, P, G)                                             \
+    FR_F16C static void FR_SGD_F16C_NAME(S, W, M, N, D, L)(const void *args, void *dst,        \
+                                                           size_t lo, size_t hi)                \
+    {                                                                                           \
+        const fr_sgd_args_##S *a = (const fr_sgd_args_##S *)args;                               \
+        _Alignas(32) float pb[FR_F16C_BLOCK], gb[FR_F16C_BLOCK];                                \
+        (void)dst;                                                                              \
+        for (size_t k = lo; k < hi; k += FR_F16C_BLOCK) {                                       \
+            size_t len = hi - k < FR_F16C_BLOCK ? hi - k : FR_F16C_BLOCK;                       \
+            fr_sgd_args_f32 b = {fr_f16c_in_##P(a->p, k, pb, len), M ? a->buf + k : NULL,       \
+                                 fr_f16c_in_##G(a->g, k, gb, len), a->lr, a->wd, a->decay,      \
+                                 a->momentum, a->damp1, a->l1t, a->gscale};                     \
+            fr_sgd_f32_elems(&b, 0, len, W, M, N, D, L);                                        \
+            fr_f16c_out_##P(a->p, k, b.p, len);                                                 \
+        }                                                                                       \
+    }
+#else
+#define FR_SGD_F16C(SUF, P, G)
+#endif
+
 /* The exported step of one dtype (float32, float64) */
 #define FR_SGD_EXPORT(SUF, T)                                                                 \
     int fr_sgd_step_##SUF(T *p, const T *g, T *buf, T lr, T wd, T decay, T momentum, T damp1, \
@@ -120,7 +202,9 @@
     }
 
 FR_DEFINE_SGD(f32, float, f32, f32, f32)
+FR_DEFINE_SGD_RUN(f32, float, f32, f32, NULL)
 FR_DEFINE_SGD(f64, double, f64, f64, f64)
+FR_DEFINE_SGD_RUN(f64, double, f64, f64, NULL)
 FR_SGD_EXPORT(f32, float)
 FR_SGD_EXPORT(f64, double)
 /* 16-bit: parameter / gradient stored as float16, bfloat16 or float32, never two 16-bit types */
@@ -130,6 +214,15 @@ FR_DEFINE_SGD(f32f16, float, f32, f32, f16)
 FR_DEFINE_SGD(bf16bf16, float, f32, bf16, bf16)
 FR_DEFINE_SGD(bf16f32, float, f32, bf16, f32)
 FR_DEFINE_SGD(f32bf16, float, f32, f32, bf16)
+FR_SGD_F16C(f16f16, f16, f16)
+FR_SGD_F16C(f16f32, f16, f32)
+FR_SGD_F16C(f32f16, f32, f16)
+FR_DEFINE_SGD_RUN(f16f16, float, f16, f16, FR_F16C_TABLE(fr_sgd_f16c_f16f16))
+FR_DEFINE_SGD_RUN(f16f32, float, f16, f32, FR_F16C_TABLE(fr_sgd_f16c_f16f32))
+FR_DEFINE_SGD_RUN(f32f16, float, f32, f16, FR_F16C_TABLE(fr_sgd_f16c_f32f16))
+FR_DEFINE_SGD_RUN(bf16bf16, float, bf16, bf16, NULL)
+FR_DEFINE_SGD_RUN(bf16f32, float, bf16, f32, NULL)
+FR_DEFINE_SGD_RUN(f32bf16, float, f32, bf16, NULL)
 
 typedef int fr_sgd_run_fn(void *p, const void *g, float *buf, float lr, float wd, float decay,
                           float momentum, float damp1, int nesterov, int first, float l1t,
@@ -200,8 +293,9 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
             fr_store_##P(p, i, pi - step_size * (mi / denom));                                  \
         }                                                                                       \
     }                                                                                           \
-    FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)                                               \
-                                                                                                \
+    FR_ADAM_VARIANTS(FR_ADAM_DEFINE_VARIANT, SUF)
+
+#define FR_DEFINE_ADAM_RUN(SUF, T, P, G, F16C)                                                  \
     static int fr_adam_run_##SUF(void *p, const void *g, T *m, T *v, T *vmax, T wd, T decay,    \
                                  T omb1, T beta2, T omb2, T eps, T step_size, T bc2_sqrt,       \
                                  T gscale, int64_t n)                                           \
@@ -214,7 +308,8 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
         fr_adam_args_##SUF args = {(FR_ELEM_##P *)p, m, v, vmax, (const FR_ELEM_##G *)g, wd,    \
                                    decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt, gscale}; \
         size_t k = (size_t)((wd != 0) * 4 + (decay != 1) * 2 + (vmax != NULL));                 \
-        fr_ew_run(kernels[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                  \
+        const fr_ew_kernel *table = FR_PICK_TABLE(F16C, kernels);                               \
+        fr_ew_run(table[k], &args, NULL, sizeof(FR_ELEM_##P), (size_t)n, 0);                    \
         return FR_OK;                                                                           \
     }
 
@@ -227,6 +322,36 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
                     ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
 #define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL(FR_ADAM_NAME(S, W, D, A)),
 
+#ifdef FR_HAVE_F16C_KERNELS
+#define FR_ADAM_F16C_NAME(S, W, D, A) fr_adam_##S##_##W##D##A##_f16c
+#define FR_ADAM_F16C_ENTRY(S, W, D, A) {FR_ADAM_NAME(S, W, D, A), FR_ADAM_F16C_NAME(S, W, D, A)},
+#define FR_ADAM_F16C(SUF, P, G)                                                                 \
+    FR_ADAM_VARIANTS(FR_ADAM_F16C_VARIANT_##P##G, SUF)                                          \
+    static const fr_ew_kernel fr_adam_f16c_##SUF[] = {FR_ADAM_VARIANTS(FR_ADAM_F16C_ENTRY, SUF)};
+#define FR_ADAM_F16C_VARIANT_f16f16(S, W, D, A) FR_ADAM_F16C_VARIANT(S, W, D, A, f16, f16)
+#define FR_ADAM_F16C_VARIANT_f16f32(S, W, D, A) FR_ADAM_F16C_VARIANT(S, W, D, A, f16, f32)
+#define FR_ADAM_F16C_VARIANT_f32f16(S, W, D, A) FR_ADAM_F16C_VARIANT(S, W, D, A, f32, f16)
+#define FR_ADAM_F16C_VARIANT(S, W, D, A, P, G)                                                  \
+    FR_F16C static void FR_ADAM_F16C_NAME(S, W, D, A)(const void *args, void *dst, size_t lo,  \
+                                                      size_t hi)                                \
+    {                                                                                           \
+        const fr_adam_args_##S *a = (const fr_adam_args_##S *)args;                             \
+        _Alignas(32) float pb[FR_F16C_BLOCK], gb[FR_F16C_BLOCK];                                \
+        (void)dst;                                                                              \
+        for (size_t k = lo; k < hi; k += FR_F16C_BLOCK) {                                       \
+            size_t len = hi - k < FR_F16C_BLOCK ? hi - k : FR_F16C_BLOCK;                       \
+            fr_adam_args_f32 b = {fr_f16c_in_##P(a->p, k, pb, len), a->m + k, a->v + k,         \
+                                  A ? a->vmax + k : NULL, fr_f16c_in_##G(a->g, k, gb, len),     \
+                                  a->wd, a->decay, a->omb1, a->beta2, a->omb2, a->eps,          \
+                                  a->step_size, a->bc2_sqrt, a->gscale};                        \
+            fr_adam_f32_elems(&b, 0, len, W, D, A);                                             \
+            fr_f16c_out_##P(a->p, k, b.p, len);                                                 \
+        }                                                                                       \
+    }
+#else
+#define FR_ADAM_F16C(SUF, P, G)
+#endif
+
 #define FR_ADAM_EXPORT(SUF, T)                                                                \
     int fr_adam_step_##SUF(T *p, const T *g, T *m, T *v, T *vmax, T wd, T decay, T omb1,      \
                            T beta2, T omb2, T eps, T step_size, T bc2_sqrt, T gscale,         \
@@ -237,7 +362,9 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
     }
 
 FR_DEFINE_ADAM(f32, float, f32, f32, f32)
+FR_DEFINE_ADAM_RUN(f32, float, f32, f32, NULL)
 FR_DEFINE_ADAM(f64, double, f64, f64, f64)
+FR_DEFINE_ADAM_RUN(f64, double, f64, f64, NULL)
 FR_ADAM_EXPORT(f32, float)
 FR_ADAM_EXPORT(f64, double)
 FR_DEFINE_ADAM(f16f16, float, f32, f16, f16)
@@ -246,6 +373,15 @@ FR_DEFINE_ADAM(f32f16, float, f32, f32, f16)
 FR_DEFINE_ADAM(bf16bf16, float, f32, bf16, bf16)
 FR_DEFINE_ADAM(bf16f32, float, f32, bf16, f32)
 FR_DEFINE_ADAM(f32bf16, float, f32, f32, bf16)
+FR_ADAM_F16C(f16f16, f16, f16)
+FR_ADAM_F16C(f16f32, f16, f32)
+FR_ADAM_F16C(f32f16, f32, f16)
+FR_DEFINE_ADAM_RUN(f16f16, float, f16, f16, FR_F16C_TABLE(fr_adam_f16c_f16f16))
+FR_DEFINE_ADAM_RUN(f16f32, float, f16, f32, FR_F16C_TABLE(fr_adam_f16c_f16f32))
+FR_DEFINE_ADAM_RUN(f32f16, float, f32, f16, FR_F16C_TABLE(fr_adam_f16c_f32f16))
+FR_DEFINE_ADAM_RUN(bf16bf16, float, bf16, bf16, NULL)
+FR_DEFINE_ADAM_RUN(bf16f32, float, bf16, f32, NULL)
+FR_DEFINE_ADAM_RUN(f32bf16, float, f32, bf16, NULL)
 
 typedef int fr_adam_run_fn(void *p, const void *g, float *m, float *v, float *vmax, float wd,
                            float decay, float omb1, float beta2, float omb2, float eps,

@@ -353,3 +353,168 @@ def test_fused_paths_are_taken(monkeypatch):
             cls(p, lr=0.1, momentum=0.9, backend="c").step([values(10, gdt)]) \
                 if cls is optim.SGD else cls(p, backend="c").step([values(10, gdt)])
 
+
+
+# --- float16 through F16C (csrc/half.h): NaN classes, lanes, alignment, DAZ / FTZ -------------
+# On CPUs with F16C the float16 kernels and conversion passes of the "avx2" / "avx512" paths
+# convert eight at a time with vcvtph2ps / vcvtps2ph, which quiet signalling NaNs; half.h puts
+# NumPy's bits back. These tests hold every path to NumPy's bits where that matters.
+
+def f16_nan_classes():
+    """float16 NaNs: signalling (payload bit 9 clear) and quiet, both signs, extreme payloads."""
+    payloads = [0x001, 0x0FF, 0x100, 0x1FF, 0x200, 0x201, 0x3FF]
+    return np.array([s | 0x7C00 | m for s in (0, 0x8000) for m in payloads], np.uint16)
+
+
+def f32_rounding_sample():
+    """float32 patterns at every float16 decision: every NaN class (quiet / signalling, payload
+    with its top 10 bits zero or not), inf, 65504 and the 65520 overflow tie, the normal /
+    subnormal boundary, the ties of the subnormal grid, float32 subnormals; both signs; plus
+    the float16 grid and its ties and neighbours over all exponents."""
+    special = np.array([
+        0x7F800001, 0x7F801FFF, 0x7F802000, 0x7F803FFF, 0x7FA00000, 0x7FBFFFFF, 0x7FBFE000,
+        0x7FC00000, 0x7FC00001, 0x7FC01FFF, 0x7FDFE000, 0x7FFFFFFF, 0x7F800000,
+        0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FF001, 0x477FFFFF, 0x47800000, 0x7F7FFFFF,
+        0x38800000, 0x387FFFFF, 0x387FF000, 0x387FEFFF, 0x387FE000, 0x33800000, 0x33000000,
+        0x33000001, 0x32FFFFFF, 0x337FFFFF, 0x33C00000, 0x34200000, 0x00000001, 0x007FFFFF,
+        0x00800000, 0x00000000], np.uint32)
+    grid = np.arange(1 << 18, dtype=np.uint32) << 13
+    u = np.concatenate([special, grid, grid | 0x1000, grid | 0xFFF, grid | 0x1001])
+    return np.concatenate([u, u | 0x80000000]).view(np.float32)
+
+
+def _layout(n, start):
+    """A length-n view starting `start` elements into a fresh buffer (unaligned when start is
+    odd: the conversions' loads and stores are unaligned)."""
+    return np.zeros(n + 16, np.uint16)[start:start + n]
+
+
+@pytest.mark.parametrize("start", [0, 1, 3])
+def test_f16_conversion_passes_every_pattern(isa, nthreads, start):
+    src = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    for n in (65536, 65531, 13):                           # tails shorter than 8 lanes
+        s = _layout(n, start)
+        s[:] = src[:n] if n > 13 else f16_nan_classes()[:n] # the NaN classes on 13 lanes
+        got = np.zeros(n + 16, np.float32)[start:start + n]
+        fc.half_to_float32(s, 0, got)
+        np.testing.assert_array_equal(got.view(np.uint32), s.view(F16).astype(F32).view(np.uint32))
+    f = f32_rounding_sample()
+    for n in (f.size, f.size - 5, 37):
+        x = np.zeros(n + 16, np.float32)[start:start + n]
+        x[:] = f[:n] if n > 37 else f[:37]
+        got = _layout(n, start)
+        fc.float32_to_half(x, 0, got)
+        exp = round_half(x, F16).view(np.uint16)
+        bad = np.flatnonzero(got != exp)
+        assert bad.size == 0, [hex(v) for v in x.view(np.uint32)[bad[:5]]]
+
+
+def _nan_lanes(n, dtype, nan, seed):
+    """values(n) with NaN bits `nan` on lane j of block j (blocks of 8, j = 0..7), on every lane
+    of block 8, and nowhere after it (the lanes after a NaN block go through the fast path)."""
+    x = (np.random.default_rng(seed).standard_normal(n) * 3).astype(np.float32).astype(dtype)
+    u = x.view(np.uint16)
+    for j in range(8):
+        if 8 * j + j < n:
+            u[8 * j + j] = nan
+    u[64:72] = nan
+    return x
+
+
+def test_f16_nan_classes_through_fused_kernels(isa, nthreads):
+    n = 77
+    for ci, nan in enumerate(f16_nan_classes()):
+        x = _nan_lanes(n, F16, nan, ci)
+        got = np.empty(n, np.uint16)
+        fc.dropout_half(x.view(np.uint16), 0, SEED, 5, 1288490189, np.float32(1 / 0.7), got)
+        np.testing.assert_array_equal(got, bits(expected_dropout(x, SEED, 5, 1288490189,
+                                                                   1 / 0.7, F16)))
+        g = values(n, F16, ci)
+        for pdt, gdt, p, gg in [(F16, F16, x, g), (F16, F16, g, x), (F32, F16, values(n, F32), x),
+                                (F16, F32, x, values(n, F32))]:
+            scal = _sc(0.1, 0.999, 0.1, 0.999, 0.001, 1e-8, 0.05, 0.9, 1.0)
+            m, v = np.zeros(n, np.float32), np.ones(n, np.float32)
+            p32 = p.astype(np.float32)
+            em, ev = m.copy(), v.copy()
+            REF.adam_step(p32, gg.astype(np.float32), em, ev, None, *scal)
+            pb = p.copy() if pdt == F32 else p.view(np.uint16).copy()
+            fc.adam_step_half(pb, kind(pdt), bits(gg) if gdt == F16 else gg, kind(gdt), m, v,
+                              None, *scal)
+            meet = meets(p, gg)
+            exp_p = p32 if pdt == F32 else round_half(p32, pdt)
+            assert_step_result(pb.view(pdt), exp_p, exp_p, meet)
+            assert_step_result(m, em, em, meet)
+            buf = np.ones(n, np.float32)
+            eb = buf.copy()
+            p32 = p.astype(np.float32)
+            sc = _sc(0.1, 0.0, 1.0, 0.9, 1.0)
+            REF.sgd_step(p32, gg.astype(np.float32), eb, *sc, False, False, *_sc(0.0, 1.0))
+            pb = p.copy() if pdt == F32 else p.view(np.uint16).copy()
+            fc.sgd_step_half(pb, kind(pdt), bits(gg) if gdt == F16 else gg, kind(gdt), buf, *sc,
+                             False, False, *_sc(0.0, 1.0))
+            exp_p = p32 if pdt == F32 else round_half(p32, pdt)
+            assert_step_result(pb.view(pdt), exp_p, exp_p, meet)
+            assert_step_result(buf, eb, eb, meet)
+
+
+@pytest.mark.parametrize("start", [1, 3])
+def test_f16_steps_unaligned(isa, nthreads, start):
+    """Offset parameter and gradient views give the bits of aligned copies."""
+    for n in (9, 33, 1000, 4099):
+        p, g = values(n, F16, n), values(n, F16, n + 1)
+        scal = _sc(0.1, 0.999, 0.1, 0.999, 0.001, 1e-8, 0.05, 0.9, 1.0)
+        res = []
+        for off in (0, start):
+            pb, gb = _layout(n, off), _layout(n, off)
+            pb[:], gb[:] = bits(p), bits(g)
+            m, v = np.zeros(n, np.float32), np.ones(n, np.float32)
+            fc.adam_step_half(pb, 0, gb, 0, m, v, None, *scal)
+            buf = np.ones(n, np.float32)
+            fc.sgd_step_half(pb, 0, gb, 0, buf, *_sc(0.1, 0.01, 1.0, 0.9, 1.0), True, False,
+                             *_sc(0.001, 1.0))
+            res.append((pb.copy(), m, v, buf))
+        for a, b in zip(*res):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_f16_paths_agree_under_flush_denormal():
+    """With MXCSR's DAZ and FTZ set on the calling thread (torch.set_flush_denormal, which
+    frameworks may leave on), the F16C code gives the integer code's bits: the conversion passes
+    still give NumPy's bits (computed before the flags are set), and every float16 kernel gives
+    the same bits on every instruction set (the float32 arithmetic between the conversions
+    flushes alike on all of them), but where two NaNs meet."""
+    torch = pytest.importorskip("torch")
+    isas = ["portable"] + [i for i, ok in (("avx2", fc.has_avx2()), ("avx512", fc.has_avx512()))
+                           if ok]
+    src = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    f = f32_rounding_sample()
+    exp_w, exp_n = src.view(F16).astype(F32), round_half(f, F16).view(np.uint16)
+    x, g = all_patterns(F16), values(65536, F16, 1)
+    previous = fc.isa()
+    with _threads.threads(1):
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        try:
+            results = []
+            for name in isas:
+                fc.set_isa(name)
+                w = np.empty(src.size, np.float32)
+                fc.half_to_float32(src, 0, w)
+                nw = np.empty(f.size, np.uint16)
+                fc.float32_to_half(f, 0, nw)
+                np.testing.assert_array_equal(w.view(np.uint32), exp_w.view(np.uint32))
+                np.testing.assert_array_equal(nw, exp_n)
+                d = np.empty(x.size, np.uint16)
+                fc.dropout_half(bits(x), 0, SEED, 0, 2**30, np.float32(0.3), d)
+                pb, m, v = bits(x).copy(), np.zeros(x.size, np.float32), np.ones(x.size, F32)
+                fc.adam_step_half(pb, 0, bits(g), 0, m, v, None,
+                                  *_sc(0.1, 0.999, 0.1, 0.999, 0.001, 1e-8, 0.05, 0.9, 1.0))
+                results.append((d, pb, m, v))
+        finally:
+            torch.set_flush_denormal(False)
+            fc.set_isa(previous)
+    ok = ~meets(x, g)   # where NaN meets NaN the payload is left open (``meets``)
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0][0], other[0])
+        for a, b in zip(results[0][1:], other[1:]):
+            np.testing.assert_array_equal(bits(a)[ok], bits(b)[ok])
