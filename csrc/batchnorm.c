@@ -34,6 +34,13 @@
  * Element-wise parts work in the array's dtype with per-channel coefficients cast to it, in the
  * reference's order of operations.  Large outputs that the op does not read are written with
  * streaming stores through a small buffer (see the setting in fastreg.h).
+ *
+ * 16-bit data (float16, bfloat16: the _f16 / _bf16 entry points): the same loops instantiated
+ * per storage type (FR_ELEM_<tag>, csrc/half.h), with float32 math and float32 per-channel
+ * arrays: each element is widened exactly when read and each result rounded to nearest even
+ * when written, and the data are cut as their float32 copy would be (the same partial sums):
+ * the bits of widening, the float32 op and rounding (fastreg/_half.py's conversion passes), in
+ * one pass over the 16-bit arrays.
  */
 #include <math.h>
 #include <sched.h>
@@ -246,7 +253,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
 /* p = the 16 elements at src (storage type FR_ELEM_##SUF) in the math type T: src itself when
  * they are the same type, else buf, filled with the exact widened values (csrc/half.h). */
 #define FR_BN_WIDEN16(SUF, T, src, buf, p)                                           \
-    do {                                                        \
+    do {                                                                             \
         if (sizeof(FR_ELEM_##SUF) == sizeof(T)) {                                    \
             (p) = (const T *)(const void *)(src);                                    \
         } else {                                                                     \
@@ -328,7 +335,7 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
         out[1] = ((v2[0] + v2[1]) + (v2[2] + v2[3])) + (t2 - tk2);                              \
     }                                                                                           \
 
-/* Per dtype: VT the 4-lane vector of T, VI the integer vector as wide. */
+/* Per storage type SUF (elements FR_ELEM_##SUF): T the math type, MS its suffix. */
 #define FR_BN_DEFINE_LOOPS(SUF, T, MS)                                                          \
     /* Row layout: per-column sums over rows [r0, r1), in groups of four rows (their four terms \
      * are added first, ((t0 + t1) + (t2 + t3)), then to the column's sum): the sums stay in    \
