@@ -436,6 +436,11 @@ def test_bad_input():
         A.adjust_brightness(x, [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="factor"):
         A.adjust_brightness(x, -1.0)
+    for odd in (None, True, "2"):   # None once meant a factor of 0: a black batch, silently
+        with pytest.raises(TypeError, match="factor must be a real number"):
+            A.adjust_brightness(x, odd)
+        with pytest.raises(TypeError, match="threshold must be a real number"):
+            A.solarize(x, odd)
     with pytest.raises(ValueError, match="seed"):
         A.RandAugment()(x, seed=-1)
     with pytest.raises(ValueError, match="out"):

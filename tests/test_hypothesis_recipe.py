@@ -1,6 +1,6 @@
 """Hypothesis drives the training-recipe functions (batch norm forward and backward, the optimizer
 steps, EMA, gradient norms and clipping, cross-entropy, DropBlock, and the dropout family on
-16-bit data) with random shapes, strides, dtypes and values: every kernel backend gives the numpy
+16-bit data, the image augmentations) with random shapes, strides, dtypes and values: every kernel backend gives the numpy
 reference's result, or the reference's error, and never changes its inputs. test_hypothesis.py
 does the same for dropout and the penalties on float32/float64.
 

@@ -226,6 +226,10 @@ class GaussianBlur(_ColorOp):
 # --- deterministic ops: one factor for the batch or one per sample -----------------------------
 
 def _per_sample(value, n, name, lo=None, hi=None, integer=False):
+    kind = np.asarray(value).dtype.kind if value is not None else "O"
+    if kind not in "iuf":  # None, bools, strings, objects: no silent meaning
+        raise TypeError(f"{name} must be a real number or one per sample, got "
+                        f"{type(value).__name__}")
     a = np.asarray(value, np.float64)
     if a.ndim == 0:
         a = np.full(n, float(a))
@@ -256,8 +260,7 @@ def _deterministic(images, code, param, name, layout, out, backend, **limits):
     arr, dims = _c.check_images(images, layout)
     _check_u8(arr.dtype, name)
     _check_channels(dims, name)
-    params = _per_sample(0.0 if param is None else param, dims[0], name.split(".")[-1],
-                         **limits)
+    params = _per_sample(param, dims[0], name.split(".")[-1], **limits)
     job = _c.resolve_backend(backend, images, out)
     kernels(job)
     out_arr = _arrays.check_out(out, "out", arr.shape, arr.dtype, [arr], False)
@@ -331,12 +334,12 @@ def solarize(images, threshold, *, layout="NHWC", out=None, backend="auto"):
 
 
 def autocontrast(images, *, layout="NHWC", out=None, backend="auto"):
-    return _deterministic(images, refc.AUTOCONTRAST, None, "autocontrast", layout, out,
+    return _deterministic(images, refc.AUTOCONTRAST, 0.0, "autocontrast", layout, out,
                           backend)
 
 
 def equalize(images, *, layout="NHWC", out=None, backend="auto"):
-    return _deterministic(images, refc.EQUALIZE, None, "equalize", layout, out, backend)
+    return _deterministic(images, refc.EQUALIZE, 0.0, "equalize", layout, out, backend)
 
 
 _F = "factor : float or array (N,)\n        Factor (>= 0) for the batch or per sample."
