@@ -31,12 +31,23 @@ import operator
 import os
 import threading
 import weakref
+from collections.abc import Iterator, ValuesView
 
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
 from . import _arrays, _dispatch
 from ._dispatch import flat
+
+
+def listed(arrays):
+    """A one-pass iterable of arrays (a generator such as ``model.parameters()``, ``map``, a
+    dict's values) as a list, so that the torch check of the public op sees its tensors and
+    the op can walk it more than once; anything else (a list, a tuple, one array or tensor)
+    as it is."""
+    if isinstance(arrays, (Iterator, ValuesView)):
+        return list(arrays)
+    return arrays
 
 
 def as_list(arrays, name):

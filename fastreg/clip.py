@@ -173,6 +173,7 @@ def grad_norm(grads, norm_type=2.0, *, backend="auto"):
         A bad norm_type, a non-float array, host and device arrays mixed.
     """
     if type(grads) is not np.ndarray:
+        grads = _multi.listed(grads)
         if (r := _dispatch.torch_call(grad_norm, locals())) is not _dispatch.NOT_TORCH:
             return r
     p = check_norm_type(norm_type)
@@ -223,6 +224,7 @@ def clip_grads_with_norm(grads, max_norm, total_norm, *, backend="auto"):
         A bad max_norm or total_norm, a non-float or read-only gradient, shared memory.
     """
     if type(grads) is not np.ndarray:
+        grads = _multi.listed(grads)
         if (r := _dispatch.torch_call(clip_grads_with_norm, locals())) is not _dispatch.NOT_TORCH:
             return r
     max_norm = _check_max_norm(max_norm)
@@ -279,6 +281,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     list).
     """
     if type(grads) is not np.ndarray:
+        grads = _multi.listed(grads)
         if (r := _dispatch.torch_call(clip_grad_norm, locals())) is not _dispatch.NOT_TORCH:
             return r
     max_norm = _check_max_norm(max_norm)
@@ -348,6 +351,8 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     normalization", ICML 2021. NaN norms propagate (``max`` keeps NaN, as ``torch.clamp``).
     """
     if type(params) is not np.ndarray:
+        params = _multi.listed(params)
+        grads = _multi.listed(grads)
         if (r := _dispatch.torch_call(adaptive_clip_grad, locals())) is not _dispatch.NOT_TORCH:
             return r
     clip_factor = _arrays.check_nonneg(clip_factor, "clip_factor")

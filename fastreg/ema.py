@@ -146,6 +146,8 @@ def ema_update(ema, params, decay, *, backend="auto"):
     arrays (``np.resize`` and new arrays are unaffected).
     """
     if type(ema) is not np.ndarray:
+        ema = _multi.listed(ema)
+        params = _multi.listed(params)
         if (r := _dispatch.torch_call(ema_update, locals())) is not _dispatch.NOT_TORCH:
             return r
     decay = _check_decay(decay)

@@ -80,3 +80,27 @@ def test_bfloat16_tensor():
 def test_a_tensor_that_requires_grad_is_refused():
     with pytest.raises(TypeError, match="requires grad.*fastreg.torch"):
         fastreg.dropout(torch.ones(3, requires_grad=True), 0.5, seed=1)
+
+
+def test_list_ops_take_one_pass_iterables_of_tensors():
+    """torch.nn.utils.clip_grad_norm_(model.parameters(), ...) takes a generator: so do the list
+    ops, with tensors inside (a generator used to hide them from the torch check: TypeError)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    model(torch.randn(3, 4)).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    want = [g.clone() for g in grads]
+    total = torch.linalg.vector_norm(torch.cat([g.flatten() for g in want]))
+    want = [g * torch.clamp(0.1 / (total + 1e-6), max=1.0) for g in want]
+    norm = fastreg.grad_norm(p.grad for p in model.parameters())
+    assert norm == pytest.approx(float(total), rel=1e-6)
+    got = fastreg.clip_grad_norm((p.grad for p in model.parameters()), 0.1)
+    assert got == pytest.approx(float(total), rel=1e-6)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
+    fastreg.clip_grads_with_norm(iter(grads), 0.1, 1.0)
+    shadow = {k: v.detach().clone() * 0 for k, v in model.state_dict().items()}
+    params = [p.detach() for p in model.parameters()]
+    fastreg.ema_update(shadow.values(), (p for p in params), 0.0)   # decay 0: a copy
+    for s, p in zip(shadow.values(), params):
+        torch.testing.assert_close(s, p, rtol=0, atol=0)
+    fastreg.adaptive_clip_grad((p for p in params), iter(grads), 0.01)
