@@ -201,6 +201,9 @@ def _any_cpu_tensor(torch, values):
     return False
 
 
+_TAKES_GRADS = frozenset(("grad_norm", "clip_grad_norm", "clip_grads_with_norm"))
+
+
 def _to_host(torch, a, views, name):
     if isinstance(a, (list, tuple)):
         items = [_to_host(torch, b, views, name) for b in a]
@@ -208,6 +211,10 @@ def _to_host(torch, a, views, name):
     if not isinstance(a, torch.Tensor) or a.device.type != "cpu":
         return a
     if a.requires_grad:
+        if name in _TAKES_GRADS:   # torch's clip_grad_norm_ takes the parameters themselves
+            raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it takes "
+                            "the gradients ([p.grad for p in model.parameters()]), not the "
+                            "parameters")
         raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it records no "
                         "autograd; pass .detach(), or use the layers of fastreg.torch")
     if a.dtype == torch.bfloat16:

@@ -104,3 +104,5 @@ def test_list_ops_take_one_pass_iterables_of_tensors():
     for s, p in zip(shadow.values(), params):
         torch.testing.assert_close(s, p, rtol=0, atol=0)
     fastreg.adaptive_clip_grad((p for p in params), iter(grads), 0.01)
+    with pytest.raises(TypeError, match=r"takes the gradients \(\[p.grad"):
+        fastreg.clip_grad_norm(model.parameters(), 0.1)   # torch's signature: the parameters
