@@ -2,6 +2,7 @@
 arrays in the same run: ``fastreg.ema_update`` against ``torch._foreach_lerp_`` (what timm's
 ModelEmaV3 calls), ``fastreg.clip_grad_norm`` against ``torch.nn.utils.clip_grad_norm_``, and
 ``fastreg.grad_norm`` against ``torch.nn.utils.get_total_norm``; in the interleaved mode also
+``fastreg.torch.clip_grad_norm_`` on torch parameters (a view of each gradient per call) and
 ``AdamW(max_grad_norm=1.0).step`` against ``clip_grad_norm_`` + torch's fused AdamW step.
 
 Layouts: "one" (a single array of 1e7) and "model" (1e7 split over 161 arrays of a ResNet-50-like
@@ -210,6 +211,9 @@ def main():
             torch.nn.utils.clip_grad_norm_(tw, 1.0)
             topt.step()
         cases["adamw+clip torch (clip_, fused)"] = torch_clip_step
+        import fastreg.torch as frt
+        fparams = _torch_params(torch, [a.copy() for a in g])
+        cases["clip fastreg.torch clip_grad_norm_"] = lambda: frt.clip_grad_norm_(fparams, 0.0)
         for b in backends:
             opt = fastreg.optim.AdamW([a.copy() for a in p], lr=1e-6, decay_mask=lambda a: True,
                                       max_grad_norm=1.0, backend=b)

@@ -33,6 +33,11 @@ optim
     update kernels.
 convert
     Swap the torch modules of an existing model for these.
+ModelEma
+    timm's ``ModelEmaV3`` on fastreg's fused EMA kernel.
+clip_grad_norm_, adaptive_clip_grad_
+    ``torch.nn.utils.clip_grad_norm_`` and timm's ``adaptive_clip_grad`` on a model's
+    parameters, through fastreg's list kernels for CPU float32/float64 gradients.
 """
 try:
     import torch as _torch  # noqa: F401  (absolute import: the real PyTorch, not this package)
@@ -55,6 +60,7 @@ __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchN
            "BatchNorm2d", "BatchNormReLU2d", "convert", "optim", "functions", "dropout",
            "channel_dropout", "drop_path", "batch_norm"]
 __all__ += ["DropBlock2d", "BatchNorm3d", "SyncBatchNorm", "SyncBatchNormReLU"]
+from .clip import adaptive_clip_grad_, clip_grad_norm_  # noqa: E402
 from .ema import ModelEma  # noqa: E402
 
-__all__ += ["ModelEma"]
+__all__ += ["ModelEma", "clip_grad_norm_", "adaptive_clip_grad_"]

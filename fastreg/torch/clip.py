@@ -1,0 +1,120 @@
+"""Gradient clipping on a torch model's parameters: ``clip_grad_norm_`` (the signature and the
+result of ``torch.nn.utils.clip_grad_norm_``) and ``adaptive_clip_grad_`` (timm's
+``adaptive_clip_grad``), running fastreg's list kernels on the gradients.
+
+Both take the parameters (a tensor, a list, or a one-pass iterable such as
+``model.parameters()``) and skip those without a gradient, as torch does. Float32/float64
+gradients that all live on the CPU are clipped in place by ``fastreg.clip_grad_norm`` /
+``fastreg.adaptive_clip_grad`` through NumPy views of their memory; anything else (CUDA,
+float16/bfloat16, sparse or mixed-device gradients) goes through torch's own
+``clip_grad_norm_`` (timm's rule in torch operations for ``adaptive_clip_grad_``), so a model
+never fails here for its dtype or device.
+
+fastreg accumulates the norm in float64 (torch: in the gradients' dtype), so the total norm can
+differ from torch's in its last float32 bits, and a gradient by one float32 rounding of the
+clip coefficient.
+"""
+import numpy as np
+import torch
+
+from .. import clip as _clip
+
+__all__ = ["clip_grad_norm_", "adaptive_clip_grad_"]
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _with_grads(parameters):
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    return [p for p in parameters if p.grad is not None]
+
+
+def _host_views(tensors):
+    """NumPy views of dense float32/float64 CPU tensors (sharing their memory), or None when
+    any tensor is something else (CUDA, 16-bit, sparse): torch's ``numpy()`` refuses those
+    but float16, which the dtype test catches."""
+    try:
+        views = [t.detach().numpy() for t in tensors]
+    except (TypeError, RuntimeError):
+        return None
+    for v in views:
+        if v.dtype not in _KERNEL_DTYPES:
+            return None
+    return views
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False,
+                    foreach=None, *, backend="auto"):
+    """Clip the gradients of ``parameters`` by their global norm, in place; returns the total
+    norm (before clipping) as a 0-d tensor: ``torch.nn.utils.clip_grad_norm_``.
+
+    Parameters
+    ----------
+    parameters : Tensor or iterable of Tensors
+        Parameters whose ``.grad`` is clipped (those without one are skipped).
+    max_norm : float
+        The largest total norm allowed (>= 0).
+    norm_type : float
+        Order of the norm (> 0 or inf).
+    error_if_nonfinite : bool
+        Raise a RuntimeError (changing nothing) when the total norm is NaN or infinite.
+    foreach : bool or None
+        Accepted for torch's signature; it only chooses torch's implementation, which fastreg's
+        kernels replace (it is passed on where torch's own function runs).
+    backend : {"auto", "numpy", "cpu", "c"}
+        fastreg backend for CPU float32/float64 gradients.
+
+    Returns
+    -------
+    Tensor
+        The total norm, a 0-d tensor on the gradients' device (float64 when any gradient is
+        float64, else float32; 0 without gradients).
+    """
+    params = _with_grads(parameters)
+    grads = [p.grad for p in params]
+    if not grads:
+        return torch.tensor(0.0)
+    views = _host_views(grads)
+    if views is None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite,
+                                              foreach)
+    total = _clip.clip_grad_norm(views, max_norm, norm_type, error_if_nonfinite,
+                                 backend=backend)
+    wide = any(v.dtype == np.float64 for v in views)
+    return torch.tensor(total, dtype=torch.float64 if wide else torch.float32)
+
+
+def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0, *,
+                        backend="auto"):
+    """Adaptive gradient clipping (NFNets), in place: timm's ``adaptive_clip_grad``; each
+    gradient is scaled so that its unit-wise norm is at most ``clip_factor`` times that of its
+    parameter (at least ``eps``). See ``fastreg.adaptive_clip_grad`` for the rule.
+
+    Parameters
+    ----------
+    parameters : Tensor or iterable of Tensors
+        Parameters whose ``.grad`` is clipped (those without one are skipped).
+    clip_factor, eps : float
+        The ratio limit and the smallest parameter norm (>= 0).
+    norm_type : float
+        Order of the unit-wise norms (> 0 or inf).
+    backend : {"auto", "numpy", "cpu", "c"}
+        fastreg backend for CPU float32/float64 tensors.
+    """
+    params = _with_grads(parameters)
+    if not params:
+        return
+    grads = [p.grad for p in params]
+    pv, gv = _host_views(params), _host_views(grads)
+    if pv is not None and gv is not None:
+        _clip.adaptive_clip_grad(pv, gv, clip_factor, eps, norm_type, backend=backend)
+        return
+    with torch.no_grad():   # timm's rule, in torch operations
+        for p, g in zip(params, grads):
+            dims = tuple(range(1, p.ndim)) if p.ndim > 1 else None
+            pn = torch.linalg.vector_norm(p, norm_type, dim=dims, keepdim=True).clamp_(min=eps)
+            gn = torch.linalg.vector_norm(g, norm_type, dim=dims, keepdim=True)
+            limit = pn * clip_factor
+            clipped = g * (limit / gn.clamp(min=1e-6))
+            g.copy_(torch.where(gn < limit, g, clipped))
