@@ -11,7 +11,9 @@ float32 kernel, round back), i.e. what every 16-bit op did before. torch: F.drop
 torch.optim AdamW / SGD (foreach; bf16 math and state) on the same data. Prints min and median
 per call (ms) and torch / fastreg (> 1: fastreg faster), with the load average. ``--serial``:
 one thread for torch and fastreg, timed in CPU time of the calling thread (``time.thread_time``:
-steadier than wall time on a shared machine, blind to memory-bandwidth sharing).
+steadier than wall time on a shared machine, blind to memory-bandwidth sharing). ``--isa
+portable``: backend "c" on its portable loops (float16 then through the integer conversions of
+csrc/half.h instead of F16C; the default is the best the CPU has).
 """
 import argparse
 import os
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 import fastreg
+import fastreg.c
 from fastreg import _half, optim
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -104,14 +107,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     ap.add_argument("--serial", action="store_true")
+    ap.add_argument("--isa", choices=["portable", "avx2", "avx512"])
     args = ap.parse_args()
+    if args.isa:
+        fastreg.c.set_isa(args.isa)
     clock = time.perf_counter
     if args.serial:
         torch.set_num_threads(1)
         fastreg.set_num_threads(1)
         clock = time.thread_time
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fastreg threads "
-          f"{fastreg.get_num_threads()}; load average before: {os.getloadavg()}")
+          f"{fastreg.get_num_threads()}, isa {fastreg.c.isa()}; load average before: "
+          f"{os.getloadavg()}")
     print(f"{'case':34s} {'n':>9s} {'impl':>7s} {'min ms':>9s} {'median ms':>10s} "
           f"{'torch/x (median)':>17s}")
     for dt in args.dtypes:

@@ -160,8 +160,9 @@ static inline __attribute__((always_inline)) void fr_store_bf16(uint16_t *a, siz
  * check through every kernel that uses them.
  *
  * Only in functions compiled for FR_F16C (target "avx2,f16c"; no FMA, so float32 arithmetic
- * inlined next to these is not contracted either), called where fr_cpu_has_f16c() says so. */
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+ * inlined next to these is not contracted either), called where fr_cpu_has_f16c() says so.
+ * -DFR_NO_F16C builds without them (the integer code everywhere). */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(FR_NO_F16C)
 #define FR_HAVE_F16C_KERNELS 1
 #include <immintrin.h>
 #define FR_F16C __attribute__((target("avx2,f16c")))

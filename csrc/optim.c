@@ -13,7 +13,9 @@
  * result of widening to float32, the float32 step and rounding, fastreg/_half.py).  The
  * reference's per-call branches (weight decay, momentum state, Nesterov, decoupled decay, L1
  * prox, AMSGrad) are compile-time constants of separate instances of the element loop, chosen
- * from a table at each call, so every instance is a branch-free vectorized loop.
+ * from a table at each call, so every instance is a branch-free vectorized loop.  On CPUs with
+ * F16C the float16 instances run the float32 instance's loop on L1 blocks converted with F16C
+ * (see "float16 with F16C" below).
  */
 #include <math.h>
 #include <stdint.h>

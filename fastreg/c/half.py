@@ -1,5 +1,7 @@
 """16-bit conversions of backend "c" (csrc/half.h, fr_widen_half / fr_narrow_half in
-csrc/dropout.c); same names and results as fastreg.reference.half."""
+csrc/dropout.c); same names and results as fastreg.reference.half. float16 goes through the F16C
+instructions where the AVX2 kernels run (``fastreg.c.isa()``) and the CPU has F16C, with
+NumPy's signalling-NaN bits restored: the same bits as the portable integer code."""
 from . import _check, _plan, lib
 from .philox import _call_out, _in, _out
 
