@@ -9,8 +9,7 @@ Wall and CPU seconds are both reported: on a busy machine the wall time grows wi
 CPU time (all threads of the subprocess) much less.
 
 Two sizes per op: ``small`` (below the thread grain: the serially compiled kernels run) and
-``large`` (above it: the parallel ones, and Numba's threading layer starts; batch norm's kernels
-are the same for both sizes, split over Python threads when large, fastreg.cpu._jit.split). Backends: "cpu"
+``large`` (above it: the parallel ones, and Numba's threading layer starts). Backends: "cpu"
 (Numba) always; "cuda" only where a GPU is present (the simulator compiles nothing).
 
     python bench/compile_time.py                        # every op, both sizes, backend cpu

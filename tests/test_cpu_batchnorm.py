@@ -318,8 +318,9 @@ def test_one_specialization_per_dtype(limits):
     # (a function loaded from Numba's cache has its own signatures only, not its callees')
     more = {name: n for name, n in counts.items() if n > 2}
     assert not more, more
-    for name in ("_forward_kernel._forward_kernel", "_backward_kernel._backward_kernel"):
-        assert counts[name] == 2, (name, counts)  # (serial and parallel calls: one kernel)
+    for name in ("_forward_kernel._forward_kernel__serial", "_forward_kernel._forward_kernel",
+                 "_backward_kernel._backward_kernel__serial", "_backward_kernel._backward_kernel"):
+        assert counts[name] == 2, (name, counts)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -401,76 +402,3 @@ def test_an_op_compiles_only_its_steps(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
-
-
-_THREADS_CHILD = """if True:
-    import os
-    import numba
-    import numpy as np
-    import fastreg
-    from fastreg import _threads
-    from fastreg.cpu import _jit, batchnorm as bn
-    _threads.GRAIN["batchnorm"] = 1
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 4, 40)).astype(np.float32)
-    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
-
-    def forward():
-        out, stats = np.empty_like(x), [np.empty(4) for _ in range(3)]
-        plan = bn.bn_forward_train(x, w, b, 1e-5, None, True, out, *stats)
-        return plan.nthreads, out, stats[0]
-
-    with fastreg.threads(1):
-        n1, out1, mean1 = forward()
-    with fastreg.threads(2):
-        n2, out2, mean2 = forward()
-    assert (n1, n2) == (1, 2) and _jit.launches["parallel"] >= 1, (n1, n2, _jit.launches)
-    assert np.array_equal(out1, out2) and np.array_equal(mean1, mean2)
-    try:
-        numba.threading_layer()
-        raise AssertionError("Numba's threading layer was started")
-    except ValueError:
-        pass
-    pid = os.fork()
-    if pid == 0:  # a fork child runs serially, with the same bits
-        with fastreg.threads(2):
-            n, out, mean = forward()
-        os._exit(0 if n == 1 and np.array_equal(out, out1) and np.array_equal(mean, mean1) else 3)
-    assert os.waitpid(pid, 0)[1] == 0, "fork child"
-    print("OK")
-"""
-
-
-def test_parallel_ops_run_on_python_threads_not_numbas_layer():
-    """Above the grain an op's steps are split over worker threads (_jit.split), with the serial
-    run's bits; Numba's threading layer is never started (the kernels have no parfor to compile),
-    and a child forked after a parallel call runs serially."""
-    import subprocess
-    import sys
-    proc = subprocess.run([sys.executable, "-c", _THREADS_CHILD], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
-
-
-def test_split_runs_every_share_and_raises_a_workers_error():
-    """_jit.split runs each share once (on the calling thread and the workers) and raises, on
-    the calling thread, an error raised by a share on a worker."""
-    import numba
-
-    from fastreg.cpu import _jit
-
-    @numba.njit(nogil=True)  # (not cached: a test's function)
-    def mark(seen, share):
-        seen[share[0]] += share[1]
-
-    seen = np.zeros(3, np.int64)
-    _jit.split(mark, 3, seen)
-    T = min(3, numba.config.NUMBA_NUM_THREADS)
-    assert seen.tolist() == [T] * T + [0] * (3 - T)
-
-    def fail(share):
-        if share[0] == 1:
-            raise KeyError("worker")
-
-    with pytest.raises(KeyError, match="worker"):
-        _jit.split(fail, 2)

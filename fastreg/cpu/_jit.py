@@ -8,15 +8,7 @@ spread over Numba's threads) and ``.serial`` (``prange`` is ``range``; never ent
 threading layer). ``launch(kernel, nthreads, *args)`` runs the serial twin when ``nthreads`` is 1
 (the decision of ``fastreg._threads.plan``), else the parallel one with exactly ``nthreads``
 threads. Both give the same bits: a kernel's result may not depend on how its work is split.
-
-``split(kernel, nthreads, *args)`` is the other way to run in parallel, without ``parallel=True``
-(whose parfor lowering doubles a large kernel's compile time): ``kernel`` is compiled once, with
-``nogil`` (``jit_nogil``), and takes a last argument ``share = (t, T)``, the share of its work
-items it runs; ``split`` runs share 0 on the calling thread and the others on worker threads
-(Python threads, started at the first parallel call and kept), and returns when all are done. The thread count is ``launch``'s (``_threads.plan``,
-capped by NUMBA_NUM_THREADS); Numba's threading layer is never started.
 """
-import os
 import threading
 import types
 
@@ -29,7 +21,6 @@ _OPTIONS = dict(cache=True, error_model="numpy")
 jit = numba.njit(**_OPTIONS)
 pjit = numba.njit(parallel=True, **_OPTIONS)
 inline = numba.njit(inline="always", **_OPTIONS)
-jit_nogil = numba.njit(nogil=True, **_OPTIONS)
 
 
 class Twin:
@@ -115,69 +106,3 @@ def _run_parallel(kernel, nthreads, args):
     finally:
         if previous != nthreads:
             numba.set_num_threads(previous)
-
-
-class _Worker:
-    """A Python thread that runs one call at a time: ``start`` released = a call is waiting in
-    ``job``; ``done`` released = it has ended (plain locks: the cheapest hand-over Python has)."""
-
-    def __init__(self):
-        self.start, self.done = threading.Lock(), threading.Lock()
-        self.start.acquire()
-        self.done.acquire()
-        self.job, self.error = None, None
-        threading.Thread(target=self._loop, name="fastreg-worker", daemon=True).start()
-
-    def _loop(self):
-        while True:
-            self.start.acquire()
-            fn, args = self.job
-            try:
-                fn(*args)
-            except BaseException as exc:  # (raised again on the calling thread)
-                self.error = exc
-            self.done.release()
-
-
-_idle = []  # workers waiting for a call, of process _idle_pid (a fork child has no threads)
-_idle_pid = None
-_idle_lock = threading.Lock()
-
-
-def _workers(n):
-    """``n`` idle workers, started as needed."""
-    global _idle, _idle_pid
-    with _idle_lock:
-        if _idle_pid != os.getpid():
-            _idle, _idle_pid = [], os.getpid()
-        got = [_idle.pop() for _ in range(min(n, len(_idle)))]
-    return got + [_Worker() for _ in range(n - len(got))]
-
-
-def split(kernel, nthreads, *args):
-    """Run ``kernel(*args, (t, T))`` for each share t < T = ``nthreads`` (capped by Numba's
-    NUMBA_NUM_THREADS, as ``launch``): share 0 on the calling thread, the others on worker
-    threads (``kernel`` is compiled with ``nogil``). Serially, ``kernel(*args, (0, 1))``."""
-    if nthreads > 1:
-        nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
-    if nthreads <= 1:
-        launches["serial"] += 1
-        return kernel(*args, (0, 1))
-    launches["parallel"] += 1
-    _threads.mark_parallel()
-    workers = _workers(nthreads - 1)
-    for t, w in enumerate(workers, 1):
-        w.job = (kernel, args + ((t, nthreads),))
-        w.start.release()
-    try:
-        kernel(*args, (0, nthreads))
-    finally:  # every share ends before the caller sees (or frees) the arrays
-        error = None
-        for w in workers:
-            w.done.acquire()
-            error, w.error, w.job = error or w.error, None, None
-        with _idle_lock:
-            if _idle_pid == os.getpid():
-                _idle.extend(workers)
-    if error is not None:
-        raise error

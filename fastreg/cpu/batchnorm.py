@@ -24,7 +24,7 @@ item per channel, which sums the channel, computes its coefficients and applies 
 channel is still in cache, so that x is read from memory once instead of twice; when a channel's
 data fits in about one core's L2 and every thread gets a channel). After SUMS, FINISH (one item
 per view channel) adds each channel's lanes over its tasks and computes the coefficients. An op
-runs SUMS, FINISH, APPLY; FUSED; SUMS, FINISH (the statistics); or APPLY.
+is one kernel launch: SUMS, FINISH, APPLY; FUSED; SUMS, FINISH (the statistics); or APPLY.
 
 Sums. Value i of a piece goes to lane i % L (a row of partial sums, which LLVM vectorizes without
 fastmath), four rows of L per pass; float64 data with Kahan's compensation, float32 data without
@@ -44,18 +44,13 @@ outputs) compute each chunk into a buffer and then copy it out: a loop that read
 same memory through two arrays fails LLVM's overlap check and runs scalar, and streaming stores
 (fastreg/cpu/penalty.py) go from the chunk's first 64-byte boundary on.
 
-Threads. A kernel runs share (t, T) of each step's work items. Serially (plan.nthreads 1) one
-call runs every step; in parallel (_run) each step is split over plan.nthreads Python threads by
-_jit.split (the kernels are compiled with ``nogil``), FINISH on the calling thread, the steps one
-after the other. No ``parallel=True``: its parfor lowering cost as much compile time again as the
-kernel, and the large inputs compiled a second kernel.
-
 Compile time is a budget (bench/compile_time.py): each direction (forward, backward) has one
-kernel source, made into three kernels (_kernels): every step (the training ops), SUMS + FINISH
-alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply, bn_backward_apply), the other
-steps' branches pruned by Numba before typing, so that an op's first call compiles only what it
-can run. The step loops call the piece loops directly (every compiled function is optimized again
-inside each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
+kernel source, a ``twin``, made into three kernels (_kernels): every step (the training ops),
+SUMS + FINISH alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply,
+bn_backward_apply), the other steps' branches pruned by Numba before typing, so that an op's
+first call compiles only what it can run. The ``prange`` bodies call the piece loops directly
+(every compiled function is optimized again inside each caller, so the call tree stays
+shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
 flags with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints,
 so each kernel compiles once per dtype; helpers called only from compiled code have no CPython
 wrapper; and no helper gets a literal argument (Numba compiles a specialization per literal).
@@ -64,11 +59,12 @@ from collections import namedtuple
 
 import numba
 import numpy as np
+from numba import prange
 
 from .. import _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs, bn_forward_coeffs
-from ._jit import _OPTIONS, jit, jit_nogil, split
+from ._jit import _OPTIONS, jit, launch, twin
 from .penalty import CAN_STREAM, STREAM_ALIGN, _sfence, _stream_store
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
@@ -395,9 +391,10 @@ def _lane_row(v, v0, nv, Bc, out, o, W):
 
 # --- kernels ------------------------------------------------------------------------------------
 # A kernel runs up to three steps of one op (``steps``, NONE for no step) on a tile (Plan.tile):
-# SUMS, FINISH, APPLY or FUSED alone. Each step is one loop over its work items (this call's share
-# of them), the item's work written out in one loop body that holds each part once (Numba
-# optimizes every compiled callee again inside each caller, numba/numba#8085). Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
+# SUMS, FINISH, APPLY or FUSED alone. Each step is one prange over its work items, the item's work
+# written out in one loop body that holds each part once (Numba optimizes every compiled callee
+# again inside each caller, numba/numba#8085; parfor outlines the loop body into a function of
+# its own). Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
 # into part's block q (4 rows of lanes); FINISH view channel q: its tasks' blocks added and the
 # coefficients computed; FUSED all of view channel q (its sums in the channel's first block,
 # then FINISH, then APPLY on it while it is in cache); APPLY a run of per_task pieces of the
@@ -407,20 +404,22 @@ def _lane_row(v, v0, nv, Bc, out, o, W):
 def _forward(do_sums, do_apply):
     """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
     when ``do_apply``, FUSED when both (see _kernels)."""
-    def kernel(arrays, coef, stats, opts, steps, tile, share):
+    def kernel(arrays, coef, stats, opts, steps, tile):
         """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none,
         x may be out; coef (weight, bias, center, scale, shift): with weights, center, scale and
-        shift are computed here (by FINISH, into the arrays given); without, they are given
-        (APPLY) or not wanted (0-size: the statistics alone); stats (mean, m2, invstd, x0, part)
-        float64, x0 each channel's shift (its first value, 0 if not finite) and part the tasks'
-        sums (_scratch); opts (floor, eps, has_res, mode); share (t, T): this call runs share t
-        of T of each step's items."""
+        shift are computed here (the 0-size ones given are not used); without, they are given
+        (APPLY) or not wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64;
+        opts (floor, eps, has_res, mode)."""
         x, r, o = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, bias, center, scale, shift = coef
-        mean, m2, invstd, x0, part = stats
+        mean, m2, invstd = stats
         C = weight.size
-        t, T = share
+        if C:  # (made here: a NumPy allocation costs as much as a small layer's step)
+            work = np.empty(3 * C, o.dtype)
+            center, scale, shift = work[:C], work[C:2 * C], work[2 * C:]
+        x0 = np.empty(mean.size)  # each channel's shift: its first value (0 if not finite)
+        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)  # the tasks' sums
         uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
         W = 1 if uniform else chunk
         for step in steps:
@@ -429,7 +428,8 @@ def _forward(do_sums, do_apply):
             items = Cv * ntask if step == SUMS else Cv
             if step == APPLY:
                 items = (A * Cv * nb + per_task - 1) // per_task
-            for q in range(items * t // T, items * (t + 1) // T):
+            for i in prange(items):
+                q = np.int64(i)
                 c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
                 if step == SUMS:
                     c = q // ntask
@@ -489,19 +489,22 @@ def _forward(do_sums, do_apply):
 
 def _backward(do_sums, do_apply):
     """The backward kernel's source, as _forward's."""
-    def kernel(arrays, coef, stats, flags, steps, tile, share):
+    def kernel(arrays, coef, stats, flags, steps, tile):
         """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres
         0-size when not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b,
-        d), center 0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx, part) float64,
-        part the tasks' sums (_scratch); flags (masked, training, has_gres, mode); share as
-        forward. With weights, FINISH computes (center, a, b, d) and (s_dy, s_dyx) into the
-        arrays given."""
+        d), center 0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags
+        (masked, training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are
+        made here (the 0-size ones given are not used)."""
         gy, x, y, gx, gr = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, grad_weight, grad_bias, center, ca, cb, cd = coef
-        mean, invstd, s_dy, s_dyx, part = stats
+        mean, invstd, s_dy, s_dyx = stats
         C = weight.size
-        t, T = share
+        if C:
+            work, sums2 = np.empty(4 * C, gx.dtype), np.empty(2 * C)
+            center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:]
+            s_dy, s_dyx = sums2[:C], sums2[C:]
+        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)
         uniform = Cc * Bc == 1
         W = 1 if uniform else chunk
         for step in steps:
@@ -510,7 +513,8 @@ def _backward(do_sums, do_apply):
             items = Cv * ntask if step == SUMS else Cv
             if step == APPLY:
                 items = (A * Cv * nb + per_task - 1) // per_task
-            for q in range(items * t // T, items * (t + 1) // T):
+            for i in prange(items):
+                q = np.int64(i)
                 c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
                 if step == SUMS:
                     c = q // ntask
@@ -565,17 +569,16 @@ def _backward(do_sums, do_apply):
 
 
 def _kernels(source, name):
-    """Three kernels from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
+    """Three kernels (Twins) from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
     bn_stats, bn_backward_reduce) and ``name_apply`` (APPLY: bn_apply, bn_backward_apply). The
     ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before
-    typing: the first call of an op compiles only the steps it can run. Compiled with ``nogil``,
-    once: _run spreads the steps over Python threads (_jit.split)."""
+    typing: the first call of an op compiles only the steps it can run."""
     made = []
     for suffix, do_sums, do_apply in (("", True, True), ("_stats", True, False),
                                       ("_apply", False, True)):
         fn = source(do_sums, do_apply)
         fn.__name__ = fn.__qualname__ = name + suffix
-        made.append(jit_nogil(fn))
+        made.append(twin(fn))
     return made
 
 
@@ -586,9 +589,7 @@ _backward_kernel, _backward_stats_kernel, _backward_apply_kernel = _kernels(_bac
 
 
 # --- the backend's functions --------------------------------------------------------------------
-# Lean on purpose: on a (64, 256) layer this Python is as long as the kernels. One kernel call
-# per op when serial. The scratch arrays (the coefficients and the tasks' sums, which the steps
-# pass to each other) are made here: a parallel op's steps are separate calls.
+# Lean on purpose: on a (64, 256) layer this Python is as long as the kernels. One launch per op.
 
 _STAND_INS = {}  # dtype -> a 0-size array, for the optional arrays a call does not have
 _F64 = np.dtype(np.float64)
@@ -630,25 +631,6 @@ def _steps(plan):
     return (FUSED, NONE, NONE) if plan.fused else (SUMS, FINISH, APPLY)
 
 
-def _scratch(plan):
-    """The tasks' sums (float64) of a kernel that runs SUMS or FUSED (4 rows of lanes a task)."""
-    A, Cv, B, seg, nb, per_task, ntask, lanes = plan.tile[:8]
-    return np.empty(Cv * ntask * 4 * lanes)
-
-
-def _run(kernel, plan, steps, *args):
-    """One op: every step in one call of ``kernel`` when serial; else one step after another,
-    each split over plan.nthreads Python threads (_jit.split), except FINISH (one item per view
-    channel, as little work as a thread's wake-up), which runs on the calling thread."""
-    if plan.nthreads == 1:
-        return split(kernel, 1, *args, steps, plan.tile)
-    for step in steps:
-        if step == FINISH:
-            kernel(*args, (FINISH, NONE, NONE), plan.tile, (0, 1))
-        elif step != NONE:
-            split(kernel, plan.nthreads, *args, (step, NONE, NONE), plan.tile)
-
-
 _FLOORS = {}  # (dtype, relu) -> floor
 
 
@@ -666,10 +648,10 @@ def bn_stats(x, mean, m2, plan=None):
         mean[:] = np.nan
         m2[:] = 0.0
         return plan
-    e, f, xf = _stand_in(x.dtype), _stand_in(_F64), x.reshape(-1)
-    _run(_forward_stats_kernel, plan, (SUMS, FINISH, NONE), (xf, e, xf), (e, e, e, e, e),
-         (mean, m2, f, np.empty(mean.size), _scratch(plan)),
-         _opts(x.dtype, 0.0, None, False, PLAIN))
+    e, xf = _stand_in(x.dtype), x.reshape(-1)
+    launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
+           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN),
+           (SUMS, FINISH, NONE), plan.tile)
     return plan
 
 
@@ -680,9 +662,9 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         e, f = _stand_in(out.dtype), _stand_in(_F64)
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
-        _run(_forward_apply_kernel, plan, (APPLY, NONE, NONE), arrays,
-             (e, e, center, scale, shift), (f, f, f, f, f),
-             _opts(out.dtype, 0.0, residual, relu, plan.mode))
+        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift),
+               (f, f, f), _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE),
+               plan.tile)
     return plan
 
 
@@ -692,10 +674,9 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
         return plan
     arrays = (x.reshape(-1), _stand_in(x.dtype) if residual is None else residual.reshape(-1),
               out.reshape(-1))
-    center, scale, shift = np.empty((3, weight.size), x.dtype)  # the coefficients, by FINISH
-    _run(_forward_kernel, plan, _steps(plan), arrays, (weight, bias, center, scale, shift),
-         (mean, m2, invstd, np.empty(mean.size), _scratch(plan)),
-         _opts(x.dtype, eps, residual, relu, plan.mode))
+    e = _stand_in(x.dtype)
+    launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
+           _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan), plan.tile)
     return plan
 
 
@@ -707,9 +688,9 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
-    _run(_backward_stats_kernel, plan, (SUMS, FINISH, NONE), arrays, (e,) * 7,
-         (center, _stand_in(center.dtype), s_dy, s_dyx, _scratch(plan)),
-         (y is not None, False, False, PLAIN))
+    launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
+           (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
+           (SUMS, FINISH, NONE), plan.tile)
     return plan
 
 
@@ -721,8 +702,9 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
-        _run(_backward_apply_kernel, plan, (APPLY, NONE, NONE), arrays, coef, (f, f, f, f, f),
-             (y is not None, training, gres is not None, plan.mode))
+        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
+               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE),
+               plan.tile)
     return plan
 
 
@@ -737,12 +719,10 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     xf = x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
-    center, a, b, d = np.empty((4, weight.size), x.dtype)  # the coefficients, by FINISH
-    s_dy, s_dyx = np.empty((2, weight.size))
-    _run(_backward_kernel, plan, _steps(plan), arrays, (weight, grad_weight, grad_bias, center, a,
-                                                         b, d),
-         (mean, invstd, s_dy, s_dyx, _scratch(plan)),
-         (y is not None, bool(training), gres is not None, plan.mode))
+    e, f = _stand_in(x.dtype), _stand_in(_F64)
+    launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
+           (mean, invstd, f, f), (y is not None, bool(training), gres is not None, plan.mode),
+           _steps(plan), plan.tile)
     return plan
 
 
