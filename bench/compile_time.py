@@ -17,6 +17,12 @@ Two sizes per op: ``small`` (below the thread grain: the serially compiled kerne
     python bench/compile_time.py --json out.json
     python bench/compile_time.py --demo                 # only the demo's kernels, together
     python bench/compile_time.py --demo --ops bn_       # both
+    python bench/compile_time.py --ops bn_stats --size small --profile   # where the time goes
+
+``--profile`` lists, per compiled function (kernels, helpers, Numba's own overloads such as
+``np.empty``'s ``impl``), the CPU seconds of its compile less its callees' (Numba's
+``numba:compile`` events), and how much of that was LLVM (``numba:llvm_lock``: optimizing and
+emitting machine code; the rest is Numba's typing and lowering, in Python).
 
 ``cold_compile_seconds(op, size, backend)`` is the function behind it (one op, one subprocess).
 """
@@ -145,12 +151,49 @@ BACKEND = {backend!r}
 {sizes}
 rng = np.random.default_rng(0)
 {setup}
+{profile}
 c0, t0 = time.process_time(), time.perf_counter()
 {call}
 c1, t1 = time.process_time(), time.perf_counter()
 {call}
 t2 = time.perf_counter()
-print("RESULT " + json.dumps(dict(first=t1 - t0, first_cpu=c1 - c0, second=t2 - t1)))
+print("RESULT " + json.dumps(dict(first=t1 - t0, first_cpu=c1 - c0, second=t2 - t1,
+                                  **PROFILE)))
+"""
+
+# Per compiled function: CPU seconds of its compile less its callees' compiles, and the LLVM part
+# of them (the llvm_lock events seen while it is the innermost compile). Compiles run on the
+# calling thread: thread_time.
+_PROFILE = """
+from numba.core import event
+compiles, stack = {}, []
+
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        fn = getattr(ev.data["dispatcher"], "py_func", None)
+        stack.append([getattr(fn, "__qualname__", "?"), time.thread_time(), 0.0, 0.0])
+
+    def on_end(self, ev):
+        name, start, callees, llvm = stack.pop()
+        total = time.thread_time() - start
+        row = compiles.setdefault(name, [0.0, 0.0, 0])
+        row[0] += total - callees
+        row[1] += llvm
+        row[2] += 1
+        if stack:
+            stack[-1][2] += total
+
+class Llvm(event.Listener):
+    def on_start(self, ev):
+        self.start = time.thread_time()
+
+    def on_end(self, ev):
+        if stack:
+            stack[-1][3] += time.thread_time() - self.start
+
+event.register("numba:compile", Compiles())
+event.register("numba:llvm_lock", Llvm())
+PROFILE = dict(profile=compiles)
 """
 
 
@@ -181,7 +224,7 @@ def demo_compile_seconds(backend="cpu", timeout=1800):
     return _run_cold(_DEMO.format(backend=backend), f"demo kernels ({backend})", timeout)
 
 
-def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
+def cold_compile_seconds(op, size="small", backend="cpu", timeout=900, profile=False):
     """Seconds of the first call of ``op`` in a fresh subprocess with an empty Numba cache.
 
     Parameters
@@ -193,6 +236,9 @@ def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
     backend : {"cpu", "cuda"}
     timeout : float
         Seconds before the subprocess is killed (then a RuntimeError).
+    profile : bool
+        Also return ``profile``: compiled function name -> [CPU seconds of its own compile (its
+        callees' left out), of which LLVM, times compiled].
 
     Returns
     -------
@@ -204,7 +250,7 @@ def cold_compile_seconds(op, size="small", backend="cpu", timeout=900):
     setup, call = OPS[op]
     sizes = "\n".join(f"{k} = {v!r}" for k, v in SIZES[size].items())
     source = _TEMPLATE.format(backend=backend, sizes=sizes, setup=textwrap.dedent(setup),
-                              call=call)
+                              call=call, profile=_PROFILE if profile else "PROFILE = {}")
     return _run_cold(source, f"{op} ({size}, {backend})", timeout)
 
 
@@ -218,6 +264,15 @@ def _cuda_present():
         return False
 
 
+def _print_profile(profile):
+    own = sum(v[0] for v in profile.values())
+    llvm = sum(v[1] for v in profile.values())
+    print(f"    compiles: {own:.2f} CPU s, of which LLVM {llvm:.2f} (the rest: Numba's typing and "
+          f"lowering); per function, its callees left out:")
+    for name, (t, l, n) in sorted(profile.items(), key=lambda kv: -kv[1][0]):
+        print(f"      {name[:60]:60s} x{n:<3d} {t:6.2f} s  LLVM {l:5.2f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", default="", help="comma-separated substrings of op names")
@@ -227,6 +282,9 @@ def main(argv=None):
                         help="the cold compile of every kernel the demo uses (one epoch of each "
                              "configuration, cold then warm); alone, without the per-op table "
                              "unless --ops is given")
+    parser.add_argument("--profile", action="store_true",
+                        help="per op, the compile CPU seconds of each compiled function (its "
+                             "callees left out) and their LLVM part")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     wanted = [s for s in args.ops.split(",") if s]
@@ -246,10 +304,12 @@ def main(argv=None):
     for backend in backends:
         for op in ops:
             for size in sizes:
-                r = cold_compile_seconds(op, size, backend)
+                r = cold_compile_seconds(op, size, backend, profile=args.profile)
                 rows.append(dict(op=op, backend=backend, size=size, **r))
                 print(f"{op:34s} {backend:7s} {size:6s} {r['first']:8.2f} {r['first_cpu']:10.2f} "
                       f"{r['second']:9.5f}", flush=True)
+                if args.profile:
+                    _print_profile(r["profile"])
     if args.demo:
         for backend in backends:
             r = demo_compile_seconds(backend)
