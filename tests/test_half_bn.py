@@ -8,8 +8,9 @@ the float32 op, rounding: fastreg.batchnorm._batch_norm_half, the reference's de
 on the same backend by switching the fused path off; running statistics, saved statistics and
 the parameter gradients (float32) must match bit for bit too. Covered: NCHW, channels-last,
 2-D and 3-D layouts, every work split and channel strategy of the C planner, 1 and 2 threads,
-the portable and AVX2 loops, non-finite and subnormal values (all 65536 bit patterns), empty
-batches, size 1, non-contiguous input, ``out=`` (also in place) and the torch modules.
+the portable and AVX2 loops (float16's AVX2 copy converts with F16C where the CPU has it),
+non-finite and subnormal values (all 65536 bit patterns), empty batches, size 1,
+non-contiguous input, ``out=`` (also in place) and the torch modules.
 
 Test ids start with "c-" so that .ci/c_sanitize.sh selects them.
 """
