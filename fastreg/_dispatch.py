@@ -210,11 +210,12 @@ def _to_host(torch, a, views, name):
         return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
     if not isinstance(a, torch.Tensor) or a.device.type != "cpu":
         return a
+    if name in _TAKES_GRADS and (a.requires_grad or isinstance(a, torch.nn.Parameter)):
+        # torch's clip_grad_norm_ takes the parameters themselves (a frozen one too)
+        raise TypeError(f"fastreg.{name} got a parameter: it takes the gradients "
+                        "([p.grad for p in model.parameters()]); fastreg.torch.clip_grad_norm_ "
+                        "takes the parameters, as torch's does")
     if a.requires_grad:
-        if name in _TAKES_GRADS:   # torch's clip_grad_norm_ takes the parameters themselves
-            raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it takes "
-                            "the gradients ([p.grad for p in model.parameters()]), not the "
-                            "parameters")
         raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it records no "
                         "autograd; pass .detach(), or use the layers of fastreg.torch")
     if a.dtype == torch.bfloat16:

@@ -41,11 +41,14 @@ from ._dispatch import flat
 
 
 def listed(arrays):
-    """A one-pass iterable of arrays (a generator such as ``model.parameters()``, ``map``, a
-    dict's values) as a list, so that the torch check of the public op sees its tensors and
-    the op can walk it more than once; anything else (a list, a tuple, one array or tensor)
+    """An iterable of arrays that is not a list or a tuple (a generator such as
+    ``model.parameters()``, ``map``, a dict's values, a ``torch.nn.ParameterList``) as a list,
+    so that the torch check of the public op sees its tensors and the op can walk it more than
+    once; anything else (a list, a tuple, one array or tensor: they have a ``shape``, a string)
     as it is."""
-    if isinstance(arrays, (Iterator, ValuesView)):
+    if (isinstance(arrays, (Iterator, ValuesView))
+            or (type(arrays) not in (list, tuple) and hasattr(arrays, "__iter__")
+                and not hasattr(arrays, "shape") and not isinstance(arrays, (str, bytes, dict)))):
         return list(arrays)
     return arrays
 

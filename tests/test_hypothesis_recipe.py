@@ -1,8 +1,9 @@
 """Hypothesis drives the training-recipe functions (batch norm forward and backward, the optimizer
-steps, EMA, gradient norms and clipping, cross-entropy, DropBlock, and the dropout family on
-16-bit data, the image augmentations) with random shapes, strides, dtypes and values: every kernel backend gives the numpy
-reference's result, or the reference's error, and never changes its inputs. test_hypothesis.py
-does the same for dropout and the penalties on float32/float64.
+steps, EMA, gradient norms and clipping, cross-entropy, DropBlock, the dropout family on 16-bit
+data, the image augmentations) with random shapes, dtypes and values (and random strides,
+reversals and transposes, except for the list ops' arrays: contiguous, at least 1-D): every
+kernel backend gives the numpy reference's result, or the reference's error, and never changes
+its inputs. test_hypothesis.py does the same for dropout and the penalties on float32/float64.
 
 Exact (same bits, any NaN matching any NaN) where the op is element-wise; within the tolerance of
 the op's own test file where it is a reduction (batch norm, norms, cross-entropy), whose backends
@@ -266,7 +267,8 @@ def test_cross_entropy_matches_reference(data, dtype, n, c, smoothing, reduction
     kept = target[target != -100]
     denom = float(np.sum(weight[kept]) if weighted else kept.size) if reduction == "mean" else 1.0
     terms = wmax / denom if denom > 0 else 0.0
-    scale = max(float(np.max(np.abs(wg))) if wg.size else 0.0, terms)
+    finite = np.abs(wg)[np.isfinite(wg)]   # (a NaN gradient must be NaN in both: equal_nan)
+    scale = max(float(finite.max(initial=0.0)), terms)
     if np.ndim(wl) == 0 and np.isnan(wl):
         assert np.isnan(gl)
     else:

@@ -90,3 +90,21 @@ def test_adaptive_clip_grad_matches_timms_rule(dtype, clip_factor):
     for pa, pb in zip(a.parameters(), b.parameters()):
         if pa.grad is not None:
             torch.testing.assert_close(pb.grad, pa.grad, rtol=rtol, atol=rtol * 1e-3)
+
+
+def test_arguments_checked_whatever_the_gradients():
+    """max_norm, norm_type, clip_factor and eps are checked before torch's code can run (16-bit
+    gradients) and without gradients, as on fastreg's path."""
+    bf = _model(torch.bfloat16)
+    before = _grads(bf)
+    for call in (lambda ps: frt.clip_grad_norm_(ps, -1.0),
+                 lambda ps: frt.clip_grad_norm_(ps, 1.0, norm_type=-3),
+                 lambda ps: frt.adaptive_clip_grad_(ps, -1.0),
+                 lambda ps: frt.adaptive_clip_grad_(ps, 0.01, eps=float("nan"))):
+        for params in (bf.parameters(), []):
+            with pytest.raises(ValueError):
+                call(params)
+    with pytest.raises(TypeError, match="error_if_nonfinite"):
+        frt.clip_grad_norm_(bf.parameters(), 1.0, error_if_nonfinite="yes")
+    for g, b in zip(_grads(bf), before):
+        assert (g is None and b is None) or torch.equal(g, b)

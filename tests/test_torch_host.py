@@ -103,6 +103,15 @@ def test_list_ops_take_one_pass_iterables_of_tensors():
     fastreg.ema_update(shadow.values(), (p for p in params), 0.0)   # decay 0: a copy
     for s, p in zip(shadow.values(), params):
         torch.testing.assert_close(s, p, rtol=0, atol=0)
+    want = [g.numpy().copy() for g in grads]
+    fastreg.adaptive_clip_grad([p.numpy() for p in params], want, 0.01)
     fastreg.adaptive_clip_grad((p for p in params), iter(grads), 0.01)
+    for g, w in zip(grads, want):
+        np.testing.assert_array_equal(g.numpy(), w)
     with pytest.raises(TypeError, match=r"takes the gradients \(\[p.grad"):
         fastreg.clip_grad_norm(model.parameters(), 0.1)   # torch's signature: the parameters
+    frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+    before = frozen.weight.clone()
+    with pytest.raises(TypeError, match="got a parameter"):
+        fastreg.grad_norm(list(frozen.parameters()))
+    assert torch.equal(frozen.weight, before)

@@ -22,6 +22,8 @@ host arrays where it is built) and "cuda" (Numba CUDA; NHWC batches only, tested
 simulator) have the colour kernels (aug_color, aug_blur, aug_normalize in fastreg._registry)
 and give the same bits. Images: uint8 only, 1 or 3 channels for the colour ops.
 """
+import numbers
+
 import numpy as np
 
 from .. import _arrays, _registry
@@ -226,11 +228,17 @@ class GaussianBlur(_ColorOp):
 # --- deterministic ops: one factor for the batch or one per sample -----------------------------
 
 def _per_sample(value, n, name, lo=None, hi=None, integer=False):
-    kind = np.asarray(value).dtype.kind if value is not None else "O"
-    if kind not in "iuf":  # None, bools, strings, objects: no silent meaning
-        raise TypeError(f"{name} must be a real number or one per sample, got "
-                        f"{type(value).__name__}")
-    a = np.asarray(value, np.float64)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        a = np.asarray(float(value))
+    else:   # one per sample; None, bools, strings, objects: no silent meaning
+        try:
+            a = np.asarray(value)
+        except ValueError:   # a ragged list
+            raise ValueError(f"{name} must be a number or one per sample ({n},)") from None
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a real number or one per sample, got "
+                            f"{type(value).__name__}")
+        a = a.astype(np.float64)
     if a.ndim == 0:
         a = np.full(n, float(a))
     if a.shape != (n,):

@@ -31,9 +31,9 @@ compute it (zero rows for ignored targets); ``scale`` is what the reduction divi
 mean's denominator, or 1), chosen by the wrapper. The distributed form matters when the mean's
 denominator is 0 (every kept target has class weight 0): ``scale`` is then inf and every kept
 row's gradient is NaN, as the loss is and as torch's gradient is (the undistributed product
-would give +-inf where label smoothing makes ``a`` nonzero). Without smoothing (``cw`` None) the smoothing term is
-absent, not multiplied by zero, so a ``-inf`` logit of a non-target class gives a finite loss,
-as in torch.
+would give +-inf where label smoothing makes ``a`` nonzero). Without smoothing (``cw`` None)
+the smoothing term is absent, not multiplied by zero, so a ``-inf`` logit of a non-target class
+gives a finite loss, as in torch.
 
 Kernel contract (fastreg._registry): x (R, C) float32/float64 C-contiguous; hard target int64
 (R,) in [0, C) or equal to ignore_index; soft target (R, C) of x's dtype; tw, cw float64 (C,);

@@ -3,12 +3,14 @@ result of ``torch.nn.utils.clip_grad_norm_``) and ``adaptive_clip_grad_`` (timm'
 ``adaptive_clip_grad``), running fastreg's list kernels on the gradients.
 
 Both take the parameters (a tensor, a list, or a one-pass iterable such as
-``model.parameters()``) and skip those without a gradient, as torch does. Float32/float64
-gradients that all live on the CPU are clipped in place by ``fastreg.clip_grad_norm`` /
-``fastreg.adaptive_clip_grad`` through NumPy views of their memory; anything else (CUDA,
-float16/bfloat16, sparse or mixed-device gradients) goes through torch's own
-``clip_grad_norm_`` (timm's rule in torch operations for ``adaptive_clip_grad_``), so a model
-never fails here for its dtype or device.
+``model.parameters()``) and skip those without a gradient, as torch does. The arguments are
+checked first, whatever the gradients are (fastreg's rules: ``max_norm >= 0``, ``norm_type > 0``
+or inf; torch also takes a 0-"norm", fastreg does not). Float32/float64 gradients that all live
+on the CPU are then clipped in place by ``fastreg.clip_grad_norm`` /
+``fastreg.adaptive_clip_grad`` through NumPy views of their memory (a list that names one
+gradient twice is refused there, as fastreg never updates one array twice in a call); anything
+else (CUDA, float16/bfloat16, sparse or mixed-device gradients) goes through torch's own
+``clip_grad_norm_`` (timm's rule in torch operations for ``adaptive_clip_grad_``).
 
 fastreg accumulates the norm in float64 (torch: in the gradients' dtype), so the total norm can
 differ from torch's in its last float32 bits, and a gradient by one float32 rounding of the
@@ -17,6 +19,7 @@ clip coefficient.
 import numpy as np
 import torch
 
+from .. import _arrays
 from .. import clip as _clip
 
 __all__ = ["clip_grad_norm_", "adaptive_clip_grad_"]
@@ -68,9 +71,13 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     Returns
     -------
     Tensor
-        The total norm, a 0-d tensor on the gradients' device (float64 when any gradient is
-        float64, else float32; 0 without gradients).
+        The total norm, a 0-d tensor: float64 when any gradient is float64, float32 for the
+        other CPU float32 gradients (0 without gradients); torch's own result (dtype and
+        device) where torch's function runs.
     """
+    max_norm = _clip._check_max_norm(max_norm)
+    norm_type = _clip.check_norm_type(norm_type)
+    error_if_nonfinite = _arrays.check_bool(error_if_nonfinite, "error_if_nonfinite")
     params = _with_grads(parameters)
     grads = [p.grad for p in params]
     if not grads:
@@ -102,6 +109,9 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0, *
     backend : {"auto", "numpy", "cpu", "c"}
         fastreg backend for CPU float32/float64 tensors.
     """
+    clip_factor = _arrays.check_nonneg(clip_factor, "clip_factor")
+    eps = _arrays.check_nonneg(eps, "eps")
+    norm_type = _clip.check_norm_type(norm_type)
     params = _with_grads(parameters)
     if not params:
         return
