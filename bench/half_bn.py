@@ -15,7 +15,6 @@ one thread for torch and fastreg, timed in CPU time of the calling thread.
 """
 import argparse
 import os
-import statistics
 import time
 
 import ml_dtypes
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 import fastreg
 import fastreg.batchnorm as FB
+from half_fused import measure  # bench/half_fused.py: interleaved rounds, min and median
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 TORCH = {BF16: torch.bfloat16, np.dtype(np.float16): torch.float16}
@@ -83,19 +83,6 @@ def cases(shape, dtype):
     return {f"BN fwd {name}": {"torch": t_fwd, "fused": f_fwd(False), "passes": f_fwd(True)},
             f"BN fwd+bwd {name}": {"torch": t_both, "fused": f_both(False),
                                    "passes": f_both(True)}}
-
-
-def measure(fns, rounds, clock=time.perf_counter):
-    for fn in fns.values():
-        fn()
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = clock()
-            fn()
-            times[k].append(clock() - t)
-    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
 
 
 def main():
