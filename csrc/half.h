@@ -232,4 +232,64 @@ FR_F16C static inline void fr_f16_narrow_f16c(const float *src, uint16_t *dst, s
 }
 #endif
 
+/* ------------------------------------------------------------------ bfloat16 with AVX2
+ *
+ * Eight bfloat16 at a time with AVX2 integer instructions on the float32 bits: the same
+ * arithmetic as fr_f32_to_bf16_bits lane by lane (round to nearest even by adding
+ * 0x7FFF + bit 16, NaN -> sign | 0x7FC0), then packed 32 -> 16 bits (packus: every lane is
+ * <= 0xFFFF, so nothing saturates) and the lane order fixed up (permute4x64).  Checked against
+ * fr_f32_to_bf16_bits for all 2**32 float32 patterns; tests/test_half_fused.py repeats the
+ * edge cases through every kernel that uses it.  Widening is a shift (fr_bf16_to_f32_bits).
+ * Only in functions compiled for target "avx2", called where the AVX2 kernels are chosen. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define FR_HAVE_BF16_AVX2 1
+#include <immintrin.h>
+#define FR_BF16_AVX2 __attribute__((target("avx2")))
+
+/* v rounded to bfloat16 into dst[0 .. 8), exactly as fr_f32_to_bf16_bits. */
+FR_BF16_AVX2 static inline __attribute__((always_inline)) void fr_bf16x8_store(uint16_t *dst,
+                                                                               __m256 v)
+{
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i hi = _mm256_srli_epi32(u, 16);
+    __m256i r = _mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF));
+    r = _mm256_srli_epi32(_mm256_add_epi32(r, _mm256_and_si256(hi, _mm256_set1_epi32(1))), 16);
+    const __m256i nan = _mm256_or_si256(_mm256_and_si256(hi, _mm256_set1_epi32(0x8000)),
+                                        _mm256_set1_epi32(0x7FC0));
+    const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
+    const __m256i isnan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000));  /* a >= 0 */
+    r = _mm256_blendv_epi8(r, nan, isnan);
+    /* packus per 128-bit half: [r0..r3 r0..r3 | r4..r7 r4..r7]; quadwords 0 and 2 in order */
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(p));
+}
+
+/* The bfloat16 at src[0 .. 8) as float32 (exact: a shift). */
+FR_BF16_AVX2 static inline __attribute__((always_inline)) __m256 fr_bf16x8_load(const uint16_t *src)
+{
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+/* dst[i] = bfloat16 src[i] widened, i < n (batch norm's float32 blocks). */
+FR_BF16_AVX2 static inline void fr_bf16_widen_avx2(const uint16_t *src, float *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, fr_bf16x8_load(src + i));
+    for (; i < n; i++)
+        dst[i] = fr_half_to_f32(src[i], FR_HALF_BF16);
+}
+
+/* dst[i] = float32 src[i] rounded to bfloat16, i < n (fr_narrow_half's loop). */
+FR_BF16_AVX2 static inline void fr_bf16_narrow_avx2(const float *src, uint16_t *dst, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        fr_bf16x8_store(dst + i, _mm256_loadu_ps(src + i));
+    for (; i < n; i++)
+        dst[i] = fr_f32_to_half(src[i], FR_HALF_BF16);
+}
+#endif
+
 #endif

@@ -384,3 +384,47 @@ def test_torch_module_uses_the_fused_kernels(channels_last, monkeypatch):
     for k in exp:
         for a, e in zip(got[k], exp[k]):
             assert torch.equal(a, e), k
+
+
+def _unaligned(a):
+    """a copied into a view that starts one element into a fresh buffer (2-byte aligned only)."""
+    buf = np.zeros(a.size + 1, a.dtype)[1:]
+    buf[:] = a.reshape(-1)
+    return buf.reshape(a.shape)
+
+
+@pytest.mark.skipif(_arrays.BFLOAT16 is None, reason="no bfloat16 dtype")
+@pytest.mark.parametrize("threads", [1, 2], ids=["c-1", "c-2"])
+def test_bfloat16_avx2_blocks_are_the_portable_bits(threads, monkeypatch):
+    """bfloat16's AVX2 kernels run their element loops on float32 blocks (csrc/half.h
+    fr_bf16_widen_avx2 / fr_bf16_narrow_avx2, eight lanes at a time): the portable kernels'
+    bits (the per-element integer rounding), on every bit pattern, lengths that are not
+    multiples of 8 / 16 (tails), unaligned views, 1 and 2 threads."""
+    if not fc.has_avx2():
+        pytest.skip("this CPU has no avx2")
+    import fastreg._threads
+    monkeypatch.setitem(fastreg._threads.GRAIN, "batchnorm", 1)
+    dtype = _arrays.BFLOAT16
+    allbits = np.arange(65536, dtype=np.uint16)
+    rng = np.random.default_rng(11)
+    cases = [((64, 4, 256), 1, True), ((3, 5, 37), 1, False), ((7, 9, 13), -1, False),
+             ((5, 3, 2900), 1, False)]
+    with fastreg.threads(threads):
+        for shape, axis, every in cases:
+            p = problem(shape, axis, dtype, seed=4)
+            if every:
+                p["x"] = allbits.view(dtype).reshape(shape)
+                p["res"] = rng.permutation(allbits).view(dtype).reshape(shape)
+                p["gy"] = rng.permutation(allbits).view(dtype).reshape(shape)
+            old_isa = fc.set_isa("portable")
+            try:
+                exp = run_all(p, axis, True)
+            finally:
+                fc.set_isa(old_isa)
+            for layout in (lambda a: a, _unaligned):
+                q = dict(p, x=layout(p["x"]), res=layout(p["res"]), gy=layout(p["gy"]))
+                old_isa = fc.set_isa("avx2")
+                try:
+                    assert_same(run_all(q, axis, True), exp)
+                finally:
+                    fc.set_isa(old_isa)

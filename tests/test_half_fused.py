@@ -518,3 +518,99 @@ def test_f16_paths_agree_under_flush_denormal():
         np.testing.assert_array_equal(results[0][0], other[0])
         for a, b in zip(results[0][1:], other[1:]):
             np.testing.assert_array_equal(bits(a)[ok], bits(b)[ok])
+
+
+# --- bfloat16 with AVX2 (csrc/half.h fr_bf16x8_store): rounding, NaNs, lanes, alignment ------
+# The "avx2" / "avx512" paths round float32 -> bfloat16 eight at a time with AVX2 integer
+# instructions (fr_bf16x8_store) and widen by a shift; every path must give NumPy's bits.
+
+def bf16_nan_classes():
+    """bfloat16 NaNs: signalling (bit 6 clear) and quiet, both signs, extreme payloads."""
+    payloads = [0x01, 0x3F, 0x40, 0x41, 0x7F]
+    return np.array([s | 0x7F80 | m for s in (0, 0x8000) for m in payloads], np.uint16)
+
+
+def bf16_specials():
+    """float32 patterns at the bfloat16 decisions (an odd count: tiled, each lands on every lane
+    of an eight-wide block): NaNs of every class (quiet / signalling, payload only in the low
+    16 bits or not, both signs), infinities, the largest finite values and the overflow tie,
+    ties to even up and down, float32 subnormals and their ties, zeros."""
+    u = np.array([
+        0x7F800001, 0x7F807FFF, 0x7F808000, 0x7F80FFFF, 0x7F810000, 0x7FA00000, 0x7FBFFFFF,
+        0x7FC00000, 0x7FC00001, 0x7FC0FFFF, 0x7FFF0000, 0x7FFFFFFF, 0x7F800000,
+        0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x7F7E8000, 0x7F7E8001, 0x3F808000, 0x3F818000,
+        0x3F807FFF, 0x3F80FFFF, 0x00000001, 0x00007FFF, 0x00008000, 0x00008001, 0x00018000,
+        0x007F8000, 0x007FFFFF, 0x00800000, 0x00000000], np.uint32)
+    u = np.concatenate([u, u | 0x80000000, [0x3F800000]]).astype(np.uint32)
+    assert u.size % 2 == 1
+    return u
+
+
+def bf16_rounding_sample():
+    """bf16_specials tiled on every lane, then every bfloat16 pattern with low halves 0, just
+    under / at / over the tie, and all ones."""
+    hi = np.arange(65536, dtype=np.uint32) << 16
+    u = np.concatenate([np.tile(bf16_specials(), 8)] +
+                       [hi | lo for lo in (0, 0x7FFF, 0x8000, 0x8001, 0xFFFF)])
+    return u.view(np.float32)
+
+
+@pytest.mark.parametrize("start", [0, 1, 3])
+def test_bf16_conversion_passes_every_pattern(isa, nthreads, start):
+    src = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    for n in (65536, 65531, 10):                          # tails shorter than 8 lanes
+        s = _layout(n, start)
+        s[:] = src[:n] if n > 10 else bf16_nan_classes()[:n]
+        got = np.zeros(n + 16, np.float32)[start:start + n]
+        fc.half_to_float32(s, 1, got)
+        np.testing.assert_array_equal(got.view(np.uint32), s.astype(np.uint32) << 16)
+    f = bf16_rounding_sample()
+    for n in (f.size, f.size - 5, 37, 23, 7):
+        x = np.zeros(n + 16, np.float32)[start:start + n]
+        x[:] = f[:n]
+        got = _layout(n, start)
+        fc.float32_to_half(x, 1, got)
+        exp = round_half(x, BF16).view(np.uint16)
+        bad = np.flatnonzero(got != exp)
+        assert bad.size == 0, [hex(v) for v in x.view(np.uint32)[bad[:5]]]
+
+
+def test_bf16_specials_rounded_as_numpy():
+    """The special values' expected bits, spelled out (the reference itself is checked)."""
+    x = np.array([0x7F800001, 0xFF800001, 0x7FFFFFFF, 0x7F7FFFFF, 0x7F7F8000, 0x7F7E8000,
+                  0x00008000, 0x00018000, 0x007FFFFF, 0x80000001], np.uint32).view(np.float32)
+    exp = [0x7FC0, 0xFFC0, 0x7FC0, 0x7F80, 0x7F80, 0x7F7E, 0x0000, 0x0002, 0x0080, 0x8000]
+    for name in ["portable"] + [i for i, ok in (("avx2", fc.has_avx2()),
+                                                ("avx512", fc.has_avx512())) if ok]:
+        previous = fc.set_isa(name)
+        try:
+            got = np.empty(x.size, np.uint16)
+            fc.float32_to_half(x, 1, got)
+        finally:
+            fc.set_isa(previous)
+        assert [int(v) for v in got] == exp, name
+    assert [int(v) for v in round_half(x, BF16).view(np.uint16)] == exp
+
+
+def test_bf16_nan_classes_and_specials_through_dropout(isa, nthreads):
+    """NaN classes on every lane of a block and in the tail; the dropout products of every
+    bfloat16 pattern (ties and overflow to inf come from the scale)."""
+    t, scale = 1288490189, np.float32(1 / 0.7)
+    for n in (77, 83):
+        for ci, nan in enumerate(bf16_nan_classes()):
+            x = _nan_lanes(n, BF16, nan, ci)
+            x.view(np.uint16)[n - 3:] = nan                   # the tail after the last block
+            for off in (0, 1):
+                xb = _layout(n, off)
+                xb[:] = bits(x)
+                got = _layout(n, 1 - off)
+                fc.dropout_half(xb, 1, SEED, 5, t, scale, got)
+                np.testing.assert_array_equal(got, bits(expected_dropout(x, SEED, 5, t, 1 / 0.7,
+                                                                         BF16)))
+    x = all_patterns(BF16)
+    for s in (1 / 0.7, 1.5, 3.0):
+        for n in (65536, 65533):
+            got = np.empty(n, np.uint16)
+            fc.dropout_half(bits(x[:n]), 1, SEED, 3, 2**30, np.float32(s), got)
+            np.testing.assert_array_equal(got, bits(expected_dropout(x[:n], SEED, 3, 2**30, s,
+                                                                     BF16)))
