@@ -808,6 +808,17 @@ static int64_t fr_half_run(int64_t n, int nt)
     int64_t run = ((n + nt - 1) / nt + 63) / 64 * 64;
     return run < 4096 ? run : 4096;
 }
+
+/* CONVERT(src + lo, out + lo, len) over the runs of fr_half_run, shared by the threads. */
+#define FR_HALF_RUNS(CONVERT, src, out, n)                                               \
+    do {                                                                                 \
+        const int nt_ = fr_region_threads(n);                                            \
+        const int64_t run_ = fr_half_run(n, nt_), runs_ = (n + run_ - 1) / run_;         \
+        FR_FOR(nt_, int64_t r = 0, r < runs_, r++, {                                     \
+            int64_t lo = r * run_, len = n - lo < run_ ? n - lo : run_;                  \
+            CONVERT((src) + lo, (out) + lo, (size_t)len);                                \
+        });                                                                              \
+    } while (0)
 #endif
 
 #ifdef FR_HAVE_BF16_AVX2
@@ -830,12 +841,7 @@ int fr_widen_half(const uint16_t *src, int kind, float *out, int64_t n)
         return FR_ERR_NULL;
 #ifdef FR_HAVE_F16C_KERNELS
     if (fr_half_f16c(kind)) {
-        const int nt = fr_region_threads(n);
-        const int64_t run = fr_half_run(n, nt), runs = (n + run - 1) / run;
-        FR_FOR(nt, int64_t r = 0, r < runs, r++, {
-            int64_t lo = r * run, len = n - lo < run ? n - lo : run;
-            fr_f16_widen_f16c(src + lo, out + lo, (size_t)len);
-        });
+        FR_HALF_RUNS(fr_f16_widen_f16c, src, out, n);
         return FR_OK;
     }
 #endif
@@ -857,23 +863,13 @@ int fr_narrow_half(const float *src, int kind, uint16_t *out, int64_t n)
         return FR_ERR_NULL;
 #ifdef FR_HAVE_F16C_KERNELS
     if (fr_half_f16c(kind)) {
-        const int nt = fr_region_threads(n);
-        const int64_t run = fr_half_run(n, nt), runs = (n + run - 1) / run;
-        FR_FOR(nt, int64_t r = 0, r < runs, r++, {
-            int64_t lo = r * run, len = n - lo < run ? n - lo : run;
-            fr_f16_narrow_f16c(src + lo, out + lo, (size_t)len);
-        });
+        FR_HALF_RUNS(fr_f16_narrow_f16c, src, out, n);
         return FR_OK;
     }
 #endif
 #ifdef FR_HAVE_BF16_AVX2
     if (fr_half_bf16_avx2(kind)) {
-        const int nt = fr_region_threads(n);
-        const int64_t run = fr_half_run(n, nt), runs = (n + run - 1) / run;
-        FR_FOR(nt, int64_t r = 0, r < runs, r++, {
-            int64_t lo = r * run, len = n - lo < run ? n - lo : run;
-            fr_bf16_narrow_avx2(src + lo, out + lo, (size_t)len);
-        });
+        FR_HALF_RUNS(fr_bf16_narrow_avx2, src, out, n);
         return FR_OK;
     }
 #endif
