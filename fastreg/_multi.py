@@ -31,7 +31,6 @@ import operator
 import os
 import threading
 import weakref
-from collections.abc import Iterator, ValuesView
 
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
@@ -46,11 +45,10 @@ def listed(arrays):
     so that the torch check of the public op sees its tensors and the op can walk it more than
     once; anything else (a list, a tuple, one array or tensor: they have a ``shape``, a string)
     as it is."""
-    if (isinstance(arrays, (Iterator, ValuesView))
-            or (type(arrays) not in (list, tuple) and hasattr(arrays, "__iter__")
-                and not hasattr(arrays, "shape") and not isinstance(arrays, (str, bytes, dict)))):
-        return list(arrays)
-    return arrays
+    if (type(arrays) in (list, tuple) or hasattr(arrays, "shape")
+            or not hasattr(arrays, "__iter__") or isinstance(arrays, (str, bytes, dict))):
+        return arrays
+    return list(arrays)
 
 
 def as_list(arrays, name):
