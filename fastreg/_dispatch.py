@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _arrays, _registry
 
-_resolved = {}  # (backend argument, FASTREG_BACKEND) -> _registry.resolve's answer, host arrays
+_resolved = {}  # name, "auto" or ("auto", FASTREG_BACKEND) -> _registry.resolve, host arrays
 _host_jobs = {}  # backend name -> its Job (a host Job holds no per-call state)
 
 
@@ -31,16 +31,36 @@ def resolve(backend, *arrays):
     the backend is loaded (``_registry._loaded``); anything else asks ``_registry.resolve``,
     which also raises the errors.
     """
-    if type(backend) is not str:
-        return _registry.resolve(backend, *arrays)
-    for a in arrays:
-        if a is not None and type(a) is not np.ndarray:
-            return _registry.resolve(backend, *arrays)
-    key = (backend, _env_backend() if backend == "auto" else None)
+    if type(backend) is str:
+        for a in arrays:
+            if a is not None and type(a) is not np.ndarray:
+                break
+        else:
+            return resolve_host(backend)
+    return _registry.resolve(backend, *arrays)
+
+
+def resolve_host(backend):
+    """``resolve`` for a call whose arrays are all plain ndarrays (or None) and ``backend`` a
+    str: for wrappers that have just tested their arrays' types.
+
+    The answer is kept per backend name, and for "auto" per FASTREG_BACKEND value (None: unset);
+    other spellings ("AUTO", "C") and unknown names go to ``_registry.resolve`` every time.
+    """
+    if backend == "auto":
+        data = getattr(os.environ, "_data", None)   # _env_backend(), inline: one call less
+        if _ENV_KEY is not None and type(data) is dict and _ENV_KEY not in data:
+            key = backend
+        else:
+            env = os.environ.get("FASTREG_BACKEND")
+            key = backend if env is None else (backend, env)
+    elif backend in _registry._MODULES:
+        key = backend
+    else:
+        return _registry.resolve(backend)
     name = _resolved.get(key)
     if name is None or name not in _registry._loaded:
-        name = _registry.resolve(backend, *arrays)
-        _resolved[key] = name
+        name = _resolved[key] = _registry.resolve(backend)
     return name
 
 
@@ -69,6 +89,13 @@ def job(backend, host_input):
     if j is None:
         j = _host_jobs[backend] = Job(backend, True)
     return j
+
+
+def host_op(backend, name):
+    """``job(backend, True).op(name)`` in one call: host backend ``backend``'s (a resolved
+    name's) function for op ``name``."""
+    fn = getattr(_registry._loaded.get(backend), name, None)
+    return fn if fn is not None else _registry.get(name, backend)
 
 
 class Job:
@@ -148,9 +175,11 @@ def like_caller(result, like):
 
 def flat(a):
     """A 1-D view of a C-contiguous host or device array."""
+    if a.ndim == 1:
+        return a
     if type(a) is np.ndarray:
         return a.ravel()  # a view for a C-contiguous array, and cheaper than reshape(-1)
-    return a.reshape(-1) if a.ndim != 1 else a
+    return a.reshape(-1)
 
 
 NOT_TORCH = object()   # torch_call's answer when no argument is a torch CPU tensor

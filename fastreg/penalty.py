@@ -155,15 +155,34 @@ _OVERFLOW = {np.dtype(np.float32): 2.0 ** 128 - 2.0 ** 103, np.dtype(np.float64)
 
 
 def _grad(w, l1, c2, out, accumulate, backend):
-    accumulate = bool(accumulate)
     if type(w) is np.ndarray and (out is None or type(out) is np.ndarray):
-        limit = _OVERFLOW.get(w.dtype)
-        if limit is not None:   # float32/float64 host arrays: the short path, if on the host
+        dtype = w.dtype
+        limit = _OVERFLOW.get(dtype)
+        if limit is not None and type(backend) is str:
+            # float32/float64 host arrays: the short path, with the same checks and the same
+            # kernel call as below, without the questions about devices and 16-bit types
             if accumulate and out is None:
                 raise ValueError(_NO_OUT_TO_ACCUMULATE)
-            backend = _dispatch.resolve(backend, w, out)
+            backend = _dispatch.resolve_host(backend)
             if backend != "cuda":
-                return _grad_host(w, l1, c2, out, accumulate, backend, limit)
+                if out is not None:
+                    _arrays._check_host_out(out, "out", w.shape, dtype, (w,))
+                if not (l1 < limit and c2 < limit):  # see the check below
+                    raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
+                if out is None:
+                    res = np.empty(w.shape, dtype)
+                elif out.flags.c_contiguous:
+                    res = out
+                else:  # the kernel writes a contiguous copy (read first to accumulate)
+                    res = out.copy() if accumulate else np.empty(w.shape, dtype)
+                if w.size:
+                    _dispatch.host_op(backend, "penalty_grad")(
+                        flat(np.ascontiguousarray(w)), typed(dtype, l1), typed(dtype, c2),
+                        flat(res), bool(accumulate))
+                if res is not out and out is not None:
+                    out[...] = res
+                return res if out is None else out
+    accumulate = bool(accumulate)
     arr = _arrays.describe(w, "w")
     _arrays.check_float(arr, "w", half=True)
     device = arr is not w and _arrays.is_device(w)
@@ -190,29 +209,6 @@ def _grad(w, l1, c2, out, accumulate, backend):
 
 
 _NO_OUT_TO_ACCUMULATE = "accumulate=True adds into out=: pass the gradient to add into as out"
-
-
-def _grad_host(w, l1, c2, out, accumulate, backend, limit):
-    """_grad's short path, for a float32/float64 ndarray ``w``, ``out`` None or an ndarray and a
-    host backend: the same checks and the same kernel call, without the questions about devices
-    and 16-bit types, and with cached scalars (``_scalars.typed``)."""
-    dtype = w.dtype
-    if out is not None:
-        _arrays._check_host_out(out, "out", w.shape, dtype, (w,))
-    if not (l1 < limit and c2 < limit):  # l1, c2 are finite or +inf (c2 = 2 * lam), never NaN
-        raise ValueError(f"the penalty strength ({l1}, {c2 / 2}) overflows {dtype}")
-    wc = np.ascontiguousarray(w)
-    res = out if out is not None and out.flags.c_contiguous else np.empty(w.shape, dtype)
-    if accumulate and res is not out:  # non-contiguous out: accumulate into a contiguous copy
-        res[...] = out
-    if w.size:
-        _dispatch.job(backend, True).op("penalty_grad")(
-            wc.ravel(), typed(dtype, l1), typed(dtype, c2), res.ravel(), accumulate)
-    if out is None:
-        return res
-    if res is not out:
-        out[...] = res
-    return out
 
 
 def _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype):

@@ -122,3 +122,61 @@ def test_auto_reads_fastreg_backend_at_every_call(monkeypatch):
     finally:
         del os_environ["FASTREG_BACKEND"]
     assert _dispatch.resolve("auto", w) == default
+
+
+def test_resolve_host_spellings_follow_the_registry(monkeypatch):
+    """Only "auto" and the exact backend names are remembered; "AUTO" or "Numpy" (which the
+    registry accepts) are asked every time, so "AUTO" follows FASTREG_BACKEND too."""
+    from fastreg import _dispatch, _registry
+    w = np.arange(5, dtype=np.float32)
+    monkeypatch.delenv("FASTREG_BACKEND", raising=False)
+    default = _registry.resolve("auto", w)
+    assert _dispatch.resolve("AUTO", w) == default
+    monkeypatch.setenv("FASTREG_BACKEND", "numpy")
+    assert _dispatch.resolve("AUTO", w) == "numpy"
+    assert _dispatch.resolve_host("AUTO") == "numpy"
+    assert _dispatch.resolve("Numpy", w) == "numpy"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        _dispatch.resolve_host("nope")
+
+
+@pytest.mark.parametrize("backend", HOST)
+def test_out_overlap_with_one_owning_array(backend):
+    """Two arrays that own their memory never overlap (the short test); a view of one still
+    goes through the full overlap check, in either role."""
+    w = np.linspace(-1, 1, 16).astype(np.float32)
+    out = np.empty_like(w)
+    assert fastreg.l2_grad(w, 0.5, out=out, backend=backend) is out
+    np.testing.assert_array_equal(out, w)
+    with pytest.raises(ValueError, match="overlaps"):
+        fastreg.l2_grad(w, 0.5, out=w[::-1], backend=backend)   # out a view of w
+    buf = np.zeros(16, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        fastreg.l2_grad(buf[::-1], 0.5, out=buf, backend=backend)   # w a view of out
+    np.testing.assert_array_equal(buf, 0)
+    assert fastreg.l2_grad(w, 0.5, out=w, backend=backend) is w   # exactly in place
+
+
+@pytest.mark.skipif("c" not in HOST, reason="C backend not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_c_penalty_grad_takes_scalars_as_given(dtype):
+    """The C backend passes l1 and c2 to cffi as they come: a Python float gives the bits of
+    the dtype's scalar (C's conversion rounds as NumPy's does)."""
+    from fastreg import c as fc
+    w = np.random.default_rng(4).standard_normal(257).astype(dtype)
+    w[:3] = [0.0, -0.0, np.nan]
+    for l1, c2 in ((0.1, 1.0 / 3.0), (-0.0, 0.3), (1e-40, 7e-46), (0.0, 2.5)):
+        want = np.empty_like(w)
+        fc.penalty_grad(w, dtype(l1), dtype(c2), want, False)
+        np.testing.assert_array_equal(want, _ref(w, l1, c2))
+        got = np.empty_like(w)
+        fc.penalty_grad(w, l1, c2, got, False)
+        assert got.tobytes() == want.tobytes()
+
+
+def test_flat_keeps_a_1d_array():
+    from fastreg._dispatch import flat
+    a = np.arange(6.0)
+    assert flat(a) is a
+    b = flat(a.reshape(2, 3))
+    assert b.shape == (6,) and np.shares_memory(a, b)

@@ -41,7 +41,9 @@ def omp_max_threads():
 
 def _plan(work, family):
     """Set the calling thread's thread count for the next kernel from ``fastreg._threads.plan``
-    (1: the kernel runs on this thread and makes no OpenMP call); returns it."""
+    (1: the kernel runs on this thread and makes no OpenMP call); returns it. Set at every
+    call: the count is per OS thread in C (csrc/dropout.c) and batch norm sets it directly, so
+    a value remembered here could be stale."""
     n = _threads.plan(work, family)
     lib.fr_set_threads(n)
     if n > 1:
