@@ -21,6 +21,7 @@ from . import _arrays, _registry
 
 _resolved = {}  # name, "auto" or ("auto", FASTREG_BACKEND) -> _registry.resolve, host arrays
 _host_jobs = {}  # backend name -> its Job (a host Job holds no per-call state)
+_ndarray = np.ndarray   # a module global: one lookup where np.ndarray takes two
 
 
 def resolve(backend, *arrays):
@@ -33,7 +34,7 @@ def resolve(backend, *arrays):
     """
     if type(backend) is str:
         for a in arrays:
-            if a is not None and type(a) is not np.ndarray:
+            if type(a) is not _ndarray and a is not None:
                 break
         else:
             return resolve_host(backend)

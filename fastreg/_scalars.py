@@ -9,6 +9,8 @@ import math
 
 _LIMIT = 256        # values kept per dtype; the cache starts afresh when full
 _cache = {}         # dtype -> {key: scalar}
+_ZERO_KEYS = ("+0", "-0")   # the keys of +0.0 and -0.0 (floats key the other values)
+_copysign = math.copysign
 
 
 def typed(dtype, x):
@@ -19,7 +21,7 @@ def typed(dtype, x):
     per = _cache.get(dtype)
     if per is None:
         per = _cache[dtype] = {}
-    key = x if x != 0.0 else (0, math.copysign(1.0, x))   # 0.0 == -0.0 as a dict key
+    key = x if x else _ZERO_KEYS[_copysign(1.0, x) < 0.0]   # 0.0 == -0.0 as a dict key
     s = per.get(key)
     if s is None:
         if len(per) >= _LIMIT:
