@@ -8,8 +8,11 @@ comes back as that type (``like_caller``), zero-copy, on the same device.
 
 Per-call cost matters for small arrays (a 64x128 dropout kernel takes a few microseconds), so
 the host path is kept short: ``resolve`` remembers what ``_registry.resolve`` answered for plain
-NumPy arrays, ``job`` hands out one stateless ``Job`` per host backend, and ``Job.op`` is an
-attribute lookup on the backend module.
+NumPy arrays (``resolve_host`` when the caller has already tested its arrays' types), ``job``
+hands out one stateless ``Job`` per host backend, and ``Job.op`` (or ``host_op``, without the
+Job) is an attribute lookup on the backend module. On a 1e5-element kernel each Python call
+around it costs about twice its isolated timeit figure: the kernel's 800 KB push the
+interpreter's own data out of the caches.
 """
 import functools
 import os
