@@ -10,9 +10,9 @@ Per-call cost matters for small arrays (a 64x128 dropout kernel takes a few micr
 the host path is kept short: ``resolve`` remembers what ``_registry.resolve`` answered for plain
 NumPy arrays (``resolve_host`` when the caller has already tested its arrays' types), ``job``
 hands out one stateless ``Job`` per host backend, and ``Job.op`` (or ``host_op``, without the
-Job) is an attribute lookup on the backend module. On a 1e5-element kernel each Python call
-around it costs about twice its isolated timeit figure: the kernel's 800 KB push the
-interpreter's own data out of the caches.
+Job) is an attribute lookup on the backend module. Beside a 1e5-element kernel each Python
+step around it costs two to four times its isolated timeit figure (the kernel's 800 KB push the
+interpreter's own data out of the caches): measure per-call changes with bench/small_ab.py.
 """
 import functools
 import os
@@ -52,12 +52,8 @@ def resolve_host(backend):
     other spellings ("AUTO", "C") and unknown names go to ``_registry.resolve`` every time.
     """
     if backend == "auto":
-        data = getattr(os.environ, "_data", None)   # _env_backend(), inline: one call less
-        if _ENV_KEY is not None and type(data) is dict and _ENV_KEY not in data:
-            key = backend
-        else:
-            env = os.environ.get("FASTREG_BACKEND")
-            key = backend if env is None else (backend, env)
+        env = _env_backend()
+        key = backend if env is None else (backend, env)
     elif backend in _registry._MODULES:
         key = backend
     else:
