@@ -16,9 +16,6 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 _kernels = {}   # (dtype, op name) -> (C function, its name)
-if lib is not None:
-    _buf = ffi.from_buffer
-    _ARRAY_T = {dt: ffi.typeof(f"{c}[]") for dt, c in _CTYPE.items()}   # dtype -> "float[]"...
 
 
 def _kernel(dtype, name):
@@ -27,6 +24,13 @@ def _kernel(dtype, name):
         full = f"fr_{name}_{_SUFFIX[dtype]}"
         k = _kernels[dtype, name] = (getattr(lib, full), full)
     return k
+
+
+if lib is not None:
+    _buf = ffi.from_buffer
+    _ARRAY_T = {dt: ffi.typeof(f"{c}[]") for dt, c in _CTYPE.items()}   # dtype -> "float[]"...
+    # penalty_grad's (C function, its name, array type) per dtype: one lookup on the short path
+    _GRAD = {dt: _kernel(dt, "penalty_grad") + (_ARRAY_T[dt],) for dt in _CTYPE}
 
 
 def _scalar(dtype, x):
@@ -82,10 +86,9 @@ def penalty_grad(w, l1, c2, out, accumulate):
     n = w.size
     if n == 0:
         return
-    fn, name = _kernel(w.dtype, "penalty_grad")
+    fn, name, t = _GRAD[w.dtype]
     _plan(n, "elementwise")
     if w.flags.aligned and out.flags.aligned:
-        t = _ARRAY_T[w.dtype]
         status = fn(_buf(t, w), l1, c2, _buf(t, out, True), 1 if accumulate else 0, n)
         if status:
             _check(status, name)
