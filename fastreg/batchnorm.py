@@ -177,13 +177,15 @@ def _plain_channel(a, cshape, dt):
 
 
 def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r, nbt,
-                  backend):
+                  backend, out=None):
     """batch_norm's common host call, or None to take the general path.
 
     Every condition below is one the general path checks, tested here only in its accepting
     form on plain ndarrays of x's exact dtype (anything else, including every error case,
     returns None and the general path runs, which raises). The work is then the general path's,
-    without its conversions (contig copies, write-backs, device handling).
+    without its conversions (contig copies, write-backs, device handling). ``out``: None or a
+    plain writable C-contiguous ndarray like x, x itself or sharing no memory with x or r (as
+    ``_arrays.check_out`` requires; an overlap returns None and the general path raises).
     """
     dt = x.dtype
     if not ((dt is _F32 or dt is _F64) and type(axis) is int and type(eps) is float
@@ -205,9 +207,12 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
         return None
     track = rm is not None
     if track:
-        # two distinct arrays owning their memory cannot overlap (else: np.shares_memory there)
+        # two distinct arrays owning their memory cannot overlap; views (tensors' memory) must
+        # not share bounds (else: np.shares_memory on the general path)
         if not (rv is not None and rm is not rv and _plain_channel(rm, cshape, dt)
-                and _plain_channel(rv, cshape, dt) and rm.flags.owndata and rv.flags.owndata):
+                and _plain_channel(rv, cshape, dt)
+                and ((rm.flags.owndata and rv.flags.owndata)
+                     or not np.may_share_memory(rm, rv))):
             return None
         if training and not (rm.flags.writeable and rv.flags.writeable):
             return None
@@ -222,6 +227,13 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
     if r is not None and not (type(r) is np.ndarray and r.dtype is dt and r.shape == shape
                               and r.flags.c_contiguous):
         return None
+    if out is not None:
+        if not (type(out) is np.ndarray and out.dtype is dt and out.shape == shape
+                and out.flags.c_contiguous and out.flags.writeable):
+            return None
+        if out is not x and (np.may_share_memory(out, x)
+                             or (r is not None and np.may_share_memory(out, r))):
+            return None
     backend = _dispatch.resolve(backend, x)
     if backend == "cuda":
         return None
@@ -229,20 +241,21 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
     relu = activation == "relu"
     x3 = x.reshape(dims)
     r3 = None if r is None else r.reshape(dims)
-    y = np.empty(shape, dt)
+    y = np.empty(shape, dt) if out is None else out
     y3 = y.reshape(dims)
-    mean, invstd = np.empty(C), np.empty(C)
+    stats = np.empty((3, C))  # one allocation: mean, invstd, m2 (rows, each contiguous)
+    mean, invstd = stats[0], stats[1]
     if training:
-        m2 = np.empty(C)
+        m2 = stats[2]
         wc = _const(job, C, dt, 1) if w is None else w
         bc = _const(job, C, dt, 0) if b is None else b
         step = getattr(job.mod, "bn_forward_train_running", None) if track else None
         if track:
             mom = momentum
-            if nbt is not None:
-                batches = _increment(nbt, job)
+            if nbt is not None:  # _increment on a plain ndarray
+                nbt += 1
                 if momentum is None:
-                    mom = 1.0 / batches
+                    mom = 1.0 / nbt.item()
         if step is not None:  # one call: the two ops below (the C backend)
             step(x3, wc, bc, eps, r3, relu, y3, mean, m2, invstd, rm, rv, mom)
         else:
@@ -258,9 +271,10 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
                              n)
 
 
-def _fast_backward(grad_y, x, saved, weight, y, backend):
+def _fast_backward(grad_y, x, saved, weight, y, backend, out=None):
     """batch_norm_backward's common host call (axis and activation those of the forward pass,
-    no out, no comm), or None to take the general path (as _fast_forward)."""
+    no comm), or None to take the general path (as _fast_forward; ``out`` as there, with
+    grad_y in place of x)."""
     dt = x.dtype
     training = saved.training
     if not ((dt is _F32 or dt is _F64) and type(grad_y) is np.ndarray and grad_y.dtype is dt
@@ -285,11 +299,18 @@ def _fast_backward(grad_y, x, saved, weight, y, backend):
             return None
     elif saved.activation is not None:
         return None
+    if out is not None:
+        if not (type(out) is np.ndarray and out.dtype is dt and out.shape == shape
+                and out.flags.c_contiguous and out.flags.writeable):
+            return None
+        if out is not grad_y and (np.may_share_memory(out, grad_y) or np.may_share_memory(out, x)
+                                  or (relu and np.may_share_memory(out, y))):
+            return None
     backend = _dispatch.resolve(backend, x)
     if backend == "cuda":
         return None
     job = _dispatch.job(backend, True)
-    gx = np.empty(shape, dt)
+    gx = np.empty(shape, dt) if out is None else out
     gres = np.empty(shape, dt) if saved.residual else None
     gw, gb = np.empty(C, dt), np.empty(C, dt)
     job.op("bn_backward")(grad_y.reshape(dims), x.reshape(dims), y.reshape(dims) if relu else None,
@@ -411,9 +432,9 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     if type(x) is not np.ndarray:
         if (r := _dispatch.torch_call(batch_norm, locals())) is not _dispatch.NOT_TORCH:
             return r
-    if type(x) is np.ndarray and comm is None and out is None:
+    if type(x) is np.ndarray and comm is None:
         fast = _fast_forward(x, running_mean, running_var, weight, bias, training, momentum, eps,
-                             axis, activation, residual, num_batches_tracked, backend)
+                             axis, activation, residual, num_batches_tracked, backend, out)
         if fast is not None:
             return fast
     arr = _arrays.describe(x, "x")
@@ -587,8 +608,8 @@ def batch_norm_backward(grad_y, x, saved, weight=None, *, axis=None, activation=
         if (r := _dispatch.torch_call(batch_norm_backward, locals())) is not _dispatch.NOT_TORCH:
             return r
     if (type(x) is np.ndarray and type(saved) is BatchNormSaved and axis is None
-            and activation is None and out is None and comm is None):
-        fast = _fast_backward(grad_y, x, saved, weight, y, backend)
+            and activation is None and comm is None):
+        fast = _fast_backward(grad_y, x, saved, weight, y, backend, out)
         if fast is not None:
             return fast
     if not isinstance(saved, BatchNormSaved):

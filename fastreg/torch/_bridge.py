@@ -9,7 +9,7 @@ than the one it must match is an error naming it.
 import numpy as np
 import torch
 
-from .. import _registry
+from .. import _dispatch, _registry
 from .._registry import BackendUnavailableError
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -116,10 +116,31 @@ def channels_last_perm(t):
     return None
 
 
+def host_float(t):
+    """Whether ``t`` is a C-contiguous float32/float64 CPU tensor: the common case, which the
+    eager paths view through NumPy with no further conversion (``host_array``)."""
+    return t.is_cpu and t.dtype in FLOAT_DTYPES and t.is_contiguous()
+
+
+_VIEW_DTYPES = FLOAT_DTYPES + (torch.int64,)
+
+
+def host_array(t):
+    """``array(t)``, or None for None, with the common case first: a float32/float64/int64 CPU
+    tensor's NumPy view (detached only when it requires grad: 1 us less than ``array``)."""
+    if t is None:
+        return None
+    if t.is_cpu and t.dtype in _VIEW_DTYPES:
+        return t.detach().numpy() if t.requires_grad else t.numpy()
+    return array(t)
+
+
 def empty_like(t, perm):
     """A new tensor shaped like t, channels-last when ``perm`` says so, else C-contiguous."""
     if perm is not None:
         return torch.empty_like(t, memory_format=_FORMATS[t.dim()])
+    if t.is_contiguous():  # torch.empty_like keeps a dense tensor's strides: C-contiguous
+        return torch.empty_like(t)
     return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
@@ -138,15 +159,18 @@ def backend_for(op, backend, t):
     backend falls back to the next one instead of failing. A backend named explicitly is used as
     it is (and raises BackendUnavailableError if it cannot run ``op``).
     """
-    if t.device.type == "cuda":
+    if t.is_cuda:
         if backend not in ("auto", "cuda"):
             raise ValueError(f"backend {backend!r} runs on host memory but the tensor is on "
                              f"{t.device}; use backend='auto' or 'cuda'")
         return "cuda"
     if backend != "auto":
-        _registry.get(op, _registry.resolve(backend))
+        # resolve_host: _registry.resolve's answer, remembered while the backend is loaded
+        name = (_dispatch.resolve_host(backend) if type(backend) is str
+                else _registry.resolve(backend))
+        _registry.get(op, name)
         return backend
-    first = _registry.resolve("auto")
+    first = _dispatch.resolve_host("auto")  # follows FASTREG_BACKEND at each call
     key = (op, first)
     if key not in _host_backend_cache:
         for name in (first, *_registry._HOST_ORDER):

@@ -60,6 +60,7 @@ _DROPOUT_ND_RANK_WARNING = (
 _FEATURE_DROPOUT_ERROR = "Feature dropout requires at least 2 dimensions in the input"
 
 _META_SEED, _META_OFFSET = "fastreg_seed", "fastreg_offset"
+_ABSENT = object()
 
 
 def new_seed():
@@ -371,38 +372,73 @@ class _FastregBatchNorm:
         """
         return self._fastreg_forward(x)
 
+    def _tensors(self):
+        """(weight, bias, running_mean, running_var, num_batches_tracked), read from the
+        parameter and buffer dicts (``self.weight`` goes through nn.Module.__getattr__, 1.7 us a
+        read); a name found in neither (set as a plain attribute) is read as an attribute.
+        While dynamo traces, the attributes (what it knows how to trace)."""
+        if torch.compiler.is_compiling():
+            return (self.weight, self.bias, self.running_mean, self.running_var,
+                    self.num_batches_tracked)
+        params, buffers = self._parameters, self._buffers
+        out = []
+        for d, name in ((params, "weight"), (params, "bias"), (buffers, "running_mean"),
+                        (buffers, "running_var"), (buffers, "num_batches_tracked")):
+            t = d.get(name, _ABSENT)
+            out.append(getattr(self, name, None) if t is _ABSENT else t)
+        return out
+
     def _fastreg_forward(self, x, residual=None):
-        self._check_args(x, residual)
+        w, b, running_mean, running_var, num_batches_tracked = self._tensors()
+        self._check_args(x, residual, (w, b, running_mean, running_var, num_batches_tracked))
         # torch's rules (nn.modules.batchnorm._BatchNorm.forward): batch statistics in training
         # or without running statistics; the running ones are updated when tracked in training.
-        use_batch = self.training or (self.running_mean is None and self.running_var is None)
-        pass_running = not self.training or self.track_running_stats
-        rm = self.running_mean if pass_running else None
-        rv = self.running_var if pass_running else None
+        training = self.training
+        use_batch = training or (running_mean is None and running_var is None)
+        pass_running = not training or self.track_running_stats
+        rm = running_mean if pass_running else None
+        rv = running_var if pass_running else None
         if x.numel() == 0:
             return self._empty_forward(x, residual, rm, rv, use_batch)
         nbt = None
-        if self.training and self.track_running_stats and rm is not None:
-            nbt = self.num_batches_tracked
+        if training and self.track_running_stats and rm is not None:
+            nbt = num_batches_tracked
         momentum = self.momentum
         if momentum is None and nbt is None:
             momentum = 0.0  # nothing is updated: the value does not matter
-        return functions.batch_norm_call(x, self.weight, self.bias, residual, rm, rv, nbt,
-                                         use_batch, momentum, self.eps, self._RELU,
-                                         getattr(self, "backend", "auto"))
+        return functions.batch_norm_call(x, w, b, residual, rm, rv, nbt, use_batch, momentum,
+                                         self.eps, self._RELU, getattr(self, "backend", "auto"))
 
-    def _check_args(self, x, residual):
-        """The input's and the module's tensors: dtype, rank, device and shape."""
+    def _check_args(self, x, residual, tensors=None):
+        """The input's and the module's tensors (``tensors``: ``_tensors()``, read when not
+        given): dtype, rank, device and shape."""
+        if tensors is None:
+            tensors = self._tensors()
+        if (type(x) is torch.Tensor and not torch.compiler.is_compiling()
+                and x.layout == torch.strided and _bridge.host_float(x)):
+            # the common eager case, a dense float32/float64 CPU input: every check below passes
+            # when the module's tensors are CPU tensors of x's dtype (the counter: on the CPU)
+            self._check_input_dim(x)
+            dt = x.dtype
+            w, b, rm, rv, nbt = tensors
+            if ((w is None or (w.is_cpu and w.dtype is dt))
+                    and (b is None or (b.is_cpu and b.dtype is dt))
+                    and (rm is None or (rm.is_cpu and rm.dtype is dt))
+                    and (rv is None or (rv.is_cpu and rv.dtype is dt))
+                    and (nbt is None or nbt.is_cpu)
+                    and (residual is None or (isinstance(residual, torch.Tensor)
+                                              and residual.is_cpu and residual.dtype is dt
+                                              and residual.shape == x.shape))):
+                return
         name = type(self).__name__
         _bridge.check_float(x, f"{name} input", half=True)
         self._check_input_dim(x)
         # 16-bit input may come with float32 parameters and statistics (torch.autocast keeps
         # the module's tensors float32); otherwise everything is x's dtype
         half = x.dtype in (torch.float16, torch.bfloat16)
-        for t, what in ((self.weight, "weight"), (self.bias, "bias"),
-                        (self.running_mean, "running_mean"), (self.running_var, "running_var"),
-                        (self.num_batches_tracked, "num_batches_tracked"),
-                        (residual, "residual")):
+        for t, what in zip((*tensors, residual), ("weight", "bias", "running_mean",
+                                                    "running_var", "num_batches_tracked",
+                                                    "residual")):
             _bridge.check_same_device(t, f"{name}.{what}", x, "the input")
             if t is None or what == "num_batches_tracked":
                 continue

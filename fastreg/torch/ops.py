@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 import fastreg
+from .. import batchnorm as _batchnorm
 from . import _bridge
 
 __all__ = ["dropout", "drop_block", "batch_norm", "batch_norm_backward", "to_int64",
@@ -68,6 +69,14 @@ def dropout_out(x):
 def dropout_run(x, seed, offset, p, training, mode, kind, backward, backend):
     """The eager computation (the autograd Function of functions.py and the custom op both run
     this): seed and offset are Python ints in [0, 2**64)."""
+    if kind == "element" and _bridge.host_float(x):
+        # the common case: a C-contiguous host tensor and its NumPy view, no layout handling
+        out = torch.empty_like(x)
+        be = _bridge.backend_for("dropout", backend, x)
+        fn = fastreg.dropout_backward if backward else fastreg.dropout
+        fn(_bridge.host_array(x), p, seed=seed, offset=offset, training=training, mode=mode,
+           out=out.numpy(), backend=be)
+        return out
     out = dropout_out(x)
     # channels-last channel dropout runs on the permuted (N, ..., C) view with axis=-1: the same
     # mask (channel (n, c) uses word offset + n * C + c in either layout), no layout copy
@@ -176,6 +185,21 @@ def bn_forward_run(x, weight, bias, residual, running_mean, running_var, num_bat
     """``fastreg.batch_norm`` on channel axis 1, or on the permuted view (axis=-1) of a
     channels-last tensor; running statistics and the batch counter updated in place.
     Returns ``(y, saved)``."""
+    if _bridge.host_float(x) and (residual is None or _bridge.host_float(residual)):
+        # the common case: C-contiguous host tensors viewed through NumPy once each, channel
+        # axis 1, batch norm's host fast path (the general call when it declines, which checks)
+        be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
+        y = torch.empty_like(x)
+        a = _bridge.host_array
+        args = (a(x), a(running_mean), a(running_var), a(weight), a(bias), training, momentum,
+                eps, 1, "relu" if relu else None, a(residual), a(num_batches_tracked), be,
+                y.numpy())
+        done = _batchnorm._fast_forward(*args)
+        if done is None:
+            done = fastreg.batch_norm(*args[:5], training=training, momentum=momentum,
+                                      eps=eps, axis=1, activation=args[9], residual=args[10],
+                                      num_batches_tracked=args[11], out=args[13], backend=be)
+        return y, done[1]
     perm = _bridge.channels_last_perm(x)
     be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
     y = _bridge.empty_like(x, perm)
@@ -195,6 +219,21 @@ def bn_forward_run(x, weight, bias, residual, running_mean, running_var, num_bat
 def bn_backward_run(grad_y, x, weight, y, saved, backend):
     """``fastreg.batch_norm_backward`` in the layout of the forward pass: ``(grad_x,
     grad_weight or None, grad_bias or None, grad_residual or None)``."""
+    if (_bridge.host_float(x) and _bridge.host_float(grad_y) and grad_y.dtype == x.dtype
+            and (y is None or _bridge.host_float(y))):
+        # the common case, as in bn_forward_run
+        be = _bridge.backend_for("bn_backward", backend, x)
+        gx = torch.empty_like(x)
+        a = _bridge.host_array
+        gyn, xn, w, yn, out = a(grad_y), a(x), a(weight), a(y), gx.numpy()
+        grads = None
+        if type(saved) is fastreg.BatchNormSaved and saved.axis == 1:
+            grads = _batchnorm._fast_backward(gyn, xn, saved, w, yn, be, out)
+        if grads is None:
+            grads = fastreg.batch_norm_backward(gyn, xn, saved, w, y=yn, out=out, backend=be)
+        gb = torch.from_numpy(grads[2])
+        return (gx, torch.from_numpy(grads[1]) if weight is not None else None, gb,
+                torch.from_numpy(grads[3]) if saved.residual else None)
     perm = _bridge.channels_last_perm(x)
     be = _bridge.backend_for("bn_backward", backend, x)
     gx = _bridge.empty_like(x, perm)
