@@ -30,6 +30,7 @@ from .random import Generator
 
 MODES = ("inverted", "classic")
 _TWO32 = 1 << 32
+_U64 = 1 << 64
 
 
 class DropoutState:
@@ -141,7 +142,47 @@ def _draw(seed, offset, count, training):
     return seed, offset
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _fast_elementwise(x, p, seed, offset, training, mode, out, backend):
+    """_elementwise's common host call (float32/float64 C-contiguous x, integer seed and offset,
+    a float p, out None or a plain C-contiguous writable ndarray that is x or shares no memory
+    with it), or None to take the general path. As batchnorm._fast_forward: every condition is
+    one the general path checks, tested only in its accepting form (anything else, errors
+    included, returns None and the general path runs, which raises)."""
+    dtype = x.dtype
+    if not ((dtype is _F32 or dtype is _F64) and type(p) is float and 0.0 <= p < 1.0
+            and type(seed) is int and type(offset) is int and 0 <= seed < _U64
+            and 0 <= offset and (training is True or training is False)
+            and type(mode) is str and (mode == "inverted" or mode == "classic")
+            and x.flags.c_contiguous):
+        return None
+    n = x.size
+    if offset + n > _U64 or n == 0:
+        return None
+    if out is not None:
+        if not (type(out) is np.ndarray and out.dtype is dtype and out.shape == x.shape
+                and out.flags.c_contiguous and out.flags.writeable):
+            return None
+        if out is not x and np.may_share_memory(out, x):
+            return None
+    backend = _dispatch.resolve(backend, x)
+    if backend == "cuda":
+        return None
+    res = np.empty(x.shape, dtype) if out is None else out
+    _dispatch.host_op(backend, "dropout")(x.reshape(-1), seed, offset,
+                                          _threshold(p) if training else 0,
+                                          typed(dtype, _scale(p, training, mode)),
+                                          res.reshape(-1))
+    return res, ("dropout", p, seed, offset, training, mode, None)
+
+
 def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backward=False):
+    if type(x) is np.ndarray:
+        fast = _fast_elementwise(x, p, seed, offset, training, mode, out, backend)
+        if fast is not None:
+            return fast
     p, seed, offset, training = _common(p, seed, offset, mode, training, backward)
     job, xa, info, out_arr = _prepare(x, out, backend, name)
     n = info.size

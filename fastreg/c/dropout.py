@@ -5,12 +5,18 @@ and contiguous, ``out`` may be ``x`` (in place).
 """
 import numpy as np
 
-from . import _check, _plan, lib
+from . import _check, _plan, ffi, lib
 from .penalty import _scalar
 from .philox import _call_out, _in, _out
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _F32 = np.dtype(np.float32)
+if lib is not None:
+    # dtype -> (kernel, its name, cffi array type): one lookup for the common call
+    _DROPOUT = {dt: (getattr(lib, f"fr_dropout_{suf}"), f"fr_dropout_{suf}",
+                     ffi.typeof(f"{ctype}[]"))
+                for dt, ctype, suf in ((np.dtype(np.float32), "float", "f32"),
+                                       (np.dtype(np.float64), "double", "f64"))}
 
 
 def _kernel(dtype, name):
@@ -23,10 +29,14 @@ def dropout(x, seed, offset, threshold, scale, out):
     n = x.size
     if n == 0:
         return
-    fn, name = _kernel(x.dtype, "dropout")
-    ctype = _CTYPE[x.dtype]
+    fn, name, T = _DROPOUT[x.dtype]
     s = _scalar(x.dtype, scale)
     _plan(n, "random")
+    if out is not x and x.flags.aligned and out.flags.aligned:  # the common call, out of place
+        _check(fn(ffi.from_buffer(T, x), seed, offset, threshold, s,
+                  ffi.from_buffer(T, out, require_writable=True), n), name)
+        return
+    ctype = _CTYPE[x.dtype]
     if out is x and x.flags.aligned:
         p = _out(ctype, x)
         _check(fn(p, seed, offset, threshold, s, p, n), name)

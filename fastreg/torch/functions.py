@@ -57,6 +57,8 @@ def _functional(x, p, seed, offset, training, mode, kind, backend):
     if torch.compiler.is_compiling():
         return ops.dropout(x, torch.tensor(ops.to_int64(offset), dtype=torch.int64),
                            ops.to_int64(seed), p, training, mode, kind, False, backend)[0]
+    if not (x.requires_grad and torch.is_grad_enabled()):  # nothing to record: 20 us less
+        return ops.dropout_run(x, seed, offset, p, training, mode, kind, False, backend)
     return DropoutFunction.apply(x, p, seed, offset, training, mode, kind, backend)
 
 
