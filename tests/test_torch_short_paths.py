@@ -323,3 +323,44 @@ def test_geometry_cache_shapes_are_reused_safely():
         np.testing.assert_array_equal(y, e)
         assert saved.mean.shape == (C,)
     assert _batchnorm._GEOMETRY
+
+
+def test_bn_module_host_views_follow_the_tensors():
+    """The NumPy views a batch-norm module keeps between calls follow its tensors: new memory
+    (``.data``), a new tensor, a load, a copy, a dtype change."""
+    a, b = _bn_pair()
+    x = torch.randn(5, 6, dtype=torch.float64)
+
+    def same():
+        assert torch.equal(a(x), b(x))
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(getattr(a, name), getattr(b, name))
+    same()
+    a.weight.data = a.weight.data * 2          # same Parameter object, other memory
+    with torch.no_grad():
+        b.weight.mul_(2)
+    same()
+    a.running_mean = torch.full((6,), 0.5, dtype=torch.float64)   # another buffer tensor
+    b.running_mean = torch.full((6,), 0.5, dtype=torch.float64)
+    same()
+    state = copy.deepcopy(a.state_dict())
+    same()
+    a.load_state_dict(state)                    # copied into the same memory
+    b.load_state_dict(state)
+    same()
+    c = copy.deepcopy(a)                        # its own memory: a's statistics stay
+    before = a.running_mean.clone()
+    c(x + 3)
+    assert torch.equal(a.running_mean, before) and not torch.equal(c.running_mean, before)
+    d = pickle.loads(pickle.dumps(a))
+    assert "_host_cache" not in d.__dict__
+    assert torch.equal(d(x), a(x))
+    b(x)                                        # b takes the same step as a
+    a.float()
+    b.float()
+    x = x.float()
+    same()
+    with torch.no_grad():                      # in-place updates are seen through the views
+        a.bias.add_(1)
+        b.bias.add_(1)
+    same()

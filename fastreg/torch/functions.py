@@ -116,18 +116,21 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", backe
 
 class BatchNormFunction(torch.autograd.Function):
     """``BatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
-    num_batches_tracked, training, momentum, eps, relu, backend)``: ``fastreg.batch_norm`` and
-    ``fastreg.batch_norm_backward`` on channel axis 1, or on the permuted view (axis=-1) of a
-    channels-last tensor. Running statistics and the batch counter are updated in place. The
-    eager path (``ops.batch_norm`` is the same computation as a custom operator)."""
+    num_batches_tracked, training, momentum, eps, relu, backend, host=None)``:
+    ``fastreg.batch_norm`` and ``fastreg.batch_norm_backward`` on channel axis 1, or on the
+    permuted view (axis=-1) of a channels-last tensor. Running statistics and the batch counter
+    are updated in place. The eager path (``ops.batch_norm`` is the same computation as a
+    custom operator). ``host``: NumPy views of the per-channel tensors (``ops.bn_forward_run``),
+    which a module keeps between calls."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, running_mean, running_var, num_batches_tracked,
-                training, momentum, eps, relu, backend):
+                training, momentum, eps, relu, backend, host=None):
         y, saved = ops.bn_forward_run(x, weight, bias, residual, running_mean, running_var,
                                       num_batches_tracked, training, momentum, eps, relu,
-                                      backend)
+                                      backend, host)
         ctx.saved, ctx.backend = saved, backend
+        ctx.weight_host = None if host is None else host[0]
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.save_for_backward(x, weight, y if relu else None)
         return y
@@ -135,15 +138,17 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, y = ctx.saved_tensors
-        gx, gw, gb, gres = ops.bn_backward_run(grad_y, x, weight, y, ctx.saved, ctx.backend)
-        return (gx, gw, gb if ctx.has_bias else None, gres) + (None,) * 8
+        gx, gw, gb, gres = ops.bn_backward_run(grad_y, x, weight, y, ctx.saved, ctx.backend,
+                                               ctx.weight_host)
+        return (gx, gw, gb if ctx.has_bias else None, gres) + (None,) * 9
 
 
 def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_batches_tracked,
-                    training, momentum, eps, relu, backend):
+                    training, momentum, eps, relu, backend, host=None):
     """Batch norm with arguments already checked: the custom operator while dynamo or export
     traces (the updated running statistics it returns are copied into the buffers), the direct
-    autograd Function in eager mode (which updates them in place)."""
+    autograd Function in eager mode (which updates them in place). ``host``: see
+    ``ops.bn_forward_run`` (eager only)."""
     if torch.compiler.is_compiling():
         update = training and running_mean is not None
         y, _, _, rm, rv, nbt = ops.batch_norm(x, weight, bias, residual, running_mean,
@@ -156,7 +161,8 @@ def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_ba
                 num_batches_tracked.copy_(nbt)
         return y
     return BatchNormFunction.apply(x, weight, bias, residual, running_mean, running_var,
-                                   num_batches_tracked, training, momentum, eps, relu, backend)
+                                   num_batches_tracked, training, momentum, eps, relu, backend,
+                                   host)
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,

@@ -181,19 +181,21 @@ drop_block.register_autograd(_drop_block_backward, setup_context=_drop_block_set
 # --- batch norm -----------------------------------------------------------------------------------
 
 def bn_forward_run(x, weight, bias, residual, running_mean, running_var, num_batches_tracked,
-                   training, momentum, eps, relu, backend):
+                   training, momentum, eps, relu, backend, host=None):
     """``fastreg.batch_norm`` on channel axis 1, or on the permuted view (axis=-1) of a
     channels-last tensor; running statistics and the batch counter updated in place.
-    Returns ``(y, saved)``."""
+    Returns ``(y, saved)``. ``host``: optional NumPy views of (weight, bias, running_mean,
+    running_var, num_batches_tracked), as ``_bridge.host_array`` gives them (a module's cache)."""
     if _bridge.host_float(x) and (residual is None or _bridge.host_float(residual)):
         # the common case: C-contiguous host tensors viewed through NumPy once each, channel
         # axis 1, batch norm's host fast path (the general call when it declines, which checks)
         be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
         y = torch.empty_like(x)
         a = _bridge.host_array
-        args = (a(x), a(running_mean), a(running_var), a(weight), a(bias), training, momentum,
-                eps, 1, "relu" if relu else None, a(residual), a(num_batches_tracked), be,
-                y.numpy())
+        if host is None:
+            host = (a(weight), a(bias), a(running_mean), a(running_var), a(num_batches_tracked))
+        args = (a(x), host[2], host[3], host[0], host[1], training, momentum, eps, 1,
+                "relu" if relu else None, a(residual), host[4], be, y.numpy())
         done = _batchnorm._fast_forward(*args)
         if done is None:
             done = fastreg.batch_norm(*args[:5], training=training, momentum=momentum,
@@ -216,16 +218,18 @@ def bn_forward_run(x, weight, bias, residual, running_mean, running_var, num_bat
     return y, saved
 
 
-def bn_backward_run(grad_y, x, weight, y, saved, backend):
+def bn_backward_run(grad_y, x, weight, y, saved, backend, weight_host=None):
     """``fastreg.batch_norm_backward`` in the layout of the forward pass: ``(grad_x,
-    grad_weight or None, grad_bias or None, grad_residual or None)``."""
+    grad_weight or None, grad_bias or None, grad_residual or None)``. ``weight_host``: the
+    weight's NumPy view when the caller has it (see ``bn_forward_run``)."""
     if (_bridge.host_float(x) and _bridge.host_float(grad_y) and grad_y.dtype == x.dtype
             and (y is None or _bridge.host_float(y))):
         # the common case, as in bn_forward_run
         be = _bridge.backend_for("bn_backward", backend, x)
         gx = torch.empty_like(x)
         a = _bridge.host_array
-        gyn, xn, w, yn, out = a(grad_y), a(x), a(weight), a(y), gx.numpy()
+        w = a(weight) if weight_host is None else weight_host
+        gyn, xn, yn, out = a(grad_y), a(x), a(y), gx.numpy()
         grads = None
         if type(saved) is fastreg.BatchNormSaved and saved.axis == 1:
             grads = _batchnorm._fast_backward(gyn, xn, saved, w, yn, be, out)
