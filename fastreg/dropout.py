@@ -145,37 +145,78 @@ def _draw(seed, offset, count, training):
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-def _fast_elementwise(x, p, seed, offset, training, mode, out, backend):
-    """_elementwise's common host call (float32/float64 C-contiguous x, integer seed and offset,
-    a float p, out None or a plain C-contiguous writable ndarray that is x or shares no memory
-    with it), or None to take the general path. As batchnorm._fast_forward: every condition is
-    one the general path checks, tested only in its accepting form (anything else, errors
-    included, returns None and the general path runs, which raises)."""
+def _fast_accepts(x, p, seed, offset, training, mode, out, draws):
+    """Whether a host call takes a short path: float32/float64 C-contiguous x, an int seed and
+    offset (the ``draws`` words in range), a float p < 1, out None or a plain C-contiguous
+    writable ndarray that is x or shares no memory with it. As batchnorm._fast_forward: every
+    condition is one the general path checks, tested only in its accepting form (anything else,
+    errors included, takes the general path, which raises)."""
     dtype = x.dtype
     if not ((dtype is _F32 or dtype is _F64) and type(p) is float and 0.0 <= p < 1.0
             and type(seed) is int and type(offset) is int and 0 <= seed < _U64
-            and 0 <= offset and (training is True or training is False)
+            and 0 <= offset and offset + draws <= _U64 and (training is True or training is False)
             and type(mode) is str and (mode == "inverted" or mode == "classic")
             and x.flags.c_contiguous):
-        return None
-    n = x.size
-    if offset + n > _U64 or n == 0:
-        return None
+        return False
     if out is not None:
         if not (type(out) is np.ndarray and out.dtype is dtype and out.shape == x.shape
                 and out.flags.c_contiguous and out.flags.writeable):
-            return None
+            return False
         if out is not x and np.may_share_memory(out, x):
-            return None
+            return False
+    return True
+
+
+def _fast_elementwise(x, p, seed, offset, training, mode, out, backend):
+    """_elementwise's common host call (see _fast_accepts), or None to take the general path."""
+    n = x.size
+    if n == 0 or not _fast_accepts(x, p, seed, offset, training, mode, out, n):
+        return None
     backend = _dispatch.resolve(backend, x)
     if backend == "cuda":
         return None
+    dtype = x.dtype
     res = np.empty(x.shape, dtype) if out is None else out
     _dispatch.host_op(backend, "dropout")(x.reshape(-1), seed, offset,
                                           _threshold(p) if training else 0,
                                           typed(dtype, _scale(p, training, mode)),
                                           res.reshape(-1))
     return res, ("dropout", p, seed, offset, training, mode, None)
+
+
+def _fast_grouped(x, p, seed, offset, training, mode, out, backend, axis):
+    """_grouped's common host call (see _fast_accepts; axis None or an int naming a channel
+    axis), or None to take the general path."""
+    shape = x.shape
+    nd = len(shape)
+    if axis is None:
+        if nd < 1:
+            return None
+        c, m1, m2 = 1, 1, math.prod(shape[1:])
+    else:
+        if type(axis) is not int or nd < 2:
+            return None
+        ax = axis + nd if axis < 0 else axis
+        if not 1 <= ax < nd:
+            return None
+        c, m1, m2 = shape[ax], math.prod(shape[1:ax]), math.prod(shape[ax + 1:])
+    groups = shape[0] * c
+    if x.size == 0 or not _fast_accepts(x, p, seed, offset, training, mode, out, groups):
+        return None
+    backend = _dispatch.resolve(backend, x)
+    if backend == "cuda":
+        return None
+    dtype = x.dtype
+    res = np.empty(shape, dtype) if out is None else out
+    keep = np.empty(groups, np.uint8)
+    _dispatch.host_op(backend, "dropout_mask")(seed, offset, _threshold(p) if training else 0,
+                                               keep)
+    dims = (shape[0], m1, c, m2)
+    _dispatch.host_op(backend, "group_dropout")(x.reshape(dims), keep.reshape(shape[0], c),
+                                                typed(dtype, _scale(p, training, mode)),
+                                                res.reshape(dims))
+    kind = "drop_path" if axis is None else "channel_dropout"
+    return res, (kind, p, seed, offset, training, mode, axis)
 
 
 def _elementwise(x, p, seed, offset, training, mode, out, backend, name, backward=False):
@@ -377,6 +418,10 @@ def dropout_mask(shape, p=0.5, *, seed, offset=0, packed=True, backend="auto"):
 def _grouped(x, p, seed, offset, training, mode, out, backend, name, axis, backward=False):
     """Dropout with one draw per group: per (sample, channel) for ``axis`` an int, per sample for
     ``axis=None``. Group (n, c) uses stream word ``offset + n * C + c``."""
+    if type(x) is np.ndarray:
+        fast = _fast_grouped(x, p, seed, offset, training, mode, out, backend, axis)
+        if fast is not None:
+            return fast
     p, seed, offset, training = _common(p, seed, offset, mode, training, backward)
     job, xa, info, out_arr = _prepare(x, out, backend, name)
     shape = tuple(info.shape)

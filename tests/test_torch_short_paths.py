@@ -364,3 +364,30 @@ def test_bn_module_host_views_follow_the_tensors():
         a.bias.add_(1)
         b.bias.add_(1)
     same()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("axis", [1, 2, -1, None])
+def test_host_grouped_dropout_short_path_equals_general(dtype, training, backward, axis):
+    if axis is None:
+        fn = fastreg.drop_path_backward if backward else fastreg.drop_path
+        kw0 = {}
+    else:
+        fn = fastreg.channel_dropout_backward if backward else fastreg.channel_dropout
+        kw0 = dict(axis=axis)
+    x = np.random.default_rng(4).standard_normal((5, 3, 4, 2)).astype(dtype)
+    for mode in ("inverted", "classic"):
+        for out in (None, np.full_like(x, np.nan)):
+            kw = dict(kw0, offset=9, training=training, mode=mode, out=out)
+            got = fn(x, 0.5, seed=21, **kw)  # short path
+            general = fn(x, 0.5, seed=np.uint64(21), **dict(kw, out=None))
+            np.testing.assert_array_equal(got, general)
+            if out is not None:
+                assert got is out
+    with pytest.raises(ValueError, match="exceeds 2\\*\\*64"):
+        fn(x, 0.5, seed=1, offset=2 ** 64 - 4, **kw0)   # 5 or 5 * C draws do not fit
+    if axis is not None:
+        with pytest.raises(ValueError, match="axis must name a channel axis"):
+            fn(x, 0.5, seed=1, axis=0)

@@ -69,13 +69,22 @@ def dropout_out(x):
 def dropout_run(x, seed, offset, p, training, mode, kind, backward, backend):
     """The eager computation (the autograd Function of functions.py and the custom op both run
     this): seed and offset are Python ints in [0, 2**64)."""
-    if kind == "element" and _bridge.host_float(x):
+    if _bridge.host_float(x):
         # the common case: a C-contiguous host tensor and its NumPy view, no layout handling
+        # (channel axis 1)
         out = torch.empty_like(x)
-        be = _bridge.backend_for("dropout", backend, x)
-        fn = fastreg.dropout_backward if backward else fastreg.dropout
-        fn(_bridge.host_array(x), p, seed=seed, offset=offset, training=training, mode=mode,
-           out=out.numpy(), backend=be)
+        kw = dict(seed=seed, offset=offset, training=training, mode=mode, out=out.numpy())
+        if kind == "element":
+            fn = fastreg.dropout_backward if backward else fastreg.dropout
+            kw["backend"] = _bridge.backend_for("dropout", backend, x)
+        else:
+            if kind == "channel":
+                fn = fastreg.channel_dropout_backward if backward else fastreg.channel_dropout
+                kw["axis"] = 1
+            else:
+                fn = fastreg.drop_path_backward if backward else fastreg.drop_path
+            kw["backend"] = _bridge.backend_for("group_dropout", backend, x)
+        fn(_bridge.host_array(x), p, **kw)
         return out
     out = dropout_out(x)
     # channels-last channel dropout runs on the permuted (N, ..., C) view with axis=-1: the same
