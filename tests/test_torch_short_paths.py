@@ -391,3 +391,25 @@ def test_host_grouped_dropout_short_path_equals_general(dtype, training, backwar
     if axis is not None:
         with pytest.raises(ValueError, match="axis must name a channel axis"):
             fn(x, 0.5, seed=1, axis=0)
+
+
+def test_bn_relu_residual_contiguous_equals_strided():
+    a, b = _bn_pair(frt.BatchNormReLU2d, C=3)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    r = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    gy = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    xa, ra = x.clone().requires_grad_(), r.clone().requires_grad_()
+
+    def strided(t):  # the same values, every other element of a wider tensor (general path)
+        wide = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2].requires_grad_()
+    xb, rb = strided(x), strided(r)
+    assert not (xb.is_contiguous() or xb.is_contiguous(memory_format=torch.channels_last))
+    ya, yb = a(xa, ra), b(xb, rb)
+    assert torch.equal(ya, yb) and bool((ya == 0).any())
+    ya.backward(gy)
+    yb.backward(gy)
+    for ta, tb in ((xa.grad, xb.grad), (ra.grad, rb.grad), (a.weight.grad, b.weight.grad),
+                   (a.bias.grad, b.bias.grad)):
+        assert torch.equal(ta, tb)

@@ -134,7 +134,9 @@ class _CounterDropout(nn.Module):
             A new tensor in x's memory format, or x itself where torch returns it (eval in
             inverted mode, p = 0, and always when ``inplace=True``: x then holds the result).
         """
-        if not (type(x) is torch.Tensor and x.layout == torch.strided and _bridge.host_float(x)):
+        if (torch.compiler.is_compiling() or not (type(x) is torch.Tensor
+                                                  and x.layout == torch.strided
+                                                  and _bridge.host_float(x))):
             _bridge.check_float(x, f"{type(self).__name__} input", half=True)
         original = x
         x, added = self._prepare(x)
@@ -438,7 +440,7 @@ class _FastregBatchNorm:
         if momentum is None and nbt is None:
             momentum = 0.0  # nothing is updated: the value does not matter
         host = None
-        if _bridge.host_float(x) and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and _bridge.host_float(x):
             host = self._host_views((w, b, rm, rv, nbt))
         return functions.batch_norm_call(x, w, b, residual, rm, rv, nbt, use_batch, momentum,
                                          self.eps, self._RELU, getattr(self, "backend", "auto"),
