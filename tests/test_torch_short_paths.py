@@ -413,3 +413,17 @@ def test_bn_relu_residual_contiguous_equals_strided():
     for ta, tb in ((xa.grad, xb.grad), (ra.grad, rb.grad), (a.weight.grad, b.weight.grad),
                    (a.bias.grad, b.bias.grad)):
         assert torch.equal(ta, tb)
+
+
+@pytest.mark.parametrize("start", [0, 41, 2 ** 63 - 1])
+def test_host_batch_norm_counter_short_path_equals_general(start):
+    """num_batches_tracked: +1 in place on either path, int64 wrap included."""
+    x = np.random.default_rng(5).standard_normal((6, 3)).astype(np.float32)
+    counts = []
+    for axis in (1, np.int64(1)):
+        nbt = np.array([start], np.int64)
+        with np.errstate(over="ignore"):
+            fastreg.batch_norm(x, np.zeros(3, np.float32), np.ones(3, np.float32),
+                               training=True, num_batches_tracked=nbt, axis=axis)
+        counts.append(int(nbt[0]))
+    assert counts[0] == counts[1] == (start + 1 if start < 2 ** 63 - 1 else -2 ** 63)
