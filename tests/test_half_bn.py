@@ -428,3 +428,68 @@ def test_bfloat16_avx2_blocks_are_the_portable_bits(threads, monkeypatch):
                     assert_same(run_all(q, axis, True), exp)
                 finally:
                     fc.set_isa(old_isa)
+
+
+def _columns_of_every_pattern(rng, rows, cols):
+    """A (rows, cols) float16 array holding every finite pattern (subnormals, -0.0, 65504) and,
+    in about ten adjacent columns near column 250 (across the 8-lane blocks and the 256-column
+    block of fr_bn_red4_f16c_wide), every inf and NaN; the other columns stay finite."""
+    allbits = np.arange(65536, dtype=np.uint16)
+    finite = np.isfinite(allbits.view(np.float16))
+    fin, non = rng.permutation(allbits[finite]), allbits[~finite]
+    flat = np.concatenate([fin, non, rng.permutation(allbits[finite])])[:rows * cols]
+    x = flat.reshape(cols, rows).T                  # consecutive patterns down a column
+    x = np.roll(x, -(fin.size // rows - 250), axis=1)
+    return np.ascontiguousarray(x).view(np.float16)
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["c-1", "c-2"])
+def test_float16_f16c_row_reductions_are_the_portable_bits(threads, monkeypatch):
+    """float16's AVX2 kernels widen the row layout's groups of four rows through F16C into
+    float32 blocks of 256 columns (csrc/batchnorm.c fr_bn_red4_f16c_wide) for the statistics and
+    the backward's sums over grad_y, x and y: the portable kernels' bits (the per-element integer
+    widening), on every bit pattern (with NaN and inf columns), widths over 256 and not multiples
+    of 8 / 16, row counts not multiples of 4, several column blocks and row chunks, unaligned
+    views, 1 and 2 threads, with the ReLU mask on y of every pattern."""
+    if not fc.has_avx2():
+        pytest.skip("this CPU has no avx2")
+    import fastreg._threads
+    monkeypatch.setitem(fastreg._threads.GRAIN, "batchnorm", 1)
+    dtype = np.dtype(np.float16)
+    rng = np.random.default_rng(12)
+    isas = ["avx2"] + (["avx512"] if fc.has_avx512() else [])
+    # (shape, axis, every pattern): 2-D (N, C); (A, C, B) with B = 3 (rows of 300 columns);
+    # channels-last; L = 4500 columns (several column blocks, 23 rows)
+    cases = [((219, 300), 1, True), ((219, 100, 3), 1, True), ((7, 9, 13), -1, False),
+             ((23, 1500, 3), 1, False)]
+    with fastreg.threads(threads):
+        for shape, axis, every in cases:
+            p = problem(shape, axis, dtype, seed=5)
+            if every:
+                for k in ("x", "gy"):
+                    p[k] = _columns_of_every_pattern(rng, 219, 300).reshape(shape)
+            ymask = rng.permutation(np.resize(np.arange(65536, dtype=np.uint16),
+                                              int(np.prod(shape)))).view(dtype).reshape(shape)
+
+            def everything(q):
+                out = run_all(q, axis, True, relus=(True,))
+                _, saved = fastreg.batch_norm(q["x"], q["rm"].copy(), q["rv"].copy(), q["w"],
+                                              q["b"], training=True, axis=axis, backend="c")
+                grads = fastreg.batch_norm_backward(q["gy"], q["x"], saved, q["w"], y=ymask,
+                                                    backend="c")
+                out["mask"] = [bits(g) for g in grads]
+                return out
+
+            old_isa = fc.set_isa("portable")
+            try:
+                exp = everything(p)
+            finally:
+                fc.set_isa(old_isa)
+            for layout in (lambda a: a, _unaligned):
+                q = dict(p, x=layout(p["x"]), gy=layout(p["gy"]))
+                for isa in isas:
+                    old_isa = fc.set_isa(isa)
+                    try:
+                        assert_same(everything(q), exp)
+                    finally:
+                        fc.set_isa(old_isa)
