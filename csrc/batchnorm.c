@@ -252,8 +252,9 @@ FR_BN_AVX512 static void fr_bn_stream_copy_avx512(void *dst, const void *src, si
 
 /* float16 with F16C (csrc/half.h: vcvtph2ps / vcvtps2ph, bit for bit the integer conversions):
  * storage type f16c, the float16 kernels of the AVX2 loops where the CPU has F16C.  Its single
- * elements convert as f16; blocks of 16 (the chunk reductions) and the element loops go through
- * fr_f16x8_load / fr_f16x8_store (see fr_bn_fwd_elems_f16c). */
+ * elements convert as f16; blocks of 16 (the chunk reductions and the row layout's four-row
+ * step, fr_bn_red4_f16c_wide) and the element loops go through fr_f16x8_load / fr_f16x8_store
+ * (see fr_bn_fwd_elems_f16c). */
 #if defined(FR_EW_X86) && defined(FR_HAVE_F16C_KERNELS)
 #define FR_BN_HAVE_F16C 1
 #define FR_ELEM_f16c uint16_t

@@ -432,8 +432,8 @@ def test_bfloat16_avx2_blocks_are_the_portable_bits(threads, monkeypatch):
 
 def _columns_of_every_pattern(rng, rows, cols):
     """A (rows, cols) float16 array holding every finite pattern (subnormals, -0.0, 65504) and,
-    in about ten adjacent columns near column 250 (across the 8-lane blocks and the 256-column
-    block of fr_bn_red4_f16c_wide), every inf and NaN; the other columns stay finite."""
+    in about ten adjacent columns from column 250 (across the 8-lane loads and the 16-column
+    blocks of fr_bn_red4_f16c_wide), every inf and NaN; the other columns stay finite."""
     allbits = np.arange(65536, dtype=np.uint16)
     finite = np.isfinite(allbits.view(np.float16))
     fin, non = rng.permutation(allbits[finite]), allbits[~finite]
@@ -446,10 +446,10 @@ def _columns_of_every_pattern(rng, rows, cols):
 @pytest.mark.parametrize("threads", [1, 2], ids=["c-1", "c-2"])
 def test_float16_f16c_row_reductions_are_the_portable_bits(threads, monkeypatch):
     """float16's AVX2 kernels widen the row layout's groups of four rows through F16C into
-    float32 blocks of 256 columns (csrc/batchnorm.c fr_bn_red4_f16c_wide) for the statistics and
+    float32 blocks of 16 columns (csrc/batchnorm.c fr_bn_red4_f16c_wide) for the statistics and
     the backward's sums over grad_y, x and y: the portable kernels' bits (the per-element integer
-    widening), on every bit pattern (with NaN and inf columns), widths over 256 and not multiples
-    of 8 / 16, row counts not multiples of 4, several column blocks and row chunks, unaligned
+    widening), on every bit pattern (with NaN and inf columns), widths that are not multiples
+    of 8 / 16 (the portable tail), row counts not multiples of 4, several column blocks and row chunks, unaligned
     views, 1 and 2 threads, with the ReLU mask on y of every pattern."""
     if not fc.has_avx2():
         pytest.skip("this CPU has no avx2")
