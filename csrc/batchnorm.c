@@ -525,37 +525,16 @@ FR_BN_DEFINE_BLOCKS(bf16b, FR_EW_AVX2, fr_bf16_widen_avx2, fr_bf16_narrow_avx2)
 FR_BN_DEFINE_BLOCK_ELEMS(bf16b, FR_EW_AVX2)
 #endif
 
-/* The four-row step of the row-layout reductions (fr_bn_red_rows_<SUF>_body) per storage type,
- * and the attribute of that body: the loop fr_bn_red4_<SUF> of FR_BN_DEFINE_LOOPS, except for
- * float16 with F16C (fr_bn_red4_f16c_wide, below). */
-#define FR_BN_RED4_f32 fr_bn_red4_f32
-#define FR_BN_RED4_f64 fr_bn_red4_f64
-#define FR_BN_RED4_f16 fr_bn_red4_f16
-#define FR_BN_RED4_bf16 fr_bn_red4_bf16
-#define FR_BN_RED4_bf16b fr_bn_red4_bf16b
-#define FR_BN_RED4_f16c fr_bn_red4_f16c_wide
-#define FR_BN_RATTR_f32
-#define FR_BN_RATTR_f64
-#define FR_BN_RATTR_f16
-#define FR_BN_RATTR_bf16
-#define FR_BN_RATTR_bf16b
-#define FR_BN_RATTR_f16c FR_F16C
-
-/* Per storage type SUF (elements FR_ELEM_##SUF): T the math type, MS its suffix. */
-#define FR_BN_DEFINE_LOOPS(SUF, T, MS)                                                          \
-    /* Row layout, a group of four rows: per column i < w, the four rows' terms (x the first    \
-     * row's columns, the rows L elements apart, likewise grad_y and y) are added first,        \
-     * ((t0 + t1) + (t2 + t3)), then to the column's sums p1[i], p2[i] (compensated in k1, k2   \
-     * for float64 data). */                                                                    \
-    FR_INLINE void fr_bn_red4_##SUF(const FR_ELEM_##SUF *x, const FR_ELEM_##SUF *gy,            \
-                                    const FR_ELEM_##SUF *y, size_t L, const double *restrict sh, \
-                                    double *restrict p1, double *restrict p2,                   \
-                                    double *restrict k1, double *restrict k2, size_t w,         \
-                                    const int KIND)                                             \
-    {                                                                                           \
-        typedef FR_ELEM_##SUF S;                                                                \
-        const int KAHAN = sizeof(T) == 8; /* as in red_seg */                                   \
-        const S *restrict x0 = x, *restrict x1 = x0 + L;                                        \
+/* The four-row column loops of the row-layout reductions (FR_BN_DEFINE_LOOPS(SUF, T, MS)): per
+ * column i < w, the terms of four rows (x0 = X + O, x1 = x0 + L, ..., likewise grad_y from G and
+ * y from Y) are added first, ((t0 + t1) + (t2 + t3)), then to the column's sums p1[i], p2[i]
+ * (compensated in k1, k2 for float64 data).  In scope: S, L, sh, p1, p2, k1, k2, w, KIND,
+ * KAHAN.  A macro, so that fr_bn_red_rows_<SUF>_body keeps the loops inline as they were
+ * written there (the float32 / float64 / bfloat16 machine code did not change), and
+ * fr_bn_red4_<SUF> has them as a function for fr_bn_red4_f16c_wide. */
+#define FR_BN_RED4_COLS(SUF, T, MS, X, G, Y, O)                                                 \
+    do {                                                                                        \
+        const S *restrict x0 = (X) + (O), *restrict x1 = x0 + L;                                \
         const S *restrict x2 = x1 + L, *restrict x3 = x2 + L;                                   \
         if (FR_BN_IS_STATS(KIND)) {                                                             \
             _Pragma("omp simd")                                                                 \
@@ -570,9 +549,9 @@ FR_BN_DEFINE_BLOCK_ELEMS(bf16b, FR_EW_AVX2)
                 FR_BN_KADD(p2[i], k2[i], (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));            \
             }                                                                                   \
         } else {                                                                                \
-            const S *restrict g0 = gy, *restrict g1 = g0 + L;                                   \
+            const S *restrict g0 = (G) + (O), *restrict g1 = g0 + L;                            \
             const S *restrict g2 = g1 + L, *restrict g3 = g2 + L;                               \
-            const S *restrict y0 = KIND == FR_BN_RED_BWD_MASK ? y : g0, *restrict y1 = y0 + L;  \
+            const S *restrict y0 = (Y) ? (Y) + (O) : g0, *restrict y1 = y0 + L;                 \
             const S *restrict y2 = y1 + L, *restrict y3 = y2 + L;                               \
             _Pragma("omp simd")                                                                 \
             for (size_t i = 0; i < w; i++) {                                                    \
@@ -594,11 +573,42 @@ FR_BN_DEFINE_BLOCK_ELEMS(bf16b, FR_EW_AVX2)
                 FR_BN_KADD(p2[i], k2[i], (e0 * d0 + e1 * d1) + (e2 * d2 + e3 * d3));            \
             }                                                                                   \
         }                                                                                       \
+    } while (0)
+
+/* The attribute of fr_bn_red_rows_<SUF>_body, and whether storage type SUF has its own four-row
+ * step, run instead of the loops (FR_BN_WIDE4_<SUF>(args) is 1 after running it, else 0, its
+ * arguments unused): float16 with F16C (fr_bn_red4_f16c_wide, below). */
+#define FR_BN_RATTR_f32
+#define FR_BN_RATTR_f64
+#define FR_BN_RATTR_f16
+#define FR_BN_RATTR_bf16
+#define FR_BN_RATTR_bf16b
+#define FR_BN_RATTR_f16c FR_F16C
+#define FR_BN_WIDE4_f32(...) 0
+#define FR_BN_WIDE4_f64(...) 0
+#define FR_BN_WIDE4_f16(...) 0
+#define FR_BN_WIDE4_bf16(...) 0
+#define FR_BN_WIDE4_bf16b(...) 0
+#define FR_BN_WIDE4_f16c(...) (fr_bn_red4_f16c_wide(__VA_ARGS__), 1)
+
+/* Per storage type SUF (elements FR_ELEM_##SUF): T the math type, MS its suffix. */
+#define FR_BN_DEFINE_LOOPS(SUF, T, MS)                                                          \
+    /* the loops of FR_BN_RED4_COLS as a function: x, gy, y the first of the four rows          \
+     * (fr_bn_red4_f16c_wide calls fr_bn_red4_f32 and fr_bn_red4_f16) */                        \
+    FR_INLINE void fr_bn_red4_##SUF(const FR_ELEM_##SUF *x, const FR_ELEM_##SUF *gy,            \
+                                    const FR_ELEM_##SUF *y, size_t L, const double *restrict sh, \
+                                    double *restrict p1, double *restrict p2,                   \
+                                    double *restrict k1, double *restrict k2, size_t w,         \
+                                    const int KIND)                                             \
+    {                                                                                           \
+        typedef FR_ELEM_##SUF S;                                                                \
+        const int KAHAN = sizeof(T) == 8; /* as in red_seg */                                   \
+        FR_BN_RED4_COLS(SUF, T, MS, x, gy, y, 0);                                               \
     }                                                                                           \
                                                                                                 \
-    /* Row layout: per-column sums over rows [r0, r1), in groups of four rows (fr_bn_red4_##SUF, \
-     * or what FR_BN_RED4_##SUF names for the type): the sums stay in memory (L1) and are       \
-     * loaded and stored once per four rows. */                                                 \
+    /* Row layout: per-column sums over rows [r0, r1), in groups of four rows (their four terms \
+     * are added first, ((t0 + t1) + (t2 + t3)), then to the column's sum): the sums stay in    \
+     * memory (L1) and are loaded and stored once per four rows. */                             \
     FR_INLINE FR_BN_RATTR_##SUF void fr_bn_red_rows_##SUF##_body(                               \
         const fr_bn_job *j, size_t r0, size_t r1, size_t j0, size_t j1, double *restrict p1,    \
         double *restrict p2, const int KIND)                                                    \
@@ -629,10 +639,10 @@ FR_BN_DEFINE_BLOCK_ELEMS(bf16b, FR_EW_AVX2)
                 if (yb)                                                                         \
                     fr_bn_prefetch((const unsigned char *)(yb + ahead), 4 * w * sizeof(S));     \
             }                                                                                   \
-            const size_t o = r * L;                                                             \
-            FR_BN_RED4_##SUF(xb + o, FR_BN_IS_STATS(KIND) ? NULL : gb + o,                      \
-                             KIND == FR_BN_RED_BWD_MASK ? yb + o : NULL, L, sh, p1, p2, k1, k2, \
-                             w, KIND);                                                          \
+            if (!FR_BN_WIDE4_##SUF(xb + r * L, FR_BN_IS_STATS(KIND) ? NULL : gb + r * L,        \
+                                   KIND == FR_BN_RED_BWD_MASK ? yb + r * L : NULL, L, sh, p1,   \
+                                   p2, k1, k2, w, KIND))                                        \
+                FR_BN_RED4_COLS(SUF, T, MS, xb, gb, yb, r * L);                                 \
         }                                                                                       \
         for (; r < r1; r++) {                                                                   \
             const S *restrict xr = xb + r * L;                                                  \
