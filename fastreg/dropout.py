@@ -147,12 +147,15 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def _fast_accepts(x, p, seed, offset, training, mode, out, draws):
     """Whether a host call takes a short path: float32/float64 C-contiguous x, an int seed and
-    offset (the ``draws`` words in range), a float p < 1, out None or a plain C-contiguous
-    writable ndarray that is x or shares no memory with it. As batchnorm._fast_forward: every
-    condition is one the general path checks, tested only in its accepting form (anything else,
-    errors included, takes the general path, which raises)."""
+    offset (the ``draws`` words in range), a float p whose threshold is below 2**32, out None
+    or a plain C-contiguous writable ndarray that is x or shares no memory with it. As
+    batchnorm._fast_forward: every condition is one the general path checks, tested only in its
+    accepting form (anything else, errors included, takes the general path, which raises)."""
     dtype = x.dtype
-    if not ((dtype is _F32 or dtype is _F64) and type(p) is float and 0.0 <= p < 1.0
+    # p * 2**32 + 0.5 < 2**32: the threshold (_threshold) fits a uint32; a p within 2**-33 of 1
+    # rounds to 2**32 (everything dropped), which only the general path handles
+    if not ((dtype is _F32 or dtype is _F64) and type(p) is float and 0.0 <= p
+            and p * _TWO32 + 0.5 < _TWO32
             and type(seed) is int and type(offset) is int and 0 <= seed < _U64
             and 0 <= offset and offset + draws <= _U64 and (training is True or training is False)
             and type(mode) is str and (mode == "inverted" or mode == "classic")

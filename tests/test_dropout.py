@@ -440,3 +440,24 @@ def test_device_partial_overlap_refused(backend):
     d = cuda.to_device(np.arange(1, 65, dtype=np.float32))
     with pytest.raises(ValueError, match="overlaps"):
         fastreg.dropout(d[:-1], 0.5, seed=1, out=d[1:])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+@pytest.mark.parametrize("p", [1 - 2.0 ** -53, 1 - 2.0 ** -34, 1 - 2.0 ** -32, 0.999])
+def test_p_just_below_one_on_every_path(backend, p):
+    """A p < 1 whose threshold rounds to 2**32 drops everything (a p within 2**-33 of 1): the
+    host short paths (float32/float64 C-contiguous x, int seed) must agree with the general
+    path (a NumPy-integer seed) instead of passing 2**32 to a uint32 threshold. Found by
+    hypothesis (test_channel_dropout_matches_reference_or_errors)."""
+    reason = fastreg.available_backends()[backend]
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+    x = np.arange(1.0, 25.0, dtype=np.float32).reshape(2, 3, 4)
+    everything = p * 2.0 ** 32 + 0.5 >= 2.0 ** 32
+    for fn, kw in ((fastreg.dropout, {}), (fastreg.dropout_backward, {}),
+                   (fastreg.channel_dropout, dict(axis=1)), (fastreg.drop_path, {})):
+        short = fn(x, p, seed=3, backend=backend, **kw)
+        general = fn(x, p, seed=np.uint64(3), backend=backend, **kw)
+        np.testing.assert_array_equal(short, general)
+        if everything:
+            assert not short.any()
