@@ -20,7 +20,9 @@ The model: conv3x3(3->32) BN ReLU Dropout(0.1) | conv3x3/2(32->64) BN ReLU Dropo
 Linear(64*16*16 -> 512) BN ReLU Dropout(0.5) | Linear(512 -> 10), cross-entropy, AdamW(1e-3)
 (torch: its CPU default, the for-loop step; ``foreach=True`` is reported too). Both models
 start from the same weights; fastreg's optimizer decays every parameter (``decay_mask=True``),
-as torch's does, so the two runs compute the same thing up to the dropout masks.
+as torch's does, so the two runs compute the same thing up to the dropout masks. The "floor"
+row runs the same model with every batch norm and dropout an identity and no optimizer step:
+torch / floor bounds the speedup of any replacement of those layers and of the optimizer.
 """
 import statistics
 import time
@@ -91,6 +93,25 @@ def train_step(model, opt, x, labels):
     return step
 
 
+FLOOR = "floor: no BN, dropout or optimizer"
+
+
+def floor_step(size, x, labels):
+    """The part of the step that no fastreg layer replaces: the CNN with every batch norm and
+    dropout an identity, forward, loss and backward, no optimizer step. torch's step over this
+    one bounds the speedup any replacement of those layers and of the optimizer can give."""
+    model = nn.Sequential(*(nn.Identity() if isinstance(m, (nn.Dropout, nn.BatchNorm1d,
+                                                            nn.BatchNorm2d)) else m
+                            for m in cnn(size)))
+
+    def step():
+        model.zero_grad(set_to_none=False)
+        loss = nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        return loss
+    return step
+
+
 def _time(fn, rounds):
     fn()  # warm-up: JIT compilation, first touch, optimizer state
     times = []
@@ -156,6 +177,7 @@ def compare(batch, size, rounds=7, compile_backend=None):
     compile)."""
     runs, x, labels = setups(batch, size)
     steps = {name: train_step(m, o, x, labels) for name, (m, o) in runs.items()}
+    steps[FLOOR] = floor_step(size, x, labels)
     skipped = None
     if compile_backend is not None:
         runs_c, _, _ = setups(batch, size)
@@ -268,7 +290,8 @@ def test_cnn_speedup_and_breakdown(request, threads):
     print(f"\ncnn train step (batch {shape['batch']}, {shape['size']}x{shape['size']}, "
           f"{threads} threads): " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in steps.items())
           + f"; speedup {steps['torch'] / steps['fastreg']:.2f}x (vs foreach "
-          f"{steps['torch-foreach'] / steps['fastreg']:.2f}x)")
+          f"{steps['torch-foreach'] / steps['fastreg']:.2f}x; bound torch / floor "
+          f"{steps['torch'] / steps[FLOOR]:.2f}x)")
     if "fastreg+compile" in steps:
         print(f"  compiled: speedup {steps['torch+compile'] / steps['fastreg+compile']:.2f}x")
     elif skipped is not None:
@@ -300,6 +323,7 @@ def main():
     for name, t in steps.items():
         peer = "fastreg+compile" if name.endswith("+compile") else "fastreg"
         print(f"| {name} | {t * 1e3:.1f} ms | {t / steps[peer]:.2f}x |")
+    print(f"\nbound on the eager speedup (torch / floor): {steps['torch'] / steps[FLOOR]:.2f}x")
     if skipped is not None:
         print(f"\ncompiled pair skipped: {skipped}")
     rows = breakdown(args.batch, args.size, max(3, args.rounds // 2))
