@@ -305,6 +305,22 @@ def check_out(out, name, shape, dtype, inputs, device):
     return _check_host_out(arr, name, shape, dtype, inputs)
 
 
+def plain_out(out, like, inputs):
+    """Whether a fast host path may write into ``out`` as it is: a plain writable C-contiguous
+    ndarray of ``like``'s dtype and shape that is ``like`` itself (in place) or shares no bounds
+    with any of ``inputs`` (None entries skipped). Only the accepting form of what check_out
+    checks: anything else goes to the general path, which raises where it must."""
+    if not (type(out) is _ndarray and out.dtype is like.dtype and out.shape == like.shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        return False
+    if out is like:
+        return True
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            return False
+    return True
+
+
 def _check_host_out(arr, name, shape, dtype, inputs):
     """check_out for a host ndarray."""
     if arr.shape != shape and arr.shape != tuple(shape):

@@ -157,9 +157,11 @@ def _check_counter(nbt, device):
 
 def _increment(nbt, job):
     """num_batches_tracked += 1 in place; returns the new value (a host read on the device)."""
-    if isinstance(nbt, np.ndarray):
-        nbt.reshape(-1)[0] += 1
-        return int(nbt.reshape(-1)[0])
+    if isinstance(nbt, np.ndarray):  # item / fill: 0.6 us, where += 1 takes 2.5
+        batches = nbt.item()
+        batches = batches + 1 if batches != _I64_MAX else -batches - 1  # int64 wraps
+        nbt.fill(batches)
+        return batches
     host = job.mod.copy_to_host(nbt)
     host.reshape(-1)[0] += 1
     job.mod.as_device(nbt).copy_to_device(host)
@@ -228,13 +230,8 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
     if r is not None and not (type(r) is np.ndarray and r.dtype is dt and r.shape == shape
                               and r.flags.c_contiguous):
         return None
-    if out is not None:
-        if not (type(out) is np.ndarray and out.dtype is dt and out.shape == shape
-                and out.flags.c_contiguous and out.flags.writeable):
-            return None
-        if out is not x and (np.may_share_memory(out, x)
-                             or (r is not None and np.may_share_memory(out, r))):
-            return None
+    if out is not None and not _arrays.plain_out(out, x, (x, r)):
+        return None
     backend = _dispatch.resolve(backend, x)
     if backend == "cuda":
         return None
@@ -253,10 +250,8 @@ def _fast_forward(x, rm, rv, w, b, training, momentum, eps, axis, activation, r,
         step = getattr(job.mod, "bn_forward_train_running", None) if track else None
         if track:
             mom = momentum
-            if nbt is not None:  # _increment on a plain ndarray (fill: 0.6 us, += 1: 2.5)
-                batches = nbt.item()
-                batches = batches + 1 if batches != _I64_MAX else -batches - 1  # int64 wraps
-                nbt.fill(batches)
+            if nbt is not None:
+                batches = _increment(nbt, job)
                 if momentum is None:
                     mom = 1.0 / batches
         if step is not None:  # one call: the two ops below (the C backend)
@@ -302,13 +297,8 @@ def _fast_backward(grad_y, x, saved, weight, y, backend, out=None):
             return None
     elif saved.activation is not None:
         return None
-    if out is not None:
-        if not (type(out) is np.ndarray and out.dtype is dt and out.shape == shape
-                and out.flags.c_contiguous and out.flags.writeable):
-            return None
-        if out is not grad_y and (np.may_share_memory(out, grad_y) or np.may_share_memory(out, x)
-                                  or (relu and np.may_share_memory(out, y))):
-            return None
+    if out is not None and not _arrays.plain_out(out, grad_y, (grad_y, x, y if relu else None)):
+        return None
     backend = _dispatch.resolve(backend, x)
     if backend == "cuda":
         return None

@@ -161,13 +161,7 @@ def _fast_accepts(x, p, seed, offset, training, mode, out, draws):
             and type(mode) is str and (mode == "inverted" or mode == "classic")
             and x.flags.c_contiguous):
         return False
-    if out is not None:
-        if not (type(out) is np.ndarray and out.dtype is dtype and out.shape == x.shape
-                and out.flags.c_contiguous and out.flags.writeable):
-            return False
-        if out is not x and np.may_share_memory(out, x):
-            return False
-    return True
+    return out is None or _arrays.plain_out(out, x, (x,))
 
 
 def _fast_elementwise(x, p, seed, offset, training, mode, out, backend):

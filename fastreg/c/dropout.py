@@ -6,15 +6,14 @@ and contiguous, ``out`` may be ``x`` (in place).
 import numpy as np
 
 from . import _check, _plan, ffi, lib
-from .penalty import _scalar
+from .penalty import _array_type, _scalar
 from .philox import _call_out, _in, _out
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _F32 = np.dtype(np.float32)
 if lib is not None:
     # dtype -> (kernel, its name, cffi array type): one lookup for the common call
-    _DROPOUT = {dt: (getattr(lib, f"fr_dropout_{suf}"), f"fr_dropout_{suf}",
-                     ffi.typeof(f"{ctype}[]"))
+    _DROPOUT = {dt: (getattr(lib, f"fr_dropout_{suf}"), f"fr_dropout_{suf}", _array_type(ctype))
                 for dt, ctype, suf in ((np.dtype(np.float32), "float", "f32"),
                                        (np.dtype(np.float64), "double", "f64"))}
 
