@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 import fastreg
-from .. import batchnorm as _batchnorm
 from . import _bridge
 
 __all__ = ["dropout", "drop_block", "batch_norm", "batch_norm_backward", "to_int64",
@@ -197,20 +196,17 @@ def bn_forward_run(x, weight, bias, residual, running_mean, running_var, num_bat
     running_var, num_batches_tracked), as ``_bridge.host_array`` gives them (a module's cache)."""
     if _bridge.host_float(x) and (residual is None or _bridge.host_float(residual)):
         # the common case: C-contiguous host tensors viewed through NumPy once each, channel
-        # axis 1, batch norm's host fast path (the general call when it declines, which checks)
+        # axis 1 (fastreg.batch_norm takes its host fast path, or checks on the general one)
         be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
         y = torch.empty_like(x)
         a = _bridge.host_array
         if host is None:
             host = (a(weight), a(bias), a(running_mean), a(running_var), a(num_batches_tracked))
-        args = (a(x), host[2], host[3], host[0], host[1], training, momentum, eps, 1,
-                "relu" if relu else None, a(residual), host[4], be, y.numpy())
-        done = _batchnorm._fast_forward(*args)
-        if done is None:
-            done = fastreg.batch_norm(*args[:5], training=training, momentum=momentum,
-                                      eps=eps, axis=1, activation=args[9], residual=args[10],
-                                      num_batches_tracked=args[11], out=args[13], backend=be)
-        return y, done[1]
+        _, saved = fastreg.batch_norm(
+            a(x), host[2], host[3], host[0], host[1], training=training, momentum=momentum,
+            eps=eps, axis=1, activation="relu" if relu else None, residual=a(residual),
+            num_batches_tracked=host[4], out=y.numpy(), backend=be)
+        return y, saved
     perm = _bridge.channels_last_perm(x)
     be = _bridge.backend_for("bn_forward_train" if training else "bn_apply", backend, x)
     y = _bridge.empty_like(x, perm)
@@ -238,12 +234,8 @@ def bn_backward_run(grad_y, x, weight, y, saved, backend, weight_host=None):
         gx = torch.empty_like(x)
         a = _bridge.host_array
         w = a(weight) if weight_host is None else weight_host
-        gyn, xn, yn, out = a(grad_y), a(x), a(y), gx.numpy()
-        grads = None
-        if type(saved) is fastreg.BatchNormSaved and saved.axis == 1:
-            grads = _batchnorm._fast_backward(gyn, xn, saved, w, yn, be, out)
-        if grads is None:
-            grads = fastreg.batch_norm_backward(gyn, xn, saved, w, y=yn, out=out, backend=be)
+        grads = fastreg.batch_norm_backward(a(grad_y), a(x), saved, w, y=a(y), out=gx.numpy(),
+                                            backend=be)
         gb = torch.from_numpy(grads[2])
         return (gx, torch.from_numpy(grads[1]) if weight is not None else None, gb,
                 torch.from_numpy(grads[3]) if saved.residual else None)
