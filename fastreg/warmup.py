@@ -323,12 +323,13 @@ def _cpu_modules():
 
 
 def _twins():
+    """The kernels with a serial and a parallel version (twins and stepped kernels)."""
     from .cpu import _jit
-    twin_type = getattr(_jit, "Twin", None)
+    twin_types = (_jit.Twin, _jit.Stepped)
     found = {}
     for mod in _cpu_modules():
         for v in vars(mod).values():
-            if twin_type is not None and isinstance(v, twin_type):
+            if isinstance(v, twin_types):
                 found[id(v)] = v
     return list(found.values())
 

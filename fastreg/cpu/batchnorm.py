@@ -45,12 +45,14 @@ same memory through two arrays fails LLVM's overlap check and runs scalar, and s
 (fastreg/cpu/penalty.py) go from the chunk's first 64-byte boundary on.
 
 Compile time is a budget (bench/compile_time.py): each direction (forward, backward) has one
-kernel source, a ``twin``, made into three kernels (_kernels): every step (the training ops),
-SUMS + FINISH alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply,
-bn_backward_apply), the other steps' branches pruned by Numba before typing, so that an op's
-first call compiles only what it can run. The ``prange`` bodies call the piece loops directly
-(every compiled function is optimized again inside each caller, so the call tree stays
-shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
+kernel source, made into three kernels (_kernels): every step (the training ops), SUMS + FINISH
+alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply, bn_backward_apply), the other
+steps' branches pruned by Numba before typing, so that an op's first call compiles only what it
+can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once, serially, and run in
+parallel by a driver that calls them through their address, one share of a step per thread
+(a ``prange`` over the work items would have Numba compile the loop body four more times).
+The kernels call the piece loops directly (every compiled function is optimized again inside
+each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
 flags with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints,
 so each kernel compiles once per dtype; helpers called only from compiled code have no CPython
 wrapper; and no helper gets a literal argument (Numba compiles a specialization per literal).
@@ -59,12 +61,11 @@ from collections import namedtuple
 
 import numba
 import numpy as np
-from numba import prange
 
 from .. import _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs, bn_forward_coeffs
-from ._jit import _OPTIONS, jit, launch, twin
+from ._jit import _OPTIONS, jit, launch, stepped
 from .penalty import CAN_STREAM, STREAM_ALIGN, _sfence, _stream_store
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
@@ -391,45 +392,54 @@ def _lane_row(v, v0, nv, Bc, out, o, W):
 
 # --- kernels ------------------------------------------------------------------------------------
 # A kernel runs up to three steps of one op (``steps``, NONE for no step) on a tile (Plan.tile):
-# SUMS, FINISH, APPLY or FUSED alone. Each step is one prange over its work items, the item's work
-# written out in one loop body that holds each part once (Numba optimizes every compiled callee
-# again inside each caller, numba/numba#8085; parfor outlines the loop body into a function of
-# its own). Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
+# SUMS, FINISH, APPLY or FUSED alone. Each step is a loop over share t of T of its work items
+# (T threads run one share each, _jit.stepped), the item's work written out in one loop body that
+# holds each part once (Numba optimizes every compiled callee again inside each caller,
+# numba/numba#8085). Items of a step never write the same memory. Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
 # into part's block q (4 rows of lanes); FINISH view channel q: its tasks' blocks added and the
 # coefficients computed; FUSED all of view channel q (its sums in the channel's first block,
 # then FINISH, then APPLY on it while it is in cache); APPLY a run of per_task pieces of the
 # whole view, in memory order (one forward stream, which the hardware prefetches). Piece p is
 # view row p // nb, values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
 
+@inner
+def _items(step, tile):
+    """The work items of ``step`` on ``tile``."""
+    A, Cv, nb, per_task, ntask = tile[0], tile[1], tile[4], tile[5], tile[6]
+    if step == SUMS:
+        return Cv * ntask
+    if step == APPLY:
+        return (A * Cv * nb + per_task - 1) // per_task
+    return Cv
+
+
 def _forward(do_sums, do_apply):
     """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
     when ``do_apply``, FUSED when both (see _kernels)."""
-    def kernel(arrays, coef, stats, opts, steps, tile):
-        """Forward steps. arrays: flat (x, residual, out), residual 0-size when there is none,
-        x may be out; coef (weight, bias, center, scale, shift): with weights, center, scale and
-        shift are computed here (the 0-size ones given are not used); without, they are given
-        (APPLY) or not wanted (0-size: the statistics alone); stats (mean, m2, invstd) float64;
-        opts (floor, eps, has_res, mode)."""
+    def kernel(arrays, coef, stats, scratch, opts, tile, steps, t, T):
+        """Forward steps, share t of T of each. arrays: flat (x, residual, out), residual 0-size
+        when there is none, x may be out; coef (weight, bias, center, scale, shift): with
+        weights, center, scale and shift are computed here into scratch (the 0-size ones given
+        are not used); without, they are given (APPLY) or not wanted (0-size: the statistics
+        alone); stats (mean, m2, invstd) float64; scratch (float64: x0 then the tasks' sums,
+        out's dtype: 3 * C), see _scratch; opts (floor, eps, has_res, mode)."""
         x, r, o = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, bias, center, scale, shift = coef
         mean, m2, invstd = stats
         C = weight.size
-        if C:  # (made here: a NumPy allocation costs as much as a small layer's step)
-            work = np.empty(3 * C, o.dtype)
-            center, scale, shift = work[:C], work[C:2 * C], work[2 * C:]
-        x0 = np.empty(mean.size)  # each channel's shift: its first value (0 if not finite)
-        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)  # the tasks' sums
+        if C:
+            work = scratch[1]
+            center, scale, shift = work[:C], work[C:2 * C], work[2 * C:3 * C]
+        x0 = scratch[0][:mean.size]  # each channel's shift: its first value (0 if not finite)
+        part = scratch[0][mean.size:]  # the tasks' sums
         uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
         W = 1 if uniform else chunk
         for step in steps:
             if step == NONE:
                 continue
-            items = Cv * ntask if step == SUMS else Cv
-            if step == APPLY:
-                items = (A * Cv * nb + per_task - 1) // per_task
-            for i in prange(items):
-                q = np.int64(i)
+            items = _items(step, tile)
+            for q in range(t * items // T, (t + 1) * items // T):
                 c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
                 if step == SUMS:
                     c = q // ntask
@@ -489,32 +499,30 @@ def _forward(do_sums, do_apply):
 
 def _backward(do_sums, do_apply):
     """The backward kernel's source, as _forward's."""
-    def kernel(arrays, coef, stats, flags, steps, tile):
-        """Backward steps. arrays: flat (gy, x, y, gx, gres), y is x without a ReLU, gres
-        0-size when not wanted, gy may be gx; coef (weight, grad_weight, grad_bias, center, a, b,
-        d), center 0-size for the sums alone; stats (mean, invstd, s_dy, s_dyx) float64; flags
-        (masked, training, has_gres, mode). With weights, (center, a, b, d) and (s_dy, s_dyx) are
-        made here (the 0-size ones given are not used)."""
+    def kernel(arrays, coef, stats, scratch, flags, tile, steps, t, T):
+        """Backward steps, share t of T of each. arrays: flat (gy, x, y, gx, gres), y is x
+        without a ReLU, gres 0-size when not wanted, gy may be gx; coef (weight, grad_weight,
+        grad_bias, center, a, b, d), center 0-size for the sums alone; stats (mean, invstd, s_dy,
+        s_dyx) float64; scratch (float64: s_dy and s_dyx then the tasks' sums, gx's dtype: 4 *
+        C), see _scratch; flags (masked, training, has_gres, mode). With weights, (center, a, b,
+        d) and (s_dy, s_dyx) are made here (the 0-size ones given are not used)."""
         gy, x, y, gx, gr = arrays
         A, Cv, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = tile
         weight, grad_weight, grad_bias, center, ca, cb, cd = coef
         mean, invstd, s_dy, s_dyx = stats
         C = weight.size
         if C:
-            work, sums2 = np.empty(4 * C, gx.dtype), np.empty(2 * C)
-            center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:]
-            s_dy, s_dyx = sums2[:C], sums2[C:]
-        part = np.empty(Cv * ntask * 4 * lanes if steps[0] != APPLY else 0)
+            work = scratch[1]
+            center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:4 * C]
+            s_dy, s_dyx = scratch[0][:C], scratch[0][C:2 * C]
+        part = scratch[0][2 * C:]
         uniform = Cc * Bc == 1
         W = 1 if uniform else chunk
         for step in steps:
             if step == NONE:
                 continue
-            items = Cv * ntask if step == SUMS else Cv
-            if step == APPLY:
-                items = (A * Cv * nb + per_task - 1) // per_task
-            for i in prange(items):
-                q = np.int64(i)
+            items = _items(step, tile)
+            for q in range(t * items // T, (t + 1) * items // T):
                 c, p0, p1 = q, 0, A * nb  # FUSED, FINISH
                 if step == SUMS:
                     c = q // ntask
@@ -569,7 +577,7 @@ def _backward(do_sums, do_apply):
 
 
 def _kernels(source, name):
-    """Three kernels (Twins) from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
+    """Three stepped kernels from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
     bn_stats, bn_backward_reduce) and ``name_apply`` (APPLY: bn_apply, bn_backward_apply). The
     ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before
     typing: the first call of an op compiles only the steps it can run."""
@@ -578,7 +586,7 @@ def _kernels(source, name):
                                       ("_apply", False, True)):
         fn = source(do_sums, do_apply)
         fn.__name__ = fn.__qualname__ = name + suffix
-        made.append(twin(fn))
+        made.append(stepped(fn))
     return made
 
 
@@ -626,6 +634,14 @@ def _streamable(o, arrays):
         a is not o and np.may_share_memory(a, o) for a in arrays)
 
 
+def _scratch(plan, head, sums, C, per_channel, dtype):
+    """A stepped kernel's work memory: (float64: ``head`` values, then the tasks' sums when
+    ``sums``; ``dtype``: ``per_channel`` rows of C coefficients)."""
+    A, Cv, ntask, lanes = plan.tile[0], plan.tile[1], plan.tile[6], plan.tile[7]
+    return (np.empty(head + (Cv * ntask * 4 * lanes if sums else 0)),
+            np.empty(per_channel * C, dtype))
+
+
 def _steps(plan):
     """The steps of a training op: FUSED alone, or SUMS, FINISH and APPLY."""
     return (FUSED, NONE, NONE) if plan.fused else (SUMS, FINISH, APPLY)
@@ -650,8 +666,8 @@ def bn_stats(x, mean, m2, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
-           (mean, m2, _stand_in(_F64)), _opts(x.dtype, 0.0, None, False, PLAIN),
-           (SUMS, FINISH, NONE), plan.tile)
+           (mean, m2, _stand_in(_F64)), _scratch(plan, mean.size, True, 0, 0, x.dtype),
+           _opts(x.dtype, 0.0, None, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
 
 
@@ -663,8 +679,8 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
         launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift),
-               (f, f, f), _opts(out.dtype, 0.0, residual, relu, plan.mode), (APPLY, NONE, NONE),
-               plan.tile)
+               (f, f, f), (f, e), _opts(out.dtype, 0.0, residual, relu, plan.mode), plan.tile,
+               (APPLY, NONE, NONE))
     return plan
 
 
@@ -676,7 +692,8 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
               out.reshape(-1))
     e = _stand_in(x.dtype)
     launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
-           _opts(x.dtype, eps, residual, relu, plan.mode), _steps(plan), plan.tile)
+           _scratch(plan, mean.size, True, weight.size, 3, x.dtype),
+           _opts(x.dtype, eps, residual, relu, plan.mode), plan.tile, _steps(plan))
     return plan
 
 
@@ -689,8 +706,8 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
     launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
-           (center, _stand_in(center.dtype), s_dy, s_dyx), (y is not None, False, False, PLAIN),
-           (SUMS, FINISH, NONE), plan.tile)
+           (center, _stand_in(center.dtype), s_dy, s_dyx), _scratch(plan, 0, True, 0, 0, x.dtype),
+           (y is not None, False, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
 
 
@@ -702,9 +719,9 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
-        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f),
-               (y is not None, training, gres is not None, plan.mode), (APPLY, NONE, NONE),
-               plan.tile)
+        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f), (f, e),
+               (y is not None, training, gres is not None, plan.mode), plan.tile,
+               (APPLY, NONE, NONE))
     return plan
 
 
@@ -721,8 +738,9 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
     e, f = _stand_in(x.dtype), _stand_in(_F64)
     launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
-           (mean, invstd, f, f), (y is not None, bool(training), gres is not None, plan.mode),
-           _steps(plan), plan.tile)
+           (mean, invstd, f, f), _scratch(plan, 2 * weight.size, True, weight.size, 4, x.dtype),
+           (y is not None, bool(training), gres is not None, plan.mode), plan.tile,
+           _steps(plan))
     return plan
 
 
