@@ -135,6 +135,13 @@ class _SteppedParallel:
             nbtypes.UniTuple(nbtypes.int64, 3), nbtypes.int64))
 
     def __call__(self, args, nthreads):
+        if not isinstance(self._serial, numba.core.dispatcher.Dispatcher):
+            # NUMBA_DISABLE_JIT: plain Python, the shares one after the other
+            for step in args[-1]:
+                if step != NO_STEP:
+                    for t in range(nthreads):
+                        self._serial(*args[:-1], (step, NO_STEP, NO_STEP), t, nthreads)
+            return None
         try:
             key = compute_fingerprint(args)
         except (TypeError, ValueError, NotImplementedError):
