@@ -5,16 +5,23 @@ seconds per op in a fresh environment. ``warmup`` calls every public op once on 
 each dtype and variant that selects another compiled specialization (float32 / float64; uint8 /
 float32 images; NHWC / NCHW; optional arrays given or None), so that the machine code lands in
 Numba's on-disk cache; a later process (or a container built from this one) loads it instead of
-compiling. Kernels compiled twice from one source (``fastreg.cpu._jit.Twin``: a serial and a
-parallel version) get both versions, for every signature either one was compiled with: tiny
-inputs run the serial twin, so the parallel one is compiled from the same signatures without
-starting a thread pool.
+compiling. Paths that only large or unusual inputs take are reached on tiny ones too: the
+streaming-store kernels of penalty gradients and proximal steps (taken for outputs of
+``fastreg.cpu.penalty.STREAM_MIN_BYTES`` and more: warmup lowers that limit to 0 around those
+calls, and restores it), the per-array kernels of the list ops (ema, clip: taken for
+non-contiguous arrays; contiguous lists make one launch for the whole list), and the float16 /
+bfloat16 conversion passes. Kernels compiled twice from one source (``fastreg.cpu._jit.Twin``: a
+serial and a parallel version) get both versions, for every signature either one was compiled
+with: tiny inputs run the serial twin, so the parallel one is compiled from the same signatures
+without starting a thread pool. Not covered: read-only input arrays (Numba types them apart from
+writable ones, so an op on a read-only array compiles its kernel again at the first such call).
 
 The cache goes where Numba puts it: ``NUMBA_CACHE_DIR`` when set, else ``__pycache__`` next to
 fastreg's sources (or a per-user directory when those are read-only). The "c" backend is
 compiled when fastreg is installed and "numpy" needs no compiling: for them ``warmup`` only says
 so.
 """
+import contextlib
 import sys
 import time
 
@@ -98,13 +105,33 @@ def _penalties(backend):
         fastreg.elastic_net_penalty(w, 0.1, 0.2, backend=backend)
 
 
+@contextlib.contextmanager
+def _streaming(backend):
+    """On backend "cpu", penalty gradients and proximal steps stream every out-of-place output
+    meanwhile (the kernels that outputs of ``fastreg.cpu.penalty.STREAM_MIN_BYTES``, 4 MiB, and
+    more take), so that tiny inputs reach them; the limit is restored on exit. (It is set for
+    the whole process: another thread's calls stream too meanwhile, with the same results.)"""
+    if backend != "cpu":
+        yield
+        return
+    from .cpu import penalty
+    saved = penalty.STREAM_MIN_BYTES
+    penalty.STREAM_MIN_BYTES = 0
+    try:
+        yield
+    finally:
+        penalty.STREAM_MIN_BYTES = saved
+
+
 def _penalty_grads(backend):
     import fastreg
     for dt in FLOATS:
-        w = _x((3, 4), dt)
-        g = fastreg.l1_grad(w, 0.1, backend=backend)
-        fastreg.l2_grad(w, 0.1, out=g, accumulate=True, backend=backend)
-        fastreg.elastic_net_grad(w, 0.1, 0.2, backend=backend)
+        for streaming in (False, True):   # ordinary stores; streamed (large outputs)
+            w = _x((3, 4), dt)
+            with _streaming(backend) if streaming else contextlib.nullcontext():
+                g = fastreg.l1_grad(w, 0.1, backend=backend)
+                fastreg.l2_grad(w, 0.1, out=g, accumulate=True, backend=backend)
+                fastreg.elastic_net_grad(w, 0.1, 0.2, backend=backend)
 
 
 def _prox(backend):
@@ -112,7 +139,11 @@ def _prox(backend):
     for dt in FLOATS:
         fastreg.prox_l1(_x((3, 4), dt), 0.1, backend=backend)
         fastreg.prox_elastic_net(_x((3, 4), dt), 0.1, 0.2, backend=backend)
-        fastreg.prox_group_lasso(_x((3, 4), dt), 0.1, axis=1, backend=backend)
+        # a non-contiguous w is stepped out of place, from a contiguous copy: streamed when large
+        with _streaming(backend):
+            fastreg.prox_l1(_x((3, 8), dt)[:, ::2], 0.1, backend=backend)
+        fastreg.prox_group_lasso(_x((3, 4), dt), 0.1, axis=1, backend=backend)   # rows
+        fastreg.prox_group_lasso(_x((2, 3, 4), dt), 0.1, axis=1, backend=backend)  # columns
 
 
 def _sgd(backend):
@@ -275,7 +306,12 @@ def _ema(backend):
     import fastreg
     for dt in FLOATS:
         for decay in (0.9, 0.3):   # both forms of the lerp
+            # contiguous lists: one launch for the list; a non-contiguous array: per array
             fastreg.ema_update([_x((3, 4), dt)], [_x((3, 4), dt, 1)], decay, backend=backend)
+            fastreg.ema_update([_x((3, 8), dt)[:, ::2]], [_x((3, 4), dt, 1)], decay,
+                               backend=backend)
+        ema = fastreg.EMA([_x((3, 4), dt), np.arange(3)], 0.9, backend=backend)
+        ema.update([_x((3, 4), dt, 1), np.arange(3)])   # an integer array: copied
 
 
 def _clip(backend):
@@ -283,8 +319,51 @@ def _clip(backend):
     for dt in FLOATS:
         for p in (2.0, 1.0, "inf", 3.0):
             fastreg.clip_grad_norm([_x((3, 4), dt)], 0.1, p, backend=backend)
+            # a non-contiguous gradient: the per-array kernels (contiguous lists: one launch)
+            fastreg.clip_grad_norm([_x((3, 8), dt)[:, ::2]], 0.1, p, backend=backend)
             fastreg.adaptive_clip_grad([_x((3, 4), dt)], [_x((3, 4), dt, 1)], 0.01, 1e-3, p,
                                        backend=backend)
+        grads = [_x((3, 4), dt), _x((3, 8), dt, 1)[:, ::2]]
+        fastreg.grad_norm(grads, backend=backend)
+        # a given total norm above max_norm: every list scaled (whatever the gradients)
+        fastreg.clip_grads_with_norm(grads, 0.1, 10.0, backend=backend)
+        fastreg.clip_grads_with_norm([_x((3, 4), dt)], 0.1, 10.0, backend=backend)
+
+
+def _half(backend):
+    """float16 and bfloat16 (when ml_dtypes is installed): the float32 kernels between two
+    conversion passes (fastreg/_half.py)."""
+    import fastreg
+    from . import _arrays
+    from .optim import SGD
+    for dt in (_arrays.FLOAT16, _arrays.BFLOAT16):
+        if dt is None:
+            continue
+        x = _x((3, 4), np.float32).astype(dt)
+        fastreg.dropout(x, 0.5, seed=1, backend=backend)
+        fastreg.l1_grad(x, 0.1, backend=backend)
+        fastreg.prox_l1(x.copy(), 0.1, backend=backend)
+        opt = SGD([x.copy()], lr=0.1, momentum=0.9, backend=backend)
+        opt.step([_x((3, 4), np.float32, 1).astype(dt)])
+
+
+def _augment_color(backend):
+    """The colour ops (uint8 images), RandAugment-style policies (colour and geometric ops per
+    sample), Gaussian blur and Normalize."""
+    from . import augment as A
+
+    def run(x, layout):
+        kw = dict(layout=layout, backend=backend)
+        A.adjust_brightness(x, 1.5, **kw)   # every colour op: one kernel, op code per sample
+        A.ColorJitter(0.4, 0.4, 0.4, 0.1)(x, seed=1, **kw)
+        A.gaussian_blur(x, 3, 1.0, **kw)
+        A.normalize(x, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4), **kw)
+        for interpolation in ("nearest", "bilinear"):
+            A.RandAugment(num_ops=4, interpolation=interpolation)(x, seed=1, **kw)
+            A.TrivialAugmentWide(interpolation=interpolation)(x, seed=1, **kw)
+    for layout in LAYOUTS:
+        shape = (8, 6, 6, 3) if layout == "NHWC" else (8, 3, 6, 6)
+        run(_x(shape, np.uint8), layout)
 
 
 OPS = {
@@ -307,9 +386,11 @@ OPS = {
     "augment_noise": _augment_noise,
     "augment_erasing": _augment_erasing,
     "augment_mix": _augment_mix,
+    "augment_color": _augment_color,
     "cross_entropy": _cross_entropy,
     "ema": _ema,
     "clip": _clip,
+    "half": _half,
 }
 """Warm-up groups, by the public functions they run (``fastreg warmup --ops NAME,...``)."""
 

@@ -2,12 +2,14 @@
 
 One op group only, in a subprocess with an empty NUMBA_CACHE_DIR (a full warm-up compiles every
 kernel: minutes). penalties is among the cheapest groups: one twin kernel and its helper, two
-dtypes.
+dtypes. That every kernel is reached by some group is checked without compiling them
+(test_every_cpu_kernel_is_reached_by_a_group: seconds).
 """
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastreg
@@ -98,3 +100,105 @@ def test_every_group_runs_on_the_reference(name):
     # the same calls as on "cpu", cheap on "numpy": a group that no longer matches the API (or
     # the kernel contract, for batch_norm_sync) fails here rather than at warm-up time
     warm.OPS[name]("numpy")
+
+
+# ---- coverage: every kernel of the cpu backend is reached by some group, without compiling ----
+
+def _returns_value(fn):
+    """Whether ``fn``'s source has a ``return <value>`` (nested functions aside)."""
+    import ast
+    import inspect
+    import textwrap
+    body = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0].body
+    stack = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Return) and node.value is not None and not (
+                isinstance(node.value, ast.Constant) and node.value.value is None):
+            return True
+        stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _global_names(fn):
+    """The global names ``fn``'s code (nested code included) refers to."""
+    names, codes = set(), [fn.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def test_every_cpu_kernel_is_reached_by_a_group(monkeypatch):
+    """Run every warm-up group on "cpu" with the kernels called from Python recorded and not
+    run (no compiling: seconds): every dispatcher that ``uncompiled()`` watches must be reached.
+    A kernel that returns a value runs for real (the group's next calls may depend on it; few
+    and small); one that returns nothing is skipped, its writable float arrays set to 1 (a
+    deterministic finite result, whatever np.empty left there). A kernel reached covers the
+    other version of its twin (warmup compiles it from the signatures) and the jitted helpers
+    its code names (compiled with it); a stepped kernel covers what its parallel version's
+    methods name (the driver). Fails on a kernel that no group reaches, e.g. a new kernel or
+    a path taken only by large or non-contiguous inputs: add a call to a group in
+    fastreg/warmup.py."""
+    _cpu_or_skip()
+    from numba.core.registry import CPUDispatcher
+    from fastreg.cpu import penalty as cpu_penalty
+
+    dispatchers = warm._dispatchers()
+    names = {id(d): name for name, d in dispatchers}
+    real_call = CPUDispatcher.__call__          # the C dispatcher's call
+    called, valued = set(), {}
+
+    def call(self, *args, **kwargs):
+        if id(self) not in names:
+            return real_call(self, *args, **kwargs)
+        called.add(id(self))
+        if id(self) not in valued:
+            valued[id(self)] = _returns_value(self.py_func)
+        if valued[id(self)]:
+            return real_call(self, *args, **kwargs)
+        for a in args:   # as if it ran: finite floats (np.empty's bytes could steer a branch)
+            if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.flags.writeable:
+                a[...] = 1
+        return None
+
+    monkeypatch.setattr(CPUDispatcher, "__call__", call)
+    limit = cpu_penalty.STREAM_MIN_BYTES
+    for group in warm.OPS.values():
+        group("cpu")
+    monkeypatch.undo()
+    assert cpu_penalty.STREAM_MIN_BYTES == limit   # warmup restored the limit it lowered
+
+    # what compiling the kernels that were called compiles too
+    mates = {}
+    for tw in warm._twins():
+        for v in (tw.serial, tw.parallel):
+            mates[id(v)] = tw
+    covered, todo = set(), [d for _, d in dispatchers if id(d) in called]
+    while todo:
+        d = todo.pop()
+        if id(d) in covered:
+            continue
+        covered.add(id(d))
+        fns = [d.py_func]
+        tw = mates.get(id(d))
+        if tw is not None:
+            for v in (tw.serial, tw.parallel):
+                if isinstance(v, CPUDispatcher):
+                    todo.append(v)
+                else:   # a stepped kernel's parallel version: what its methods name
+                    fns += [f for f in vars(type(v)).values() if hasattr(f, "__code__")]
+        for fn in fns:
+            for name in _global_names(fn):
+                v = fn.__globals__.get(name)
+                if isinstance(v, CPUDispatcher):
+                    todo.append(v)
+    missing = sorted(name for name, d in dispatchers if id(d) not in covered)
+    if not cpu_penalty.CAN_STREAM:   # no streaming stores on this CPU: never taken
+        prefix = cpu_penalty.__name__ + "."
+        missing = [m for m in missing
+                   if not (m.startswith(prefix) and "stream" in m[len(prefix):])]
+    assert missing == [], f"kernels no warm-up group reaches: {missing}"
