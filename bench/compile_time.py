@@ -116,6 +116,23 @@ OPS = {
     "cross_entropy": ("logits = rng.standard_normal((NC[0], 10)).astype(np.float32)\n"
                       "y = np.arange(NC[0]) % 10\n",
                       "fastreg.cross_entropy(logits, y, label_smoothing=0.1, backend=BACKEND)"),
+    # the rest of dropout's family and today's recipe (fastreg/cpu/dropout.py, dropblock.py,
+    # ema.py, clip.py, augment_color.py)
+    "dropout_backward": ("x = rng.standard_normal(N).astype(np.float32)\n",
+                         "fastreg.dropout_backward(x, 0.5, seed=1, backend=BACKEND)"),
+    "drop_path": ("x = rng.standard_normal(NCHW).astype(np.float32)\n",
+                  "fastreg.drop_path(x, 0.5, seed=1, backend=BACKEND)"),
+    "drop_block": ("x = rng.standard_normal(NCHW).astype(np.float32)\n",
+                   "fastreg.drop_block(x, 0.1, 3, seed=1, backend=BACKEND)"),
+    "ema_update": (_VEC_SETUP + "e = w.copy()\n", "fastreg.ema_update([e], [w], 0.999, "
+                   "backend=BACKEND)"),
+    "clip_grad_norm": (_VEC_SETUP, "fastreg.clip_grad_norm([w], 1.0, backend=BACKEND)"),
+    "color_jitter": (_IMG_SETUP, "fastreg.augment.ColorJitter(0.4, 0.4, 0.4, 0.1)(img, seed=1, "
+                     "backend=BACKEND)"),
+    "gaussian_blur": (_IMG_SETUP, "fastreg.augment.gaussian_blur(img, 5, 1.0, backend=BACKEND)"),
+    "normalize": (_IMG_SETUP, "fastreg.augment.normalize(img, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2), "
+                  "backend=BACKEND)"),
+    "rand_augment": (_IMG_SETUP, "fastreg.augment.RandAugment()(img, seed=1, backend=BACKEND)"),
 }
 
 # Every kernel ``fastreg demo --backend cpu`` uses: one epoch of each of its configurations (the

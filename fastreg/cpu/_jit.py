@@ -25,7 +25,6 @@ import numba
 import numpy as np
 from numba import prange
 from numba._dispatcher import compute_fingerprint
-from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
@@ -36,6 +35,10 @@ _OPTIONS = dict(cache=True, error_model="numpy")
 jit = numba.njit(**_OPTIONS)
 pjit = numba.njit(parallel=True, **_OPTIONS)
 inline = numba.njit(inline="always", **_OPTIONS)
+# Helpers called only from compiled code: no CPython or C wrapper to compile with them. Numba
+# types such a helper once per signature (an ``inline`` one is typed again at every call site)
+# and LLVM still inlines it where that pays.
+inner = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
 
 
 class Twin:

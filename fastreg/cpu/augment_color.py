@@ -12,9 +12,10 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
-from ._jit import inline, jit, launch, twin
+from ._jit import NO_STEP, inner, launch, stepped, twin
 
 F32 = np.float32
+Z0 = np.int64(0)  # a 0 that is not a literal (a literal argument gets a compile of its own)
 GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
 INV255 = F32(1.0 / 255.0)
 MAGIC = F32(12582912.0)
@@ -30,13 +31,13 @@ SKIP, IDENTITY, BRIGHTNESS, SATURATION, CONTRAST, SHARPNESS, POSTERIZE, SOLARIZE
     AUTOCONTRAST, EQUALIZE, HUE = -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 
-@inline
+@inner
 def _trunc(y):
     """clamp to [0, 255] and truncate (torch's ``.to(uint8)`` after ``clamp_``)."""
     return np.uint8(min(max(y, ZERO32), MAX32))
 
 
-@inline
+@inner
 def _fma32(a, b, c):
     """float32 a * b + c rounded once (fastreg.reference.augment_color.fma32): the float64 sum
     of the exact product, rounded to odd when inexact, then to float32."""
@@ -53,7 +54,7 @@ def _fma32(a, b, c):
     return F32(s)
 
 
-@inline
+@inner
 def _gray(r, g, b):
     """floor of the float32 luma with torch's two fused multiply-adds."""
     t = F32(r) * GRAY_R
@@ -62,7 +63,7 @@ def _gray(r, g, b):
     return F32(np.floor(t))
 
 
-@inline
+@inner
 def _hue_pixel(r8, g8, b8, shift, dst, k0):
     """torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb, to_dtype(uint8) of one pixel; the
     three results go to dst[k0], dst[k0 + 1], dst[k0 + 2]."""
@@ -103,7 +104,18 @@ def _hue_pixel(r8, g8, b8, shift, dst, k0):
         dst[k0 + k] = np.uint8(v * TO_U8)
 
 
-@jit
+@inner
+def _copy_rows(img, dst, y0, y1):
+    """dst[y0:y1] = img[y0:y1], element by element (a slice assignment would compile Numba's
+    shape check and its error message: about 2 s of the first call's compile)."""
+    h, w, c = img.shape
+    for y in range(y0, y1):
+        for x in range(w):
+            for k in range(c):
+                dst[y, x, k] = img[y, x, k]
+
+
+@inner
 def _apply_lut(img, dst, lut):
     h, w, c = img.shape
     for y in range(h):
@@ -112,7 +124,7 @@ def _apply_lut(img, dst, lut):
                 dst[y, x, k] = lut[k, img[y, x, k]]
 
 
-@jit
+@inner
 def _blend_lut(lut, k, other, f):
     """lut[k, v] = blend(v, other, f) for every v."""
     a = F32(f)
@@ -122,13 +134,12 @@ def _blend_lut(lut, k, other, f):
         lut[k, v] = _trunc(_fma32(o, b, F32(v) * a))
 
 
-@jit
+@inner
 def _sample(img, dst, code, p, lut, same):
     h, w, c = img.shape
     if code == IDENTITY:
         if not same:
-            for y in range(h):
-                dst[y] = img[y]
+            _copy_rows(img, dst, Z0, h)
         return
     if code == BRIGHTNESS:
         a = F32(p)
@@ -170,8 +181,7 @@ def _sample(img, dst, code, p, lut, same):
     if code == SATURATION:
         if c != 3:
             if not same:
-                for y in range(h):
-                    dst[y] = img[y]
+                _copy_rows(img, dst, Z0, h)
             return
         a = F32(p)
         b = F32(1.0 - p)
@@ -186,8 +196,7 @@ def _sample(img, dst, code, p, lut, same):
     if code == HUE:
         if c != 3:
             if not same:
-                for y in range(h):
-                    dst[y] = img[y]
+                _copy_rows(img, dst, Z0, h)
             return
         shift = F32(p)
         for y in range(h):
@@ -215,7 +224,8 @@ def _sample(img, dst, code, p, lut, same):
     if code == EQUALIZE:
         hist = np.zeros(256, np.int64)
         for k in range(c):
-            hist[:] = 0
+            for v in range(256):
+                hist[v] = 0
             for y in range(h):
                 for x in range(w):
                     hist[img[y, x, k]] += 1
@@ -239,8 +249,7 @@ def _sample(img, dst, code, p, lut, same):
         # rows are read from a copy of the three source rows around y: out may be x
         if h <= 2 or w <= 2:
             if not same:
-                for y in range(h):
-                    dst[y] = img[y]
+                _copy_rows(img, dst, Z0, h)
             return
         alpha = F32(1.0 - p)
         prev = np.empty((w, c), np.int64)
@@ -251,8 +260,8 @@ def _sample(img, dst, code, p, lut, same):
                 prev[x, k] = img[0, x, k]
                 cur[x, k] = img[1, x, k]
         if not same:
-            dst[0] = img[0]
-            dst[h - 1] = img[h - 1]
+            _copy_rows(img, dst, Z0, Z0 + 1)
+            _copy_rows(img, dst, h - 1, h)
         for y in range(1, h - 1):
             for x in range(w):
                 for k in range(c):
@@ -272,16 +281,15 @@ def _sample(img, dst, code, p, lut, same):
         return
 
 
-@twin
-def _color_kernel(x, codes, params, out, same):
+@stepped
+def _color_kernel(x, codes, params, out, same, unused, steps, t, T):
+    """Share t of T of the samples (one step; a stepped kernel: see fastreg/cpu/_jit.py, its
+    parallel version compiles the loop once instead of five times)."""
     n = x.shape[0]
-    c = x.shape[3]
-    for i in prange(n):
-        code = codes[i]
-        if code == SKIP:
-            continue
-        lut = np.empty((c, 256), np.uint8)
-        _sample(x[i], out[i], code, params[i], lut, same)
+    lut = np.empty((x.shape[3], 256), np.uint8)
+    for i in range(t * n // T, (t + 1) * n // T):
+        if codes[i] != SKIP:
+            _sample(x[i], out[i], codes[i], params[i], lut, same)
 
 
 @twin
@@ -355,7 +363,7 @@ def aug_color(x, codes, params, out):
     xc = np.ascontiguousarray(x)
     oc = np.ascontiguousarray(out)
     launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), xc, codes, params, oc,
-           np.shares_memory(xc, oc))
+           np.shares_memory(xc, oc), (), (0, NO_STEP, NO_STEP))
     if oc is not out:
         out[...] = oc
 

@@ -59,13 +59,12 @@ wrapper; and no helper gets a literal argument (Numba compiles a specialization 
 """
 from collections import namedtuple
 
-import numba
 import numpy as np
 
 from .. import _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs, bn_forward_coeffs
-from ._jit import _OPTIONS, jit, launch, stepped
+from ._jit import inner, jit, launch, stepped
 from .penalty import CAN_STREAM, STREAM_ALIGN, _sfence, _stream_store
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
@@ -95,8 +94,6 @@ tasks per view channel, lanes of the sums, element-wise loop length, channels pe
 and lanes per channel in a lane row (columns regime C and B, rows regime 1 and 1), values per
 channel; mode PLAIN, STREAM or IN_PLACE once an op has seen its arrays (None from _plan)."""
 
-# Helpers called only from compiled code: no CPython or C wrapper to compile with them.
-inner = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
 
 
 def _cdiv(a, b):
@@ -637,7 +634,7 @@ def _streamable(o, arrays):
 def _scratch(plan, head, sums, C, per_channel, dtype):
     """A stepped kernel's work memory: (float64: ``head`` values, then the tasks' sums when
     ``sums``; ``dtype``: ``per_channel`` rows of C coefficients)."""
-    A, Cv, ntask, lanes = plan.tile[0], plan.tile[1], plan.tile[6], plan.tile[7]
+    Cv, ntask, lanes = plan.tile[1], plan.tile[6], plan.tile[7]
     return (np.empty(head + (Cv * ntask * 4 * lanes if sums else 0)),
             np.empty(per_channel * C, dtype))
 

@@ -10,11 +10,11 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
-from ._jit import inline, launch, twin
+from ._jit import NO_STEP, inner, launch, stepped, twin
 from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
-@inline
+@inner
 def _plane_seeds(seeds, buf, lanes, k0, k1, g0, threshold):
     """seeds[q] = 1 when stream word g0 + q is below threshold (q < seeds.size)."""
     hw = seeds.size
@@ -25,7 +25,7 @@ def _plane_seeds(seeds, buf, lanes, k0, k1, g0, threshold):
             s[i] = np.uint8(np.uint64(words[i]) < threshold)
 
 
-@inline
+@inner
 def _row_reach(src, dst, w, left, right):
     """dst[j] = 1 when src has a 1 in [j - left, j + right] (clipped to [0, w))."""
     c = 0
@@ -39,7 +39,7 @@ def _row_reach(src, dst, w, left, right):
             c -= src[j - left]
 
 
-@inline
+@inner
 def _any(a):
     acc = np.uint8(0)
     for i in range(a.size):
@@ -47,8 +47,12 @@ def _any(a):
     return acc != 0
 
 
-@twin
-def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
+@stepped
+def _mask_kernel(keys, k, channels_last, mask, kept, unused, steps, t, T):
+    """Share t of T of the (sample, channel) planes (one step; a stepped kernel, see
+    fastreg/cpu/_jit.py): their mask, and kept[p] the kept elements of plane p. keys (seed,
+    offset, threshold)."""
+    seed, offset, threshold = keys
     if channels_last:
         nsamples, h, w, c = mask.shape
     else:
@@ -58,15 +62,16 @@ def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
     right = (k - 1) // 2   # is covered by the seeds in [i - k // 2, i + (k - 1) // 2]
     k0, k1 = key_words(seed)
     planes = nsamples * c
-    kept = np.zeros(planes, np.int64)  # per plane (a prange reduction of a loop-local sum
-    for p in prange(planes):           # does not compile in Numba 0.68's parfors)
+    seeds = np.empty(hw, np.uint8)
+    reach = np.empty(hw, np.uint8)
+    row_hit = np.empty(h, np.bool_)
+    cnt = np.empty(w, np.int32)
+    buf, lanes = scratch()
+    for p in range(t * planes // T, (t + 1) * planes // T):
+        for j in range(w):
+            cnt[j] = 0
         n = p // c
         ch = p - n * c
-        seeds = np.empty(hw, np.uint8)
-        reach = np.empty(hw, np.uint8)
-        row_hit = np.empty(h, np.bool_)
-        cnt = np.zeros(w, np.int32)
-        buf, lanes = scratch()
         _plane_seeds(seeds, buf, lanes, k0, k1, offset + np.uint64(p * hw), threshold)
         # seeds are sparse at the usual rates: rows without one, and output rows with no reach
         # in their window, take a shortcut (the same values)
@@ -111,7 +116,6 @@ def _mask_kernel(seed, offset, threshold, k, channels_last, mask):
                 for j in range(w):
                     cnt[j] -= reach[r * w + j]
         kept[p] = local
-    return kept.sum()
 
 
 @twin
@@ -131,9 +135,12 @@ def _apply_kernel(x, mask, scale, out):
 def drop_block_mask(seed, offset, threshold, block, channels_last, mask):
     if mask.size == 0:
         return 0
-    return int(launch(_mask_kernel, _threads.plan(mask.size, "random"), np.uint64(seed),
-                      np.uint64(offset), np.uint64(threshold), np.int64(block),
-                      bool(channels_last), mask))
+    planes = mask.shape[0] * mask.shape[3 if channels_last else 1]
+    kept = np.empty(planes, np.int64)
+    launch(_mask_kernel, _threads.plan(mask.size, "random"),
+           (np.uint64(seed), np.uint64(offset), np.uint64(threshold)), np.int64(block),
+           bool(channels_last), mask, kept, (), (0, NO_STEP, NO_STEP))
+    return int(kept.sum())
 
 
 def drop_block_apply(x, mask, scale, out):
