@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
-from ._jit import NO_STEP, inner, launch, stepped, twin
+from ._jit import NO_STEP, inline, inner, launch, stepped, twin
 
 F32 = np.float32
 Z0 = np.int64(0)  # a 0 that is not a literal (a literal argument gets a compile of its own)
@@ -63,7 +63,7 @@ def _gray(r, g, b):
     return F32(np.floor(t))
 
 
-@inner
+@inline
 def _hue_pixel(r8, g8, b8, shift, dst, k0):
     """torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb, to_dtype(uint8) of one pixel; the
     three results go to dst[k0], dst[k0 + 1], dst[k0 + 2]."""
