@@ -104,7 +104,7 @@ def _stepped_driver(address, a0, a1, a2, a3, a4, a5, steps, nthreads):
     failed = np.zeros(nthreads, np.bool_)
     for s in range(len(steps)):
         if steps[s] != NO_STEP:
-            one = (steps[s], steps[s] * 0 + NO_STEP, steps[s] * 0 + NO_STEP)
+            one = (np.int64(steps[s]), np.int64(NO_STEP), np.int64(NO_STEP))
             for t in prange(nthreads):  # (t: uint64)
                 failed[t] = _call_at(address, (a0, a1, a2, a3, a4, a5, one, np.int64(t),
                                                nthreads))
@@ -125,6 +125,10 @@ class _SteppedParallel:
 
     def _address(self, sig):
         """The kernel's entry point for ``sig``, compiled (or loaded) first."""
+        # compile() with the argument types, as a call from Python does: Numba's disk cache is
+        # keyed by what compile() gets, and get_compile_result() alone would pass the Signature
+        # (the serial and parallel runs would then store and miss each other's machine code)
+        self._serial.compile(tuple(sig.args))
         cres = self._serial.get_compile_result(sig)
         if tuple(sig.args) not in self.signatures:
             self.signatures.append(tuple(sig.args))
@@ -140,10 +144,13 @@ class _SteppedParallel:
     def __call__(self, args, nthreads):
         if not isinstance(self._serial, numba.core.dispatcher.Dispatcher):
             # NUMBA_DISABLE_JIT: plain Python, the shares one after the other
-            for step in args[-1]:
-                if step != NO_STEP:
-                    for t in range(nthreads):
-                        self._serial(*args[:-1], (step, NO_STEP, NO_STEP), t, nthreads)
+            try:
+                for step in args[-1]:
+                    if step != NO_STEP:
+                        for t in range(nthreads):
+                            self._serial(*args[:-1], (step, NO_STEP, NO_STEP), t, nthreads)
+            except Exception as e:  # as the compiled driver reports it
+                raise RuntimeError("a stepped kernel raised in a parallel share") from e
             return None
         try:
             key = compute_fingerprint(args)
@@ -162,7 +169,13 @@ class _SteppedParallel:
 
 class Stepped:
     """A stepped kernel (see the module's text): ``.serial``, the kernel compiled once;
-    ``.parallel``, the driver that runs its shares on Numba's threads."""
+    ``.parallel``, the driver that runs its shares on Numba's threads.
+
+    The parallel version finds the kernel's address by the arguments' fingerprint, which does
+    not tell a Python int that fits in int64 from a bigger one (typed uint64): pass such values
+    as NumPy scalars. ``steps``: three ints. An exception raised with run-time values inside a
+    parallel share leaks Numba's record of it (a fixed message does not); fastreg's kernels do
+    not raise."""
 
     def __init__(self, fn):
         self.py_func = fn
