@@ -9,14 +9,15 @@ threading layer). ``launch(kernel, nthreads, *args)`` runs the serial twin when 
 (the decision of ``fastreg._threads.plan``), else the parallel one with exactly ``nthreads``
 threads. Both give the same bits: a kernel's result may not depend on how its work is split.
 
-``stepped(fn)`` is the other kind of kernel, for big kernels (batch norm): ``fn(*args, steps, t,
-T)`` runs share ``t`` of ``T`` of each of its ``steps``' work items, with no ``prange``. It is
-compiled once, serially; ``.serial`` runs every step with one share, ``.parallel`` runs
-``_stepped_driver``: per step, a ``prange`` over T shares that calls the kernel through its
-address (an int argument). A ``prange`` body is compiled into a function of its own, which Numba links into three
-more libraries and optimizes and emits again in each (four times in all, 2.4 of a parallel batch
-norm kernel's 3.5 s of compile): through an address, the kernel's code is compiled only once
-and the parallel version adds a driver of a few lines.
+``stepped(fn)`` is the other kind of kernel, for big kernels (batch norm, DropBlock's mask,
+the colour augmentations): ``fn(a0, ..., a5, steps, t, T)`` (six argument slots, ``()`` for an
+unused one) runs share ``t`` of ``T`` of each of its ``steps``' work items, with no ``prange``.
+It is compiled once, serially. ``.serial`` runs every step with one share; ``.parallel`` runs
+``_stepped_driver``: per step, a ``prange`` over T shares, each calling the kernel through its
+address (an int argument). A ``prange`` body is compiled into a function of its own, which Numba
+links into three more libraries and optimizes and emits again in each (four times in all: 2.4 of
+a parallel batch-norm kernel's 3.5 s of compile). Through an address the kernel's code is
+compiled once, and the parallel version adds a driver of a few lines.
 """
 import threading
 import types
@@ -59,7 +60,6 @@ class Twin:
     def __call__(self, *args):
         """Run serially (the kernel's own call with no plan: small work, tests)."""
         return self.serial(*args)
-
 
     def run_serial(self, args):
         return self.serial(*args)
