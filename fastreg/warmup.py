@@ -10,10 +10,11 @@ streaming-store kernels of penalty gradients and proximal steps (taken for outpu
 ``fastreg.cpu.penalty.STREAM_MIN_BYTES`` and more: warmup lowers that limit to 0 around those
 calls, and restores it), the per-array kernels of the list ops (ema, clip: taken for
 non-contiguous arrays; contiguous lists make one launch for the whole list), and the float16 /
-bfloat16 conversion passes. Kernels compiled twice from one source (``fastreg.cpu._jit.Twin``: a
-serial and a parallel version) get both versions, for every signature either one was compiled
-with: tiny inputs run the serial twin, so the parallel one is compiled from the same signatures
-without starting a thread pool. Not covered: read-only input arrays (Numba types them apart from
+bfloat16 conversion passes. Kernels with a serial and a parallel version (``fastreg.cpu._jit``:
+a ``Twin``, one source compiled twice, or a ``Stepped`` kernel, compiled once and run in
+parallel by a driver) get both versions, for every signature either one was compiled with: tiny
+inputs run the serial version, so the parallel one is compiled from the same signatures without
+starting a thread pool. Not covered: read-only input arrays (Numba types them apart from
 writable ones, so an op on a read-only array compiles its kernel again at the first such call).
 
 The cache goes where Numba puts it: ``NUMBA_CACHE_DIR`` when set, else ``__pycache__`` next to

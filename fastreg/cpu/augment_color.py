@@ -222,7 +222,7 @@ def _sample(img, dst, code, p, lut, same):
         _apply_lut(img, dst, lut)
         return
     if code == EQUALIZE:
-        hist = np.zeros(256, np.int64)
+        hist = np.empty(256, np.int64)  # zeroed per channel
         for k in range(c):
             for v in range(256):
                 hist[v] = 0

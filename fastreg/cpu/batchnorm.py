@@ -52,10 +52,11 @@ can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once, seria
 parallel by a driver that calls them through their address, one share of a step per thread
 (a ``prange`` over the work items would have Numba compile the loop body four more times).
 The kernels call the piece loops directly (every compiled function is optimized again inside
-each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic, no slices; optional arrays are
-flags with stand-ins (a 0-size residual or gres, x as y without a ReLU) and the steps are ints,
-so each kernel compiles once per dtype; helpers called only from compiled code have no CPython
-wrapper; and no helper gets a literal argument (Numba compiles a specialization per literal).
+each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic,
+no slices; optional arrays are flags with stand-ins (a 0-size residual or gres, x as y without a
+ReLU) and the steps are ints, so each kernel compiles once per dtype; helpers called only from
+compiled code have no CPython wrapper; and no helper gets a literal argument (Numba compiles a
+specialization per literal).
 """
 from collections import namedtuple
 
@@ -93,7 +94,6 @@ ntask, lanes, chunk, Cc, Bc, n): the view, piece length, pieces per view row, pi
 tasks per view channel, lanes of the sums, element-wise loop length, channels per view channel
 and lanes per channel in a lane row (columns regime C and B, rows regime 1 and 1), values per
 channel; mode PLAIN, STREAM or IN_PLACE once an op has seen its arrays (None from _plan)."""
-
 
 
 def _cdiv(a, b):
@@ -392,12 +392,13 @@ def _lane_row(v, v0, nv, Bc, out, o, W):
 # SUMS, FINISH, APPLY or FUSED alone. Each step is a loop over share t of T of its work items
 # (T threads run one share each, _jit.stepped), the item's work written out in one loop body that
 # holds each part once (Numba optimizes every compiled callee again inside each caller,
-# numba/numba#8085). Items of a step never write the same memory. Work item q: SUMS task q, pieces [p0, p1) of view channel c = q // ntask, its sums
-# into part's block q (4 rows of lanes); FINISH view channel q: its tasks' blocks added and the
-# coefficients computed; FUSED all of view channel q (its sums in the channel's first block,
-# then FINISH, then APPLY on it while it is in cache); APPLY a run of per_task pieces of the
-# whole view, in memory order (one forward stream, which the hardware prefetches). Piece p is
-# view row p // nb, values [b0, b0 + seg) of it, b0 = (p % nb) * seg.
+# numba/numba#8085). Items of a step never write the same memory. Work item q: SUMS task q,
+# pieces [p0, p1) of view channel c = q // ntask, its sums into part's block q (4 rows of lanes);
+# FINISH view channel q: its tasks' blocks added and the coefficients computed; FUSED all of view
+# channel q (its sums in the channel's first block, then FINISH, then APPLY on it while it is in
+# cache); APPLY a run of per_task pieces of the whole view, in memory order (one forward stream,
+# which the hardware prefetches). Piece p is view row p // nb, values [b0, b0 + seg) of it,
+# b0 = (p % nb) * seg.
 
 @inner
 def _items(step, tile):
@@ -631,12 +632,12 @@ def _streamable(o, arrays):
         a is not o and np.may_share_memory(a, o) for a in arrays)
 
 
-def _scratch(plan, head, sums, C, per_channel, dtype):
-    """A stepped kernel's work memory: (float64: ``head`` values, then the tasks' sums when
-    ``sums``; ``dtype``: ``per_channel`` rows of C coefficients)."""
+def _scratch(plan, head, C, per_channel, dtype):
+    """The work memory of a kernel that sums: (float64: ``head`` values, then the tasks' sums;
+    ``dtype``: ``per_channel`` rows of C coefficients). APPLY alone needs none (0-size
+    stand-ins)."""
     Cv, ntask, lanes = plan.tile[1], plan.tile[6], plan.tile[7]
-    return (np.empty(head + (Cv * ntask * 4 * lanes if sums else 0)),
-            np.empty(per_channel * C, dtype))
+    return np.empty(head + Cv * ntask * 4 * lanes), np.empty(per_channel * C, dtype)
 
 
 def _steps(plan):
@@ -663,7 +664,7 @@ def bn_stats(x, mean, m2, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
-           (mean, m2, _stand_in(_F64)), _scratch(plan, mean.size, True, 0, 0, x.dtype),
+           (mean, m2, _stand_in(_F64)), _scratch(plan, mean.size, 0, 0, x.dtype),
            _opts(x.dtype, 0.0, None, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
 
@@ -689,7 +690,7 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
               out.reshape(-1))
     e = _stand_in(x.dtype)
     launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
-           _scratch(plan, mean.size, True, weight.size, 3, x.dtype),
+           _scratch(plan, mean.size, weight.size, 3, x.dtype),
            _opts(x.dtype, eps, residual, relu, plan.mode), plan.tile, _steps(plan))
     return plan
 
@@ -703,7 +704,7 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
     launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
-           (center, _stand_in(center.dtype), s_dy, s_dyx), _scratch(plan, 0, True, 0, 0, x.dtype),
+           (center, _stand_in(center.dtype), s_dy, s_dyx), _scratch(plan, 0, 0, 0, x.dtype),
            (y is not None, False, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
 
@@ -735,7 +736,7 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
     e, f = _stand_in(x.dtype), _stand_in(_F64)
     launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
-           (mean, invstd, f, f), _scratch(plan, 2 * weight.size, True, weight.size, 4, x.dtype),
+           (mean, invstd, f, f), _scratch(plan, 2 * weight.size, weight.size, 4, x.dtype),
            (y is not None, bool(training), gres is not None, plan.mode), plan.tile,
            _steps(plan))
     return plan
