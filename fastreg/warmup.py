@@ -10,11 +10,11 @@ streaming-store kernels of penalty gradients and proximal steps (taken for outpu
 ``fastreg.cpu.penalty.STREAM_MIN_BYTES`` and more: warmup lowers that limit to 0 around those
 calls, and restores it), the per-array kernels of the list ops (ema, clip: taken for
 non-contiguous arrays; contiguous lists make one launch for the whole list), and the float16 /
-bfloat16 conversion passes. Kernels with a serial and a parallel version (``fastreg.cpu._jit``:
-a ``Twin``, one source compiled twice, or a ``Stepped`` kernel, compiled once and run in
-parallel by a driver) get both versions, for every signature either one was compiled with: tiny
-inputs run the serial version, so the parallel one is compiled from the same signatures without
-starting a thread pool. Not covered: read-only input arrays (Numba types them apart from
+bfloat16 conversion passes. Kernels with a serial and a parallel version (``fastreg.cpu._jit``'s
+twins, one source compiled twice) get both versions, for every signature either one was
+compiled with: tiny inputs run the serial version, so the parallel one is compiled from the same
+signatures without starting a thread pool. (A ``Stepped`` kernel is compiled once: its parallel
+launch runs the same code on Python threads.) Not covered: read-only input arrays (Numba types them apart from
 writable ones, so an op on a read-only array compiles its kernel again at the first such call).
 
 The cache goes where Numba puts it: ``NUMBA_CACHE_DIR`` when set, else ``__pycache__`` next to
@@ -405,13 +405,13 @@ def _cpu_modules():
 
 
 def _twins():
-    """The kernels with a serial and a parallel version (twins and stepped kernels)."""
+    """The kernels with a serial and a parallel version (twins; a stepped kernel has one
+    version, which its parallel launch runs too)."""
     from .cpu import _jit
-    twin_types = (_jit.Twin, _jit.Stepped)
     found = {}
     for mod in _cpu_modules():
         for v in vars(mod).values():
-            if isinstance(v, twin_types):
+            if isinstance(v, _jit.Twin):
                 found[id(v)] = v
     return list(found.values())
 

@@ -1,5 +1,10 @@
-"""Stepped kernels (fastreg/cpu/_jit.py): compiled once, run serially or in shares by the
-parallel driver, which calls them through their address."""
+"""Stepped kernels (fastreg/cpu/_jit.py): compiled once, run serially or in shares on Python
+threads (_jit._Shares)."""
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
@@ -52,8 +57,16 @@ def test_an_exception_is_raised_serially_and_in_parallel():
     with pytest.raises(ValueError, match="negative x"):
         _jit.launch(_toy, 1, *_args(x, out, (0, 2, _jit.NO_STEP)))
     if _jit.numba.config.NUMBA_NUM_THREADS > 1:
-        with pytest.raises(RuntimeError, match="raised in a parallel share"):
+        with pytest.raises(ValueError, match="negative x"):  # raised by share 1 of 2
             _jit.launch(_toy, 2, *_args(x, out, (0, 2, _jit.NO_STEP)))
+        x[57], x[3] = 0.0, -1.0                                  # by share 0
+        with pytest.raises(ValueError, match="negative x"):
+            _jit.launch(_toy, 2, *_args(x, out, (0, 2, _jit.NO_STEP)))
+        x[3] = 0.0   # the workers are free again: the next launch runs in parallel
+        before = _jit.launches["parallel"]
+        _jit.launch(_toy, 2, *_args(x, out, (0, 1, _jit.NO_STEP)))
+        np.testing.assert_array_equal(out, 2 * x + (2 * x)[::-1])
+        assert _jit.launches["parallel"] == before + 1
 
 
 def test_steps_of_another_int_type():
@@ -69,16 +82,75 @@ def test_steps_of_another_int_type():
 
 
 def test_one_kernel_compile_for_both_versions():
-    """The parallel version runs the serial version's compiled code (its signatures are the
-    kernel's), and compile(sig) prepares the driver for a signature the kernel has (warmup)."""
+    """The parallel launch runs the serial version's compiled code: no second compile."""
     if not hasattr(_toy.serial, "signatures"):
         pytest.skip("NUMBA_DISABLE_JIT: nothing is compiled")
     x = np.ones(10, np.float32)
     _jit.launch(_toy, 1, *_args(x, np.empty_like(x), (0, _jit.NO_STEP, _jit.NO_STEP)))
     f32 = [s for s in _toy.serial.signatures if s[0].dtype.dtype == _jit.numba.float32]
     assert len(f32) == 1
-    _toy.parallel.compile(f32[0])
+    _jit.launch(_toy, 2, *_args(x, np.empty_like(x), (0, _jit.NO_STEP, _jit.NO_STEP)))
     assert [s for s in _toy.serial.signatures if s[0].dtype.dtype == _jit.numba.float32] == f32
-    assert f32[0] in _toy.parallel.signatures
-    driver = [s for s in _jit._stepped_driver.signatures if s[1:7] == f32[0][:6]]
-    assert len(driver) == 1, _jit._stepped_driver.signatures
+
+
+def test_concurrent_launches_from_python_threads():
+    """Launches from several Python threads at once: one holds the workers, the others run
+    serially on their own thread; every result is right."""
+    n, rounds = 4000, 30
+    xs = [np.random.default_rng(i).standard_normal(n) for i in range(4)]
+    errors = []
+
+    def run(x):
+        try:
+            for _ in range(rounds):
+                out = np.full(n, np.nan)
+                _jit.launch(_toy, 2, *_args(x, out, (0, 1, _jit.NO_STEP)))
+                np.testing.assert_array_equal(out, 2 * x + (2 * x)[::-1])
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(x,)) for x in xs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not any(th.is_alive() for th in threads)
+    assert not errors, errors[0]
+
+
+_FORK_CHILD = """
+import os, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_stepped as m
+from fastreg.cpu import _jit
+x = np.arange(1000.0)
+def check(nthreads):
+    out = np.full_like(x, np.nan)
+    _jit.launch(m._toy, nthreads, *m._args(x, out, (0, 1, _jit.NO_STEP)))
+    assert (out == 2 * x + (2 * x)[::-1]).all()
+check(2)                       # the parent's workers are started
+pid = os.fork()
+if pid == 0:
+    try:
+        check(2)               # the child's own workers (the parent's did not survive fork)
+        check(1)
+    except BaseException:
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+check(2)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_launches_in_parallel():
+    """After the parent started its workers, a forked child's parallel launch starts workers of
+    its own and completes (fastreg's ops run serially in such a child; _jit itself must not
+    hang there either)."""
+    code = _FORK_CHILD.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr

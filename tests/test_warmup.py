@@ -139,8 +139,7 @@ def test_every_cpu_kernel_is_reached_by_a_group(monkeypatch):
     and small); one that returns nothing is skipped, its writable float arrays set to 1 (a
     deterministic finite result, whatever np.empty left there). A kernel reached covers the
     other version of its twin (warmup compiles it from the signatures) and the jitted helpers
-    its code names (compiled with it); a stepped kernel covers what its parallel version's
-    methods name (the driver). Fails on a kernel that no group reaches, e.g. a new kernel or
+    its code names (compiled with it). Fails on a kernel that no group reaches, e.g. a new kernel or
     a path taken only by large or non-contiguous inputs: add a call to a group in
     fastreg/warmup.py."""
     _cpu_or_skip()
@@ -186,11 +185,7 @@ def test_every_cpu_kernel_is_reached_by_a_group(monkeypatch):
         fns = [d.py_func]
         tw = mates.get(id(d))
         if tw is not None:
-            for v in (tw.serial, tw.parallel):
-                if isinstance(v, CPUDispatcher):
-                    todo.append(v)
-                else:   # a stepped kernel's parallel version: what its methods name
-                    fns += [f for f in vars(type(v)).values() if hasattr(f, "__code__")]
+            todo.extend((tw.serial, tw.parallel))
         for fn in fns:
             for name in _global_names(fn):
                 v = fn.__globals__.get(name)

@@ -12,22 +12,20 @@ threads. Both give the same bits: a kernel's result may not depend on how its wo
 ``stepped(fn)`` is the other kind of kernel, for big kernels (batch norm, DropBlock's mask,
 the colour augmentations): ``fn(a0, ..., a5, steps, t, T)`` (six argument slots, ``()`` for an
 unused one) runs share ``t`` of ``T`` of each of its ``steps``' work items, with no ``prange``.
-It is compiled once, serially. ``.serial`` runs every step with one share; ``.parallel`` runs
-``_stepped_driver``: per step, a ``prange`` over T shares, each calling the kernel through its
-address (an int argument). A ``prange`` body is compiled into a function of its own, which Numba
-links into three more libraries and optimizes and emits again in each (four times in all: 2.4 of
-a parallel batch-norm kernel's 3.5 s of compile). Through an address the kernel's code is
-compiled once, and the parallel version adds a driver of a few lines.
+It is compiled once, serially, and releases the GIL. ``.serial`` runs every step with one
+share; the parallel launch runs share 0 on the calling thread and the others on Python threads
+(``_Shares``), step after step. Why not Numba's ``prange``: a ``prange`` body is compiled into a
+function of its own, which Numba links into three more libraries and optimizes and emits again
+in each (four times in all: 2.4 of a parallel batch-norm kernel's 3.5 s of compile), and a
+driver that called the kernel through its address from a ``prange`` still cost 0.7 s per
+kernel and type. Python threads compile nothing, and on this 2-vCPU VM they wake faster than
+Numba's passive OpenMP pool (batch norm forward, (8, 64, 16, 16): 140-146 against 184-211 us).
 """
+import os
 import threading
 import types
 
 import numba
-import numpy as np
-from numba import prange
-from numba._dispatcher import compute_fingerprint
-from numba.core import types as nbtypes
-from numba.extending import intrinsic
 
 from .. import _threads
 
@@ -36,10 +34,22 @@ _OPTIONS = dict(cache=True, error_model="numpy")
 jit = numba.njit(**_OPTIONS)
 pjit = numba.njit(parallel=True, **_OPTIONS)
 inline = numba.njit(inline="always", **_OPTIONS)
+nogil_jit = numba.njit(nogil=True, **_OPTIONS)  # stepped kernels: their shares run at once
 # Helpers called only from compiled code: no CPython or C wrapper to compile with them. Numba
 # types such a helper once per signature (an ``inline`` one is typed again at every call site)
 # and LLVM still inlines it where that pays.
 inner = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
+
+
+def _renamed(fn, suffix):
+    """``fn`` under the name ``fn.__name__ + suffix``. Numba's on-disk cache is keyed by the
+    function's qualified name and bytecode, not by its compile options: a version compiled with
+    other options needs a name of its own, or the two would load each other's machine code."""
+    renamed = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                                 fn.__defaults__, fn.__closure__)
+    renamed.__qualname__ = fn.__qualname__ + suffix
+    renamed.__module__ = fn.__module__
+    return renamed
 
 
 class Twin:
@@ -48,14 +58,7 @@ class Twin:
     def __init__(self, fn):
         self.py_func = fn
         self.parallel = pjit(fn)
-        # Numba's on-disk cache is keyed by the function's qualified name and bytecode, not by
-        # its compile options: the serial twin needs a name of its own, or the two would load
-        # each other's machine code.
-        serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "__serial",
-                                       fn.__defaults__, fn.__closure__)
-        serial_fn.__qualname__ = fn.__qualname__ + "__serial"
-        serial_fn.__module__ = fn.__module__
-        self.serial = jit(serial_fn)
+        self.serial = jit(_renamed(fn, "__serial"))
 
     def __call__(self, *args):
         """Run serially (the kernel's own call with no plan: small work, tests)."""
@@ -65,7 +68,10 @@ class Twin:
         return self.serial(*args)
 
     def run_parallel(self, args, nthreads):
-        return self.parallel(*args)
+        if _layer_is_safe():
+            return _numba_parallel(self.parallel, nthreads, args)
+        with _launch_lock:
+            return _numba_parallel(self.parallel, nthreads, args)
 
 
 def twin(fn):
@@ -76,111 +82,130 @@ def twin(fn):
 NO_STEP = -1  # an unused entry of a stepped kernel's ``steps``
 
 
-@intrinsic
-def _call_at(typingctx, address, args):
-    """Call the compiled function at ``address`` (its Numba entry point) with the values of the
-    tuple ``args``, and return whether it raised: a call that Numba's linker does not see, so
-    the function's code is not compiled into the caller again. The function must take exactly
-    ``args``' types and return None. (An exception inside a ``prange`` is lost: the caller
-    raises its own after the loop.)"""
-    argtys = tuple(args.types)
+class _Shares:
+    """The Python threads that run the shares of stepped kernels, next to the calling thread.
 
-    def codegen(context, builder, signature, llargs):
-        values = [builder.extract_value(llargs[1], i) for i in range(len(argtys))]
-        fnptr = builder.inttoptr(llargs[0], context.call_conv.get_function_type(
-            nbtypes.none, argtys).as_pointer())
-        status, _ = context.call_conv.call_function(builder, fnptr, nbtypes.none, argtys,
-                                                    values)
-        return status.is_error
+    Per step, the shares are claimed one at a time, by the calling thread and by the workers it
+    woke, whoever is free first; the calling thread runs shares until none is left, then waits
+    only for shares a worker is running. A worker that wakes late (its core busy with other
+    work) finds nothing left and goes back to sleep: a busy machine makes a launch serial, not
+    stalled. Workers are started at first use and sleep on a lock between launches (no
+    spinning). The kernels release the GIL (``nogil``), so shares run at once.
 
-    return nbtypes.boolean(address, args), codegen
+    A step starts after every share of the previous one has returned. One launch at a time: a
+    launch from another Python thread while one runs is run serially on its own thread (the
+    same bits: a stepped kernel's result does not depend on its split). A forked child starts
+    with no workers (they do not survive ``fork``)."""
 
+    def __init__(self):
+        self.busy = threading.Lock()    # held by the launch in progress
+        self.mutex = threading.Lock()   # guards the fields below
+        self.workers = []               # each worker's wake-up lock (held while it sleeps)
+        self.task = None                # (kernel, args, one step, share count) of this step
+        self.next = self.count = 0      # next share to claim, shares in this step
+        self.running = 0                # shares a worker is running
+        self.waiting = False            # the launching thread sleeps on ``done``
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.errors = []
 
-@numba.njit(parallel=True, **_OPTIONS)
-def _stepped_driver(address, a0, a1, a2, a3, a4, a5, steps, nthreads):
-    """Each step of ``steps`` in turn (NO_STEP: none), its work split in ``nthreads`` shares run
-    in parallel: the kernel at ``address`` (_SteppedParallel) called as ``kernel(a0, ..., a5,
-    (step, NO_STEP, NO_STEP), t, nthreads)`` for share t."""
-    failed = np.zeros(nthreads, np.bool_)
-    for s in range(len(steps)):
-        if steps[s] != NO_STEP:
-            one = (np.int64(steps[s]), np.int64(NO_STEP), np.int64(NO_STEP))
-            for t in prange(nthreads):  # (t: uint64)
-                failed[t] = _call_at(address, (a0, a1, a2, a3, a4, a5, one, np.int64(t),
-                                               nthreads))
-            if failed.any():
-                raise RuntimeError("a stepped kernel raised in a parallel share (run it with "
-                                   "one thread, fastreg.threads(1), to see its exception)")
+    def _claim(self):
+        """The next share of this step for the launching thread, or -1."""
+        with self.mutex:
+            if self.next >= self.count:
+                return -1
+            self.next += 1
+            return self.next - 1
 
+    def _work(self, wake):
+        while True:
+            wake.acquire()
+            while True:
+                with self.mutex:
+                    if self.next >= self.count:
+                        break
+                    t = self.next
+                    self.next += 1
+                    self.running += 1
+                    kernel, args, one, count = self.task
+                try:
+                    kernel(*args, one, t, count)
+                except BaseException as e:  # re-raised by the launching thread
+                    self.errors.append(e)
+                with self.mutex:
+                    self.running -= 1
+                    if self.running == 0 and self.waiting:
+                        self.waiting = False
+                        self.done.release()
 
-class _SteppedParallel:
-    """The parallel version of a stepped kernel: ``_stepped_driver`` with the address of the
-    kernel compiled for the arguments' types. ``signatures`` (argument types of the kernel) and
-    ``compile(argtypes)`` as a dispatcher's, for fastreg.warmup."""
-
-    def __init__(self, serial):
-        self._serial = serial
-        self._addresses = {}  # fingerprint of the arguments -> the kernel's address
-        self.signatures = []
-
-    def _address(self, sig):
-        """The kernel's entry point for ``sig``, compiled (or loaded) first."""
-        # compile() with the argument types, as a call from Python does: Numba's disk cache is
-        # keyed by what compile() gets, and get_compile_result() alone would pass the Signature
-        # (the serial and parallel runs would then store and miss each other's machine code)
-        self._serial.compile(tuple(sig.args))
-        cres = self._serial.get_compile_result(sig)
-        if tuple(sig.args) not in self.signatures:
-            self.signatures.append(tuple(sig.args))
-        return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
-
-    def compile(self, argtypes):
-        """Compile (or load) the kernel and the driver for the kernel's argument types
-        ``argtypes`` (as in a dispatcher's ``signatures``)."""
-        self._address(nbtypes.none(*argtypes))
-        _stepped_driver.compile((nbtypes.int64,) + tuple(argtypes[:-3]) + (
-            nbtypes.UniTuple(nbtypes.int64, 3), nbtypes.int64))
-
-    def __call__(self, args, nthreads):
-        if not isinstance(self._serial, numba.core.dispatcher.Dispatcher):
-            # NUMBA_DISABLE_JIT: plain Python, the shares one after the other
+    def _wake(self, count):
+        while len(self.workers) < count:
+            wake = threading.Lock()
+            wake.acquire()
+            self.workers.append(wake)
+            threading.Thread(target=self._work, args=(wake,), daemon=True,
+                             name=f"fastreg-share-{len(self.workers)}").start()
+        for wake in self.workers[:count]:
             try:
-                for step in args[-1]:
-                    if step != NO_STEP:
-                        for t in range(nthreads):
-                            self._serial(*args[:-1], (step, NO_STEP, NO_STEP), t, nthreads)
-            except Exception as e:  # as the compiled driver reports it
-                raise RuntimeError("a stepped kernel raised in a parallel share") from e
-            return None
+                wake.release()
+            except RuntimeError:  # already woken, not asleep yet: it will look for shares
+                pass
+
+    def _step(self, kernel, args, one, count):
+        self.errors.clear()  # (left by a step whose own share raised)
+        with self.mutex:
+            self.task = (kernel, args, one, count)
+            self.next, self.count = 0, count
+        self._wake(count - 1)
         try:
-            key = compute_fingerprint(args)
-        except (TypeError, ValueError, NotImplementedError):
-            key = None
-        address = self._addresses.get(key) if key is not None else None
-        if address is None:
-            # the types the driver passes: its own arguments', steps as (int64,) * 3, t, T
-            sig = nbtypes.none(*[numba.typeof(a) for a in args[:-1]],
-                               nbtypes.UniTuple(nbtypes.int64, 3), nbtypes.int64, nbtypes.int64)
-            address = self._address(sig)
-            if key is not None:
-                self._addresses[key] = address
-        return _stepped_driver(address, *args, nthreads)
+            while True:
+                t = self._claim()
+                if t < 0:
+                    break
+                kernel(*args, one, t, count)
+        finally:  # every share has returned before anything else runs
+            with self.mutex:
+                self.next = self.count  # (after an exception: no worker starts another)
+                self.waiting = self.running > 0
+            if self.waiting:
+                self.done.acquire()
+        if self.errors:
+            error = self.errors[0]
+            self.errors.clear()
+            raise error
+
+    def run(self, kernel, args, count):
+        """``kernel(*args[:-1], (step, NO_STEP, NO_STEP), t, count)`` for each step of
+        ``args[-1]`` and each share t < count; True, or False (nothing run) when another
+        launch holds the workers."""
+        if not self.busy.acquire(blocking=False):
+            return False
+        try:
+            for step in args[-1]:
+                if step != NO_STEP:
+                    self._step(kernel, args[:-1], (int(step), NO_STEP, NO_STEP), count)
+            return True
+        finally:
+            self.task = None
+            self.busy.release()
+
+    def after_fork_in_child(self):
+        self.__init__()
+
+
+_shares = _Shares()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shares.after_fork_in_child)
 
 
 class Stepped:
-    """A stepped kernel (see the module's text): ``.serial``, the kernel compiled once;
-    ``.parallel``, the driver that runs its shares on Numba's threads.
-
-    The parallel version finds the kernel's address by the arguments' fingerprint, which does
-    not tell a Python int that fits in int64 from a bigger one (typed uint64): pass such values
-    as NumPy scalars. ``steps``: three ints. An exception raised with run-time values inside a
-    parallel share leaks Numba's record of it (a fixed message does not); fastreg's kernels do
-    not raise."""
+    """A stepped kernel (see the module's text): ``.serial``, the kernel compiled once (it
+    releases the GIL); ``run_parallel`` runs its shares on ``_Shares``' threads."""
 
     def __init__(self, fn):
         self.py_func = fn
-        self.serial = jit(fn)
-        self.parallel = _SteppedParallel(self.serial)
+        # (named apart from the versions without ``nogil`` that earlier fastreg releases cached)
+        self.serial = nogil_jit(_renamed(fn, "__nogil"))
 
     def __call__(self, *args):
         """Run serially (every step, one share)."""
@@ -190,7 +215,8 @@ class Stepped:
         return self.serial(*args, 0, 1)
 
     def run_parallel(self, args, nthreads):
-        return self.parallel(args, nthreads)
+        if not _shares.run(self.serial, args, nthreads):
+            self.serial(*args, 0, 1)
 
 
 def stepped(fn):
@@ -222,8 +248,9 @@ launches = {"serial": 0, "parallel": 0}
 
 
 def launch(kernel, nthreads, *args):
-    """Run ``kernel`` (a Twin) with ``nthreads`` threads: serially when 1 (or when Numba's pool,
-    NUMBA_NUM_THREADS, has a single thread)."""
+    """Run ``kernel`` (a Twin or a Stepped kernel) with ``nthreads`` threads: serially when 1
+    (or when Numba's pool, NUMBA_NUM_THREADS, has a single thread: the cap applies to stepped
+    kernels too, so that NUMBA_NUM_THREADS=1 keeps the whole backend on one thread)."""
     if nthreads > 1:
         nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     if nthreads <= 1:
@@ -231,16 +258,13 @@ def launch(kernel, nthreads, *args):
         return kernel.run_serial(args)
     launches["parallel"] += 1
     _threads.mark_parallel()
-    if _layer_is_safe():
-        return _run_parallel(kernel, nthreads, args)
-    with _launch_lock:
-        return _run_parallel(kernel, nthreads, args)
+    return kernel.run_parallel(args, nthreads)
 
 
 _pool_started = False
 
 
-def _run_parallel(kernel, nthreads, args):
+def _numba_parallel(dispatcher, nthreads, args):
     global _pool_started
     if not _pool_started:
         # Numba loads its threading layer (for "omp": the OpenMP runtime) at the first
@@ -252,7 +276,7 @@ def _run_parallel(kernel, nthreads, args):
     if previous != nthreads:
         numba.set_num_threads(nthreads)
     try:
-        return kernel.run_parallel(args, nthreads)
+        return dispatcher(*args)
     finally:
         if previous != nthreads:
             numba.set_num_threads(previous)
