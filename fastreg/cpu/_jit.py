@@ -29,16 +29,18 @@ import numba
 
 from .. import _threads
 
-_OPTIONS = dict(cache=True, error_model="numpy")
+# no_cfunc_wrapper: fastreg never takes a kernel's C address, and the wrapper is code to compile
+# (about 0.1 s of a batch-norm kernel's first call)
+_OPTIONS = dict(cache=True, error_model="numpy", no_cfunc_wrapper=True)
 
 jit = numba.njit(**_OPTIONS)
 pjit = numba.njit(parallel=True, **_OPTIONS)
 inline = numba.njit(inline="always", **_OPTIONS)
 nogil_jit = numba.njit(nogil=True, **_OPTIONS)  # stepped kernels: their shares run at once
-# Helpers called only from compiled code: no CPython or C wrapper to compile with them. Numba
+# Helpers called only from compiled code: no CPython wrapper to compile with them either. Numba
 # types such a helper once per signature (an ``inline`` one is typed again at every call site)
 # and LLVM still inlines it where that pays.
-inner = numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True, **_OPTIONS)
+inner = numba.njit(no_cpython_wrapper=True, **_OPTIONS)
 
 
 def _renamed(fn, suffix):
