@@ -12,10 +12,11 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
-from ._jit import NO_STEP, inline, inner, launch, stepped, twin
+from ._jit import NO_STEP, inner, launch, stepped, twin
 
 F32 = np.float32
-Z0 = np.int64(0)  # a 0 that is not a literal (a literal argument gets a compile of its own)
+U = np.uint64
+U0, U1, U2, U3, U255, U256, U512 = U(0), U(1), U(2), U(3), U(255), U(256), U(512)
 GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
 INV255 = F32(1.0 / 255.0)
 MAGIC = F32(12582912.0)
@@ -63,233 +64,198 @@ def _gray(r, g, b):
     return F32(np.floor(t))
 
 
-@inline
-def _hue_pixel(r8, g8, b8, shift, dst, k0):
-    """torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb, to_dtype(uint8) of one pixel; the
-    three results go to dst[k0], dst[k0 + 1], dst[k0 + 2]."""
-    r = F32(r8) * INV255
-    g = F32(g8) * INV255
-    b = F32(b8) * INV255
-    maxc = max(max(r, g), b)
-    minc = min(min(r, g), b)
-    eqc = maxc == minc
-    crange = maxc - minc
-    s = crange / (ONE32 if eqc else maxc)
-    div = ONE32 if eqc else crange
-    rc = (maxc - r) / div
-    gc = (maxc - g) / div
-    bc = (maxc - b) / div
-    neq_r = maxc != r
-    eq_g = maxc == g
-    hg = ((rc + F32(2.0)) - bc) * F32(1.0 if (eq_g and neq_r) else 0.0)
-    hr = (bc - gc) * F32(0.0 if neq_r else 1.0)
-    hb = ((gc + F32(4.0)) - rc) * F32(1.0 if (neq_r and not eq_g) else 0.0)
-    h = (hr + hg) + hb
-    h = F32(np.fmod(h * SIXTH + ONE32, ONE32))
-    h = F32(np.fmod(h + shift, ONE32))
-    if h < 0:
-        h = h + ONE32
-    h6 = h * F32(6.0)
-    fi = F32(np.floor(h6))
-    fr = h6 - fi
-    i = np.int64(fi) % 6
-    sxf = s * fr
-    oms = ONE32 - s
-    q = min((ONE32 - sxf) * maxc, ONE32)
-    t = min((sxf + oms) * maxc, ONE32)
-    p = min(oms * maxc, ONE32)
-    for k in range(3):
-        j = HSV_SELECT[k, i]
-        v = maxc if j == 0 else (p if j == 1 else (q if j == 2 else t))
-        dst[k0 + k] = np.uint8(v * TO_U8)
+@inner
+def _hue_pixels(img, dst, size, shift):
+    """torchvision's _rgb_to_hsv, hue shift, _hsv_to_rgb, to_dtype(uint8) of the RGB pixels of
+    img[:size] into dst."""
+    for i in range(U0, size, U3):
+        r = F32(img[i]) * INV255
+        g = F32(img[i + U1]) * INV255
+        b = F32(img[i + U2]) * INV255
+        maxc = max(max(r, g), b)
+        minc = min(min(r, g), b)
+        eqc = maxc == minc
+        crange = maxc - minc
+        s = crange / (ONE32 if eqc else maxc)
+        div = ONE32 if eqc else crange
+        rc = (maxc - r) / div
+        gc = (maxc - g) / div
+        bc = (maxc - b) / div
+        neq_r = maxc != r
+        eq_g = maxc == g
+        hg = ((rc + F32(2.0)) - bc) * F32(1.0 if (eq_g and neq_r) else 0.0)
+        hr = (bc - gc) * F32(0.0 if neq_r else 1.0)
+        hb = ((gc + F32(4.0)) - rc) * F32(1.0 if (neq_r and not eq_g) else 0.0)
+        h = (hr + hg) + hb
+        h = F32(np.fmod(h * SIXTH + ONE32, ONE32))
+        h = F32(np.fmod(h + shift, ONE32))
+        if h < 0:
+            h = h + ONE32
+        h6 = h * F32(6.0)
+        fi = F32(np.floor(h6))
+        fr = h6 - fi
+        j = np.int64(fi) % 6
+        sxf = s * fr
+        oms = ONE32 - s
+        q = min((ONE32 - sxf) * maxc, ONE32)
+        t = min((sxf + oms) * maxc, ONE32)
+        p = min(oms * maxc, ONE32)
+        for k in range(U3):
+            sel = HSV_SELECT[k, j]
+            v = maxc if sel == 0 else (p if sel == 1 else (q if sel == 2 else t))
+            dst[i + k] = np.uint8(v * TO_U8)
 
 
 @inner
-def _copy_rows(img, dst, y0, y1):
-    """dst[y0:y1] = img[y0:y1], element by element (a slice assignment would compile Numba's
+def _copy(img, dst, i0, i1):
+    """dst[i0:i1] = img[i0:i1], element by element (a slice assignment would compile Numba's
     shape check and its error message: about 2 s of the first call's compile)."""
-    h, w, c = img.shape
-    for y in range(y0, y1):
-        for x in range(w):
-            for k in range(c):
-                dst[y, x, k] = img[y, x, k]
+    for i in range(i0, i1):
+        dst[i] = img[i]
 
 
 @inner
-def _apply_lut(img, dst, lut):
-    h, w, c = img.shape
-    for y in range(h):
-        for x in range(w):
-            for k in range(c):
-                dst[y, x, k] = lut[k, img[y, x, k]]
+def _apply_lut(img, dst, lut, size, c):
+    """dst = lut[256 * k + img] per channel k (c tables of 256 one after the other); a pass per
+    channel (faster than the channels of a pixel together)."""
+    for k in range(c):
+        base = U256 * k
+        for i in range(k, size, c):
+            dst[i] = lut[base + img[i]]
 
 
 @inner
-def _blend_lut(lut, k, other, f):
-    """lut[k, v] = blend(v, other, f) for every v."""
-    a = F32(f)
-    b = F32(1.0 - f)
-    o = F32(other)
-    for v in range(256):
-        lut[k, v] = _trunc(_fma32(o, b, F32(v) * a))
-
-
-@inner
-def _sample(img, dst, code, p, lut, same):
-    h, w, c = img.shape
-    if code == IDENTITY:
+def _sample(img, dst, code, p, buf, h, w, c, same):
+    """Op code on one flat (h, w, c) image; buf: int64 scratch of 2 * 256 * c + 3 * w * c.
+    h, w, c: uint64 (Numba tests a signed index for a negative value: slower loops)."""
+    n = h * w
+    size = n * c
+    if (code == IDENTITY or ((code == SATURATION or code == HUE) and c != U3)
+            or (code == SHARPNESS and (h <= U2 or w <= U2))):
         if not same:
-            _copy_rows(img, dst, Z0, h)
-        return
-    if code == BRIGHTNESS:
-        a = F32(p)
-        for k in range(c):
-            for v in range(256):
-                lut[k, v] = _trunc(F32(v) * a)
-        _apply_lut(img, dst, lut)
-        return
-    if code == POSTERIZE:
-        bits = np.int64(p)
-        mask = np.uint8(((1 << bits) - 1) << (8 - bits))
-        for k in range(c):
-            for v in range(256):
-                lut[k, v] = np.uint8(v) & mask
-        _apply_lut(img, dst, lut)
-        return
-    if code == SOLARIZE:
-        t = F32(p)
-        for k in range(c):
-            for v in range(256):
-                lut[k, v] = np.uint8(255 - v) if F32(v) >= t else np.uint8(v)
-        _apply_lut(img, dst, lut)
-        return
-    if code == CONTRAST:
-        total = 0
-        if c == 3:
-            for y in range(h):
-                for x in range(w):
-                    total += np.int64(_gray(img[y, x, 0], img[y, x, 1], img[y, x, 2]))
-        else:
-            for y in range(h):
-                for x in range(w):
-                    total += np.int64(img[y, x, 0])
-        mean = F32(total / (h * w)) if h * w > 0 else F32(0.0)
-        for k in range(c):
-            _blend_lut(lut, k, mean, p)
-        _apply_lut(img, dst, lut)
+            _copy(img, dst, U0, size)
         return
     if code == SATURATION:
-        if c != 3:
-            if not same:
-                _copy_rows(img, dst, Z0, h)
-            return
         a = F32(p)
         b = F32(1.0 - p)
-        for y in range(h):
-            for x in range(w):
-                r0, g0, b0 = img[y, x, 0], img[y, x, 1], img[y, x, 2]
-                o = _gray(r0, g0, b0)
-                dst[y, x, 0] = _trunc(_fma32(o, b, F32(r0) * a))
-                dst[y, x, 1] = _trunc(_fma32(o, b, F32(g0) * a))
-                dst[y, x, 2] = _trunc(_fma32(o, b, F32(b0) * a))
+        for i in range(U0, size, U3):
+            r0, g0, b0 = img[i], img[i + U1], img[i + U2]
+            o = _gray(r0, g0, b0)
+            dst[i] = _trunc(_fma32(o, b, F32(r0) * a))
+            dst[i + U1] = _trunc(_fma32(o, b, F32(g0) * a))
+            dst[i + U2] = _trunc(_fma32(o, b, F32(b0) * a))
         return
     if code == HUE:
-        if c != 3:
-            if not same:
-                _copy_rows(img, dst, Z0, h)
-            return
-        shift = F32(p)
-        for y in range(h):
-            for x in range(w):
-                _hue_pixel(img[y, x, 0], img[y, x, 1], img[y, x, 2], shift, dst[y, x], 0)
-        return
-    if code == AUTOCONTRAST:
-        for k in range(c):
-            lo = 255
-            hi = 0
-            for y in range(h):
-                for x in range(w):
-                    v = np.int64(img[y, x, k])
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-            if h * w == 0 or lo == hi:
-                for v in range(256):
-                    lut[k, v] = np.uint8(v)
-            else:
-                inv = F32(hi - lo) * INV255
-                for v in range(256):
-                    lut[k, v] = _trunc((F32(v) - F32(lo)) / inv)
-        _apply_lut(img, dst, lut)
-        return
-    if code == EQUALIZE:
-        hist = np.empty(256, np.int64)  # zeroed per channel
-        for k in range(c):
-            for v in range(256):
-                hist[v] = 0
-            for y in range(h):
-                for x in range(w):
-                    hist[img[y, x, k]] += 1
-            last = 0
-            for v in range(256):
-                if hist[v] > 0:
-                    last = v
-            step = (h * w - hist[last]) // 255
-            if step == 0:
-                for v in range(256):
-                    lut[k, v] = np.uint8(v)
-            else:
-                cum = 0
-                lut[k, 0] = 0
-                for v in range(1, 256):
-                    cum += hist[v - 1]
-                    lut[k, v] = np.uint8(min((cum + step // 2) // step, 255))
-        _apply_lut(img, dst, lut)
+        _hue_pixels(img, dst, size, F32(p))
         return
     if code == SHARPNESS:
-        # rows are read from a copy of the three source rows around y: out may be x
-        if h <= 2 or w <= 2:
-            if not same:
-                _copy_rows(img, dst, Z0, h)
-            return
+        # rows are read from a copy of the three source rows around y (out may be img): a ring
+        # of three rows of wc values in buf
+        wc = w * c
         alpha = F32(1.0 - p)
-        prev = np.empty((w, c), np.int64)
-        cur = np.empty((w, c), np.int64)
-        nxt = np.empty((w, c), np.int64)
-        for x in range(w):
-            for k in range(c):
-                prev[x, k] = img[0, x, k]
-                cur[x, k] = img[1, x, k]
+        for i in range(wc + wc):
+            buf[i] = img[i]
         if not same:
-            _copy_rows(img, dst, Z0, Z0 + 1)
-            _copy_rows(img, dst, h - 1, h)
-        for y in range(1, h - 1):
-            for x in range(w):
-                for k in range(c):
-                    nxt[x, k] = img[y + 1, x, k]
+            _copy(img, dst, U0, wc)
+            _copy(img, dst, size - wc, size)
+        for y in range(U1, h - U1):
+            prev = ((y - U1) % U3) * wc
+            cur = (y % U3) * wc
+            nxt = ((y + U1) % U3) * wc
+            row = y * wc
+            for i in range(wc):
+                buf[nxt + i] = img[row + wc + i]
             for k in range(c):
-                dst[y, 0, k] = np.uint8(cur[0, k])
-                dst[y, w - 1, k] = np.uint8(cur[w - 1, k])
-            for x in range(1, w - 1):
-                for k in range(c):
-                    s = (prev[x - 1, k] + prev[x, k] + prev[x + 1, k] + cur[x - 1, k]
-                         + 5 * cur[x, k] + cur[x + 1, k] + nxt[x - 1, k] + nxt[x, k]
-                         + nxt[x + 1, k])
-                    v = cur[x, k]
-                    d = (2 * s + 13) // 26 - v
-                    dst[y, x, k] = _trunc(_fma32(F32(d), alpha, F32(v)))
-            prev, cur, nxt = cur, nxt, prev
+                dst[row + k] = buf[cur + k]
+                dst[row + wc - c + k] = buf[cur + wc - c + k]
+            for i in range(c, wc - c):
+                s = (buf[prev + i - c] + buf[prev + i] + buf[prev + i + c] + buf[cur + i - c]
+                     + 5 * buf[cur + i] + buf[cur + i + c] + buf[nxt + i - c] + buf[nxt + i]
+                     + buf[nxt + i + c])
+                v = buf[cur + i]
+                d = (2 * s + 13) // 26 - v
+                dst[row + i] = _trunc(_fma32(F32(d), alpha, F32(v)))
         return
+    # the table ops: lut = buf[:256 * c], channel k's table at 256 * k
+    if code == BRIGHTNESS:
+        a = F32(p)
+        for v in range(256):
+            buf[v] = _trunc(F32(v) * a)
+    elif code == POSTERIZE:
+        bits = np.int64(p)
+        mask = ((1 << bits) - 1) << (8 - bits)
+        for v in range(256):
+            buf[v] = v & mask
+    elif code == SOLARIZE:
+        t = F32(p)
+        for v in range(256):
+            buf[v] = 255 - v if F32(v) >= t else v
+    elif code == CONTRAST:
+        total = 0
+        if c == U3:
+            for i in range(U0, size, U3):
+                total += np.int64(_gray(img[i], img[i + U1], img[i + U2]))
+        else:
+            for i in range(U0, size, c):
+                total += np.int64(img[i])
+        mean = F32(total / n) if n > U0 else F32(0.0)
+        a = F32(p)
+        b = F32(1.0 - p)
+        for v in range(256):
+            buf[v] = _trunc(_fma32(mean, b, F32(v) * a))
+    else:  # AUTOCONTRAST, EQUALIZE: from the channels' histograms at buf[256 * c:]
+        hist = U256 * c
+        for i in range(hist):
+            buf[hist + i] = 0
+        for k in range(c):
+            lut = U256 * k
+            hk = hist + lut
+            for i in range(k, size, c):
+                buf[hk + img[i]] += 1
+            lo = U0
+            while lo < U255 and buf[hk + lo] == 0:
+                lo += U1
+            hi = U255
+            while hi > U0 and buf[hk + hi] == 0:
+                hi -= U1
+            if code == AUTOCONTRAST:
+                if n == U0 or lo >= hi:
+                    for v in range(256):
+                        buf[lut + v] = v
+                else:
+                    inv = F32(hi - lo) * INV255
+                    for v in range(256):
+                        buf[lut + v] = _trunc((F32(v) - F32(lo)) / inv)
+            else:
+                step = (np.int64(n) - buf[hk + hi]) // 255
+                if step == 0:
+                    for v in range(256):
+                        buf[lut + v] = v
+                else:
+                    cum = 0
+                    buf[lut] = 0
+                    for v in range(1, 256):
+                        cum += buf[hk + v - 1]
+                        e = (cum + step // 2) // step
+                        buf[lut + v] = e if e < 255 else 255
+        _apply_lut(img, dst, buf, size, c)
+        return
+    for i in range(U256, U256 * c):
+        buf[i] = buf[i - U256]
+    _apply_lut(img, dst, buf, size, c)
 
 
 @stepped
-def _color_kernel(x, codes, params, out, same, unused, steps, t, T):
+def _color_kernel(x, codes, params, out, dims, unused, steps, t, T):
     """Share t of T of the samples (one step; a stepped kernel: see fastreg/cpu/_jit.py, its
-    parallel version compiles the loop once instead of five times)."""
+    parallel version compiles the loop once instead of five times). x and out: (n, h * w * c);
+    dims: (h, w, c, 1 when x and out share memory), uint64."""
     n = x.shape[0]
-    lut = np.empty((x.shape[3], 256), np.uint8)
+    h, w, c, same = dims
+    buf = np.empty(U512 * c + U3 * w * c, np.int64)
     for i in range(t * n // T, (t + 1) * n // T):
         if codes[i] != SKIP:
-            _sample(x[i], out[i], codes[i], params[i], lut, same)
+            _sample(x[i], out[i], codes[i], params[i], buf, h, w, c, same != U0)
 
 
 @twin
@@ -362,8 +328,10 @@ def aug_color(x, codes, params, out):
     # skips, code < 0, keep out's values).
     xc = np.ascontiguousarray(x)
     oc = np.ascontiguousarray(out)
-    launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), xc, codes, params, oc,
-           np.shares_memory(xc, oc), (), (0, NO_STEP, NO_STEP))
+    n, h, w, c = x.shape
+    launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), xc.reshape(n, h * w * c), codes,
+           params, oc.reshape(n, h * w * c), tuple(np.uint64(v) for v in (h, w, c, np.shares_memory(xc, oc))), (),
+           (0, NO_STEP, NO_STEP))
     if oc is not out:
         out[...] = oc
 
