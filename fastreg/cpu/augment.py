@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from .. import _threads
-from ._jit import inline, jit, launch, twin
+from ._jit import NO_STEP, inline, jit, launch, stepped, twin
 from .philox import MASK, S32, ZERO, philox_rounds
 
 F32 = np.float32
@@ -208,11 +208,14 @@ def _affine_f32_kernel(x, mats, border, fill, out):
                     dst[u, k] = top * wy0 + bot * wy1
 
 
-@twin
-def _affine_nearest_kernel(x, mats, border, fill, out):
+@stepped
+def _affine_nearest_kernel(x, mats, border, fill, out, unused, steps, t, T):
+    """Share t of T of the output rows (one step; a stepped kernel, see fastreg/cpu/_jit.py:
+    compiled once, not as a serial and a parallel twin)."""
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
-    for r in prange(m_count * ho):
+    rows = m_count * ho
+    for r in range(t * rows // T, (t + 1) * rows // T):
         m = r // ho
         v = r - m * ho
         fv = float(v)
@@ -400,7 +403,8 @@ def aug_affine(x, mats, border, fill, nearest, out):
     fill = x.dtype.type(fill)
     nt = _plan(_AFFINE_WEIGHT * out.nbytes)
     if nearest:
-        launch(_affine_nearest_kernel, nt, x, mats, np.int64(border), fill, out)
+        launch(_affine_nearest_kernel, nt, x, mats, np.int64(border), fill, out, (),
+               (0, NO_STEP, NO_STEP))
     elif x.dtype == np.uint8:
         launch(_affine_u8_kernel, nt, x, mats, np.int64(border), fill, out)
     else:
