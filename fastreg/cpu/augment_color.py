@@ -16,7 +16,7 @@ from ._jit import NO_STEP, inner, launch, stepped, twin
 
 F32 = np.float32
 U = np.uint64
-U0, U1, U2, U3, U255, U256, U512 = U(0), U(1), U(2), U(3), U(255), U(256), U(512)
+U0, U1, U2, U3, U256 = U(0), U(1), U(2), U(3), U(256)
 GRAY_R, GRAY_G, GRAY_B = F32(0.2989), F32(0.587), F32(0.114)
 INV255 = F32(1.0 / 255.0)
 MAGIC = F32(12582912.0)
@@ -106,156 +106,148 @@ def _hue_pixels(img, dst, size, shift):
             dst[i + k] = np.uint8(v * TO_U8)
 
 
-@inner
-def _copy(img, dst, i0, i1):
-    """dst[i0:i1] = img[i0:i1], element by element (a slice assignment would compile Numba's
-    shape check and its error message: about 2 s of the first call's compile)."""
-    for i in range(i0, i1):
-        dst[i] = img[i]
-
-
-@inner
-def _apply_lut(img, dst, lut, size, c):
-    """dst = lut[256 * k + img] per channel k (c tables of 256 one after the other); a pass per
-    channel (faster than the channels of a pixel together)."""
-    for k in range(c):
-        base = U256 * k
-        for i in range(k, size, c):
-            dst[i] = lut[base + img[i]]
-
-
-@inner
-def _sample(img, dst, code, p, buf, h, w, c, same):
-    """Op code on one flat (h, w, c) image; buf: int64 scratch of 2 * 256 * c + 3 * w * c.
-    h, w, c: uint64 (Numba tests a signed index for a negative value: slower loops)."""
-    n = h * w
-    size = n * c
-    if (code == IDENTITY or ((code == SATURATION or code == HUE) and c != U3)
-            or (code == SHARPNESS and (h <= U2 or w <= U2))):
-        if not same:
-            _copy(img, dst, U0, size)
-        return
-    if code == SATURATION:
-        a = F32(p)
-        b = F32(1.0 - p)
-        for i in range(U0, size, U3):
-            r0, g0, b0 = img[i], img[i + U1], img[i + U2]
-            o = _gray(r0, g0, b0)
-            dst[i] = _trunc(_fma32(o, b, F32(r0) * a))
-            dst[i + U1] = _trunc(_fma32(o, b, F32(g0) * a))
-            dst[i + U2] = _trunc(_fma32(o, b, F32(b0) * a))
-        return
-    if code == HUE:
-        _hue_pixels(img, dst, size, F32(p))
-        return
-    if code == SHARPNESS:
-        # rows are read from a copy of the three source rows around y (out may be img): a ring
-        # of three rows of wc values in buf
-        wc = w * c
-        alpha = F32(1.0 - p)
-        for i in range(wc + wc):
-            buf[i] = img[i]
-        if not same:
-            _copy(img, dst, U0, wc)
-            _copy(img, dst, size - wc, size)
-        for y in range(U1, h - U1):
-            prev = ((y - U1) % U3) * wc
-            cur = (y % U3) * wc
-            nxt = ((y + U1) % U3) * wc
-            row = y * wc
-            for i in range(wc):
-                buf[nxt + i] = img[row + wc + i]
-            for k in range(c):
-                dst[row + k] = buf[cur + k]
-                dst[row + wc - c + k] = buf[cur + wc - c + k]
-            for i in range(c, wc - c):
-                s = (buf[prev + i - c] + buf[prev + i] + buf[prev + i + c] + buf[cur + i - c]
-                     + 5 * buf[cur + i] + buf[cur + i + c] + buf[nxt + i - c] + buf[nxt + i]
-                     + buf[nxt + i + c])
-                v = buf[cur + i]
-                d = (2 * s + 13) // 26 - v
-                dst[row + i] = _trunc(_fma32(F32(d), alpha, F32(v)))
-        return
-    # the table ops: lut = buf[:256 * c], channel k's table at 256 * k
-    if code == BRIGHTNESS:
-        a = F32(p)
-        for v in range(256):
-            buf[v] = _trunc(F32(v) * a)
-    elif code == POSTERIZE:
-        bits = np.int64(p)
-        mask = ((1 << bits) - 1) << (8 - bits)
-        for v in range(256):
-            buf[v] = v & mask
-    elif code == SOLARIZE:
-        t = F32(p)
-        for v in range(256):
-            buf[v] = 255 - v if F32(v) >= t else v
-    elif code == CONTRAST:
-        total = 0
-        if c == U3:
-            for i in range(U0, size, U3):
-                total += np.int64(_gray(img[i], img[i + U1], img[i + U2]))
-        else:
-            for i in range(U0, size, c):
-                total += np.int64(img[i])
-        mean = F32(total / n) if n > U0 else F32(0.0)
-        a = F32(p)
-        b = F32(1.0 - p)
-        for v in range(256):
-            buf[v] = _trunc(_fma32(mean, b, F32(v) * a))
-    else:  # AUTOCONTRAST, EQUALIZE: from the channels' histograms at buf[256 * c:]
-        hist = U256 * c
-        for i in range(hist):
-            buf[hist + i] = 0
-        for k in range(c):
-            lut = U256 * k
-            hk = hist + lut
-            for i in range(k, size, c):
-                buf[hk + img[i]] += 1
-            lo = U0
-            while lo < U255 and buf[hk + lo] == 0:
-                lo += U1
-            hi = U255
-            while hi > U0 and buf[hk + hi] == 0:
-                hi -= U1
-            if code == AUTOCONTRAST:
-                if n == U0 or lo >= hi:
-                    for v in range(256):
-                        buf[lut + v] = v
-                else:
-                    inv = F32(hi - lo) * INV255
-                    for v in range(256):
-                        buf[lut + v] = _trunc((F32(v) - F32(lo)) / inv)
-            else:
-                step = (np.int64(n) - buf[hk + hi]) // 255
-                if step == 0:
-                    for v in range(256):
-                        buf[lut + v] = v
-                else:
-                    cum = 0
-                    buf[lut] = 0
-                    for v in range(1, 256):
-                        cum += buf[hk + v - 1]
-                        e = (cum + step // 2) // step
-                        buf[lut + v] = e if e < 255 else 255
-        _apply_lut(img, dst, buf, size, c)
-        return
-    for i in range(U256, U256 * c):
-        buf[i] = buf[i - U256]
-    _apply_lut(img, dst, buf, size, c)
-
-
 @stepped
-def _color_kernel(x, codes, params, out, dims, unused, steps, t, T):
+def _color_kernel(x, codes, params, out, dims, scratch, steps, t, T):
     """Share t of T of the samples (one step; a stepped kernel: see fastreg/cpu/_jit.py, its
     parallel version compiles the loop once instead of five times). x and out: (n, h * w * c);
-    dims: (h, w, c, 1 when x and out share memory), uint64."""
-    n = x.shape[0]
-    h, w, c, same = dims
-    buf = np.empty(U512 * c + U3 * w * c, np.int64)
-    for i in range(t * n // T, (t + 1) * n // T):
-        if codes[i] != SKIP:
-            _sample(x[i], out[i], codes[i], params[i], buf, h, w, c, same != U0)
+    dims: (h, w, c, 1 when x and out share memory), uint64; scratch: int64, a row of
+    512 * c + 4 * w * c per share (row t: share t's tables, histograms or sharpness's rows).
+
+    For a short first-call compile: flat images indexed with uint64 (Numba tests a signed index
+    for a negative value: more code to lower, and slower loops that LLVM does not vectorize);
+    the ops written out in this loop, not in a helper called per sample (Numba optimizes and
+    emits a helper's machine code on its own, then again inside the kernel: ~0.1 s here); no
+    allocation (np.empty is an overload of its own to compile)."""
+    h, w, c, same_ = dims
+    same = same_ != U0
+    n = h * w
+    size = n * c
+    buf = scratch[t]
+    for j in range(t * x.shape[0] // T, (t + 1) * x.shape[0] // T):
+        code = codes[j]
+        if code == SKIP:
+            continue
+        p = params[j]
+        img = x[j]
+        dst = out[j]
+        if ((code == SATURATION or code == HUE) and c != U3) or (
+                code == SHARPNESS and (h <= U2 or w <= U2)):
+            code = IDENTITY  # (the reference leaves these images as they are)
+        if code == IDENTITY:
+            if not same:
+                for i in range(size):  # (element by element: Numba's slice assignment compiles
+                    dst[i] = img[i]    # a shape check and its message, seconds of compile)
+            continue
+        if code == SATURATION:
+            a = F32(p)
+            b = F32(1.0 - p)
+            for i in range(U0, size, U3):
+                r0, g0, b0 = img[i], img[i + U1], img[i + U2]
+                o = _gray(r0, g0, b0)
+                dst[i] = _trunc(_fma32(o, b, F32(r0) * a))
+                dst[i + U1] = _trunc(_fma32(o, b, F32(g0) * a))
+                dst[i + U2] = _trunc(_fma32(o, b, F32(b0) * a))
+            continue
+        if code == HUE:
+            _hue_pixels(img, dst, size, F32(p))
+            continue
+        if code == SHARPNESS:
+            # out may be img: the rows are read from copies, a ring of the three source rows
+            # around y in buf[:3 * wc], their column sums in buf[3 * wc:] (the 3x3 sum with 5
+            # at the centre = three column sums + 4 * centre)
+            wc = w * c
+            sums = U3 * wc
+            alpha = F32(1.0 - p)
+            for i in range(wc + wc):
+                buf[i] = img[i]
+            if not same:
+                for i in range(wc):  # the first and last rows
+                    dst[i] = img[i]
+                    dst[size - wc + i] = img[size - wc + i]
+            for y in range(U1, h - U1):
+                prev = ((y - U1) % U3) * wc
+                cur = (y % U3) * wc
+                nxt = ((y + U1) % U3) * wc
+                row = y * wc
+                for i in range(wc):
+                    v = img[row + wc + i]
+                    buf[nxt + i] = v
+                    buf[sums + i] = buf[prev + i] + buf[cur + i] + v
+                for i in range(c):
+                    dst[row + i] = buf[cur + i]
+                    dst[row + wc - c + i] = buf[cur + wc - c + i]
+                for i in range(c, wc - c):
+                    v = buf[cur + i]
+                    s = buf[sums + i - c] + buf[sums + i] + buf[sums + i + c] + 4 * v
+                    d = (2 * s + 13) // 26 - v
+                    dst[row + i] = _trunc(_fma32(F32(d), alpha, F32(v)))
+            continue
+        # the table ops: lut = buf[:256 * c], channel k's table at 256 * k
+        if code == AUTOCONTRAST or code == EQUALIZE:
+            # from the channel's histogram at buf[256 * c:] (autocontrast's min and max too: a
+            # histogram pass per channel is faster than the min and max of the values)
+            for k in range(c):
+                lut = U256 * k
+                hk = U256 * c + lut
+                for v in range(U256):
+                    buf[hk + v] = 0
+                for i in range(k, size, c):
+                    buf[hk + img[i]] += 1
+                lo = U256
+                hi = U0
+                for v in range(U256):
+                    if buf[hk + v] != 0:
+                        lo = v if lo == U256 else lo
+                        hi = v
+                step = (np.int64(n) - buf[hk + hi]) // 255  # EQUALIZE
+                half = step // 2
+                inv = F32(hi - lo) * INV255  # AUTOCONTRAST
+                flat = lo >= hi if code == AUTOCONTRAST else step == 0
+                cum = 0
+                for v in range(U256):
+                    if flat:
+                        e = np.int64(v)
+                    elif code == AUTOCONTRAST:
+                        e = np.int64(_trunc((F32(v) - F32(lo)) / inv))
+                    else:
+                        e = (cum + half) // step
+                        e = e if e < 255 else 255
+                        cum += buf[hk + v]
+                    buf[lut + v] = e
+        else:
+            a = F32(p)
+            b = F32(1.0 - p)
+            mean = F32(0.0)
+            if code == CONTRAST:
+                total = 0
+                if c == U3:
+                    for i in range(U0, size, U3):
+                        total += np.int64(_gray(img[i], img[i + U1], img[i + U2]))
+                else:
+                    for i in range(U0, size, c):
+                        total += np.int64(img[i])
+                if n > U0:
+                    mean = F32(total / n)
+            if code == BRIGHTNESS:
+                for v in range(256):
+                    buf[v] = _trunc(F32(v) * a)
+            elif code == CONTRAST:
+                for v in range(256):
+                    buf[v] = _trunc(_fma32(mean, b, F32(v) * a))
+            elif code == POSTERIZE:
+                bits = np.int64(p)
+                mask = ((1 << bits) - 1) << (8 - bits)
+                for v in range(256):
+                    buf[v] = v & mask
+            else:  # SOLARIZE
+                for v in range(256):
+                    buf[v] = 255 - v if F32(v) >= a else v
+            for i in range(U256, U256 * c):  # the same table for every channel
+                buf[i] = buf[i - U256]
+        for k in range(c):  # dst = the tables; a pass per channel (faster than by pixel)
+            lut = U256 * k
+            for i in range(k, size, c):
+                dst[i] = buf[lut + img[i]]
 
 
 @twin
@@ -329,9 +321,11 @@ def aug_color(x, codes, params, out):
     xc = np.ascontiguousarray(x)
     oc = np.ascontiguousarray(out)
     n, h, w, c = x.shape
-    launch(_color_kernel, _plan(_COLOR_WEIGHT * x.size), xc.reshape(n, h * w * c), codes,
-           params, oc.reshape(n, h * w * c), tuple(np.uint64(v) for v in (h, w, c, np.shares_memory(xc, oc))), (),
-           (0, NO_STEP, NO_STEP))
+    nt = _plan(_COLOR_WEIGHT * x.size)
+    # a scratch row per share: launch runs at most nt shares (T <= nt, see fastreg/cpu/_jit.py)
+    scratch = np.empty((max(nt, 1), 512 * c + 4 * w * c), np.int64)
+    launch(_color_kernel, nt, xc.reshape(n, h * w * c), codes, params, oc.reshape(n, h * w * c),
+           (U(h), U(w), U(c), U(np.shares_memory(xc, oc))), scratch, (0, NO_STEP, NO_STEP))
     if oc is not out:
         out[...] = oc
 
