@@ -210,11 +210,6 @@ def test_an_exception_in_the_callers_own_share_waits_for_the_workers_share(probe
     assert outlived == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="_Shares._step: a KeyboardInterrupt (SIGINT, Ctrl-C) while "
-                   "the launching thread waits on `done` returns from the launch with a worker's "
-                   "share still running, and the worker's later done.release() leaves `done` "
-                   "unlocked for good: every later launch then returns, and every step starts, "
-                   "without waiting for the workers' shares")
 def test_an_interrupted_wait_still_waits_and_leaves_the_pool_sound(probe):
     """KeyboardInterrupt while the launching thread sleeps waiting for a worker's share: the
     launch raises it once that share has returned, and the next launch waits for its own."""
@@ -234,10 +229,6 @@ def test_an_interrupted_wait_still_waits_and_leaves_the_pool_sound(probe):
     assert (outlived, second_outlived) == ([False], [False])
 
 
-@pytest.mark.xfail(strict=True, reason="_Shares._step reads self.waiting after releasing the "
-                   "mutex: if the last worker finishes in between, it resets waiting and "
-                   "releases `done`, the caller skips done.acquire(), and `done` stays unlocked: "
-                   "every later launch (and step) then stops waiting for the workers' shares")
 def test_a_worker_finishing_right_after_the_caller_decided_to_wait(probe):
     """The launching thread is preempted just after the mutex section in which it decided to
     wait for the worker's share; the worker finishes meanwhile. The next launch must still
@@ -317,11 +308,6 @@ print("ok" if done == [True] else "hang")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="_Shares: an exception before _step's try (here a "
-                   "KeyboardInterrupt in _wake; also a failed Thread.start) skips its finally: "
-                   "the step stays open, run() sets task = None outside the mutex, a woken worker "
-                   "claims a share, fails to unpack None and dies with `running` counted, and "
-                   "the next launch waits on `done` forever")
 def test_an_interrupt_while_waking_the_workers_does_not_hang_the_next_launch():
     code = _INTERRUPTED_WAKE.format(tests=os.path.dirname(os.path.abspath(__file__)), timeout=5)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -456,10 +442,6 @@ class _NoThread(threading.Thread):
         raise RuntimeError("can't start new thread")
 
 
-@pytest.mark.xfail(strict=True, reason="_Shares._wake: a worker thread that fails to start "
-                   "(RuntimeError: can't start new thread, a process or memory limit) fails the "
-                   "launch, and its wake-up lock stays in `workers` as a worker that never runs: "
-                   "later launches of that many threads never get a real one")
 def test_a_worker_that_cannot_start_makes_the_launch_serial_not_failed(probe):
     shares = _jit._Shares()
     ran = []

@@ -84,6 +84,25 @@ def twin(fn):
 NO_STEP = -1  # an unused entry of a stepped kernel's ``steps``
 
 
+class _Step:
+    """One step of a launch: its shares, who runs them, its errors. Everything the threads of a
+    step share lives here, not in ``_Shares``, so that a step left early (an exception or a
+    KeyboardInterrupt in the launching thread) cannot leave a released lock, a running share or
+    an error behind for a later step."""
+
+    __slots__ = ("kernel", "args", "one", "count", "next", "running", "waiting", "done",
+                 "errors")
+
+    def __init__(self, kernel, args, one, count):
+        self.kernel, self.args, self.one, self.count = kernel, args, one, count
+        self.next = 0            # next share to claim
+        self.running = 0         # shares a worker is running
+        self.waiting = False     # the launching thread sleeps on ``done``
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.errors = []
+
+
 class _Shares:
     """The Python threads that run the shares of stepped kernels, next to the calling thread.
 
@@ -94,87 +113,100 @@ class _Shares:
     stalled. Workers are started at first use and sleep on a lock between launches (no
     spinning). The kernels release the GIL (``nogil``), so shares run at once.
 
-    A step starts after every share of the previous one has returned. One launch at a time: a
+    A step starts after every share of the previous one has returned, also when the launching
+    thread is interrupted (the interrupt is raised once they have). One launch at a time: a
     launch from another Python thread while one runs is run serially on its own thread (the
     same bits: a stepped kernel's result does not depend on its split). A forked child starts
     with no workers (they do not survive ``fork``)."""
 
     def __init__(self):
         self.busy = threading.Lock()    # held by the launch in progress
-        self.mutex = threading.Lock()   # guards the fields below
+        self.mutex = threading.Lock()   # guards ``step`` and the claims of its fields
         self.workers = []               # each worker's wake-up lock (held while it sleeps)
-        self.task = None                # (kernel, args, one step, share count) of this step
-        self.next = self.count = 0      # next share to claim, shares in this step
-        self.running = 0                # shares a worker is running
-        self.waiting = False            # the launching thread sleeps on ``done``
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.errors = []
+        self.step = None                # the _Step whose shares may be claimed, or None
 
-    def _claim(self):
-        """The next share of this step for the launching thread, or -1."""
+    def _claim(self, step):
+        """The next share of ``step`` for the launching thread, or -1."""
         with self.mutex:
-            if self.next >= self.count:
+            if step.next >= step.count:
                 return -1
-            self.next += 1
-            return self.next - 1
+            step.next += 1
+            return step.next - 1
 
     def _work(self, wake):
         while True:
             wake.acquire()
             while True:
                 with self.mutex:
-                    if self.next >= self.count:
+                    step = self.step
+                    if step is None or step.next >= step.count:
                         break
-                    t = self.next
-                    self.next += 1
-                    self.running += 1
-                    kernel, args, one, count = self.task
+                    t = step.next
+                    step.next += 1
+                    step.running += 1
                 try:
-                    kernel(*args, one, t, count)
+                    step.kernel(*step.args, step.one, t, step.count)
                 except BaseException as e:  # re-raised by the launching thread
-                    self.errors.append(e)
+                    step.errors.append(e)
                 with self.mutex:
-                    self.running -= 1
-                    if self.running == 0 and self.waiting:
-                        self.waiting = False
-                        self.done.release()
+                    step.running -= 1
+                    if step.running == 0 and step.waiting:
+                        step.waiting = False
+                        step.done.release()
 
     def _wake(self, count):
         while len(self.workers) < count:
             wake = threading.Lock()
             wake.acquire()
-            self.workers.append(wake)
-            threading.Thread(target=self._work, args=(wake,), daemon=True,
-                             name=f"fastreg-share-{len(self.workers)}").start()
+            try:
+                threading.Thread(target=self._work, args=(wake,), daemon=True,
+                                 name=f"fastreg-share-{len(self.workers) + 1}").start()
+            except RuntimeError:  # no thread to be had (a limit): the caller runs what is left
+                break
+            self.workers.append(wake)  # (after start: a thread that failed to start is no worker)
         for wake in self.workers[:count]:
             try:
                 wake.release()
             except RuntimeError:  # already woken, not asleep yet: it will look for shares
                 pass
 
+    def _wait(self, step):
+        """Until every share of ``step`` that a worker runs has returned (they write into the
+        caller's arrays). An exception from a signal handler meanwhile (KeyboardInterrupt) is
+        raised after that."""
+        interrupted = None
+        while True:
+            try:
+                step.done.acquire()
+                break
+            except BaseException as e:
+                interrupted = e
+                with self.mutex:
+                    if step.running == 0:  # (raised after the lock was taken)
+                        break
+        if interrupted is not None:
+            raise interrupted
+
     def _step(self, kernel, args, one, count):
-        self.errors.clear()  # (left by a step whose own share raised)
-        with self.mutex:
-            self.task = (kernel, args, one, count)
-            self.next, self.count = 0, count
-        self._wake(count - 1)
+        step = _Step(kernel, args, one, count)
         try:
+            with self.mutex:
+                self.step = step
+            self._wake(count - 1)
             while True:
-                t = self._claim()
+                t = self._claim(step)
                 if t < 0:
                     break
                 kernel(*args, one, t, count)
         finally:  # every share has returned before anything else runs
             with self.mutex:
-                self.next = self.count  # (after an exception: no worker starts another)
-                self.waiting = self.running > 0
-            if self.waiting:
-                self.done.acquire()
-        if self.errors:
-            error = self.errors[0]
-            self.errors.clear()
-            raise error
+                step.next = step.count  # (after an exception: no worker starts another)
+                self.step = None
+                wait = step.waiting = step.running > 0
+            if wait:
+                self._wait(step)
+        if step.errors:
+            raise step.errors[0]
 
     def run(self, kernel, args, count):
         """``kernel(*args[:-1], (step, NO_STEP, NO_STEP), t, count)`` for each step of
@@ -188,7 +220,6 @@ class _Shares:
                     self._step(kernel, args[:-1], (int(step), NO_STEP, NO_STEP), count)
             return True
         finally:
-            self.task = None
             self.busy.release()
 
     def after_fork_in_child(self):
