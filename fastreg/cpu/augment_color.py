@@ -322,8 +322,9 @@ def aug_color(x, codes, params, out):
     oc = np.ascontiguousarray(out)
     n, h, w, c = x.shape
     nt = _plan(_COLOR_WEIGHT * x.size)
-    # a scratch row per share: launch runs at most nt shares (T <= nt, see fastreg/cpu/_jit.py)
-    scratch = np.empty((max(nt, 1), 512 * c + 4 * w * c), np.int64)
+    # a scratch row per share: launch runs at most nt shares (T <= nt, see fastreg/cpu/_jit.py);
+    # the point ops write a table of 256 even for 0 channels
+    scratch = np.empty((max(nt, 1), 512 * max(c, 1) + 4 * w * c), np.int64)
     launch(_color_kernel, nt, xc.reshape(n, h * w * c), codes, params, oc.reshape(n, h * w * c),
            (U(h), U(w), U(c), U(np.shares_memory(xc, oc))), scratch, (0, NO_STEP, NO_STEP))
     if oc is not out:
