@@ -154,3 +154,24 @@ def test_a_forked_child_launches_in_parallel():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, NUMBA_NUM_THREADS="2"))
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+
+
+@_jit.split
+def _scale(x, out, factor, t, T):
+    """A one-step kernel: out = factor * x, share t of T."""
+    n = x.size
+    for i in range(t * n // T, (t + 1) * n // T):
+        out[i] = x[i] * factor
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 1000])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_a_split_kernel_runs_its_shares_once(n, nthreads):
+    x = np.random.default_rng(n).standard_normal(n)
+    out = np.full(n, np.nan)
+    before = dict(_jit.launches)
+    _jit.launch(_scale, nthreads, x, out, 3.0)
+    np.testing.assert_array_equal(out, 3.0 * x)
+    parallel = nthreads > 1 and _jit.numba.config.NUMBA_NUM_THREADS > 1
+    assert _jit.launches["parallel"] - before["parallel"] == int(parallel)
+    assert _jit.launches["serial"] - before["serial"] == int(not parallel)

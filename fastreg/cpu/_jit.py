@@ -90,11 +90,10 @@ class _Step:
     KeyboardInterrupt in the launching thread) cannot leave a released lock, a running share or
     an error behind for a later step."""
 
-    __slots__ = ("kernel", "args", "one", "count", "next", "running", "waiting", "done",
-                 "errors")
+    __slots__ = ("kernel", "args", "count", "next", "running", "waiting", "done", "errors")
 
-    def __init__(self, kernel, args, one, count):
-        self.kernel, self.args, self.one, self.count = kernel, args, one, count
+    def __init__(self, kernel, args, count):
+        self.kernel, self.args, self.count = kernel, args, count
         self.next = 0            # next share to claim
         self.running = 0         # shares a worker is running
         self.waiting = False     # the launching thread sleeps on ``done``
@@ -145,7 +144,7 @@ class _Shares:
                     step.next += 1
                     step.running += 1
                 try:
-                    step.kernel(*step.args, step.one, t, step.count)
+                    step.kernel(*step.args, t, step.count)
                 except BaseException as e:  # re-raised by the launching thread
                     step.errors.append(e)
                 with self.mutex:
@@ -187,8 +186,8 @@ class _Shares:
         if interrupted is not None:
             raise interrupted
 
-    def _step(self, kernel, args, one, count):
-        step = _Step(kernel, args, one, count)
+    def _step(self, kernel, args, count):
+        step = _Step(kernel, args, count)
         try:
             with self.mutex:
                 self.step = step
@@ -197,7 +196,7 @@ class _Shares:
                 t = self._claim(step)
                 if t < 0:
                     break
-                kernel(*args, one, t, count)
+                kernel(*args, t, count)
         finally:  # every share has returned before anything else runs
             with self.mutex:
                 step.next = step.count  # (after an exception: no worker starts another)
@@ -212,12 +211,17 @@ class _Shares:
         """``kernel(*args[:-1], (step, NO_STEP, NO_STEP), t, count)`` for each step of
         ``args[-1]`` and each share t < count; True, or False (nothing run) when another
         launch holds the workers."""
+        return self.run_steps(kernel, [args[:-1] + ((int(step), NO_STEP, NO_STEP),)
+                                       for step in args[-1] if step != NO_STEP], count)
+
+    def run_steps(self, kernel, steps, count):
+        """``kernel(*args, t, count)`` for each ``args`` of ``steps`` in turn and each share
+        t < count; True, or False (nothing run) when another launch holds the workers."""
         if not self.busy.acquire(blocking=False):
             return False
         try:
-            for step in args[-1]:
-                if step != NO_STEP:
-                    self._step(kernel, args[:-1], (int(step), NO_STEP, NO_STEP), count)
+            for args in steps:
+                self._step(kernel, args, count)
             return True
         finally:
             self.busy.release()
@@ -232,11 +236,15 @@ if hasattr(os, "register_at_fork"):
 
 
 class Stepped:
-    """A stepped kernel (see the module's text): ``.serial``, the kernel compiled once (it
-    releases the GIL); ``run_parallel`` runs its shares on ``_Shares``' threads."""
+    """A kernel run in shares (see the module's text): ``.serial``, the kernel compiled once
+    (it releases the GIL); ``run_parallel`` runs its shares on ``_Shares``' threads. A
+    ``split`` kernel is ``fn(*args, t, T)``, one step; a ``stepped`` one ``fn(*args, steps, t,
+    T)``, whose parallel run gives each step of ``steps`` (three ints, NO_STEP for none) its
+    own round of shares."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, steps):
         self.py_func = fn
+        self.steps = steps
         # (named apart from the versions without ``nogil`` that earlier fastreg releases cached)
         self.serial = nogil_jit(_renamed(fn, "__nogil"))
 
@@ -248,13 +256,22 @@ class Stepped:
         return self.serial(*args, 0, 1)
 
     def run_parallel(self, args, nthreads):
-        if not _shares.run(self.serial, args, nthreads):
+        ran = (_shares.run(self.serial, args, nthreads) if self.steps
+               else _shares.run_steps(self.serial, [args], nthreads))
+        if not ran:
             self.serial(*args, 0, 1)
 
 
 def stepped(fn):
-    """Decorator: ``fn`` (``fn(a0, ..., a5, steps, t, T)``) as a ``Stepped`` kernel."""
-    return Stepped(fn)
+    """Decorator: ``fn(*args, steps, t, T)`` as a ``Stepped`` kernel: share t of T of each
+    step's work items, steps one after the other."""
+    return Stepped(fn, steps=True)
+
+
+def split(fn):
+    """Decorator: ``fn(*args, t, T)`` as a ``Stepped`` kernel of one step: share t of T of its
+    work items (work items whose results do not depend on how they are split)."""
+    return Stepped(fn, steps=False)
 
 
 # Numba's "workqueue" threading layer aborts the process when two Python threads enter a
