@@ -1,7 +1,8 @@
 """Penalty gradients, proximal steps and checks on the CPU with Numba (definitions in
 fastreg/reference/penalty.py).
 
-Each op is a parallel driver (``*_kernel``, prange over tasks of TASK elements) and a plain
+Each op is a split kernel (``*_kernel``: share ``share`` of ``shares`` of the tasks of TASK
+elements, see fastreg/cpu/_jit.py) and a plain
 ``@jit`` task function (``*_task``) that runs one loop over slice views of its task (slices, not
 ``w[lo + i]``, are what let LLVM vectorize; a task function can be checked alone with
 ``inspect_asm``). The flags that pick a formula are tested once per task, outside the loops.
@@ -32,12 +33,12 @@ import platform
 
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import _threads
-from ._jit import inline, jit, launch, twin
+from ._jit import inline, jit, launch, split
 
 TASK = 1 << 16          # elements per parallel task
 LANES = {4: 32, 8: 64}  # float64 partial sums per reduction, by itemsize (measured best)
@@ -178,22 +179,24 @@ def _task_count(n, head):
     return (n + TASK - 1) // TASK if head < 0 else 1 + (n - head + TASK - 1) // TASK
 
 
-@twin
-def _grad_kernel(w, l1, c2, out, mode, accumulate):
+@split
+def _grad_kernel(w, l1, c2, out, mode, accumulate, share, shares):
     """Tasks of TASK elements, ordinary stores."""
     n = w.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _grad_task(w[lo:hi], out[lo:hi], l1, c2, mode, accumulate)
 
 
-@twin
-def _grad_stream_kernel(w, l1, c2, out, mode, head):
-    """Streamed stores (head >= 0: see _task_bounds). A twin of its own, so that a call that
+@split
+def _grad_stream_kernel(w, l1, c2, out, mode, head, share, shares):
+    """Streamed stores (head >= 0: see _task_bounds). A kernel of its own, so that a call that
     does not stream never compiles the streaming task (0.7 s of cold compile)."""
     n = w.size
-    for task in prange(_task_count(n, head)):
+    ntasks = _task_count(n, head)
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo, hi, stream = _task_bounds(task, n, head)
         if stream:
             _grad_task_stream(w[lo:hi], out[lo:hi], l1, c2, mode)
@@ -225,12 +228,13 @@ def _soft_task_stream(ws, o, t, s):
     _sfence()
 
 
-@twin
-def _soft_kernel(w, t, s, out, inplace):
+@split
+def _soft_kernel(w, t, s, out, inplace, share, shares):
     """Tasks of TASK elements, ordinary stores; inplace: out is w (one array in the loop, see
     the module doc)."""
     n = w.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         hi = min(lo + TASK, n)
         if inplace:
@@ -239,11 +243,13 @@ def _soft_kernel(w, t, s, out, inplace):
             _soft_task(w[lo:hi], out[lo:hi], t, s)
 
 
-@twin
-def _soft_stream_kernel(w, t, s, out, head):
-    """Streamed stores (head >= 0: see _task_bounds); a twin of its own, as _grad_stream_kernel."""
+@split
+def _soft_stream_kernel(w, t, s, out, head, share, shares):
+    """Streamed stores (head >= 0: see _task_bounds); a kernel of its own, as
+    _grad_stream_kernel."""
     n = w.size
-    for task in prange(_task_count(n, head)):
+    ntasks = _task_count(n, head)
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo, hi, stream = _task_bounds(task, n, head)
         if stream:
             _soft_task_stream(w[lo:hi], out[lo:hi], t, s)
@@ -292,22 +298,17 @@ def _block_sums(ws, lanes):
     return s1, s2
 
 
-@twin
-def _sums_kernel(w, lanes):
+@split
+def _sums_kernel(w, lanes, parts, share, shares):
+    """parts[task] = (sum |x|, sum x**2) of each task of TASK elements (penalty_sums adds them
+    in task order)."""
     n = w.size
-    ntasks = (n + TASK - 1) // TASK
-    parts = np.zeros((ntasks, 2))
-    for task in prange(ntasks):
+    ntasks = parts.shape[0]
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         s1, s2 = _block_sums(w[lo:min(lo + TASK, n)], lanes)
         parts[task, 0] = s1
         parts[task, 1] = s2
-    s1 = 0.0
-    s2 = 0.0
-    for task in range(ntasks):
-        s1 += parts[task, 0]
-        s2 += parts[task, 1]
-    return s1, s2
 
 
 @jit
@@ -319,19 +320,15 @@ def _finite_task(bits, exponent):
     return m
 
 
-@twin
-def _finite_kernel(bits, exponent):
-    """No element has all exponent bits set (inf, NaN)?"""
+@split
+def _finite_kernel(bits, exponent, worst, share, shares):
+    """worst[task]: the largest exponent field of each task of TASK elements (all_finite:
+    none has all exponent bits set, inf or NaN)."""
     n = bits.size
-    ntasks = (n + TASK - 1) // TASK
-    worst = np.zeros(ntasks, bits.dtype)
-    for task in prange(ntasks):
+    ntasks = worst.size
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         worst[task] = _finite_task(bits[lo:min(lo + TASK, n)], exponent)
-    for task in range(ntasks):
-        if worst[task] == exponent:
-            return False
-    return True
 
 
 # --- group lasso --------------------------------------------------------------------------------
@@ -373,19 +370,21 @@ def _group_cols_task(w, t, out, a, b0, b1):
             o[k] = row[k] * f[k]
 
 
-@twin
-def _group_rows_kernel(w2, out2, t, lanes):
+@split
+def _group_rows_kernel(w2, out2, t, lanes, share, shares):
     """B == 1: the groups are the contiguous rows of w2 (A, L), one task each."""
-    for a in prange(w2.shape[0]):
+    na = w2.shape[0]
+    for a in range(share * na // shares, (share + 1) * na // shares):
         _group_rows_task(w2[a], out2[a], t, lanes)
 
 
-@twin
-def _group_cols_kernel(w, t, out):
+@split
+def _group_cols_kernel(w, t, out, share, shares):
     """B > 1: groups w[a, :, b]; a task takes one a and up to COLS columns."""
     na, nl, nb = w.shape
     nblocks = (nb + COLS - 1) // COLS
-    for task in prange(na * nblocks):
+    ntasks = na * nblocks
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         a = task // nblocks
         b0 = (task - a * nblocks) * COLS
         b1 = min(b0 + COLS, nb)
@@ -399,8 +398,13 @@ def _plan(n):
 
 
 def penalty_sums(w):
-    s1, s2 = launch(_sums_kernel, _plan(w.size), w, LANES[w.itemsize])
-    return float(s1), float(s2)
+    parts = np.empty(((w.size + TASK - 1) // TASK, 2))
+    launch(_sums_kernel, _plan(w.size), w, LANES[w.itemsize], parts)
+    s1 = s2 = 0.0
+    for p1, p2 in parts.tolist():  # in task order, float64 adds: the same bits for any split
+        s1 += p1
+        s2 += p2
+    return s1, s2
 
 
 def penalty_grad(w, l1, c2, out, accumulate):
@@ -442,4 +446,6 @@ def all_finite(a):
         bits, exponent = a.view(np.uint32), np.uint32(0x7F800000)
     else:
         bits, exponent = a.view(np.uint64), np.uint64(0x7FF0000000000000)
-    return bool(launch(_finite_kernel, _plan(a.size), bits, exponent))
+    worst = np.empty((a.size + TASK - 1) // TASK, bits.dtype)
+    launch(_finite_kernel, _plan(a.size), bits, exponent, worst)
+    return exponent not in worst  # (an integer max per task: the order does not matter)
