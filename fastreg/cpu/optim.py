@@ -1,8 +1,8 @@
 """One SGD / Adam(W) step on one parameter array on the CPU with Numba (definitions in
 fastreg/reference/optim.py).
 
-Each step is one fused pass, a parallel driver over tasks of TASK elements and a task function
-over slice views (as in fastreg/cpu/penalty.py): every element of p, g and the state is read
+Each step is one fused pass, a split kernel over tasks of TASK elements (share ``share`` of
+``shares`` of them, see fastreg/cpu/_jit.py) and a task function over slice views (as in fastreg/cpu/penalty.py): every element of p, g and the state is read
 once and written once.
 Arithmetic stays in the array's dtype, in the reference's order, without fastmath (no FMA
 contraction), so the result agrees with the reference bit for bit.
@@ -16,11 +16,10 @@ vectorizes; measured within noise (5%) of loops with every flag a compile-time c
 in-cache sizes where the arithmetic would show.
 """
 import numpy as np
-from numba import prange
 
 from .. import _threads
 from .._scalars import typed
-from ._jit import inline, jit, launch, twin
+from ._jit import inline, jit, launch, split
 from .penalty import TASK, _soft
 
 # An optimizer step does several times the arithmetic of a penalty gradient per element: its
@@ -60,10 +59,12 @@ def _sgd_task(ps, gs, bs, lr, wd, decay, momentum, damp1, nesterov, first, l1t, 
         ps[i] = _soft(x, l1t, ml1t, zero) if use_l1 else x
 
 
-@twin
-def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale):
+@split
+def _sgd_kernel(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale, share,
+                shares):
     n = p.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _sgd_task(p[lo:hi], g[lo:hi], _part(buf, lo, hi), lr, wd, decay, momentum, damp1,
@@ -98,11 +99,12 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
         ps[i] = x - step_size * (mi / denom)
 
 
-@twin
+@split
 def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc2_sqrt,
-                 gscale):
+                 gscale, share, shares):
     n = p.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _adam_task(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], _part(vmax, lo, hi), wd, decay, omb1,
