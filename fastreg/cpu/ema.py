@@ -1,11 +1,11 @@
 """The weight-EMA update on the CPU with Numba (definition in fastreg/reference/ema.py).
 
-One pass per array: a parallel driver over tasks of TASK elements and a task function over
-slice views (as in fastreg/cpu/penalty.py), in place on ``ema``. The fused multiply-add is
-LLVM's ``llvm.fma`` intrinsic (``_fma``): correctly rounded on every CPU (one vfmadd
-instruction where the CPU has FMA, which Numba targets; a libm call otherwise), so the result
-is the reference's, bit for bit. Which form (``ema`` or ``p`` as the base) is decided once per
-call, outside the loops.
+One pass per array: a split kernel over tasks of TASK elements (share ``share`` of ``shares`` of
+them, see fastreg/cpu/_jit.py) and a task function over slice views (as in
+fastreg/cpu/penalty.py), in place on ``ema``. The fused multiply-add is LLVM's ``llvm.fma``
+intrinsic (``_fma``): correctly rounded on every CPU (one vfmadd instruction where the CPU has
+FMA, which Numba targets; a libm call otherwise), so the result is the reference's, bit for
+bit. Which form (``ema`` or ``p`` as the base) is decided once per call, outside the loops.
 
 ``address_lists`` and the ``*_at`` functions (here and in clip.py) run the same task functions
 over the tiles of a whole list at once (one launch, small arrays sharing the threads, as the C
@@ -16,12 +16,12 @@ partials are merged array by array, in order).
 """
 import numpy as np
 from llvmlite import ir
-from numba import carray, prange, types
+from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .. import _threads
-from ._jit import jit, launch, twin
+from ._jit import jit, launch, split
 from .penalty import TASK
 
 
@@ -54,10 +54,11 @@ def _ema_task(es, ps, coef, small):
             es[i] = _fma(coef, q - es[i], q)
 
 
-@twin
-def _ema_kernel(e, p, coef, small):
+@split
+def _ema_kernel(e, p, coef, small, share, shares):
     n = e.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         hi = min(lo + TASK, n)
         _ema_task(e[lo:hi], p[lo:hi], coef, small)
@@ -118,9 +119,10 @@ def address_lists(dtype, columns, sizes):
     return AddressLists(dtype, columns, sizes)
 
 
-@twin
-def _ema_tiles_kernel(ea, pa, lengths, like, coef, small):
-    for t in prange(lengths.size):
+@split
+def _ema_tiles_kernel(ea, pa, lengths, like, coef, small, share, shares):
+    ntiles = lengths.size
+    for t in range(share * ntiles // shares, (share + 1) * ntiles // shares):
         n = lengths[t]
         _ema_task(carray(_as_pointer(ea[t], like), n), carray(_as_pointer(pa[t], like), n),
                   coef, small)

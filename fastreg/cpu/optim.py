@@ -2,8 +2,8 @@
 fastreg/reference/optim.py).
 
 Each step is one fused pass, a split kernel over tasks of TASK elements (share ``share`` of
-``shares`` of them, see fastreg/cpu/_jit.py) and a task function over slice views (as in fastreg/cpu/penalty.py): every element of p, g and the state is read
-once and written once.
+``shares`` of them, see fastreg/cpu/_jit.py) and a task function over slice views (as in
+fastreg/cpu/penalty.py): every element of p, g and the state is read once and written once.
 Arithmetic stays in the array's dtype, in the reference's order, without fastmath (no FMA
 contraction), so the result agrees with the reference bit for bit.
 
