@@ -1,28 +1,32 @@
 """Dropout kernels on the CPU with Numba (definitions in fastreg/reference/dropout.py).
 
-Each parallel task walks its elements in blocks of CHUNK: first the stream words of the block go
-into a small L1-resident buffer in element order, then one plain loop applies the select, which
-LLVM vectorizes. The words depend only on (seed, offset + i), never on the task split.
+Each task walks its elements in blocks of CHUNK: first the stream words of the block go into a
+small L1-resident buffer in element order, then one plain loop applies the select, which LLVM
+vectorizes. The words depend only on (seed, offset + i), never on the task split.
+
+The kernels are ``split`` kernels (fastreg/cpu/_jit.py): ``fn(*args, share, shares)`` runs the
+tasks [share * tasks // shares, (share + 1) * tasks // shares), with its scratch buffers
+allocated once per share.
 """
 import numpy as np
-from numba import prange
 
 from .. import _threads
-from ._jit import launch, twin
+from ._jit import launch, split
 from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
-@twin
-def _dropout_kernel(x, out, seed, offset, threshold, scale):
+@split
+def _dropout_kernel(x, out, seed, offset, threshold, scale, share, shares):
     n = x.size
     zero = scale - scale  # a zero of the array dtype
     if threshold == 0:  # nothing dropped: no random numbers needed
-        for i in prange(n):
+        for i in range(share * n // shares, (share + 1) * n // shares):
             out[i] = x[i] * scale
         return
     k0, k1 = key_words(seed)
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, CHUNK):
             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -33,12 +37,13 @@ def _dropout_kernel(x, out, seed, offset, threshold, scale):
                 o[i] = v if words[i] >= threshold else zero
 
 
-@twin
-def _mask_kernel(seed, offset, threshold, out):
+@split
+def _mask_kernel(seed, offset, threshold, out, share, shares):
     n = out.size
     k0, k1 = key_words(seed)
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, CHUNK):
             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -47,12 +52,13 @@ def _mask_kernel(seed, offset, threshold, out):
                 o[i] = np.uint8(words[i] >= threshold)
 
 
-@twin
-def _mask_packed_kernel(seed, offset, threshold, n, out):
+@split
+def _mask_packed_kernel(seed, offset, threshold, n, out, share, shares):
     # TASK and CHUNK are multiples of 8, so every block starts on a byte boundary.
     k0, k1 = key_words(seed)
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, CHUNK):
             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -70,11 +76,12 @@ def _mask_packed_kernel(seed, offset, threshold, n, out):
                 o[full] = byte
 
 
-@twin
-def _group_kernel(x, keep, scale, out):
+@split
+def _group_kernel(x, keep, scale, out, share, shares):
     nsamples, m1, c, m2 = x.shape
     zero = scale - scale
-    for q in prange(nsamples * m1):
+    rows = nsamples * m1
+    for q in range(share * rows // shares, (share + 1) * rows // shares):
         s = q // m1
         a = q - s * m1
         for ch in range(c):
