@@ -3,19 +3,20 @@ fastreg/reference/clip.py).
 
 Reductions accumulate in float64 over ``LANES`` partial results per task (a row of accumulators
 that LLVM vectorizes without fastmath, as ``_block_sums`` in fastreg/cpu/penalty.py), tasks of
-TASK elements in parallel, their partials combined in task order: the same result for any
-number of threads. The mode (sum of squares, of absolute values, of ``|x|**p``, or a
-NaN-propagating max) is decided once per call. Scaling is one multiply in the array's dtype.
-``norm_sum_at`` and ``scale_at`` run on a whole list at once (fastreg/cpu/ema.py's
-AddressLists).
+TASK elements in parallel (split kernels: share ``share`` of ``shares`` of the tasks, see
+fastreg/cpu/_jit.py), their partials written to an array and combined in task order
+(``_merge_parts``): the same result for any number of threads. The mode (sum of squares, of
+absolute values, of ``|x|**p``, or a NaN-propagating max) is decided once per call. Scaling is
+one multiply in the array's dtype. ``norm_sum_at`` and ``scale_at`` run on a whole list at once
+(fastreg/cpu/ema.py's AddressLists).
 """
 import math
 
 import numpy as np
-from numba import carray, prange
+from numba import carray
 
 from .. import _threads
-from ._jit import jit, launch, twin
+from ._jit import jit, launch, split
 from .ema import _as_pointer
 from ..reference.clip import ABS, MAX, POW, SQ  # noqa: F401  (the reductions)
 from ..reference.clip import reduction_mode as _mode
@@ -76,23 +77,29 @@ def _block(xs, mode, p, lanes):
     return s
 
 
-@twin
-def _norm_kernel(a, mode, p, lanes):
+@split
+def _norm_kernel(a, mode, p, lanes, parts, share, shares):
+    """parts[task]: the reduction of each task of TASK elements (merged by _merge_parts)."""
     n = a.size
-    ntasks = (n + TASK - 1) // TASK
-    parts = np.zeros(ntasks)
-    for task in prange(ntasks):
+    ntasks = parts.size
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         parts[task] = _block(a[lo:min(lo + TASK, n)], mode, p, lanes)
+
+
+@jit
+def _merge_parts(parts, mode):
+    """The tasks' partial results merged in order from 0."""
     s = 0.0
-    for task in range(ntasks):
+    for task in range(parts.size):
         s = _merge(s, parts[task], mode)
     return s
 
 
-@twin
-def _row_norm_kernel(a, mode, p, lanes, out):
-    for u in prange(a.shape[0]):
+@split
+def _row_norm_kernel(a, mode, p, lanes, out, share, shares):
+    nrows = a.shape[0]
+    for u in range(share * nrows // shares, (share + 1) * nrows // shares):
         out[u] = _block(a[u], mode, p, lanes)
 
 
@@ -102,17 +109,19 @@ def _scale_task(xs, s):
         xs[i] = xs[i] * s
 
 
-@twin
-def _scale_kernel(a, s):
+@split
+def _scale_kernel(a, s, share, shares):
     n = a.size
-    for task in prange((n + TASK - 1) // TASK):
+    ntasks = (n + TASK - 1) // TASK
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         lo = task * TASK
         _scale_task(a[lo:min(lo + TASK, n)], s)
 
 
-@twin
-def _scale_rows_kernel(a, s):
-    for u in prange(a.shape[0]):
+@split
+def _scale_rows_kernel(a, s, share, shares):
+    nrows = a.shape[0]
+    for u in range(share * nrows // shares, (share + 1) * nrows // shares):
         _scale_task(a[u], s[u])
 
 
@@ -124,8 +133,9 @@ def norm_sum(arrays, p):
     mode, total = _mode(p), 0.0
     for a in arrays:
         if a.size:
-            s = launch(_norm_kernel, _plan(a.size), a, mode, float(p), LANES[a.itemsize])
-            total = _merge(total, s, mode)
+            parts = np.empty((a.size + TASK - 1) // TASK)
+            launch(_norm_kernel, _plan(a.size), a, mode, float(p), LANES[a.itemsize], parts)
+            total = _merge(total, _merge_parts(parts, mode), mode)
     return float(total)
 
 
@@ -147,9 +157,10 @@ def scale_rows(a, s):
 
 # ---- the list ops on AddressLists (fastreg/cpu/ema.py): one launch for a whole list ----------
 
-@twin
-def _norm_tiles_kernel(a, lengths, like, mode, p, lanes, parts):
-    for t in prange(lengths.size):
+@split
+def _norm_tiles_kernel(a, lengths, like, mode, p, lanes, parts, share, shares):
+    ntiles = lengths.size
+    for t in range(share * ntiles // shares, (share + 1) * ntiles // shares):
         parts[t] = _block(carray(_as_pointer(a[t], like), lengths[t]), mode, p, lanes)
 
 
@@ -159,10 +170,7 @@ def _merge_tiles(parts, first, mode):
     (as _norm_kernel does), then the arrays in order (as norm_sum does): the same bits."""
     total = 0.0
     for k in range(first.size - 1):
-        s = 0.0
-        for t in range(first[k], first[k + 1]):
-            s = _merge(s, parts[t], mode)
-        total = _merge(total, s, mode)
+        total = _merge(total, _merge_parts(parts[first[k]:first[k + 1]], mode), mode)
     return total
 
 
@@ -175,9 +183,10 @@ def norm_sum_at(lists, p):
     return float(_merge_tiles(parts, lists.first, mode))
 
 
-@twin
-def _scale_tiles_kernel(a, lengths, like, s):
-    for t in prange(lengths.size):
+@split
+def _scale_tiles_kernel(a, lengths, like, s, share, shares):
+    ntiles = lengths.size
+    for t in range(share * ntiles // shares, (share + 1) * ntiles // shares):
         _scale_task(carray(_as_pointer(a[t], like), lengths[t]), s)
 
 
