@@ -4,11 +4,10 @@ Words live in uint64 lanes and every product is a 32x32->64 multiply, which LLVM
 vpmuludq over four counters at once.
 """
 import numpy as np
-from numba import prange
 
 from ..reference.philox import dropout_threshold, split_seed  # noqa: F401  (public here too)
 from .. import _threads
-from ._jit import inline, jit, launch, twin
+from ._jit import inline, jit, launch, split
 
 M0 = np.uint64(0xD2511F53)
 M1 = np.uint64(0xCD9E8D57)
@@ -64,16 +63,19 @@ def fill_words(buf, lanes, k0, k1, g0, count):
 
 @inline
 def scratch():
-    """Per-task buffers for fill_words: element-order words and the four word lanes."""
+    """Scratch buffers for fill_words (one pair per kernel share): element-order words and the
+    four word lanes."""
     return np.empty(CHUNK + 8, np.uint32), np.empty((4, CHUNK // 4 + 2), np.uint32)
 
 
-# The stream kernels share one skeleton: the key from the seed, a prange over tasks of TASK
-# elements, per task its scratch buffers and a walk over its blocks of CHUNK elements:
+# The stream kernels share one skeleton: ``split`` kernels (fastreg/cpu/_jit.py) whose share
+# runs its part of the tasks of TASK elements, with its scratch buffers, and walks each task's
+# blocks of CHUNK elements:
 #
 #     k0, k1 = key_words(seed)
-#     for t in prange(task_count(n)):
-#         buf, lanes = scratch()
+#     tasks = task_count(n)
+#     buf, lanes = scratch()
+#     for t in range(share * tasks // shares, (share + 1) * tasks // shares):
 #         lo, hi = task_bounds(t, n)
 #         for start in range(lo, hi, CHUNK):
 #             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -120,12 +122,13 @@ def _philox_kernel(ctr, key, out):
         out[i, 3] = r3
 
 
-@twin
-def _bits_kernel(seed, offset, out):
+@split
+def _bits_kernel(seed, offset, out, share, shares):
     n = out.size
     k0, k1 = key_words(seed)
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, CHUNK):
             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -133,13 +136,14 @@ def _bits_kernel(seed, offset, out):
                 out[start + i] = words[i]
 
 
-@twin
-def _uniform32_kernel(seed, offset, out):
+@split
+def _uniform32_kernel(seed, offset, out, share, shares):
     n = out.size
     k0, k1 = key_words(seed)
     step = np.float32(2.0 ** -24)
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, CHUNK):
             count, words = chunk_words(buf, lanes, k0, k1, offset, start, n)
@@ -148,15 +152,16 @@ def _uniform32_kernel(seed, offset, out):
                 o[i] = np.float32(words[i] >> np.uint32(8)) * step
 
 
-@twin
-def _uniform64_kernel(seed, offset, out):
+@split
+def _uniform64_kernel(seed, offset, out, share, shares):
     # Element i uses stream words 2(offset + i) and 2(offset + i) + 1: blocks of CHUNK / 2
     # elements, each filled with its 2 * count words.
     n = out.size
     k0, k1 = key_words(seed)
     half = CHUNK // 2
-    for t in prange(task_count(n)):
-        buf, lanes = scratch()
+    tasks = task_count(n)
+    buf, lanes = scratch()
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         for start in range(lo, hi, half):
             count = min(half, n - start)
