@@ -30,20 +30,21 @@ They cost little: in the C kernel, the exponential pass with its float64 adds to
 
 Work: each row is a task unit; tasks of about TASK elements of whole rows are spread over the
 threads (``_threads.plan`` with the "elementwise" grain, the work weighted by WEIGHT for the
-exponential).
+exponential) by split kernels (share ``share`` of ``shares`` of the tasks, see
+fastreg/cpu/_jit.py).
 
 Cold compile (an empty Numba cache): the row helpers are inlined into the task functions at
-Numba's IR level (``inline``), so the first call compiles the driver and one task function (with
+Numba's IR level (``inline``), so the first call compiles the kernel and one task function (with
 ``_exp``) rather than a chain of functions each re-optimized by LLVM in its caller; scratch rows
 are cleared by loops, not slice assignments.
 """
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import types
 from numba.extending import intrinsic, overload
 
 from .. import _threads
-from ._jit import inline, jit, launch, twin
+from ._jit import inline, jit, launch, split
 
 LANES = 64          # float64 partial sums (and running maxima) per row: the shared order
 TASK = 1 << 15      # elements per parallel task (whole rows)
@@ -278,7 +279,7 @@ def _row_grad_soft(e, t, tw, cw, k, scale, g):
         g[i] = g.dtype.type(k * np.float64(e[i]) - scale * a)
 
 
-# --- tasks and drivers --------------------------------------------------------------------------
+# --- tasks and kernels --------------------------------------------------------------------------
 
 @jit
 def _hard_task(x, target, tw, cw, smooth, coef, loss, grad, has_grad, r0, r1):
@@ -342,21 +343,22 @@ def _soft_task(x, target, tw, cw, scale, loss, grad, has_grad, r0, r1):
             _row_grad_soft(e, t, tw, cw, scale * big_a / s, scale, grad[r])
 
 
-@twin
-def _hard_kernel(x, target, tw, cw, smooth, coef, loss, grad, has_grad, rows_per_task):
+@split
+def _hard_kernel(x, target, tw, cw, smooth, coef, loss, grad, has_grad, rows_per_task, share,
+                 shares):
     nrows = x.shape[0]
     ntasks = (nrows + rows_per_task - 1) // rows_per_task
-    for task in prange(ntasks):
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         r0 = task * rows_per_task
         _hard_task(x, target, tw, cw, smooth, coef, loss, grad, has_grad, r0,
                    min(r0 + rows_per_task, nrows))
 
 
-@twin
-def _soft_kernel(x, target, tw, cw, scale, loss, grad, has_grad, rows_per_task):
+@split
+def _soft_kernel(x, target, tw, cw, scale, loss, grad, has_grad, rows_per_task, share, shares):
     nrows = x.shape[0]
     ntasks = (nrows + rows_per_task - 1) // rows_per_task
-    for task in prange(ntasks):
+    for task in range(share * ntasks // shares, (share + 1) * ntasks // shares):
         r0 = task * rows_per_task
         _soft_task(x, target, tw, cw, scale, loss, grad, has_grad, r0,
                    min(r0 + rows_per_task, nrows))
