@@ -2,17 +2,17 @@
 fastreg/reference/augment.py; bit for bit the same results).
 
 Parallel over (image, output row) for the geometric kernels and over (sample, block of values)
-for Gaussian noise. Kernels take the per-sample parameters as arrays (flags, inverse maps,
+for Gaussian noise: each kernel is a ``split`` kernel (fastreg/cpu/_jit.py), ``k(*args, share,
+shares)`` runs share ``share`` of ``shares`` of those work items, compiled once. Kernels take the per-sample parameters as arrays (flags, inverse maps,
 rectangles, lambdas) and never draw random numbers, except ``aug_noise``, which draws its Philox
 words in blocks of CHUNK values as fastreg.cpu.philox does.
 """
 import math
 
 import numpy as np
-from numba import prange
 
 from .. import _threads
-from ._jit import NO_STEP, inline, jit, launch, stepped, twin
+from ._jit import inline, jit, launch, split
 from .philox import MASK, S32, ZERO, philox_rounds
 
 F32 = np.float32
@@ -47,10 +47,11 @@ def _reverse_rgb(src, dst, w):
         dst[dp + two] = src[sp + two]
 
 
-@twin
-def _flip_kernel(x, hflip, vflip, out):
+@split
+def _flip_kernel(x, hflip, vflip, out, share, shares):
     m_count, h, w, c = x.shape
-    for r in prange(m_count * h):
+    rows = m_count * h
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // h
         v = r - m * h
         sv = h - 1 - v if vflip[m] else v
@@ -99,12 +100,15 @@ def tap_index(i, n, border):
     return i if 0 <= i < n else -1
 
 
-@twin
-def _affine_u8_kernel(x, mats, border, fill, out):
+@split
+def _affine_u8_kernel(x, mats, border, fill, out, share, shares):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     fillv = np.int32(fill)
-    for r in prange(m_count * ho):
+    rows = m_count * ho
+    qx = np.empty(wo, np.int64)   # a row's source points (once per share, not per row)
+    qy = np.empty(wo, np.int64)
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // ho
         v = r - m * ho
         fv = float(v)
@@ -114,8 +118,6 @@ def _affine_u8_kernel(x, mats, border, fill, out):
         dst = out[m, v]
         flat = img.reshape(h * w * c)
         dflat = dst.reshape(wo * c)
-        qx = np.empty(wo, np.int64)
-        qy = np.empty(wo, np.int64)
         for u in range(wo):   # the source points of the row: a vectorized pass
             fu = float(u)
             qx[u] = quantize((a00 * fu + a01 * fv) + a02)
@@ -160,12 +162,13 @@ def _affine_u8_kernel(x, mats, border, fill, out):
                     dst[u, k] = (top * gy + bot * fy + np.int32(32768)) >> np.int32(16)
 
 
-@twin
-def _affine_f32_kernel(x, mats, border, fill, out):
+@split
+def _affine_f32_kernel(x, mats, border, fill, out, share, shares):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     inv = F32(1.0 / 256.0)
-    for r in prange(m_count * ho):
+    rows = m_count * ho
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // ho
         v = r - m * ho
         fv = float(v)
@@ -208,14 +211,12 @@ def _affine_f32_kernel(x, mats, border, fill, out):
                     dst[u, k] = top * wy0 + bot * wy1
 
 
-@stepped
-def _affine_nearest_kernel(x, mats, border, fill, out, unused, steps, t, T):
-    """Share t of T of the output rows (one step; a stepped kernel, see fastreg/cpu/_jit.py:
-    compiled once, not as a serial and a parallel twin)."""
+@split
+def _affine_nearest_kernel(x, mats, border, fill, out, share, shares):
     m_count, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
     rows = m_count * ho
-    for r in range(t * rows // T, (t + 1) * rows // T):
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // ho
         v = r - m * ho
         fv = float(v)
@@ -280,19 +281,20 @@ def box_muller(w0, w1):
     return rr * ct, rr * st
 
 
-@twin
-def _noise_kernel(x, key, first, stds, out, is_u8):
+@split
+def _noise_kernel(x, key, first, stds, out, is_u8, share, shares):
     n, length = x.shape
     k0 = key & MASK
     k1 = key >> S32
     chunks = (length + NOISE_CHUNK - 1) // NOISE_CHUNK
-    for t in prange(n * chunks):
+    tasks = n * chunks
+    lanes = np.empty((4, NOISE_CHUNK // 4), np.uint32)   # (once per share, not per task)
+    z = np.empty((4, NOISE_CHUNK // 4), np.float32)
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         row = t // chunks
         j0 = (t - row * chunks) * NOISE_CHUNK
         count = min(NOISE_CHUNK, length - j0)
         nb = (count + 3) // 4
-        lanes = np.empty((4, NOISE_CHUNK // 4), np.uint32)
-        z = np.empty((4, NOISE_CHUNK // 4), np.float32)
         # word (i << 32) + j lies in Philox block (i << 30) + (j >> 2)
         b0 = ((first + np.uint64(row)) << np.uint64(30)) + np.uint64(j0 >> 2)
         for j in range(nb):   # Philox, vectorized over blocks (unit-stride lane rows)
@@ -328,10 +330,11 @@ def _noise_kernel(x, key, first, stds, out, is_u8):
 
 # --- erasing, mixup, cutmix -----------------------------------------------------------------------
 
-@twin
-def _erase_kernel(x, rects, value, out, same):
+@split
+def _erase_kernel(x, rects, value, out, same, share, shares):
     m_count, h, w, c = x.shape
-    for r in prange(m_count * h):
+    rows = m_count * h
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // h
         v = r - m * h
         # element loops, not slice assignments (their shape checks compile for seconds)
@@ -346,10 +349,10 @@ def _erase_kernel(x, rects, value, out, same):
                     out[m, v, u, k] = value
 
 
-@twin
-def _mix_kernel(x, partner, lam, out, is_u8):
+@split
+def _mix_kernel(x, partner, lam, out, is_u8, share, shares):
     n, length = x.shape
-    for r in prange(n):
+    for r in range(share * n // shares, (share + 1) * n // shares):
         a = lam[r]
         b = F32(1.0) - a
         xs = x[r]
@@ -365,10 +368,11 @@ def _mix_kernel(x, partner, lam, out, is_u8):
                 o[i] = xs[i] * a + ps[i] * b
 
 
-@twin
-def _paste_kernel(x, partner, rects, out):
+@split
+def _paste_kernel(x, partner, rects, out, share, shares):
     m_count, h, w, c = x.shape
-    for r in prange(m_count * h):
+    rows = m_count * h
+    for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // h
         v = r - m * h
         # element loops, not slice assignments (their shape checks compile for seconds)
@@ -403,8 +407,7 @@ def aug_affine(x, mats, border, fill, nearest, out):
     fill = x.dtype.type(fill)
     nt = _plan(_AFFINE_WEIGHT * out.nbytes)
     if nearest:
-        launch(_affine_nearest_kernel, nt, x, mats, np.int64(border), fill, out, (),
-               (0, NO_STEP, NO_STEP))
+        launch(_affine_nearest_kernel, nt, x, mats, np.int64(border), fill, out)
     elif x.dtype == np.uint8:
         launch(_affine_u8_kernel, nt, x, mats, np.int64(border), fill, out)
     else:
