@@ -8,10 +8,9 @@ round to nearest even, overflow to inf, subnormals kept, NaN rules of reference/
 tests/test_half.py checks them on all 65536 patterns and on float32 ties, subnormals, inf, NaN.
 """
 import numpy as np
-from numba import prange
 
 from .. import _threads
-from ._jit import inline, launch, twin
+from ._jit import inline, launch, split
 
 
 @inline
@@ -89,15 +88,17 @@ def f32_to_half_bits(u, kind):
     return f32_to_bf16_bits(u) if kind == 1 else f32_to_f16_bits(u)
 
 
-@twin
-def _widen_kernel(src, kind, out):
-    for i in prange(src.size):
+@split
+def _widen_kernel(src, kind, out, share, shares):
+    n = src.size
+    for i in range(share * n // shares, (share + 1) * n // shares):
         out[i] = half_to_f32_bits(src[i], kind)
 
 
-@twin
-def _narrow_kernel(src, kind, out):
-    for i in prange(src.size):
+@split
+def _narrow_kernel(src, kind, out, share, shares):
+    n = src.size
+    for i in range(share * n // shares, (share + 1) * n // shares):
         out[i] = f32_to_half_bits(src[i], kind)
 
 
