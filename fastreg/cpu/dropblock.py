@@ -7,10 +7,9 @@ elements. Both windows are counts of 0/1 flags, so the result and the kept count
 independent of the task split.
 """
 import numpy as np
-from numba import prange
 
 from .. import _threads
-from ._jit import NO_STEP, inner, launch, stepped, twin
+from ._jit import NO_STEP, inner, launch, split, stepped
 from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
@@ -118,11 +117,12 @@ def _mask_kernel(keys, k, channels_last, mask, kept, unused, steps, t, T):
         kept[p] = local
 
 
-@twin
-def _apply_kernel(x, mask, scale, out):
+@split
+def _apply_kernel(x, mask, scale, out, share, shares):
     n = x.size
     zero = scale - scale  # a zero of the array dtype
-    for t in prange(task_count(n)):
+    tasks = task_count(n)
+    for t in range(share * tasks // shares, (share + 1) * tasks // shares):
         lo, hi = task_bounds(t, n)
         xs = x[lo:hi]
         ms = mask[lo:hi]
