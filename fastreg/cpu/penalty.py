@@ -448,4 +448,4 @@ def all_finite(a):
         bits, exponent = a.view(np.uint64), np.uint64(0x7FF0000000000000)
     worst = np.empty((a.size + TASK - 1) // TASK, bits.dtype)
     launch(_finite_kernel, _plan(a.size), bits, exponent, worst)
-    return exponent not in worst  # (an integer max per task: the order does not matter)
+    return int(exponent) not in worst.tolist()  # (a list: ~2 us less than NumPy's ``in``)
