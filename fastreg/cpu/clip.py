@@ -5,10 +5,10 @@ Reductions accumulate in float64 over ``LANES`` partial results per task (a row 
 that LLVM vectorizes without fastmath, as ``_block_sums`` in fastreg/cpu/penalty.py), tasks of
 TASK elements in parallel (split kernels: share ``share`` of ``shares`` of the tasks, see
 fastreg/cpu/_jit.py), their partials written to an array and combined in task order
-(``_merge_parts``): the same result for any number of threads. The mode (sum of squares, of
-absolute values, of ``|x|**p``, or a NaN-propagating max) is decided once per call. Scaling is
-one multiply in the array's dtype. ``norm_sum_at`` and ``scale_at`` run on a whole list at once
-(fastreg/cpu/ema.py's AddressLists).
+(``_merge_parts``, ``_merge_tiles``): the same result for any number of threads. The mode
+(sum of squares, of absolute values, of ``|x|**p``, or a NaN-propagating max) is decided once
+per call. Scaling is one multiply in the array's dtype. ``norm_sum_at`` and ``scale_at`` run on
+a whole list at once (fastreg/cpu/ema.py's AddressLists).
 """
 import math
 
@@ -89,7 +89,8 @@ def _norm_kernel(a, mode, p, lanes, parts, share, shares):
 
 @jit
 def _merge_parts(parts, mode):
-    """The tasks' partial results merged in order from 0."""
+    """One array's result: its tasks' partials merged in order from 0 (as _merge_tiles does per
+    array; a function of its own so that norm_sum_at's path does not compile it)."""
     s = 0.0
     for task in range(parts.size):
         s = _merge(s, parts[task], mode)
@@ -166,11 +167,14 @@ def _norm_tiles_kernel(a, lengths, like, mode, p, lanes, parts, share, shares):
 
 @jit
 def _merge_tiles(parts, first, mode):
-    """norm_sum's result from the tiles' partials: each array's tasks merged in order from 0
-    (as _norm_kernel does), then the arrays in order (as norm_sum does): the same bits."""
+    """norm_sum's result from the tasks' (tiles') partials: each array's merged in order from
+    0, then the arrays in order (norm_sum and norm_sum_at: the same bits for any split)."""
     total = 0.0
     for k in range(first.size - 1):
-        total = _merge(total, _merge_parts(parts[first[k]:first[k + 1]], mode), mode)
+        s = 0.0
+        for t in range(first[k], first[k + 1]):
+            s = _merge(s, parts[t], mode)
+        total = _merge(total, s, mode)
     return total
 
 
