@@ -51,12 +51,16 @@ def _reverse_rgb(src, dst, w):
 def _flip_kernel(x, hflip, vflip, out, share, shares):
     m_count, h, w, c = x.shape
     rows = m_count * h
+    # the images as rows, reshaped once: a reshape per row cost as much as copying the row
+    # (224x224x3 uint8: 0.60 -> 0.34 ms per 32 images unflipped, one thread)
+    xr = x.reshape(rows, w * c)
+    outr = out.reshape(rows, w * c)
     for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // h
         v = r - m * h
         sv = h - 1 - v if vflip[m] else v
-        src = x[m, sv].reshape(w * c)
-        dst = out[m, v].reshape(w * c)
+        src = xr[m * h + sv]
+        dst = outr[r]
         if hflip[m]:
             if c == 1:
                 last = np.uint64(w - 1)
@@ -108,6 +112,8 @@ def _affine_u8_kernel(x, mats, border, fill, out, share, shares):
     rows = m_count * ho
     qx = np.empty(wo, np.int64)   # a row's source points (once per share, not per row)
     qy = np.empty(wo, np.int64)
+    xflat = x.reshape(m_count, h * w * c)   # (reshaped once, not per row)
+    outr = out.reshape(rows, wo * c)
     for r in range(share * rows // shares, (share + 1) * rows // shares):
         m = r // ho
         v = r - m * ho
@@ -116,8 +122,8 @@ def _affine_u8_kernel(x, mats, border, fill, out, share, shares):
         a10, a11, a12 = mats[m, 1, 0], mats[m, 1, 1], mats[m, 1, 2]
         img = x[m]
         dst = out[m, v]
-        flat = img.reshape(h * w * c)
-        dflat = dst.reshape(wo * c)
+        flat = xflat[m]
+        dflat = outr[r]
         for u in range(wo):   # the source points of the row: a vectorized pass
             fu = float(u)
             qx[u] = quantize((a00 * fu + a01 * fv) + a02)
