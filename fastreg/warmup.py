@@ -10,12 +10,11 @@ streaming-store kernels of penalty gradients and proximal steps (taken for outpu
 ``fastreg.cpu.penalty.STREAM_MIN_BYTES`` and more: warmup lowers that limit to 0 around those
 calls, and restores it), the per-array kernels of the list ops (ema, clip: taken for
 non-contiguous arrays; contiguous lists make one launch for the whole list), and the float16 /
-bfloat16 conversion passes. Kernels with a serial and a parallel version (``fastreg.cpu._jit``'s
-twins, one source compiled twice) get both versions, for every signature either one was
-compiled with: tiny inputs run the serial version, so the parallel one is compiled from the same
-signatures without starting a thread pool. (A ``Stepped`` kernel is compiled once: its parallel
-launch runs the same code on Python threads.) Not covered: read-only input arrays (Numba types them apart from
-writable ones, so an op on a read-only array compiles its kernel again at the first such call).
+bfloat16 conversion passes. Every kernel is compiled once (``fastreg.cpu._jit``): its parallel
+launch runs the same machine code in shares on fastreg's threads, so tiny inputs, which run on
+the calling thread, compile everything a large call needs. Not covered: read-only input arrays
+(Numba types them apart from writable ones, so an op on a read-only array compiles its kernel
+again at the first such call).
 
 The cache goes where Numba puts it: ``NUMBA_CACHE_DIR`` when set, else ``__pycache__`` next to
 fastreg's sources (or a per-user directory when those are read-only). The "c" backend is
@@ -404,18 +403,6 @@ def _cpu_modules():
             if m is not None and (name == "fastreg.cpu" or name.startswith("fastreg.cpu."))]
 
 
-def _twins():
-    """The kernels with a serial and a parallel version (twins; a stepped kernel has one
-    version, which its parallel launch runs too)."""
-    from .cpu import _jit
-    found = {}
-    for mod in _cpu_modules():
-        for v in vars(mod).values():
-            if isinstance(v, _jit.Twin):
-                found[id(v)] = v
-    return list(found.values())
-
-
 def _dispatchers():
     """Every Numba CPU dispatcher of the cpu backend that Python calls: (name, dispatcher).
     Helpers compiled into their callers are left out: inline="always" ones, and those without a
@@ -424,38 +411,12 @@ def _dispatchers():
     found = {}
     for mod in _cpu_modules():
         for attr, v in vars(mod).items():
-            for suffix, d in (("", v), (".serial", getattr(v, "serial", None)),
-                              (".parallel", getattr(v, "parallel", None))):
+            for suffix, d in (("", v), (".serial", getattr(v, "serial", None))):
                 if (isinstance(d, CPUDispatcher) and d.targetoptions.get("inline") != "always"
                         and not d.targetoptions.get("no_cpython_wrapper")
                         and getattr(d, "__module__", mod.__name__) == mod.__name__):
                     found[id(d)] = (f"{mod.__name__}.{attr}{suffix}", d)
     return list(found.values())
-
-
-def _signatures(twins):
-    """For each twin, the signatures either of its versions has in this process (compiled, or
-    loaded from Numba's cache)."""
-    return {id(tw): set(tw.serial.signatures) | set(tw.parallel.signatures) for tw in twins}
-
-
-def _compile_twins(twins, before=None):
-    """Compile each twin's other version for every signature one version has.
-
-    With ``before`` (``_signatures(twins)`` taken before an op ran), only the twins that gained a
-    signature since then: the kernels that op reached. Kernels this process compiled or loaded
-    earlier (by the user's own calls, or by other ops) are left alone, so warming up one group
-    in a busy process compiles only that group.
-    """
-    for tw in twins:
-        if before is not None and (set(tw.serial.signatures) | set(tw.parallel.signatures)
-                                   ) == before[id(tw)]:
-            continue
-        for have, other in ((tw.serial, tw.parallel), (tw.parallel, tw.serial)):
-            done = set(other.signatures)
-            for sig in list(have.signatures):
-                if sig not in done:
-                    other.compile(sig)
 
 
 def _cached_on_disk(d):
@@ -476,7 +437,8 @@ def uncompiled():
     Returns
     -------
     list of str
-        ``module.function`` names (``.serial`` / ``.parallel`` for the versions of a twin).
+        ``module.function`` names (``.serial`` for the compiled version of a kernel run in
+        shares).
     """
     return sorted(name for name, d in _dispatchers()
                   if not d.signatures and not _cached_on_disk(d))
@@ -516,9 +478,8 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
 
     Notes
     -----
-    A kernel's second version (serial or parallel) is compiled for the twins an op reaches for
-    the first time in this process. Kernels this process had already compiled or loaded before
-    the call keep only what they have: run ``fastreg warmup`` (a fresh process) to fill a cache.
+    Every kernel has one compiled version, which serves its serial and its parallel runs
+    (``fastreg.cpu._jit``), so running each op once on tiny inputs compiles all of them.
     """
     out = sys.stdout if file is None else file
     if backend not in ("cpu", "c", "numpy"):
@@ -536,7 +497,6 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
             print(f"backend {backend!r} is {what}: nothing to compile", file=out)
         return {}
 
-    twins = _twins()
     bar = None
     if progress:
         try:
@@ -551,9 +511,7 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
         if bar is not None:
             bar.set_postfix_str(name)
         t0 = time.perf_counter()
-        before = _signatures(twins)
         OPS[name]("cpu")
-        _compile_twins(twins, before)
         seconds[name] = time.perf_counter() - t0
         if bar is not None:
             bar.update(1)

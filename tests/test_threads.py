@@ -493,15 +493,21 @@ for t in threads:
     t.join()
 from fastreg.cpu import _jit
 assert _jit.launches["parallel"] >= 60, _jit.launches
-print(numba.threading_layer(), len(errors), errors[:1])
+try:
+    layer = numba.threading_layer()
+except ValueError:  # Numba's threading layer was never started
+    layer = "none"
+print(layer, len(errors), errors[:1])
 """
 
 
 def test_concurrent_calls_under_workqueue_layer():
     """Numba's workqueue layer aborts the process when two threads enter a parallel region at
-    once: fastreg serializes its launches there."""
+    once. The cpu backend's kernels run in shares on fastreg's own threads and never start
+    Numba's threading layer: concurrent calls from Python threads work under any layer (a
+    launch while another holds the workers runs serially)."""
     if fastreg.available_backends()["cpu"] is not None:
         pytest.skip("cpu backend unavailable")
     res = _run_python(_WORKQUEUE, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.split()[:2] == ["workqueue", "0"], res.stdout
+    assert res.stdout.split()[:2] == ["none", "0"], res.stdout

@@ -1,7 +1,7 @@
-"""``fastreg warmup``: compiles the cpu backend's kernels (both twins) into Numba's cache.
+"""``fastreg warmup``: compiles the cpu backend's kernels into Numba's cache.
 
 One op group only, in a subprocess with an empty NUMBA_CACHE_DIR (a full warm-up compiles every
-kernel: minutes). penalties is among the cheapest groups: one twin kernel and its helper, two
+kernel: minutes). penalties is among the cheapest groups: one kernel and its helper, two
 dtypes. That every kernel is reached by some group is checked without compiling them
 (test_every_cpu_kernel_is_reached_by_a_group: seconds).
 """
@@ -23,7 +23,7 @@ def _cpu_or_skip():
         pytest.skip(f"backend 'cpu' unavailable: {reason}")
 
 
-def test_warmup_fills_an_empty_numba_cache_with_both_twins(tmp_path):
+def test_warmup_fills_an_empty_numba_cache(tmp_path):
     _cpu_or_skip()
     cache = tmp_path / "numba-cache"
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
@@ -34,8 +34,8 @@ def test_warmup_fills_an_empty_numba_cache_with_both_twins(tmp_path):
     assert str(cache) in proc.stdout
     index = {p.name.split("-")[0] for p in cache.rglob("*.nbi")}
     data = list(cache.rglob("*.nbc"))
-    # the serial twin ran (tiny input), the parallel one was compiled from its signatures
-    assert {"penalty._sums_kernel", "penalty._sums_kernel__serial"} <= index, index
+    # the kernel ran on a tiny input: its one version serves large (parallel) calls too
+    assert "penalty._sums_kernel__nogil" in index, index
     assert data
 
 
@@ -50,20 +50,20 @@ def test_plain_progress_lines_without_tqdm(monkeypatch, capsys):
 
 
 def test_a_group_compiles_only_its_own_kernels():
-    # in a process that already ran other kernels serially (a test suite, a user's session),
-    # warming up one group leaves their parallel versions alone (they once were all compiled)
+    # in a process that already ran other kernels (a test suite, a user's session), warming up
+    # one group compiles (or loads) that group's kernels and nothing else
     _cpu_or_skip()
     import fastreg.random
-    fastreg.random.uniform(8, seed=1, backend="cpu")          # a serial twin, another module
-    twins = warm._twins()
+    fastreg.random.uniform(8, seed=1, backend="cpu")          # a kernel of another module
+    dispatchers = warm._dispatchers()
 
     def versions():
-        return {id(tw): (set(tw.serial.signatures), set(tw.parallel.signatures)) for tw in twins}
+        return {id(d): set(d.signatures) for _, d in dispatchers}
 
-    before = versions()   # (run alone, uniform's serial version has no parallel one yet)
+    before = versions()
     warm.warmup("cpu", ops=["penalties"], progress=False)
     after = versions()
-    changed = {tw.py_func.__module__ for tw in twins if after[id(tw)] != before[id(tw)]}
+    changed = {d.py_func.__module__ for _, d in dispatchers if after[id(d)] != before[id(d)]}
     assert changed <= {"fastreg.cpu.penalty"}, changed
 
 
@@ -138,10 +138,9 @@ def test_every_cpu_kernel_is_reached_by_a_group(monkeypatch):
     A kernel that returns a value runs for real (the group's next calls may depend on it; few
     and small); one that returns nothing is skipped, its writable float arrays set to 1 (a
     deterministic finite result, whatever np.empty left there). A kernel reached covers the
-    other version of its twin (warmup compiles it from the signatures) and the jitted helpers
-    its code names (compiled with it). Fails on a kernel that no group reaches, e.g. a new kernel or
-    a path taken only by large or non-contiguous inputs: add a call to a group in
-    fastreg/warmup.py."""
+    jitted helpers its code names (compiled with it). Fails on a kernel that no group reaches,
+    e.g. a new kernel or a path taken only by large or non-contiguous inputs: add a call to a
+    group in fastreg/warmup.py."""
     _cpu_or_skip()
     from numba.core.registry import CPUDispatcher
     from fastreg.cpu import penalty as cpu_penalty
@@ -172,25 +171,16 @@ def test_every_cpu_kernel_is_reached_by_a_group(monkeypatch):
     assert cpu_penalty.STREAM_MIN_BYTES == limit   # warmup restored the limit it lowered
 
     # what compiling the kernels that were called compiles too
-    mates = {}
-    for tw in warm._twins():
-        for v in (tw.serial, tw.parallel):
-            mates[id(v)] = tw
     covered, todo = set(), [d for _, d in dispatchers if id(d) in called]
     while todo:
         d = todo.pop()
         if id(d) in covered:
             continue
         covered.add(id(d))
-        fns = [d.py_func]
-        tw = mates.get(id(d))
-        if tw is not None:
-            todo.extend((tw.serial, tw.parallel))
-        for fn in fns:
-            for name in _global_names(fn):
-                v = fn.__globals__.get(name)
-                if isinstance(v, CPUDispatcher):
-                    todo.append(v)
+        for name in _global_names(d.py_func):
+            v = d.py_func.__globals__.get(name)
+            if isinstance(v, CPUDispatcher):
+                todo.append(v)
     missing = sorted(name for name, d in dispatchers if id(d) not in covered)
     if not cpu_penalty.CAN_STREAM:   # no streaming stores on this CPU: never taken
         prefix = cpu_penalty.__name__ + "."
