@@ -58,8 +58,8 @@ def info(args=None):
           f"CPUs available)")
     if avail.get("cpu") is None:
         import numba
-        print(f"  numba pool (cpu)     {numba.config.NUMBA_NUM_THREADS} "
-              f"(NUMBA_NUM_THREADS; layer {numba.config.THREADING_LAYER})")
+        print(f"  numba cap (cpu)      {numba.config.NUMBA_NUM_THREADS} "
+              f"(NUMBA_NUM_THREADS; the kernels run on fastreg's threads)")
     if avail.get("c") is None:
         import fastreg.c
         print(f"  OpenMP limit (c)     {fastreg.c.omp_max_threads()} "

@@ -3,7 +3,7 @@
 Backends are packages with the same function names and signatures:
 
     "numpy"  fastreg.reference   pure NumPy, the test oracle
-    "cpu"    fastreg.cpu         Numba, parallel (prange)
+    "cpu"    fastreg.cpu         Numba, run in shares on fastreg's threads
     "c"      fastreg.c           C through cffi, OpenMP
     "cuda"   fastreg.cuda        Numba CUDA
 

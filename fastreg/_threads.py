@@ -3,10 +3,11 @@
 Policy (PyTorch's ``at::parallel_for`` is the model):
 
 * Work below two grains of its family (``GRAIN``) runs on the calling thread: the Numba backend
-  calls the serially compiled twin of the kernel, the C backend its plain loop (no OpenMP call at
-  all). No thread pool is touched, so a small op never waits for a core another process holds.
+  runs its kernel as one share (no other thread woken), the C backend its plain loop (no OpenMP
+  call at all). No thread pool is touched, so a small op never waits for a core another process holds.
 * Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
-  Each backend also stays within its runtime's own ceiling: Numba's pool (NUMBA_NUM_THREADS) and,
+  Each backend also stays within its runtime's own ceiling: NUMBA_NUM_THREADS for the Numba
+  backend (whose kernels run in shares on fastreg's own threads, fastreg/cpu/_jit.py) and,
   for the C backend, the OpenMP limit of the calling thread (OMP_NUM_THREADS,
   ``omp_set_num_threads``, threadpoolctl's "openmp" limit).
 * In a child forked after this process ran a parallel region, or while it had other threads (an
@@ -232,8 +233,8 @@ def openmp_loaded():
 
 @contextlib.contextmanager
 def passive_openmp():
-    """Wrap the first load of the OpenMP runtime (the C extension, Numba's ``omp`` layer) so that
-    it starts with ``OMP_WAIT_POLICY=passive``: its idle threads sleep instead of spinning.
+    """Wrap the first load of the OpenMP runtime (the C extension) so that it starts with
+    ``OMP_WAIT_POLICY=passive``: its idle threads sleep instead of spinning.
 
     Measured on the shared 2-core machine (load average 8.6, other test suites running): an
     l2_grad over 262144 float32 on 2 threads took a median 25.7-27.2 ms with GNU OpenMP's

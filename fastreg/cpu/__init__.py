@@ -1,4 +1,5 @@
-"""Backend "cpu": Numba kernels, parallel over the cores (NUMBA_NUM_THREADS / numba.set_num_threads).
+"""Backend "cpu": Numba kernels, run in shares on the calling thread and fastreg's own threads
+(fastreg/cpu/_jit.py; fastreg.set_num_threads, capped by NUMBA_NUM_THREADS).
 
 Compiled on first call and cached on disk (cache=True); importing this package compiles nothing.
 """

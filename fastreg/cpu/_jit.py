@@ -1,25 +1,27 @@
 """The one place that fixes how CPU kernels are compiled and launched.
 
 Compiled lazily (nothing at import), cached on disk (``cache=True``), no fastmath (exact tests
-compare bit for bit), NumPy's error model.
+compare bit for bit), NumPy's error model, no C-callable wrapper (fastreg never takes a kernel's
+address).
 
-``twin(fn)`` compiles one source twice: ``.parallel`` (``parallel=True``, its ``prange`` loops
-spread over Numba's threads) and ``.serial`` (``prange`` is ``range``; never enters Numba's
-threading layer). ``launch(kernel, nthreads, *args)`` runs the serial twin when ``nthreads`` is 1
-(the decision of ``fastreg._threads.plan``), else the parallel one with exactly ``nthreads``
-threads. Both give the same bits: a kernel's result may not depend on how its work is split.
+Every kernel that Python launches is run in *shares*: ``split(fn)`` is ``fn(*args, t, T)``,
+which runs share ``t`` of ``T`` of its work items; ``stepped(fn)`` is ``fn(*args, steps, t,
+T)``, whose ``steps`` (three ints, NO_STEP for none) run one after the other, each in its own
+round of shares (batch norm: the sums, then the coefficients, then the normalization). A kernel
+is compiled once, serially, without ``prange``, and releases the GIL. ``launch(kernel, nthreads,
+*args)`` runs it on the calling thread as share 0 of 1 when ``nthreads`` is 1 (the decision of
+``fastreg._threads.plan``), else in ``nthreads`` shares on the calling thread and fastreg's own
+sleeping Python threads (``_Shares``). Both give the same bits: a kernel's result may not depend
+on how its work is split.
 
-``stepped(fn)`` is the other kind of kernel, for big kernels (batch norm, DropBlock's mask,
-the colour augmentations): ``fn(a0, ..., a5, steps, t, T)`` (six argument slots, ``()`` for an
-unused one) runs share ``t`` of ``T`` of each of its ``steps``' work items, with no ``prange``.
-It is compiled once, serially, and releases the GIL. ``.serial`` runs every step with one
-share; the parallel launch runs share 0 on the calling thread and the others on Python threads
-(``_Shares``), step after step. Why not Numba's ``prange``: a ``prange`` body is compiled into a
-function of its own, which Numba links into three more libraries and optimizes and emits again
-in each (four times in all: 2.4 of a parallel batch-norm kernel's 3.5 s of compile), and a
-driver that called the kernel through its address from a ``prange`` still cost 0.7 s per
-kernel and type. Python threads compile nothing, and on this 2-vCPU VM they wake faster than
-Numba's passive OpenMP pool (batch norm forward, (8, 64, 16, 16): 140-146 against 184-211 us).
+Why not Numba's ``parallel=True``: a ``prange`` body is compiled into a function of its own,
+which Numba links into three more libraries and optimizes and emits again in each (four times
+in all: 2.4 of a parallel batch-norm kernel's 3.5 s of compile), and every kernel then had a
+serial and a parallel version to compile. Python threads compile nothing. Measured on the
+2-vCPU Xeon VM: they wake faster than Numba's passive OpenMP pool (batch norm forward,
+(8, 64, 16, 16), 2 threads: 136-141 against 184-211 us; dropout on 2^18 float32: 185-212
+against 207-230 us), and a share that a busy machine keeps a worker from starting is run by
+the calling thread instead of waited for. Numba's threading layer is never started.
 """
 import os
 import threading
@@ -34,7 +36,6 @@ from .. import _threads
 _OPTIONS = dict(cache=True, error_model="numpy", no_cfunc_wrapper=True)
 
 jit = numba.njit(**_OPTIONS)
-pjit = numba.njit(parallel=True, **_OPTIONS)
 inline = numba.njit(inline="always", **_OPTIONS)
 nogil_jit = numba.njit(nogil=True, **_OPTIONS)  # stepped kernels: their shares run at once
 # Helpers called only from compiled code: no CPython wrapper to compile with them either. Numba
@@ -52,33 +53,6 @@ def _renamed(fn, suffix):
     renamed.__qualname__ = fn.__qualname__ + suffix
     renamed.__module__ = fn.__module__
     return renamed
-
-
-class Twin:
-    """A kernel compiled serially (``.serial``) and in parallel (``.parallel``), both lazily."""
-
-    def __init__(self, fn):
-        self.py_func = fn
-        self.parallel = pjit(fn)
-        self.serial = jit(_renamed(fn, "__serial"))
-
-    def __call__(self, *args):
-        """Run serially (the kernel's own call with no plan: small work, tests)."""
-        return self.serial(*args)
-
-    def run_serial(self, args):
-        return self.serial(*args)
-
-    def run_parallel(self, args, nthreads):
-        if _layer_is_safe():
-            return _numba_parallel(self.parallel, nthreads, args)
-        with _launch_lock:
-            return _numba_parallel(self.parallel, nthreads, args)
-
-
-def twin(fn):
-    """Decorator: ``fn`` compiled as a ``Twin`` (serial and parallel)."""
-    return Twin(fn)
 
 
 NO_STEP = -1  # an unused entry of a stepped kernel's ``steps``
@@ -274,33 +248,15 @@ def split(fn):
     return Stepped(fn, steps=False)
 
 
-# Numba's "workqueue" threading layer aborts the process when two Python threads enter a
-# parallel region at once; under it, parallel launches are serialized by this lock. Until the
-# layer is known (it is chosen at the first parallel launch) the lock is held as well.
-_launch_lock = threading.Lock()
-_layer_safe = None  # None: unknown yet; True: omp or tbb (thread-safe); False: workqueue
-
-
-def _layer_is_safe():
-    global _layer_safe
-    if _layer_safe is None:
-        try:
-            layer = numba.threading_layer()
-        except ValueError:  # not launched yet
-            return False
-        _layer_safe = layer != "workqueue"
-    return _layer_safe
-
-
 #: launches so far by path, for tests that check which one ran (plain int adds, no lock: a
 #: count lost to a race between Python threads only makes a test that runs them fail loudly)
 launches = {"serial": 0, "parallel": 0}
 
 
 def launch(kernel, nthreads, *args):
-    """Run ``kernel`` (a Twin or a Stepped kernel) with ``nthreads`` threads: serially when 1
-    (or when Numba's pool, NUMBA_NUM_THREADS, has a single thread: the cap applies to stepped
-    kernels too, so that NUMBA_NUM_THREADS=1 keeps the whole backend on one thread)."""
+    """Run ``kernel`` (split or stepped) with ``nthreads`` threads: on the calling thread when 1.
+    NUMBA_NUM_THREADS caps the count (NUMBA_NUM_THREADS=1 keeps the backend on one thread, as it
+    did when the kernels ran on Numba's pool)."""
     if nthreads > 1:
         nthreads = min(nthreads, numba.config.NUMBA_NUM_THREADS)
     if nthreads <= 1:
@@ -309,24 +265,3 @@ def launch(kernel, nthreads, *args):
     launches["parallel"] += 1
     _threads.mark_parallel()
     return kernel.run_parallel(args, nthreads)
-
-
-_pool_started = False
-
-
-def _numba_parallel(dispatcher, nthreads, args):
-    global _pool_started
-    if not _pool_started:
-        # Numba loads its threading layer (for "omp": the OpenMP runtime) at the first
-        # parallel call: let that runtime start with a passive wait policy (see _threads)
-        with _threads.passive_openmp():
-            numba.get_num_threads()  # launches the layer
-        _pool_started = True
-    previous = numba.get_num_threads()
-    if previous != nthreads:
-        numba.set_num_threads(nthreads)
-    try:
-        return dispatcher(*args)
-    finally:
-        if previous != nthreads:
-            numba.set_num_threads(previous)
