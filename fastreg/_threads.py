@@ -4,7 +4,8 @@ Policy (PyTorch's ``at::parallel_for`` is the model):
 
 * Work below two grains of its family (``GRAIN``) runs on the calling thread: the Numba backend
   runs its kernel as one share (no other thread woken), the C backend its plain loop (no OpenMP
-  call at all). No thread pool is touched, so a small op never waits for a core another process holds.
+  call at all). No thread pool is touched, so a small op never waits for a core another process
+  holds.
 * Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
   Each backend also stays within its runtime's own ceiling: NUMBA_NUM_THREADS for the Numba
   backend (whose kernels run in shares on fastreg's own threads, fastreg/cpu/_jit.py) and,

@@ -77,7 +77,7 @@ class _Step:
 
 
 class _Shares:
-    """The Python threads that run the shares of stepped kernels, next to the calling thread.
+    """The Python threads that run the shares of the kernels, next to the calling thread.
 
     Per step, the shares are claimed one at a time, by the calling thread and by the workers it
     woke, whoever is free first; the calling thread runs shares until none is left, then waits
@@ -224,7 +224,7 @@ class Stepped:
 
     def __call__(self, *args):
         """Run serially (every step, one share)."""
-        return self.serial(*args, 0, 1)
+        return self.run_serial(args)
 
     def run_serial(self, args):
         return self.serial(*args, 0, 1)
@@ -232,8 +232,8 @@ class Stepped:
     def run_parallel(self, args, nthreads):
         ran = (_shares.run(self.serial, args, nthreads) if self.steps
                else _shares.run_steps(self.serial, [args], nthreads))
-        if not ran:
-            self.serial(*args, 0, 1)
+        if not ran:  # another Python thread's launch holds the workers
+            self.run_serial(args)
 
 
 def stepped(fn):

@@ -3,9 +3,10 @@ fastreg/reference/augment.py; bit for bit the same results).
 
 Parallel over (image, output row) for the geometric kernels and over (sample, block of values)
 for Gaussian noise: each kernel is a ``split`` kernel (fastreg/cpu/_jit.py), ``k(*args, share,
-shares)`` runs share ``share`` of ``shares`` of those work items, compiled once. Kernels take the per-sample parameters as arrays (flags, inverse maps,
-rectangles, lambdas) and never draw random numbers, except ``aug_noise``, which draws its Philox
-words in blocks of CHUNK values as fastreg.cpu.philox does.
+shares)`` runs share ``share`` of ``shares`` of those work items, compiled once. Kernels take
+the per-sample parameters as arrays (flags, inverse maps, rectangles, lambdas) and never draw
+random numbers, except ``aug_noise``, which draws its Philox words in blocks of CHUNK values as
+fastreg.cpu.philox does.
 """
 import math
 

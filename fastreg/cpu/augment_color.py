@@ -4,7 +4,7 @@ fastreg/reference/augment_color.py; bit for bit the same results).
 ``aug_color`` is parallel over samples, one pass per call: each sample runs its own op (a
 per-sample table lookup for the point ops, a per-pixel blend for saturation and sharpness).
 ``aug_blur`` is parallel over (sample, row) for each of its two passes (a launch each);
-``aug_normalize`` over (sample, row). Every kernel is run in shares (``split`` or ``stepped``,
+``aug_normalize`` over (sample, row). Every kernel is run in shares (``split``,
 fastreg/cpu/_jit.py: compiled once, no ``prange``).
 """
 import math
@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .. import _threads
-from ._jit import NO_STEP, inner, launch, split, stepped
+from ._jit import inner, launch, split
 
 F32 = np.float32
 U = np.uint64
@@ -106,12 +106,12 @@ def _hue_pixels(img, dst, size, shift):
             dst[i + k] = np.uint8(v * TO_U8)
 
 
-@stepped
-def _color_kernel(x, codes, params, out, dims, scratch, steps, t, T):
-    """Share t of T of the samples (one step; a stepped kernel: see fastreg/cpu/_jit.py, its
-    parallel version compiles the loop once instead of five times). x and out: (n, h * w * c);
-    dims: (h, w, c, 1 when x and out share memory), uint64; scratch: int64, a row of
-    512 * c + 4 * w * c per share (row t: share t's tables, histograms or sharpness's rows).
+@split
+def _color_kernel(x, codes, params, out, dims, scratch, t, T):
+    """Share t of T of the samples (a split kernel: see fastreg/cpu/_jit.py, compiled once). x
+    and out: (n, h * w * c); dims: (h, w, c, 1 when x and out share memory), uint64; scratch:
+    int64, a row of 512 * c + 4 * w * c per share (row t: share t's tables, histograms or
+    sharpness's rows).
 
     For a short first-call compile: flat images indexed with uint64 (Numba tests a signed index
     for a negative value: more code to lower, and slower loops that LLVM does not vectorize);
@@ -337,7 +337,7 @@ def aug_color(x, codes, params, out):
     # the point ops write a table of 256 even for 0 channels
     scratch = np.empty((max(nt, 1), 512 * max(c, 1) + 4 * w * c), np.int64)
     launch(_color_kernel, nt, xc.reshape(n, h * w * c), codes, params, oc.reshape(n, h * w * c),
-           (U(h), U(w), U(c), U(np.shares_memory(xc, oc))), scratch, (0, NO_STEP, NO_STEP))
+           (U(h), U(w), U(c), U(np.shares_memory(xc, oc))), scratch)
     if oc is not out:
         out[...] = oc
 

@@ -48,9 +48,9 @@ Compile time is a budget (bench/compile_time.py): each direction (forward, backw
 kernel source, made into three kernels (_kernels): every step (the training ops), SUMS + FINISH
 alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply, bn_backward_apply), the other
 steps' branches pruned by Numba before typing, so that an op's first call compiles only what it
-can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once, serially, and run in
-parallel by a driver that calls them through their address, one share of a step per thread
-(a ``prange`` over the work items would have Numba compile the loop body four more times).
+can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once, serially, and run
+in shares on fastreg's threads, every share of a step before the next step (a ``prange`` over the
+work items would have Numba compile the loop body four more times).
 The kernels call the piece loops directly (every compiled function is optimized again inside
 each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic,
 no slices; optional arrays are flags with stand-ins (a 0-size residual or gres, x as y without a

@@ -9,7 +9,7 @@ independent of the task split.
 import numpy as np
 
 from .. import _threads
-from ._jit import NO_STEP, inner, launch, split, stepped
+from ._jit import inner, launch, split
 from .philox import CHUNK, chunk_words, key_words, scratch, task_bounds, task_count
 
 
@@ -46,12 +46,10 @@ def _any(a):
     return acc != 0
 
 
-@stepped
-def _mask_kernel(keys, k, channels_last, mask, kept, unused, steps, t, T):
-    """Share t of T of the (sample, channel) planes (one step; a stepped kernel, see
-    fastreg/cpu/_jit.py): their mask, and kept[p] the kept elements of plane p. keys (seed,
-    offset, threshold)."""
-    seed, offset, threshold = keys
+@split
+def _mask_kernel(seed, offset, threshold, k, channels_last, mask, kept, t, T):
+    """Share t of T of the (sample, channel) planes (a split kernel, see fastreg/cpu/_jit.py):
+    their mask, and kept[p] the kept elements of plane p."""
     if channels_last:
         nsamples, h, w, c = mask.shape
     else:
@@ -137,9 +135,8 @@ def drop_block_mask(seed, offset, threshold, block, channels_last, mask):
         return 0
     planes = mask.shape[0] * mask.shape[3 if channels_last else 1]
     kept = np.empty(planes, np.int64)
-    launch(_mask_kernel, _threads.plan(mask.size, "random"),
-           (np.uint64(seed), np.uint64(offset), np.uint64(threshold)), np.int64(block),
-           bool(channels_last), mask, kept, (), (0, NO_STEP, NO_STEP))
+    launch(_mask_kernel, _threads.plan(mask.size, "random"), np.uint64(seed), np.uint64(offset),
+           np.uint64(threshold), np.int64(block), bool(channels_last), mask, kept)
     return int(kept.sum())
 
 
