@@ -110,20 +110,28 @@ static inline fr_ew_fn fr_ew_pick(fr_ew_kernel k)
     return (k.avx2 && fr_get_isa() >= 1) ? k.avx2 : k.portable;
 }
 
-/* Stream (in the default mode) only outputs that the op does not read and that are large. */
-static inline int fr_ew_want_stream(int out_is_read, size_t out_bytes)
+/* Stream (in the default mode) only outputs that the op does not read and that are at least
+ * min_bytes. */
+static inline int fr_ew_want_stream_from(int out_is_read, size_t out_bytes, size_t min_bytes)
 {
 #ifdef FR_EW_X86
     switch (fr_get_stream_stores()) {
     case 0: return 0;
     case 2: return 1;
-    default: return !out_is_read && out_bytes >= FR_EW_STREAM_MIN_BYTES;
+    default: return !out_is_read && out_bytes >= min_bytes;
     }
 #else
     (void)out_is_read;
     (void)out_bytes;
+    (void)min_bytes;
     return 0;
 #endif
+}
+
+/* The same from FR_EW_STREAM_MIN_BYTES. */
+static inline int fr_ew_want_stream(int out_is_read, size_t out_bytes)
+{
+    return fr_ew_want_stream_from(out_is_read, out_bytes, FR_EW_STREAM_MIN_BYTES);
 }
 
 /* Copies bytes from src to dst, with streaming stores where dst is 16-byte aligned. */
