@@ -33,30 +33,32 @@ import threading
 # fastreg/c/optim.py OPTIM_WEIGHT), stream words (random), bytes of image (augment; bilinear
 # resampling counts 16 per output byte, Gaussian noise 16 per value).
 #
-# Measured with bench/grain.py (1 against 2 threads, medians; GNU OpenMP with the passive wait
-# policy fastreg starts it with) on the shared 2-core EPYC VM, where an idle machine was
-# approximated by running the measurement under SCHED_FIFO (``chrt -f 10``; load average 8 from
-# other processes). A 2-thread region costs about 40 us more than a serial call there (waking
-# the sleeping worker's vCPU), 1-2 us with GNU OpenMP's default spinning. Sizes from which 2
-# threads won, C / Numba:
-#   dropout float32               65536 / 65536 elements   (spinning: 8192-16384 / 65536)
-#   l2_grad float32              524288 / 524288           (spinning: 32768-65536 / 131072)
-#   AdamW step float32            65536 / 131072           (spinning: 32768 / 65536)
-#   flip uint8 images          > 524288 / > 524288 bytes   (spinning: 131072 / 65536)
-#   bilinear rotation uint8      ~33000 / ~16000 bytes     (spinning: < 8192)
-#   Gaussian noise uint8         ~33000 / ~16000 values    (spinning: ~8192)
-# Beside a busy load (the same machine at normal priority: load average 8, other test suites;
-# bench/load.py reproduces it) 2 threads lost at every size up to 2^20 on both backends, by
-# 1.3-100x: the grain keeps small ops off the pool, larger ones still pay under load.
-# Measured again for issue 12 (bench/grain.py --families elementwise under ``chrt -f 10``, load
-# average 3.6): l2_grad 2 threads won from 524288 (C) and at no size up to 524288 (Numba), the
-# weighted AdamW step from 262144 on both; with spinning (GOMP_SPINCOUNT 10^3-10^5) C's l2_grad
-# won from 32768-65536. Spinning is not kept (README, "No spinning"), so neither is that grain.
+# Measured with bench/grain.py (1 against 2 threads, medians) on the 2-vCPU Xeon VM this project
+# runs on, idle (load average 0.3-1.3), for issue 12 after the cpu backend moved to fastreg's
+# own Python threads. Waking a sleeping thread is what a second thread costs there: GNU OpenMP
+# with the passive wait policy (the C backend) took 60-100 us more than a serial call at any
+# size up to 2^17, fastreg's pool (the cpu backend) 10-60 us. Sizes from which 2 threads won,
+# C / Numba (work units as above):
+#   dropout float32                  524288 / 524288 elements
+#   l2_grad float32                 1048576 / 1048576
+#   AdamW step float32 (weighted)   1048576 / 1048576
+#   flip uint8 images             > 1047843 / > 1047843 bytes
+#   bilinear rotation (weighted)    2096688 / 2096688
+#   Gaussian noise (weighted)       4205568 / 2096688
+#   batch-norm training forward     2097152 / 1048576 elements (NCHW (16, 64, 32, 32): 0.95x /
+#                                   1.19x at 1048576; (4096, 256): 1.52x / 0.96x)
+# At the grains used before (elementwise 131072, random 32768, augment 262144, batch norm
+# 32768, from the shared EPYC VM of earlier sessions, where a wake cost about 40 us) 2 threads
+# lost by up to 4x here: dropout on 65536 values 29 against 91 us (C), 49 against 113 us
+# (Numba); a batch-norm forward on (1024, 64) 43 against 167 us (C). A grain too high costs at
+# most the second thread's half of the work at the grain; one too low costs the wake, which can
+# be several times the work: the grains are the break-even sizes of this VM. Beside a busy load
+# (bench/load.py) 2 threads lost at every size up to 2^20 in earlier sessions.
 GRAIN = {
-    "elementwise": 131072,  # penalties, prox steps, checks, optimizer steps (weighted 2)
-    "random": 32768,        # Philox stream words
-    "batchnorm": 32768,     # per pass over x
-    "augment": 262144,      # bytes of image (resampling and noise weighted 16)
+    "elementwise": 524288,  # penalties, prox steps, checks, optimizer steps (weighted 2)
+    "random": 262144,       # Philox stream words
+    "batchnorm": 524288,    # per pass over x
+    "augment": 1048576,     # bytes of image (resampling and noise weighted 16)
 }
 
 _default = None                 # set_num_threads() value; None: the environment's default

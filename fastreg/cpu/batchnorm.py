@@ -433,6 +433,10 @@ def _forward(do_sums, do_apply):
         part = scratch[0][mean.size:]  # the tasks' sums
         uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
         W = 1 if uniform else chunk
+        # a share's scratch, allocated once (an allocation per item cost as much as a short
+        # channel's work)
+        first, shift_row = np.empty(Cc), np.empty(lanes)
+        cf, buf = np.empty(3 * W, o.dtype), np.empty(chunk, o.dtype)
         for step in steps:
             if step == NONE:
                 continue
@@ -447,13 +451,11 @@ def _forward(do_sums, do_apply):
                     c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
                 if do_sums and (step == SUMS or step == FUSED):
                     # every task records the shift (tasks of a channel may run at the same time)
-                    first = np.empty(Cc)
                     for k in range(Cc):
                         v = np.float64(x[c * B + k * Bc])
                         first[k] = v if abs(v) < np.inf else 0.0
                         if p0 == 0:
                             x0[c * Cc + k] = first[k]
-                    shift_row = np.empty(lanes)
                     _lane_row(first, Z(0), Cc, Bc, shift_row, Z(0), lanes)
                     at = (q if step == SUMS else c * ntask) * 4 * lanes
                     for k in range(at, at + 4 * lanes):
@@ -477,12 +479,10 @@ def _forward(do_sums, do_apply):
                             scale[ch] = np.float64(weight[ch]) * inv
                             shift[ch] = bias[ch]
                 if do_apply and (step == APPLY or step == FUSED):
-                    cf = np.empty(3 * W, o.dtype)
                     if not uniform:  # (one view channel)
                         _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
                         _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
-                    buf = np.empty(chunk, o.dtype)
                     for p in range(p0, p1):
                         a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
                         if uniform:
@@ -516,6 +516,8 @@ def _backward(do_sums, do_apply):
         part = scratch[0][2 * C:]
         uniform = Cc * Bc == 1
         W = 1 if uniform else chunk
+        mu = np.empty(lanes)  # a share's scratch, as in _forward
+        cf, buf = np.empty(4 * W, gx.dtype), np.empty(2 * chunk, gx.dtype)
         for step in steps:
             if step == NONE:
                 continue
@@ -529,7 +531,6 @@ def _backward(do_sums, do_apply):
                 elif step == APPLY:
                     c, p0, p1 = -1, q * per_task, min((q + 1) * per_task, A * Cv * nb)
                 if do_sums and (step == SUMS or step == FUSED):
-                    mu = np.empty(lanes)
                     _lane_row(mean, c * Cc, Cc, Bc, mu, Z(0), lanes)
                     at = (q if step == SUMS else c * ntask) * 4 * lanes
                     for k in range(at, at + 4 * lanes):
@@ -555,13 +556,11 @@ def _backward(do_sums, do_apply):
                             cb[ch] = a64 * inv * inv * s_dyx[ch] / n
                             cd[ch] = a64 * s_dy[ch] / n
                 if do_apply and (step == APPLY or step == FUSED):
-                    cf = np.empty(4 * W, gx.dtype)
                     if not uniform:
                         _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
                         _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
                         _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
-                    buf = np.empty(2 * chunk, gx.dtype)
                     for p in range(p0, p1):
                         a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
                         if uniform:
