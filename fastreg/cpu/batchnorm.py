@@ -75,7 +75,7 @@ __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn
 ROWS_MIN_B = 32         # B from which a channel's rows are the unit of work
 SEG = 1 << 15           # longest piece of a row (rows regime)
 TASK = 1 << 16          # values per task (rows regime)
-LANES = 64              # lanes of the sums (rows regime)
+LANES = 32              # lanes of the sums (rows regime); half that for pieces under 4 * LANES
 CHUNK = 1024            # element-wise loop length (rows regime)
 COL_TASK = 1 << 18      # values per task (columns regime)
 SPAN = 2048             # shortest loop of joined rows (columns regime)
@@ -124,7 +124,12 @@ def _plans(shape, itemsize, arrays):
             nb = _cdiv(B, SEG)
             seg = _cdiv(B, nb)
             per_task = max(1, TASK // seg)
-            tile = (A, C, B, seg, nb, per_task, _cdiv(A * nb, per_task), LANES,
+            # 32 lanes against 64 (forward, one thread): float64 (32, 64, 3136) 4.1 against 5.3
+            # ms, float32 even. A piece shorter than one pass of the sums' loop (4 rows of lanes)
+            # runs in its tail loop, and each channel's lanes are added one by one: 16 lanes on
+            # rows of 64 values, (8, 64, 64) float32, 61 against 86 us (64 lanes)
+            lanes = LANES if seg >= 4 * LANES else max(1, LANES // 2)
+            tile = (A, C, B, seg, nb, per_task, _cdiv(A * nb, per_task), lanes,
                     min(CHUNK, seg), 1, 1, A * B)
             regime, fused, row = "rows", A * B * itemsize * arrays <= FUSE_MAX_BYTES and \
                 C >= nthreads, B
@@ -162,94 +167,105 @@ def _kahan(acc, i, ci, v):
 
 
 @inner
-def _x_sums(x, lo, n, shift, acc, a):
-    """acc += the shifted sums of x[lo:lo + n], value i into lane i % L (L = shift.size) minus
-    shift[i % L]; acc's rows of L from a: s1, its compensation, s2, its compensation. Four rows
-    of L per pass (a quarter of the accumulator traffic of one). lo, n, a: uint64."""
+def _x_sums(x, c, p0, p1, tile, shift, acc, a):
+    """acc += the shifted sums of pieces [p0, p1) of view channel c (see the kernels), value i
+    of a piece x[lo:lo + n] into lane i % L (L = shift.size) minus shift[i % L]; acc's rows of L
+    from a: s1, its compensation, s2, its compensation. Four rows of L per pass (a quarter of the
+    accumulator traffic of one). a: uint64. One call for all the pieces: each call takes and
+    drops a reference to each array (atomic operations), which cost more than a row of 64 values
+    when it was a call per piece."""
+    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
     precise = np.float64(x.dtype.type(0.1)) == 0.1  # float64 data (a constant LLVM folds)
     L = U(shift.size)
     L2, L3 = L + L, L + L + L
     s1, c1, s2, c2 = a, a + L, a + L2, a + L3
-    full = n - n % (L2 + L2)
-    for j in range(lo, lo + full, L2 + L2):
-        for k in range(L):
-            m = shift[k]
-            d0 = np.float64(x[j + k]) - m
-            d1 = np.float64(x[j + L + k]) - m
-            d2 = np.float64(x[j + L2 + k]) - m
-            d3 = np.float64(x[j + L3 + k]) - m
-            v1 = (d0 + d1) + (d2 + d3)
-            v2 = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            if precise:
-                _kahan(acc, s1 + k, c1 + k, v1)
-                _kahan(acc, s2 + k, c2 + k, v2)
-            else:
-                acc[s1 + k] += v1
-                acc[s2 + k] += v2
-    for j in range(lo + full, lo + n, L):
-        for k in range(min(L, lo + n - j)):
-            d = np.float64(x[j + k]) - shift[k]
-            if precise:
-                _kahan(acc, s1 + k, c1 + k, d)
-                _kahan(acc, s2 + k, c2 + k, d * d)
-            else:
-                acc[s1 + k] += d
-                acc[s2 + k] += d * d
+    for p in range(p0, p1):
+        b0 = (p % nb) * seg
+        lo, n = U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0))
+        full = n - n % (L2 + L2)
+        for j in range(lo, lo + full, L2 + L2):
+            for k in range(L):
+                m = shift[k]
+                d0 = np.float64(x[j + k]) - m
+                d1 = np.float64(x[j + L + k]) - m
+                d2 = np.float64(x[j + L2 + k]) - m
+                d3 = np.float64(x[j + L3 + k]) - m
+                v1 = (d0 + d1) + (d2 + d3)
+                v2 = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                if precise:
+                    _kahan(acc, s1 + k, c1 + k, v1)
+                    _kahan(acc, s2 + k, c2 + k, v2)
+                else:
+                    acc[s1 + k] += v1
+                    acc[s2 + k] += v2
+        for j in range(lo + full, lo + n, L):
+            for k in range(min(L, lo + n - j)):
+                d = np.float64(x[j + k]) - shift[k]
+                if precise:
+                    _kahan(acc, s1 + k, c1 + k, d)
+                    _kahan(acc, s2 + k, c2 + k, d * d)
+                else:
+                    acc[s1 + k] += d
+                    acc[s2 + k] += d * d
 
 
 @inner
-def _g_sums(gy, x, y, lo, n, mu, masked, acc, a):
-    """acc += (g, g * (x - mu)) over [lo, lo + n) as _x_sums, with g = gy, or gy where y > 0
-    (else 0) when ``masked`` (y: x without a mask, not read then: a loop over twelve arrays is not
-    vectorized as well as one over eight)."""
+def _g_sums(gy, x, y, c, p0, p1, tile, mu, masked, acc, a):
+    """acc += (g, g * (x - mu)) over pieces [p0, p1) of view channel c as _x_sums, with g = gy,
+    or gy where y > 0 (else 0) when ``masked`` (y: x without a mask, not read then: a loop over
+    twelve arrays is not vectorized as well as one over eight)."""
+    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
     precise = np.float64(x.dtype.type(0.1)) == 0.1
     zero = gy.dtype.type(0)
     L = U(mu.size)
     L2, L3 = L + L, L + L + L
     s1, c1, s2, c2 = a, a + L, a + L2, a + L3
-    full = n - n % (L2 + L2)
-    for j in range(lo, lo + (full if masked else U(0)), L2 + L2):
-        for k in range(L):
-            i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
-            a0 = np.float64(gy[i0] if y[i0] > zero else zero)
-            a1 = np.float64(gy[i1] if y[i1] > zero else zero)
-            a2 = np.float64(gy[i2] if y[i2] > zero else zero)
-            a3 = np.float64(gy[i3] if y[i3] > zero else zero)
-            m = mu[k]
-            v1 = (a0 + a1) + (a2 + a3)
-            v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
-                  + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
-            if precise:
-                _kahan(acc, s1 + k, c1 + k, v1)
-                _kahan(acc, s2 + k, c2 + k, v2)
-            else:
-                acc[s1 + k] += v1
-                acc[s2 + k] += v2
-    for j in range(lo, lo + (U(0) if masked else full), L2 + L2):
-        for k in range(L):
-            i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
-            a0, a1, a2, a3 = np.float64(gy[i0]), np.float64(gy[i1]), np.float64(gy[i2]), \
-                np.float64(gy[i3])
-            m = mu[k]
-            v1 = (a0 + a1) + (a2 + a3)
-            v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
-                  + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
-            if precise:
-                _kahan(acc, s1 + k, c1 + k, v1)
-                _kahan(acc, s2 + k, c2 + k, v2)
-            else:
-                acc[s1 + k] += v1
-                acc[s2 + k] += v2
-    for j in range(lo + full, lo + n, L):
-        for k in range(min(L, lo + n - j)):
-            g = np.float64(gy[j + k]) if (y[j + k] > zero) | (not masked) else 0.0
-            v = g * (np.float64(x[j + k]) - mu[k])
-            if precise:
-                _kahan(acc, s1 + k, c1 + k, g)
-                _kahan(acc, s2 + k, c2 + k, v)
-            else:
-                acc[s1 + k] += g
-                acc[s2 + k] += v
+    for p in range(p0, p1):
+        b0 = (p % nb) * seg
+        lo, n = U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0))
+        full = n - n % (L2 + L2)
+        for j in range(lo, lo + (full if masked else U(0)), L2 + L2):
+            for k in range(L):
+                i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
+                a0 = np.float64(gy[i0] if y[i0] > zero else zero)
+                a1 = np.float64(gy[i1] if y[i1] > zero else zero)
+                a2 = np.float64(gy[i2] if y[i2] > zero else zero)
+                a3 = np.float64(gy[i3] if y[i3] > zero else zero)
+                m = mu[k]
+                v1 = (a0 + a1) + (a2 + a3)
+                v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
+                      + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
+                if precise:
+                    _kahan(acc, s1 + k, c1 + k, v1)
+                    _kahan(acc, s2 + k, c2 + k, v2)
+                else:
+                    acc[s1 + k] += v1
+                    acc[s2 + k] += v2
+        for j in range(lo, lo + (U(0) if masked else full), L2 + L2):
+            for k in range(L):
+                i0, i1, i2, i3 = j + k, j + L + k, j + L2 + k, j + L3 + k
+                a0, a1, a2, a3 = np.float64(gy[i0]), np.float64(gy[i1]), np.float64(gy[i2]), \
+                    np.float64(gy[i3])
+                m = mu[k]
+                v1 = (a0 + a1) + (a2 + a3)
+                v2 = ((a0 * (np.float64(x[i0]) - m) + a1 * (np.float64(x[i1]) - m))
+                      + (a2 * (np.float64(x[i2]) - m) + a3 * (np.float64(x[i3]) - m)))
+                if precise:
+                    _kahan(acc, s1 + k, c1 + k, v1)
+                    _kahan(acc, s2 + k, c2 + k, v2)
+                else:
+                    acc[s1 + k] += v1
+                    acc[s2 + k] += v2
+        for j in range(lo + full, lo + n, L):
+            for k in range(min(L, lo + n - j)):
+                g = np.float64(gy[j + k]) if (y[j + k] > zero) | (not masked) else 0.0
+                v = g * (np.float64(x[j + k]) - mu[k])
+                if precise:
+                    _kahan(acc, s1 + k, c1 + k, g)
+                    _kahan(acc, s2 + k, c2 + k, v)
+                else:
+                    acc[s1 + k] += g
+                    acc[s2 + k] += v
 
 
 @inner
@@ -267,78 +283,99 @@ def _put(src, s, o, lo, n, mode):
 
 
 @inner
-def _affine(x, r, o, lo, n, cf, W, opts, buf, uniform):
-    """o[lo:lo + n] = act((x - ce) * sc + sh [+ r]), the reference's order; act the ReLU (floor
-    0: +0.0 for v <= 0, NaN kept) or nothing (floor -inf). In chunks of W (cf: rows ce, sc, sh of
-    W values, value i of a chunk takes coefficient i; ``uniform``: one channel, one value per
-    row, kept in registers: 1.9x faster than loading a row in cache-resident loops, and chunks of
-    buf.size); opts (floor, eps, has_res, mode); buf: where IN_PLACE and STREAM compute a chunk
-    before _put copies it out. lo, n, W: uint64."""
+def _affine(x, r, o, c, p0, p1, tile, coefs, cf, W, opts, buf, uniform):
+    """o[lo:lo + n] = act((x - ce) * sc + sh [+ r]) on pieces [p0, p1) of view channel c, or of
+    the whole view in memory order when c < 0 (see the kernels), the reference's order; act the
+    ReLU (floor 0: +0.0 for v <= 0, NaN kept) or nothing (floor -inf). In chunks of W (cf: rows
+    ce, sc, sh of W values, value i of a chunk takes coefficient i; ``uniform``: one channel, its
+    coefficients from coefs (center, scale, shift) at each piece, kept in registers: 1.9x faster
+    than loading a row in cache-resident loops, and chunks of buf.size); opts (floor, eps,
+    has_res, mode); buf: where IN_PLACE and STREAM compute a chunk before _put copies it out. W:
+    uint64. One call for all the pieces, and no array variable assigned in its loops: each takes
+    and drops a reference (atomic operations), which cost more than a row of 64 values when it
+    was done per piece."""
+    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
     floor, has_res, mode = opts[0], opts[2], opts[3]
     W2 = W + W
-    c0, s0, h0 = cf[0], cf[W], cf[W2]
-    L = n if uniform and mode == PLAIN else (U(buf.size) if uniform else W)
-    for j in range(lo, lo + n, max(L, U(1))):
-        m = min(L, lo + n - j)
-        dst, d = (o, j) if mode == PLAIN else (buf, U(0))
-        if uniform and has_res:
-            for i in range(m):
-                v = (x[j + i] - c0) * s0 + h0 + r[j + i]
-                dst[d + i] = v if not (v <= floor) else floor
-        elif uniform:
-            for i in range(m):
-                v = (x[j + i] - c0) * s0 + h0
-                dst[d + i] = v if not (v <= floor) else floor
-        elif has_res:
-            for i in range(m):
-                v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i] + r[j + i]
-                dst[d + i] = v if not (v <= floor) else floor
-        else:
-            for i in range(m):
-                v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i]
-                dst[d + i] = v if not (v <= floor) else floor
-        if mode != PLAIN:
-            _put(buf, U(0), o, j, m, mode)
+    dst = o if mode == PLAIN else buf
+    for p in range(p0, p1):
+        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+        v0 = (p % nb) * seg
+        lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
+        if uniform:
+            cf[0], cf[1], cf[2] = coefs[0][ch], coefs[1][ch], coefs[2][ch]
+        c0, s0, h0 = cf[0], cf[W], cf[W2]
+        L = n if uniform and mode == PLAIN else (U(buf.size) if uniform else W)
+        for j in range(lo, lo + n, max(L, U(1))):
+            m = min(L, lo + n - j)
+            d = j if mode == PLAIN else U(0)
+            if uniform and has_res:
+                for i in range(m):
+                    v = (x[j + i] - c0) * s0 + h0 + r[j + i]
+                    dst[d + i] = v if not (v <= floor) else floor
+            elif uniform:
+                for i in range(m):
+                    v = (x[j + i] - c0) * s0 + h0
+                    dst[d + i] = v if not (v <= floor) else floor
+            elif has_res:
+                for i in range(m):
+                    v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i] + r[j + i]
+                    dst[d + i] = v if not (v <= floor) else floor
+            else:
+                for i in range(m):
+                    v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i]
+                    dst[d + i] = v if not (v <= floor) else floor
+            if mode != PLAIN:
+                _put(buf, U(0), o, j, m, mode)
 
 
 @inner
-def _gback(gy, x, y, gx, gr, lo, n, cf, W, flags, buf, uniform):
-    """gx[lo:lo + n] = g * a - (x - ce) * b - d (training) or g * a, the reference's order, with
-    g = gy, or gy where y > 0 (else +0) when masked; gr = g when has_gres. cf: rows (ce, a, b, d)
-    of W values (``uniform``: one value, see _affine); flags (masked, training, has_gres, mode);
-    buf: 2 chunks (the chunk for _put; the masked g). lo, n, W: uint64."""
+def _gback(gy, x, y, gx, gr, c, p0, p1, tile, coefs, cf, W, flags, buf, uniform):
+    """gx[lo:lo + n] = g * a - (x - ce) * b - d (training) or g * a on pieces [p0, p1) as
+    _affine, the reference's order, with g = gy, or gy where y > 0 (else +0) when masked; gr = g
+    when has_gres. cf: rows (ce, a, b, d) of W values (``uniform``: one value, from coefs
+    (center, a, b, d) at each piece, see _affine); flags (masked, training, has_gres, mode);
+    buf: 2 chunks (the chunk for _put; the masked g). W: uint64."""
+    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
     masked, training, has_gres, mode = flags
     W2, W3 = W + W, W + W + W
-    c0, a0, b0, d0 = cf[0], cf[W], cf[W2], cf[W3]
-    if uniform and mode == PLAIN and not masked:
-        L = max(n, U(1))  # no buffer is used: one pass
-    else:
-        L = U(buf.size // 2) if uniform else W
     zero = gx.dtype.type(0)
-    for j in range(lo, lo + n, L):
-        m = min(L, lo + n - j)
-        g, e = gy, j
-        if masked:
-            for i in range(m):
-                buf[L + i] = gy[j + i] if y[j + i] > zero else zero
-            g, e = buf, L
-        if has_gres:
-            _put(g, e, gr, j, m, mode)
-        dst, d = (gx, j) if mode == PLAIN else (buf, U(0))
-        if uniform and training:
-            for i in range(m):
-                dst[d + i] = g[e + i] * a0 - (x[j + i] - c0) * b0 - d0
-        elif uniform:
-            for i in range(m):
-                dst[d + i] = g[e + i] * a0
-        elif training:
-            for i in range(m):
-                dst[d + i] = g[e + i] * cf[W + i] - (x[j + i] - cf[i]) * cf[W2 + i] - cf[W3 + i]
+    g = buf if masked else gy
+    dst = gx if mode == PLAIN else buf
+    for p in range(p0, p1):
+        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+        v0 = (p % nb) * seg
+        lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
+        if uniform:
+            cf[0], cf[1], cf[2], cf[3] = coefs[0][ch], coefs[1][ch], coefs[2][ch], coefs[3][ch]
+        c0, a0, b0, d0 = cf[0], cf[W], cf[W2], cf[W3]
+        if uniform and mode == PLAIN and not masked:
+            L = max(n, U(1))  # no buffer is used: one pass
         else:
-            for i in range(m):
-                dst[d + i] = g[e + i] * cf[W + i]
-        if mode != PLAIN:
-            _put(buf, U(0), gx, j, m, mode)
+            L = U(buf.size // 2) if uniform else W
+        for j in range(lo, lo + n, L):
+            m = min(L, lo + n - j)
+            e = L if masked else j
+            if masked:
+                for i in range(m):
+                    buf[L + i] = gy[j + i] if y[j + i] > zero else zero
+            if has_gres:
+                _put(g, e, gr, j, m, mode)
+            d = j if mode == PLAIN else U(0)
+            if uniform and training:
+                for i in range(m):
+                    dst[d + i] = g[e + i] * a0 - (x[j + i] - c0) * b0 - d0
+            elif uniform:
+                for i in range(m):
+                    dst[d + i] = g[e + i] * a0
+            elif training:
+                for i in range(m):
+                    dst[d + i] = g[e + i] * cf[W + i] - (x[j + i] - cf[i]) * cf[W2 + i] - cf[W3 + i]
+            else:
+                for i in range(m):
+                    dst[d + i] = g[e + i] * cf[W + i]
+            if mode != PLAIN:
+                _put(buf, U(0), gx, j, m, mode)
 
 
 @inner
@@ -460,10 +497,7 @@ def _forward(do_sums, do_apply):
                     at = (q if step == SUMS else c * ntask) * 4 * lanes
                     for k in range(at, at + 4 * lanes):
                         part[k] = 0.0
-                    for p in range(p0, p1):
-                        b0 = (p % nb) * seg
-                        _x_sums(x, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), shift_row,
-                                part, U(at))
+                    _x_sums(x, c, p0, p1, tile, shift_row, part, U(at))
                 if do_sums and (step == FINISH or step == FUSED):
                     sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
                                     lanes, Cc, Bc)
@@ -483,13 +517,8 @@ def _forward(do_sums, do_apply):
                         _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
                         _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
-                    for p in range(p0, p1):
-                        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-                        if uniform:
-                            cf[0], cf[1], cf[2] = center[ch], scale[ch], shift[ch]
-                        b0 = (p % nb) * seg
-                        _affine(x, r, o, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf, U(W),
-                                opts, buf, uniform)
+                    _affine(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W), opts, buf,
+                            uniform)
                     if opts[3] == STREAM:
                         _sfence()
     return kernel
@@ -535,10 +564,7 @@ def _backward(do_sums, do_apply):
                     at = (q if step == SUMS else c * ntask) * 4 * lanes
                     for k in range(at, at + 4 * lanes):
                         part[k] = 0.0
-                    for p in range(p0, p1):
-                        b0 = (p % nb) * seg
-                        _g_sums(gy, x, y, U(((p // nb) * Cv + c) * B + b0), U(min(seg, B - b0)), mu,
-                                flags[0], part, U(at))
+                    _g_sums(gy, x, y, c, p0, p1, tile, mu, flags[0], part, U(at))
                 if do_sums and (step == FINISH or step == FUSED):
                     sums = _combine(part, c * ntask * 4 * lanes, ntask if step == FINISH else 1,
                                     lanes, Cc, Bc)
@@ -561,13 +587,8 @@ def _backward(do_sums, do_apply):
                         _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
                         _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
-                    for p in range(p0, p1):
-                        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-                        if uniform:
-                            cf[0], cf[1], cf[2], cf[3] = center[ch], ca[ch], cb[ch], cd[ch]
-                        b0 = (p % nb) * seg
-                        _gback(gy, x, y, gx, gr, U((a * Cv + ch) * B + b0), U(min(seg, B - b0)), cf,
-                               U(W), flags, buf, uniform)
+                    _gback(gy, x, y, gx, gr, c, p0, p1, tile, (center, ca, cb, cd), cf, U(W), flags,
+                           buf, uniform)
                     if flags[3] == STREAM:
                         _sfence()
     return kernel
