@@ -168,6 +168,11 @@ def _adam(backend):
             opt.step([_x((3, 4), dt, 1), _x((4,), dt, 2)])
 
 
+# batch norm: (shape, channel axis) of each layout, and a channel layout with rows of at least
+# fastreg.cpu.batchnorm.ROWS_MIN_B values (its "rows" kernels; shorter rows take the "cols" ones)
+BN_SHAPES = (((4, 3), 1), ((2, 3, 2, 2), 1), ((2, 2, 2, 3), -1), ((2, 3, 6, 6), 1))
+
+
 def _bn_args(dt, shape, axis):
     C = shape[axis]
     return (np.zeros(C, dt), np.ones(C, dt), np.full(C, 1.5, dt), np.full(C, 0.5, dt))
@@ -176,7 +181,7 @@ def _bn_args(dt, shape, axis):
 def _batch_norm(backend):
     import fastreg
     for dt in FLOATS:
-        for shape, axis in (((4, 3), 1), ((2, 3, 2, 2), 1), ((2, 2, 2, 3), -1)):
+        for shape, axis in BN_SHAPES:
             x = _x(shape, dt)
             rm, rv, w, b = _bn_args(dt, shape, axis)
             for kw in (dict(), dict(activation="relu", residual=_x(shape, dt, 1))):
@@ -193,7 +198,7 @@ def _batch_norm(backend):
 def _batch_norm_backward(backend):
     import fastreg
     for dt in FLOATS:
-        for shape, axis in (((4, 3), 1), ((2, 3, 2, 2), 1), ((2, 2, 2, 3), -1)):
+        for shape, axis in BN_SHAPES:
             x, gy = _x(shape, dt), _x(shape, dt, 1)
             rm, rv, w, b = _bn_args(dt, shape, axis)
             for training in (True, False):
@@ -210,6 +215,7 @@ def _batch_norm_stats(backend):
     for dt in FLOATS:
         fastreg.batch_norm_stats(_x((4, 3), dt), backend=backend)
         fastreg.batch_norm_stats(_x((2, 2, 3), dt), axis=-1, backend=backend)
+        fastreg.batch_norm_stats(_x((2, 3, 36), dt), backend=backend)
 
 
 def _batch_norm_sync(backend):
@@ -219,29 +225,29 @@ def _batch_norm_sync(backend):
     job = _dispatch.job(backend, True)
     f64 = np.float64
     for dt in FLOATS:
-        x, gy = _x((4, 3, 2), dt), _x((4, 3, 2), dt, 1)
-        C, n = 3, 8
-        w, b = np.full(C, 1.5, dt), np.full(C, 0.5, dt)
-        mean, m2, invstd = np.zeros(C, f64), np.zeros(C, f64), np.empty(C, f64)
-        job.op("bn_stats")(x, mean, m2)
-        center, scale, shift = (np.empty(C, dt) for _ in range(3))
-        for wc, bc in ((w, b), (None, None)):
-            job.op("bn_forward_coeffs")(mean, m2, n, wc, bc, 1e-5, False, mean.copy(), invstd,
-                                        center, scale, shift)
-        for res, relu in ((None, False), (_x((4, 3, 2), dt, 2), True)):
-            y = np.empty_like(x)
-            job.op("bn_apply")(x, center, scale, shift, res, relu, y)
-            s_dy, s_dyx = np.zeros(C, f64), np.zeros(C, f64)
-            job.op("bn_backward_reduce")(gy, x, y if relu else None, mean, s_dy, s_dyx)
-            a, bb, d, gw, gb = (np.empty(C, dt) for _ in range(5))
-            job.op("bn_backward_coeffs")(s_dy, s_dyx, mean, invstd, w, n, True, center, a, bb, d,
-                                         gw, gb)
-            job.op("bn_backward_coeffs")(s_dy, s_dyx, mean, invstd, w, n, False, center, a, None,
-                                         None, gw, gb)
-            gx = np.empty_like(x)
-            job.op("bn_backward_apply")(gy, x, y if relu else None, center, a, bb, d, gx,
-                                        np.empty_like(x) if relu else None)
-            job.op("bn_backward_apply")(gy, x, None, center, a, None, None, gx, None)
+        for shape in ((4, 3, 2), (2, 3, 36)):  # (A, C, B): the cols and the rows kernels
+            x, gy = _x(shape, dt), _x(shape, dt, 1)
+            C, n = shape[1], shape[0] * shape[2]
+            w, b = np.full(C, 1.5, dt), np.full(C, 0.5, dt)
+            mean, m2, invstd = np.zeros(C, f64), np.zeros(C, f64), np.empty(C, f64)
+            job.op("bn_stats")(x, mean, m2)
+            center, scale, shift = (np.empty(C, dt) for _ in range(3))
+            for wc, bc in ((w, b), (None, None)):
+                job.op("bn_forward_coeffs")(mean, m2, n, wc, bc, 1e-5, False, mean.copy(), invstd,
+                                            center, scale, shift)
+            for res, relu in ((None, False), (_x(shape, dt, 2), True)):
+                y = np.empty_like(x)
+                job.op("bn_apply")(x, center, scale, shift, res, relu, y)
+                s_dy, s_dyx = np.zeros(C, f64), np.zeros(C, f64)
+                job.op("bn_backward_reduce")(gy, x, y if relu else None, mean, s_dy, s_dyx)
+                a, bb, d, gw, gb = (np.empty(C, dt) for _ in range(5))
+                coeffs = job.op("bn_backward_coeffs")
+                coeffs(s_dy, s_dyx, mean, invstd, w, n, True, center, a, bb, d, gw, gb)
+                coeffs(s_dy, s_dyx, mean, invstd, w, n, False, center, a, None, None, gw, gb)
+                gx = np.empty_like(x)
+                job.op("bn_backward_apply")(gy, x, y if relu else None, center, a, bb, d, gx,
+                                            np.empty_like(x) if relu else None)
+                job.op("bn_backward_apply")(gy, x, None, center, a, None, None, gx, None)
 
 
 def _images(fn):

@@ -320,8 +320,8 @@ def test_one_specialization_per_dtype(limits):
     more = {name: n for name, n in counts.items() if n > 2}
     assert not more, more
     # the stepped kernels: one compile per dtype serves the serial and the parallel runs
-    for name in ("_forward_kernel._forward_kernel__nogil",
-                 "_backward_kernel._backward_kernel__nogil"):
+    for name in ("_forward_rows._forward_rows__nogil", "_forward_cols._forward_cols__nogil",
+                 "_backward_rows._backward_rows__nogil", "_backward_cols._backward_cols__nogil"):
         assert counts[name] == 2, (name, counts)
 
 
@@ -382,8 +382,9 @@ def test_each_kernel_gives_the_full_kernels_bits(limits, threads, strategy, dtyp
 
 def test_an_op_compiles_only_its_steps(tmp_path):
     """In a fresh process with an empty Numba cache, bn_stats compiles no element-wise loop and
-    bn_apply no sum (Numba prunes the other steps' branches before typing: the compile-time
-    budget of bench/compile_time.py). A few seconds of compiling, in a subprocess."""
+    bn_apply no sum, and a shape of the rows regime nothing of the columns regime (Numba prunes
+    the other steps' and regime's branches before typing: the compile-time budget of
+    bench/compile_time.py). A few seconds of compiling, in a subprocess."""
     import os
     import subprocess
     import sys
@@ -391,13 +392,16 @@ def test_an_op_compiles_only_its_steps(tmp_path):
         import numpy as np
         from fastreg.cpu import batchnorm as bn
         x = np.ones((2, 3, 40), np.float32)
+        assert bn._plan(x.shape, 4).regime == "rows"
         bn.bn_stats(x, np.empty(3), np.empty(3))
-        assert not bn._affine.signatures and not bn._gback.signatures, "stats compiled APPLY"
+        assert not bn._affine_rows.signatures and not bn._gback_rows.signatures, \
+            "stats compiled APPLY"
         assert bn._x_sums.signatures and not bn._g_sums.signatures
         x, c = x.astype(np.float64), np.ones(3)  # another dtype: another compile
         bn.bn_apply(x, c, c, c, None, False, np.empty_like(x))
         assert len(bn._x_sums.signatures) == 1, "apply compiled SUMS"
-        assert bn._affine.signatures and not bn._g_sums.signatures
+        assert bn._affine_rows.signatures and not bn._g_sums.signatures
+        assert not bn._affine_cols.signatures, "the rows regime compiled the columns regime's"
         print("OK")
     """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))

@@ -282,100 +282,121 @@ def _put(src, s, o, lo, n, mode):
         _stream_store(o, lo + i, src[s + i])
 
 
-@inner
-def _affine(x, r, o, c, p0, p1, tile, coefs, cf, W, opts, buf, uniform):
-    """o[lo:lo + n] = act((x - ce) * sc + sh [+ r]) on pieces [p0, p1) of view channel c, or of
-    the whole view in memory order when c < 0 (see the kernels), the reference's order; act the
-    ReLU (floor 0: +0.0 for v <= 0, NaN kept) or nothing (floor -inf). In chunks of W (cf: rows
-    ce, sc, sh of W values, value i of a chunk takes coefficient i; ``uniform``: one channel, its
-    coefficients from coefs (center, scale, shift) at each piece, kept in registers: 1.9x faster
-    than loading a row in cache-resident loops, and chunks of buf.size); opts (floor, eps,
-    has_res, mode); buf: where IN_PLACE and STREAM compute a chunk before _put copies it out. W:
-    uint64. One call for all the pieces, and no array variable assigned in its loops: each takes
-    and drops a reference (atomic operations), which cost more than a row of 64 values when it
-    was done per piece."""
-    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
-    floor, has_res, mode = opts[0], opts[2], opts[3]
-    W2 = W + W
-    dst = o if mode == PLAIN else buf
-    for p in range(p0, p1):
-        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-        v0 = (p % nb) * seg
-        lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
-        if uniform:
-            cf[0], cf[1], cf[2] = coefs[0][ch], coefs[1][ch], coefs[2][ch]
-        c0, s0, h0 = cf[0], cf[W], cf[W2]
-        L = n if uniform and mode == PLAIN else (U(buf.size) if uniform else W)
-        for j in range(lo, lo + n, max(L, U(1))):
-            m = min(L, lo + n - j)
-            d = j if mode == PLAIN else U(0)
-            if uniform and has_res:
-                for i in range(m):
-                    v = (x[j + i] - c0) * s0 + h0 + r[j + i]
-                    dst[d + i] = v if not (v <= floor) else floor
-            elif uniform:
-                for i in range(m):
-                    v = (x[j + i] - c0) * s0 + h0
-                    dst[d + i] = v if not (v <= floor) else floor
-            elif has_res:
-                for i in range(m):
-                    v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i] + r[j + i]
-                    dst[d + i] = v if not (v <= floor) else floor
-            else:
-                for i in range(m):
-                    v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i]
-                    dst[d + i] = v if not (v <= floor) else floor
-            if mode != PLAIN:
-                _put(buf, U(0), o, j, m, mode)
+def _helper(fn, rows):
+    """fn compiled as a helper named for its regime (Numba's cache is keyed by the name)."""
+    fn.__name__ = fn.__qualname__ = fn.__name__ + ("_rows" if rows else "_cols")
+    return inner(fn)
 
 
-@inner
-def _gback(gy, x, y, gx, gr, c, p0, p1, tile, coefs, cf, W, flags, buf, uniform):
-    """gx[lo:lo + n] = g * a - (x - ce) * b - d (training) or g * a on pieces [p0, p1) as
-    _affine, the reference's order, with g = gy, or gy where y > 0 (else +0) when masked; gr = g
-    when has_gres. cf: rows (ce, a, b, d) of W values (``uniform``: one value, from coefs
-    (center, a, b, d) at each piece, see _affine); flags (masked, training, has_gres, mode);
-    buf: 2 chunks (the chunk for _put; the masked g). W: uint64."""
-    Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
-    masked, training, has_gres, mode = flags
-    W2, W3 = W + W, W + W + W
-    zero = gx.dtype.type(0)
-    g = buf if masked else gy
-    dst = gx if mode == PLAIN else buf
-    for p in range(p0, p1):
-        a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
-        v0 = (p % nb) * seg
-        lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
-        if uniform:
-            cf[0], cf[1], cf[2], cf[3] = coefs[0][ch], coefs[1][ch], coefs[2][ch], coefs[3][ch]
-        c0, a0, b0, d0 = cf[0], cf[W], cf[W2], cf[W3]
-        if uniform and mode == PLAIN and not masked:
-            L = max(n, U(1))  # no buffer is used: one pass
-        else:
-            L = U(buf.size // 2) if uniform else W
-        for j in range(lo, lo + n, L):
-            m = min(L, lo + n - j)
-            e = L if masked else j
-            if masked:
-                for i in range(m):
-                    buf[L + i] = gy[j + i] if y[j + i] > zero else zero
-            if has_gres:
-                _put(g, e, gr, j, m, mode)
-            d = j if mode == PLAIN else U(0)
-            if uniform and training:
-                for i in range(m):
-                    dst[d + i] = g[e + i] * a0 - (x[j + i] - c0) * b0 - d0
-            elif uniform:
-                for i in range(m):
-                    dst[d + i] = g[e + i] * a0
-            elif training:
-                for i in range(m):
-                    dst[d + i] = g[e + i] * cf[W + i] - (x[j + i] - cf[i]) * cf[W2 + i] - cf[W3 + i]
+def _affine_for(uniform):
+    """_affine of one regime: ``uniform`` (the rows regime) is a constant whose branches Numba
+    prunes, so a kernel compiles the loops of its regime only."""
+    def _affine(x, r, o, c, p0, p1, tile, coefs, cf, W, opts, buf):
+        """o[lo:lo + n] = act((x - ce) * sc + sh [+ r]) on pieces [p0, p1) of view channel c, or of
+        the whole view in memory order when c < 0 (see the kernels), the reference's order; act the
+        ReLU (floor 0: +0.0 for v <= 0, NaN kept) or nothing (floor -inf). In chunks of W (cf: rows
+        ce, sc, sh of W values, value i of a chunk takes coefficient i; ``uniform``: one channel,
+        its coefficients from coefs (center, scale, shift) at each piece, kept in registers: 1.9x
+        faster than loading a row in cache-resident loops, and chunks of buf.size); opts (floor,
+        eps, has_res, mode); buf: where IN_PLACE and STREAM compute a chunk before _put copies it
+        out. W: uint64. One call for all the pieces, and no array variable assigned in its loops:
+        each takes and drops a reference (atomic operations), which cost more than a row of 64
+        values when it was done per piece."""
+        Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
+        floor, has_res, mode = opts[0], opts[2], opts[3]
+        W2 = W + W
+        dst = o if mode == PLAIN else buf
+        for p in range(p0, p1):
+            a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+            v0 = (p % nb) * seg
+            lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
+            if uniform:
+                cf[0], cf[1], cf[2] = coefs[0][ch], coefs[1][ch], coefs[2][ch]
+            c0, s0, h0 = cf[0], cf[W], cf[W2]
+            L = n if uniform and mode == PLAIN else (U(buf.size) if uniform else W)
+            for j in range(lo, lo + n, max(L, U(1))):
+                m = min(L, lo + n - j)
+                d = j if mode == PLAIN else U(0)
+                if uniform and has_res:
+                    for i in range(m):
+                        v = (x[j + i] - c0) * s0 + h0 + r[j + i]
+                        dst[d + i] = v if not (v <= floor) else floor
+                elif uniform:
+                    for i in range(m):
+                        v = (x[j + i] - c0) * s0 + h0
+                        dst[d + i] = v if not (v <= floor) else floor
+                elif has_res:
+                    for i in range(m):
+                        v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i] + r[j + i]
+                        dst[d + i] = v if not (v <= floor) else floor
+                else:
+                    for i in range(m):
+                        v = (x[j + i] - cf[i]) * cf[W + i] + cf[W2 + i]
+                        dst[d + i] = v if not (v <= floor) else floor
+                if mode != PLAIN:
+                    _put(buf, U(0), o, j, m, mode)
+
+    return _helper(_affine, uniform)
+
+
+_affine_rows, _affine_cols = _affine_for(True), _affine_for(False)
+
+
+def _gback_for(uniform):
+    """_gback of one regime: ``uniform`` (the rows regime) is a constant whose branches Numba
+    prunes, so a kernel compiles the loops of its regime only."""
+    def _gback(gy, x, y, gx, gr, c, p0, p1, tile, coefs, cf, W, flags, buf):
+        """gx[lo:lo + n] = g * a - (x - ce) * b - d (training) or g * a on pieces [p0, p1) as
+        _affine, the reference's order, with g = gy, or gy where y > 0 (else +0) when masked; gr = g
+        when has_gres. cf: rows (ce, a, b, d) of W values (``uniform``: one value, from coefs
+        (center, a, b, d) at each piece, see _affine); flags (masked, training, has_gres, mode);
+        buf: 2 chunks (the chunk for _put; the masked g). W: uint64."""
+        Cv, B, seg, nb = tile[1], tile[2], tile[3], tile[4]
+        masked, training, has_gres, mode = flags
+        W2, W3 = W + W, W + W + W
+        zero = gx.dtype.type(0)
+        g = buf if masked else gy
+        dst = gx if mode == PLAIN else buf
+        for p in range(p0, p1):
+            a, ch = (p // (Cv * nb), (p // nb) % Cv) if c < 0 else (p // nb, c)
+            v0 = (p % nb) * seg
+            lo, n = U((a * Cv + ch) * B + v0), U(min(seg, B - v0))
+            if uniform:
+                cf[0], cf[1], cf[2], cf[3] = coefs[0][ch], coefs[1][ch], coefs[2][ch], coefs[3][ch]
+            c0, a0, b0, d0 = cf[0], cf[W], cf[W2], cf[W3]
+            if uniform and mode == PLAIN and not masked:
+                L = max(n, U(1))  # no buffer is used: one pass
             else:
-                for i in range(m):
-                    dst[d + i] = g[e + i] * cf[W + i]
-            if mode != PLAIN:
-                _put(buf, U(0), gx, j, m, mode)
+                L = U(buf.size // 2) if uniform else W
+            for j in range(lo, lo + n, L):
+                m = min(L, lo + n - j)
+                e = L if masked else j
+                if masked:
+                    for i in range(m):
+                        buf[L + i] = gy[j + i] if y[j + i] > zero else zero
+                if has_gres:
+                    _put(g, e, gr, j, m, mode)
+                d = j if mode == PLAIN else U(0)
+                if uniform and training:
+                    for i in range(m):
+                        dst[d + i] = g[e + i] * a0 - (x[j + i] - c0) * b0 - d0
+                elif uniform:
+                    for i in range(m):
+                        dst[d + i] = g[e + i] * a0
+                elif training:
+                    for i in range(m):
+                        dst[d + i] = (g[e + i] * cf[W + i] - (x[j + i] - cf[i]) * cf[W2 + i]
+                                      - cf[W3 + i])
+                else:
+                    for i in range(m):
+                        dst[d + i] = g[e + i] * cf[W + i]
+                if mode != PLAIN:
+                    _put(buf, U(0), gx, j, m, mode)
+
+    return _helper(_gback, uniform)
+
+
+_gback_rows, _gback_cols = _gback_for(True), _gback_for(False)
 
 
 @inner
@@ -448,9 +469,11 @@ def _items(step, tile):
     return Cv
 
 
-def _forward(do_sums, do_apply):
+def _forward(do_sums, do_apply, uniform):
     """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
-    when ``do_apply``, FUSED when both (see _kernels)."""
+    when ``do_apply``, FUSED when both, for the rows regime when ``uniform`` (a piece has one
+    channel, scalar coefficients), else the columns regime (see _kernels)."""
+    _affine = _affine_rows if uniform else _affine_cols
     def kernel(arrays, coef, stats, scratch, opts, tile, steps, t, T):
         """Forward steps, share t of T of each. arrays: flat (x, residual, out), residual 0-size
         when there is none, x may be out; coef (weight, bias, center, scale, shift): with
@@ -468,7 +491,6 @@ def _forward(do_sums, do_apply):
             center, scale, shift = work[:C], work[C:2 * C], work[2 * C:3 * C]
         x0 = scratch[0][:mean.size]  # each channel's shift: its first value (0 if not finite)
         part = scratch[0][mean.size:]  # the tasks' sums
-        uniform = Cc * Bc == 1  # the rows regime: a piece has one channel, scalar coefficients
         W = 1 if uniform else chunk
         # a share's scratch, allocated once (an allocation per item cost as much as a short
         # channel's work)
@@ -517,15 +539,15 @@ def _forward(do_sums, do_apply):
                         _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
                         _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
-                    _affine(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W), opts, buf,
-                            uniform)
+                    _affine(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W), opts, buf)
                     if opts[3] == STREAM:
                         _sfence()
     return kernel
 
 
-def _backward(do_sums, do_apply):
+def _backward(do_sums, do_apply, uniform):
     """The backward kernel's source, as _forward's."""
+    _gback = _gback_rows if uniform else _gback_cols
     def kernel(arrays, coef, stats, scratch, flags, tile, steps, t, T):
         """Backward steps, share t of T of each. arrays: flat (gy, x, y, gx, gres), y is x
         without a ReLU, gres 0-size when not wanted, gy may be gx; coef (weight, grad_weight,
@@ -543,7 +565,6 @@ def _backward(do_sums, do_apply):
             center, ca, cb, cd = work[:C], work[C:2 * C], work[2 * C:3 * C], work[3 * C:4 * C]
             s_dy, s_dyx = scratch[0][:C], scratch[0][C:2 * C]
         part = scratch[0][2 * C:]
-        uniform = Cc * Bc == 1
         W = 1 if uniform else chunk
         mu = np.empty(lanes)  # a share's scratch, as in _forward
         cf, buf = np.empty(4 * W, gx.dtype), np.empty(2 * chunk, gx.dtype)
@@ -588,30 +609,44 @@ def _backward(do_sums, do_apply):
                         _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
                         _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
                     _gback(gy, x, y, gx, gr, c, p0, p1, tile, (center, ca, cb, cd), cf, U(W), flags,
-                           buf, uniform)
+                           buf)
                     if flags[3] == STREAM:
                         _sfence()
     return kernel
 
 
-def _kernels(source, name):
-    """Three stepped kernels from one source: ``name`` (every step), ``name_stats`` (SUMS, FINISH:
-    bn_stats, bn_backward_reduce) and ``name_apply`` (APPLY: bn_apply, bn_backward_apply). The
-    ``do_sums`` and ``do_apply`` of a source are constants, whose branches Numba prunes before
-    typing: the first call of an op compiles only the steps it can run."""
+def _kernels(source, name, regime):
+    """Three stepped kernels of one regime ("rows" or "cols") from one source: ``name_<regime>``
+    (every step), ``name_<regime>_stats`` (SUMS, FINISH: bn_stats, bn_backward_reduce) and
+    ``name_<regime>_apply`` (APPLY: bn_apply, bn_backward_apply). The ``do_sums``, ``do_apply``
+    and ``uniform`` of a source are constants, whose branches Numba prunes before typing: the
+    first call of an op compiles only the steps it can run, in the regime of its shape."""
     made = []
     for suffix, do_sums, do_apply in (("", True, True), ("_stats", True, False),
                                       ("_apply", False, True)):
-        fn = source(do_sums, do_apply)
-        fn.__name__ = fn.__qualname__ = name + suffix
+        fn = source(do_sums, do_apply, regime == "rows")
+        fn.__name__ = fn.__qualname__ = f"{name}_{regime}{suffix}"
         made.append(stepped(fn))
     return made
 
 
-_forward_kernel, _forward_stats_kernel, _forward_apply_kernel = _kernels(_forward,
-                                                                         "_forward_kernel")
-_backward_kernel, _backward_stats_kernel, _backward_apply_kernel = _kernels(_backward,
-                                                                            "_backward_kernel")
+_forward_rows, _forward_rows_stats, _forward_rows_apply = _kernels(_forward, "_forward", "rows")
+_forward_cols, _forward_cols_stats, _forward_cols_apply = _kernels(_forward, "_forward", "cols")
+_backward_rows, _backward_rows_stats, _backward_rows_apply = _kernels(_backward, "_backward",
+                                                                      "rows")
+_backward_cols, _backward_cols_stats, _backward_cols_apply = _kernels(_backward, "_backward",
+                                                                      "cols")
+# (op, regime) -> its kernel
+_KERNELS = {
+    ("forward", "rows"): _forward_rows, ("forward", "cols"): _forward_cols,
+    ("stats", "rows"): _forward_rows_stats, ("stats", "cols"): _forward_cols_stats,
+    ("apply", "rows"): _forward_rows_apply, ("apply", "cols"): _forward_cols_apply,
+    ("backward", "rows"): _backward_rows, ("backward", "cols"): _backward_cols,
+    ("backward_reduce", "rows"): _backward_rows_stats,
+    ("backward_reduce", "cols"): _backward_cols_stats,
+    ("backward_apply", "rows"): _backward_rows_apply,
+    ("backward_apply", "cols"): _backward_cols_apply,
+}
 
 
 # --- the backend's functions --------------------------------------------------------------------
@@ -683,7 +718,7 @@ def bn_stats(x, mean, m2, plan=None):
         m2[:] = 0.0
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
-    launch(_forward_stats_kernel, plan.nthreads, (xf, e, xf), (e, e, e, e, e),
+    launch(_KERNELS["stats", plan.regime], plan.nthreads, (xf, e, xf), (e, e, e, e, e),
            (mean, m2, _stand_in(_F64)), _scratch(plan, mean.size, 0, 0, x.dtype),
            _opts(x.dtype, 0.0, None, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
@@ -696,7 +731,7 @@ def bn_apply(x, center, scale, shift, residual, relu, out, plan=None):
         e, f = _stand_in(out.dtype), _stand_in(_F64)
         arrays = (x.reshape(-1), e if residual is None else residual.reshape(-1),
                   out.reshape(-1))
-        launch(_forward_apply_kernel, plan.nthreads, arrays, (e, e, center, scale, shift),
+        launch(_KERNELS["apply", plan.regime], plan.nthreads, arrays, (e, e, center, scale, shift),
                (f, f, f), (f, e), _opts(out.dtype, 0.0, residual, relu, plan.mode), plan.tile,
                (APPLY, NONE, NONE))
     return plan
@@ -709,8 +744,8 @@ def bn_forward_train(x, weight, bias, eps, residual, relu, out, mean, m2, invstd
     arrays = (x.reshape(-1), _stand_in(x.dtype) if residual is None else residual.reshape(-1),
               out.reshape(-1))
     e = _stand_in(x.dtype)
-    launch(_forward_kernel, plan.nthreads, arrays, (weight, bias, e, e, e), (mean, m2, invstd),
-           _scratch(plan, mean.size, weight.size, 3, x.dtype),
+    launch(_KERNELS["forward", plan.regime], plan.nthreads, arrays, (weight, bias, e, e, e),
+           (mean, m2, invstd), _scratch(plan, mean.size, weight.size, 3, x.dtype),
            _opts(x.dtype, eps, residual, relu, plan.mode), plan.tile, _steps(plan))
     return plan
 
@@ -723,7 +758,7 @@ def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx, plan=None):
         return plan
     e, xf = _stand_in(x.dtype), x.reshape(-1)
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), xf, e)
-    launch(_backward_stats_kernel, plan.nthreads, arrays, (e,) * 7,
+    launch(_KERNELS["backward_reduce", plan.regime], plan.nthreads, arrays, (e,) * 7,
            (center, _stand_in(center.dtype), s_dy, s_dyx), _scratch(plan, 0, 0, 0, x.dtype),
            (y is not None, False, False, PLAIN), plan.tile, (SUMS, FINISH, NONE))
     return plan
@@ -737,8 +772,8 @@ def bn_backward_apply(gy, x, y, center, a, b, d, gx, gres, plan=None):
                   e if gres is None else gres.reshape(-1))
         training = b is not None
         coef = (e, e, e, center, a, b, d) if training else (e, e, e, center, a, a, a)
-        launch(_backward_apply_kernel, plan.nthreads, arrays, coef, (f, f, f, f), (f, e),
-               (y is not None, training, gres is not None, plan.mode), plan.tile,
+        launch(_KERNELS["backward_apply", plan.regime], plan.nthreads, arrays, coef, (f, f, f, f),
+               (f, e), (y is not None, training, gres is not None, plan.mode), plan.tile,
                (APPLY, NONE, NONE))
     return plan
 
@@ -755,10 +790,10 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
     arrays = (gy.reshape(-1), xf, xf if y is None else y.reshape(-1), gx.reshape(-1),
               _stand_in(x.dtype) if gres is None else gres.reshape(-1))
     e, f = _stand_in(x.dtype), _stand_in(_F64)
-    launch(_backward_kernel, plan.nthreads, arrays, (weight, grad_weight, grad_bias, e, e, e, e),
-           (mean, invstd, f, f), _scratch(plan, 2 * weight.size, weight.size, 4, x.dtype),
-           (y is not None, bool(training), gres is not None, plan.mode), plan.tile,
-           _steps(plan))
+    launch(_KERNELS["backward", plan.regime], plan.nthreads, arrays,
+           (weight, grad_weight, grad_bias, e, e, e, e), (mean, invstd, f, f),
+           _scratch(plan, 2 * weight.size, weight.size, 4, x.dtype),
+           (y is not None, bool(training), gres is not None, plan.mode), plan.tile, _steps(plan))
     return plan
 
 
