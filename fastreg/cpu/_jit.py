@@ -30,6 +30,9 @@ import types
 import numba
 
 from .. import _threads
+from . import _cache
+
+_cache.guard()  # processes that fill Numba's cache at the same time keep every signature
 
 # no_cfunc_wrapper: fastreg never takes a kernel's C address, and the wrapper is code to compile
 # (about 0.1 s of a batch-norm kernel's first call)
