@@ -68,10 +68,10 @@
 #define FR_BN_KMAX ((size_t)32)              /* most row chunks of the row layout */
 #define FR_BN_PART_BYTES ((size_t)4 << 20)   /* most bytes of row-layout partial sums */
 #define FR_BN_BUF_BYTES ((size_t)4096)       /* per-thread buffer of the streaming stores */
-/* bn_apply (inference) streams its output in the "auto" mode from this size on, not from
- * FR_EW_STREAM_MIN_BYTES like the training ops: the next layer reads an inference output while
- * it is still in the caches, and not streaming measured 5-10% faster at 25-32 MB here.  The
- * Numba backend's STREAM_MIN_BYTES is the same. */
+/* bn_apply (inference; also synchronized training's normalization pass) streams its output in
+ * the "auto" mode from this size on, not from FR_EW_STREAM_MIN_BYTES like the training ops: the
+ * next layer reads an inference output while it is still in the caches, and not streaming
+ * measured 5-10% faster at 25-32 MB here.  The Numba backend's STREAM_MIN_BYTES is the same. */
 #define FR_BN_APPLY_STREAM_MIN_BYTES ((size_t)64 << 20)
 /* fused ops, channel layout: whole channels per thread when the arrays a channel's reduction
  * reads take at most this many bytes (then they stay in a core's L2 for the apply pass) */

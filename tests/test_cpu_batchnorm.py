@@ -29,6 +29,8 @@ ROWS = dict(ROWS_MIN_B=8, SEG=16, TASK=32, LANES=4, CHUNK=8)  # B = 40: pieces o
 STRATEGIES = {
     "rows-fused": (ROWS, (3, 4, 40), dict(regime="rows", fused=True)),
     "rows-unfused": (dict(ROWS, FUSE_MAX_BYTES=0), (3, 4, 40), dict(regime="rows", fused=False)),
+    # pieces of 20 values: one pass of the sums' loop (4 * LANES) and a tail, all LANES lanes
+    "rows-lanes": (dict(ROWS, SEG=32), (3, 4, 40), dict(regime="rows", fused=True)),
     "cols-tasks": (dict(COL_TASK=60, SPAN=32), (37, 3, 5), dict(regime="cols", fused=False)),
     "cols-nc": (dict(COL_TASK=24, SPAN=16), (29, 6, 1), dict(regime="cols", fused=False)),
 }
@@ -208,6 +210,10 @@ def test_the_limits_reach_each_strategy(limits):
     plan = bn._plan((3, 4, 40), 4)
     A, C, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = plan.tile
     assert nb == 3 and seg == 14 and per_task == 2 and ntask == 5 and chunk == 8
+    assert lanes == 2  # pieces shorter than 4 * LANES: half the lanes
+    limits(**dict(ROWS, SEG=32))
+    A, C, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = bn._plan((3, 4, 40), 4).tile
+    assert seg == 20 and lanes == 4
     limits(COL_TASK=60, SPAN=32)
     plan = bn._plan((37, 3, 5), 4)
     A, C, B, seg, nb, per_task, ntask, lanes, chunk, Cc, Bc, n = plan.tile
@@ -323,6 +329,34 @@ def test_one_specialization_per_dtype(limits):
     for name in ("_forward_rows._forward_rows__nogil", "_forward_cols._forward_cols__nogil",
                  "_backward_rows._backward_rows__nogil", "_backward_cols._backward_cols__nogil"):
         assert counts[name] == 2, (name, counts)
+
+
+def test_a_second_process_loads_the_kernels_from_the_cache(tmp_path):
+    """A second process with the same Numba cache loads the batch-norm kernels of both regimes
+    instead of compiling them (a kernel whose closure held a helper's dispatcher got a new cache
+    key in each process: its uuid is random). bn_apply alone, a few seconds, in subprocesses."""
+    import os
+    import subprocess
+    import sys
+    code = """if True:
+        import numpy as np
+        import numba.core.dispatcher as nd
+        from fastreg.cpu import batchnorm as bn
+        for shape in ((2, 3, 40), (4, 3, 2)):  # the rows and the cols regime
+            x, c = np.ones(shape, np.float32), np.ones(3, np.float32)
+            bn.bn_apply(x, c, c, c, None, False, np.empty_like(x))
+        kernels = [k.serial for k in bn._KERNELS.values() if k.serial.signatures]
+        assert len(kernels) == 2, kernels
+        print(sum(sum(k.stats.cache_misses.values()) for k in kernels))
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    misses = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        misses.append(int(proc.stdout.split()[-1]))
+    assert misses == [2, 0], misses
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

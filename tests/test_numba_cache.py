@@ -37,6 +37,7 @@ def slow_read(self):  # the window between reading the index and writing it back
 caching.IndexDataCacheFile._load_index = slow_read
 import numpy as np
 import cachemod
+open({go!r} + ".ready.{dtype}", "w").close()
 while not os.path.exists({go!r}):
     time.sleep(0.005)
 cachemod.f(np.ones(3, np.{dtype}))
@@ -65,8 +66,11 @@ def _fill_at_once(tmp_path, guard):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(work / "cache"))
     children = [subprocess.Popen([sys.executable, "-c", CHILD.format(
         dir=str(work), guard=guard, go=go, dtype=dtype)], env=env) for dtype in DTYPES]
-    time.sleep(0.5)
-    open(go, "w").close()
+    deadline = time.monotonic() + 120
+    while not all(os.path.exists(f"{go}.ready.{dtype}") for dtype in DTYPES):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.01)
+    open(go, "w").close()  # all four compile from here on, at the same moment
     for child in children:
         assert child.wait(timeout=300) == 0
     check = subprocess.run([sys.executable, "-c", CHECK.format(dir=str(work), dtypes=DTYPES)],

@@ -12,13 +12,28 @@ the data file it names is written, and load the machine code of an older source 
 file.
 
 ``guard()`` replaces ``IndexDataCacheFile.save`` with the same steps under an exclusive
-``flock`` on a lock file in the cache directory, data file first, then the index that names
-it. Loading takes no lock (both files are replaced atomically). Where ``fcntl`` or the lock
-file is not available, Numba's own save runs.
+``lockf`` (POSIX) lock on a lock file in the cache directory, data file first, then the index
+that names it. Loading takes no lock (both files are replaced atomically). A POSIX lock belongs
+to the process: a child forked while a thread of the parent holds it does not hold it too (an
+``flock`` would stay held by the child's copy of the file until the child exits). Within a
+process a thread lock orders the saves (a POSIX lock does not exclude the process's own threads,
+and closing any descriptor of the file releases it). Where ``fcntl``, the lock file (another
+user's, say) or the lock itself is not available, Numba's own save runs.
 """
 import os
+import threading
 
 LOCK_NAME = "fastreg-numba-cache.lock"
+_in_process = threading.Lock()  # orders this process's saves
+
+
+def _after_fork_in_child():
+    global _in_process
+    _in_process = threading.Lock()  # (a parent's thread may have held it at the fork)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def guard():
@@ -37,12 +52,20 @@ def guard():
     numba_save = cls.save
 
     def save(self, key, data):
+        with _in_process:
+            _save(self, key, data)
+
+    def _save(self, key, data):
         try:
-            lock = open(os.path.join(self._cache_path, LOCK_NAME), "ab")
+            fd = os.open(os.path.join(self._cache_path, LOCK_NAME), os.O_RDWR | os.O_CREAT,
+                         0o666)
         except OSError:
             return numba_save(self, key, data)
-        with lock:  # (closing the file releases the lock)
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            except OSError:  # no locks on this file system
+                return numba_save(self, key, data)
             overloads = self._load_index()
             name = overloads.get(key)
             if name is not None:
@@ -55,6 +78,8 @@ def guard():
             name = overloads[key] = self._data_name(number)
             self._save_data(name, data)
             self._save_index(overloads)
+        finally:
+            os.close(fd)  # (releases the lock)
 
     save.__doc__ = numba_save.__doc__
     cls.save = save

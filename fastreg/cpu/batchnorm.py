@@ -10,7 +10,8 @@ Layout. Inputs are C-contiguous (A, C, B) arrays, which the kernels see flat, as
 (A', C', B') of view rows, view channels and values per view row:
 
 * rows regime (B >= ROWS_MIN_B, e.g. NCHW): the view is (A, C, B). Channel c is A rows of B
-  contiguous values, cut into pieces of at most SEG values. Sums go to LANES lanes.
+  contiguous values, cut into pieces of at most SEG values. Sums go to LANES lanes (half that
+  for pieces shorter than 4 * LANES values).
 * columns regime (B < ROWS_MIN_B, e.g. NHWC, (N, C)): the view is (1, 1, A * K), K = C * B: one
   view channel holding every channel, whose pieces are ``rows`` whole rows of K values. Sums and
   loops are L = span * K values wide (span rows of K joined: short rows make long loops), and
@@ -44,18 +45,19 @@ outputs) compute each chunk into a buffer and then copy it out: a loop that read
 same memory through two arrays fails LLVM's overlap check and runs scalar, and streaming stores
 (fastreg/cpu/penalty.py) go from the chunk's first 64-byte boundary on.
 
-Compile time is a budget (bench/compile_time.py): each direction (forward, backward) has one
-kernel source, made into three kernels (_kernels): every step (the training ops), SUMS + FINISH
-alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply, bn_backward_apply), the other
-steps' branches pruned by Numba before typing, so that an op's first call compiles only what it
-can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once, serially, and run
-in shares on fastreg's threads, every share of a step before the next step (a ``prange`` over the
-work items would have Numba compile the loop body four more times).
-The kernels call the piece loops directly (every compiled function is optimized again inside
-each caller, so the call tree stays shallow); the loops index flat arrays with plain arithmetic,
-no slices; optional arrays are flags with stand-ins (a 0-size residual or gres, x as y without a
-ReLU) and the steps are ints, so each kernel compiles once per dtype; helpers called only from
-compiled code have no CPython wrapper; and no helper gets a literal argument (Numba compiles a
+Compile time is a budget (bench/compile_time.py): each direction (forward, backward) has one kernel
+source, made into three kernels per regime (_kernels): every step (the training ops), SUMS + FINISH
+alone (bn_stats, bn_backward_reduce) and APPLY alone (bn_apply, bn_backward_apply), the other steps'
+and the other regime's branches pruned by Numba before typing, so that an op's first call compiles
+only what its shape can run. The kernels are ``stepped`` (fastreg/cpu/_jit.py): compiled once,
+serially, and run in shares on fastreg's threads, every share of a step before the next step (a
+``prange`` over the work items would have Numba compile the loop body four more times). The kernels
+call the loops over runs of pieces directly (every compiled function is optimized again inside each
+caller, so the call tree stays shallow; one call per run, not per piece: a call takes and drops a
+reference to each array it is given, atomic operations); the loops index flat arrays with plain
+arithmetic, no slices; optional arrays are flags with stand-ins (a 0-size residual or gres, x as y
+without a ReLU) and the steps are ints, so each kernel compiles once per dtype; helpers called only
+from compiled code have no CPython wrapper; and no helper gets a literal argument (Numba compiles a
 specialization per literal).
 """
 from collections import namedtuple
@@ -147,7 +149,7 @@ def _plans(shape, itemsize, arrays):
     return plans
 
 
-# --- loops over one piece -----------------------------------------------------------------------
+# --- loops over runs of pieces --------------------------------------------------------------------
 # Flat arrays indexed by plain arithmetic, not slices (Numba types and lowers a slice as much code
 # as a loop, and that code, not LLVM's, was most of the kernels' compile time). The hot loops
 # index with unsigned ints (U): Numba tests a signed index for a negative value, which keeps
@@ -473,7 +475,6 @@ def _forward(do_sums, do_apply, uniform):
     """The forward kernel's source, compiling the steps SUMS and FINISH when ``do_sums``, APPLY
     when ``do_apply``, FUSED when both, for the rows regime when ``uniform`` (a piece has one
     channel, scalar coefficients), else the columns regime (see _kernels)."""
-    _affine = _affine_rows if uniform else _affine_cols
     def kernel(arrays, coef, stats, scratch, opts, tile, steps, t, T):
         """Forward steps, share t of T of each. arrays: flat (x, residual, out), residual 0-size
         when there is none, x may be out; coef (weight, bias, center, scale, shift): with
@@ -539,7 +540,14 @@ def _forward(do_sums, do_apply, uniform):
                         _lane_row(center, Z(0), Cc, Bc, cf, Z(0), W)
                         _lane_row(scale, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(shift, Z(0), Cc, Bc, cf, 2 * W, W)
-                    _affine(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W), opts, buf)
+                    # (a module-level helper per branch: a helper held in the closure would put
+                    # its dispatcher, whose uuid is new in each process, into the cache key)
+                    if uniform:
+                        _affine_rows(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W),
+                                     opts, buf)
+                    else:
+                        _affine_cols(x, r, o, c, p0, p1, tile, (center, scale, shift), cf, U(W),
+                                     opts, buf)
                     if opts[3] == STREAM:
                         _sfence()
     return kernel
@@ -547,7 +555,6 @@ def _forward(do_sums, do_apply, uniform):
 
 def _backward(do_sums, do_apply, uniform):
     """The backward kernel's source, as _forward's."""
-    _gback = _gback_rows if uniform else _gback_cols
     def kernel(arrays, coef, stats, scratch, flags, tile, steps, t, T):
         """Backward steps, share t of T of each. arrays: flat (gy, x, y, gx, gres), y is x
         without a ReLU, gres 0-size when not wanted, gy may be gx; coef (weight, grad_weight,
@@ -608,8 +615,12 @@ def _backward(do_sums, do_apply, uniform):
                         _lane_row(ca, Z(0), Cc, Bc, cf, W, W)
                         _lane_row(cb, Z(0), Cc, Bc, cf, 2 * W, W)
                         _lane_row(cd, Z(0), Cc, Bc, cf, 3 * W, W)
-                    _gback(gy, x, y, gx, gr, c, p0, p1, tile, (center, ca, cb, cd), cf, U(W), flags,
-                           buf)
+                    if uniform:  # (as in _forward)
+                        _gback_rows(gy, x, y, gx, gr, c, p0, p1, tile, (center, ca, cb, cd), cf,
+                                    U(W), flags, buf)
+                    else:
+                        _gback_cols(gy, x, y, gx, gr, c, p0, p1, tile, (center, ca, cb, cd), cf,
+                                    U(W), flags, buf)
                     if flags[3] == STREAM:
                         _sfence()
     return kernel
