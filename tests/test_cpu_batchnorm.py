@@ -15,7 +15,6 @@ import pytest
 from test_batchnorm import EPS, STATS_RTOL, TOL
 
 import fastreg
-from fastreg.cpu import _jit
 from fastreg.reference import batchnorm as R
 
 bn = pytest.importorskip("fastreg.cpu.batchnorm")

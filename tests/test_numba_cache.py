@@ -90,9 +90,11 @@ def test_without_the_guard_numba_loses_signatures(tmp_path):
 
 
 def test_the_cpu_backend_installs_the_guard():
+    import importlib
+
     from numba.core import caching
 
-    import fastreg.cpu._jit  # noqa: F401  (installs it)
+    importlib.import_module("fastreg.cpu._jit")  # (installs it)
     assert getattr(caching.IndexDataCacheFile, "_fastreg_guard", False)
     assert caching.IndexDataCacheFile.save.__module__ == "fastreg.cpu._cache"
 
