@@ -7,8 +7,9 @@ For each op family and backend (c, cpu), times one call with 1 and with 2 thread
 2^10 .. 2^20 (GRAIN patched to 1, so that every size may take 2 threads), alternating the two,
 and prints the medians and the smallest size from which 2 threads are faster at every larger
 size. ``plan`` gives 2 threads from ``2 * GRAIN`` units of work, so GRAIN is half that size.
-Work units: elements (elementwise; optimizer steps count twice, OPTIM_WEIGHT), stream words
-(random), image bytes (augment; resampling and noise weighted, see fastreg/c/augment.py).
+Work units: elements (elementwise; optimizer steps count twice, OPTIM_WEIGHT; batch norm's
+training forward), stream words (random), image bytes (augment; resampling and noise weighted,
+see fastreg/c/augment.py).
 """
 import argparse
 import os
@@ -59,6 +60,16 @@ def _cases(mod, n):
         ("augment", "noise u8 (weighted)",
          lambda: mod.aug_noise(flat, 7, 0, stds, fout), 16 * flat.size),
     ]
+    C, B = 64, 64  # batch norm: NCHW rows of 64 values (the rows regime), and (N, 256)
+    xr = rng.standard_normal((max(2, n // (C * B)), C, B)).astype(np.float32)
+    xc = rng.standard_normal((max(2, n // 256), 256, 1)).astype(np.float32)
+    for label, xb in (("bn forward NCHW f32", xr), ("bn forward (N, 256) f32", xc)):
+        c = xb.shape[1]
+        w, b, stats = np.ones(c, f32), np.zeros(c, f32), [np.empty(c) for _ in range(3)]
+        yb = np.empty_like(xb)
+        cases.append(("batchnorm", label,
+                      lambda xb=xb, w=w, b=b, yb=yb, stats=stats:
+                      mod.bn_forward_train(xb, w, b, 1e-5, None, False, yb, *stats), xb.size))
     return cases
 
 

@@ -45,8 +45,10 @@ import threading
 #   flip uint8 images             > 1047843 / > 1047843 bytes
 #   bilinear rotation (weighted)    2096688 / 2096688
 #   Gaussian noise (weighted)       4205568 / 2096688
-#   batch-norm training forward     2097152 / 1048576 elements (NCHW (16, 64, 32, 32): 0.95x /
-#                                   1.19x at 1048576; (4096, 256): 1.52x / 0.96x)
+#   batch-norm training forward      262144 / 262144 elements, NCHW rows of 64 (1.14x / 1.17x
+#                                   there, 1.3x / 1.4x at 524288); (N, 256): 262144 / 2097152
+# (batch norm timed back to back, as the others; with 0.5 ms between calls, as between layers, 2
+# threads only broke even at 524288 on c and lost 16% on cpu: its grain takes the larger size)
 # At the grains used before (elementwise 131072, random 32768, augment 262144, batch norm
 # 32768, from the shared EPYC VM of earlier sessions, where a wake cost about 40 us) 2 threads
 # lost by up to 4x here: dropout on 65536 values 29 against 91 us (C), 49 against 113 us
@@ -57,7 +59,7 @@ import threading
 GRAIN = {
     "elementwise": 524288,  # penalties, prox steps, checks, optimizer steps (weighted 2)
     "random": 262144,       # Philox stream words
-    "batchnorm": 524288,    # per pass over x
+    "batchnorm": 262144,    # per pass over x
     "augment": 1048576,     # bytes of image (resampling and noise weighted 16)
 }
 
