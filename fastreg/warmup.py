@@ -213,9 +213,8 @@ def _batch_norm_backward(backend):
 def _batch_norm_stats(backend):
     import fastreg
     for dt in FLOATS:
-        fastreg.batch_norm_stats(_x((4, 3), dt), backend=backend)
-        fastreg.batch_norm_stats(_x((2, 2, 3), dt), axis=-1, backend=backend)
-        fastreg.batch_norm_stats(_x((2, 3, 36), dt), backend=backend)
+        for shape, axis in BN_SHAPES:
+            fastreg.batch_norm_stats(_x(shape, dt), axis=axis, backend=backend)
 
 
 def _batch_norm_sync(backend):
