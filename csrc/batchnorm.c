@@ -10,7 +10,7 @@
  *     (forward_train, backward) run in one of three ways (fr_bn_set_channel_strategy):
  *       whole channels per thread, when a channel's reduction input fits in a core's L2 and
  *       the channels share out evenly: a thread reduces a channel, computes its coefficients and
- *       applies them from its cache while it prefetches its next channel (x read once);
+ *       applies them from its cache (x read once);
  *       threads sharing each channel otherwise: each reduces its block of the channel's chunks,
  *       waits for the others' partials (a counter per channel), computes the coefficients and
  *       applies them to its block from its L2 (read once, a channel of any size);
@@ -83,13 +83,12 @@
 #ifndef FR_BN_REUSE_BYTES
 #define FR_BN_REUSE_BYTES ((size_t)2 << 20)
 #endif
-/* fused ops: a thread prefetches its next channel (or block of it) while it applies one when
- * both fit in its L2 together: 2 * bytes <= the L2 size (fr_bn_l2_bytes).  Measured: NCHW
- * (32, 64, 56, 56) float32 forward, whole channels of 401 KB, on a 512 KB L2 (Zen 1): 3%
- * faster without the prefetch; the 1 MB L2 of Zen 4 holds both. */
-#ifndef FR_BN_L2_DEFAULT
-#define FR_BN_L2_DEFAULT ((size_t)512 << 10)
-#endif
+/* The channel layout's ops leave the fetching of a thread's next channel to the hardware
+ * prefetchers (rows of 64 bytes or more, read in order).  A software prefetch of the next
+ * channel while one is applied was measured slower: 3% on a 512 KB L2 (Zen 1); on the 2-vCPU
+ * Xeon VM (2 MB L2 per core) NCHW (32, 64, 56, 56) float32, 2 threads, forward 1.58-1.72 ->
+ * 1.39-1.45 ms and backward 2.27-2.37 -> 1.86-1.95 ms without it, (16, 32, 112, 112) forward
+ * 1.63-1.69 -> 1.33-1.34 ms; within noise only for channels of 25 KB ((32, 256, 14, 14)). */
 #ifndef FR_BN_PF_HINT
 #define FR_BN_PF_HINT 2
 #endif
@@ -97,23 +96,6 @@
 /* row layout reductions: rows of at most this many bytes are prefetched FR_BN_PF_ROWS ahead */
 #define FR_BN_PF_ROW_BYTES ((size_t)1024)
 #define FR_BN_PF_ROWS ((size_t)16)
-
-/* A core's L2 cache in bytes (sysconf, read once; FR_BN_L2_DEFAULT where unknown).  Only
- * prefetching depends on it, never a result. */
-static size_t fr_bn_l2_bytes(void)
-{
-    static size_t l2 = 0;
-    size_t v = __atomic_load_n(&l2, __ATOMIC_RELAXED);
-    if (!v) {
-        long r = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-        r = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-        v = r > 0 ? (size_t)r : FR_BN_L2_DEFAULT;
-        __atomic_store_n(&l2, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
 
 /* Prefetch of bytes [p, p + n) into the L2 cache. */
 static inline void fr_bn_prefetch(const unsigned char *p, size_t n)
@@ -1295,15 +1277,9 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
-    const size_t L = j->L, B = j->B, A = j->A, K = p->K, is = x->esize;
+    const size_t L = j->L, K = p->K;
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
-    /* the arrays the reduction reads, and their bytes per channel */
-    const int nred = FR_BN_IS_STATS(j->kind) ? 1 : j->kind == FR_BN_RED_BWD ? 2 : 3;
-    const unsigned char *pfa[3] = {(const unsigned char *)j->x,
-                                   nred > 1 ? (const unsigned char *)j->gy : NULL,
-                                   nred > 2 ? (const unsigned char *)j->y : NULL};
-    const size_t pfb = (size_t)nred * A * B * is;
     size_t lo, hi;
     fr_bn_range(j->C, tid, nth, &lo, &hi);
     for (size_t c = lo; c < hi; c++) {
@@ -1318,16 +1294,9 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
         }
         const double t1 = fr_bn_total(s1.s, s1.c), t2 = fr_bn_total(s2.s, s2.c);
         fr_bn_finish(x->fin, c, 1, &t1, &t2);
-        const int pf = c + 1 < hi && 2 * pfb <= fr_bn_l2_bytes();
         for (size_t k = 0; k < K; k++) {
             fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
-            for (size_t r = 0; r < nrows; r++) {
-                app(j, off + r * L, L, 1, len, c);
-                if (pf)
-                    for (int q = 0; q < 3; q++)
-                        if (pfa[q])
-                            fr_bn_prefetch(pfa[q] + (off + r * L + B) * is, len * is);
-            }
+            app(j, off, L, nrows, len, c);
         }
     }
     fr_bn_sfence(j->stream);
@@ -1358,7 +1327,7 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
     const fr_bn_plan *p = &x->p;
-    const size_t C = j->C, K = p->K, L = j->L, is = x->itemsize, es = x->esize;
+    const size_t C = j->C, K = p->K, L = j->L, is = x->itemsize;
     void (*app)(const fr_bn_job *, size_t, size_t, size_t, size_t, size_t) =
         x->apply == 1 ? x->kn->fwd_seg : x->kn->bwd_seg;
     fr_bn_fin f = *x->fin;
@@ -1381,12 +1350,6 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
     }
     size_t lo, hi, off, nrows, len;
     fr_bn_range(K, tid, nth, &lo, &hi);
-    /* the arrays the reduction reads, and this thread's bytes of a channel */
-    const unsigned char *pfa[3] = {(const unsigned char *)j->x,
-                                   x->nred > 1 ? (const unsigned char *)j->gy : NULL,
-                                   x->nred > 2 ? (const unsigned char *)j->y : NULL};
-    const size_t share = x->nred * (hi - lo) * p->R * p->PL * es;
-    const int pf = 2 * share <= fr_bn_l2_bytes();
     for (size_t c = 0; c < C; c++) {
         double *part = x->part + 2 * c * K;
         for (size_t k = lo; k < hi; k++) {
@@ -1403,13 +1366,7 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
         fr_bn_finish(&f, c, 1, &t1, &t2);
         for (size_t k = lo; k < hi; k++) {
             fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
-            for (size_t r = 0; r < nrows; r++) {
-                app(&jt, off + r * L, L, 1, len, c);
-                if (pf && c + 1 < C)  /* the same rows of the next channel */
-                    for (int q = 0; q < 3; q++)
-                        if (pfa[q])
-                            fr_bn_prefetch(pfa[q] + (off + r * L + j->B) * es, len * es);
-            }
+            app(&jt, off, L, nrows, len, c);
         }
     }
     fr_bn_sfence(j->stream);
