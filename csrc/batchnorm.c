@@ -2110,3 +2110,31 @@ FR_DEFINE_BN_TRAIN_RUNNING(f32, FR_ELEM_f32, float, f32)
 FR_DEFINE_BN_TRAIN_RUNNING(f64, FR_ELEM_f64, double, f64)
 FR_DEFINE_BN_TRAIN_RUNNING(f16, FR_ELEM_f16, float, f32)
 FR_DEFINE_BN_TRAIN_RUNNING(bf16, FR_ELEM_bf16, float, f32)
+
+/* The common inference call: bn_forward_coeffs from the running statistics (fold: center 0,
+ * scale w * invstd, shift b - mean * scale, count 1), then bn_apply with them, in one call from
+ * Python (the two ops' bits).  saved_mean and invstd (C,) float64 receive the statistics used,
+ * as bn_forward_coeffs writes them; the coefficients live in a buffer of this call. */
+#define FR_DEFINE_BN_INFER(SUF, T)                                                             \
+    int fr_bn_forward_infer_##SUF(const T *x, const T *running_mean, const T *running_var,     \
+                                  const T *weight, const T *bias, double eps, const T *residual, \
+                                  int relu, T *out, double *saved_mean, double *invstd,        \
+                                  int64_t A, int64_t C, int64_t B)                             \
+    {                                                                                          \
+        if (fr_bn_bad_shape(A, C, B))                                                          \
+            return FR_ERR_SIZE;                                                                \
+        T *coef = (T *)malloc((3 * (size_t)C + 1) * sizeof(T));                                \
+        if (!coef)                                                                             \
+            return FR_ERR_ALLOC;                                                               \
+        int st = fr_bn_forward_coeffs_##SUF(running_mean, running_var, 0, 1.0, weight, bias,  \
+                                            eps, 1, saved_mean, invstd, coef, coef + C,        \
+                                            coef + 2 * C, C);                                  \
+        if (st == FR_OK)                                                                       \
+            st = fr_bn_apply_##SUF(x, coef, coef + C, coef + 2 * C, residual, relu, out, A, C, \
+                                   B);                                                         \
+        free(coef);                                                                            \
+        return st;                                                                             \
+    }
+
+FR_DEFINE_BN_INFER(f32, float)
+FR_DEFINE_BN_INFER(f64, double)

@@ -245,6 +245,18 @@ int fr_bn_forward_train_running_f64(const double *x, const double *weight, const
                                     double *running_mean, double *running_var, double momentum,
                                     int64_t A, int64_t C, int64_t B);
 
+/* The common inference call: fr_bn_forward_coeffs(running_mean, running_var, stats_f64 0,
+ * count 1, weight, bias, eps, fold 1, saved_mean, invstd, ...) into a buffer of its own, then
+ * fr_bn_apply with those coefficients, in one call (the two ops' bits) */
+int fr_bn_forward_infer_f32(const float *x, const float *running_mean, const float *running_var,
+                            const float *weight, const float *bias, double eps,
+                            const float *residual, int relu, float *out, double *saved_mean,
+                            double *invstd, int64_t A, int64_t C, int64_t B);
+int fr_bn_forward_infer_f64(const double *x, const double *running_mean,
+                            const double *running_var, const double *weight, const double *bias,
+                            double eps, const double *residual, int relu, double *out,
+                            double *saved_mean, double *invstd, int64_t A, int64_t C, int64_t B);
+
 /* The same ops on 16-bit big arrays (x, gy, y, residual, out, gx, gres as uint16 bits, _f16
  * float16, _bf16 bfloat16; csrc/half.h) with float32 per-channel arrays (weight, bias, center,
  * scale, shift, a, b, d, grad_weight, grad_bias, running statistics): each element is widened

@@ -390,6 +390,67 @@ def test_forward_train_running_is_the_two_ops(dtype, shape):
             np.testing.assert_array_equal(bits(np.ascontiguousarray(g)), bits(e))
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=["c-float32", "c-float64"])
+@pytest.mark.parametrize("shape", [(4, 3, 50), (64, 5, 1), (0, 3, 2), (2, 1, 3)])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no-affine"])
+@pytest.mark.parametrize("tail", ["plain", "residual-relu"])
+def test_forward_infer_is_the_two_ops(dtype, shape, affine, tail):
+    """bn_forward_infer (one C call) gives bn_forward_coeffs's (from the running statistics,
+    folded) then bn_apply's bits, saved statistics included, also through copies of unaligned
+    arrays; weight and bias may be None."""
+    C = shape[1]
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w, b = (rng.uniform(0.5, 1.5, C).astype(dtype), rng.standard_normal(C).astype(dtype)) \
+        if affine else (None, None)
+    rm, rv = rng.standard_normal(C).astype(dtype), rng.uniform(0.5, 2, C).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype) if tail != "plain" else None
+    relu = tail != "plain"
+    ce, sc, sh = np.empty(C, dtype), np.empty(C, dtype), np.empty(C, dtype)
+    exp = [np.full(shape, np.nan, dtype), np.zeros(C), np.zeros(C)]
+    fc.bn_forward_coeffs(rm, rv, 1, w, b, 1e-3, True, exp[1], exp[2], ce, sc, sh)
+    fc.bn_apply(x, ce, sc, sh, res, relu, exp[0])
+
+    def unaligned(a):
+        if a is None:
+            return None
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        u = buf[1:].view(dtype).reshape(a.shape)
+        u[...] = a
+        return u
+
+    for wrap in (lambda a: a, unaligned):
+        got = [wrap(np.full(shape, np.nan, dtype)), np.zeros(C), np.zeros(C)]
+        fc.bn_forward_infer(wrap(x), wrap(rm), wrap(rv), wrap(w) if affine else None,
+                            wrap(b) if affine else None, 1e-3, wrap(res) if relu else None, relu,
+                            *got)
+        for g, e in zip(got, exp):
+            np.testing.assert_array_equal(bits(np.ascontiguousarray(g)), bits(e))
+
+
+def test_inference_takes_one_c_call(monkeypatch):
+    """fastreg.batch_norm's common inference call on backend "c" (a shape seen before: the fast
+    path) is bn_forward_infer alone (not bn_forward_coeffs and bn_apply), with the reference's
+    bits."""
+    calls = []
+    for name in ("bn_forward_infer", "bn_forward_coeffs", "bn_apply"):
+        fn = getattr(fc, name)
+        monkeypatch.setattr(fc, name, lambda *a, _fn=fn, _name=name: (calls.append(_name),
+                                                                        _fn(*a))[1])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 6, 5, 5)).astype(np.float32)
+    rm, rv = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="c")
+    calls.clear()
+    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="c")
+    assert calls == ["bn_forward_infer"]
+    ey, esaved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="numpy")
+    np.testing.assert_array_equal(y, ey)
+    np.testing.assert_array_equal(saved.mean, esaved.mean)
+    np.testing.assert_array_equal(saved.invstd, esaved.invstd)
+
+
 @pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])
 def test_status_codes(dtype):
     lib, ffi = fc.lib, fc.ffi

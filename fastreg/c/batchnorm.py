@@ -32,7 +32,7 @@ from . import _check, _plan, ffi, lib
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
-           "bn_forward_train_running", "bn_half"]
+           "bn_forward_train_running", "bn_forward_infer", "bn_half"]
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 # storage dtype -> suffix of the C functions (16-bit: the big arrays; per-channel ones float32)
@@ -56,7 +56,7 @@ if lib is not None:
     # kernel name -> {dtype: function} (the big-array ops also for the 16-bit dtypes)
     _FN = {name: {dt: getattr(lib, f"fr_{name}_{suf}") for dt, suf in _SUF.items()
                   if dt.itemsize > 2 or name in _BIG_OPS}
-           for name in _BIG_OPS + ("bn_forward_coeffs", "bn_running_update")}
+           for name in _BIG_OPS + ("bn_forward_coeffs", "bn_running_update", "bn_forward_infer")}
 
 
 def _p(a):
@@ -188,6 +188,28 @@ def bn_forward_train_running(x, weight, bias, eps, residual, relu, out, mean, m2
         _call("bn_forward_train_running", dt, bn_forward_train_running,
               (x, weight, bias, eps, residual, relu, out, mean, m2, invstd, running_mean,
                running_var, momentum), (6, 7, 8, 9, 10, 11), st)
+
+
+def bn_forward_infer(x, running_mean, running_var, weight, bias, eps, residual, relu, out,
+                     saved_mean, invstd):
+    """``bn_forward_coeffs(running_mean, running_var, 1, weight, bias, eps, True, saved_mean,
+    invstd, ...)`` then ``bn_apply`` with those coefficients, in one C call, with the two ops'
+    bits: the common inference call crosses into C once. Not a registry op (as
+    ``bn_forward_train_running``). float32 / float64 only; weight, bias may be None; saved_mean
+    and invstd (C,) float64 outputs."""
+    dt = x.dtype
+    A, C, B = x.shape
+    _threads_for(x.size)
+    T = _ARRAY[dt]
+    st = _FN["bn_forward_infer"][dt](
+        _buf(T, x), _buf(T, running_mean), _buf(T, running_var),
+        _NULL if weight is None else _buf(T, weight), _NULL if bias is None else _buf(T, bias),
+        eps, _NULL if residual is None else _buf(T, residual), 1 if relu else 0, _buf(T, out),
+        _buf(_DOUBLES, saved_mean), _buf(_DOUBLES, invstd), A, C, B)
+    if st:
+        _call("bn_forward_infer", dt, bn_forward_infer,
+              (x, running_mean, running_var, weight, bias, eps, residual, relu, out, saved_mean,
+               invstd), (8, 9, 10), st)
 
 
 def bn_backward_reduce(gy, x, y, center, s_dy, s_dyx):
