@@ -534,6 +534,8 @@ SMALL_OPS = {
     "small_dropout": ("dropout 64x128", "fastreg.dropout(x, 0.5, seed=s) (a fresh result)"),
     "small_bn_train": ("bn train fwd 64x256",
                        "fastreg.batch_norm(x, rm, rv, w, b, training=True) (fresh y)"),
+    "small_bn_infer": ("bn infer fwd 64x256",
+                       "fastreg.batch_norm(x, rm, rv, w, b, training=False) (fresh y)"),
     "small_bn_train_backward": ("bn fwd+bwd 64x256",
                                 "fastreg.batch_norm(..., training=True), then "
                                 "fastreg.batch_norm_backward(gy, x, saved, w)"),
@@ -546,6 +548,7 @@ SMALL_OPS = {
 SMALL_TORCH_PEERS = {
     "small_dropout": "F.dropout(x, 0.5, training=True)",
     "small_bn_train": "F.batch_norm(x, rm, rv, w, b, training=True) under no_grad",
+    "small_bn_infer": "F.batch_norm(x, rm, rv, w, b, training=False) under no_grad",
     "small_bn_train_backward": "F.batch_norm(x, rm, rv, w, b, training=True).backward(gy) "
                                "(x, w, b require grad)",
     "small_adamw_step": "torch.optim.AdamW([p], lr=1e-3).step() (torch's CPU default, the "
@@ -570,7 +573,7 @@ def small_arrays(op):
     _small_check(op)
     if op == "small_dropout":
         return (input_array(int(np.prod(SMALL_DROPOUT_SHAPE))).reshape(SMALL_DROPOUT_SHAPE),)
-    if op in ("small_bn_train", "small_bn_train_backward"):
+    if op in ("small_bn_train", "small_bn_infer", "small_bn_train_backward"):
         return bn_arrays(SMALL_BN_SHAPE, 1)
     x = input_array(SMALL_N)
     return signed_array(x), grad_array(x) * np.float32(1e-3)
@@ -591,11 +594,12 @@ def small_call(op, backend):
     if op == "small_dropout":
         (x,) = arrays
         return partial(fastreg.dropout, x, P, seed=SEED, backend=backend)
-    if op == "small_bn_train":
+    if op in ("small_bn_train", "small_bn_infer"):
         x, _, w, b, rm, rv = arrays
+        training = op == "small_bn_train"
 
         def call():
-            return fastreg.batch_norm(x, rm, rv, w, b, training=True, backend=backend)[0]
+            return fastreg.batch_norm(x, rm, rv, w, b, training=training, backend=backend)[0]
         return call
     if op == "small_bn_train_backward":
         x, gy, w, b, rm, rv = arrays
@@ -627,12 +631,13 @@ def small_torch_call(op):
     if op == "small_dropout":
         (x,) = arrays
         return partial(F.dropout, x, P, training=True)
-    if op == "small_bn_train":
+    if op in ("small_bn_train", "small_bn_infer"):
         x, _, w, b, rm, rv = arrays
+        training = op == "small_bn_train"
 
         def call():
             with torch.no_grad():
-                return F.batch_norm(x, rm, rv, w, b, training=True)
+                return F.batch_norm(x, rm, rv, w, b, training=training)
         return call
     if op == "small_bn_train_backward":
         x, gy, w, b, rm, rv = arrays

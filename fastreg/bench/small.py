@@ -1,6 +1,7 @@
 """The small-ops section of ``fastreg bench``: dropout 64x128, batch norm (64, 256) training
-forward and forward+backward, an AdamW step and l2_grad on 1e5 float32 (``cases.SMALL_OPS``), on
-backend "auto" and the host backends, beside PyTorch, per call in microseconds.
+forward, inference forward and training forward+backward, an AdamW step and l2_grad on 1e5
+float32 (``cases.SMALL_OPS``), on backend "auto" and the host backends, beside PyTorch, per
+call in microseconds.
 
 Where: ``idle`` (no load started by the benchmark), ``load`` (beside ``fastreg.bench.load``'s
 background load, started for these rows and always ended after them) and ``pinned`` (every
