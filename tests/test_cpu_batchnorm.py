@@ -441,3 +441,65 @@ def test_an_op_compiles_only_its_steps(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_coeffs_give_the_reference_bits(dtype):
+    """bn_forward_coeffs (one compiled loop) gives the reference's bits: statistics of float64
+    or of the dtype, folded (inference) or not, with and without weight and bias, saved_mean
+    the mean array itself; other dtypes and mismatched sizes take the reference."""
+    def bits(a):
+        return np.ascontiguousarray(a).view(np.uint8)
+
+    rng = np.random.default_rng(11)
+    C = 37
+    for stats in (np.float64, dtype):
+        for fold in (True, False):
+            for affine in (True, False):
+                mean = (rng.standard_normal(C) * 100).astype(stats)
+                m2 = rng.uniform(0, 3, C).astype(stats)
+                m2[0] = 0.0
+                w = rng.uniform(0.5, 1.5, C).astype(dtype) if affine else None
+                b = rng.standard_normal(C).astype(dtype) if affine else None
+                got, expected = [], []
+                for fn, res in ((bn.bn_forward_coeffs, got), (R.bn_forward_coeffs, expected)):
+                    res += [np.empty(C), np.empty(C)] + [np.empty(C, dtype) for _ in range(3)]
+                    fn(mean, m2, 7, w, b, 1e-5, fold, *res)
+                for g, e in zip(got, expected):
+                    np.testing.assert_array_equal(bits(g), bits(e))
+    # saved_mean is the mean array itself (read before it is written)
+    mean, m2 = rng.standard_normal(C), rng.uniform(0, 3, C)
+    got = [mean.copy(), np.empty(C)] + [np.empty(C, dtype) for _ in range(3)]
+    expected = [np.empty(C), np.empty(C)] + [np.empty(C, dtype) for _ in range(3)]
+    bn.bn_forward_coeffs(got[0], m2, 5, None, None, 1e-3, True, *got)
+    R.bn_forward_coeffs(mean, m2, 5, None, None, 1e-3, True, *expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(bits(g), bits(e))
+    # float16 coefficients: the reference
+    got = [np.empty(C), np.empty(C)] + [np.empty(C, np.float16) for _ in range(3)]
+    expected = [np.empty(C), np.empty(C)] + [np.empty(C, np.float16) for _ in range(3)]
+    bn.bn_forward_coeffs(mean, m2, 5, None, None, 1e-3, True, *got)
+    R.bn_forward_coeffs(mean, m2, 5, None, None, 1e-3, True, *expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(bits(g), bits(e))
+
+
+def test_inference_fast_path_is_one_coefficient_loop_and_the_apply(monkeypatch):
+    """fastreg.batch_norm's common inference call on backend "cpu" (a shape seen before) runs
+    bn_forward_infer: the compiled coefficients and bn_apply, with the reference's bits."""
+    calls = []
+    real = bn.bn_forward_infer
+    monkeypatch.setattr(fastreg.cpu, "bn_forward_infer",
+                        lambda *a: (calls.append("bn_forward_infer"), real(*a))[1])
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 6, 5, 5)).astype(np.float32)
+    rm, rv = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="cpu")
+    calls.clear()
+    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="cpu")
+    assert calls == ["bn_forward_infer"]
+    ey, esaved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="numpy")
+    np.testing.assert_array_equal(y, ey)
+    np.testing.assert_array_equal(saved.mean, esaved.mean)
+    np.testing.assert_array_equal(saved.invstd, esaved.invstd)

@@ -14,8 +14,8 @@ from .optim import adam_step, sgd_step
 from .augment import aug_affine, aug_erase, aug_flip, aug_mix, aug_noise, aug_paste
 from .augment_color import aug_blur, aug_color, aug_normalize
 from .batchnorm import (bn_apply, bn_backward, bn_backward_apply, bn_backward_coeffs,
-                        bn_backward_reduce, bn_forward_coeffs, bn_forward_train, bn_running_update,
-                        bn_stats)
+                        bn_backward_reduce, bn_forward_coeffs, bn_forward_infer, bn_forward_train,
+                        bn_running_update, bn_stats)
 from .ema import address_lists, ema_update, ema_update_at
 from .clip import norm_sum, norm_sum_at, row_norm_sums, scale, scale_at, scale_rows
 from .dropblock import drop_block_apply, drop_block_mask

@@ -66,12 +66,13 @@ import numpy as np
 
 from .. import _threads
 from ..reference import batchnorm as _ref
-from ..reference.batchnorm import bn_backward_coeffs, bn_forward_coeffs
+from ..reference.batchnorm import bn_backward_coeffs
 from ._jit import inner, jit, launch, stepped
 from .penalty import CAN_STREAM, STREAM_ALIGN, _sfence, _stream_store
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
-           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs"]
+           "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
+           "bn_forward_infer"]
 
 # Limits, read by _plan only (Python): tests shrink them.
 ROWS_MIN_B = 32         # B from which a channel's rows are the unit of work
@@ -665,6 +666,7 @@ _KERNELS = {
 
 _STAND_INS = {}  # dtype -> a 0-size array, for the optional arrays a call does not have
 _F64 = np.dtype(np.float64)
+_FLOATS = (np.dtype(np.float32), _F64)
 
 
 def _stand_in(dtype):
@@ -806,6 +808,61 @@ def bn_backward(gy, x, y, mean, invstd, weight, training, gx, gres, grad_weight,
            _scratch(plan, 2 * weight.size, weight.size, 4, x.dtype),
            (y is not None, bool(training), gres is not None, plan.mode), plan.tile, _steps(plan))
     return plan
+
+
+@jit
+def _forward_coeffs_kernel(mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center,
+                           scale, shift):
+    """The reference's bn_forward_coeffs (weight, bias 0-size for none: w = 1, b = 0), its
+    float64 operations in its order (no fastmath): the same bits, without NumPy's temporaries
+    (a small call ~1 us, not ~8). saved_mean may be mean (read first)."""
+    has_w, has_b = weight.size > 0, bias.size > 0
+    for c in range(saved_mean.size):
+        mu = np.float64(mean[c])
+        inv = 1.0 / np.sqrt(np.float64(m2[c]) / count + eps)
+        w = np.float64(weight[c]) if has_w else 1.0
+        b = np.float64(bias[c]) if has_b else 0.0
+        sc = w * inv
+        saved_mean[c] = mu
+        invstd[c] = inv
+        scale[c] = sc
+        if fold:
+            center[c] = 0.0
+            shift[c] = b - mu * sc
+        else:
+            center[c] = mu
+            shift[c] = b
+
+
+def bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean, invstd, center, scale,
+                      shift):
+    """Coefficients of ``bn_apply`` from per-channel statistics, as
+    fastreg.reference.batchnorm.bn_forward_coeffs, bit for bit (one compiled loop for float32
+    and float64 arrays of C values; the reference for anything else)."""
+    dt, C = center.dtype, saved_mean.size
+    if not (dt in _FLOATS and scale.dtype == dt and shift.dtype == dt
+            and mean.dtype in _FLOATS and m2.dtype == mean.dtype
+            and saved_mean.dtype == _F64 and invstd.dtype == _F64
+            and (weight is None or weight.dtype == dt) and (bias is None or bias.dtype == dt)
+            and all(a is None or (a.ndim == 1 and a.size == C)
+                    for a in (mean, m2, weight, bias, invstd, center, scale, shift))):
+        return _ref.bn_forward_coeffs(mean, m2, count, weight, bias, eps, fold, saved_mean,
+                                      invstd, center, scale, shift)
+    e = _stand_in(dt)
+    _forward_coeffs_kernel(mean, m2, float(count), e if weight is None else weight,
+                           e if bias is None else bias, float(eps), bool(fold), saved_mean,
+                           invstd, center, scale, shift)
+
+
+def bn_forward_infer(x, running_mean, running_var, weight, bias, eps, residual, relu, out,
+                     saved_mean, invstd):
+    """``bn_forward_coeffs(running_mean, running_var, 1, weight, bias, eps, True, saved_mean,
+    invstd, ...)`` then ``bn_apply`` with those coefficients: batch_norm's common inference
+    call (as the C backend's one-call version; not a registry op)."""
+    coef = np.empty((3, saved_mean.size), out.dtype)
+    bn_forward_coeffs(running_mean, running_var, 1, weight, bias, eps, True, saved_mean, invstd,
+                      coef[0], coef[1], coef[2])
+    bn_apply(x, coef[0], coef[1], coef[2], residual, relu, out)
 
 
 @jit
