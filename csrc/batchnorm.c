@@ -83,12 +83,9 @@
 #ifndef FR_BN_REUSE_BYTES
 #define FR_BN_REUSE_BYTES ((size_t)2 << 20)
 #endif
-/* The channel layout's ops leave the fetching of a thread's next channel to the hardware
- * prefetchers (rows of 64 bytes or more, read in order).  A software prefetch of the next
- * channel while one is applied was measured slower: 3% on a 512 KB L2 (Zen 1); on the 2-vCPU
- * Xeon VM (2 MB L2 per core) NCHW (32, 64, 56, 56) float32, 2 threads, forward 1.58-1.72 ->
- * 1.39-1.45 ms and backward 2.27-2.37 -> 1.86-1.95 ms without it, (16, 32, 112, 112) forward
- * 1.63-1.69 -> 1.33-1.34 ms; within noise only for channels of 25 KB ((32, 256, 14, 14)). */
+/* Channel layout, fused and shared strategies: while a thread reduces one chunk of a channel it
+ * prefetches the next (fr_bn_prefetch_chunk): see there for why and what it was measured
+ * against. */
 #ifndef FR_BN_PF_HINT
 #define FR_BN_PF_HINT 2
 #endif
@@ -1270,6 +1267,30 @@ static inline void fr_bn_range(size_t n, int tid, int nth, size_t *lo, size_t *h
     *hi = n * (size_t)(tid + 1) / (size_t)nth;
 }
 
+/* Prefetch of the reduction's arrays (x; gy; y) over chunk k of channel c (its rows), issued
+ * before the reduction of the chunk ahead of it: a channel's rows lie a row of all channels
+ * apart, and the hardware prefetchers start again at each of them (and at each 4 KB page).
+ * Measured on the 2-vCPU Xeon VM, NCHW (32, 64, 56, 56) float32, 2 threads, min of 25 calls,
+ * three rounds; x rewritten before each call (as the layer before writes it): forward
+ * 1.63-1.65 ms against 1.80-1.90 without a prefetch, backward 2.30-2.42 against 2.56-2.64;
+ * caches flushed before each call: forward 2.41-2.48 against 2.85-2.96.  Back to back on the
+ * same data (all of it in the caches: the benchmark loop, not a network) no prefetch is faster
+ * (forward 1.33-1.37 against 1.51-1.59 ms).  Prefetching the whole next channel while one is
+ * applied (the earlier design) measured the same as this in all three cases. */
+static inline void fr_bn_prefetch_chunk(const fr_bn_ctx *x, size_t c, size_t k)
+{
+    const fr_bn_job *j = x->j;
+    const unsigned char *arr[3] = {(const unsigned char *)j->x,
+                                   x->nred > 1 ? (const unsigned char *)j->gy : NULL,
+                                   x->nred > 2 ? (const unsigned char *)j->y : NULL};
+    size_t off, nrows, len;
+    fr_bn_chunk(&x->p, j, c, k, &off, &nrows, &len);
+    for (int q = 0; q < 3; q++)
+        if (arr[q])
+            for (size_t r = 0; r < nrows; r++)
+                fr_bn_prefetch(arr[q] + (off + r * j->L) * x->esize, len * x->esize);
+}
+
 /* Channel layout, fused: whole channels per thread.  A thread reduces a channel, computes its
  * coefficients and applies them while the channel's data is still in its cache (x read from
  * memory once); meanwhile it prefetches its next channel, row by row. */
@@ -1287,6 +1308,10 @@ static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
         double o[2];
         size_t off, nrows, len;
         for (size_t k = 0; k < K; k++) {
+            if (k + 1 < K)
+                fr_bn_prefetch_chunk(x, c, k + 1);
+            else if (c + 1 < hi)
+                fr_bn_prefetch_chunk(x, c + 1, 0);
             fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
             x->kn->red_seg(j, off, L, nrows, len, x->ctr[c], o);
             fr_bn_add(&s1, o[0]);
@@ -1353,6 +1378,10 @@ static void fr_bn_task_shared(const fr_bn_ctx *x, int tid, int nth)
     for (size_t c = 0; c < C; c++) {
         double *part = x->part + 2 * c * K;
         for (size_t k = lo; k < hi; k++) {
+            if (k + 1 < hi)
+                fr_bn_prefetch_chunk(x, c, k + 1);
+            else if (c + 1 < C)
+                fr_bn_prefetch_chunk(x, c + 1, lo);
             fr_bn_chunk(p, j, c, k, &off, &nrows, &len);
             x->kn->red_seg(j, off, L, nrows, len, x->ctr[c], part + 2 * k);
         }
