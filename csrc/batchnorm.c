@@ -1267,16 +1267,25 @@ static inline void fr_bn_range(size_t n, int tid, int nth, size_t *lo, size_t *h
     *hi = n * (size_t)(tid + 1) / (size_t)nth;
 }
 
-/* Prefetch of the reduction's arrays (x; gy; y) over chunk k of channel c (its rows), issued
- * before the reduction of the chunk ahead of it: a channel's rows lie a row of all channels
- * apart, and the hardware prefetchers start again at each of them (and at each 4 KB page).
+/* Prefetch of the reduction's arrays (x; gy; y) over the first FR_BN_PF_HEAD bytes of each row
+ * of chunk k of channel c, issued before the reduction of the chunk ahead of it: a channel's
+ * rows lie a row of all channels apart, and the hardware prefetchers start again at each.
  * Measured on the 2-vCPU Xeon VM, NCHW (32, 64, 56, 56) float32, 2 threads, min of 25 calls,
- * three rounds; x rewritten before each call (as the layer before writes it): forward
- * 1.63-1.65 ms against 1.80-1.90 without a prefetch, backward 2.30-2.42 against 2.56-2.64;
- * caches flushed before each call: forward 2.41-2.48 against 2.85-2.96.  Back to back on the
- * same data (all of it in the caches: the benchmark loop, not a network) no prefetch is faster
- * (forward 1.33-1.37 against 1.51-1.59 ms).  Prefetching the whole next channel while one is
- * applied (the earlier design) measured the same as this in all three cases. */
+ * three rounds each, (no prefetch / whole rows / 4 KB heads / 8 KB heads):
+ *   x rewritten before each call (as the layer before writes it): forward 1.80-1.90 /
+ *     1.56-1.57 / 1.52-1.64 / 1.44-1.60 ms, backward 2.56-2.64 / 2.23-2.28 / 2.00-2.32 /
+ *     2.07-2.18;
+ *   back to back on the same data (all of it in the caches: a benchmark loop, not a network):
+ *     forward 1.33-1.37 / 1.47-1.50 / 1.28-1.38 / 1.36-1.43, backward 1.82-1.96 / 2.13-2.16 /
+ *     1.83-1.91 / 1.97-2.02;
+ *   caches flushed before each call: forward 2.85-2.96 / 2.17-2.34 / 2.50-2.60 / 2.31-2.52.
+ * Prefetching the whole next channel while one is applied (the earlier design) measured as
+ * whole rows here. */
+/* bytes of each row of the next chunk that fr_bn_prefetch_chunk fetches: its first page (the
+ * hardware prefetchers follow the rest of a row once it has started) */
+#ifndef FR_BN_PF_HEAD
+#define FR_BN_PF_HEAD ((size_t)4096)
+#endif
 static inline void fr_bn_prefetch_chunk(const fr_bn_ctx *x, size_t c, size_t k)
 {
     const fr_bn_job *j = x->j;
@@ -1288,7 +1297,8 @@ static inline void fr_bn_prefetch_chunk(const fr_bn_ctx *x, size_t c, size_t k)
     for (int q = 0; q < 3; q++)
         if (arr[q])
             for (size_t r = 0; r < nrows; r++)
-                fr_bn_prefetch(arr[q] + (off + r * j->L) * x->esize, len * x->esize);
+                fr_bn_prefetch(arr[q] + (off + r * j->L) * x->esize,
+                               len * x->esize < FR_BN_PF_HEAD ? len * x->esize : FR_BN_PF_HEAD);
 }
 
 /* Channel layout, fused: whole channels per thread.  A thread reduces a channel, computes its
