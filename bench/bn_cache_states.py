@@ -7,9 +7,9 @@ torch on the same arrays, each call timed alone:
   state a training step calls batch norm in;
 - ``flushed``: 256 MB copied between calls (untimed): nothing of x left in the caches.
 
-The C backend's prefetch of a channel's next rows was chosen on ``written`` (see
-fr_bn_prefetch_chunk in csrc/batchnorm.c): it costs ~10% in ``hot`` and gains 10-20% in the
-other two.
+The C backend's prefetch of the heads of a channel's next rows was chosen on all three (see
+fr_bn_prefetch_chunk in csrc/batchnorm.c): 10-20% faster ``written`` and ``flushed`` than no
+prefetch on NCHW, the same ``hot``.
 
     python bench/bn_cache_states.py [--backends c,cpu] [--layouts nchw,nhwc,nc] [--calls 25]
 """
