@@ -14,7 +14,6 @@ Job) is an attribute lookup on the backend module. Beside a 1e5-element kernel e
 step around it costs two to four times its isolated timeit figure (the kernel's 800 KB push the
 interpreter's own data out of the caches): measure per-call changes with bench/small_ab.py.
 """
-import functools
 import os
 import sys
 

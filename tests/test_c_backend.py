@@ -4,7 +4,6 @@ Both stream-kernel paths are held to the reference: AVX2 (where the CPU has it) 
 Sizes cross the vector widths, the tile size (2048 words) and the OpenMP threshold; offsets cross
 the 4-word block and the high counter word; views start off alignment; out may be x.
 """
-import hashlib
 import os
 import subprocess
 import sys

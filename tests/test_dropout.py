@@ -6,7 +6,6 @@ import pytest
 from conftest import big, bits
 
 import fastreg
-from fastreg import reference
 from fastreg.random import random_bits
 
 SHAPES = [(0,), (1,), (2,), (7,), (3, 5), (2, 3, 4, 5), (1000,), (4099,), (0, 3)]

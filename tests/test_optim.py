@@ -1,12 +1,9 @@
 """Fused optimizers: every backend vs the reference (exact), vs an independent float64
 implementation of the published rules, and vs torch.optim where torch is installed."""
-import math
-
 import numpy as np
 import pytest
 from conftest import bits
 
-import fastreg
 from fastreg.optim import SGD, Adam, AdamW
 
 DTYPES = [np.float32, np.float64]
