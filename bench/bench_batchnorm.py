@@ -93,13 +93,15 @@ TARGET_CASES = [("nchw", "bn_train", 4.5), ("nchw", "bn_train_backward", 2.5),
                 ("nchw", "bn_infer", 1.0), ("nhwc", "bn_train", 1.5),
                 ("nhwc", "bn_train_backward", 1.2), ("nhwc", "bn_infer", 1.0),
                 ("nc", "bn_train", 1.2), ("nc", "bn_train_backward", 1.5), ("nc", "bn_infer", 1.0),
-                ("small", "bn_train", 1.0), ("small", "bn_train_backward", 1.0)]
+                ("small", "bn_train", 1.0), ("small", "bn_infer", 1.0),
+                ("small", "bn_train_backward", 1.0)]
 SMALL_SHAPE = (64, 256)
 
 
 def _small_calls(op, backend):
     """(fastreg call, torch call, kernel-only call or None) for the (64, 256) case: the same
-    definitions as fastreg.bench.cases's (training forward, or forward + backward with autograd)."""
+    definitions as fastreg.bench.cases's (training forward, inference forward, or forward +
+    backward with autograd)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -110,7 +112,22 @@ def _small_calls(op, backend):
     y, gx = np.empty_like(x), np.empty_like(x)
     xt, gyt, wt, bt, rmt, rvt = (torch.from_numpy(a.copy()) for a in (x, gy, w, b, rm, rv))
     kernel = None
-    if op == "bn_train":
+    if op == "bn_infer":
+        def call():
+            return fastreg.batch_norm(x, rm, rv, w, b, training=False, out=y, backend=backend)[0]
+
+        def peer():
+            with torch.no_grad():
+                return F.batch_norm(xt, rmt, rvt, wt, bt, training=False)
+        if backend == "c":
+            from fastreg.c import batchnorm as cb
+            x3, y3 = x.reshape(*SMALL_SHAPE, 1), y.reshape(*SMALL_SHAPE, 1)
+            C = SMALL_SHAPE[1]
+            mean, inv = np.empty(C), np.empty(C)
+
+            def kernel():
+                cb.bn_forward_infer(x3, rm, rv, w, b, 1e-5, None, False, y3, mean, inv)
+    elif op == "bn_train":
         def call():
             return fastreg.batch_norm(x, rm, rv, w, b, training=True, out=y, backend=backend)[0]
 
