@@ -12,6 +12,9 @@ fr_bn_prefetch_chunk in csrc/batchnorm.c): 10-20% faster ``written`` and ``flush
 prefetch on NCHW, the same ``hot``.
 
     python bench/bn_cache_states.py [--backends c,cpu] [--layouts nchw,nhwc,nc] [--calls 25]
+
+``--quick``: the small layouts (``cases.BN_QUICK_LAYOUTS``) and a 4 MB flush, 3 calls: a smoke
+run (tests/test_bench.py), not a measurement.
 """
 import argparse
 import time
@@ -34,9 +37,9 @@ def _timed(prep, fn, calls):
     return min(out) * 1e3, float(np.median(out)) * 1e3
 
 
-def _calls(layout, backend, torch):
-    """{(op, who): callable} and the source x is rewritten from, on one set of arrays."""
-    shape, axis = cases.bn_shape(layout)
+def _calls(layout, backend, torch, quick=False):
+    """{(op, who): callable}, x and the source it is rewritten from, on one set of arrays."""
+    shape, axis = cases.bn_shape(layout, quick)
     x, gy, w, b, rm, rv = cases.bn_arrays(shape, axis)
     y, gx = np.empty_like(x), np.empty_like(x)
     calls = {}
@@ -79,21 +82,25 @@ def main(argv=None):
     parser.add_argument("--backends", default="c,cpu")
     parser.add_argument("--layouts", default="nchw,nhwc,nc")
     parser.add_argument("--calls", type=int, default=25)
+    parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls = 3
     try:
         import torch
         torch.set_num_threads(fastreg.get_num_threads())
     except ImportError:
         torch = None
-    big, big2 = np.ones(FLUSH_BYTES // 4, np.float32), np.empty(FLUSH_BYTES // 4, np.float32)
+    flush = (4 << 20 if args.quick else FLUSH_BYTES) // 4
+    big, big2 = np.ones(flush, np.float32), np.empty(flush, np.float32)
     print(f"fastreg {fastreg.get_num_threads()} threads"
           + (f", torch {torch.__version__} {torch.get_num_threads()} threads" if torch else
              ", no torch") + "; min / median ms of each call timed alone")
     backends = [b for b in args.backends.split(",") if fastreg.available_backends()[b] is None]
     for layout in args.layouts.split(","):
-        shape, _ = cases.bn_shape(layout)
+        shape, _ = cases.bn_shape(layout, args.quick)
         for i, backend in enumerate(backends):
-            calls, x, x0 = _calls(layout, backend, torch if i == 0 else None)
+            calls, x, x0 = _calls(layout, backend, torch if i == 0 else None, args.quick)
             states = {"hot": lambda: None, "written": lambda: np.copyto(x, x0),
                       "flushed": lambda: np.copyto(big2, big)}
             for (op, who), fn in calls.items():

@@ -466,3 +466,20 @@ def test_table_small_ops_under_load_and_pinned():
     assert "load: beside the background load spin x1" in out
     assert "pinned: every thread of this process on CPU" in out
     assert "memory bandwidth" not in out   # no large rows: no probe
+
+
+def test_bn_cache_states_quick():
+    """bench/bn_cache_states.py runs (the small layouts): a row per layout, op and backend in
+    the three cache states."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "bn_cache_states.py"
+    if not script.exists():
+        pytest.skip("no bench/ directory beside the tests")
+    backends = [b for b in ("c", "cpu") if fastreg.available_backends()[b] is None]
+    if not backends:
+        pytest.skip("neither host kernel backend is available")
+    res = _run(str(script), "--quick", "--backends", ",".join(backends), "--layouts", "nchw,nc")
+    assert res.returncode == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith(("nchw", "nc "))]
+    expected = 2 * 2 * (len(backends) + (importlib.util.find_spec("torch") is not None))
+    assert len(rows) == expected, res.stdout
+    assert all(("hot" in r and "written" in r and "flushed" in r) for r in rows)
