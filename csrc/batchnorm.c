@@ -47,7 +47,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "fastreg.h"
 #include "elementwise.h"
@@ -1280,9 +1279,8 @@ static inline void fr_bn_range(size_t n, int tid, int nth, size_t *lo, size_t *h
  *     1.83-1.91 / 1.97-2.02;
  *   caches flushed before each call: forward 2.85-2.96 / 2.17-2.34 / 2.50-2.60 / 2.31-2.52.
  * Prefetching the whole next channel while one is applied (the earlier design) measured as
- * whole rows here. */
-/* bytes of each row of the next chunk that fr_bn_prefetch_chunk fetches: its first page (the
- * hardware prefetchers follow the rest of a row once it has started) */
+ * whole rows here.  FR_BN_PF_HEAD: the bytes fetched of each row, its first page (the hardware
+ * prefetchers follow the rest of a row once it has started). */
 #ifndef FR_BN_PF_HEAD
 #define FR_BN_PF_HEAD ((size_t)4096)
 #endif
@@ -1301,9 +1299,9 @@ static inline void fr_bn_prefetch_chunk(const fr_bn_ctx *x, size_t c, size_t k)
                                len * x->esize < FR_BN_PF_HEAD ? len * x->esize : FR_BN_PF_HEAD);
 }
 
-/* Channel layout, fused: whole channels per thread.  A thread reduces a channel, computes its
- * coefficients and applies them while the channel's data is still in its cache (x read from
- * memory once); meanwhile it prefetches its next channel, row by row. */
+/* Channel layout, fused: whole channels per thread.  A thread reduces a channel (prefetching
+ * each next chunk, fr_bn_prefetch_chunk), computes its coefficients and applies them while the
+ * channel's data is still in its cache (x read from memory once). */
 static void fr_bn_task_fused(const fr_bn_ctx *x, int tid, int nth)
 {
     const fr_bn_job *j = x->j;
