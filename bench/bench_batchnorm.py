@@ -112,28 +112,16 @@ def _small_calls(op, backend):
     y, gx = np.empty_like(x), np.empty_like(x)
     xt, gyt, wt, bt, rmt, rvt = (torch.from_numpy(a.copy()) for a in (x, gy, w, b, rm, rv))
     kernel = None
-    if op == "bn_infer":
+    if op in ("bn_infer", "bn_train"):
+        training = op == "bn_train"
+
         def call():
-            return fastreg.batch_norm(x, rm, rv, w, b, training=False, out=y, backend=backend)[0]
+            return fastreg.batch_norm(x, rm, rv, w, b, training=training, out=y,
+                                      backend=backend)[0]
 
         def peer():
             with torch.no_grad():
-                return F.batch_norm(xt, rmt, rvt, wt, bt, training=False)
-        if backend == "c":
-            from fastreg.c import batchnorm as cb
-            x3, y3 = x.reshape(*SMALL_SHAPE, 1), y.reshape(*SMALL_SHAPE, 1)
-            C = SMALL_SHAPE[1]
-            mean, inv = np.empty(C), np.empty(C)
-
-            def kernel():
-                cb.bn_forward_infer(x3, rm, rv, w, b, 1e-5, None, False, y3, mean, inv)
-    elif op == "bn_train":
-        def call():
-            return fastreg.batch_norm(x, rm, rv, w, b, training=True, out=y, backend=backend)[0]
-
-        def peer():
-            with torch.no_grad():
-                return F.batch_norm(xt, rmt, rvt, wt, bt, training=True)
+                return F.batch_norm(xt, rmt, rvt, wt, bt, training=training)
         if backend == "c":
             from fastreg.c import batchnorm as cb
             x3, y3 = x.reshape(*SMALL_SHAPE, 1), y.reshape(*SMALL_SHAPE, 1)
@@ -141,8 +129,11 @@ def _small_calls(op, backend):
             mean, m2, inv = np.empty(C), np.empty(C), np.empty(C)
 
             def kernel():
-                cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)
-                cb.bn_running_update(mean, m2, SMALL_SHAPE[0], rm, rv, 0.1)
+                if training:
+                    cb.bn_forward_train(x3, w, b, 1e-5, None, False, y3, mean, m2, inv)
+                    cb.bn_running_update(mean, m2, SMALL_SHAPE[0], rm, rv, 0.1)
+                else:
+                    cb.bn_forward_infer(x3, rm, rv, w, b, 1e-5, None, False, y3, mean, inv)
     else:
         xg, wg, bg = (a.clone().requires_grad_(True) for a in (xt, wt, bt))
 

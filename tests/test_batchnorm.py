@@ -709,3 +709,32 @@ def test_sync_empty_global_batch(monkeypatch):
                                 comm=comm)
     y2, s2 = fastreg.batch_norm(x, rm.copy(), rv.copy(), w, b, training=True, backend="numpy")
     np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("host", ["c", "cpu"])
+def test_inference_fast_path_is_one_call(host, monkeypatch):
+    """fastreg.batch_norm's common inference call (a shape seen before: the host fast path) on
+    the kernel backends is their bn_forward_infer alone (c: one C call; cpu: one compiled
+    coefficient loop and bn_apply), not the registry's bn_forward_coeffs and bn_apply, with
+    the reference's bits."""
+    if fastreg.available_backends()[host] is not None:
+        pytest.skip(f"{host} backend unavailable")
+    from fastreg import _registry
+    mod = _registry.module(host)
+    calls = []
+    for name in ("bn_forward_infer", "bn_forward_coeffs", "bn_apply"):
+        fn = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _name=name: (calls.append(_name),
+                                                                         _fn(*a))[1])
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 6, 5, 5)).astype(np.float32)
+    rm, rv = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    fastreg.batch_norm(x, rm, rv, w, b, training=False, backend=host)
+    calls.clear()
+    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend=host)
+    assert calls == ["bn_forward_infer"]
+    ey, esaved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="numpy")
+    np.testing.assert_array_equal(y, ey)
+    np.testing.assert_array_equal(saved.mean, esaved.mean)
+    np.testing.assert_array_equal(saved.invstd, esaved.invstd)

@@ -428,29 +428,6 @@ def test_forward_infer_is_the_two_ops(dtype, shape, affine, tail):
             np.testing.assert_array_equal(bits(np.ascontiguousarray(g)), bits(e))
 
 
-def test_inference_takes_one_c_call(monkeypatch):
-    """fastreg.batch_norm's common inference call on backend "c" (a shape seen before: the fast
-    path) is bn_forward_infer alone (not bn_forward_coeffs and bn_apply), with the reference's
-    bits."""
-    calls = []
-    for name in ("bn_forward_infer", "bn_forward_coeffs", "bn_apply"):
-        fn = getattr(fc, name)
-        monkeypatch.setattr(fc, name, lambda *a, _fn=fn, _name=name: (calls.append(_name),
-                                                                        _fn(*a))[1])
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((8, 6, 5, 5)).astype(np.float32)
-    rm, rv = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
-    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
-    fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="c")
-    calls.clear()
-    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="c")
-    assert calls == ["bn_forward_infer"]
-    ey, esaved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="numpy")
-    np.testing.assert_array_equal(y, ey)
-    np.testing.assert_array_equal(saved.mean, esaved.mean)
-    np.testing.assert_array_equal(saved.invstd, esaved.invstd)
-
-
 @pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])
 def test_status_codes(dtype):
     lib, ffi = fc.lib, fc.ffi

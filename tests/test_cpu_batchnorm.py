@@ -482,24 +482,3 @@ def test_forward_coeffs_give_the_reference_bits(dtype):
     R.bn_forward_coeffs(mean, m2, 5, None, None, 1e-3, True, *expected)
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(bits(g), bits(e))
-
-
-def test_inference_fast_path_is_one_coefficient_loop_and_the_apply(monkeypatch):
-    """fastreg.batch_norm's common inference call on backend "cpu" (a shape seen before) runs
-    bn_forward_infer: the compiled coefficients and bn_apply, with the reference's bits."""
-    calls = []
-    real = bn.bn_forward_infer
-    monkeypatch.setattr(fastreg.cpu, "bn_forward_infer",
-                        lambda *a: (calls.append("bn_forward_infer"), real(*a))[1])
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((8, 6, 5, 5)).astype(np.float32)
-    rm, rv = rng.standard_normal(6).astype(np.float32), rng.uniform(0.5, 2, 6).astype(np.float32)
-    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
-    fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="cpu")
-    calls.clear()
-    y, saved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="cpu")
-    assert calls == ["bn_forward_infer"]
-    ey, esaved = fastreg.batch_norm(x, rm, rv, w, b, training=False, backend="numpy")
-    np.testing.assert_array_equal(y, ey)
-    np.testing.assert_array_equal(saved.mean, esaved.mean)
-    np.testing.assert_array_equal(saved.invstd, esaved.invstd)
