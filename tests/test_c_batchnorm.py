@@ -428,6 +428,44 @@ def test_forward_infer_is_the_two_ops(dtype, shape, affine, tail):
             np.testing.assert_array_equal(bits(np.ascontiguousarray(g)), bits(e))
 
 
+@pytest.mark.parametrize("stream", ["never", "always"])
+@pytest.mark.parametrize("shape", [(3, 2, 300), (40, 24, 1), (2, 3, 5)],
+                         ids=["channels", "rows", "tiny"])
+def test_apply_loops_give_the_same_bits_at_every_output_offset(shape, stream):
+    """The forward and backward apply loops take the elements before the output's first
+    64-byte boundary separately (the vector stores then aligned): every offset of the outputs
+    within a cache line gives the bits of a 64-byte aligned output, with and without streaming
+    stores, residual and ReLU included."""
+    dtype = np.float32
+    p = problem(shape, dtype, seed=4)
+    A, C, B = shape
+    n = A * C * B
+    rng = np.random.default_rng(9)
+    ce, sc, sh = (rng.standard_normal(C).astype(dtype) for _ in range(3))
+    a, bb, d = (rng.standard_normal(C).astype(dtype) for _ in range(3))
+    y_relu = np.maximum(p["x"], 0)
+
+    def at(offset):
+        buf = np.full(n + 32, np.nan, dtype)
+        start = ((64 - buf.ctypes.data % 64) % 64 + offset) // 4
+        return buf[start:start + n].reshape(shape)
+
+    def run(offset):
+        y, gx, gres = at(offset), at(offset), at(offset)
+        fc.bn_apply(p["x"], ce, sc, sh, p["res"], True, y)
+        fc.bn_backward_apply(p["gy"], p["x"], y_relu, ce, a, bb, d, gx, gres)
+        return y.copy(), gx.copy(), gres.copy()
+
+    previous = fc.set_stream_stores(stream)
+    try:
+        expected = run(0)
+        for offset in range(4, 64, 4):
+            for g, e in zip(run(offset), expected):
+                np.testing.assert_array_equal(bits(g), bits(e))
+    finally:
+        fc.set_stream_stores(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32], ids=["c-float32"])
 def test_status_codes(dtype):
     lib, ffi = fc.lib, fc.ffi
