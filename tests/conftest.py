@@ -46,8 +46,11 @@ def big(backend, n):
 
 
 def bits(a):
-    """The raw bit pattern of a float array, so comparisons are exact (signed zeros, NaNs)."""
+    """The raw bit pattern of a float array, so comparisons are exact (signed zeros, NaNs);
+    16-bit floats as uint16."""
     a = np.asarray(a)
+    if a.dtype.itemsize == 2:
+        return a.view(np.uint16)
     return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
 
 

@@ -12,6 +12,7 @@ compiled function has one specialization per dtype.
 """
 import numpy as np
 import pytest
+from conftest import bits
 from test_batchnorm import EPS, STATS_RTOL, TOL
 
 import fastreg
@@ -447,10 +448,8 @@ def test_an_op_compiles_only_its_steps(tmp_path):
 def test_forward_coeffs_give_the_reference_bits(dtype):
     """bn_forward_coeffs (one compiled loop) gives the reference's bits: statistics of float64
     or of the dtype, folded (inference) or not, with and without weight and bias, saved_mean
-    the mean array itself; other dtypes and mismatched sizes take the reference."""
-    def bits(a):
-        return np.ascontiguousarray(a).view(np.uint8)
-
+    the mean array itself; other dtypes and mismatched sizes take the reference (which raises
+    for the latter: no compiled loop reads past an array)."""
     rng = np.random.default_rng(11)
     C = 37
     for stats in (np.float64, dtype):
@@ -482,3 +481,7 @@ def test_forward_coeffs_give_the_reference_bits(dtype):
     R.bn_forward_coeffs(mean, m2, 5, None, None, 1e-3, True, *expected)
     for g, e in zip(got, expected):
         np.testing.assert_array_equal(bits(g), bits(e))
+    # statistics longer than the outputs: the reference, which refuses the shapes
+    with pytest.raises(ValueError):
+        bn.bn_forward_coeffs(np.zeros(C + 1), np.ones(C + 1), 5, None, None, 1e-3, True,
+                             np.empty(C), np.empty(C), *[np.empty(C, dtype) for _ in range(3)])
