@@ -123,10 +123,30 @@ def available_cpus():
     return min(n, quota) if quota is not None else n
 
 
-def default_num_threads():
-    """The thread count before any set_num_threads: FASTREG_NUM_THREADS, else the available CPUs
-    capped by OMP_NUM_THREADS and NUMBA_NUM_THREADS."""
+# The variables default_num_threads reads, as keys of os.environ's own dict (CPython: bytes on
+# POSIX), and the last parse of them: os.environ.get costs ~0.6 us a name here (it encodes the
+# key and decodes the value), and every parallel call asks.
+_ENV_NAMES = ("FASTREG_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+_ENV_KEYS = (tuple(os.environ.encodekey(k) for k in _ENV_NAMES)
+             if hasattr(os.environ, "encodekey") else None)
+_env_parsed = (None, None)      # (the raw values, (FASTREG_NUM_THREADS, the cap)) last parsed
+
+
+def _env_counts():
+    """(FASTREG_NUM_THREADS or None, min of OMP_NUM_THREADS and NUMBA_NUM_THREADS or None),
+    parsed again only when one of the three changed (os.environ's dict is kept up to date by
+    assignment, del, putenv through os.environ and monkeypatch.setenv)."""
+    global _env_parsed
+    data = getattr(os.environ, "_data", None)
+    if _ENV_KEYS is not None and type(data) is dict:
+        k0, k1, k2 = _ENV_KEYS
+        raw = (data.get(k0), data.get(k1), data.get(k2))
+    else:
+        raw = None
+    if raw is not None and raw == _env_parsed[0]:
+        return _env_parsed[1]
     value = os.environ.get("FASTREG_NUM_THREADS", "").strip()
+    forced = None
     if value:
         try:
             forced = int(value)
@@ -134,13 +154,21 @@ def default_num_threads():
             forced = 0
         if forced < 1:
             raise ValueError(f"FASTREG_NUM_THREADS={value!r} must be a positive integer")
+    caps = [c for c in map(_env_int, _ENV_NAMES[1:]) if c is not None]
+    counts = (forced, min(caps) if caps else None)
+    if raw is not None:
+        _env_parsed = (raw, counts)
+    return counts
+
+
+def default_num_threads():
+    """The thread count before any set_num_threads: FASTREG_NUM_THREADS, else the available CPUs
+    capped by OMP_NUM_THREADS and NUMBA_NUM_THREADS."""
+    forced, cap = _env_counts()
+    if forced is not None:
         return forced
     n = available_cpus()
-    for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        cap = _env_int(name)
-        if cap is not None:
-            n = min(n, cap)
-    return n
+    return n if cap is None else min(n, cap)
 
 
 def check_count(n, name="n"):

@@ -101,8 +101,21 @@ def test_environment_defaults(monkeypatch):
     assert fastreg.get_num_threads() == 3
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("FASTREG_NUM_THREADS", bad)
-        with pytest.raises(ValueError, match="FASTREG_NUM_THREADS"):
-            fastreg.get_num_threads()
+        for _ in range(2):  # a refused value is not remembered as parsed
+            with pytest.raises(ValueError, match="FASTREG_NUM_THREADS"):
+                fastreg.get_num_threads()
+    # the parse is kept between calls (os.environ.get costs ~0.6 us a name): every change and
+    # removal must still be seen at the next call
+    monkeypatch.delenv("FASTREG_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fastreg.get_num_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    assert fastreg.get_num_threads() == 1
+    os.environ["NUMBA_NUM_THREADS"] = "64"   # plain assignment, as a user would
+    assert fastreg.get_num_threads() == _threads.available_cpus()
+    del os.environ["NUMBA_NUM_THREADS"]
+    assert fastreg.get_num_threads() == _threads.available_cpus()
 
 
 def test_available_cpus_within_affinity():
