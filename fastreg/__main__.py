@@ -64,6 +64,10 @@ def info(args=None):
         import fastreg.c
         print(f"  OpenMP limit (c)     {fastreg.c.omp_max_threads()} "
               f"(OMP_NUM_THREADS, threadpoolctl)")
+        grains = _threads.SPIN_GRAIN if fastreg.c.SPINNING else _threads.GRAIN
+        print(f"  OpenMP team (c)      "
+              f"{'set to spin (OMP_WAIT_POLICY=active)' if fastreg.c.SPINNING else 'not set to spin'}"
+              f"; grains {', '.join(f'{k} {v}' for k, v in grains.items())}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

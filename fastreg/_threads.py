@@ -7,6 +7,10 @@ Policy (PyTorch's ``at::parallel_for`` is the model):
   call at all). No thread pool is touched, so a small op never waits for a core another process
   holds.
 * Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
+* The grains are the break-even sizes with sleeping worker threads (fastreg starts OpenMP with
+  the passive wait policy). When the user asks OpenMP to spin (``openmp_spins()``:
+  ``OMP_WAIT_POLICY=active``), a region costs no wake and the C backend takes the smaller
+  ``SPIN_GRAIN``.
   Each backend also stays within its runtime's own ceiling: NUMBA_NUM_THREADS for the Numba
   backend (whose kernels run in shares on fastreg's own threads, fastreg/cpu/_jit.py) and,
   for the C backend, the OpenMP limit of the calling thread (OMP_NUM_THREADS,
@@ -61,6 +65,21 @@ GRAIN = {
     "random": 262144,       # Philox stream words
     "batchnorm": 262144,    # per pass over x
     "augment": 1048576,     # bytes of image (resampling and noise weighted 16)
+}
+
+# The C backend's grains when its OpenMP team spins (``openmp_spins()``: OMP_WAIT_POLICY=active,
+# a machine of the user's own): a region started while the team spins costs no wake, so a second
+# thread pays from much smaller work, as in torch (whose at::parallel_for grain is 32768).
+# Measured with ``OMP_WAIT_POLICY=active python bench/grain.py --backends c`` on the same VM, idle
+# (us with 1 / 2 threads): l2_grad 65536 7.1 / 5.4, 262144 38.3 / 14.4; AdamW step (weighted)
+# 65536 25.7 / 17.9, 524288 158 / 82; dropout 32768 16.0 / 11.2, 262144 110 / 60; flip and
+# bilinear rotation 2 threads from 131043 / 129792 bytes; batch-norm forward NCHW rows of 64 from
+# 8192 elements (65536: 27.3 / 20.2), (N, 256) from 131072 (65536: 21.5 / 22.1).
+SPIN_GRAIN = {
+    "elementwise": 32768,
+    "random": 16384,
+    "batchnorm": 32768,
+    "augment": 65536,
 }
 
 _default = None                 # set_num_threads() value; None: the environment's default
@@ -292,11 +311,26 @@ def passive_openmp():
         os.environ.pop("OMP_WAIT_POLICY", None)
 
 
-def plan(work, family):
+def openmp_spins(environ=None):
+    """Whether GNU OpenMP started with this environment (``os.environ`` by default) keeps its idle
+    threads spinning: ``OMP_WAIT_POLICY=active``, or ``GOMP_SPINCOUNT=infinite``. fastreg never
+    asks for it (see ``passive_openmp``); a user who does, on a machine of their own, gets the C
+    backend's ``SPIN_GRAIN``."""
+    environ = os.environ if environ is None else environ
+    policy = environ.get("OMP_WAIT_POLICY", "").strip().lower()
+    spins = environ.get("GOMP_SPINCOUNT", "").strip().lower()
+    return policy == "active" or spins in ("infinite", "infinity")
+
+
+def plan(work, family, spinning=False):
     """Threads to run ``work`` units of the op family ``family`` with: 1 means serially, on the
     calling thread, without entering a parallel region. Work below two grains is decided
-    without reading any setting (the common small call costs one comparison)."""
+    without reading any setting (the common small call costs one comparison). ``spinning``:
+    the caller's thread team spins (the C backend under ``openmp_spins()``), so the grain is at
+    most ``SPIN_GRAIN``'s."""
     grain = GRAIN[family]
+    if spinning:
+        grain = min(grain, SPIN_GRAIN[family])
     if work < 2 * grain:
         return 1
     return max(1, min(get_num_threads(), work // grain))

@@ -135,6 +135,68 @@ def test_plan():
         assert _threads.plan(100 * g, "random") == 1
 
 
+@pytest.mark.parametrize("env, spins", [
+    ({}, False), ({"OMP_WAIT_POLICY": "active"}, True), ({"OMP_WAIT_POLICY": " Active "}, True),
+    ({"OMP_WAIT_POLICY": "passive"}, False), ({"GOMP_SPINCOUNT": "infinite"}, True),
+    ({"GOMP_SPINCOUNT": "INFINITY"}, True), ({"GOMP_SPINCOUNT": "10000"}, False)])
+def test_openmp_spins(env, spins):
+    assert _threads.openmp_spins(env) is spins
+
+
+def test_plan_with_a_spinning_team(monkeypatch):
+    """A spinning team (the C backend under OMP_WAIT_POLICY=active) takes SPIN_GRAIN, which is
+    smaller; a grain shrunk below it (as tests do) still counts."""
+    for fam, g in _threads.SPIN_GRAIN.items():
+        assert g < _threads.GRAIN[fam]
+        with fastreg.threads(4):
+            assert _threads.plan(2 * g - 1, fam, True) == 1
+            assert _threads.plan(2 * g, fam, True) == 2
+            assert _threads.plan(2 * g, fam) == 1
+            assert _threads.plan(100 * g, fam, True) == 4
+        with fastreg.threads(1):
+            assert _threads.plan(100 * g, fam, True) == 1
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)
+    with fastreg.threads(2):
+        assert _threads.plan(32, "elementwise", True) == 2
+
+
+_SPINNING = r"""
+import numpy as np
+import fastreg, fastreg.c
+rng = np.random.default_rng(0)
+w = rng.standard_normal(100_000).astype(np.float32)   # above 2 SPIN_GRAIN, below 2 GRAIN
+x = rng.standard_normal((64, 256, 8)).astype(np.float32)
+before = fastreg.c.parallel_regions()
+g = fastreg.l2_grad(w, 0.25, backend="c")
+y, _ = fastreg.batch_norm(x, training=True, backend="c")
+d = fastreg.dropout(w, 0.3, seed=1, backend="c")
+regions = fastreg.c.parallel_regions() - before
+assert np.array_equal(g, fastreg.l2_grad(w, 0.25, backend="numpy"))
+assert np.array_equal(d, fastreg.dropout(w, 0.3, seed=1, backend="numpy"))
+ref, _ = fastreg.batch_norm(x, training=True, backend="numpy")
+assert np.allclose(y, ref, rtol=1e-5, atol=1e-5)
+print(fastreg.c.SPINNING, regions)
+"""
+
+
+@pytest.mark.parametrize("policy, expected", [("active", "True 3"), ("passive", "False 0"),
+                                              (None, "False 0")])
+def test_c_backend_takes_the_spin_grain_when_told_to_spin(policy, expected):
+    """With OMP_WAIT_POLICY=active (the user's choice: fastreg starts OpenMP passive) mid-size
+    ops enter a parallel region on the C backend; otherwise they run serially. Same results."""
+    if fastreg.available_backends()["c"] is not None:
+        pytest.skip("C backend unavailable")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(FASTREG_NUM_THREADS="2", OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    res = subprocess.run([sys.executable, "-c", _SPINNING], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == expected
+
+
 def test_trainer_threads_use_fastreg_threads():
     outside = fastreg.get_num_threads()
     with _trainer._thread_limits(1, "auto"):

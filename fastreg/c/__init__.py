@@ -10,6 +10,12 @@ path.
 """
 from .. import _config, _threads
 
+# GNU OpenMP reads its wait policy once, when it is loaded (by the import below, or before it by
+# torch, whose copy the module then shares): with a spinning team (the user's
+# OMP_WAIT_POLICY=active) a parallel region costs no wake, and _plan takes the smaller grains
+# that pay then.
+SPINNING = _threads.openmp_spins()
+
 try:
     with _threads.passive_openmp():  # the module links the OpenMP runtime: loaded here
         from ._fastreg_c import ffi, lib
@@ -44,7 +50,7 @@ def _plan(work, family):
     (1: the kernel runs on this thread and makes no OpenMP call); returns it. Set at every
     call: the count is per OS thread in C (csrc/dropout.c) and batch norm sets it directly, so
     a value remembered here could be stale."""
-    n = _threads.plan(work, family)
+    n = _threads.plan(work, family, SPINNING)
     lib.fr_set_threads(n)
     if n > 1:
         _threads.mark_parallel()

@@ -28,7 +28,7 @@ import numpy as np
 from .. import _arrays, _threads
 from ..reference import batchnorm as _ref
 from ..reference.batchnorm import bn_backward_coeffs
-from . import _check, _plan, ffi, lib
+from . import SPINNING, _check, _plan, ffi, lib
 
 __all__ = ["bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
            "bn_backward", "bn_forward_coeffs", "bn_running_update", "bn_backward_coeffs",
@@ -129,7 +129,8 @@ def bn_apply(x, center, scale, shift, residual, relu, out):
 
 def _threads_for(size):
     """_plan(size, "batchnorm"), with the small call (serial, no setting read) inline."""
-    if size < 2 * _GRAIN["batchnorm"]:
+    if size < 2 * _GRAIN["batchnorm"] and not (SPINNING and
+                                                size >= 2 * _threads.SPIN_GRAIN["batchnorm"]):
         _set_threads(1)
     else:
         _plan(size, "batchnorm")
