@@ -127,6 +127,20 @@ def test_target_follows_images(backend, op):
         np.testing.assert_array_equal(gathered, exp_x)
 
 
+@pytest.mark.parametrize("op", ["flip_both", "rotate", "crop_reflect", "resized_crop"])
+def test_target_of_images_without_channels(backend, op):
+    """Images with C = 0 have no values, but their pixels and their target do: the target gets
+    the same geometry as with any C (it was returned unwritten before)."""
+    n, h, w, _ = small(backend)
+    ids = np.arange(n * h * w, dtype=np.int32).reshape(n, h, w)
+    kw = dict(seed=5, epoch=1, index_offset=2, target_fill=-1)
+    fn = OPS[op][0]
+    got_x, got_t = fn(np.zeros((n, h, w, 0), np.float32), target=ids, backend=backend, **kw)
+    one_x, exp_t = fn(np.zeros((n, h, w, 1), np.float32), target=ids, backend="numpy", **kw)
+    np.testing.assert_array_equal(host(got_t), exp_t)
+    assert host(got_x).shape == one_x.shape[:3] + (0,)
+
+
 def test_noise_and_erasing_leave_target(backend):
     x = images(*small(backend), np.float32)
     t = np.ones(x.shape[:3], np.uint8)

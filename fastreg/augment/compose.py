@@ -446,7 +446,10 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
         t_out_dims = (n,) + tuple(out_hw) + (tdims[3],)
         t_shape = (n,) + tuple(out_hw) if len(tarr.shape) == 3 else shape_of(t_out_dims, tlayout)
         t_res = job.empty(t_shape, tarr.dtype) if geo else None
-    if n == 0 or math.prod(out_dims) == 0:
+    # images without values (N, H, W or C zero) still have a target to transform when they have
+    # pixels: the maps depend on the sample's size, not on its channels
+    images_empty = math.prod(out_dims) == 0
+    if images_empty and (t_res is None or t_res.size == 0):
         result = job.finish(res, out_arr)
         if target is None:
             return result
@@ -462,13 +465,15 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
         flips = _is_flip_only(mats, (h, w), out_hw)   # exact either way: the fast kernel
         border = 1 if padding_mode == "reflect" else 0
         a2 = np.ascontiguousarray(mats[:, :2, :])
-        xp, rp = planes(xc, dims, layout), planes(res, out_dims, layout)
-        if flips is not None:
+        if images_empty:
+            pass
+        elif flips is not None:
             hf, vf = (np.ascontiguousarray(per_plane(f, dims, layout)) for f in flips)
-            job.op("aug_flip")(xp, hf, vf, rp)
+            job.op("aug_flip")(planes(xc, dims, layout), hf, vf, planes(res, out_dims, layout))
         else:
-            job.op("aug_affine")(xp, np.ascontiguousarray(per_plane(a2, dims, layout)), border,
-                                 fill, interpolation == "nearest", rp)
+            job.op("aug_affine")(planes(xc, dims, layout),
+                                 np.ascontiguousarray(per_plane(a2, dims, layout)), border,
+                                 fill, interpolation == "nearest", planes(res, out_dims, layout))
         if target is not None:
             tp = planes(tc.reshape(shape_of(tdims, tlayout)), tdims, tlayout)
             trp = planes(t_res.reshape(shape_of(t_out_dims, tlayout)), t_out_dims, tlayout)
@@ -479,6 +484,8 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
                 job.op("aug_affine")(tp, np.ascontiguousarray(per_plane(a2, tdims, tlayout)),
                                      border, tfill, True, trp)
         src = res
+    if images_empty:
+        return job.finish(res, out_arr), job.finish(t_res, None)
     for k, op in other:
         op.apply(job, src, res, out_dims, layout, seed, epoch, idx, k)
         src = res
