@@ -54,13 +54,13 @@ def check_norm_type(norm_type):
     return v
 
 
-def _check_max_norm(max_norm):
+def _check_max_norm(max_norm, name="max_norm"):
     v = _arrays._scalar(max_norm)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"max_norm must be a real number >= 0, got {type(max_norm).__name__}")
+        raise TypeError(f"{name} must be a real number >= 0, got {type(max_norm).__name__}")
     v = float(v)
     if not v >= 0:
-        raise ValueError(f"max_norm must be >= 0 (inf allowed: no clipping), got {v}")
+        raise ValueError(f"{name} must be >= 0 (inf allowed: no clipping), got {v}")
     return v
 
 
@@ -324,9 +324,11 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     Parameters
     ----------
     params : array or list of arrays, float32 or float64
-        The weights (not modified).
+        The weights (not modified, unless a gradient is the same array: see grads).
     grads : array or list of arrays
-        One per parameter, of its shape, dtype and device; updated in place.
+        One per parameter, of its shape, dtype and device; updated in place. ``grads[i]`` may
+        be ``params[i]`` itself (both norms are read before any scaling, and that array is
+        then scaled), as in ``ema_update``; any other overlap is refused.
     clip_factor : float
         Largest allowed ratio of gradient norm to weight norm (> 0).
     eps : float
@@ -342,8 +344,8 @@ def adaptive_clip_grad(params, grads, clip_factor=0.01, eps=1e-3, norm_type=2.0,
     ------
     TypeError, ValueError
         Bad numbers, lists of different lengths, mismatched shapes, dtypes or devices,
-        read-only or memory-sharing gradients, a parameter overlapping a gradient. Raised
-        before any change.
+        read-only or memory-sharing gradients, a parameter overlapping a gradient (other than
+        the same array at the same index). Raised before any change.
 
     Notes
     -----

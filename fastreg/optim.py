@@ -59,7 +59,11 @@ class _Optimizer:
         if isinstance(params, np.ndarray) or _arrays.is_device(params):
             raise TypeError("params must be a sequence of arrays (e.g. a list), not a single "
                             "array")
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError("params must be a sequence of arrays (e.g. a list), got "
+                            f"{type(params).__name__}") from None
         if not params:
             raise ValueError("params is empty: the optimizer has nothing to update")
         device = _arrays.is_device(params[0])
@@ -215,7 +219,7 @@ class _Optimizer:
         self.lr = _arrays.check_nonneg(self.lr, "lr")
         self.weight_decay = _arrays.check_nonneg(self.weight_decay, "weight_decay")
         if self.max_grad_norm is not None:
-            self.max_grad_norm = _clip._check_max_norm(self.max_grad_norm)
+            self.max_grad_norm = _clip._check_max_norm(self.max_grad_norm, "max_grad_norm")
 
     def _clip_factor(self, ready):
         """This step's gradient factor: torch's clip coefficient from the float64 2-norm of all

@@ -434,12 +434,17 @@ def test_optimizer_max_grad_norm_equals_clip_then_step(backend, name, kwargs):
 def test_optimizer_max_grad_norm_checks():
     from fastreg import optim
     p = [np.ones(3)]
-    with pytest.raises(ValueError, match="max_grad_norm|max_norm"):
+    with pytest.raises(ValueError, match="max_grad_norm must be >= 0"):
         optim.AdamW(p, max_grad_norm=-1.0)
+    with pytest.raises(TypeError, match="max_grad_norm must be a real number"):
+        optim.AdamW(p, max_grad_norm="1")
+    for bad in (None, 1.5):
+        with pytest.raises(TypeError, match="params must be a sequence of arrays"):
+            optim.SGD(bad, lr=0.1)
     opt = optim.SGD(p, lr=0.1, max_grad_norm=1.0)
     assert opt.last_grad_norm is None
     opt.max_grad_norm = math.nan
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="max_grad_norm"):
         opt.step([np.ones(3)])
     np.testing.assert_array_equal(p[0], 1.0)           # nothing changed
 
