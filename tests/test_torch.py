@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch",
                             reason="torch is not installed (extra: fastreg-kernels[torch])")
 import fastreg.torch as frt  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.autograd import gradcheck  # noqa: E402
+from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
 
 F64 = torch.float64
 
@@ -105,6 +105,77 @@ def test_gradcheck_batch_norm_residual_and_no_affine(channels_last):
     r = _x((4, 3, 2, 3), channels_last=channels_last, seed=5).requires_grad_()
     assert gradcheck(lambda a, r: frt.batch_norm(a, training=True, relu=True, residual=r), (x, r))
     assert gradcheck(lambda a: frt.batch_norm(a, training=True), (_x((5, 3)).requires_grad_(),))
+
+
+# --- double backward (create_graph=True: gradient penalties, Hessian-vector products) ----------
+
+@pytest.mark.parametrize("kind", ["dropout", "channel_dropout", "drop_path", "drop_block"])
+def test_gradgradcheck_dropout(kind):
+    from fastreg.torch import dropblock
+    x = _x((2, 3, 5, 5)).requires_grad_()
+    if kind == "drop_block":
+        def f(a):
+            return dropblock.drop_block(a, 0.3, 3, seed=11, offset=5, backend="numpy")
+    else:
+        def f(a):
+            return getattr(frt, kind)(a, 0.4, seed=11, offset=5, backend="numpy")
+    assert gradgradcheck(f, (x,))
+
+
+def test_dropout_double_backward_values():
+    """d/dx of the gradient of sum(y**2) + sum(x**2), y = dropout(x): 2 m**2 + 2 per element
+    (m the mask times the scale); it was 2 before (the dropout term left out, silently)."""
+    d = frt.Dropout(0.5, seed=0)
+    x = _x((8, 3)).requires_grad_()
+    y = d(x)
+    m = (y / x).detach()
+    g, = torch.autograd.grad((y ** 2).sum() + (x ** 2).sum(), x, create_graph=True)
+    gg, = torch.autograd.grad(g.sum(), x)
+    torch.testing.assert_close(gg, 2 * m ** 2 + 2)
+    assert set(m.unique().tolist()) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradgradcheck_batch_norm(training, relu, channels_last):
+    x = _x((4, 3, 2, 3), channels_last=channels_last).requires_grad_()
+    w = (_x((3,), seed=1) + 2).requires_grad_()
+    b = _x((3,), seed=2).requires_grad_()
+    r = _x((4, 3, 2, 3), channels_last=channels_last, seed=5).requires_grad_()
+    rm, rv = _x((3,), seed=3), _x((3,), seed=4).abs() + 0.5
+
+    def f(a, w, b, r):
+        return frt.batch_norm(a, rm.clone(), rv.clone(), w, b, training=training, relu=relu,
+                              residual=r)
+    assert gradgradcheck(f, (x, w, b, r))
+    assert gradgradcheck(lambda a: frt.batch_norm(a, training=training, relu=relu,
+                                                  running_mean=rm.clone(),
+                                                  running_var=rv.clone()), (x,))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_double_backward_matches_torch(training, tbackend):
+    """A gradient penalty through BatchNorm1d: the same first and second derivatives as torch's
+    module, and with create_graph the first-order gradients equal the kernels'."""
+    x0 = _x((8, 3), seed=7)
+    results = []
+    for bn in (torch.nn.BatchNorm1d(3, dtype=F64),
+               frt.BatchNorm1d(3, dtype=F64, backend=_bn_backend(tbackend))):
+        with torch.no_grad():
+            bn.weight.copy_(_x((3,), seed=1) + 2)
+            bn.running_var.copy_(_x((3,), seed=4).abs() + 0.5)
+        bn.train(training)
+        x = x0.clone().requires_grad_()
+        loss = (bn(x) ** 3).sum() + (x ** 2).sum()
+        g, gw = torch.autograd.grad(loss, (x, bn.weight), create_graph=True)
+        gg, ggw = torch.autograd.grad((g ** 2).sum() + gw.sum(), (x, bn.weight))
+        x = x0.clone().requires_grad_()
+        plain = torch.autograd.grad((bn(x) ** 3).sum() + (x ** 2).sum(), x)[0]
+        torch.testing.assert_close(g.detach(), plain, rtol=1e-10, atol=1e-12)
+        results.append((g, gw, gg, ggw))
+    for ours, theirs in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
 
 
 # --- dropout modules: the masks of fastreg's functional ops -----------------------------------------

@@ -226,6 +226,41 @@ def _check_against_one_process(cfg, ranks):
         assert all(r["channels_last"] for r in ranks if r["y"][0].shape[0] > 1)
 
 
+DOUBLE_BACKWARD = r"""
+import sys
+import torch
+import torch.distributed as dist
+import fastreg.torch as frt
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=int(sys.argv[2]),
+                        world_size=2)
+m = frt.SyncBatchNorm(3, dtype=torch.float64)
+x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+g, = torch.autograd.grad((m(x) ** 3).sum(), x, create_graph=True)
+try:
+    torch.autograd.grad(g.square().sum(), x)
+    print("no error")
+except RuntimeError as exc:
+    print("raised", "has no second derivative" in str(exc))
+dist.destroy_process_group()
+"""
+
+
+def test_sync_batchnorm_double_backward_raises(tmp_path):
+    """The synchronized backward runs kernels and a collective, not a graph: a second
+    derivative through it raises instead of being silently wrong."""
+    procs = [subprocess.Popen([sys.executable, "-c", DOUBLE_BACKWARD, str(tmp_path / "rdv"),
+                               str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.strip() == "raised True", out + err
+
+
 def test_sync_batchnorm_without_process_group_is_plain_batchnorm():
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(3).to(F64)

@@ -11,6 +11,7 @@ import torch
 import fastreg
 from .. import _arrays
 from . import _bridge, ops
+from .functions import MaskGrad
 from .modules import _CounterDropout
 
 __all__ = ["DropBlockFunction", "DropBlock2d", "drop_block"]
@@ -30,7 +31,12 @@ class DropBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        gx = ops.drop_block_run(grad_y, *ctx.args, True, ctx.backend)
+        if torch.is_grad_enabled():  # create_graph: see functions.MaskGrad
+            args, backend = ctx.args, ctx.backend
+            gx = MaskGrad.apply(grad_y, lambda t, bw: ops.drop_block_run(t, *args, bw, backend),
+                                True)
+        else:
+            gx = ops.drop_block_run(grad_y, *ctx.args, True, ctx.backend)
         return gx, None, None, None, None, None, None
 
 

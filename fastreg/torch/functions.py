@@ -13,7 +13,7 @@ from .. import _arrays
 from ..dropout import MODES
 from . import _bridge, ops
 
-__all__ = ["DropoutFunction", "BatchNormFunction", "dropout", "channel_dropout", "drop_path",
+__all__ = ["DropoutFunction", "BatchNormFunction", "MaskGrad", "dropout", "channel_dropout", "drop_path",
            "batch_norm"]
 
 
@@ -39,8 +39,31 @@ class DropoutFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         p, training, mode, kind, backend = ctx.args
+        if torch.is_grad_enabled():  # create_graph: the gradient is itself differentiable
+            return (MaskGrad.apply(grad_y, lambda t, bw: ops.dropout_run(
+                t, ctx.seed, ctx.offset, p, training, mode, kind, bw, backend), True),
+                None, None, None, None, None, None, None)
         gx = ops.dropout_run(grad_y, ctx.seed, ctx.offset, p, training, mode, kind, True, backend)
         return gx, None, None, None, None, None, None, None
+
+
+class MaskGrad(torch.autograd.Function):
+    """``MaskGrad.apply(g, run, backward)``: ``run(g, backward)``, the backward kernel of a
+    dropout-like op, as a function autograd can differentiate (``create_graph=True``: gradient
+    penalties, double backward). Such an op multiplies by a fixed diagonal (mask and scale), so
+    the gradient of its gradient applies the same diagonal again (``run(gg, not backward)``, as
+    ``ops``' custom operators do), and the op's gradient does not depend on x."""
+
+    @staticmethod
+    def forward(ctx, g, run, backward):
+        ctx.run, ctx.direction = run, backward
+        return run(g, backward)
+
+    @staticmethod
+    def backward(ctx, gg):
+        if torch.is_grad_enabled():
+            return MaskGrad.apply(gg, ctx.run, not ctx.direction), None, None
+        return ctx.run(gg, not ctx.direction), None, None
 
 
 def _functional(x, p, seed, offset, training, mode, kind, backend):
@@ -129,7 +152,7 @@ class BatchNormFunction(torch.autograd.Function):
         y, saved = ops.bn_forward_run(x, weight, bias, residual, running_mean, running_var,
                                       num_batches_tracked, training, momentum, eps, relu,
                                       backend, host)
-        ctx.saved, ctx.backend = saved, backend
+        ctx.saved, ctx.backend, ctx.eps = saved, backend, eps
         ctx.weight_host = None if host is None else host[0]
         ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
         ctx.save_for_backward(x, weight, y if relu else None)
@@ -138,9 +161,50 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, y = ctx.saved_tensors
-        gx, gw, gb, gres = ops.bn_backward_run(grad_y, x, weight, y, ctx.saved, ctx.backend,
-                                               ctx.weight_host)
+        if torch.is_grad_enabled():  # create_graph: a gradient autograd can differentiate
+            gx, gw, gb, gres = bn_backward_graph(grad_y, x, weight, y, ctx.saved, ctx.eps)
+        else:
+            gx, gw, gb, gres = ops.bn_backward_run(grad_y, x, weight, y, ctx.saved, ctx.backend,
+                                                   ctx.weight_host)
         return (gx, gw, gb if ctx.has_bias else None, gres) + (None,) * 9
+
+
+def bn_backward_graph(grad_y, x, weight, y, saved, eps):
+    """Batch norm's backward (channel axis 1) in torch operations, for ``create_graph=True``
+    (gradient penalties, double backward, Hessian-vector products): the same formulas as
+    ``fastreg.reference.batchnorm``, written so that autograd differentiates them. In training
+    the statistics are recomputed from x, since their dependence on x is part of the second
+    derivative; in inference they are the running ones, constants. 16-bit x is computed in
+    float32, as the kernels do. Returns ``(grad_x, grad_weight or None, grad_bias,
+    grad_residual or None)``."""
+    if saved.global_count is not None:
+        raise NotImplementedError("double backward through a synchronized batch norm")
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    xf = x.float() if half else x
+    gy = grad_y.to(xf.dtype)
+    if y is not None:  # fused ReLU: no gradient where the output was clamped
+        gy = gy * (y > 0)
+    C = x.shape[1]
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, C] + [1] * (x.dim() - 2)
+    if saved.training:
+        mean = xf.mean(dims, keepdim=True)
+        invstd = torch.rsqrt((xf - mean).square().mean(dims, keepdim=True) + eps)
+    else:
+        mean = _bridge.to_tensor(saved.mean, x).to(xf.dtype).reshape(shape)
+        invstd = _bridge.to_tensor(saved.invstd, x).to(xf.dtype).reshape(shape)
+    xhat = (xf - mean) * invstd
+    gb = gy.sum(dims)
+    gw = (gy * xhat).sum(dims)
+    scale = invstd if weight is None else weight.to(xf.dtype).reshape(shape) * invstd
+    if saved.training:
+        n = x.numel() // C if C else 0
+        gx = scale * (gy - (gb.reshape(shape) + xhat * gw.reshape(shape)) / n)
+    else:
+        gx = scale * gy
+    pdtype = x.dtype if weight is None else weight.dtype
+    return (gx.to(x.dtype), None if weight is None else gw.to(pdtype), gb.to(pdtype),
+            gy.to(x.dtype) if saved.residual else None)
 
 
 def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_batches_tracked,

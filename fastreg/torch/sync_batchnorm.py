@@ -126,6 +126,15 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        grads = _SyncBatchNormFunction._backward(ctx, grad_y)
+        if torch.is_grad_enabled():  # create_graph: see _NoSecondDerivative
+            x = ctx.saved_tensors[0]
+            grads = tuple(g if g is None else _NoSecondDerivative.apply(g, grad_y, x)
+                          for g in grads)
+        return grads
+
+    @staticmethod
+    def _backward(ctx, grad_y):
         x, weight, y = ctx.saved_tensors
         if ctx.stats is None:  # an empty global batch: empty and zero gradients
             zero = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
@@ -181,6 +190,23 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             if perm is not None:  # computed in the permuted (N, ..., C) order
                 gres_t = gres_t.permute(*[perm.index(i) for i in range(len(perm))])
         return gx, gw_t, gb_t, gres_t, None, None, None, None, None, None, None
+
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """``apply(g, grad_y, x)``: g, a gradient the synchronized backward computed with kernels and
+    a collective (not a graph autograd could differentiate), tied to grad_y and x so that a
+    second derivative through it (``create_graph=True``, then a gradient penalty) raises
+    instead of leaving this layer's part out silently."""
+
+    @staticmethod
+    def forward(ctx, g, grad_y, x):
+        return g.clone()
+
+    @staticmethod
+    def backward(ctx, gg):
+        raise RuntimeError("fastreg.torch.SyncBatchNorm has no second derivative (double "
+                           "backward, gradient penalties): use fastreg.torch.BatchNorm*d, whose "
+                           "backward is differentiable, or torch's SyncBatchNorm")
 
 
 @torch.compiler.disable
