@@ -178,6 +178,19 @@ def test_batch_norm_double_backward_matches_torch(training, tbackend):
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
 
 
+def test_batch_norm_custom_op_second_derivative_raises():
+    """The operator used under torch.compile has no second derivative: it raises, never leaves
+    the layer's part out."""
+    from fastreg.torch import ops
+    x = _x((8, 3)).requires_grad_()
+    w = torch.ones(3, dtype=F64, requires_grad=True)
+    y = ops.batch_norm(x, w, None, None, None, None, None, True, 0.1, 1e-5, False, False,
+                       "auto")[0]
+    g, = torch.autograd.grad((y ** 3).sum() + (x ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="autograd"):
+        torch.autograd.grad((g ** 2).sum(), x)
+
+
 # --- dropout modules: the masks of fastreg's functional ops -----------------------------------------
 
 @pytest.mark.parametrize("cls,op", [(frt.Dropout, fastreg.dropout),
