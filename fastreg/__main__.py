@@ -97,7 +97,8 @@ def build_parser():
         "demo", help="train one MLP on the embedded digits under every regularizer and compare",
         description="Train a 64-256-256-10 MLP on a small subset of the embedded digits under "
                     "no regularization, L2 (coupled, decoupled), L1-prox, dropout (inverted, "
-                    "classic), batch norm, early stopping, augmentation and all together; print "
+                    "classic), batch norm, batch norm + dropout, early stopping, augmentation, "
+                    "label smoothing, mixup, CutMix and all together; print "
                     "a table, answer three questions with measurements, and write results.json "
                     "and one figure per question. With --distributed (under mpiexec -n N): "
                     "train two of the configurations data-parallel over MPI and print samples/s "

@@ -21,7 +21,7 @@ class FakeTrainer:
     def metric_names(self):
         return self.names
 
-    def model_state(self, rng=True):
+    def model_state(self, rng=True, ema=False):
         return {"param/w": np.array(float(self.epoch))}
 
     def load_model_state(self, state):
@@ -313,3 +313,74 @@ def test_trainer_restores_best_weights_without_firing():
     best = int(np.argmax(hist["val_accuracy"]))     # first maximum: later ties do not improve
     assert es.best_epoch == best
     np.testing.assert_array_equal(model.layers[0].weight, snapshots[best])
+
+
+def _ema_trainer(es, tmp_path=None):
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
+    model = mlp((64, 32, 10), seed=0)
+    opt = optim.AdamW(model.parameters(), lr=3e-2, weight_decay=1e-2)
+    trainer = Trainer(model, opt, callbacks=[es], seed=0, verbose=0, ema=0.9)
+    return trainer, (X[:300], labels[:300]), (X[1200:], labels[1200:])
+
+
+def test_restores_the_ema_weights_that_were_evaluated():
+    """With Trainer(ema=...) the validation metrics are measured on the averages: restoring
+    the best epoch restores them too, so evaluate() gives the best value again (before, it gave
+    the last epoch's averages). The raw weights come back too."""
+    es = EarlyStopping("val_loss", patience=100)
+    trainer, train, val = _ema_trainer(es)
+    raw = {}
+
+    class Snap(EarlyStopping.__mro__[1]):
+        def on_epoch_end(self, trainer, epoch, logs):
+            raw[epoch] = trainer.model_state(rng=False)
+
+    trainer.callbacks.append(Snap())
+    hist = trainer.fit(*train, validation=val, epochs=12, batch_size=32)
+    best = int(np.argmin(hist["val_loss"]))
+    assert es.best_epoch == best and best != 11     # this run's best is not its last epoch
+    assert trainer.evaluate(*val)["loss"] == es.best == hist["val_loss"][best]
+    for k, v in raw[best].items():
+        np.testing.assert_array_equal(trainer.model_state(rng=False)[k], v)
+
+
+def test_ema_best_weights_survive_a_checkpoint(tmp_path):
+    es = EarlyStopping("val_loss", patience=100)
+    trainer, train, val = _ema_trainer(es)
+    trainer.fit(*train, validation=val, epochs=4, batch_size=32)
+    assert any(k.startswith("ema/") for k in es.best_weights)
+    path = tmp_path / "run.npz"
+    trainer.save_checkpoint(path)
+    es2 = EarlyStopping("val_loss", patience=100)
+    trainer2, _, _ = _ema_trainer(es2)
+    trainer2.load_checkpoint(path)
+    assert es2.best_weights.keys() == es.best_weights.keys()
+    es2.on_train_end(trainer2)
+    assert trainer2.evaluate(*val)["loss"] == es.best
+    # incomplete averages in a checkpoint are refused before anything changes
+    state = trainer.state_dict()
+    state.pop("callback/0/best_weights/ema/num_updates")
+    with pytest.raises(ValueError, match="EMA entries missing"):
+        trainer2.load_state_dict(state)
+
+
+def test_load_model_state_with_averages_needs_an_ema():
+    es = EarlyStopping("val_loss", patience=100)
+    trainer, train, val = _ema_trainer(es)
+    state = trainer.model_state(rng=False, ema=True)
+    assert "ema/num_updates" in state
+    model = mlp((64, 32, 10), seed=0)
+    plain = Trainer(model, optim.AdamW(model.parameters(), lr=1e-2), verbose=0)
+    with pytest.raises(ValueError, match="keeps no EMA"):
+        plain.load_model_state(state)
+    trainer.fit(*train, validation=val, epochs=1, batch_size=32)
+    before = trainer.model_state(rng=False, ema=True)
+    bad = dict(state)          # the state before fit, without its update count
+    bad.pop("ema/num_updates")
+    with pytest.raises(ValueError, match="EMA entries missing"):
+        trainer.load_model_state(bad)
+    for k, v in before.items():    # nothing changed
+        np.testing.assert_array_equal(trainer.model_state(rng=False, ema=True)[k], v)
+    trainer.load_model_state(state)
+    assert trainer.ema.num_updates == 0

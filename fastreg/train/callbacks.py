@@ -106,7 +106,8 @@ class EarlyStopping(Callback):
     restore_best_weights : bool
         At the end of training, whether or not this callback stopped it, restore the
         parameters and buffers of the best epoch (the behaviour of Keras versions differs
-        here: some restore only when the callback fired).
+        here: some restore only when the callback fired), and the weight averages of a
+        ``Trainer(ema=...)`` (which its validation metrics were measured on).
     check_finite : bool
         Stop as soon as the metric is NaN or infinite (Lightning); the best weights are still
         restored.
@@ -261,7 +262,8 @@ class EarlyStopping(Callback):
         if self._is_improvement(current, self.best):
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
-                self.best_weights = trainer.model_state(rng=False)
+                # with the EMA's averages: they are what was evaluated (eval_with_ema)
+                self.best_weights = trainer.model_state(rng=False, ema=True)
             # the wait restarts only when the baseline is beaten too (Keras 3)
             if self.baseline is None or self._is_improvement(current, self.baseline):
                 self.wait = 0

@@ -461,13 +461,18 @@ class Trainer:
         return names
 
     # -- state ----------------------------------------------------------------------------
-    def model_state(self, rng=True):
-        """Copies of the model's parameters and buffers (and RNG positions when ``rng``).
+    def model_state(self, rng=True, ema=False):
+        """Copies of the model's parameters and buffers (and RNG positions when ``rng``, the
+        weight averages when ``ema``).
 
         Parameters
         ----------
         rng : bool
             Include the dropout seeds and offsets (``"rng/..."`` entries).
+        ema : bool
+            Include the EMA's averages and update count, when the trainer keeps an EMA
+            (``"ema/param/<name>"``, ``"ema/buffer/<name>"``, ``"ema/num_updates"``; host
+            arrays): with ``eval_with_ema`` they are the weights that were evaluated.
 
         Returns
         -------
@@ -480,7 +485,36 @@ class Trainer:
         if rng:
             out.update({f"rng/{n}": np.array(v, np.uint64)
                         for n, v in self.model.rng_state().items()})
+        if ema and self.ema is not None:
+            out.update(self._ema_entries())
         return out
+
+    def _ema_entries(self):
+        """The EMA's state as checkpoint entries (``ema/num_updates``, ``ema/<name>``)."""
+        state = self.ema.state_dict()
+        out = {"ema/num_updates": state["num_updates"]}
+        out.update({f"ema/{name}": state[str(i)] for i, (name, _) in enumerate(self._ema_named())})
+        return out
+
+    def _ema_state_of(self, entries, what):
+        """``EMA.load_state_dict``'s mapping from checkpoint entries (``ema/...``); None when
+        there are none. ValueError for entries this trainer cannot take, or an incomplete set."""
+        keys = [k for k in entries if k.startswith("ema/")]
+        if not keys:
+            return None
+        if self.ema is None:
+            raise ValueError(f"{what} has EMA entries ({keys[0]!r}, ...) but this trainer keeps "
+                             "no EMA")
+        names = ["ema/num_updates"] + [f"ema/{name}" for name, _ in self._ema_named()]
+        missing = sorted(set(names) - set(keys))
+        extra = sorted(set(keys) - set(names))
+        if missing or extra:
+            raise ValueError(f"{what}: EMA entries missing {missing}, unexpected {extra} (the "
+                             "averages are saved whole or not at all)")
+        ema = {"num_updates": entries["ema/num_updates"]}
+        ema.update({str(i): entries[f"ema/{name}"]
+                    for i, (name, _) in enumerate(self._ema_named())})
+        return ema
 
     def _check_model_state(self, state, what):
         expected = {k: (tuple(v.shape), v.dtype) for k, v in self.model_state(rng=False).items()}
@@ -513,6 +547,9 @@ class Trainer:
             Names, shapes or dtypes that do not match the model (nothing is changed then).
         """
         self._check_model_state(state, "the state")
+        ema = self._ema_state_of(state, "the state")
+        if ema is not None:   # checked whole before it changes anything: first
+            self.ema.load_state_dict({k: to_host(v) for k, v in ema.items()})
         xp = array_module(self._params[0])
         for n, p in self.model.named_parameters():
             p[...] = xp.asarray(state[f"param/{n}"])
@@ -542,10 +579,7 @@ class Trainer:
         out["trainer/stop_training"] = np.array(self.stop_training)
         out["trainer/lr"] = np.array(float(self.optimizer.lr), np.float64)
         if self.ema is not None:
-            state = self.ema.state_dict()
-            out["ema/num_updates"] = state["num_updates"]
-            out.update({f"ema/{name}": state[str(i)]
-                        for i, (name, _) in enumerate(self._ema_named())})
+            out.update(self._ema_entries())
         for k, v in self.history.items():
             out[f"history/{k}"] = np.asarray(v, np.float64)
         for i, cb in enumerate(self.callbacks):
@@ -598,6 +632,9 @@ class Trainer:
         if self.ema is not None:
             fixed["ema/num_updates"] = Spec((), "iu")
             fixed.update({f"ema/{k}": v for k, v in model.items()})
+            # a callback's snapshot of the model (EarlyStopping's best weights) holds the
+            # averages too
+            model = dict(model, **{k: v for k, v in fixed.items() if k.startswith("ema/")})
         for k in (*METRICS, "kernel_time"):
             fixed[f"history/{k}"] = Spec((None,), "f")
         free = []
@@ -711,6 +748,9 @@ class Trainer:
                     raise ValueError(f"the checkpoint has no entry "
                                      f"{prefix + 'best_weights/' + missing[0]!r} (best "
                                      "weights are saved whole or not at all)")
+                # and the averages with them, whole or not at all (older checkpoints: none)
+                self._ema_state_of({k[len("best_weights/"):]: sub[k] for k in weights},
+                                   f"checkpoint entries {prefix}best_weights/")
             try:
                 if hasattr(cb, "check_state_dict"):
                     cb.check_state_dict(sub, prefix)
