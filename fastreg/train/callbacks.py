@@ -88,7 +88,7 @@ class EarlyStopping(Callback):
         shape (squeezed, as Lightning does); a larger array raises ValueError at that epoch.
     mode : {"auto", "min", "max"}
         Direction of improvement; "auto" is "max" when the name contains "acc", else "min"
-        (Keras's rule).
+        (Keras 2's rule; Keras 3 asks the metric its direction).
     min_delta : float
         Smallest change that counts as an improvement (>= 0).
     min_delta_mode : {"abs", "rel"}
