@@ -288,11 +288,14 @@ FR_AUG_INLINE int64_t fr_reflect(int64_t i, int64_t n)
     return i >= n ? period - i : i;
 }
 
-/* index of tap i along an axis of n: reflected, or -1 outside (constant border) */
+/* index of tap i along an axis of n: reflected (border 1), clamped (2, edge), or -1 outside
+ * (0, constant border) */
 FR_AUG_INLINE int64_t fr_tap(int64_t i, int64_t n, int border)
 {
     if (border == 1)
         return fr_reflect(i, n);
+    if (border == 2)
+        return i < 0 ? 0 : (i >= n ? n - 1 : i);
     return (i >= 0 && i < n) ? i : -1;
 }
 

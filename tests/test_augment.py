@@ -63,7 +63,11 @@ OPS = {
     "crop_const": (lambda x, **k: A.random_crop(x, (4, 5), padding=2, fill=3, **k), True),
     "crop_reflect": (lambda x, **k: A.random_crop(x, (5, 7), padding=(2, 3),
                                                   padding_mode="reflect", **k), True),
+    "crop_edge": (lambda x, **k: A.random_crop(x, (5, 7), padding=(2, 3), padding_mode="edge",
+                                               **k), True),
     "resized_crop": (lambda x, **k: A.random_resized_crop(x, (6, 4), **k), False),
+    "resized_crop_up": (lambda x, **k: A.random_resized_crop(x, (13, 17), scale=(0.5, 1.0),
+                                                             **k), False),
     "noise": (lambda x, **k: A.gaussian_noise(x, (0.0, 20.0), **k), False),
     "erasing": (lambda x, **k: A.random_erasing(x, 0.8, value=17, **k), True),
     "mixup": (lambda x, **k: A.mixup(x, np.arange(x.shape[0]) % 4, 0.4, num_classes=4,
@@ -225,7 +229,7 @@ def test_rot90_and_rotate_by_quarter_turns(dtype):
     np.testing.assert_array_equal(r, np.rot90(x, 1, axes=(1, 2)))
 
 
-@pytest.mark.parametrize("mode", ["constant", "reflect"])
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
 def test_crop_definition(mode):
     x = images(20, 7, 8, 3, np.uint8)
     got = A.random_crop(x, (6, 5), padding=(2, 3), padding_mode=mode, fill=44, seed=4,
@@ -237,6 +241,48 @@ def test_crop_definition(mode):
     for i in range(20):
         t, l = prm["top"][i], prm["left"][i]
         np.testing.assert_array_equal(got[i], padded[i, t:t + 6, l:l + 5])
+
+
+def _resize_align_corners_false(img, oh, ow):
+    """torch.nn.functional.interpolate(mode="bilinear", align_corners=False) of one (H, W, C)
+    float image, written out: source coordinates clamped to the image, float64."""
+    h, w = img.shape[:2]
+    img = img.astype(np.float64)
+
+    def axis(n_out, n_in):
+        s = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = np.minimum(np.floor(s).astype(int), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), s - i0
+    y0, y1, fy = axis(oh, h)
+    x0, x1, fx = axis(ow, w)
+    fx, fy = fx[None, :, None], fy[:, None, None]
+    top = img[y0][:, x0] * (1 - fx) + img[y0][:, x1] * fx
+    bot = img[y1][:, x0] * (1 - fx) + img[y1][:, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+@pytest.mark.parametrize("size", [(30, 23), (5, 4)])
+def test_resized_crop_of_the_whole_image_is_torchvisions_resize(backend, size):
+    """A box of the whole image resized up or down: torchvision's resize (no antialiasing),
+    edge pixels repeated, no darkened border (a constant border darkened the outer rows and
+    columns of an upscale before: 200 -> 86 on a constant image)."""
+    x = images(2, 12, 12, 3, np.float32)
+    got = host(A.random_resized_crop(x, size, scale=(1, 1), ratio=(1, 1), seed=0,
+                                     backend=backend))
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _resize_align_corners_false(x[i], *size),
+                                   rtol=0, atol=1.0)   # positions in 1/256 pixel: <= 0.62
+    flat = np.full((1, 10, 10, 3), 200, np.uint8)
+    up = host(A.random_resized_crop(flat, 32, scale=(1, 1), ratio=(1, 1), seed=0,
+                                    backend=backend))
+    assert (up == 200).all()
+    # a Compose of the resized crop alone does the same; with a rotation the border is constant
+    assert A.Compose([A.RandomResizedCrop(32, (1, 1), (1, 1))]).padding_mode is None
+    np.testing.assert_array_equal(host(A.Compose([A.RandomResizedCrop(32, (1, 1), (1, 1))])(
+        flat, seed=0, backend=backend)), up)
+    rot = host(A.Compose([A.RandomResizedCrop(32, (1, 1), (1, 1)), A.RandomRotate((45, 45))])(
+        flat, seed=0, backend=backend))
+    assert rot[0, 0, 0, 0] == 0
 
 
 def test_identity_cases():

@@ -20,7 +20,8 @@ LAYOUTS = ("NHWC", "NCHW")
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32))
 TARGET_DTYPES = (np.dtype(np.uint8), np.dtype(np.int32), np.dtype(np.int64),
                  np.dtype(np.float32))
-PADDING_MODES = ("constant", "reflect")
+PADDING_MODES = ("constant", "reflect", "edge")
+_BORDERS = {"constant": 0, "reflect": 1, "edge": 2}   # the kernels' border codes
 INTERPOLATIONS = ("bilinear", "nearest")
 MAX_INDEX = 1 << 32
 
@@ -208,6 +209,7 @@ def per_plane(p, dims, layout):
 
 class _Op:
     geometric = False
+    pads = False    # reads outside the image on purpose (see run's padding_mode=None)
 
     def check(self, dims):
         """Raise for settings that do not fit images of these dims (before any work)."""
@@ -256,6 +258,7 @@ class RandomRotate(_Op):
     """Rotation about the image centre by an angle uniform in ``degrees`` (a pair, or x for
     (-x, x)), counter-clockwise as displayed, applied with probability p."""
     geometric = True
+    pads = True
     name = "rotate"
 
     def __init__(self, degrees=15.0, p=1.0):
@@ -278,6 +281,7 @@ class RandomCrop(_Op):
     def __init__(self, size, padding=0):
         self.size = _size(size, "size")
         self.padding = _nonneg_pair(padding, "padding")
+        self.pads = any(self.padding)
 
     def check(self, dims):
         h, w = dims[1] + 2 * self.padding[0], dims[2] + 2 * self.padding[1]
@@ -396,8 +400,13 @@ def _check_target(target, dims, layout):
 
 
 def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, out, backend,
-        fill=0.0, padding_mode="constant", interpolation="bilinear", indices=None):
+        fill=0.0, padding_mode=None, interpolation="bilinear", indices=None):
     """Validate everything, then run the geometric ops as one resampling and the others after.
+
+    ``padding_mode=None``: "constant" when an op reads outside the image on purpose (a
+    rotation, a crop with padding), else "edge": then the only points outside are the
+    half-pixel overhangs of interpolation (a resized crop's outer rows and columns), which take
+    the edge pixel, as torchvision's resize does (a constant border would darken them).
 
     Returns the augmented images (``out`` when given), or ``(images, target)`` when a target is
     given (a new array, resampled with the same maps by nearest neighbour; non-geometric ops do
@@ -407,6 +416,8 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
     n, h, w, c = dims
     seed, epoch, index_offset = check_keys(seed, epoch, index_offset, n)
     idx = sample_ids(indices, index_offset, n)
+    if padding_mode is None:
+        padding_mode = "constant" if any(op.pads for op in ops) else "edge"
     padding_mode = _arrays.check_choice(padding_mode, "padding_mode", PADDING_MODES)
     interpolation = _arrays.check_choice(interpolation, "interpolation", INTERPOLATIONS)
     fill = check_fill(fill, arr.dtype)
@@ -463,7 +474,7 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
             m, hw = op.matrices(seed, epoch, idx, hw, k)
             mats = mats @ m
         flips = _is_flip_only(mats, (h, w), out_hw)   # exact either way: the fast kernel
-        border = 1 if padding_mode == "reflect" else 0
+        border = _BORDERS[padding_mode]
         a2 = np.ascontiguousarray(mats[:, :2, :])
         if images_empty:
             pass
@@ -513,8 +524,11 @@ class Compose:
     fill : float
         Value outside the source image (constant padding, rotation corners); for uint8 in
         [0, 255].
-    padding_mode : {"constant", "reflect"}
+    padding_mode : {None, "constant", "reflect", "edge"}
         Border rule of the fused resampling (it applies to every geometric op of the list).
+        None: "constant" when an op reads outside the image on purpose (``RandomRotate``,
+        ``RandomCrop`` with padding), else "edge" (the half-pixel overhangs of a resized crop
+        repeat the edge pixel, as torchvision's resize; "constant" would darken them).
     interpolation : {"bilinear", "nearest"}
         Of the images (targets always use nearest neighbour).
 
@@ -527,7 +541,7 @@ class Compose:
     point (one pass, one interpolation blur).
     """
 
-    def __init__(self, ops, *, fill=0.0, padding_mode="constant", interpolation="bilinear"):
+    def __init__(self, ops, *, fill=0.0, padding_mode=None, interpolation="bilinear"):
         ops = list(ops)
         for op in ops:
             if not isinstance(op, _Op):
@@ -535,7 +549,8 @@ class Compose:
                                 f"{type(op).__name__}")
         self.ops = ops
         self.fill = _real(fill, "fill")
-        self.padding_mode = _arrays.check_choice(padding_mode, "padding_mode", PADDING_MODES)
+        self.padding_mode = (None if padding_mode is None else
+                             _arrays.check_choice(padding_mode, "padding_mode", PADDING_MODES))
         self.interpolation = _arrays.check_choice(interpolation, "interpolation",
                                                   INTERPOLATIONS)
 

@@ -191,13 +191,14 @@ def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, see
     padding : int or (int, int)
         Pixels added on each side (top/bottom, left/right) before cropping. With ``size`` equal
         to the image size this is a translation by up to ``padding`` pixels (CIFAR-style).
-    padding_mode : {"constant", "reflect"}
-        ``fill`` outside the image, or NumPy's "reflect" (edge pixel not repeated).
+    padding_mode : {"constant", "reflect", "edge"}
+        ``fill`` outside the image, NumPy's "reflect" (edge pixel not repeated) or "edge" (the
+        edge pixel repeated).
     fill : float
         Constant padding value (uint8: in [0, 255]).
     seed, epoch, index_offset, layout, target, target_fill, out, backend, indices
-        As in ``random_flip``; the target is padded with ``target_fill`` (constant) or
-        reflected.
+        As in ``random_flip``; the target is padded with ``target_fill`` (constant), reflected
+        or repeated (edge).
 
     Returns
     -------
@@ -253,7 +254,12 @@ def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.
     Notes
     -----
     Szegedy et al., "Going deeper with convolutions", CVPR 2015 (torchvision's
-    RandomResizedCrop: 10 tries, then a centre crop). No antialiasing when shrinking.
+    RandomResizedCrop: 10 tries, then a centre crop). No antialiasing when shrinking. Sample
+    points of the outer output rows and columns that fall outside the image (by up to half a
+    pixel of the source) take the edge pixel, as in torchvision; those that fall outside the
+    box but inside the image interpolate with the pixels just beyond the box, where
+    torchvision repeats the box's edge pixel (a difference in the outer rows and columns of an
+    upscaled interior box only).
     """
     return _c.run([RandomResizedCrop(size, scale, ratio)], images, seed=seed, epoch=epoch,
                   index_offset=index_offset, layout=layout, target=target,

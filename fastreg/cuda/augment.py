@@ -39,13 +39,16 @@ def quantize_device(s):
 
 @cuda.jit(device=True)
 def tap_device(i, n, border):
-    """Index into an axis of n for tap i: reflected (border 1), or -1 when outside."""
+    """Index into an axis of n for tap i: reflected (border 1), clamped (border 2, edge), or -1
+    when outside."""
     if border == 1:
         if n == 1:
             return 0
         period = 2 * (n - 1)
         i = i % period
         return period - i if i >= n else i
+    if border == 2:
+        return 0 if i < 0 else (n - 1 if i >= n else i)
     return i if 0 <= i < n else -1
 
 

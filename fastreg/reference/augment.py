@@ -31,7 +31,8 @@ with ``nearest=True``).
         pixel (column u, row v) -> source point ``sx = (a00 u + a01 v) + a02``,
         ``sy = (a10 u + a11 v) + a12`` (pixel centres at integer coordinates; float64, in this
         order of operations). border 0: constant ``fill`` (a value of x's dtype) outside the
-        image; 1: reflect (NumPy's "reflect", edge not repeated). See ``_resample``. out is not x.
+        image; 1: reflect (NumPy's "reflect", edge not repeated); 2: edge (the nearest pixel of
+        the image: NumPy's and torchvision's "edge"). See ``_resample``. out is not x.
     aug_noise(x, key, first, stds, out)
         x, out (N, L): value j of row n gets ``stds[n] * z`` with z the normal of stream word
         ``((first + n) << 32) + j`` under ``key`` (see ``normals``); uint8 results are clipped
@@ -520,6 +521,8 @@ def _taps(img, iy, ix, border, fill):
     h, w = img.shape[:2]
     if border == 1:
         return img[reflect_index(iy, h), reflect_index(ix, w)]
+    if border == 2:   # edge: the nearest pixel of the image
+        return img[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]
     inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
     v = img[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]
     return np.where(inside[..., None], v, np.asarray(fill, img.dtype))
