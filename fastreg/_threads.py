@@ -246,8 +246,7 @@ def set_num_threads(n):
     return previous
 
 
-@contextlib.contextmanager
-def threads(n):
+class threads:
     """Run the block with at most ``n`` threads per fastreg op, in this Python thread only.
 
     Parameters
@@ -258,15 +257,25 @@ def threads(n):
     Returns
     -------
     context manager
-        Restores the previous setting on exit, also on an exception; nests.
+        Restores the previous setting on exit, also on an exception; nests. (A class: a
+        generator's ``finally``, skipped by a KeyboardInterrupt between two nested ``with``
+        lines, ran later, at garbage collection, over the outer restore. As with any Python
+        context manager, an interrupt delivered just as ``__exit__`` starts can still skip it.)
     """
-    n = _check_count(n)
-    previous = getattr(_local, "override", None)
-    _local.override = n
-    try:
-        yield n
-    finally:
-        _local.override = previous
+
+    __slots__ = ("n", "previous")
+
+    def __init__(self, n):
+        self.n = _check_count(n)
+
+    def __enter__(self):
+        self.previous = getattr(_local, "override", None)
+        _local.override = self.n
+        return self.n
+
+    def __exit__(self, *exc):
+        _local.override = self.previous
+        return False
 
 
 # --- OpenMP's wait policy -------------------------------------------------------------------------

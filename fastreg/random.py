@@ -10,6 +10,9 @@ The stream for ``seed``: word ``g`` (a 64-bit position) is word ``g & 3`` of
 runs ever reuse a counter.
 """
 import math
+import os
+import threading
+import weakref
 
 import numpy as np
 
@@ -169,6 +172,20 @@ def uniform(shape, *, seed, offset=None, dtype=np.float32, backend="auto"):
                         backend)
 
 
+# every Generator, for new locks in a fork child (one that another thread of the parent held in
+# ``take`` would stay held there; the position is one assignment, consistent either way)
+_generators = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for g in list(_generators):
+        g._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Generator:
     """A seed and a 64-bit position in its Philox stream, handing out non-overlapping ranges.
 
@@ -193,10 +210,10 @@ class Generator:
     """
 
     def __init__(self, seed, position=0):
-        import threading
         self._seed = _arrays.check_uint64(seed, "seed")
         self._position = _arrays.check_uint64(position, "position")
         self._lock = threading.Lock()
+        _generators.add(self)
 
     @property
     def seed(self):

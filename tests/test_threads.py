@@ -586,3 +586,44 @@ def test_concurrent_calls_under_workqueue_layer():
     res = _run_python(_WORKQUEUE, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split()[:2] == ["none", "0"], res.stdout
+
+
+def test_cpu_launch_lock_left_by_an_interrupt_is_freed(monkeypatch):
+    """A KeyboardInterrupt right after the launch lock was taken left it held by the calling
+    thread, and every later cpu launch ran serially; the next launch now frees it."""
+    if fastreg.available_backends()["cpu"] is not None:
+        pytest.skip("cpu backend unavailable")
+    from fastreg.cpu import _jit
+    for fam in _threads.GRAIN:
+        monkeypatch.setitem(_threads.GRAIN, fam, 16)
+    x = np.arange(4096, dtype=np.float32)
+    expected = fastreg.dropout(x, 0.3, seed=1, backend="numpy")
+    wakes = []
+    wake = _jit._shares._wake
+    monkeypatch.setattr(_jit._shares, "_wake", lambda c: (wakes.append(c), wake(c)))
+    assert _jit._shares.busy.acquire(blocking=False)    # what the interrupt left
+    with fastreg.threads(2):
+        got = fastreg.dropout(x, 0.3, seed=1, backend="cpu")
+    assert np.array_equal(got, expected)
+    assert wakes and not _jit._shares.busy._is_owned()
+
+
+_GENERATOR_FORK = r"""
+import os, signal
+import fastreg
+g = fastreg.random.Generator(5)
+g._lock.acquire()          # held by "another thread" when the process forks
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)       # a hang ends the child with SIGALRM
+    os._exit(0 if g.take(5) == 0 and g.position == 5 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_generator_usable_in_a_fork_child_whatever_its_lock():
+    res = _run_python(_GENERATOR_FORK, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"

@@ -96,7 +96,8 @@ class _Shares:
     with no workers (they do not survive ``fork``)."""
 
     def __init__(self):
-        self.busy = threading.Lock()    # held by the launch in progress
+        # held by the launch in progress; an RLock for its _is_owned() (see run_steps)
+        self.busy = threading.RLock()
         self.mutex = threading.Lock()   # guards ``step`` and the claims of its fields
         self.workers = []               # each worker's wake-up lock (held while it sleeps)
         self.step = None                # the _Step whose shares may be claimed, or None
@@ -194,14 +195,21 @@ class _Shares:
     def run_steps(self, kernel, steps, count):
         """``kernel(*args, t, count)`` for each ``args`` of ``steps`` in turn and each share
         t < count; True, or False (nothing run) when another launch holds the workers."""
-        if not self.busy.acquire(blocking=False):
-            return False
+        busy = self.busy
+        # A KeyboardInterrupt can land right after acquire() or is_owned() returned, before
+        # the next line: the lock then stays with this thread. Launches never nest (a kernel
+        # calls no Python), so a lock this thread owns here is such a leftover: freed.
+        while busy._is_owned():
+            busy.release()
         try:
+            if not busy.acquire(blocking=False):
+                return False
             for args in steps:
                 self._step(kernel, args, count)
             return True
         finally:
-            self.busy.release()
+            if busy._is_owned():
+                busy.release()
 
     def after_fork_in_child(self):
         self.__init__()
