@@ -282,7 +282,7 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
             if (DEC)                                                                            \
                 pi = pi * decay;                                                                \
             T mi = m[i] + omb1 * (gi - m[i]);                                                   \
-            T vi = beta2 * v[i] + omb2 * (gi * gi);                                             \
+            T vi = beta2 * v[i] + (omb2 * gi) * gi;                                             \
             m[i] = mi;                                                                          \
             v[i] = vi;                                                                          \
             T second = vi;                                                                      \

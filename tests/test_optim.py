@@ -333,3 +333,17 @@ def test_load_state_dict_is_checked_before_use():
             np.testing.assert_array_equal(v, good[k])
     opt.load_state_dict(dict(good, step=np.int64(1)))
     assert opt.step_count == 1
+
+
+def test_adam_second_moment_of_a_huge_gradient_as_torch(backend):
+    """v = beta2 v + ((1 - beta2) g) g, torch's addcmul order: a gradient of 1e20 (g * g
+    overflows float32 alone) gives a finite v (9.95e36) and the parameter keeps moving; with
+    (1 - beta2) (g * g), v became inf and every later step of that element was 0."""
+    p = np.array([1.0, 2.0], np.float32)
+    opt = Adam([p], lr=0.1, backend=backend)
+    for g in [np.array([1e20, -1e20], np.float32)] + [np.ones(2, np.float32)] * 5:
+        opt.step([g])
+    v = host(opt.state_dict()["exp_avg_sq.0"])
+    assert np.isfinite(v).all() and v[0] > 9e36
+    # torch.optim.Adam on the same sequence (float32): [0.6720016, 2.3279982]
+    np.testing.assert_allclose(host(p), [0.6720016, 2.3279982], rtol=1e-6)

@@ -87,7 +87,7 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
         mi = ms[i]
         mi = mi + omb1 * (gi - mi)
         ms[i] = mi
-        vi = beta2 * vs[i] + omb2 * (gi * gi)
+        vi = beta2 * vs[i] + (omb2 * gi) * gi
         vs[i] = vi
         second = vi  # the second moment in the denominator: v, or AMSGrad's running maximum
         if vms is not None:

@@ -73,7 +73,7 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
             pi = mul_rn_device(pi, decay)  # feeds the subtract below
         mi = m[i]
         mi = mi + mul_rn_device(omb1, gi - mi)
-        vi = mul_rn_device(beta2, v[i]) + mul_rn_device(omb2, gi * gi)
+        vi = mul_rn_device(beta2, v[i]) + mul_rn_device(mul_rn_device(omb2, gi), gi)
         m[i] = mi
         v[i] = vi
         second = vi

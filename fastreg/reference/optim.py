@@ -44,7 +44,8 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     g = g + wd * p                           (Adam's L2; skipped when wd == 0)
     p = p * decay                            (AdamW; skipped when decay == 1)
     m = m + omb1 * (g - m)                   (omb1 = 1 - beta1; torch's lerp)
-    v = beta2 * v + omb2 * (g * g)           (omb2 = 1 - beta2)
+    v = beta2 * v + (omb2 * g) * g           (omb2 = 1 - beta2; torch's addcmul order: a
+                                             g * g that overflows alone does not, as in torch)
     vmax = max(vmax, v)                      (AMSGrad, NaN-propagating like np.maximum:
                                               vmax if (vmax > v or vmax is NaN) else v;
                                               then vmax replaces v below)
@@ -58,7 +59,7 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     if decay != 1:
         p[...] = p * decay
     m[...] = m + omb1 * (g - m)
-    v[...] = beta2 * v + omb2 * (g * g)
+    v[...] = beta2 * v + (omb2 * g) * g
     if vmax is not None:
         np.maximum(vmax, v, out=vmax)
         second = vmax
