@@ -92,10 +92,15 @@ def total_norm_of(job, views, groups, p):
     return root(s, p)
 
 
+def _coef_dtype(dtypes):
+    """The dtype the clip coefficient is computed in: float32 when every dtype is float32."""
+    return np.float32 if dtypes and all(np.dtype(d) == np.float32 for d in dtypes) else np.float64
+
+
 def clip_coef(total, max_norm, dtypes):
     """torch's clip coefficient (module doc) as a float64 holding a value of the result dtype
     (float32 when every dtype is float32), or 1.0 when no gradient needs scaling."""
-    r = np.float32 if dtypes and all(np.dtype(d) == np.float32 for d in dtypes) else np.float64
+    r = _coef_dtype(dtypes)
     with np.errstate(all="ignore"):
         coef = r(1) / (r(total) + r(1e-6)) * r(max_norm)
     coef = float(coef)
@@ -291,10 +296,16 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     if job is None:
         return 0.0
     total = _norm_of(job, batch, p)
-    if error_if_nonfinite and not math.isfinite(total):
+    # the coefficient's dtype sees the total too: a float64 total beyond float32's range is
+    # inf there (and in torch, whose float32 norm overflows), and would zero the gradients
+    r = _coef_dtype(batch.groups)
+    with np.errstate(over="ignore"):
+        seen_finite = bool(np.isfinite(r(total)))
+    if error_if_nonfinite and not seen_finite:
+        beyond = f" (beyond {np.dtype(r).name}'s range)" if math.isfinite(total) else ""
         raise NonFiniteNormError(
-            f"the total norm of order {p} of the gradients is {total}, so they cannot be "
-            "clipped (no gradient was changed); pass error_if_nonfinite=False to scale them "
+            f"the total norm of order {p} of the gradients is {total}{beyond}, so they cannot "
+            "be clipped (no gradient was changed); pass error_if_nonfinite=False to scale them "
             "by the non-finite norm anyway, as torch does")
     _scale(job, batch, clip_coef(total, max_norm, batch.groups))
     return total

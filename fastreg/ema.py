@@ -176,7 +176,8 @@ class EMA:
 
     The averages start as copies of ``params``; ``update(params, step)`` moves them toward
     ``params`` with the decay ``ema_decay(step, ...)`` (timm ``ModelEmaV3``). Non-float arrays
-    (e.g. integer counters) are copied, not averaged.
+    (e.g. integer counters) are copied, not averaged; float16/bfloat16 arrays are refused
+    (TypeError: average float32 copies).
 
     Parameters
     ----------
@@ -212,6 +213,13 @@ class EMA:
             raise ValueError("params mixes CUDA device arrays and host arrays")
         self._device = bool(device[0])
         infos = [_arrays.describe(p, f"params[{i}]") for i, p in enumerate(params)]
+        for i, a in enumerate(infos):
+            # averages in 16 bits lose the small updates (decay 0.9999 moves less than a
+            # bfloat16 ulp), and copying them as counters would be silently wrong
+            if _arrays.is_half(a.dtype) or _arrays._looks_bfloat16(np.dtype(a.dtype)):
+                raise TypeError(f"params[{i}] is {np.dtype(a.dtype)}: keep the EMA of 16-bit "
+                                "weights in float32 (average float32 copies of them), as "
+                                "ema_update asks")
         self._job = _dispatch.job(_dispatch.resolve(
             backend, *(params if self._device else infos)), not self._device)
         self.backend = self._job.backend

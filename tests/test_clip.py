@@ -125,6 +125,25 @@ def test_clip_coefficient_is_torchs():
     assert clip_coef(math.inf, 1.0, [np.float64]) == 0.0
 
 
+def host_array(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+def test_clip_grad_norm_beyond_float32_raises_when_asked(backend):
+    """A float64 total beyond float32's range is inf for float32 gradients' coefficient (and
+    for torch's float32 norm): with error_if_nonfinite it raises, as torch does, instead of
+    scaling the gradients by 0; float64 gradients with the same values are clipped."""
+    g = [np.array([3e38, 3e38, 1.0], np.float32)]
+    before = g[0].copy()
+    with pytest.raises(NonFiniteNormError, match="beyond float32's range"):
+        fastreg.clip_grad_norm(g, 1.0, error_if_nonfinite=True, backend=backend)
+    np.testing.assert_array_equal(host_array(g[0]), before)
+    g64 = [np.array([3e38, 3e38, 1.0])]
+    total = fastreg.clip_grad_norm(g64, 1.0, error_if_nonfinite=True, backend=backend)
+    assert total == pytest.approx(math.sqrt(2) * 3e38)
+    np.testing.assert_allclose(host_array(g64[0])[:2], [0.5 ** 0.5] * 2, rtol=1e-6)
+
+
 def test_clip_grad_norm_non_finite(backend):
     g = [np.array([1.0, np.nan, 2.0], np.float32), np.array([3.0, 4.0])]
     before = [a.copy() for a in g]

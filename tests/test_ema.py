@@ -652,3 +652,14 @@ def test_model_ema_views_pickle_copy_and_release():
     del model, twin
     gc.collect()
     assert len(ema._views) == n_ema                        # only the average's own views left
+
+
+def test_ema_class_refuses_16_bit_weights():
+    """16-bit weights were copied as if they were integer counters (an EMA equal to the last
+    weights, silently); they are refused now, as ema_update refuses them."""
+    with pytest.raises(TypeError, match="float16.*float32"):
+        fastreg.EMA([np.ones(4, np.float32), np.ones(4, np.float16)], decay=0.9)
+    ema = fastreg.EMA([np.ones(4, np.float32), np.arange(3)], decay=0.9)   # counters still copied
+    ema.update([np.zeros(4, np.float32), np.arange(3) + 5])
+    np.testing.assert_allclose(ema.arrays[0], 0.9)
+    np.testing.assert_array_equal(ema.arrays[1], np.arange(3) + 5)
