@@ -1007,9 +1007,15 @@ def merge_stats(*stats):
     for nb, mb, m2b in parts[1:]:
         total = n + nb
         safe = np.maximum(total, 1).astype(np.float64)
-        delta = mb - mean
-        mean = np.where(total > 0, mean + delta * (nb / safe), mean)
-        m2 = np.where(total > 0, m2 + m2b + delta * delta * (n * (nb / safe)), m2)
+        with np.errstate(all="ignore"):   # the branches not taken below may overflow
+            delta = mb - mean
+            merged_mean = mean + delta * (nb / safe)
+            merged_m2 = m2 + m2b + delta * delta * (n * (nb / safe))
+        # a part with count 0 is ignored, whatever its mean and M2 (a NaN, or a delta whose
+        # square overflows, must not reach the other part); one after only empty parts is taken
+        # as it is
+        mean = np.where(nb == 0, mean, np.where(n == 0, mb, merged_mean))
+        m2 = np.where(nb == 0, m2, np.where(n == 0, m2b, merged_m2))
         n = total
     count = int(n) if n.ndim == 0 else n
     return count, mean, m2

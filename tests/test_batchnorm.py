@@ -484,6 +484,28 @@ def test_merge_stats_over_random_splits(seed):
     np.testing.assert_allclose(again[2], m2, rtol=1e-10)
 
 
+def test_merge_stats_ignores_empty_parts_whatever_they_hold():
+    """A count-0 part is ignored: its mean and M2 (NaN, or a mean whose distance squared
+    overflows) never reach the result, first or later in the list."""
+    a = fastreg.batch_norm_stats(np.array([[1e160], [1e160 + 1e150]]))
+    empty = fastreg.batch_norm_stats(np.zeros((0, 1)))
+    for parts in ((empty, a), (a, empty), (empty, empty, a)):
+        n, mean, m2 = fastreg.merge_stats(*parts)
+        assert n == 2 and mean[0] == a[1][0] and m2[0] == a[2][0]
+    junk = (0, np.array([np.nan, 0.1]), np.array([np.nan, 5.0]))
+    part = (3, np.array([2.0, 1e16 + 2]), np.array([2.0, 2.0]))
+    for parts in ((junk, part), (part, junk)):
+        n, mean, m2 = fastreg.merge_stats(*parts)
+        np.testing.assert_array_equal(mean, part[1])
+        np.testing.assert_array_equal(m2, part[2])
+    counts = (np.array([0, 2]), np.array([np.inf, 1.0]), np.array([np.inf, 0.5]))
+    n, mean, m2 = fastreg.merge_stats(counts, (np.array([3, 0]), np.array([4.0, np.nan]),
+                                               np.array([1.0, np.nan])))
+    np.testing.assert_array_equal(n, [3, 2])
+    np.testing.assert_array_equal(mean, [4.0, 1.0])
+    np.testing.assert_array_equal(m2, [1.0, 0.5])
+
+
 def test_merge_stats_errors():
     good = (3, np.zeros(2), np.ones(2))
     with pytest.raises(ValueError, match="at least one"):
