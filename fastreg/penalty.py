@@ -283,8 +283,8 @@ def elastic_net_grad(w, l1, l2, *, out=None, accumulate=False, backend="auto"):
 
 
 _CUDA_NOTE = "; a real GPU may fuse w * c + g in accumulate mode, 1 ulp"
-l1_grad.__doc__ = ("Gradient of the L1 penalty: ``lam * sign(w)``, with sign(0) = 0 (and the sign "
-                   "of a signed zero kept, NaN propagated).\n" + _GRAD_DOC.format(
+l1_grad.__doc__ = ("Gradient of the L1 penalty: ``lam * sign(w)``, with sign(0) = +0 (also for "
+                   "-0.0, as np.sign; NaN propagated).\n" + _GRAD_DOC.format(
                        strengths="lam : float\n        Strength, finite and >= 0.",
                        cuda=_CUDA_NOTE))
 l2_grad.__doc__ = ("Gradient of the L2 penalty ``lam * sum w**2``: ``2 * lam * w`` (PyTorch's "
