@@ -647,3 +647,46 @@ def test_bad_arguments():
         frt.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         frt.BatchNorm1d(3)(torch.ones(1, 3))
+
+
+def test_convert_keeps_shared_modules_shared():
+    """A module used twice (tied) stays one module: in two parents, and twice in one parent
+    (named_children lists it once; the second use was left unconverted). A shared batch norm
+    is not fused with a ReLU (that would untie it); a shared ReLU may be."""
+    bn = nn.BatchNorm1d(4)
+    m = nn.Module()
+    m.a = nn.Sequential(nn.Linear(4, 4), bn)
+    m.b = nn.Sequential(nn.Linear(4, 4), bn)
+    c = frt.convert(m)
+    assert c.a[1] is c.b[1] and isinstance(c.a[1], frt.BatchNorm1d)
+    assert len(list(c.parameters())) == len(list(m.parameters())) == 6
+    m2 = nn.Module()
+    m2.x = m2.y = bn
+    c2 = frt.convert(m2)
+    assert c2.x is c2.y and isinstance(c2.y, frt.BatchNorm1d)
+    d = nn.Dropout(0.5)
+    c3 = frt.convert(nn.Sequential(nn.Linear(4, 4), d, nn.Linear(4, 4), d), seed=0)
+    assert c3[1] is c3[3] and isinstance(c3[3], frt.Dropout)
+    bn2, relu = nn.BatchNorm2d(3), nn.ReLU()
+    c4 = frt.convert(nn.Sequential(nn.Sequential(bn2, nn.ReLU()),
+                                   nn.Sequential(bn2, nn.Sigmoid())))
+    assert c4[0][0] is c4[1][0] and type(c4[0][0]) is frt.BatchNorm2d
+    c5 = frt.convert(nn.Sequential(nn.Sequential(nn.BatchNorm2d(3), relu),
+                                   nn.Sequential(nn.BatchNorm2d(3), relu)))
+    assert all(type(s[0]) is frt.BatchNormReLU2d for s in c5)
+
+
+def test_optimizer_step_counts_as_an_inplace_update_of_its_parameters():
+    """torch.optim's in-place step bumps a parameter's version, so a backward through a graph
+    that saved it before the step raises; fastreg's kernels write through a view, and the
+    version is bumped for them."""
+    for cls in (frt.optim.SGD, frt.optim.Adam, frt.optim.AdamW):
+        m = nn.Linear(3, 1)
+        opt = cls(m.parameters(), lr=0.5)
+        before = m.weight._version
+        out = m(torch.randn(4, 3, requires_grad=True))
+        out.sum().backward(retain_graph=True)
+        opt.step()
+        assert m.weight._version > before
+        with pytest.raises(RuntimeError, match="inplace operation"):
+            out.sum().backward()

@@ -81,8 +81,16 @@ def _batch_norm(old, cls, backend):
     return new
 
 
-def _convert(module, seed, backend, fuse_relu, counter, prefix=""):
-    for name, child in list(module.named_children()):
+def _convert(module, seed, backend, fuse_relu, counter, memo, shared, prefix=""):
+    """Convert ``module``'s children in place. ``memo``: id of a module seen -> what it became
+    (a module used twice, tied, stays one module); ``shared``: ids of modules used more than
+    once (a batch norm among them is never fused with a ReLU, which would untie it)."""
+    for name, child in list(module._modules.items()):   # with repeats, unlike named_children
+        if child is None:
+            continue
+        if id(child) in memo:
+            setattr(module, name, memo[id(child)])
+            continue
         path = prefix + name
         new = None
         if type(child) in dict(_DROPOUTS):
@@ -99,17 +107,33 @@ def _convert(module, seed, backend, fuse_relu, counter, prefix=""):
         elif type(child) in dict(_BATCHNORMS):
             new = _batch_norm(child, dict(_BATCHNORMS)[type(child)], backend)
         else:
-            _convert(child, seed, backend, fuse_relu, counter, path + ".")
+            memo[id(child)] = child
+            _convert(child, seed, backend, fuse_relu, counter, memo, shared, path + ".")
         if new is not None:
             new.train(child.training)
+            memo[id(child)] = new
+            if id(child) in shared:
+                shared.add(id(new))
             setattr(module, name, new)
     if fuse_relu and isinstance(module, nn.Sequential):
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
             bn, relu = module._modules[a], module._modules[b]
-            if type(bn) in _FUSED and type(relu) is nn.ReLU:
+            # (a shared ReLU may go: it has no state, its other uses keep it)
+            if type(bn) in _FUSED and type(relu) is nn.ReLU and id(bn) not in shared:
                 module._modules[a] = _batch_norm(bn, _FUSED[type(bn)], bn.backend)
                 module._modules[b] = nn.Identity()
+
+
+def _uses(module, counts):
+    """How many times each module is reached from ``module`` (repeats included), by id."""
+    for child in module._modules.values():
+        if child is None:
+            continue
+        counts[id(child)] = counts.get(id(child), 0) + 1
+        if counts[id(child)] == 1:
+            _uses(child, counts)
+    return counts
 
 
 def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
@@ -174,5 +198,6 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
     if not inplace:
         model = copy.deepcopy(model)
     holder = nn.Sequential(model)  # so that a bare Dropout / BatchNorm is replaced as a child
-    _convert(holder, seed, backend, fuse_relu, [0])
+    shared = {k for k, n in _uses(holder, {}).items() if n > 1}
+    _convert(holder, seed, backend, fuse_relu, [0], {}, shared)
     return holder[0]

@@ -325,7 +325,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
         self.last_grad_norm = math.sqrt(s) if s == s else s
         return _clip.clip_coef(self.last_grad_norm, max_norm, dtypes)
 
-    @torch.no_grad()
+    @torch.compiler.disable   # run eagerly inside a compiled training step (one graph break,
+    @torch.no_grad()          # no tracing into the kernels' Python and its recompiles)
     def step(self, closure=None):
         """One update of every parameter that has a gradient.
 
@@ -381,6 +382,10 @@ class _FastregOptimizer(torch.optim.Optimizer):
                 _half.store(job, p32, kind, pv)
             else:
                 self._update(group, p, pv, gv, state, group["decay_mask"][j], job)
+            # the kernels wrote through a view torch does not see: count it as torch's in-place
+            # update does, so that a backward through a graph that saved p before this step
+            # raises ("modified by an inplace operation") instead of using the new values
+            torch.autograd.graph.increment_version(p)
         return loss
 
     def _gradient_factor(self, group):
