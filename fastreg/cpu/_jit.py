@@ -98,6 +98,7 @@ class _Shares:
     def __init__(self):
         # held by the launch in progress; an RLock for its _is_owned() (see run_steps)
         self.busy = threading.RLock()
+        self.local = threading.local()  # .active: this thread runs a launch
         self.mutex = threading.Lock()   # guards ``step`` and the claims of its fields
         self.workers = []               # each worker's wake-up lock (held while it sleeps)
         self.step = None                # the _Step whose shares may be claimed, or None
@@ -195,19 +196,23 @@ class _Shares:
     def run_steps(self, kernel, steps, count):
         """``kernel(*args, t, count)`` for each ``args`` of ``steps`` in turn and each share
         t < count; True, or False (nothing run) when another launch holds the workers."""
-        busy = self.busy
-        # A KeyboardInterrupt can land right after acquire() or is_owned() returned, before
-        # the next line: the lock then stays with this thread. Launches never nest (a kernel
-        # calls no Python), so a lock this thread owns here is such a leftover: freed.
-        while busy._is_owned():
-            busy.release()
+        busy, local = self.busy, self.local
+        if getattr(local, "active", False):
+            return False   # a launch from a share of this thread's launch: run it serially
         try:
+            local.active = True
+            # A KeyboardInterrupt can land right after acquire() or _is_owned() returned,
+            # before the next line: the lock then stayed with this thread. It has no launch
+            # running (checked above), so a lock it owns here is such a leftover: freed.
+            while busy._is_owned():
+                busy.release()
             if not busy.acquire(blocking=False):
                 return False
             for args in steps:
                 self._step(kernel, args, count)
             return True
         finally:
+            local.active = False
             if busy._is_owned():
                 busy.release()
 
