@@ -248,9 +248,10 @@ dist.destroy_process_group()
 def test_sync_batchnorm_double_backward_raises(tmp_path):
     """The synchronized backward runs kernels and a collective, not a graph: a second
     derivative through it raises instead of being silently wrong."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, "-c", DOUBLE_BACKWARD, str(tmp_path / "rdv"),
                                str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for rank in range(2)]
+                              text=True, env=env) for rank in range(2)]
     try:
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     finally:
