@@ -419,3 +419,36 @@ def test_a_callback_that_refuses_its_state_is_rolled_back(tmp_path):
     _assert_same(before, _snapshot(t))
     t.load_state_dict({**state, "callback/1/count": np.array(7)})
     assert t.callbacks[1].count == 7 and t.epoch == 1
+
+
+def test_load_checkpoint_then_fit_resumes_the_callbacks(tmp_path):
+    """fit() calls every callback's on_train_begin, which resets ReduceLROnPlateau and
+    EarlyStopping: a state loaded before fit (load_checkpoint) lost their counters there, and
+    the run diverged from the uninterrupted one. It now resumes as fit(resume=True) does."""
+    from fastreg.train.callbacks import ReduceLROnPlateau
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    val = (rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 3, 32))
+
+    def make():
+        m = mlp((5, 16, 3), seed=0)
+        return Trainer(m, optim.Adam(m.parameters(), lr=0.05), verbose=0,
+                       callbacks=[ReduceLROnPlateau("val_loss", patience=2, factor=0.5),
+                                  EarlyStopping("val_loss", patience=50,
+                                                restore_best_weights=False)])
+
+    whole = make()
+    expected = whole.fit(X, y, validation=val, epochs=12, batch_size=16)
+    first = make()
+    first.fit(X, y, validation=val, epochs=6, batch_size=16)
+    first.save_checkpoint(tmp_path / "half.npz")
+    assert first.callbacks[0].num_bad_epochs > 0       # a state worth keeping
+    again = make()
+    again.load_checkpoint(tmp_path / "half.npz")
+    got = again.fit(X, y, validation=val, epochs=12, batch_size=16)
+    assert got["val_loss"] == expected["val_loss"]
+    assert again.optimizer.lr == whole.optimizer.lr
+    assert again.callbacks[1].best == whole.callbacks[1].best
+    # a second fit of the same trainer starts its callbacks afresh, as before
+    third = again.fit(X, y, validation=val, epochs=13, batch_size=16)
+    assert len(third["val_loss"]) == 13 and again.callbacks[0].num_bad_epochs <= 1

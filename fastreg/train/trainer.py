@@ -245,6 +245,10 @@ class Trainer:
                 layer.seed = _derive_seed(self.seed, i)
         self.epoch = 0                     # epochs completed
         self.stop_training = False
+        # callback states and stop flag of a state loaded outside fit (load_checkpoint,
+        # load_state_dict): the next fit puts them back after on_train_begin, which resets
+        # callbacks, so that loading then fitting resumes as fit(resume=True) does
+        self._loaded_callbacks = None
         self.history = {k: [] for k in METRICS}
         self._has_validation = False
         self._bufs = {}
@@ -790,6 +794,8 @@ class Trainer:
         self.model.set_rng_state(plan["rng"])
         self.epoch, self.seed, self.stop_training = plan["epoch"], plan["seed"], plan["stop"]
         self.history = {k: list(v) for k, v in plan["history"].items()}
+        self._loaded_callbacks = ([(cb, cb.state_dict()) for cb, _ in plan["callbacks"]],
+                                  plan["stop"])
 
     def save_checkpoint(self, path):
         """Write ``state_dict()`` to ``path`` (``.npz``) atomically.
@@ -810,7 +816,9 @@ class Trainer:
                                "writing the checkpoint")
 
     def load_checkpoint(self, path):
-        """Restore a checkpoint written by ``save_checkpoint`` (checked before any change).
+        """Restore a checkpoint written by ``save_checkpoint`` (checked before any change). A
+        ``fit`` after it continues the run as ``fit(checkpoint=path, resume=True)`` does: the
+        callbacks' states loaded here are put back after their ``on_train_begin``.
 
         Parameters
         ----------
@@ -1053,11 +1061,16 @@ class Trainer:
             # rank 0 checks the folder and reads the file; the others get (None, None)
             checkpoint, plan = self._root_call(lambda: read_checkpoint(checkpoint),
                                                "opening the checkpoint") or (checkpoint, None)
+        loaded, self._loaded_callbacks = self._loaded_callbacks, None
         for cb in self.callbacks:
             cb.on_train_begin(self)
         if self.comm is None or self.is_root:
             if plan is not None:
                 self._apply_state(plan)
+            elif loaded is not None:   # a state loaded before this fit: its callbacks resume
+                for cb, sub in loaded[0]:
+                    cb.load_state_dict(sub)
+                self.stop_training = loaded[1]
             else:
                 self.stop_training = False
         if self.comm is not None:
@@ -1067,6 +1080,7 @@ class Trainer:
             if not self.is_root:
                 self.load_state_dict(from_root)
             del from_root
+        self._loaded_callbacks = None   # what this fit loaded is in use now
         quiet = []   # non-root ranks: callbacks print nothing (restored after fit)
         if not self.is_root:
             quiet = [cb for cb in self.callbacks if getattr(cb, "verbose", False)]
