@@ -458,9 +458,12 @@ def _question1(results, seeds_used):
     l2_shrinks = all(c[k]["weight_l2_norm"] < c["none"]["weight_l2_norm"]
                      for k in ("L2 coupled", "L2 decoupled"))
     l2_zero = max(c["L2 coupled"]["zero_fraction"], c["L2 decoupled"]["zero_fraction"])
+    counts = [seeds_used[k] for k in ("l1 prox", "l2 coupled", "l2 decoupled (AdamW)", "none")]
+    over = (f"mean of {counts[0]} seed(s)" if len(set(counts)) == 1 else
+            "means of {} / {} / {} / {} seeds, same order".format(*counts))
     text = (
         f"1. Why L1 gives sparse weights and L2 does not. Weights exactly 0 after training "
-        f"(mean of {seeds_used['l1 prox']} seed(s)): L1-prox "
+        f"({over}): L1-prox "
         f"{_pct(c['L1-prox']['zero_fraction'])}, "
         f"L2 coupled {_pct(c['L2 coupled']['zero_fraction'])}, L2 decoupled "
         f"{_pct(c['L2 decoupled']['zero_fraction'])}, none {_pct(c['none']['zero_fraction'])}; "
@@ -568,8 +571,9 @@ def _question3(results):
             f"{m['batch norm']:.3f}, both {m['batch norm + dropout']:.3f}. ")
     if n < 2:
         ev["answer"] = head + ("One seed supports no claim: the seed-to-seed spread is unknown, "
-                               "so no difference here can be told from noise. Run without "
-                               f"--quick ({Q3_SEEDS} seeds) to compare.")
+                               "so no difference here can be told from noise. Run with "
+                               f"more seeds (the default, without --quick: {Q3_SEEDS}) to "
+                               "compare.")
         return ev
 
     def verdict(label, better, worse):
@@ -893,6 +897,18 @@ def _run_distributed(args, comm, rank, size):
     return 0
 
 
+def _positive(text):
+    """argparse type: an int >= 1 (0 or a negative count was silently replaced by the default,
+    or crashed a worker)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def add_arguments(parser):
     """The demo's command-line options, added to ``parser``.
 
@@ -910,15 +926,15 @@ def add_arguments(parser):
     parser.add_argument("--out", default="fastreg-demo",
                         help="folder for results.json and the three figures (default "
                              "./fastreg-demo/)")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=_positive, default=None,
                         help=f"epochs per run (default {EPOCHS}, --quick {EPOCHS_QUICK})")
     parser.add_argument("--seed", type=int, default=0,
                         help="first seed (data split, initialization, dropout, shuffling)")
-    parser.add_argument("--seeds", type=int, default=None,
+    parser.add_argument("--seeds", type=_positive, default=None,
                         help=f"seeds per configuration (default {Q3_SEEDS} for the four that "
                              f"question 3 compares, {SEEDS} for the others; --quick "
                              f"{SEEDS_QUICK})")
-    parser.add_argument("--jobs", type=int, default=None,
+    parser.add_argument("--jobs", type=_positive, default=None,
                         help="worker processes (default: the CPUs this process may use, at "
                              "most 8; 1 runs everything in this process); results do not "
                              "depend on it")
