@@ -13,8 +13,8 @@ from .. import _arrays
 from ..dropout import MODES
 from . import _bridge, ops
 
-__all__ = ["DropoutFunction", "BatchNormFunction", "MaskGrad", "dropout", "channel_dropout", "drop_path",
-           "batch_norm"]
+__all__ = ["DropoutFunction", "BatchNormFunction", "MaskGrad", "dropout", "channel_dropout",
+           "drop_path", "batch_norm"]
 
 
 class DropoutFunction(torch.autograd.Function):
