@@ -26,6 +26,7 @@ import numpy as np
 
 import fastreg
 from fastreg import _registry
+from fastreg._cli import positive_int
 from . import bandwidth, cases, load, small, torch_peer
 from .cases import size_id
 
@@ -107,23 +108,13 @@ def add_arguments(parser):
                              "those rows and always ended after them: mixed (default; short "
                              "Numba parallel regions, NumPy work and sleeps, like a test suite "
                              "running beside) or spin (busy loops)")
-    parser.add_argument("--load-procs", type=_positive_int, metavar="N",
+    parser.add_argument("--load-procs", type=positive_int, metavar="N",
                         help="processes of the --load (default: the CPUs this process may use)")
     parser.add_argument("--pin", action="store_true",
                         help="also time the small ops with every thread of this process pinned "
                              f"to one CPU and {small.PIN_THREADS} threads (a container given "
                              "fewer cores than it sees; as taskset)")
     return parser
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def set_threads(threads):

@@ -41,6 +41,7 @@ import numpy as np
 
 import fastreg
 from fastreg import _registry, _threads, optim
+from fastreg._cli import positive_int
 
 from . import augment as _augment
 from .callbacks import Callback, EarlyStopping
@@ -897,18 +898,6 @@ def _run_distributed(args, comm, rank, size):
     return 0
 
 
-def _positive(text):
-    """argparse type: an int >= 1 (0 or a negative count was silently replaced by the default,
-    or crashed a worker)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
-    return n
-
-
 def add_arguments(parser):
     """The demo's command-line options, added to ``parser``.
 
@@ -926,15 +915,15 @@ def add_arguments(parser):
     parser.add_argument("--out", default="fastreg-demo",
                         help="folder for results.json and the three figures (default "
                              "./fastreg-demo/)")
-    parser.add_argument("--epochs", type=_positive, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"epochs per run (default {EPOCHS}, --quick {EPOCHS_QUICK})")
     parser.add_argument("--seed", type=int, default=0,
                         help="first seed (data split, initialization, dropout, shuffling)")
-    parser.add_argument("--seeds", type=_positive, default=None,
+    parser.add_argument("--seeds", type=positive_int, default=None,
                         help=f"seeds per configuration (default {Q3_SEEDS} for the four that "
                              f"question 3 compares, {SEEDS} for the others; --quick "
                              f"{SEEDS_QUICK})")
-    parser.add_argument("--jobs", type=_positive, default=None,
+    parser.add_argument("--jobs", type=positive_int, default=None,
                         help="worker processes (default: the CPUs this process may use, at "
                              "most 8; 1 runs everything in this process); results do not "
                              "depend on it")
