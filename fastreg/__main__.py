@@ -64,10 +64,11 @@ def info(args=None):
         import fastreg.c
         print(f"  OpenMP limit (c)     {fastreg.c.omp_max_threads()} "
               f"(OMP_NUM_THREADS, threadpoolctl)")
-        grains = _threads.SPIN_GRAIN if fastreg.c.SPINNING else _threads.GRAIN
+        spins = fastreg.c.SPINNING
+        grains = ", ".join(f"{k} {_threads.grain(k, spins)}" for k in _threads.GRAIN)
         print(f"  OpenMP team (c)      "
-              f"{'set to spin (OMP_WAIT_POLICY=active)' if fastreg.c.SPINNING else 'not set to spin'}"
-              f"; grains {', '.join(f'{k} {v}' for k, v in grains.items())}")
+              f"{'set to spin (OMP_WAIT_POLICY=active)' if spins else 'not set to spin'}"
+              f"; grains {grains}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

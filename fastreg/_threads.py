@@ -331,18 +331,22 @@ def openmp_spins(environ=None):
     return policy == "active" or spins in ("infinite", "infinity")
 
 
+def grain(family, spinning=False):
+    """The grain of op family ``family``: ``GRAIN``'s (read at each call: tests shrink it), at
+    most ``SPIN_GRAIN``'s when the caller's thread team spins (``spinning``: the C backend under
+    ``openmp_spins()``)."""
+    g = GRAIN[family]
+    return min(g, SPIN_GRAIN[family]) if spinning else g
+
+
 def plan(work, family, spinning=False):
     """Threads to run ``work`` units of the op family ``family`` with: 1 means serially, on the
-    calling thread, without entering a parallel region. Work below two grains is decided
-    without reading any setting (the common small call costs one comparison). ``spinning``:
-    the caller's thread team spins (the C backend under ``openmp_spins()``), so the grain is at
-    most ``SPIN_GRAIN``'s."""
-    grain = GRAIN[family]
-    if spinning:
-        grain = min(grain, SPIN_GRAIN[family])
-    if work < 2 * grain:
+    calling thread, without entering a parallel region. Work below two grains (``grain``) is
+    decided without reading any setting (the common small call costs one comparison)."""
+    grain_ = grain(family, spinning)
+    if work < 2 * grain_:
         return 1
-    return max(1, min(get_num_threads(), work // grain))
+    return max(1, min(get_num_threads(), work // grain_))
 
 
 def mark_parallel():

@@ -44,7 +44,6 @@ _HALF = frozenset(dt for dt in _SUF if dt.itemsize == 2)
 bn_half = lib is not None  # the big-array ops take 16-bit x (fastreg.batchnorm asks)
 _BIG_OPS = ("bn_stats", "bn_apply", "bn_forward_train", "bn_backward_reduce", "bn_backward_apply",
             "bn_backward", "bn_forward_train_running")
-_GRAIN = _threads.GRAIN  # read at each call (tests shrink it)
 if lib is not None:
     _NULL = ffi.NULL
     _buf = ffi.from_buffer
@@ -129,8 +128,7 @@ def bn_apply(x, center, scale, shift, residual, relu, out):
 
 def _threads_for(size):
     """_plan(size, "batchnorm"), with the small call (serial, no setting read) inline."""
-    if size < 2 * _GRAIN["batchnorm"] and not (SPINNING and
-                                                size >= 2 * _threads.SPIN_GRAIN["batchnorm"]):
+    if size < 2 * _threads.grain("batchnorm", SPINNING):
         _set_threads(1)
     else:
         _plan(size, "batchnorm")
