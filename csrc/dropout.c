@@ -23,6 +23,7 @@
 #endif
 
 #include "fastreg.h"
+#include "fr_pool.h"
 #include "fr_threads.h"
 #include "half.h"
 #include "philox.h"
@@ -106,21 +107,32 @@ int fr_omp_max_threads(void)
  * fr_set_threads): thread-local, so two Python threads calling kernels at once do not see each
  * other's setting.  1 (the default) runs every kernel serially without touching OpenMP. */
 static _Thread_local int fr_tls_threads = 1;
+/* the same while the pool's workers spin (fr_set_pool_threads; csrc/pool.c) */
+static _Thread_local int fr_tls_hot_threads = 1;
 static int64_t g_parallel_regions = 0;
 
 int fr_set_threads(int n)
 {
     if (n < 1)
         return FR_ERR_SIZE;
+    fr_tls_threads = fr_tls_hot_threads = n;
+    return FR_OK;
+}
+
+int fr_set_pool_threads(int n, int n_hot)
+{
+    if (n < 1 || n_hot < 1)
+        return FR_ERR_SIZE;
     fr_tls_threads = n;
+    fr_tls_hot_threads = n_hot;
     return FR_OK;
 }
 
 int fr_get_threads(void) { return fr_tls_threads; }
 
-int fr_region_threads(int64_t items)
+/* n threads for `items` work items, capped (see fr_region_threads) */
+static int fr_cap_threads(int n, int64_t items)
 {
-    int n = fr_tls_threads;
     if (n <= 1 || items <= 1)
         return 1;
 #ifdef _OPENMP
@@ -138,6 +150,19 @@ int fr_region_threads(int64_t items)
     if (n > 1)
         __atomic_fetch_add(&g_parallel_regions, 1, __ATOMIC_RELAXED);
     return n;
+}
+
+int fr_region_threads(int64_t items) { return fr_cap_threads(fr_tls_threads, items); }
+
+int fr_pool_region_threads(int64_t items)
+{
+    /* the hot count applies while the workers spin (a job then costs no wake), or in a burst
+     * of calls (fr_pool_burst: waking them pays for the calls that follow); read the pool's
+     * state only when the counts differ */
+    int n = fr_tls_threads;
+    if (fr_tls_hot_threads != n && fr_pool_burst())
+        n = fr_tls_hot_threads;
+    return fr_cap_threads(n, items);
 }
 
 int64_t fr_parallel_regions(void) { return __atomic_load_n(&g_parallel_regions, __ATOMIC_RELAXED); }

@@ -1,5 +1,6 @@
-/* Shared machinery of the elementwise kernels (penalty.c, optim.c): the OpenMP tile driver,
- * the run-time choice between portable and AVX2 element loops, and streaming stores.
+/* Shared machinery of the elementwise kernels (penalty.c, optim.c): the tile driver (on
+ * fastreg's pool, csrc/pool.c), the run-time choice between portable and AVX2 element loops,
+ * and streaming stores.
  *
  * An op defines its element loop once, as an always_inline function of its arguments struct
  * (with its branches as compile-time constant parameters), and wraps it twice with
@@ -20,6 +21,7 @@
 #endif
 
 #include "fastreg.h"
+#include "fr_pool.h"
 #include "fr_threads.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -66,12 +68,9 @@
 FR_DEFINE_EW_HELPERS(f32, float, uint32_t)
 FR_DEFINE_EW_HELPERS(f64, double, uint64_t)
 
-/* Tiles of this many output bytes are the unit OpenMP hands out; every tile but the first
+/* Tiles of this many output bytes are the tasks of a job (fr_ew_run); every tile but the first
  * starts on a 64-byte boundary of the output, so no cache line is written by two threads. */
 #define FR_EW_TILE_BYTES ((size_t)64 << 10)
-/* Used by batch norm (csrc/batchnorm.c) only: below this many elements it works alone.  The
- * other kernels take their thread count from fr_region_threads (fastreg._threads.plan). */
-#define FR_EW_PAR_MIN ((size_t)32768)
 /* Streaming stores go through a per-thread buffer of this many bytes (stays in L1). */
 #define FR_EW_BLOCK_BYTES ((size_t)4096)
 /* An output at least this large, and not read by the op, is written with streaming stores in
@@ -193,16 +192,6 @@ static inline size_t fr_ew_head(const void *out, size_t itemsize, size_t n)
     return h < n ? h : n;
 }
 
-/* Used by batch norm (csrc/batchnorm.c) only. */
-static inline int fr_ew_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 /* Tile t of fr_ew_run (tile 0 up to out's first 64-byte boundary, then tiles of `tile`). */
 static inline void fr_ew_tile(fr_ew_fn fn, void (*copy)(void *, const void *, size_t),
                               const void *args, unsigned char *o, size_t itemsize, size_t n,
@@ -224,60 +213,64 @@ static inline void fr_ew_tile(fr_ew_fn fn, void (*copy)(void *, const void *, si
     }
 }
 
+/* One job of fr_ew_run: task t is tile t. */
+typedef struct {
+    fr_ew_fn fn;
+    void (*copy)(void *, const void *, size_t);
+    const void *args;
+    unsigned char *o;
+    size_t itemsize, n, head, tile;
+    int stream;
+} fr_ew_job;
+
+static void fr_ew_task(void *ctx, size_t t)
+{
+    const fr_ew_job *j = (const fr_ew_job *)ctx;
+    _Alignas(64) unsigned char buf[FR_EW_BLOCK_BYTES];
+    fr_ew_tile(j->fn, j->copy, j->args, j->o, j->itemsize, j->n, j->head, j->tile, j->stream, t,
+               buf);
+#ifdef FR_EW_X86
+    if (j->stream)
+        _mm_sfence();  /* order this task's streaming stores before the job ends */
+#endif
+}
+
 /* Runs fn over elements [0, n): tile 0 up to out's first 64-byte boundary, then tiles of
- * FR_EW_TILE_BYTES of output, one contiguous run of tiles per thread; on the calling thread
- * alone (no OpenMP call) when fr_region_threads says 1.  out: the op's single output (NULL
- * for ops whose loop writes its arrays itself; stream must then be 0).  stream: results go
- * through an L1 buffer and reach out with streaming stores. */
+ * FR_EW_TILE_BYTES of output; on fastreg's pool (csrc/pool.c: each thread a contiguous run of
+ * tiles, and a late thread's run is taken by the others), or on the calling thread alone when
+ * fr_pool_region_threads says 1.  out: the op's single output (NULL for ops whose loop writes
+ * its arrays itself; stream must then be 0).  stream: results go through an L1 buffer and reach
+ * out with streaming stores. */
 static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, size_t itemsize,
                              size_t n, int stream)
 {
     if (n == 0)
         return;
-    fr_ew_fn fn = fr_ew_pick(kernel);
-    void (*copy)(void *, const void *, size_t) = fr_ew_stream_copy;
+    fr_ew_job job = {fr_ew_pick(kernel), fr_ew_stream_copy, args, (unsigned char *)out,
+                     itemsize, n, fr_ew_head(out, itemsize, n), FR_EW_TILE_BYTES / itemsize,
+                     stream};
 #ifdef FR_EW_X86
-    if (fn == kernel.avx2)
-        copy = fr_ew_stream_copy_avx2;
+    if (job.fn == kernel.avx2)
+        job.copy = fr_ew_stream_copy_avx2;
 #endif
-    size_t head = fr_ew_head(out, itemsize, n);
-    size_t tile = FR_EW_TILE_BYTES / itemsize;
-    size_t ntiles = 1 + (n - head + tile - 1) / tile;
-    unsigned char *o = (unsigned char *)out;
+    size_t ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
     /* work items: tiles, or, below one tile per thread, the elements (plan() has decided that
      * they are worth the threads; a thread then takes a run of whole 64-byte lines) */
-    int nt = fr_region_threads((int64_t)(ntiles > 1 ? ntiles : n / (64 / itemsize)));
-    if (nt <= 1) {
-        _Alignas(64) unsigned char buf[FR_EW_BLOCK_BYTES];
-        for (size_t t = 0; t < ntiles; t++)
-            fr_ew_tile(fn, copy, args, o, itemsize, n, head, tile, stream, t, buf);
-#ifdef FR_EW_X86
-        if (stream)
-            _mm_sfence();
-#endif
-        return;
+    int nt = fr_pool_region_threads((int64_t)(ntiles > 1 ? ntiles : n / (64 / itemsize)));
+    if (nt > 1 && ntiles < 2 * (size_t)nt) {
+        /* fewer than 2 tiles per thread: tiles of a 1 / (2 nt) share, whole lines, so that a
+         * thread that comes late leaves half as much to the others */
+        size_t line = 64 / itemsize, parts = 2 * (size_t)nt;
+        job.tile = ((n - job.head + parts - 1) / parts + line - 1) / line * line;
+        ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
     }
-    if (ntiles < (size_t)nt) {
-        /* fewer tiles than threads: tiles of a 1 / nt share, rounded up to whole lines */
+    if (nt > 1 && ntiles > FR_POOL_MAX_TASKS) {  /* over 64 GiB of output: larger tiles */
         size_t line = 64 / itemsize;
-        tile = ((n - head + nt - 1) / nt + line - 1) / line * line;
-        ntiles = 1 + (n - head + tile - 1) / tile;
+        job.tile = ((n - job.head + FR_POOL_MAX_TASKS - 2) / (FR_POOL_MAX_TASKS - 1) + line - 1)
+                   / line * line;
+        ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
     }
-#pragma omp parallel num_threads(nt)
-    {
-        _Alignas(64) unsigned char buf[FR_EW_BLOCK_BYTES];
-        /* static: one contiguous run per thread, and nowait: a single barrier, at the end of
-         * the parallel region.  Measured on a shared 2-core machine (SGD step, 2^24 float32,
-         * beside other processes): median 8 ms, as torch's fused step, against 13-16 ms with
-         * schedule(guided) and its two barriers; equal on an idle machine. */
-#pragma omp for schedule(static) nowait
-        for (size_t t = 0; t < ntiles; t++)
-            fr_ew_tile(fn, copy, args, o, itemsize, n, head, tile, stream, t, buf);
-#ifdef FR_EW_X86
-        if (stream)
-            _mm_sfence();  /* order this thread's streaming stores before the join */
-#endif
-    }
+    fr_pool_run(nt, fr_ew_task, &job, ntiles);
 }
 
 #endif /* FASTREG_ELEMENTWISE_H */

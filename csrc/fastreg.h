@@ -44,6 +44,16 @@ int fr_region_threads(int64_t items);
 /* Parallel regions entered so far by the kernels above (for tests: which path ran). */
 int64_t fr_parallel_regions(void);
 
+/* fastreg's own pool (csrc/pool.c), which runs the elementwise kernels (penalties, prox steps,
+ * optimizer steps).  fr_set_pool_threads(n, n_hot): the calling thread's counts for the next
+ * kernel when the pool's workers sleep (n; as fr_set_threads) and when they spin (n_hot).
+ * fr_pool_set_spin_ns: how long a worker spins after a job before it sleeps (< 0: forever).
+ * fr_pool_stats: out[0], out[1] the jobs run so far with the workers asleep / spinning at the
+ * start; out[2], out[3] the back-offs (csrc/pool.c) after a preempted worker / missed jobs. */
+int fr_set_pool_threads(int n, int n_hot);
+int fr_pool_set_spin_ns(int64_t ns);
+void fr_pool_stats(int64_t *out);
+
 /* ctr (n, 4), key (n, 2), out (n, 4), uint32 */
 int fr_philox4x32(const uint32_t *ctr, const uint32_t *key, uint32_t *out, int64_t n);
 

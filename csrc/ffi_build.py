@@ -23,8 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MODULE = "fastreg.c._fastreg_c"
 SOURCES = ["dropout.c", "penalty.c", "optim.c", "batchnorm.c", "augment.c", "augment_color.c",
-           "dropblock.c", "multi_tensor.c", "loss.c"]
-HEADERS = ["fastreg.h", "fr_threads.h", "philox.h", "elementwise.h", "half.h"]
+           "dropblock.c", "multi_tensor.c", "loss.c", "pool.c"]
+HEADERS = ["fastreg.h", "fr_threads.h", "philox.h", "elementwise.h", "half.h", "fr_pool.h"]
 
 
 def _flag(name):

@@ -69,6 +69,11 @@ def info(args=None):
         print(f"  OpenMP team (c)      "
               f"{'set to spin (OMP_WAIT_POLICY=active)' if spins else 'not set to spin'}"
               f"; grains {grains}")
+        us = fastreg.c.pool_spin_us()
+        spin = "forever" if us < 0 else ("never" if us == 0 else f"{us:g} us after a job")
+        print(f"  fastreg pool (c)     elementwise kernels; its threads spin {spin} "
+              f"(FASTREG_SPIN_US); grain while they spin "
+              f"{_threads.grain('elementwise', fastreg.c._pool_spins)}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

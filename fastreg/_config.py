@@ -5,6 +5,8 @@ FASTREG_NUM_THREADS  threads per op on the host backends (read by fastreg._threa
                      honours OMP_NUM_THREADS, NUMBA_NUM_THREADS and the CPU affinity).
 FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
 FASTREG_C_NO_AVX2    1: the C backend uses its portable kernels even where the CPU has AVX2.
+FASTREG_SPIN_US      microseconds the C backend's own pool threads spin after a job before they
+                     sleep (default 50; 0: never spin; "infinite": never sleep).
 FASTREG_MPI_TIMEOUT  seconds an MPI collective may wait (fastreg.distributed; "none" = forever).
 FASTREG_NO_C         (install time, read by setup.py) build without the C extension.
 FASTREG_NATIVE       (install time, read by csrc/ffi_build.py) compile the C extension with -march=native.
@@ -34,6 +36,24 @@ def cuda_threads_per_block():
 def c_force_portable():
     """FASTREG_C_NO_AVX2=1: the C backend's portable kernels only."""
     return os.environ.get("FASTREG_C_NO_AVX2", "") not in ("", "0")
+
+
+def spin_us(default):
+    """FASTREG_SPIN_US as a number of microseconds >= 0 (``default`` when unset), or -1 for
+    "infinite"."""
+    value = os.environ.get("FASTREG_SPIN_US", "").strip().lower()
+    if not value:
+        return default
+    if value in ("infinite", "infinity", "inf"):
+        return -1
+    try:
+        us = float(value)
+    except ValueError:
+        us = math.nan
+    if not (math.isfinite(us) and us >= 0):
+        raise ValueError(f"FASTREG_SPIN_US={value!r} must be a number of microseconds >= 0 "
+                         "or 'infinite'")
+    return us
 
 
 def mpi_timeout():

@@ -82,8 +82,22 @@ SPIN_GRAIN = {
     "augment": 65536,
 }
 
+# How long the C backend's own pool threads (csrc/pool.c: they run its elementwise kernels, i.e.
+# penalties, prox steps and optimizer steps) spin after a job before they sleep, in us
+# (FASTREG_SPIN_US overrides; -1: forever, as when the user asks OpenMP to spin). While they
+# spin a job costs no wake and the C backend takes SPIN_GRAIN for those kernels; asleep, GRAIN.
+# Calls that follow each other (an optimizer step over a model's parameters, a loop of ops)
+# find them spinning; a call after a pause of a torch forward pass finds them asleep.
+POOL_SPIN_US = 50
+
 _default = None                 # set_num_threads() value; None: the environment's default
-_local = threading.local()      # .override: the innermost ``threads(n)`` of this Python thread
+class _Local(threading.local):
+    # the innermost ``threads(n)`` of this Python thread; a class attribute, so that reading it
+    # in a thread that never set it costs a lookup, not a caught AttributeError (0.35 us)
+    override = None
+
+
+_local = _Local()
 _parallel_used = False          # a parallel region has run in this process
 _forked_after_parallel = False  # this process is a fork child of one that had run one
 
@@ -135,11 +149,11 @@ def available_cpus():
     """CPUs this process may run on: its affinity mask (``taskset``, container CPU sets; the CPU
     count where there is none), capped by a cgroup CPU quota (``docker --cpus``)."""
     try:
-        n = max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         n = max(1, os.cpu_count() or 1)
-    quota = _cgroup_cpu_limit()
-    return min(n, quota) if quota is not None else n
+    quota = _cgroup_cache[0] if _cgroup_cache is not None else _cgroup_cpu_limit()
+    return n if quota is None or quota >= n else quota
 
 
 # The variables default_num_threads reads, as keys of os.environ's own dict (CPython: bytes on
@@ -187,7 +201,7 @@ def default_num_threads():
     if forced is not None:
         return forced
     n = available_cpus()
-    return n if cap is None else min(n, cap)
+    return n if cap is None or cap >= n else cap
 
 
 def check_count(n, name="n"):
@@ -220,7 +234,7 @@ def get_num_threads():
     """
     if _forked_after_parallel:
         return 1
-    n = getattr(_local, "override", None)
+    n = _local.override
     if n is None:
         n = _default if _default is not None else default_num_threads()
     return n
@@ -269,7 +283,7 @@ class threads:
         self.n = _check_count(n)
 
     def __enter__(self):
-        self.previous = getattr(_local, "override", None)
+        self.previous = _local.override
         _local.override = self.n
         return self.n
 

@@ -418,10 +418,14 @@ def test_c_elementwise_splits_short_arrays_into_lines(n, stream_stores, monkeypa
                                       bits(expected[-2 if op == "penalty_grad" else -1]))
 
 
-def test_default_grain_keeps_small_ops_serial(host):
+def test_default_grain_keeps_small_ops_serial(host, monkeypatch):
     """The issue's small ops (dropout on 64x128, l2_grad on 1e5, an AdamW step on 1e5) never
     reach a parallel region with the shipped GRAIN, even with threads to spare; a large one
-    does."""
+    does. (On the C backend, with its pool's threads asleep: while they spin, the elementwise
+    kernels take SPIN_GRAIN, tests/test_pool.py.)"""
+    if host == "c":
+        import fastreg.c as fc
+        monkeypatch.setattr(fc, "_pool_spins", False)
     count = _path_counter(host)
     x = _f(np.float32, 64 * 128).reshape(64, 128)
     w = _f(np.float32, 100_000)

@@ -49,12 +49,54 @@ def _plan(work, family):
     """Set the calling thread's thread count for the next kernel from ``fastreg._threads.plan``
     (1: the kernel runs on this thread and makes no OpenMP call); returns it. Set at every
     call: the count is per OS thread in C (csrc/dropout.c) and batch norm sets it directly, so
-    a value remembered here could be stale."""
+    a value remembered here could be stale. The "elementwise" family also gets the count for
+    fastreg's pool while its threads spin (``SPIN_GRAIN``: csrc/pool.c, used by the kernels
+    that run on it)."""
     n = _threads.plan(work, family, SPINNING)
-    lib.fr_set_threads(n)
+    if family == "elementwise":
+        hot = _threads.plan(work, family, _pool_spins)
+        lib.fr_set_pool_threads(n, hot)
+        n = max(n, hot)
+    else:
+        lib.fr_set_threads(n)
     if n > 1:
         _threads.mark_parallel()
     return n
+
+
+_pool_spins = False     # whether the pool's threads spin after a job (set_pool_spin)
+
+
+def set_pool_spin(us):
+    """Microseconds fastreg's pool threads (csrc/pool.c) spin after a job before they sleep:
+    a number >= 0 (0: they sleep at once, and every kernel keeps ``GRAIN``), or -1 to never
+    sleep. Returns the previous value. The default is ``FASTREG_SPIN_US``, else
+    ``fastreg._threads.POOL_SPIN_US``, else forever when OpenMP was asked to spin
+    (``OMP_WAIT_POLICY=active``)."""
+    global _pool_spins, _pool_spin_us
+    us = float(us)
+    if not (us >= 0 or us == -1):
+        raise ValueError(f"us must be >= 0 or -1 (forever), got {us}")
+    previous, _pool_spin_us = _pool_spin_us, us
+    _pool_spins = us != 0
+    _check(lib.fr_pool_set_spin_ns(-1 if us < 0 else int(us * 1000)), "fr_pool_set_spin_ns")
+    return previous
+
+
+def pool_spin_us():
+    """The microseconds fastreg's pool threads spin after a job (-1: forever); see
+    ``set_pool_spin``."""
+    return _pool_spin_us
+
+
+def pool_stats():
+    """Counts since the start, for tests and ``fastreg info``: {"cold", "hot"}: jobs run on
+    fastreg's pool that found its threads asleep / spinning; {"preempted", "missed"}: times it
+    backed off (csrc/pool.c) after a spinning thread lost its CPU / after jobs in which no
+    other thread got to a task."""
+    out = ffi.new("int64_t[4]")
+    lib.fr_pool_stats(out)
+    return dict(zip(("cold", "hot", "preempted", "missed"), map(int, out)))
 
 
 def parallel_regions():
@@ -103,6 +145,9 @@ def set_stream_stores(mode):
 
 if lib is not None and _config.c_force_portable():
     set_isa("portable")
+_pool_spin_us = None
+if lib is not None:
+    set_pool_spin(_config.spin_us(-1 if SPINNING else _threads.POOL_SPIN_US))
 
 from .philox import philox4x32, random_bits, uniform  # noqa: E402
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  # noqa: E402

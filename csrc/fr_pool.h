@@ -1,0 +1,34 @@
+/* fastreg's own thread pool (csrc/pool.c), for the elementwise kernels (fr_ew_run). */
+#ifndef FASTREG_FR_POOL_H
+#define FASTREG_FR_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The most tasks a job may have (fr_pool_run runs a larger one serially). */
+#define FR_POOL_MAX_TASKS ((size_t)0xFFFFF)
+
+/* Runs task t of a job (0 <= t < ntasks); tasks write disjoint memory. */
+typedef void (*fr_task_fn)(void *ctx, size_t t);
+
+/* Runs fn(ctx, t) for every t in [0, ntasks) on up to nt threads (the caller is one) and returns
+ * when all have run; serially on the calling thread for nt < 2, or while another thread's job
+ * holds the pool. */
+void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks);
+
+/* Whether the pool's workers are spinning now (a job would cost no wake). */
+int fr_pool_hot(void);
+
+/* Whether a job of the hot size is worth the threads now: the workers spin, or the previous
+ * call that asked (this one) came less than FR_POOL_BURST_NS ago, so that the wake (13-15 us
+ * of futex syscall for the caller on this project's VMs) pays for the calls that follow; and
+ * the pool is not backing off (csrc/pool.c: the cores were found oversubscribed). */
+int fr_pool_burst(void);
+#define FR_POOL_BURST_NS 200000
+
+/* Threads for a job of `items` work items (csrc/dropout.c): the calling thread's hot count
+ * (fr_set_pool_threads) while the pool is hot, else its count (fr_set_threads), capped as
+ * fr_region_threads caps it. */
+int fr_pool_region_threads(int64_t items);
+
+#endif /* FASTREG_FR_POOL_H */

@@ -1,0 +1,253 @@
+"""fastreg's own thread pool for the C backend's elementwise kernels (csrc/pool.c).
+
+What it must do: give the reference's bits whoever runs a task (serially, on a cold or hot
+pool, with late or missing workers), take the hot grain only while its threads spin, run
+serially for a Python thread that finds it busy, and work again in a forked child.
+"""
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastreg
+from fastreg import _config, _registry, _threads
+
+from conftest import bits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(fastreg.available_backends()["c"] is not None,
+                                reason="C backend unavailable")
+
+
+@pytest.fixture
+def fc():
+    import fastreg.c as fc
+    return fc
+
+
+@pytest.fixture
+def spin(fc):
+    """set_pool_spin(us) for the test, restored after it."""
+    previous = []
+
+    def set_(us):
+        previous.append(fc.set_pool_spin(us))
+    yield set_
+    if previous:
+        fc.set_pool_spin(previous[0])
+
+
+def _w(n, dtype=np.float32, seed=0):
+    return np.random.default_rng(seed).standard_normal(n).astype(dtype)
+
+
+def _heat(fc):
+    """Run jobs until one finds the workers spinning (set_pool_spin(-1): they stay so; a worker
+    woken from an earlier sleep takes a moment to run). Calls in a row: only a burst wakes
+    sleeping workers, and a back-off (csrc/pool.c) passes."""
+    w, out = _w(4096), np.empty(4096, np.float32)
+    deadline = time.monotonic() + 60
+    with fastreg.threads(2):
+        while time.monotonic() < deadline:
+            before = fc.pool_stats()["hot"]
+            _registry.get("penalty_grad", "c")(w, np.float32(0), np.float32(1), out, False)
+            if fc.pool_stats()["hot"] > before:
+                return
+    raise AssertionError("the pool's workers never came to spin")
+
+
+def _cases(n, dtype):
+    """(op, make args, index of the output) for the kernels that run on the pool."""
+    w, g = _w(n, dtype, 1), _w(n, dtype, 2)
+    t = dtype
+    return [
+        ("penalty_grad", lambda: (w, t(0.1), t(0.2), np.empty_like(w), False), 3),
+        ("penalty_grad", lambda: (w, t(0.1), t(0.2), g.copy(), True), 3),
+        ("soft_threshold", lambda: (w, t(0.3), t(1), np.empty_like(w)), 3),
+        ("sgd_step", lambda: (w.copy(), g, np.zeros_like(w), t(0.1), t(0.01), t(0), t(0.9),
+                              t(1), True, False, t(0)), 0),
+        ("adam_step", lambda: (w.copy(), g, np.full_like(w, 0.01), np.full_like(w, 0.02), None,
+                               t(0), t(0.99), t(0.1), t(0.999), t(0.001), t(1e-8), t(0.01),
+                               t(0.5)), 0),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [5, 100, 4099, 70_001])
+@pytest.mark.parametrize("mode", ["cold", "hot"])
+def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
+    """Cold (workers asleep: the grain for sleeping threads, shrunk) and hot (workers that never
+    sleep: the spin grain, shrunk) jobs of every elementwise kernel: the reference's bits, and
+    the pool's counters say which path ran."""
+    if mode == "cold":
+        spin(0)
+        monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    else:
+        spin(-1)
+        monkeypatch.setitem(_threads.SPIN_GRAIN, "elementwise", 1)
+        _heat(fc)
+    for op, make, out in _cases(n, dtype):
+        args = make()
+        before = fc.pool_stats()
+        with fastreg.threads(2):
+            _registry.get(op, "c")(*args)
+        after = fc.pool_stats()
+        expected = make()
+        _registry.get(op, "numpy")(*expected)
+        np.testing.assert_array_equal(bits(args[out]), bits(expected[out]), err_msg=op)
+        ran = after[mode] - before[mode]
+        if n >= 100:  # 5 elements are one 64-byte line: nothing to split
+            assert ran == 1, (op, before, after)
+
+
+def test_streamed_outputs_on_the_pool(fc, spin, monkeypatch):
+    """Streaming stores from several threads (each task fences its own): the reference's bits."""
+    spin(-1)
+    monkeypatch.setitem(_threads.SPIN_GRAIN, "elementwise", 1)
+    _heat(fc)
+    previous = fc.set_stream_stores("always")
+    try:
+        for n in (4099, 300_001):
+            w = _w(n)
+            out = np.empty(n + 3, np.float32)[3:]   # not 64-byte aligned: a head tile
+            with fastreg.threads(2):
+                _registry.get("penalty_grad", "c")(w, np.float32(0.1), np.float32(0.2), out,
+                                                   False)
+            expected = np.empty_like(w)
+            _registry.get("penalty_grad", "numpy")(w, np.float32(0.1), np.float32(0.2),
+                                                   expected, False)
+            np.testing.assert_array_equal(bits(out), bits(expected))
+    finally:
+        fc.set_stream_stores(previous)
+
+
+def test_sleeping_workers_keep_mid_size_calls_serial(fc, spin):
+    """With the default grains and workers that sleep at once, an l2_grad on 1e5 never starts a
+    job; with workers that spin, calls in a row do (the first may find them asleep)."""
+    w = _w(100_000)
+    spin(0)
+    with fastreg.threads(2):
+        before = fc.pool_stats()
+        for _ in range(5):
+            fastreg.l2_grad(w, 1e-4, backend="c")
+        assert fc.pool_stats() == before
+    spin(-1)
+    with fastreg.threads(2):
+        for _ in range(5):
+            got = fastreg.l2_grad(w, 1e-4, backend="c")
+        after = fc.pool_stats()
+    assert after["hot"] + after["cold"] > before["hot"] + before["cold"]
+    np.testing.assert_array_equal(got, fastreg.l2_grad(w, 1e-4, backend="numpy"))
+
+
+def test_one_thread_never_uses_the_pool(fc, spin, monkeypatch):
+    spin(-1)
+    monkeypatch.setitem(_threads.SPIN_GRAIN, "elementwise", 1)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    w = _w(70_001)
+    before = fc.pool_stats()
+    with fastreg.threads(1):
+        fastreg.l2_grad(w, 0.5, backend="c")
+    assert fc.pool_stats() == before
+
+
+def test_python_threads_share_the_pool(fc, spin, monkeypatch):
+    """Calls from several Python threads at once: one holds the pool, the others run serially
+    meanwhile; every result is right."""
+    spin(-1)
+    monkeypatch.setitem(_threads.SPIN_GRAIN, "elementwise", 1)
+    errors = []
+
+    def work(seed):
+        try:
+            w = _w(50_000 + seed, seed=seed)
+            expected = fastreg.l2_grad(w, 0.3, backend="numpy")
+            with fastreg.threads(2):
+                for _ in range(50):
+                    got = fastreg.l2_grad(w, 0.3, backend="c")
+                    if not np.array_equal(bits(got), bits(expected)):
+                        errors.append(seed)
+                        return
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+_FORK = r"""
+import os, sys
+import numpy as np
+import fastreg, fastreg.c as fc
+import fastreg.c.penalty as fcp
+from fastreg import _registry
+from fastreg.c import lib
+fc.set_pool_spin(float(sys.argv[1]))
+w = np.random.default_rng(0).standard_normal(300_000).astype(np.float32)
+expected = np.empty_like(w)
+_registry.get("penalty_grad", "numpy")(w, np.float32(0), np.float32(0.5), expected, False)
+
+def run():
+    out = np.empty_like(w)
+    # the pool path itself, whatever fastreg's Python side would plan in a fork child
+    kernel = _registry.get("penalty_grad", "c")
+    orig = fcp._plan
+    fcp._plan = lambda work, family: lib.fr_set_pool_threads(2, 2)
+    try:
+        kernel(w, np.float32(0), np.float32(0.5), out, False)
+    finally:
+        fcp._plan = orig
+    return np.array_equal(out, expected)
+
+assert run() and run()
+assert fc.pool_stats()["cold"] + fc.pool_stats()["hot"] >= 1
+pid = os.fork()
+if pid == 0:
+    ok = run() and run() and fastreg.l2_grad(w, 0.25, backend="c").tobytes() == expected.tobytes()
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize("spin_us", ["0", "-1"])
+def test_pool_works_in_a_fork_child(spin_us):
+    """A child forked after the pool ran (its workers asleep or spinning) runs pool jobs: its
+    first job starts new workers."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    res = subprocess.run([sys.executable, "-c", _FORK, spin_us], capture_output=True, text=True,
+                         cwd=ROOT, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("value, expected", [("", 50), ("0", 0), ("12.5", 12.5),
+                                             ("infinite", -1), ("INF", -1)])
+def test_spin_setting(monkeypatch, value, expected):
+    monkeypatch.setenv("FASTREG_SPIN_US", value)
+    assert _config.spin_us(50) == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_bad_spin_setting_is_refused(monkeypatch, value):
+    monkeypatch.setenv("FASTREG_SPIN_US", value)
+    with pytest.raises(ValueError, match="FASTREG_SPIN_US"):
+        _config.spin_us(50)
+
+
+@pytest.mark.parametrize("bad", [-2, -0.5, float("nan")])
+def test_set_pool_spin_refuses_bad_values(fc, bad):
+    with pytest.raises(ValueError, match="us must be"):
+        fc.set_pool_spin(bad)
