@@ -35,11 +35,11 @@ export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
 # -p no:cacheprovider: nothing written next to the sources; --capture=sys: a sanitizer report
 # (written to fd 2) is shown, not swallowed by pytest's fd capture when the process dies
 "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys tests/test_c_backend.py \
-    tests/test_c_penalty_optim.py
+    tests/test_c_penalty_optim.py tests/test_pool.py
 
 # Tests elsewhere that run the "c" backend (parametrized ids such as [c] or [c-float32]).
 others=$(find tests -name 'test_*.py' ! -name test_c_backend.py ! -name test_c_penalty_optim.py \
-    | sort)
+    ! -name test_pool.py | sort)
 if [ -n "$others" ]; then
     set +e
     "$PYTHON" -m pytest -q -p no:cacheprovider --capture=sys $others -k "[c] or [c- or -c- or -c]"

@@ -260,12 +260,33 @@ static inline void fr_tile(const fr_job *job, size_t n, size_t head, size_t tile
         fn(job, lo, hi, buf);
 }
 
+/* One job of fr_run_tiles on fastreg's pool: task k runs tiles [k per, (k + 1) per). */
+typedef struct {
+    const fr_job *job;
+    size_t n, head, tile, ntiles, per;
+    fr_tile_fn fn;
+} fr_tiles_ctx;
+
+static void fr_tiles_task(void *ctx, size_t k)
+{
+    const fr_tiles_ctx *c = (const fr_tiles_ctx *)ctx;
+    _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
+    size_t t1 = (k + 1) * c->per < c->ntiles ? (k + 1) * c->per : c->ntiles;
+    for (size_t t = k * c->per; t < t1; t++)
+        fr_tile(c->job, c->n, c->head, c->tile, c->fn, t, buf);
+    if (c->job->stream)
+        fr_sfence();  /* order this task's streaming stores before the job ends */
+}
+
 /* Runs fn over tile 0 = [0, head) and tiles of `tile` elements after it: on the calling thread
- * when fr_region_threads says 1 (no OpenMP call), else in one parallel region. */
+ * when fr_pool_region_threads says 1, else as one job of fastreg's pool (csrc/pool.c: a
+ * contiguous run of tiles per thread, and the runs of threads that come late are taken by the
+ * others; measured on a shared machine, OpenMP's schedule(guided) was as fast as static idle
+ * and faster busy, for the same reason). */
 static void fr_run_tiles(const fr_job *job, size_t n, size_t head, size_t tile, fr_tile_fn fn)
 {
     size_t ntiles = 1 + (n - head + tile - 1) / tile;
-    int nt = fr_region_threads((int64_t)ntiles);
+    int nt = fr_pool_region_threads((int64_t)ntiles);
     if (nt <= 1) {
         _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
         for (size_t t = 0; t < ntiles; t++)
@@ -274,18 +295,10 @@ static void fr_run_tiles(const fr_job *job, size_t n, size_t head, size_t tile, 
             fr_sfence();
         return;
     }
-#pragma omp parallel num_threads(nt)
-    {
-        _Alignas(64) uint32_t buf[FR_TILE + FR_TILE_PAD];
-        /* guided: long contiguous runs first (prefetch-friendly), then short ones that let a
-         * thread pick up the work of one the OS has preempted (measured: as fast as static on
-         * an idle machine, faster on a busy one) */
-#pragma omp for schedule(guided, 4)
-        for (size_t t = 0; t < ntiles; t++)
-            fr_tile(job, n, head, tile, fn, t, buf);
-        if (job->stream)
-            fr_sfence();  /* order this thread's streaming stores before the join */
-    }
+    fr_tiles_ctx c = {job, n, head, tile, ntiles, 1, fn};
+    if (ntiles > FR_POOL_MAX_TASKS)   /* over 8 GiB of words: several tiles per task */
+        c.per = (ntiles + FR_POOL_MAX_TASKS - 1) / FR_POOL_MAX_TASKS;
+    fr_pool_run(nt, fr_tiles_task, &c, (ntiles + c.per - 1) / c.per);
 }
 
 static void fr_job_init(fr_job *job, uint64_t seed, uint64_t offset, size_t n)

@@ -127,6 +127,8 @@ static int64_t fr_now_ns(void)
  * Called by workers and by callers: the races between them only change a length. */
 static void fr_back_off(int64_t now, int why)
 {
+    if (LOAD(P.spin_ns, RELAXED) < 0)
+        return;  /* told to spin forever (a machine of the user's own): no back-off either */
     int64_t len = LOAD(P.backoff_ns, RELAXED);
     STORE(P.backoff_until_ns, now + len, RELAXED);
     STORE(P.backoff_ns, len < FR_POOL_BACKOFF_MAX_NS ? 2 * len : len, RELAXED);

@@ -63,9 +63,19 @@ def _heat(fc):
 
 
 def _cases(n, dtype):
-    """(op, make args, index of the output) for the kernels that run on the pool."""
+    """(op, make args, index of the output, family) for the kernels that run on the pool."""
     w, g = _w(n, dtype, 1), _w(n, dtype, 2)
     t = dtype
+    return [(*case, "elementwise") for case in _elementwise_cases(w, g, t)] + [
+        ("dropout", lambda: (w, 7, 3, 2**31, t(2), np.empty_like(w)), 5, "random"),
+        ("dropout_mask", lambda: (7, 5, 2**30, np.empty(n, np.uint8)), 3, "random"),
+        ("dropout_mask_packed", lambda: (9, 1, 2**31, n, np.empty((n + 7) // 8, np.uint8)), 4,
+         "random"),
+        ("uniform", lambda: (11, 2, np.empty(n, dtype)), 2, "random"),
+    ]
+
+
+def _elementwise_cases(w, g, t):
     return [
         ("penalty_grad", lambda: (w, t(0.1), t(0.2), np.empty_like(w), False), 3),
         ("penalty_grad", lambda: (w, t(0.1), t(0.2), g.copy(), True), 3),
@@ -83,16 +93,16 @@ def _cases(n, dtype):
 @pytest.mark.parametrize("mode", ["cold", "hot"])
 def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
     """Cold (workers asleep: the grain for sleeping threads, shrunk) and hot (workers that never
-    sleep: the spin grain, shrunk) jobs of every elementwise kernel: the reference's bits, and
-    the pool's counters say which path ran."""
+    sleep: the spin grain, shrunk) jobs of every kernel on the pool (elementwise, and the Philox
+    stream's tiles): the reference's bits, and the pool's counters say which path ran."""
+    for fam in ("elementwise", "random"):
+        monkeypatch.setitem(_threads.GRAIN if mode == "cold" else _threads.SPIN_GRAIN, fam, 1)
     if mode == "cold":
         spin(0)
-        monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
     else:
         spin(-1)
-        monkeypatch.setitem(_threads.SPIN_GRAIN, "elementwise", 1)
         _heat(fc)
-    for op, make, out in _cases(n, dtype):
+    for op, make, out, _ in _cases(n, dtype):
         args = make()
         before = fc.pool_stats()
         with fastreg.threads(2):
@@ -100,9 +110,16 @@ def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
         after = fc.pool_stats()
         expected = make()
         _registry.get(op, "numpy")(*expected)
-        np.testing.assert_array_equal(bits(args[out]), bits(expected[out]), err_msg=op)
+        got, want = args[out], expected[out]
+        if got.dtype.kind == "f":
+            got, want = bits(got), bits(want)
+        np.testing.assert_array_equal(got, want, err_msg=op)
         ran = after[mode] - before[mode]
-        if n >= 100:  # 5 elements are one 64-byte line: nothing to split
+        # 5 elements are one 64-byte line, and a stream op's 2048-word tiles (256 bytes of a
+        # packed mask) are split only from 2 of them: nothing to split below
+        tiles = {"dropout_mask_packed": 2 * 2048 * 8}.get(op, 2 * 2048 if op in (
+            "dropout", "dropout_mask", "uniform") else 100)
+        if n >= tiles:
             assert ran == 1, (op, before, after)
 
 

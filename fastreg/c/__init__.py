@@ -49,11 +49,12 @@ def _plan(work, family):
     """Set the calling thread's thread count for the next kernel from ``fastreg._threads.plan``
     (1: the kernel runs on this thread and makes no OpenMP call); returns it. Set at every
     call: the count is per OS thread in C (csrc/dropout.c) and batch norm sets it directly, so
-    a value remembered here could be stale. The "elementwise" family also gets the count for
-    fastreg's pool while its threads spin (``SPIN_GRAIN``: csrc/pool.c, used by the kernels
-    that run on it)."""
+    a value remembered here could be stale. The families of ``_POOL_FAMILIES`` also get the
+    count for fastreg's pool while its threads spin (``SPIN_GRAIN``; csrc/pool.c), which the
+    kernels that run on the pool use (the elementwise driver, fr_ew_run, and the Philox
+    stream's tiles, fr_run_tiles)."""
     n = _threads.plan(work, family, SPINNING)
-    if family == "elementwise":
+    if family in _POOL_FAMILIES:
         hot = _threads.plan(work, family, _pool_spins)
         lib.fr_set_pool_threads(n, hot)
         n = max(n, hot)
@@ -65,12 +66,13 @@ def _plan(work, family):
 
 
 _pool_spins = False     # whether the pool's threads spin after a job (set_pool_spin)
+_POOL_FAMILIES = ("elementwise", "random")
 
 
 def set_pool_spin(us):
     """Microseconds fastreg's pool threads (csrc/pool.c) spin after a job before they sleep:
     a number >= 0 (0: they sleep at once, and every kernel keeps ``GRAIN``), or -1 to never
-    sleep. Returns the previous value. The default is ``FASTREG_SPIN_US``, else
+    sleep (and never back off: see csrc/pool.c). Returns the previous value. The default is ``FASTREG_SPIN_US``, else
     ``fastreg._threads.POOL_SPIN_US``, else forever when OpenMP was asked to spin
     (``OMP_WAIT_POLICY=active``)."""
     global _pool_spins, _pool_spin_us
