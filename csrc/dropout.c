@@ -109,6 +109,8 @@ int fr_omp_max_threads(void)
 static _Thread_local int fr_tls_threads = 1;
 /* the same while the pool's workers spin (fr_set_pool_threads; csrc/pool.c) */
 static _Thread_local int fr_tls_hot_threads = 1;
+/* the last fr_pool_region_threads of this thread asked fr_pool_burst (the counts differed) */
+static _Thread_local int fr_tls_asked = 0;
 static int64_t g_parallel_regions = 0;
 
 int fr_set_threads(int n)
@@ -160,9 +162,16 @@ int fr_pool_region_threads(int64_t items)
      * of calls (fr_pool_burst: waking them pays for the calls that follow); read the pool's
      * state only when the counts differ */
     int n = fr_tls_threads;
-    if (fr_tls_hot_threads != n && fr_pool_burst())
+    fr_tls_asked = fr_tls_hot_threads != n;
+    if (fr_tls_asked && fr_pool_burst())
         n = fr_tls_hot_threads;
     return fr_cap_threads(n, items);
+}
+
+void fr_pool_region_end(void)
+{
+    if (fr_tls_asked)
+        fr_pool_call_ended();
 }
 
 int64_t fr_parallel_regions(void) { return __atomic_load_n(&g_parallel_regions, __ATOMIC_RELAXED); }
@@ -293,12 +302,14 @@ static void fr_run_tiles(const fr_job *job, size_t n, size_t head, size_t tile, 
             fr_tile(job, n, head, tile, fn, t, buf);
         if (job->stream)
             fr_sfence();
+        fr_pool_region_end();
         return;
     }
     fr_tiles_ctx c = {job, n, head, tile, ntiles, 1, fn};
     if (ntiles > FR_POOL_MAX_TASKS)   /* over 8 GiB of words: several tiles per task */
         c.per = (ntiles + FR_POOL_MAX_TASKS - 1) / FR_POOL_MAX_TASKS;
     fr_pool_run(nt, fr_tiles_task, &c, (ntiles + c.per - 1) / c.per);
+    fr_pool_region_end();
 }
 
 static void fr_job_init(fr_job *job, uint64_t seed, uint64_t offset, size_t n)

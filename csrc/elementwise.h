@@ -254,9 +254,9 @@ static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, s
         job.copy = fr_ew_stream_copy_avx2;
 #endif
     size_t ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
-    /* work items: tiles, or, below one tile per thread, the elements (plan() has decided that
-     * they are worth the threads; a thread then takes a run of whole 64-byte lines) */
-    int nt = fr_pool_region_threads((int64_t)(ntiles > 1 ? ntiles : n / (64 / itemsize)));
+    /* work items: 64-byte lines (plan() has decided that the work is worth the threads; below
+     * 2 tiles per thread, a thread then takes runs of whole lines) */
+    int nt = fr_pool_region_threads((int64_t)(n / (64 / itemsize)));
     if (nt > 1 && ntiles < 2 * (size_t)nt) {
         /* fewer than 2 tiles per thread: tiles of a 1 / (2 nt) share, whole lines, so that a
          * thread that comes late leaves half as much to the others */
@@ -271,6 +271,7 @@ static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, s
         ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
     }
     fr_pool_run(nt, fr_ew_task, &job, ntiles);
+    fr_pool_region_end();
 }
 
 #endif /* FASTREG_ELEMENTWISE_H */

@@ -20,11 +20,16 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks);
 int fr_pool_hot(void);
 
 /* Whether a job of the hot size is worth the threads now: the workers spin, or the previous
- * call that asked (this one) came less than FR_POOL_BURST_NS ago, so that the wake (13-15 us
- * of futex syscall for the caller on this project's VMs) pays for the calls that follow; and
- * the pool is not backing off (csrc/pool.c: the cores were found oversubscribed). */
+ * call that asked ended less than FR_POOL_BURST_NS ago, so that the wake (13-15 us of futex
+ * syscall for the caller on this project's VMs) pays for the calls that follow; and the pool
+ * is not backing off (csrc/pool.c: the cores were found oversubscribed).  A call that asked
+ * says when it ends: fr_pool_call_ended (through fr_pool_region_end, csrc/dropout.c). */
 int fr_pool_burst(void);
+void fr_pool_call_ended(void);
 #define FR_POOL_BURST_NS 200000
+
+/* Ends a call that took its count from fr_pool_region_threads (csrc/dropout.c). */
+void fr_pool_region_end(void);
 
 /* Threads for a job of `items` work items (csrc/dropout.c): the calling thread's hot count
  * (fr_set_pool_threads) while the pool is hot, else its count (fr_set_threads), capped as

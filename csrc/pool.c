@@ -25,7 +25,7 @@
  * Only one job runs at a time: a call made while another Python thread's job holds the pool
  * runs serially on its own thread.  In a forked child the pool's threads do not exist: the
  * child's first job starts new ones (fastreg's Python side runs everything serially there
- * anyway).  Linux only (futex); elsewhere jobs run serially.
+ * anyway).  Linux only (futex); elsewhere jobs run as OpenMP loops, as before the pool.
  */
 #define _GNU_SOURCE
 #include <limits.h>
@@ -87,14 +87,14 @@ static struct {
     int64_t spin_ns;            /* < 0: spin forever; 0: sleep at once */
     int64_t jobs[2];            /* jobs run [cold, hot] (for tests) */
     int64_t backoffs[2];        /* back-offs [a worker was preempted, jobs missed] */
-    int64_t last_ask_ns;        /* when fr_pool_burst was last asked */
+    int64_t last_end_ns;        /* when the last call that asked fr_pool_burst ended */
     int64_t backoff_until_ns;   /* no hot jobs, and no spinning, before this time */
     int64_t backoff_ns;         /* the next back-off's length (doubles, up to the max) */
     int hits;                   /* jobs in a row that a worker took part in */
     int misses;                 /* hot jobs in a row in which no worker ran a task */
     int64_t woken_ns;           /* when sleeping workers were woken, until one runs; 0: none */
     pthread_mutex_t lock;       /* held by the caller of the running job */
-} P = {.spin_ns = 50000, .lock = PTHREAD_MUTEX_INITIALIZER, .last_ask_ns = INT64_MIN / 2,
+} P = {.spin_ns = 50000, .lock = PTHREAD_MUTEX_INITIALIZER, .last_end_ns = INT64_MIN / 2,
      .backoff_ns = FR_POOL_BACKOFF_MIN_NS};
 
 #define LOAD(x, mo) __atomic_load_n(&(x), __ATOMIC_##mo)
@@ -103,6 +103,9 @@ static struct {
 int fr_pool_set_spin_ns(int64_t ns)
 {
     STORE(P.spin_ns, ns, RELAXED);
+    /* a new setting starts without a back-off */
+    STORE(P.backoff_until_ns, 0, RELAXED);
+    STORE(P.backoff_ns, FR_POOL_BACKOFF_MIN_NS, RELAXED);
     return FR_OK;
 }
 
@@ -171,6 +174,7 @@ static void *fr_worker(void *arg)
 {
     const int id = (int)(intptr_t)arg;
     uint32_t seen = LOAD(P.gen, ACQUIRE);
+    int idle = 0;  /* not a participant of the last job: sleep at once */
     for (;;) {
         int64_t start = fr_now_ns(), prev = start;
         uint32_t g;
@@ -179,7 +183,7 @@ static void *fr_worker(void *arg)
             fr_relax();
             if ((++k & 31) != 0)
                 continue;
-            int64_t now = fr_now_ns(), spin = LOAD(P.spin_ns, RELAXED);
+            int64_t now = fr_now_ns(), spin = idle ? 0 : LOAD(P.spin_ns, RELAXED);
             if (now - prev > FR_POOL_PREEMPTED_NS) {
                 /* this thread lost its CPU while spinning: the cores are oversubscribed (a
                  * busy machine, or fewer CPUs than threads); spinning now takes the time
@@ -198,6 +202,7 @@ static void *fr_worker(void *arg)
         }
         seen = g;
         int nt = LOAD(P.nt, RELAXED);  /* may be a later job's: fr_claim checks generations */
+        idle = id >= nt;
         if (id < nt) {
             uint32_t ran = fr_participate(id, g & FR_GEN_MASK, nt);
             if (ran)
@@ -211,6 +216,7 @@ static void fr_pool_after_fork_child(void)
 {
     /* the workers are not in the child; a new job there starts new ones */
     pthread_mutex_init(&P.lock, NULL);
+    memset(P.chunk, 0, sizeof P.chunk);  /* a job cut short by the fork: nothing to claim */
     P.nworkers = 0;
     P.sleepers = 0;
     P.woken_ns = 0;
@@ -230,12 +236,13 @@ int fr_pool_hot(void)
 
 int fr_pool_burst(void)
 {
-    int64_t now = fr_now_ns(), last = LOAD(P.last_ask_ns, RELAXED);
-    STORE(P.last_ask_ns, now, RELAXED);
+    int64_t now = fr_now_ns();
     if (now < LOAD(P.backoff_until_ns, RELAXED))
         return 0;
-    return fr_pool_hot() || now - last < FR_POOL_BURST_NS;
+    return fr_pool_hot() || now - LOAD(P.last_end_ns, RELAXED) < FR_POOL_BURST_NS;
 }
+
+void fr_pool_call_ended(void) { STORE(P.last_end_ns, fr_now_ns(), RELAXED); }
 
 /* Starts workers up to nt - 1 (called with the lock held); returns the participants
  * possible. */
@@ -293,8 +300,12 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
             STORE(P.woken_ns, now, RELAXED);
             syscall(SYS_futex, &P.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         } else if (now - woken > FR_POOL_PREEMPTED_NS) {
-            /* woken and still not running: no CPU for them */
+            /* woken and still not running: no CPU for them.  Wake again: the stamp may be
+             * stale (a worker that had counted itself a sleeper but left futex_wait at once,
+             * clearing the stamp before this caller's predecessor stored it, sleeps now) */
             fr_back_off(now, 1);
+            STORE(P.woken_ns, now, RELAXED);
+            syscall(SYS_futex, &P.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         }
     }
     const uint32_t mine = fr_participate(0, g, nt);
@@ -317,15 +328,23 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
     pthread_mutex_unlock(&P.lock);
 }
 
-#else /* no futex: serial */
+#else /* no futex: OpenMP (the count for sleeping threads only, fr_pool_burst says no) */
 
 int fr_pool_hot(void) { return 0; }
 
 int fr_pool_burst(void) { return 0; }
 
+void fr_pool_call_ended(void) {}
+
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 {
-    (void)nt;
+    if (nt > 1) {
+        /* static: one contiguous run of tasks per thread, as the pool's chunks */
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int64_t t = 0; t < (int64_t)ntasks; t++)
+            fn(ctx, (size_t)t);
+        return;
+    }
     for (size_t t = 0; t < ntasks; t++)
         fn(ctx, t);
 }

@@ -50,7 +50,7 @@ def spin_us(default):
         us = float(value)
     except ValueError:
         us = math.nan
-    if not (math.isfinite(us) and us >= 0):
+    if not (math.isfinite(us) and 0 <= us < 1e12):
         raise ValueError(f"FASTREG_SPIN_US={value!r} must be a number of microseconds >= 0 "
                          "or 'infinite'")
     return us

@@ -257,14 +257,16 @@ def test_spin_setting(monkeypatch, value, expected):
     assert _config.spin_us(50) == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+@pytest.mark.parametrize("value", ["-1", "nan", "soon", "1e15"])
 def test_bad_spin_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("FASTREG_SPIN_US", value)
     with pytest.raises(ValueError, match="FASTREG_SPIN_US"):
         _config.spin_us(50)
 
 
-@pytest.mark.parametrize("bad", [-2, -0.5, float("nan")])
+@pytest.mark.parametrize("bad", [-2, -0.5, float("nan"), float("inf"), 1e15])
 def test_set_pool_spin_refuses_bad_values(fc, bad):
+    before = fc.pool_spin_us()
     with pytest.raises(ValueError, match="us must be"):
         fc.set_pool_spin(bad)
+    assert fc.pool_spin_us() == before

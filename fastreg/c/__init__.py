@@ -77,11 +77,12 @@ def set_pool_spin(us):
     (``OMP_WAIT_POLICY=active``)."""
     global _pool_spins, _pool_spin_us
     us = float(us)
-    if not (us >= 0 or us == -1):
-        raise ValueError(f"us must be >= 0 or -1 (forever), got {us}")
+    if not ((0 <= us < 1e12) or us == -1):
+        raise ValueError(f"us must be a finite number >= 0 (below 1e12) or -1 (forever), "
+                         f"got {us}")
+    _check(lib.fr_pool_set_spin_ns(-1 if us < 0 else int(us * 1000)), "fr_pool_set_spin_ns")
     previous, _pool_spin_us = _pool_spin_us, us
     _pool_spins = us != 0
-    _check(lib.fr_pool_set_spin_ns(-1 if us < 0 else int(us * 1000)), "fr_pool_set_spin_ns")
     return previous
 
 
