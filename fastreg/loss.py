@@ -199,6 +199,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     label_smoothing = _arrays.check_probability(label_smoothing, "label_smoothing")
     ignore_index = _arrays.check_int(ignore_index, "ignore_index")
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"ignore_index must fit in int64 (as the targets), got {ignore_index}")
     grad = _arrays.check_bool(grad, "grad")
     if out is not None and not grad:
         raise ValueError("out= receives the gradient: it needs grad=True")
@@ -292,7 +294,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     # --- results ------------------------------------------------------------------------------
     if reduction == "none":
         lshape = shape[:1] + shape[2:] if nd > 1 else ()
-        loss = rows_h.astype(dtype).reshape(lshape)
+        with np.errstate(over="ignore"):   # a float32 loss beyond float32's range: inf
+            loss = rows_h.astype(dtype).reshape(lshape)
         if device:
             loss = _dispatch.like_caller(job.mod.to_device(loss), logits)
     else:

@@ -115,7 +115,11 @@ def _decay_args(base_lr, step_size, gamma, milestones):
 
 def _decay(step, base_lr, step_size, gamma, milestones):
     k = step // step_size if step_size is not None else bisect.bisect_right(milestones, step)
-    return base_lr * gamma ** k
+    try:
+        factor = gamma ** k
+    except OverflowError:   # gamma > 1 over many steps: inf, as torch's repeated products
+        factor = math.inf
+    return base_lr * factor if base_lr else 0.0
 
 
 def step_decay_lr(step, base_lr, step_size=None, gamma=0.1, milestones=None):
@@ -173,8 +177,8 @@ class _Schedule:
         float
             The new learning rate.
         """
+        lr = self.lr_at(self.last_step + 1)
         self.last_step += 1
-        lr = self.lr_at(self.last_step)
         self.optimizer.lr = lr
         return lr
 

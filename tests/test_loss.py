@@ -541,3 +541,30 @@ def test_trainer_checks_mix_and_label_smoothing():
     X, y = _digits(20)
     with pytest.raises(ValueError, match=r"target must have shape \(20, 10\)"):
         trainer.fit(X, y, epochs=1, batch_size=20)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+def test_float32_loss_beyond_float32_range_is_inf_on_every_backend(backend):
+    """Logits 3e38 apart: the shift overflows float32 (as in torch) on every backend, the
+    reference too: an inf loss, the same gradient, no warning."""
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"{backend} unavailable")
+    x = np.array([[3e38, -3e38], [1.0, 2.0]], np.float32)
+    t = np.array([1, 0])
+    for kw in ({}, {"label_smoothing": 0.5}):
+        with np.errstate(all="raise"):
+            loss, g = fastreg.cross_entropy(x, t, reduction="sum", backend=backend, **kw)
+            rows = fastreg.cross_entropy(x, t, reduction="none", grad=False, backend=backend,
+                                         **kw)
+        assert loss == math.inf and rows[0] == math.inf and np.isfinite(rows[1])
+        ref = fastreg.cross_entropy(x, t, reduction="sum", backend="numpy", **kw)[1]
+        np.testing.assert_allclose(g, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("ignore_index", [2**63, -2**63 - 1])
+def test_ignore_index_beyond_int64_is_refused_on_every_backend(ignore_index):
+    x = np.zeros((3, 4), np.float32)
+    for backend in ("numpy", "cpu", "c"):
+        with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+            fastreg.cross_entropy(x, np.array([0, 1, 2]), ignore_index=ignore_index,
+                                  backend=backend)

@@ -233,3 +233,16 @@ def test_lr_scheduler_callback_checks():
     cb = LRScheduler(schedules.StepDecay(_opt(), step_size=2))
     with pytest.raises(ValueError, match="last_step"):
         cb.check_state_dict({"last_step": np.array(-3)})
+
+
+def test_step_decay_growing_past_float_range_is_inf_as_torch():
+    """gamma > 1 over many steps: inf (torch's repeated products), not an OverflowError; a zero
+    base rate stays 0; the class advances only when the rate is computed."""
+    assert schedules.step_decay_lr(1100, 1.0, step_size=1, gamma=2.0) == math.inf
+    assert schedules.step_decay_lr(1100, 0.0, step_size=1, gamma=2.0) == 0.0
+    assert schedules.step_decay_lr(3, 1.0, milestones=[1, 2], gamma=2.0) == 4.0
+    opt = fastreg.optim.SGD([np.zeros(3, np.float32)], lr=1.0)
+    sched = schedules.StepDecay(opt, step_size=1, gamma=2.0)
+    for _ in range(1100):
+        lr = sched.step()
+    assert lr == math.inf and opt.lr == math.inf and sched.last_step == 1100

@@ -48,10 +48,12 @@ import numpy as np
 
 
 def _softmax_parts(x):
-    """(d, e, s): shifted logits, their exponentials and the row sums, all float64."""
-    x64 = x.astype(np.float64)
-    with np.errstate(invalid="ignore"):   # inf - inf: NaN, as the kernels (and torch) give
-        d = x64 - x64.max(axis=1, keepdims=True)
+    """(d, e, s): shifted logits, their exponentials and the row sums, all float64. The shift
+    x - max is rounded to the logits' dtype, as the kernels (and torch) compute it: float32
+    logits 3e38 apart overflow to -inf there, and the loss is inf."""
+    # inf - inf: NaN, as the kernels (and torch) give
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = (x - x.max(axis=1, keepdims=True)).astype(np.float64)
     e = np.exp(d)
     s = e.sum(axis=1)
     return d, e, s
