@@ -163,7 +163,7 @@ int fr_pool_region_threads(int64_t items)
      * state only when the counts differ */
     int n = fr_tls_threads;
     fr_tls_asked = fr_tls_hot_threads != n;
-    if (fr_tls_asked && fr_pool_burst())
+    if (fr_tls_asked && fr_pool_burst(fr_tls_hot_threads))
         n = fr_tls_hot_threads;
     return fr_cap_threads(n, items);
 }

@@ -16,15 +16,16 @@ typedef void (*fr_task_fn)(void *ctx, size_t t);
  * holds the pool. */
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks);
 
-/* Whether the pool's workers are spinning now (a job would cost no wake). */
-int fr_pool_hot(void);
+/* Whether enough of the pool's workers spin now for a job of nt threads (it would cost no
+ * wake). */
+int fr_pool_hot(int nt);
 
-/* Whether a job of the hot size is worth the threads now: the workers spin, or the previous
+/* Whether a job of nt threads is worth them now: enough workers spin, or the previous
  * call that asked ended less than FR_POOL_BURST_NS ago, so that the wake (13-15 us of futex
  * syscall for the caller on this project's VMs) pays for the calls that follow; and the pool
  * is not backing off (csrc/pool.c: the cores were found oversubscribed).  A call that asked
  * says when it ends: fr_pool_call_ended (through fr_pool_region_end, csrc/dropout.c). */
-int fr_pool_burst(void);
+int fr_pool_burst(int nt);
 void fr_pool_call_ended(void);
 #define FR_POOL_BURST_NS 200000
 

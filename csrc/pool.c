@@ -229,17 +229,23 @@ static pthread_once_t fr_pool_once = PTHREAD_ONCE_INIT;
 
 static void fr_pool_init(void) { pthread_atfork(NULL, NULL, fr_pool_after_fork_child); }
 
-int fr_pool_hot(void)
+/* Workers spinning now (or running a job): the ones that a job needs no wake for.  Workers
+ * outside a job's count sleep at once, so after a job of many threads, jobs of fewer find
+ * some asleep and the rest spinning. */
+static int fr_pool_spinning(void)
 {
-    return LOAD(P.nworkers, RELAXED) > 0 && LOAD(P.sleepers, RELAXED) == 0;
+    int n = LOAD(P.nworkers, RELAXED) - LOAD(P.sleepers, RELAXED);
+    return n > 0 ? n : 0;
 }
 
-int fr_pool_burst(void)
+int fr_pool_hot(int nt) { return nt > 1 && fr_pool_spinning() >= nt - 1; }
+
+int fr_pool_burst(int nt)
 {
     int64_t now = fr_now_ns();
     if (now < LOAD(P.backoff_until_ns, RELAXED))
         return 0;
-    return fr_pool_hot() || now - LOAD(P.last_end_ns, RELAXED) < FR_POOL_BURST_NS;
+    return fr_pool_hot(nt) || now - LOAD(P.last_end_ns, RELAXED) < FR_POOL_BURST_NS;
 }
 
 void fr_pool_call_ended(void) { STORE(P.last_end_ns, fr_now_ns(), RELAXED); }
@@ -274,7 +280,6 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
             fn(ctx, t);
         return;
     }
-    const int hot = fr_pool_hot();
     nt = fr_pool_grow(nt);
     if ((size_t)nt > ntasks)
         nt = (int)ntasks;
@@ -284,6 +289,7 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
             fn(ctx, t);
         return;
     }
+    const int hot = fr_pool_hot(nt);
     P.fn = fn;
     P.ctx = ctx;
     STORE(P.nt, nt, RELAXED);
@@ -294,7 +300,10 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
         STORE(P.chunk[p].word, ((uint64_t)g << 40) | (hi << 20) | lo, RELEASE);
     }
     __atomic_store_n(&P.gen, gen, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&P.sleepers, __ATOMIC_SEQ_CST) > 0) {
+    /* wake the sleepers only when the spinning workers are too few for this job (a worker
+     * that counted itself spinning here and goes to sleep meanwhile finds gen changed: the
+     * kernel's compare in futex_wait returns at once) */
+    if (LOAD(P.nworkers, RELAXED) - __atomic_load_n(&P.sleepers, __ATOMIC_SEQ_CST) < nt - 1) {
         int64_t now = fr_now_ns(), woken = LOAD(P.woken_ns, RELAXED);
         if (woken == 0) {
             STORE(P.woken_ns, now, RELAXED);
@@ -330,9 +339,17 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 
 #else /* no futex: OpenMP (the count for sleeping threads only, fr_pool_burst says no) */
 
-int fr_pool_hot(void) { return 0; }
+int fr_pool_hot(int nt)
+{
+    (void)nt;
+    return 0;
+}
 
-int fr_pool_burst(void) { return 0; }
+int fr_pool_burst(int nt)
+{
+    (void)nt;
+    return 0;
+}
 
 void fr_pool_call_ended(void) {}
 

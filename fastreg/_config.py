@@ -6,7 +6,7 @@ FASTREG_NUM_THREADS  threads per op on the host backends (read by fastreg._threa
 FASTREG_CUDA_TPB     threads per block for the CUDA kernels (tests lower it under the simulator).
 FASTREG_C_NO_AVX2    1: the C backend uses its portable kernels even where the CPU has AVX2.
 FASTREG_SPIN_US      microseconds the C backend's own pool threads spin after a job before they
-                     sleep (default 50; 0: never spin; "infinite": never sleep).
+                     sleep (default 50; 0: never spin; "infinite" or -1: never sleep).
 FASTREG_MPI_TIMEOUT  seconds an MPI collective may wait (fastreg.distributed; "none" = forever).
 FASTREG_NO_C         (install time, read by setup.py) build without the C extension.
 FASTREG_NATIVE       (install time, read by csrc/ffi_build.py) compile the C extension with -march=native.
@@ -44,7 +44,7 @@ def spin_us(default):
     value = os.environ.get("FASTREG_SPIN_US", "").strip().lower()
     if not value:
         return default
-    if value in ("infinite", "infinity", "inf"):
+    if value in ("infinite", "infinity", "inf", "-1"):
         return -1
     try:
         us = float(value)
@@ -52,7 +52,7 @@ def spin_us(default):
         us = math.nan
     if not (math.isfinite(us) and 0 <= us < 1e12):
         raise ValueError(f"FASTREG_SPIN_US={value!r} must be a number of microseconds >= 0 "
-                         "or 'infinite'")
+                         "(below 1e12), or 'infinite' or -1")
     return us
 
 

@@ -251,13 +251,13 @@ def test_pool_works_in_a_fork_child(spin_us):
 
 
 @pytest.mark.parametrize("value, expected", [("", 50), ("0", 0), ("12.5", 12.5),
-                                             ("infinite", -1), ("INF", -1)])
+                                             ("infinite", -1), ("INF", -1), ("-1", -1)])
 def test_spin_setting(monkeypatch, value, expected):
     monkeypatch.setenv("FASTREG_SPIN_US", value)
     assert _config.spin_us(50) == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "soon", "1e15"])
+@pytest.mark.parametrize("value", ["-2", "nan", "soon", "1e15"])
 def test_bad_spin_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("FASTREG_SPIN_US", value)
     with pytest.raises(ValueError, match="FASTREG_SPIN_US"):
@@ -270,3 +270,52 @@ def test_set_pool_spin_refuses_bad_values(fc, bad):
     with pytest.raises(ValueError, match="us must be"):
         fc.set_pool_spin(bad)
     assert fc.pool_spin_us() == before
+
+
+_AFTER_A_BIG_TEAM = r"""
+import numpy as np
+import fastreg, fastreg.c as fc
+from fastreg import _threads
+fc.set_pool_spin(-1)
+_threads.SPIN_GRAIN["elementwise"] = 1024
+w = np.ones(65536, np.float32)
+with fastreg.threads(3):
+    fastreg.l2_grad(w, 0.1, backend="c")           # a job of 3: two workers
+with fastreg.threads(2):
+    for _ in range(200):                          # jobs of 2: the third worker sleeps
+        fastreg.l2_grad(w, 0.1, backend="c")
+    before = fc.pool_stats()
+    for _ in range(200):
+        got = fastreg.l2_grad(w, 0.1, backend="c")
+    after = fc.pool_stats()
+assert np.array_equal(got, fastreg.l2_grad(w, 0.1, backend="numpy"))
+print(after["hot"] - before["hot"], after["cold"] - before["cold"])
+"""
+
+
+def test_a_worker_outside_the_team_does_not_cool_the_pool():
+    """After a job of 3 threads, jobs of 2 still find the pool hot: the third worker sleeps,
+    and only the workers a job needs count (found by review: every later job was cold)."""
+    env = dict(os.environ, OMP_NUM_THREADS="3", FASTREG_NUM_THREADS="3",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                        os.environ.get("PYTHONPATH")])))
+    res = subprocess.run([sys.executable, "-c", _AFTER_A_BIG_TEAM], capture_output=True,
+                         text=True, cwd=ROOT, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    hot, cold = map(int, res.stdout.split())
+    assert hot == 200 and cold == 0, (hot, cold)
+
+
+def test_a_bad_spin_setting_warns_and_keeps_the_backend():
+    env = dict(os.environ, FASTREG_SPIN_US="soon", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    code = ("import warnings, fastreg\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import fastreg.c as fc\n"
+            "print(fastreg.available_backends()['c'], fc.pool_spin_us(), "
+            "[str(x.message) for x in w])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("None 50.0 ") and "FASTREG_SPIN_US='soon'" in res.stdout

@@ -151,7 +151,14 @@ if lib is not None and _config.c_force_portable():
     set_isa("portable")
 _pool_spin_us = None
 if lib is not None:
-    set_pool_spin(_config.spin_us(-1 if SPINNING else _threads.POOL_SPIN_US))
+    _default_spin = -1 if SPINNING else _threads.POOL_SPIN_US
+    try:
+        _spin = _config.spin_us(_default_spin)
+    except ValueError as exc:   # the backend stays usable (and "auto" keeps it): say so, loudly
+        import warnings
+        warnings.warn(f"{exc}; using {_default_spin}", RuntimeWarning, stacklevel=2)
+        _spin = _default_spin
+    set_pool_spin(_spin)
 
 from .philox import philox4x32, random_bits, uniform  # noqa: E402
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  # noqa: E402
