@@ -49,7 +49,8 @@ int64_t fr_parallel_regions(void);
  * kernel when the pool's workers sleep (n; as fr_set_threads) and when they spin (n_hot).
  * fr_pool_set_spin_ns: how long a worker spins after a job before it sleeps (< 0: forever).
  * fr_pool_stats: out[0], out[1] the jobs run so far with the workers asleep / spinning at the
- * start; out[2], out[3] the back-offs (csrc/pool.c) after a preempted worker / missed jobs. */
+ * start; out[2], out[3], out[4] the back-offs (csrc/pool.c) after a preempted worker / missed
+ * jobs / a call that waited for a preempted worker's task. */
 int fr_set_pool_threads(int n, int n_hot);
 int fr_pool_set_spin_ns(int64_t ns);
 void fr_pool_stats(int64_t *out);

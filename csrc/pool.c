@@ -57,19 +57,20 @@
 #define FR_IDX_MASK 0xFFFFFu   /* 20 bits of end / next */
 /* A spinning worker that finds this much time between two of its checks (normally 1-2 us
  * apart) was preempted.  Then, after FR_POOL_MISSES jobs in a row that found the workers
- * spinning and that none of them took part in, or when woken workers have not run this long
- * after the wake, the cores are oversubscribed (a busy machine, another runtime's spinning
+ * spinning and that none of them took part in, when woken workers have not run this long
+ * after the wake, or when a caller has waited this long for a task that a worker started, the
+ * cores are oversubscribed (a busy machine, another runtime's spinning
  * threads, fewer CPUs than threads), and the pool backs off: workers sleep right after a job,
  * and fr_pool_burst says no (the Python plan's count for sleeping workers applies).  For 1 ms
  * at first (threads that spin for a while after their own work, as torch's do, are done by
  * then), twice as long at each back-off after that, up to 256 ms (a lasting load then costs
  * one probe per 256 ms), and back to 1 ms after FR_POOL_HITS jobs in a row that a worker took
- * part in. */
+ * part in without a stall (at 10-100 us a job, 0.04-0.4 s of calls that all went well). */
 #define FR_POOL_PREEMPTED_NS 200000
 #define FR_POOL_MISSES 8
 #define FR_POOL_BACKOFF_MIN_NS 1000000
 #define FR_POOL_BACKOFF_MAX_NS 256000000
-#define FR_POOL_HITS 64
+#define FR_POOL_HITS 4096
 
 typedef struct {
     _Alignas(64) uint64_t word;  /* gen:24 | end:20 | next:20 */
@@ -86,7 +87,7 @@ static struct {
     int nworkers;               /* started, ids 1..nworkers */
     int64_t spin_ns;            /* < 0: spin forever; 0: sleep at once */
     int64_t jobs[2];            /* jobs run [cold, hot] (for tests) */
-    int64_t backoffs[2];        /* back-offs [a worker was preempted, jobs missed] */
+    int64_t backoffs[3];        /* back-offs [a worker preempted, jobs missed, a call stalled] */
     int64_t last_end_ns;        /* when the last call that asked fr_pool_burst ended */
     int64_t backoff_until_ns;   /* no hot jobs, and no spinning, before this time */
     int64_t backoff_ns;         /* the next back-off's length (doubles, up to the max) */
@@ -115,6 +116,7 @@ void fr_pool_stats(int64_t *out)
     out[1] = LOAD(P.jobs[1], RELAXED);
     out[2] = LOAD(P.backoffs[0], RELAXED);
     out[3] = LOAD(P.backoffs[1], RELAXED);
+    out[4] = LOAD(P.backoffs[2], RELAXED);
 }
 
 #ifdef FR_POOL_OK
@@ -126,7 +128,8 @@ static int64_t fr_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Backs off (see FR_POOL_PREEMPTED_NS) from now; why: 0 a preempted worker, 1 missed jobs.
+/* Backs off (see FR_POOL_PREEMPTED_NS) from now; why: 0 a preempted worker, 1 missed jobs,
+ * 2 a call that waited for a preempted worker's task.
  * Called by workers and by callers: the races between them only change a length. */
 static void fr_back_off(int64_t now, int why)
 {
@@ -183,6 +186,9 @@ static void *fr_worker(void *arg)
             fr_relax();
             if ((++k & 31) != 0)
                 continue;
+            /* give the CPU to any other thread that wants it (the caller itself, when the OS
+             * woke this worker on the caller's CPU): spinning only takes idle time */
+            sched_yield();
             int64_t now = fr_now_ns(), spin = idle ? 0 : LOAD(P.spin_ns, RELAXED);
             if (now - prev > FR_POOL_PREEMPTED_NS) {
                 /* this thread lost its CPU while spinning: the cores are oversubscribed (a
@@ -319,15 +325,28 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
     }
     const uint32_t mine = fr_participate(0, g, nt);
     /* the tasks left are running on other threads: wait for them */
+    int64_t waited_from = 0;
+    int stalled = 0;
     for (unsigned k = 1; LOAD(P.done, ACQUIRE) + mine < ntasks; k++) {
         fr_relax();
-        if ((k & 1023) == 0)
+        if ((k & 1023) == 0) {
             sched_yield();  /* a worker preempted in a task may need this core */
+            int64_t now = fr_now_ns();
+            if (waited_from == 0)
+                waited_from = now;
+            else if (!stalled && now - waited_from > FR_POOL_PREEMPTED_NS) {
+                /* a worker lost its CPU in the middle of a task: the call waits for the OS
+                 * to run it again (a time slice, milliseconds, on a busy machine) */
+                stalled = 1;
+                fr_back_off(now, 2);
+            }
+        }
     }
     /* spinning workers that never get to a task are not running (their CPU is taken) */
     if (hot)
         P.misses = mine == ntasks ? P.misses + 1 : 0;
-    if (mine < ntasks && __atomic_add_fetch(&P.hits, 1, __ATOMIC_RELAXED) >= FR_POOL_HITS)
+    if (!stalled && mine < ntasks
+        && __atomic_add_fetch(&P.hits, 1, __ATOMIC_RELAXED) >= FR_POOL_HITS)
         STORE(P.backoff_ns, FR_POOL_BACKOFF_MIN_NS, RELAXED);
     if (P.misses >= FR_POOL_MISSES) {
         P.misses = 0;

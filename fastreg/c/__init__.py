@@ -94,13 +94,14 @@ def pool_spin_us():
 
 
 def pool_stats():
-    """Counts since the start, for tests and ``fastreg info``: {"cold", "hot"}: jobs run on
-    fastreg's pool that found its threads asleep / spinning; {"preempted", "missed"}: times it
-    backed off (csrc/pool.c) after a spinning thread lost its CPU / after jobs in which no
-    other thread got to a task."""
-    out = ffi.new("int64_t[4]")
+    """Counts since the start, for tests and measurements: "cold", "hot": jobs run on fastreg's
+    pool that found its threads asleep / spinning; "preempted", "missed", "stalled": times it
+    backed off (csrc/pool.c) after a spinning thread lost its CPU, after jobs in which the
+    other threads never got to a task, and after a call waited for a task of a thread that lost
+    its CPU."""
+    out = ffi.new("int64_t[5]")
     lib.fr_pool_stats(out)
-    return dict(zip(("cold", "hot", "preempted", "missed"), map(int, out)))
+    return dict(zip(("cold", "hot", "preempted", "missed", "stalled"), map(int, out)))
 
 
 def parallel_regions():
