@@ -56,10 +56,10 @@
 #define FR_GEN_MASK 0xFFFFFFu  /* 24 bits of generation in a chunk word */
 #define FR_IDX_MASK 0xFFFFFu   /* 20 bits of end / next */
 /* A spinning worker that finds this much time between two of its checks (normally 1-2 us
- * apart) was preempted.  Then, after FR_POOL_MISSES jobs in a row that found the workers
- * spinning and that none of them took part in, when woken workers have not run this long
- * after the wake, or when a caller has waited this long for a task that a worker started, the
- * cores are oversubscribed (a busy machine, another runtime's spinning
+ * apart) was preempted: it sleeps at once.  After FR_POOL_MISSES jobs in a row that found the
+ * workers spinning and that none of them took part in, when woken workers have not run
+ * FR_POOL_WAKE_NS after the wake, or when a caller has waited FR_POOL_PREEMPTED_NS for a task
+ * that a worker started, the cores are oversubscribed (a busy machine, another runtime's spinning
  * threads, fewer CPUs than threads), and the pool backs off: workers sleep right after a job,
  * and fr_pool_burst says no (the Python plan's count for sleeping workers applies).  For 1 ms
  * at first (threads that spin for a while after their own work, as torch's do, are done by
@@ -68,6 +68,8 @@
  * part in without a stall (at 10-100 us a job, 0.04-0.4 s of calls that all went well). */
 #define FR_POOL_PREEMPTED_NS 200000
 #define FR_POOL_MISSES 8
+/* woken workers that have not run this long after the wake (60-100 us is usual here) */
+#define FR_POOL_WAKE_NS 1000000
 #define FR_POOL_BACKOFF_MIN_NS 1000000
 #define FR_POOL_BACKOFF_MAX_NS 256000000
 #define FR_POOL_HITS 4096
@@ -87,7 +89,8 @@ static struct {
     int nworkers;               /* started, ids 1..nworkers */
     int64_t spin_ns;            /* < 0: spin forever; 0: sleep at once */
     int64_t jobs[2];            /* jobs run [cold, hot] (for tests) */
-    int64_t backoffs[3];        /* back-offs [a worker preempted, jobs missed, a call stalled] */
+    int64_t backoffs[3];        /* [spinning workers preempted (they sleep), back-offs after
+                                 * missed jobs, after a call stalled] */
     int64_t last_end_ns;        /* when the last call that asked fr_pool_burst ended */
     int64_t backoff_until_ns;   /* no hot jobs, and no spinning, before this time */
     int64_t backoff_ns;         /* the next back-off's length (doubles, up to the max) */
@@ -128,8 +131,8 @@ static int64_t fr_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Backs off (see FR_POOL_PREEMPTED_NS) from now; why: 0 a preempted worker, 1 missed jobs,
- * 2 a call that waited for a preempted worker's task.
+/* Backs off (see FR_POOL_PREEMPTED_NS) from now; why: 1 missed jobs, 2 a call that waited for
+ * a preempted worker's task (backoffs[0] counts the spinning workers that were preempted).
  * Called by workers and by callers: the races between them only change a length. */
 static void fr_back_off(int64_t now, int why)
 {
@@ -190,14 +193,16 @@ static void *fr_worker(void *arg)
              * woke this worker on the caller's CPU): spinning only takes idle time */
             sched_yield();
             int64_t now = fr_now_ns(), spin = idle ? 0 : LOAD(P.spin_ns, RELAXED);
-            if (now - prev > FR_POOL_PREEMPTED_NS) {
-                /* this thread lost its CPU while spinning: the cores are oversubscribed (a
-                 * busy machine, or fewer CPUs than threads); spinning now takes the time
-                 * that other threads, the caller's too, need */
-                fr_back_off(now, 0);
-            }
+            /* this thread lost its CPU while spinning (the yield above let another thread
+             * run): the cores are wanted now (another process, torch's threads between two
+             * fastreg calls); spinning would take time they need, so sleep.  No back-off:
+             * that is for what delays calls (csrc comment at FR_POOL_PREEMPTED_NS). */
+            int preempted = now - prev > FR_POOL_PREEMPTED_NS;
+            if (preempted && spin >= 0)
+                __atomic_add_fetch(&P.backoffs[0], 1, __ATOMIC_RELAXED);
             prev = now;
-            if (spin >= 0 && (now - start >= spin || now < LOAD(P.backoff_until_ns, RELAXED))) {
+            if (spin >= 0 && (preempted || now - start >= spin
+                              || now < LOAD(P.backoff_until_ns, RELAXED))) {
                 __atomic_add_fetch(&P.sleepers, 1, __ATOMIC_SEQ_CST);
                 /* returns at once if gen moved on since `seen` (the kernel compares) */
                 syscall(SYS_futex, &P.gen, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
@@ -314,7 +319,7 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
         if (woken == 0) {
             STORE(P.woken_ns, now, RELAXED);
             syscall(SYS_futex, &P.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-        } else if (now - woken > FR_POOL_PREEMPTED_NS) {
+        } else if (now - woken > FR_POOL_WAKE_NS) {
             /* woken and still not running: no CPU for them.  Wake again: the stamp may be
              * stale (a worker that had counted itself a sleeper but left futex_wait at once,
              * clearing the stamp before this caller's predecessor stored it, sleeps now) */

@@ -15,8 +15,10 @@ Only the calls are timed, inside the peer; the request and reply around them are
 The peer reads requests from its stdin and exits when that closes, so it ends with the benchmark
 (also after ``kill -9``: the pipe closes with the parent).
 """
+import atexit
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,7 +115,10 @@ class Remote:
         self.peer, self.op = peer, op
 
     def timed(self, n):
-        return self.peer.ask("timed", self.op, n)
+        try:
+            return self.peer.ask("timed", self.op, n)
+        finally:
+            self.peer.pause()
 
 
 class TorchPeer:
@@ -135,6 +140,8 @@ class TorchPeer:
         root = os.path.dirname(os.path.dirname(os.path.abspath(fastreg.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._paused = False
+        atexit.register(self._resume)   # never leave a stopped peer behind
         self._stderr = tempfile.TemporaryFile()   # a file, not a pipe: warnings never block it
         self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._stderr, env=env)
@@ -150,8 +157,27 @@ class TorchPeer:
     def pid(self):
         return self.proc.pid
 
+    def pause(self):
+        """Stop the peer (SIGSTOP) until its next request: after its turn, torch's OpenMP
+        threads keep spinning for milliseconds (GNU's default policy: about 300,000 spins), on
+        the CPUs where the next contender's turn runs. Stopped, they spin on no CPU, and each
+        contender gets the machine as it would alone; torch's threads resume where they were,
+        still spinning, at its next turn."""
+        if not self._paused and self.proc.poll() is None and hasattr(signal, "SIGSTOP"):
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            self._paused = True
+
+    def _resume(self):
+        if self._paused:
+            self._paused = False
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def ask(self, verb, *args):
         """Send one request, return the peer's answer; PeerError when it failed or died."""
+        self._resume()
         if self.proc.stdin.closed:
             raise PeerError("the torch peer process ended: closed")
         try:
@@ -179,6 +205,7 @@ class TorchPeer:
         return self.ask("pin", cpu, threads)
 
     def _end(self):
+        self._resume()
         try:
             self.proc.stdin.close()   # the peer's loop ends at EOF
         except OSError:
