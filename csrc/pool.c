@@ -1,4 +1,5 @@
-/* fastreg's own thread pool for the elementwise kernels (fr_ew_run, csrc/elementwise.h).
+/* fastreg's own thread pool for the elementwise kernels (fr_ew_run, csrc/elementwise.h) and the
+ * Philox stream's tiles (fr_run_tiles, csrc/dropout.c).
  *
  * Why not OpenMP there.  fastreg starts GNU OpenMP with the passive wait policy (its threads
  * sleep between regions, so they never spin away a busy machine), and on the VMs this project
@@ -15,7 +16,8 @@
  * hot worker: 7.6 -> 4.7 us; with tasks handed out in one shared order, 7.1 us).  Then it
  * steals from the other chunks.  The caller waits only for tasks that another thread has
  * started: a worker that the OS runs late finds its chunk taken and does nothing, so a busy
- * machine makes a job serial, never stalled behind a descheduled thread.
+ * machine makes a job serial rather than stalled behind a descheduled thread (one preempted in
+ * the middle of a task still makes the caller wait for it; the pool then backs off, below).
  *
  * Chunk p's state is one 64-bit word, generation (24 bits) | end (20) | next (20); a task is
  * claimed by a compare-and-swap that also checks the generation, so a late worker can never run

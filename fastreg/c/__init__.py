@@ -1,4 +1,5 @@
-"""Backend "c": the kernels of fastreg.reference in C (csrc/), called through cffi, OpenMP-parallel.
+"""Backend "c": the kernels of fastreg.reference in C (csrc/), called through cffi; parallel on
+fastreg's own thread pool (csrc/pool.c: the elementwise and Philox stream kernels) or OpenMP.
 
 The compiled module ``fastreg.c._fastreg_c`` is built at install time (csrc/ffi_build.py) or, for
 development, by ``python csrc/ffi_build.py``. Importing this package never fails: without the
