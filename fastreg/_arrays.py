@@ -208,6 +208,17 @@ def _scalar(v):
     return v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
 
 
+def real_to_float(v, name, expected):
+    """float(v) of a real number ``v`` (already type-checked); a ValueError naming ``name`` and
+    what was ``expected`` for one too large for a float (an int such as 10**400), where float()
+    raises OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{name} must be {expected}, got an integer too large for a float "
+                         f"({str(v)[:20]}...)") from None
+
+
 def check_probability(p, name="p"):
     """p as a Python float in [0, 1]; ValueError for NaN or out of range, TypeError for non-numbers."""
     if type(p) is float and 0.0 <= p <= 1.0:
@@ -215,7 +226,7 @@ def check_probability(p, name="p"):
     p = _scalar(p)
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__}")
-    p = float(p)
+    p = real_to_float(p, name, "in [0, 1]")
     if not 0.0 <= p <= 1.0:  # also false for NaN
         raise ValueError(f"{name} must be in [0, 1], got {p}")
     return p
@@ -367,7 +378,7 @@ def check_nonneg(v, name):
     v = _scalar(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
+    v = real_to_float(v, name, "a finite number >= 0")
     if not (math.isfinite(v) and v >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     return v

@@ -86,7 +86,7 @@ def _check_eps(eps):
     eps = _arrays._scalar(eps)
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number > 0, got {type(eps).__name__}")
-    eps = float(eps)
+    eps = _arrays.real_to_float(eps, "eps", "a finite number > 0")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
     return eps

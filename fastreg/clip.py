@@ -48,7 +48,7 @@ def check_norm_type(norm_type):
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"norm_type must be a real number > 0 or 'inf', got "
                         f"{type(norm_type).__name__}")
-    v = float(v)
+    v = _arrays.real_to_float(v, "norm_type", "a number > 0 or 'inf'")
     if not v > 0:   # NaN too
         raise ValueError(f"norm_type must be > 0 (or inf), got {v}")
     return v
@@ -58,7 +58,7 @@ def _check_max_norm(max_norm, name="max_norm"):
     v = _arrays._scalar(max_norm)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number >= 0, got {type(max_norm).__name__}")
-    v = float(v)
+    v = _arrays.real_to_float(v, name, "a number >= 0 (inf allowed)")
     if not v >= 0:
         raise ValueError(f"{name} must be >= 0 (inf allowed: no clipping), got {v}")
     return v

@@ -460,3 +460,19 @@ def test_p_just_below_one_on_every_path(backend, p):
         np.testing.assert_array_equal(short, general)
         if everything:
             assert not short.any()
+
+
+def test_huge_integer_hyper_parameters_are_value_errors():
+    """An int too large for a float (10**400) is out of range: ValueError naming the argument,
+    not float()'s OverflowError."""
+    x = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="p must be in"):
+        fastreg.dropout(x, 10**400, seed=1)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        fastreg.batch_norm(np.ones((3, 2), np.float32), training=True, momentum=10**400)
+    with pytest.raises(ValueError, match="eps must be"):
+        fastreg.batch_norm(np.ones((3, 2), np.float32), training=True, eps=10**400)
+    with pytest.raises(ValueError, match="lam must be"):
+        fastreg.l2_grad(x, 10**400)
+    with pytest.raises(ValueError, match="max_norm must be"):
+        fastreg.clip_grad_norm([x.copy()], 10**400)

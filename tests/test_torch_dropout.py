@@ -146,3 +146,36 @@ def test_convert_keeps_inplace():
     assert c[0].inplace and not c[1].inplace
     x = torch.ones(2, 3, 4, 4)
     assert c[0](x) is x and c[1](x) is not x
+
+
+@pytest.mark.parametrize("cls", ["Dropout2d"])
+def test_feature_dropout_of_too_few_dims_at_p_0_and_1_as_torch(cls):
+    """torch returns the input at p = 0 and zeros at p = 1 before it needs a channel axis;
+    it raises only for 0 < p < 1. (Dropout1d checks the rank first, and Dropout3d adds a batch
+    axis to such input, in torch and here.)"""
+    x = torch.randn(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert getattr(frt, cls)(0.0)(x) is x
+        assert torch.equal(getattr(frt, cls)(1.0)(x), torch.zeros(5))
+        y = x.clone()
+        assert getattr(frt, cls)(1.0, inplace=True)(y) is y and torch.equal(y, torch.zeros(5))
+        with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+            getattr(frt, cls)(0.5)(x)
+        with pytest.raises(RuntimeError, match="at least 2 dimensions"):
+            getattr(getattr(torch.nn, cls)(0.5), "forward")(x)
+
+
+def test_refused_in_place_call_leaves_the_counter():
+    """torch refuses in-place dropout of a leaf that requires grad (or a view of one): the
+    module raises the same before any work, and its stream counter stays."""
+    d = frt.Dropout(0.5, inplace=True, seed=1)
+    leaf = torch.randn(10, requires_grad=True)
+    for x, what in ((leaf, "a leaf Variable"), (leaf[:5], "a view of a leaf Variable")):
+        with pytest.raises(RuntimeError, match=what):
+            d(x)
+        with pytest.raises(RuntimeError, match=what):
+            nn.Dropout(0.5, inplace=True)(x)
+        assert d.offset == 0
+    d(leaf * 1)    # not a leaf: allowed, the counter moves
+    assert d.offset == 10

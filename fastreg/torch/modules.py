@@ -70,6 +70,18 @@ def new_seed():
     return (hi << 32) | lo
 
 
+def _check_in_place_allowed(x):
+    """torch's refusal of an in-place op on a leaf that requires grad (or a view of one),
+    raised before any work: the stream counter then stays where it was."""
+    base = x._base if x._base is not None else None
+    if x.requires_grad and x.is_leaf:
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
+                           "operation.")
+    if base is not None and base.requires_grad and base.is_leaf:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an "
+                           "in-place operation.")
+
+
 class _CounterDropout(nn.Module):
     """Shared by the dropout modules: hyper-parameters, the (seed, offset) state, train/eval.
 
@@ -148,7 +160,15 @@ class _CounterDropout(nn.Module):
             y = x * (1.0 - self.p)
             return y.squeeze(0) if added else y
         if self._KIND == "channel" and x.dim() < 2:
+            # torch's feature dropout returns the input at p = 0 and zeros at p = 1 before it
+            # needs a channel axis (fastreg's dropped elements are +0.0: zero_, not mul_(0))
+            if self.p == 0:
+                return original
+            if self.p == 1:
+                return original.zero_() if self.inplace else torch.zeros_like(original)
             raise RuntimeError(_FEATURE_DROPOUT_ERROR)
+        if self.inplace and torch.is_grad_enabled():
+            _check_in_place_allowed(original)   # before the counter moves (torch would refuse)
         y = self._advance(x, self._draws(x), self._drop)
         if self.inplace:
             if y is not x:
