@@ -403,3 +403,22 @@ def test_cuda_pipelines():
     with pytest.raises(fastreg.BackendUnavailableError, match="NHWC"):
         A.ColorJitter(0.4)(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), seed=0,
                            layout="NCHW", backend="cuda")
+
+
+def test_gaussian_blur_refuses_a_sigma_pair():
+    """gaussian_blur blurs every sample with one sigma; a pair (a per-sample range for
+    GaussianBlur, (sigma_x, sigma_y) for torchvision's functional) is refused, not guessed."""
+    x = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(TypeError, match="sigma must be one real number"):
+        A.gaussian_blur(x, 3, (0.5, 2.0))
+    assert A.gaussian_blur(x, 3, np.float64(1.0)).shape == x.shape
+
+
+def test_normalize_after_passes_indices():
+    x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8)
+    op = A.RandAugment(2, 9)
+    norm = A.Normalize([0.5], [0.25])
+    got = norm.after(op)(x, seed=1, indices=np.arange(10, 14))
+    want = norm(op(x, seed=1, indices=np.arange(10, 14)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(norm.after(op)(x, seed=1), norm(op(x, seed=1)))

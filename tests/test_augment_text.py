@@ -528,3 +528,21 @@ def test_import_loads_neither_numba_nor_nltk():
             "assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_combining_marks_stay_in_their_words():
+    """Decomposed accents, Indic vowel signs and zero-width joiners are part of the word: a
+    swap or deletion moves or drops whole words (found by review: marks became punctuation)."""
+    from fastreg.augment import text as T
+    assert [t.text for t in T._tokenize("हिंदी")[0]] == ["हिंदी"]
+    assert [t.text for t in T._tokenize("cafe\u0301 noir, ok")[0]] == ["cafe\u0301", "noir", ",",
+                                                                       "ok"]
+    assert [t.text for t in T._tokenize("می\u200cخواهم")[0]] == ["می\u200cخواهم"]
+    assert T.random_swap("cafe\u0301 noir", seed=0, index=0) in ("noir cafe\u0301",
+                                                                  "cafe\u0301 noir")
+    words = set("मैं हिंदी बोलता हूँ".split())
+    for i in range(10):
+        out = T.random_swap("मैं हिंदी बोलता हूँ", seed=0, index=i, n=1)
+        assert set(out.split()) == words
+        left = T.random_deletion("cafe\u0301 noir", 0.5, seed=0, index=i)
+        assert set(left.split()) <= {"cafe\u0301", "noir"} and left

@@ -399,6 +399,13 @@ def gaussian_blur(images, kernel_size, sigma, *, layout="NHWC", out=None, backen
     TypeError, ValueError, BackendUnavailableError
         As ``adjust_brightness``; bad kernel_size or sigma.
     """
+    s = _arrays._scalar(sigma)
+    if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Real):
+        # GaussianBlur's sigma pair is a range to draw from per sample; torchvision's
+        # functional gaussian_blur reads a pair as (sigma_x, sigma_y): refuse it, not guess
+        raise TypeError(f"sigma must be one real number > 0 (the same blur for every sample), "
+                        f"got {type(sigma).__name__}; GaussianBlur(kernel_size, (lo, hi)) "
+                        "draws a sigma per sample")
     op = GaussianBlur(kernel_size, sigma)
     if out is not None and isinstance(out, np.ndarray) and np.shares_memory(out, images):
         raise ValueError("out must not share memory with images for gaussian_blur")
@@ -478,7 +485,8 @@ class Normalize:
 
     def after(self, op):
         """A callable ``f(images, *, seed, epoch=0, index_offset=0, layout="NHWC", out=None,
-        backend="auto")`` that applies ``op`` and then this normalization (out: float32).
+        backend="auto", indices=None)`` that applies ``op`` and then this normalization (out:
+        float32); ``indices`` (the samples' ids in the data set) go to ``op`` as given.
 
         Parameters
         ----------
@@ -491,9 +499,10 @@ class Normalize:
             The fused pipeline.
         """
         def pipeline(images, *, seed, epoch=0, index_offset=0, layout="NHWC", out=None,
-                     backend="auto"):
+                     backend="auto", indices=None):
+            kw = {} if indices is None else {"indices": indices}
             mid = op(images, seed=seed, epoch=epoch, index_offset=index_offset, layout=layout,
-                     backend=backend)
+                     backend=backend, **kw)
             return self(mid, layout=layout, out=out, backend=backend)
         return pipeline
 

@@ -18,7 +18,8 @@ new draw (``seed=base_seed + epoch``). Each function has its own stream, so
 ``random_swap(s, seed=0)`` and ``random_deletion(s, seed=0)`` are not correlated.
 
 Tokens. A sentence is split into words (runs of letters and digits, with inner apostrophes and
-hyphens: "don't", "well-known", "42") and punctuation marks (every other non-space character),
+hyphens: "don't", "well-known", "42", and with their combining marks and zero-width joiners:
+"cafe\u0301", "हिंदी") and punctuation marks (every other non-space character),
 and the whitespace before each token is remembered. Only words are replaced, inserted, swapped
 or deleted; punctuation marks are never moved, swapped or deleted and the original spacing is
 kept, so "Hello, big world!" can become "Hello, large world!" or "Hello, world!", never
@@ -40,6 +41,7 @@ WordNet through nltk, which must be installed with its corpus (``pip install nlt
 """
 import numbers
 import re
+import unicodedata
 from collections import namedtuple
 from collections.abc import Iterable, Mapping
 
@@ -79,14 +81,26 @@ _TOKEN_RE = re.compile(r"(\s*)(?:([^\W_]+(?:['’-][^\W_]+)*)|(\S))")
 
 # --- tokens ---------------------------------------------------------------------------------------
 
+def _joins(ch):
+    """Whether ``ch`` belongs to the word before it: a combining mark (accents in decomposed
+    text, Indic vowel signs and viramas: Unicode category M), or a zero-width (non-)joiner."""
+    return ch in "\u200c\u200d" or unicodedata.category(ch)[0] == "M"
+
+
 def _tokenize(sentence):
     """(tokens, trailing whitespace). Joining ``space + text`` over the tokens, then the trailing
-    whitespace, gives back the sentence exactly."""
+    whitespace, gives back the sentence exactly. A word's combining marks and zero-width
+    joiners stay in it, with the letters after them ("cafe\u0301", "हिंदी": one word each)."""
     tokens, end = [], 0
     for m in _TOKEN_RE.finditer(sentence):
         space, word, mark = m.groups()
-        tokens.append(_Token(space, word or mark, word is not None))
         end = m.end()
+        if not space and tokens and tokens[-1].is_word:
+            prev = tokens[-1]
+            if (mark is not None and _joins(mark)) or (word is not None and _joins(prev.text[-1])):
+                tokens[-1] = _Token(prev.space, prev.text + (word or mark), True)
+                continue
+        tokens.append(_Token(space, word or mark, word is not None))
     return tokens, sentence[end:]
 
 
