@@ -1,6 +1,6 @@
-"""The C backend's kernels on fastreg's pool (elementwise, dropout) with its threads spinning after each job (the
-default, 50 us) against never spinning (FASTREG_SPIN_US=0: mid-size calls run serially below
-the grain), in one process, blocks of calls interleaved.
+"""The C backend's kernels on fastreg's pool (elementwise, dropout) with its threads spinning
+after each job (the default, 50 us) against never spinning (FASTREG_SPIN_US=0: mid-size calls
+run serially below the grain), in one process, blocks of calls interleaved.
 
     python bench/pool_ab.py [--load mixed|spin] [--threads 2]
 

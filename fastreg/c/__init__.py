@@ -74,9 +74,9 @@ _POOL_FAMILIES = ("elementwise", "random")
 def set_pool_spin(us):
     """Microseconds fastreg's pool threads (csrc/pool.c) spin after a job before they sleep:
     a number >= 0 (0: they sleep at once, and every kernel keeps ``GRAIN``), or -1 to never
-    sleep (and never back off: see csrc/pool.c). Returns the previous value. The default is ``FASTREG_SPIN_US``, else
-    ``fastreg._threads.POOL_SPIN_US``, else forever when OpenMP was asked to spin
-    (``OMP_WAIT_POLICY=active``)."""
+    sleep (and never back off: see csrc/pool.c). Returns the previous value. The default is
+    ``FASTREG_SPIN_US``, else forever when OpenMP was asked to spin (``OMP_WAIT_POLICY=active``),
+    else ``fastreg._threads.POOL_SPIN_US``."""
     global _pool_spins, _pool_spin_us
     us = float(us)
     if not ((0 <= us < 1e12) or us == -1):
