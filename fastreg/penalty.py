@@ -222,7 +222,7 @@ def _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype):
     if w32.size:
         job.op("penalty_grad")(flat(w32), np.float32(l1), np.float32(c2), flat(g32), accumulate)
     ob = _half.out_bits(job, out_arr)
-    res = job.target(ob, w32.shape, np.uint16)
+    res = job.target(ob, tuple(x.shape), np.uint16)   # x.shape: 0-d stays 0-d
     _half.narrow(job, g32, kind, res)
     r = job.finish(res, ob)
     return out if out is not None else _half.as_dtype(r, dtype)

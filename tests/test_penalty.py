@@ -258,3 +258,18 @@ def test_strength_that_overflows_the_dtype():
 def test_byte_swapped_input_gets_a_clear_error():
     with pytest.raises(TypeError, match="native byte order"):
         fastreg.l2_grad(np.arange(3, dtype=">f4"), 0.1)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+def test_zero_d_16_bit_gradients_keep_their_shape(backend):
+    """A 0-d float16/bfloat16 w gives a 0-d gradient, as float32 does (found by review: (1,))."""
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"{backend} unavailable")
+    import ml_dtypes
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        w = np.array(-3.0, dt)
+        for got in (fastreg.l1_grad(w, 0.5, backend=backend),
+                    fastreg.l2_grad(w, 0.5, backend=backend),
+                    fastreg.elastic_net_grad(w, 0.5, 0.25, backend=backend)):
+            assert got.shape == () and got.dtype == dt
+        assert float(fastreg.l1_grad(w, 0.5, backend=backend)) == -0.5

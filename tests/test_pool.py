@@ -19,7 +19,8 @@ from fastreg import _config, _registry, _threads
 
 from conftest import bits
 
-ROOT = Path(__file__).resolve().parents[1]
+# the fastreg under test (site-packages when installed): subprocesses import that one
+ROOT = Path(fastreg.__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(fastreg.available_backends()["c"] is not None,
                                 reason="C backend unavailable")
