@@ -272,6 +272,9 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
         const T bc2_sqrt = a->bc2_sqrt;                                                         \
         const T gscale = a->gscale;                                                             \
         const int gs = a->gscale != 1;                                                          \
+        /* torch's lerp: g - (g - m)(1 - w) for a weight w >= 0.5 (beta1 <= 0.5) */             \
+        const int lerp2 = omb1 >= (T)0.5;                                                       \
+        const T c1 = (T)1 - omb1;                                                               \
         const size_t len = hi - lo;                                                             \
         _Pragma("omp simd")                                                                     \
         for (size_t i = 0; i < len; i++) {                                                      \
@@ -281,7 +284,8 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
                 gi = gi + wd * pi;                                                              \
             if (DEC)                                                                            \
                 pi = pi * decay;                                                                \
-            T mi = m[i] + omb1 * (gi - m[i]);                                                   \
+            const T d = gi - m[i];                                                              \
+            T mi = fr_sel_##MS(lerp2, gi - d * c1, m[i] + omb1 * d);                            \
             T vi = beta2 * v[i] + (omb2 * gi) * gi;                                             \
             m[i] = mi;                                                                          \
             v[i] = vi;                                                                          \

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import bits
 
+import fastreg
 from fastreg.optim import SGD, Adam, AdamW
 
 DTYPES = [np.float32, np.float64]
@@ -347,3 +348,28 @@ def test_adam_second_moment_of_a_huge_gradient_as_torch(backend):
     assert np.isfinite(v).all() and v[0] > 9e36
     # torch.optim.Adam on the same sequence (float32): [0.6720016, 2.3279982]
     np.testing.assert_allclose(host(p), [0.6720016, 2.3279982], rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+@pytest.mark.parametrize("beta1", [0.0, 0.3, 0.5, 0.9])
+def test_adam_first_moment_is_torch_lerp_for_every_beta1(backend, beta1):
+    """torch's exp_avg.lerp_(g, 1 - beta1) takes g - (g - m) * beta1 for a weight >= 0.5: with
+    beta1 = 0, m = g exactly, where m + 1 * (g - m) cancels (m 1e4, g 1e-4: 0). Found by review;
+    every backend, the 16-bit path's float32 math included."""
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"{backend} unavailable")
+    torch = pytest.importorskip("torch")
+    grads = [[1e4, -3.0, 0.25], [1e-4, 7.0, -0.5], [2.0, -1e-3, 3.0]]
+    p = np.array([1.0, -2.0, 0.5], np.float32)
+    opt = fastreg.optim.Adam([p], lr=0.1, betas=(beta1, 0.99), backend=backend)
+    tp = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    topt = torch.optim.Adam([tp], lr=0.1, betas=(beta1, 0.99))
+    for g in grads:
+        opt.step([np.array(g, np.float32)])
+        tp.grad = torch.tensor(g)
+        topt.step()
+        m = opt.state_dict()["exp_avg.0"]
+        np.testing.assert_allclose(m, topt.state[tp]["exp_avg"].numpy(), rtol=2e-6, atol=0)
+        if beta1 == 0:
+            np.testing.assert_array_equal(m, np.array(g, np.float32))
+    np.testing.assert_allclose(p, tp.detach().numpy(), rtol=2e-6, atol=2e-6)

@@ -78,6 +78,10 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
     use_gs = gscale != 1
     use_wd = wd != 0
     use_decay = decay != 1
+    # torch's lerp: m + w (g - m) for a weight w < 0.5, else g - (g - m)(1 - w), 1 - w in the
+    # dtype (float32(1) - a float32 is float32; with a float64 it is float64)
+    second_form = omb1 >= 0.5
+    c1 = np.float32(1) - omb1
     for i in range(ps.size):
         x = ps[i]
         gi = gs[i] * gscale if use_gs else gs[i]
@@ -85,7 +89,7 @@ def _adam_task(ps, gs, ms, vs, vms, wd, decay, omb1, beta2, omb2, eps, step_size
         if use_decay:
             x = x * decay
         mi = ms[i]
-        mi = mi + omb1 * (gi - mi)
+        mi = gi - (gi - mi) * c1 if second_form else mi + omb1 * (gi - mi)
         ms[i] = mi
         vi = beta2 * vs[i] + (omb2 * gi) * gi
         vs[i] = vi

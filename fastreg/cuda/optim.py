@@ -10,6 +10,7 @@ Every multiply that feeds an add or subtract (the decoupled decay ``p * decay`` 
 ``mul_rn_device`` so that the GPU compiler cannot fuse it into an FMA (see fastreg.cuda.penalty);
 NaN payloads may differ on hardware (canonical NaN), as explained there.
 """
+import numba
 import numpy as np
 from numba import cuda
 
@@ -72,7 +73,10 @@ def _adam_kernel(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size,
         if flags & _DECAY:
             pi = mul_rn_device(pi, decay)  # feeds the subtract below
         mi = m[i]
-        mi = mi + mul_rn_device(omb1, gi - mi)
+        if omb1 >= 0.5:   # torch's lerp for a weight >= 0.5 (see fastreg/reference/optim.py)
+            mi = gi - mul_rn_device(gi - mi, numba.float32(1) - omb1)
+        else:
+            mi = mi + mul_rn_device(omb1, gi - mi)
         vi = mul_rn_device(beta2, v[i]) + mul_rn_device(mul_rn_device(omb2, gi), gi)
         m[i] = mi
         v[i] = vi

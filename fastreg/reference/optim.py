@@ -43,7 +43,9 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     g = g * gscale                           (gradient clipping's factor; skipped when 1)
     g = g + wd * p                           (Adam's L2; skipped when wd == 0)
     p = p * decay                            (AdamW; skipped when decay == 1)
-    m = m + omb1 * (g - m)                   (omb1 = 1 - beta1; torch's lerp)
+    m = m + omb1 * (g - m)                   (omb1 = 1 - beta1 < 0.5; torch's lerp, which
+    m = g - (g - m) * (1 - omb1)              for a weight >= 0.5 takes the second form, 1 - omb1
+                                              rounded to the dtype: beta1 = 0 gives m = g)
     v = beta2 * v + (omb2 * g) * g           (omb2 = 1 - beta2; torch's addcmul order: a
                                              g * g that overflows alone does not, as in torch)
     vmax = max(vmax, v)                      (AMSGrad, NaN-propagating like np.maximum:
@@ -58,7 +60,11 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
         g = g + wd * p
     if decay != 1:
         p[...] = p * decay
-    m[...] = m + omb1 * (g - m)
+    d = g - m
+    if omb1 < 0.5:
+        m[...] = m + omb1 * d
+    else:
+        m[...] = g - d * (m.dtype.type(1) - omb1)
     v[...] = beta2 * v + (omb2 * g) * g
     if vmax is not None:
         np.maximum(vmax, v, out=vmax)
