@@ -323,6 +323,8 @@ def _in_place(w, x, device, backend, run):
 def _soft(w, t, s, backend):
     x, device = _arrays.check_in_place(w, "w", half=True)
     cast = np.float32 if _arrays.is_half(x.dtype) else np.dtype(x.dtype).type
+    if not t < _OVERFLOW[np.dtype(cast)]:   # as the gradients: not rounded to inf silently
+        raise ValueError(f"the threshold ({t}) overflows {np.dtype(cast)}")
     return _in_place(w, x, device, backend, lambda job, src, dst: job.op("soft_threshold")(
         flat(src), cast(t), cast(s), flat(dst)))
 

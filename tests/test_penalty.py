@@ -273,3 +273,16 @@ def test_zero_d_16_bit_gradients_keep_their_shape(backend):
                     fastreg.elastic_net_grad(w, 0.5, 0.25, backend=backend)):
             assert got.shape == () and got.dtype == dt
         assert float(fastreg.l1_grad(w, 0.5, backend=backend)) == -0.5
+
+
+def test_prox_threshold_beyond_the_dtype_is_refused():
+    """A float32 threshold of 1e39 would round to inf (and turn inf weights into 0): refused
+    as the gradients refuse such strengths; float64 takes it."""
+    w = np.array([np.inf, 1.0, -2.0], np.float32)
+    for f in (lambda a: fastreg.prox_l1(a, 1e39), lambda a: fastreg.prox_elastic_net(a, 1e39, 0)):
+        with pytest.raises(ValueError, match="overflows float32"):
+            f(w)
+    np.testing.assert_array_equal(w, [np.inf, 1.0, -2.0])
+    w64 = w.astype(np.float64)
+    fastreg.prox_l1(w64, 1e39)
+    assert w64[1] == 0 and w64[2] == 0
