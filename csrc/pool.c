@@ -189,7 +189,7 @@ static void *fr_worker(void *arg)
         unsigned k = 0;
         while ((g = LOAD(P.gen, ACQUIRE)) == seen) {
             fr_relax();
-            if ((++k & 31) != 0)
+            if ((++k & 255) != 0)
                 continue;
             /* give the CPU to any other thread that wants it (the caller itself, when the OS
              * woke this worker on the caller's CPU): spinning only takes idle time */
@@ -258,7 +258,14 @@ int fr_pool_burst(int nt)
     int64_t now = fr_now_ns();
     if (now < LOAD(P.backoff_until_ns, RELAXED))
         return 0;
-    return fr_pool_hot(nt) || now - LOAD(P.last_end_ns, RELAXED) < FR_POOL_BURST_NS;
+    if (fr_pool_hot(nt))
+        return 1;
+    /* workers woken by an earlier call and not running yet (60-100 us and more on this VM):
+     * a job now would find none of them, so run serially until they come */
+    int64_t woken = LOAD(P.woken_ns, RELAXED);
+    if (woken != 0 && now - woken <= FR_POOL_WAKE_NS)
+        return 0;
+    return now - LOAD(P.last_end_ns, RELAXED) < FR_POOL_BURST_NS;
 }
 
 void fr_pool_call_ended(void) { STORE(P.last_end_ns, fr_now_ns(), RELAXED); }
