@@ -58,8 +58,8 @@
 #define FR_GEN_MASK 0xFFFFFFu  /* 24 bits of generation in a chunk word */
 #define FR_IDX_MASK 0xFFFFFu   /* 20 bits of end / next */
 /* A spinning worker that finds this much time between two of its checks (every 256 pauses,
- * some 10 us apart) was preempted: it sleeps at once.  After FR_POOL_MISSES jobs in a row that found the
- * workers spinning and that none of them took part in, when woken workers have not run
+ * some 10 us apart) was preempted: it sleeps at once.  After FR_POOL_MISSES jobs in a row that
+ * found the workers spinning and that none of them took part in, when woken workers have not run
  * FR_POOL_WAKE_NS after the wake, or when a caller has waited FR_POOL_PREEMPTED_NS for a task
  * that a worker started, the cores are oversubscribed (a busy machine, another runtime's spinning
  * threads, fewer CPUs than threads), and the pool backs off: workers sleep right after a job,
