@@ -257,17 +257,17 @@ static inline void fr_ew_run(fr_ew_kernel kernel, const void *args, void *out, s
     /* work items: 64-byte lines (plan() has decided that the work is worth the threads; below
      * 2 tiles per thread, a thread then takes runs of whole lines) */
     int nt = fr_pool_region_threads((int64_t)(n / (64 / itemsize)));
-    if (nt > 1 && ntiles < 2 * (size_t)nt) {
-        /* fewer than 2 tiles per thread: tiles of a 1 / (2 nt) share, whole lines, so that a
-         * thread that comes late leaves half as much to the others */
-        size_t line = 64 / itemsize, parts = 2 * (size_t)nt;
-        job.tile = ((n - job.head + parts - 1) / parts + line - 1) / line * line;
-        ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
-    }
-    if (nt > 1 && ntiles > FR_POOL_MAX_TASKS) {  /* over 64 GiB of output: larger tiles */
+    /* other tiles, of a 1 / parts share in whole lines: with fewer than 2 tiles per thread,
+     * 2 per thread (a thread that comes late leaves half as much to the others); over 64 GiB
+     * of output, larger ones (a job has at most FR_POOL_MAX_TASKS tasks) */
+    size_t parts = 0;
+    if (nt > 1 && ntiles < 2 * (size_t)nt)
+        parts = 2 * (size_t)nt;
+    else if (nt > 1 && ntiles > FR_POOL_MAX_TASKS)
+        parts = FR_POOL_MAX_TASKS - 1;
+    if (parts) {
         size_t line = 64 / itemsize;
-        job.tile = ((n - job.head + FR_POOL_MAX_TASKS - 2) / (FR_POOL_MAX_TASKS - 1) + line - 1)
-                   / line * line;
+        job.tile = ((n - job.head + parts - 1) / parts + line - 1) / line * line;
         ntiles = 1 + (n - job.head + job.tile - 1) / job.tile;
     }
     fr_pool_run(nt, fr_ew_task, &job, ntiles);

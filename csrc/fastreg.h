@@ -45,7 +45,7 @@ int fr_region_threads(int64_t items);
 int64_t fr_parallel_regions(void);
 
 /* fastreg's own pool (csrc/pool.c), which runs the elementwise kernels (penalties, prox steps,
- * optimizer steps).  fr_set_pool_threads(n, n_hot): the calling thread's counts for the next
+ * optimizer steps) and the Philox stream's tiles (dropout, masks, uniform).  fr_set_pool_threads(n, n_hot): the calling thread's counts for the next
  * kernel when the pool's workers sleep (n; as fr_set_threads) and when they spin (n_hot).
  * fr_pool_set_spin_ns: how long a worker spins after a job before it sleeps (< 0: forever).
  * fr_pool_stats: out[0], out[1] the jobs run so far with the workers asleep / spinning at the

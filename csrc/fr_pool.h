@@ -1,4 +1,5 @@
-/* fastreg's own thread pool (csrc/pool.c), for the elementwise kernels (fr_ew_run). */
+/* fastreg's own thread pool (csrc/pool.c), for the elementwise kernels (fr_ew_run) and the
+ * Philox stream's tiles (fr_run_tiles). */
 #ifndef FASTREG_FR_POOL_H
 #define FASTREG_FR_POOL_H
 
@@ -16,14 +17,11 @@ typedef void (*fr_task_fn)(void *ctx, size_t t);
  * holds the pool. */
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks);
 
-/* Whether enough of the pool's workers spin now for a job of nt threads (it would cost no
- * wake). */
-int fr_pool_hot(int nt);
-
 /* Whether a job of nt threads is worth them now: enough workers spin, or the previous
  * call that asked ended less than FR_POOL_BURST_NS ago, so that the wake (13-15 us of futex
- * syscall for the caller on this project's VMs) pays for the calls that follow; and the pool
- * is not backing off (csrc/pool.c: the cores were found oversubscribed).  A call that asked
+ * syscall for the caller on this project's VMs) pays for the calls that follow, unless a wake
+ * is already pending; and the pool is not backing off (csrc/pool.c: the cores were found
+ * oversubscribed).  A call that asked
  * says when it ends: fr_pool_call_ended (through fr_pool_region_end, csrc/dropout.c). */
 int fr_pool_burst(int nt);
 void fr_pool_call_ended(void);

@@ -124,6 +124,13 @@ void fr_pool_stats(int64_t *out)
     out[4] = LOAD(P.backoffs[2], RELAXED);
 }
 
+/* The tasks of a job, in order, on the calling thread. */
+static void fr_run_serial(fr_task_fn fn, void *ctx, size_t ntasks)
+{
+    for (size_t t = 0; t < ntasks; t++)
+        fn(ctx, t);
+}
+
 #ifdef FR_POOL_OK
 
 static int64_t fr_now_ns(void)
@@ -251,7 +258,8 @@ static int fr_pool_spinning(void)
     return n > 0 ? n : 0;
 }
 
-int fr_pool_hot(int nt) { return nt > 1 && fr_pool_spinning() >= nt - 1; }
+/* Whether enough workers spin now for a job of nt threads (it would cost no wake). */
+static int fr_pool_hot(int nt) { return nt > 1 && fr_pool_spinning() >= nt - 1; }
 
 int fr_pool_burst(int nt)
 {
@@ -295,18 +303,17 @@ static int fr_pool_grow(int nt)
 
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 {
-    if (nt < 2 || ntasks < 2 || ntasks > FR_POOL_MAX_TASKS || pthread_mutex_trylock(&P.lock) != 0) {
-        for (size_t t = 0; t < ntasks; t++)
-            fn(ctx, t);
+    if (nt < 2 || ntasks < 2 || ntasks > FR_POOL_MAX_TASKS
+        || pthread_mutex_trylock(&P.lock) != 0) {
+        fr_run_serial(fn, ctx, ntasks);
         return;
     }
     nt = fr_pool_grow(nt);
     if ((size_t)nt > ntasks)
         nt = (int)ntasks;
-    if (nt < 2) {
+    if (nt < 2) {   /* no worker could be started */
         pthread_mutex_unlock(&P.lock);
-        for (size_t t = 0; t < ntasks; t++)
-            fn(ctx, t);
+        fr_run_serial(fn, ctx, ntasks);
         return;
     }
     const int hot = fr_pool_hot(nt);
@@ -324,15 +331,14 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
      * that counted itself spinning here and goes to sleep meanwhile finds gen changed: the
      * kernel's compare in futex_wait returns at once) */
     if (LOAD(P.nworkers, RELAXED) - __atomic_load_n(&P.sleepers, __ATOMIC_SEQ_CST) < nt - 1) {
+        /* once per sleep; a wake whose workers have not run FR_POOL_WAKE_NS later means no
+         * CPU for them (back off), or a stale stamp (a worker that had counted itself a sleeper
+         * but left futex_wait at once, clearing the stamp before this caller's predecessor
+         * stored it, sleeps now): wake again */
         int64_t now = fr_now_ns(), woken = LOAD(P.woken_ns, RELAXED);
-        if (woken == 0) {
-            STORE(P.woken_ns, now, RELAXED);
-            syscall(SYS_futex, &P.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-        } else if (now - woken > FR_POOL_WAKE_NS) {
-            /* woken and still not running: no CPU for them.  Wake again: the stamp may be
-             * stale (a worker that had counted itself a sleeper but left futex_wait at once,
-             * clearing the stamp before this caller's predecessor stored it, sleeps now) */
-            fr_back_off(now, 1);
+        if (woken == 0 || now - woken > FR_POOL_WAKE_NS) {
+            if (woken != 0)
+                fr_back_off(now, 1);
             STORE(P.woken_ns, now, RELAXED);
             syscall(SYS_futex, &P.gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         }
@@ -372,12 +378,6 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 
 #else /* no futex: OpenMP (the count for sleeping threads only, fr_pool_burst says no) */
 
-int fr_pool_hot(int nt)
-{
-    (void)nt;
-    return 0;
-}
-
 int fr_pool_burst(int nt)
 {
     (void)nt;
@@ -395,8 +395,7 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
             fn(ctx, (size_t)t);
         return;
     }
-    for (size_t t = 0; t < ntasks; t++)
-        fn(ctx, t);
+    fr_run_serial(fn, ctx, ntasks);
 }
 
 #endif

@@ -71,9 +71,10 @@ def info(args=None):
               f"; grains {grains}")
         us = fastreg.c.pool_spin_us()
         spin = "forever" if us < 0 else ("never" if us == 0 else f"{us:g} us after a job")
-        print(f"  fastreg pool (c)     elementwise kernels; its threads spin {spin} "
-              f"(FASTREG_SPIN_US); grain while they spin "
-              f"{_threads.grain('elementwise', fastreg.c._pool_spins)}")
+        hot = ", ".join(f"{k} {_threads.grain(k, fastreg.c._pool_spins)}"
+                        for k in fastreg.c._POOL_FAMILIES)
+        print(f"  fastreg pool (c)     elementwise and random-stream kernels; its threads spin "
+              f"{spin} (FASTREG_SPIN_US); grains while they spin {hot}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

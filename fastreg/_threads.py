@@ -83,9 +83,10 @@ SPIN_GRAIN = {
 }
 
 # How long the C backend's own pool threads (csrc/pool.c: they run its elementwise kernels, i.e.
-# penalties, prox steps and optimizer steps) spin after a job before they sleep, in us
-# (FASTREG_SPIN_US overrides; -1: forever, as when the user asks OpenMP to spin). While they
-# spin a job costs no wake and the C backend takes SPIN_GRAIN for those kernels; asleep, GRAIN.
+# penalties, prox steps and optimizer steps, and its Philox stream ops, dropout among them) spin
+# after a job before they sleep, in us (FASTREG_SPIN_US overrides; -1: forever, as when the user
+# asks OpenMP to spin). While they spin a job costs no wake and the C backend takes SPIN_GRAIN
+# for those kernels; asleep, GRAIN.
 # Calls that follow each other (an optimizer step over a model's parameters, a loop of ops)
 # find them spinning; a call after a pause of a torch forward pass finds them asleep.
 POOL_SPIN_US = 50
