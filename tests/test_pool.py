@@ -26,6 +26,15 @@ pytestmark = pytest.mark.skipif(fastreg.available_backends()["c"] is not None,
                                 reason="C backend unavailable")
 
 
+def _python(code, *args, **env):
+    """``python -c code *args`` with the fastreg under test and ``env`` added to the
+    environment (as test_threads' ``_run_python``)."""
+    full = dict(os.environ, **env)
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=ROOT, env=full, timeout=120)
+
+
 @pytest.fixture
 def fc():
     import fastreg.c as fc
@@ -249,10 +258,7 @@ print(os.waitstatus_to_exitcode(status))
 def test_pool_works_in_a_fork_child(spin_us):
     """A child forked after the pool ran (its workers asleep or spinning) runs pool jobs: its
     first job starts new workers."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    res = subprocess.run([sys.executable, "-c", _FORK, spin_us], capture_output=True, text=True,
-                         cwd=ROOT, env=env, timeout=120)
+    res = _python(_FORK, spin_us)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0"
 
@@ -303,26 +309,19 @@ print(after["hot"] - before["hot"], after["cold"] - before["cold"])
 def test_a_worker_outside_the_team_does_not_cool_the_pool():
     """After a job of 3 threads, jobs of 2 still find the pool hot: the third worker sleeps,
     and only the workers a job needs count (found by review: every later job was cold)."""
-    env = dict(os.environ, OMP_NUM_THREADS="3", FASTREG_NUM_THREADS="3",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                        os.environ.get("PYTHONPATH")])))
-    res = subprocess.run([sys.executable, "-c", _AFTER_A_BIG_TEAM], capture_output=True,
-                         text=True, cwd=ROOT, env=env, timeout=120)
+    res = _python(_AFTER_A_BIG_TEAM, OMP_NUM_THREADS="3", FASTREG_NUM_THREADS="3")
     assert res.returncode == 0, res.stderr
     hot, cold = map(int, res.stdout.split())
     assert hot == 200 and cold == 0, (hot, cold)
 
 
 def test_a_bad_spin_setting_warns_and_keeps_the_backend():
-    env = dict(os.environ, FASTREG_SPIN_US="soon", PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     code = ("import warnings, fastreg\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    import fastreg.c as fc\n"
             "print(fastreg.available_backends()['c'], fc.pool_spin_us(), "
             "[str(x.message) for x in w])")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                         env=env, timeout=120)
+    res = _python(code, FASTREG_SPIN_US="soon")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("None 50.0 ") and "FASTREG_SPIN_US='soon'" in res.stdout
