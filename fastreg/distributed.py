@@ -149,7 +149,7 @@ def _timeout(timeout):
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, got "
                         f"{type(timeout).__name__}")
-    timeout = float(timeout)
+    timeout = _arrays.real_to_float(timeout, "timeout", "a number of seconds > 0 or None")
     if not (timeout > 0):
         raise ValueError(f"timeout must be > 0 seconds (or None: wait forever), got {timeout}")
     return timeout

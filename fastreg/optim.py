@@ -43,7 +43,7 @@ def _check_beta(b, name):
         return b
     if isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Real):
         raise TypeError(f"{name} must be a real number in [0, 1), got {type(b).__name__}")
-    b = float(b)
+    b = _arrays.real_to_float(b, name, "in [0, 1)")
     if not 0.0 <= b < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {b}")
     return b

@@ -476,3 +476,15 @@ def test_huge_integer_hyper_parameters_are_value_errors():
         fastreg.l2_grad(x, 10**400)
     with pytest.raises(ValueError, match="max_norm must be"):
         fastreg.clip_grad_norm([x.copy()], 10**400)
+    # the same conversion in the other argument checks
+    import fastreg.augment as A
+    from fastreg import distributed
+    from fastreg.train import EarlyStopping
+    with pytest.raises(ValueError, match="betas"):
+        fastreg.optim.Adam([x.copy()], betas=(10**400, 0.9))
+    with pytest.raises(ValueError, match="brightness must be finite"):
+        A.ColorJitter(brightness=10**400)
+    with pytest.raises(ValueError, match="min_delta must be finite"):
+        EarlyStopping(min_delta=10**400)
+    with pytest.raises(ValueError, match="timeout must be"):
+        distributed._timeout(10**400)

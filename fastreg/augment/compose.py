@@ -32,7 +32,7 @@ def _real(v, name):
     v = v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
-    v = float(v)
+    v = _arrays.real_to_float(v, name, "finite")
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v

@@ -73,7 +73,7 @@ def new_seed():
 def _check_in_place_allowed(x):
     """torch's refusal of an in-place op on a leaf that requires grad (or a view of one),
     raised before any work: the stream counter then stays where it was."""
-    base = x._base if x._base is not None else None
+    base = x._base
     if x.requires_grad and x.is_leaf:
         raise RuntimeError("a leaf Variable that requires grad is being used in an in-place "
                            "operation.")

@@ -10,6 +10,7 @@ import numbers
 
 import numpy as np
 
+from .. import _arrays
 from ._xp import to_host
 
 
@@ -20,7 +21,7 @@ def _check_real(v, name, optional=False):
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, got "
                         f"{type(v).__name__} {v!r}")
-    v = float(v)
+    v = _arrays.real_to_float(v, name, "finite")
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     return v
