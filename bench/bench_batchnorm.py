@@ -31,6 +31,7 @@ import pytest
 
 import fastreg
 from fastreg.bench import cases
+from fastreg.bench.small import time_each
 
 SIZES = ("small", "full")
 
@@ -164,18 +165,8 @@ def targets_table(backend="c", rounds=15, small_rounds=2000):
     F.batch_norm (+ autograd) interleaved, same data, same process; prints min and median,
     the ratio of the minima (x torch), GB/s over the bytes that must move, and for the small
     case the kernels alone (fastreg.c.batchnorm, the public wrapper's share is the rest)."""
-    import time
-
     import numpy as np
     import torch
-
-    def times(fn, n):
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-        return out
 
     print(f"fastreg {backend} vs torch {torch.__version__}, float32, "
           f"{fastreg.get_num_threads()} fastreg threads, {torch.get_num_threads()} torch threads")
@@ -195,10 +186,10 @@ def targets_table(backend="c", rounds=15, small_rounds=2000):
         f(), g()
         tf, tg, tk = [], [], []
         for _ in range(reps):
-            tf += times(f, inner)
-            tg += times(g, inner)
+            tf += time_each(f, inner)
+            tg += time_each(g, inner)
             if kernel is not None:
-                tk += times(kernel, inner)
+                tk += time_each(kernel, inner)
         nbytes = cases.bn_nbytes(op, shape)
         ratio = min(tg) / min(tf)
         name = f"{layout} {shape} {op}"

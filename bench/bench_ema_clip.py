@@ -22,12 +22,12 @@ zeros cost what other numbers cost), in both libraries.
 """
 import argparse
 import os
-import time
 
 import numpy as np
 import pytest
 
 import fastreg
+from fastreg.bench.small import time_each
 
 N = 10 ** 7
 SMOKE = 1 << 12
@@ -131,15 +131,6 @@ def _torch_params(torch, grads):
 
 # ---- interleaved comparison (python bench/bench_ema_clip.py) ------------------------------------
 
-def _time(fn, reps):
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def stream_cases(n):
     """STREAM-like kernels at n float32 with fastreg's thread count (Numba), as
     ``{name: (fn, bytes counted)}``: copy ``b = a`` (8 bytes per element, as STREAM counts),
@@ -234,7 +225,7 @@ def main():
         times = {k: [] for k in cases}
         for _ in range(args.reps):   # interleaved rounds: load changes hit every case alike
             for k, fn in cases.items():
-                times[k] += _time(fn, 1)
+                times[k] += time_each(fn, 1)
         print(f"\nlayout {layout} ({len(layout_sizes(layout, args.n))} arrays): "
               "min / median ms per call, GB/s at the min")
         for k in sorted(times):

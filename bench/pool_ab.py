@@ -10,21 +10,12 @@ beside it.
 """
 import argparse
 import contextlib
-import time
 
 import numpy as np
 
 import fastreg
 import fastreg.c as fc
-
-
-def _block(f, k):
-    out = []
-    for _ in range(k):
-        t = time.perf_counter_ns()
-        f()
-        out.append(time.perf_counter_ns() - t)
-    return out
+from fastreg.bench.small import time_each
 
 
 def _rows():
@@ -66,8 +57,8 @@ def main(argv=None):
                     for spin in (0, 50):
                         fc.set_pool_spin(spin)
                         f(), f()
-                        res[spin] += _block(f, 200)
-                q = {s: np.percentile(np.array(v) / 1e3, [50, 99, 100]) for s, v in res.items()}
+                        res[spin] += time_each(f, 200)
+                q = {s: np.percentile(np.array(v) * 1e6, [50, 99, 100]) for s, v in res.items()}
                 print(f"{name:18s} {q[0][0]:16.1f} {q[0][1]:7.1f} {q[0][2]:8.1f} | "
                       f"{q[50][0]:15.1f} {q[50][1]:7.1f} {q[50][2]:8.1f}")
     finally:

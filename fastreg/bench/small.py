@@ -38,7 +38,7 @@ def row(values):
     return "  ".join(f"{v:{align}{width}}" for v, (_, align, width) in zip(values, COLUMNS))
 
 
-def _timed_here(fn, n):
+def time_each(fn, n):
     """n calls of ``fn()`` in this process, each timed alone: their seconds."""
     clock = time.perf_counter
     times = []
@@ -65,7 +65,7 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
         name -> float64 array of per-call seconds (equal lengths).
     """
     def run(fn, n):
-        return fn.timed(n) if hasattr(fn, "timed") else _timed_here(fn, n)
+        return fn.timed(n) if hasattr(fn, "timed") else time_each(fn, n)
 
     for fn in calls.values():
         run(fn, warmup)

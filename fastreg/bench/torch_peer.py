@@ -78,8 +78,8 @@ def serve(stdin=None, stdout=None):
         calls[op] = cases.small_torch_call(op)
 
     def timed(op, n):
-        from .small import _timed_here   # after torch (imports fastreg, which loads nothing)
-        return _timed_here(calls[op], n)
+        from .small import time_each   # after torch (imports fastreg, which loads nothing)
+        return time_each(calls[op], n)
 
     def set_threads(n):
         torch.set_num_threads(n)
