@@ -8,7 +8,7 @@ Policy (PyTorch's ``at::parallel_for`` is the model):
   holds.
 * Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
 * The grains are the break-even sizes with sleeping worker threads (fastreg starts OpenMP with
-  the passive wait policy). When the user asks OpenMP to spin (``openmp_spins()``:
+  a short spin, ``bounded_openmp_spin``, which a call after a pause does not reach). When the user asks OpenMP to spin (``openmp_spins()``:
   ``OMP_WAIT_POLICY=active``), a region costs no wake and the C backend takes the smaller
   ``SPIN_GRAIN``.
   Each backend also stays within its runtime's own ceiling: NUMBA_NUM_THREADS for the Numba
@@ -307,16 +307,34 @@ def openmp_loaded():
         return None
 
 
-@contextlib.contextmanager
-def passive_openmp():
-    """Wrap the first load of the OpenMP runtime (the C extension) so that it starts with
-    ``OMP_WAIT_POLICY=passive``: its idle threads sleep instead of spinning.
+# GNU OpenMP's spin count that fastreg starts its runtime with (``bounded_openmp_spin``): about
+# 0.2 ms of spinning after a parallel region on the 2-vCPU Xeon VM (worker CPU time after one
+# region: 0.18 ms over the region's own; GNU's default, 300000, spins 3.6 ms).
+OPENMP_SPINCOUNT = 10000
 
-    Measured on the shared 2-core machine (load average 8.6, other test suites running): an
-    l2_grad over 262144 float32 on 2 threads took a median 25.7-27.2 ms with GNU OpenMP's
-    default policy (spin about 300,000 times, then sleep), 29-31 ms with ``active``, 1.1 ms with
-    ``GOMP_SPINCOUNT=10000`` and 0.55 ms with ``passive``: a spinning thread spends the time
-    slices that the thread it waits for needs. See bench/load.py and the README ("Threads").
+
+@contextlib.contextmanager
+def bounded_openmp_spin():
+    """Wrap the first load of the OpenMP runtime (the C extension) so that it starts with
+    ``GOMP_SPINCOUNT=OPENMP_SPINCOUNT``: an idle team thread spins about 0.2 ms, then sleeps,
+    instead of GNU's default 300000 spins (3.6 ms on this project's VM).
+
+    The runtime is shared: torch, imported after fastreg's first op, finds it loaded (the same
+    soname) and keeps its policy. So the choice is measured on both, the 2-vCPU VM:
+
+    * torch alone, an MLP training step (batch 64, 784-256-256-10, AdamW) took a median 1.51 ms
+      with GNU's default; with fastreg's op first, 1.73 ms with this spin count and 3.97 ms with
+      ``OMP_WAIT_POLICY=passive`` (what fastreg used before; (256, 784-1024-1024-10): 19.9,
+      16.7 and 23.1 ms). A sleeping team costs torch a wake per region.
+    * Beside a busy load (bench/load.py mixed), a spinning team takes the time slices that the
+      thread it waits for needs: a batch-norm forward on NCHW (32, 64, 28, 28) with the C
+      backend took a median 0.9-1.2 ms passive, 1.6-1.7 ms with this spin count and 11.7-21 ms
+      with GNU's default. An l2_grad over 1e5 float32 forced onto 2 OpenMP threads took 78 us
+      passive, 740-860 us with 10000 spins and 16 ms with the default (an earlier session).
+
+    The penalties, prox steps, optimizer steps and Philox-stream kernels (dropout, masks) run on
+    fastreg's own pool instead (csrc/pool.c), whose spinning is bounded separately
+    (``FASTREG_SPIN_US``).
 
     Nothing is changed when the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, or when a
     runtime is already loaded (by torch, which brings its own copy of GNU OpenMP, or by any
@@ -328,17 +346,17 @@ def passive_openmp():
             or openmp_loaded() is not False):
         yield
         return
-    os.environ["OMP_WAIT_POLICY"] = "passive"
+    os.environ["GOMP_SPINCOUNT"] = str(OPENMP_SPINCOUNT)
     try:
         yield
     finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 def openmp_spins(environ=None):
     """Whether GNU OpenMP started with this environment (``os.environ`` by default) keeps its idle
     threads spinning: ``OMP_WAIT_POLICY=active``, or ``GOMP_SPINCOUNT=infinite``. fastreg never
-    asks for it (see ``passive_openmp``); a user who does, on a machine of their own, gets the C
+    asks for it (see ``bounded_openmp_spin``); a user who does, on a machine of their own, gets the C
     backend's ``SPIN_GRAIN``."""
     environ = os.environ if environ is None else environ
     policy = environ.get("OMP_WAIT_POLICY", "").strip().lower()

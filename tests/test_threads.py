@@ -182,7 +182,8 @@ print(fastreg.c.SPINNING, regions)
 @pytest.mark.parametrize("policy, expected", [("active", "True 3"), ("passive", "False 0"),
                                               (None, "False 0")])
 def test_c_backend_takes_the_spin_grain_when_told_to_spin(policy, expected):
-    """With OMP_WAIT_POLICY=active (the user's choice: fastreg starts OpenMP passive) mid-size
+    """With OMP_WAIT_POLICY=active (the user's choice: fastreg starts OpenMP with a short spin)
+    mid-size
     ops enter a parallel region on the C backend; otherwise they run serially. Same results."""
     if fastreg.available_backends()["c"] is not None:
         pytest.skip("C backend unavailable")
@@ -501,7 +502,7 @@ import os, sys
 if sys.argv[1:] == ["torch"]:
     import torch  # brings its own GNU OpenMP, loaded before fastreg's
 import fastreg.c
-print(os.environ.get("OMP_WAIT_POLICY", "-"))
+print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "-"))
 """
 
 
@@ -517,28 +518,36 @@ def _openmp_settings(stderr):
 
 # GNU OpenMP reports OMP_WAIT_POLICY as PASSIVE unless it is ACTIVE, also for its default (spin
 # GOMP_SPINCOUNT = 300000 times, then sleep): the spin count tells the policies apart.
-@pytest.mark.parametrize("setting, spin", [(None, "0"), ("active", "30000000000"),
-                                           ("passive", "0"), ("torch", "300000")])
-def test_c_backend_starts_openmp_passive_unless_told(setting, spin):
-    """The OpenMP runtime fastreg loads starts with the passive wait policy, unless the user
-    chose one or the runtime was loaded before (here by torch); the environment is left as it
-    was."""
+@pytest.mark.parametrize("setting, spin", [(None, str(_threads.OPENMP_SPINCOUNT)),
+                                           (("OMP_WAIT_POLICY", "active"), "30000000000"),
+                                           (("OMP_WAIT_POLICY", "passive"), "0"),
+                                           (("GOMP_SPINCOUNT", "1234"), "1234"),
+                                           ("torch", "300000")])
+def test_c_backend_starts_openmp_with_a_bounded_spin_unless_told(setting, spin, monkeypatch):
+    """The OpenMP runtime fastreg loads starts with GOMP_SPINCOUNT=OPENMP_SPINCOUNT (a short spin,
+    not GNU's default 300000, nor passive, which slows a torch sharing the runtime), unless the
+    user chose a policy or the runtime was loaded before (here by torch, which keeps its
+    default); the environment is left as it was."""
     if fastreg.available_backends()["c"] is not None:
         pytest.skip("C backend unavailable")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     env = {"OMP_DISPLAY_ENV": "verbose"}
     args = []
     if setting == "torch":
         pytest.importorskip("torch")
         args = ["torch"]
     elif setting is not None:
-        env["OMP_WAIT_POLICY"] = setting
+        env[setting[0]] = setting[1]
     res = _run_python(_WAIT_POLICY, *args, **env)
     assert res.returncode == 0, res.stderr
     shown = _openmp_settings(res.stderr)
     if "GOMP_SPINCOUNT" not in shown:
         pytest.skip("this OpenMP runtime does not display GNU OpenMP's settings")
     assert shown["GOMP_SPINCOUNT"] == spin
-    assert res.stdout.strip() == (setting if setting in ("active", "passive") else "-")
+    policy, count = res.stdout.split()
+    assert policy == (setting[1] if setting and setting[0] == "OMP_WAIT_POLICY" else "-")
+    assert count == (setting[1] if setting and setting[0] == "GOMP_SPINCOUNT" else "-")
 
 
 _WORKQUEUE = r"""

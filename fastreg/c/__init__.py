@@ -18,7 +18,7 @@ from .. import _config, _threads
 SPINNING = _threads.openmp_spins()
 
 try:
-    with _threads.passive_openmp():  # the module links the OpenMP runtime: loaded here
+    with _threads.bounded_openmp_spin():  # the module links the OpenMP runtime: loaded here
         from ._fastreg_c import ffi, lib
     _reason = None
 except ImportError as exc:  # not built, or built for another Python / with a sanitizer
