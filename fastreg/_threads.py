@@ -382,6 +382,21 @@ def plan(work, family, spinning=False):
     return max(1, min(get_num_threads(), work // grain_))
 
 
+def plan_pair(work, family, spinning, hot_spinning):
+    """``(plan(work, family, spinning), plan(work, family, hot_spinning))`` with at most one read
+    of ``get_num_threads()`` (0.5 us: the affinity mask is a system call), for the C backend's
+    pool families (a count for sleeping workers, one for spinning workers)."""
+    g = GRAIN[family]
+    sg = min(g, SPIN_GRAIN[family])
+    g_cold = sg if spinning else g
+    g_hot = sg if hot_spinning else g
+    if work < 2 * g_cold and work < 2 * g_hot:
+        return 1, 1
+    limit = get_num_threads()
+    return (1 if work < 2 * g_cold else min(limit, work // g_cold),
+            1 if work < 2 * g_hot else min(limit, work // g_hot))
+
+
 def mark_parallel():
     """Record that a parallel region ran (a later fork child then runs serially)."""
     global _parallel_used

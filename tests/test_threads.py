@@ -118,6 +118,24 @@ def test_environment_defaults(monkeypatch):
     assert fastreg.get_num_threads() == _threads.available_cpus()
 
 
+def test_plan_pair_is_two_plans(monkeypatch):
+    """The C backend's pool families plan both counts with one read of the thread count: the
+    same answers as two plans, also with a grain shrunk below the spin grain (as tests do)."""
+    for shrink in (False, True):
+        if shrink:
+            monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)
+        for fam in ("elementwise", "random"):
+            g, sg = _threads.GRAIN[fam], _threads.SPIN_GRAIN[fam]
+            for n in (1, 2, 3, 8):
+                with fastreg.threads(n):
+                    for work in (0, 1, 31, 32, sg, 2 * sg - 1, 2 * sg, 5 * sg + 3, 2 * g - 1,
+                                 2 * g, 7 * g, 100 * g):
+                        for a in (False, True):
+                            for b in (False, True):
+                                assert _threads.plan_pair(work, fam, a, b) == (
+                                    _threads.plan(work, fam, a), _threads.plan(work, fam, b))
+
+
 def test_available_cpus_within_affinity():
     n = _threads.available_cpus()
     assert 1 <= n <= len(os.sched_getaffinity(0))

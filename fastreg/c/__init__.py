@@ -54,12 +54,11 @@ def _plan(work, family):
     count for fastreg's pool while its threads spin (``SPIN_GRAIN``; csrc/pool.c), which the
     kernels that run on the pool use (the elementwise driver, fr_ew_run, and the Philox
     stream's tiles, fr_run_tiles)."""
-    if family in _POOL_FAMILIES and work >= 2 * _threads.grain(family, True):
-        n = _threads.plan(work, family, SPINNING)
-        hot = _threads.plan(work, family, _pool_spins)
+    if family in _POOL_FAMILIES:
+        n, hot = _threads.plan_pair(work, family, SPINNING, _pool_spins)
         lib.fr_set_pool_threads(n, hot)
         n = max(n, hot)
-    else:   # (a pool family's work below both of its grains: 1 and 1)
+    else:
         n = _threads.plan(work, family, SPINNING)
         lib.fr_set_threads(n)
     if n > 1:
