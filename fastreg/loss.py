@@ -114,7 +114,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=DEFAULT_IGNORE_IN
         Class weights, finite and >= 0 (torch's ``weight``).
     ignore_index : int
         Class-index targets equal to it contribute nothing (zero loss, zero gradient) and do not
-        count in the mean. Not supported with soft targets (as in torch): leave the default.
+        count in the mean. Soft targets have no index to ignore: a negative value is accepted
+        and does nothing, a non-negative one is an error (as in torch).
     reduction : {"mean", "sum", "none"}
         "mean" as in torch: class-index targets divide the sum by the total weight of the
         non-ignored targets (their count without ``weight``), also with label smoothing;
@@ -151,7 +152,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=DEFAULT_IGNORE_IN
         weight not real numbers; label_smoothing not a real number; grad not a bool.
     ValueError
         A target of the wrong shape; a class index outside ``[0, C)`` that is not
-        ``ignore_index`` (naming the first one); ignore_index with soft targets;
+        ``ignore_index`` (naming the first one); ignore_index >= 0 with soft targets;
         label_smoothing outside [0, 1] or NaN; a bad reduction; weight of the wrong shape,
         negative or not finite; logits with no class axis or zero classes; out given with
         ``grad=False``, or of the wrong shape, dtype or device, read-only or overlapping an
@@ -214,9 +215,10 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         soft = True
         want = shape
         _arrays.check_float(tarr, "target")
-        if ignore_index != DEFAULT_IGNORE_INDEX:
-            raise ValueError("ignore_index is not supported with soft (probability) targets, "
-                             "as in torch; leave it at -100")
+        if ignore_index >= 0:   # torch: a negative one is accepted (and has nothing to ignore)
+            raise ValueError(f"ignore_index ({ignore_index}) is not supported with soft "
+                             f"(probability) targets, as in torch; leave it negative (the "
+                             f"default, -100)")
     else:
         raise TypeError(f"target must hold class indices (integers) or class probabilities "
                         f"(float32/float64), got dtype {tarr.dtype}")

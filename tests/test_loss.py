@@ -423,7 +423,7 @@ def test_divide_by_splits_the_mean():
     (dict(target=np.array([True, False])), TypeError, "target must hold class indices"),
     (dict(target=np.zeros((2, 3), np.float16)), TypeError, "target must be float32"),
     (dict(target=np.zeros((2, 3), np.float32), ignore_index=0), ValueError,
-     "ignore_index is not supported"),
+     r"ignore_index \(0\) is not supported"),
     (dict(label_smoothing=1.5), ValueError, "label_smoothing must be in"),
     (dict(label_smoothing=float("nan")), ValueError, "label_smoothing must be in"),
     (dict(label_smoothing="0.1"), TypeError, "label_smoothing must be a real"),
@@ -568,3 +568,18 @@ def test_ignore_index_beyond_int64_is_refused_on_every_backend(ignore_index):
         with pytest.raises(ValueError, match="ignore_index must fit in int64"):
             fastreg.cross_entropy(x, np.array([0, 1, 2]), ignore_index=ignore_index,
                                   backend=backend)
+
+
+@pytest.mark.parametrize("ignore_index", [-1, -7, -2**63])
+def test_soft_targets_take_any_negative_ignore_index(ignore_index):
+    """As torch: soft targets have no index to ignore, and a negative ignore_index is accepted
+    (the same loss and gradient as the default); a non-negative one is refused (tested above)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    t = rng.random((5, 4)).astype(np.float32)
+    for be in ("numpy", "cpu", "c"):
+        if fastreg.available_backends()[be] is not None:
+            continue
+        ref = fastreg.cross_entropy(x, t, backend=be)
+        got = fastreg.cross_entropy(x, t, ignore_index=ignore_index, backend=be)
+        assert got[0] == ref[0] and np.array_equal(got[1], ref[1])
