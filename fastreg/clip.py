@@ -70,7 +70,10 @@ def root(s, p):
         return math.sqrt(s) if s == s and s >= 0 else s
     if p == 1.0 or p == math.inf:
         return s
-    return s ** (1.0 / p)
+    try:
+        return s ** (1.0 / p)
+    except OverflowError:   # a small p: the norm is beyond the float range (torch: inf)
+        return math.inf
 
 
 def _combine(a, b, p):

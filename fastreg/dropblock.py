@@ -87,7 +87,7 @@ def _gamma(p, block_size, h, w, gamma_scale):
 
 def _threshold(g):
     """The integer seed threshold in [0, 2**32]: a position is a seed when its word is below."""
-    return min(int(math.floor(g * _TWO32 + 0.5)), _TWO32)
+    return int(math.floor(min(g, 1.0) * _TWO32 + 0.5))   # g may be huge (gamma_scale)
 
 
 def _run(x, p, block_size, seed, offset, training, layout, gamma_scale, out, backend, name,

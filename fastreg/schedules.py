@@ -61,11 +61,16 @@ def _cosine_args(base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
 
 def _cosine(step, base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
     if step < warmup_steps:
-        return warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps
+        rise = (base_lr - warmup_start_lr) * step
+        if rise == math.inf:   # a rate near the float range: the same line, without overflow
+            return warmup_start_lr + (base_lr - warmup_start_lr) * (step / warmup_steps)
+        return warmup_start_lr + rise / warmup_steps
     if step >= total_steps:
         return min_lr
     t = (step - warmup_steps) / (total_steps - warmup_steps)
-    return min_lr + (base_lr - min_lr) * (1.0 + math.cos(math.pi * t)) / 2.0
+    # ((1 + cos) / 2) first: the same bits as (x * (1 + cos)) / 2 (halving is exact), and no
+    # overflow for a rate near the float range
+    return min_lr + (base_lr - min_lr) * ((1.0 + math.cos(math.pi * t)) / 2.0)
 
 
 def cosine_warmup_lr(step, base_lr, total_steps, warmup_steps=0, min_lr=0.0,
@@ -109,7 +114,12 @@ def _decay_args(base_lr, step_size, gamma, milestones):
     if step_size is not None:
         step_size = _check_positive_int(step_size, "step_size")
     else:
-        milestones = sorted(_check_step(m, "milestones[]") for m in milestones)
+        try:
+            items = list(milestones)
+        except TypeError:
+            raise TypeError(f"milestones must be a sequence of step numbers, got "
+                            f"{type(milestones).__name__}") from None
+        milestones = sorted(_check_step(m, "milestones[]") for m in items)
     return base_lr, step_size, gamma, milestones
 
 

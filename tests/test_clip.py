@@ -512,3 +512,15 @@ def test_torch_optimizer_max_grad_norm(name, kwargs):
                                        atol=1e-7)
     with pytest.raises(ValueError, match="max_norm"):
         getattr(frt.optim, name)(a, max_grad_norm=-2.0, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "c"])
+def test_small_norm_type_overflows_to_inf(backend):
+    """A norm beyond the float range (norm_type 0.001: sum ** 1000) is inf, as torch's
+    vector_norm, not Python's OverflowError; clipping then zeroes the gradients, as torch."""
+    if fastreg.available_backends()[backend] is not None:
+        pytest.skip(f"backend {backend} unavailable")
+    assert fastreg.grad_norm([np.full(10, 2.0)], 0.001, backend=backend) == math.inf
+    g = [np.ones(3)]
+    assert fastreg.clip_grad_norm(g, 1.0, norm_type=0.001, backend=backend) == math.inf
+    np.testing.assert_array_equal(g[0], np.zeros(3))

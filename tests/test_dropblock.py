@@ -523,3 +523,13 @@ def test_torch_module_vs_timm_transcription():
     seeds = torch.from_numpy(seeds_of(SEED, 0, t, tuple(x.shape)).astype(np.float32))
     torch.testing.assert_close(m(x), timm_fast_2d(x, 0.1, 5, seed_mask=seeds), rtol=2 ** -22,
                                atol=0)
+
+
+def test_huge_gamma_scale_seeds_everywhere():
+    """A rate beyond 1 seeds every position, also for a gamma_scale whose product with 2**32
+    overflows a float (an OverflowError before)."""
+    x = np.ones((2, 3, 8, 8), np.float32)
+    a = fastreg.drop_block(x, 0.3, 3, seed=3, gamma_scale=1e30, backend="numpy")
+    b = fastreg.drop_block(x, 0.3, 3, seed=3, gamma_scale=1e300, backend="numpy")
+    assert not a.any()
+    np.testing.assert_array_equal(a, b)

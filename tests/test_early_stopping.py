@@ -384,3 +384,29 @@ def test_load_model_state_with_averages_needs_an_ema():
         np.testing.assert_array_equal(trainer.model_state(rng=False, ema=True)[k], v)
     trainer.load_model_state(state)
     assert trainer.ema.num_updates == 0
+
+
+def test_stop_reason_without_a_best_epoch():
+    """patience=0, check_finite=False and NaN at the first epoch: nothing was recorded as best,
+    and the reason says so (not "best inf at epoch 0")."""
+    es = EarlyStopping(patience=0, check_finite=False)
+    t, run = drive(es, [math.nan, 1.0])
+    assert run == 1 and es.best_epoch == -1
+    assert "no epoch recorded as best" in es.stop_reason and "epoch 0" not in es.stop_reason
+
+
+def test_monitor_typo_hint_only_without_validation():
+    """A val_ metric that this fit lacks: the hint to pass validation= only when there is none."""
+    from fastreg.train.callbacks import _check_monitored
+    with pytest.raises(ValueError, match=r"pass validation=") as info:
+        _check_monitored(FakeTrainer(names=["loss", "accuracy"]), "val_acc", "EarlyStopping")
+    with pytest.raises(ValueError, match=r"val_accuracy") as info:
+        _check_monitored(FakeTrainer(), "val_acc", "EarlyStopping")
+    assert "pass validation=" not in str(info.value)
+
+
+def test_trainer_refuses_a_callback_class():
+    model = mlp((4, 3), seed=0)
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is the class EarlyStopping.*"
+                                        r"EarlyStopping\(\.\.\.\)"):
+        Trainer(model, optim.SGD(model.parameters(), lr=0.1), callbacks=[EarlyStopping])

@@ -246,3 +246,18 @@ def test_step_decay_growing_past_float_range_is_inf_as_torch():
     for _ in range(1100):
         lr = sched.step()
     assert lr == math.inf and opt.lr == math.inf and sched.last_step == 1100
+
+
+def test_cosine_near_the_float_range():
+    """No overflow from the formula's intermediate products (inf before): the warm-up and the
+    cosine stay within [min_lr, base_lr]."""
+    big = 1.7e308
+    assert schedules.cosine_warmup_lr(0, big, 10) == big
+    assert schedules.cosine_warmup_lr(5, big, 20, warmup_steps=10) == big / 2
+    for step in range(0, 21):
+        assert 0.0 <= schedules.cosine_warmup_lr(step, big, 20, warmup_steps=4) <= big
+
+
+def test_milestones_must_be_a_sequence():
+    with pytest.raises(TypeError, match="milestones must be a sequence"):
+        schedules.step_decay_lr(3, 1.0, milestones=5)

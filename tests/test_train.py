@@ -594,3 +594,35 @@ def test_global_indices_names_start():
         dist.global_indices(10, 0, 2, start=-1)
     with pytest.raises(ValueError, match="n must be a non-negative int"):
         dist.global_indices(-1, 0, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_trainer_takes_torch_tensors(dtype):
+    """fit, evaluate and predict take CPU torch tensors (NumPy views; bfloat16 widened), with
+    the same results as the NumPy arrays."""
+    torch = pytest.importorskip("torch")
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0)[:200].astype(np.float32)
+    y = labels[:200].astype(np.int64)
+    tX = torch.from_numpy(X).to(getattr(torch, dtype))
+    Xn = tX.float().numpy()                     # the same values the trainer sees
+    results = []
+    for data, labels_ in ((Xn, y), (tX, torch.from_numpy(y))):
+        model = mlp((64, 16, 10), seed=0)
+        tr = Trainer(model, optim.SGD(model.parameters(), lr=0.1), verbose=0, seed=1)
+        hist = tr.fit(data, labels_, epochs=2, batch_size=32, validation=(data, labels_))
+        results.append((hist, tr.evaluate(data, labels_), tr.predict(data)))
+    (h0, e0, p0), (h1, e1, p1) = results
+    h0.pop("time"), h1.pop("time")
+    assert h0 == h1 and e0 == e1
+    np.testing.assert_array_equal(p0, p1)
+
+
+def test_trainer_tensor_errors():
+    torch = pytest.importorskip("torch")
+    model = mlp((4, 3), seed=0)
+    tr = Trainer(model, optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    with pytest.raises(TypeError, match="complex|X"):
+        tr.fit(torch.zeros(4, 4, dtype=torch.complex64), np.zeros(4, np.int64), epochs=1)
+    t = torch.zeros(4, 4, requires_grad=True)     # detached, not refused
+    assert tr.predict(t).shape == (4, 3)

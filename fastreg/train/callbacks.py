@@ -275,9 +275,10 @@ class EarlyStopping(Callback):
                 what = f"did not beat the baseline {self.baseline}"
             else:
                 what = "did not improve"
+            best = (f"best {self.best:.6g} at epoch {self.best_epoch + 1}"
+                    if self.best_epoch >= 0 else "no epoch recorded as best")
             self._stop(trainer, epoch, f"{self.monitor} {what} for {self.wait} epoch(s) "
-                                       f"(patience {self.patience}); best {self.best:.6g} at "
-                                       f"epoch {self.best_epoch + 1}")
+                                       f"(patience {self.patience}); {best}")
 
     def on_train_end(self, trainer):
         if self.restore_best_weights and self.best_weights is not None and not self.restored:
@@ -344,7 +345,9 @@ def _check_monitored(trainer, monitor, who):
     """ValueError unless this fit produces the metric ``monitor`` (checked before training)."""
     names = trainer.metric_names()
     if monitor not in names:
-        hint = " (pass validation=(X_val, y_val) to fit)" if monitor.startswith("val_") else ""
+        no_val = not any(n.startswith("val_") for n in names)
+        hint = (" (pass validation=(X_val, y_val) to fit)"
+                if monitor.startswith("val_") and no_val else "")
         raise ValueError(f"{who} monitors {monitor!r}, which this fit does not produce{hint}; "
                          f"available: {names}")
 

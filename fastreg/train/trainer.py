@@ -93,6 +93,31 @@ def _derive_seed(seed, index):
     return int(np.random.SeedSequence([int(seed), 1, int(index)]).generate_state(2, np.uint64)[0])
 
 
+
+def _tensor_as_array(t, name):
+    """A torch tensor as the array the trainer computes with: a NumPy view of a CPU tensor, a
+    CuPy view of a CUDA one (``__cuda_array_interface__``; CuPy needed), without copying;
+    bfloat16, which NumPy lacks, widened to float32 (the trainer's data is converted to the
+    parameters' dtype anyway). No autograd is recorded (detached)."""
+    t = t.detach()
+    if t.device.type == "cuda":
+        try:
+            import cupy
+        except ImportError:
+            raise TypeError(f"{name} is a CUDA tensor: the trainer needs CuPy for device data "
+                            f"(pip install cupy), or pass {name}.cpu()") from None
+        return cupy.asarray(t)
+    if t.device.type != "cpu":
+        raise TypeError(f"{name} is a torch tensor on device {t.device}: pass {name}.cpu()")
+    if t.dtype == sys.modules["torch"].bfloat16:
+        t = t.float()
+    try:
+        return t.resolve_conj().resolve_neg().numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise TypeError(f"{name}: a torch tensor of dtype {t.dtype} has no NumPy equivalent "
+                        f"({exc})") from None
+
+
 class Trainer:
     """Train a classifier (``fastreg.train.Sequential``) with fastreg's regularization kernels.
 
@@ -231,6 +256,10 @@ class Trainer:
                              "parameters")
         self.penalty_mask = list(mask)
         self.callbacks = list(callbacks)
+        for i, cb in enumerate(self.callbacks):
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback: "
+                                f"pass an instance, {cb.__name__}(...)")
         self.augment = augment
         self.mix = mix
         self.label_smoothing = label_smoothing
@@ -423,8 +452,10 @@ class Trainer:
 
     @staticmethod
     def _as_array(a, name):
-        """An array (NumPy or CuPy) as it is; any other array-like (a list, ...) through
-        ``np.asarray``."""
+        """An array (NumPy or CuPy) as it is; a torch tensor as a view (``_tensor_as_array``);
+        any other array-like (a list, ...) through ``np.asarray``."""
+        if type(a).__module__.startswith("torch"):
+            return _tensor_as_array(a, name)
         if hasattr(a, "ndim") and hasattr(a, "dtype") and hasattr(a, "shape"):
             return a
         try:
