@@ -13,3 +13,18 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+SEED_LIMIT = 2**32
+
+
+def seed_int(text):
+    """argparse type: a seed, an int in [0, 2**32) (the demo's data split and every stream take
+    it; a negative or huge one must not fail later, inside a worker)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
+    return value

@@ -207,3 +207,32 @@ def test_import_fastreg_does_not_load_the_trainer_or_its_optional_deps():
     code = ("import sys, fastreg; bad = [m for m in ('fastreg.train', 'tqdm', 'matplotlib') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], r"--seed: expected a seed in \[0, 2\*\*32\)"),
+    (["--seed", str(2**64)], r"--seed: expected a seed in \[0, 2\*\*32\)"),
+    (["--seed", "x"], r"--seed: expected an integer seed"),
+])
+def test_demo_refuses_bad_seeds_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--quick", *argv])
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_demo_setup_errors_before_any_work(tmp_path, capsys):
+    """An --out that cannot be created, a last seed beyond 2**32, a backend that cannot run:
+    one line on stderr and exit status 2, before any training."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["demo", "--quick", "--out", str(blocker / "sub")]) == 2
+    assert "cannot create the --out folder" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--seed", str(2**32 - 2),
+                 "--seeds", "5"]) == 2
+    assert "must lie in [0, 2**32)" in capsys.readouterr().err
+    import fastreg
+    if fastreg.available_backends()["cuda"] is not None:
+        assert main(["demo", "--quick", "--out", str(tmp_path), "--backend", "cuda"]) == 2
+        assert "--backend cuda: backend 'cuda' is not available" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.json"))

@@ -41,7 +41,7 @@ import numpy as np
 
 import fastreg
 from fastreg import _registry, _threads, optim
-from fastreg._cli import positive_int
+from fastreg._cli import SEED_LIMIT, positive_int, seed_int
 
 from . import augment as _augment
 from .callbacks import Callback, EarlyStopping
@@ -627,6 +627,26 @@ def _default_jobs():
     return max(1, min(_threads.available_cpus(), 8))
 
 
+def _check_setup(args):
+    """What stops the demo before any work, as a message (None if nothing): an --out folder
+    that cannot be created or written, a --backend that cannot run here, a seed range beyond
+    2**32 (checked for the --seed given programmatically too)."""
+    last = args.seed + (args.seeds or max(SEEDS, Q3_SEEDS, SEEDS_QUICK)) - 1
+    if not 0 <= args.seed or last >= SEED_LIMIT:
+        return f"the seeds ({args.seed} to {last}) must lie in [0, 2**32)"
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the --out folder {args.out!r}: {exc.strerror or exc}"
+    if not os.access(args.out, os.W_OK | os.X_OK):
+        return f"cannot write to the --out folder {args.out!r}"
+    try:
+        _registry.resolve(args.backend)
+    except fastreg.BackendUnavailableError as exc:
+        return f"--backend {args.backend}: {exc}"
+    return None
+
+
 def run(argv=None, *, args=None):
     """Run the demo (``fastreg demo``); returns the exit status.
 
@@ -646,6 +666,10 @@ def run(argv=None, *, args=None):
         parser = argparse.ArgumentParser(prog="fastreg demo")
         add_arguments(parser)
         args = parser.parse_args(argv)
+    problem = _check_setup(args)
+    if problem:
+        print(f"fastreg demo: error: {problem}", file=sys.stderr)
+        return 2
     if getattr(args, "distributed", False):
         return run_distributed(args)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
@@ -917,7 +941,7 @@ def add_arguments(parser):
                              "./fastreg-demo/)")
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"epochs per run (default {EPOCHS}, --quick {EPOCHS_QUICK})")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="first seed (data split, initialization, dropout, shuffling)")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help=f"seeds per configuration (default {Q3_SEEDS} for the four that "
