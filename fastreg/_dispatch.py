@@ -207,7 +207,34 @@ def torch_call(fn, args):
         return NOT_TORCH
     views = {}   # id(view) -> (view, the caller's tensor)
     kwargs = {k: _to_host(torch, v, views, fn.__name__) for k, v in args.items()}
-    return _to_torch(torch, fn(**kwargs), views)
+    result = _to_torch(torch, fn(**kwargs), views)
+    written = [args.get(k) for k in _WRITES.get(fn.__name__, ())]
+    if fn.__name__ == "batch_norm" and not args.get("training"):
+        written = []            # inference reads the running statistics only
+    written.append(args.get("out"))
+    bump_versions(torch, written)
+    return result
+
+
+# The arguments each public op writes in place, besides ``out=``: their tensors' version counters
+# are bumped after the call (``bump_versions``).
+_WRITES = {"prox_l1": ("w",), "prox_elastic_net": ("w",), "prox_group_lasso": ("w",),
+           "clip_grad_norm": ("grads",), "clip_grads_with_norm": ("grads",),
+           "adaptive_clip_grad": ("grads",), "ema_update": ("ema",),
+           "batch_norm": ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def bump_versions(torch, items):
+    """Count a write through a NumPy (or CUDA array interface) view as torch counts its own
+    in-place ops: bump the version counter of every tensor in ``items`` (tensors, or lists and
+    tuples of them; anything else is skipped). A backward through a graph that saved such a
+    tensor before the write then raises ("modified by an inplace operation") instead of using
+    the new values."""
+    for a in items:
+        if isinstance(a, (list, tuple)):
+            bump_versions(torch, a)
+        elif isinstance(a, torch.Tensor):
+            torch.autograd.graph.increment_version(a)
 
 
 _PLAIN = frozenset((np.ndarray, float, int, bool, str, type(None)))   # skipped at once

@@ -533,3 +533,16 @@ def test_huge_gamma_scale_seeds_everywhere():
     b = fastreg.drop_block(x, 0.3, 3, seed=3, gamma_scale=1e300, backend="numpy")
     assert not a.any()
     np.testing.assert_array_equal(a, b)
+
+
+def test_torch_module_refused_in_place_keeps_the_counter():
+    """DropBlock2d(inplace=True) on a leaf that requires grad raises torch's error before the
+    stream counter moves (as the dropout modules); its repr shows inplace."""
+    torch = pytest.importorskip("torch")
+    import fastreg.torch as frt
+    m = frt.DropBlock2d(0.3, 3, seed=1, inplace=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        m(torch.randn(2, 3, 6, 6, requires_grad=True))
+    assert m.offset == 0 and "inplace=True" in repr(m)
+    x = torch.randn(2, 3, 6, 6)
+    assert m(x) is x and m.offset > 0

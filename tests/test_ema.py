@@ -663,3 +663,16 @@ def test_ema_class_refuses_16_bit_weights():
     ema.update([np.zeros(4, np.float32), np.arange(3) + 5])
     np.testing.assert_allclose(ema.arrays[0], 0.9)
     np.testing.assert_array_equal(ema.arrays[1], np.arange(3) + 5)
+
+
+def test_model_ema_update_bumps_versions():
+    """ModelEma.update writes its copy through NumPy views: the copy's tensors' version counters
+    move, as under timm's _foreach_lerp_."""
+    torch = pytest.importorskip("torch")
+    import fastreg.torch as frt
+    model = torch.nn.Linear(4, 3)
+    ema = frt.ModelEma(model, decay=0.9)
+    tensors = list(ema.module.parameters())
+    before = [t._version for t in tensors]
+    ema.update(model)
+    assert all(t._version > v for t, v in zip(tensors, before))

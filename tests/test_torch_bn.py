@@ -229,3 +229,22 @@ def test_convert_leaves_lookalikes_without_the_attributes():
             return x
     model = nn.Sequential(DropPath())
     assert type(frt.convert(model)[0]) is DropPath
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_functional_16bit_takes_float32_parameters(dtype):
+    """fastreg.torch.batch_norm with a 16-bit x takes float32 weight, bias and statistics (as the
+    modules and torch.autocast do), and matches torch's float32 computation rounded to x's
+    dtype within its ulp; a float64 weight is still refused."""
+    import fastreg.torch as frt
+    x = torch.randn(4, 3, 5, 5).to(getattr(torch, dtype))
+    args = (torch.zeros(3), torch.ones(3), torch.rand(3) + 0.5, torch.randn(3))
+    rm, rv = args[0].clone(), args[1].clone()
+    y = frt.batch_norm(x, rm, rv, args[2], args[3], training=True)
+    ref = torch.nn.functional.batch_norm(x.float(), args[0].clone(), args[1].clone(), args[2],
+                                         args[3], training=True)
+    assert y.dtype == x.dtype
+    torch.testing.assert_close(y.float(), ref.to(x.dtype).float(), atol=0.02, rtol=0.01)
+    assert not torch.equal(rm, args[0])       # the running statistics were updated
+    with pytest.raises(TypeError, match="weight has dtype torch.float64"):
+        frt.batch_norm(x, None, None, torch.ones(3, dtype=torch.float64), training=True)

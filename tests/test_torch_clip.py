@@ -108,3 +108,17 @@ def test_arguments_checked_whatever_the_gradients():
         frt.clip_grad_norm_(bf.parameters(), 1.0, error_if_nonfinite="yes")
     for g, b in zip(_grads(bf), before):
         assert (g is None and b is None) or torch.equal(g, b)
+
+
+@pytest.mark.parametrize("clip", [lambda ps: frt.clip_grad_norm_(ps, 0.1),
+                                  lambda ps: frt.adaptive_clip_grad_(ps, 0.01)])
+def test_clipping_bumps_the_gradients_versions(clip):
+    """The gradients are scaled through NumPy views: their version counters move, as under
+    torch's clip_grad_norm_ (mul_)."""
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 3)
+    m(torch.randn(2, 4)).sum().backward()
+    grads = [p.grad for p in m.parameters()]
+    before = [g._version for g in grads]
+    clip(m.parameters())
+    assert all(g._version > v for g, v in zip(grads, before))

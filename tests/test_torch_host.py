@@ -115,3 +115,40 @@ def test_list_ops_take_one_pass_iterables_of_tensors():
     with pytest.raises(TypeError, match="got a parameter"):
         fastreg.grad_norm(list(frozen.parameters()))
     assert torch.equal(frozen.weight, before)
+
+
+def _saved_by_a_graph(t):
+    """A backward that needs ``t``'s values as they are now (t is saved by the product)."""
+    w = torch.ones(t.shape, requires_grad=True)
+    return (w * t).sum()
+
+
+@pytest.mark.parametrize("write", [
+    lambda t: fastreg.prox_l1(t, 0.4),
+    lambda t: fastreg.prox_elastic_net(t, 0.1, 0.2),
+    lambda t: fastreg.l2_grad(torch.ones(t.shape), 0.5, out=t),
+    lambda t: fastreg.dropout(torch.ones(t.shape), 0.5, seed=1, out=t),
+    lambda t: fastreg.clip_grad_norm([t], 0.1),
+    lambda t: fastreg.ema_update([t], [torch.zeros(t.shape)], 0.5),
+    lambda t: fastreg.batch_norm(torch.randn(4, 3), t, torch.ones(3), training=True),
+])
+def test_writes_through_views_count_as_in_place(write):
+    """fastreg writes a caller's tensor through a NumPy view, which torch does not see: the
+    version counter is bumped as torch's own in-place ops do, so a backward through a graph that
+    saved the tensor raises instead of silently using the new values."""
+    t = torch.tensor([1.0, -2.0, 0.5])
+    loss = _saved_by_a_graph(t)
+    write(t)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_reads_do_not_bump_versions():
+    """Inputs that are only read keep their version (no false "modified" error); so do the
+    running statistics of an inference-mode batch norm."""
+    t = torch.tensor([1.0, -2.0, 0.5])
+    rm, rv = torch.zeros(3), torch.ones(3)
+    fastreg.dropout(t, 0.5, seed=1)
+    fastreg.l2_grad(t, 0.5)
+    fastreg.batch_norm(torch.randn(4, 3), rm, rv, training=False)
+    assert t._version == rm._version == rv._version == 0

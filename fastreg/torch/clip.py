@@ -19,7 +19,7 @@ clip coefficient.
 import numpy as np
 import torch
 
-from .. import _arrays
+from .. import _arrays, _dispatch
 from .. import clip as _clip
 
 __all__ = ["clip_grad_norm_", "adaptive_clip_grad_"]
@@ -88,6 +88,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
                                               foreach)
     total = _clip.clip_grad_norm(views, max_norm, norm_type, error_if_nonfinite,
                                  backend=backend)
+    _dispatch.bump_versions(torch, grads)     # written through NumPy views, as torch's mul_
     wide = any(v.dtype == np.float64 for v in views)
     return torch.tensor(total, dtype=torch.float64 if wide else torch.float32)
 
@@ -119,6 +120,7 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0, *
     pv, gv = _host_views(params), _host_views(grads)
     if pv is not None and gv is not None:
         _clip.adaptive_clip_grad(pv, gv, clip_factor, eps, norm_type, backend=backend)
+        _dispatch.bump_versions(torch, grads)
         return
     with torch.no_grad():   # timm's rule, in torch operations
         for p, g in zip(params, grads):

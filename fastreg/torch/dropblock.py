@@ -12,7 +12,7 @@ import fastreg
 from .. import _arrays
 from . import _bridge, ops
 from .functions import MaskGrad
-from .modules import _CounterDropout
+from .modules import _CounterDropout, _check_in_place_allowed
 
 __all__ = ["DropBlockFunction", "DropBlock2d", "drop_block"]
 
@@ -113,7 +113,8 @@ class DropBlock2d(_CounterDropout):
 
     def extra_repr(self):
         return (f"p={self.p}, block_size={self.block_size}, gamma_scale={self.gamma_scale}, "
-                f"seed={self.seed}, offset={self.offset}")
+                f"seed={self.seed}, offset={self.offset}" + (", inplace=True" if self.inplace
+                                                             else ""))
 
     def forward(self, x):
         """DropBlock of x in training (advancing the counter), x itself in eval.
@@ -129,6 +130,8 @@ class DropBlock2d(_CounterDropout):
         _check_input(x, "DropBlock2d input")
         if not self.training:
             return x
+        if self.inplace and torch.is_grad_enabled():
+            _check_in_place_allowed(x)   # before the counter moves (torch would refuse)
         y = self._advance(x, x.numel(), self._drop)
         if self.inplace and y is not x:
             x.copy_(y)

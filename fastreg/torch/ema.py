@@ -15,6 +15,7 @@ import weakref
 
 import torch
 
+from .. import _dispatch
 from .. import ema as _ema
 
 __all__ = ["ModelEma"]
@@ -190,6 +191,7 @@ class ModelEma(torch.nn.Module):
                 emas = [t.detach() for t in emas]
                 models = [t.detach() for t in models]
             _ema.ema_update(emas, models, decay, backend=self.backend)
+            _dispatch.bump_versions(torch, groups[device][0])   # written through views
         self._views = views
         for e, m, average in rest:
             if average:

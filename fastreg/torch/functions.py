@@ -229,6 +229,24 @@ def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_ba
                                    host)
 
 
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked",
+               "residual")
+
+
+def check_bn_tensors(x, tensors, owner="", x_name="x"):
+    """Device and dtype of batch norm's tensors (weight, bias, running_mean, running_var,
+    num_batches_tracked, residual; None where absent) against x: the same device, and x's
+    dtype, except that a 16-bit x may come with float32 parameters and statistics (as
+    torch.autocast keeps a module's tensors). ``owner``: a prefix for the names ("BatchNorm2d.")."""
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    for t, what in zip(tensors, _BN_TENSORS):
+        _bridge.check_same_device(t, owner + what, x, x_name)
+        if t is None or what == "num_batches_tracked":
+            continue
+        if not (half and what != "residual" and t.dtype == torch.float32):
+            _bridge.check_same_dtype(t, owner + what, x, x_name)
+
+
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *, training,
                momentum=0.1, eps=1e-5, relu=False, residual=None, num_batches_tracked=None,
                backend="auto"):
@@ -260,18 +278,14 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, *
     Raises
     ------
     TypeError
-        A tensor not float32/float64 (half precision included) or of another dtype than x;
-        training or relu not a bool.
+        x not float16/bfloat16/float32/float64; another tensor of another dtype than x (a 16-bit
+        x takes float32 weight, bias and running statistics, as under torch.autocast, or
+        tensors of its own dtype); training or relu not a bool.
     ValueError
         A tensor on another device than x; the checks of ``fastreg.batch_norm``.
     """
     _bridge.check_float(x, "x", half=True)
-    for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
-                    (running_var, "running_var"), (residual, "residual"),
-                    (num_batches_tracked, "num_batches_tracked")):
-        _bridge.check_same_device(t, name, x, "x")
-        if t is not None and name != "num_batches_tracked":
-            _bridge.check_same_dtype(t, name, x, "x")
+    check_bn_tensors(x, (weight, bias, running_mean, running_var, num_batches_tracked, residual))
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}")
     training = _arrays.check_bool(training, "training")

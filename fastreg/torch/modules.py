@@ -516,17 +516,7 @@ class _FastregBatchNorm:
         name = type(self).__name__
         _bridge.check_float(x, f"{name} input", half=True)
         self._check_input_dim(x)
-        # 16-bit input may come with float32 parameters and statistics (torch.autocast keeps
-        # the module's tensors float32); otherwise everything is x's dtype
-        half = x.dtype in (torch.float16, torch.bfloat16)
-        for t, what in zip((*tensors, residual), ("weight", "bias", "running_mean",
-                                                    "running_var", "num_batches_tracked",
-                                                    "residual")):
-            _bridge.check_same_device(t, f"{name}.{what}", x, "the input")
-            if t is None or what == "num_batches_tracked":
-                continue
-            if not (half and what != "residual" and t.dtype == torch.float32):
-                _bridge.check_same_dtype(t, f"{name}.{what}", x, "the input")
+        functions.check_bn_tensors(x, (*tensors, residual), f"{name}.", "the input")
         if residual is not None and residual.shape != x.shape:
             raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, the input "
                              f"has {tuple(x.shape)}")
