@@ -1,9 +1,12 @@
-"""16-bit dropout and optimizer steps: fastreg's fused C kernels against its conversion passes
-and against torch, interleaved in one process.
+"""16-bit dropout, penalty gradients, the L1 prox step and optimizer steps: fastreg's fused C
+kernels against its conversion passes and against torch, interleaved in one process.
 
     python bench/half_fused.py [--sizes 100000 1000000 10000000] [--rounds 15] [--serial]
 
-Rows: bfloat16 / float16 dropout forward (p = 0.1, new output) and the AdamW and SGD (momentum)
+Rows: bfloat16 / float16 dropout forward (p = 0.1, new output); ``l2_grad`` into a preallocated
+out (torch: ``torch.mul(w, 2 * lam, out=o)``), accumulated into a gradient (torch:
+``g.add_(w, alpha=2 * lam)``), and ``prox_l1`` in place (torch: the sign/clamp expression of
+fastreg.bench.cases, copied back); the AdamW and SGD (momentum)
 steps on one 16-bit parameter with a 16-bit gradient, plus float32 parameters with bfloat16
 gradients (torch cannot pair those). "fused" is backend "c" as shipped; "passes" the same calls
 with the fused kernels hidden (fastreg._half.fused answering None: widen to float32, the
@@ -61,6 +64,29 @@ def cases(n, dtype):
     out[f"dropout {name}"] = {
         "torch": lambda: torch.nn.functional.dropout(xt, 0.1, training=True),
         "fused": fr_dropout(False), "passes": fr_dropout(True)}
+
+    o, acc = np.empty_like(x), g.copy()
+    ot, acct = torch.empty_like(xt), torch.from_numpy(acc.view(np.uint16).view(np.int16)).view(tdt)
+    w_prox, wt_prox = x.copy(), xt.clone()
+
+    def fr(call):
+        def make(passes):
+            def run():
+                hide_fused(passes)
+                call()
+                hide_fused(False)
+            return run
+        return {"fused": make(False), "passes": make(True)}
+    out[f"l2_grad out= {name}"] = dict(
+        torch=lambda: torch.mul(xt, 2e-4, out=ot),
+        **fr(lambda: fastreg.l2_grad(x, 1e-4, out=o, backend="c")))
+    out[f"l2_grad accumulate {name}"] = dict(
+        torch=lambda: acct.add_(xt, alpha=2e-8),
+        **fr(lambda: fastreg.l2_grad(x, 1e-8, out=acc, accumulate=True, backend="c")))
+    out[f"prox_l1 {name}"] = dict(
+        torch=lambda: wt_prox.copy_(torch.sign(wt_prox) * torch.clamp(wt_prox.abs() - 1e-9,
+                                                                       min=0)),
+        **fr(lambda: fastreg.prox_l1(w_prox, 1e-9, backend="c")))
 
     for opt_name, make_t, make_f in [
             ("AdamW", lambda ps: torch.optim.AdamW(ps, lr=1e-6, foreach=True),

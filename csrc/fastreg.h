@@ -113,6 +113,13 @@ int fr_penalty_grad_f64(const double *w, double l1, double c2, double *out, int 
 /* out = s * soft(w, t); out may be w */
 int fr_soft_threshold_f32(const float *w, float t, float s, float *out, int64_t n);
 int fr_soft_threshold_f64(const double *w, double t, double s, double *out, int64_t n);
+/* penalty_grad and soft_threshold on float16 (kind 0) / bfloat16 (kind 1) arrays, given as their
+ * uint16 bits, in one pass (float32 math on each element, rounded to nearest even: the bits of
+ * the conversion passes around the float32 kernel); out may be w. */
+int fr_penalty_grad_half(const uint16_t *w, int kind, float l1, float c2, uint16_t *out,
+                         int accumulate, int64_t n);
+int fr_soft_threshold_half(const uint16_t *w, int kind, float t, float s, uint16_t *out,
+                           int64_t n);
 
 /* w, out (A, L, B): group w[a, :, b] times (T)max(0, 1 - t / ||group||); out may be w.
  * t is double for both dtypes: the norm, its comparison with t and the factor are float64 math

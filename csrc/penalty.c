@@ -16,6 +16,7 @@
 
 #include "fastreg.h"
 #include "elementwise.h"
+#include "half.h"
 
 /* ------------------------------------------------------------------ penalty_grad */
 
@@ -113,6 +114,179 @@ FR_DEFINE_PENALTY_GRAD(f64, double)
     }
 FR_DEFINE_SOFT_THRESHOLD(f32, float)
 FR_DEFINE_SOFT_THRESHOLD(f64, double)
+
+/* ------------------------------------------------------------------ 16-bit, fused */
+
+/* penalty_grad and soft_threshold of float16 (kind FR_HALF_F16) / bfloat16 (FR_HALF_BF16) arrays
+ * in one pass, with the float32 instance's element loop on the exact float32 values and the
+ * result rounded to nearest even: the same bits as the conversion passes around the float32
+ * kernel (fastreg/_half.py), without the two float32 arrays in memory.  Eight elements at a time
+ * converted in registers where the CPU allows (float16: F16C; bfloat16: AVX2; csrc/half.h),
+ * else blocks of FR_H16_BLOCK elements converted by the portable integer code. */
+#define FR_H16_BLOCK 512   /* 2 KiB per float32 buffer: all three stay in L1 */
+
+typedef struct {
+    const uint16_t *w, *out;   /* out: read when accumulating */
+    int kind, mode, acc;       /* mode: penalty_grad's MODE; -1 for soft_threshold */
+    float a, b;                /* (l1, c2), or soft_threshold's (t, s) */
+} fr_h16_args;
+
+/* g[0, len) = the float32 element loop over bw (and bo when accumulating). */
+FR_INLINE void fr_h16_block(const fr_h16_args *a, const float *bw, const float *bo, float *g,
+                            size_t len)
+{
+    if (a->mode < 0) {
+        fr_softthr_args_f32 s = {bw, a->a, a->b};
+        fr_softthr_f32_elems(&s, g, 0, len);
+        return;
+    }
+    fr_pgrad_args_f32 p = {bw, bo, a->a, a->b};
+    switch (a->mode * 2 + (a->acc != 0)) {   /* compile-time MODE and ACC: loops vectorize */
+    case 0: fr_pgrad_f32_elems(&p, g, 0, len, 0, 0); break;
+    case 1: fr_pgrad_f32_elems(&p, g, 0, len, 0, 1); break;
+    case 2: fr_pgrad_f32_elems(&p, g, 0, len, 1, 0); break;
+    case 3: fr_pgrad_f32_elems(&p, g, 0, len, 1, 1); break;
+    case 4: fr_pgrad_f32_elems(&p, g, 0, len, 2, 0); break;
+    default: fr_pgrad_f32_elems(&p, g, 0, len, 2, 1); break;
+    }
+}
+
+/* Portable conversions of n values (the kind constant in each loop). */
+static void fr_h16_widen(const uint16_t *src, float *dst, size_t n, int kind)
+{
+    if (kind == FR_HALF_BF16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = fr_half_to_f32(src[i], FR_HALF_BF16);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = fr_half_to_f32(src[i], FR_HALF_F16);
+}
+
+static void fr_h16_narrow(const float *src, uint16_t *dst, size_t n, int kind)
+{
+    if (kind == FR_HALF_BF16)
+        for (size_t i = 0; i < n; i++)
+            dst[i] = fr_f32_to_half(src[i], FR_HALF_BF16);
+    else
+        for (size_t i = 0; i < n; i++)
+            dst[i] = fr_f32_to_half(src[i], FR_HALF_F16);
+}
+
+/* Elements [lo, hi) in blocks, portable conversions; results to d[0, hi - lo). */
+static void fr_h16_blocks(const fr_h16_args *a, uint16_t *d, size_t lo, size_t hi)
+{
+    float bw[FR_H16_BLOCK], bo[FR_H16_BLOCK], g[FR_H16_BLOCK];
+    for (size_t k = lo; k < hi; k += FR_H16_BLOCK) {
+        size_t len = hi - k < FR_H16_BLOCK ? hi - k : FR_H16_BLOCK;
+        fr_h16_widen(a->w + k, bw, len, a->kind);
+        if (a->acc)
+            fr_h16_widen(a->out + k, bo, len, a->kind);
+        fr_h16_block(a, bw, bo, g, len);
+        fr_h16_narrow(g, d + (k - lo), len, a->kind);
+    }
+}
+
+/* The same eight at a time, LOAD8 / STORE8 converting in registers: NAME##_loop runs the
+ * element loop of one (MODE, ACC) on eight values (MODE -1: soft_threshold), which inlines to
+ * vector operations, and NAME picks the instance; the tail goes through fr_h16_blocks. */
+#define FR_DEFINE_H16_X8(NAME, TARGET, LOAD8, STORE8)                                      \
+    TARGET static inline __attribute__((always_inline)) size_t NAME##_loop(                 \
+        const uint16_t *w, const uint16_t *o, uint16_t *d, size_t n, float p0, float p1,   \
+        const int MODE, const int ACC)                                                     \
+    {                                                                                      \
+        size_t i = 0;                                                                      \
+        for (; i + 8 <= n; i += 8) {                                                       \
+            float x[8], ob[8], g[8];                                                       \
+            _mm256_storeu_ps(x, LOAD8(w + i));                                             \
+            if (ACC)                                                                       \
+                _mm256_storeu_ps(ob, LOAD8(o + i));                                        \
+            if (MODE < 0) {                                                                \
+                fr_softthr_args_f32 sa = {x, p0, p1};                                      \
+                fr_softthr_f32_elems(&sa, g, 0, 8);                                        \
+            } else {                                                                       \
+                fr_pgrad_args_f32 pa = {x, ob, p0, p1};                                    \
+                fr_pgrad_f32_elems(&pa, g, 0, 8, MODE < 0 ? 0 : MODE, ACC);                \
+            }                                                                              \
+            STORE8(d + i, _mm256_loadu_ps(g));                                             \
+        }                                                                                  \
+        return i;                                                                          \
+    }                                                                                      \
+    TARGET static void NAME(const fr_h16_args *a, uint16_t *d, size_t lo, size_t hi)       \
+    {                                                                                      \
+        const uint16_t *w = a->w + lo, *o = a->out + lo;                                   \
+        const size_t n = hi - lo;                                                          \
+        const float p0 = a->a, p1 = a->b;                                                  \
+        size_t done;                                                                       \
+        switch (a->mode < 0 ? 6 : a->mode * 2 + (a->acc != 0)) {                           \
+        case 0: done = NAME##_loop(w, o, d, n, p0, p1, 0, 0); break;                       \
+        case 1: done = NAME##_loop(w, o, d, n, p0, p1, 0, 1); break;                       \
+        case 2: done = NAME##_loop(w, o, d, n, p0, p1, 1, 0); break;                       \
+        case 3: done = NAME##_loop(w, o, d, n, p0, p1, 1, 1); break;                       \
+        case 4: done = NAME##_loop(w, o, d, n, p0, p1, 2, 0); break;                       \
+        case 5: done = NAME##_loop(w, o, d, n, p0, p1, 2, 1); break;                       \
+        default: done = NAME##_loop(w, o, d, n, p0, p1, -1, 0); break;                     \
+        }                                                                                  \
+        if (done < n)                                                                      \
+            fr_h16_blocks(a, d + done, lo + done, hi);                                     \
+    }
+#ifdef FR_HAVE_F16C_KERNELS
+FR_DEFINE_H16_X8(fr_h16_f16c, FR_F16C, fr_f16x8_load, fr_f16x8_store)
+#endif
+#ifdef FR_HAVE_BF16_AVX2
+FR_DEFINE_H16_X8(fr_h16_bf16_avx2, FR_BF16_AVX2, fr_bf16x8_load, fr_bf16x8_store)
+#endif
+
+/* fr_ew_fn over elements [lo, hi): results (uint16 bits) to dst[0, hi - lo). */
+static void fr_h16_range(const void *args, void *dst, size_t lo, size_t hi)
+{
+    const fr_h16_args *a = (const fr_h16_args *)args;
+#ifdef FR_HAVE_F16C_KERNELS
+    if (a->kind == FR_HALF_F16 && fr_get_isa() >= 1 && fr_cpu_has_f16c()) {
+        fr_h16_f16c(a, (uint16_t *)dst, lo, hi);
+        return;
+    }
+#endif
+#ifdef FR_HAVE_BF16_AVX2
+    if (a->kind == FR_HALF_BF16 && fr_get_isa() >= 1) {
+        fr_h16_bf16_avx2(a, (uint16_t *)dst, lo, hi);
+        return;
+    }
+#endif
+    fr_h16_blocks(a, (uint16_t *)dst, lo, hi);
+}
+
+static int fr_h16_run(const fr_h16_args *args, uint16_t *out, int64_t n)
+{
+    if (n < 0)
+        return FR_ERR_SIZE;
+    if (args->kind != FR_HALF_F16 && args->kind != FR_HALF_BF16)
+        return FR_ERR_UNSUPPORTED;
+    if (n == 0)
+        return FR_OK;
+    if (!args->w || !out)
+        return FR_ERR_NULL;
+    /* one function: its loops pick their instructions (the conversions need F16C / AVX2) */
+    static const fr_ew_kernel kernel = {fr_h16_range, NULL};
+    int stream = fr_ew_want_stream(args->acc || (const void *)args->w == (const void *)out,
+                                   (size_t)n * sizeof(uint16_t));
+    fr_ew_run(kernel, args, out, sizeof(uint16_t), (size_t)n, stream);
+    return FR_OK;
+}
+
+int fr_penalty_grad_half(const uint16_t *w, int kind, float l1, float c2, uint16_t *out,
+                         int accumulate, int64_t n)
+{
+    /* the reference's branches: c2 == 0 first (also when l1 == 0), then l1 == 0 */
+    fr_h16_args args = {w, out, kind, c2 == 0 ? 0 : l1 == 0 ? 1 : 2, accumulate != 0, l1, c2};
+    return fr_h16_run(&args, out, n);
+}
+
+int fr_soft_threshold_half(const uint16_t *w, int kind, float t, float s, uint16_t *out,
+                           int64_t n)
+{
+    fr_h16_args args = {w, out, kind, -1, 0, t, s};
+    return fr_h16_run(&args, out, n);
+}
 
 /* ------------------------------------------------------------------ penalty_sums */
 

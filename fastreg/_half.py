@@ -8,9 +8,10 @@ even: the reference's definition, bit for bit on every backend, and dropout mask
 float32 for the same (seed, offset). The cost is two extra passes over the data (the float32
 paths are untouched).
 
-Backend "c" also has fused 16-bit kernels for the hottest ops (``fused``: dropout, the SGD and
-Adam / AdamW steps): they read and write each 16-bit array once, converting in registers around
-the float32 kernel's own arithmetic (csrc/half.h), so they give the same bits in one pass. The
+Backend "c" also has fused 16-bit kernels for the hottest ops (``fused``: dropout, the penalty
+gradients and prox steps, the SGD and Adam / AdamW steps): they read and write each 16-bit array
+once, converting in registers (or in L1 blocks) around the float32 kernel's own arithmetic
+(csrc/half.h), so they give the same bits in one pass. The
 numpy, cpu and cuda backends run the conversion passes.
 
 Kernels see 16-bit arrays as their uint16 bits only: Numba has no bfloat16, NumPy needs
@@ -74,8 +75,9 @@ def as_dtype(r, dtype):
 
 
 def fused(job, name):
-    """``job``'s backend's fused 16-bit kernel ``name`` (``dropout_half``, ``sgd_step_half``,
-    ``adam_step_half``: see fastreg/c/dropout.py and fastreg/c/optim.py), or None where the
+    """``job``'s backend's fused 16-bit kernel ``name`` (``dropout_half``, ``penalty_grad_half``,
+    ``soft_threshold_half``, ``sgd_step_half``, ``adam_step_half``: see fastreg/c/dropout.py,
+    penalty.py and optim.py), or None where the
     backend has none and the op runs between conversion passes."""
     return getattr(job.mod, name, None)
 

@@ -217,6 +217,17 @@ def _grad_half(job, x, l1, c2, out, out_arr, accumulate, dtype):
     """The 16-bit gradient: float32 math on the widened w (and out when accumulating), rounded
     to nearest even (fastreg/_half.py)."""
     kind = _arrays.half_kind(dtype)
+    fused = _half.fused(job, "penalty_grad_half")
+    if fused is not None:   # one pass over the 16-bit arrays, the same bits
+        xb = _half.bits(job, x)
+        ob = _half.out_bits(job, out_arr)
+        res = job.target(ob, tuple(x.shape), np.uint16)   # x.shape: 0-d stays 0-d
+        if accumulate and res is not ob:   # non-contiguous out: accumulate into a contiguous copy
+            res[...] = ob
+        if xb.size:
+            fused(flat(xb), kind, np.float32(l1), np.float32(c2), flat(res), accumulate)
+        r = job.finish(res, ob)
+        return out if out is not None else _half.as_dtype(r, dtype)
     w32 = _half.widen(job, x, kind)
     g32 = _half.widen(job, out_arr, kind) if accumulate else job.empty(w32.shape, np.float32)
     if w32.size:
@@ -297,14 +308,22 @@ elastic_net_grad.__doc__ = ("Gradient of the elastic-net penalty: ``l1 * sign(w)
                                 cuda=_CUDA_NOTE))
 
 
-def _in_place(w, x, device, backend, run):
+def _in_place(w, x, device, backend, run, fused=None):
     """Run ``run(job, src, dst)`` on kernel-ready views of the in-place operand ``w`` (already
     checked: ``x`` is its host view, ``device`` where it lives) and write the result back;
-    returns ``w``. A non-contiguous host array goes through a contiguous copy."""
+    returns ``w``. A non-contiguous host array goes through a contiguous copy. ``fused``:
+    ``(name, args)`` of the fused 16-bit kernel, run as ``fn(src_bits, kind, *args, dst_bits)``
+    for a 16-bit w where the backend has it (fastreg._half.fused), else ``run`` runs between
+    conversion passes."""
     job = _dispatch.job(_dispatch.resolve(backend, w), not device)
     target = w if device else x
     if x.dtype.itemsize == 2:  # float16/bfloat16: float32 math on the widened w, rounded back
         kind = _arrays.half_kind(x.dtype)
+        fn = _half.fused(job, fused[0]) if fused is not None else None
+        if fn is not None:     # one pass, the same bits
+            _half.elementwise_fused(job, target, target, x.dtype,
+                                    lambda xb, res: fn(xb, kind, *fused[1], res))
+            return w
         w32 = _half.widen(job, target, kind)
         if w32.size:
             run(job, w32, w32)
@@ -326,7 +345,7 @@ def _soft(w, t, s, backend):
     if not t < _OVERFLOW[np.dtype(cast)]:   # as the gradients: not rounded to inf silently
         raise ValueError(f"the threshold ({t}) overflows {np.dtype(cast)}")
     return _in_place(w, x, device, backend, lambda job, src, dst: job.op("soft_threshold")(
-        flat(src), cast(t), cast(s), flat(dst)))
+        flat(src), cast(t), cast(s), flat(dst)), fused=("soft_threshold_half", (cast(t), cast(s))))
 
 
 def prox_l1(w, threshold, *, backend="auto"):

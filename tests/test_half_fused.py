@@ -1,4 +1,5 @@
-"""The C backend's fused 16-bit kernels (dropout, SGD and Adam / AdamW steps), bit for bit.
+"""The C backend's fused 16-bit kernels (dropout, penalty gradients and prox steps, SGD and Adam /
+AdamW steps), bit for bit.
 
 They read and write their 16-bit arrays once, converting in registers around the float32
 kernel's arithmetic (csrc/half.h). Their definition is the conversion passes' result: widen to
@@ -347,12 +348,108 @@ def test_fused_paths_are_taken(monkeypatch):
     monkeypatch.setattr(_half, "narrow", no_pass)
     x = values(100, BF16)
     fastreg.dropout(x, 0.5, seed=1, backend="c")
+    fastreg.elastic_net_grad(x, 0.1, 0.2, backend="c")
+    fastreg.l2_grad(x, 0.1, out=x.copy(), accumulate=True, backend="c")
+    fastreg.prox_l1(x, 0.1, backend="c")
+    fastreg.prox_elastic_net(x[::2], 0.1, 0.2, backend="c")
     for pdt, gdt in PAIRS:
         for cls in (optim.SGD, optim.AdamW):
             p = [values(10, pdt)]
             cls(p, lr=0.1, momentum=0.9, backend="c").step([values(10, gdt)]) \
                 if cls is optim.SGD else cls(p, backend="c").step([values(10, gdt)])
 
+
+
+# --- penalty gradients and soft-thresholding (csrc/penalty.c fr_penalty_grad_half) ----------
+
+def expected_penalty(x, l1, c2, acc_bits, dtype):
+    """The conversion passes' result: the reference's float32 gradient on the widened x (plus
+    the widened out when accumulating), rounded to nearest even."""
+    x32 = x.astype(np.float32)
+    g32 = np.zeros_like(x32) if acc_bits is None else acc_bits.view(dtype).astype(np.float32)
+    REF.penalty_grad(x32, np.float32(l1), np.float32(c2), g32, acc_bits is not None)
+    return bits(round_half(g32, dtype))
+
+
+def expected_soft(x, t, s, dtype):
+    x32 = x.astype(np.float32)
+    y32 = np.empty_like(x32)
+    REF.soft_threshold(x32, np.float32(t), np.float32(s), y32)
+    return bits(round_half(y32, dtype))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_penalty_half_every_pattern(isa, dtype):
+    x = all_patterns(dtype)
+    acc = values(x.size, dtype, seed=5).view(np.uint16)
+    for l1, c2 in [(0.0, 0.0), (0.0, 0.6), (0.3, 0.0), (0.3, 0.6), (1e-3, 3e4)]:
+        for accumulate in (False, True):
+            got = acc.copy() if accumulate else np.empty(x.size, np.uint16)
+            fc.penalty_grad_half(x.view(np.uint16), kind(dtype), np.float32(l1),
+                                 np.float32(c2), got, accumulate)
+            exp = expected_penalty(x, l1, c2, acc if accumulate else None, dtype)
+            nan = np.isnan(got.view(dtype).astype(np.float32))
+            np.testing.assert_array_equal(got[~nan], exp[~nan])
+            # two NaNs meet when accumulating (see meets): NaN where NaN
+            np.testing.assert_array_equal(nan, np.isnan(exp.view(dtype).astype(np.float32)))
+            if not accumulate:
+                np.testing.assert_array_equal(got, exp)
+    for t, sc in [(0.0, 1.0), (0.25, 1.0), (0.25, 1 / 1.4), (7e4, 1.0)]:
+        got = np.empty(x.size, np.uint16)
+        fc.soft_threshold_half(x.view(np.uint16), kind(dtype), np.float32(t), np.float32(sc),
+                               got)
+        np.testing.assert_array_equal(got, expected_soft(x, t, sc, dtype))
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_penalty_half_sizes_alignment_in_place(isa, nthreads, dtype):
+    buf = values(5000, dtype)
+    for n in SIZES:
+        for start in (0, 1, 3):
+            x = buf[start:start + n]
+            exp = expected_penalty(x, 0.1, 0.7, None, dtype)
+            out = _layout(n, start)
+            fc.penalty_grad_half(x.view(np.uint16), kind(dtype), np.float32(0.1),
+                                 np.float32(0.7), out, False)
+            np.testing.assert_array_equal(out, exp)
+            xi = x.view(np.uint16).copy()
+            fc.soft_threshold_half(xi, kind(dtype), np.float32(0.5), np.float32(0.8), xi)
+            np.testing.assert_array_equal(xi, expected_soft(x, 0.5, 0.8, dtype))
+
+
+def test_penalty_half_refuses_unknown_kind():
+    x = np.zeros(4, np.uint16)
+    with pytest.raises(RuntimeError, match="fr_penalty_grad_half"):
+        fc.penalty_grad_half(x, 2, np.float32(0.1), np.float32(0.1), x.copy(), False)
+    with pytest.raises(RuntimeError, match="fr_soft_threshold_half"):
+        fc.soft_threshold_half(x, 7, np.float32(0.1), np.float32(1.0), x.copy())
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_penalties_public_c_equals_cpu(nthreads, dtype):
+    """Through the public API (out= non-contiguous, accumulate, 0-d, prox in place on a strided
+    view): the c backend's fused kernels give the cpu backend's bits (conversion passes)."""
+    x = values(3001, dtype, seed=2)
+    for be_out in ({}, {"out": values(6002, dtype, seed=3)[::2]}):
+        got, ref = {}, {}
+        for be, res in (("c", got), ("cpu", ref)):
+            kw = {k: v.copy() for k, v in be_out.items()}
+            r = fastreg.elastic_net_grad(x, 0.01, 0.2, backend=be, **kw)
+            res["grad"] = r
+            if kw:
+                r2 = fastreg.l2_grad(x, 0.3, out=kw["out"], accumulate=True, backend=be)
+                res["acc"] = r2
+        for k in got:
+            np.testing.assert_array_equal(bits(got[k]), bits(ref[k]))
+    z = np.array(1.5, dtype)
+    assert fastreg.l1_grad(z, 0.5, backend="c").shape == ()
+    for prox in (lambda w, be: fastreg.prox_l1(w, 0.4, backend=be),
+                 lambda w, be: fastreg.prox_elastic_net(w, 0.1, 0.3, backend=be)):
+        a, b = values(4000, dtype, seed=4), None
+        b = a.copy()
+        prox(a[::3], "c")
+        prox(b[::3], "cpu")
+        np.testing.assert_array_equal(bits(a), bits(b))
 
 
 # --- float16 through F16C (csrc/half.h): NaN classes, lanes, alignment, DAZ / FTZ -------------

@@ -191,3 +191,4 @@ from .half import float32_to_half, half_to_float32  # noqa: E402
 # fused 16-bit kernels (fastreg._half.fused): this backend only
 from .dropout import dropout_half  # noqa: E402,F401
 from .optim import adam_step_half, sgd_step_half  # noqa: E402,F401
+from .penalty import penalty_grad_half, soft_threshold_half  # noqa: E402,F401
