@@ -158,6 +158,12 @@ def _grad(w, l1, c2, out, accumulate, backend):
     if type(w) is np.ndarray and (out is None or type(out) is np.ndarray):
         dtype = w.dtype
         limit = _OVERFLOW.get(dtype)
+        fused = None
+        if limit is None and type(backend) is str and _arrays.is_half(dtype):
+            # 16-bit host arrays on a backend with the fused kernel (c) take the short path too
+            fused = _dispatch.host_op_or_none(_dispatch.resolve_host(backend),
+                                              "penalty_grad_half")
+            limit = None if fused is None else _OVERFLOW[np.dtype(np.float32)]
         if limit is not None and type(backend) is str:
             # float32/float64 host arrays: the short path, with the same checks and the same
             # kernel call as below, without the questions about devices and 16-bit types
@@ -179,8 +185,12 @@ def _grad(w, l1, c2, out, accumulate, backend):
                     wc, rc = np.ascontiguousarray(w), res
                     if w.ndim != 1:   # flat(), inline: a Python call costs ~0.4 us here
                         wc, rc = wc.ravel(), res.ravel()
-                    _dispatch.host_op(backend, "penalty_grad")(
-                        wc, typed(dtype, l1), typed(dtype, c2), rc, bool(accumulate))
+                    if fused is None:
+                        _dispatch.host_op(backend, "penalty_grad")(
+                            wc, typed(dtype, l1), typed(dtype, c2), rc, bool(accumulate))
+                    else:   # as _grad_half's fused call
+                        fused(wc.view(np.uint16), _arrays.half_kind(dtype), np.float32(l1),
+                              np.float32(c2), rc.view(np.uint16), bool(accumulate))
                 if res is not out and out is not None:
                     out[...] = res
                 return res if out is None else out
