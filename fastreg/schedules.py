@@ -62,7 +62,7 @@ def _cosine_args(base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
 def _cosine(step, base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
     if step < warmup_steps:
         rise = (base_lr - warmup_start_lr) * step
-        if rise == math.inf:   # a rate near the float range: the same line, without overflow
+        if math.isinf(rise):   # rates near the float range: the same line, without overflow
             return warmup_start_lr + (base_lr - warmup_start_lr) * (step / warmup_steps)
         return warmup_start_lr + rise / warmup_steps
     if step >= total_steps:
@@ -115,8 +115,10 @@ def _decay_args(base_lr, step_size, gamma, milestones):
         step_size = _check_positive_int(step_size, "step_size")
     else:
         try:
-            items = list(milestones)
+            items = None if isinstance(milestones, (str, bytes)) else list(milestones)
         except TypeError:
+            items = None
+        if items is None:
             raise TypeError(f"milestones must be a sequence of step numbers, got "
                             f"{type(milestones).__name__}") from None
         milestones = sorted(_check_step(m, "milestones[]") for m in items)

@@ -236,3 +236,7 @@ def test_demo_setup_errors_before_any_work(tmp_path, capsys):
         assert main(["demo", "--quick", "--out", str(tmp_path), "--backend", "cuda"]) == 2
         assert "--backend cuda: backend 'cuda' is not available" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))
+    # --quick runs one seed: the last seed 2**32 - 1 is valid there
+    args = build_parser().parse_args(["demo", "--quick", "--out", str(tmp_path),
+                                      "--seed", str(2**32 - 1)])
+    assert demo._check_setup(args) is None

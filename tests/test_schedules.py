@@ -259,5 +259,13 @@ def test_cosine_near_the_float_range():
 
 
 def test_milestones_must_be_a_sequence():
-    with pytest.raises(TypeError, match="milestones must be a sequence"):
-        schedules.step_decay_lr(3, 1.0, milestones=5)
+    for bad in (5, "12"):
+        with pytest.raises(TypeError, match="milestones must be a sequence"):
+            schedules.step_decay_lr(3, 1.0, milestones=bad)
+
+
+def test_downward_warmup_near_the_float_range():
+    """A warm-up from a start rate above base_lr (allowed) near the float range: no -inf."""
+    big = 1.7e308
+    lr = schedules.cosine_warmup_lr(5, 0.0, 100, warmup_steps=10, warmup_start_lr=big)
+    assert lr == big / 2

@@ -631,19 +631,23 @@ def _check_setup(args):
     """What stops the demo before any work, as a message (None if nothing): an --out folder
     that cannot be created or written, a --backend that cannot run here, a seed range beyond
     2**32 (checked for the --seed given programmatically too)."""
-    last = args.seed + (args.seeds or max(SEEDS, Q3_SEEDS, SEEDS_QUICK)) - 1
+    if getattr(args, "distributed", False):
+        n = args.seeds or 1
+    else:
+        n = args.seeds or (SEEDS_QUICK if args.quick else max(SEEDS, Q3_SEEDS))
+    last = args.seed + n - 1
     if not 0 <= args.seed or last >= SEED_LIMIT:
         return f"the seeds ({args.seed} to {last}) must lie in [0, 2**32)"
+    try:
+        _registry.resolve(args.backend)
+    except fastreg.BackendUnavailableError as exc:
+        return f"--backend {args.backend}: {exc}"
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
         return f"cannot create the --out folder {args.out!r}: {exc.strerror or exc}"
     if not os.access(args.out, os.W_OK | os.X_OK):
         return f"cannot write to the --out folder {args.out!r}"
-    try:
-        _registry.resolve(args.backend)
-    except fastreg.BackendUnavailableError as exc:
-        return f"--backend {args.backend}: {exc}"
     return None
 
 
