@@ -1,11 +1,13 @@
 /* fastreg's own thread pool for the elementwise kernels (fr_ew_run, csrc/elementwise.h) and the
  * Philox stream's tiles (fr_run_tiles, csrc/dropout.c).
  *
- * Why not OpenMP there.  fastreg starts GNU OpenMP with the passive wait policy (its threads
- * sleep between regions, so they never spin away a busy machine), and on the VMs this project
- * runs on, waking a sleeping thread costs the waker 13-15 us in the futex syscall alone (an
- * inter-processor interrupt to a halted vCPU) and the region 60-100 us in all.  So mid-size ops
- * ran serially, 2.5-3.5x slower than torch's spinning threads.  This pool's workers spin for a
+ * Why not OpenMP there.  fastreg started GNU OpenMP with the passive wait policy (its threads
+ * slept between regions, so they never spun away a busy machine; now a short spin,
+ * fastreg._threads.bounded_openmp_spin, since torch shares that runtime), and on the VMs this
+ * project runs on, waking a sleeping thread costs the waker 13-15 us in the futex syscall alone
+ * (an inter-processor interrupt to a halted vCPU) and the region 60-100 us in all.  So mid-size
+ * ops ran serially, 2.5-3.5x slower than torch's spinning threads; and OpenMP's runtime, its
+ * policy and its fork behaviour are shared with every other library in the process.  This pool's workers spin for a
  * bounded time after each job (fr_pool_set_spin_ns, default from fastreg._threads.POOL_SPIN_US),
  * then sleep; a job that comes while they spin ("hot") costs no wake, and the Python plan gives
  * the smaller grain then (fr_set_pool_threads).
