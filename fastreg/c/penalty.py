@@ -124,34 +124,31 @@ def soft_threshold(w, t, s, out):
     _write_back(out, o)
 
 
+def _half_run(name, w, kind, a, b, out, *tail):
+    """``fr_<name>(w, kind, a, b, out, *tail, n)`` on 16-bit w and out (uint16 bits, 1-D; out may
+    be w), a and b rounded to float32."""
+    n = w.size
+    if n == 0:
+        return
+    _plan(HALF_WEIGHT * n, "elementwise")
+    o = _aligned(out)
+    wa = o if w is out else _aligned(w)
+    _check(getattr(lib, "fr_" + name)(_ptr("uint16_t", wa), kind, _scalar(_F32, a),
+                                      _scalar(_F32, b), _ptr("uint16_t", o, True), *tail, n),
+           "fr_" + name)
+    _write_back(out, o)
+
+
 def penalty_grad_half(w, kind, l1, c2, out, accumulate):
     """``penalty_grad`` on 16-bit w and out (uint16 bits of kind 0 float16 / 1 bfloat16, 1-D; out
     may be w), float32 l1 and c2, in one pass (csrc/penalty.c fr_penalty_grad_half): bit for
     bit the conversion passes of fastreg._half around the float32 kernel."""
-    n = w.size
-    if n == 0:
-        return
-    _plan(HALF_WEIGHT * n, "elementwise")
-    o = _aligned(out)
-    wa = o if w is out else _aligned(w)
-    _check(lib.fr_penalty_grad_half(_ptr("uint16_t", wa), kind, _scalar(_F32, l1),
-                                    _scalar(_F32, c2), _ptr("uint16_t", o, True),
-                                    1 if accumulate else 0, n), "fr_penalty_grad_half")
-    _write_back(out, o)
+    _half_run("penalty_grad_half", w, kind, l1, c2, out, 1 if accumulate else 0)
 
 
 def soft_threshold_half(w, kind, t, s, out):
     """``soft_threshold`` on 16-bit w and out (as ``penalty_grad_half``), float32 t and s."""
-    n = w.size
-    if n == 0:
-        return
-    _plan(HALF_WEIGHT * n, "elementwise")
-    o = _aligned(out)
-    wa = o if w is out else _aligned(w)
-    _check(lib.fr_soft_threshold_half(_ptr("uint16_t", wa), kind, _scalar(_F32, t),
-                                      _scalar(_F32, s), _ptr("uint16_t", o, True), n),
-           "fr_soft_threshold_half")
-    _write_back(out, o)
+    _half_run("soft_threshold_half", w, kind, t, s, out)
 
 
 def group_lasso(w, t, out):
