@@ -179,3 +179,17 @@ def test_refused_in_place_call_leaves_the_counter():
         assert d.offset == 0
     d(leaf * 1)    # not a leaf: allowed, the counter moves
     assert d.offset == 10
+
+
+@pytest.mark.parametrize("cls", [frt.Dropout, frt.Dropout1d, frt.Dropout2d, frt.Dropout3d,
+                                 frt.DropPath])
+def test_eval_is_the_identity_for_any_dtype(cls):
+    """In eval, the inverted modules return their input itself, integer tensors included (as
+    torch.nn.Dropout*); in training an integer tensor is still refused with a clear error."""
+    shape = {frt.Dropout1d: (2, 3, 4), frt.Dropout3d: (2, 3, 2, 2, 2)}.get(cls, (2, 3, 2, 2))
+    x = torch.arange(int(np.prod(shape))).reshape(shape)
+    m = cls(0.5, seed=1).eval()
+    assert m(x) is x
+    m.train()
+    with pytest.raises(TypeError, match="input must be float32"):
+        m(x)

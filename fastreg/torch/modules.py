@@ -146,9 +146,13 @@ class _CounterDropout(nn.Module):
             A new tensor in x's memory format, or x itself where torch returns it (eval in
             inverted mode, p = 0, and always when ``inplace=True``: x then holds the result).
         """
-        if (torch.compiler.is_compiling() or not (type(x) is torch.Tensor
-                                                  and x.layout == torch.strided
-                                                  and _bridge.host_float(x))):
+        # in eval the inverted modules are the identity for any dtype, as torch's (after the
+        # rank checks of _prepare, which torch makes in eval too)
+        identity = (not self.training and (self.mode == "inverted" or self.p == 0)
+                    and isinstance(x, torch.Tensor))
+        if not identity and (torch.compiler.is_compiling() or not (
+                type(x) is torch.Tensor and x.layout == torch.strided
+                and _bridge.host_float(x))):
             _bridge.check_float(x, f"{type(self).__name__} input", half=True)
         original = x
         x, added = self._prepare(x)
