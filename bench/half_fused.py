@@ -36,14 +36,14 @@ TORCH = {BF16: torch.bfloat16, np.dtype(np.float16): torch.float16}
 
 
 def hide_fused(flag):
-    """Make fastreg._half.fused answer None (flag True) or restore it."""
+    """Make fastreg._half.fused and fused_host answer None (flag True) or restore them."""
     if flag:
-        _half.fused = lambda job, name: None
+        _half.fused = _half.fused_host = lambda job, name: None
     else:
-        _half.fused = _ORIGINAL
+        _half.fused, _half.fused_host = _ORIGINAL
 
 
-_ORIGINAL = _half.fused
+_ORIGINAL = _half.fused, _half.fused_host
 
 
 def cases(n, dtype):

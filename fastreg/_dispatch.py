@@ -97,15 +97,6 @@ def host_op(backend, name):
     return fn if fn is not None else _registry.get(name, backend)
 
 
-def host_op_or_none(backend, name):
-    """Host backend ``backend``'s (a resolved name's) function for op ``name``, or None where
-    that backend has none (the fused 16-bit kernels: fastreg._half.fused)."""
-    mod = _registry._loaded.get(backend)
-    if mod is None:
-        mod = _registry.module(backend)
-    return getattr(mod, name, None)
-
-
 class Job:
     __slots__ = ("backend", "device", "host_input", "mod", "like")
 

@@ -19,7 +19,7 @@ ml_dtypes for it, and device arrays may not declare it.
 """
 import numpy as np
 
-from . import _arrays
+from . import _arrays, _registry
 from ._dispatch import flat
 
 F32 = np.dtype(np.float32)
@@ -80,6 +80,13 @@ def fused(job, name):
     penalty.py and optim.py), or None where the
     backend has none and the op runs between conversion passes."""
     return getattr(job.mod, name, None)
+
+
+def fused_host(backend, name):
+    """``fused`` for a resolved host backend name (the wrappers' short paths, which build no
+    job)."""
+    mod = _registry._loaded.get(backend)
+    return getattr(mod if mod is not None else _registry.module(backend), name, None)
 
 
 def elementwise_fused(job, x, out, dtype, fn):

@@ -161,8 +161,7 @@ def _grad(w, l1, c2, out, accumulate, backend):
         fused = None
         if limit is None and type(backend) is str and _arrays.is_half(dtype):
             # 16-bit host arrays on a backend with the fused kernel (c) take the short path too
-            fused = _dispatch.host_op_or_none(_dispatch.resolve_host(backend),
-                                              "penalty_grad_half")
+            fused = _half.fused_host(_dispatch.resolve_host(backend), "penalty_grad_half")
             limit = None if fused is None else _OVERFLOW[np.dtype(np.float32)]
         if limit is not None and type(backend) is str:
             # float32/float64 host arrays: the short path, with the same checks and the same
