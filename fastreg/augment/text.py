@@ -229,32 +229,44 @@ def _candidates(tokens, synonyms_of):
 
 def _replace(tokens, n, rng, synonyms_of):
     # As in the reference code: n distinct words, each replaced at all of its occurrences.
-    keys = [_key(t.text) if t.is_word else None for t in tokens]
-    words = list(dict.fromkeys(keys[i] for i in _candidates(tokens, synonyms_of)))
+    at = {}   # word key -> the positions of its occurrences (one scan: linear in the text)
+    for i, t in enumerate(tokens):
+        if t.is_word:
+            at.setdefault(_key(t.text), []).append(i)
+    words = list(dict.fromkeys(_key(tokens[i].text) for i in _candidates(tokens, synonyms_of)))
     out = list(tokens)
     for w in rng.permutation(len(words))[:n]:
         word = words[w]
         options = synonyms_of(word)
         new = options[rng.integers(len(options))]
-        for i, k in enumerate(keys):
-            if k == word:
-                out[i] = out[i]._replace(text=_match_case(new, tokens[i].text))
+        for i in at[word]:
+            out[i] = out[i]._replace(text=_match_case(new, tokens[i].text))
     return out
 
 
 def _insert(tokens, n, rng, synonyms_of):
     sources = _candidates(tokens, synonyms_of)
-    out = list(tokens)
     if not sources:
-        return out
+        return list(tokens)
+    # the text as a prefix of non-words, then one group per word: the word and the non-words
+    # after it; an insertion before the k-th word is then one list insert (linear overall, where
+    # rebuilding the word positions at each insertion was quadratic)
+    first = next(i for i, t in enumerate(tokens) if t.is_word)
+    groups = []
+    for t in tokens[first:]:
+        if t.is_word:
+            groups.append([t])
+        else:
+            groups[-1].append(t)
     for _ in range(n):
         options = synonyms_of(_key(tokens[sources[rng.integers(len(sources))]].text))
         new = options[rng.integers(len(options))]
         # before a random word (as in the paper); the new word takes that word's spacing
-        words = [i for i, t in enumerate(out) if t.is_word]
-        at = words[rng.integers(len(words))]
-        out[at:at + 1] = [_Token(out[at].space, new, True), out[at]._replace(space=" ")]
-    return out
+        k = rng.integers(len(groups))
+        word = groups[k][0]
+        groups[k][0] = word._replace(space=" ")
+        groups.insert(k, [_Token(word.space, new, True)])
+    return list(tokens[:first]) + [t for g in groups for t in g]
 
 
 def _swap(tokens, n, rng):
