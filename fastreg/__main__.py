@@ -66,9 +66,8 @@ def info(args=None):
               f"(OMP_NUM_THREADS, threadpoolctl)")
         spins = fastreg.c.SPINNING
         grains = ", ".join(f"{k} {_threads.grain(k, spins)}" for k in _threads.GRAIN)
-        print(f"  OpenMP team (c)      "
-              f"{'set to spin (OMP_WAIT_POLICY=active)' if spins else 'not set to spin'}"
-              f"; grains {grains}")
+        print(f"  OpenMP team (c)      {_threads.openmp_start or 'runtime not loaded'}"
+              f"{'; set to spin' if spins else ''}; grains {grains}")
         us = fastreg.c.pool_spin_us()
         spin = "forever" if us < 0 else ("never" if us == 0 else f"{us:g} us after a job")
         hot = ", ".join(f"{k} {_threads.grain(k, fastreg.c._pool_spins)}"

@@ -520,7 +520,9 @@ import os, sys
 if sys.argv[1:] == ["torch"]:
     import torch  # brings its own GNU OpenMP, loaded before fastreg's
 import fastreg.c
-print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "-"))
+from fastreg import _threads
+print(os.environ.get("OMP_WAIT_POLICY", "-"), os.environ.get("GOMP_SPINCOUNT", "-"),
+      _threads.openmp_start.split()[0])
 """
 
 
@@ -563,9 +565,11 @@ def test_c_backend_starts_openmp_with_a_bounded_spin_unless_told(setting, spin, 
     if "GOMP_SPINCOUNT" not in shown:
         pytest.skip("this OpenMP runtime does not display GNU OpenMP's settings")
     assert shown["GOMP_SPINCOUNT"] == spin
-    policy, count = res.stdout.split()
+    policy, count, start = res.stdout.split()
     assert policy == (setting[1] if setting and setting[0] == "OMP_WAIT_POLICY" else "-")
     assert count == (setting[1] if setting and setting[0] == "GOMP_SPINCOUNT" else "-")
+    # what `fastreg info` prints about it
+    assert start == {None: "started", "torch": "loaded"}.get(setting, "as")
 
 
 _WORKQUEUE = r"""
