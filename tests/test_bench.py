@@ -483,3 +483,15 @@ def test_bn_cache_states_quick():
     expected = 2 * 2 * (len(backends) + (importlib.util.find_spec("torch") is not None))
     assert len(rows) == expected, res.stdout
     assert all(("hot" in r and "written" in r and "flushed" in r) for r in rows)
+
+
+def test_optim_steps_runs():
+    """bench/optim_steps.py runs: three rows, a number per optimizer in each."""
+    pytest.importorskip("torch")
+    script = Path(__file__).resolve().parents[1] / "bench" / "optim_steps.py"
+    if not script.exists():
+        pytest.skip("no bench/ directory beside the tests")
+    res = _run(str(script), "--rounds", "3")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split() for line in res.stdout.splitlines() if "values" in line]
+    assert len(rows) == 3 and all(len(r) == 7 for r in rows), res.stdout
