@@ -404,12 +404,17 @@ def _view(job, t):
 
 def _new_step(state):
     """Increment the per-parameter step (a float32 CPU scalar tensor, as torch keeps it)."""
-    if "step" not in state:
-        state["step"] = torch.tensor(0.0, dtype=torch.float32)
-    elif not torch.is_tensor(state["step"]):  # a plain number (set by hand): torch's tensor
-        state["step"] = torch.tensor(float(state["step"]), dtype=torch.float32)
-    state["step"] += 1
-    return int(state["step"].item())
+    s = state.get("step")
+    if s is None:
+        s = state["step"] = torch.tensor(0.0, dtype=torch.float32)
+    elif not torch.is_tensor(s):  # a plain number (set by hand): torch's tensor
+        s = state["step"] = torch.tensor(float(s), dtype=torch.float32)
+    if s.is_cpu and s.dtype == torch.float32 and s.dim() == 0 and not s.requires_grad:
+        v = s.numpy()   # torch's layout: counted through its NumPy view (2 us less than += 1)
+        v += 1
+        return int(v)
+    s += 1
+    return int(s.item())
 
 
 class SGD(_FastregOptimizer):
