@@ -224,10 +224,13 @@ class _FastregOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, gi)
             for j, p in enumerate(group["params"]):
-                if p.grad is None:
+                g = p.grad
+                if g is None:
                     continue
                 name = f"param_groups[{gi}]['params'][{j}]"
-                g = p.grad
+                if self._plain(p, g):   # every check below would pass
+                    work.append((group, j, p, g, name))
+                    continue
                 if g.is_sparse:
                     raise TypeError(f"{name}.grad is sparse: fastreg optimizers take dense "
                                     "gradients")
@@ -254,6 +257,22 @@ class _FastregOptimizer(torch.optim.Optimizer):
                             _bridge.check_same_dtype(s, f"state of {name}: {key}", p, name)
                 work.append((group, j, p, g, name))
         return work
+
+    def _plain(self, p, g):
+        """The common case, tested first (1 us where the checks take 5): p a contiguous
+        float32/float64 CPU tensor, g a dense tensor like it, p's state tensors alike."""
+        dt = p.dtype
+        if not (dt in _bridge.FLOAT_DTYPES and p.is_cpu and p.layout is torch.strided
+                and g.dtype is dt and g.is_cpu and g.layout is torch.strided
+                and g.shape == p.shape and p.is_contiguous()):
+            return False
+        state = self.state.get(p)
+        if state:
+            for key in self._STATE:
+                s = state.get(key)
+                if s is not None and not (s.dtype is dt and s.is_cpu):
+                    return False
+        return True
 
     def _kernel_grads(self, work):
         """Each gradient as the kernels take it: a flat view laid out like its parameter, or for
