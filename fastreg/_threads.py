@@ -8,9 +8,9 @@ Policy (PyTorch's ``at::parallel_for`` is the model):
   holds.
 * Above it, ``min(get_num_threads(), work // grain)`` threads: no more than the work pays for.
 * The grains are the break-even sizes with sleeping worker threads (fastreg starts OpenMP with
-  a short spin, ``bounded_openmp_spin``, which a call after a pause does not reach). When the user asks OpenMP to spin (``openmp_spins()``:
-  ``OMP_WAIT_POLICY=active``), a region costs no wake and the C backend takes the smaller
-  ``SPIN_GRAIN``.
+  a short spin, ``bounded_openmp_spin``, which a call after a pause does not reach). When the
+  user asks OpenMP to spin (``openmp_spins()``: ``OMP_WAIT_POLICY=active``), a region costs no
+  wake and the C backend takes the smaller ``SPIN_GRAIN``.
   Each backend also stays within its runtime's own ceiling: NUMBA_NUM_THREADS for the Numba
   backend (whose kernels run in shares on fastreg's own threads, fastreg/cpu/_jit.py) and,
   for the C backend, the OpenMP limit of the calling thread (OMP_NUM_THREADS,
@@ -368,8 +368,8 @@ openmp_start = None   # how the C backend's OpenMP runtime started (set by bound
 def openmp_spins(environ=None):
     """Whether GNU OpenMP started with this environment (``os.environ`` by default) keeps its idle
     threads spinning: ``OMP_WAIT_POLICY=active``, or ``GOMP_SPINCOUNT=infinite``. fastreg never
-    asks for it (see ``bounded_openmp_spin``); a user who does, on a machine of their own, gets the C
-    backend's ``SPIN_GRAIN``."""
+    asks for it (see ``bounded_openmp_spin``); a user who does, on a machine of their own, gets
+    the C backend's ``SPIN_GRAIN``."""
     environ = os.environ if environ is None else environ
     policy = environ.get("OMP_WAIT_POLICY", "").strip().lower()
     spins = environ.get("GOMP_SPINCOUNT", "").strip().lower()

@@ -687,7 +687,6 @@ def run(argv=None, *, args=None):
                    for name in _configs()}
     passes = MC_PASSES_QUICK if args.quick else MC_PASSES
     jobs = args.jobs or _default_jobs()
-    os.makedirs(args.out, exist_ok=True)
     resolved = _registry.resolve(args.backend)
     data = _data(args.seed)
     (Xtr, _), (Xva, _), (Xte, _) = data

@@ -93,7 +93,6 @@ def _derive_seed(seed, index):
     return int(np.random.SeedSequence([int(seed), 1, int(index)]).generate_state(2, np.uint64)[0])
 
 
-
 def _tensor_as_array(t, name):
     """A torch tensor as the array the trainer computes with: a NumPy view of a CPU tensor, a
     CuPy view of a CUDA one (``__cuda_array_interface__``; CuPy needed), without copying;
