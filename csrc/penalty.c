@@ -131,23 +131,33 @@ typedef struct {
     float a, b;                /* (l1, c2), or soft_threshold's (t, s) */
 } fr_h16_args;
 
-/* g[0, len) = the float32 element loop over bw (and bo when accumulating). */
+/* g[0, len) = the float32 instance's element loop over bw (and bo when accumulating) for one
+ * (MODE, ACC): penalty_grad's MODE, or -1 for soft_threshold; (p0, p1) = (l1, c2) or (t, s). */
+FR_INLINE void fr_h16_elems(const float *bw, const float *bo, float *g, size_t len, float p0,
+                            float p1, const int MODE, const int ACC)
+{
+    if (MODE < 0) {
+        fr_softthr_args_f32 s = {bw, p0, p1};
+        fr_softthr_f32_elems(&s, g, 0, len);
+    } else {
+        fr_pgrad_args_f32 p = {bw, bo, p0, p1};
+        fr_pgrad_f32_elems(&p, g, 0, len, MODE, ACC);
+    }
+}
+
+/* The same for a's (mode, acc), picked at run time (compile-time MODE and ACC in each call:
+ * the loops vectorize). */
 FR_INLINE void fr_h16_block(const fr_h16_args *a, const float *bw, const float *bo, float *g,
                             size_t len)
 {
-    if (a->mode < 0) {
-        fr_softthr_args_f32 s = {bw, a->a, a->b};
-        fr_softthr_f32_elems(&s, g, 0, len);
-        return;
-    }
-    fr_pgrad_args_f32 p = {bw, bo, a->a, a->b};
-    switch (a->mode * 2 + (a->acc != 0)) {   /* compile-time MODE and ACC: loops vectorize */
-    case 0: fr_pgrad_f32_elems(&p, g, 0, len, 0, 0); break;
-    case 1: fr_pgrad_f32_elems(&p, g, 0, len, 0, 1); break;
-    case 2: fr_pgrad_f32_elems(&p, g, 0, len, 1, 0); break;
-    case 3: fr_pgrad_f32_elems(&p, g, 0, len, 1, 1); break;
-    case 4: fr_pgrad_f32_elems(&p, g, 0, len, 2, 0); break;
-    default: fr_pgrad_f32_elems(&p, g, 0, len, 2, 1); break;
+    switch (a->mode < 0 ? 6 : a->mode * 2 + (a->acc != 0)) {
+    case 0: fr_h16_elems(bw, bo, g, len, a->a, a->b, 0, 0); break;
+    case 1: fr_h16_elems(bw, bo, g, len, a->a, a->b, 0, 1); break;
+    case 2: fr_h16_elems(bw, bo, g, len, a->a, a->b, 1, 0); break;
+    case 3: fr_h16_elems(bw, bo, g, len, a->a, a->b, 1, 1); break;
+    case 4: fr_h16_elems(bw, bo, g, len, a->a, a->b, 2, 0); break;
+    case 5: fr_h16_elems(bw, bo, g, len, a->a, a->b, 2, 1); break;
+    default: fr_h16_elems(bw, bo, g, len, a->a, a->b, -1, 0); break;
     }
 }
 
@@ -200,13 +210,7 @@ static void fr_h16_blocks(const fr_h16_args *a, uint16_t *d, size_t lo, size_t h
             _mm256_storeu_ps(x, LOAD8(w + i));                                             \
             if (ACC)                                                                       \
                 _mm256_storeu_ps(ob, LOAD8(o + i));                                        \
-            if (MODE < 0) {                                                                \
-                fr_softthr_args_f32 sa = {x, p0, p1};                                      \
-                fr_softthr_f32_elems(&sa, g, 0, 8);                                        \
-            } else {                                                                       \
-                fr_pgrad_args_f32 pa = {x, ob, p0, p1};                                    \
-                fr_pgrad_f32_elems(&pa, g, 0, 8, MODE < 0 ? 0 : MODE, ACC);                \
-            }                                                                              \
+            fr_h16_elems(x, ob, g, 8, p0, p1, MODE, ACC);                                 \
             STORE8(d + i, _mm256_loadu_ps(g));                                             \
         }                                                                                  \
         return i;                                                                          \
