@@ -149,6 +149,19 @@ int fr_adam_step_f64(double *p, const double *g, double *m, double *v, double *v
                      double decay, double omb1, double beta2, double omb2, double eps,
                      double step_size, double bc2_sqrt, double gscale, int64_t n);
 
+/* Lists of parameters of one dtype in one call: parameter k has n[k] elements, its arrays at
+ * addr[3k ..] (SGD: p, g, buf) or addr[5k ..] (Adam: p, g, m, v, vmax; 0 for NULL) and its
+ * scalars at s[4k ..] (SGD: wd, decay, l1t, first as 0 / 1; Adam: wd, decay, step_size,
+ * bc2_sqrt); each step as the single-array call (the same bits).  All are checked first. */
+int fr_sgd_multi_f32(const uintptr_t *addr, const int64_t *n, const float *s, int64_t count,
+                     float lr, float momentum, float damp1, int nesterov, float gscale);
+int fr_sgd_multi_f64(const uintptr_t *addr, const int64_t *n, const double *s, int64_t count,
+                     double lr, double momentum, double damp1, int nesterov, double gscale);
+int fr_adam_multi_f32(const uintptr_t *addr, const int64_t *n, const float *s, int64_t count,
+                      float omb1, float beta2, float omb2, float eps, float gscale);
+int fr_adam_multi_f64(const uintptr_t *addr, const int64_t *n, const double *s, int64_t count,
+                      double omb1, double beta2, double omb2, double eps, double gscale);
+
 /* 16-bit parameters and / or gradients (uint16 bits; kinds 0 float16, 1 bfloat16, 2 float32,
  * csrc/half.h), float32 math and float32 state (buf, m, v, vmax): the float32 step, with each
  * 16-bit array read (and the parameter written, rounded to nearest even) once.  Kinds: one

@@ -408,3 +408,61 @@ int fr_adam_step_half(void *p, int pkind, const void *g, int gkind, float *m, fl
     return fr_adam_half_runs[pkind][gkind](p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps,
                                            step_size, bc2_sqrt, gscale, n);
 }
+
+/* ------------------------------------------------------------------ lists of parameters
+ * One call for many parameters of one dtype (fastreg.torch.optim's step on the C backend, for
+ * the parameters small enough to run serially): parameter k has n[k] elements, its arrays at
+ * the addresses addr[cols * k ..] (SGD, cols 3: p, g, buf; Adam, cols 5: p, g, m, v, vmax; 0:
+ * NULL) and its own scalars at s[rows * k ..] (SGD, 4: wd, decay, l1t, first (0 / 1); Adam,
+ * 4: wd, decay, step_size, bc2_sqrt); the rest are the group's.  Each parameter's step is the
+ * single-array step above (fr_*_run_SUF, with the calling thread's count), so the bits are
+ * those of count single calls.  Every parameter is checked before any is updated. */
+static int fr_multi_check(const uintptr_t *addr, const int64_t *n, const void *s, int64_t count,
+                          int cols)
+{
+    if (count < 0)
+        return FR_ERR_SIZE;
+    if (count > 0 && (!addr || !n || !s))
+        return FR_ERR_NULL;
+    for (int64_t k = 0; k < count; k++) {
+        if (n[k] < 0)
+            return FR_ERR_SIZE;
+        if (!addr[cols * k] || !addr[cols * k + 1])
+            return FR_ERR_NULL;
+        if (cols == 5 && (!addr[cols * k + 2] || !addr[cols * k + 3]))
+            return FR_ERR_NULL;
+    }
+    return FR_OK;
+}
+
+#define FR_OPTIM_MULTI(SUF, T)                                                                  \
+    int fr_sgd_multi_##SUF(const uintptr_t *addr, const int64_t *n, const T *s, int64_t count, \
+                           T lr, T momentum, T damp1, int nesterov, T gscale)                   \
+    {                                                                                           \
+        int status = fr_multi_check(addr, n, s, count, 3);                                      \
+        for (int64_t k = 0; status == FR_OK && k < count; k++) {                                \
+            const uintptr_t *a = addr + 3 * k;                                                  \
+            const T *sk = s + 4 * k;                                                            \
+            status = fr_sgd_run_##SUF((T *)a[0], (const T *)a[1], (T *)a[2], lr, sk[0], sk[1], \
+                                      momentum, damp1, nesterov, sk[3] != 0, sk[2], gscale,    \
+                                      n[k]);                                                    \
+        }                                                                                       \
+        return status;                                                                          \
+    }                                                                                           \
+                                                                                                \
+    int fr_adam_multi_##SUF(const uintptr_t *addr, const int64_t *n, const T *s, int64_t count,\
+                            T omb1, T beta2, T omb2, T eps, T gscale)                           \
+    {                                                                                           \
+        int status = fr_multi_check(addr, n, s, count, 5);                                      \
+        for (int64_t k = 0; status == FR_OK && k < count; k++) {                                \
+            const uintptr_t *a = addr + 5 * k;                                                  \
+            const T *sk = s + 4 * k;                                                            \
+            status = fr_adam_run_##SUF((T *)a[0], (const T *)a[1], (T *)a[2], (T *)a[3],       \
+                                       (T *)a[4], sk[0], sk[1], omb1, beta2, omb2, eps, sk[2],  \
+                                       sk[3], gscale, n[k]);                                    \
+        }                                                                                       \
+        return status;                                                                          \
+    }
+
+FR_OPTIM_MULTI(f32, float)
+FR_OPTIM_MULTI(f64, double)

@@ -10,8 +10,8 @@ momentum / no AMSGrad); float scalars are of the arrays' dtype, bools Python boo
 """
 import numpy as np
 
-from . import _check, _plan, lib
-from .penalty import _CTYPE, _aligned, _kernel, _ptr, _scalar, _write_back
+from . import _check, _plan, ffi, lib
+from .penalty import _CTYPE, _SUFFIX, _aligned, _kernel, _ptr, _scalar, _write_back
 
 _F32 = np.dtype(np.float32)
 _KIND_F32 = 2   # csrc/half.h FR_HALF_F32: the float32 operand of a mixed-precision step
@@ -111,3 +111,42 @@ def adam_step_half(p, pkind, g, gkind, m, v, vmax, wd, decay, omb1, beta2, omb2,
     for original, used in ((p, pa), (m, ma), (v, va), (vmax, xa)):
         if original is not None:
             _write_back(original, used)
+
+
+# Lists of parameters in one call (fastreg.torch.optim, csrc/optim.c fr_*_multi_*): addresses,
+# element counts and per-parameter scalars as NumPy arrays, the group's scalars as Python
+# floats (cffi rounds a Python float to float exactly as NumPy does).
+_MULTI = {}
+
+
+def _multi_kernel(dtype, name):
+    k = _MULTI.get((dtype, name))
+    if k is None:
+        full = f"fr_{name}_{_SUFFIX[dtype]}"
+        k = _MULTI[dtype, name] = (getattr(lib, full), full, ffi.typeof(_CTYPE[dtype] + "[]"))
+    return k
+
+
+def _multi_run(name, addr, n, s, group_args):
+    """``fr_<name>_<dtype>(addr, n, s, count, *group_args)`` for ``count = n.size`` parameters
+    that each run serially (the caller planned them so): ``addr`` uintp (count, cols), ``n``
+    int64 (count,), ``s`` (count, 4) of the parameters' dtype; all C-contiguous."""
+    count = n.size
+    if count == 0:
+        return
+    fn, full, t = _multi_kernel(s.dtype, name)
+    lib.fr_set_pool_threads(1, 1)
+    _check(fn(ffi.from_buffer("uintptr_t[]", addr), ffi.from_buffer("int64_t[]", n),
+              ffi.from_buffer(t, s), count, *group_args), full)
+
+
+def sgd_multi(addr, n, s, lr, momentum, damp1, nesterov, gscale):
+    """SGD steps of many parameters of one dtype (see csrc/fastreg.h fr_sgd_multi_*): the bits
+    of one ``sgd_step`` per parameter."""
+    _multi_run("sgd_multi", addr, n, s, (lr, momentum, damp1, int(bool(nesterov)), gscale))
+
+
+def adam_multi(addr, n, s, omb1, beta2, omb2, eps, gscale):
+    """Adam steps of many parameters of one dtype (see csrc/fastreg.h fr_adam_multi_*): the bits
+    of one ``adam_step`` per parameter."""
+    _multi_run("adam_multi", addr, n, s, (omb1, beta2, omb2, eps, gscale))

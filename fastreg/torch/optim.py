@@ -47,7 +47,7 @@ import math
 import numpy as np
 import torch
 
-from .. import _arrays, _half
+from .. import _arrays, _dispatch, _half, _threads
 from .. import clip as _clip
 from .._dispatch import Job
 from ..optim import _check_beta
@@ -56,6 +56,8 @@ from . import _bridge
 __all__ = ["SGD", "Adam", "AdamW"]
 
 _HALF = (torch.float16, torch.bfloat16)
+_HOST_PROBE = torch.empty(0)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}    # a CPU tensor: which backend a group's CPU parameters run on
 
 
 def _state_dtype(p):
@@ -218,14 +220,21 @@ class _FastregOptimizer(torch.optim.Optimizer):
             group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
 
     def _grads(self):
-        """(group, index in the group, param, grad, name) for every parameter with a gradient,
-        checked; raises before anything is changed."""
-        work = []
+        """``(batches, work)``: the parameters with a gradient, checked; raises before anything
+        is changed. ``batches``: ``(group, dtype, [(index in the group, param, grad), ...])``
+        that the C backend updates in one call each (``_multi_item``); ``work``: (group, index
+        in the group, param, grad, name) for the others, updated one by one."""
+        batches, work = [], []
+        limit = self._multi_limit()
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, gi)
+            lists = {} if limit and self._multi_group(group) else None
             for j, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
+                    continue
+                if lists is not None and self._multi_item(group, j, p, g, limit):
+                    lists.setdefault(p.dtype, []).append((j, p, g))
                     continue
                 name = f"param_groups[{gi}]['params'][{j}]"
                 if self._plain(p, g):   # every check below would pass
@@ -256,7 +265,54 @@ class _FastregOptimizer(torch.optim.Optimizer):
                             # (a 16-bit parameter's state from a torch state_dict is widened)
                             _bridge.check_same_dtype(s, f"state of {name}: {key}", p, name)
                 work.append((group, j, p, g, name))
-        return work
+            if lists:
+                batches += [(group, dt, items) for dt, items in lists.items()]
+        return batches, work
+
+    # Parameters updated together, in one C call per group and dtype (csrc/optim.c
+    # fr_*_multi_*), instead of one Python round (about 25 us) each: float32/float64 CPU
+    # tensors, C-contiguous with C-contiguous gradients and state, small enough that their
+    # step runs serially anyway (fastreg._threads.plan gives 1 thread below two grains), on
+    # the C backend, without check_finite or max_grad_norm (which read every gradient first).
+    # Each parameter's step is the single-parameter kernel's: the same bits.
+    def _multi_limit(self):
+        """Element count below which a parameter may join a batch (0: no batches)."""
+        if getattr(self, "max_grad_norm", None) is not None:
+            return 0
+        from ..c.optim import OPTIM_WEIGHT
+        g = min(_threads.GRAIN["elementwise"], _threads.SPIN_GRAIN["elementwise"])
+        return 2 * g // OPTIM_WEIGHT
+
+    def _multi_group(self, group):
+        """Whether group's CPU parameters run on the C backend, batched."""
+        if group["check_finite"] or not group["params"]:
+            return False
+        try:
+            name = _bridge.backend_for(self._OP, group["backend"], _HOST_PROBE)
+        except Exception:   # the per-parameter path raises it, with the parameter's name
+            return False
+        return name == "c" or (name != "auto" and _dispatch.resolve_host(name) == "c")
+
+    def _multi_item(self, group, j, p, g, limit):
+        """Whether parameter j of group (gradient g) may join a batch; see _multi_limit."""
+        n = p.numel()
+        if not (0 < n < limit and _bridge.host_float(p) and g.dtype is p.dtype and g.is_cpu
+                and g.layout is torch.strided and g.shape == p.shape and g.is_contiguous()):
+            return False
+        size = p.element_size()
+        if (p.data_ptr() | g.data_ptr()) % size:
+            return False
+        state = self.state.get(p)
+        if state:
+            for key in self._STATE:
+                s = state.get(key)
+                if s is not None and not (s.dtype is p.dtype and s.is_cpu and s.shape == p.shape
+                                          and s.is_contiguous() and s.data_ptr() % size == 0):
+                    return False
+        return self._multi_takes(group, j)
+
+    def _multi_takes(self, group, j):
+        return True
 
     def _plain(self, p, g):
         """The common case, tested first (1 us where the checks take 5): p a contiguous
@@ -311,8 +367,7 @@ class _FastregOptimizer(torch.optim.Optimizer):
         return op
 
     def _job(self, group, p):
-        op = "sgd_step" if isinstance(self, SGD) else "adam_step"
-        backend = _bridge.backend_for(op, group["backend"], p)
+        backend = _bridge.backend_for(self._OP, group["backend"], p)
         return Job(backend, host_input=p.device.type == "cpu")
 
     @staticmethod
@@ -371,9 +426,12 @@ class _FastregOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._grads()
+        batches, work = self._grads()
         ready = self._kernel_grads(work)
         self._gscale = self._clip_factor(work, ready)
+        for group, dtype, items in batches:
+            self._multi_update(group, dtype, items)
+            torch.autograd.graph.increment_version([p for _, p, _ in items])
         for (group, j, p, g, name), (job, gv, gkind) in zip(work, ready):
             if gv is None:
                 continue
@@ -482,6 +540,7 @@ class SGD(_FastregOptimizer):
     """
 
     _STATE = ("momentum_buffer",)
+    _OP = "sgd_step"
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, decoupled=False, l1=0.0, decay_mask=None,
@@ -527,6 +586,33 @@ class SGD(_FastregOptimizer):
         else:
             fused[0](pv, fused[1], gv, fused[2], *args)
 
+    def _multi_update(self, group, dtype, items):
+        """``_update`` of a batch of parameters of one dtype (``_grads``), in one C call with
+        the same scalars."""
+        from ..c import optim as c_optim
+        lr, momentum = _value(group["lr"]), group["momentum"]
+        wd_all, decoupled, l1 = _value(group["weight_decay"]), group["decoupled"], group["l1"]
+        mask, addr, scalars, sizes = group["decay_mask"], [], [], []
+        for j, p, g in items:
+            state = self.state[p]
+            decayed = mask[j]
+            wd = wd_all if decayed else 0.0
+            buf, first = 0, 0.0
+            if momentum != 0:
+                b = state.get("momentum_buffer")
+                if b is None:
+                    b = state["momentum_buffer"] = torch.zeros_like(p)
+                    first = 1.0
+                buf = b.data_ptr()
+            addr += (p.data_ptr(), g.data_ptr(), buf)
+            scalars += (0.0 if decoupled else wd, 1.0 - lr * wd if decoupled else 1.0,
+                        lr * l1 if decayed else 0.0, first)
+            sizes.append(p.numel())
+        c_optim.sgd_multi(np.array(addr, np.uintp), np.array(sizes, np.int64),
+                          np.array(scalars, _NUMPY[dtype]), lr, momentum,
+                          1.0 - group["dampening"], group["nesterov"],
+                          self._gradient_factor(group))
+
 
 class Adam(_FastregOptimizer):
     """Adam (``torch.optim.Adam``, coupled L2 weight decay) on fastreg's fused kernel.
@@ -561,6 +647,7 @@ class Adam(_FastregOptimizer):
     """
 
     _STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _OP = "adam_step"
     _DECOUPLED = False
     _TORCH_OPTIONS = dict(_FastregOptimizer._TORCH_OPTIONS, capturable=False,
                           decoupled_weight_decay=False)
@@ -617,6 +704,38 @@ class Adam(_FastregOptimizer):
             fused[0](pv, fused[1], gv, fused[2], *args)
         if decayed and group["l1"] > 0:
             job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
+
+    def _multi_takes(self, group, j):
+        return not (group["l1"] > 0 and group["decay_mask"][j])   # L1: a second pass
+
+    def _multi_update(self, group, dtype, items):
+        """``_update`` of a batch of parameters of one dtype (``_grads``), in one C call with
+        the same scalars."""
+        from ..c import optim as c_optim
+        lr, (beta1, beta2) = _value(group["lr"]), group["betas"]
+        wd_all, decoupled = _value(group["weight_decay"]), group["decoupled_weight_decay"]
+        ams, mask, addr, scalars, sizes = group["amsgrad"], group["decay_mask"], [], [], []
+        for j, p, g in items:
+            state = self.state[p]
+            if state.get("exp_avg") is None:
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            vmax = 0
+            if ams:
+                x = state.get("max_exp_avg_sq")
+                if x is None:
+                    x = state["max_exp_avg_sq"] = torch.zeros_like(p)
+                vmax = x.data_ptr()
+            step = _new_step(state)
+            wd = wd_all if mask[j] else 0.0
+            addr += (p.data_ptr(), g.data_ptr(), state["exp_avg"].data_ptr(),
+                     state["exp_avg_sq"].data_ptr(), vmax)
+            scalars += (0.0 if decoupled else wd, 1.0 - lr * wd if decoupled else 1.0,
+                        lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step))
+            sizes.append(p.numel())
+        c_optim.adam_multi(np.array(addr, np.uintp), np.array(sizes, np.int64),
+                           np.array(scalars, _NUMPY[dtype]), 1.0 - beta1, beta2, 1.0 - beta2,
+                           group["eps"], self._gradient_factor(group))
 
 
 class AdamW(Adam):
