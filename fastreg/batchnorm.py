@@ -950,6 +950,15 @@ def _stats_to_host(a, name):
     return np.asarray(a, dtype=np.float64)
 
 
+def _list_of_parts(s):
+    """Whether merge_stats' single argument is a list of (count, mean, m2) parts rather than
+    one part: every item a 3-sequence whose second item is not a number (a part's mean is an
+    array; one part's per-channel count list has numbers there)."""
+    return (isinstance(s, (list, tuple)) and len(s) > 0
+            and all(isinstance(p, (list, tuple)) and len(p) == 3
+                    and not isinstance(p[1], numbers.Number) for p in s))
+
+
 def merge_stats(*stats):
     """Merge per-channel (count, mean, M2) statistics of disjoint parts into those of the whole.
 
@@ -978,8 +987,7 @@ def merge_stats(*stats):
     ``mean = mean_a + delta * n_b / n`` and ``M2 = M2_a + M2_b + delta**2 * n_a * n_b / n``.
     Computed in float64 on the host (device statistics are copied).
     """
-    if (len(stats) == 1 and isinstance(stats[0], (list, tuple)) and stats[0]
-            and isinstance(stats[0][0], (list, tuple))):
+    if len(stats) == 1 and _list_of_parts(stats[0]):
         stats = tuple(stats[0])  # one list (or tuple) of (count, mean, m2) parts
     if not stats:
         raise ValueError("merge_stats needs at least one (count, mean, m2)")
@@ -990,6 +998,8 @@ def merge_stats(*stats):
         count = np.asarray(s[0])
         if count.dtype.kind not in "iu" or np.any(count < 0):
             raise ValueError(f"stats[{i}]: count must be a non-negative integer, got {s[0]!r}")
+        if count.dtype.kind == "u" and np.any(count > _I64_MAX):
+            raise ValueError(f"stats[{i}]: count must fit in int64, got {s[0]!r}")
         mean, m2 = _stats_to_host(s[1], f"stats[{i}] mean"), _stats_to_host(s[2], f"stats[{i}] m2")
         if mean.shape != m2.shape or mean.ndim != 1:
             raise ValueError(f"stats[{i}]: mean and m2 must be 1-D arrays of one shape, got "
@@ -1003,6 +1013,11 @@ def merge_stats(*stats):
         if np.any(m2 < 0):
             raise ValueError(f"stats[{i}]: m2 must be >= 0")
         parts.append((count.astype(np.int64), mean, m2))
+    total = parts[0][0]
+    for i, (nb, _, _) in enumerate(parts[1:], 1):   # checked before any work
+        if np.any(nb > _I64_MAX - total):
+            raise ValueError(f"merge_stats: the total count overflows int64 at stats[{i}]")
+        total = total + nb
     n, mean, m2 = parts[0]
     for nb, mb, m2b in parts[1:]:
         total = n + nb

@@ -79,7 +79,10 @@ def ema_decay(step, decay=0.9999, *, min_decay=0.0, update_after_step=0, use_war
     if s <= 0:
         return 0.0
     if use_warmup:
-        d = 1 - (1 + s / warmup_gamma) ** -warmup_power
+        try:
+            d = 1 - (1 + s / warmup_gamma) ** -warmup_power
+        except OverflowError:   # s beyond the float range: the ramp has reached 1
+            d = 1.0
         return max(min(d, decay), min_decay)
     return decay
 
@@ -115,7 +118,9 @@ def ema_update(ema, params, decay, *, backend="auto"):
         The current weights, one per ``ema`` array, of its shape, dtype and device. Not
         modified.
     decay : float
-        In [0, 1]: 0 copies ``params``, 1 keeps ``ema``.
+        In [0, 1]: 0 copies ``params``, 1 keeps ``ema``, for finite values. Computed as
+        torch's ``lerp_`` (``ema + w * (params - ema)``, w = 1 - decay, fused), so an inf on
+        either side makes NaN at those endpoints too (0 * inf), as in torch.
     backend : {"auto", "numpy", "cpu", "c", "cuda"}
 
     Returns

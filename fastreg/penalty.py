@@ -145,7 +145,8 @@ def elastic_net_penalty(w, l1, l2, *, backend="auto"):
     l1 = _arrays.check_nonneg(l1, "l1")
     l2 = _arrays.check_nonneg(l2, "l2")
     s_abs, s_sq = _sums(w, backend)
-    return l1 * s_abs + l2 * s_sq
+    # a zero strength drops its term (as the gradients do): 0 * an overflowed sum is not NaN
+    return (l1 * s_abs if l1 else 0.0) + (l2 * s_sq if l2 else 0.0)
 
 
 # The smallest positive double that rounds to inf in each dtype (round to nearest even:
@@ -348,13 +349,32 @@ def _in_place(w, x, device, backend, run, fused=None):
     return w
 
 
-def _soft(w, t, s, backend):
+def _soft(w, t, s, backend, t2=0.0):
     x, device = _arrays.check_in_place(w, "w", half=True)
     cast = np.float32 if _arrays.is_half(x.dtype) else np.dtype(x.dtype).type
     if not t < _OVERFLOW[np.dtype(cast)]:   # as the gradients: not rounded to inf silently
         raise ValueError(f"the threshold ({t}) overflows {np.dtype(cast)}")
+    if s < np.finfo(cast).tiny:   # prox_elastic_net's 1 / (1 + 2 t2) for a huge t2
+        return _soft_tiny_scale(w, x, device, cast(t), t2, backend)
     return _in_place(w, x, device, backend, lambda job, src, dst: job.op("soft_threshold")(
         flat(src), cast(t), cast(s), flat(dst)), fused=("soft_threshold_half", (cast(t), cast(s))))
+
+
+def _soft_tiny_scale(w, x, device, t, t2, backend):
+    """``soft(w, t) / (1 + 2 t2)`` where the scale ``1 / (1 + 2 t2)`` is below the smallest
+    normal number of the math's dtype (t2 above about 4e37 for float32): as a factor it would be
+    subnormal or 0, losing the quotient's digits and turning inf * 0 into NaN. The soft step as
+    the kernels compute it (in the math's dtype ``type(t)``), then the division in float64,
+    halved first (1 + 2 t2 is 2 t2 there, and may overflow), rounded once more to w's dtype.
+    Rare: NumPy on the host (a device array makes a round trip)."""
+    job = _dispatch.job(_dispatch.resolve(backend, w), not device)
+    host = job.mod.copy_to_host(w) if device else x
+    v = host.astype(type(t))
+    v = np.where(v > t, v - t, np.where(v < -t, v + t, np.where(np.isnan(v), v, type(t)(0))))
+    host[...] = ((v.astype(np.float64) / 2.0) / t2).astype(host.dtype)
+    if device:
+        job.mod.as_device(w).copy_to_device(host)
+    return w
 
 
 def prox_l1(w, threshold, *, backend="auto"):
@@ -424,7 +444,7 @@ def prox_elastic_net(w, l1_threshold, l2_threshold, *, backend="auto"):
             return r
     t1 = _arrays.check_nonneg(l1_threshold, "l1_threshold")
     t2 = _arrays.check_nonneg(l2_threshold, "l2_threshold")
-    return _soft(w, t1, 1.0 / (1.0 + 2.0 * t2), backend)
+    return _soft(w, t1, 1.0 / (1.0 + 2.0 * t2), backend, t2)
 
 
 def prox_group_lasso(w, threshold, axis, *, backend="auto"):

@@ -61,10 +61,15 @@ def _cosine_args(base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
 
 def _cosine(step, base_lr, total_steps, warmup_steps, min_lr, warmup_start_lr):
     if step < warmup_steps:
-        rise = (base_lr - warmup_start_lr) * step
-        if math.isinf(rise):   # rates near the float range: the same line, without overflow
-            return warmup_start_lr + (base_lr - warmup_start_lr) * (step / warmup_steps)
-        return warmup_start_lr + rise / warmup_steps
+        try:
+            rise = (base_lr - warmup_start_lr) * step
+            if not math.isinf(rise):
+                return warmup_start_lr + rise / warmup_steps
+        except OverflowError:   # a step count beyond the float range
+            pass
+        # rates near the float range, or huge step counts: the same line, without overflow
+        # (int / int is correctly rounded for ints of any size)
+        return warmup_start_lr + (base_lr - warmup_start_lr) * (step / warmup_steps)
     if step >= total_steps:
         return min_lr
     t = (step - warmup_steps) / (total_steps - warmup_steps)
@@ -129,8 +134,9 @@ def _decay(step, base_lr, step_size, gamma, milestones):
     k = step // step_size if step_size is not None else bisect.bisect_right(milestones, step)
     try:
         factor = gamma ** k
-    except OverflowError:   # gamma > 1 over many steps: inf, as torch's repeated products
-        factor = math.inf
+    except OverflowError:   # the result beyond the float range, or k itself (a huge step)
+        # the limit of torch's repeated products: inf for gamma > 1, 1 for 1, else 0
+        factor = math.inf if gamma > 1 else 1.0 if gamma == 1 else 0.0
     return base_lr * factor if base_lr else 0.0
 
 
