@@ -14,6 +14,8 @@ Job) is an attribute lookup on the backend module. Beside a 1e5-element kernel e
 step around it costs two to four times its isolated timeit figure (the kernel's 800 KB push the
 interpreter's own data out of the caches): measure per-call changes with bench/small_ab.py.
 """
+import functools
+import inspect
 import os
 import sys
 
@@ -214,6 +216,30 @@ def torch_call(fn, args):
     written.append(args.get("out"))
     bump_versions(torch, written)
     return result
+
+
+def answers_torch(fn):
+    """Decorator for an op that takes ``images`` (a function, or a ``__call__`` taking ``self``
+    first): torch CPU tensors among its arguments go through ``torch_call`` (zero-copy views in,
+    torch tensors out), as the ops that test their first argument themselves. A NumPy caller
+    pays one type test and one call."""
+    sig = inspect.signature(fn)
+    pos = list(sig.parameters).index("images")
+
+    @functools.wraps(fn)
+    def op(*args, **kwargs):
+        x = args[pos] if len(args) > pos else kwargs.get("images")
+        if type(x) is not np.ndarray and "torch" in sys.modules:
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError:
+                bound = None    # the call itself raises the usual error
+            if bound is not None:
+                bound.apply_defaults()
+                if (r := torch_call(fn, bound.arguments)) is not NOT_TORCH:
+                    return r
+        return fn(*args, **kwargs)
+    return op
 
 
 # The arguments each public op writes in place, besides ``out=``: their tensors' version counters

@@ -26,7 +26,7 @@ import numbers
 
 import numpy as np
 
-from .. import _arrays, _registry
+from .. import _arrays, _dispatch, _registry
 from ..reference import augment_color as refc
 from . import compose as _c
 
@@ -70,6 +70,7 @@ class _ColorOp(_c._Op):
     def check(self, dims):
         _check_channels(dims, type(self).__name__)
 
+    @_dispatch.answers_torch
     def __call__(self, images, *, seed, epoch=0, index_offset=0, layout="NHWC", out=None,
                  backend="auto", indices=None):
         """Apply the op to a batch.
@@ -307,46 +308,55 @@ def _doc(summary, param):
     return summary + "\n" + _FN_DOC.format(param=param)
 
 
+@_dispatch.answers_torch
 def adjust_brightness(images, factor, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.BRIGHTNESS, factor, "adjust_brightness.factor", layout,
                           out, backend, lo=0.0)
 
 
+@_dispatch.answers_torch
 def adjust_saturation(images, factor, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.SATURATION, factor, "adjust_saturation.factor", layout,
                           out, backend, lo=0.0)
 
 
+@_dispatch.answers_torch
 def adjust_contrast(images, factor, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.CONTRAST, factor, "adjust_contrast.factor", layout, out,
                           backend, lo=0.0)
 
 
+@_dispatch.answers_torch
 def adjust_sharpness(images, factor, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.SHARPNESS, factor, "adjust_sharpness.factor", layout,
                           out, backend, lo=0.0)
 
 
+@_dispatch.answers_torch
 def adjust_hue(images, factor, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.HUE, factor, "adjust_hue.factor", layout, out, backend,
                           lo=-0.5, hi=0.5)
 
 
+@_dispatch.answers_torch
 def posterize(images, bits, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.POSTERIZE, bits, "posterize.bits", layout, out, backend,
                           lo=0, hi=8, integer=True)
 
 
+@_dispatch.answers_torch
 def solarize(images, threshold, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.SOLARIZE, threshold, "solarize.threshold", layout, out,
                           backend, lo=0.0, hi=255.0)
 
 
+@_dispatch.answers_torch
 def autocontrast(images, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.AUTOCONTRAST, 0.0, "autocontrast", layout, out,
                           backend)
 
 
+@_dispatch.answers_torch
 def equalize(images, *, layout="NHWC", out=None, backend="auto"):
     return _deterministic(images, refc.EQUALIZE, 0.0, "equalize", layout, out, backend)
 
@@ -374,6 +384,7 @@ equalize.__doc__ = _doc("Histogram-equalize each channel of each image (PIL's ru
                         "torchvision's equalize).", "")
 
 
+@_dispatch.answers_torch
 def gaussian_blur(images, kernel_size, sigma, *, layout="NHWC", out=None, backend="auto"):
     """Gaussian blur of every sample with one sigma (see ``GaussianBlur``).
 
@@ -449,6 +460,7 @@ class Normalize:
         s = np.broadcast_to(s, (channels,))
         return refc.normalize_lut(m, s, self.scale)
 
+    @_dispatch.answers_torch
     def __call__(self, images, *, layout="NHWC", out=None, backend="auto"):
         """Normalize a uint8 batch to float32.
 
@@ -507,6 +519,7 @@ class Normalize:
         return pipeline
 
 
+@_dispatch.answers_torch
 def normalize(images, mean, std, *, scale=True, layout="NHWC", out=None, backend="auto"):
     """uint8 -> float32 ``(v / 255 - mean[c]) / std[c]`` (see ``Normalize``).
 

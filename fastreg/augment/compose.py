@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from .. import _arrays, _config, _registry
+from .. import _arrays, _config, _dispatch, _registry
 from .._dispatch import Job
 from ..reference import augment as ref
 
@@ -554,6 +554,7 @@ class Compose:
         self.interpolation = _arrays.check_choice(interpolation, "interpolation",
                                                   INTERPOLATIONS)
 
+    @_dispatch.answers_torch
     def __call__(self, images, *, seed, epoch=0, index_offset=0, layout="NHWC", target=None,
                  target_fill=0, out=None, backend="auto", indices=None):
         """Apply the ops to a batch.

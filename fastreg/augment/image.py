@@ -31,7 +31,7 @@ import numbers
 
 import numpy as np
 
-from .. import _arrays
+from .. import _arrays, _dispatch
 from ..reference import augment as ref
 from . import compose as _c
 from .compose import (GaussianNoise, RandomCrop, RandomErasing, RandomFlip, RandomResizedCrop,
@@ -53,6 +53,7 @@ _COMMON_DOC = """seed : int
         ``index_offset + i``; not together with a nonzero index_offset."""
 
 
+@_dispatch.answers_torch
 def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_offset=0,
                 layout="NHWC", target=None, target_fill=0, out=None, backend="auto", indices=None):
     """Flip each sample with probability p (independently per sample).
@@ -104,6 +105,7 @@ def random_flip(images, p=0.5, *, direction="horizontal", seed, epoch=0, index_o
                   target_fill=target_fill, out=out, backend=backend, indices=indices)
 
 
+@_dispatch.answers_torch
 def random_rot90(images, p=0.75, *, seed, epoch=0, index_offset=0, layout="NHWC", target=None,
                  target_fill=0, out=None, backend="auto", indices=None):
     """Rotate each sample by k quarter turns counter-clockwise (``np.rot90`` on H, W).
@@ -137,6 +139,7 @@ def random_rot90(images, p=0.75, *, seed, epoch=0, index_offset=0, layout="NHWC"
                   backend=backend, indices=indices)
 
 
+@_dispatch.answers_torch
 def random_rotate(images, degrees=15.0, *, p=1.0, fill=0, interpolation="bilinear", seed,
                   epoch=0, index_offset=0, layout="NHWC", target=None, target_fill=0, out=None,
                   backend="auto", indices=None):
@@ -178,6 +181,7 @@ def random_rotate(images, degrees=15.0, *, p=1.0, fill=0, interpolation="bilinea
                   interpolation=interpolation, indices=indices)
 
 
+@_dispatch.answers_torch
 def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, seed, epoch=0,
                 index_offset=0, layout="NHWC", target=None, target_fill=0, out=None,
                 backend="auto", indices=None):
@@ -223,6 +227,7 @@ def random_crop(images, size, *, padding=0, padding_mode="constant", fill=0, see
                   padding_mode=padding_mode, indices=indices)
 
 
+@_dispatch.answers_torch
 def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0),
                         interpolation="bilinear", seed, epoch=0, index_offset=0, layout="NHWC",
                         target=None, target_fill=0, out=None, backend="auto", indices=None):
@@ -267,6 +272,7 @@ def random_resized_crop(images, size, *, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.
                   interpolation=interpolation, indices=indices)
 
 
+@_dispatch.answers_torch
 def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NHWC",
                    target=None, out=None, backend="auto", indices=None):
     """Add N(0, std^2) noise to every value (uint8: then clipped and rounded).
@@ -307,6 +313,7 @@ def gaussian_noise(images, std=0.1, *, seed, epoch=0, index_offset=0, layout="NH
                   out=out, backend=backend, indices=indices)
 
 
+@_dispatch.answers_torch
 def random_erasing(images, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0, seed,
                    epoch=0, index_offset=0, layout="NHWC", target=None, out=None,
                    backend="auto", indices=None):
@@ -412,6 +419,7 @@ def _mixed_labels(soft, lam, partner):
     return soft * w + soft[partner] * (soft.dtype.type(1) - w)
 
 
+@_dispatch.answers_torch
 def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_offset=0,
           layout="NHWC", out=None, backend="auto", indices=None):
     """Mixup: each sample blended with a partner of the batch, labels blended alike.
@@ -465,6 +473,7 @@ def mixup(images, labels, alpha=0.2, *, num_classes=None, seed, epoch=0, index_o
     return job.finish(res, out_arr), _mixed_labels(soft, lam, partner)
 
 
+@_dispatch.answers_torch
 def cutmix(images, labels, alpha=1.0, *, num_classes=None, seed, epoch=0, index_offset=0,
            layout="NHWC", target=None, out=None, backend="auto", indices=None):
     """CutMix: a box of each sample replaced by the same box of a partner; labels weighted by
