@@ -203,7 +203,7 @@ def test_tensor_lr_works_and_schedulers_update_it(name, kw):
     assert torch.is_tensor(got.param_groups[0]["lr"])
     assert float(got.param_groups[0]["lr"]) == pytest.approx(0.05 / 8)
     _close(pg, pr)
-    with pytest.raises(ValueError, match="one element"):
+    with pytest.raises(ValueError, match="one-element tensor"):
         getattr(frt.optim, name)(_params(), lr=torch.tensor([0.1, 0.2]))
     with pytest.raises(ValueError, match="lr"):
         getattr(frt.optim, name)(_params(), lr=torch.tensor(-1.0))

@@ -116,6 +116,18 @@ def channels_last_perm(t):
     return None
 
 
+def number(v, name):
+    """A one-element tensor's value (torch takes ``lr=torch.tensor(0.1)`` or
+    ``max_norm=torch.tensor(1.0)``, as its ``float(v)`` does), else ``v`` itself, for fastreg's
+    checks of the number."""
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of "
+                             f"shape {tuple(v.shape)}")
+        return v.item()
+    return v
+
+
 def host_float(t):
     """Whether ``t`` is a C-contiguous float32/float64 CPU tensor: the common case, which the
     eager paths view through NumPy with no further conversion (``host_array``)."""

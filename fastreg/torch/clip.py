@@ -10,7 +10,9 @@ on the CPU are then clipped in place by ``fastreg.clip_grad_norm`` /
 ``fastreg.adaptive_clip_grad`` through NumPy views of their memory (a list that names one
 gradient twice is refused there, as fastreg never updates one array twice in a call); anything
 else (CUDA, float16/bfloat16, sparse or mixed-device gradients) goes through torch's own
-``clip_grad_norm_`` (timm's rule in torch operations for ``adaptive_clip_grad_``).
+``clip_grad_norm_`` (timm's rule in torch operations for ``adaptive_clip_grad_``). Inside
+``torch.compile`` both run eagerly (``torch.compiler.disable``: one graph break), as
+``frt.optim``'s steps do.
 
 fastreg accumulates the norm in float64 (torch: in the gradients' dtype), so the total norm can
 differ from torch's in its last float32 bits, and a gradient by one float32 rounding of the
@@ -21,6 +23,7 @@ import torch
 
 from .. import _arrays, _dispatch
 from .. import clip as _clip
+from . import _bridge
 
 __all__ = ["clip_grad_norm_", "adaptive_clip_grad_"]
 
@@ -47,6 +50,7 @@ def _host_views(tensors):
     return views
 
 
+@torch.compiler.disable   # eager inside a compiled step: Dynamo cannot trace the C backend
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False,
                     foreach=None, *, backend="auto"):
     """Clip the gradients of ``parameters`` by their global norm, in place; returns the total
@@ -56,9 +60,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     ----------
     parameters : Tensor or iterable of Tensors
         Parameters whose ``.grad`` is clipped (those without one are skipped).
-    max_norm : float
+    max_norm : float or one-element Tensor
         The largest total norm allowed (>= 0).
-    norm_type : float
+    norm_type : float or one-element Tensor
         Order of the norm (> 0 or inf).
     error_if_nonfinite : bool
         Raise a RuntimeError (changing nothing) when the total norm is NaN or infinite.
@@ -75,8 +79,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         other CPU float32 gradients (0 without gradients); torch's own result (dtype and
         device) where torch's function runs.
     """
-    max_norm = _clip._check_max_norm(max_norm)
-    norm_type = _clip.check_norm_type(norm_type)
+    max_norm = _clip._check_max_norm(_bridge.number(max_norm, "max_norm"))
+    norm_type = _clip.check_norm_type(_bridge.number(norm_type, "norm_type"))
     error_if_nonfinite = _arrays.check_bool(error_if_nonfinite, "error_if_nonfinite")
     params = _with_grads(parameters)
     grads = [p.grad for p in params]
@@ -93,6 +97,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     return torch.tensor(total, dtype=torch.float64 if wide else torch.float32)
 
 
+@torch.compiler.disable   # as clip_grad_norm_
 def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0, *,
                         backend="auto"):
     """Adaptive gradient clipping (NFNets), in place: timm's ``adaptive_clip_grad``; each
@@ -103,16 +108,16 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, norm_type=2.0, *
     ----------
     parameters : Tensor or iterable of Tensors
         Parameters whose ``.grad`` is clipped (those without one are skipped).
-    clip_factor, eps : float
+    clip_factor, eps : float or one-element Tensor
         The ratio limit and the smallest parameter norm (>= 0).
-    norm_type : float
+    norm_type : float or one-element Tensor
         Order of the unit-wise norms (> 0 or inf).
     backend : {"auto", "numpy", "cpu", "c"}
         fastreg backend for CPU float32/float64 tensors.
     """
-    clip_factor = _arrays.check_nonneg(clip_factor, "clip_factor")
-    eps = _arrays.check_nonneg(eps, "eps")
-    norm_type = _clip.check_norm_type(norm_type)
+    clip_factor = _arrays.check_nonneg(_bridge.number(clip_factor, "clip_factor"), "clip_factor")
+    eps = _arrays.check_nonneg(_bridge.number(eps, "eps"), "eps")
+    norm_type = _clip.check_norm_type(_bridge.number(norm_type, "norm_type"))
     params = _with_grads(parameters)
     if not params:
         return

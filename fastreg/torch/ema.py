@@ -125,29 +125,73 @@ class ModelEma(torch.nn.Module):
                               use_warmup=self.use_warmup, warmup_gamma=self.warmup_gamma,
                               warmup_power=self.warmup_power)
 
-    def _pairs(self, model):
-        """[(ema tensor, model tensor, average?)] in timm's order: the state dicts' entries,
-        or the parameters (averaged) then the buffers (copied) with exclude_buffers."""
+    def _entries(self, module):
+        """[(name, tensor, average?)] of ``module`` in timm's order: the state dict's entries, or
+        the parameters (averaged) then the buffers (copied) with exclude_buffers. A tied tensor
+        is listed under each of its names (see _pairs)."""
         if self.exclude_buffers:
-            return ([(e, m, True) for e, m in zip(self.module.parameters(), model.parameters())]
-                    + [(e, m, False) for e, m in zip(self.module.buffers(), model.buffers())])
+            return ([(k, t, True) for k, t in module.named_parameters(remove_duplicate=False)]
+                    + [(k, t, False) for k, t in module.named_buffers(remove_duplicate=False)])
         # keep_vars: the parameter and buffer objects themselves, the same at every update
-        ema_sd = self.module.state_dict(keep_vars=True)
-        model_sd = model.state_dict(keep_vars=True)
-        if list(ema_sd) != list(model_sd):
-            raise ValueError("model's state_dict entries differ from the EMA's copy (another "
-                             "architecture?)")
-        return [(e, m, e.is_floating_point()) for e, m in zip(ema_sd.values(),
-                                                                model_sd.values())]
+        return [(k, t, t.is_floating_point())
+                for k, t in module.state_dict(keep_vars=True).items()]
 
-    @torch.no_grad()
+    def _pairs(self, model):
+        """[(ema tensor, model tensor, average?)] in timm's order, each EMA tensor once.
+
+        Entries are matched by name, up to the names that wrappers add (see _plain_names), so a
+        model compiled with ``torch.compile`` or wrapped in DDP, as timm's train loop passes it,
+        updates the average of the bare model. A tensor tied under several names (an embedding
+        shared with the output layer) is averaged once, as in torch's ``AveragedModel`` and
+        timm: listed twice, it would be one array updated twice, which ``fastreg.ema_update``
+        refuses. The model must tie the same entries as the EMA's copy."""
+        what = "parameters and buffers" if self.exclude_buffers else "state_dict entries"
+        ours, theirs = self._entries(self.module), self._entries(model)
+        names = [k for k, _, _ in ours]
+        model_names = [k for k, _, _ in theirs]
+        if names != model_names:
+            names, model_names = _plain_names(names), _plain_names(model_names)
+        if names != model_names:
+            i = next((i for i, (a, b) in enumerate(zip(names, model_names)) if a != b),
+                     min(len(names), len(model_names)))
+            if i < min(len(names), len(model_names)):
+                first = f"entry {i} is {theirs[i][0]!r} in the model, {ours[i][0]!r} in the copy"
+            else:
+                extra = theirs[i][0] if len(theirs) > i else ours[i][0]
+                first = (f"the model has {len(theirs)} entries, the copy {len(ours)} (first "
+                         f"extra: {extra!r})")
+            raise ValueError(f"model's {what} differ from the EMA's copy (another "
+                             f"architecture?): {first}")
+        pairs = []
+        by_ema, by_model = {}, {}   # id(tensor) -> (its first name, its partner)
+        for (k, e, average), (km, m, _) in zip(ours, theirs):
+            if e.shape != m.shape or e.dtype != m.dtype:
+                raise ValueError(f"model's {km!r} has shape {tuple(m.shape)} and dtype "
+                                 f"{m.dtype}, the EMA's copy {tuple(e.shape)} and {e.dtype}")
+            tied, tied_m = by_ema.get(id(e)), by_model.get(id(m))
+            if tied is None and tied_m is None:
+                by_ema[id(e)], by_model[id(m)] = (k, m), (km, e)
+                pairs.append((e, m, average))
+            elif tied is None or tied[1] is not m:
+                # the two sides tie different entries: pairing either way would leave one
+                # side's tensors following another's
+                side, other, a, b = (("EMA's copy", "model", tied[0], k) if tied is not None
+                                     else ("model", "EMA's copy", tied_m[0], km))
+                raise ValueError(f"the {side} ties {a!r} and {b!r} to one tensor, the {other} "
+                                 f"does not (another architecture?)")
+        return pairs
+
+    @torch.compiler.disable   # run eagerly inside a compiled training step (one graph break;
+    @torch.no_grad()          # Dynamo cannot trace the views and the C backend behind them)
     def update(self, model, step=None):
         """Average ``model``'s parameters and buffers into this copy (in place).
 
         Parameters
         ----------
         model : torch.nn.Module
-            The trained model, of the architecture given at construction.
+            The trained model, of the architecture given at construction; also as wrapped by
+            ``torch.compile`` or DDP / DataParallel (its entries prefixed ``_orig_mod.`` or
+            ``module.``).
         step : int or None
             Optimizer updates so far (1 at the first; timm's ``num_updates``); None: the
             constant ``decay``.
@@ -160,7 +204,8 @@ class ModelEma(torch.nn.Module):
         Raises
         ------
         ValueError
-            A model of another architecture (nothing is changed then).
+            A model of another architecture: other entries, shapes, dtypes or tied tensors
+            (nothing is changed then).
         """
         decay = self.get_decay(step)
         groups = {}   # device -> ([ema], [model]) for fastreg's kernel
@@ -170,9 +215,6 @@ class ModelEma(torch.nn.Module):
             if m.device != e.device:
                 m = m.to(device=e.device)
                 moved.add(id(m))
-            if e.shape != m.shape or e.dtype != m.dtype:
-                raise ValueError(f"a model tensor of shape {tuple(m.shape)} and dtype {m.dtype} "
-                                 f"meets an EMA tensor of {tuple(e.shape)} and {e.dtype}")
             if not average:
                 rest.append((e, m, False))
             elif e.dtype in _KERNEL_DTYPES and e.numel():
@@ -229,6 +271,18 @@ class ModelEma(torch.nn.Module):
             Its output.
         """
         return self.module(*args, **kwargs)
+
+
+def _plain_names(names):
+    """State dict names without the modules that wrappers insert: every ``_orig_mod`` (the
+    model inside ``torch.compile``'s OptimizedModule, the whole model or a submodule) and a
+    leading ``module`` shared by all names (DDP, DataParallel), repeatedly (a wrapped wrapper).
+    Both sides of a comparison go through this, so a model whose own entries all start with
+    ``module.`` still matches itself."""
+    parts = [[s for s in n.split(".") if s != "_orig_mod"] for n in names]
+    while parts and all(len(p) > 1 and p[0] == "module" for p in parts):
+        parts = [p[1:] for p in parts]
+    return [".".join(p) for p in parts]
 
 
 def _drop_view(ema_ref, key, _dead):

@@ -72,12 +72,7 @@ def _mixed(a, b):
 
 def _value(v):
     """A hyper-parameter's number: a one-element tensor's value (tensor lr), else v itself."""
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1:
-            raise ValueError(f"a tensor hyper-parameter must have one element, got shape "
-                             f"{tuple(v.shape)}")
-        return v.item()
-    return v
+    return _bridge.number(v, "a tensor hyper-parameter")
 
 
 def _flat(t):
