@@ -2069,6 +2069,22 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
  * The reference's bn_forward_coeffs and bn_running_update, operation for operation in float64
  * (the same bits), so that a training step or an inference call makes no NumPy call. */
 
+/* inv[i] = 1 / sqrt(q[i] / count + eps) for a block of channels: on local arrays, so that it
+ * vectorizes (the divisions and square roots are most of an inference call's per-channel work;
+ * C = 256: 1.28 -> 0.5 us); IEEE operations, the same bits one at a time. */
+#define FR_BN_COEF_BLOCK 128
+FR_BN_CLONES static void fr_bn_invstd_block(const double *restrict q, double *restrict inv,
+                                            size_t n, double count, double eps)
+{
+    if (count == 1.0) { /* inference (running variances): q / 1 is q, one division less */
+        for (size_t i = 0; i < n; i++)
+            inv[i] = 1.0 / sqrt(q[i] + eps);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        inv[i] = 1.0 / sqrt(q[i] / count + eps);
+}
+
 #define FR_DEFINE_BN_CHANNEL_OPS(SUF, T)                                                       \
     int fr_bn_forward_coeffs_##SUF(const void *mean, const void *m2, int stats_f64,            \
                                    double count, const T *weight, const T *bias, double eps,   \
@@ -2086,18 +2102,25 @@ int fr_bn_plan_info(int64_t A, int64_t C, int64_t B, int64_t itemsize, int64_t n
             FR_BN_MISALIGNED(shift, sizeof(T)) || FR_BN_MISALIGNED(saved_mean, 8) ||           \
             FR_BN_MISALIGNED(invstd, 8))                                                       \
             return FR_ERR_UNSUPPORTED;                                                         \
-        for (int64_t c = 0; c < C; c++) {                                                      \
-            double mu = stats_f64 ? ((const double *)mean)[c] : (double)((const T *)mean)[c];  \
-            double q = stats_f64 ? ((const double *)m2)[c] : (double)((const T *)m2)[c];       \
-            double inv = 1.0 / sqrt(q / count + eps);                                          \
-            double w = weight ? (double)weight[c] : 1.0;                                       \
-            double b = bias ? (double)bias[c] : 0.0;                                           \
-            double sc = w * inv;                                                               \
-            saved_mean[c] = mu; /* may be mean itself: read above */                           \
-            invstd[c] = inv;                                                                   \
-            scale[c] = (T)sc;                                                                  \
-            center[c] = fold ? (T)0 : (T)mu;                                                   \
-            shift[c] = fold ? (T)(b - mu * sc) : (T)b;                                         \
+        double q[FR_BN_COEF_BLOCK], inv[FR_BN_COEF_BLOCK];                                     \
+        for (int64_t c0 = 0; c0 < C; c0 += FR_BN_COEF_BLOCK) {                                 \
+            const size_t n = (size_t)(C - c0 < FR_BN_COEF_BLOCK ? C - c0 : FR_BN_COEF_BLOCK);  \
+            for (size_t i = 0; i < n; i++)                                                     \
+                q[i] = stats_f64 ? ((const double *)m2)[c0 + i]                                \
+                                 : (double)((const T *)m2)[c0 + i];                            \
+            fr_bn_invstd_block(q, inv, n, count, eps);                                         \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                const int64_t c = c0 + (int64_t)i;                                             \
+                double mu = stats_f64 ? ((const double *)mean)[c] : (double)((const T *)mean)[c]; \
+                double w = weight ? (double)weight[c] : 1.0;                                   \
+                double b = bias ? (double)bias[c] : 0.0;                                       \
+                double sc = w * inv[i];                                                        \
+                saved_mean[c] = mu; /* may be mean itself: read above */                       \
+                invstd[c] = inv[i];                                                            \
+                scale[c] = (T)sc;                                                              \
+                center[c] = fold ? (T)0 : (T)mu;                                               \
+                shift[c] = fold ? (T)(b - mu * sc) : (T)b;                                     \
+            }                                                                                  \
         }                                                                                      \
         return FR_OK;                                                                          \
     }                                                                                          \
