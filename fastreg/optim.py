@@ -100,8 +100,13 @@ class _Optimizer:
         shapes = [_arrays.describe(p, "p").shape for p in self.params]
         if decay_mask is None:
             return [len(s) > 1 for s in shapes]
+        if isinstance(decay_mask, (bool, np.bool_)):   # every parameter, or none
+            return [bool(decay_mask)] * len(self.params)
         if callable(decay_mask):
             return [bool(decay_mask(p)) for p in self.params]
+        if isinstance(decay_mask, (str, bytes)) or not hasattr(decay_mask, "__iter__"):
+            raise TypeError(f"decay_mask must be None, a bool, a callable or a sequence of "
+                            f"bools, got {type(decay_mask).__name__}")
         mask = [bool(m) for m in decay_mask]
         if len(mask) != len(self.params):
             raise ValueError(f"decay_mask has {len(mask)} entries for {len(self.params)} "
@@ -346,8 +351,9 @@ class SGD(_Optimizer):
         False: coupled L2 (``g + wd * p``, torch's SGD). True: ``p <- p * (1 - lr * wd)``.
     l1 : float
         After each update, ``p <- soft(p, lr * l1)`` on the masked parameters (exact zeros).
-    decay_mask : None, sequence of bool, or callable(array) -> bool
-        Which parameters get weight decay and the L1 step; None exempts 1-D parameters.
+    decay_mask : None, bool, sequence of bool, or callable(array) -> bool
+        Which parameters get weight decay and the L1 step; None exempts 1-D parameters, True
+        decays every parameter (as torch), False none.
     check_finite : bool
         Check every gradient for NaN/inf before touching anything (one extra read of the grads).
     backend : {"auto", "numpy", "cpu", "c", "cuda"}

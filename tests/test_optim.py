@@ -171,6 +171,11 @@ def test_default_decay_mask_exempts_1d():
     np.testing.assert_array_equal(b, 1.0)
     opt = AdamW([w, b], decay_mask=lambda p: p.size > 3, backend="numpy")
     assert opt.decay_mask == [True, False]
+    # a bool: every parameter, or none (as fastreg.torch.optim's decay_mask=True)
+    assert AdamW([w, b], decay_mask=True, backend="numpy").decay_mask == [True, True]
+    assert SGD([w, b], decay_mask=np.False_, backend="numpy").decay_mask == [False, False]
+    with pytest.raises(TypeError, match="decay_mask must be None, a bool"):
+        AdamW([w, b], decay_mask=3, backend="numpy")
 
 
 def test_l1_gives_exact_zeros(backend):
