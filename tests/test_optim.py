@@ -173,7 +173,7 @@ def test_default_decay_mask_exempts_1d():
     assert opt.decay_mask == [True, False]
     # a bool: every parameter, or none (as fastreg.torch.optim's decay_mask=True)
     assert AdamW([w, b], decay_mask=True, backend="numpy").decay_mask == [True, True]
-    assert SGD([w, b], decay_mask=np.False_, backend="numpy").decay_mask == [False, False]
+    assert SGD([w, b], 0.1, decay_mask=np.False_, backend="numpy").decay_mask == [False, False]
     with pytest.raises(TypeError, match="decay_mask must be None, a bool"):
         AdamW([w, b], decay_mask=3, backend="numpy")
 
