@@ -10,6 +10,7 @@
                                                                   Numba's cache (warm images)
 """
 import argparse
+import sys
 
 
 def info(args=None):
@@ -130,12 +131,30 @@ def build_parser():
     return parser
 
 
+def _environment_error():
+    """The message of a bad FASTREG_BACKEND / FASTREG_NUM_THREADS (or OMP_ / NUMBA_NUM_THREADS)
+    value, which every command reads, or None: checked before the command runs, so that a typo
+    in the environment is one line, not a traceback from inside the command."""
+    import fastreg
+    from fastreg import _registry
+    try:
+        _registry.resolve("auto")
+        fastreg.get_num_threads()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv=None):
     """Entry point of the ``fastreg`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
+        return 2
+    problem = _environment_error()
+    if problem is not None:
+        print(f"fastreg {args.command}: error: {problem}", file=sys.stderr)
         return 2
     return args.handler(args)
 

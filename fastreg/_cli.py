@@ -28,3 +28,14 @@ def seed_int(text):
     if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
     return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (seconds of a budget or a limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value

@@ -135,6 +135,22 @@ def test_console_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--sizes", "2^x"])
     assert exc.value.code == 2 and "--sizes" in capsys.readouterr().err
+    for bad in (["--threads", "0"], ["--budget", "-1"], ["--slow-limit", "nan"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["bench", *bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "usage:" in err and bad[0] in err, err
+
+
+@pytest.mark.parametrize("var,value", [("FASTREG_BACKEND", "bogus"),
+                                       ("FASTREG_NUM_THREADS", "abc")])
+def test_console_command_names_a_bad_environment_variable(var, value, monkeypatch, capsys):
+    """A typo in the environment is one line and exit status 2, not a traceback."""
+    from fastreg.__main__ import main
+    monkeypatch.setenv(var, value)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastreg info: error:") and var in err and err.count("\n") == 1
 
 
 _SUITE = """

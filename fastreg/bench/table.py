@@ -26,7 +26,7 @@ import numpy as np
 
 import fastreg
 from fastreg import _registry
-from fastreg._cli import positive_int
+from fastreg._cli import positive_float, positive_int
 from . import bandwidth, cases, load, small, torch_peer
 from .cases import size_id
 
@@ -78,9 +78,11 @@ def add_arguments(parser):
                              "2^20 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="a small, fast run (2^20 elements, short timing): the CI smoke test")
-    parser.add_argument("--threads", type=int, metavar="T",
-                        help="threads for Numba, OpenMP (C backend) and torch (default: Numba's, "
-                             "i.e. the core count or NUMBA_NUM_THREADS)")
+    parser.add_argument("--threads", type=positive_int, metavar="T",
+                        help="threads for fastreg (Numba and C backends) and torch (default: "
+                             "fastreg.get_num_threads(), i.e. the CPUs this process may use, "
+                             "capped by OMP_NUM_THREADS / NUMBA_NUM_THREADS; "
+                             "FASTREG_NUM_THREADS overrides)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="element type of dropout's x, uniform's output and the penalty "
                              "and optimizer arrays (default float32)")
@@ -98,9 +100,9 @@ def add_arguments(parser):
                              f"{','.join(cases.BN_LAYOUTS)} (default all; small shapes with "
                              "--quick)")
     parser.add_argument("--no-torch", action="store_true", help="do not time the PyTorch peers")
-    parser.add_argument("--budget", type=float, metavar="S",
+    parser.add_argument("--budget", type=positive_float, metavar="S",
                         help="seconds of repetitions per row (default 0.25; 0.05 with --quick)")
-    parser.add_argument("--slow-limit", type=float, default=1.0, metavar="S",
+    parser.add_argument("--slow-limit", type=positive_float, default=1.0, metavar="S",
                         help="time the NumPy reference and torch only where one call takes at "
                              "most S seconds (default 1)")
     parser.add_argument("--load", nargs="?", const="mixed", choices=load.KINDS, metavar="KIND",
@@ -594,8 +596,6 @@ class _Table:
 def run(args, file=None):
     """Measure and print the table for parsed ``args`` (see ``add_arguments``); returns 0."""
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("--threads must be >= 1")
         set_threads(args.threads)
     try:
         _Table(args, file or sys.stdout).run()
