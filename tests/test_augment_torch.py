@@ -69,3 +69,21 @@ def test_numpy_callers_get_numpy_and_errors_stay_clear():
         A.posterize(torch.from_numpy(_images()), 9)
     with pytest.raises(TypeError, match="requires grad"):
         A.normalize(torch.ones(1, 2, 2, 3, requires_grad=True), MEAN, STD)
+
+
+def test_op_classes_are_callable_as_their_function_form():
+    x = _images()
+    cases = [(A.RandomCrop(6, padding=1), lambda: A.random_crop(x, 6, padding=1, seed=3)),
+             (A.RandomRotate(20.0), lambda: A.random_rotate(x, 20.0, seed=3)),
+             (A.RandomFlip(), lambda: A.random_flip(x, seed=3)),
+             (A.RandomErasing(1.0), lambda: A.random_erasing(x, 1.0, seed=3))]
+    for op, function_form in cases:
+        np.testing.assert_array_equal(op(x, seed=3), function_form())
+    assert isinstance(A.RandomFlip()(torch.from_numpy(x), seed=3), torch.Tensor)
+
+
+def test_messages_show_the_value_given():
+    with pytest.raises(ValueError, match=r"std must be >= 0.0, got -1.0$"):
+        A.gaussian_noise(np.zeros((1, 4, 4, 3), np.float32), -1.0, seed=0)
+    with pytest.raises(TypeError, match=r"adjust_brightness\(images\) takes uint8 images"):
+        A.adjust_brightness(np.zeros((1, 4, 4, 3), np.float32), 1.5)

@@ -268,7 +268,7 @@ def _deterministic(images, code, param, name, layout, out, backend, **limits):
     layout = _c.check_layout(layout)
     arr, dims = _c.check_images(images, layout)
     fn = name.split(".")[0]
-    _check_u8(arr.dtype, fn + ".images")
+    _check_u8(arr.dtype, f"{fn}(images)")
     _check_channels(dims, fn + ".images")
     params = _per_sample(param, dims[0], name.split(".")[-1], **limits)
     job = _c.resolve_backend(backend, images, out)

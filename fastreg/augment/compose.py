@@ -45,15 +45,17 @@ def _range(v, name, symmetric=False, lo_min=None, positive=False):
         if len(v) != 2:
             raise ValueError(f"{name} must be a number or a pair (lo, hi), got {len(v)} values")
         lo, hi = _real(v[0], name), _real(v[1], name)
+        given = f"({lo}, {hi})"
     else:
         x = _real(v, name)
         lo, hi = (-abs(x), abs(x)) if symmetric else (x, x)
+        given = f"{x}"    # as the caller wrote it, not the pair made of it
     if lo > hi:
-        raise ValueError(f"{name} must have lo <= hi, got ({lo}, {hi})")
+        raise ValueError(f"{name} must have lo <= hi, got {given}")
     if lo_min is not None and lo < lo_min:
-        raise ValueError(f"{name} must be >= {lo_min}, got ({lo}, {hi})")
+        raise ValueError(f"{name} must be >= {lo_min}, got {given}")
     if positive and lo <= 0:
-        raise ValueError(f"{name} must be > 0, got ({lo}, {hi})")
+        raise ValueError(f"{name} must be > 0, got {given}")
     return lo, hi
 
 
@@ -210,6 +212,12 @@ def per_plane(p, dims, layout):
 class _Op:
     geometric = False
     pads = False    # reads outside the image on purpose (see run's padding_mode=None)
+
+    def __call__(self, images, **kwargs):
+        """This op alone on a batch: ``Compose([self])(images, **kwargs)`` (the function form's
+        result with Compose's defaults: fill 0, bilinear; pass the op to ``Compose`` for those
+        settings or several ops in one pass)."""
+        return Compose([self])(images, **kwargs)
 
     def check(self, dims):
         """Raise for settings that do not fit images of these dims (before any work)."""
