@@ -290,7 +290,8 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
         Position in the stream of element 0, in [0, 2**64); element i uses word ``offset + i``.
         A training loop advances it by ``x.size`` per call so that no draw repeats.
     training : bool
-        Training (random mask) or inference (deterministic scaling, see the table above).
+        Training (random mask) or inference (deterministic scaling: the identity in
+        "inverted" mode, a multiplication by 1 - p in "classic" mode).
         ``True``/``False`` or a NumPy bool; an int (0 and 1 included) is a TypeError, as in
         torch and in every fastreg function that takes ``training``.
     mode : {"inverted", "classic"}
@@ -316,7 +317,8 @@ def dropout(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=Non
     Raises
     ------
     TypeError
-        x not float32/float64 (integers, bool, complex), or p/training of the wrong type.
+        x not float32, float64, float16 or bfloat16 (integers, bool, complex), or p/training
+        of the wrong type.
     ValueError
         p outside [0, 1] or NaN; seed or offset not an integer in [0, 2**64) or offset + x.size
         beyond 2**64; mode unknown; out of the wrong shape, dtype or device, read-only, or
@@ -482,15 +484,16 @@ def channel_dropout(x, p=0.5, *, seed, offset=0, axis=1, training=True, mode="in
     ----------
     x : array_like, float32, float64, float16 or bfloat16, ndim >= 2
         ``(N, C, ...)`` or channels-last ``(N, ..., C)``.
-    p, seed, offset, training, mode, out, backend
-        As in ``fastreg.dropout``.
+    p, seed, offset, training, mode, out, backend, return_state
+        As in ``fastreg.dropout`` (the state's ``backward`` is ``channel_dropout_backward``).
     axis : int
         The channel axis (not 0).
 
     Returns
     -------
     array
-        ``x`` with dropped channels zeroed and kept ones scaled as ``mode`` says.
+        ``x`` with dropped channels zeroed and kept ones scaled as ``mode`` says;
+        ``(array, DropoutState)`` with ``return_state=True``.
 
     Raises
     ------
@@ -544,13 +547,19 @@ def drop_path(x, p=0.5, *, seed, offset=0, training=True, mode="inverted", out=N
     ----------
     x : array_like, float32, float64, float16 or bfloat16, ndim >= 1
         A batch, sample axis first (typically a residual branch's output).
-    p, seed, offset, training, mode, out, backend
-        As in ``fastreg.dropout``.
+    p, seed, offset, training, mode, out, backend, return_state
+        As in ``fastreg.dropout`` (the state's ``backward`` is ``drop_path_backward``).
 
     Returns
     -------
     array
-        ``x`` with dropped samples zeroed.
+        ``x`` with dropped samples zeroed; ``(array, DropoutState)`` with
+        ``return_state=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in ``fastreg.dropout``; ValueError also for ndim < 1.
 
     Notes
     -----
