@@ -464,8 +464,8 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
     ops : iterable of str, optional
         Names from ``fastreg.warmup.OPS`` (default: all of them).
     progress : bool
-        Show progress: a tqdm bar when tqdm is installed, else one line per op; in both cases
-        the seconds each op took and the total.
+        Show progress: a tqdm bar when tqdm is installed and stderr is a terminal, else one
+        line per op; in both cases the seconds each op took and the total.
     file : file object, optional
         Where the lines go (default ``sys.stdout``; the tqdm bar itself writes to stderr).
 
@@ -503,7 +503,7 @@ def warmup(backend="cpu", ops=None, progress=True, file=None):
         return {}
 
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():   # a log file gets the lines below, not the bar's \r
         try:
             from tqdm import tqdm
             bar = tqdm(total=len(names), unit="op", desc="fastreg warmup (cpu)")
