@@ -150,7 +150,7 @@ def test_batched_step_bumps_versions():
         loss.backward()
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["c-float32", "c-float64"])
 def test_c_multi_kernels_check_every_parameter_first(dtype):
     from fastreg.c import optim as c_optim
     p0, g0 = np.ones(3, dtype), np.ones(3, dtype)
