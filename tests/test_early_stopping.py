@@ -410,3 +410,14 @@ def test_trainer_refuses_a_callback_class():
     with pytest.raises(TypeError, match=r"callbacks\[0\] is the class EarlyStopping.*"
                                         r"EarlyStopping\(\.\.\.\)"):
         Trainer(model, optim.SGD(model.parameters(), lr=0.1), callbacks=[EarlyStopping])
+
+
+def test_min_delta_is_tested_as_keras_and_lightning_do():
+    """current + min_delta < best ("min"), current - min_delta > best ("max"): where that and
+    current < best - min_delta round apart (0.3 + 0.1 > 0.4, 0.3 < 0.4 - 0.1), Keras's form."""
+    es = EarlyStopping(patience=0, min_delta=0.1)
+    _, run = drive(es, [0.4, 0.3])
+    assert run == 2 and es.best_epoch == 0 and es.stopped_epoch == 1
+    es = EarlyStopping(monitor="val_accuracy", patience=0, min_delta=0.1)
+    _, run = drive(es, [0.3, 0.4], monitor="val_accuracy")
+    assert es.best_epoch == 1 and es.stopped_epoch == -1

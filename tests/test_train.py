@@ -626,3 +626,59 @@ def test_trainer_tensor_errors():
         tr.fit(torch.zeros(4, 4, dtype=torch.complex64), np.zeros(4, np.int64), epochs=1)
     t = torch.zeros(4, 4, requires_grad=True)     # detached, not refused
     assert tr.predict(t).shape == (4, 3)
+
+
+def test_failed_fit_after_load_checkpoint_keeps_the_loaded_callbacks(tmp_path):
+    """A fit whose on_train_begin raises (no validation for val_loss) must not lose the state
+    that load_checkpoint brought: the next fit resumes it."""
+    X, y = _digits(64)
+    Xv, yv = _digits(32, seed=1)
+    path = tmp_path / "es.npz"
+
+    def es():
+        return EarlyStopping(patience=10, min_delta=100.0)   # nothing improves after epoch 1
+    _trainer(callbacks=[es()]).fit(X, y, validation=(Xv, yv), epochs=3, checkpoint=path)
+    want = _trainer(callbacks=[es()])
+    want.load_checkpoint(path)
+    want.fit(X, y, validation=(Xv, yv), epochs=4)
+    got = _trainer(callbacks=[es()])
+    got.load_checkpoint(path)
+    with pytest.raises(ValueError, match="val_loss"):
+        got.fit(X, y, epochs=4)                             # refused: no validation
+    got.fit(X, y, validation=(Xv, yv), epochs=4)
+    assert (got.callbacks[0].best_epoch, got.callbacks[0].wait) == \
+        (want.callbacks[0].best_epoch, want.callbacks[0].wait) == (0, 3)
+
+
+def test_interrupted_epoch_warns_at_the_next_fit(tmp_path):
+    X, y = _digits(64)
+    t = _trainer()
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+    real = t.train_epoch
+
+    def train_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Stop
+        return real(*args, **kwargs)
+    t.train_epoch = train_epoch
+    with pytest.raises(Stop):
+        t.fit(X, y, epochs=3)
+    assert t.epoch == 1 and len(t.history["loss"]) == 1
+    with pytest.warns(RuntimeWarning, match="interrupted in epoch 2"):
+        t.fit(X, y, epochs=3)
+    assert t.epoch == 3
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(X, y, epochs=4)                               # a complete fit: no warning
+
+
+def test_kernel_time_can_be_monitored():
+    X, y = _digits(64)
+    t = _trainer(callbacks=[EarlyStopping(monitor="kernel_time", patience=5)], profile=True)
+    assert "kernel_time" in t.fit(X, y, epochs=2)

@@ -93,7 +93,8 @@ class EarlyStopping(Callback):
     min_delta : float
         Smallest change that counts as an improvement (>= 0).
     min_delta_mode : {"abs", "rel"}
-        "abs": improved if better than ``best -+ min_delta``; "rel": than
+        "abs": improved if ``current + min_delta < best`` ("min"; ``current - min_delta >
+        best`` for "max"), as Keras and Lightning test it; "rel": if better than
         ``best -+ min_delta * |best|``.
     patience : int
         Epochs without improvement after which training stops (0: the first one stops it).
@@ -202,10 +203,16 @@ class EarlyStopping(Callback):
     def _is_improvement(self, current, reference):
         if not math.isfinite(reference):
             return self._better(current, reference)
-        delta = self.min_delta * (abs(reference) if self.min_delta_mode == "rel" else 1.0)
+        if self.min_delta_mode == "rel":
+            delta = self.min_delta * abs(reference)
+            if self.mode == "min":
+                return current < reference - delta
+            return current > reference + delta
+        # Keras's and Lightning's form, current -/+ min_delta against the reference: a change of
+        # exactly min_delta counts the same as there, also where the two forms round apart
         if self.mode == "min":
-            return current < reference - delta
-        return current > reference + delta
+            return current + self.min_delta < reference
+        return current - self.min_delta > reference
 
     # -- hooks ----------------------------------------------------------------------------
     def on_train_begin(self, trainer):

@@ -59,6 +59,7 @@ import math
 import numbers
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -277,6 +278,9 @@ class Trainer:
         # load_state_dict): the next fit puts them back after on_train_begin, which resets
         # callbacks, so that loading then fitting resumes as fit(resume=True) does
         self._loaded_callbacks = None
+        # an epoch that an exception (Ctrl-C included) cut short: its updates are in the model
+        # but not in epoch / history; the next fit warns (see fit's Notes)
+        self._partial_epoch = None
         self.history = {k: [] for k in METRICS}
         self._has_validation = False
         self._bufs = {}
@@ -492,6 +496,8 @@ class Trainer:
         names = ["loss", "accuracy", "time"]
         if self._has_validation:
             names += ["val_loss", "val_accuracy"]
+        if self.profile:
+            names.append("kernel_time")
         return names
 
     # -- state ----------------------------------------------------------------------------
@@ -826,6 +832,7 @@ class Trainer:
         self.history = {k: list(v) for k, v in plan["history"].items()}
         self._loaded_callbacks = ([(cb, cb.state_dict()) for cb, _ in plan["callbacks"]],
                                   plan["stop"])
+        self._partial_epoch = None   # a consistent state again
 
     def save_checkpoint(self, path):
         """Write ``state_dict()`` to ``path`` (``.npz``) atomically.
@@ -1050,6 +1057,11 @@ class Trainer:
         data, epochs, batch_size or shuffle differ makes every rank raise); training starts
         from rank 0's state (parameters, optimizer, dropout keys: the checkpoint on resume);
         only rank 0 touches the checkpoint file.
+
+        An exception inside an epoch (Ctrl-C included) leaves that epoch's updates so far in
+        the model and the optimizer, but not in ``epoch`` or the history; the next ``fit``
+        warns (RuntimeWarning). A checkpoint written after every epoch gives the exact
+        continuation: ``fit(..., checkpoint=path, resume=True)`` or ``load_checkpoint(path)``.
         """
         import os
         error, summary = None, []
@@ -1091,7 +1103,9 @@ class Trainer:
             # rank 0 checks the folder and reads the file; the others get (None, None)
             checkpoint, plan = self._root_call(lambda: read_checkpoint(checkpoint),
                                                "opening the checkpoint") or (checkpoint, None)
-        loaded, self._loaded_callbacks = self._loaded_callbacks, None
+        # kept until every on_train_begin has run: a hook that raises (a monitor this fit does
+        # not produce) must not lose the loaded state for the next fit
+        loaded = self._loaded_callbacks
         for cb in self.callbacks:
             cb.on_train_begin(self)
         if self.comm is None or self.is_root:
@@ -1127,6 +1141,14 @@ class Trainer:
                 bar = tqdm
             except ImportError:
                 bar = None
+        if self._partial_epoch is not None and plan is None:
+            warnings.warn(f"the fit before was interrupted in epoch {self._partial_epoch + 1}: "
+                          "the model holds that epoch's partial updates, which the epoch count "
+                          "and the history do not show; for an exact continuation load the "
+                          "last checkpoint (fit(..., checkpoint=path, resume=True) or "
+                          "load_checkpoint)", RuntimeWarning, stacklevel=2)
+        self._partial_epoch = None
+        epoch = None
         try:
             while self.epoch < epochs and not self.stop_training:
                 epoch = self.epoch
@@ -1163,8 +1185,13 @@ class Trainer:
                     self.stop_training = self._dist().decide(self.stop_training, self.comm)
                 if checkpoint is not None:
                     self.save_checkpoint(checkpoint)
+                epoch = None   # complete
             for cb in self.callbacks:
                 cb.on_train_end(self)
+        except BaseException:
+            if epoch is not None:
+                self._partial_epoch = epoch
+            raise
         finally:
             limits.__exit__(None, None, None)
             if self.profile:
