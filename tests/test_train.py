@@ -682,3 +682,13 @@ def test_kernel_time_can_be_monitored():
     X, y = _digits(64)
     t = _trainer(callbacks=[EarlyStopping(monitor="kernel_time", patience=5)], profile=True)
     assert "kernel_time" in t.fit(X, y, epochs=2)
+
+
+def test_image_augment_takes_a_float64_models_rows():
+    from fastreg.train.augment import image_augment
+    aug = image_augment((8, 8))
+    rows = np.random.default_rng(0).random((4, 64))
+    y64 = aug(rows, 1, 0, 0)
+    y32 = aug(rows.astype(np.float32), 1, 0, 0)
+    assert y64.dtype == np.float64 and y32.dtype == np.float32
+    np.testing.assert_array_equal(y64.astype(np.float32), y32)

@@ -62,7 +62,8 @@ def image_augment(image_shape, *, shift=1, degrees=10.0, noise_std=0.05, backend
     Parameters
     ----------
     image_shape : (int, int)
-        (H, W) of the images; batches arrive as rows of ``H * W`` float32 values.
+        (H, W) of the images; batches arrive as rows of ``H * W`` float32 values (float64
+        rows, a float64 model's, are augmented in float32 and returned as float64).
     shift : int
         Random translation by up to ``shift`` pixels in each direction (a crop of the image
         padded with ``shift`` zeros on every side).
@@ -108,12 +109,15 @@ def image_augment(image_shape, *, shift=1, degrees=10.0, noise_std=0.05, backend
     def augment(batch, seed, epoch, index_offset):
         xp = array_module(batch)
         n = batch.shape[0]
-        key = (n, batch.dtype)
+        images = batch.reshape(n, h, w, 1)
+        if images.dtype == np.float64:   # a float64 model: augmented in float32, as the mixes
+            images = images.astype(np.float32)
+        key = (n, images.dtype)
         out = bufs.get(key)
         if out is None:
-            out = bufs[key] = xp.empty((n, h, w, 1), batch.dtype)
-        y = run(batch.reshape(n, h, w, 1), seed, epoch, index_offset, out)
-        return y.reshape(n, h * w)
+            out = bufs[key] = xp.empty((n, h, w, 1), images.dtype)
+        y = run(images, seed, epoch, index_offset, out)
+        return y.reshape(n, h * w).astype(batch.dtype, copy=False)
 
     return augment
 
