@@ -37,6 +37,10 @@ __all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "DropPath", "BatchN
            "BatchNorm2d", "BatchNorm3d", "BatchNormReLU2d"]
 
 _U64 = 1 << 64
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+# training calls whose offsets a module remembers for activation checkpointing's recomputation
+# (see _CounterDropout._advance): more than the calls of one step in any model
+_REPLAYS = 4096
 
 # torch.nn.functional.dropout2d's warning for 3-D input (torch 2.x), word for word
 _DROPOUT2D_3D_WARNING = (
@@ -200,6 +204,20 @@ class _CounterDropout(nn.Module):
             y = x if self.p == 0 else kernel(x, self._offset)
             self._offset.add_(draws)
             return y
+        # Activation checkpointing (torch.utils.checkpoint, either variant) runs the forward
+        # again during the backward pass, after restoring torch's CPU RNG state; the mask must
+        # be the first run's. So each training call draws one word from torch's CPU generator
+        # (as nn.Dropout draws its mask there) and remembers its offset under that word; a call
+        # made inside a backward pass that draws a remembered word is such a recomputation: it
+        # takes that offset again, and the counter does not move.
+        key = int(torch.randint(_I64_MIN, _I64_MAX, (), dtype=torch.int64))
+        replays = self.__dict__.get("_replays")
+        if replays is None:
+            replays = self.__dict__["_replays"] = {}
+        if torch._C._current_graph_task_id() != -1:
+            offset = replays.get(key)
+            if offset is not None:
+                return x if self.p == 0 else kernel(x, offset)
         counter = self._buffers["_offset"]  # self._offset: nn.Module.__getattr__, 1.7 us
         view = self._counter_view(counter)
         offset = (counter.item() if view is None else int(view)) & (_U64 - 1)  # to_uint64
@@ -211,6 +229,9 @@ class _CounterDropout(nn.Module):
             counter.fill_(ops.to_int64(offset + draws))  # fill_: 3x cheaper than add_ here
         else:
             view[()] = ops.to_int64(offset + draws)
+        if len(replays) >= _REPLAYS:   # the oldest goes (dicts keep insertion order)
+            del replays[next(iter(replays))]
+        replays[key] = offset
         return y
 
     def _counter_view(self, counter):
@@ -228,6 +249,7 @@ class _CounterDropout(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_counter_cache", None)
+        state.pop("_replays", None)
         return state
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
