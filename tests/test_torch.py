@@ -449,6 +449,38 @@ def test_converted_dropout_masks_and_seeds():
     assert type(bare) is frt.Dropout and bare.p == 0.2
 
 
+def test_convert_fuses_bn_relu_only_where_nothing_can_see_between():
+    """No fusion in an nn.Sequential subclass with its own forward (it may use the BN's output)
+    nor where the BN or the ReLU has hooks (they would be lost, or see fused values)."""
+    class Features(nn.Sequential):
+        def forward(self, x):
+            outs = []
+            for m in self:
+                x = m(x)
+                outs.append(x)
+            return outs[0]                      # the batch norm's own output
+    x = _x((2, 4, 3, 3), dtype=torch.float32)
+    sub = Features(nn.BatchNorm2d(4), nn.ReLU())
+    got = frt.convert(sub)
+    assert type(got[1]) is nn.ReLU and (got(x) < 0).any()
+    torch.testing.assert_close(got(x), sub(x))
+    for hooked in (1, 0):
+        seq = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())
+        seq[hooked].register_forward_hook(lambda m, i, o: o * 0)
+        got = frt.convert(seq)
+        assert type(got[1]) is nn.ReLU
+        assert torch.equal(got(x), seq(x)) and not got(x).any()
+    plain = frt.convert(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()))
+    assert type(plain[0]) is frt.BatchNormReLU2d and type(plain[1]) is nn.Identity
+    # hooks of a replaced module are carried over to its replacement
+    seen = []
+    model = nn.Sequential(nn.Dropout(0.5), nn.BatchNorm2d(4))
+    model[0].register_forward_pre_hook(lambda m, i: seen.append(type(m).__name__))
+    model[1].register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    frt.convert(model, seed=1)(x)
+    assert seen == ["Dropout", "BatchNorm2d"]
+
+
 def test_convert_refuses_half_batchnorm():
     with pytest.raises(TypeError, match="float16"):
         frt.convert(nn.Sequential(nn.BatchNorm2d(3)).half())

@@ -111,18 +111,46 @@ def _convert(module, seed, backend, fuse_relu, counter, memo, shared, prefix="")
             _convert(child, seed, backend, fuse_relu, counter, memo, shared, path + ".")
         if new is not None:
             new.train(child.training)
+            _copy_hooks(child, new)
             memo[id(child)] = new
             if id(child) in shared:
                 shared.add(id(new))
             setattr(module, name, new)
-    if fuse_relu and isinstance(module, nn.Sequential):
+    # only where nn.Sequential's own forward chains the modules (a subclass's forward may use
+    # the batch norm's output before the ReLU)
+    if fuse_relu and isinstance(module, nn.Sequential) and \
+            type(module).forward is nn.Sequential.forward:
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
             bn, relu = module._modules[a], module._modules[b]
-            # (a shared ReLU may go: it has no state, its other uses keep it)
-            if type(bn) in _FUSED and type(relu) is nn.ReLU and id(bn) not in shared:
+            # (a shared ReLU may go: it has no state, its other uses keep it; one with hooks
+            # stays, as the batch norm before it: the hooks see the unfused values)
+            if (type(bn) in _FUSED and type(relu) is nn.ReLU and id(bn) not in shared
+                    and not _hooked(relu) and not _hooked(bn)):
                 module._modules[a] = _batch_norm(bn, _FUSED[type(bn)], bn.backend)
                 module._modules[b] = nn.Identity()
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks",
+               "_backward_pre_hooks")
+
+
+def _copy_hooks(old, new):
+    """The module hooks of ``old`` on its replacement ``new`` (called with ``new``); handles
+    made before the conversion do not remove them there."""
+    for name in _HOOK_DICTS:
+        hooks = getattr(old, name, None)
+        if hooks:
+            getattr(new, name).update(hooks)
+    if getattr(old, "_is_full_backward_hook", None) is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
+def _hooked(module):
+    """Whether ``module`` has hooks of its own (forward, pre-forward, backward)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
 
 
 def _uses(module, counts):
@@ -160,7 +188,8 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
     fuse_relu : bool
         In an ``nn.Sequential``, a ``BatchNorm2d`` (``SyncBatchNorm``) directly followed by an
         ``nn.ReLU`` becomes one ``BatchNormReLU2d`` (``SyncBatchNormReLU``) and an
-        ``nn.Identity`` (the state_dict keys stay the same).
+        ``nn.Identity`` (the state_dict keys stay the same); not in a subclass of
+        ``nn.Sequential`` with a ``forward`` of its own, nor where either module has hooks.
     inplace : bool
         Convert ``model`` itself (default: a deep copy, the original untouched).
 
