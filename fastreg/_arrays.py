@@ -181,9 +181,15 @@ def check_shape(shape):
 
 def check_float(arr, name, half=False):
     """TypeError unless ``arr.dtype`` is float32 or float64 (native byte order), or, with
-    ``half=True`` (ops with 16-bit kernels), also float16 or bfloat16 (ml_dtypes)."""
+    ``half=True`` (ops with 16-bit kernels), also float16 or bfloat16 (ml_dtypes); ValueError
+    for a device array (``DeviceArrayInfo``) that is not C-contiguous."""
     dt = arr.dtype
     if dt in FLOAT_DTYPES or (half and is_half(dt)):
+        if type(arr) is DeviceArrayInfo and not arr.c_contiguous:
+            # here, named and before any work, rather than where a kernel takes it
+            raise ValueError(f"{name}: non-contiguous CUDA arrays are not supported; pass a "
+                             "C-contiguous array (fastreg makes no device copies behind your "
+                             "back)")
         return
     if dt.kind == "f" and dt.itemsize in (2, 4, 8) and not dt.isnative:
         raise TypeError(f"{name} must be {float_dtypes_text(half)} in native byte order, got "

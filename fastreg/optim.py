@@ -138,6 +138,7 @@ class _Optimizer:
                 raise ValueError(f"{name} must be on the same device as params[{i}]")
             ga = _arrays.describe(g, name)
             self._mismatch(i, ga, _arrays.describe(p, "p"))
+            _arrays.check_float(ga, name, half=True)   # also: a device array must be contiguous
             gin = g if self._device else ga
             if _arrays.is_half(ga.dtype) and keep16:  # read by the fused step
                 kinds[i] = _arrays.half_kind(ga.dtype)

@@ -310,3 +310,20 @@ def test_import_without_simulator_never_fails():
     res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_non_contiguous_device_inputs_are_refused_by_name():
+    """Named and before any work (the kernels' own refusal names no argument)."""
+    import fastreg
+    from fastreg.optim import SGD
+    nc = cuda.to_device(np.ones((4, 12), np.float32))[:, ::2]
+    calls = {"x": lambda: fastreg.dropout(nc, 0.5, seed=1),
+             "w": lambda: fastreg.l2_grad(nc, 0.1),
+             r"w\[1\]": lambda: fastreg.l1_penalty([cuda.to_device(np.ones(3, np.float32)), nc],
+                                                  0.1),
+             r"grads\[0\]": lambda: SGD([cuda.to_device(np.ones((4, 6), np.float32))],
+                                        lr=0.1).step([nc]),
+             "logits": lambda: fastreg.cross_entropy(nc, cuda.to_device(np.zeros(4, np.int64)))}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{name}: non-contiguous CUDA arrays"):
+            call()
