@@ -25,6 +25,9 @@ CASES = [
     ("Adam", dict(lr=0.01, amsgrad=True, l1=0.02)),
     ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.3, 0.9))),
     ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    # the options that read every gradient first: batched too, the same bits
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, max_grad_norm=0.5, check_finite=True)),
+    ("SGD", dict(lr=0.1, momentum=0.9, max_grad_norm=0.3, maximize=True)),
 ]
 
 
@@ -103,13 +106,35 @@ def test_batched_path_matches_torch():
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("kw", [dict(check_finite=True), dict(max_grad_norm=1.0),
-                                dict(backend="cpu"), dict(backend="numpy")])
-def test_not_batched_where_every_gradient_is_read_first_or_not_c(kw, monkeypatch):
+@pytest.mark.parametrize("kw", [dict(backend="cpu"), dict(backend="numpy")])
+def test_not_batched_on_other_backends(kw, monkeypatch):
     calls = _counting(monkeypatch)
     ps = _params(torch.float32)
     _run(frt.optim.AdamW(ps, lr=0.01, **kw), ps, 2)
     assert not calls
+
+
+def test_check_finite_refuses_a_batched_gradient_before_any_change(monkeypatch):
+    calls = _counting(monkeypatch)
+    ps = _params(torch.float32)
+    opt = frt.optim.AdamW(ps, lr=0.1, check_finite=True)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    ps[4].grad[0] = float("nan")                   # (1,): a batched one
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(FloatingPointError, match=r"param_groups\[0\]\['params'\]\[4\]\.grad"):
+        opt.step()
+    assert not calls and all(torch.equal(p.detach(), b) for p, b in zip(ps, before))
+
+
+def test_clipping_norm_is_the_per_parameter_paths(monkeypatch):
+    pa, pb = _params(torch.float64), _params(torch.float64)
+    a = frt.optim.AdamW(pa, lr=0.01, max_grad_norm=0.5)
+    b = frt.optim.AdamW(pb, lr=0.01, max_grad_norm=0.5)
+    _run(a, pa, 2)
+    monkeypatch.setattr(frt_optim._FastregOptimizer, "_multi_limit", lambda self: 0)
+    _run(b, pb, 2)
+    assert a.last_grad_norm == b.last_grad_norm > 0.5
 
 
 def test_unusual_layouts_take_the_per_parameter_path(monkeypatch):

@@ -268,19 +268,17 @@ class _FastregOptimizer(torch.optim.Optimizer):
     # fr_*_multi_*), instead of one Python round (about 25 us) each: float32/float64 CPU
     # tensors, C-contiguous with C-contiguous gradients and state, small enough that their
     # step runs serially anyway (fastreg._threads.plan gives 1 thread below two grains), on
-    # the C backend, without check_finite or max_grad_norm (which read every gradient first).
-    # Each parameter's step is the single-parameter kernel's: the same bits.
+    # the C backend. Each parameter's step is the single-parameter kernel's, check_finite reads
+    # its gradient first and max_grad_norm's norm sums it in parameter order: the same bits.
     def _multi_limit(self):
-        """Element count below which a parameter may join a batch (0: no batches)."""
-        if getattr(self, "max_grad_norm", None) is not None:
-            return 0
+        """Element count below which a parameter may join a batch."""
         from ..c.optim import OPTIM_WEIGHT
         g = min(_threads.GRAIN["elementwise"], _threads.SPIN_GRAIN["elementwise"])
         return 2 * g // OPTIM_WEIGHT
 
     def _multi_group(self, group):
         """Whether group's CPU parameters run on the C backend, batched."""
-        if group["check_finite"] or not group["params"]:
+        if not group["params"]:
             return False
         try:
             name = _bridge.backend_for(self._OP, group["backend"], _HOST_PROBE)
@@ -378,16 +376,38 @@ class _FastregOptimizer(torch.optim.Optimizer):
         s.copy_(t)
         return s
 
-    def _clip_factor(self, work, ready):
+    def _batched_views(self, batches):
+        """((group index, index in the group), Job, flat view of the gradient) of every batched
+        parameter (``_grads``), for the checks and norms that read every gradient."""
+        index = {id(group): gi for gi, group in enumerate(self.param_groups)}
+        views = []
+        for group, _, items in batches:
+            job = self._job(group, items[0][1])
+            views += [((index[id(group)], j), job, _view(job, g)) for j, _, g in items]
+        return views
+
+    def _check_finite_batched(self, batches):
+        """check_finite for the batched gradients (before any parameter changes)."""
+        for (gi, j), job, gv in self._batched_views(
+                [b for b in batches if b[0]["check_finite"]]):
+            if not job.op("all_finite")(gv):
+                raise FloatingPointError(f"param_groups[{gi}]['params'][{j}].grad holds NaN "
+                                         "or inf: no parameter was changed (check_finite=True)")
+
+    def _clip_factor(self, work, ready, batches=()):
         """This step's gradient factor: torch's clip coefficient from the float64 2-norm of
-        every gradient in ``work`` (kept in ``last_grad_norm``), 1.0 without max_grad_norm."""
+        every gradient (``work``'s and the batched ones, summed in parameter order whichever
+        path a parameter takes; kept in ``last_grad_norm``), 1.0 without max_grad_norm."""
         if getattr(self, "max_grad_norm", None) is None:
             return 1.0
         max_norm = _clip._check_max_norm(self.max_grad_norm)
+        index = {id(group): gi for gi, group in enumerate(self.param_groups)}
+        grads = [((index[id(group)], j), job, gv)
+                 for (group, j, *_), (job, gv, _) in zip(work, ready) if gv is not None]
+        if batches:
+            grads = sorted(grads + self._batched_views(batches), key=lambda e: e[0])
         s, dtypes = 0.0, []
-        for job, gv, _ in ready:
-            if gv is None:
-                continue
+        for _, job, gv in grads:
             dtypes.append(gv.dtype)
             s += job.op("norm_sum")([gv], 2.0)
         self.last_grad_norm = math.sqrt(s) if s == s else s
@@ -422,8 +442,9 @@ class _FastregOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches, work = self._grads()
+        self._check_finite_batched(batches)
         ready = self._kernel_grads(work)
-        self._gscale = self._clip_factor(work, ready)
+        self._gscale = self._clip_factor(work, ready, batches)
         for group, dtype, items in batches:
             self._multi_update(group, dtype, items)
             torch.autograd.graph.increment_version([p for _, p, _ in items])
