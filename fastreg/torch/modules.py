@@ -41,6 +41,9 @@ _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 # training calls whose offsets a module remembers for activation checkpointing's recomputation
 # (see _CounterDropout._advance): more than the calls of one step in any model
 _REPLAYS = 4096
+# the autograd engine's current backward pass (-1 outside one); a private torch function, so
+# looked up once (without it, a recomputation is not recognised: the behaviour before)
+_GRAPH_TASK = getattr(torch._C, "_current_graph_task_id", None)
 
 # torch.nn.functional.dropout2d's warning for 3-D input (torch 2.x), word for word
 _DROPOUT2D_3D_WARNING = (
@@ -214,7 +217,7 @@ class _CounterDropout(nn.Module):
         replays = self.__dict__.get("_replays")
         if replays is None:
             replays = self.__dict__["_replays"] = {}
-        if torch._C._current_graph_task_id() != -1:
+        if _GRAPH_TASK is not None and _GRAPH_TASK() != -1:   # inside a backward pass
             offset = replays.get(key)
             if offset is not None:
                 return x if self.p == 0 else kernel(x, offset)
