@@ -347,25 +347,32 @@ def _cost(spec):
 
 
 class _Lines:
-    """Progress as a plain line per tenth of the work (not a terminal, or no tqdm)."""
+    """Progress as a plain line per tenth of the work (not a terminal, or no tqdm); the 100%
+    line when the bar closes, so that it counts every finished run (with worker processes the
+    last epochs arrive before the last run's result)."""
 
     def __init__(self, total):
         self.total, self.n, self.shown, self.postfix = total, 0, 0, ""
         self.t0 = time.perf_counter()
 
+    def _line(self, tenth):
+        print(f"training: {10 * tenth}% ({self.n}/{self.total} epochs, {self.postfix}, "
+              f"{time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
     def update(self, n=1):
         self.n += n
         tenth = 10 * self.n // max(self.total, 1)
-        if tenth > self.shown:
+        if self.shown < tenth < 10:
             self.shown = tenth
-            print(f"training: {10 * tenth}% ({self.n}/{self.total} epochs, {self.postfix}, "
-                  f"{time.perf_counter() - self.t0:.0f} s)", file=sys.stderr, flush=True)
+            self._line(tenth)
 
     def set_postfix_str(self, text):
         self.postfix = text
 
     def close(self):
-        pass
+        if self.n >= self.total and self.shown < 10:
+            self.shown = 10
+            self._line(10)
 
 
 def _progress(total, enabled):
