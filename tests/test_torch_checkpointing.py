@@ -77,3 +77,30 @@ def test_remembered_offsets_are_not_pickled():
     assert d.__dict__.get("_replays")
     for copied in (pickle.loads(pickle.dumps(d)), copy.deepcopy(d)):
         assert "_replays" not in copied.__dict__ and copied.offset == d.offset
+
+
+def test_two_calls_from_one_rng_state_are_refused_at_recomputation():
+    """torch.manual_seed before each checkpointed micro-batch: the recomputation cannot tell the
+    two calls apart; it raises instead of using the other call's mask."""
+    m = torch.nn.Sequential(torch.nn.Linear(6, 6), frt.Dropout(0.5, seed=1), torch.nn.Linear(6, 6))
+    outs = []
+    for k in range(2):
+        torch.manual_seed(123)
+        outs.append(checkpoint(m, torch.randn(4, 6) + k, use_reentrant=False))
+    with pytest.raises(RuntimeError, match="same torch RNG state"):
+        sum(o.sum() for o in outs).backward()
+
+
+def test_reseeding_every_step_still_recomputes():
+    """The same RNG state at every step (torch.manual_seed(0) per step): each step's entry was
+    recomputed before the next step draws the same word, so nothing is ambiguous."""
+    block = _block("Dropout")
+    plain = copy.deepcopy(block)
+    for step in range(3):
+        x = _input("Dropout").requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        torch.manual_seed(0)
+        checkpoint(block, x, use_reentrant=False).sum().backward()
+        torch.manual_seed(0)
+        plain(x2).sum().backward()
+        assert torch.equal(x.grad, x2.grad), step

@@ -196,3 +196,36 @@ def test_c_multi_kernels_check_every_parameter_first(dtype):
     assert (p0 == 1).all() and (m0 == 0).all()     # nothing ran
     c_optim.adam_multi(np.array(ok, np.uintp), n[:1], s[:1], 0.1, 0.9, 0.1, 1e-8, 1.0)
     assert (p0 != 1).all()
+
+
+def test_a_parameter_listed_twice_keeps_its_order(monkeypatch):
+    """A parameter listed twice (torch warns) is updated twice in list order, as without
+    batching, also when one listing would be batched and the other not."""
+    def run(batched):
+        g = torch.Generator().manual_seed(3)
+        a, b = (torch.randn(5, generator=g).requires_grad_() for _ in range(2))
+        with pytest.warns(UserWarning):
+            opt = frt.optim.Adam([a, b, a], lr=0.1, weight_decay=0.1, l1=0.01,
+                                 decay_mask=[True, False, False])
+        if not batched:
+            monkeypatch.setattr(frt_optim._FastregOptimizer, "_multi_limit", lambda self: 0)
+        for _ in range(4):
+            a.grad, b.grad = torch.ones(5), torch.full((5,), 0.5)
+            opt.step()
+        return a.detach().clone(), b.detach().clone()
+    got, want = run(True), run(False)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+
+
+def test_a_negated_view_gradient_is_not_read_raw(monkeypatch):
+    calls = _counting(monkeypatch)
+    p = torch.ones(4, requires_grad=True)
+    opt = frt.optim.SGD([p], lr=0.1)
+    p.grad = torch._neg_view(torch.ones(4))
+    try:
+        opt.step()
+    except (TypeError, RuntimeError, ValueError):
+        pass                                   # the per-parameter path's own answer
+    else:
+        assert torch.equal(p.detach(), torch.full((4,), 1.1))   # p - lr * (-1)
+    assert not calls

@@ -692,3 +692,27 @@ def test_image_augment_takes_a_float64_models_rows():
     y32 = aug(rows.astype(np.float32), 1, 0, 0)
     assert y64.dtype == np.float64 and y32.dtype == np.float32
     np.testing.assert_array_equal(y64.astype(np.float32), y32)
+
+
+def test_no_interrupted_epoch_warning_after_a_complete_epoch():
+    """An exception from on_epoch_end (or the checkpoint write) comes after the epoch's history
+    entry: count, weights and history agree, and the next fit does not warn."""
+    from fastreg.train import Callback
+
+    class StopOnce(Callback):
+        fired = False
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            if not self.fired:
+                self.fired = True
+                raise KeyboardInterrupt
+    X, y = _digits(64)
+    t = _trainer(callbacks=[StopOnce()])
+    with pytest.raises(KeyboardInterrupt):
+        t.fit(X, y, epochs=3)
+    assert t.epoch == 1 and len(t.history["loss"]) == 1
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.fit(X, y, epochs=3)
+    assert t.epoch == 3

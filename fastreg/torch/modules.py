@@ -213,14 +213,23 @@ class _CounterDropout(nn.Module):
         # (as nn.Dropout draws its mask there) and remembers its offset under that word; a call
         # made inside a backward pass that draws a remembered word is such a recomputation: it
         # takes that offset again, and the counter does not move.
+        # An entry is [offset, recomputed, ambiguous]: two calls that start from the same RNG
+        # state (torch.manual_seed before each micro-batch) draw the same word; while the first
+        # has not been recomputed, the recomputation could not tell them apart, and raises.
         key = int(torch.randint(_I64_MIN, _I64_MAX, (), dtype=torch.int64))
         replays = self.__dict__.get("_replays")
         if replays is None:
             replays = self.__dict__["_replays"] = {}
-        if _GRAPH_TASK is not None and _GRAPH_TASK() != -1:   # inside a backward pass
-            offset = replays.get(key)
-            if offset is not None:
-                return x if self.p == 0 else kernel(x, offset)
+        entry = replays.get(key)
+        if entry is not None and _GRAPH_TASK is not None and _GRAPH_TASK() != -1:
+            if entry[2]:   # inside a backward pass, a remembered word: a recomputation
+                raise RuntimeError(
+                    f"{type(self).__name__}: two training calls started from the same torch "
+                    "RNG state (torch.manual_seed between them?) and one is recomputed by "
+                    "activation checkpointing: fastreg cannot tell which mask it used. Seed "
+                    "torch once, or give each call its own module")
+            entry[1] = True
+            return x if self.p == 0 else kernel(x, entry[0])
         counter = self._buffers["_offset"]  # self._offset: nn.Module.__getattr__, 1.7 us
         view = self._counter_view(counter)
         offset = (counter.item() if view is None else int(view)) & (_U64 - 1)  # to_uint64
@@ -232,9 +241,12 @@ class _CounterDropout(nn.Module):
             counter.fill_(ops.to_int64(offset + draws))  # fill_: 3x cheaper than add_ here
         else:
             view[()] = ops.to_int64(offset + draws)
-        if len(replays) >= _REPLAYS:   # the oldest goes (dicts keep insertion order)
-            del replays[next(iter(replays))]
-        replays[key] = offset
+        if entry is not None and not entry[1]:
+            entry[2] = True        # a second call from the same RNG state: see above
+        else:
+            if len(replays) >= _REPLAYS:   # the oldest goes (dicts keep insertion order)
+                del replays[next(iter(replays))]
+            replays[key] = [offset, False, False]
         return y
 
     def _counter_view(self, counter):

@@ -221,6 +221,12 @@ class _FastregOptimizer(torch.optim.Optimizer):
         in the group, param, grad, name) for the others, updated one by one."""
         batches, work = [], []
         limit = self._multi_limit()
+        # a parameter listed twice (torch warns) is updated twice, in list order: only the
+        # per-parameter path keeps that order, so such parameters are not batched
+        seen, twice = set(), set()
+        for group in self.param_groups:
+            for p in group["params"]:
+                (twice if id(p) in seen else seen).add(id(p))
         for gi, group in enumerate(self.param_groups):
             self._check_group(group, gi)
             lists = {} if limit and self._multi_group(group) else None
@@ -228,7 +234,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                if lists is not None and self._multi_item(group, j, p, g, limit):
+                if (lists is not None and id(p) not in twice
+                        and self._multi_item(group, j, p, g, limit)):
                     lists.setdefault(p.dtype, []).append((j, p, g))
                     continue
                 name = f"param_groups[{gi}]['params'][{j}]"
@@ -290,7 +297,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
         """Whether parameter j of group (gradient g) may join a batch; see _multi_limit."""
         n = p.numel()
         if not (0 < n < limit and _bridge.host_float(p) and g.dtype is p.dtype and g.is_cpu
-                and g.layout is torch.strided and g.shape == p.shape and g.is_contiguous()):
+                and g.layout is torch.strided and g.shape == p.shape and g.is_contiguous()
+                and not g.is_neg()):   # a lazily negated view: its memory is -g
             return False
         size = p.element_size()
         if (p.data_ptr() | g.data_ptr()) % size:

@@ -1148,10 +1148,10 @@ class Trainer:
                           "last checkpoint (fit(..., checkpoint=path, resume=True) or "
                           "load_checkpoint)", RuntimeWarning, stacklevel=2)
         self._partial_epoch = None
-        epoch = None
+        running = None   # the epoch being trained, until its history entry is written
         try:
             while self.epoch < epochs and not self.stop_training:
-                epoch = self.epoch
+                epoch = running = self.epoch
                 t0 = time.perf_counter()
                 kernels.reset_timings()
                 progress = None
@@ -1172,6 +1172,7 @@ class Trainer:
                     self.history.setdefault("kernel_time", [])
                 for k, v in logs.items():
                     self.history[k].append(v)
+                running = None   # the epoch is complete: count, weights and history agree
                 if progress is not None:
                     progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()
                                           if k != "time" and not math.isnan(v)})
@@ -1185,12 +1186,11 @@ class Trainer:
                     self.stop_training = self._dist().decide(self.stop_training, self.comm)
                 if checkpoint is not None:
                     self.save_checkpoint(checkpoint)
-                epoch = None   # complete
             for cb in self.callbacks:
                 cb.on_train_end(self)
         except BaseException:
-            if epoch is not None:
-                self._partial_epoch = epoch
+            if running is not None:
+                self._partial_epoch = running
             raise
         finally:
             limits.__exit__(None, None, None)
