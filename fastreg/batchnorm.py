@@ -1013,13 +1013,10 @@ def merge_stats(*stats):
         if np.any(m2 < 0):
             raise ValueError(f"stats[{i}]: m2 must be >= 0")
         parts.append((count.astype(np.int64), mean, m2))
-    total = parts[0][0]
-    for i, (nb, _, _) in enumerate(parts[1:], 1):   # checked before any work
-        if np.any(nb > _I64_MAX - total):
-            raise ValueError(f"merge_stats: the total count overflows int64 at stats[{i}]")
-        total = total + nb
     n, mean, m2 = parts[0]
-    for nb, mb, m2b in parts[1:]:
+    for i, (nb, mb, m2b) in enumerate(parts[1:], 1):
+        if np.any(nb > _I64_MAX - n):   # (nothing is written before: the merge is local)
+            raise ValueError(f"merge_stats: the total count overflows int64 at stats[{i}]")
         total = n + nb
         safe = np.maximum(total, 1).astype(np.float64)
         with np.errstate(all="ignore"):   # the branches not taken below may overflow

@@ -17,6 +17,7 @@ import numpy as np
 from . import _arrays, _dispatch, _half
 from ._dispatch import flat
 from ._scalars import typed
+from .reference import penalty as _reference
 
 
 def _as_list(w, name):
@@ -370,7 +371,7 @@ def _soft_tiny_scale(w, x, device, t, t2, backend):
     job = _dispatch.job(_dispatch.resolve(backend, w), not device)
     host = job.mod.copy_to_host(w) if device else x
     v = host.astype(type(t))
-    v = np.where(v > t, v - t, np.where(v < -t, v + t, np.where(np.isnan(v), v, type(t)(0))))
+    _reference.soft_threshold(v, t, type(t)(1), v)   # times 1: exact
     host[...] = ((v.astype(np.float64) / 2.0) / t2).astype(host.dtype)
     if device:
         job.mod.as_device(w).copy_to_device(host)

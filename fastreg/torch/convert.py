@@ -148,9 +148,8 @@ def _copy_hooks(old, new):
 
 
 def _hooked(module):
-    """Whether ``module`` has hooks of its own (forward, pre-forward, backward)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or getattr(module, "_backward_pre_hooks", None))
+    """Whether ``module`` has hooks of its own (any of ``_HOOK_DICTS``)."""
+    return any(getattr(module, name, None) for name in _HOOK_DICTS)
 
 
 def _uses(module, counts):

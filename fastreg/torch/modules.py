@@ -222,7 +222,8 @@ class _CounterDropout(nn.Module):
             replays = self.__dict__["_replays"] = {}
         entry = replays.get(key)
         if entry is not None and _GRAPH_TASK is not None and _GRAPH_TASK() != -1:
-            if entry[2]:   # inside a backward pass, a remembered word: a recomputation
+            # inside a backward pass, a remembered word: a recomputation
+            if entry[2]:
                 raise RuntimeError(
                     f"{type(self).__name__}: two training calls started from the same torch "
                     "RNG state (torch.manual_seed between them?) and one is recomputed by "

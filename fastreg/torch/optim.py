@@ -56,8 +56,8 @@ from . import _bridge
 __all__ = ["SGD", "Adam", "AdamW"]
 
 _HALF = (torch.float16, torch.bfloat16)
-_HOST_PROBE = torch.empty(0)
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}    # a CPU tensor: which backend a group's CPU parameters run on
+_HOST_PROBE = torch.empty(0)   # a CPU tensor: which backend a group's CPU parameters run on
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def _state_dtype(p):
@@ -68,6 +68,17 @@ def _state_dtype(p):
 def _mixed(a, b):
     """a is 16-bit and b float32 (a gradient/parameter pair fastreg takes)."""
     return a in _HALF and b == torch.float32
+
+
+def _decay_terms(lr, wd, decoupled):
+    """The kernels' (wd, decay) for weight decay ``wd``: torch's coupled L2 term ``g + wd * p``,
+    or the decoupled ``p * (1 - lr * wd)``."""
+    return (0.0, 1.0 - lr * wd) if decoupled else (wd, 1.0)
+
+
+def _bias_terms(lr, betas, step):
+    """Adam's step size ``lr / (1 - beta1**step)`` and ``sqrt(1 - beta2**step)``."""
+    return lr / (1.0 - betas[0] ** step), math.sqrt(1.0 - betas[1] ** step)
 
 
 def _value(v):
@@ -295,9 +306,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
 
     def _multi_item(self, group, j, p, g, limit):
         """Whether parameter j of group (gradient g) may join a batch; see _multi_limit."""
-        n = p.numel()
-        if not (0 < n < limit and _bridge.host_float(p) and g.dtype is p.dtype and g.is_cpu
-                and g.layout is torch.strided and g.shape == p.shape and g.is_contiguous()
+        # _plain's case, with every array C-contiguous and aligned (read by address)
+        if not (0 < p.numel() < limit and self._plain(p, g) and g.is_contiguous()
                 and not g.is_neg()):   # a lazily negated view: its memory is -g
             return False
         size = p.element_size()
@@ -307,8 +317,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
         if state:
             for key in self._STATE:
                 s = state.get(key)
-                if s is not None and not (s.dtype is p.dtype and s.is_cpu and s.shape == p.shape
-                                          and s.is_contiguous() and s.data_ptr() % size == 0):
+                if s is not None and not (s.shape == p.shape and s.is_contiguous()
+                                          and s.data_ptr() % size == 0):
                     return False
         return self._multi_takes(group, j)
 
@@ -394,26 +404,29 @@ class _FastregOptimizer(torch.optim.Optimizer):
             views += [((index[id(group)], j), job, _view(job, g)) for j, _, g in items]
         return views
 
-    def _check_finite_batched(self, batches):
-        """check_finite for the batched gradients (before any parameter changes)."""
-        for (gi, j), job, gv in self._batched_views(
-                [b for b in batches if b[0]["check_finite"]]):
-            if not job.op("all_finite")(gv):
+    def _check_finite_batched(self, batches, views):
+        """check_finite for the batched gradients (``views``: ``_batched_views(batches)``),
+        before any parameter changes."""
+        checked = {id(group) for group, _, _ in batches if group["check_finite"]}
+        for ((gi, j), job, gv), group in zip(views, (b[0] for b in batches
+                                                     for _ in b[2])):
+            if id(group) in checked and not job.op("all_finite")(gv):
                 raise FloatingPointError(f"param_groups[{gi}]['params'][{j}].grad holds NaN "
                                          "or inf: no parameter was changed (check_finite=True)")
 
-    def _clip_factor(self, work, ready, batches=()):
+    def _clip_factor(self, work, ready, views=()):
         """This step's gradient factor: torch's clip coefficient from the float64 2-norm of
-        every gradient (``work``'s and the batched ones, summed in parameter order whichever
-        path a parameter takes; kept in ``last_grad_norm``), 1.0 without max_grad_norm."""
+        every gradient (``work``'s and the batched ones, ``views``, summed in parameter order
+        whichever path a parameter takes; kept in ``last_grad_norm``), 1.0 without
+        max_grad_norm."""
         if getattr(self, "max_grad_norm", None) is None:
             return 1.0
         max_norm = _clip._check_max_norm(self.max_grad_norm)
         index = {id(group): gi for gi, group in enumerate(self.param_groups)}
         grads = [((index[id(group)], j), job, gv)
                  for (group, j, *_), (job, gv, _) in zip(work, ready) if gv is not None]
-        if batches:
-            grads = sorted(grads + self._batched_views(batches), key=lambda e: e[0])
+        if views:
+            grads = sorted(grads + views, key=lambda e: e[0])
         s, dtypes = 0.0, []
         for _, job, gv in grads:
             dtypes.append(gv.dtype)
@@ -450,9 +463,13 @@ class _FastregOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches, work = self._grads()
-        self._check_finite_batched(batches)
+        # the batched gradients' views, where a check or the clip norm reads them
+        views = (self._batched_views(batches) if batches and (
+            getattr(self, "max_grad_norm", None) is not None
+            or any(group["check_finite"] for group, _, _ in batches)) else [])
+        self._check_finite_batched(batches, views)
         ready = self._kernel_grads(work)
-        self._gscale = self._clip_factor(work, ready, batches)
+        self._gscale = self._clip_factor(work, ready, views)
         for group, dtype, items in batches:
             self._multi_update(group, dtype, items)
             torch.autograd.graph.increment_version([p for _, p, _ in items])
@@ -597,18 +614,25 @@ class SGD(_FastregOptimizer):
         decoupled = group["decoupled"]
         buf, first = None, False
         if momentum != 0:
-            if state.get("momentum_buffer") is None:
-                state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
-                first = True
-            buf = _view(job, state["momentum_buffer"])
-        args = (buf, t(lr), t(0.0 if decoupled else wd),
-                t(1.0 - lr * wd if decoupled else 1.0), t(momentum), t(1.0 - group["dampening"]),
+            b, first = self._momentum_buffer(p, state)
+            buf = _view(job, b)
+        wd, decay = _decay_terms(lr, wd, decoupled)
+        args = (buf, t(lr), t(wd), t(decay), t(momentum), t(1.0 - group["dampening"]),
                 bool(group["nesterov"]), first, t(lr * group["l1"] if decayed else 0.0),
                 t(self._gradient_factor(group)))
         if fused is None:
             job.op("sgd_step")(pv, gv, *args)
         else:
             fused[0](pv, fused[1], gv, fused[2], *args)
+
+    @staticmethod
+    def _momentum_buffer(p, state):
+        """(p's momentum buffer, whether it is new: the first step copies the gradient)."""
+        b = state.get("momentum_buffer")
+        if b is None:
+            b = state["momentum_buffer"] = torch.zeros_like(p, dtype=_state_dtype(p))
+            return b, True
+        return b, False
 
     def _multi_update(self, group, dtype, items):
         """``_update`` of a batch of parameters of one dtype (``_grads``), in one C call with
@@ -621,16 +645,13 @@ class SGD(_FastregOptimizer):
             state = self.state[p]
             decayed = mask[j]
             wd = wd_all if decayed else 0.0
-            buf, first = 0, 0.0
+            buf, first = 0, False
             if momentum != 0:
-                b = state.get("momentum_buffer")
-                if b is None:
-                    b = state["momentum_buffer"] = torch.zeros_like(p)
-                    first = 1.0
+                b, first = self._momentum_buffer(p, state)
                 buf = b.data_ptr()
             addr += (p.data_ptr(), g.data_ptr(), buf)
-            scalars += (0.0 if decoupled else wd, 1.0 - lr * wd if decoupled else 1.0,
-                        lr * l1 if decayed else 0.0, first)
+            scalars += (*_decay_terms(lr, wd, decoupled), lr * l1 if decayed else 0.0,
+                        float(first))
             sizes.append(p.numel())
         c_optim.sgd_multi(np.array(addr, np.uintp), np.array(sizes, np.int64),
                           np.array(scalars, _NUMPY[dtype]), lr, momentum,
@@ -705,29 +726,33 @@ class Adam(_FastregOptimizer):
     def _update(self, group, p, pv, gv, state, decayed, job, fused=None):
         """As SGD._update (no fused step with an L1 term: it is a second, float32 pass)."""
         t = pv.dtype.type if fused is None else np.float32
-        sdtype = _state_dtype(p)
-        if state.get("exp_avg") is None:
-            state["exp_avg"] = torch.zeros_like(p, dtype=sdtype)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
-        if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
+        self._moments(group, p, state)
         step = _new_step(state)
         lr, (beta1, beta2) = _value(group["lr"]), group["betas"]
         wd = _value(group["weight_decay"]) if decayed else 0.0
         decoupled = group["decoupled_weight_decay"]
-        bc1 = 1.0 - beta1 ** step
-        bc2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        step_size, bc2_sqrt = _bias_terms(lr, (beta1, beta2), step)
+        wd, decay = _decay_terms(lr, wd, decoupled)
         args = (_view(job, state["exp_avg"]), _view(job, state["exp_avg_sq"]),
                 _view(job, state["max_exp_avg_sq"]) if group["amsgrad"] else None,
-                t(0.0 if decoupled else wd), t(1.0 - lr * wd if decoupled else 1.0),
-                t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]), t(lr / bc1),
-                t(bc2_sqrt), t(self._gradient_factor(group)))
+                t(wd), t(decay), t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(group["eps"]),
+                t(step_size), t(bc2_sqrt), t(self._gradient_factor(group)))
         if fused is None:
             job.op("adam_step")(pv, gv, *args)
         else:
             fused[0](pv, fused[1], gv, fused[2], *args)
         if decayed and group["l1"] > 0:
             job.op("soft_threshold")(pv, t(lr * group["l1"]), t(1.0), pv)
+
+    @staticmethod
+    def _moments(group, p, state):
+        """Create p's moment tensors (and AMSGrad's maximum) where the state lacks them."""
+        sdtype = _state_dtype(p)
+        if state.get("exp_avg") is None:
+            state["exp_avg"] = torch.zeros_like(p, dtype=sdtype)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
+        if group["amsgrad"] and state.get("max_exp_avg_sq") is None:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=sdtype)
 
     def _multi_takes(self, group, j):
         return not (group["l1"] > 0 and group["decay_mask"][j])   # L1: a second pass
@@ -741,21 +766,13 @@ class Adam(_FastregOptimizer):
         ams, mask, addr, scalars, sizes = group["amsgrad"], group["decay_mask"], [], [], []
         for j, p, g in items:
             state = self.state[p]
-            if state.get("exp_avg") is None:
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            vmax = 0
-            if ams:
-                x = state.get("max_exp_avg_sq")
-                if x is None:
-                    x = state["max_exp_avg_sq"] = torch.zeros_like(p)
-                vmax = x.data_ptr()
+            self._moments(group, p, state)
             step = _new_step(state)
             wd = wd_all if mask[j] else 0.0
             addr += (p.data_ptr(), g.data_ptr(), state["exp_avg"].data_ptr(),
-                     state["exp_avg_sq"].data_ptr(), vmax)
-            scalars += (0.0 if decoupled else wd, 1.0 - lr * wd if decoupled else 1.0,
-                        lr / (1.0 - beta1 ** step), math.sqrt(1.0 - beta2 ** step))
+                     state["exp_avg_sq"].data_ptr(),
+                     state["max_exp_avg_sq"].data_ptr() if ams else 0)
+            scalars += (*_decay_terms(lr, wd, decoupled), *_bias_terms(lr, (beta1, beta2), step))
             sizes.append(p.numel())
         c_optim.adam_multi(np.array(addr, np.uintp), np.array(sizes, np.int64),
                            np.array(scalars, _NUMPY[dtype]), 1.0 - beta1, beta2, 1.0 - beta2,

@@ -304,7 +304,7 @@ def _execute(specs, jobs, init_args, bar):
     def finished(i, r):
         results[i] = r
         if bar is not None:   # early stopping: count the epochs that were not run
-            # the count first: the update may print the line (100% with every run counted)
+            # the count first: the update may print a line
             bar.set_postfix_str(f"{sum(x is not None for x in results)}/{len(specs)} runs")
             bar.update(specs[i]["epochs"] - r["epochs_run"])
 

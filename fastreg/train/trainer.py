@@ -1141,7 +1141,7 @@ class Trainer:
                 bar = tqdm
             except ImportError:
                 bar = None
-        if self._partial_epoch is not None and plan is None:
+        if self._partial_epoch is not None:   # (a checkpoint just applied has cleared it)
             warnings.warn(f"the fit before was interrupted in epoch {self._partial_epoch + 1}: "
                           "the model holds that epoch's partial updates, which the epoch count "
                           "and the history do not show; for an exact continuation load the "
