@@ -20,6 +20,13 @@ float32 arithmetic (a float32 norm per array, then the norm of those norms) happ
 the same value; otherwise ``coef`` differs from torch's by about one float32 rounding (torch's
 total is the less accurate one). With a coefficient of exactly 1 the gradients are left as
 they are (``g * 1`` is ``g``).
+
+Overflow, as torch. torch sums ``|g|**p`` of a float32 gradient in float32, so its norm is inf
+once that sum passes float32's largest value (3.4e38: a 2-norm above about 1.8e19), and for
+float32 gradients it sums the p-th powers of their norms in float32 again. ``clip_grad_norm``
+follows it there (its total is inf: the gradients are scaled by 0, or ``error_if_nonfinite``
+raises), although fastreg's float64 sum is finite; ``grad_norm`` and the optimizers'
+``max_grad_norm`` keep the float64 value.
 """
 import math
 import numbers
@@ -110,14 +117,53 @@ def clip_coef(total, max_norm, dtypes):
     return 1.0 if coef > 1.0 else coef
 
 
+def _sums_of(job, batch, p):
+    """``{dtype: sum |x|**p}`` (max |x| for p = inf) of each dtype group of what _prepare
+    returns (a Batch or a _Planned), in the order of first appearance."""
+    if isinstance(batch, _Planned):
+        return _multi.run(job, batch.plan, "norm_sum", (batch.grads,), lambda dt: p)
+    sums = {}
+    for dtype, idx in batch.groups.items():
+        arrays = [batch.views[i] for i in idx if batch.views[i].size]
+        if arrays:
+            sums[dtype] = job.op("norm_sum")(arrays, p)
+    return sums
+
+
 def _norm_of(job, batch, p):
     """total_norm_of for what _prepare returns (a Batch or a _Planned)."""
-    if not isinstance(batch, _Planned):
-        return total_norm_of(job, batch.views, batch.groups, p)
     s = 0.0
-    for r in _multi.run(job, batch.plan, "norm_sum", (batch.grads,), lambda dt: p).values():
-        s = _combine(s, r, p)   # groups in the order of a Batch's: first appearance
+    for r in _sums_of(job, batch, p).values():
+        s = _combine(s, r, p)
     return root(s, p)
+
+
+_F32 = np.dtype(np.float32)
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _torch_overflows(job, batch, sums, p, r):
+    """Whether torch's norm of these gradients is inf by float32 overflow where fastreg's
+    float64 total, rounded to ``r`` (the coefficient's dtype), is not. torch takes the norm of
+    each gradient in its dtype, summing ``|g|**p`` of a float32 one in float32 (a single
+    element is its own norm), then the norm of those norms in float32 when every gradient is
+    float32 (in float64 otherwise). ``sums``: ``_sums_of``'s. The inf norm's max is exact."""
+    s32 = sums.get(_F32)
+    if p == math.inf or s32 is None or not (s32 > _F32_MAX or root(s32, p) > _F32_MAX):
+        return False   # no float32 sum or norm of torch's can pass float32's range
+    if isinstance(batch, _Planned):
+        grads = batch.grads
+        f32 = [flat(g) for g in grads if g.dtype == _F32 and g.size]
+    else:
+        grads = batch.views
+        f32 = [grads[i] for i in batch.groups[_F32] if grads[i].size]
+    if r == np.float32 and len(grads) >= 2 and s32 > _F32_MAX:
+        return True    # the norm of the norms sums their p-th powers in float32
+    for g in f32:
+        si = job.op("norm_sum")([g], p)
+        if (g.size >= 2 and si > _F32_MAX) or root(si, p) > _F32_MAX:
+            return True
+    return False
 
 
 class _Planned:
@@ -268,7 +314,8 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     -------
     float
         The total norm of the gradients before clipping (float64 accumulation; see
-        ``grad_norm``).
+        ``grad_norm``), or inf where torch's float32 arithmetic overflows (module doc), as
+        torch returns it; the gradients are then scaled by 0, as torch scales them.
 
     Raises
     ------
@@ -298,18 +345,27 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     grads, job, batch = _prepare(grads, backend)
     if job is None:
         return 0.0
-    total = _norm_of(job, batch, p)
-    # the coefficient's dtype sees the total too: a float64 total beyond float32's range is
-    # inf there (and in torch, whose float32 norm overflows), and would zero the gradients
+    sums = _sums_of(job, batch, p)
+    s = 0.0
+    for v in sums.values():
+        s = _combine(s, v, p)
+    total = root(s, p)
+    # torch's norm is inf where its float32 arithmetic overflows: a float64 total beyond the
+    # coefficient's dtype (float32 for float32 gradients), or a float32 sum of |g|**p beyond
+    # float32's range (_torch_overflows); the gradients are then zeroed, as torch zeroes them
     r = _coef_dtype(batch.groups)
     with np.errstate(over="ignore"):
-        seen_finite = bool(np.isfinite(r(total)))
-    if error_if_nonfinite and not seen_finite:
-        beyond = f" (beyond {np.dtype(r).name}'s range)" if math.isfinite(total) else ""
+        beyond = math.isfinite(total) and not np.isfinite(r(total))
+    if not beyond and math.isfinite(total) and _torch_overflows(job, batch, sums, p, r):
+        beyond, r = True, np.float32
+    if error_if_nonfinite and (beyond or not math.isfinite(total)):
+        why = f" (beyond {np.dtype(r).name}'s range in torch's arithmetic)" if beyond else ""
         raise NonFiniteNormError(
-            f"the total norm of order {p} of the gradients is {total}{beyond}, so they cannot "
+            f"the total norm of order {p} of the gradients is {total}{why}, so they cannot "
             "be clipped (no gradient was changed); pass error_if_nonfinite=False to scale them "
             "by the non-finite norm anyway, as torch does")
+    if beyond:
+        total = math.inf
     _scale(job, batch, clip_coef(total, max_norm, batch.groups))
     return total
 

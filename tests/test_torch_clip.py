@@ -38,6 +38,62 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm, dtype):
             torch.testing.assert_close(pb.grad, pa.grad, rtol=4 * rtol, atol=0)
 
 
+_F64 = torch.float64
+# gradients whose norm overflows torch's float32 sums (or just does not), as lists of
+# (shape, value, dtype), and the norm order
+OVERFLOW_CASES = [
+    ([((4,), 1e20, torch.float32)], 2.0),                              # one array: inf
+    ([((1,), 1.5e19, torch.float32)] * 2, 2.0),                        # the norm of norms: inf
+    ([((1,), 1.5e19, torch.float32), ((1,), 1.5e19, _F64)], 2.0),     # float64 stack: finite
+    ([((1,), 2e20, torch.float32), ((1,), 1.0, _F64)], 2.0),          # one element: finite
+    ([((1,), 2e20, torch.float32)], 2.0),                              # finite
+    ([((1,), 2e20, torch.float32), ((0,), 0.0, torch.float32)], 2.0),  # stacked with a 0: inf
+    ([((2,), 1.5e19, torch.float32), ((1,), 1.0, _F64)], 2.0),        # its own sum: inf
+    ([((2,), 1.5e19, torch.float32), ((0,), 0.0, _F64)], 2.0),
+    ([((4,), 1e38, torch.float32)], 1.0),
+    ([((4,), 1e38, torch.float32), ((3,), 1.0, _F64)], 0.5),
+    ([((5,), 1e13, torch.float32), ((3,), 1.0, _F64)], 3.0),
+    ([((5,), 3e38, torch.float32), ((3,), 1.0, torch.float32)], math.inf),  # a max: exact
+]
+
+
+@pytest.mark.parametrize("case", range(len(OVERFLOW_CASES)))
+def test_clip_grad_norm_overflows_as_torch(case):
+    """Where torch's float32 sums overflow, its total is inf and the gradients are zeroed
+    (error_if_nonfinite raises): fastreg, whose float64 sum is finite, follows it; where they
+    do not (a single element, a float64 stack of norms), both clip by the finite norm."""
+    spec, norm_type = OVERFLOW_CASES[case]
+    results = []
+    for clip in (torch.nn.utils.clip_grad_norm_, frt.clip_grad_norm_):
+        params = []
+        for shape, value, dtype in spec:
+            p = torch.nn.Parameter(torch.zeros(shape, dtype=dtype))
+            p.grad = torch.full(shape, value, dtype=dtype)
+            params.append(p)
+        total = clip(params, 1.0, norm_type)
+        results.append((total, [p.grad for p in params]))
+    (want, want_grads), (got, got_grads) = results
+    assert got.dtype == want.dtype and math.isinf(got) == math.isinf(want)
+    if not math.isinf(want):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
+    for clip, error in ((torch.nn.utils.clip_grad_norm_, RuntimeError),
+                        (frt.clip_grad_norm_, RuntimeError)):
+        params = []
+        for shape, value, dtype in spec:
+            p = torch.nn.Parameter(torch.zeros(shape, dtype=dtype))
+            p.grad = torch.full(shape, value, dtype=dtype)
+            params.append(p)
+        if math.isinf(want):
+            with pytest.raises(error):
+                clip(params, 1.0, norm_type, error_if_nonfinite=True)
+            assert all(torch.equal(p.grad, torch.full_like(p.grad, v))
+                       for p, (_, v, _) in zip(params, spec))
+        else:
+            clip(params, 1.0, norm_type, error_if_nonfinite=True)
+
+
 def test_clip_grad_norm_edges():
     m = _model()
     before = _grads(m)

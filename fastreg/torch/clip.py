@@ -16,7 +16,9 @@ else (CUDA, float16/bfloat16, sparse or mixed-device gradients) goes through tor
 
 fastreg accumulates the norm in float64 (torch: in the gradients' dtype), so the total norm can
 differ from torch's in its last float32 bits, and a gradient by one float32 rounding of the
-clip coefficient.
+clip coefficient. Where torch's float32 sums overflow (a float32 gradient's 2-norm above about
+1.8e19), ``clip_grad_norm_`` returns inf and zeroes the gradients (or raises with
+``error_if_nonfinite``) as torch does (``fastreg.clip``'s module doc).
 """
 import numpy as np
 import torch
