@@ -144,6 +144,24 @@ def test_clip_grad_norm_beyond_float32_raises_when_asked(backend):
     np.testing.assert_allclose(host_array(g64[0])[:2], [0.5 ** 0.5] * 2, rtol=1e-6)
 
 
+def test_clip_grad_norm_overflows_where_torchs_float32_sums_do(backend):
+    """A float32 gradient whose sum of squares passes float32's range (2-norm 2e20, within
+    it): torch's norm is inf, so the total is inf and the gradients are zeroed, or
+    error_if_nonfinite raises; one element is its own norm in torch (finite: clipped), and
+    grad_norm keeps the float64 value."""
+    g = [np.full(4, 1e20, np.float32)]
+    assert fastreg.grad_norm(g, backend=backend) == pytest.approx(2e20)
+    with pytest.raises(NonFiniteNormError, match="beyond float32's range"):
+        fastreg.clip_grad_norm(g, 1.0, error_if_nonfinite=True, backend=backend)
+    np.testing.assert_array_equal(host_array(g[0]), np.full(4, 1e20, np.float32))
+    assert fastreg.clip_grad_norm(g, 1.0, backend=backend) == math.inf
+    np.testing.assert_array_equal(host_array(g[0]), np.zeros(4, np.float32))
+    one = [np.full(1, 2e20, np.float32)]
+    total = fastreg.clip_grad_norm(one, 1.0, error_if_nonfinite=True, backend=backend)
+    assert total == pytest.approx(2e20)
+    np.testing.assert_allclose(host_array(one[0]), [1.0], rtol=1e-6)
+
+
 def test_clip_grad_norm_non_finite(backend):
     g = [np.array([1.0, np.nan, 2.0], np.float32), np.array([3.0, 4.0])]
     before = [a.copy() for a in g]
