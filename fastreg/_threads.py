@@ -251,13 +251,18 @@ def set_num_threads(n):
 
     Returns
     -------
-    int
-        The previous process-wide value.
+    int or None
+        The previous process-wide value; None where that was a bad ``FASTREG_NUM_THREADS``
+        (which this call overrides: it takes effect whatever the environment says).
     """
     global _default
     n = _check_count(n)
-    previous = _default if _default is not None else default_num_threads()
-    _default = n
+    previous, _default = _default, n
+    if previous is None:
+        try:
+            previous = default_num_threads()
+        except ValueError:   # a bad FASTREG_NUM_THREADS, replaced now
+            previous = None
     return previous
 
 
@@ -278,18 +283,25 @@ class threads:
         context manager, an interrupt delivered just as ``__exit__`` starts can still skip it.)
     """
 
-    __slots__ = ("n", "previous")
+    __slots__ = ("n", "_saved")
 
     def __init__(self, n):
         self.n = _check_count(n)
+        # the settings to restore, per Python thread, innermost last: one object may be
+        # entered again inside its own block, or by several threads
+        self._saved = {}
 
     def __enter__(self):
-        self.previous = _local.override
+        self._saved.setdefault(threading.get_ident(), []).append(_local.override)
         _local.override = self.n
         return self.n
 
     def __exit__(self, *exc):
-        _local.override = self.previous
+        me = threading.get_ident()
+        stack = self._saved[me]
+        _local.override = stack.pop()
+        if not stack:
+            del self._saved[me]
         return False
 
 

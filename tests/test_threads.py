@@ -69,6 +69,49 @@ def test_set_num_threads_returns_previous_and_threads_restores():
         fastreg.set_num_threads(first)
 
 
+def test_one_threads_object_entered_again_restores_each_level():
+    """The same threads(n) object entered inside its own block, and by two Python threads at
+    once: each exit restores what its own enter found."""
+    outside = fastreg.get_num_threads()
+    t = fastreg.threads(1)
+    with t:
+        with fastreg.threads(3):
+            with t:
+                assert fastreg.get_num_threads() == 1
+            assert fastreg.get_num_threads() == 3
+        assert fastreg.get_num_threads() == 1
+    assert fastreg.get_num_threads() == outside and _threads._local.override is None
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        with fastreg.threads(5):
+            with t:
+                inside.set()
+                release.wait(10)
+            seen["worker"] = fastreg.get_num_threads()
+
+    th = threading.Thread(target=worker)
+    th.start()
+    inside.wait(10)
+    with t:
+        release.set()
+        th.join()
+    assert seen == {"worker": 5} and fastreg.get_num_threads() == outside
+    assert not t._saved
+
+
+def test_set_num_threads_overrides_a_bad_environment(monkeypatch):
+    """A bad FASTREG_NUM_THREADS is refused where the count is read; an explicit
+    set_num_threads takes effect anyway (returning None: there was no valid value)."""
+    monkeypatch.setattr(_threads, "_default", None)
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "0")
+    with pytest.raises(ValueError, match="FASTREG_NUM_THREADS"):
+        fastreg.get_num_threads()
+    assert fastreg.set_num_threads(1) is None
+    assert fastreg.get_num_threads() == 1
+    assert fastreg.set_num_threads(2) == 1
+
+
 def test_threads_context_is_per_python_thread():
     seen = {}
     inside, release = threading.Event(), threading.Event()
@@ -226,6 +269,27 @@ def test_trainer_threads_use_fastreg_threads():
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         with _trainer._thread_limits(0, "auto"):
             pass
+
+
+def test_trainer_restores_threads_when_fit_raises_before_its_first_epoch():
+    """fit's warning about an interrupted fit, raised as an error (a warnings filter), leaves
+    no thread setting of fit's behind."""
+    import warnings
+
+    from fastreg import optim
+    from fastreg.train import Trainer, mlp
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 2, 32)
+    model = mlp((4, 3, 2), seed=0)
+    tr = Trainer(model, optim.SGD(model.parameters(), lr=0.1), seed=0, verbose=0, threads=1)
+    tr._partial_epoch = 0   # as an interrupted fit leaves it
+    outside = fastreg.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="interrupted"):
+            tr.fit(X, y, epochs=1, batch_size=16)
+    assert fastreg.get_num_threads() == outside and _threads._local.override is None
 
 
 # --- same bits on both paths, and the path that ran ----------------------------------------------

@@ -1125,15 +1125,6 @@ class Trainer:
                 self.load_state_dict(from_root)
             del from_root
         self._loaded_callbacks = None   # what this fit loaded is in use now
-        quiet = []   # non-root ranks: callbacks print nothing (restored after fit)
-        if not self.is_root:
-            quiet = [cb for cb in self.callbacks if getattr(cb, "verbose", False)]
-            for cb in quiet:
-                cb.verbose = False
-        if self.profile:
-            kernels.enable_profiling()
-        limits = _thread_limits(self.threads, self.backend)
-        limits.__enter__()
         bar = None
         if self.verbose == 1 and self.is_root:
             try:
@@ -1149,7 +1140,20 @@ class Trainer:
                           "load_checkpoint)", RuntimeWarning, stacklevel=2)
         self._partial_epoch = None
         running = None   # the epoch being trained, until its history entry is written
+        # the settings fit changes for its run, each undone in the finally below once made
+        quiet = []   # non-root ranks: callbacks print nothing
+        profiling = limits = None
         try:
+            if not self.is_root:
+                quiet = [cb for cb in self.callbacks if getattr(cb, "verbose", False)]
+                for cb in quiet:
+                    cb.verbose = False
+            if self.profile:
+                kernels.enable_profiling()
+                profiling = True
+            entering = _thread_limits(self.threads, self.backend)
+            entering.__enter__()
+            limits = entering
             while self.epoch < epochs and not self.stop_training:
                 epoch = running = self.epoch
                 t0 = time.perf_counter()
@@ -1193,8 +1197,9 @@ class Trainer:
                 self._partial_epoch = running
             raise
         finally:
-            limits.__exit__(None, None, None)
-            if self.profile:
+            if limits is not None:
+                limits.__exit__(None, None, None)
+            if profiling:
                 kernels.disable_profiling()
             for cb in quiet:
                 cb.verbose = True
