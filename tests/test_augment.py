@@ -463,6 +463,43 @@ def test_non_contiguous_and_empty():
     assert A.random_crop(e, 4, seed=1, backend="cpu").shape == (0, 4, 4, 3)
 
 
+def test_images_without_pixels(backend):
+    """Images of height or width 0 that a geometric op would turn into images with pixels are
+    refused with a clear error on every backend (the C kernel returned a status, Numba read
+    outside the array); ops whose output has no pixels either run; cutmix keeps all of each
+    label (the empty box pastes nothing)."""
+    for shape in ((4, 0, 3, 3), (2, 3, 0, 1), (1, 0, 0, 3)):
+        x = np.zeros(shape, np.uint8)
+        for mode in ("constant", "edge", "reflect"):
+            with pytest.raises(ValueError, match="no pixels"):
+                A.random_crop(x, 2, padding=1, padding_mode=mode, seed=0, backend=backend)
+        with pytest.raises(ValueError, match="no pixels"):
+            A.random_resized_crop(x, 4, seed=0, backend=backend)
+        assert A.random_flip(x, seed=0, backend=backend).shape == shape
+        assert A.random_rotate(x, 10, seed=0, backend=backend).shape == shape
+    x = np.zeros((3, 4, 0, 3), np.float32)
+    _, soft = A.cutmix(x, np.arange(3), num_classes=3, seed=0, backend=backend)
+    np.testing.assert_array_equal(soft, np.eye(3, dtype=soft.dtype))
+
+
+def test_fill_and_normalize_arguments_named():
+    """A fill beyond the images' (or the target's) dtype, and a mean / std that is not a
+    number, are refused naming the argument (NumPy's OverflowError or an inf fill before)."""
+    x = np.zeros((1, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="fill must be within float32's range"):
+        A.random_rotate(x, 10, fill=1e39, seed=0)
+    mask = np.zeros((1, 4, 4), np.int32)
+    with pytest.raises(ValueError, match=r"target_fill must be in \[-2147483648"):
+        A.random_rotate(x, 10, seed=0, target=mask, target_fill=2 ** 40)
+    u8 = np.zeros((1, 2, 2, 3), np.uint8)
+    for bad, exc in (("a", TypeError), ([1, "b", 2], TypeError), ([np.nan], ValueError),
+                     ([[0.5, 0.5]], ValueError)):
+        with pytest.raises(exc, match="mean"):
+            A.normalize(u8, bad, 0.2)
+        with pytest.raises(exc, match="std"):
+            A.normalize(u8, 0.5, bad)
+
+
 def test_import_loads_no_backend():
     import subprocess
     import sys

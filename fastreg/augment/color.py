@@ -441,12 +441,18 @@ class Normalize:
     """
 
     def __init__(self, mean, std, scale=True):
-        self.mean = np.atleast_1d(np.asarray(mean, np.float64))
-        self.std = np.atleast_1d(np.asarray(std, np.float64))
-        if self.mean.ndim != 1 or self.std.ndim != 1:
-            raise ValueError("mean and std must be numbers or 1-D sequences")
-        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.std))):
-            raise ValueError("mean and std must be finite")
+        for name, v in (("mean", mean), ("std", std)):
+            try:
+                a = np.atleast_1d(np.asarray(v, np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a number or a sequence of numbers, "
+                                f"got {v!r}") from None
+            if a.ndim != 1:
+                raise ValueError(f"{name} must be a number or a 1-D sequence, got {a.ndim} "
+                                 "dimensions")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name} must be finite, got {a}")
+            setattr(self, name, a)
         if np.any(self.std <= 0):
             raise ValueError(f"std must be > 0, got {self.std}")
         self.scale = _arrays.check_bool(scale, "scale")

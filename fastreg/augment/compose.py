@@ -156,8 +156,22 @@ def check_fill(fill, dtype, name="fill"):
         if not 0 <= v <= 255:
             raise ValueError(f"{name} must be in [0, 255] for uint8 images, got {v}")
         return float(np.rint(v))
-    if np.dtype(dtype).kind in "iu":
-        return float(round(v))
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        r = round(v)
+        info = np.iinfo(dtype)
+        if not info.min <= r <= info.max or abs(r) > 2 ** 53:
+            lo, hi = max(info.min, -2 ** 53), min(info.max, 2 ** 53)
+            raise ValueError(f"{name} must be in [{lo}, {hi}] for {dtype.name} values (an "
+                             f"integer the kernels carry exactly), got {v}")
+        return float(r)
+    try:
+        top = float(np.finfo(dtype).max)
+    except ValueError:   # a float type NumPy does not describe
+        return v
+    if abs(v) > top:
+        raise ValueError(f"{name} must be within {dtype.name}'s range (|{name}| <= {top:g}), "
+                         f"got {v}")
     return v
 
 
@@ -437,6 +451,9 @@ def run(ops, images, *, seed, epoch, index_offset, layout, target, target_fill, 
     for _, op in geo:
         op.check((n,) + out_hw + (c,))
         out_hw = op.size if hasattr(op, "size") else out_hw
+    if geo and n and not h * w and out_hw[0] * out_hw[1]:
+        raise ValueError(f"images have no pixels (height {h}, width {w}): the geometric ops "
+                         f"cannot make {out_hw[0]}x{out_hw[1]} images from them")
     for _, op in other:
         op.check((n,) + out_hw + (c,))
     for op in ops:

@@ -409,7 +409,9 @@ def _params_cutmix(seed, epoch, tag, idx, alpha, height, width):
     x0 = np.clip(cx - cw // 2, 0, width)
     x1 = np.clip(cx + cw - cw // 2, 0, width)
     rects = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
-    weight = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    # the share of the image that stays; an image without pixels keeps all of its label
+    area = float(height * width)
+    weight = 1.0 - (y1 - y0) * (x1 - x0) / area if area else np.ones(len(rects))
     return {"rects": rects, "lam": weight}
 
 
