@@ -546,3 +546,16 @@ def test_torch_module_refused_in_place_keeps_the_counter():
     assert m.offset == 0 and "inplace=True" in repr(m)
     x = torch.randn(2, 3, 6, 6)
     assert m(x) is x and m.offset > 0
+
+
+def test_torch_module_refuses_a_block_that_does_not_fit_before_any_draw():
+    """A block_size that does not fit the map is refused before the counter moves and before
+    torch's generator is drawn from (the word activation checkpointing replays)."""
+    torch = pytest.importorskip("torch")
+    import fastreg.torch as frt
+    m, x = frt.DropBlock2d(0.1, 5, seed=1), torch.randn(2, 3, 4, 4)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="does not fit the 4x4 feature map"):
+        m(x)
+    assert m.offset == 0 and torch.equal(torch.get_rng_state(), state)
+    assert m(torch.randn(2, 3, 0, 4)).shape == (2, 3, 0, 4)   # nothing to drop: no check

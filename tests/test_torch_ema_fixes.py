@@ -298,3 +298,14 @@ def test_tensor_arguments_are_still_checked():
         frt.clip_grad_norm_(params, 1.0, torch.tensor(0.0))
     with pytest.raises(ValueError, match="clip_factor must be a number or a one-element"):
         frt.adaptive_clip_grad_(params, torch.ones(2))
+
+
+def test_update_takes_a_one_element_tensor_step():
+    """update(model, step=t) with a 0-d integer tensor (an optimizer's step count) takes its
+    value, as timm's arithmetic on it does; a fractional step is still refused."""
+    m = torch.nn.Linear(3, 2)
+    ema = frt.ModelEma(m, decay=0.9, use_warmup=True)
+    assert ema.get_decay(torch.tensor(5)) == ema.get_decay(5)
+    ema.update(m, step=torch.tensor(5))
+    with pytest.raises(ValueError, match="step"):
+        ema.get_decay(torch.tensor(1.5))

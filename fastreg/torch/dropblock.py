@@ -8,8 +8,8 @@ gives the same mask: seed position (n, c, h, w) uses the same word in either lay
 """
 import torch
 
-import fastreg
 from .. import _arrays
+from .. import dropblock as _fr_dropblock
 from . import _bridge, ops
 from .functions import MaskGrad
 from .modules import _CounterDropout, _check_in_place_allowed
@@ -132,6 +132,11 @@ class DropBlock2d(_CounterDropout):
             return x
         if self.inplace and torch.is_grad_enabled():
             _check_in_place_allowed(x)   # before the counter moves (torch would refuse)
+        # a block_size that does not fit the map, refused before the counter or torch's
+        # generator (the activation-checkpointing word) moves
+        if x.numel():
+            _fr_dropblock._gamma(self.p, self.block_size, x.shape[2], x.shape[3],
+                                 self.gamma_scale)
         y = self._advance(x, x.numel(), self._drop)
         if self.inplace and y is not x:
             x.copy_(y)

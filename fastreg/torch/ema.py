@@ -17,6 +17,7 @@ import torch
 
 from .. import _dispatch
 from .. import ema as _ema
+from . import _bridge
 
 __all__ = ["ModelEma"]
 
@@ -114,12 +115,14 @@ class ModelEma(torch.nn.Module):
 
         Parameters
         ----------
-        step : int or None
+        step : int, one-element integer tensor, or None
 
         Returns
         -------
         float
         """
+        if step is not None:
+            step = _bridge.number(step, "step")   # a one-element tensor (an int64 step count)
         return _ema.ema_decay(step, self.decay, min_decay=self.min_decay,
                               update_after_step=self.update_after_step,
                               use_warmup=self.use_warmup, warmup_gamma=self.warmup_gamma,
@@ -142,9 +145,11 @@ class ModelEma(torch.nn.Module):
         Entries are matched by name, up to the names that wrappers add (see _plain_names), so a
         model compiled with ``torch.compile`` or wrapped in DDP, as timm's train loop passes it,
         updates the average of the bare model. A tensor tied under several names (an embedding
-        shared with the output layer) is averaged once, as in torch's ``AveragedModel`` and
-        timm: listed twice, it would be one array updated twice, which ``fastreg.ema_update``
-        refuses. The model must tie the same entries as the EMA's copy."""
+        shared with the output layer) is averaged once, as in torch's ``AveragedModel`` (timm's
+        ModelEmaV3 lerps every state_dict entry, so a tensor tied under two names twice a
+        step): listed twice, it would be one array updated twice, which
+        ``fastreg.ema_update`` refuses. The model must tie the same entries as the EMA's
+        copy."""
         what = "parameters and buffers" if self.exclude_buffers else "state_dict entries"
         ours, theirs = self._entries(self.module), self._entries(model)
         names = [k for k, _, _ in ours]
