@@ -10,6 +10,7 @@
                                                                   Numba's cache (warm images)
 """
 import argparse
+import os
 import sys
 
 
@@ -134,7 +135,8 @@ def build_parser():
 def _environment_error():
     """The message of a bad FASTREG_BACKEND / FASTREG_NUM_THREADS (or OMP_ / NUMBA_NUM_THREADS)
     value, which every command reads, or None: checked before the command runs, so that a typo
-    in the environment is one line, not a traceback from inside the command."""
+    in the environment, or a backend it names that cannot run here (FASTREG_BACKEND=cuda
+    without a GPU), is one line, not a traceback from inside the command."""
     import fastreg
     from fastreg import _registry
     try:
@@ -142,6 +144,8 @@ def _environment_error():
         fastreg.get_num_threads()
     except ValueError as exc:
         return str(exc)
+    except _registry.BackendUnavailableError as exc:
+        return f"FASTREG_BACKEND={os.environ.get('FASTREG_BACKEND')!r}: {exc}"
     return None
 
 

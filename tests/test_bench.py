@@ -142,8 +142,15 @@ def test_console_command(capsys):
         assert exc.value.code == 2 and "usage:" in err and bad[0] in err, err
 
 
+# FASTREG_BACKEND=cuda names a backend that cannot run here (no GPU, no simulator)
+NO_CUDA = pytest.mark.skipif(fastreg.available_backends()["cuda"] is None
+                             or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1",
+                             reason="the cuda backend runs here")
+
+
 @pytest.mark.parametrize("var,value", [("FASTREG_BACKEND", "bogus"),
-                                       ("FASTREG_NUM_THREADS", "abc")])
+                                       ("FASTREG_NUM_THREADS", "abc"),
+                                       pytest.param("FASTREG_BACKEND", "cuda", marks=NO_CUDA)])
 def test_console_command_names_a_bad_environment_variable(var, value):
     """A typo in the environment is one line and exit status 2, not a traceback (in a process
     of its own: this one has read its settings already)."""
