@@ -481,6 +481,25 @@ def test_convert_fuses_bn_relu_only_where_nothing_can_see_between():
     assert seen == ["Dropout", "BatchNorm2d"]
 
 
+def test_convert_keeps_the_buffers_of_a_bn_whose_tracking_was_turned_off():
+    """A BatchNorm given track_running_stats=False after construction keeps its running
+    statistics (torch uses them in eval): convert keeps them and the flag, as torch's
+    convert_sync_batchnorm does (it refused the buffers' state_dict keys before)."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    bn(torch.randn(8, 4, 5, 5))
+    bn.track_running_stats = False
+    new = frt.convert(bn)
+    assert new.track_running_stats is False
+    assert torch.equal(new.running_mean, bn.running_mean)
+    assert torch.equal(new.running_var, bn.running_var)
+    x = torch.randn(6, 4, 5, 5)
+    for mode in ("train", "eval"):
+        getattr(bn, mode)(), getattr(new, mode)()
+        torch.testing.assert_close(new(x), bn(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(new.running_mean, bn.running_mean)   # not updated in training
+
+
 def test_convert_refuses_half_batchnorm():
     with pytest.raises(TypeError, match="float16"):
         frt.convert(nn.Sequential(nn.BatchNorm2d(3)).half())

@@ -262,6 +262,53 @@ def test_sync_batchnorm_double_backward_raises(tmp_path):
         assert out.strip() == "raised True", out + err
 
 
+BAD_ARGUMENTS = r"""
+import sys
+import torch
+import torch.distributed as dist
+import fastreg.torch as frt
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=int(sys.argv[2]),
+                        world_size=2)
+cases = [(dict(num_features=4), (8, 6, 3, 3), "weight must have shape (6,)"),
+         (dict(num_features=4, affine=False), (8, 6, 3, 3), "running_mean must have shape"),
+         (dict(num_features=3, momentum=float("nan")), (4, 3, 2, 2), "momentum"),
+         (dict(num_features=3, momentum=1.5), (4, 3, 2, 2), "momentum"),
+         (dict(num_features=3, eps=-1.0), (4, 3, 2, 2), "eps"),
+         (dict(num_features=3, eps=0.0), (4, 3, 2, 2), "eps")]
+for kwargs, shape, message in cases:
+    m = frt.SyncBatchNorm(**kwargs)
+    before = [t.clone() for t in m.buffers()]
+    try:
+        m(torch.randn(*shape))
+        print("no error", kwargs)
+    except ValueError as exc:
+        same = all(torch.equal(a, b) for a, b in zip(before, m.buffers()))
+        print("raised", message in str(exc), same)
+m = frt.SyncBatchNorm(3)
+print("ran", m(torch.randn(4, 3, 2, 2)).shape == (4, 3, 2, 2))   # the group still works
+dist.destroy_process_group()
+"""
+
+
+def test_sync_batchnorm_checks_its_arguments_before_any_change(tmp_path):
+    """A synchronized call with channels that the module lacks (the kernels would read past
+    weight / running statistics), a NaN or out-of-range momentum, or eps <= 0 raises a
+    ValueError naming them before the counter, the running statistics or a collective, as
+    the unsynchronized call does."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", BAD_ARGUMENTS, str(tmp_path / "rdv"),
+                               str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert out.split("\n")[:-1] == ["raised True True"] * 6 + ["ran True"], out + err
+
+
 def test_sync_batchnorm_without_process_group_is_plain_batchnorm():
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(3).to(F64)

@@ -66,13 +66,18 @@ def _batch_norm(old, cls, backend):
     extra = {}
     if issubclass(cls, (SyncBatchNorm, SyncBatchNormReLU)):
         extra["process_group"] = getattr(old, "process_group", None)
+    # the running statistics exist where old has them: a module built with them and given
+    # track_running_stats=False afterwards (batch statistics in training, its buffers in eval)
+    # keeps them, as torch's convert_sync_batchnorm keeps them
+    buffers = old.running_mean is not None and old.running_var is not None
     new = cls(old.num_features, eps=old.eps, momentum=old.momentum, affine=old.affine,
-              track_running_stats=old.track_running_stats,
+              track_running_stats=buffers,
               bias=not old.affine or old.bias is not None, backend=backend, **extra)
     ref = old.weight if old.weight is not None else old.running_mean
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)
     new.load_state_dict(old.state_dict())
+    new.track_running_stats = old.track_running_stats
     for name in ("weight", "bias"):
         p = getattr(old, name)
         if p is not None:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-from .. import _dispatch
+from .. import _arrays, _dispatch
+from .. import batchnorm as _bn
 from ..batchnorm import _const, _host64, _on, _writeback, merge_stats
 from . import _bridge
 from . import modules as M
@@ -251,6 +252,17 @@ class _SyncMixin:
                             "autocast; unsynchronized calls take 16-bit input)")
         rm = self.running_mean if self.track_running_stats else None
         rv = self.running_var if self.track_running_stats else None
+        # the checks the unsynchronized call makes (fastreg.batch_norm's), before the counter
+        # or a collective: the kernels read as many per-channel values as x has channels
+        _bn._check_eps(self.eps)
+        if self.momentum is not None:
+            _arrays.check_probability(self.momentum, "momentum")
+        C = x.shape[1]
+        for name, t in (("weight", self.weight), ("bias", self.bias), ("running_mean", rm),
+                        ("running_var", rv)):
+            if t is not None and tuple(t.shape) != (C,):
+                raise ValueError(f"{name} must have shape ({C},) for an input of {C} channels "
+                                 f"(x of shape {tuple(x.shape)}), got {tuple(t.shape)}")
         momentum = 0.0 if self.momentum is None else self.momentum
         if rm is not None:
             self.num_batches_tracked.add_(1)
