@@ -84,7 +84,8 @@ def l1_penalty(w, lam, *, backend="auto"):
         if (r := _dispatch.torch_call(l1_penalty, locals())) is not _dispatch.NOT_TORCH:
             return r
     lam = _arrays.check_nonneg(lam, "lam")
-    return lam * _sums(w, backend)[0]
+    s = _sums(w, backend)[0]
+    return lam * s if lam else 0.0   # as elastic_net_penalty: 0 * an overflowed sum is 0
 
 
 def l2_penalty(w, lam, *, backend="auto"):
@@ -113,7 +114,8 @@ def l2_penalty(w, lam, *, backend="auto"):
         if (r := _dispatch.torch_call(l2_penalty, locals())) is not _dispatch.NOT_TORCH:
             return r
     lam = _arrays.check_nonneg(lam, "lam")
-    return lam * _sums(w, backend)[1]
+    s = _sums(w, backend)[1]
+    return lam * s if lam else 0.0   # as elastic_net_penalty: 0 * an overflowed sum is 0
 
 
 def elastic_net_penalty(w, l1, l2, *, backend="auto"):

@@ -1,4 +1,6 @@
 """Penalties, their gradients and the proximal steps: every backend vs the reference."""
+import math
+
 import numpy as np
 import pytest
 from conftest import big, bits
@@ -286,3 +288,13 @@ def test_prox_threshold_beyond_the_dtype_is_refused():
     w64 = w.astype(np.float64)
     fastreg.prox_l1(w64, 1e39)
     assert w64[1] == 0 and w64[2] == 0
+
+
+def test_zero_strength_penalty_is_zero_even_for_an_overflowed_sum(backend):
+    """lam = 0 drops the term, as elastic_net_penalty and the gradients do: 0, not
+    0 * inf = NaN, when the sum overflows (or w holds inf)."""
+    for w in (np.array([1e200, 1.0]), np.array([np.inf, 1.0], np.float32)):
+        assert fastreg.l1_penalty(w, 0.0, backend=backend) == 0.0
+        assert fastreg.l2_penalty(w, 0.0, backend=backend) == 0.0
+        assert fastreg.elastic_net_penalty(w, 0.0, 0.0, backend=backend) == 0.0
+    assert fastreg.l2_penalty(np.array([1e200, 1.0]), 1.0, backend=backend) == math.inf

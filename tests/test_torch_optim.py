@@ -288,3 +288,60 @@ def test_torch_optim_fused_path_is_taken(monkeypatch):
             before = p.detach().clone()
             make([p]).step()
             assert not torch.equal(p.detach(), before)
+
+
+def test_refused_param_group_is_not_kept():
+    """add_param_group that raises (a negative lr, an integer parameter) leaves the optimizer
+    as it was, as torch's refusals do: its next step runs."""
+    p, q = torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4, 2))
+    opt = frt.optim.SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\]"):
+        opt.add_param_group({"params": [q], "lr": -1.0})
+    with pytest.raises(TypeError):
+        opt.add_param_group({"params": [torch.zeros(3, dtype=torch.int64)]})
+    assert len(opt.param_groups) == 1
+    p.grad = torch.ones_like(p)
+    before = p.detach().clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), before - 0.1)
+
+
+def test_adamw_state_without_decoupled_key_stays_decoupled():
+    """An AdamW state dict without 'decoupled_weight_decay' (older torch), or an Adam one,
+    loads into frt's AdamW with decoupled decay, as torch.optim.AdamW forces it."""
+    p = torch.nn.Parameter(torch.ones(2, 2))
+    ref = torch.optim.AdamW([p], lr=0.1, weight_decay=0.5)
+    p.grad = torch.ones(2, 2)
+    ref.step()
+    sd = ref.state_dict()
+    for g in sd["param_groups"]:
+        g.pop("decoupled_weight_decay")
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = frt.optim.AdamW([q], lr=0.1, weight_decay=0.5, decay_mask=True)
+    opt.load_state_dict(copy.deepcopy(sd))
+    assert opt.param_groups[0]["decoupled_weight_decay"] is True
+    ref.load_state_dict(sd)
+    q.grad = p.grad.clone()
+    ref.step()
+    opt.step()
+    torch.testing.assert_close(q.detach(), p.detach())
+
+
+def test_max_grad_norm_errors_name_it():
+    p = torch.nn.Parameter(torch.ones(2))
+    for cls in (frt.optim.SGD, frt.optim.Adam, frt.optim.AdamW):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            cls([p], lr=0.1, max_grad_norm=-1.0)
+        with pytest.raises(TypeError, match="max_grad_norm"):
+            cls([p], lr=0.1, max_grad_norm="x")
+
+
+def test_lazily_negated_gradient():
+    """A gradient with the neg bit set (torch._neg_view): its values, as torch.optim reads
+    them (NumPy cannot view it)."""
+    p, q = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(5))
+    g = torch._neg_view(torch.arange(5.0))
+    p.grad, q.grad = g, g.clone()
+    torch.optim.SGD([q], lr=0.5, momentum=0.9).step()
+    frt.optim.SGD([p], lr=0.5, momentum=0.9).step()
+    assert torch.equal(p.detach(), q.detach())

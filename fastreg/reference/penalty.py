@@ -15,7 +15,8 @@ def _sgn(w):
 def penalty_sums(w):
     """(sum |w|, sum w**2) of a 1-D array, accumulated in float64."""
     w64 = w.astype(np.float64)
-    return float(np.abs(w64).sum()), float(np.dot(w64, w64))
+    with np.errstate(over="ignore"):   # an overflowed sum is inf, quietly, as on the kernels
+        return float(np.abs(w64).sum()), float(np.dot(w64, w64))
 
 
 def _grad(w, l1, c2):

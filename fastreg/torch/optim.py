@@ -168,12 +168,19 @@ class _FastregOptimizer(torch.optim.Optimizer):
             self._check_options({**self.defaults, **param_group}, gi)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        for j, p in enumerate(group["params"]):
-            _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]", half=True)
-            if p.is_complex():  # pragma: no cover - excluded by the dtype check
-                raise TypeError("complex parameters are not supported")
-        group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
-        self._check_group(group, gi)
+        try:
+            for j, p in enumerate(group["params"]):
+                _bridge.check_float(p, f"param_groups[{gi}]['params'][{j}]", half=True)
+                if p.is_complex():  # pragma: no cover - excluded by the dtype check
+                    raise TypeError("complex parameters are not supported")
+            group["decay_mask"] = self._resolve_mask(group["decay_mask"], group["params"], gi)
+            self._check_group(group, gi)
+        except BaseException:
+            # a refused group is not kept (as torch's own refusals): the optimizer stays as
+            # it was, and its next step does not meet the bad group again
+            if self.param_groups and self.param_groups[-1] is group:
+                self.param_groups.pop()
+            raise
 
     @staticmethod
     def _resolve_mask(mask, params, gi):
@@ -351,6 +358,8 @@ class _FastregOptimizer(torch.optim.Optimizer):
                 ready.append((None, None, None))
                 continue
             job = self._job(group, p)
+            if g.is_neg():   # a lazily negated view (torch._neg_view): its memory is -g
+                g = g.resolve_neg()
             gv = _view(job, self._laid_out(g, p))
             gkind = None
             if g.dtype in _HALF and self._fused(group, j, job, grads=True) is not None:
@@ -421,7 +430,7 @@ class _FastregOptimizer(torch.optim.Optimizer):
         max_grad_norm."""
         if getattr(self, "max_grad_norm", None) is None:
             return 1.0
-        max_norm = _clip._check_max_norm(self.max_grad_norm)
+        max_norm = _clip._check_max_norm(self.max_grad_norm, "max_grad_norm")
         index = {id(group): gi for gi, group in enumerate(self.param_groups)}
         grads = [((index[id(group)], j), job, gv)
                  for (group, j, *_), (job, gv, _) in zip(work, ready) if gv is not None]
@@ -588,7 +597,7 @@ class SGD(_FastregOptimizer):
                  check_finite=False, backend="auto", max_grad_norm=None, maximize=False,
                  foreach=None, differentiable=False, fused=None):
         self.max_grad_norm = (None if max_grad_norm is None
-                              else _clip._check_max_norm(max_grad_norm))
+                              else _clip._check_max_norm(max_grad_norm, "max_grad_norm"))
         self.last_grad_norm = None
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov, decoupled=decoupled,
@@ -703,7 +712,7 @@ class Adam(_FastregOptimizer):
                  capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=None):
         self.max_grad_norm = (None if max_grad_norm is None
-                              else _clip._check_max_norm(max_grad_norm))
+                              else _clip._check_max_norm(max_grad_norm, "max_grad_norm"))
         self.last_grad_norm = None
         if decoupled_weight_decay is None:
             decoupled_weight_decay = self._DECOUPLED
@@ -803,6 +812,13 @@ class AdamW(Adam):
     """
 
     _DECOUPLED = True
+
+    def __setstate__(self, state):
+        # torch.optim.AdamW's rule: its groups decay decoupled whatever a state says (an older
+        # checkpoint without the key, or an Adam state loaded into AdamW)
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, l1=0.0, decay_mask=None, check_finite=False,
