@@ -659,8 +659,8 @@ def allgather_stats(count, mean, m2, comm, *, timeout="default"):
 
     Notes
     -----
-    One watched ``Iallgather`` of [count, mean, m2] (1 + 2C float64 per rank; counts are exact
-    below 2**53), then ``fastreg.merge_stats`` (Chan, Golub & LeVeque's update) over the parts in
+    One watched ``Iallgather`` of [count, C, mean, m2] (2 + 2C float64 per rank; counts are
+    exact below 2**53; a rank that finds another C raises ValueError), then ``fastreg.merge_stats`` (Chan, Golub & LeVeque's update) over the parts in
     rank order, so every rank does the same arithmetic on the same numbers.
     """
     from .batchnorm import merge_stats
@@ -668,14 +668,19 @@ def allgather_stats(count, mean, m2, comm, *, timeout="default"):
     mean = np.asarray(mean, np.float64).reshape(-1)
     m2 = np.asarray(m2, np.float64).reshape(-1)
     C = mean.shape[0]
-    send = np.empty(1 + 2 * C, np.float64)
-    send[0], send[1:1 + C], send[1 + C:] = _check_count(count), mean, m2
+    # [count, C, mean, m2]: every rank checks the channel counts it received (ranks with other
+    # C send rows of another length, which would otherwise be merged as statistics)
+    send = np.empty(2 + 2 * C, np.float64)
+    send[0], send[1], send[2:2 + C], send[2 + C:] = _check_count(count), C, mean, m2
     size = comm.Get_size()
-    recv = np.empty((size, 1 + 2 * C), np.float64)
+    recv = np.full((size, 2 + 2 * C), np.nan)
     op = f"Iallgather (batch-norm statistics, {C} channels)"
     req = _start(comm, op, lambda: comm.Iallgather(send, recv))
     _wait(comm, req, op, _timeout(timeout))
-    parts = [(int(r[0]), r[1:1 + C], r[1 + C:]) for r in recv]
+    if not np.all(recv[:, 1] == C):
+        raise ValueError(f"the ranks' inputs have different channel counts (this rank: {C}); "
+                         "synchronized batch norm needs the same C on every rank")
+    parts = [(int(r[0]), r[2:2 + C], r[2 + C:]) for r in recv]
     return merge_stats(parts)
 
 

@@ -112,6 +112,16 @@ def main():
         assert "more than 1 value" in str(exc)
     else:
         raise AssertionError("one value over all ranks was accepted")
+    # ranks with different channel counts: refused on every rank (rows of other lengths were
+    # merged as statistics before)
+    if size > 1:
+        x = np.ones((4, 3 + rank))
+        try:
+            fastreg.batch_norm(x, training=True, backend="numpy", comm=comm)
+        except (ValueError, dist.CollectiveError) as exc:
+            assert isinstance(exc, dist.CollectiveError) or "channel counts" in str(exc), exc
+        else:
+            raise AssertionError("different channel counts were accepted")
     dist.barrier(comm, timeout=30)
     print(f"SYNC_BN OK rank {rank} cases {n}", flush=True)
 
