@@ -592,7 +592,10 @@ _BN_DOC = """{what}
         C, the channel count.
     eps, momentum, affine, track_running_stats, device, dtype, bias
         As in torch (``momentum=None``: cumulative average; ``bias=False``: an affine weight
-        without a bias).
+        without a bias), checked at each call as ``fastreg.batch_norm`` checks
+        them, stricter than torch: ``eps`` finite and > 0, ``momentum`` in [0, 1] (ValueError).
+        A refused call changes nothing: also one value per channel in training, where torch
+        counts the batch in ``num_batches_tracked`` before it raises.
     backend : {{"auto", "numpy", "cpu", "c", "cuda"}}
         Keyword only; "auto" picks "cuda" for CUDA tensors and the fastest host backend that
         implements batch norm otherwise.
