@@ -919,7 +919,10 @@ def batch_norm_stats(x, *, axis=1, backend="auto"):
     The statistics are accumulated in float64 with a stable method (shifted sums or two
     passes); ``merge_stats`` combines them with Chan, Golub & LeVeque's pairwise update, so
     statistics of parts (micro-batches, processes) combine into exactly those of the whole, up
-    to rounding.
+    to rounding. Range: float64 sums of squares overflow once a channel's values reach about
+    1e154 (float32, float16 and bfloat16 inputs never get there); beyond, M2 (and for values
+    near the float64 maximum the mean) is inf or NaN, and which of the two may differ between
+    backends.
     """
     if type(x) is not np.ndarray:
         if (r := _dispatch.torch_call(batch_norm_stats, locals())) is not _dispatch.NOT_TORCH:
