@@ -1,5 +1,4 @@
 """Swap torch's (and timm's) dropout and batch-norm modules in an existing model for fastreg's."""
-import torch
 from torch import nn
 
 from .. import _arrays
@@ -205,8 +204,7 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
     Raises
     ------
     TypeError
-        model is not an nn.Module; a parameter or buffer in half precision (fastreg's kernels
-        run float32 and float64 only: keep such layers in torch).
+        model is not an nn.Module.
     ValueError
         seed not an integer in [0, 2**64); a timm module with an option fastreg does not
         provide (DropPath ``scale_by_keep=False``; DropBlock2d ``with_noise=True`` or
@@ -218,11 +216,6 @@ def convert(model, *, seed=None, backend="auto", fuse_relu=True, inplace=False):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if seed is not None:
         seed = _arrays.check_uint64(seed, "seed")
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if type(owner) in dict(_BATCHNORMS) and t.dtype in (torch.float16, torch.bfloat16):
-            raise TypeError(f"{name} is {t.dtype}: fastreg's batch norm runs float32 and float64 "
-                            "only; convert the model to float32 first or keep this layer")
     for path, m in model.named_modules():   # refuse before anything is converted
         if _is_timm(m, "DropPath", _TIMM_DROP_PATH):
             _timm_drop_path(m, path, 0, backend)

@@ -8,7 +8,6 @@ and the per-channel float64 mean and inverse standard deviation.
 """
 import torch
 
-import fastreg
 from .. import _arrays
 from ..dropout import MODES
 from . import _bridge, ops
@@ -213,6 +212,10 @@ def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_ba
     traces (the updated running statistics it returns are copied into the buffers), the direct
     autograd Function in eager mode (which updates them in place). ``host``: see
     ``ops.bn_forward_run`` (eager only)."""
+    if x.dtype in _HALF and any(t is not None and t.dtype == x.dtype
+                                for t in (weight, bias, running_mean, running_var)):
+        return _half_tensors_call(x, weight, bias, residual, running_mean, running_var,
+                                  num_batches_tracked, training, momentum, eps, relu, backend)
     if torch.compiler.is_compiling():
         update = training and running_mean is not None
         y, _, _, rm, rv, nbt = ops.batch_norm(x, weight, bias, residual, running_mean,
@@ -229,6 +232,27 @@ def batch_norm_call(x, weight, bias, residual, running_mean, running_var, num_ba
                                    host)
 
 
+def _half_tensors_call(x, weight, bias, residual, running_mean, running_var,
+                       num_batches_tracked, training, momentum, eps, relu, backend):
+    """batch_norm_call for a 16-bit x whose parameters or running statistics are 16-bit too (a
+    model made 16-bit with ``.bfloat16()``, as torch's BatchNorm runs it): the kernels take them
+    widened to float32 (exact; the weight and bias through a differentiable cast, so their
+    gradients come back in their dtype), and updated running statistics are rounded back into
+    the 16-bit buffers once (round to nearest even), as torch's CPU kernel stores them."""
+    def wide(t):
+        return t.float() if t is not None and t.dtype in _HALF else t
+
+    rm, rv = wide(running_mean), wide(running_var)
+    y = batch_norm_call(x, wide(weight), wide(bias), residual, rm, rv, num_batches_tracked,
+                        training, momentum, eps, relu, backend)
+    with torch.no_grad():
+        for t, w in ((running_mean, rm), (running_var, rv)):
+            if t is not None and w is not t:
+                t.copy_(w)
+    return y
+
+
+_HALF = (torch.float16, torch.bfloat16)
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked",
                "residual")
 
