@@ -345,3 +345,29 @@ def test_lazily_negated_gradient():
     torch.optim.SGD([q], lr=0.5, momentum=0.9).step()
     frt.optim.SGD([p], lr=0.5, momentum=0.9).step()
     assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("make", [lambda ps: frt.optim.AdamW(ps, lr=1e-2),
+                                  lambda ps: frt.optim.SGD(ps, lr=1e-2, momentum=0.9)])
+def test_16bit_parameters_resume_exactly_from_a_state_dict(dtype, make):
+    """A 16-bit parameter's state is float32 (fastreg's rule); load_state_dict keeps it
+    float32 (torch's loader casts state to the parameter's dtype): the resumed run's next steps
+    equal the uninterrupted run's, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(1000, generator=g).to(dtype))
+    opt = make([p])
+    for _ in range(3):
+        p.grad = torch.randn(1000, generator=g).to(dtype)
+        opt.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = make([q])
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for k, v in opt.state[p].items():
+        assert resumed.state[q][k].dtype == v.dtype and torch.equal(resumed.state[q][k], v)
+    for _ in range(2):
+        grad = torch.randn(1000, generator=g).to(dtype)
+        p.grad, q.grad = grad.clone(), grad.clone()
+        opt.step()
+        resumed.step()
+    assert torch.equal(p, q)

@@ -226,7 +226,20 @@ class _FastregOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(state_dict.get("param_groups", [])):
             self._check_options(group, gi)
         previous = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        # torch casts every floating state tensor to its parameter's dtype; fastreg keeps a
+        # 16-bit parameter's moments in float32, so a saved float32 moment is put back as
+        # saved (rounded to 16 bits, a resumed run would leave the uninterrupted one)
+        saved = state_dict.get("state", {})
+        ids = [i for g in state_dict.get("param_groups", []) for i in g["params"]]
+        wide = {}
+        for i, p in zip(ids, (p for g in self.param_groups for p in g["params"])):
+            if p.dtype in _HALF and i in saved:
+                wide[p] = {k: v for k, v in saved[i].items() if k != "step"
+                           and torch.is_tensor(v) and v.dtype == torch.float32}
         super().load_state_dict(state_dict)
+        for p, values in wide.items():
+            for k, v in values.items():
+                self.state[p][k] = v.to(device=p.device, copy=True)
         for gi, (group, old) in enumerate(zip(self.param_groups, previous)):
             for k, v in old.items():
                 group.setdefault(k, v)
