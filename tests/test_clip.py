@@ -528,7 +528,7 @@ def test_torch_optimizer_max_grad_norm(name, kwargs):
             assert torch.equal(x, y)
             np.testing.assert_allclose(x.detach().numpy(), z.detach().numpy(), rtol=1e-5,
                                        atol=1e-7)
-    with pytest.raises(ValueError, match="max_norm"):
+    with pytest.raises(ValueError, match="max_grad_norm"):
         getattr(frt.optim, name)(a, max_grad_norm=-2.0, **kwargs)
 
 
