@@ -457,7 +457,9 @@ def prox_group_lasso(w, threshold, axis, *, backend="auto"):
     columns for ``axis=0``) becomes ``g * max(0, 1 - threshold / ||g||_2)``. The norm and the
     factor are computed in float64 and the factor is applied with one multiply in w's dtype;
     backends may differ by the rounding of the norm (a few ulp), never on which groups vanish
-    except at a tie ``||g|| == threshold`` to within that rounding.
+    except at a tie ``||g|| == threshold`` to within that rounding. A group whose norm is NaN
+    (a NaN in it) takes the factor 0, at any threshold: its NaN entries stay NaN (NaN * 0) and
+    its other entries become 0, on every backend.
 
     Parameters
     ----------
