@@ -298,7 +298,9 @@ class threads:
 
     def __exit__(self, *exc):
         me = threading.get_ident()
-        stack = self._saved[me]
+        stack = self._saved.get(me)
+        if not stack:   # entered by another thread (a generator closed elsewhere): its
+            return False   # setting is that thread's, not restorable from here
         _local.override = stack.pop()
         if not stack:
             del self._saved[me]

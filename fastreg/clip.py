@@ -139,7 +139,9 @@ def _norm_of(job, batch, p):
 
 
 _F32 = np.dtype(np.float32)
-_F32_MAX = float(np.finfo(np.float32).max)
+# the smallest double that rounds to inf in float32 (the largest finite value plus half an ulp:
+# round to nearest even goes up from there)
+_F32_INF = 2.0 ** 128 - 2.0 ** 103
 
 
 def _torch_overflows(job, batch, sums, p, r):
@@ -149,7 +151,7 @@ def _torch_overflows(job, batch, sums, p, r):
     element is its own norm), then the norm of those norms in float32 when every gradient is
     float32 (in float64 otherwise). ``sums``: ``_sums_of``'s. The inf norm's max is exact."""
     s32 = sums.get(_F32)
-    if p == math.inf or s32 is None or not (s32 > _F32_MAX or root(s32, p) > _F32_MAX):
+    if p == math.inf or s32 is None or not (s32 >= _F32_INF or root(s32, p) >= _F32_INF):
         return False   # no float32 sum or norm of torch's can pass float32's range
     if isinstance(batch, _Planned):
         grads = batch.grads
@@ -157,11 +159,11 @@ def _torch_overflows(job, batch, sums, p, r):
     else:
         grads = batch.views
         f32 = [grads[i] for i in batch.groups[_F32] if grads[i].size]
-    if r == np.float32 and len(grads) >= 2 and s32 > _F32_MAX:
+    if r == np.float32 and len(grads) >= 2 and s32 >= _F32_INF:
         return True    # the norm of the norms sums their p-th powers in float32
     for g in f32:
         si = job.op("norm_sum")([g], p)
-        if (g.size >= 2 and si > _F32_MAX) or root(si, p) > _F32_MAX:
+        if (g.size >= 2 and si >= _F32_INF) or root(si, p) >= _F32_INF:
             return True
     return False
 

@@ -99,6 +99,17 @@ def test_one_threads_object_entered_again_restores_each_level():
     assert seen == {"worker": 5} and fastreg.get_num_threads() == outside
     assert not t._saved
 
+    def block():
+        with fastreg.threads(1):
+            yield
+
+    gen = block()
+    th = threading.Thread(target=next, args=(gen,))   # entered in another thread
+    th.start()
+    th.join()
+    gen.close()   # exited here: that thread's setting is not this one's to restore
+    assert fastreg.get_num_threads() == outside
+
 
 def test_set_num_threads_overrides_a_bad_environment(monkeypatch):
     """A bad FASTREG_NUM_THREADS is refused where the count is read; an explicit

@@ -540,7 +540,9 @@ def test_converted_half_batchnorm_matches_torch(dtype, channels_last):
     assert int(ours[0].num_batches_tracked) == 3
     ref.eval(), ours.eval()
     x = torch.randn(6, 4, 5, 5).to(dtype)
+    version = ours[0].running_var._version
     close(ours(x), ref(x))
+    assert ours[0].running_var._version == version   # eval writes no buffer (as torch)
 
 
 # --- optimizers -------------------------------------------------------------------------------------

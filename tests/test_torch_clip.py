@@ -54,6 +54,9 @@ OVERFLOW_CASES = [
     ([((4,), 1e38, torch.float32), ((3,), 1.0, _F64)], 0.5),
     ([((5,), 1e13, torch.float32), ((3,), 1.0, _F64)], 3.0),
     ([((5,), 3e38, torch.float32), ((3,), 1.0, torch.float32)], math.inf),  # a max: exact
+    # float32's largest value plus a little: rounds to it, not to inf (half an ulp is 1e31)
+    ([((1,), 3.4028234663852886e38, torch.float32), ((1,), 1e30, torch.float32)], 1.0),
+    ([((1,), 3.4028234663852886e38, torch.float32), ((1,), 1e19, torch.float32)], 0.5),
 ]
 
 

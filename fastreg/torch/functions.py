@@ -245,10 +245,11 @@ def _half_tensors_call(x, weight, bias, residual, running_mean, running_var,
     rm, rv = wide(running_mean), wide(running_var)
     y = batch_norm_call(x, wide(weight), wide(bias), residual, rm, rv, num_batches_tracked,
                         training, momentum, eps, relu, backend)
-    with torch.no_grad():
-        for t, w in ((running_mean, rm), (running_var, rv)):
-            if t is not None and w is not t:
-                t.copy_(w)
+    if training and running_mean is not None:   # updated (batch_norm_call's rule): store
+        with torch.no_grad():
+            for t, w in ((running_mean, rm), (running_var, rv)):
+                if t is not None and w is not t:
+                    t.copy_(w)
     return y
 
 

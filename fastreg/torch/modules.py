@@ -455,6 +455,7 @@ class _FastregBatchNorm:
         ----------
         x : torch.Tensor of the class's rank (channels at axis 1); float32 or float64 with the
             module's dtype and device, or float16/bfloat16 with float32 parameters (autocast)
+            or with parameters and statistics of x's own dtype (``model.bfloat16()``)
 
         Returns
         -------

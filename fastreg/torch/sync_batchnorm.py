@@ -48,17 +48,22 @@ def _allgather_stats(count, mean, m2, group, device):
     """(count, mean, M2) of every rank of ``group`` merged in rank order (identical on all)."""
     dist = _dist()
     C = mean.shape[0]
-    send = torch.empty(1 + 2 * C, dtype=torch.float64)
-    send[0] = float(count)
-    send[1:1 + C] = torch.from_numpy(mean)
-    send[1 + C:] = torch.from_numpy(m2)
+    # [count, C, mean, m2], as fastreg.distributed.allgather_stats: a rank that receives
+    # another channel count refuses it (a backend that checks sizes, gloo, may stop first)
+    send = torch.empty(2 + 2 * C, dtype=torch.float64)
+    send[0], send[1] = float(count), float(C)
+    send[2:2 + C] = torch.from_numpy(mean)
+    send[2 + C:] = torch.from_numpy(m2)
     send = send.to(device)
-    recv = [torch.empty_like(send) for _ in range(dist.get_world_size(group))]
+    recv = [torch.full_like(send, float("nan")) for _ in range(dist.get_world_size(group))]
     dist.all_gather(recv, send, group=group)
     parts = []
     for r in recv:
         r = r.cpu().numpy()
-        parts.append((int(r[0]), r[1:1 + C], r[1 + C:]))
+        if r[1] != C:
+            raise ValueError(f"the ranks' inputs have different channel counts (this rank: "
+                             f"{C}); synchronized batch norm needs the same C on every rank")
+        parts.append((int(r[0]), r[2:2 + C], r[2 + C:]))
     return merge_stats(parts)
 
 
