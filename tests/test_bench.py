@@ -45,6 +45,10 @@ def test_nbytes_counts_what_must_move():
     assert cases.nbytes("l1_penalty", n, np.float64) == 8 * n
     assert cases.nbytes("sgd_step", n, np.float32) == 5 * 4 * n
     assert cases.nbytes("adamw_step", n, np.float64) == 7 * 8 * n
+    # a 16-bit parameter's state is float32: p, g (read) and p (written) at 2 bytes, the state
+    # at 4 (SGD: the buffer read and written; AdamW: m and v read and written)
+    assert cases.nbytes("sgd_step", n, np.float16) == (3 * 2 + 2 * 4) * n
+    assert cases.nbytes("adamw_step", n, np.float16) == (3 * 2 + 4 * 4) * n
     with pytest.raises(ValueError):
         cases.nbytes("nope", n)
 
@@ -95,7 +99,7 @@ def test_table_quick():
                    "x torch", "x fused"):
         assert column in out
     assert "GB/s memory bandwidth" in out and "threads:" in out
-    assert "probe kernels, GB/s: numpy copy" in out and "numba update" in out
+    assert "probe kernels, GB/s: numpy read" in out and "numba update" in out
     # the small-ops section: auto and every host backend, idle only (no --load, no --pin)
     small_lines = [line for line in out.splitlines() if line.startswith("dropout 64x128")]
     assert small_lines and all(" idle " in line for line in small_lines)
@@ -191,6 +195,13 @@ def test_plugin_records_bandwidth(suite, pytester):
     assert info["machine_gb_per_s"] == 10.0
     assert info["gb_per_s"] > 0
     assert info["bandwidth_fraction"] == pytest.approx(info["gb_per_s"] / 10.0)
+
+
+def test_plugin_refuses_a_bandwidth_that_is_not_positive(suite):
+    for bad in ("0", "-5", "nan", "inf"):
+        result = suite("-p", "pytest_benchmark.plugin", f"--machine-gb-per-s={bad}")
+        assert result.ret != 0
+        result.stderr.fnmatch_lines(["*--machine-gb-per-s*finite number > 0*"])
 
 
 def test_plugin_under_benchmark_disable(suite):
@@ -518,3 +529,83 @@ def test_optim_steps_runs():
     assert res.returncode == 0, res.stderr
     rows = [line.split() for line in res.stdout.splitlines() if "values" in line]
     assert len(rows) == 3 and all(len(r) == 7 for r in rows), res.stdout
+
+
+def test_cache_bytes_reads_the_index_entries(tmp_path):
+    """Linux lists "uevent" (a file) beside index0..N in the cache folder: it is skipped, not a
+    reason to give up on every index (the table said 32 MiB on a machine with 480)."""
+    (tmp_path / "uevent").write_text("")
+    for i, size in enumerate(["48K", "2048K", "491520K"]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    (tmp_path / "index3").mkdir()   # no size file: skipped
+    assert table.cache_bytes(str(tmp_path)) == 491520 << 10
+    assert table.cache_bytes(str(tmp_path / "missing")) == 32 << 20
+
+
+@pytest.mark.parametrize("bad", [["--ops", ""], ["--ops", ","], ["--backends", ""],
+                                 ["--layouts", ""], ["--sizes", ""], ["--sizes", ","]])
+def test_bench_refuses_an_empty_list(bad, capsys):
+    """An empty list is a usage error, not "all of them" / "the defaults"."""
+    from fastreg.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *bad])
+    assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+@NO_CUDA
+def test_bench_with_only_unavailable_backends_fails():
+    proc = _run("-m", "fastreg", "bench", "--quick", "--no-torch", "--backends", "cuda",
+                "--ops", "dropout")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "none of the backends asked for can run here: cuda" in proc.stderr
+    assert "machine:" not in proc.stdout   # refused before the bandwidth probe
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not cases.torch_available(),
+                    reason="the torch peer's parent-death signal is Linux's; needs torch")
+def test_torch_peer_ends_when_the_bench_is_killed_while_it_is_stopped():
+    """kill -9 of `fastreg bench` while its torch peer is stopped between turns (SIGSTOP: it
+    reads no closed pipe) leaves no peer behind: the kernel kills it with its parent."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "fastreg", "bench", "--quick", "--ops",
+                             "small_dropout,small_l2_grad", "--backends", "c"], cwd=ROOT,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def state(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+
+    peer, deadline = None, time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if peer is None:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    for k in f.read().split():
+                        try:
+                            with open(f"/proc/{k}/cmdline") as c:
+                                if "torch_peer" in c.read():
+                                    peer = int(k)
+                        except OSError:
+                            pass
+            elif state(peer) == "T":
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        else:
+            pytest.skip("the bench ended before its peer was seen stopped")
+        proc.wait(30)
+        for _ in range(100):   # the kernel's SIGKILL; the peer is reaped by init
+            if state(peer) in (None, "Z"):
+                break
+            time.sleep(0.05)
+        assert state(peer) in (None, "Z"), state(peer)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        if peer is not None and state(peer) not in (None, "Z"):
+            os.kill(peer, signal.SIGKILL)

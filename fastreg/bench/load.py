@@ -179,11 +179,13 @@ def main(argv=None):
     """``python -m fastreg.bench.load [mixed|spin] [--procs N] [--seconds S]``: the load
     alone, e.g. beside another shell."""
     import argparse
+
+    from fastreg._cli import positive_float, positive_int
     parser = argparse.ArgumentParser(prog="python -m fastreg.bench.load",
                                      description="Run fastreg's benchmark background load.")
     parser.add_argument("kind", choices=KINDS, nargs="?", default="mixed")
-    parser.add_argument("--procs", type=int, default=None)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--procs", type=positive_int, default=None)
+    parser.add_argument("--seconds", type=positive_float, default=60.0)
     args = parser.parse_args(argv)
     with background_load(args.kind, args.procs):
         print(f"load {describe(args.kind, args.procs)} running for {args.seconds:g} s",

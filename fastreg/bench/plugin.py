@@ -25,7 +25,12 @@ once, untimed: nothing is measured, the GB/s entries are None and the summary sa
 line. Without pytest-benchmark (or with ``-p no:benchmark``) the fixture skips with the reason.
 Importing this module loads neither Numba nor torch.
 """
+import math
+import numbers
+
 import pytest
+
+from fastreg._cli import positive_float
 
 _RESULTS = pytest.StashKey()   # config.stash: list of result dicts, in the order they finished
 _MACHINE = pytest.StashKey()   # config.stash: the session's machine bandwidth in GB/s
@@ -34,7 +39,7 @@ _MACHINE = pytest.StashKey()   # config.stash: the session's machine bandwidth i
 def pytest_addoption(parser):
     group = parser.getgroup("fastreg", "fastreg bandwidth benchmarks")
     group.addoption(
-        "--machine-gb-per-s", type=float, default=None, metavar="GBPS",
+        "--machine-gb-per-s", type=positive_float, default=None, metavar="GBPS",
         help="memory bandwidth (GB/s) that bandwidth_benchmark compares with, instead of "
              "measuring it once per session (the best of a few STREAM-like kernels over "
              "2**26 float32)")
@@ -110,12 +115,14 @@ class BandwidthBenchmark:
         object
             What fn returned.
         """
+        nbytes, peak_gb_per_s = _checked(nbytes, peak_gb_per_s)   # before any timed round
         result = self.benchmark(fn, *args, **kwargs)
         self._record(nbytes, peak_gb_per_s)
         return result
 
     def pedantic(self, fn, args=(), kwargs=None, *, nbytes, peak_gb_per_s=None, **options):
         """``benchmark.pedantic`` (rounds, iterations, setup, warmup_rounds...) plus ``nbytes``."""
+        nbytes, peak_gb_per_s = _checked(nbytes, peak_gb_per_s)
         result = self.benchmark.pedantic(fn, args=args, kwargs=kwargs, **options)
         self._record(nbytes, peak_gb_per_s)
         return result
@@ -132,6 +139,22 @@ class BandwidthBenchmark:
             info.update(gb_per_s=gbps, machine_gb_per_s=peak, bandwidth_fraction=gbps / peak)
         self.benchmark.extra_info.update(info)
         self._config.stash[_RESULTS].append(dict(info, nodeid=self._nodeid, seconds=seconds))
+
+
+def _checked(nbytes, peak_gb_per_s):
+    """(nbytes as an int >= 0, peak_gb_per_s as a finite float > 0 or None); ValueError /
+    TypeError naming the argument otherwise (a 0 or negative peak made a ZeroDivisionError or a
+    negative percentage)."""
+    if (isinstance(nbytes, bool) or not isinstance(nbytes, numbers.Real)
+            or not (0 <= nbytes < math.inf)):
+        raise ValueError(f"nbytes must be a finite number of bytes >= 0, got {nbytes!r}")
+    if peak_gb_per_s is not None:
+        if isinstance(peak_gb_per_s, bool) or not isinstance(peak_gb_per_s, numbers.Real):
+            raise TypeError(f"peak_gb_per_s must be a number, got {type(peak_gb_per_s).__name__}")
+        peak_gb_per_s = float(peak_gb_per_s)
+        if not (0 < peak_gb_per_s and math.isfinite(peak_gb_per_s)):
+            raise ValueError(f"peak_gb_per_s must be a finite number > 0, got {peak_gb_per_s}")
+    return int(nbytes), peak_gb_per_s
 
 
 class _Timed:

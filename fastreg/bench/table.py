@@ -34,7 +34,7 @@ DEFAULT_SIZES = (1 << 24, 1 << 26)
 QUICK_SIZES = (1 << 20,)
 _PROBE_N = 1 << 20          # slow peers are timed once here to predict larger sizes
 BANDWIDTH_N = bandwidth.DEFAULT_N   # the bandwidth probe's arrays (2^26 float32, 256 MiB each)
-QUICK_BANDWIDTH_N = 1 << 24         # with --quick: 64 MiB each, still 8x the L3 cache here
+QUICK_BANDWIDTH_N = 1 << 24         # with --quick: 64 MiB each (may fit a large L3: footer)
 
 
 def _parse_size(text):
@@ -44,6 +44,10 @@ def _parse_size(text):
     if value < 1:
         raise ValueError(text)
     return value
+
+
+class _NothingToRun(Exception):
+    """Every backend named with --backends is unavailable here (the message says why)."""
 
 
 class _SizesAction(argparse.Action):
@@ -57,12 +61,16 @@ class _SizesAction(argparse.Action):
             except ValueError:
                 parser.error(f"{option_string}: sizes are integers >= 1 or powers like 2^24, "
                              f"got {token!r}")
+        if not sizes:   # "" or ",": not "the default sizes"
+            parser.error(f"{option_string}: name at least one size")
         setattr(namespace, self.dest, sizes)
 
 
 def _parse_list(choices):
     def parse(text):
         items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:   # "" or ",": not "all of them"
+            raise argparse.ArgumentTypeError(f"name at least one; choose from {', '.join(choices)}")
         bad = [s for s in items if s not in choices]
         if bad:
             raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(choices)}")
@@ -172,21 +180,28 @@ def time_min(fn, budget, min_reps=3, max_reps=50):
     return timing.min, timing.reps
 
 
-def cache_bytes():
-    """Bytes below which an op's data may stay in the caches: 4x the last-level cache the OS
-    reports (32 MiB when it reports none)."""
+def cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """Bytes below which an op's data may stay in the caches: the largest cache the OS reports
+    (its ``index*/size`` entries; 32 MiB when it reports none). A benchmark loop repeats an op
+    on the same arrays, so whatever fits the last-level cache is read from it, not from
+    memory (on a VM the host's whole L3 is reported: 480 MiB on this project's)."""
     size = 0
-    root = "/sys/devices/system/cpu/cpu0/cache"
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     try:
-        for index in os.listdir(root):
+        entries = os.listdir(root)
+    except OSError:
+        entries = []
+    for index in entries:
+        if not index.startswith("index"):   # also "uevent" and "power" there
+            continue
+        try:
             with open(os.path.join(root, index, "size")) as f:
                 text = f.read().strip().upper()
-            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
             value = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
-            size = max(size, value)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 4 * size if size > 0 else 32 << 20
+        except (OSError, ValueError, IndexError):
+            continue
+        size = max(size, value)
+    return size if size > 0 else 32 << 20
 
 
 _COLUMNS = (("op", "<", 19), ("backend", "<", 7), ("n", ">", 7), ("alloc", "<", 8),
@@ -255,6 +270,9 @@ class _Table:
         wanted = args.backends or [b for b in status if not (b == "cuda" and simulated)]
         self.backends = [b for b in wanted if status.get(b) is None]
         self.skipped = {b: status[b] for b in wanted if status.get(b) is not None}
+        if args.backends and not self.backends:   # before any probe or row
+            raise _NothingToRun("none of the backends asked for can run here: " + "; ".join(
+                f"{b}: {why}" for b, why in self.skipped.items()))
         if not args.backends and simulated and status.get("cuda") is None:
             self.skipped["cuda"] = ("NUMBA_ENABLE_CUDASIM=1: timings would be meaningless "
                                     "(ask with --backends cuda)")
@@ -322,6 +340,10 @@ class _Table:
                      "passes each, taking turns)")
             self.say("  probe kernels, GB/s: " + ", ".join(
                 f"{name} {gbps:.1f}" for name, gbps in probe.kernels.items()))
+            if 3 * 4 * probe.n < self.cache_bytes:   # the add / triad kernels' three arrays
+                self.say(f"  note: the probe's arrays ({3 * 4 * probe.n >> 20} MiB) fit the "
+                         f"last-level cache ({self.cache_bytes >> 20} MiB): its figure is the "
+                         "cache's rate, not memory's")
         threads = f"threads: {fastreg.get_num_threads()} (fastreg), {self.threads} (numba)"
         if "c" in self.backends:
             threads += f", {_registry.module('c').omp_max_threads()} (c, OpenMP)"
@@ -451,7 +473,7 @@ class _Table:
         for line in textwrap.wrap("; ".join(shown), 98):
             self.say("  " + line)
         self.say("of bw: GB/s / the bandwidth above (the machine's; the GPU's for cuda); 'cache' "
-                 f"where the op moves under {self.cache_bytes >> 20} MiB (4x the last-level "
+                 f"where the op moves under {self.cache_bytes >> 20} MiB (the last-level "
                  "cache): its data may stay in the caches, beyond what memory bounds")
         if self.highest is not None:
             highest = f"{self.highest[0]:.0%} ({self.highest[1]})"
@@ -463,6 +485,10 @@ class _Table:
                          f"{self.highest[0] * self.machine / best:.0%} of the better probe")
             else:
                 self.say(f"  highest of bw here: {highest}")
+            if self.highest[0] > 1.0:
+                self.say("  note: an op above 100% of the probe: the probe ran while the "
+                         "machine was busier than during that row, or the op's data partly sat "
+                         "in the caches; compare figures of one run and a quiet machine")
         allocs = {a for op in self.ops for a in cases.ALLOCS[op]}
         if allocs & {"out=", "fresh"}:
             self.say("alloc: out= writes into a preallocated array (mask, random_bits and uniform "
@@ -594,11 +620,15 @@ class _Table:
 
 
 def run(args, file=None):
-    """Measure and print the table for parsed ``args`` (see ``add_arguments``); returns 0."""
+    """Measure and print the table for parsed ``args`` (see ``add_arguments``); returns 0 (2
+    when no backend named with --backends can run, 130 on Ctrl-C)."""
     if args.threads is not None:
         set_threads(args.threads)
     try:
         _Table(args, file or sys.stdout).run()
+    except _NothingToRun as exc:
+        print(f"fastreg bench: error: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:   # piped into head: stop quietly
         sys.stdout = open(os.devnull, "w")
         return 1

@@ -12,8 +12,10 @@ Turns: the section asks the peer for a few timed calls per round (``Remote.timed
 own rounds of fastreg calls, so the two still take turns and a change of load hits both alike.
 Only the calls are timed, inside the peer; the request and reply around them are not.
 
-The peer reads requests from its stdin and exits when that closes, so it ends with the benchmark
-(also after ``kill -9``: the pipe closes with the parent).
+The peer reads requests from its stdin and exits when that closes, so it ends with the benchmark;
+on Linux the kernel also kills it when the benchmark's process ends (``_die_with_parent``: a
+peer stopped between turns reads nothing), so ``kill -9`` or SIGTERM of the benchmark leaves
+no peer behind.
 """
 import atexit
 import os
@@ -54,6 +56,24 @@ def _set_all_affinity(cpus):
             pass
 
 
+def _die_with_parent():
+    """Linux: have the kernel SIGKILL this process when the benchmark's process ends. Closing
+    the pipe is not enough: between its turns the peer is stopped (``TorchPeer.pause``), and a
+    stopped process reads nothing, so a benchmark killed then (kill -9, SIGTERM) left it
+    stopped for as long as its launcher lived; SIGKILL ends a stopped process too."""
+    parent = os.environ.get("FASTREG_BENCH_PARENT")
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):   # the benchmark ended before the call above
+        os._exit(1)
+
+
 def serve(stdin=None, stdout=None):
     """The peer's loop (run in the peer process by ``TorchPeer``): answer requests until stdin
     closes. Requests are pickled tuples ``(verb, *args)``; replies ``("ok", value)`` or
@@ -61,6 +81,7 @@ def serve(stdin=None, stdout=None):
     import traceback
 
     import torch
+    _die_with_parent()
     inp = stdin or sys.stdin.buffer
     out = stdout or os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr   # nothing else may write into the reply pipe
@@ -140,6 +161,7 @@ class TorchPeer:
         root = os.path.dirname(os.path.dirname(os.path.abspath(fastreg.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env["FASTREG_BENCH_PARENT"] = str(os.getpid())   # see _die_with_parent
         self._paused = False
         atexit.register(self._resume)   # never leave a stopped peer behind
         self._stderr = tempfile.TemporaryFile()   # a file, not a pipe: warnings never block it
