@@ -352,4 +352,7 @@ def aug_blur(x, weights, out):
 
 
 def aug_normalize(x, lut, out):
+    # a C-contiguous input: the one specialization fastreg warmup compiles (a strided NHWC view,
+    # a channel slice, compiled another; the uint8 copy is a quarter of the float32 output)
+    x = np.ascontiguousarray(x)
     launch(_normalize_kernel, _plan(x.size), x, lut, out)

@@ -718,7 +718,7 @@ def run(argv=None, *, args=None):
 
     if resolved == "cpu" and _numba_cache_cold():
         _say_wrapped(say, "note: compiling the cpu backend's Numba kernels for their first use "
-                          "(about 40 s of CPU, once: they are cached on disk; --backend c "
+                          "(about 12-15 s of CPU, once: they are cached on disk; --backend c "
                           "compiles nothing)", "      ")
         t0 = time.perf_counter()
         # compile once here rather than in every worker: one short run of each kernel family
