@@ -1,6 +1,7 @@
 """fastreg.torch batch norm against torch: BatchNorm3d, empty batches, BatchNormReLU2d's place
 among torch's classes; convert() of BatchNorm3d and of timm's DropPath / DropBlock2d (stand-in
 classes shaped like timm's: timm itself is never imported)."""
+import numpy as np
 import pytest
 
 import fastreg
@@ -248,3 +249,20 @@ def test_functional_16bit_takes_float32_parameters(dtype):
     assert not torch.equal(rm, args[0])       # the running statistics were updated
     with pytest.raises(TypeError, match="weight has dtype torch.float64"):
         frt.batch_norm(x, None, None, torch.ones(3, dtype=torch.float64), training=True)
+
+
+def test_non_tensor_arguments_are_named():
+    """A NumPy array, list or number where batch norm takes a tensor: a TypeError naming the
+    argument (a NumPy array read "residual is on cpu but x is on cpu"; the others raised
+    AttributeError)."""
+    x = torch.randn(2, 3, 4, 4)
+    for name, bad in (("residual", np.ones((2, 3, 4, 4), np.float32)),
+                      ("weight", [1.0, 1.0, 1.0]), ("bias", 1.0), ("running_mean", np.zeros(3)),
+                      ("num_batches_tracked", 0)):
+        kwargs = {name: bad}
+        if name == "running_mean":
+            kwargs["running_var"] = torch.ones(3)
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor"):
+            frt.batch_norm(x, training=True, **kwargs)
+    with pytest.raises(TypeError, match="residual must be a torch.Tensor"):
+        frt.BatchNormReLU2d(3)(x, 1.0)

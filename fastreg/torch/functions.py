@@ -265,6 +265,9 @@ def check_bn_tensors(x, tensors, owner="", x_name="x"):
     torch.autocast keeps a module's tensors). ``owner``: a prefix for the names ("BatchNorm2d.")."""
     half = x.dtype in (torch.float16, torch.bfloat16)
     for t, what in zip(tensors, _BN_TENSORS):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{owner + what} must be a torch.Tensor or None, got "
+                            f"{type(t).__name__}")
         _bridge.check_same_device(t, owner + what, x, x_name)
         if t is None or what == "num_batches_tracked":
             continue
