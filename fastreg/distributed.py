@@ -588,7 +588,10 @@ class GradientAllreduce:
             if _arrays.is_device(g):
                 raise ValueError(f"grads[{i}] is a CUDA device array: GradientAllreduce works "
                                  "on host arrays (copy the gradients to the host first)")
-            a = np.asarray(g)
+            if not isinstance(g, np.ndarray):   # np.asarray would reduce into a copy
+                raise TypeError(f"grads[{i}] must be a NumPy array (reduced in place), got "
+                                f"{type(g).__name__}")
+            a = g
             if a.shape != shape or a.dtype != dt:
                 raise ValueError(f"grads[{i}] has shape {a.shape} and dtype {a.dtype}, expected "
                                  f"{shape} and {dt}")

@@ -434,6 +434,25 @@ def test_batch_norm_single_row_is_refused_before_any_work():
     Trainer(model, optim.Adam(model.parameters()), verbose=0).fit(X[:1], y[:1], batch_size=1)
 
 
+def test_a_local_trainer_takes_the_model_off_an_earlier_communicator():
+    """A model trained data-parallel keeps set_comm's communicator in its batch-norm layers; a
+    Trainer without comm (or with one rank) builds on it: its batch norm must be local again
+    (it kept synchronizing over the old communicator)."""
+    X, y = _digits(64)
+    tr = _trainer()
+    marker = object()
+    tr.model.set_comm(marker)   # as a 2-rank Trainer leaves it
+    local = Trainer(tr.model, optim.Adam(tr.model.parameters(), lr=1e-3), seed=0, verbose=0)
+    def walk(m):
+        yield m
+        for child in m.children():
+            yield from walk(child)
+
+    layers = [m for m in walk(local.model) if hasattr(m, "comm")]
+    assert layers and all(m.comm is None for m in layers)
+    local.fit(X, y, epochs=1, batch_size=32)
+
+
 def test_batch_norm_global_batch_of_one_row_with_comm():
     MPI = pytest.importorskip("mpi4py.MPI")
     X, y = _digits(65)

@@ -293,6 +293,9 @@ class Trainer:
         self._ema_swapped = False
         self.comm, self.rank, self.world_size = None, 0, 1
         self._allreduce = None
+        # the model's batch norm synchronizes over this trainer's comm only: a model trained
+        # data-parallel before, then by a local trainer, must not keep the old communicator
+        model.set_comm(None)
         if comm is not None:
             from .. import distributed as dist
             # GradientAllreduce checks comm and preallocates the flat buffer and its buckets

@@ -82,6 +82,12 @@ def test_mixed_dtypes_plain_mean():
     c[:] = 1.0
     s.reduce([c])
     np.testing.assert_array_equal(c, np.full(4, float(size)))
+    try:   # a list is not reduced in place (np.asarray would reduce a copy): refused
+        s.reduce([[1.0, 2.0, 3.0, 4.0]])
+    except TypeError as exc:
+        assert "grads[0] must be a NumPy array" in str(exc), exc
+    else:
+        raise AssertionError("a list gradient was accepted")
 
 
 def bn_model_grads(params, X, T, N, comm_):
