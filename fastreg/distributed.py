@@ -588,10 +588,11 @@ class GradientAllreduce:
             if _arrays.is_device(g):
                 raise ValueError(f"grads[{i}] is a CUDA device array: GradientAllreduce works "
                                  "on host arrays (copy the gradients to the host first)")
-            if not isinstance(g, np.ndarray):   # np.asarray would reduce into a copy
-                raise TypeError(f"grads[{i}] must be a NumPy array (reduced in place), got "
-                                f"{type(g).__name__}")
-            a = g
+            a = np.asarray(g)
+            if a is not g and a.base is None:   # a new array (a list): the reduction would
+                raise TypeError(f"grads[{i}] must be an array whose memory can be written in "
+                                f"place (an ndarray, a CPU tensor, a buffer), got "
+                                f"{type(g).__name__}, which converts to a copy")
             if a.shape != shape or a.dtype != dt:
                 raise ValueError(f"grads[{i}] has shape {a.shape} and dtype {a.dtype}, expected "
                                  f"{shape} and {dt}")

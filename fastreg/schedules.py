@@ -13,6 +13,12 @@ epoch, as you choose) advances the count and sets the next rate::
         opt.step(grads(batch))
         sched.step()
 
+A schedule owns the rate: each ``step()`` sets ``lr_at(step)``, whatever else changed the
+optimizer's ``lr`` meanwhile (a manual change, ``ReduceLROnPlateau``). torch's chainable
+``StepLR`` / ``MultiStepLR`` multiply the current rate instead, so there such changes carry
+over; here they last until the next ``step()``. The Trainer refuses ``LRScheduler`` together
+with ``ReduceLROnPlateau`` for that reason.
+
 Definitions (``step`` counts completed steps, from 0):
 
 * ``cosine_warmup_lr``: ``warmup_start_lr + (base_lr - warmup_start_lr) * step / warmup_steps``

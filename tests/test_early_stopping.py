@@ -421,3 +421,40 @@ def test_min_delta_is_tested_as_keras_and_lightning_do():
     es = EarlyStopping(monitor="val_accuracy", patience=0, min_delta=0.1)
     _, run = drive(es, [0.3, 0.4], monitor="val_accuracy")
     assert es.best_epoch == 1 and es.stopped_epoch == -1
+
+
+def test_a_fit_resumed_from_a_finished_fits_checkpoint_restores_its_own_best(tmp_path):
+    """A checkpoint written after a fit ended holds restored=True; a new fit from it that
+    records a later best must restore that best at its end (it kept the last epoch's
+    weights: the flag was never cleared)."""
+    def fresh():
+        es = EarlyStopping("val_loss", patience=100)
+        return es, _ema_trainer(es)
+
+    es, (trainer, train, val) = fresh()
+    trainer.fit(*train, validation=val, epochs=3, batch_size=32)
+    assert es.restored
+    trainer.save_checkpoint(tmp_path / "done.npz")
+    es2, (again, _, _) = fresh()
+    again.load_checkpoint(tmp_path / "done.npz")
+    hist = again.fit(*train, validation=val, epochs=12, batch_size=32)
+    best = int(np.argmin(hist["val_loss"]))
+    assert best >= 3 and es2.best_epoch == best        # a later best than the first fit's
+    assert es2.restored and again.evaluate(*val)["loss"] == es2.best == hist["val_loss"][best]
+
+
+def test_lr_scheduler_and_reduce_on_plateau_are_refused_together():
+    """A fastreg schedule sets the rate from its closed form at every step, so the plateau's
+    reductions would last one epoch (torch chains them): fit refuses the pair before training."""
+    from fastreg import schedules
+    from fastreg.train import LRScheduler, ReduceLROnPlateau
+    images, labels = load_digits()
+    X = (images.reshape(len(images), -1) / 16.0).astype(np.float32)
+    model = mlp((64, 8, 10), seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    before = [p.copy() for p in model.parameters()]
+    trainer = Trainer(model, opt, verbose=0, callbacks=[
+        ReduceLROnPlateau("loss"), LRScheduler(schedules.StepDecay(opt, step_size=100))])
+    with pytest.raises(ValueError, match="do not combine"):
+        trainer.fit(X[:64], labels[:64], epochs=2, batch_size=32)
+    assert all(np.array_equal(p, q) for p, q in zip(model.parameters(), before))

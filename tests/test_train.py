@@ -436,21 +436,24 @@ def test_batch_norm_single_row_is_refused_before_any_work():
 
 def test_a_local_trainer_takes_the_model_off_an_earlier_communicator():
     """A model trained data-parallel keeps set_comm's communicator in its batch-norm layers; a
-    Trainer without comm (or with one rank) builds on it: its batch norm must be local again
-    (it kept synchronizing over the old communicator)."""
+    Trainer without comm (or with one rank) that trains it makes its batch norm local again
+    (it kept synchronizing over the old communicator); building a trainer changes nothing
+    (another trainer may share the model)."""
     X, y = _digits(64)
     tr = _trainer()
     marker = object()
     tr.model.set_comm(marker)   # as a 2-rank Trainer leaves it
-    local = Trainer(tr.model, optim.Adam(tr.model.parameters(), lr=1e-3), seed=0, verbose=0)
+
     def walk(m):
         yield m
         for child in m.children():
             yield from walk(child)
 
-    layers = [m for m in walk(local.model) if hasattr(m, "comm")]
-    assert layers and all(m.comm is None for m in layers)
-    local.fit(X, y, epochs=1, batch_size=32)
+    layers = [m for m in walk(tr.model) if hasattr(m, "comm")]
+    local = Trainer(tr.model, optim.Adam(tr.model.parameters(), lr=1e-3), seed=0, verbose=0)
+    assert layers and all(m.comm is marker for m in layers)
+    local.fit(X, y, epochs=1, batch_size=32)   # with the marker, a training forward would fail
+    assert all(m.comm is None for m in layers)
 
 
 def test_batch_norm_global_batch_of_one_row_with_comm():

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 # the peer's first statement: torch before fastreg (the package import below loads no OpenMP)
 _BOOT = "import torch; from fastreg.bench.torch_peer import serve; serve()"
@@ -70,8 +71,12 @@ def _die_with_parent():
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent):   # the benchmark ended before the call above
+    try:   # the benchmark ended before the call above (a launcher between is no reason)
+        os.kill(int(parent), 0)
+    except ProcessLookupError:
         os._exit(1)
+    except OSError:
+        pass
 
 
 def serve(stdin=None, stdout=None):
@@ -161,7 +166,12 @@ class TorchPeer:
         root = os.path.dirname(os.path.dirname(os.path.abspath(fastreg.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        env["FASTREG_BENCH_PARENT"] = str(os.getpid())   # see _die_with_parent
+        if threading.current_thread() is threading.main_thread():
+            # see _die_with_parent: the kernel's signal follows the creating thread's end, so
+            # only a peer made by the main thread (fastreg bench's) asks for it
+            env["FASTREG_BENCH_PARENT"] = str(os.getpid())
+        else:
+            env.pop("FASTREG_BENCH_PARENT", None)
         self._paused = False
         atexit.register(self._resume)   # never leave a stopped peer behind
         self._stderr = tempfile.TemporaryFile()   # a file, not a pipe: warnings never block it

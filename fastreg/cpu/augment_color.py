@@ -352,7 +352,9 @@ def aug_blur(x, weights, out):
 
 
 def aug_normalize(x, lut, out):
-    # a C-contiguous input: the one specialization fastreg warmup compiles (a strided NHWC view,
-    # a channel slice, compiled another; the uint8 copy is a quarter of the float32 output)
-    x = np.ascontiguousarray(x)
+    # the two specializations fastreg warmup compiles: both C-contiguous (NHWC) or both views
+    # of NCHW arrays; a strided or Fortran-order NHWC input into a contiguous out would compile
+    # a third, so it is copied first (uint8: a quarter of the float32 output's bytes)
+    if out.flags.c_contiguous and not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
     launch(_normalize_kernel, _plan(x.size), x, lut, out)

@@ -272,6 +272,9 @@ class EarlyStopping(Callback):
             if self.restore_best_weights:
                 # with the EMA's averages: they are what was evaluated (eval_with_ema)
                 self.best_weights = trainer.model_state(rng=False, ema=True)
+                # a new best is not restored yet (a checkpoint written after a fit ended says
+                # restored, and a fit resumed from it must still restore the later best)
+                self.restored = False
             # the wait restarts only when the baseline is beaten too (Keras 3)
             if self.baseline is None or self._is_improvement(current, self.baseline):
                 self.wait = 0
@@ -545,6 +548,10 @@ class LRScheduler(Callback):
     ------
     TypeError
         Not a schedule; at ``fit``, a schedule of another optimizer.
+    ValueError
+        At ``fit``, beside a ``ReduceLROnPlateau``: a schedule sets the rate from its closed
+        form at every step, so the plateau's reductions would be undone at the next epoch
+        (torch's chainable schedulers multiply the current rate; fastreg's do not).
     """
 
     def __init__(self, schedule):
@@ -557,6 +564,10 @@ class LRScheduler(Callback):
     def on_train_begin(self, trainer):
         if self.schedule.optimizer is not trainer.optimizer:
             raise TypeError("the schedule drives another optimizer than this trainer's")
+        if any(isinstance(cb, ReduceLROnPlateau) for cb in trainer.callbacks):
+            raise ValueError("LRScheduler and ReduceLROnPlateau do not combine: the schedule "
+                             "sets the rate from its closed form at every epoch, undoing the "
+                             "plateau's reductions; use one of them")
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.schedule.step()

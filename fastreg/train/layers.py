@@ -340,7 +340,7 @@ class BatchNorm(Module):
     ``running_mean`` / ``running_var`` (unbiased variance) in place; evaluation mode uses the
     running statistics. Ioffe & Szegedy, "Batch normalization", ICML 2015.
 
-    With ``set_comm(comm)`` (a Trainer with ``comm`` does it) training mode is synchronized
+    With ``set_comm(comm)`` (a Trainer with ``comm`` does it as it trains) training mode is synchronized
     batch norm (``fastreg.batch_norm(..., comm=comm)``): the statistics are those of the global
     batch (every rank's rows), the running statistics identical on every rank, and ``grads``
     hold this rank's contribution (summed over ranks by the Trainer's gradient Allreduce). The

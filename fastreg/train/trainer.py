@@ -293,9 +293,6 @@ class Trainer:
         self._ema_swapped = False
         self.comm, self.rank, self.world_size = None, 0, 1
         self._allreduce = None
-        # the model's batch norm synchronizes over this trainer's comm only: a model trained
-        # data-parallel before, then by a local trainer, must not keep the old communicator
-        model.set_comm(None)
         if comm is not None:
             from .. import distributed as dist
             # GradientAllreduce checks comm and preallocates the flat buffer and its buckets
@@ -304,7 +301,6 @@ class Trainer:
             if self.world_size > 1:
                 # one rank: the single-process arithmetic (bit-identical); more: sync BN + sums
                 self._allreduce = allreduce
-                model.set_comm(comm)
 
     # -- weight EMA -------------------------------------------------------------------------
     _EMA_OPTIONS = ("decay", "min_decay", "update_after_step", "use_warmup", "warmup_gamma",
@@ -963,6 +959,9 @@ class Trainer:
         of each global batch; the returned metrics are over all ranks' samples. The progress
         bar's per-step loss is the rank's own block's.
         """
+        # the model's batch norm synchronizes over this trainer's communicator while it trains
+        # (set here, not when the trainer is built: another trainer may share the model)
+        self.model.set_comm(self.comm if self._allreduce is not None else None)
         xp = array_module(X)
         n = len(X)
         epoch = self.epoch

@@ -117,6 +117,9 @@ def mode_equal():
     ref = build(None, [EarlyStopping("val_loss", patience=5, restore_best_weights=False)])
     ref.fit(X, y, **kw)
     dp = build(comm, [EarlyStopping("val_loss", patience=5, restore_best_weights=False)])
+    # a second, local trainer built on the same model must not turn dp's synchronized batch
+    # norm off (it did when trainers set the model's communicator as they were built)
+    Trainer(dp.model, optim.SGD(dp.model.parameters(), lr=0.1), verbose=0)
     dp.fit(X, y, **kw)
     state = compare(dp, ref)
     assert int(state["trainer/epoch"]) == 3
