@@ -150,6 +150,10 @@ def as_host(a, name):
     if isinstance(a, np.ndarray):
         return a if type(a) is np.ndarray else a.view(np.ndarray)
     if hasattr(a, "__dlpack__") and not hasattr(a, "__array_interface__"):
+        if getattr(a, "is_neg", None) is not None and (a.is_neg() or a.is_conj()):
+            # a lazily negated (or conjugated) torch view: DLPack would export its memory,
+            # which holds the values with the other sign
+            a = a.resolve_neg().resolve_conj()
         try:
             return np.from_dlpack(a)
         except (TypeError, BufferError, RuntimeError) as exc:
@@ -319,7 +323,15 @@ def check_out(out, name, shape, dtype, inputs, device):
             if not same and _extents_overlap(xi, arr):
                 raise ValueError(f"{name} overlaps an input without being exactly the same array")
         return out
-    return _check_host_out(arr, name, shape, dtype, inputs)
+    checked = _check_host_out(arr, name, shape, dtype, inputs)
+    version = getattr(out, "_version", None)
+    if version is not None and type(version) is int and "torch" in type(out).__module__:
+        # a torch tensor written through its NumPy view by a NumPy-path call: count the write
+        # as torch counts its in-place ops (checked: nothing is refused after this point), so
+        # a graph that saved it raises at backward instead of using the new values
+        import torch
+        torch.autograd.graph.increment_version(out)
+    return checked
 
 
 def plain_out(out, like, inputs):

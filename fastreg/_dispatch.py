@@ -208,7 +208,8 @@ def torch_call(fn, args):
     if torch is None or not _any_cpu_tensor(torch, args.values()):
         return NOT_TORCH
     views = {}   # id(view) -> (view, the caller's tensor)
-    kwargs = {k: _to_host(torch, v, views, fn.__name__) for k, v in args.items()}
+    targets = _WRITES.get(fn.__name__, ()) + ("out",)
+    kwargs = {k: _to_host(torch, v, views, fn.__name__, k, targets) for k, v in args.items()}
     result = _to_torch(torch, fn(**kwargs), views)
     written = [args.get(k) for k in _WRITES.get(fn.__name__, ())]
     if fn.__name__ == "batch_norm" and not args.get("training"):
@@ -285,20 +286,30 @@ def _any_cpu_tensor(torch, values):
 _TAKES_GRADS = frozenset(("grad_norm", "clip_grad_norm", "clip_grads_with_norm"))
 
 
-def _to_host(torch, a, views, name):
+def _to_host(torch, a, views, name, arg, written=()):
     if isinstance(a, (list, tuple)):
-        items = [_to_host(torch, b, views, name) for b in a]
+        items = [_to_host(torch, b, views, name, arg, written) for b in a]
         return type(a)(*items) if hasattr(a, "_fields") else type(a)(items)
     if not isinstance(a, torch.Tensor) or a.device.type != "cpu":
         return a
     if name in _TAKES_GRADS and (a.requires_grad or isinstance(a, torch.nn.Parameter)):
         # torch's clip_grad_norm_ takes the parameters themselves (a frozen one too)
-        raise TypeError(f"fastreg.{name} got a parameter: it takes the gradients "
+        raise TypeError(f"fastreg.{name} got a parameter as {arg}: it takes the gradients "
                         "([p.grad for p in model.parameters()]); fastreg.torch.clip_grad_norm_ "
                         "takes the parameters, as torch's does")
     if a.requires_grad:
-        raise TypeError(f"fastreg.{name} got a torch tensor that requires grad: it records no "
-                        "autograd; pass .detach(), or use the layers of fastreg.torch")
+        raise TypeError(f"fastreg.{name}: {arg} is a torch tensor that requires grad: it "
+                        "records no autograd; pass .detach(), or use the layers of "
+                        "fastreg.torch")
+    if a.layout != torch.strided:
+        raise TypeError(f"fastreg.{name}: {arg} is a {a.layout} tensor; pass a dense one "
+                        "(.to_dense())")
+    if a.is_neg() or a.is_conj():
+        if arg in written:
+            raise TypeError(f"fastreg.{name}: {arg} is a lazily negated or conjugated view "
+                            "(its memory holds other values), which cannot be written in "
+                            "place; pass .resolve_neg() / .resolve_conj() of it")
+        a = a.resolve_neg().resolve_conj()   # read only: its values, in a copy
     if a.dtype == torch.bfloat16:
         if _arrays.BFLOAT16 is None:
             raise TypeError(f"fastreg.{name}: a bfloat16 tensor needs ml_dtypes on the NumPy "

@@ -589,7 +589,9 @@ class GradientAllreduce:
                 raise ValueError(f"grads[{i}] is a CUDA device array: GradientAllreduce works "
                                  "on host arrays (copy the gradients to the host first)")
             a = np.asarray(g)
-            if a is not g and a.base is None:   # a new array (a list): the reduction would
+            if a is not g and a.size and not np.shares_memory(a, np.asarray(g)):
+                # two conversions in different memory: a copy each time (a list, an __array__
+                # that makes a new array), so the reduction would be lost
                 raise TypeError(f"grads[{i}] must be an array whose memory can be written in "
                                 f"place (an ndarray, a CPU tensor, a buffer), got "
                                 f"{type(g).__name__}, which converts to a copy")

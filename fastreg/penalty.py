@@ -354,7 +354,8 @@ def _in_place(w, x, device, backend, run, fused=None):
 
 def _soft(w, t, s, backend, t2=0.0):
     x, device = _arrays.check_in_place(w, "w", half=True)
-    cast = np.float32 if _arrays.is_half(x.dtype) else np.dtype(x.dtype).type
+    dtype = _arrays.describe(x, "w").dtype if device else x.dtype   # (a torch CUDA tensor's
+    cast = np.float32 if _arrays.is_half(dtype) else np.dtype(dtype).type   # is torch's)
     if not t < _OVERFLOW[np.dtype(cast)]:   # as the gradients: not rounded to inf silently
         raise ValueError(f"the threshold ({t}) overflows {np.dtype(cast)}")
     if s < np.finfo(cast).tiny:   # prox_elastic_net's 1 / (1 + 2 t2) for a huge t2

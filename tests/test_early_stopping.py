@@ -443,6 +443,24 @@ def test_a_fit_resumed_from_a_finished_fits_checkpoint_restores_its_own_best(tmp
     assert es2.restored and again.evaluate(*val)["loss"] == es2.best == hist["val_loss"][best]
 
 
+def test_a_resumed_fit_without_a_new_best_restores_the_earlier_best(tmp_path):
+    """The same with no new best in the resumed epochs (min_delta too large to improve): the
+    first fit's best weights come back at the end, not the last epoch's."""
+    def fresh():
+        es = EarlyStopping("val_loss", patience=100, min_delta=10.0)
+        return es, _ema_trainer(es)
+
+    es, (trainer, train, val) = fresh()
+    trainer.fit(*train, validation=val, epochs=3, batch_size=32)
+    assert es.restored and es.best_epoch == 0
+    trainer.save_checkpoint(tmp_path / "done.npz")
+    es2, (again, _, _) = fresh()
+    again.load_checkpoint(tmp_path / "done.npz")
+    hist = again.fit(*train, validation=val, epochs=6, batch_size=32)
+    assert es2.best_epoch == 0 and es2.restored
+    assert again.evaluate(*val)["loss"] == es2.best == hist["val_loss"][0]
+
+
 def test_lr_scheduler_and_reduce_on_plateau_are_refused_together():
     """A fastreg schedule sets the rate from its closed form at every step, so the plateau's
     reductions would last one epoch (torch chains them): fit refuses the pair before training."""
@@ -458,3 +476,14 @@ def test_lr_scheduler_and_reduce_on_plateau_are_refused_together():
     with pytest.raises(ValueError, match="do not combine"):
         trainer.fit(X[:64], labels[:64], epochs=2, batch_size=32)
     assert all(np.array_equal(p, q) for p, q in zip(model.parameters(), before))
+    # refused before any callback's on_train_begin: an EarlyStopping's state survives
+    es = EarlyStopping("loss", patience=100)
+    trainer.callbacks = [es]
+    trainer.fit(X[:64], labels[:64], epochs=2, batch_size=32)
+    state = {k: v.copy() for k, v in es.state_dict().items()}
+    trainer.callbacks = [es, ReduceLROnPlateau("loss"),
+                         LRScheduler(schedules.StepDecay(opt, step_size=100))]
+    with pytest.raises(ValueError, match="do not combine"):
+        trainer.fit(X[:64], labels[:64], epochs=4, batch_size=32)
+    after = es.state_dict()
+    assert set(after) == set(state) and all(np.array_equal(after[k], state[k]) for k in state)

@@ -152,3 +152,45 @@ def test_reads_do_not_bump_versions():
     fastreg.l2_grad(t, 0.5)
     fastreg.batch_norm(torch.randn(4, 3), rm, rv, training=False)
     assert t._version == rm._version == rv._version == 0
+
+
+def _neg(values):
+    """A float32 tensor with the neg bit set: its memory holds -values."""
+    return torch.tensor([complex(0, -v) for v in values]).conj().imag
+
+
+def test_lazily_negated_tensors_read_with_their_sign():
+    """A neg-bit tensor beside NumPy arrays went through DLPack, which exports its memory (the
+    other sign): an SGD step moved the wrong way and batch norm's bias flipped."""
+    g = _neg([1.0, 2.0])
+    assert g.is_neg() and g.tolist() == [1.0, 2.0]
+    p = np.zeros(2, np.float32)
+    fastreg.optim.SGD([p], lr=1.0).step([g])
+    np.testing.assert_array_equal(p, [-1.0, -2.0])
+    x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+    y, _ = fastreg.batch_norm(x, training=True, bias=_neg([1.0, 2.0]))
+    np.testing.assert_allclose(y.mean(axis=0), [1.0, 2.0], atol=1e-6)
+    assert fastreg.l2_penalty(_neg([3.0]), 1.0) == 9.0          # the torch path
+    with pytest.raises(TypeError, match="w is a lazily negated"):
+        fastreg.prox_l1(_neg([3.0]), 1.0)                       # written in place: refused
+
+
+def test_an_out_tensor_written_by_the_numpy_path_counts_the_write():
+    """dropout(ndarray, out=tensor): the tensor's version counter moves, so a graph that saved
+    it raises at backward instead of using the new values."""
+    o = torch.zeros(4, 6)
+    a = torch.ones(4, 6, requires_grad=True)
+    loss = (a * o).sum()
+    fastreg.l2_grad(np.ones((4, 6), np.float32), 0.5, out=o)
+    assert o[0, 0].item() == 1.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_refusals_name_the_argument():
+    lin = torch.nn.Linear(3, 2)
+    with pytest.raises(TypeError, match="bias is a torch tensor that requires grad"):
+        fastreg.fold_batch_norm(lin.weight.detach(), lin.bias, np.zeros(2, np.float32),
+                                np.ones(2, np.float32))
+    with pytest.raises(TypeError, match="x is a torch.sparse_coo tensor"):
+        fastreg.dropout(torch.ones(3).to_sparse(), 0.5, seed=1)

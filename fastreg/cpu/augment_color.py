@@ -351,10 +351,21 @@ def aug_blur(x, weights, out):
     launch(_blur_cols_kernel, nt, tmp, weights, _reflect_table(h, k), out)
 
 
+def _numba_layout(a):
+    return "C" if a.flags.c_contiguous else "F" if a.flags.f_contiguous else "A"
+
+
 def aug_normalize(x, lut, out):
-    # the two specializations fastreg warmup compiles: both C-contiguous (NHWC) or both views
-    # of NCHW arrays; a strided or Fortran-order NHWC input into a contiguous out would compile
-    # a third, so it is copied first (uint8: a quarter of the float32 output's bytes)
-    if out.flags.c_contiguous and not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
-    launch(_normalize_kernel, _plan(x.size), x, lut, out)
+    # the two specializations fastreg warmup compiles: x and out both C-contiguous (NHWC) or
+    # both strided views (NCHW); any other pair (a strided or Fortran-order x or out beside a
+    # contiguous one) would compile another, so it runs on C-contiguous copies (uint8 x: a
+    # quarter of the float32 output's bytes)
+    kind = _numba_layout(x)
+    if kind == _numba_layout(out) and kind != "F":
+        launch(_normalize_kernel, _plan(x.size), x, lut, out)
+        return
+    x = np.ascontiguousarray(x)
+    dst = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    launch(_normalize_kernel, _plan(x.size), x, lut, dst)
+    if dst is not out:
+        out[...] = dst

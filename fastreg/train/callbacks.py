@@ -248,6 +248,9 @@ class EarlyStopping(Callback):
         return float(value)
 
     def on_epoch_end(self, trainer, epoch, logs):
+        # an epoch trained: the weights are no longer the best ones restored (a checkpoint
+        # written after a fit ended says restored; a fit resumed from it restores again)
+        self.restored = False
         if epoch < self.start_from_epoch:
             return
         current = self._current(logs)
@@ -272,9 +275,6 @@ class EarlyStopping(Callback):
             if self.restore_best_weights:
                 # with the EMA's averages: they are what was evaluated (eval_with_ema)
                 self.best_weights = trainer.model_state(rng=False, ema=True)
-                # a new best is not restored yet (a checkpoint written after a fit ended says
-                # restored, and a fit resumed from it must still restore the later best)
-                self.restored = False
             # the wait restarts only when the baseline is beaten too (Keras 3)
             if self.baseline is None or self._is_improvement(current, self.baseline):
                 self.wait = 0
@@ -564,7 +564,13 @@ class LRScheduler(Callback):
     def on_train_begin(self, trainer):
         if self.schedule.optimizer is not trainer.optimizer:
             raise TypeError("the schedule drives another optimizer than this trainer's")
-        if any(isinstance(cb, ReduceLROnPlateau) for cb in trainer.callbacks):
+
+    @staticmethod
+    def check_callbacks(callbacks):
+        """Refuse LRScheduler beside ReduceLROnPlateau (the Trainer asks before any callback's
+        ``on_train_begin``, so a refused fit changes no callback's state)."""
+        if (any(isinstance(cb, LRScheduler) for cb in callbacks)
+                and any(isinstance(cb, ReduceLROnPlateau) for cb in callbacks)):
             raise ValueError("LRScheduler and ReduceLROnPlateau do not combine: the schedule "
                              "sets the rate from its closed form at every epoch, undoing the "
                              "plateau's reductions; use one of them")

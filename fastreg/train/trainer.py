@@ -69,6 +69,7 @@ from . import checkpoint as _ckpt
 from . import kernels
 from ._xp import array_module, to_host
 from ..loss import _cross_entropy, cross_entropy
+from .callbacks import LRScheduler
 from .layers import BatchNorm, Sequential
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "time")
@@ -1108,6 +1109,7 @@ class Trainer:
         # kept until every on_train_begin has run: a hook that raises (a monitor this fit does
         # not produce) must not lose the loaded state for the next fit
         loaded = self._loaded_callbacks
+        LRScheduler.check_callbacks(self.callbacks)   # before any callback's state changes
         for cb in self.callbacks:
             cb.on_train_begin(self)
         if self.comm is None or self.is_root:

@@ -82,12 +82,21 @@ def test_mixed_dtypes_plain_mean():
     c[:] = 1.0
     s.reduce([c])
     np.testing.assert_array_equal(c, np.full(4, float(size)))
-    try:   # a list is not reduced in place (np.asarray would reduce a copy): refused
-        s.reduce([[1.0, 2.0, 3.0, 4.0]])
-    except TypeError as exc:
-        assert "converts to a copy" in str(exc), exc
-    else:
-        raise AssertionError("a list gradient was accepted")
+    class Fresh:   # an array-like whose every conversion is a new array
+        def __array__(self, dtype=None, copy=None):
+            return np.arange(8.0)[:4] * 1.0
+
+    for bad in ([1.0, 2.0, 3.0, 4.0], Fresh()):   # reduced into a copy: refused
+        try:
+            s.reduce([bad])
+        except TypeError as exc:
+            assert "converts to a copy" in str(exc), exc
+        else:
+            raise AssertionError(f"a {type(bad).__name__} gradient was accepted")
+    view = np.zeros(8)[::2]   # a view converts to itself: reduced in place
+    view[:] = 1.0
+    s.reduce([view])
+    np.testing.assert_array_equal(view, np.full(4, float(size)))
 
 
 def bn_model_grads(params, X, T, N, comm_):
