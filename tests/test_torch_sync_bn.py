@@ -226,6 +226,23 @@ def _check_against_one_process(cfg, ranks):
         assert all(r["channels_last"] for r in ranks if r["y"][0].shape[0] > 1)
 
 
+def _two_ranks(script, tmp_path):
+    """Run ``script`` (argv: rendezvous file, rank) as two gloo ranks; their stdouts, each
+    checked to have exited 0."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "rdv"),
+                               str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out + err
+    return [out for out, _ in outs]
+
+
 DOUBLE_BACKWARD = r"""
 import sys
 import torch
@@ -248,18 +265,8 @@ dist.destroy_process_group()
 def test_sync_batchnorm_double_backward_raises(tmp_path):
     """The synchronized backward runs kernels and a collective, not a graph: a second
     derivative through it raises instead of being silently wrong."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", DOUBLE_BACKWARD, str(tmp_path / "rdv"),
-                               str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for rank in range(2)]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-        assert out.strip() == "raised True", out + err
+    for out in _two_ranks(DOUBLE_BACKWARD, tmp_path):
+        assert out.strip() == "raised True", out
 
 
 BAD_ARGUMENTS = r"""
@@ -295,18 +302,8 @@ def test_sync_batchnorm_checks_its_arguments_before_any_change(tmp_path):
     weight / running statistics), a NaN or out-of-range momentum, or eps <= 0 raises a
     ValueError naming them before the counter, the running statistics or a collective, as
     the unsynchronized call does."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", BAD_ARGUMENTS, str(tmp_path / "rdv"),
-                               str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for rank in range(2)]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err
-        assert out.split("\n")[:-1] == ["raised True True"] * 6 + ["ran True"], out + err
+    for out in _two_ranks(BAD_ARGUMENTS, tmp_path):
+        assert out.split("\n")[:-1] == ["raised True True"] * 6 + ["ran True"], out
 
 
 def test_sync_batchnorm_without_process_group_is_plain_batchnorm():
