@@ -155,12 +155,13 @@ def bn_running_update(mean, m2, count, running_mean, running_var, momentum):
     """In place: running = (1 - momentum) * running + momentum * batch, PyTorch's rule, with the
     unbiased batch variance m2 / (count - 1) (count >= 2). Computed in float64, stored in the
     running arrays' dtype. Either running array may be None."""
-    if running_mean is not None:
-        rm = running_mean.astype(np.float64)
-        running_mean[...] = (1.0 - momentum) * rm + momentum * mean
-    if running_var is not None:
-        rv = running_var.astype(np.float64)
-        running_var[...] = (1.0 - momentum) * rv + momentum * (m2 / (count - 1))
+    with np.errstate(invalid="ignore", over="ignore"):   # NaN / inf propagate quietly, as
+        if running_mean is not None:                      # on the kernels
+            rm = running_mean.astype(np.float64)
+            running_mean[...] = (1.0 - momentum) * rm + momentum * mean
+        if running_var is not None:
+            rv = running_var.astype(np.float64)
+            running_var[...] = (1.0 - momentum) * rv + momentum * (m2 / (count - 1))
 
 
 def bn_backward_coeffs(s_dy, s_dyx, mean, invstd, weight, count, training, center, a, b, d,
