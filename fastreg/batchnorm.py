@@ -962,6 +962,25 @@ def _list_of_parts(s):
                     and not isinstance(p[1], numbers.Number) for p in s))
 
 
+def _stats_row(count, mean, m2):
+    """One rank's statistics as the row the synchronized batch norms gather (MPI and
+    torch.distributed): ``[count, C, mean, m2]`` in float64. C lets every rank check the
+    others' (``_merge_rows``): rows of another length would otherwise merge as statistics."""
+    C = mean.shape[0]
+    row = np.empty(2 + 2 * C, np.float64)
+    row[0], row[1], row[2:2 + C], row[2 + C:] = count, C, mean, m2
+    return row
+
+
+def _merge_rows(rows, C):
+    """``merge_stats`` of the gathered ``_stats_row`` rows (2-D, in rank order); ValueError
+    where a rank had another channel count than this one's ``C``."""
+    if not np.all(rows[:, 1] == C):
+        raise ValueError(f"the ranks' inputs have different channel counts (this rank: {C}); "
+                         "synchronized batch norm needs the same C on every rank")
+    return merge_stats([(int(r[0]), r[2:2 + C], r[2 + C:]) for r in rows])
+
+
 def merge_stats(*stats):
     """Merge per-channel (count, mean, M2) statistics of disjoint parts into those of the whole.
 

@@ -92,14 +92,28 @@ def _combine(a, b, p):
     return max(a, b)
 
 
-def total_norm_of(job, views, groups, p):
-    """The p-norm (float64) of the arrays ``views`` (kernel-ready, grouped by dtype)."""
-    s = 0.0
+def _group_sums(job, views, groups, p):
+    """``{dtype: sum |x|**p}`` (max |x| for p = inf) of the arrays ``views`` (kernel-ready,
+    grouped by dtype), for the groups with elements, in ``groups``' order."""
+    sums = {}
     for dtype, idx in groups.items():
         arrays = [views[i] for i in idx if views[i].size]
         if arrays:
-            s = _combine(s, job.op("norm_sum")(arrays, p), p)
+            sums[dtype] = job.op("norm_sum")(arrays, p)
+    return sums
+
+
+def _norm_from(sums, p):
+    """The p-norm (float64) from the groups' partial results (``_group_sums``')."""
+    s = 0.0
+    for v in sums.values():
+        s = _combine(s, v, p)
     return root(s, p)
+
+
+def total_norm_of(job, views, groups, p):
+    """The p-norm (float64) of the arrays ``views`` (kernel-ready, grouped by dtype)."""
+    return _norm_from(_group_sums(job, views, groups, p), p)
 
 
 def _coef_dtype(dtypes):
@@ -118,24 +132,16 @@ def clip_coef(total, max_norm, dtypes):
 
 
 def _sums_of(job, batch, p):
-    """``{dtype: sum |x|**p}`` (max |x| for p = inf) of each dtype group of what _prepare
-    returns (a Batch or a _Planned), in the order of first appearance."""
+    """``_group_sums`` of what _prepare returns (a Batch or a _Planned), in the order of first
+    appearance."""
     if isinstance(batch, _Planned):
         return _multi.run(job, batch.plan, "norm_sum", (batch.grads,), lambda dt: p)
-    sums = {}
-    for dtype, idx in batch.groups.items():
-        arrays = [batch.views[i] for i in idx if batch.views[i].size]
-        if arrays:
-            sums[dtype] = job.op("norm_sum")(arrays, p)
-    return sums
+    return _group_sums(job, batch.views, batch.groups, p)
 
 
 def _norm_of(job, batch, p):
     """total_norm_of for what _prepare returns (a Batch or a _Planned)."""
-    s = 0.0
-    for r in _sums_of(job, batch, p).values():
-        s = _combine(s, r, p)
-    return root(s, p)
+    return _norm_from(_sums_of(job, batch, p), p)
 
 
 _F32 = np.dtype(np.float32)
@@ -348,10 +354,7 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, *,
     if job is None:
         return 0.0
     sums = _sums_of(job, batch, p)
-    s = 0.0
-    for v in sums.values():
-        s = _combine(s, v, p)
-    total = root(s, p)
+    total = _norm_from(sums, p)
     # torch's norm is inf where its float32 arithmetic overflows: a float64 total beyond the
     # coefficient's dtype (float32 for float32 gradients), or a float32 sum of |g|**p beyond
     # float32's range (_torch_overflows); the gradients are then zeroed, as torch zeroes them

@@ -669,25 +669,17 @@ def allgather_stats(count, mean, m2, comm, *, timeout="default"):
     exact below 2**53; a rank that finds another C raises ValueError), then ``fastreg.merge_stats`` (Chan, Golub & LeVeque's update) over the parts in
     rank order, so every rank does the same arithmetic on the same numbers.
     """
-    from .batchnorm import merge_stats
+    from .batchnorm import _merge_rows, _stats_row
     comm = _check_comm(comm)
     mean = np.asarray(mean, np.float64).reshape(-1)
     m2 = np.asarray(m2, np.float64).reshape(-1)
     C = mean.shape[0]
-    # [count, C, mean, m2]: every rank checks the channel counts it received (ranks with other
-    # C send rows of another length, which would otherwise be merged as statistics)
-    send = np.empty(2 + 2 * C, np.float64)
-    send[0], send[1], send[2:2 + C], send[2 + C:] = _check_count(count), C, mean, m2
-    size = comm.Get_size()
-    recv = np.full((size, 2 + 2 * C), np.nan)
+    send = _stats_row(_check_count(count), mean, m2)
+    recv = np.full((comm.Get_size(), send.size), np.nan)
     op = f"Iallgather (batch-norm statistics, {C} channels)"
     req = _start(comm, op, lambda: comm.Iallgather(send, recv))
     _wait(comm, req, op, _timeout(timeout))
-    if not np.all(recv[:, 1] == C):
-        raise ValueError(f"the ranks' inputs have different channel counts (this rank: {C}); "
-                         "synchronized batch norm needs the same C on every rank")
-    parts = [(int(r[0]), r[2:2 + C], r[2 + C:]) for r in recv]
-    return merge_stats(parts)
+    return _merge_rows(recv, C)
 
 
 def allreduce_sums(sums, comm, *, timeout="default"):

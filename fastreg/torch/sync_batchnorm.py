@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from .. import _arrays, _dispatch
 from .. import batchnorm as _bn
-from ..batchnorm import _const, _host64, _on, _writeback, merge_stats
+from ..batchnorm import _const, _host64, _merge_rows, _on, _stats_row, _writeback
 from . import _bridge
 from . import modules as M
 
@@ -47,24 +47,12 @@ def _channel_dims(shape, ax):
 def _allgather_stats(count, mean, m2, group, device):
     """(count, mean, M2) of every rank of ``group`` merged in rank order (identical on all)."""
     dist = _dist()
-    C = mean.shape[0]
-    # [count, C, mean, m2], as fastreg.distributed.allgather_stats: a rank that receives
-    # another channel count refuses it (a backend that checks sizes, gloo, may stop first)
-    send = torch.empty(2 + 2 * C, dtype=torch.float64)
-    send[0], send[1] = float(count), float(C)
-    send[2:2 + C] = torch.from_numpy(mean)
-    send[2 + C:] = torch.from_numpy(m2)
-    send = send.to(device)
+    # the rows of fastreg.distributed.allgather_stats: a rank that receives another channel
+    # count refuses it (a backend that checks sizes, gloo, may stop first)
+    send = torch.from_numpy(_stats_row(count, mean, m2)).to(device)
     recv = [torch.full_like(send, float("nan")) for _ in range(dist.get_world_size(group))]
     dist.all_gather(recv, send, group=group)
-    parts = []
-    for r in recv:
-        r = r.cpu().numpy()
-        if r[1] != C:
-            raise ValueError(f"the ranks' inputs have different channel counts (this rank: "
-                             f"{C}); synchronized batch norm needs the same C on every rank")
-        parts.append((int(r[0]), r[2:2 + C], r[2 + C:]))
-    return merge_stats(parts)
+    return _merge_rows(np.stack([r.cpu().numpy() for r in recv]), mean.shape[0])
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
