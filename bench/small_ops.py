@@ -4,6 +4,7 @@ forward and forward+backward, one AdamW step on 1e5 parameters and l2_grad on 1e
     python bench/small_ops.py                       # idle
     python bench/small_ops.py --load mixed          # beside bench/load.py's reproducer
     taskset -c 0 python bench/small_ops.py --threads 2    # one core, two threads
+    python bench/small_ops.py --same-process        # torch in this process, imported first
     PYTHONPATH=old/tree python bench/small_ops.py   # an older checkout (public API only)
 
 Every call is timed alone (perf_counter around one call); the contenders take turns in rounds,
@@ -14,6 +15,11 @@ imports torch and nothing of fastreg: in this process it would share the OpenMP 
 fastreg loads with the passive wait policy, and its small ops would pay a sleeping thread's
 wake-up per parallel region. It times its calls itself, a round at a time, when asked through a
 pipe. ``--threads`` sets fastreg's and torch's thread counts (default: their own defaults).
+
+``--same-process`` measures the user's loop instead: torch imported first in this process (its
+OpenMP runtime, with GNU's default spin, is then the one fastreg's C backend shares), and its
+calls take turns with fastreg's there. torch's team then spins for milliseconds after each of its
+regions, on the cores that fastreg's pool needs (csrc/pool.c: the pool borrows that team then).
 """
 import argparse
 import os
@@ -177,11 +183,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--same-process", action="store_true",
+                        help="torch in this process, imported before fastreg")
     parser.add_argument("--serve-torch", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_torch:
         return serve_torch(args.threads)
-    peer = None if args.no_torch else _Peer(args.threads)   # before fastreg loads OpenMP
+    local = None
+    if args.same_process and not args.no_torch:
+        import torch   # before fastreg: torch's OpenMP runtime, as a user's script loads it
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        local = _torch_cases()
+    peer = None if args.no_torch or local is not None else _Peer(args.threads)
 
     import numpy as np
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -204,11 +218,17 @@ def main(argv=None):
             cases = {f"{op} {be}": every[f"{op} {be}"] for be in backends}
             if peer is not None:
                 cases[f"{op} torch"] = _Remote(peer, op)
+            elif local is not None:
+                cases[f"{op} torch"] = local[op]
             results.update(measure(cases, args.rounds, args.per_round))
         wall = time.time() - t0
         loadavg = os.getloadavg()[0]
-    torch_note = ("no torch" if peer is None else
-                  f"torch {peer.info['torch']} ({peer.info['threads']} threads, own process)")
+    if local is not None:
+        torch_note = (f"torch {torch.__version__} ({torch.get_num_threads()} threads, this "
+                      f"process, imported first)")
+    else:
+        torch_note = ("no torch" if peer is None else
+                      f"torch {peer.info['torch']} ({peer.info['threads']} threads, own process)")
     if peer is not None:
         peer.close()
     print(f"# fastreg from {os.path.dirname(fastreg.__file__)}; load={args.load}; cpus={cpus}; "

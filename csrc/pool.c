@@ -41,6 +41,9 @@
 
 #include "fastreg.h"
 #include "fr_pool.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__linux__)
 #define FR_POOL_OK 1
@@ -65,11 +68,19 @@
  * FR_POOL_WAKE_NS after the wake, or when a caller has waited FR_POOL_PREEMPTED_NS for a task
  * that a worker started, the cores are oversubscribed (a busy machine, another runtime's spinning
  * threads, fewer CPUs than threads), and the pool backs off: workers sleep right after a job,
- * and fr_pool_burst says no (the Python plan's count for sleeping workers applies).  For 1 ms
- * at first (threads that spin for a while after their own work, as torch's do, are done by
- * then), twice as long at each back-off after that, up to 256 ms (a lasting load then costs
- * one probe per 256 ms), and back to 1 ms after FR_POOL_HITS jobs in a row that a worker took
- * part in without a stall (at 10-100 us a job, 0.04-0.4 s of calls that all went well). */
+ * and fr_pool_burst says no (the Python plan's count for sleeping workers applies).
+ *
+ * How long depends on what it cost.  A stall (the caller waited for a preempted worker) costs
+ * the call a time slice: 1 ms at first, twice as long at each back-off after that, up to 256 ms
+ * (a lasting load then costs one probe per 256 ms), and back to 1 ms after FR_POOL_HITS jobs in
+ * a row that a worker took part in without a stall (at 10-100 us a job, 0.04-0.4 s of calls
+ * that all went well).  Missed jobs and late wakes cost nothing but the parallelism (the caller
+ * ran every task itself) and a wake per probe (13-15 us): they come from threads that hold the
+ * other cores for a while, as torch's OpenMP team does after each of its regions (GNU's default
+ * spin, 3.6 ms here, when torch loaded the runtime first): 1 ms, doubling up to
+ * FR_POOL_MISS_MAX_NS, and back to 1 ms after FR_POOL_MISS_HITS good jobs in a row.  With the
+ * stalls' 256 ms for them, calls that alternate with torch's ran serially for good (l2_grad on
+ * 1e5 float32, one process, torch imported first: a median 15.3 us against 10.1).  */
 #define FR_POOL_PREEMPTED_NS 200000
 #define FR_POOL_MISSES 8
 /* woken workers that have not run this long after the wake (60-100 us is usual here) */
@@ -77,6 +88,16 @@
 #define FR_POOL_BACKOFF_MIN_NS 1000000
 #define FR_POOL_BACKOFF_MAX_NS 256000000
 #define FR_POOL_HITS 4096
+#define FR_POOL_MISS_MAX_NS 4000000
+#define FR_POOL_MISS_HITS 64
+/* Borrowing the OpenMP team (fr_pool_omp): a borrowed team whose second thread started this
+ * late, or whose region's end made the caller wait this long for a thread, had no CPU: no
+ * borrowing for 16 ms, twice as long each time after that, up to 1 s, and back to 16 ms after
+ * FR_POOL_OMP_GOOD borrowed jobs in a row that went well. */
+#define FR_POOL_OMP_LATE_NS 20000
+#define FR_POOL_OMP_OFF_MIN_NS 16000000
+#define FR_POOL_OMP_OFF_MAX_NS 1000000000
+#define FR_POOL_OMP_GOOD 1024
 
 typedef struct {
     _Alignas(64) uint64_t word;  /* gen:24 | end:20 | next:20 */
@@ -97,13 +118,28 @@ static struct {
                                  * missed jobs, after a call stalled] */
     int64_t last_end_ns;        /* when the last call that asked fr_pool_burst ended */
     int64_t backoff_until_ns;   /* no hot jobs, and no spinning, before this time */
-    int64_t backoff_ns;         /* the next back-off's length (doubles, up to the max) */
+    int64_t backoff_ns[2];      /* the next back-off's length after missed jobs / a stall
+                                 * (doubles, up to FR_POOL_MISS_MAX_NS / FR_POOL_BACKOFF_MAX_NS) */
     int hits;                   /* jobs in a row that a worker took part in */
     int misses;                 /* hot jobs in a row in which no worker ran a task */
     int64_t woken_ns;           /* when sleeping workers were woken, until one runs; 0: none */
+    int omp_borrow;             /* borrow the OpenMP team after missed jobs (fr_borrow_decide) */
+    int64_t omp_jobs;           /* jobs run on the OpenMP team (for tests) */
     pthread_mutex_t lock;       /* held by the caller of the running job */
 } P = {.spin_ns = 50000, .lock = PTHREAD_MUTEX_INITIALIZER, .last_end_ns = INT64_MIN / 2,
-     .backoff_ns = FR_POOL_BACKOFF_MIN_NS};
+     .backoff_ns = {FR_POOL_BACKOFF_MIN_NS, FR_POOL_BACKOFF_MIN_NS}};
+
+/* The calling thread's borrowing of its OpenMP team (GNU OpenMP keeps a team per thread that
+ * starts regions, so this is per thread too). */
+static _Thread_local struct {
+    clockid_t clock;    /* the CPU-time clock of the team's second thread, */
+    int known;          /* once a borrowed region has run (0: not yet, or that thread is gone) */
+    int64_t until_ns;   /* jobs run on the team before this time */
+    int64_t off_until_ns, off_ns;  /* no borrowing before this time; the next such pause */
+    int good;           /* borrowed jobs in a row that went well */
+    int64_t miss_ns, miss_cpu;     /* when the current run of missed jobs began, and the team
+                                    * thread's CPU time then (-1: unknown) */
+} T = {.off_ns = FR_POOL_OMP_OFF_MIN_NS};
 
 #define LOAD(x, mo) __atomic_load_n(&(x), __ATOMIC_##mo)
 #define STORE(x, v, mo) __atomic_store_n(&(x), (v), __ATOMIC_##mo)
@@ -113,12 +149,22 @@ int fr_pool_set_spin_ns(int64_t ns)
     STORE(P.spin_ns, ns, RELAXED);
     /* a new setting starts without a back-off */
     STORE(P.backoff_until_ns, 0, RELAXED);
-    STORE(P.backoff_ns, FR_POOL_BACKOFF_MIN_NS, RELAXED);
+    STORE(P.backoff_ns[0], FR_POOL_BACKOFF_MIN_NS, RELAXED);
+    STORE(P.backoff_ns[1], FR_POOL_BACKOFF_MIN_NS, RELAXED);
+    return FR_OK;
+}
+
+int fr_pool_set_omp_borrow(int on)
+{
+    STORE(P.omp_borrow, on != 0, RELAXED);
+    T.until_ns = T.off_until_ns = 0;
+    T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
     return FR_OK;
 }
 
 void fr_pool_stats(int64_t *out)
 {
+    out[5] = LOAD(P.omp_jobs, RELAXED);
     out[0] = LOAD(P.jobs[0], RELAXED);
     out[1] = LOAD(P.jobs[1], RELAXED);
     out[2] = LOAD(P.backoffs[0], RELAXED);
@@ -149,9 +195,12 @@ static void fr_back_off(int64_t now, int why)
 {
     if (LOAD(P.spin_ns, RELAXED) < 0)
         return;  /* told to spin forever (a machine of the user's own): no back-off either */
-    int64_t len = LOAD(P.backoff_ns, RELAXED);
-    STORE(P.backoff_until_ns, now + len, RELAXED);
-    STORE(P.backoff_ns, len < FR_POOL_BACKOFF_MAX_NS ? 2 * len : len, RELAXED);
+    const int stall = why == 2;
+    const int64_t max = stall ? FR_POOL_BACKOFF_MAX_NS : FR_POOL_MISS_MAX_NS;
+    int64_t len = LOAD(P.backoff_ns[stall], RELAXED);
+    if (now + len > LOAD(P.backoff_until_ns, RELAXED))  /* never shortens a longer one */
+        STORE(P.backoff_until_ns, now + len, RELAXED);
+    STORE(P.backoff_ns[stall], len < max ? 2 * len : len, RELAXED);
     STORE(P.hits, 0, RELAXED);
     __atomic_add_fetch(&P.backoffs[why], 1, __ATOMIC_RELAXED);
 }
@@ -244,7 +293,12 @@ static void fr_pool_after_fork_child(void)
     P.woken_ns = 0;
     P.misses = P.hits = 0;
     P.backoff_until_ns = 0;
-    P.backoff_ns = FR_POOL_BACKOFF_MIN_NS;
+    P.backoff_ns[0] = P.backoff_ns[1] = FR_POOL_BACKOFF_MIN_NS;
+    /* nor does GNU OpenMP's team (this is the thread that forked) */
+    T.known = 0;
+    T.until_ns = T.off_until_ns = 0;
+    T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
+    T.good = 0;
 }
 
 static pthread_once_t fr_pool_once = PTHREAD_ONCE_INIT;
@@ -267,7 +321,7 @@ int fr_pool_burst(int nt)
 {
     int64_t now = fr_now_ns();
     if (now < LOAD(P.backoff_until_ns, RELAXED))
-        return 0;
+        return nt > 1 && now < T.until_ns;  /* borrowing: fr_pool_omp runs the job */
     if (fr_pool_hot(nt))
         return 1;
     /* workers woken by an earlier call and not running yet (60-100 us and more on this VM):
@@ -279,6 +333,13 @@ int fr_pool_burst(int nt)
 }
 
 void fr_pool_call_ended(void) { STORE(P.last_end_ns, fr_now_ns(), RELAXED); }
+
+int fr_pool_borrow_ns(int64_t ns)
+{
+    T.until_ns = ns > 0 ? fr_now_ns() + ns : 0;
+    T.off_until_ns = 0;
+    return FR_OK;
+}
 
 /* Starts workers up to nt - 1 (called with the lock held); returns the participants
  * possible. */
@@ -303,11 +364,90 @@ static int fr_pool_grow(int nt)
     return P.nworkers + 1 < nt ? P.nworkers + 1 : nt;
 }
 
+/* The CPU time of the calling thread's OpenMP team thread (ns), or -1 (not known yet, or that
+ * thread has exited: then it is forgotten). */
+static int64_t fr_team_cpu_ns(void)
+{
+    struct timespec ts;
+    if (!T.known)
+        return -1;
+    if (clock_gettime(T.clock, &ts) != 0) {
+        T.known = 0;
+        return -1;
+    }
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* After FR_POOL_MISSES missed jobs (the pool backs off until `until`): borrow the calling
+ * thread's OpenMP team for that time when its thread was running for most of the misses (it
+ * spins: a region starts at once; a thread that sleeps or waits for a CPU would make the
+ * region wait), or, once, before that thread is known (the region learns it). */
+static void fr_borrow_decide(int64_t now, int64_t until)
+{
+    if (!LOAD(P.omp_borrow, RELAXED) || now < T.off_until_ns)
+        return;
+    if (T.known) {
+        int64_t cpu = fr_team_cpu_ns();
+        if (cpu < 0 || T.miss_cpu < 0 || (cpu - T.miss_cpu) * 4 < (now - T.miss_ns) * 3)
+            return;
+    }
+    T.until_ns = until;
+}
+
+/* A job on the calling thread's OpenMP team (held: P.lock), whose threads claim tasks in one
+ * shared order, so that a thread that starts late finds them taken.  A team that starts late
+ * or ends late (FR_POOL_OMP_LATE_NS) was asleep, or its threads have no CPU: borrowing it then
+ * costs more than it gives (a wake; the region's end waits for every thread, a time slice on a
+ * busy machine), so it stops (FR_POOL_OMP_OFF_MIN_NS). */
+static void fr_pool_omp(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
+{
+    size_t next = 0;
+    int64_t t0 = fr_now_ns(), started = 0, done = 0;
+    clockid_t clock;
+    int got = 0;
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num();
+#else
+        const int me = 0;
+#endif
+        if (me == 1) {
+            started = fr_now_ns();
+            got = pthread_getcpuclockid(pthread_self(), &clock) == 0;
+        }
+        size_t t;
+        while ((t = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < ntasks)
+            fn(ctx, t);
+        if (me == 0)
+            done = fr_now_ns();
+    }
+    int64_t end = fr_now_ns();
+    __atomic_add_fetch(&P.omp_jobs, 1, __ATOMIC_RELAXED);
+    if (got) {
+        T.clock = clock;
+        T.known = 1;
+    }
+    if ((started != 0 && started - t0 > FR_POOL_OMP_LATE_NS) || end - done > FR_POOL_OMP_LATE_NS) {
+        T.until_ns = 0;
+        T.off_until_ns = end + T.off_ns;
+        T.off_ns = T.off_ns < FR_POOL_OMP_OFF_MAX_NS ? 2 * T.off_ns : T.off_ns;
+        T.good = 0;
+    } else if (++T.good >= FR_POOL_OMP_GOOD) {
+        T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
+    }
+}
+
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 {
     if (nt < 2 || ntasks < 2 || ntasks > FR_POOL_MAX_TASKS
         || pthread_mutex_trylock(&P.lock) != 0) {
         fr_run_serial(fn, ctx, ntasks);
+        return;
+    }
+    if (T.until_ns != 0 && fr_now_ns() < T.until_ns) {
+        fr_pool_omp((size_t)nt > ntasks ? (int)ntasks : nt, fn, ctx, ntasks);
+        pthread_mutex_unlock(&P.lock);
         return;
     }
     nt = fr_pool_grow(nt);
@@ -365,14 +505,26 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
         }
     }
     /* spinning workers that never get to a task are not running (their CPU is taken) */
-    if (hot)
-        P.misses = mine == ntasks ? P.misses + 1 : 0;
-    if (!stalled && mine < ntasks
-        && __atomic_add_fetch(&P.hits, 1, __ATOMIC_RELAXED) >= FR_POOL_HITS)
-        STORE(P.backoff_ns, FR_POOL_BACKOFF_MIN_NS, RELAXED);
+    if (hot && mine == ntasks) {
+        if (P.misses++ == 0) {  /* the first of a run: what the team thread did meanwhile */
+            T.miss_ns = fr_now_ns();
+            T.miss_cpu = fr_team_cpu_ns();
+        }
+    } else if (hot) {
+        P.misses = 0;
+    }
+    if (!stalled && mine < ntasks) {
+        int hits = __atomic_add_fetch(&P.hits, 1, __ATOMIC_RELAXED);
+        if (hits >= FR_POOL_MISS_HITS)
+            STORE(P.backoff_ns[0], FR_POOL_BACKOFF_MIN_NS, RELAXED);
+        if (hits >= FR_POOL_HITS)
+            STORE(P.backoff_ns[1], FR_POOL_BACKOFF_MIN_NS, RELAXED);
+    }
     if (P.misses >= FR_POOL_MISSES) {
         P.misses = 0;
-        fr_back_off(fr_now_ns(), 1);
+        int64_t now = fr_now_ns();
+        fr_back_off(now, 1);
+        fr_borrow_decide(now, LOAD(P.backoff_until_ns, RELAXED));
     }
     __atomic_add_fetch(&P.jobs[hot], 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&P.lock);
@@ -387,6 +539,12 @@ int fr_pool_burst(int nt)
 }
 
 void fr_pool_call_ended(void) {}
+
+int fr_pool_borrow_ns(int64_t ns)
+{
+    (void)ns;
+    return FR_ERR_SIZE;  /* jobs are OpenMP loops here anyway */
+}
 
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
 {

@@ -379,6 +379,18 @@ def bounded_openmp_spin():
 openmp_start = None   # how the C backend's OpenMP runtime started (set by bounded_openmp_spin)
 
 
+def openmp_team_lingers(environ=None):
+    """Whether the C backend's OpenMP team keeps spinning for milliseconds after a region: the
+    runtime was not started by fastreg's ``bounded_openmp_spin`` (torch loaded it first, with GNU's
+    default, or the environment set a spin count) and the policy is not passive. Then the pool
+    (csrc/pool.c, ``fr_pool_set_omp_borrow``) runs its jobs on that team while the team's
+    spinning threads hold the cores that the pool's workers need."""
+    environ = os.environ if environ is None else environ
+    if openmp_start is None or openmp_start.startswith("started by fastreg"):
+        return False
+    return environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
+
+
 def openmp_spins(environ=None):
     """Whether GNU OpenMP started with this environment (``os.environ`` by default) keeps its idle
     threads spinning: ``OMP_WAIT_POLICY=active``, or ``GOMP_SPINCOUNT=infinite``. fastreg never

@@ -137,6 +137,119 @@ def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
             assert ran == 1, (op, before, after)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [5, 4099, 70_001])
+def test_jobs_on_a_borrowed_openmp_team_give_the_reference_bits(fc, spin, monkeypatch, dtype, n):
+    """While the pool borrows the calling thread's OpenMP team (after missed jobs, when that
+    team lingers: torch's, csrc/pool.c fr_pool_omp), every kernel on the pool runs there, with
+    the reference's bits, and the counters say so."""
+    spin(0)
+    for fam in ("elementwise", "random"):
+        monkeypatch.setitem(_threads.GRAIN, fam, 1)
+    try:
+        for op, make, out, _ in _cases(n, dtype):
+            args = make()
+            # again for each job: a team that starts late (its thread is created by the first
+            # job, or a busy machine delays it) ends the borrowing after that job
+            fc.borrow_team(60e6)
+            before = fc.pool_stats()
+            with fastreg.threads(2):
+                _registry.get(op, "c")(*args)
+            after = fc.pool_stats()
+            expected = make()
+            _registry.get(op, "numpy")(*expected)
+            got, want = args[out], expected[out]
+            if got.dtype.kind == "f":
+                got, want = bits(got), bits(want)
+            np.testing.assert_array_equal(got, want, err_msg=op)
+            # a job that has something to split runs on the team, not on the pool
+            assert (after["cold"], after["hot"]) == (before["cold"], before["hot"]), op
+            if n >= 70_000:
+                assert after["omp"] == before["omp"] + 1, (op, before, after)
+    finally:
+        fc.borrow_team(0)
+
+
+def test_borrowing_ends(fc, spin, monkeypatch):
+    """borrow_team(0) ends it: the next job runs on the pool again."""
+    spin(0)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    w = _w(70_001)
+    fc.borrow_team(60e6)
+    fc.borrow_team(0)
+    before = fc.pool_stats()
+    with fastreg.threads(2):
+        got = fastreg.l2_grad(w, 0.5, backend="c")
+    after = fc.pool_stats()
+    assert after["omp"] == before["omp"]
+    assert after["cold"] + after["hot"] == before["cold"] + before["hot"] + 1
+    np.testing.assert_array_equal(got, fastreg.l2_grad(w, 0.5, backend="numpy"))
+
+
+@pytest.mark.parametrize("environ, start, expected", [
+    ({}, "started by fastreg with GOMP_SPINCOUNT=10000 ...", False),
+    ({}, "loaded before fastreg's (by torch?), with its own policy", True),
+    ({"OMP_WAIT_POLICY": "Passive"}, "loaded before fastreg's (by torch?), with its own policy",
+     False),
+    ({"OMP_WAIT_POLICY": "active"}, "as the environment sets it: OMP_WAIT_POLICY=active", True),
+    ({"GOMP_SPINCOUNT": "100"}, "as the environment sets it: GOMP_SPINCOUNT=100", True),
+    ({}, None, False),
+])
+def test_which_openmp_teams_linger(monkeypatch, environ, start, expected):
+    """The pool borrows the OpenMP team only where it spins for long after a region: not the one
+    fastreg started (a short spin), nor a passive one."""
+    monkeypatch.setattr(_threads, "openmp_start", start)
+    assert _threads.openmp_team_lingers(environ) is expected
+
+
+_TORCH_FIRST = r"""
+import torch   # loads GNU OpenMP first, with its default spin
+import fastreg, fastreg.c as fc
+from fastreg import _threads
+from fastreg.c import lib
+print(_threads.openmp_team_lingers())
+"""
+
+
+def test_torch_loaded_first_makes_the_team_linger():
+    pytest.importorskip("torch")
+    res = _python(_TORCH_FIRST)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[-1] == "True"
+
+
+_BORROW_THEN_FORK = r"""
+import os
+import numpy as np
+import fastreg, fastreg.c as fc
+from fastreg import _threads
+_threads.GRAIN["elementwise"] = 1
+fc.set_pool_spin(0)
+w = np.random.default_rng(0).standard_normal(300_000).astype(np.float32)
+expected = fastreg.l2_grad(w, 0.25, backend="numpy")
+fc.borrow_team(60e6)
+with fastreg.threads(2):
+    assert fastreg.l2_grad(w, 0.25, backend="c").tobytes() == expected.tobytes()
+assert fc.pool_stats()["omp"] == 1
+pid = os.fork()
+if pid == 0:
+    with fastreg.threads(2):
+        ok = all(fastreg.l2_grad(w, 0.25, backend="c").tobytes() == expected.tobytes()
+                 for _ in range(3))
+    os._exit(0 if ok and fc.pool_stats()["omp"] == 1 else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_fork_child_does_not_borrow_the_parents_team():
+    """GNU OpenMP's team does not survive fork: a child forked while its parent borrows runs
+    its jobs without it (fastreg runs serially in a fork child), and right."""
+    res = _python(_BORROW_THEN_FORK)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "0"
+
+
 def test_streamed_outputs_on_the_pool(fc, spin, monkeypatch):
     """Streaming stores from several threads (each task fences its own): the reference's bits."""
     spin(-1)

@@ -98,10 +98,19 @@ def pool_stats():
     pool that found its threads asleep / spinning; "preempted", "missed", "stalled": times it
     backed off (csrc/pool.c) after a spinning thread lost its CPU, after jobs in which the
     other threads never got to a task, and after a call waited for a task of a thread that lost
-    its CPU."""
-    out = ffi.new("int64_t[5]")
+    its CPU; "omp": jobs run on the calling thread's OpenMP team instead, while the pool backed
+    off from missed jobs and that team kept spinning (``fastreg._threads.openmp_team_lingers``:
+    torch's team, when torch loaded the OpenMP runtime first)."""
+    out = ffi.new("int64_t[6]")
     lib.fr_pool_stats(out)
-    return dict(zip(("cold", "hot", "preempted", "missed", "stalled"), map(int, out)))
+    return dict(zip(("cold", "hot", "preempted", "missed", "stalled", "omp"), map(int, out)))
+
+
+def borrow_team(us):
+    """For tests: the calling thread's jobs on fastreg's pool run on its OpenMP team for the
+    next ``us`` microseconds (0: stop), as after missed jobs when that team lingers (csrc/pool.c
+    ``fr_pool_omp``); ``pool_stats()["omp"]`` counts them."""
+    _check(lib.fr_pool_borrow_ns(int(us * 1000)), "fr_pool_borrow_ns")
 
 
 def parallel_regions():
@@ -160,6 +169,8 @@ if lib is not None:
         warnings.warn(f"{exc}; using {_default_spin}", RuntimeWarning, stacklevel=2)
         _spin = _default_spin
     set_pool_spin(_spin)
+    _check(lib.fr_pool_set_omp_borrow(int(_threads.openmp_team_lingers())),
+           "fr_pool_set_omp_borrow")
 
 from .philox import philox4x32, random_bits, uniform  # noqa: E402
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  # noqa: E402
