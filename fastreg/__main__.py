@@ -74,8 +74,10 @@ def info(args=None):
         spin = "forever" if us < 0 else ("never" if us == 0 else f"{us:g} us after a job")
         hot = ", ".join(f"{k} {_threads.grain(k, fastreg.c._pool_spins)}"
                         for k in fastreg.c._POOL_FAMILIES)
+        borrow = ("; borrows the OpenMP team while that team's spinning threads hold the "
+                  "cores" if fastreg.c._omp_borrow else "")
         print(f"  fastreg pool (c)     elementwise and random-stream kernels; its threads spin "
-              f"{spin} (FASTREG_SPIN_US); grains while they spin {hot}")
+              f"{spin} (FASTREG_SPIN_US); grains while they spin {hot}{borrow}")
     try:
         from threadpoolctl import threadpool_info
         for pool in threadpool_info():

@@ -37,8 +37,13 @@ def _python(code, *args, **env):
 
 @pytest.fixture
 def fc():
+    """fastreg.c, its pool not borrowing OpenMP teams on its own during the test (on where
+    torch loaded the runtime first: a job that runs on the team is neither cold nor hot);
+    the tests of borrowing ask for it (borrow_team)."""
     import fastreg.c as fc
-    return fc
+    previous = fc.set_omp_borrow(False)
+    yield fc
+    fc.set_omp_borrow(previous)
 
 
 @pytest.fixture

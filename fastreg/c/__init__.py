@@ -106,6 +106,17 @@ def pool_stats():
     return dict(zip(("cold", "hot", "preempted", "missed", "stalled", "omp"), map(int, out)))
 
 
+def set_omp_borrow(on):
+    """Whether fastreg's pool may run its jobs on the calling thread's OpenMP team after missed
+    jobs (csrc/pool.c ``fr_pool_omp``); returns the previous setting. On by default where that
+    team lingers after its regions (``fastreg._threads.openmp_team_lingers``: torch loaded the
+    OpenMP runtime first)."""
+    global _omp_borrow
+    _check(lib.fr_pool_set_omp_borrow(1 if on else 0), "fr_pool_set_omp_borrow")
+    previous, _omp_borrow = _omp_borrow, bool(on)
+    return previous
+
+
 def borrow_team(us):
     """For tests: the calling thread's jobs on fastreg's pool run on its OpenMP team for the
     next ``us`` microseconds (0: stop), as after missed jobs when that team lingers (csrc/pool.c
@@ -160,6 +171,7 @@ def set_stream_stores(mode):
 if lib is not None and _config.c_force_portable():
     set_isa("portable")
 _pool_spin_us = None
+_omp_borrow = False     # see set_omp_borrow
 if lib is not None:
     _default_spin = -1 if SPINNING else _threads.POOL_SPIN_US
     try:
@@ -169,8 +181,7 @@ if lib is not None:
         warnings.warn(f"{exc}; using {_default_spin}", RuntimeWarning, stacklevel=2)
         _spin = _default_spin
     set_pool_spin(_spin)
-    _check(lib.fr_pool_set_omp_borrow(int(_threads.openmp_team_lingers())),
-           "fr_pool_set_omp_borrow")
+    set_omp_borrow(_threads.openmp_team_lingers())
 
 from .philox import philox4x32, random_bits, uniform  # noqa: E402
 from .dropout import dropout, dropout_mask, dropout_mask_packed, group_dropout  # noqa: E402
