@@ -17,7 +17,8 @@ typedef void (*fr_task_fn)(void *ctx, size_t t);
  * holds the pool. */
 void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks);
 
-/* Whether a job of nt threads is worth them now: enough workers spin, or the previous
+/* Whether a job of nt threads is worth them now: the calling thread borrows its OpenMP team
+ * (csrc/pool.c), enough workers spin, or the previous
  * call that asked ended less than FR_POOL_BURST_NS ago, so that the wake (13-15 us of futex
  * syscall for the caller on this project's VMs) pays for the calls that follow, unless a wake
  * is already pending; and the pool is not backing off (csrc/pool.c: the cores were found
