@@ -50,15 +50,16 @@ int64_t fr_parallel_regions(void);
  * fr_pool_set_spin_ns: how long a worker spins after a job before it sleeps (< 0: forever).
  * fr_pool_stats: out[0], out[1] the jobs run so far with the workers asleep / spinning at the
  * start; out[2], out[3], out[4] the back-offs (csrc/pool.c) after a preempted worker / missed
- * jobs / a call that waited for a preempted worker's task; out[5] the jobs run on the calling
- * thread's OpenMP team.  fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP
+ * jobs / a call that waited for a preempted worker's task; out[5] the jobs run on their calling
+ * threads' OpenMP teams instead (all threads).  fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP
  * team while the pool backs off (for a runtime whose team spins long after its regions, as when
  * torch loaded it first: that team's spinning threads are what takes the workers' CPUs). */
 int fr_set_pool_threads(int n, int n_hot);
 int fr_pool_set_spin_ns(int64_t ns);
 int fr_pool_set_omp_borrow(int on);
-/* For tests: the calling thread's jobs run on its OpenMP team for the next ns (0: stop). */
-int fr_pool_borrow_ns(int64_t ns);
+/* For tests: the calling thread's jobs run on its OpenMP team for the next ns (0: stop);
+ * forced: whatever fr_pool_set_omp_borrow says, else as after missed jobs. */
+int fr_pool_borrow_ns(int64_t ns, int forced);
 void fr_pool_stats(int64_t *out);
 
 /* ctr (n, 4), key (n, 2), out (n, 4), uint32 */

@@ -28,7 +28,7 @@
  *
  * Borrowing the OpenMP team.  When torch loaded GNU OpenMP first (fastreg shares that runtime:
  * the same soname), the team's threads spin for milliseconds after each of torch's regions (GNU's
- * default spin; about 9 ms on this project's VM), on the very cores the pool's workers need: the
+ * default spin; 3.6-9 ms on this project's VMs), on the very cores the pool's workers need: the
  * workers miss every job and the pool runs serially, while a region on that spinning team would
  * start at once.  So after missed jobs, where that team lingers (fr_pool_set_omp_borrow, from
  * fastreg._threads.openmp_team_lingers) and its thread was running through the misses
@@ -87,7 +87,7 @@
  * that all went well).  Missed jobs and late wakes cost nothing but the parallelism (the caller
  * ran every task itself) and a wake per probe (13-15 us): they come from threads that hold the
  * other cores for a while, as torch's OpenMP team does after each of its regions (GNU's default
- * spin, 3.6 ms here, when torch loaded the runtime first): 1 ms, doubling up to
+ * spin, 3.6-9 ms here, when torch loaded the runtime first): 1 ms, doubling up to
  * FR_POOL_MISS_MAX_NS, and back to 1 ms after FR_POOL_MISS_HITS good jobs in a row.  With the
  * stalls' 256 ms for them, calls that alternate with torch's ran serially for good (l2_grad on
  * 1e5 float32, one process, torch imported first: a median 15.3 us against 10.1).  */
@@ -134,10 +134,12 @@ static struct {
     int misses;                 /* hot jobs in a row in which no worker ran a task */
     int64_t woken_ns;           /* when sleeping workers were woken, until one runs; 0: none */
     int omp_borrow;             /* borrow the OpenMP team after missed jobs (fr_borrow_decide) */
+    const void *miss_owner;     /* the thread (its T) whose job began the run of missed jobs, */
+    int64_t miss_ns, miss_cpu;  /* when, and its team thread's CPU time then (-1: unknown) */
     int64_t omp_jobs;           /* jobs run on the OpenMP team (for tests) */
     pthread_mutex_t lock;       /* held by the caller of the running job */
 } P = {.spin_ns = 50000, .lock = PTHREAD_MUTEX_INITIALIZER, .last_end_ns = INT64_MIN / 2,
-     .backoff_ns = {FR_POOL_BACKOFF_MIN_NS, FR_POOL_BACKOFF_MIN_NS}};
+     .backoff_ns = {FR_POOL_BACKOFF_MIN_NS, FR_POOL_BACKOFF_MIN_NS}, .miss_cpu = -1};
 
 /* The calling thread's borrowing of its OpenMP team (GNU OpenMP keeps a team per thread that
  * starts regions, so this is per thread too). */
@@ -147,8 +149,7 @@ static _Thread_local struct {
     int64_t until_ns;   /* jobs run on the team before this time */
     int64_t off_until_ns, off_ns;  /* no borrowing before this time; the next such pause */
     int good;           /* borrowed jobs in a row that went well */
-    int64_t miss_ns, miss_cpu;     /* when the current run of missed jobs began, and the team
-                                    * thread's CPU time then (-1: unknown) */
+    int forced;         /* borrowing asked for by fr_pool_borrow_ns (tests), whatever omp_borrow */
 } T = {.off_ns = FR_POOL_OMP_OFF_MIN_NS};
 
 #define LOAD(x, mo) __atomic_load_n(&(x), __ATOMIC_##mo)
@@ -168,6 +169,7 @@ int fr_pool_set_omp_borrow(int on)
 {
     STORE(P.omp_borrow, on != 0, RELAXED);
     T.until_ns = T.off_until_ns = 0;
+    T.forced = 0;
     T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
     return FR_OK;
 }
@@ -196,6 +198,12 @@ static int64_t fr_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Whether the calling thread's jobs run on its OpenMP team now. */
+static int fr_borrowing(int64_t now)
+{
+    return now < T.until_ns && (T.forced || LOAD(P.omp_borrow, RELAXED));
 }
 
 /* Backs off (see FR_POOL_PREEMPTED_NS) from now; why: 1 missed jobs, 2 a call that waited for
@@ -308,7 +316,8 @@ static void fr_pool_after_fork_child(void)
     T.known = 0;
     T.until_ns = T.off_until_ns = 0;
     T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
-    T.good = 0;
+    T.good = T.forced = 0;
+    P.miss_owner = NULL;
 }
 
 static pthread_once_t fr_pool_once = PTHREAD_ONCE_INIT;
@@ -330,7 +339,7 @@ static int fr_pool_hot(int nt) { return nt > 1 && fr_pool_spinning() >= nt - 1; 
 int fr_pool_burst(int nt)
 {
     int64_t now = fr_now_ns();
-    if (nt > 1 && now < T.until_ns)
+    if (nt > 1 && fr_borrowing(now))
         return 1;  /* borrowing the OpenMP team: fr_pool_omp runs the job, no wake */
     if (now < LOAD(P.backoff_until_ns, RELAXED))
         return 0;
@@ -346,9 +355,11 @@ int fr_pool_burst(int nt)
 
 void fr_pool_call_ended(void) { STORE(P.last_end_ns, fr_now_ns(), RELAXED); }
 
-int fr_pool_borrow_ns(int64_t ns)
+int fr_pool_borrow_ns(int64_t ns, int forced)
 {
+    pthread_once(&fr_pool_once, fr_pool_init);  /* the fork handler resets the borrowing */
     T.until_ns = ns > 0 ? fr_now_ns() + ns : 0;
+    T.forced = ns > 0 && forced;
     T.off_until_ns = 0;
     return FR_OK;
 }
@@ -393,18 +404,22 @@ static int64_t fr_team_cpu_ns(void)
 /* After FR_POOL_MISSES missed jobs (the pool backs off until `until`): borrow the calling
  * thread's OpenMP team for that time when its thread was running for most of the misses (it
  * spins: a region starts at once; a thread that sleeps or waits for a CPU would make the
- * region wait), or, once, before that thread is known (the region learns it). */
+ * region wait), or, while that thread is not known (a borrowed region with a second thread
+ * learns it; a team of one, as under OMP_THREAD_LIMIT=1, never does and is harmless: the
+ * caller runs every task), without that evidence. */
 static void fr_borrow_decide(int64_t now, int64_t until)
 {
     if (!LOAD(P.omp_borrow, RELAXED) || now < T.off_until_ns)
         return;
     if (T.known) {
         int64_t cpu = fr_team_cpu_ns();
-        if (cpu < 0 || T.miss_cpu < 0 || (cpu - T.miss_cpu) * 4 < (now - T.miss_ns) * 3)
+        if (P.miss_owner != (const void *)&T || cpu < 0 || P.miss_cpu < 0
+            || (cpu - P.miss_cpu) * 4 < (now - P.miss_ns) * 3)
             return;
     }
     T.until_ns = until;
 }
+
 
 /* A job on the calling thread's OpenMP team (held: P.lock), whose threads claim tasks in one
  * shared order, so that a thread that starts late finds them taken.  A team that starts late
@@ -417,6 +432,14 @@ static void fr_pool_omp(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
     int64_t t0 = fr_now_ns(), started = 0, done = 0;
     clockid_t clock;
     int got = 0;
+#ifdef _OPENMP
+    /* a team of the runtime's own size (torch.set_num_threads sets it): GNU OpenMP ends the
+     * idle threads of a larger team when a smaller one starts, and its owner's next region
+     * would create them again; the extra threads find the tasks taken */
+    const int team = omp_get_max_threads();
+    if (team > nt)
+        nt = team;
+#endif
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
@@ -440,8 +463,11 @@ static void fr_pool_omp(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
         T.clock = clock;
         T.known = 1;
     }
+    /* late: a team thread started 20 us after the region, or the caller waited 20 us at its end
+     * for a thread in a task (tasks take 1-2 us: that thread lost its CPU) */
     if ((started != 0 && started - t0 > FR_POOL_OMP_LATE_NS) || end - done > FR_POOL_OMP_LATE_NS) {
         T.until_ns = 0;
+        T.forced = 0;
         T.off_until_ns = end + T.off_ns;
         T.off_ns = T.off_ns < FR_POOL_OMP_OFF_MAX_NS ? 2 * T.off_ns : T.off_ns;
         T.good = 0;
@@ -462,7 +488,7 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
         fr_run_serial(fn, ctx, ntasks);
         return;
     }
-    if (T.until_ns != 0 && fr_now_ns() < T.until_ns) {
+    if (T.until_ns != 0 && fr_borrowing(fr_now_ns())) {
         fr_pool_omp((size_t)nt > ntasks ? (int)ntasks : nt, fn, ctx, ntasks);
         pthread_mutex_unlock(&P.lock);
         return;
@@ -524,8 +550,9 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
     /* spinning workers that never get to a task are not running (their CPU is taken) */
     if (hot && mine == ntasks) {
         if (P.misses++ == 0) {  /* the first of a run: what the team thread did meanwhile */
-            T.miss_ns = fr_now_ns();
-            T.miss_cpu = fr_team_cpu_ns();
+            P.miss_owner = &T;
+            P.miss_ns = fr_now_ns();
+            P.miss_cpu = fr_team_cpu_ns();
         }
     } else if (hot) {
         P.misses = 0;
@@ -557,9 +584,10 @@ int fr_pool_burst(int nt)
 
 void fr_pool_call_ended(void) {}
 
-int fr_pool_borrow_ns(int64_t ns)
+int fr_pool_borrow_ns(int64_t ns, int forced)
 {
     (void)ns;
+    (void)forced;
     return FR_ERR_SIZE;  /* jobs are OpenMP loops here anyway */
 }
 

@@ -323,7 +323,7 @@ def openmp_loaded():
 
 # GNU OpenMP's spin count that fastreg starts its runtime with (``bounded_openmp_spin``): about
 # 0.2 ms of spinning after a parallel region on the 2-vCPU Xeon VM (worker CPU time after one
-# region: 0.18 ms over the region's own; GNU's default, 300000, spins 3.6 ms).
+# region: 0.18 ms over the region's own; GNU's default, 300000, spins 3.6-9 ms).
 OPENMP_SPINCOUNT = 10000
 
 
@@ -331,7 +331,7 @@ OPENMP_SPINCOUNT = 10000
 def bounded_openmp_spin():
     """Wrap the first load of the OpenMP runtime (the C extension) so that it starts with
     ``GOMP_SPINCOUNT=OPENMP_SPINCOUNT``: an idle team thread spins about 0.2 ms, then sleeps,
-    instead of GNU's default 300000 spins (3.6 ms on this project's VM).
+    instead of GNU's default 300000 spins (3.6-9 ms on this project's VMs).
 
     The runtime is shared: torch, imported after fastreg's first op, finds it loaded (the same
     soname) and keeps its policy. So the choice is measured on both, the 2-vCPU VM:
@@ -379,16 +379,33 @@ def bounded_openmp_spin():
 openmp_start = None   # how the C backend's OpenMP runtime started (set by bounded_openmp_spin)
 
 
+# GNU OpenMP's spin counts from which its idle team threads spin for about a millisecond or more
+# after a region (10000: about 0.2 ms on the 2-vCPU VM; GNU's default, 300000: 3.6-9 ms).
+LINGERING_SPINCOUNT = 100000
+
+
 def openmp_team_lingers(environ=None):
-    """Whether the C backend's OpenMP team keeps spinning for milliseconds after a region: the
-    runtime was not started by fastreg's ``bounded_openmp_spin`` (torch loaded it first, with GNU's
-    default, or the environment set a spin count) and the policy is not passive. Then the pool
-    (csrc/pool.c, ``fr_pool_set_omp_borrow``) runs its jobs on that team while the team's
-    spinning threads hold the cores that the pool's workers need."""
+    """Whether the C backend's OpenMP team keeps spinning for a millisecond or more after a
+    region: the runtime was not started by fastreg's ``bounded_openmp_spin`` (torch loaded it
+    first, with GNU's default spin, or the environment chose the policy), the policy is not
+    passive, and the spin count (``GOMP_SPINCOUNT``, GNU's default 300000 when unset) is at
+    least ``LINGERING_SPINCOUNT``. Then the pool (csrc/pool.c, ``fr_pool_set_omp_borrow``) runs
+    its jobs on that team while the team's spinning threads hold the cores that the pool's
+    workers need."""
     environ = os.environ if environ is None else environ
     if openmp_start is None or openmp_start.startswith("started by fastreg"):
         return False
-    return environ.get("OMP_WAIT_POLICY", "").strip().lower() != "passive"
+    if environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+        return False
+    count = environ.get("GOMP_SPINCOUNT", "").strip().lower()
+    if not count or count in ("infinite", "infinity") or openmp_spins(environ):
+        return True
+    try:
+        # GNU's suffixes: k, M, G, T (thousands, millions...)
+        scale = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}.get(count[-1], 1)
+        return int(count[:-1] if scale != 1 else count) * scale >= LINGERING_SPINCOUNT
+    except ValueError:
+        return True   # a value GNU OpenMP would ignore: its default
 
 
 def openmp_spins(environ=None):

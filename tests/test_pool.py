@@ -142,6 +142,11 @@ def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
             assert ran == 1, (op, before, after)
 
 
+_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                            reason="the pool (and its borrowing) needs Linux futexes")
+
+
+@_LINUX
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [5, 4099, 70_001])
 def test_jobs_on_a_borrowed_openmp_team_give_the_reference_bits(fc, spin, monkeypatch, dtype, n):
@@ -175,6 +180,7 @@ def test_jobs_on_a_borrowed_openmp_team_give_the_reference_bits(fc, spin, monkey
         fc.borrow_team(0)
 
 
+@_LINUX
 def test_borrowing_ends(fc, spin, monkeypatch):
     """borrow_team(0) ends it: the next job runs on the pool again."""
     spin(0)
@@ -191,18 +197,55 @@ def test_borrowing_ends(fc, spin, monkeypatch):
     np.testing.assert_array_equal(got, fastreg.l2_grad(w, 0.5, backend="numpy"))
 
 
+@_LINUX
+def test_turning_borrowing_off_stops_every_thread(fc, spin, monkeypatch):
+    """set_omp_borrow(False) in one thread ends another thread's borrowing (one it decided on
+    its own, after missed jobs: not forced) at that thread's next job."""
+    spin(0)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    w = _w(70_001)
+    expected = fastreg.l2_grad(w, 0.5, backend="numpy")
+    fc.set_omp_borrow(True)
+    go, ran, counts = threading.Event(), threading.Event(), []
+
+    def other():
+        with fastreg.threads(2):
+            for _ in range(2):
+                # as fr_borrow_decide leaves it: borrowing until a time, not forced (again before
+                # each job: a late first region, which creates the team's thread, ends it)
+                fc.lib.fr_pool_borrow_ns(int(60e9), 0)
+                before = fc.pool_stats()["omp"]
+                ok = np.array_equal(fastreg.l2_grad(w, 0.5, backend="c"), expected)
+                counts.append((fc.pool_stats()["omp"] - before, ok))
+                ran.set()
+                go.wait(30)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert ran.wait(30)
+    fc.set_omp_borrow(False)
+    go.set()
+    t.join(30)
+    assert counts == [(1, True), (0, True)]
+
+
 @pytest.mark.parametrize("environ, start, expected", [
     ({}, "started by fastreg with GOMP_SPINCOUNT=10000 ...", False),
     ({}, "loaded before fastreg's (by torch?), with its own policy", True),
     ({"OMP_WAIT_POLICY": "Passive"}, "loaded before fastreg's (by torch?), with its own policy",
      False),
     ({"OMP_WAIT_POLICY": "active"}, "as the environment sets it: OMP_WAIT_POLICY=active", True),
-    ({"GOMP_SPINCOUNT": "100"}, "as the environment sets it: GOMP_SPINCOUNT=100", True),
+    ({"GOMP_SPINCOUNT": "100"}, "as the environment sets it: GOMP_SPINCOUNT=100", False),
+    ({"GOMP_SPINCOUNT": "300k"}, "as the environment sets it: GOMP_SPINCOUNT=300k", True),
+    ({"GOMP_SPINCOUNT": "1M"}, "as the environment sets it: GOMP_SPINCOUNT=1M", True),
+    ({"GOMP_SPINCOUNT": "infinite"}, "as the environment sets it: GOMP_SPINCOUNT=infinite",
+     True),
+    ({"GOMP_SPINCOUNT": "99999"}, "as the environment sets it: GOMP_SPINCOUNT=99999", False),
     ({}, None, False),
 ])
 def test_which_openmp_teams_linger(monkeypatch, environ, start, expected):
     """The pool borrows the OpenMP team only where it spins for long after a region: not the one
-    fastreg started (a short spin), nor a passive one."""
+    fastreg started (a short spin), nor a passive one, nor one with a short spin count."""
     monkeypatch.setattr(_threads, "openmp_start", start)
     assert _threads.openmp_team_lingers(environ) is expected
 
@@ -227,29 +270,42 @@ _BORROW_THEN_FORK = r"""
 import os
 import numpy as np
 import fastreg, fastreg.c as fc
-from fastreg import _threads
+import fastreg.c.penalty as fcp
+from fastreg import _registry, _threads
+from fastreg.c import lib
 _threads.GRAIN["elementwise"] = 1
 fc.set_pool_spin(0)
 w = np.random.default_rng(0).standard_normal(300_000).astype(np.float32)
 expected = fastreg.l2_grad(w, 0.25, backend="numpy")
+
+def run():
+    # the pool path with 2 threads, whatever fastreg's Python side plans in a fork child
+    out = np.empty_like(w)
+    orig = fcp._plan
+    fcp._plan = lambda work, family: lib.fr_set_pool_threads(2, 2)
+    try:
+        _registry.get("penalty_grad", "c")(w, np.float32(0), np.float32(0.5), out, False)
+    finally:
+        fcp._plan = orig
+    return out.tobytes() == expected.tobytes()
+
 fc.borrow_team(60e6)
-with fastreg.threads(2):
-    assert fastreg.l2_grad(w, 0.25, backend="c").tobytes() == expected.tobytes()
+assert run()
 assert fc.pool_stats()["omp"] == 1
+fc.borrow_team(60e6)   # borrowing at the fork (a late first region may have ended it)
 pid = os.fork()
 if pid == 0:
-    with fastreg.threads(2):
-        ok = all(fastreg.l2_grad(w, 0.25, backend="c").tobytes() == expected.tobytes()
-                 for _ in range(3))
-    os._exit(0 if ok and fc.pool_stats()["omp"] == 1 else 3)
+    ok = run() and run() and fc.pool_stats()["omp"] == 1
+    os._exit(0 if ok else 3)
 _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status))
 """
 
 
+@_LINUX
 def test_a_fork_child_does_not_borrow_the_parents_team():
-    """GNU OpenMP's team does not survive fork: a child forked while its parent borrows runs
-    its jobs without it (fastreg runs serially in a fork child), and right."""
+    """GNU OpenMP's team does not survive fork (entering it in the child hangs): a child forked
+    while its parent borrows runs its jobs of 2 threads on fastreg's pool, and right."""
     res = _python(_BORROW_THEN_FORK)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0"

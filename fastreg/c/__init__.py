@@ -121,7 +121,7 @@ def borrow_team(us):
     """For tests: the calling thread's jobs on fastreg's pool run on its OpenMP team for the
     next ``us`` microseconds (0: stop), as after missed jobs when that team lingers (csrc/pool.c
     ``fr_pool_omp``); ``pool_stats()["omp"]`` counts them."""
-    _check(lib.fr_pool_borrow_ns(int(us * 1000)), "fr_pool_borrow_ns")
+    _check(lib.fr_pool_borrow_ns(int(us * 1000), 1), "fr_pool_borrow_ns")
 
 
 def parallel_regions():
