@@ -103,6 +103,23 @@ def _elementwise_cases(w, g, t):
     ]
 
 
+def _run_against_reference(fc, op, make, out):
+    """Run pool op ``op`` with 2 threads on ``make()``'s arguments, check its output (argument
+    ``out``) against the reference's bits; returns the pool's counters before and after."""
+    args = make()
+    before = fc.pool_stats()
+    with fastreg.threads(2):
+        _registry.get(op, "c")(*args)
+    after = fc.pool_stats()
+    expected = make()
+    _registry.get(op, "numpy")(*expected)
+    got, want = args[out], expected[out]
+    if got.dtype.kind == "f":
+        got, want = bits(got), bits(want)
+    np.testing.assert_array_equal(got, want, err_msg=op)
+    return before, after
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [5, 100, 4099, 70_001])
 @pytest.mark.parametrize("mode", ["cold", "hot"])
@@ -118,17 +135,7 @@ def test_pool_gives_the_reference_bits(fc, spin, monkeypatch, dtype, n, mode):
         spin(-1)
         _heat(fc)
     for op, make, out, _ in _cases(n, dtype):
-        args = make()
-        before = fc.pool_stats()
-        with fastreg.threads(2):
-            _registry.get(op, "c")(*args)
-        after = fc.pool_stats()
-        expected = make()
-        _registry.get(op, "numpy")(*expected)
-        got, want = args[out], expected[out]
-        if got.dtype.kind == "f":
-            got, want = bits(got), bits(want)
-        np.testing.assert_array_equal(got, want, err_msg=op)
+        before, after = _run_against_reference(fc, op, make, out)
         # a job on the pool ran; hot: it found the workers spinning (they never sleep then).
         # (With workers that sleep at once, one that has just finished a job may still count
         # as spinning for the next: cold or hot.)
@@ -158,20 +165,10 @@ def test_jobs_on_a_borrowed_openmp_team_give_the_reference_bits(fc, spin, monkey
         monkeypatch.setitem(_threads.GRAIN, fam, 1)
     try:
         for op, make, out, _ in _cases(n, dtype):
-            args = make()
             # again for each job: a team that starts late (its thread is created by the first
             # job, or a busy machine delays it) ends the borrowing after that job
             fc.borrow_team(60e6)
-            before = fc.pool_stats()
-            with fastreg.threads(2):
-                _registry.get(op, "c")(*args)
-            after = fc.pool_stats()
-            expected = make()
-            _registry.get(op, "numpy")(*expected)
-            got, want = args[out], expected[out]
-            if got.dtype.kind == "f":
-                got, want = bits(got), bits(want)
-            np.testing.assert_array_equal(got, want, err_msg=op)
+            before, after = _run_against_reference(fc, op, make, out)
             # a job that has something to split runs on the team, not on the pool
             assert (after["cold"], after["hot"]) == (before["cold"], before["hot"]), op
             if n >= 70_000:
