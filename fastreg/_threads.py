@@ -31,6 +31,7 @@ import contextlib
 import math
 import os
 import threading
+from time import monotonic as _monotonic
 
 # Units of work per thread below which a second thread does not pay for waking it: plan() gives
 # 2 threads from 2 * GRAIN. Units: elements (elementwise; optimizer steps count 2 per element,
@@ -96,6 +97,8 @@ class _Local(threading.local):
     # the innermost ``threads(n)`` of this Python thread; a class attribute, so that reading it
     # in a thread that never set it costs a lookup, not a caught AttributeError (0.35 us)
     override = None
+    # this thread's last read of its affinity mask: (time.monotonic() of it, the count)
+    cpus_read = (-math.inf, 1)
 
 
 _local = _Local()
@@ -146,15 +149,32 @@ def _cgroup_cpu_limit():
 _cgroup_cache = None
 
 
+# How long a read of the affinity mask stands (seconds): the system call costs 0.45 us, and every
+# call above its grain asks (an l2_grad on 1e5 float32 takes 10 us in all).
+AFFINITY_TTL = 0.1
+
+
 def available_cpus():
-    """CPUs this process may run on: its affinity mask (``taskset``, container CPU sets; the CPU
-    count where there is none), capped by a cgroup CPU quota (``docker --cpus``)."""
+    """CPUs this process may run on: the calling thread's affinity mask (``taskset``, container
+    CPU sets; the CPU count where there is none), read at most every ``AFFINITY_TTL`` seconds,
+    capped by a cgroup CPU quota (``docker --cpus``)."""
+    now = _monotonic()
+    t, n = _local.cpus_read
+    if now - t < AFFINITY_TTL:
+        return n
     try:
         n = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         n = max(1, os.cpu_count() or 1)
     quota = _cgroup_cache[0] if _cgroup_cache is not None else _cgroup_cpu_limit()
-    return n if quota is None or quota >= n else quota
+    n = n if quota is None or quota >= n else quota
+    _local.cpus_read = (now, n)
+    return n
+
+
+def _forget_affinity():
+    """Read the affinity mask again at the next ``available_cpus`` (after this thread set it)."""
+    _local.cpus_read = _Local.cpus_read
 
 
 # The variables default_num_threads reads, as keys of os.environ's own dict (CPython: bytes on

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import fastreg
-from fastreg import _registry
+from fastreg import _registry, _threads
 from . import cases, load
 
 #: columns of the section: (name, alignment, width)
@@ -88,6 +88,7 @@ def _all_threads_affinity(cpus):
             os.sched_setaffinity(int(tid), cpus)
         except (OSError, ValueError):   # a thread that ended meanwhile
             pass
+    _threads._forget_affinity()   # fastreg's default thread count reads it again
 
 
 @contextlib.contextmanager
