@@ -97,8 +97,9 @@ class _Local(threading.local):
     # the innermost ``threads(n)`` of this Python thread; a class attribute, so that reading it
     # in a thread that never set it costs a lookup, not a caught AttributeError (0.35 us)
     override = None
-    # this thread's last read of its affinity mask: (time.monotonic() of it, the count)
-    cpus_read = (-math.inf, 1)
+    # this thread's last read of its affinity mask: (time.monotonic() of it, the count, the
+    # _affinity_gen it was read in)
+    cpus_read = (-math.inf, 1, -1)
 
 
 _local = _Local()
@@ -159,8 +160,8 @@ def available_cpus():
     CPU sets; the CPU count where there is none), read at most every ``AFFINITY_TTL`` seconds,
     capped by a cgroup CPU quota (``docker --cpus``)."""
     now = _monotonic()
-    t, n = _local.cpus_read
-    if now - t < AFFINITY_TTL:
+    t, n, gen = _local.cpus_read
+    if now - t < AFFINITY_TTL and gen == _affinity_gen:
         return n
     try:
         n = len(os.sched_getaffinity(0)) or 1
@@ -168,13 +169,18 @@ def available_cpus():
         n = max(1, os.cpu_count() or 1)
     quota = _cgroup_cache[0] if _cgroup_cache is not None else _cgroup_cpu_limit()
     n = n if quota is None or quota >= n else quota
-    _local.cpus_read = (now, n)
+    _local.cpus_read = (now, n, _affinity_gen)
     return n
 
 
+_affinity_gen = 0   # bumped by _forget_affinity: every thread's read is stale then
+
+
 def _forget_affinity():
-    """Read the affinity mask again at the next ``available_cpus`` (after this thread set it)."""
-    _local.cpus_read = _Local.cpus_read
+    """Make every thread read its affinity mask again at its next ``available_cpus`` (after
+    fastreg changed it, and in a fork child, which may pin itself before its first op)."""
+    global _affinity_gen
+    _affinity_gen += 1
 
 
 # The variables default_num_threads reads, as keys of os.environ's own dict (CPython: bytes on
@@ -459,7 +465,7 @@ def plan(work, family, spinning=False):
 
 def plan_pair(work, family, spinning, hot_spinning):
     """``(plan(work, family, spinning), plan(work, family, hot_spinning))`` with at most one read
-    of ``get_num_threads()`` (0.5 us: the affinity mask is a system call), for the C backend's
+    of ``get_num_threads()`` (the affinity mask, a system call, is kept 0.1 s), for the C backend's
     pool families (a count for sleeping workers, one for spinning workers)."""
     g = GRAIN[family]
     sg = min(g, SPIN_GRAIN[family])
@@ -503,6 +509,7 @@ def _before_fork():
 
 def _after_fork_in_child():
     global _forked_after_parallel
+    _forget_affinity()
     _forked_after_parallel = _forked_after_parallel or _parallel_used or _threads_at_fork > 1
 
 

@@ -82,14 +82,17 @@ def test_grad_vs_reference(kernel_backend, n, dtype, kind, accumulate):
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the reference's
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("l1, l2", [(0.1, 1 / 3), (1e-45, 7e-46), (1.0000001, 0.30000001),
-                                    (3.3e38, 1.65e38), (0.0, 2.0 ** -126 * 1.5)])
+                                    (3.3e38, 1.65e38), (0.0, 2.0 ** -126 * 1.5),
+                                    # just below the refused 2**128 - 2**103: rounds to the
+                                    # largest float32
+                                    (float(np.nextafter(2.0 ** 128 - 2.0 ** 103, 0)), 0.0)])
 def test_grad_strengths_rounded_as_the_dtype(kernel_backend, dtype, l1, l2):
     """Strengths that the dtype cannot hold exactly (subnormal, next to the largest float32)
     are rounded as the dtype rounds them on every backend (the C backend takes Python floats,
     which cffi rounds): the reference's bits."""
     if kernel_backend == "cuda":
         pytest.skip("host arrays")
-    if dtype == np.float32 and max(l1, 2 * l2) >= 3.4028234663852886e38:
+    if dtype == np.float32 and max(l1, 2 * l2) >= 2.0 ** 128 - 2.0 ** 103:
         pytest.skip("beyond float32: refused (test_strength_that_overflows_the_dtype)")
     w = weights(1000, dtype)
     for fn in (lambda **k: fastreg.l2_grad(w, l2, **k),

@@ -195,6 +195,36 @@ def test_available_cpus_within_affinity():
     assert 1 <= n <= len(os.sched_getaffinity(0))
 
 
+_PIN_IN_CHILD = r"""
+import os
+import fastreg
+from fastreg import _threads
+n = fastreg.get_num_threads()          # the parent's read (kept 0.1 s)
+pid = os.fork()
+if pid == 0:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os._exit(0 if fastreg.get_num_threads() == 1 else 3)
+_, status = os.waitpid(pid, 0)
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+_threads._forget_affinity()            # what fastreg's own pinning does (bench --pin)
+print(n, os.waitstatus_to_exitcode(status), fastreg.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not hasattr(os, "fork"),
+                    reason="needs sched_setaffinity and fork")
+def test_affinity_read_again_after_fork_and_after_pinning():
+    """The affinity mask is kept 0.1 s per thread, but a fork child that pins itself at once
+    sees its own mask (found by review: it inherited the parent's read), as does the thread
+    after fastreg's own pinning."""
+    if _threads.available_cpus() < 2:
+        pytest.skip("one CPU: nothing to see")
+    res = _run_python(_PIN_IN_CHILD)
+    assert res.returncode == 0, res.stderr
+    n, child, after = map(int, res.stdout.split())
+    assert n >= 2 and child == 0 and after == 1
+
+
 def test_plan():
     g = _threads.GRAIN["random"]
     with fastreg.threads(4):
