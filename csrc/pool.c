@@ -165,12 +165,18 @@ int fr_pool_set_spin_ns(int64_t ns)
     return FR_OK;
 }
 
-int fr_pool_set_omp_borrow(int on)
+/* The calling thread borrows nothing now, and no pause holds back its next borrowing. */
+static void fr_borrow_clear(void)
 {
-    STORE(P.omp_borrow, on != 0, RELAXED);
     T.until_ns = T.off_until_ns = 0;
     T.forced = 0;
     T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
+}
+
+int fr_pool_set_omp_borrow(int on)
+{
+    STORE(P.omp_borrow, on != 0, RELAXED);
+    fr_borrow_clear();
     return FR_OK;
 }
 
@@ -313,10 +319,8 @@ static void fr_pool_after_fork_child(void)
     P.backoff_until_ns = 0;
     P.backoff_ns[0] = P.backoff_ns[1] = FR_POOL_BACKOFF_MIN_NS;
     /* nor does GNU OpenMP's team (this is the thread that forked) */
-    T.known = 0;
-    T.until_ns = T.off_until_ns = 0;
-    T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
-    T.good = T.forced = 0;
+    fr_borrow_clear();
+    T.known = T.good = 0;
     P.miss_owner = NULL;
 }
 

@@ -424,7 +424,7 @@ def openmp_team_lingers(environ=None):
     if environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
         return False
     count = environ.get("GOMP_SPINCOUNT", "").strip().lower()
-    if not count or count in ("infinite", "infinity") or openmp_spins(environ):
+    if not count or openmp_spins(environ):   # GNU's default, or active / infinite
         return True
     try:
         # GNU's suffixes: k, M, G, T (thousands, millions...)
