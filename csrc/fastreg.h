@@ -51,7 +51,8 @@ int64_t fr_parallel_regions(void);
  * fr_pool_stats: out[0], out[1] the jobs run so far with the workers asleep / spinning at the
  * start; out[2], out[3], out[4] the back-offs (csrc/pool.c) after a preempted worker / missed
  * jobs / a call that waited for a preempted worker's task; out[5] the jobs run on their calling
- * threads' OpenMP teams instead (all threads).  fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP
+ * threads' OpenMP teams instead (all threads); out[6] those of them that started or ended late
+ * (borrowing then pauses).  fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP
  * team while the pool backs off (for a runtime whose team spins long after its regions, as when
  * torch loaded it first: that team's spinning threads are what takes the workers' CPUs). */
 int fr_set_pool_threads(int n, int n_hot);
@@ -60,6 +61,11 @@ int fr_pool_set_omp_borrow(int on);
 /* For tests: the calling thread's jobs run on its OpenMP team for the next ns (0: stop);
  * forced: whatever fr_pool_set_omp_borrow says, else as after missed jobs. */
 int fr_pool_borrow_ns(int64_t ns, int forced);
+/* For tests: the calling thread's next n borrowed jobs count as late (as a team thread that lost
+ * its CPU), whatever their timing, after `good` good ones in a row; fr_pool_borrowing: whether
+ * its jobs run on its OpenMP team now. */
+int fr_pool_borrow_late(int n, int good);
+int fr_pool_borrowing(void);
 void fr_pool_stats(int64_t *out);
 
 /* ctr (n, 4), key (n, 2), out (n, 4), uint32 */

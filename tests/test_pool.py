@@ -195,6 +195,38 @@ def test_borrowing_ends(fc, spin, monkeypatch):
 
 
 @_LINUX
+def test_one_late_region_after_a_long_good_run_is_let_pass(fc, spin, monkeypatch):
+    """A borrowed region that comes late (made so: fr_pool_borrow_late) pauses the borrowing
+    early in a run, but one after 64 good regions in a row (csrc/pool.c FR_POOL_OMP_FORGIVE) is
+    let pass; a second one soon after pauses it."""
+    spin(0)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 1)
+    w = _w(70_001)
+    expected = fastreg.l2_grad(w, 0.5, backend="numpy")
+
+    def job(good):
+        """One late borrowed l2_grad of 2 threads after ``good`` good ones: whether the thread
+        borrows after it"""
+        fc.lib.fr_pool_borrow_late(1, good)
+        before = fc.pool_stats()
+        np.testing.assert_array_equal(fastreg.l2_grad(w, 0.5, backend="c"), expected)
+        after = fc.pool_stats()
+        assert (after["omp"] - before["omp"], after["omp_late"] - before["omp_late"]) == (1, 1)
+        return bool(fc.lib.fr_pool_borrowing())
+
+    with fastreg.threads(2):
+        for good, borrows in ((0, False), (63, False), (64, True), (1000, True)):
+            fc.borrow_team(60e6)
+            assert fc.lib.fr_pool_borrowing()
+            assert job(good) is borrows, good
+        assert job(0) is False   # right after a forgiven one
+        before = fc.pool_stats()
+        fastreg.l2_grad(w, 0.5, backend="c")
+        assert fc.pool_stats()["omp"] == before["omp"]   # paused: the pool ran it
+    fc.borrow_team(0)
+
+
+@_LINUX
 def test_turning_borrowing_off_stops_every_thread(fc, spin, monkeypatch):
     """set_omp_borrow(False) in one thread ends another thread's borrowing (one it decided on
     its own, after missed jobs: not forced) at that thread's next job."""

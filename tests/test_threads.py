@@ -1,6 +1,7 @@
 """Threads: the policy of fastreg._threads (grain, set_num_threads, threads()), and that every
 kernel of the host backends gives the same bits on its serial path (below the grain: the calling
 thread, no thread pool) and on its parallel one, with the path that ran checked each time."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -172,22 +173,62 @@ def test_environment_defaults(monkeypatch):
     assert fastreg.get_num_threads() == _threads.available_cpus()
 
 
-def test_plan_pair_is_two_plans(monkeypatch):
-    """The C backend's pool families plan both counts with one read of the thread count: the
-    same answers as two plans, also with a grain shrunk below the spin grain (as tests do)."""
+@pytest.mark.parametrize("source", ["threads", "set_num_threads", "default", "fork child"])
+def test_plan_pair_is_two_plans(monkeypatch, source):
+    """The C backend's pool families plan both counts with one read of the thread count (written
+    out in plan_pair): the same answers as two plans, whichever setting gives the count, also
+    with a grain shrunk below the spin grain (as tests do)."""
+    monkeypatch.setattr(_threads, "_default", None)
+    if source == "fork child":
+        monkeypatch.setattr(_threads, "_forked_after_parallel", True)
     for shrink in (False, True):
         if shrink:
             monkeypatch.setitem(_threads.GRAIN, "elementwise", 16)
         for fam in ("elementwise", "random"):
             g, sg = _threads.GRAIN[fam], _threads.SPIN_GRAIN[fam]
             for n in (1, 2, 3, 8):
-                with fastreg.threads(n):
+                if source == "set_num_threads":
+                    monkeypatch.setattr(_threads, "_default", n)
+                elif source == "default":
+                    monkeypatch.setenv("FASTREG_NUM_THREADS", str(n))
+                with (fastreg.threads(n) if source == "threads" else contextlib.nullcontext()):
                     for work in (0, 1, 31, 32, sg, 2 * sg - 1, 2 * sg, 5 * sg + 3, 2 * g - 1,
                                  2 * g, 7 * g, 100 * g):
                         for a in (False, True):
                             for b in (False, True):
                                 assert _threads.plan_pair(work, fam, a, b) == (
                                     _threads.plan(work, fam, a), _threads.plan(work, fam, b))
+
+
+def test_default_count_is_kept_only_while_its_sources_hold(monkeypatch):
+    """default_num_threads keeps its answer per thread: a new value of any of its variables
+    (even the same text, set again), a removal, and fastreg's own affinity change are each seen
+    at the next call, in this thread and in another."""
+    monkeypatch.setattr(_threads, "_default", None)
+    for name in ("FASTREG_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    cpus = _threads.available_cpus()
+    assert _threads.default_num_threads() == cpus
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "5")
+    assert _threads.default_num_threads() == 5
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "5")
+    assert _threads.default_num_threads() == 5
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "6")
+    assert _threads.default_num_threads() == 6
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(_threads.default_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [6]
+    monkeypatch.delenv("FASTREG_NUM_THREADS")
+    assert _threads.default_num_threads() == cpus
+    # a changed affinity read (as after fastreg's pinning or a fork): the count is read again
+    monkeypatch.setattr(_threads, "_cgroup_cache", (1,))
+    _threads._forget_affinity()
+    assert _threads.default_num_threads() == 1
+    monkeypatch.undo()
+    _threads._forget_affinity()
+    assert _threads.default_num_threads() == _threads.available_cpus()
 
 
 def test_available_cpus_within_affinity():

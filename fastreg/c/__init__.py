@@ -57,7 +57,8 @@ def _plan(work, family):
     if family in _POOL_FAMILIES:
         n, hot = _threads.plan_pair(work, family, SPINNING, _pool_spins)
         lib.fr_set_pool_threads(n, hot)
-        n = max(n, hot)
+        if hot > n:
+            n = hot
     else:
         n = _threads.plan(work, family, SPINNING)
         lib.fr_set_threads(n)
@@ -100,10 +101,12 @@ def pool_stats():
     other threads never got to a task, and after a call waited for a task of a thread that lost
     its CPU; "omp": jobs run on the calling thread's OpenMP team instead, while the pool backed
     off from missed jobs and that team kept spinning (``fastreg._threads.openmp_team_lingers``:
-    torch's team, when torch loaded the OpenMP runtime first)."""
-    out = ffi.new("int64_t[6]")
+    torch's team, when torch loaded the OpenMP runtime first); "omp_late": those of them whose
+    team started or ended late (a thread without a CPU: borrowing then pauses)."""
+    out = ffi.new("int64_t[7]")
     lib.fr_pool_stats(out)
-    return dict(zip(("cold", "hot", "preempted", "missed", "stalled", "omp"), map(int, out)))
+    return dict(zip(("cold", "hot", "preempted", "missed", "stalled", "omp", "omp_late"),
+                    map(int, out)))
 
 
 def set_omp_borrow(on):
