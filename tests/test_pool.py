@@ -226,6 +226,62 @@ def test_one_late_region_after_a_long_good_run_is_let_pass(fc, spin, monkeypatch
     fc.borrow_team(0)
 
 
+_PROBE = r"""
+import time
+import numpy as np
+import fastreg, fastreg.c as fc
+from fastreg import _threads
+assert _threads.openmp_team_lingers() and fc.set_omp_borrow(True)   # on by default here
+_threads.GRAIN["elementwise"] = 1
+fc.set_pool_spin(0)
+w = np.random.default_rng(0).standard_normal(70_001).astype(np.float32)
+expected = fastreg.l2_grad(w, 0.5, backend="numpy")
+
+def job():
+    """1: the job ran on the team, decided at once (not after missed jobs: fr_borrow_decide)"""
+    before = fc.pool_stats()
+    assert fastreg.l2_grad(w, 0.5, backend="c").tobytes() == expected.tobytes()
+    after = fc.pool_stats()
+    return int(after["omp"] > before["omp"] and after["missed"] == before["missed"])
+
+def pause(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+with fastreg.threads(2):
+    outcomes = []
+    for _ in range(50):
+        fc.borrow_team(60e6)
+        job()                # the team's thread is known from here; it spins after the region
+        fc.borrow_team(0)    # no borrowing now, and no pause
+        job()                # a first sample of that thread's CPU time
+        pause(40e-6)
+        outcomes.append(job())
+        if outcomes[-1]:
+            break
+    assert 1 in outcomes, outcomes
+    fc.borrow_team(0)
+    time.sleep(0.05)         # GNU's default spin ends after 3.6-9 ms here
+    assert job() == 0        # a first sample
+    pause(40e-6)
+    assert job() == 0        # the team's thread sleeps: the pool runs it
+print("ok")
+"""
+
+
+@_LINUX
+def test_borrowing_starts_again_at_once_while_the_team_spins():
+    """Once a thread has borrowed its team (one that lingers: GNU's default spin, as when torch
+    loaded the runtime first), a job finds whether the team's thread ran through the time since
+    its previous job (csrc/pool.c fr_borrow_probe): right after a region, while the team spins,
+    a job 30 us or more after the previous one runs on the team with no missed jobs first;
+    after 50 ms of sleep (the team sleeps too) it does not."""
+    res = _python(_PROBE, GOMP_SPINCOUNT="300000")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
 @_LINUX
 def test_turning_borrowing_off_stops_every_thread(fc, spin, monkeypatch):
     """set_omp_borrow(False) in one thread ends another thread's borrowing (one it decided on
