@@ -238,7 +238,7 @@ w = np.random.default_rng(0).standard_normal(70_001).astype(np.float32)
 expected = fastreg.l2_grad(w, 0.5, backend="numpy")
 
 def job():
-    """1: the job ran on the team, decided at once (not after missed jobs: fr_borrow_decide)"""
+    # 1: the job ran on the team, decided at once (not after missed jobs: fr_borrow_decide)
     before = fc.pool_stats()
     assert fastreg.l2_grad(w, 0.5, backend="c").tobytes() == expected.tobytes()
     after = fc.pool_stats()
