@@ -20,6 +20,9 @@ pipe. ``--threads`` sets fastreg's and torch's thread counts (default: their own
 OpenMP runtime, with GNU's default spin, is then the one fastreg's C backend shares), and its
 calls take turns with fastreg's there. torch's team then spins for milliseconds after each of its
 regions, on the cores that fastreg's pool needs (csrc/pool.c: the pool borrows that team then).
+``--torch-work MS`` adds what happens between a training loop's optimizer calls: before each
+contender's turn, MS milliseconds of torch matmuls (256 x 256, float32; untimed), as a forward
+and backward pass would run.
 """
 import argparse
 import os
@@ -159,7 +162,21 @@ class _Remote:
         return self.peer.ask((self.op, n))
 
 
-def measure(cases, rounds, per_round):
+def _torch_work(ms):
+    """A callable that runs torch matmuls for ``ms`` milliseconds (None for 0)."""
+    if not ms:
+        return None
+    import torch
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def work():
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            a @ b
+    return work
+
+
+def measure(cases, rounds, per_round, between=None):
     import numpy as np
 
     def run(fn, n):
@@ -170,6 +187,8 @@ def measure(cases, rounds, per_round):
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            if between is not None:
+                between()
             times[name] += run(fn, per_round)
     return {name: np.array(ts) * 1e6 for name, ts in times.items()}
 
@@ -185,8 +204,12 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--same-process", action="store_true",
                         help="torch in this process, imported before fastreg")
+    parser.add_argument("--torch-work", type=float, default=0, metavar="MS",
+                        help="with --same-process: MS ms of torch matmuls before each turn")
     parser.add_argument("--serve-torch", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torch_work and not args.same_process:
+        parser.error("--torch-work needs --same-process")
     if args.serve_torch:
         return serve_torch(args.threads)
     local = None
@@ -212,6 +235,7 @@ def main(argv=None):
     except AttributeError:
         cpus = os.cpu_count()
     results = {}
+    between = _torch_work(args.torch_work)
     with load.background_load(None if args.load == "none" else args.load):
         t0 = time.time()
         for op in ops:
@@ -220,12 +244,14 @@ def main(argv=None):
                 cases[f"{op} torch"] = _Remote(peer, op)
             elif local is not None:
                 cases[f"{op} torch"] = local[op]
-            results.update(measure(cases, args.rounds, args.per_round))
+            results.update(measure(cases, args.rounds, args.per_round, between))
         wall = time.time() - t0
         loadavg = os.getloadavg()[0]
     if local is not None:
         torch_note = (f"torch {torch.__version__} ({torch.get_num_threads()} threads, this "
-                      f"process, imported first)")
+                      f"process, imported first"
+                      + (f"; {args.torch_work:g} ms of torch matmuls before each turn)"
+                         if args.torch_work else ")"))
     else:
         torch_note = ("no torch" if peer is None else
                       f"torch {peer.info['torch']} ({peer.info['threads']} threads, own process)")
