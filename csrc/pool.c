@@ -104,7 +104,8 @@
  * late, or whose region's end made the caller wait this long for a thread, had no CPU: no
  * borrowing for 16 ms, twice as long each time after that, up to 1 s, and back to 16 ms after
  * FR_POOL_OMP_GOOD borrowed jobs in a row that went well.  One late region after
- * FR_POOL_OMP_FORGIVE good ones in a row is let pass: on a machine shared with other processes
+ * FR_POOL_OMP_FORGIVE good ones in a row (counted across borrowing periods: the thread's
+ * record with its team) is let pass: on a machine shared with other processes
  * a thread loses its CPU now and then, and a pause that follows costs every call in it the
  * parallelism (l2_grad on 1e5 float32 beside torch: 13.6 us serial, 9.3 borrowed, so a 16 ms
  * pause at a call every 20 us costs 3.4 ms against a late region's 20-100 us); a second one
@@ -147,7 +148,7 @@ static struct {
     const void *miss_owner;     /* the thread (its T) whose job began the run of missed jobs, */
     int64_t miss_ns, miss_cpu;  /* when, and its team thread's CPU time then (-1: unknown) */
     int64_t omp_jobs;           /* jobs run on the OpenMP team (for tests) */
-    int64_t omp_late;           /* of them, those that started or ended late */
+    int64_t omp_late;           /* of them, those that started or ended late (let pass or not) */
     pthread_mutex_t lock;       /* held by the caller of the running job */
 } P = {.spin_ns = 50000, .lock = PTHREAD_MUTEX_INITIALIZER, .last_end_ns = INT64_MIN / 2,
      .backoff_ns = {FR_POOL_BACKOFF_MIN_NS, FR_POOL_BACKOFF_MIN_NS}, .miss_cpu = -1};
@@ -184,6 +185,7 @@ static void fr_borrow_clear(void)
     T.until_ns = T.off_until_ns = 0;
     T.forced = T.late = 0;
     T.off_ns = FR_POOL_OMP_OFF_MIN_NS;
+    T.probe_ns = 0;   /* fr_borrow_probe's next sample starts afresh */
 }
 
 int fr_pool_set_omp_borrow(int on)

@@ -244,10 +244,13 @@ def default_num_threads():
             return m[5]
         raw = (v0, v1, v2)
     forced, cap = _env_counts()
-    cpus = available_cpus()
-    n = forced if forced is not None else cpus if cap is None or cap >= cpus else cap
-    if raw is not None:
+    if forced is not None:
+        n, read_at, gen = forced, _monotonic(), _affinity_gen
+    else:
+        n = available_cpus()
+        n = n if cap is None or cap >= n else cap
         read_at, _, gen = _local.cpus_read
+    if raw is not None:
         _local.default_read = (read_at + AFFINITY_TTL, gen) + raw + (n,)
     return n
 

@@ -244,28 +244,26 @@ def job():
     after = fc.pool_stats()
     return int(after["omp"] > before["omp"] and after["missed"] == before["missed"])
 
-def pause(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
 with fastreg.threads(2):
     outcomes = []
     for _ in range(50):
         fc.borrow_team(60e6)
         job()                # the team's thread is known from here; it spins after the region
-        fc.borrow_team(0)    # no borrowing now, and no pause
-        job()                # a first sample of that thread's CPU time
-        pause(40e-6)
+        fc.borrow_team(0)    # no borrowing now, no pause, no sample
+        time.sleep(0.0025)   # (a sample 2 ms old would be no evidence either)
+        assert job() == 0    # a first sample of that thread's CPU time: the pool runs this one
+        # this thread sleeps, as between a training loop's calls: the team's thread spins on
+        # (GOMP_SPINCOUNT below: tens of ms) with a CPU even when another process holds one
+        time.sleep(0.001)
         outcomes.append(job())
         if outcomes[-1]:
             break
     assert 1 in outcomes, outcomes
     fc.borrow_team(0)
-    time.sleep(0.05)         # GNU's default spin ends after 3.6-9 ms here
+    time.sleep(0.5)          # the team's spin has ended: its thread sleeps
     assert job() == 0        # a first sample
-    pause(40e-6)
-    assert job() == 0        # the team's thread sleeps: the pool runs it
+    time.sleep(0.001)
+    assert job() == 0        # the team's thread did not run: the pool runs this one
 print("ok")
 """
 
@@ -275,9 +273,10 @@ def test_borrowing_starts_again_at_once_while_the_team_spins():
     """Once a thread has borrowed its team (one that lingers: GNU's default spin, as when torch
     loaded the runtime first), a job finds whether the team's thread ran through the time since
     its previous job (csrc/pool.c fr_borrow_probe): right after a region, while the team spins,
-    a job 30 us or more after the previous one runs on the team with no missed jobs first;
-    after 50 ms of sleep (the team sleeps too) it does not."""
-    res = _python(_PROBE, GOMP_SPINCOUNT="300000")
+    a job 30 us to 2 ms after the previous one runs on the team with no missed jobs first;
+    once the team sleeps it does not. (GNU's spin count times 10: the team spins for tens of
+    ms, so that the test's sleeps fall inside it on a slow machine.)"""
+    res = _python(_PROBE, GOMP_SPINCOUNT="3000000")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 

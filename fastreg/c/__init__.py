@@ -102,7 +102,8 @@ def pool_stats():
     its CPU; "omp": jobs run on the calling thread's OpenMP team instead, while the pool backed
     off from missed jobs and that team kept spinning (``fastreg._threads.openmp_team_lingers``:
     torch's team, when torch loaded the OpenMP runtime first); "omp_late": those of them whose
-    team started or ended late (a thread without a CPU: borrowing then pauses)."""
+    team started or ended late (a thread without a CPU: borrowing then pauses, unless one such
+    region comes after a long run of good ones: csrc/pool.c FR_POOL_OMP_FORGIVE)."""
     out = ffi.new("int64_t[7]")
     lib.fr_pool_stats(out)
     return dict(zip(("cold", "hot", "preempted", "missed", "stalled", "omp", "omp_late"),
