@@ -52,9 +52,10 @@ int64_t fr_parallel_regions(void);
  * start; out[2], out[3], out[4] the back-offs (csrc/pool.c) after a preempted worker / missed
  * jobs / a call that waited for a preempted worker's task; out[5] the jobs run on their calling
  * threads' OpenMP teams instead (all threads); out[6] those of them that started or ended late
- * (borrowing then pauses, unless that one is let pass: csrc/pool.c FR_POOL_OMP_FORGIVE).  fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP
- * team while the pool backs off (for a runtime whose team spins long after its regions, as when
- * torch loaded it first: that team's spinning threads are what takes the workers' CPUs). */
+ * (borrowing then pauses, unless that one is let pass: csrc/pool.c FR_POOL_OMP_FORGIVE).
+ * fr_pool_set_omp_borrow(on): after missed jobs, run jobs on the OpenMP team while the pool
+ * backs off (for a runtime whose team spins long after its regions, as when torch loaded it
+ * first: that team's spinning threads are what takes the workers' CPUs). */
 int fr_set_pool_threads(int n, int n_hot);
 int fr_pool_set_spin_ns(int64_t ns);
 int fr_pool_set_omp_borrow(int on);

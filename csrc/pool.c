@@ -433,10 +433,17 @@ static int64_t fr_team_cpu_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Whether the team's thread, whose CPU time was cpu0 at t0 and is cpu at now, ran for >= 75% of
+ * that time: it spins (a region starts at once), where a thread that sleeps or waits for a CPU
+ * would make the region wait. */
+static int fr_team_ran(int64_t cpu0, int64_t t0, int64_t cpu, int64_t now)
+{
+    return (cpu - cpu0) * 4 >= (now - t0) * 3;
+}
+
 /* After FR_POOL_MISSES missed jobs (the pool backs off until `until`): borrow the calling
- * thread's OpenMP team for that time when its thread was running for most of the misses (it
- * spins: a region starts at once; a thread that sleeps or waits for a CPU would make the
- * region wait), or, while that thread is not known (a borrowed region with a second thread
+ * thread's OpenMP team for that time when its thread was running through the misses
+ * (fr_team_ran), or, while that thread is not known (a borrowed region with a second thread
  * learns it; a team of one, as under OMP_THREAD_LIMIT=1, never does and is harmless: the
  * caller runs every task), without that evidence. */
 static void fr_borrow_decide(int64_t now, int64_t until)
@@ -446,7 +453,7 @@ static void fr_borrow_decide(int64_t now, int64_t until)
     if (T.known) {
         int64_t cpu = fr_team_cpu_ns();
         if (P.miss_owner != (const void *)&T || cpu < 0 || P.miss_cpu < 0
-            || (cpu - P.miss_cpu) * 4 < (now - P.miss_ns) * 3)
+            || !fr_team_ran(P.miss_cpu, P.miss_ns, cpu, now))
             return;
     }
     T.until_ns = until;
@@ -471,7 +478,8 @@ static int fr_borrow_probe(int64_t now)
     const int64_t cpu = fr_team_cpu_ns();
     if (cpu < 0)
         return 0;
-    const int spins = since <= FR_POOL_PROBE_MAX_NS && (cpu - T.probe_cpu) * 4 >= since * 3;
+    const int spins = since <= FR_POOL_PROBE_MAX_NS
+                      && fr_team_ran(T.probe_cpu, T.probe_ns, cpu, now);
     T.probe_ns = now;
     T.probe_cpu = cpu;
     if (spins)
@@ -651,9 +659,9 @@ void fr_pool_run(int nt, fr_task_fn fn, void *ctx, size_t ntasks)
     }
     if (P.misses >= FR_POOL_MISSES) {
         P.misses = 0;
-        int64_t now = fr_now_ns();
-        fr_back_off(now, 1);
-        fr_borrow_decide(now, LOAD(P.backoff_until_ns, RELAXED));
+        const int64_t after = fr_now_ns();
+        fr_back_off(after, 1);
+        fr_borrow_decide(after, LOAD(P.backoff_until_ns, RELAXED));
     }
     __atomic_add_fetch(&P.jobs[hot], 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&P.lock);

@@ -491,7 +491,7 @@ def plan_pair(work, family, spinning, hot_spinning):
     """``(plan(work, family, spinning), plan(work, family, hot_spinning))`` with at most one read
     of ``get_num_threads()`` (the affinity mask, a system call, is kept 0.1 s), for the C backend's
     pool families (a count for sleeping workers, one for spinning workers). Every parallel call of
-    those asks: written out without min() or nested calls (1.0 -> 0.6 us)."""
+    those asks: written out without min() (1.0 -> 0.64 us)."""
     g = GRAIN[family]
     sg = SPIN_GRAIN[family]
     if sg > g:
@@ -500,11 +500,7 @@ def plan_pair(work, family, spinning, hot_spinning):
     g_hot = sg if hot_spinning else g
     if work < 2 * g_cold and work < 2 * g_hot:
         return 1, 1
-    if _forked_after_parallel:
-        return 1, 1
-    limit = _local.override
-    if limit is None:
-        limit = _default if _default is not None else default_num_threads()
+    limit = get_num_threads()
     cold = 1 if work < 2 * g_cold else work // g_cold
     hot = 1 if work < 2 * g_hot else work // g_hot
     return (cold if cold < limit else limit), (hot if hot < limit else limit)
