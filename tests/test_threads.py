@@ -175,9 +175,9 @@ def test_environment_defaults(monkeypatch):
 
 @pytest.mark.parametrize("source", ["threads", "set_num_threads", "default", "fork child"])
 def test_plan_pair_is_two_plans(monkeypatch, source):
-    """The C backend's pool families plan both counts with one read of the thread count (written
-    out in plan_pair): the same answers as two plans, whichever setting gives the count, also
-    with a grain shrunk below the spin grain (as tests do)."""
+    """The C backend's pool families plan both counts with one read of the thread count (the
+    arithmetic written out in plan_pair): the same answers as two plans, whichever setting gives
+    the count, also with a grain shrunk below the spin grain (as tests do)."""
     monkeypatch.setattr(_threads, "_default", None)
     if source == "fork child":
         monkeypatch.setattr(_threads, "_forked_after_parallel", True)
