@@ -279,7 +279,8 @@ def test_time_calls_takes_turns():
     order = []
     calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
     times = small.time_calls(calls, rounds=4, per_round=3, budget=1e9, warmup=2)
-    assert order == ["a"] * 2 + ["b"] * 2 + (["a"] * 3 + ["b"] * 3) * 4
+    # the order turns each round: what a turn finds depends on the turn before it
+    assert order == ["a"] * 2 + ["b"] * 2 + (["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3) * 2
     assert {k: len(v) for k, v in times.items()} == {"a": 12, "b": 12}
     assert all((v >= 0).all() for v in times.values())
     order.clear()
@@ -298,7 +299,7 @@ def test_time_calls_takes_turns_with_a_remote_contender():
 
     calls = {"a": lambda: order.append("a"), "peer": Remote()}
     times = small.time_calls(calls, rounds=2, per_round=3, budget=1e9, warmup=2)
-    assert order == ["a"] * 2 + [("remote", 2)] + (["a"] * 3 + [("remote", 3)]) * 2
+    assert order == ["a"] * 2 + [("remote", 2)] + ["a"] * 3 + [("remote", 3)] * 2 + ["a"] * 3
     assert {k: len(v) for k, v in times.items()} == {"a": 6, "peer": 6}
     assert (times["peer"] == 1e-6).all()
 
@@ -330,6 +331,27 @@ def test_torch_peer_runs_torch_in_a_process_of_its_own():
     assert peer.proc.returncode == 0
     with pytest.raises(torch_peer.PeerError, match="ended"):
         peer.ask("hello")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not cases.torch_available(),
+                    reason="thread states from Linux's /proc; needs torch")
+def test_torch_peer_is_stopped_when_its_turn_ends():
+    """After the peer's turn, every thread of it is stopped before the next contender's turn
+    starts: kill(SIGSTOP) returns before the signal stops a thread that spins in user space
+    (torch's OpenMP team after its calls: ~0.25 ms here), which then took a CPU from the next
+    turn. Two threads, so that the team exists and spins."""
+    from fastreg.bench import torch_peer
+    with torch_peer.TorchPeer(2) as peer:
+        remote = peer.call("small_l2_grad")
+        for _ in range(20):
+            remote.timed(5)
+            states = torch_peer._thread_states(peer.pid)
+            assert states and all(s in "Tt" for s in states), states
+        assert torch_peer.wait_stopped(peer.pid)
+        peer.ask("hello")   # resumed for a request
+        assert not torch_peer.wait_stopped(peer.pid, timeout=0.0)   # running (or asleep): not T
+    assert torch_peer._thread_states(peer.pid) is None   # ended and reaped
+    assert not torch_peer.wait_stopped(peer.pid)
 
 
 def test_time_stats_min_median_max():

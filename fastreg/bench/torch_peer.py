@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 # the peer's first statement: torch before fastreg (the package import below loads no OpenMP)
 _BOOT = "import torch; from fastreg.bench.torch_peer import serve; serve()"
@@ -133,6 +134,42 @@ def serve(stdin=None, stdout=None):
         out.flush()
 
 
+STOP_TIMEOUT = 0.05   # seconds wait_stopped waits at most
+
+
+def _thread_states(pid):
+    """The state letter of each thread of process ``pid`` (Linux's /proc); None where that
+    cannot be read (another platform, the process ended)."""
+    try:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        return states
+    except (OSError, IndexError):
+        return None
+
+
+def wait_stopped(pid, timeout=STOP_TIMEOUT):
+    """Wait until every thread of process ``pid`` is stopped (``SIGSTOP`` sent): kill() returns
+    before the signal has stopped them, and a thread spinning in user space on another CPU
+    (torch's OpenMP team after its turn) runs on meanwhile: 0.26 ms from kill() to all stopped
+    (median of 200; at most 0.41), on the 2-vCPU VM, where a turn of 10 fastreg calls takes
+    about 0.2 ms, and in about half of the turns the peer's threads were still running at its
+    end. Returns whether they were seen stopped (False: no /proc, or not within ``timeout``
+    seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = _thread_states(pid)
+        if states is None:
+            return False
+        if all(s in "Tt" for s in states):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        os.sched_yield()
+
+
 class Remote:
     """One small op in the peer: ``timed(n)`` makes n calls there, each timed alone, and returns
     their seconds (``fastreg.bench.small.time_calls`` takes it as a contender)."""
@@ -194,10 +231,11 @@ class TorchPeer:
         threads keep spinning for milliseconds (GNU's default policy: about 300,000 spins), on
         the CPUs where the next contender's turn runs. Stopped, they spin on no CPU, and each
         contender gets the machine as it would alone; torch's threads resume where they were,
-        still spinning, at its next turn."""
+        still spinning, at its next turn. Returns once they are stopped (``wait_stopped``)."""
         if not self._paused and self.proc.poll() is None and hasattr(signal, "SIGSTOP"):
             os.kill(self.proc.pid, signal.SIGSTOP)
             self._paused = True
+            wait_stopped(self.proc.pid)
 
     def _resume(self):
         if self._paused:
