@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -131,6 +132,69 @@ int fr_set_pool_threads(int n, int n_hot)
 }
 
 int fr_get_threads(void) { return fr_tls_threads; }
+
+int fr_get_hot_threads(void) { return fr_tls_hot_threads; }
+
+/* fr_plan_pool's limit and what it stands on (fr_plan_limit), per thread. */
+static const char *const fr_plan_env_names[3] = {"FASTREG_NUM_THREADS", "OMP_NUM_THREADS",
+                                                 "NUMBA_NUM_THREADS"};
+static _Thread_local struct {
+    int64_t limit;          /* 0: none kept */
+    int64_t until_ns, gen, override, fixed;
+    int forked;
+    const char *env[3];     /* getenv()'s pointers: setenv gives a changed value a new string */
+} fr_tls_plan;
+
+static int64_t fr_plan_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int fr_plan_limit(int64_t limit, int64_t until_ns, int64_t gen, int64_t override, int64_t fixed,
+                  int forked)
+{
+    if (limit < 1)
+        return FR_ERR_SIZE;
+    fr_tls_plan.limit = limit;
+    fr_tls_plan.until_ns = until_ns;
+    fr_tls_plan.gen = gen;
+    fr_tls_plan.override = override;
+    fr_tls_plan.fixed = fixed;
+    fr_tls_plan.forked = forked;
+    for (int k = 0; k < 3; k++)
+        fr_tls_plan.env[k] = getenv(fr_plan_env_names[k]);
+    return FR_OK;
+}
+
+int fr_plan_pool(int64_t work, int64_t grain, int64_t spin_grain, int spinning, int pool_spins,
+                 int64_t gen, int64_t override, int64_t fixed, int forked)
+{
+    if (spin_grain > grain)
+        spin_grain = grain;
+    const int64_t g_cold = spinning ? spin_grain : grain;
+    const int64_t g_hot = pool_spins ? spin_grain : grain;
+    int64_t cold = 1, hot = 1;
+    if (work >= 2 * g_cold || work >= 2 * g_hot) {
+        const int64_t limit = fr_tls_plan.limit;
+        if (limit < 1 || gen != fr_tls_plan.gen || override != fr_tls_plan.override
+            || fixed != fr_tls_plan.fixed || forked != fr_tls_plan.forked)
+            return -1;
+        for (int k = 0; k < 3; k++)
+            if (getenv(fr_plan_env_names[k]) != fr_tls_plan.env[k])
+                return -1;
+        if (fr_plan_now_ns() >= fr_tls_plan.until_ns)
+            return -1;
+        if (work >= 2 * g_cold)
+            cold = work / g_cold < limit ? work / g_cold : limit;
+        if (work >= 2 * g_hot)
+            hot = work / g_hot < limit ? work / g_hot : limit;
+    }
+    fr_tls_threads = (int)cold;
+    fr_tls_hot_threads = (int)hot;
+    return (int)(hot > cold ? hot : cold);
+}
 
 /* n threads for `items` work items, capped (see fr_region_threads) */
 static int fr_cap_threads(int n, int64_t items)

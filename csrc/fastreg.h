@@ -57,6 +57,23 @@ int64_t fr_parallel_regions(void);
  * backs off (for a runtime whose team spins long after its regions, as when torch loaded it
  * first: that team's spinning threads are what takes the workers' CPUs). */
 int fr_set_pool_threads(int n, int n_hot);
+int fr_get_hot_threads(void);   /* n_hot as set (for tests) */
+/* The same counts planned here, for the pool's op families (fastreg.c._plan; the rule of
+ * fastreg._threads.plan, for the workers asleep and spinning: 1 below two grains, else
+ * min(limit, work / grain)).  grain, spin_grain: the family's GRAIN and SPIN_GRAIN; spinning:
+ * the OpenMP team spins (the cold count takes the smaller grain); pool_spins: the pool's workers
+ * spin after a job (the hot count does).  limit: fastreg._threads.get_num_threads() of the calling thread,
+ * kept by fr_plan_limit with what it was read from: key (the affinity generation, the
+ * thread's threads(n) and set_num_threads values as passed, 0 for none, whether this is a
+ * fork child that runs serially), until_ns (monotonic
+ * clock; the affinity read's age limit) and the three variables FASTREG_NUM_THREADS,
+ * OMP_NUM_THREADS, NUMBA_NUM_THREADS as the C environment holds them (os.environ writes it).
+ * Returns the larger count (set for the next kernel), or -1 when work needs the limit and
+ * the one kept does not stand (the caller reads it and passes it to fr_plan_limit). */
+int fr_plan_pool(int64_t work, int64_t grain, int64_t spin_grain, int spinning, int pool_spins,
+                 int64_t gen, int64_t override, int64_t fixed, int forked);
+int fr_plan_limit(int64_t limit, int64_t until_ns, int64_t gen, int64_t override, int64_t fixed,
+                  int forked);
 int fr_pool_set_spin_ns(int64_t ns);
 int fr_pool_set_omp_borrow(int on);
 /* For tests: the calling thread's jobs run on its OpenMP team for the next ns (0: stop);

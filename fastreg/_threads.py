@@ -291,6 +291,24 @@ def get_num_threads():
     return n
 
 
+def get_num_threads_until():
+    """``(get_num_threads(), t)``: the count, and the ``time.monotonic()`` until which it stands
+    as long as the settings it was read from do (the affinity read's age limit, ``AFFINITY_TTL``,
+    when it comes from ``default_num_threads``; inf when it does not depend on the clock; -inf
+    where the environment's read is not kept). For the C backend, which keeps the count
+    (fastreg.c._plan)."""
+    if _forked_after_parallel:
+        return 1, math.inf
+    n = _local.override
+    if n is not None:
+        return n, math.inf
+    if _default is not None:
+        return _default, math.inf
+    n = default_num_threads()
+    m = _local.default_read
+    return n, (m[0] if m[1] == _affinity_gen and m[5] == n else -math.inf)
+
+
 def set_num_threads(n):
     """Set the process-wide number of threads fastreg's ops may use (Numba and C backends).
 
@@ -490,8 +508,10 @@ def plan(work, family, spinning=False):
 def plan_pair(work, family, spinning, hot_spinning):
     """``(plan(work, family, spinning), plan(work, family, hot_spinning))`` with at most one read
     of ``get_num_threads()`` (the affinity mask, a system call, is kept 0.1 s), for the C backend's
-    pool families (a count for sleeping workers, one for spinning workers). Every parallel call of
-    those asks: written out without min() (1.0 -> 0.64 us)."""
+    pool families (a count for sleeping workers, one for spinning workers). The C backend plans
+    them in C (fastreg.c._plan, csrc/dropout.c fr_plan_pool: tested against this and against
+    two plans) on a count it keeps, and calls this only for settings beyond int64 or where the
+    environment's read is not kept."""
     g = GRAIN[family]
     sg = SPIN_GRAIN[family]
     if sg > g:

@@ -173,11 +173,32 @@ def test_environment_defaults(monkeypatch):
     assert fastreg.get_num_threads() == _threads.available_cpus()
 
 
+def _c_backend():
+    """fastreg.c, or None where the C backend is unavailable."""
+    if fastreg.available_backends()["c"] is not None:
+        return None
+    import fastreg.c as fc
+    return fc
+
+
+def _c_plan(monkeypatch, fc, work, family, spinning, pool_spins):
+    """The counts (workers asleep, spinning) that fastreg.c._plan sets in C for a pool family,
+    with the OpenMP team spinning or not and the pool's workers spinning or not."""
+    monkeypatch.setattr(fc, "SPINNING", spinning)
+    monkeypatch.setattr(fc, "_pool_spins", pool_spins)
+    n = fc._plan(work, family)
+    cold, hot = fc.lib.fr_get_threads(), fc.lib.fr_get_hot_threads()
+    assert n == max(cold, hot)
+    return cold, hot
+
+
 @pytest.mark.parametrize("source", ["threads", "set_num_threads", "default", "fork child"])
 def test_plan_pair_is_two_plans(monkeypatch, source):
     """The C backend's pool families plan both counts with one read of the thread count (the
-    arithmetic written out in plan_pair): the same answers as two plans, whichever setting gives
-    the count, also with a grain shrunk below the spin grain (as tests do)."""
+    arithmetic written out in plan_pair, and in C, fr_plan_pool, on the count it keeps): the
+    same answers as two plans, whichever setting gives the count, also with a grain shrunk below
+    the spin grain (as tests do)."""
+    fc = _c_backend()
     monkeypatch.setattr(_threads, "_default", None)
     if source == "fork child":
         monkeypatch.setattr(_threads, "_forked_after_parallel", True)
@@ -198,6 +219,97 @@ def test_plan_pair_is_two_plans(monkeypatch, source):
                             for b in (False, True):
                                 assert _threads.plan_pair(work, fam, a, b) == (
                                     _threads.plan(work, fam, a), _threads.plan(work, fam, b))
+                        if fc is not None:   # the C backend plans the same in C
+                            for a, b in ((False, False), (False, True), (True, False),
+                                         (True, True)):
+                                assert _c_plan(monkeypatch, fc, work, fam, a, b) == (
+                                    _threads.plan(work, fam, a), _threads.plan(work, fam, b))
+
+
+def test_c_plan_sees_every_change_of_the_count_at_once(monkeypatch):
+    """The C backend keeps the thread count per thread for its pool families' plans
+    (fr_plan_pool): a new value of any of the three variables (os.environ writes the C
+    environment), threads(n) entered and left, set_num_threads, fastreg's own affinity change
+    and a fork child's serial rule are each planned with at the next call; the count read from
+    the affinity mask stands no longer than that read (AFFINITY_TTL); each Python thread keeps
+    its own; and a count beyond int64 is planned in Python."""
+    fc = _c_backend()
+    if fc is None:
+        pytest.skip("C backend unavailable")
+    monkeypatch.setattr(_threads, "_default", None)
+    for name in ("FASTREG_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    g = _threads.GRAIN["elementwise"]
+    big = 64 * g
+
+    def planned():
+        expected = (_threads.plan(big, "elementwise", fc.SPINNING),
+                    _threads.plan(big, "elementwise", fc._pool_spins))
+        assert _c_plan(monkeypatch, fc, big, "elementwise", fc.SPINNING,
+                       fc._pool_spins) == expected
+        return expected[0]
+
+    cpus = _threads.available_cpus()
+    assert planned() == min(cpus, 64)
+    for text, n in (("5", 5), ("5", 5), ("7", 7), ("3", 3)):
+        monkeypatch.setenv("FASTREG_NUM_THREADS", text)
+        assert planned() == n
+    os.environ["FASTREG_NUM_THREADS"] = "6"   # plain assignment, as a user would
+    assert planned() == 6
+    del os.environ["FASTREG_NUM_THREADS"]
+    assert planned() == min(cpus, 64)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert planned() == 1
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert planned() == 1
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
+    assert planned() == min(cpus, 64)
+    with fastreg.threads(9):
+        assert planned() == 9
+        with fastreg.threads(4):
+            assert planned() == 4
+        assert planned() == 9
+    assert planned() == min(cpus, 64)
+    fastreg.set_num_threads(11)
+    try:
+        assert planned() == 11
+        monkeypatch.setattr(_threads, "_forked_after_parallel", True)
+        assert planned() == 1
+        monkeypatch.setattr(_threads, "_forked_after_parallel", False)
+        assert planned() == 11
+    finally:
+        _threads._default = None
+    assert planned() == min(cpus, 64)
+    # fastreg's affinity change, and the age limit of the read (a mask changed by anyone)
+    monkeypatch.setattr(_threads, "_cgroup_cache", (1,))
+    _threads._forget_affinity()
+    assert planned() == 1
+    monkeypatch.setattr(_threads, "AFFINITY_TTL", 0.05)
+    monkeypatch.setattr(_threads, "_cgroup_cache", (None,))
+    _threads._forget_affinity()
+    assert planned() == min(cpus, 64)
+    monkeypatch.setattr(_threads, "_cgroup_cache", (1,))   # unseen until the read ages
+    import time
+    time.sleep(0.06)
+    assert planned() == 1
+    monkeypatch.setattr(_threads, "_cgroup_cache", (None,))
+    _threads._forget_affinity()
+    # per Python thread, with its own count kept in C
+    seen = {}
+
+    def worker():
+        with fastreg.threads(3):
+            seen["worker"] = planned()
+
+    with fastreg.threads(2):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        seen["main"] = planned()
+    assert seen == {"worker": 3, "main": 2}
+    with fastreg.threads(2 ** 70):   # beyond int64: Python's plan_pair
+        assert planned() == 64
 
 
 def test_default_count_is_kept_only_while_its_sources_hold(monkeypatch):

@@ -9,6 +9,8 @@ The Philox stream kernels use AVX-512 (the generator) or AVX2 where the CPU has 
 C otherwise; all give the same bits. ``FASTREG_C_NO_AVX2=1`` (read at import) or ``set_isa("portable")`` forces the portable
 path.
 """
+import math
+
 from .. import _config, _threads
 
 # GNU OpenMP reads its wait policy once, when it is loaded (by the import below, or before it by
@@ -26,6 +28,7 @@ except ImportError as exc:  # not built, or built for another Python / with a sa
     _reason = (f"C extension not built (installed with FASTREG_NO_C=1?): "
                f"{type(exc).__name__}: {exc}")
 
+_plan_pool = lib.fr_plan_pool if lib is not None else None
 _ISAS = ("portable", "avx2", "avx512")
 _STREAM_MODES = ("never", "auto", "always")
 
@@ -53,12 +56,25 @@ def _plan(work, family):
     a value remembered here could be stale. The families of ``_POOL_FAMILIES`` also get the
     count for fastreg's pool while its threads spin (``SPIN_GRAIN``; csrc/pool.c), which the
     kernels that run on the pool use (the elementwise driver, fr_ew_run, and the Philox
-    stream's tiles, fr_run_tiles)."""
+    stream's tiles, fr_run_tiles).
+
+    Those two counts are planned in C (csrc/dropout.c fr_plan_pool: ``_threads.plan``'s rule,
+    ``_threads.plan_pair`` in Python), on the thread count (``get_num_threads``) it keeps per
+    thread with what it was read from: this call passes the settings (affinity generation,
+    ``threads(n)``, ``set_num_threads``, fork child) and C compares the three variables in its
+    environment and the affinity read's age. 0.46 us a call above the grain, where
+    ``plan_pair`` and ``fr_set_pool_threads`` took 0.95 (an l2_grad on 1e5 float32 costs
+    8-9 us in all)."""
     if family in _POOL_FAMILIES:
-        n, hot = _threads.plan_pair(work, family, SPINNING, _pool_spins)
-        lib.fr_set_pool_threads(n, hot)
-        if hot > n:
-            n = hot
+        t = _threads
+        try:
+            n = _plan_pool(work, t.GRAIN[family], t.SPIN_GRAIN[family], SPINNING, _pool_spins,
+                           t._affinity_gen, t._local.override or 0, t._default or 0,
+                           t._forked_after_parallel)
+        except OverflowError:   # a count beyond int64 (threads(2**70)): no limit kept
+            n = -2
+        if n < 0:
+            n = _plan_pool_reading(work, family, n == -2)
     else:
         n = _threads.plan(work, family, SPINNING)
         lib.fr_set_threads(n)
@@ -67,6 +83,28 @@ def _plan(work, family):
     return n
 
 
+def _plan_pool_reading(work, family, no_keep):
+    """_plan for a pool family when the limit kept in C does not stand: read it
+    (``get_num_threads``), keep it with what it was read from (``fr_plan_limit``), plan again.
+    ``no_keep``: a setting beyond int64 (or a limit that would not stand even now: no memo of
+    the environment's read), planned in Python (``plan_pair``)."""
+    t = _threads
+    # the key first: a change while the limit is read makes the next call read it again
+    key = (t._affinity_gen, t._local.override or 0, t._default or 0, t._forked_after_parallel)
+    limit, until = t.get_num_threads_until()
+    if not no_keep and until > -math.inf:
+        until_ns = _NEVER if until == math.inf else int(until * 1e9)
+        _check(lib.fr_plan_limit(limit, until_ns, *key), "fr_plan_limit")
+        n = _plan_pool(work, t.GRAIN[family], t.SPIN_GRAIN[family], SPINNING, _pool_spins,
+                       *key)
+        if n > 0:
+            return n
+    n, hot = t.plan_pair(work, family, SPINNING, _pool_spins)
+    _check(lib.fr_set_pool_threads(n, hot), "fr_set_pool_threads")
+    return n if n > hot else hot
+
+
+_NEVER = 2 ** 63 - 1
 _pool_spins = False     # whether the pool's threads spin after a job (set_pool_spin)
 _POOL_FAMILIES = ("elementwise", "random")
 
