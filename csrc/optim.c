@@ -167,7 +167,7 @@ FR_INLINE const fr_ew_kernel *fr_pick_table(const fr_ew_kernel *f16c, const fr_e
 #ifdef FR_HAVE_F16C_KERNELS
 #define FR_SGD_F16C_NAME(S, W, M, N, D, L) fr_sgd_##S##_##W##M##N##D##L##_f16c
 #define FR_SGD_F16C_ENTRY(S, W, M, N, D, L) \
-    {FR_SGD_NAME(S, W, M, N, D, L), FR_SGD_F16C_NAME(S, W, M, N, D, L)},
+    {FR_SGD_NAME(S, W, M, N, D, L), FR_SGD_F16C_NAME(S, W, M, N, D, L), NULL},
 #define FR_SGD_F16C(SUF, P, G)                                                                  \
     FR_SGD_VARIANTS(FR_SGD_F16C_VARIANT_##P##G, SUF)                                            \
     static const fr_ew_kernel fr_sgd_f16c_##SUF[] = {FR_SGD_VARIANTS(FR_SGD_F16C_ENTRY, SUF)};
@@ -323,14 +323,15 @@ int fr_sgd_step_half(void *p, int pkind, const void *g, int gkind, float *buf, f
 #define FR_ADAM_VARIANTS(X, S)  \
     FR_ADAM_V2(X, S, 0, 0) FR_ADAM_V2(X, S, 0, 1) FR_ADAM_V2(X, S, 1, 0) FR_ADAM_V2(X, S, 1, 1)
 #define FR_ADAM_NAME(S, W, D, A) fr_adam_##S##_##W##D##A
-#define FR_ADAM_DEFINE_VARIANT(S, W, D, A)     \
-    FR_EW_RANGE_FNS(FR_ADAM_NAME(S, W, D, A),  \
-                    ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
-#define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL(FR_ADAM_NAME(S, W, D, A)),
+#define FR_ADAM_DEFINE_VARIANT(S, W, D, A)         \
+    FR_EW_RANGE_FNS_512(FR_ADAM_NAME(S, W, D, A),  \
+                        ((void)dst, fr_adam_##S##_elems(args, lo, hi, W, D, A)))
+#define FR_ADAM_TABLE_ENTRY(S, W, D, A) FR_EW_KERNEL_512(FR_ADAM_NAME(S, W, D, A)),
 
 #ifdef FR_HAVE_F16C_KERNELS
 #define FR_ADAM_F16C_NAME(S, W, D, A) fr_adam_##S##_##W##D##A##_f16c
-#define FR_ADAM_F16C_ENTRY(S, W, D, A) {FR_ADAM_NAME(S, W, D, A), FR_ADAM_F16C_NAME(S, W, D, A)},
+#define FR_ADAM_F16C_ENTRY(S, W, D, A) \
+    {FR_ADAM_NAME(S, W, D, A), FR_ADAM_F16C_NAME(S, W, D, A), NULL},
 #define FR_ADAM_F16C(SUF, P, G)                                                                 \
     FR_ADAM_VARIANTS(FR_ADAM_F16C_VARIANT_##P##G, SUF)                                          \
     static const fr_ew_kernel fr_adam_f16c_##SUF[] = {FR_ADAM_VARIANTS(FR_ADAM_F16C_ENTRY, SUF)};

@@ -270,7 +270,7 @@ static int fr_h16_run(const fr_h16_args *args, uint16_t *out, int64_t n)
     if (!args->w || !out)
         return FR_ERR_NULL;
     /* one function: its loops pick their instructions (the conversions need F16C / AVX2) */
-    static const fr_ew_kernel kernel = {fr_h16_range, NULL};
+    static const fr_ew_kernel kernel = {fr_h16_range, NULL, NULL};
     int stream = fr_ew_want_stream(args->acc || (const void *)args->w == (const void *)out,
                                    (size_t)n * sizeof(uint16_t));
     fr_ew_run(kernel, args, out, sizeof(uint16_t), (size_t)n, stream);

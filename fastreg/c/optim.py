@@ -11,7 +11,8 @@ momentum / no AMSGrad); float scalars are of the arrays' dtype, bools Python boo
 import numpy as np
 
 from . import _check, _plan, ffi, lib
-from .penalty import _CTYPE, _SUFFIX, _aligned, _kernel, _ptr, _scalar, _write_back
+from .penalty import (_CTYPE, _SUFFIX, _aligned, _array_type, _kernel, _ptr, _scalar,
+                      _write_back)
 
 _F32 = np.dtype(np.float32)
 _KIND_F32 = 2   # csrc/half.h FR_HALF_F32: the float32 operand of a mixed-precision step
@@ -21,14 +22,35 @@ _KIND_F32 = 2   # csrc/half.h FR_HALF_F32: the float32 operand of a mixed-precis
 OPTIM_WEIGHT = 2
 
 
+def _steps(name):
+    """dtype -> (C function, its name, cffi array type) of step ``name``, for the short path."""
+    return {dt: _kernel(dt, name) + (_array_type(c),) for dt, c in _CTYPE.items()}
+
+
+if lib is not None:
+    _buf = ffi.from_buffer
+    _SGD, _ADAM = _steps("sgd_step"), _steps("adam_step")
+
+
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):
     """SGD with coupled / decoupled weight decay, (Nesterov) momentum and an L1 prox; the
-    gradient scaled by gscale first (gradient clipping)."""
+    gradient scaled by gscale first (gradient clipping).
+
+    Aligned arrays (the common case) go straight to C with the scalars as given: cffi converts
+    a scalar of the dtype (or a Python float: the same rounding) exactly, as ``_scalar`` would,
+    without its Python calls (fastreg/c/penalty.py penalty_grad)."""
     n = p.size
     if n == 0:
         return
-    fn, name = _kernel(p.dtype, "sgd_step")
+    fn, name, t = _SGD[p.dtype]
     _plan(OPTIM_WEIGHT * n, "elementwise")
+    if p.flags.aligned and g.flags.aligned and (buf is None or buf.flags.aligned):
+        status = fn(_buf(t, p, True), _buf(t, g), ffi.NULL if buf is None else _buf(t, buf, True),
+                    lr, wd, decay, momentum, damp1, 1 if nesterov else 0, 1 if first else 0, l1t,
+                    gscale, n)
+        if status:
+            _check(status, name)
+        return
     ctype, dt = _CTYPE[p.dtype], p.dtype
     pa, ba = _aligned(p), _aligned(buf)
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ba, True),
@@ -47,8 +69,16 @@ def adam_step(p, g, m, v, vmax, wd, decay, omb1, beta2, omb2, eps, step_size, bc
     n = p.size
     if n == 0:
         return
-    fn, name = _kernel(p.dtype, "adam_step")
+    fn, name, t = _ADAM[p.dtype]
     _plan(OPTIM_WEIGHT * n, "elementwise")
+    if (p.flags.aligned and g.flags.aligned and m.flags.aligned and v.flags.aligned
+            and (vmax is None or vmax.flags.aligned)):   # the short path, as sgd_step's
+        status = fn(_buf(t, p, True), _buf(t, g), _buf(t, m, True), _buf(t, v, True),
+                    ffi.NULL if vmax is None else _buf(t, vmax, True), wd, decay, omb1, beta2,
+                    omb2, eps, step_size, bc2_sqrt, gscale, n)
+        if status:
+            _check(status, name)
+        return
     ctype, dt = _CTYPE[p.dtype], p.dtype
     pa, ma, va, xa = _aligned(p), _aligned(m), _aligned(v), _aligned(vmax)
     _check(fn(_ptr(ctype, pa, True), _ptr(ctype, _aligned(g)), _ptr(ctype, ma, True),
