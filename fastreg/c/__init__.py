@@ -189,7 +189,8 @@ def isa():
 
 def set_isa(name):
     """Use the "avx512", "avx2" or "portable" stream kernels (process-wide); returns the previous
-    one. "avx512" runs the AVX-512 Philox generator with the AVX2 element loops.
+    one. "avx512" runs the AVX-512 Philox generator and the Adam step's AVX-512 loop, with the
+    AVX2 loops of every other op.
 
     ValueError for an unknown name, RuntimeError for "avx2" or "avx512" on a CPU without it.
     """
