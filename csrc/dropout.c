@@ -14,6 +14,7 @@
  * Kept elements are one multiply in the array's dtype (built with -ffp-contract=off, and no
  * fast-math).
  */
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,14 +136,11 @@ int fr_get_threads(void) { return fr_tls_threads; }
 
 int fr_get_hot_threads(void) { return fr_tls_hot_threads; }
 
-/* fr_plan_pool's limit and what it stands on (fr_plan_limit), per thread. */
-static const char *const fr_plan_env_names[3] = {"FASTREG_NUM_THREADS", "OMP_NUM_THREADS",
-                                                 "NUMBA_NUM_THREADS"};
+/* fr_plan_pool's limit and the settings it was read with (fr_plan_limit), per thread. */
 static _Thread_local struct {
     int64_t limit;          /* 0: none kept */
     int64_t until_ns, gen, override, fixed;
     int forked;
-    const char *env[3];     /* getenv()'s pointers: setenv gives a changed value a new string */
 } fr_tls_plan;
 
 static int64_t fr_plan_now_ns(void)
@@ -163,37 +161,44 @@ int fr_plan_limit(int64_t limit, int64_t until_ns, int64_t gen, int64_t override
     fr_tls_plan.override = override;
     fr_tls_plan.fixed = fixed;
     fr_tls_plan.forked = forked;
-    for (int k = 0; k < 3; k++)
-        fr_tls_plan.env[k] = getenv(fr_plan_env_names[k]);
     return FR_OK;
+}
+
+/* min(work / grain, limit), as an int (work >= 2 * grain: checked by the caller) */
+static int fr_plan_count(int64_t work, int64_t grain, int64_t limit)
+{
+    int64_t n = work / grain;
+    if (n > limit)
+        n = limit;
+    return n > INT_MAX ? INT_MAX : (int)n;
 }
 
 int fr_plan_pool(int64_t work, int64_t grain, int64_t spin_grain, int spinning, int pool_spins,
                  int64_t gen, int64_t override, int64_t fixed, int forked)
 {
+    if (grain < 1 || spin_grain < 1)
+        return -2;   /* the caller plans in Python (and says what is wrong) */
     if (spin_grain > grain)
         spin_grain = grain;
     const int64_t g_cold = spinning ? spin_grain : grain;
     const int64_t g_hot = pool_spins ? spin_grain : grain;
-    int64_t cold = 1, hot = 1;
-    if (work >= 2 * g_cold || work >= 2 * g_hot) {
+    /* work >= 2 * g, without the overflow of 2 * g for a grain near INT64_MAX */
+    const int par_cold = work / 2 >= g_cold, par_hot = work / 2 >= g_hot;
+    int cold = 1, hot = 1;
+    if (par_cold || par_hot) {
         const int64_t limit = fr_tls_plan.limit;
         if (limit < 1 || gen != fr_tls_plan.gen || override != fr_tls_plan.override
-            || fixed != fr_tls_plan.fixed || forked != fr_tls_plan.forked)
+            || fixed != fr_tls_plan.fixed || forked != fr_tls_plan.forked
+            || fr_plan_now_ns() >= fr_tls_plan.until_ns)
             return -1;
-        for (int k = 0; k < 3; k++)
-            if (getenv(fr_plan_env_names[k]) != fr_tls_plan.env[k])
-                return -1;
-        if (fr_plan_now_ns() >= fr_tls_plan.until_ns)
-            return -1;
-        if (work >= 2 * g_cold)
-            cold = work / g_cold < limit ? work / g_cold : limit;
-        if (work >= 2 * g_hot)
-            hot = work / g_hot < limit ? work / g_hot : limit;
+        if (par_cold)
+            cold = fr_plan_count(work, g_cold, limit);
+        if (par_hot)
+            hot = fr_plan_count(work, g_hot, limit);
     }
-    fr_tls_threads = (int)cold;
-    fr_tls_hot_threads = (int)hot;
-    return (int)(hot > cold ? hot : cold);
+    fr_tls_threads = cold;
+    fr_tls_hot_threads = hot;
+    return hot > cold ? hot : cold;
 }
 
 /* n threads for `items` work items, capped (see fr_region_threads) */

@@ -62,14 +62,13 @@ int fr_get_hot_threads(void);   /* n_hot as set (for tests) */
  * fastreg._threads.plan, for the workers asleep and spinning: 1 below two grains, else
  * min(limit, work / grain)).  grain, spin_grain: the family's GRAIN and SPIN_GRAIN; spinning:
  * the OpenMP team spins (the cold count takes the smaller grain); pool_spins: the pool's workers
- * spin after a job (the hot count does).  limit: fastreg._threads.get_num_threads() of the calling thread,
- * kept by fr_plan_limit with what it was read from: key (the affinity generation, the
- * thread's threads(n) and set_num_threads values as passed, 0 for none, whether this is a
- * fork child that runs serially), until_ns (monotonic
- * clock; the affinity read's age limit) and the three variables FASTREG_NUM_THREADS,
- * OMP_NUM_THREADS, NUMBA_NUM_THREADS as the C environment holds them (os.environ writes it).
- * Returns the larger count (set for the next kernel), or -1 when work needs the limit and
- * the one kept does not stand (the caller reads it and passes it to fr_plan_limit). */
+ * spin after a job (the hot count does).  limit: fastreg._threads.get_num_threads() of the
+ * calling thread, kept by fr_plan_limit with the settings it was read with (gen:
+ * fastreg._threads.settings_gen(); the thread's threads(n) and set_num_threads values as
+ * passed, 0 for none; whether this is a fork child that runs serially) and until_ns (monotonic
+ * clock; the affinity read's age limit).  Returns the larger count (set for the next kernel),
+ * -1 when work needs the limit and the one kept does not stand (the caller reads it and passes
+ * it to fr_plan_limit), -2 for a grain below 1. */
 int fr_plan_pool(int64_t work, int64_t grain, int64_t spin_grain, int spinning, int pool_spins,
                  int64_t gen, int64_t override, int64_t fixed, int forked);
 int fr_plan_limit(int64_t limit, int64_t until_ns, int64_t gen, int64_t override, int64_t fixed,

@@ -182,8 +182,9 @@ _affinity_gen = 0   # bumped by _forget_affinity: every thread's read is stale t
 def _forget_affinity():
     """Make every thread read its affinity mask again at its next ``available_cpus`` (after
     fastreg changed it, and in a fork child, which may pin itself before its first op)."""
-    global _affinity_gen
+    global _affinity_gen, _settings_gen
     _affinity_gen += 1
+    _settings_gen += 1
 
 
 # The variables default_num_threads reads, as keys of os.environ's own dict (CPython: bytes on
@@ -291,6 +292,35 @@ def get_num_threads():
     return n
 
 
+# The generation of the process-wide sources of get_num_threads() (settings_gen): bumped by
+# set_num_threads, _forget_affinity (a fork child too) and a new value of one of the three
+# variables; and the variables' values (os.environ's own objects) last seen.
+_settings_gen = 0
+_env_seen = (None, None, None)
+
+
+def settings_gen():
+    """A number that changes whenever one of the process-wide sources of ``get_num_threads()``
+    may have changed: ``set_num_threads``, fastreg's affinity change (``_forget_affinity``, also
+    in a fork child) and a new value of FASTREG_NUM_THREADS, OMP_NUM_THREADS or
+    NUMBA_NUM_THREADS in ``os.environ`` (seen here, by the identity of os.environ's value
+    objects: a new value is a new object). The calling thread's ``threads(n)``, the fork-child
+    flag and the affinity read's age are not in it. None where os.environ cannot be watched so
+    (not CPython's POSIX os.environ): the caller then reads the count every time. For the C
+    backend, which keeps the count per thread under this number (fastreg.c._plan)."""
+    global _settings_gen, _env_seen
+    data = getattr(os.environ, "_data", None)
+    if _ENV_KEYS is None or type(data) is not dict:
+        return None
+    k0, k1, k2 = _ENV_KEYS
+    v0, v1, v2 = data.get(k0), data.get(k1), data.get(k2)
+    seen = _env_seen
+    if v0 is not seen[0] or v1 is not seen[1] or v2 is not seen[2]:
+        _env_seen = (v0, v1, v2)
+        _settings_gen += 1
+    return _settings_gen
+
+
 def get_num_threads_until():
     """``(get_num_threads(), t)``: the count, and the ``time.monotonic()`` until which it stands
     as long as the settings it was read from do (the affinity read's age limit, ``AFFINITY_TTL``,
@@ -323,9 +353,10 @@ def set_num_threads(n):
         The previous process-wide value; None where that was a bad ``FASTREG_NUM_THREADS``
         (which this call overrides: it takes effect whatever the environment says).
     """
-    global _default
+    global _default, _settings_gen
     n = _check_count(n)
     previous, _default = _default, n
+    _settings_gen += 1
     if previous is None:
         try:
             previous = default_num_threads()

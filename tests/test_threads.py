@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,11 +229,11 @@ def test_plan_pair_is_two_plans(monkeypatch, source):
 
 def test_c_plan_sees_every_change_of_the_count_at_once(monkeypatch):
     """The C backend keeps the thread count per thread for its pool families' plans
-    (fr_plan_pool): a new value of any of the three variables (os.environ writes the C
-    environment), threads(n) entered and left, set_num_threads, fastreg's own affinity change
-    and a fork child's serial rule are each planned with at the next call; the count read from
-    the affinity mask stands no longer than that read (AFFINITY_TTL); each Python thread keeps
-    its own; and a count beyond int64 is planned in Python."""
+    (fr_plan_pool): a new value of any of the three variables in os.environ, threads(n)
+    entered and left, set_num_threads, fastreg's own affinity change and a fork child's serial
+    rule are each planned with at the next call; the count read from the affinity mask stands
+    no longer than that read (AFFINITY_TTL); each Python thread keeps its own; counts and grains
+    beyond int64 are planned in Python."""
     fc = _c_backend()
     if fc is None:
         pytest.skip("C backend unavailable")
@@ -290,7 +291,6 @@ def test_c_plan_sees_every_change_of_the_count_at_once(monkeypatch):
     _threads._forget_affinity()
     assert planned() == min(cpus, 64)
     monkeypatch.setattr(_threads, "_cgroup_cache", (1,))   # unseen until the read ages
-    import time
     time.sleep(0.06)
     assert planned() == 1
     monkeypatch.setattr(_threads, "_cgroup_cache", (None,))
@@ -310,6 +310,51 @@ def test_c_plan_sees_every_change_of_the_count_at_once(monkeypatch):
     assert seen == {"worker": 3, "main": 2}
     with fastreg.threads(2 ** 70):   # beyond int64: Python's plan_pair
         assert planned() == 64
+    # grains beyond int64's halves, beyond int64, and 0 (an error, as plan() gives)
+    for grain in (2 ** 62, 2 ** 63 - 1, 2 ** 70):
+        monkeypatch.setitem(_threads.GRAIN, "elementwise", grain)
+        assert _c_plan(monkeypatch, fc, big, "elementwise", False, False) == (1, 1)
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", 0)
+    with pytest.raises(ZeroDivisionError):
+        fc._plan(big, "elementwise")
+    monkeypatch.setitem(_threads.GRAIN, "elementwise", g)
+    monkeypatch.setattr(_threads, "AFFINITY_TTL", 1e300)   # an age limit beyond int64 ns
+    _threads._forget_affinity()
+    assert planned() == min(cpus, 64)
+
+
+def test_c_plan_follows_the_environment_written_by_other_threads(monkeypatch):
+    """A Python thread rewriting the variables while this one plans: no crash (the C plan reads
+    no environment: cffi calls run without the GIL, beside setenv in another thread), and once
+    the writes stop, the next plan follows the last value."""
+    fc = _c_backend()
+    if fc is None:
+        pytest.skip("C backend unavailable")
+    monkeypatch.setattr(_threads, "_default", None)
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "3")
+    big = 64 * _threads.GRAIN["elementwise"]
+    stop = threading.Event()
+
+    def writer():
+        k = 0
+        while not stop.is_set():
+            os.environ["FASTREG_NUM_THREADS"] = ("3", "5")[k % 2]
+            os.environ["OMP_NUM_THREADS"] = str(64 + k % 3)
+            k += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            assert fc._plan(big, "elementwise") in (3, 5)
+    finally:
+        stop.set()
+        t.join()
+    for value in ("7", "3", "5"):
+        os.environ["FASTREG_NUM_THREADS"] = value
+        assert fc._plan(big, "elementwise") == int(value)
+    monkeypatch.delenv("OMP_NUM_THREADS")
 
 
 def test_default_count_is_kept_only_while_its_sources_hold(monkeypatch):

@@ -15,13 +15,14 @@ the OpenMP runtime fastreg loaded with the passive wait policy, and pay for it o
 """
 import contextlib
 import os
+import random
 import time
 
 import numpy as np
 
 import fastreg
 from fastreg import _registry, _threads
-from . import cases, load
+from . import cases, load, torch_peer
 
 #: columns of the section: (name, alignment, width)
 COLUMNS = (("op", "<", 19), ("backend", "<", 10), ("where", "<", 6), ("calls", ">", 6),
@@ -30,6 +31,7 @@ COLUMNS = (("op", "<", 19), ("backend", "<", 10), ("where", "<", 6), ("calls", "
 QUICK = dict(rounds=20, per_round=5, budget=0.3)     # 100 calls per contender, at most 0.3 s
 FULL = dict(rounds=100, per_round=10, budget=3.0)    # 1000 calls per contender, at most 3 s
 WARMUP = 20
+ORDER_SEED = 12   # the contenders' order in each round of time_calls
 PIN_THREADS = 2
 
 
@@ -56,12 +58,14 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
 
     Each contender makes ``warmup`` calls untimed (JIT compilation, first touch, thread pools),
     then, for up to ``rounds`` rounds, each in turn makes ``per_round`` calls, every one timed
-    alone. The order turns by one place each round (round r starts with the contender r): what
-    a turn finds depends on the turn before it (fastreg's pool threads still spinning after a
-    fastreg turn, asleep after torch's), and in a fixed order one row would always follow
-    torch (measured, l2_grad on 1e5: "auto (c)" after torch 12.5 us, "c" right after it 10.0,
-    the same kernel). Stops early once ``budget`` seconds have gone into the rounds (after at
-    least ``min(3, rounds)`` of them): on a loaded machine one call can take milliseconds.
+    alone. Each round takes the contenders in a new random order (``ORDER_SEED``: the same
+    orders in every run): what a turn finds depends on the turn before it (fastreg's pool
+    threads still spinning after a fastreg turn, asleep after torch's), and in a fixed order,
+    or one turned round by a place each round, a row follows the same contender in most rounds
+    (measured, l2_grad on 1e5 in the fixed order: "auto (c)", after torch, 12.5 us; "c", right
+    after it, 10.0; the same kernel). Stops early once ``budget`` seconds have gone into the
+    rounds (after at least ``min(3, rounds)`` of them): on a loaded machine one call can take
+    milliseconds.
 
     Returns
     -------
@@ -76,12 +80,13 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
     times = {name: [] for name in calls}
     clock = time.perf_counter
     start = clock()
-    names = list(calls)
+    order = list(calls)
+    shuffle = random.Random(ORDER_SEED).shuffle
     for r in range(rounds):
         if r >= min(3, rounds) and clock() - start > budget:
             break
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        shuffle(order)
+        for name in order:
             times[name] += run(calls[name], per_round)
     return {name: np.asarray(samples) for name, samples in times.items()}
 
@@ -234,6 +239,11 @@ class Section:
             self.say(f"torch: {self.torch.version}, {self.torch.info['threads']} threads, in a "
                      f"process of its own (pid {self.torch.pid}; it loaded OpenMP first, with "
                      "the environment's wait policy)")
+            if self.torch.unstopped:
+                self.say(f"  its threads were not seen stopped after {self.torch.unstopped} of "
+                         f"its {self.torch.pauses} turns (no /proc, or not within "
+                         f"{torch_peer.STOP_TIMEOUT:g} s): those turns may have overlapped "
+                         "fastreg's next one")
         self.say("x torch: torch's median / this row's median, same condition (> 1: fastreg is "
                  "faster). The calls:")
         for op in self.ops:

@@ -134,7 +134,7 @@ def serve(stdin=None, stdout=None):
         out.flush()
 
 
-STOP_TIMEOUT = 0.05   # seconds wait_stopped waits at most
+STOP_TIMEOUT = 1.0   # seconds wait_stopped waits at most (0.26 ms is usual)
 
 
 def _thread_states(pid):
@@ -210,6 +210,7 @@ class TorchPeer:
         else:
             env.pop("FASTREG_BENCH_PARENT", None)
         self._paused = False
+        self.pauses = self.unstopped = 0   # turns ended, and those not seen stopped (pause)
         atexit.register(self._resume)   # never leave a stopped peer behind
         self._stderr = tempfile.TemporaryFile()   # a file, not a pipe: warnings never block it
         self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
@@ -231,11 +232,14 @@ class TorchPeer:
         threads keep spinning for milliseconds (GNU's default policy: about 300,000 spins), on
         the CPUs where the next contender's turn runs. Stopped, they spin on no CPU, and each
         contender gets the machine as it would alone; torch's threads resume where they were,
-        still spinning, at its next turn. Returns once they are stopped (``wait_stopped``)."""
+        still spinning, at its next turn. Returns once they are stopped (``wait_stopped``;
+        ``unstopped`` counts the turns after which they were not seen so)."""
         if not self._paused and self.proc.poll() is None and hasattr(signal, "SIGSTOP"):
             os.kill(self.proc.pid, signal.SIGSTOP)
             self._paused = True
-            wait_stopped(self.proc.pid)
+            self.pauses += 1
+            if not wait_stopped(self.proc.pid):
+                self.unstopped += 1
 
     def _resume(self):
         if self._paused:

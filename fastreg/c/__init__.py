@@ -60,21 +60,24 @@ def _plan(work, family):
 
     Those two counts are planned in C (csrc/dropout.c fr_plan_pool: ``_threads.plan``'s rule,
     ``_threads.plan_pair`` in Python), on the thread count (``get_num_threads``) it keeps per
-    thread with what it was read from: this call passes the settings (affinity generation,
-    ``threads(n)``, ``set_num_threads``, fork child) and C compares the three variables in its
-    environment and the affinity read's age. 0.46 us a call above the grain, where
-    ``plan_pair`` and ``fr_set_pool_threads`` took 0.95 (an l2_grad on 1e5 float32 costs
-    8-9 us in all)."""
+    thread under the settings it was read with, passed at each call: their generation
+    (``_threads.settings_gen``: set_num_threads, the environment's three variables, fastreg's
+    affinity change), the thread's ``threads(n)``, ``set_num_threads``' value and the fork-child
+    flag; C also lets it expire with the affinity read (``AFFINITY_TTL``). 0.7 us a call above
+    the grain, where ``plan_pair`` and ``fr_set_pool_threads`` took 0.95 (an l2_grad on 1e5
+    float32 costs 8-9 us in all)."""
     if family in _POOL_FAMILIES:
         t = _threads
+        g, sg = t.GRAIN[family], t.SPIN_GRAIN[family]
+        # below two of the smaller grain both counts are 1 and C reads no setting
+        gen = 0 if work < 2 * g and work < 2 * sg else t.settings_gen()
         try:
-            n = _plan_pool(work, t.GRAIN[family], t.SPIN_GRAIN[family], SPINNING, _pool_spins,
-                           t._affinity_gen, t._local.override or 0, t._default or 0,
-                           t._forked_after_parallel)
-        except OverflowError:   # a count beyond int64 (threads(2**70)): no limit kept
+            n = _plan_pool(work, g, sg, SPINNING, _pool_spins, gen, t._local.override or 0,
+                           t._default or 0, t._forked_after_parallel) if gen is not None else -2
+        except OverflowError:   # a count or grain beyond int64 (threads(2**70))
             n = -2
         if n < 0:
-            n = _plan_pool_reading(work, family, n == -2)
+            n = _plan_pool_reading(work, family, gen, n == -2)
     else:
         n = _threads.plan(work, family, SPINNING)
         lib.fr_set_threads(n)
@@ -83,20 +86,24 @@ def _plan(work, family):
     return n
 
 
-def _plan_pool_reading(work, family, no_keep):
-    """_plan for a pool family when the limit kept in C does not stand: read it
-    (``get_num_threads``), keep it with what it was read from (``fr_plan_limit``), plan again.
-    ``no_keep``: a setting beyond int64 (or a limit that would not stand even now: no memo of
-    the environment's read), planned in Python (``plan_pair``)."""
+def _plan_pool_reading(work, family, gen, no_keep):
+    """_plan for a pool family when the count kept in C does not stand (-1) or cannot be kept
+    (``no_keep``: settings beyond int64, a grain below 1, no generation): read it
+    (``get_num_threads``), keep it in C under the settings it was read with
+    (``fr_plan_limit``: ``gen`` was taken before the read, so a change during it makes the
+    next call read again) and plan there, or plan in Python (``plan_pair``)."""
     t = _threads
-    # the key first: a change while the limit is read makes the next call read it again
-    key = (t._affinity_gen, t._local.override or 0, t._default or 0, t._forked_after_parallel)
+    key = (gen, t._local.override or 0, t._default or 0, t._forked_after_parallel)
     limit, until = t.get_num_threads_until()
     if not no_keep and until > -math.inf:
-        until_ns = _NEVER if until == math.inf else int(until * 1e9)
-        _check(lib.fr_plan_limit(limit, until_ns, *key), "fr_plan_limit")
-        n = _plan_pool(work, t.GRAIN[family], t.SPIN_GRAIN[family], SPINNING, _pool_spins,
-                       *key)
+        until_ns = _NEVER if until * 1e9 >= _NEVER else int(until * 1e9)
+        try:
+            _check(lib.fr_plan_limit(limit if limit < _NEVER else _NEVER, until_ns, *key),
+                   "fr_plan_limit")
+            n = _plan_pool(work, t.GRAIN[family], t.SPIN_GRAIN[family], SPINNING, _pool_spins,
+                           *key)
+        except OverflowError:
+            n = -2
         if n > 0:
             return n
     n, hot = t.plan_pair(work, family, SPINNING, _pool_spins)
