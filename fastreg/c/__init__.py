@@ -29,6 +29,7 @@ except ImportError as exc:  # not built, or built for another Python / with a sa
                f"{type(exc).__name__}: {exc}")
 
 _plan_pool = lib.fr_plan_pool if lib is not None else None
+_set_pool_threads = lib.fr_set_pool_threads if lib is not None else None
 _ISAS = ("portable", "avx2", "avx512")
 _STREAM_MODES = ("never", "auto", "always")
 
@@ -65,12 +66,14 @@ def _plan(work, family):
     affinity change), the thread's ``threads(n)``, ``set_num_threads``' value and the fork-child
     flag; C also lets it expire with the affinity read (``AFFINITY_TTL``). 0.7 us a call above
     the grain, where ``plan_pair`` and ``fr_set_pool_threads`` took 0.95 (an l2_grad on 1e5
-    float32 costs 8-9 us in all)."""
+    float32 costs 8-9 us in all); 0.24 below it (0.36)."""
     if family in _POOL_FAMILIES:
         t = _threads
         g, sg = t.GRAIN[family], t.SPIN_GRAIN[family]
-        # below two of the smaller grain both counts are 1 and C reads no setting
-        gen = 0 if work < 2 * g and work < 2 * sg else t.settings_gen()
+        if work < 2 * g and work < 2 * sg:   # below two of the smaller grain: both counts 1
+            _set_pool_threads(1, 1)
+            return 1
+        gen = t.settings_gen()
         try:
             n = _plan_pool(work, g, sg, SPINNING, _pool_spins, gen, t._local.override or 0,
                            t._default or 0, t._forked_after_parallel) if gen is not None else -2
