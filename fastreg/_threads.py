@@ -110,8 +110,9 @@ _parallel_used = False          # a parallel region has run in this process
 _forked_after_parallel = False  # this process is a fork child of one that had run one
 
 
-def _env_int(name):
-    value = os.environ.get(name, "").strip()
+def _env_int(value):
+    """A count from a variable's text (None: unset), or None where it gives none."""
+    value = (value or "").strip()
     if not value:
         return None
     try:
@@ -196,20 +197,28 @@ _ENV_KEYS = (tuple(os.environ.encodekey(k) for k in _ENV_NAMES)
 _env_parsed = (None, None)      # (the raw values, (FASTREG_NUM_THREADS, the cap)) last parsed
 
 
-def _env_counts():
+def _env_counts(raw=None):
     """(FASTREG_NUM_THREADS or None, min of OMP_NUM_THREADS and NUMBA_NUM_THREADS or None),
     parsed again only when one of the three changed (os.environ's dict is kept up to date by
-    assignment, del, putenv through os.environ and monkeypatch.setenv)."""
+    assignment, del, putenv through os.environ and monkeypatch.setenv). ``raw``: the three
+    values as os.environ's own dict holds them, read by the caller; they are parsed, not a
+    second read (another thread's write in between would pair the first read's values with
+    the second's counts)."""
     global _env_parsed
-    data = getattr(os.environ, "_data", None)
-    if _ENV_KEYS is not None and type(data) is dict:
-        k0, k1, k2 = _ENV_KEYS
-        raw = (data.get(k0), data.get(k1), data.get(k2))
+    if raw is None:
+        data = getattr(os.environ, "_data", None)
+        if _ENV_KEYS is not None and type(data) is dict:
+            k0, k1, k2 = _ENV_KEYS
+            raw = (data.get(k0), data.get(k1), data.get(k2))
+    if raw is not None:
+        parsed = _env_parsed
+        if raw == parsed[0]:
+            return parsed[1]
+        decode = os.environ.decodevalue
+        texts = [None if r is None else decode(r) for r in raw]
     else:
-        raw = None
-    if raw is not None and raw == _env_parsed[0]:
-        return _env_parsed[1]
-    value = os.environ.get("FASTREG_NUM_THREADS", "").strip()
+        texts = [os.environ.get(name) for name in _ENV_NAMES]
+    value = (texts[0] or "").strip()
     forced = None
     if value:
         try:
@@ -218,7 +227,7 @@ def _env_counts():
             forced = 0
         if forced < 1:
             raise ValueError(f"FASTREG_NUM_THREADS={value!r} must be a positive integer")
-    caps = [c for c in map(_env_int, _ENV_NAMES[1:]) if c is not None]
+    caps = [c for c in map(_env_int, texts[1:]) if c is not None]
     counts = (forced, min(caps) if caps else None)
     if raw is not None:
         _env_parsed = (raw, counts)
@@ -244,7 +253,7 @@ def default_num_threads():
                 and _monotonic() < m[0]:
             return m[5]
         raw = (v0, v1, v2)
-    forced, cap = _env_counts()
+    forced, cap = _env_counts(raw)
     if forced is not None:
         n, read_at, gen = forced, _monotonic(), _affinity_gen
     else:
@@ -322,21 +331,24 @@ def settings_gen():
 
 
 def get_num_threads_until():
-    """``(get_num_threads(), t)``: the count, and the ``time.monotonic()`` until which it stands
-    as long as the settings it was read from do (the affinity read's age limit, ``AFFINITY_TTL``,
-    when it comes from ``default_num_threads``; inf when it does not depend on the clock; -inf
-    where the environment's read is not kept). For the C backend, which keeps the count
-    (fastreg.c._plan)."""
+    """``(get_num_threads(), t, raw)``: the count; the ``time.monotonic()`` until which it stands
+    as long as the settings it was read from do (the affinity read's age limit,
+    ``AFFINITY_TTL``, when it comes from ``default_num_threads``; inf when it does not depend
+    on the clock; -inf where the environment's read is not kept); and os.environ's own values
+    of the three variables it was read from (None: it does not come from them). For the C
+    backend, which keeps the count per thread (fastreg.c._plan)."""
     if _forked_after_parallel:
-        return 1, math.inf
+        return 1, math.inf, None
     n = _local.override
     if n is not None:
-        return n, math.inf
+        return n, math.inf, None
     if _default is not None:
-        return _default, math.inf
+        return _default, math.inf, None
     n = default_num_threads()
     m = _local.default_read
-    return n, (m[0] if m[1] == _affinity_gen and m[5] == n else -math.inf)
+    if m[1] == _affinity_gen and m[5] == n:
+        return n, m[0], m[2:5]
+    return n, -math.inf, None
 
 
 def set_num_threads(n):

@@ -323,6 +323,38 @@ def test_c_plan_sees_every_change_of_the_count_at_once(monkeypatch):
     assert planned() == min(cpus, 64)
 
 
+def test_c_plan_keeps_no_count_read_from_values_changed_and_put_back(monkeypatch):
+    """Another thread sets a variable while this one reads the count and puts back the very
+    value object seen before (one-character values are shared objects): the count read from
+    the intermediate value plans this call at most, and is not kept in C under the settings
+    seen, where the environment looks unchanged."""
+    fc = _c_backend()
+    if fc is None:
+        pytest.skip("C backend unavailable")
+    monkeypatch.setattr(_threads, "_default", None)
+    monkeypatch.setenv("FASTREG_NUM_THREADS", "5")
+    big = 64 * _threads.GRAIN["elementwise"]
+    assert fc._plan(big, "elementwise") == 5
+    real = _threads.get_num_threads_until
+    reads = []
+
+    def meanwhile():   # the other thread's writes, between the settings' generation and the read
+        os.environ["FASTREG_NUM_THREADS"] = "7"
+        try:
+            reads.append(real())
+            return reads[-1]
+        finally:
+            os.environ["FASTREG_NUM_THREADS"] = "5"
+
+    monkeypatch.setattr(_threads, "get_num_threads_until", meanwhile)
+    _threads._forget_affinity()   # the next plan reads the count
+    fc._plan(big, "elementwise")
+    assert reads and reads[0][0] == 7
+    monkeypatch.setattr(_threads, "get_num_threads_until", real)
+    for _ in range(3):
+        assert fc._plan(big, "elementwise") == 5 == _threads.plan(big, "elementwise")
+
+
 def test_c_plan_follows_the_environment_written_by_other_threads(monkeypatch):
     """A Python thread rewriting the variables while this one plans: no crash (the C plan reads
     no environment: cffi calls run without the GIL, beside setenv in another thread), and once

@@ -17,6 +17,7 @@ import contextlib
 import os
 import random
 import time
+import zlib
 
 import numpy as np
 
@@ -31,7 +32,7 @@ COLUMNS = (("op", "<", 19), ("backend", "<", 10), ("where", "<", 6), ("calls", "
 QUICK = dict(rounds=20, per_round=5, budget=0.3)     # 100 calls per contender, at most 0.3 s
 FULL = dict(rounds=100, per_round=10, budget=3.0)    # 1000 calls per contender, at most 3 s
 WARMUP = 20
-ORDER_SEED = 12   # the contenders' order in each round of time_calls
+ORDER_SEED = 12   # the contenders' order in each round of time_calls (its default seed)
 PIN_THREADS = 2
 
 
@@ -51,15 +52,15 @@ def time_each(fn, n):
     return times
 
 
-def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
+def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP, seed=ORDER_SEED):
     """Per-call seconds of each contender in ``calls`` (name -> a callable of no arguments,
     timed here, or an object whose ``timed(n)`` makes n calls elsewhere and returns their
     seconds, as ``torch_peer.Remote``).
 
     Each contender makes ``warmup`` calls untimed (JIT compilation, first touch, thread pools),
     then, for up to ``rounds`` rounds, each in turn makes ``per_round`` calls, every one timed
-    alone. Each round takes the contenders in a new random order (``ORDER_SEED``: the same
-    orders in every run): what a turn finds depends on the turn before it (fastreg's pool
+    alone. Each round takes the contenders in a new random order (from ``seed``: the same
+    orders in every run; the section gives each op and condition its own): what a turn finds depends on the turn before it (fastreg's pool
     threads still spinning after a fastreg turn, asleep after torch's), and in a fixed order,
     or one turned round by a place each round, a row follows the same contender in most rounds
     (measured, l2_grad on 1e5 in the fixed order: "auto (c)", after torch, 12.5 us; "c", right
@@ -81,7 +82,7 @@ def time_calls(calls, *, rounds, per_round, budget, warmup=WARMUP):
     clock = time.perf_counter
     start = clock()
     order = list(calls)
-    shuffle = random.Random(ORDER_SEED).shuffle
+    shuffle = random.Random(seed).shuffle
     for r in range(rounds):
         if r >= min(3, rounds) and clock() - start > budget:
             break
@@ -181,7 +182,8 @@ class Section:
         for op in self.ops:
             calls = self.contenders(op)
             try:
-                self.results[op, where] = time_calls(calls, **self.timing)
+                self.results[op, where] = time_calls(
+                    calls, **self.timing, seed=zlib.crc32(f"{op} {where}".encode()))
             except fastreg.BackendUnavailableError as exc:   # a kernel refusing when called
                 self.note(f"{op}: {exc}")
 

@@ -97,9 +97,15 @@ def _plan_pool_reading(work, family, gen, no_keep):
     next call read again) and plan there, or plan in Python (``plan_pair``)."""
     t = _threads
     key = (gen, t._local.override or 0, t._default or 0, t._forked_after_parallel)
-    limit, until = t.get_num_threads_until()
+    seen = t._env_seen   # the variables' values under gen (or a later generation)
+    limit, until, raw = t.get_num_threads_until()
+    # kept only when read from those very values: another thread may have set a variable and
+    # put back the very object seen (a one-character value, an unset one) meanwhile
+    if raw is not None and not (raw[0] is seen[0] and raw[1] is seen[1] and raw[2] is seen[2]):
+        no_keep = True
     if not no_keep and until > -math.inf:
-        until_ns = _NEVER if until * 1e9 >= _NEVER else int(until * 1e9)
+        until_ns = (_NEVER if until * 1e9 >= _NEVER else
+                    -_NEVER if until * 1e9 <= -_NEVER else int(until * 1e9))
         try:
             _check(lib.fr_plan_limit(limit if limit < _NEVER else _NEVER, until_ns, *key),
                    "fr_plan_limit")
