@@ -246,7 +246,10 @@ def job():
 
 with fastreg.threads(2):
     outcomes = []
-    for _ in range(50):
+    # tries for up to 5 s: beside a busy process (the suite's other worker) the team's thread
+    # shares a CPU and runs for less than 75% of the time, until that process pauses
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
         fc.borrow_team(60e6)
         job()                # the team's thread is known from here; it spins after the region
         fc.borrow_team(0)    # no borrowing now, no pause, no sample
@@ -258,7 +261,7 @@ with fastreg.threads(2):
         outcomes.append(job())
         if outcomes[-1]:
             break
-    assert 1 in outcomes, outcomes
+    assert 1 in outcomes, (len(outcomes), sum(outcomes))
     fc.borrow_team(0)
     time.sleep(0.5)          # the team's spin has ended: its thread sleeps
     assert job() == 0        # a first sample
