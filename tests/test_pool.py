@@ -227,6 +227,8 @@ def test_one_late_region_after_a_long_good_run_is_let_pass(fc, spin, monkeypatch
 
 
 _PROBE = r"""
+import os
+import threading
 import time
 import numpy as np
 import fastreg, fastreg.c as fc
@@ -243,6 +245,24 @@ def job():
     assert fastreg.l2_grad(w, 0.5, backend="c").tobytes() == expected.tobytes()
     after = fc.pool_stats()
     return int(after["omp"] > before["omp"] and after["missed"] == before["missed"])
+
+def team_share():
+    # the largest share of 1 ms, right after a region, that another thread of this process ran
+    # for (Linux thread CPU clocks, as the probe reads them), over 20 tries
+    me, best = threading.get_native_id(), 0.0
+    for _ in range(20):
+        fc.borrow_team(60e6)
+        job()
+        fc.borrow_team(0)
+        tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me]
+        clocks = {t: ((~t) << 3) | 6 for t in tids}
+        c0 = {t: time.clock_gettime_ns(c) for t, c in clocks.items()}
+        t0 = time.monotonic_ns()
+        time.sleep(0.001)
+        t1 = time.monotonic_ns()
+        for t, c in clocks.items():
+            best = max(best, (time.clock_gettime_ns(c) - c0[t]) / (t1 - t0))
+    return best
 
 with fastreg.threads(2):
     outcomes = []
@@ -261,7 +281,13 @@ with fastreg.threads(2):
         outcomes.append(job())
         if outcomes[-1]:
             break
-    assert 1 in outcomes, (len(outcomes), sum(outcomes))
+    if 1 not in outcomes:
+        # never borrowed: a fault only where the team's thread did run through such sleeps (the
+        # suite's other worker can hold the other CPU for seconds)
+        share = team_share()
+        assert share < 0.9, (len(outcomes), share)
+        print("busy", len(outcomes), round(share, 2))
+        raise SystemExit
     fc.borrow_team(0)
     time.sleep(0.5)          # the team's spin has ended: its thread sleeps
     assert job() == 0        # a first sample
@@ -281,6 +307,8 @@ def test_borrowing_starts_again_at_once_while_the_team_spins():
     ms, so that the test's sleeps fall inside it on a slow machine.)"""
     res = _python(_PROBE, GOMP_SPINCOUNT="3000000")
     assert res.returncode == 0, res.stderr
+    if res.stdout.startswith("busy"):   # the team's thread had no CPU for 5 s: nothing to see
+        pytest.skip(f"the machine was busy throughout (tries, team's CPU share): {res.stdout}")
     assert res.stdout.strip() == "ok"
 
 
