@@ -264,11 +264,9 @@ def team_share():
             best = max(best, (time.clock_gettime_ns(c) - c0[t]) / (t1 - t0))
     return best
 
-with fastreg.threads(2):
+def tries(seconds):
     outcomes = []
-    # tries for up to 5 s: beside a busy process (the suite's other worker) the team's thread
-    # shares a CPU and runs for less than 75% of the time, until that process pauses
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         fc.borrow_team(60e6)
         job()                # the team's thread is known from here; it spins after the region
@@ -281,13 +279,22 @@ with fastreg.threads(2):
         outcomes.append(job())
         if outcomes[-1]:
             break
+    return outcomes
+
+with fastreg.threads(2):
+    # tries for up to 5 s: beside a busy process (the suite's other worker) the team's thread
+    # shares a CPU and runs for less than 75% of the time, until that process pauses
+    outcomes = tries(5)
     if 1 not in outcomes:
-        # never borrowed: a fault only where the team's thread did run through such sleeps (the
-        # suite's other worker can hold the other CPU for seconds)
+        # never borrowed: a fault only where the team's thread does run through such sleeps
+        # (the suite's other worker can hold the other CPU for seconds): if it does now, again
         share = team_share()
-        assert share < 0.9, (len(outcomes), share)
-        print("busy", len(outcomes), round(share, 2))
-        raise SystemExit
+        if share >= 0.9:
+            outcomes = tries(2)
+            assert 1 in outcomes, (len(outcomes), share, team_share())
+        else:
+            print("busy", len(outcomes), round(share, 2))
+            raise SystemExit
     fc.borrow_team(0)
     time.sleep(0.5)          # the team's spin has ended: its thread sleeps
     assert job() == 0        # a first sample
