@@ -182,6 +182,17 @@ def _c_backend():
     return fc
 
 
+def _c_plan_setup(monkeypatch, value):
+    """fastreg.c (the test skips without it) and work above every grain of "elementwise", with
+    no set_num_threads and FASTREG_NUM_THREADS=value."""
+    fc = _c_backend()
+    if fc is None:
+        pytest.skip("C backend unavailable")
+    monkeypatch.setattr(_threads, "_default", None)
+    monkeypatch.setenv("FASTREG_NUM_THREADS", value)
+    return fc, 64 * _threads.GRAIN["elementwise"]
+
+
 def _c_plan(monkeypatch, fc, work, family, spinning, pool_spins):
     """The counts (workers asleep, spinning) that fastreg.c._plan sets in C for a pool family,
     with the OpenMP team spinning or not and the pool's workers spinning or not."""
@@ -328,12 +339,7 @@ def test_c_plan_keeps_no_count_read_from_values_changed_and_put_back(monkeypatch
     value object seen before (one-character values are shared objects): the count read from
     the intermediate value plans this call at most, and is not kept in C under the settings
     seen, where the environment looks unchanged."""
-    fc = _c_backend()
-    if fc is None:
-        pytest.skip("C backend unavailable")
-    monkeypatch.setattr(_threads, "_default", None)
-    monkeypatch.setenv("FASTREG_NUM_THREADS", "5")
-    big = 64 * _threads.GRAIN["elementwise"]
+    fc, big = _c_plan_setup(monkeypatch, "5")
     assert fc._plan(big, "elementwise") == 5
     real = _threads.get_num_threads_until
     reads = []
@@ -359,12 +365,7 @@ def test_c_plan_follows_the_environment_written_by_other_threads(monkeypatch):
     """A Python thread rewriting the variables while this one plans: no crash (the C plan reads
     no environment: cffi calls run without the GIL, beside setenv in another thread), and once
     the writes stop, the next plan follows the last value."""
-    fc = _c_backend()
-    if fc is None:
-        pytest.skip("C backend unavailable")
-    monkeypatch.setattr(_threads, "_default", None)
-    monkeypatch.setenv("FASTREG_NUM_THREADS", "3")
-    big = 64 * _threads.GRAIN["elementwise"]
+    fc, big = _c_plan_setup(monkeypatch, "3")
     stop = threading.Event()
 
     def writer():
