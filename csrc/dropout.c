@@ -18,7 +18,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -143,13 +142,6 @@ static _Thread_local struct {
     int forked;
 } fr_tls_plan;
 
-static int64_t fr_plan_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int fr_plan_limit(int64_t limit, int64_t until_ns, int64_t gen, int64_t override, int64_t fixed,
                   int forked)
 {
@@ -189,7 +181,7 @@ int fr_plan_pool(int64_t work, int64_t grain, int64_t spin_grain, int spinning, 
         const int64_t limit = fr_tls_plan.limit;
         if (limit < 1 || gen != fr_tls_plan.gen || override != fr_tls_plan.override
             || fixed != fr_tls_plan.fixed || forked != fr_tls_plan.forked
-            || fr_plan_now_ns() >= fr_tls_plan.until_ns)
+            || fr_now_ns() >= fr_tls_plan.until_ns)
             return -1;
         if (par_cold)
             cold = fr_plan_count(work, g_cold, limit);

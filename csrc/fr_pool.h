@@ -5,6 +5,16 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
+
+/* The monotonic clock in nanoseconds (the pool's timings, csrc/dropout.c's plan expiry; Python's
+ * time.monotonic reads the same clock). */
+static inline int64_t fr_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 /* The most tasks a job may have (fr_pool_run runs a larger one serially). */
 #define FR_POOL_MAX_TASKS ((size_t)0xFFFFF)

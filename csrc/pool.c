@@ -215,13 +215,6 @@ static void fr_run_serial(fr_task_fn fn, void *ctx, size_t ntasks)
 
 #ifdef FR_POOL_OK
 
-static int64_t fr_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Whether the calling thread's jobs run on its OpenMP team now. */
 static int fr_borrowing(int64_t now)
 {

@@ -11,7 +11,7 @@ momentum / no AMSGrad); float scalars are of the arrays' dtype, bools Python boo
 import numpy as np
 
 from . import _check, _plan, ffi, lib
-from .penalty import (_CTYPE, _SUFFIX, _aligned, _array_type, _kernel, _ptr, _scalar,
+from .penalty import (_CTYPE, _SUFFIX, _aligned, _ptr, _scalar, _short_path,
                       _write_back)
 
 _F32 = np.dtype(np.float32)
@@ -22,14 +22,9 @@ _KIND_F32 = 2   # csrc/half.h FR_HALF_F32: the float32 operand of a mixed-precis
 OPTIM_WEIGHT = 2
 
 
-def _steps(name):
-    """dtype -> (C function, its name, cffi array type) of step ``name``, for the short path."""
-    return {dt: _kernel(dt, name) + (_array_type(c),) for dt, c in _CTYPE.items()}
-
-
 if lib is not None:
     _buf = ffi.from_buffer
-    _SGD, _ADAM = _steps("sgd_step"), _steps("adam_step")
+    _SGD, _ADAM = _short_path("sgd_step"), _short_path("adam_step")
 
 
 def sgd_step(p, g, buf, lr, wd, decay, momentum, damp1, nesterov, first, l1t, gscale=1):

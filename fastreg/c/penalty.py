@@ -43,10 +43,16 @@ def _array_type(ctype):
     return t
 
 
+def _short_path(name):
+    """dtype -> (C function, its name, cffi array type) of kernel ``name``: one lookup on the
+    short path of a wrapper that passes aligned arrays straight to C (penalty_grad here, the
+    optimizer steps in fastreg/c/optim.py)."""
+    return {dt: _kernel(dt, name) + (_array_type(c),) for dt, c in _CTYPE.items()}
+
+
 if lib is not None:
     _buf = ffi.from_buffer
-    # penalty_grad's (C function, its name, array type) per dtype: one lookup on the short path
-    _GRAD = {dt: _kernel(dt, "penalty_grad") + (_array_type(c),) for dt, c in _CTYPE.items()}
+    _GRAD = _short_path("penalty_grad")
 
 
 def _scalar(dtype, x):
