@@ -197,19 +197,14 @@ _ENV_KEYS = (tuple(os.environ.encodekey(k) for k in _ENV_NAMES)
 _env_parsed = (None, None)      # (the raw values, (FASTREG_NUM_THREADS, the cap)) last parsed
 
 
-def _env_counts(raw=None):
-    """(FASTREG_NUM_THREADS or None, min of OMP_NUM_THREADS and NUMBA_NUM_THREADS or None),
-    parsed again only when one of the three changed (os.environ's dict is kept up to date by
-    assignment, del, putenv through os.environ and monkeypatch.setenv). ``raw``: the three
-    values as os.environ's own dict holds them, read by the caller; they are parsed, not a
-    second read (another thread's write in between would pair the first read's values with
-    the second's counts)."""
+def _env_counts(raw):
+    """(FASTREG_NUM_THREADS or None, min of OMP_NUM_THREADS and NUMBA_NUM_THREADS or None) from
+    ``raw``, the three values as os.environ's own dict holds them (read by default_num_threads;
+    parsed here, not read a second time: another thread's write in between would pair the first
+    read's values with the second's counts), parsed again only when one of them changed
+    (os.environ's dict is kept up to date by assignment, del, putenv through os.environ and
+    monkeypatch.setenv). ``raw`` None (no such dict): read through os.environ, every time."""
     global _env_parsed
-    if raw is None:
-        data = getattr(os.environ, "_data", None)
-        if _ENV_KEYS is not None and type(data) is dict:
-            k0, k1, k2 = _ENV_KEYS
-            raw = (data.get(k0), data.get(k1), data.get(k2))
     if raw is not None:
         parsed = _env_parsed
         if raw == parsed[0]:
